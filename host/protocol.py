@@ -1,0 +1,545 @@
+"""The tricopy wire format: one definition for every link.
+
+Primary <-> relay, relay <-> secondary and host <-> journal engine (UART, pty,
+socket) all speak these frames.  The byte layout is specified in
+``docs/protocol.md``; this module is its executable form and the gateware's
+``hdl/layouts.py`` takes its offsets from here.
+
+A frame is::
+
+    header  16 bytes   MAGIC u32 | VERSION u8 | TYPE u8 | FLAGS u16 |
+                       LENGTH u32 | HCRC u32 (CRC32C of bytes 0..11)
+    body    LENGTH bytes
+    trailer 4 bytes    BCRC u32 = CRC32C(body), present iff LENGTH > 0
+
+All integers are little-endian.  The module is sans-I/O: :class:`FrameParser`
+takes bytes in any chunking and yields :class:`Frame` objects or raises a
+:class:`ProtocolError` subclass; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import dataclasses
+from dataclasses import dataclass
+
+import google_crc32c
+
+__all__ = [
+    "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "CONTROL_SIZE", "ALIGN",
+    "MAX_DATA", "MAX_BODY", "FrameType", "FrameFlag", "Kind", "Status", "Role",
+    "LoadFlag", "ProtocolError", "BadMagic", "BadVersion", "BadHeaderCRC",
+    "BadBodyCRC", "FrameTooBig", "BadFrameType", "BadFlags", "BadBody",
+    "Frame", "Control", "Ack", "Hello", "JnlRd", "Release", "Load",
+    "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
+    "record_size", "journal_body", "split_journal", "DATA_KINDS", "WIRE_KINDS",
+]
+
+
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC32C (Castagnoli), continuing from ``crc``; C-backed."""
+    return google_crc32c.extend(crc, bytes(data)) if crc else google_crc32c.value(bytes(data))
+
+
+MAGIC = 0x50435254            # bytes "TRCP" on the wire
+VERSION = 1
+HEADER_SIZE = 16
+TRAILER_SIZE = 4
+CONTROL_SIZE = 64             # patent [0062]: fixed 64-byte control data
+ALIGN = 64                    # journal records in a ring start on 64-byte boundaries
+MAX_DATA = 4 << 20            # largest journal data in one JNLWR; larger writes are split
+MAX_BODY = CONTROL_SIZE + MAX_DATA
+
+_HEADER = struct.Struct("<IBBHI")      # without HCRC
+_U32 = struct.Struct("<I")
+
+
+class FrameType(enum.IntEnum):
+    """Frame types (docs/protocol.md, "Frame types")."""
+    HELLO = 0x01
+    HEARTBEAT = 0x02
+    JNLWR = 0x10       # patent Fig. 8: journal write (control data + journal data)
+    ACK = 0x11
+    NAK = 0x12
+    JNLRD = 0x13       # read journals from JOPTR onward
+    RELEASE = 0x14     # patent Fig. 9 step 940: advance JOPTR up to a sequence number
+    STATUS = 0x15      # request status
+    STATUS_RESP = 0x16
+    LOAD = 0x17        # load sequence base, time base, epoch
+
+
+class FrameFlag(enum.IntFlag):
+    """Header FLAGS bits; every other bit must be zero."""
+    MORE = 0x0001      # more frames of the same batch follow (a hint for group commit)
+
+
+class Kind(enum.IntEnum):
+    """Journal kind (control data KIND)."""
+    UPDATE = 1   # host write: data follows
+    BASE = 2     # base journal (initial copy, patent Fig. 6): data follows
+    ZERO = 3     # range reads back as zeros: no data
+    TRIM = 4     # range discarded: no data
+    MARK = 5     # consistency marker: no data, no volume effect
+    WRAP = 0xFF  # ring-internal end-of-ring marker; never valid on a link
+
+
+DATA_KINDS = frozenset({Kind.UPDATE, Kind.BASE})
+WIRE_KINDS = frozenset({Kind.UPDATE, Kind.BASE, Kind.ZERO, Kind.TRIM, Kind.MARK})
+
+
+class Status(enum.IntEnum):
+    """ACK/NAK status codes (docs/protocol.md, "Status codes")."""
+    OK = 0
+    FULL = 1          # no room in the ring now; retry after a RELEASE
+    OVERSIZE = 2      # the journal can never fit
+    BAD_FRAME = 3     # header unusable (magic, version, HCRC, flags, length)
+    BAD_BCRC = 4      # body CRC mismatch
+    BAD_DCRC = 5      # journal data CRC does not match control DATA_CRC
+    BAD_LENGTH = 6    # LENGTH/DATA_LEN inconsistent with the body or the kind
+    BAD_KIND = 7
+    BAD_TYPE = 8      # frame type not accepted by this receiver
+    NOT_FOUND = 9     # sequence number outside what the ring holds
+    STALE_EPOCH = 10  # the journal's EPOCH is not the current one (fencing)
+    NOT_EMPTY = 11    # sequence base can only be loaded into an empty ring
+    BAD_REQUEST = 12  # body of a request malformed
+    SUSPENDED = 13    # group is suspended (host links only)
+    WRONG_GROUP = 14  # group name/number does not match (host links only)
+
+
+class Role(enum.IntEnum):
+    """Who sent a HELLO."""
+    PRIMARY = 1
+    RELAY = 2
+    SECONDARY = 3
+    ENGINE = 4
+    CONTROL = 5
+
+
+class LoadFlag(enum.IntFlag):
+    """Which fields of a LOAD request take effect."""
+    SEQ = 0x01      # set NEXT_SEQ (ring must be empty)
+    TIME = 0x02     # set the clock
+    EPOCH = 0x04    # set the current epoch
+    CLEAR = 0x08    # drop every journal and rewind JIPTR = JOPTR = 0 (applied first)
+    FREEZE = 0x10   # with TIME: the clock stops at the loaded value (deterministic tests)
+
+
+# -- errors ------------------------------------------------------------------
+
+class ProtocolError(Exception):
+    """Malformed bytes on a link.  ``status`` is the NAK code a receiver answers."""
+    status = Status.BAD_FRAME
+
+
+class BadMagic(ProtocolError):
+    pass
+
+
+class BadVersion(ProtocolError):
+    pass
+
+
+class BadHeaderCRC(ProtocolError):
+    pass
+
+
+class BadFlags(ProtocolError):
+    pass
+
+
+class FrameTooBig(ProtocolError):
+    pass
+
+
+class BadBodyCRC(ProtocolError):
+    status = Status.BAD_BCRC
+
+
+class BadFrameType(ProtocolError):
+    status = Status.BAD_TYPE
+
+
+class BadBody(ProtocolError):
+    """A body whose size or fields do not fit its frame type."""
+    status = Status.BAD_REQUEST
+
+    def __init__(self, message: str, status: Status = Status.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+# -- frames ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame: type, flags and raw body.  Use the body classes to decode."""
+    type: FrameType
+    body: bytes = b""
+    flags: int = 0
+
+    def serialize(self) -> bytes:
+        return serialize_frame(self.type, self.body, self.flags)
+
+
+def serialize_frame(type: int, body: bytes = b"", flags: int = 0) -> bytes:
+    """Header + body + trailer for one frame."""
+    if len(body) > MAX_BODY:
+        raise FrameTooBig(f"body of {len(body)} bytes exceeds MAX_BODY={MAX_BODY}")
+    head = _HEADER.pack(MAGIC, VERSION, int(type), flags, len(body))
+    out = head + _U32.pack(crc32c(head))
+    if body:
+        out += body + _U32.pack(crc32c(body))
+    return out
+
+
+def _check_header(head: bytes) -> tuple[FrameType, int, int]:
+    magic, version, ftype, flags, length = _HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise BadMagic(f"bad magic {magic:#010x}, expected {MAGIC:#010x}")
+    (hcrc,) = _U32.unpack_from(head, 12)
+    if hcrc != crc32c(head[:12]):
+        raise BadHeaderCRC(f"header CRC {hcrc:#010x} != computed {crc32c(head[:12]):#010x}")
+    if version != VERSION:
+        raise BadVersion(f"protocol version {version} not supported (this side speaks {VERSION})")
+    if flags & ~int(FrameFlag.MORE):
+        raise BadFlags(f"undefined header flags {flags:#06x}")
+    if length > MAX_BODY:
+        raise FrameTooBig(f"frame body of {length} bytes exceeds MAX_BODY={MAX_BODY}")
+    try:
+        ftype = FrameType(ftype)
+    except ValueError:
+        raise BadFrameType(f"unknown frame type {ftype:#04x}") from None
+    return ftype, flags, length
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse exactly one complete frame; trailing bytes are an error."""
+    parser = FrameParser()
+    frames = parser.feed(data)
+    if len(frames) != 1 or parser.buffered:
+        raise BadBody(f"expected one frame in {len(data)} bytes, got {len(frames)} "
+                      f"with {parser.buffered} bytes left over")
+    return frames[0]
+
+
+class FrameParser:
+    """Sans-I/O frame parser.
+
+    ``feed(bytes)`` returns the complete frames found so far and keeps any
+    partial frame.  Errors are raised as :class:`ProtocolError` subclasses;
+    after one, the parser is poisoned (the link must be reset), because a
+    byte stream cannot be trusted to resynchronize by itself.  The header is
+    checked before the body is awaited, so an absurd LENGTH is refused before
+    anything is buffered for it.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._head: tuple[FrameType, int, int] | None = None
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        frames = []
+        try:
+            while True:
+                if self._head is None:
+                    if len(self._buf) < HEADER_SIZE:
+                        break
+                    self._head = _check_header(bytes(self._buf[:HEADER_SIZE]))
+                ftype, flags, length = self._head
+                need = HEADER_SIZE + (length + TRAILER_SIZE if length else 0)
+                if len(self._buf) < need:
+                    break
+                body = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
+                if length:
+                    (bcrc,) = _U32.unpack_from(self._buf, HEADER_SIZE + length)
+                    if bcrc != crc32c(body):
+                        raise BadBodyCRC(f"{ftype.name} body CRC {bcrc:#010x} != "
+                                         f"computed {crc32c(body):#010x}")
+                del self._buf[:need]
+                self._head = None
+                frames.append(Frame(ftype, body, flags))
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        return frames
+
+
+# -- bodies ------------------------------------------------------------------
+
+def _pad_name(name: str, size: int) -> bytes:
+    raw = name.encode("ascii")
+    if len(raw) > size or b"\0" in raw:
+        raise ValueError(f"name {name!r} must be ASCII, at most {size} bytes, no NUL")
+    return raw.ljust(size, b"\0")
+
+
+def _unpad_name(raw: bytes, what: str) -> str:
+    name = raw.rstrip(b"\0")
+    if b"\0" in name:
+        raise BadBody(f"{what} has a NUL inside the name")
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadBody(f"{what} is not ASCII") from None
+
+
+def _expect_size(body: bytes, size: int, what: str) -> None:
+    if len(body) != size:
+        raise BadBody(f"{what} body must be {size} bytes, got {len(body)}")
+
+
+@dataclass(frozen=True)
+class Control:
+    """The 64-byte control data of one journal (patent Fig. 2, 211-217).
+
+    Offsets (docs/protocol.md, "Control data") are fixed and naturally
+    aligned so that the gateware reads each field from one place.
+    """
+    seq: int = 0          # SEQ#    stamped by the relay's engine
+    time: int = 0         # TIME    ns, stamped by the relay's engine
+    address: int = 0      # ADDRESS byte offset in the volume
+    jofs: int = 0         # JOFS    byte offset of the record in the journal ring
+    length: int = 0       # LENGTH  bytes of volume affected
+    data_len: int = 0     # bytes of journal data that follow the control data
+    data_crc: int = 0     # CRC32C of the journal data
+    epoch: int = 0        # group generation (fencing)
+    idx: int = 0          # IDX     volume index in the group
+    kind: int = Kind.UPDATE
+    flags: int = 0        # bit 0: FUA requested by the host
+    group: int = 0        # GRNUM
+    jvol_id: int = 0      # JVOL_ID
+    tag: int = 0          # sender's request number, echoed in the ACK
+    ccrc: int = 0         # CRC32C of bytes 0..59 (see docs: set by the engine's read-out)
+
+    STRUCT = struct.Struct("<QQQQIIIIHBBHHII")
+    OFFSETS = {
+        "seq": 0, "time": 8, "address": 16, "jofs": 24, "length": 32,
+        "data_len": 36, "data_crc": 40, "epoch": 44, "idx": 48, "kind": 50,
+        "flags": 51, "group": 52, "jvol_id": 54, "tag": 56, "ccrc": 60,
+    }
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(
+            self.seq, self.time, self.address, self.jofs, self.length,
+            self.data_len, self.data_crc, self.epoch, self.idx, self.kind,
+            self.flags, self.group, self.jvol_id, self.tag, self.ccrc)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Control":
+        if len(raw) < CONTROL_SIZE:
+            raise BadBody(f"control data needs {CONTROL_SIZE} bytes, got {len(raw)}",
+                          Status.BAD_LENGTH)
+        return cls(*cls.STRUCT.unpack_from(raw))
+
+    def with_ccrc(self) -> "Control":
+        """This control data with CCRC computed over bytes 0..59."""
+        raw = self.pack()
+        return dataclasses.replace(self, ccrc=crc32c(raw[:60]))
+
+    def ccrc_ok(self) -> bool:
+        return self.ccrc == crc32c(self.pack()[:60])
+
+
+def journal_body(control: Control, data: bytes = b"") -> bytes:
+    """Body of a JNLWR frame."""
+    return control.pack() + data
+
+
+def split_journal(body: bytes) -> tuple[Control, bytes]:
+    """Control data and journal data of a JNLWR body; checks only the sizes."""
+    ctl = Control.unpack(body)
+    return ctl, body[CONTROL_SIZE:]
+
+
+def record_size(data_len: int) -> int:
+    """Bytes a journal takes in a ring: control data + data padded to ALIGN."""
+    return CONTROL_SIZE + -(-data_len // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class Ack:
+    """ACK/NAK body (32 bytes): the answer to one request."""
+    seq: int = 0
+    time: int = 0
+    jofs: int = 0
+    tag: int = 0
+    status: int = Status.OK
+    req_type: int = 0
+
+    STRUCT = struct.Struct("<QQQIBBH")
+    SIZE = 32
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.seq, self.time, self.jofs, self.tag,
+                                self.status, self.req_type, 0)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Ack":
+        _expect_size(body, cls.SIZE, "ACK/NAK")
+        seq, time, jofs, tag, status, req_type, rsv = cls.STRUCT.unpack(body)
+        if rsv:
+            raise BadBody(f"ACK/NAK reserved field is {rsv:#06x}, must be 0")
+        try:
+            status = Status(status)
+        except ValueError:
+            raise BadBody(f"unknown status code {status}") from None
+        return cls(seq, time, jofs, tag, status, req_type)
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.ACK if self.status == Status.OK else FrameType.NAK, self.pack())
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> "Ack":
+        if frame.type not in (FrameType.ACK, FrameType.NAK):
+            raise BadFrameType(f"expected ACK or NAK, got {frame.type.name}")
+        ack = cls.unpack(frame.body)
+        if (frame.type == FrameType.ACK) != (ack.status == Status.OK):
+            raise BadBody(f"{frame.type.name} frame carries status {ack.status.name}")
+        return ack
+
+
+@dataclass(frozen=True)
+class Hello:
+    """HELLO body (80 bytes): who is talking, for which group and epoch."""
+    role: int
+    group: int = 0
+    epoch: int = 0
+    last_seq: int = 0     # the sender's resume point (last seq it holds/restored)
+    grname: str = ""
+    site: str = ""
+
+    STRUCT = struct.Struct("<BBHIQ32s32s")
+    SIZE = 80
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.role, 0, self.group, self.epoch, self.last_seq,
+                                _pad_name(self.grname, 32), _pad_name(self.site, 32))
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Hello":
+        _expect_size(body, cls.SIZE, "HELLO")
+        role, rsv, group, epoch, last_seq, grname, site = cls.STRUCT.unpack(body)
+        try:
+            role = Role(role)
+        except ValueError:
+            raise BadBody(f"unknown role {role} in HELLO") from None
+        if rsv:
+            raise BadBody(f"HELLO reserved byte is {rsv}, must be 0")
+        return cls(role, group, epoch, last_seq,
+                   _unpad_name(grname, "HELLO group name"), _unpad_name(site, "HELLO site name"))
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.HELLO, self.pack())
+
+
+@dataclass(frozen=True)
+class JnlRd:
+    """JNLRD body (16 bytes): read up to ``count`` journals starting at ``from_seq``."""
+    from_seq: int
+    count: int
+
+    STRUCT = struct.Struct("<QII")
+    SIZE = 16
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.from_seq, self.count, 0)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "JnlRd":
+        _expect_size(body, cls.SIZE, "JNLRD")
+        from_seq, count, rsv = cls.STRUCT.unpack(body)
+        if rsv:
+            raise BadBody(f"JNLRD reserved field is {rsv:#x}, must be 0")
+        return cls(from_seq, count)
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.JNLRD, self.pack())
+
+
+@dataclass(frozen=True)
+class Release:
+    """RELEASE body (8 bytes): free every journal with SEQ <= ``upto``."""
+    upto: int
+
+    STRUCT = struct.Struct("<Q")
+    SIZE = 8
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.upto)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Release":
+        _expect_size(body, cls.SIZE, "RELEASE")
+        return cls(*cls.STRUCT.unpack(body))
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.RELEASE, self.pack())
+
+
+@dataclass(frozen=True)
+class Load:
+    """LOAD body (24 bytes): sequence base, time base, epoch; ``flags`` says which."""
+    flags: int
+    seq: int = 0
+    time: int = 0
+    epoch: int = 0
+
+    STRUCT = struct.Struct("<QQII")
+    SIZE = 24
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.seq, self.time, self.epoch, self.flags)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Load":
+        _expect_size(body, cls.SIZE, "LOAD")
+        seq, time, epoch, flags = cls.STRUCT.unpack(body)
+        if flags & ~int(LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR
+                        | LoadFlag.FREEZE):
+            raise BadBody(f"LOAD has undefined flags {flags:#x}")
+        return cls(flags, seq, time, epoch)
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.LOAD, self.pack())
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """STATUS_RESP body (80 bytes): the engine's pointers and counters."""
+    jiptr: int
+    joptr: int
+    ring_size: int
+    free: int
+    next_seq: int
+    tail_seq: int        # SEQ of the journal at JOPTR (== next_seq when empty)
+    now: int             # the engine clock, ns
+    acks: int            # JNLWR answered with ACK (mod 2**32)
+    naks: int            # requests answered with NAK (mod 2**32)
+    epoch: int
+    held: int            # journals in the ring
+    wrap_at: int         # offset of the end-of-ring marker, or ring_size if none
+
+    STRUCT = struct.Struct("<QQQQQQQIIIIQ")
+    SIZE = 80
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.jiptr, self.joptr, self.ring_size, self.free,
+                                self.next_seq, self.tail_seq, self.now, self.acks,
+                                self.naks, self.epoch, self.held, self.wrap_at)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "EngineStatus":
+        _expect_size(body, cls.SIZE, "STATUS_RESP")
+        return cls(*cls.STRUCT.unpack(body))
+
+    def frame(self) -> Frame:
+        return Frame(FrameType.STATUS_RESP, self.pack())
