@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both do all the set-up they need on a fresh Debian 12 machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup test demo bench clean
+
+# Debian packages the tests drive for real (none yet beyond the base image;
+# the NBD clients join this list with the NBD front end).
+APT_PACKAGES :=
+
+$(STAMP): pyproject.toml
+	@if [ -n "$(APT_PACKAGES)" ] && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/tricopy demo
+
+bench: setup
+	$(BIN)/tricopy bench protocol
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

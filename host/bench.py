@@ -1,0 +1,104 @@
+"""`tricopy bench`: throughput figures that docs/benchmarks.md reports.
+
+Benchmarks measure; they never pass or fail.  Every figure is printed with
+the machine it ran on so that a number in the docs can be traced to a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+
+from . import protocol
+from .protocol import Control, FrameParser, FrameType, Kind
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _timed(fn, min_seconds: float) -> tuple[int, float]:
+    """Run ``fn`` repeatedly for at least ``min_seconds``; (calls, seconds)."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds:
+            return n, dt
+
+
+def bench_codec(data_len: int, seconds: float = 1.0) -> dict:
+    """Serialize + parse + CRC of one JNLWR frame with ``data_len`` bytes of data.
+
+    Each round builds the control data (with DATA_CRC and CCRC), serializes the
+    frame (HCRC, BCRC), parses it back and checks the data CRC: the work each
+    hop does per journal.
+    """
+    data = os.urandom(data_len)
+    parser = FrameParser()
+
+    def one() -> None:
+        ctl = Control(address=4096, length=data_len, data_len=data_len,
+                      data_crc=protocol.crc32c(data), kind=Kind.UPDATE, tag=1).with_ccrc()
+        wire = protocol.serialize_frame(FrameType.JNLWR, ctl.pack() + data)
+        (frame,) = parser.feed(wire)
+        got, payload = protocol.split_journal(frame.body)
+        if protocol.crc32c(payload) != got.data_crc:
+            raise RuntimeError("data CRC mismatch in benchmark round trip")
+
+    n, dt = _timed(one, seconds)
+    return {"what": "codec", "data_len": data_len, "frames_per_s": round(n / dt),
+            "MB_per_s": round(n * data_len / dt / 1e6, 1)}
+
+
+def bench_store(data_len: int, fsync: bool, seconds: float = 1.0) -> dict:
+    from .store import bench_append
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TRICOPY_BENCH_DIR")) as tmp:
+        count = max(64, int(2e8 // (data_len + 64))) if not fsync else 2000
+        res = bench_append(os.path.join(tmp, "jnl"), 256 << 20, data_len, count, fsync)
+    return {"what": "store", "data_len": data_len, "fsync": fsync, **res}
+
+
+def run_protocol(args) -> int:
+    results = []
+    for size in (4096, 65536):
+        results.append(bench_codec(size, args.seconds))
+    for size in (4096, 65536):
+        for fsync in (False, True):
+            results.append(bench_store(size, fsync))
+    report = {"machine": machine(), "results": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"machine: {report['machine']}")
+        for r in results:
+            if r["what"] == "codec":
+                print(f"codec  {r['data_len'] // 1024:>3} KiB  {r['frames_per_s']:>9,} frames/s"
+                      f"  {r['MB_per_s']:>9,.1f} MB/s")
+            else:
+                sync = "fsync   " if r["fsync"] else "no fsync"
+                print(f"store  {r['data_len'] // 1024:>3} KiB  {sync} "
+                      f"{round(r['records_per_s']):>9,} records/s  {r['MB_per_s']:>9,.1f} MB/s")
+    return 0
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="measure throughput")
+    which = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    p = which.add_parser("protocol", help="codec (serialize+parse+CRC) and journal store append rates")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_protocol)

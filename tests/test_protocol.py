@@ -1,0 +1,149 @@
+"""Unit tests of the wire codec: every header fault has its typed error."""
+
+import struct
+
+import pytest
+
+from tricopy.host import protocol as p
+
+
+def _header(magic=p.MAGIC, version=p.VERSION, ftype=p.FrameType.HEARTBEAT, flags=0,
+            length=0, hcrc=None) -> bytes:
+    head = struct.pack("<IBBHI", magic, version, ftype, flags, length)
+    return head + struct.pack("<I", p.crc32c(head) if hcrc is None else hcrc)
+
+
+def test_crc32c_check_value():
+    # The CRC-32C check value of the Castagnoli catalogue entry.
+    assert p.crc32c(b"123456789") == 0xE3069283
+    assert p.crc32c(b"6789", p.crc32c(b"12345")) == 0xE3069283
+
+
+def test_magic_is_trcp_on_the_wire():
+    assert p.serialize_frame(p.FrameType.HEARTBEAT)[:4] == b"TRCP"
+
+
+def test_empty_body_has_no_trailer():
+    assert len(p.serialize_frame(p.FrameType.STATUS)) == p.HEADER_SIZE
+    assert len(p.serialize_frame(p.FrameType.HEARTBEAT, b"x" * 8)) == p.HEADER_SIZE + 8 + 4
+
+
+@pytest.mark.parametrize("head, error", [
+    (_header(magic=0x12345678), p.BadMagic),
+    (_header(hcrc=0), p.BadHeaderCRC),
+    (_header(version=2), p.BadVersion),
+    (_header(flags=0x8000), p.BadFlags),
+    (_header(length=p.MAX_BODY + 1), p.FrameTooBig),
+    (_header(ftype=0x7F), p.BadFrameType),
+])
+def test_bad_header_gives_typed_error(head, error):
+    with pytest.raises(error):
+        p.FrameParser().feed(head)
+
+
+def test_absurd_length_refused_before_body_arrives():
+    parser = p.FrameParser()
+    with pytest.raises(p.FrameTooBig):
+        parser.feed(_header(length=0xFFFFFFFF))
+    assert parser.buffered == p.HEADER_SIZE
+
+
+def test_bad_body_crc():
+    wire = bytearray(p.serialize_frame(p.FrameType.HEARTBEAT, b"12345678"))
+    wire[-1] ^= 1
+    with pytest.raises(p.BadBodyCRC) as exc:
+        p.FrameParser().feed(bytes(wire))
+    assert exc.value.status == p.Status.BAD_BCRC
+
+
+def test_parser_is_poisoned_after_an_error():
+    parser = p.FrameParser()
+    with pytest.raises(p.BadMagic):
+        parser.feed(b"\0" * 16)
+    with pytest.raises(p.BadMagic):
+        parser.feed(p.serialize_frame(p.FrameType.STATUS))
+
+
+def test_frames_split_anywhere_and_batched():
+    frames = [p.Frame(p.FrameType.STATUS), p.Hello(p.Role.PRIMARY, 3, 7, 9, "g1", "tokyo").frame(),
+              p.Ack(seq=5, tag=2).frame(), p.Frame(p.FrameType.JNLWR, b"c" * 64 + b"d" * 100,
+                                                   p.FrameFlag.MORE)]
+    wire = b"".join(f.serialize() for f in frames)
+    for cut in range(0, len(wire), 7):
+        parser = p.FrameParser()
+        got = parser.feed(wire[:cut]) + parser.feed(wire[cut:])
+        assert got == frames
+        assert parser.buffered == 0
+
+
+def test_parse_frame_rejects_trailing_bytes():
+    with pytest.raises(p.BadBody):
+        p.parse_frame(p.serialize_frame(p.FrameType.STATUS) + b"x")
+
+
+def test_control_offsets_match_struct():
+    ctl = p.Control(seq=1, time=2, address=3, jofs=4, length=5, data_len=6, data_crc=7,
+                    epoch=8, idx=9, kind=10, flags=11, group=12, jvol_id=13, tag=14, ccrc=15)
+    raw = ctl.pack()
+    assert len(raw) == p.CONTROL_SIZE
+    sizes = {"seq": 8, "time": 8, "address": 8, "jofs": 8, "length": 4, "data_len": 4,
+             "data_crc": 4, "epoch": 4, "idx": 2, "kind": 1, "flags": 1, "group": 2,
+             "jvol_id": 2, "tag": 4, "ccrc": 4}
+    for name, off in p.Control.OFFSETS.items():
+        size = sizes[name]
+        assert off % size == 0, f"{name} is not naturally aligned"
+        assert int.from_bytes(raw[off:off + size], "little") == getattr(ctl, name)
+    assert p.Control.unpack(raw) == ctl
+
+
+def test_ccrc_covers_bytes_0_to_59():
+    ctl = p.Control(seq=42, address=8192, length=512, data_len=512).with_ccrc()
+    assert ctl.ccrc_ok()
+    assert not p.Control(**{**ctl.__dict__, "seq": 43}).ccrc_ok()
+
+
+def test_short_control_is_bad_length():
+    with pytest.raises(p.BadBody) as exc:
+        p.Control.unpack(b"\0" * 63)
+    assert exc.value.status == p.Status.BAD_LENGTH
+
+
+@pytest.mark.parametrize("cls, body", [
+    (p.Ack, b"\0" * 31),
+    (p.Ack, b"\0" * 28 + bytes([200, 0, 0, 0])),          # unknown status
+    (p.Ack, b"\0" * 30 + b"\x01\x00"),                     # reserved set
+    (p.Hello, b"\0" * 80),                                 # role 0
+    (p.Hello, bytes([1]) + b"\0" * 15 + b"a\0b" + b"\0" * 61),  # NUL inside a name
+    (p.Hello, bytes([1]) + b"\0" * 15 + b"\xff" + b"\0" * 63),  # not ASCII
+    (p.JnlRd, struct.pack("<QII", 1, 1, 1)),
+    (p.Release, b"\0" * 9),
+    (p.Load, struct.pack("<QQII", 0, 0, 0, 0x100)),
+    (p.EngineStatus, b"\0" * 79),
+])
+def test_bad_bodies_give_bad_body(cls, body):
+    with pytest.raises(p.BadBody):
+        cls.unpack(body)
+
+
+def test_ack_frame_type_must_match_status():
+    nak_as_ack = p.Frame(p.FrameType.ACK, p.Ack(status=p.Status.FULL).pack())
+    with pytest.raises(p.BadBody):
+        p.Ack.from_frame(nak_as_ack)
+    assert p.Ack.from_frame(p.Ack(status=p.Status.FULL).frame()).status == p.Status.FULL
+
+
+def test_record_size_aligns_data_to_64():
+    assert p.record_size(0) == 64
+    assert p.record_size(1) == 128
+    assert p.record_size(4096) == 64 + 4096
+    assert p.record_size(4097) == 64 + 4096 + 64
+
+
+def test_serialize_refuses_oversize_body():
+    with pytest.raises(p.FrameTooBig):
+        p.serialize_frame(p.FrameType.JNLWR, bytes(p.MAX_BODY + 1))
+
+
+def test_hello_name_too_long_is_value_error():
+    with pytest.raises(ValueError, match="at most 32"):
+        p.Hello(p.Role.PRIMARY, grname="g" * 33).pack()
