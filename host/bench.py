@@ -64,12 +64,14 @@ def bench_codec(data_len: int, seconds: float = 1.0) -> dict:
             "MB_per_s": round(n * data_len / dt / 1e6, 1)}
 
 
-def bench_store(data_len: int, fsync: bool, seconds: float = 1.0) -> dict:
-    from .store import bench_append
+def bench_store(data_len: int, fsync: bool, batch: int = 1) -> dict:
+    """Journal store append rate; ``batch`` journals share one fsync (group commit)."""
+    from .store_bench import bench_append
     with tempfile.TemporaryDirectory(dir=os.environ.get("TRICOPY_BENCH_DIR")) as tmp:
-        count = max(64, int(2e8 // (data_len + 64))) if not fsync else 2000
-        res = bench_append(os.path.join(tmp, "jnl"), 256 << 20, data_len, count, fsync)
-    return {"what": "store", "data_len": data_len, "fsync": fsync, **res}
+        count = 4000 if fsync else max(2000, int(4e8 // (data_len + 64)))
+        res = bench_append(os.path.join(tmp, "jnl"), 64 << 20, data_len, count, fsync, batch)
+    return {"what": "store", "data_len": data_len, "fsync": fsync, "batch": batch,
+            "records_per_s": round(res["records_per_s"]), "MB_per_s": round(res["mb_per_s"], 1)}
 
 
 def run_protocol(args) -> int:
@@ -77,8 +79,8 @@ def run_protocol(args) -> int:
     for size in (4096, 65536):
         results.append(bench_codec(size, args.seconds))
     for size in (4096, 65536):
-        for fsync in (False, True):
-            results.append(bench_store(size, fsync))
+        for fsync, batch in ((False, 1), (True, 1), (True, 32)):
+            results.append(bench_store(size, fsync, batch))
     report = {"machine": machine(), "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -89,9 +91,9 @@ def run_protocol(args) -> int:
                 print(f"codec  {r['data_len'] // 1024:>3} KiB  {r['frames_per_s']:>9,} frames/s"
                       f"  {r['MB_per_s']:>9,.1f} MB/s")
             else:
-                sync = "fsync   " if r["fsync"] else "no fsync"
+                sync = f"fsync/{r['batch']:<3}" if r["fsync"] else "no fsync "
                 print(f"store  {r['data_len'] // 1024:>3} KiB  {sync} "
-                      f"{round(r['records_per_s']):>9,} records/s  {r['MB_per_s']:>9,.1f} MB/s")
+                      f"{r['records_per_s']:>9,} records/s  {r['MB_per_s']:>9,.1f} MB/s")
     return 0
 
 

@@ -1,0 +1,662 @@
+"""The relay's journal volume (JNL volume) on disk: a ring file, patent Fig. 2.
+
+Control data and journal data are stacked in one ring, one journal = one
+contiguous record (``docs/protocol.md``, "Records"), and the space is
+allocated by exactly the rules of the journal engine ("Allocation",
+"RELEASE", the WRAP marker, rewind-when-empty), so that the relay writes each
+journal at the JOFS the engine returned.  ``docs/store.md`` is the design
+note: file layout, superblocks, recovery and the scrub.
+
+File layout::
+
+    0      HEADER_SIZE (4 KiB)  two superblock slots, at 0 and SB_SLOT
+    4096   SIZE bytes           the ring; JOFS is an offset in here
+
+The core is synchronous and uses ``os.pwrite``/``os.pread`` on one file
+descriptor.  :meth:`JournalStore.sync` may run in another thread while the
+owning thread appends (that is how ``store_commit.GroupCommitter`` shares one
+fsync among many appends); every other method belongs to one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .protocol import (ALIGN, CONTROL_SIZE, MAX_DATA, WIRE_KINDS, Control, Kind,
+                       crc32c, record_size)
+
+__all__ = [
+    "JournalStore", "RecoveryReport", "HEADER_SIZE", "SB_SLOT", "MARKER",
+    "StoreError", "StoreFull", "StoreOversize", "PlacementError", "BadJournal",
+    "StaleEpoch", "NotFound", "NotEmpty", "CorruptStore", "StoreLocked",
+    "StoreBroken", "StoreClosed",
+]
+
+HEADER_SIZE = 4096            # superblock region in front of the ring
+SB_SLOT = 2048                # second superblock slot: a different sector than the first
+SB_MAGIC = b"TCPYJNL\0"
+SB_VERSION = 1
+# MAGIC 8s | VERSION u32 | RING_OFFSET u32 | GEN u64 | SIZE u64 | JOPTR u64 |
+# TAIL_SEQ u64 | WRAP_AT u64 | EPOCH u32 | SCRC u32 (CRC32C of bytes 0..59)
+_SB = struct.Struct("<8sIIQQQQQI")
+assert _SB.size == 60
+_U32 = struct.Struct("<I")
+
+# The WRAP marker (docs/protocol.md, "Allocation"): KIND 0xFF, every other field 0.
+MARKER = Control(kind=Kind.WRAP).pack()
+
+_SCRUB_CHUNK = 4 << 20        # bytes of ring read at a time by the scrub
+_U64_MAX = (1 << 64) - 1
+
+
+# -- errors ------------------------------------------------------------------
+
+class StoreError(Exception):
+    """Base of every journal store error."""
+
+
+class StoreFull(StoreError):
+    """No room in the ring now (engine status FULL); retry after a release."""
+
+
+class StoreOversize(StoreError):
+    """The journal can never fit (engine status OVERSIZE)."""
+
+
+class PlacementError(StoreError):
+    """The control data's SEQ# or JOFS differs from what this ring allocates:
+    the engine and the store disagree, and the journal is not written."""
+
+
+class BadJournal(StoreError):
+    """Control data or journal data is not a valid stamped journal."""
+
+
+class StaleEpoch(BadJournal):
+    """The journal's EPOCH is not the store's epoch (fenced)."""
+
+
+class NotFound(StoreError):
+    """A sequence number outside the journals held."""
+
+
+class NotEmpty(StoreError):
+    """A sequence base can only be set on an empty store."""
+
+
+class CorruptStore(StoreError):
+    """The file is not a usable journal store, or a held record fails its CRCs."""
+
+
+class StoreLocked(StoreError):
+    """Another process has the store open (one writer)."""
+
+
+class StoreBroken(StoreError):
+    """A write or fsync failed; the store refuses further work until reopened,
+    because after a failed fsync the page cache no longer says what is on disk."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed."""
+
+
+# -- superblock --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Superblock:
+    gen: int
+    size: int
+    joptr: int
+    tail_seq: int
+    wrap_at: int
+    epoch: int
+
+    def pack(self) -> bytes:
+        raw = _SB.pack(SB_MAGIC, SB_VERSION, HEADER_SIZE, self.gen, self.size,
+                       self.joptr, self.tail_seq, self.wrap_at, self.epoch)
+        return raw + _U32.pack(crc32c(raw))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "_Superblock | None":
+        """The superblock in ``raw``, or None when the slot is torn or empty."""
+        if len(raw) < _SB.size + 4 or _U32.unpack_from(raw, _SB.size)[0] != crc32c(raw[:_SB.size]):
+            return None
+        magic, version, ring_offset, gen, size, joptr, tail, wrap_at, epoch = _SB.unpack_from(raw)
+        if magic != SB_MAGIC:
+            return None
+        if version != SB_VERSION or ring_offset != HEADER_SIZE:
+            raise CorruptStore(f"superblock version {version}, ring offset {ring_offset}: "
+                               f"this code reads version {SB_VERSION} at {HEADER_SIZE}")
+        sb = cls(gen, size, joptr, tail, wrap_at, epoch)
+        sb.check()
+        return sb
+
+    def check(self) -> None:
+        s = self.size
+        if s < 2 * ALIGN or s % ALIGN:
+            raise CorruptStore(f"ring SIZE {s} is not a multiple of {ALIGN} of at least {2 * ALIGN}")
+        if self.joptr >= s or self.joptr % ALIGN:
+            raise CorruptStore(f"JOPTR {self.joptr} is not an aligned offset in a ring of {s}")
+        if self.wrap_at > s or self.wrap_at % ALIGN or (self.wrap_at < s and self.wrap_at <= self.joptr):
+            raise CorruptStore(f"WRAP_AT {self.wrap_at} is impossible with JOPTR {self.joptr}, SIZE {s}")
+        if self.tail_seq < 1:
+            raise CorruptStore("TAIL_SEQ is 0; sequence numbers start at 1")
+
+
+# -- recovery report ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`JournalStore.open` found.
+
+    ``end_reason`` says why the forward scan stopped at ``end_seq`` (the
+    first sequence number *not* recovered) and ``end_pos``: an unwritten or
+    torn record is the normal end after a crash; a CRC failure there after a
+    clean run means a record that was durable is damaged.  ``scrubbed``
+    counts stale record headers zeroed in the free space.
+    """
+    superblock_gen: int
+    tail_seq: int
+    end_seq: int
+    end_pos: int
+    end_reason: str
+    scrubbed: int
+
+    @property
+    def recovered(self) -> int:
+        return self.end_seq - self.tail_seq
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The outcome of one allocation, not yet applied."""
+    jofs: int
+    marker: int | None      # offset of the WRAP marker to write, if any
+    jiptr: int
+    joptr: int
+    used: int
+    wrap_at: int
+
+
+# -- the store ---------------------------------------------------------------
+
+class JournalStore:
+    """A journal volume: a ring of stamped journals on one file (patent Fig. 2).
+
+    Create one with :meth:`create`, reopen with :meth:`open`.  Journals come
+    in stamped by the engine (SEQ#, TIME, JOFS, CCRC) and are verified
+    against this ring's own allocation before anything is written.
+    """
+
+    def __init__(self, fd: int, path: str, sb: _Superblock):
+        # Use create() or open(); this only sets the fields from a superblock.
+        self._fd = fd
+        self._path = path
+        self._sb = sb
+        self._size = sb.size
+        self._epoch = sb.epoch
+        self._joptr = sb.joptr
+        self._jiptr = sb.joptr
+        self._used = 0
+        self._wrap_at = self._size
+        self._tail_seq = sb.tail_seq
+        self._next_seq = sb.tail_seq
+        # Held records as (offset, record bytes); seq = tail_seq + i - _head.
+        self._index: list[tuple[int, int]] = []
+        self._head = 0
+        self._durable = sb.tail_seq - 1
+        self._durable_lock = threading.Lock()
+        self._broken: BaseException | None = None
+        self._closed = False
+        self.recovery: RecoveryReport | None = None
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, size: int, *, epoch: int = 0) -> "JournalStore":
+        """Create a new, empty store of a ``size``-byte ring; the file must not exist."""
+        if not isinstance(size, int) or size < 2 * ALIGN or size % ALIGN:
+            raise ValueError(f"ring size must be a multiple of {ALIGN}, at least {2 * ALIGN}, "
+                             f"not {size!r}")
+        _check_epoch(epoch)
+        path = os.fspath(path)
+        # Built under a temporary name and linked into place complete, so a
+        # crash during create never leaves a file without a superblock.
+        tmp = f"{path}.{os.getpid()}.new"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _lock(fd, path)
+            # Sparse: the ring's contents before the first lap do not matter.
+            os.ftruncate(fd, HEADER_SIZE + size)
+            sb = _Superblock(gen=1, size=size, joptr=0, tail_seq=1, wrap_at=size, epoch=epoch)
+            os.pwrite(fd, sb.pack(), SB_SLOT)
+            os.fsync(fd)
+            os.link(tmp, path)          # FileExistsError if path exists: never overwrite
+            _fsync_dir(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            os.unlink(tmp)
+        store = cls(fd, path, sb)
+        store.recovery = RecoveryReport(1, 1, 1, 0, "new store", 0)
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "JournalStore":
+        """Open an existing store and recover its journals (see docs/store.md)."""
+        path = os.fspath(path)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _lock(fd, path)
+            header = os.pread(fd, HEADER_SIZE, 0)
+            slots = [_Superblock.unpack(header[0:SB_SLOT]), _Superblock.unpack(header[SB_SLOT:])]
+            valid = [sb for sb in slots if sb is not None]
+            if not valid:
+                raise CorruptStore(f"{path}: no valid superblock")
+            sb = max(valid, key=lambda s: s.gen)
+            if os.fstat(fd).st_size < HEADER_SIZE + sb.size:
+                raise CorruptStore(f"{path}: file is {os.fstat(fd).st_size} bytes, "
+                                   f"shorter than the {HEADER_SIZE + sb.size} its superblock says")
+            store = cls(fd, path, sb)
+            store._recover()
+        except BaseException:
+            os.close(fd)
+            raise
+        return store
+
+    def _recover(self) -> None:
+        """Scan forward from JOPTR; the first invalid record is the end.
+
+        JIPTR is never persisted: it is wherever the chain of valid records
+        (CCRC, DATA_CRC, SEQ# = TAIL_SEQ, TAIL_SEQ+1, ..., JOFS = position,
+        allocation rules) stops.  Then everything in the free space that
+        looks like a record is zeroed (see :meth:`_scrub`), and the file is
+        fsynced so that every recovered journal is durable.
+        """
+        size, joptr = self._size, self._joptr
+        pos, seq, used, wrap_at, wrapped = joptr, self._tail_seq, 0, size, False
+        reason = "ring full"
+        while used < size:
+            if pos == size:             # an exact fit at the end: the next record is at 0
+                pos, wrapped = 0, True
+            limit = joptr if wrapped else size
+            raw = os.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
+            if not wrapped and raw == MARKER:
+                r_or_reason = self._check_record(0, seq, joptr)
+                if isinstance(r_or_reason, str):
+                    reason = f"WRAP marker at {pos} but no seq {seq} at 0: {r_or_reason}"
+                    break
+                if r_or_reason <= size - pos:   # the engine wraps only what does not fit
+                    reason = f"WRAP marker at {pos} although seq {seq} fits before the end"
+                    break
+                used += size - pos
+                wrap_at, pos, wrapped = pos, 0, True
+                r = r_or_reason
+            else:
+                r_or_reason = self._check_record(pos, seq, limit, raw)
+                if isinstance(r_or_reason, str):
+                    reason = r_or_reason
+                    break
+                r = r_or_reason
+            self._index.append((pos, r))
+            pos += r
+            used += r
+            seq += 1
+        self._jiptr = pos % size
+        self._used = used
+        self._wrap_at = wrap_at
+        self._next_seq = seq
+        scrubbed = self._scrub()
+        os.fdatasync(self._fd)
+        self._durable = seq - 1
+        self.recovery = RecoveryReport(self._sb.gen, self._tail_seq, seq, pos % size,
+                                       reason, scrubbed)
+
+    def _check_record(self, pos: int, seq: int, limit: int, raw: bytes | None = None) -> int | str:
+        """Record size of a valid record with ``seq`` at ``pos`` ending by
+        ``limit``, or why it is not one."""
+        if raw is None:
+            raw = os.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
+        if len(raw) < CONTROL_SIZE:
+            return f"short read at {pos}"
+        if raw == bytes(CONTROL_SIZE):
+            return f"nothing written at {pos}"
+        ctl = Control.unpack(raw)
+        if not ctl.ccrc_ok():
+            return f"CCRC mismatch at {pos} (torn, stale or unwritten record)"
+        if ctl.seq != seq:
+            return f"seq {ctl.seq} at {pos}, expected {seq}"
+        if ctl.jofs != pos:
+            return f"seq {seq} at {pos} says JOFS {ctl.jofs}"
+        if ctl.kind not in WIRE_KINDS or ctl.data_len > MAX_DATA:
+            return f"seq {seq} at {pos}: kind {ctl.kind}, DATA_LEN {ctl.data_len}"
+        r = record_size(ctl.data_len)
+        if pos + r > limit:
+            return f"seq {seq} at {pos}: record of {r} bytes overruns {limit}"
+        data = os.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
+        if len(data) != ctl.data_len or crc32c(data) != ctl.data_crc:
+            return f"DATA_CRC mismatch in seq {seq} at {pos} (torn record)"
+        return r
+
+    def _scrub(self) -> int:
+        """Zero every record-looking control data outside the held records.
+
+        Why: after a crash the tail past the recovered end may hold valid
+        records of the lost window (written, never fsynced, with a hole
+        before them).  Once the relay reuses their sequence numbers, a new
+        journal of the same size would chain straight into them at the next
+        recovery and resurrect them.  A record is only accepted where its
+        JOFS equals its position, so zeroing every 64-byte unit whose JOFS
+        equals its own offset and whose KIND is a journal kind removes every
+        candidate; the ring is free space there, so zeroing is harmless.
+        """
+        size = self._size
+        held = np.zeros(size // ALIGN, dtype=bool)
+        for pos, r in self._index[self._head:]:
+            held[pos // ALIGN:(pos + r) // ALIGN] = True
+        if self._wrap_at < size:
+            held[self._wrap_at // ALIGN] = True
+        zero = bytes(CONTROL_SIZE)
+        count = 0
+        for start in range(0, size, _SCRUB_CHUNK):
+            chunk = os.pread(self._fd, min(_SCRUB_CHUNK, size - start), HEADER_SIZE + start)
+            words = np.frombuffer(chunk, dtype="<u8").reshape(-1, CONTROL_SIZE // 8)
+            offsets = np.arange(start, start + len(chunk), CONTROL_SIZE, dtype=np.uint64)
+            kind = (words[:, 6] >> np.uint64(16)) & np.uint64(0xFF)   # KIND at byte 50
+            looks = (words[:, 3] == offsets) & (kind >= 1) & (kind <= 5)
+            looks &= ~held[start // ALIGN:start // ALIGN + len(words)]
+            for unit in np.flatnonzero(looks):
+                os.pwrite(self._fd, zero, HEADER_SIZE + start + int(unit) * CONTROL_SIZE)
+                count += 1
+        return count
+
+    # -- state ---------------------------------------------------------------
+
+    path = property(lambda self: self._path)
+    size = property(lambda self: self._size, doc="ring size in bytes (SIZE)")
+    jiptr = property(lambda self: self._jiptr, doc="where the next journal goes (JIPTR)")
+    joptr = property(lambda self: self._joptr, doc="the oldest journal held (JOPTR)")
+    used = property(lambda self: self._used, doc="bytes held, counting a skipped tail")
+    free = property(lambda self: self._size - self._used)
+    wrap_at = property(lambda self: self._wrap_at, doc="WRAP marker offset, or SIZE")
+    next_seq = property(lambda self: self._next_seq, doc="SEQ# the next journal must carry")
+    tail_seq = property(lambda self: self._tail_seq, doc="SEQ# at JOPTR (next_seq when empty)")
+    durable_seq = property(lambda self: self._durable, doc="highest SEQ# known to be on disk")
+    epoch = property(lambda self: self._epoch)
+    held = property(lambda self: self._next_seq - self._tail_seq, doc="journals held")
+    closed = property(lambda self: self._closed)
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"{self._path} is closed")
+        if self._broken is not None:
+            raise StoreBroken(f"{self._path}: an earlier write or fsync failed "
+                              f"({self._broken}); reopen to recover") from self._broken
+
+    def _fail(self, exc: OSError) -> StoreBroken:
+        self._broken = exc
+        return StoreBroken(f"{self._path}: {exc}")
+
+    # -- allocation (docs/protocol.md, "Allocation") -------------------------
+
+    def _plan(self, r: int) -> _Plan:
+        size, jiptr, joptr, used, wrap_at = (self._size, self._jiptr, self._joptr,
+                                             self._used, self._wrap_at)
+        if r > size:
+            raise StoreOversize(f"a record of {r} bytes never fits a ring of {size}")
+        if used == 0:                  # rewind when empty
+            jiptr = joptr = 0
+            wrap_at = size
+        if r > size - used:
+            raise StoreFull(f"record of {r} bytes, {size - used} free")
+        marker = None
+        if jiptr >= joptr:
+            if r <= size - jiptr:
+                jofs = jiptr
+            elif r <= joptr:
+                marker, wrap_at, jofs = jiptr, jiptr, 0
+                used += size - jiptr
+            else:
+                raise StoreFull(f"record of {r} bytes fits neither the {size - jiptr} bytes "
+                                f"before the end nor the {joptr} at the start")
+        elif r <= joptr - jiptr:
+            jofs = jiptr
+        else:
+            raise StoreFull(f"record of {r} bytes, {joptr - jiptr} free before JOPTR")
+        return _Plan(jofs, marker, (jofs + r) % size, joptr, used + r, wrap_at)
+
+    def placement(self, data_len: int) -> int:
+        """The JOFS the engine assigns to the next journal of ``data_len``
+        bytes; raises :class:`StoreFull` or :class:`StoreOversize` like it."""
+        if data_len > MAX_DATA:
+            raise StoreOversize(f"DATA_LEN {data_len} exceeds {MAX_DATA}")
+        return self._plan(record_size(data_len)).jofs
+
+    # -- journals ------------------------------------------------------------
+
+    def append(self, control: Control, data: bytes = b"") -> int:
+        """Write one stamped journal at its JOFS; returns its SEQ#.
+
+        Not durable until :meth:`sync`.  Nothing is written when a check
+        fails: :class:`BadJournal`/:class:`StaleEpoch` for a journal that
+        is not valid stamped control data + data, :class:`PlacementError`
+        when SEQ# or JOFS is not what this ring allocates, then
+        :class:`StoreOversize`/:class:`StoreFull`.
+        """
+        self._usable()
+        data = bytes(data)
+        if control.data_len != len(data):
+            raise BadJournal(f"DATA_LEN {control.data_len} but {len(data)} bytes of data")
+        if control.kind not in WIRE_KINDS:
+            raise BadJournal(f"KIND {control.kind} is not a journal kind")
+        if not control.ccrc_ok():
+            raise BadJournal(f"seq {control.seq}: CCRC {control.ccrc:#010x} does not match "
+                             f"the control data (not stamped by the engine?)")
+        if crc32c(data) != control.data_crc:
+            raise BadJournal(f"seq {control.seq}: DATA_CRC {control.data_crc:#010x} does not "
+                             f"match the data ({crc32c(data):#010x})")
+        if control.epoch != self._epoch:
+            raise StaleEpoch(f"seq {control.seq}: EPOCH {control.epoch}, store epoch {self._epoch}")
+        if len(data) > MAX_DATA:
+            raise StoreOversize(f"DATA_LEN {len(data)} exceeds {MAX_DATA}")
+        if control.seq != self._next_seq:
+            raise PlacementError(f"seq {control.seq} but the store expects {self._next_seq}")
+        r = record_size(len(data))
+        plan = self._plan(r)
+        if control.jofs != plan.jofs:
+            raise PlacementError(f"seq {control.seq}: JOFS {control.jofs} but the ring "
+                                 f"allocates {plan.jofs}")
+        record = control.pack() + data + bytes(r - CONTROL_SIZE - len(data))
+        try:
+            if plan.marker is not None:
+                os.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
+            if os.pwrite(self._fd, record, HEADER_SIZE + plan.jofs) != r:
+                raise OSError(f"short write of seq {control.seq}")
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        self._jiptr, self._joptr, self._used, self._wrap_at = (plan.jiptr, plan.joptr,
+                                                               plan.used, plan.wrap_at)
+        self._index.append((plan.jofs, r))
+        # Last: a concurrent sync() takes next_seq as its target, and this
+        # record's bytes are in the page cache by now.
+        self._next_seq += 1
+        return control.seq
+
+    def sync(self) -> int:
+        """fdatasync the file; returns the highest durable SEQ#.
+
+        Safe to call from another thread while the owner appends: the target
+        is read before the fsync, and every journal below it was written
+        before.
+        """
+        self._usable()
+        target = self._next_seq - 1
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        return self._mark_durable(target)
+
+    def _mark_durable(self, seq: int) -> int:
+        with self._durable_lock:
+            if seq > self._durable:
+                self._durable = seq
+            return self._durable
+
+    def read(self, from_seq: int, count: int) -> list[tuple[Control, bytes]]:
+        """Up to ``count`` journals from ``from_seq`` on, as JNLRD reads them:
+        control data with its CCRC, and DATA_LEN bytes of data.
+
+        ``from_seq`` outside ``tail_seq..next_seq`` raises :class:`NotFound`;
+        a record failing its CRCs raises :class:`CorruptStore`.
+        """
+        self._usable()
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        if not self._tail_seq <= from_seq <= self._next_seq:
+            raise NotFound(f"seq {from_seq} is outside {self._tail_seq}..{self._next_seq - 1}")
+        n = min(count, self._next_seq - from_seq)
+        first = self._head + from_seq - self._tail_seq
+        out = []
+        for i, (pos, r) in enumerate(self._index[first:first + n]):
+            seq = from_seq + i
+            raw = os.pread(self._fd, r, HEADER_SIZE + pos)
+            ctl = Control.unpack(raw) if len(raw) == r else None
+            if ctl is None or not ctl.ccrc_ok() or ctl.seq != seq or ctl.jofs != pos:
+                raise CorruptStore(f"control data of seq {seq} at {pos} is damaged")
+            data = raw[CONTROL_SIZE:CONTROL_SIZE + ctl.data_len]
+            if record_size(ctl.data_len) != r or crc32c(data) != ctl.data_crc:
+                raise CorruptStore(f"journal data of seq {seq} at {pos} is damaged")
+            out.append((ctl, data))
+        return out
+
+    def release(self, upto: int) -> int:
+        """Free the journals up to ``upto`` (RELEASE); returns JOPTR after.
+
+        ``upto`` below TAIL_SEQ changes nothing (a replayed ACK is
+        harmless); ``upto >= next_seq`` raises :class:`NotFound` and frees
+        nothing.  The new JOPTR/TAIL_SEQ are durable in the superblock before
+        the space counts as free, so a crash can never leave the superblock
+        pointing into space already overwritten.
+        """
+        self._usable()
+        if upto >= self._next_seq:
+            raise NotFound(f"release up to {upto}: the last journal is {self._next_seq - 1}")
+        if upto < self._tail_seq:
+            return self._joptr
+        size, joptr, used, wrap_at = self._size, self._joptr, self._used, self._wrap_at
+        n = upto + 1 - self._tail_seq
+        for pos, r in self._index[self._head:self._head + n]:
+            joptr += r
+            used -= r
+            if joptr == wrap_at:
+                used -= size - wrap_at
+                joptr, wrap_at = 0, size
+            elif joptr == size:
+                joptr = 0
+        # An empty ring is persisted rewound: the engine rewinds it before
+        # the next allocation anyway, and recovery then starts at 0.
+        at, wrap = (0, size) if used == 0 else (joptr, wrap_at)
+        self._write_superblock(joptr=at, tail_seq=upto + 1, wrap_at=wrap)
+        self._joptr, self._used, self._wrap_at = joptr, used, wrap_at
+        self._tail_seq = upto + 1
+        self._head += n
+        if self._head > 1024 and self._head * 2 > len(self._index):
+            del self._index[:self._head]
+            self._head = 0
+        return joptr
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make ``epoch`` the store's epoch (durably); later journals must carry it."""
+        self._usable()
+        _check_epoch(epoch)
+        self._write_superblock(epoch=epoch)
+        self._epoch = epoch
+
+    def set_base(self, seq: int) -> None:
+        """Set the sequence base of an empty store (after a failover): the
+        next journal must carry SEQ# ``seq``.  Raises :class:`NotEmpty`."""
+        self._usable()
+        if not isinstance(seq, int) or not 1 <= seq <= _U64_MAX:
+            raise ValueError(f"sequence base must be 1..2**64-1, not {seq!r}")
+        if self._used:
+            raise NotEmpty(f"store holds journals {self._tail_seq}..{self._next_seq - 1}")
+        self._write_superblock(joptr=0, tail_seq=seq, wrap_at=self._size)
+        self._jiptr = self._joptr = 0
+        self._wrap_at = self._size
+        self._tail_seq = self._next_seq = seq
+        self._index, self._head = [], 0
+        # Old records may carry the sequence numbers about to be reused.
+        try:
+            self._scrub()
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        with self._durable_lock:
+            self._durable = seq - 1
+
+    def _write_superblock(self, **changes: int) -> None:
+        """Write the next generation into the other slot and fdatasync.
+
+        The fdatasync also makes every journal written so far durable.
+        """
+        target = self._next_seq - 1
+        sb = dataclasses.replace(self._sb, gen=self._sb.gen + 1, **changes)
+        try:
+            os.pwrite(self._fd, sb.pack(), (sb.gen % 2) * SB_SLOT)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        self._sb = sb
+        self._mark_durable(target)
+
+    def close(self) -> None:
+        """fsync and close; idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._broken is None:
+                os.fdatasync(self._fd)
+        finally:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> "JournalStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"JournalStore({self._path!r}, size={self._size}, jiptr={self._jiptr}, "
+                f"joptr={self._joptr}, seq={self._tail_seq}..{self._next_seq - 1})")
+
+
+def _check_epoch(epoch: int) -> None:
+    if not isinstance(epoch, int) or not 0 <= epoch < 1 << 32:
+        raise ValueError(f"epoch must be a 32-bit unsigned integer, not {epoch!r}")
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreLocked(f"{path} is open in another process") from None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new file's directory entry durable too."""
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
