@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = [
     "tricopy.host.bench",
+    "tricopy.host.engine.serve",
 ]
 
 

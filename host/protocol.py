@@ -127,6 +127,7 @@ class LoadFlag(enum.IntFlag):
     EPOCH = 0x04    # set the current epoch
     CLEAR = 0x08    # drop every journal and rewind JIPTR = JOPTR = 0 (applied first)
     FREEZE = 0x10   # with TIME: the clock stops at the loaded value (deterministic tests)
+    PTR = 0x20      # set JIPTR = JOPTR = PTR in an empty ring (relay restart: align with the store)
 
 
 # -- errors ------------------------------------------------------------------
@@ -491,26 +492,28 @@ class Release:
 
 @dataclass(frozen=True)
 class Load:
-    """LOAD body (24 bytes): sequence base, time base, epoch; ``flags`` says which."""
+    """LOAD body (32 bytes): sequence base, time base, ring position, epoch;
+    ``flags`` says which take effect."""
     flags: int
     seq: int = 0
     time: int = 0
     epoch: int = 0
+    ptr: int = 0
 
-    STRUCT = struct.Struct("<QQII")
-    SIZE = 24
+    STRUCT = struct.Struct("<QQQII")
+    SIZE = 32
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(self.seq, self.time, self.epoch, self.flags)
+        return self.STRUCT.pack(self.seq, self.time, self.ptr, self.epoch, self.flags)
 
     @classmethod
     def unpack(cls, body: bytes) -> "Load":
         _expect_size(body, cls.SIZE, "LOAD")
-        seq, time, epoch, flags = cls.STRUCT.unpack(body)
+        seq, time, ptr, epoch, flags = cls.STRUCT.unpack(body)
         if flags & ~int(LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR
-                        | LoadFlag.FREEZE):
+                        | LoadFlag.FREEZE | LoadFlag.PTR):
             raise BadBody(f"LOAD has undefined flags {flags:#x}")
-        return cls(flags, seq, time, epoch)
+        return cls(flags, seq, time, epoch, ptr)
 
     def frame(self) -> Frame:
         return Frame(FrameType.LOAD, self.pack())

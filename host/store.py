@@ -413,7 +413,8 @@ class JournalStore:
                                              self._used, self._wrap_at)
         if r > size:
             raise StoreOversize(f"a record of {r} bytes never fits a ring of {size}")
-        if used == 0:                  # rewind when empty
+        if used == 0 and r > size - jiptr:
+            # Empty and the tail is too short: rewind (the engine's rule).
             jiptr = joptr = 0
             wrap_at = size
         if r > size - used:
@@ -476,6 +477,11 @@ class JournalStore:
             raise PlacementError(f"seq {control.seq}: JOFS {control.jofs} but the ring "
                                  f"allocates {plan.jofs}")
         record = control.pack() + data + bytes(r - CONTROL_SIZE - len(data))
+        if plan.joptr != self._joptr:
+            # An empty ring rewinds.  Recovery scans from the persisted JOPTR,
+            # so it must say 0 before a record lives there; rare, so the extra
+            # fdatasync does not matter.
+            self._write_superblock(joptr=plan.joptr, wrap_at=plan.wrap_at)
         try:
             if plan.marker is not None:
                 os.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
@@ -563,10 +569,10 @@ class JournalStore:
                 joptr, wrap_at = 0, size
             elif joptr == size:
                 joptr = 0
-        # An empty ring is persisted rewound: the engine rewinds it before
-        # the next allocation anyway, and recovery then starts at 0.
-        at, wrap = (0, size) if used == 0 else (joptr, wrap_at)
-        self._write_superblock(joptr=at, tail_seq=upto + 1, wrap_at=wrap)
+        # An empty ring keeps its place, as the engine's does: a restarted
+        # relay loads this JOPTR into the engine (LOAD PTR).
+        wrap = size if used == 0 else wrap_at
+        self._write_superblock(joptr=joptr, tail_seq=upto + 1, wrap_at=wrap)
         self._joptr, self._used, self._wrap_at = joptr, used, wrap_at
         self._tail_seq = upto + 1
         self._head += n

@@ -1,0 +1,411 @@
+"""The reference journal engine: ring allocator, sequencer and timestamp unit.
+
+:class:`EngineModel` is the executable form of docs/protocol.md, "The journal
+engine".  It is sans-I/O (frames in, frames out) and is the scoreboard that
+the gateware is held to byte for byte, so it favours being obviously right
+over being fast: every rule of the document appears here once, in the
+document's order, under the document's names (JIPTR, JOPTR, WRAP_AT, ...).
+
+:class:`EngineStream` puts the byte-level rules of docs/protocol.md, "Engine:
+bad frames" in front of the model: this is what the Verilator harness and the
+boards expose on their UART / socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+from collections import deque
+from typing import Callable
+
+from tricopy.host import protocol
+from tricopy.host.protocol import (
+    ALIGN,
+    CONTROL_SIZE, MAX_BODY, MAX_DATA, Ack, Control, Frame, FrameFlag, FrameType,
+    Kind, LoadFlag, Status,
+)
+
+__all__ = ["EngineModel", "EngineStream", "WRAP_MARKER"]
+
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+#: The end-of-ring marker written at JIPTR when the tail is skipped
+#: (docs/protocol.md, "Allocation" 3): KIND 0xFF, every other field 0, CCRC 0.
+WRAP_MARKER = Control(kind=Kind.WRAP).pack()
+
+
+def _kind_rules_ok(ctl: Control) -> bool:
+    """LENGTH / DATA_LEN against the kind (docs/protocol.md, "Kind rules")."""
+    if ctl.kind in protocol.DATA_KINDS:
+        return ctl.data_len == ctl.length
+    if ctl.kind in (Kind.ZERO, Kind.TRIM):
+        return ctl.data_len == 0
+    return ctl.length == 0 and ctl.data_len == 0          # MARK
+
+
+class EngineModel:
+    """Sans-I/O reference journal engine (docs/protocol.md, "The journal engine").
+
+    ``size`` is the ring size in bytes (a multiple of 64, at least 128).
+    ``clock`` is a free-running nanosecond source (default
+    :func:`time.monotonic_ns`); the engine CLOCK is the last loaded base plus
+    the time elapsed on ``clock`` since that LOAD, or exactly the base while a
+    LOAD FREEZE holds.  ``name`` is the SITE the engine reports in HELLO.
+    """
+
+    def __init__(self, size: int, *, clock: Callable[[], int] | None = None,
+                 name: str = "model"):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 128 or size % 64:
+            raise ValueError(f"ring size must be a multiple of 64 and at least 128, not {size!r}")
+        name.encode("ascii")                   # HELLO SITE is ASCII; fail here, not mid-run
+        if len(name) > 32 or "\0" in name:
+            raise ValueError(f"engine name must be ASCII, at most 32 characters, not {name!r}")
+        self.name = name
+        self._size = size
+        self._clock = clock if clock is not None else time.monotonic_ns
+        self._ring = bytearray(size)
+        # (JOFS, R) of the journals held, TAIL_SEQ first: the gateware finds the
+        # same facts in the control data at JOPTR; the model keeps them at hand.
+        self._records: deque[tuple[int, int]] = deque()
+        self._jiptr = 0
+        self._joptr = 0
+        self._used = 0
+        self._wrap_at = size
+        self._next_seq = 1
+        self._tail_seq = 1
+        self._epoch = 0
+        self._last_time = 0
+        self._acks = 0
+        self._naks = 0
+        self._time_base = 0
+        self._clock_at_load = self._clock()
+        self._frozen = False
+        self._handlers = {
+            FrameType.HELLO: self._hello,
+            FrameType.HEARTBEAT: self._heartbeat,
+            FrameType.JNLWR: self._jnlwr,
+            FrameType.JNLRD: self._jnlrd,
+            FrameType.RELEASE: self._release,
+            FrameType.STATUS: self._status,
+            FrameType.LOAD: self._load,
+        }
+
+    # -- read-only state ----------------------------------------------------
+
+    size = property(lambda self: self._size, doc="SIZE, ring bytes")
+    jiptr = property(lambda self: self._jiptr, doc="JIPTR, where the next record goes")
+    joptr = property(lambda self: self._joptr, doc="JOPTR, the oldest record held")
+    used = property(lambda self: self._used, doc="USED, bytes held incl. a skipped tail")
+    free = property(lambda self: self._size - self._used, doc="FREE = SIZE - USED")
+    wrap_at = property(lambda self: self._wrap_at, doc="WRAP_AT, the end-of-ring marker or SIZE")
+    next_seq = property(lambda self: self._next_seq, doc="NEXT_SEQ, SEQ# of the next journal")
+    tail_seq = property(lambda self: self._tail_seq, doc="TAIL_SEQ, SEQ# at JOPTR")
+    epoch = property(lambda self: self._epoch, doc="EPOCH, the current group generation")
+    last_time = property(lambda self: self._last_time, doc="LAST_TIME, the last TIME stamped")
+    acks = property(lambda self: self._acks, doc="ACKS, JNLWRs accepted (mod 2**32)")
+    naks = property(lambda self: self._naks, doc="NAKS, NAKs sent (mod 2**32)")
+    held = property(lambda self: self._next_seq - self._tail_seq, doc="journals held")
+
+    @property
+    def now(self) -> int:
+        """CLOCK, the engine's 64-bit nanosecond clock."""
+        if self._frozen:
+            return self._time_base
+        return (self._time_base + self._clock() - self._clock_at_load) & _U64
+
+    def ring(self) -> bytes:
+        """The ring memory as the gateware holds it.
+
+        Records and WRAP markers where they were written, zeros where nothing
+        ever was.  Releasing or clearing does not erase bytes (the gateware
+        only moves pointers), so stale records stay visible until overwritten.
+        """
+        return bytes(self._ring)
+
+    # -- requests -----------------------------------------------------------
+
+    def handle(self, frame: Frame) -> list[Frame]:
+        """Answer one request frame: a list of frames (JNLRD: n JNLWR + ACK)."""
+        handler = self._handlers.get(frame.type)
+        if handler is None:                     # ACK, NAK, STATUS_RESP
+            return [self.nak(Status.BAD_TYPE, frame.type)]
+        return handler(frame.body)
+
+    def nak(self, status: Status, req_type: int, *, seq: int = 0, tag: int = 0) -> Frame:
+        """A NAK frame, counted in NAKS.  Also used by :class:`EngineStream`
+        for the link-level errors (BAD_FRAME, BAD_BCRC) the model never sees."""
+        self._naks = (self._naks + 1) & _U32
+        return Ack(seq=seq, tag=tag, status=status, req_type=req_type).frame()
+
+    def _ack(self, req_type: int, seq: int, time: int = 0, jofs: int = 0,
+             tag: int = 0) -> Frame:
+        return Ack(seq, time, jofs, tag, Status.OK, req_type).frame()
+
+    # JNLWR -------------------------------------------------------------------
+
+    def _jnlwr(self, body: bytes) -> list[Frame]:
+        req = FrameType.JNLWR
+        if len(body) < CONTROL_SIZE:
+            return [self.nak(Status.BAD_LENGTH, req)]
+        ctl, data = protocol.split_journal(body)
+
+        def refuse(status: Status) -> list[Frame]:
+            return [self.nak(status, req, tag=ctl.tag)]
+
+        # The checks of docs/protocol.md "JNLWR", in order (BCRC was the stream's).
+        if ctl.kind not in protocol.WIRE_KINDS:
+            return refuse(Status.BAD_KIND)
+        if ctl.data_len != len(data) or not _kind_rules_ok(ctl):
+            return refuse(Status.BAD_LENGTH)
+        if ctl.epoch != self._epoch:
+            return refuse(Status.STALE_EPOCH)
+        if protocol.crc32c(data) != ctl.data_crc:
+            return refuse(Status.BAD_DCRC)
+        r = protocol.record_size(ctl.data_len)
+        if ctl.data_len > MAX_DATA or r > self._size:
+            return refuse(Status.OVERSIZE)
+        if self._next_seq == _U64:              # SEQ# space exhausted: NEXT_SEQ must stay u64
+            return refuse(Status.FULL)
+        jofs = self._allocate(r)
+        if jofs is None:
+            return refuse(Status.FULL)
+
+        seq = self._next_seq
+        self._next_seq += 1
+        stamp = max(self.now, self._last_time)  # TIME never goes backwards
+        self._last_time = stamp
+        stamped = dataclasses.replace(ctl, seq=seq, time=stamp, jofs=jofs).with_ccrc()
+        record = stamped.pack() + data
+        self._ring[jofs:jofs + r] = record + bytes(r - len(record))
+        self._records.append((jofs, r))
+        self._acks = (self._acks + 1) & _U32
+        return [self._ack(req, seq, stamp, jofs, ctl.tag)]
+
+    def _allocate(self, r: int) -> int | None:
+        """Place a record of R bytes (docs/protocol.md, "Allocation"); its JOFS or None if FULL."""
+        if self._used == 0 and r > self._size - self._jiptr:
+            # Empty and the tail is too short: rewind, so any R <= SIZE fits.
+            # An empty ring otherwise keeps its place (LOAD PTR relies on it).
+            self._jiptr = self._joptr = 0
+            self._wrap_at = self._size
+        if r > self.free:
+            return None
+        if self._jiptr >= self._joptr:          # free space: the tail, then the head
+            if r <= self._size - self._jiptr:
+                jofs = self._jiptr              # includes the exact fit at the end
+            elif r <= self._joptr:
+                # Skip the tail: a record never wraps (one I/O, one burst).
+                self._ring[self._jiptr:self._jiptr + CONTROL_SIZE] = WRAP_MARKER
+                self._wrap_at = self._jiptr
+                self._used += self._size - self._jiptr
+                jofs = 0
+            else:
+                return None                     # wrap with partial space
+        elif r <= self._joptr - self._jiptr:
+            jofs = self._jiptr
+        else:
+            return None
+        self._jiptr = (jofs + r) % self._size
+        self._used += r
+        return jofs
+
+    # JNLRD -------------------------------------------------------------------
+
+    def _jnlrd(self, body: bytes) -> list[Frame]:
+        req = FrameType.JNLRD
+        try:
+            rd = protocol.JnlRd.unpack(body)
+        except protocol.BadBody:
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if rd.from_seq < self._tail_seq or rd.from_seq > self._next_seq:
+            return [self.nak(Status.NOT_FOUND, req, seq=rd.from_seq)]
+        n = min(rd.count, self._next_seq - rd.from_seq)
+        out = []
+        first = rd.from_seq - self._tail_seq
+        for i in range(n):
+            jofs, _ = self._records[first + i]
+            raw = bytes(self._ring[jofs:jofs + CONTROL_SIZE])
+            (data_len,) = struct.unpack_from("<I", raw, Control.OFFSETS["data_len"])
+            data = bytes(self._ring[jofs + CONTROL_SIZE:jofs + CONTROL_SIZE + data_len])
+            flags = FrameFlag.MORE if i < n - 1 else 0
+            out.append(Frame(FrameType.JNLWR, raw + data, flags))
+        out.append(self._ack(req, rd.from_seq + n - 1, 0, self._joptr, n))
+        return out
+
+    # RELEASE -----------------------------------------------------------------
+
+    def _release(self, body: bytes) -> list[Frame]:
+        req = FrameType.RELEASE
+        try:
+            upto = protocol.Release.unpack(body).upto
+        except protocol.BadBody:
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if upto >= self._next_seq:              # never issued: release nothing at all
+            return [self.nak(Status.NOT_FOUND, req, seq=upto)]
+        while self._tail_seq <= upto:           # below TAIL_SEQ: idempotent no-op
+            _, r = self._records.popleft()
+            self._joptr += r
+            self._used -= r
+            if self._joptr == self._wrap_at:    # the skipped tail goes with it
+                self._used -= self._size - self._wrap_at
+                self._joptr = 0
+                self._wrap_at = self._size
+            if self._joptr == self._size:
+                self._joptr = 0
+            self._tail_seq += 1
+        return [self._ack(req, upto, 0, self._joptr)]
+
+    # STATUS, LOAD, HELLO, HEARTBEAT -----------------------------------------
+
+    def status(self) -> protocol.EngineStatus:
+        """The STATUS_RESP body for the current state."""
+        return protocol.EngineStatus(
+            jiptr=self._jiptr, joptr=self._joptr, ring_size=self._size, free=self.free,
+            next_seq=self._next_seq, tail_seq=self._tail_seq, now=self.now,
+            acks=self._acks, naks=self._naks, epoch=self._epoch,
+            held=self.held & _U32, wrap_at=self._wrap_at)
+
+    def _status(self, body: bytes) -> list[Frame]:
+        if body:
+            return [self.nak(Status.BAD_REQUEST, FrameType.STATUS)]
+        return [self.status().frame()]
+
+    def _load(self, body: bytes) -> list[Frame]:
+        req = FrameType.LOAD
+        try:
+            load = protocol.Load.unpack(body)   # refuses undefined flags
+        except protocol.BadBody:
+            return [self.nak(Status.BAD_REQUEST, req)]
+        flags = LoadFlag(load.flags)
+        # All checks before any effect: a refused LOAD changes nothing.
+        if LoadFlag.SEQ in flags and load.seq == 0:
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if LoadFlag.PTR in flags and (load.ptr % ALIGN or load.ptr >= self._size):
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if flags & (LoadFlag.SEQ | LoadFlag.PTR):
+            if self.held and LoadFlag.CLEAR not in flags:
+                return [self.nak(Status.NOT_EMPTY, req)]
+        if LoadFlag.CLEAR in flags:
+            self._records.clear()
+            self._jiptr = self._joptr = self._used = 0
+            self._wrap_at = self._size
+            self._tail_seq = self._next_seq
+        if LoadFlag.SEQ in flags:
+            self._next_seq = self._tail_seq = load.seq
+        if LoadFlag.PTR in flags:
+            self._jiptr = self._joptr = load.ptr
+            self._wrap_at = self._size
+        if LoadFlag.TIME in flags:
+            self._time_base = load.time
+            self._clock_at_load = self._clock()
+            self._frozen = LoadFlag.FREEZE in flags
+        if LoadFlag.EPOCH in flags:
+            self._epoch = load.epoch
+        return [self._ack(req, self._next_seq, self.now, self._jiptr)]
+
+    def _hello(self, body: bytes) -> list[Frame]:
+        try:
+            protocol.Hello.unpack(body)
+        except protocol.BadBody:
+            return [self.nak(Status.BAD_REQUEST, FrameType.HELLO)]
+        return [protocol.Hello(protocol.Role.ENGINE, 0, self._epoch, self._next_seq - 1,
+                               "", self.name).frame()]
+
+    def _heartbeat(self, body: bytes) -> list[Frame]:
+        if len(body) not in (0, 8):
+            return [self.nak(Status.BAD_REQUEST, FrameType.HEARTBEAT)]
+        return [Frame(FrameType.HEARTBEAT, body)]
+
+
+_MAGIC_BYTES = struct.pack("<I", protocol.MAGIC)          # b"TRCP"
+_HEAD = struct.Struct("<IBBHII")                          # ... | LENGTH | HCRC
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+_TAG_AT = Control.OFFSETS["tag"]
+
+
+class EngineStream:
+    """Byte front end of the model: the rules of docs/protocol.md "Engine: bad frames".
+
+    ``feed(bytes)`` takes the link's bytes in any chunking and returns the
+    engine's answer bytes.  Unlike :class:`protocol.FrameParser` it never
+    gives up: a bad header is answered with one NAK BAD_FRAME and followed by
+    a hunt for the next valid header, because an engine cannot close its link.
+    """
+
+    def __init__(self, model: EngineModel):
+        self.model = model
+        self._buf = bytearray()
+        self._skip = 0          # body + trailer bytes of a refused frame still to drop
+        self._hunting = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        out = bytearray()
+        while self._step(out):
+            pass
+        return bytes(out)
+
+    def _step(self, out: bytearray) -> bool:
+        """Consume one unit (a skip, a hunt, a frame); False when more bytes are needed."""
+        buf = self._buf
+        if self._skip:
+            n = min(self._skip, len(buf))
+            del buf[:n]
+            self._skip -= n
+            return not self._skip
+        if self._hunting:
+            return self._hunt()
+        if len(buf) < protocol.HEADER_SIZE:
+            return False
+        magic, version, ftype, flags, length, hcrc = _HEAD.unpack_from(buf)
+        if magic != protocol.MAGIC or hcrc != protocol.crc32c(buf[:12]):
+            out += self.model.nak(Status.BAD_FRAME, 0).serialize()
+            self._start_hunt()
+            return True
+        if length > MAX_BODY:                   # cannot trust the boundary: hunt
+            out += self.model.nak(Status.BAD_FRAME, ftype).serialize()
+            self._start_hunt()
+            return True
+        size = protocol.HEADER_SIZE + (length + protocol.TRAILER_SIZE if length else 0)
+        if version != protocol.VERSION or flags & ~int(FrameFlag.MORE) or ftype not in _KNOWN_TYPES:
+            out += self.model.nak(Status.BAD_FRAME, ftype).serialize()
+            del buf[:protocol.HEADER_SIZE]
+            self._skip = size - protocol.HEADER_SIZE
+            return True
+        if len(buf) < size:
+            return False
+        body = bytes(buf[protocol.HEADER_SIZE:protocol.HEADER_SIZE + length])
+        bcrc = int.from_bytes(buf[size - 4:size], "little") if length else 0
+        del buf[:size]
+        if length and bcrc != protocol.crc32c(body):
+            tag = 0
+            if ftype == FrameType.JNLWR and length >= CONTROL_SIZE:
+                tag = int.from_bytes(body[_TAG_AT:_TAG_AT + 4], "little")
+            out += self.model.nak(Status.BAD_BCRC, ftype, tag=tag).serialize()
+            return True
+        for answer in self.model.handle(Frame(FrameType(ftype), body, flags)):
+            out += answer.serialize()
+        return True
+
+    def _start_hunt(self) -> None:
+        # Drop only the first byte: a real header may start inside the bad one.
+        del self._buf[:1]
+        self._hunting = True
+
+    def _hunt(self) -> bool:
+        """Drop bytes up to the next MAGIC whose 16 bytes have a valid HCRC."""
+        buf = self._buf
+        while True:
+            at = buf.find(_MAGIC_BYTES)
+            if at < 0:
+                del buf[:max(0, len(buf) - 3)]     # keep a possible partial MAGIC
+                return False
+            del buf[:at]
+            if len(buf) < protocol.HEADER_SIZE:
+                return False
+            if int.from_bytes(buf[12:16], "little") == protocol.crc32c(buf[:12]):
+                self._hunting = False
+                return True
+            del buf[:1]

@@ -1,0 +1,721 @@
+"""Generate the shared test vectors: ``frames.json`` and ``engine.json``.
+
+    python host/vectors/generate.py            # rewrite the files next to this script
+    python host/vectors/generate.py --check    # exit 1 if they are not up to date
+
+``frames.json``: one valid frame per frame type (with the decoded body) and
+malformed frames with the typed error the codec must raise.
+
+``engine.json``: named scenarios, each ``{"size", "doc", "steps": [{"in",
+"out"}]}`` with hex byte streams: feed ``in`` to an engine with a fresh ring of
+``size`` bytes, expect exactly ``out`` back.  Every scenario starts with LOAD
+TIME|FREEZE, so the bytes are a pure function of the stream and the RTL
+testbench can replay them as they are.  A step marked ``"site": true``
+answers a HELLO, whose SITE field names the backend (docs/protocol.md,
+"HELLO"): compare it with SITE masked.
+
+The outputs come from the reference model, but each step also states what it
+expects (status, state), and generation fails if the model disagrees: a
+scenario cannot silently stop testing the corner case it is named after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import struct
+import sys
+from pathlib import Path
+
+from tricopy.host import protocol as P
+from tricopy.host.engine.model import EngineModel, EngineStream
+from tricopy.host.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
+
+HERE = Path(__file__).resolve().parent
+T0 = 1_700_000_000_000_000_000        # the frozen clock of every scenario, ns
+
+
+class GenerationError(Exception):
+    """A scenario step did not answer what it was written to test."""
+
+
+def _data(n: int, seed: int = 0) -> bytes:
+    """Deterministic, non-trivial journal data."""
+    return bytes((i * 7 + seed * 13 + 1) & 0xFF for i in range(n))
+
+
+def control(data: bytes = b"", *, kind: int = Kind.UPDATE, tag: int = 0, epoch: int = 0,
+            **fields) -> P.Control:
+    """Control data for ``data`` that passes the kind rules (unless ``fields`` say otherwise)."""
+    base = dict(length=len(data), data_len=len(data), data_crc=P.crc32c(data), address=4096,
+                idx=1, group=3, jvol_id=2, kind=kind, tag=tag, epoch=epoch)
+    base.update(fields)
+    return P.Control(**base)
+
+
+def jnlwr(data: bytes = b"", **fields) -> bytes:
+    return Frame(T.JNLWR, P.journal_body(control(data, **fields), data)).serialize()
+
+
+def header(ftype: int, length: int, *, magic: int = P.MAGIC, version: int = P.VERSION,
+           flags: int = 0, hcrc: int | None = None) -> bytes:
+    """A raw header, possibly broken on purpose."""
+    head = struct.pack("<IBBHI", magic, version, ftype, flags, length)
+    return head + struct.pack("<I", P.crc32c(head) if hcrc is None else hcrc)
+
+
+class Scenario:
+    """One engine scenario: a byte stream and the model's answers to it."""
+
+    def __init__(self, name: str, size: int, doc: str):
+        self.name, self.size, self.doc = name, size, doc
+        self.model = EngineModel(size, clock=lambda: 0)
+        self.stream = EngineStream(self.model)
+        self.steps: list[dict] = []
+        self.load(LF.TIME | LF.FREEZE, time=T0)
+
+    def _fail(self, what: str) -> None:
+        raise GenerationError(f"scenario {self.name!r}, step {len(self.steps)}: {what}")
+
+    def send(self, data: bytes, statuses: list[S] | None = None, *, site: bool = False) -> list[Frame]:
+        """Feed bytes; ``statuses``: the ACK/NAK statuses expected in the answer, in order."""
+        out = self.stream.feed(data)
+        step = {"in": data.hex(), "out": out.hex()}
+        if site:
+            step["site"] = True
+        self.steps.append(step)
+        frames = P.FrameParser().feed(out)
+        acks = [P.Ack.from_frame(f) for f in frames if f.type in (T.ACK, T.NAK)]
+        if statuses is not None and [a.status for a in acks] != statuses:
+            self._fail(f"answered {[S(a.status).name for a in acks]}, "
+                       f"expected {[s.name for s in statuses]}")
+        return frames
+
+    def ack(self, data: bytes, status: S = S.OK, **expect) -> P.Ack:
+        """Send one request that is answered by one ACK/NAK; check its fields."""
+        (frame,) = self.send(data, [status])
+        ack = P.Ack.from_frame(frame)
+        for field, value in expect.items():
+            if getattr(ack, field) != value:
+                self._fail(f"ACK {field} = {getattr(ack, field)}, expected {value}")
+        return ack
+
+    def write(self, data: bytes = b"", status: S = S.OK, **fields) -> P.Ack:
+        return self.ack(jnlwr(data, **fields), status)
+
+    def load(self, flags: int, seq: int = 0, time: int = 0, epoch: int = 0,
+             status: S = S.OK, ptr: int = 0) -> P.Ack:
+        return self.ack(P.Load(flags, seq, time, epoch, ptr).frame().serialize(), status)
+
+    def release(self, upto: int, status: S = S.OK, **expect) -> P.Ack:
+        return self.ack(P.Release(upto).frame().serialize(), status, **expect)
+
+    def read(self, from_seq: int, count: int, n: int | None = None,
+             status: S = S.OK) -> list[Frame]:
+        frames = self.send(P.JnlRd(from_seq, count).frame().serialize(), [status])
+        if n is not None and len(frames) - 1 != n:
+            self._fail(f"JNLRD returned {len(frames) - 1} journals, expected {n}")
+        return frames
+
+    def status(self, **expect) -> P.EngineStatus:
+        (frame,) = self.send(Frame(T.STATUS).serialize(), [])
+        st = P.EngineStatus.unpack(frame.body)
+        for field, value in expect.items():
+            if getattr(st, field) != value:
+                self._fail(f"STATUS {field} = {getattr(st, field)}, expected {value}")
+        return st
+
+    def json(self) -> dict:
+        return {"size": self.size, "doc": self.doc, "steps": self.steps}
+
+
+# -- the scenarios ---------------------------------------------------------------
+# Each function builds one scenario; its docstring is the scenario's "doc".
+
+SCENARIOS = []
+
+
+def scenario(size: int):
+    def register(fn):
+        SCENARIOS.append((fn.__name__, size, fn))
+        return fn
+    return register
+
+
+@scenario(256)
+def reset_state(s: Scenario):
+    """STATUS right after reset + LOAD: pointers 0, NEXT_SEQ = TAIL_SEQ = 1, WRAP_AT = SIZE."""
+    s.status(jiptr=0, joptr=0, ring_size=256, free=256, next_seq=1, tail_seq=1, now=T0,
+             acks=0, naks=0, epoch=0, held=0, wrap_at=256)
+
+
+@scenario(256)
+def hello(s: Scenario):
+    """HELLO answered with ROLE engine, LAST_SEQ = NEXT_SEQ - 1; malformed HELLOs NAK BAD_REQUEST."""
+    s.send(P.Hello(P.Role.RELAY, 3, 0, 0, "grp", "relay-a").frame().serialize(), [], site=True)
+    s.write(_data(10))
+    s.send(P.Hello(P.Role.PRIMARY).frame().serialize(), [], site=True)
+    bad_role = bytearray(P.Hello(P.Role.PRIMARY).pack())
+    bad_role[0] = 9
+    s.send(Frame(T.HELLO, bytes(bad_role)).serialize(), [S.BAD_REQUEST])
+    s.send(Frame(T.HELLO, bytes(79)).serialize(), [S.BAD_REQUEST])
+
+
+@scenario(256)
+def heartbeat(s: Scenario):
+    """HEARTBEAT echoes an empty or 8-byte body; any other size is BAD_REQUEST."""
+    s.send(Frame(T.HEARTBEAT).serialize(), [])
+    s.send(Frame(T.HEARTBEAT, b"token-01").serialize(), [])
+    s.send(Frame(T.HEARTBEAT, b"tok").serialize(), [S.BAD_REQUEST])
+    s.status(naks=1)
+
+
+@scenario(512)
+def write_and_read(s: Scenario):
+    """One UPDATE journal: ACK stamps SEQ 1, the frozen TIME, JOFS 0; read-out has the CCRC."""
+    s.ack(jnlwr(_data(100), tag=0xABCD), S.OK, seq=1, time=T0, jofs=0, tag=0xABCD)
+    s.status(jiptr=192, free=320, held=1)
+    (journal, _) = s.read(1, 1, n=1)
+    ctl = P.Control.unpack(journal.body)
+    if not ctl.ccrc_ok() or journal.body[64:] != _data(100):
+        s._fail("read-out does not carry the stamped control data and the data")
+
+
+@scenario(1024)
+def all_kinds(s: Scenario):
+    """UPDATE, BASE, ZERO, TRIM and MARK are accepted; the no-data kinds take one 64-byte record."""
+    s.write(_data(64), kind=Kind.UPDATE)
+    s.write(_data(65), kind=Kind.BASE)
+    s.write(kind=Kind.ZERO, length=1 << 20)
+    s.write(kind=Kind.TRIM, length=4096)
+    s.write(kind=Kind.MARK, length=0, address=0)
+    s.status(jiptr=128 + 192 + 64 * 3, held=5)
+    s.read(1, 5, n=5)
+
+
+@scenario(256)
+def zero_length_update(s: Scenario):
+    """A zero-length UPDATE is legal (a write barrier) and occupies one 64-byte record."""
+    s.write(b"", kind=Kind.UPDATE)
+    s.status(jiptr=64, held=1)
+    s.read(1, 1, n=1)
+
+
+@scenario(256)
+def short_body(s: Scenario):
+    """A JNLWR body shorter than 64 bytes is BAD_LENGTH with TAG 0."""
+    s.send(Frame(T.JNLWR, b"\x01" * 63).serialize(), [S.BAD_LENGTH])
+    s.send(Frame(T.JNLWR).serialize(), [S.BAD_LENGTH])
+    s.status(held=0, naks=2, acks=0)
+
+
+@scenario(256)
+def bad_kind(s: Scenario):
+    """KIND 0, 6 and WRAP (0xFF) are BAD_KIND; the NAK echoes TAG."""
+    s.write(status=S.BAD_KIND, kind=0, tag=1)
+    s.write(status=S.BAD_KIND, kind=6, tag=2)
+    s.write(status=S.BAD_KIND, kind=Kind.WRAP, tag=3)
+    s.status(held=0, naks=3)
+
+
+@scenario(256)
+def kind_rules(s: Scenario):
+    """DATA_LEN against the body and LENGTH against the kind: each violation is BAD_LENGTH."""
+    s.write(_data(10), S.BAD_LENGTH, data_len=11)                 # DATA_LEN != body - 64
+    s.write(_data(10), S.BAD_LENGTH, length=20)                   # UPDATE: DATA_LEN != LENGTH
+    s.write(_data(10), S.BAD_LENGTH, kind=Kind.BASE, length=9)
+    s.write(_data(8), S.BAD_LENGTH, kind=Kind.ZERO, length=4096)  # ZERO carries no data
+    s.write(_data(8), S.BAD_LENGTH, kind=Kind.TRIM, length=8)
+    s.write(b"", S.BAD_LENGTH, kind=Kind.MARK, length=1)          # MARK: LENGTH == 0
+    s.status(held=0, naks=6)
+
+
+@scenario(256)
+def epoch_fencing(s: Scenario):
+    """EPOCH other than the engine's is STALE_EPOCH; LOAD EPOCH moves the fence."""
+    s.write(_data(4), S.STALE_EPOCH, epoch=1, tag=9)
+    s.load(LF.EPOCH, epoch=5)
+    s.write(_data(4), S.STALE_EPOCH, epoch=0)
+    s.write(_data(4), S.OK, epoch=5)
+    s.status(epoch=5, held=1)
+
+
+@scenario(256)
+def data_crc(s: Scenario):
+    """Journal data that does not match DATA_CRC is BAD_DCRC; no-data kinds need DATA_CRC 0."""
+    s.write(_data(32), S.BAD_DCRC, data_crc=0x12345678)
+    s.write(b"", S.BAD_DCRC, kind=Kind.ZERO, length=512, data_crc=1)
+    s.status(held=0)
+
+
+@scenario(128)
+def check_order(s: Scenario):
+    """The first failing check answers: KIND before LENGTH, LENGTH before EPOCH, EPOCH before
+    DCRC, DCRC before OVERSIZE."""
+    s.write(_data(5), S.BAD_KIND, kind=9, data_len=6)
+    s.write(_data(5), S.BAD_LENGTH, data_len=6, epoch=3)
+    s.write(_data(5), S.STALE_EPOCH, epoch=3, data_crc=0)
+    s.write(_data(200), S.BAD_DCRC, data_crc=0)
+
+
+@scenario(128)
+def oversize(s: Scenario):
+    """A record larger than the ring is OVERSIZE; one exactly the ring's size fits an empty ring."""
+    s.write(_data(65), S.OVERSIZE)
+    s.write(_data(64))
+    s.status(jiptr=0, joptr=0, free=0, held=1)
+    s.write(b"", S.FULL)
+
+
+@scenario(256)
+def full_and_retry(s: Scenario):
+    """FULL while the ring has no room; after a RELEASE the same journal is accepted."""
+    s.write(_data(100))            # 192 bytes at 0
+    s.write(_data(64), S.FULL)     # 128 > FREE 64
+    s.write(b"")                   # exactly the 64 left: JIPTR back to 0, ring full
+    s.status(jiptr=0, joptr=0, free=0, held=2, wrap_at=256)
+    s.write(b"", S.FULL)
+    s.release(1)
+    s.ack(jnlwr(_data(64)), S.OK, seq=3, jofs=0)
+
+
+@scenario(512)
+def exact_fit_at_end(s: Scenario):
+    """A record ending exactly at SIZE: JIPTR becomes 0 and no WRAP marker is written."""
+    s.write(_data(100))            # [0, 192)
+    s.write(_data(250))            # [192, 512): exact fit
+    s.status(jiptr=0, wrap_at=512, free=0)
+    s.release(1)
+    s.ack(jnlwr(_data(128)), S.OK, jofs=0, seq=3)
+    s.status(jiptr=192, joptr=192, wrap_at=512, free=0)
+
+
+@scenario(512)
+def wrap_marker(s: Scenario):
+    """The tail is skipped with a WRAP marker, the record goes to 0; releasing past the marker
+    returns the skipped tail and clears WRAP_AT."""
+    s.write(_data(150))            # [0, 256)
+    s.write(_data(100))            # [256, 448)
+    s.release(1)                   # JOPTR 256
+    s.ack(jnlwr(_data(120)), S.OK, jofs=0, seq=3)     # 192 > 64 left at the tail -> wraps
+    s.status(jiptr=192, joptr=256, wrap_at=448, free=64, held=2)
+    s.release(2, jofs=0)           # JOPTR reaches WRAP_AT: back to 0, tail freed
+    s.status(joptr=0, wrap_at=512, free=320, held=1)
+    s.read(3, 1, n=1)
+
+
+@scenario(512)
+def wrap_partial_space(s: Scenario):
+    """Neither the tail nor the head alone holds R (their sum would): FULL, no marker written."""
+    s.write(_data(150))            # [0, 256)
+    s.write(_data(64))             # [256, 384)
+    s.release(1)                   # JOPTR 256; tail free 128, head free 256
+    s.write(_data(300), S.FULL)    # R = 384 > 256 (head) and > 128 (tail), <= 384 (FREE)
+    s.status(jiptr=384, joptr=256, wrap_at=512, free=384)
+
+
+@scenario(256)
+def full_ring_after_wrap(s: Scenario):
+    """A wrap that fills the head exactly leaves JIPTR == JOPTR with USED == SIZE: a full ring."""
+    s.write(_data(60))             # [0, 128)
+    s.write(_data(0), kind=Kind.MARK, length=0)       # [128, 192)
+    s.release(1)                   # JOPTR 128
+    s.write(_data(100), S.FULL)    # 192 > 64 tail; 192 > 128 head
+    s.write(_data(60), S.OK)       # 128 <= JOPTR 128: marker at 192, record at 0
+    s.status(jiptr=128, joptr=128, free=0, wrap_at=192, held=2)
+    s.write(b"", S.FULL)
+    s.release(3)
+    s.status(jiptr=128, joptr=128, free=256, held=0)
+
+
+@scenario(512)
+def empty_ring_rewinds(s: Scenario):
+    """An empty ring rewinds to 0 on the next write, so it takes any R <= SIZE."""
+    s.write(_data(150))            # [0, 256)
+    s.write(_data(10))             # [256, 384)
+    s.release(2)
+    s.status(jiptr=384, joptr=384, free=512, held=0)
+    s.ack(jnlwr(_data(384)), S.OK, jofs=0)            # R 448 > tail 128 and > head 384
+    s.status(jiptr=448, joptr=0, free=64, wrap_at=512)
+
+
+@scenario(1024)
+def read_out(s: Scenario):
+    """JNLRD: MORE on all read-out frames but the last, ACK TAG = n, SEQ = last, JOFS = JOPTR;
+    COUNT is clamped; COUNT 0 and FROM_SEQ = NEXT_SEQ return nothing."""
+    for i in range(4):
+        s.write(_data(40 * i, seed=i), tag=100 + i)
+    s.release(1)
+    frames = s.read(2, 10, n=3)
+    if [f.flags for f in frames[:-1]] != [P.FrameFlag.MORE, P.FrameFlag.MORE, 0]:
+        s._fail("MORE flags of the read-out")
+    s.read(2, 2, n=2)
+    s.read(3, 0, n=0)
+    s.read(5, 1, n=0)
+    s.read(4, 1, n=1)
+
+
+@scenario(256)
+def read_not_found(s: Scenario):
+    """JNLRD below TAIL_SEQ or above NEXT_SEQ is NOT_FOUND with SEQ = FROM_SEQ."""
+    s.write(_data(3))
+    s.write(_data(3))
+    s.release(1)
+    s.read(1, 1, status=S.NOT_FOUND)
+    s.read(0, 1, status=S.NOT_FOUND)
+    s.read(4, 1, status=S.NOT_FOUND)
+    s.read(2, 1, n=1)
+
+
+@scenario(256)
+def read_bad_request(s: Scenario):
+    """A JNLRD body of the wrong size or with reserved bits set is BAD_REQUEST."""
+    s.send(Frame(T.JNLRD, bytes(15)).serialize(), [S.BAD_REQUEST])
+    s.send(Frame(T.JNLRD, struct.pack("<QII", 1, 1, 1)).serialize(), [S.BAD_REQUEST])
+    s.send(Frame(T.JNLRD).serialize(), [S.BAD_REQUEST])
+
+
+@scenario(256)
+def release_unknown(s: Scenario):
+    """RELEASE of a never-issued SEQ# is NOT_FOUND and releases nothing, not even lower ones."""
+    s.write(_data(3))
+    s.write(_data(3))
+    s.release(3, S.NOT_FOUND, seq=3)
+    s.release(1 << 63, S.NOT_FOUND)
+    s.status(tail_seq=1, held=2)
+
+
+@scenario(256)
+def release_idempotent(s: Scenario):
+    """RELEASE below TAIL_SEQ (done already, or 0) is an ACK that changes nothing."""
+    s.write(_data(3))
+    s.write(_data(3))
+    s.release(1, seq=1, jofs=128)
+    s.release(1, seq=1, jofs=128)
+    s.release(0, seq=0, jofs=128)
+    s.status(tail_seq=2, held=1, joptr=128)
+    s.send(Frame(T.RELEASE, bytes(7)).serialize(), [S.BAD_REQUEST])
+
+
+@scenario(1024)
+def release_in_steps(s: Scenario):
+    """RELEASE frees TAIL_SEQ..UPTO in order and reports the new JOPTR."""
+    for i in range(6):
+        s.write(_data(64 * (i % 3), seed=i))
+    s.release(2, jofs=64 + 128)
+    s.release(5, jofs=64 + 128 + 192 + 64 + 128)
+    s.status(tail_seq=6, held=1)
+    s.release(6, jofs=768)
+    s.status(held=0, free=1024)
+
+
+@scenario(256)
+def load_seq(s: Scenario):
+    """LOAD SEQ sets the sequence base of an empty ring; NOT_EMPTY otherwise; SEQ 0 is refused."""
+    s.load(LF.SEQ, seq=1000)
+    s.ack(jnlwr(_data(1)), S.OK, seq=1000)
+    s.load(LF.SEQ, seq=5, status=S.NOT_EMPTY)
+    s.load(LF.SEQ | LF.EPOCH, seq=0, epoch=4, status=S.BAD_REQUEST)
+    s.status(next_seq=1001, tail_seq=1000, epoch=0)     # a refused LOAD changes nothing
+    s.load(LF.SEQ | LF.CLEAR, seq=7)
+    s.ack(jnlwr(_data(1)), S.OK, seq=7, jofs=0)
+
+
+@scenario(512)
+def load_clear(s: Scenario):
+    """LOAD CLEAR drops every journal: pointers 0, TAIL_SEQ = NEXT_SEQ, sequence runs on."""
+    s.write(_data(100))
+    s.write(_data(10))
+    s.release(1)
+    s.load(LF.CLEAR)
+    s.status(jiptr=0, joptr=0, free=512, next_seq=3, tail_seq=3, held=0, wrap_at=512)
+    s.read(2, 1, status=S.NOT_FOUND)
+    s.ack(jnlwr(_data(1)), S.OK, seq=3, jofs=0)
+
+
+@scenario(256)
+def load_bad_request(s: Scenario):
+    """LOAD of the wrong size or with undefined flags is BAD_REQUEST and changes nothing."""
+    s.send(Frame(T.LOAD, bytes(31)).serialize(), [S.BAD_REQUEST])
+    s.load(0x40 | LF.EPOCH, epoch=9, status=S.BAD_REQUEST)
+    s.status(epoch=0, naks=2)
+
+
+@scenario(512)
+def load_ptr(s: Scenario):
+    """LOAD PTR places an empty ring; the next journal goes there if the tail holds it."""
+    s.write(_data(10))
+    s.load(LF.PTR, ptr=256, status=S.NOT_EMPTY)
+    s.load(LF.PTR, ptr=100, status=S.BAD_REQUEST)           # not a multiple of 64
+    s.load(LF.PTR | LF.CLEAR, ptr=512, status=S.BAD_REQUEST)  # not below SIZE
+    s.status(jiptr=128, held=1)
+    s.load(LF.CLEAR | LF.SEQ | LF.PTR, seq=50, ptr=320)
+    s.status(jiptr=320, joptr=320, next_seq=50, tail_seq=50, held=0, free=512)
+    s.ack(jnlwr(_data(60)), S.OK, seq=50, jofs=320)
+    s.ack(jnlwr(_data(64)), S.OK, seq=51, jofs=448 - 448)     # tail of 64 < 128: WRAP marker
+    s.status(wrap_at=448, held=2)
+
+
+@scenario(512)
+def empty_ring_keeps_place(s: Scenario):
+    """An empty ring keeps its position when the tail holds the next record."""
+    s.write(_data(100))                                       # 192 bytes at 0
+    s.release(1)
+    s.status(jiptr=192, joptr=192, held=0)
+    s.ack(jnlwr(_data(64)), S.OK, seq=2, jofs=192)
+    s.release(2)
+    s.ack(jnlwr(_data(200)), S.OK, seq=3, jofs=0)             # 320 > 512 - 320: rewind
+
+
+@scenario(512)
+def clock_backwards(s: Scenario):
+    """A clock loaded backwards: TIME stalls at LAST_TIME until the clock passes it."""
+    s.ack(jnlwr(_data(1)), S.OK, time=T0)
+    s.load(LF.TIME | LF.FREEZE, time=T0 - 5000)
+    s.status(now=T0 - 5000)
+    s.ack(jnlwr(_data(1)), S.OK, time=T0)
+    s.load(LF.TIME | LF.FREEZE, time=T0 + 1)
+    s.ack(jnlwr(_data(1)), S.OK, time=T0 + 1)
+
+
+@scenario(256)
+def status_bad_body(s: Scenario):
+    """STATUS with a body is BAD_REQUEST."""
+    s.send(Frame(T.STATUS, bytes(4)).serialize(), [S.BAD_REQUEST])
+    s.status(naks=1)
+
+
+@scenario(256)
+def answers_refused(s: Scenario):
+    """ACK, NAK and STATUS_RESP sent to the engine are BAD_TYPE, REQ_TYPE = their type."""
+    s.ack(P.Ack().frame().serialize(), S.BAD_TYPE, req_type=T.ACK)
+    s.ack(P.Ack(status=S.FULL).frame().serialize(), S.BAD_TYPE, req_type=T.NAK)
+    s.ack(Frame(T.STATUS_RESP, bytes(80)).serialize(), S.BAD_TYPE, req_type=T.STATUS_RESP)
+    s.status(naks=3)
+
+
+@scenario(256)
+def bad_magic_hunt(s: Scenario):
+    """Garbage before a frame: one NAK BAD_FRAME (REQ_TYPE 0), hunt, then the frame is answered."""
+    s.send(b"\x00garbage TRC" + jnlwr(_data(5), tag=1), [S.BAD_FRAME, S.OK])
+    s.send(b"\xff" * 40, [S.BAD_FRAME])
+    s.send(b"TRCP" + bytes(30), [])                       # still hunting: no more NAKs
+    s.send(P.Release(1).frame().serialize(), [S.OK])
+
+
+@scenario(256)
+def bad_hcrc_hunt(s: Scenario):
+    """A header with a bad HCRC: one NAK, and a hunt that also skips a MAGIC with a bad HCRC."""
+    broken = header(T.STATUS, 0, hcrc=0xDEADBEEF)
+    s.send(broken + broken + b"xy" + Frame(T.STATUS).serialize(), [S.BAD_FRAME])
+    s.status(naks=1)
+
+
+@scenario(256)
+def bad_version_skips(s: Scenario):
+    """Bad VERSION with a good HCRC: NAK BAD_FRAME (REQ_TYPE = TYPE), body skipped, no hunt
+    (a frame hidden inside the skipped body is not answered)."""
+    hidden = Frame(T.HEARTBEAT, b"hidden!!").serialize()
+    s.send(header(T.HEARTBEAT, len(hidden), version=2) + hidden + b"\0\0\0\0", [S.BAD_FRAME])
+    s.send(Frame(T.HEARTBEAT, b"visible!").serialize(), [])
+
+
+@scenario(256)
+def bad_flags_skips(s: Scenario):
+    """Undefined header FLAGS: NAK BAD_FRAME, body skipped; an empty body has no trailer."""
+    s.send(header(T.STATUS, 0, flags=0x8000), [S.BAD_FRAME])
+    s.send(header(T.JNLWR, 64, flags=2) + bytes(68), [S.BAD_FRAME])
+    s.status(naks=2)
+
+
+@scenario(256)
+def unknown_type_skips(s: Scenario):
+    """An unknown TYPE is BAD_FRAME (not BAD_TYPE) with REQ_TYPE = TYPE; its body is skipped."""
+    s.ack(header(0x33, 8) + bytes(12), S.BAD_FRAME, req_type=0x33)
+    s.ack(header(0x00, 0), S.BAD_FRAME, req_type=0)
+
+
+@scenario(256)
+def length_too_big_hunts(s: Scenario):
+    """LENGTH > MAX_BODY with a good HCRC: NAK BAD_FRAME, then a hunt (the boundary is unknown)."""
+    frames = s.send(header(T.JNLWR, P.MAX_BODY + 1) + bytes(10) + Frame(T.STATUS).serialize(),
+                    [S.BAD_FRAME])
+    if P.Ack.from_frame(frames[0]).req_type != T.JNLWR or frames[1].type != T.STATUS_RESP:
+        s._fail("expected NAK BAD_FRAME (REQ_TYPE JNLWR), then the STATUS found by the hunt")
+    s.status(naks=1)
+
+
+@scenario(256)
+def bad_body_crc(s: Scenario):
+    """Bad BCRC: NAK BAD_BCRC (JNLWR: TAG from the body), nothing applied, no hunt."""
+    frame = bytearray(jnlwr(_data(20), tag=77))
+    frame[-1] ^= 1
+    s.ack(bytes(frame), S.BAD_BCRC, tag=77, req_type=T.JNLWR)
+    frame = bytearray(P.Release(1).frame().serialize())
+    frame[-1] ^= 1
+    s.ack(bytes(frame), S.BAD_BCRC, tag=0, req_type=T.RELEASE)
+    s.status(held=0, naks=2)
+
+
+@scenario(512)
+def pipelined_batch(s: Scenario):
+    """Requests sent back to back (MORE set, one write) are answered in order."""
+    batch = b"".join(Frame(T.JNLWR, P.journal_body(control(_data(i * 30), tag=i), _data(i * 30)),
+                           P.FrameFlag.MORE if i < 3 else 0).serialize() for i in range(4))
+    s.send(batch + P.Release(2).frame().serialize(), [S.OK] * 5)
+    s.status(held=2, tail_seq=3)
+
+
+@scenario(256)
+def seq_space_end(s: Scenario):
+    """The last SEQ# issued is 2**64 - 2: NEXT_SEQ must stay a u64, then JNLWR is FULL."""
+    s.load(LF.SEQ, seq=(1 << 64) - 2)
+    s.ack(jnlwr(_data(1)), S.OK, seq=(1 << 64) - 2)
+    s.write(_data(1), S.FULL)
+    s.status(next_seq=(1 << 64) - 1)
+
+
+@scenario(1024)
+def ring_cycles(s: Scenario):
+    """Many writes, reads and releases of mixed sizes going round the ring several times."""
+    lcg = 12345
+    seq_next, tail = 1, 1
+    wraps = fulls = 0
+    for i in range(40):
+        lcg = (lcg * 1103515245 + 12345) & 0x7FFFFFFF
+        size = lcg % 300
+        frames = s.send(jnlwr(_data(size, seed=i), tag=i), None)
+        wraps += s.model.wrap_at != s.size
+        if P.Ack.from_frame(frames[0]).status == S.OK:
+            seq_next += 1
+        else:
+            fulls += 1
+            s.read(tail, 2)
+            upto = min(seq_next - 1, tail + 1)
+            s.release(upto)
+            tail = upto + 1
+    s.status(next_seq=seq_next, tail_seq=tail)
+    if wraps < 3 or fulls < 3 or seq_next * 200 < 3 * s.size:
+        s._fail(f"ring_cycles no longer goes round the ring ({wraps} wraps, {fulls} FULL)")
+
+
+# -- frames.json -----------------------------------------------------------------
+
+def _fields(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def frame_vectors() -> dict:
+    data = _data(37)
+    ctl = control(data, tag=5, epoch=2).with_ccrc()
+    valid = [
+        ("hello", P.Hello(P.Role.PRIMARY, 7, 3, 41, "group-7", "tokyo").frame(), "Hello"),
+        ("heartbeat_empty", Frame(T.HEARTBEAT), None),
+        ("heartbeat_token", Frame(T.HEARTBEAT, b"\x01\x02\x03\x04\x05\x06\x07\x08"), None),
+        ("jnlwr", Frame(T.JNLWR, P.journal_body(ctl, data)), "Control"),
+        ("jnlwr_more", Frame(T.JNLWR, P.journal_body(control(kind=Kind.MARK, length=0)),
+                             P.FrameFlag.MORE), "Control"),
+        ("ack", P.Ack(9, T0, 4096, 5, S.OK, T.JNLWR).frame(), "Ack"),
+        ("nak", P.Ack(0, 0, 0, 5, S.FULL, T.JNLWR).frame(), "Ack"),
+        ("jnlrd", P.JnlRd(12, 100).frame(), "JnlRd"),
+        ("release", P.Release(11).frame(), "Release"),
+        ("status", Frame(T.STATUS), None),
+        ("status_resp", P.EngineStatus(128, 64, 1024, 960, 3, 2, T0, 2, 1, 0, 1, 1024).frame(),
+         "EngineStatus"),
+        ("load", P.Load(LF.TIME | LF.FREEZE | LF.SEQ, 1000, T0, 0).frame(), "Load"),
+    ]
+    out_valid = []
+    for name, frame, cls in valid:
+        entry = {"name": name, "type": frame.type.name, "flags": int(frame.flags),
+                 "body": frame.body.hex(), "hex": frame.serialize().hex()}
+        if cls == "Control":
+            c, d = P.split_journal(frame.body)
+            entry.update(body_class=cls, fields=_fields(c), data=d.hex())
+        elif cls:
+            decoded = getattr(P, cls).unpack(frame.body)
+            entry.update(body_class=cls, fields={k: int(v) if isinstance(v, int) else v
+                                                 for k, v in _fields(decoded).items()})
+        out_valid.append(entry)
+
+    good = P.Release(11).frame().serialize()
+    bad_bcrc = bytearray(good)
+    bad_bcrc[-1] ^= 0x80
+    malformed_frames = [
+        ("bad_magic", b"TRCX" + good[4:], "BadMagic"),
+        ("bad_header_crc", good[:12] + b"\0\0\0\0" + good[16:], "BadHeaderCRC"),
+        ("bad_version", header(T.STATUS, 0, version=2), "BadVersion"),
+        ("bad_flags", header(T.STATUS, 0, flags=0x0002), "BadFlags"),
+        ("too_big", header(T.JNLWR, P.MAX_BODY + 1), "FrameTooBig"),
+        ("unknown_type", header(0x7F, 0), "BadFrameType"),
+        ("bad_body_crc", bytes(bad_bcrc), "BadBodyCRC"),
+        ("trailing_bytes", good + b"\0", "BadBody"),
+    ]
+    ack = bytearray(P.Ack().pack())
+    ack[30] = 1
+    bad_status = bytearray(P.Ack().pack())
+    bad_status[28] = 99
+    bad_role = bytearray(P.Hello(P.Role.PRIMARY).pack())
+    bad_role[0] = 0
+    bad_name = bytearray(P.Hello(P.Role.PRIMARY, site="x").pack())
+    bad_name[48] = 0xC3
+    malformed_bodies = [
+        ("ack_reserved", "Ack", bytes(ack)),
+        ("ack_unknown_status", "Ack", bytes(bad_status)),
+        ("ack_short", "Ack", bytes(31)),
+        ("hello_bad_role", "Hello", bytes(bad_role)),
+        ("hello_not_ascii", "Hello", bytes(bad_name)),
+        ("jnlrd_reserved", "JnlRd", struct.pack("<QII", 1, 1, 2)),
+        ("release_long", "Release", bytes(9)),
+        ("load_undefined_flag", "Load", struct.pack("<QQII", 0, 0, 0, 0x40)),
+        ("control_short", "Control", bytes(63)),
+        ("status_resp_short", "EngineStatus", bytes(72)),
+    ]
+    return {
+        "version": P.VERSION,
+        "crc32c_check": {"input": b"123456789".hex(), "crc": P.crc32c(b"123456789")},
+        "valid": out_valid,
+        "malformed_frames": [{"name": n, "hex": h.hex(), "error": e} for n, h, e in malformed_frames],
+        "malformed_bodies": [{"name": n, "body_class": c, "body": b.hex(), "error": "BadBody"}
+                             for n, c, b in malformed_bodies],
+    }
+
+
+def engine_vectors() -> dict:
+    scenarios = {}
+    for name, size, build in SCENARIOS:
+        s = Scenario(name, size, " ".join(build.__doc__.split()))
+        build(s)
+        scenarios[name] = s.json()
+    return {"version": P.VERSION, "frozen_time": T0, "scenarios": scenarios}
+
+
+def render(vectors: dict) -> str:
+    return json.dumps(vectors, indent=1, sort_keys=False) + "\n"
+
+
+def outputs() -> dict[str, str]:
+    return {"frames.json": render(frame_vectors()), "engine.json": render(engine_vectors())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write (default: here)")
+    parser.add_argument("--check", action="store_true", help="only check the files are current")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in outputs().items():
+        path = args.out / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run {Path(__file__).name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""The reference journal engine (host/engine/model.py) against docs/protocol.md.
+
+Hand-written cases check what the vectors cannot show (the ring image, the
+clock); a Hypothesis state machine drives random request sequences against a
+plain-Python account of what was submitted and checks the invariants of
+DESIGN.md after every step.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis.control import currently_in_test_context
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule)
+
+from tricopy.host import protocol as P
+from tricopy.host.engine.model import WRAP_MARKER, EngineModel, EngineStream
+from tricopy.host.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
+
+
+def data_of(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 31 + seed) & 0xFF for i in range(n))
+
+
+def jnlwr(data: bytes = b"", *, kind: int = Kind.UPDATE, tag: int = 0, epoch: int = 0,
+          **fields) -> Frame:
+    values = dict(length=len(data), data_len=len(data), data_crc=P.crc32c(data), kind=kind,
+                  tag=tag, epoch=epoch, address=512, idx=2)
+    values.update(fields)
+    return Frame(T.JNLWR, P.journal_body(P.Control(**values), data))
+
+
+def one_ack(model: EngineModel, frame: Frame) -> P.Ack:
+    (answer,) = model.handle(frame)
+    return P.Ack.from_frame(answer)
+
+
+class Clock:
+    """A free-running ns source the test moves by hand."""
+    def __init__(self, now: int = 0):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def frozen():
+    model = EngineModel(512, clock=Clock())
+    assert one_ack(model, P.Load(LF.TIME | LF.FREEZE, time=1000).frame()).status == S.OK
+    return model
+
+
+# -- construction ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 64, 100, 127, 200, -128, True, 256.0, "256"])
+def test_bad_sizes_are_refused_by_name(size):
+    with pytest.raises(ValueError, match=repr(size).replace("(", r"\(").replace(".", r"\.")):
+        EngineModel(size)
+
+
+def test_smallest_ring_and_odd_multiple_are_fine():
+    assert EngineModel(128).size == 128
+    assert EngineModel(192).wrap_at == 192      # the model does not need a power of two
+
+
+def test_bad_name():
+    with pytest.raises(ValueError):
+        EngineModel(256, name="x" * 33)
+    with pytest.raises(UnicodeEncodeError):
+        EngineModel(256, name="relé")
+
+
+def test_reset_state():
+    m = EngineModel(256, clock=Clock(5))
+    assert (m.jiptr, m.joptr, m.used, m.free, m.wrap_at) == (0, 0, 0, 256, 256)
+    assert (m.next_seq, m.tail_seq, m.held, m.epoch, m.acks, m.naks) == (1, 1, 0, 0, 0, 0)
+    assert m.now == 0 and m.last_time == 0
+    assert m.ring() == bytes(256)
+
+
+# -- ring image ----------------------------------------------------------------------
+
+def test_record_image_is_stamped_control_data_then_padded_data(frozen):
+    data = data_of(70)
+    ack = one_ack(frozen, jnlwr(data, tag=42))
+    assert (ack.seq, ack.time, ack.jofs, ack.tag) == (1, 1000, 0, 42)
+    ring = frozen.ring()
+    ctl = P.Control.unpack(ring[:64])
+    assert (ctl.seq, ctl.time, ctl.jofs, ctl.tag, ctl.address) == (1, 1000, 0, 42, 512)
+    assert ctl.ccrc_ok()
+    assert ring[64:134] == data and ring[134:192] == bytes(58)
+    assert frozen.jiptr == 192 and frozen.used == 192
+
+
+def test_wrap_marker_written_at_jiptr(frozen):
+    one_ack(frozen, jnlwr(data_of(150)))         # [0, 256)
+    one_ack(frozen, jnlwr(data_of(100)))         # [256, 448)
+    one_ack(frozen, P.Release(1).frame())        # JOPTR 256
+    ack = one_ack(frozen, jnlwr(data_of(120), tag=7))
+    assert (ack.status, ack.jofs) == (S.OK, 0)
+    ring = frozen.ring()
+    assert ring[448:512] == WRAP_MARKER
+    assert P.Control.unpack(WRAP_MARKER).kind == Kind.WRAP
+    assert P.Control.unpack(ring[:64]).tag == 7
+    assert (frozen.wrap_at, frozen.used, frozen.jiptr) == (448, 192 + 64 + 192, 192)
+
+
+def test_exact_fit_writes_no_marker(frozen):
+    one_ack(frozen, jnlwr(data_of(100)))         # [0, 192)
+    before = frozen.ring()
+    one_ack(frozen, jnlwr(data_of(250)))         # [192, 512)
+    assert frozen.jiptr == 0 and frozen.wrap_at == 512
+    assert frozen.ring()[:192] == before[:192]
+
+
+def test_partial_space_writes_nothing(frozen):
+    one_ack(frozen, jnlwr(data_of(150)))         # [0, 256)
+    one_ack(frozen, jnlwr(data_of(64)))          # [256, 384)
+    one_ack(frozen, P.Release(1).frame())
+    before, naks = frozen.ring(), frozen.naks
+    ack = one_ack(frozen, jnlwr(data_of(300), tag=3))
+    assert (ack.status, ack.tag, ack.seq, ack.jofs) == (S.FULL, 3, 0, 0)
+    assert frozen.ring() == before and frozen.naks == naks + 1
+    assert (frozen.jiptr, frozen.joptr, frozen.wrap_at, frozen.next_seq) == (384, 256, 512, 3)
+
+
+def test_refused_journal_changes_nothing_but_naks(frozen):
+    one_ack(frozen, jnlwr(data_of(10)))
+    state = (frozen.ring(), frozen.jiptr, frozen.used, frozen.next_seq, frozen.acks)
+    for frame in (jnlwr(data_of(10), epoch=1), jnlwr(data_of(10), data_crc=1),
+                  jnlwr(data_of(10), kind=0), jnlwr(data_of(9), length=10),
+                  jnlwr(data_of(600))):
+        assert one_ack(frozen, frame).status != S.OK
+    assert (frozen.ring(), frozen.jiptr, frozen.used, frozen.next_seq, frozen.acks) == state
+    assert frozen.naks == 5
+
+
+def test_clear_keeps_bytes_but_drops_journals(frozen):
+    one_ack(frozen, jnlwr(data_of(10)))
+    image = frozen.ring()
+    ack = one_ack(frozen, P.Load(LF.CLEAR).frame())
+    assert (ack.seq, ack.jofs, ack.time) == (2, 0, 1000)
+    assert frozen.ring() == image and frozen.held == 0 and frozen.tail_seq == 2
+
+
+# -- clock -------------------------------------------------------------------------
+
+def test_clock_runs_from_the_loaded_base():
+    clock = Clock(10_000)
+    m = EngineModel(256, clock=clock)
+    clock.now += 50
+    assert m.now == 50                           # reset: CLOCK 0, then it runs
+    one_ack(m, P.Load(LF.TIME, time=1 << 40).frame())
+    clock.now += 7
+    assert m.now == (1 << 40) + 7
+    assert one_ack(m, jnlwr()).time == (1 << 40) + 7
+
+
+def test_freeze_holds_until_a_load_with_time():
+    clock = Clock()
+    m = EngineModel(256, clock=clock)
+    one_ack(m, P.Load(LF.TIME | LF.FREEZE, time=500).frame())
+    clock.now += 1000
+    one_ack(m, P.Load(LF.EPOCH | LF.FREEZE, epoch=2).frame())   # no TIME: FREEZE has no effect
+    clock.now += 1000
+    assert m.now == 500
+    one_ack(m, P.Load(LF.TIME, time=600).frame())                # TIME without FREEZE: runs
+    clock.now += 3
+    assert m.now == 603
+
+
+def test_time_never_goes_backwards():
+    clock = Clock()
+    m = EngineModel(1024, clock=clock)
+    one_ack(m, P.Load(LF.TIME, time=10_000).frame())
+    t1 = one_ack(m, jnlwr()).time
+    one_ack(m, P.Load(LF.TIME, time=5).frame())                  # clock set backwards
+    clock.now += 100
+    assert one_ack(m, jnlwr()).time == t1 == m.last_time          # stalls at LAST_TIME
+    clock.now += 20_000
+    assert one_ack(m, jnlwr()).time == 5 + 20_100
+
+
+def test_clock_wraps_at_64_bits():
+    clock = Clock()
+    m = EngineModel(256, clock=clock)
+    one_ack(m, P.Load(LF.TIME, time=(1 << 64) - 2).frame())
+    clock.now += 5
+    assert m.now == 3
+    m.status().pack()                            # NOW still fits its field
+
+
+# -- requests ----------------------------------------------------------------------
+
+def test_hello_reports_engine_state(frozen):
+    one_ack(frozen, P.Load(LF.EPOCH, epoch=9).frame())
+    one_ack(frozen, jnlwr(epoch=9))
+    (answer,) = frozen.handle(P.Hello(P.Role.RELAY, 4, 1, 0, "g", "r").frame())
+    assert P.Hello.unpack(answer.body) == P.Hello(P.Role.ENGINE, 0, 9, 1, "", "model")
+
+
+def test_status_matches_state(frozen):
+    one_ack(frozen, jnlwr(data_of(100)))
+    one_ack(frozen, P.Release(5).frame())        # NOT_FOUND counts as a NAK
+    (answer,) = frozen.handle(Frame(T.STATUS))
+    assert P.EngineStatus.unpack(answer.body) == P.EngineStatus(
+        jiptr=192, joptr=0, ring_size=512, free=320, next_seq=2, tail_seq=1, now=1000,
+        acks=1, naks=1, epoch=0, held=1, wrap_at=512)
+
+
+def test_load_seq_checks_come_before_any_effect(frozen):
+    one_ack(frozen, jnlwr())
+    ack = one_ack(frozen, P.Load(LF.SEQ | LF.TIME | LF.EPOCH, seq=50, time=1, epoch=1).frame())
+    assert ack.status == S.NOT_EMPTY
+    assert (frozen.now, frozen.epoch, frozen.next_seq) == (1000, 0, 2)
+
+
+def test_readout_is_repeatable_until_released(frozen):
+    for i in range(3):
+        one_ack(frozen, jnlwr(data_of(i * 40, seed=i), tag=i))
+    first = frozen.handle(P.JnlRd(1, 3).frame())
+    assert frozen.handle(P.JnlRd(1, 3).frame()) == first
+    assert [f.flags for f in first] == [P.FrameFlag.MORE, P.FrameFlag.MORE, 0, 0]
+    assert [P.split_journal(f.body)[1] for f in first[:3]] == [data_of(i * 40, seed=i)
+                                                              for i in range(3)]
+    ack = P.Ack.from_frame(first[-1])
+    assert (ack.seq, ack.tag, ack.jofs, ack.req_type) == (3, 3, 0, T.JNLRD)
+
+
+def test_release_of_unknown_seq_releases_nothing(frozen):
+    one_ack(frozen, jnlwr())
+    ack = one_ack(frozen, P.Release(2).frame())
+    assert (ack.status, ack.seq, ack.req_type) == (S.NOT_FOUND, 2, T.RELEASE)
+    assert frozen.held == 1
+
+
+# -- the byte front end -------------------------------------------------------------
+
+def test_stream_truncated_frame_waits():
+    """A truncated frame cannot be told from slow bytes: nothing is answered."""
+    stream = EngineStream(EngineModel(256))
+    assert stream.feed(jnlwr(data_of(10), tag=6).serialize()[:-40]) == b""
+    assert stream.feed(Frame(T.STATUS).serialize()) == b""      # swallowed as body bytes
+    # ... until the frame's declared length is complete: then one BAD_BCRC, and the
+    # rest of the second STATUS is taken as the start of a header (the host times out).
+    (nak,) = P.FrameParser().feed(stream.feed(Frame(T.STATUS).serialize() * 2))
+    assert P.Ack.from_frame(nak).status == S.BAD_BCRC
+
+
+def test_stream_hunt_survives_any_split_of_the_magic():
+    frame = Frame(T.HEARTBEAT, b"12345678").serialize()
+    data = b"\x01junk TR" + b"TRC" + frame
+    for cut in range(len(data) + 1):
+        stream = EngineStream(EngineModel(256))
+        out = stream.feed(data[:cut]) + stream.feed(data[cut:])
+        frames = P.FrameParser().feed(out)
+        assert [f.type for f in frames] == [T.NAK, T.HEARTBEAT], cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=6))
+def test_stream_on_random_bytes_never_raises(data, cuts):
+    stream = EngineStream(EngineModel(128, clock=lambda: 0))
+    out = bytearray()
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for a, b in zip(points, points[1:]):
+        out += stream.feed(data[a:b])
+    frames = P.FrameParser().feed(bytes(out))        # answers are always well formed
+    assert all(f.type != T.JNLWR or P.split_journal(f.body)[0].ccrc_ok() for f in frames)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=st.lists(st.builds(Frame, st.sampled_from(list(T)), st.binary(max_size=90),
+                                 st.sampled_from([0, 1])), min_size=1, max_size=6),
+       noise=st.binary(max_size=20))
+def test_stream_resynchronizes_after_noise(frames, noise):
+    """After noise, the stream hunts and answers the following valid frames like a fresh one.
+
+    Compared through a second model that saw only the frames: the answers after
+    the noise's NAK must match once the hunt has found the first header.
+    """
+    clean = b"".join(f.serialize() for f in frames)
+    stream = EngineStream(EngineModel(1024, clock=lambda: 0))
+    # Noise with no MAGIC inside and a bad first byte: exactly one NAK, then the frames.
+    noise = b"\xA5" + noise.replace(b"T", b"t")
+    out = P.FrameParser().feed(stream.feed(noise + clean))
+    ref = P.FrameParser().feed(EngineStream(EngineModel(1024, clock=lambda: 0)).feed(clean))
+    assert P.Ack.from_frame(out[0]).status == S.BAD_FRAME
+    # STATUS answers differ by the one NAK count; compare the rest exactly.
+    def strip(fs):
+        return [f if f.type != T.STATUS_RESP else f.type for f in fs]
+    assert strip(out[1:]) == strip(ref)
+
+
+# -- random request sequences ---------------------------------------------------------
+
+def note(text: str) -> None:
+    """A Hypothesis event (coverage statistics), also usable outside Hypothesis."""
+    if currently_in_test_context():
+        event(text)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    """Random submit / read / release / load traffic against the model.
+
+    ``self.journals`` is the plain account: SEQ# -> (control as sent, data) of
+    every journal the engine should hold.
+    """
+
+    @initialize(size_blocks=st.integers(2, 16))
+    def setup(self, size_blocks):
+        self.clock = Clock(0)
+        self.model = EngineModel(size_blocks * 64, clock=self.clock)
+        self.journals: dict[int, tuple[P.Control, bytes]] = {}
+        self.next_seq = 1
+        self.last_time = 0
+        self.epoch = 0
+
+    def answer(self, frame: Frame) -> P.Ack:
+        return one_ack(self.model, frame)
+
+    # Biased so that wraps, partial space and full rings come up within a few steps:
+    # mostly small records, some large ones, few stale epochs, few CLEARs.
+    @rule(n=st.integers(0, 200) | st.integers(0, 3).map(lambda b: 64 * b) | st.integers(0, 900),
+          kind=st.sampled_from([Kind.UPDATE, Kind.UPDATE, Kind.BASE, Kind.ZERO, Kind.MARK]),
+          tag=st.integers(0, 2**32 - 1), stale=st.sampled_from([False] * 7 + [True]))
+    def submit(self, n, kind, tag, stale):
+        data = data_of(n, seed=tag) if kind in P.DATA_KINDS else b""
+        length = n if kind != Kind.MARK else 0
+        epoch = self.epoch + 1 if stale else self.epoch
+        frame = jnlwr(data, kind=kind, tag=tag, epoch=epoch & 0xFFFFFFFF, length=length)
+        free_before = self.model.free
+        ack = self.answer(frame)
+        assert ack.tag == tag and ack.req_type == T.JNLWR
+        r = P.record_size(len(data))
+        if stale:
+            assert ack.status == S.STALE_EPOCH
+        elif r > self.model.size:
+            assert ack.status == S.OVERSIZE
+        elif r > free_before:
+            assert ack.status == S.FULL
+        self.last = (ack, r, free_before)
+        note(f"JNLWR {S(ack.status).name}" + (" with FREE >= R" if r <= free_before else ""))
+        if ack.status != S.OK:
+            assert (ack.seq, ack.time, ack.jofs) == (0, 0, 0)
+            return
+        assert ack.seq == self.next_seq                 # contiguous sequence numbers
+        assert ack.time >= self.last_time               # TIME never goes backwards
+        self.next_seq += 1
+        self.last_time = ack.time
+        self.journals[ack.seq] = (P.split_journal(frame.body)[0], data)
+
+    @rule(ns=st.integers(0, 10**9))
+    def tick(self, ns):
+        self.clock.now += ns
+
+    @precondition(lambda self: self.journals)
+    @rule(k=st.integers(0, 3) | st.integers(0, 30))
+    def release(self, k):
+        tail = min(self.journals)
+        upto = tail + k - 1                              # k == 0: below TAIL_SEQ
+        ack = self.answer(P.Release(upto).frame())
+        if upto >= self.next_seq:
+            assert (ack.status, ack.seq) == (S.NOT_FOUND, upto)
+            return
+        assert (ack.status, ack.seq, ack.jofs) == (S.OK, upto, self.model.joptr)
+        for seq in range(tail, upto + 1):
+            del self.journals[seq]
+
+    @rule(back=st.integers(0, 3), count=st.integers(0, 30), past=st.integers(0, 2))
+    def read(self, back, count, past):
+        tail = min(self.journals, default=self.next_seq)
+        start = tail - back if back else tail + past
+        frames = self.model.handle(P.JnlRd(max(start, 0), count).frame())
+        ack = P.Ack.from_frame(frames[-1])
+        if start < tail or start > self.next_seq:
+            assert ack.status == S.NOT_FOUND and len(frames) == 1
+            return
+        n = min(count, self.next_seq - start)
+        assert (ack.status, ack.tag, ack.seq) == (S.OK, n, start + n - 1)
+        for i, frame in enumerate(frames[:-1]):
+            ctl, data = P.split_journal(frame.body)
+            sent, sent_data = self.journals[start + i]
+            assert ctl.ccrc_ok() and data == sent_data           # read-out == what was sent
+            assert ctl.seq == start + i
+            assert P.Control(**{**vars(sent), "seq": ctl.seq, "time": ctl.time,
+                                "jofs": ctl.jofs, "ccrc": ctl.ccrc}) == ctl
+
+    @rule(clear=st.sampled_from([False] * 3 + [True]), seq=st.none() | st.integers(0, 2**40),
+          time=st.none() | st.integers(0, 2**63), freeze=st.booleans(),
+          epoch=st.none() | st.integers(0, 5))
+    def load(self, clear, seq, time, freeze, epoch):
+        flags = ((LF.CLEAR if clear else 0) | (LF.SEQ if seq is not None else 0)
+                 | (LF.TIME if time is not None else 0) | (LF.EPOCH if epoch is not None else 0)
+                 | (LF.FREEZE if freeze else 0))
+        ack = self.answer(P.Load(int(flags), seq or 0, time or 0, epoch or 0).frame())
+        if seq == 0:
+            assert ack.status == S.BAD_REQUEST
+            return
+        if seq is not None and self.journals and not clear:
+            assert ack.status == S.NOT_EMPTY
+            return
+        assert ack.status == S.OK
+        if clear:
+            self.journals.clear()
+        if seq is not None:
+            self.next_seq = seq
+        if epoch is not None:
+            self.epoch = epoch
+        assert ack.seq == self.next_seq and ack.jofs == self.model.jiptr
+
+    @invariant()
+    def pointers_and_ring_image(self):
+        m = getattr(self, "model", None)
+        if m is None:
+            return
+        size = m.size
+        assert 0 <= m.used <= size and m.free == size - m.used
+        assert m.jiptr % 64 == 0 and m.joptr % 64 == 0 and 0 <= m.jiptr < size
+        assert 0 <= m.joptr < size and 0 < m.wrap_at <= size and m.wrap_at % 64 == 0
+        assert m.next_seq == self.next_seq and m.held == len(self.journals)
+        assert m.tail_seq == min(self.journals, default=self.next_seq)
+        assert sorted(self.journals) == list(range(m.tail_seq, m.next_seq))
+        # Walk the ring from JOPTR: every held record in SEQ# order, contiguous,
+        # the skipped tail marked at WRAP_AT, and the walk ends at JIPTR having
+        # covered exactly USED bytes -- so JIPTR never overtook JOPTR.
+        ring, pos, walked = m.ring(), m.joptr, 0
+        for seq in range(m.tail_seq, m.next_seq):
+            if pos == m.wrap_at != size:
+                assert ring[pos:pos + 64] == WRAP_MARKER
+                walked += size - pos
+                pos = 0
+            ctl = P.Control.unpack(ring[pos:pos + 64])
+            sent, data = self.journals[seq]
+            assert (ctl.seq, ctl.jofs, ctl.tag) == (seq, pos, sent.tag) and ctl.ccrc_ok()
+            r = P.record_size(ctl.data_len)
+            assert ring[pos + 64:pos + 64 + len(data)] == data
+            assert ring[pos + 64 + len(data):pos + r] == bytes(r - 64 - len(data))
+            pos += r
+            walked += r
+            assert pos <= size
+            pos %= size
+        assert walked == m.used
+        if m.used:
+            assert pos == m.jiptr
+        if m.used == size:
+            note("ring full, JIPTR == JOPTR")
+        if m.wrap_at != size:                    # a marker only while records sit before it
+            note("WRAP marker held")
+            assert m.used and m.jiptr <= m.joptr
+
+
+TestEngineMachine = EngineMachine.TestCase
+TestEngineMachine.settings = settings(max_examples=120, stateful_step_count=60, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_random_workload(seed):
+    """The machine's rules and invariants over thousands of steps, seeded.
+
+    Hypothesis keeps its cases short; this drives long runs in which the
+    ring goes round many times, and proves it reached the corner cases.
+    """
+    import random
+    rng = random.Random(seed)
+    machine = EngineMachine()
+    machine.setup(size_blocks=[4, 7, 12, 16][seed])
+    seen = {"wrap": 0, "partial": 0, "full_ring": 0, "exact_fit": 0}
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.45:
+            n = rng.choice([rng.randrange(0, 200), 64 * rng.randrange(0, 4), rng.randrange(900)])
+            machine.submit(n=n, kind=rng.choice([Kind.UPDATE, Kind.BASE, Kind.ZERO]),
+                           tag=rng.randrange(1 << 32), stale=rng.random() < 0.05)
+            ack, r, free_before = machine.last
+            seen["partial"] += ack.status == S.FULL and r <= free_before
+            seen["exact_fit"] += ack.status == S.OK and ack.jofs + r == machine.model.size
+        elif op < 0.8 and machine.journals:
+            machine.release(k=rng.choice([0, 1, 1, 1, 2, 3]))
+        elif op < 0.9:
+            machine.read(back=rng.randrange(0, 2), count=rng.randrange(0, 5), past=0)
+        elif op < 0.97:
+            machine.tick(ns=rng.randrange(10**6))
+        else:
+            machine.load(clear=rng.random() < 0.5, seq=None, time=None, freeze=False,
+                         epoch=None)
+        machine.pointers_and_ring_image()
+        seen["wrap"] += machine.model.wrap_at != machine.model.size
+        seen["full_ring"] += machine.model.used == machine.model.size
+    assert all(seen.values()), seen
