@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "tricopy.host.bench",
     "tricopy.host.engine.serve",
+    "tricopy.boards.build",
 ]
 
 

@@ -1,0 +1,227 @@
+"""asyncio adapter: sockets and exports around the sans-I/O NBD core.
+
+One :class:`NbdServer` listens on TCP and runs one session per connection.
+A session feeds received bytes to :class:`~.protocol.ServerConnection`, starts
+one task per validated request (so a slow request does not hold back the next;
+NBD replies carry the request's handle, so their order does not matter), and
+writes whatever the core queues.  A failing session closes only its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import ssl
+from typing import Mapping
+
+from . import protocol
+from .export import Export, ExportError
+from .protocol import Close, Cmd, Ready, Request, ServerConnection, StartTls
+
+__all__ = ["NbdServer"]
+
+log = logging.getLogger(__name__)
+
+# Bounds on one connection's work in progress, so a client pipelining many
+# large writes cannot make the server hold them all in memory at once.
+MAX_INFLIGHT = 32
+MAX_INFLIGHT_BYTES = 64 << 20
+_READ_CHUNK = 1 << 20
+# A client that sends STARTTLS and then stalls is dropped after this long.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+# Backend OSError → NBD error (anything else becomes NBD_EIO).
+_ERRNO_MAP = {
+    errno.EPERM: protocol.NBD_EPERM,
+    errno.EACCES: protocol.NBD_EPERM,
+    errno.EROFS: protocol.NBD_EPERM,
+    errno.ENOSPC: protocol.NBD_ENOSPC,
+    errno.EDQUOT: protocol.NBD_ENOSPC,
+    errno.EFBIG: protocol.NBD_ENOSPC,
+    errno.EINVAL: protocol.NBD_EINVAL,
+    errno.ENOMEM: protocol.NBD_ENOMEM,
+    errno.EOVERFLOW: protocol.NBD_EOVERFLOW,
+    errno.EOPNOTSUPP: protocol.NBD_ENOTSUP,
+    errno.ESHUTDOWN: protocol.NBD_ESHUTDOWN,
+}
+
+
+def nbd_error(exc: BaseException) -> int:
+    """The NBD error value reported for a backend exception."""
+    if isinstance(exc, ExportError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_MAP:
+        return _ERRNO_MAP[exc.errno]
+    return protocol.NBD_EIO
+
+
+class NbdServer:
+    """An NBD server for ``exports`` on ``host:port`` (``port=0`` picks a free one).
+
+    With ``tls_context`` (a server-side :class:`ssl.SSLContext`) TLS is
+    mandatory: clients must send NBD_OPT_STARTTLS before anything else.
+    Use ``async with NbdServer(...) as server:`` or ``start()``/``close()``;
+    ``server.port`` is the bound port.
+    """
+
+    def __init__(self, exports: Mapping[str, Export], host: str = "127.0.0.1", port: int = 0,
+                 tls_context: ssl.SSLContext | None = None):
+        for name, export in exports.items():
+            protocol.check_export(name, export)
+        self.exports = dict(exports)
+        self.host = host
+        self.port = port
+        self.tls_context = tls_context
+        self._server: asyncio.base_events.Server | None = None
+        self._sessions: dict[asyncio.Task, asyncio.StreamWriter] = {}
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._server is not None:
+            self._server.close()
+        # Abort the sockets rather than cancel the session tasks: each session
+        # then sees EOF, cancels its own requests and ends normally.
+        for writer in self._sessions.values():
+            writer.transport.abort()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> "NbdServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._sessions[task] = writer
+        peer = writer.get_extra_info("peername")
+        try:
+            await _Session(self, reader, writer).run()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.info("nbd %s: connection lost: %s", peer, exc)
+        except Exception:  # one broken session must never take the server down
+            log.exception("nbd %s: session failed", peer)
+        finally:
+            self._sessions.pop(task, None)
+            writer.close()
+
+
+class _Session:
+    """One client connection: the read loop, request tasks and the writer."""
+
+    def __init__(self, server: NbdServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.conn = ServerConnection(server.exports, tls=server.tls_context is not None)
+        self.export: Export | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.inflight_bytes = 0
+        self.peer = writer.get_extra_info("peername")
+
+    async def run(self) -> None:
+        close: Close | None = None
+        try:
+            self._flush()
+            while close is None:
+                data = await self.reader.read(_READ_CHUNK)
+                if not data:
+                    break
+                for event in self.conn.receive_data(data):
+                    close = await self._on_event(event) or close
+                self._flush()
+                await self.writer.drain()
+        finally:
+            if close is not None and close.graceful and self.tasks:
+                # DISC: the spec wants in-flight requests finished and answered.
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            for task in self.tasks:
+                task.cancel()
+        if close is not None:
+            log.info("nbd %s: closing: %s", self.peer, close.reason)
+        self._flush()
+        await self.writer.drain()
+
+    async def _on_event(self, event) -> Close | None:
+        if isinstance(event, Request):
+            await self._admit(event)
+            task = asyncio.create_task(self._serve(event))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(event, Ready):
+            self.export = event.export
+            log.info("nbd %s: export %r", self.peer, event.name)
+        elif isinstance(event, StartTls):
+            self._flush()
+            await self.writer.start_tls(self.server.tls_context,
+                                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            self.conn.tls_started()
+        elif isinstance(event, Close):
+            return event
+        return None
+
+    async def _admit(self, request: Request) -> None:
+        """Wait until this request fits the connection's in-flight bounds."""
+        size = request.length if request.cmd in (Cmd.READ, Cmd.WRITE) else 0
+        while self.tasks and (len(self.tasks) >= MAX_INFLIGHT
+                              or self.inflight_bytes + size > MAX_INFLIGHT_BYTES):
+            self._flush()
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _serve(self, request: Request) -> None:
+        export = self.export
+        size = request.length if request.cmd in (Cmd.READ, Cmd.WRITE) else 0
+        self.inflight_bytes += size
+        try:
+            data = b""
+            if request.cmd is Cmd.READ:
+                data = await export.read(request.offset, request.length)
+                if len(data) != request.length:
+                    raise ExportError(protocol.NBD_EIO, f"backend returned {len(data)} of "
+                                                        f"{request.length} bytes")
+            elif request.cmd is Cmd.WRITE:
+                await export.write(request.offset, request.data, request.fua)
+            elif request.cmd is Cmd.FLUSH:
+                await export.flush()
+            elif request.cmd is Cmd.TRIM:
+                await export.trim(request.offset, request.length)
+                if request.fua:
+                    await export.flush()
+            elif request.cmd is Cmd.WRITE_ZEROES:
+                await export.write_zeroes(request.offset, request.length, request.fua)
+            self.conn.reply(request, data=data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Expected backend errors explain themselves to the client (in a
+            # structured READ error); anything else is logged here, not leaked.
+            if isinstance(exc, (ExportError, OSError)):
+                message = str(exc)[:200]
+            else:
+                log.exception("nbd %s: %s failed", self.peer, request.cmd.name)
+                message = "internal server error"
+            self.conn.reply(request, error=nbd_error(exc), message=message)
+        finally:
+            self.inflight_bytes -= size
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)

@@ -1,0 +1,296 @@
+"""The asyncio server over real sockets: bad clients, errors, concurrency, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import ipaddress
+import json
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import ServerThread
+from nbdraw import RawClient, run
+from tricopy.host.nbd import Export, ExportError, FileExport
+from tricopy.host.nbd import protocol as p
+from tricopy.host.nbd.protocol import Cmd
+
+
+def test_read_only_export_refuses_writes_with_eperm(served):
+    with RawClient(served.port) as c:
+        c.connect("ro")
+        assert c.request(Cmd.WRITE, 0, 4096, b"x" * 4096)[0] == p.NBD_EPERM
+        assert c.request(Cmd.TRIM, 0, 4096)[0] == p.NBD_EPERM
+        assert c.request(Cmd.WRITE_ZEROES, 0, 4096)[0] == p.NBD_EPERM
+        assert c.request(Cmd.READ, 4096, 4096) == (0, served.ro_content[4096:8192])
+    assert served.ro.read_bytes() == served.ro_content
+
+
+def test_bad_clients_do_not_disturb_a_good_one(served):
+    good = RawClient(served.port)
+    good.connect("disk")
+    assert good.request(Cmd.WRITE, 0, 4096, b"g" * 4096, handle=1) == (0, b"")
+
+    with RawClient(served.port) as bad:         # unknown client flags
+        bad.greeting(client_flags=0xFF00)
+        assert bad.is_closed()
+    with RawClient(served.port) as bad:         # garbage instead of an option
+        bad.greeting()
+        bad.sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert bad.is_closed()
+    with RawClient(served.port) as bad:         # malformed options get errors, not a close
+        bad.greeting()
+        bad.option(p.NBD_OPT_GO, b"\x00\x00\x10\x00abc")
+        assert bad.option_reply()[1] == p.NBD_REP_ERR_INVALID
+        bad.option(p.NBD_OPT_INFO, struct.pack(">I", 2**32 - 1) + bytes(5000))
+        assert bad.option_reply()[1] == p.NBD_REP_ERR_INVALID
+        bad.option(0x7777)
+        assert bad.option_reply()[1] == p.NBD_REP_ERR_UNSUP
+        bad.option(p.NBD_OPT_ABORT)
+        assert bad.option_reply()[1] == p.NBD_REP_ACK
+        assert bad.is_closed()
+    with RawClient(served.port) as bad:         # bad request magic mid-transmission
+        bad.connect("disk")
+        bad.sock.sendall(b"\x00" * 28)
+        assert bad.is_closed()
+    with RawClient(served.port) as bad:         # absurd write length: refused, link survives
+        bad.connect("disk")
+        bad.send_request(Cmd.WRITE, 0, 2**32 - 1, handle=5)
+        bad.send_request(Cmd.READ, 0, 2**32 - 4096, handle=6)
+        # The write's payload never comes, so its reply cannot either; the
+        # connection is dropped by the client, which must not hurt the server.
+    with RawClient(served.port) as bad:         # disconnect halfway through a request
+        bad.connect("disk")
+        bad.sock.sendall(struct.pack(">IHHQQI", p.NBD_REQUEST_MAGIC, 0, Cmd.WRITE, 1, 0, 8192)
+                         + b"half")
+
+    assert good.request(Cmd.READ, 0, 4096, handle=2) == (0, b"g" * 4096)
+    # and real clients still connect
+    info = json.loads(run("nbdinfo", "--json", served.uri()).stdout)
+    assert info["exports"][0]["export-size"] == 64 << 20
+    good.close()
+
+
+def test_oversized_write_is_refused_and_the_connection_continues(served):
+    with RawClient(served.port) as c:
+        c.connect("disk")
+        length = (32 << 20) + 4096
+        c.send_request(Cmd.WRITE, 0, length, handle=1)
+        chunk = b"\x99" * (1 << 20)
+        for _ in range(length // len(chunk)):
+            c.sock.sendall(chunk)
+        c.sock.sendall(chunk[:4096])
+        assert c.simple_reply() == (p.NBD_EINVAL, 1, b"")
+        assert c.request(Cmd.READ, 0, 4096, handle=2) == (0, bytes(4096))
+
+
+def test_pipelined_requests_get_replies_matched_by_handle(served):
+    with RawClient(served.port) as c:
+        c.connect("disk", structured=True)
+        for i in range(32):   # distinct patterns in distinct blocks
+            c.send_request(Cmd.WRITE, i * 65536, 65536, bytes([i]) * 65536, handle=1000 + i)
+        done = {c.simple_reply()[1] for _ in range(32)}
+        assert done == {1000 + i for i in range(32)}
+        for i in range(32):
+            c.send_request(Cmd.READ, i * 65536, 65536, handle=2000 + i)
+        for _ in range(32):
+            flags, ctype, handle, payload = c.chunk()
+            assert (flags, ctype) == (p.NBD_REPLY_FLAG_DONE, p.NBD_REPLY_TYPE_OFFSET_DATA)
+            i = handle - 2000
+            assert struct.unpack(">Q", payload[:8])[0] == i * 65536
+            assert payload[8:] == bytes([i]) * 65536
+
+
+def test_disc_finishes_in_flight_requests(served):
+    with RawClient(served.port) as c:
+        c.connect("disk")
+        # One segment, so the server sees DISC before the write has completed.
+        c.sock.sendall(struct.pack(">IHHQQI", p.NBD_REQUEST_MAGIC, p.NBD_CMD_FLAG_FUA,
+                                   Cmd.WRITE, 4, 8192, 4096) + b"d" * 4096
+                       + struct.pack(">IHHQQI", p.NBD_REQUEST_MAGIC, 0, Cmd.DISC, 5, 0, 0))
+        assert c.simple_reply() == (0, 4, b"")
+        assert c.is_closed()
+    assert served.disk.read_bytes()[8192:12288] == b"d" * 4096
+
+
+class FailingExport(Export):
+    """A backend whose every write fails with a chosen exception."""
+
+    size, block_size = 1 << 20, 4096
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    async def read(self, offset, length):
+        raise self.exc
+
+    async def write(self, offset, data, fua):
+        raise self.exc
+
+    async def flush(self):
+        raise self.exc
+
+    async def trim(self, offset, length):
+        raise self.exc
+
+    async def write_zeroes(self, offset, length, fua):
+        raise self.exc
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (OSError(errno.ENOSPC, "full"), p.NBD_ENOSPC),
+    (OSError(errno.EROFS, "read-only fs"), p.NBD_EPERM),
+    (OSError(errno.EIO, "media error"), p.NBD_EIO),
+    (ExportError(p.NBD_ENOSPC, "journal full"), p.NBD_ENOSPC),
+    (RuntimeError("bug"), p.NBD_EIO),
+])
+def test_backend_errors_are_mapped(exc, expected):
+    thread = ServerThread({"bad": FailingExport(exc)})
+    port = thread.start()
+    try:
+        with RawClient(port) as c:
+            c.connect("bad", structured=True)
+            c.send_request(Cmd.WRITE, 0, 4096, bytes(4096), handle=1)
+            assert c.simple_reply() == (expected, 1, b"")
+            c.send_request(Cmd.READ, 0, 4096, handle=2)
+            flags, ctype, handle, payload = c.chunk()
+            assert (ctype, handle) == (p.NBD_REPLY_TYPE_ERROR, 2)
+            assert struct.unpack(">I", payload[:4])[0] == expected
+            message = payload[6:].decode()
+            assert "bug" not in message  # internals are logged, not sent
+            assert c.request(Cmd.FLUSH, handle=3)[0] == expected
+    finally:
+        thread.stop()
+
+
+# --- TLS ---------------------------------------------------------------------
+def _make_certs(directory) -> ssl.SSLContext:
+    """A CA and a server certificate for 127.0.0.1, laid out for libnbd/qemu."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, issuer, key, sign_key, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+        return builder.sign(sign_key, hashes.SHA256())
+
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(name("tricopy test CA"), name("tricopy test CA"), ca_key, ca_key, True)
+    srv = cert(name("127.0.0.1"), ca.subject, srv_key, ca_key, False)
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    key_pem = srv_key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+    (directory / "ca-cert.pem").write_bytes(pem(ca))
+    (directory / "server-cert.pem").write_bytes(pem(srv))
+    (directory / "server-key.pem").write_bytes(key_pem)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(directory / "server-cert.pem", directory / "server-key.pem")
+    return ctx
+
+
+@pytest.fixture
+def tls_served(tmp_path):
+    certs = tmp_path / "pki"
+    certs.mkdir()
+    disk = tmp_path / "tls.img"
+    disk.write_bytes(bytes(4 << 20))
+    thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_make_certs(certs))
+    port = thread.start()
+    try:
+        yield port, certs, disk
+    finally:
+        thread.stop()
+
+
+def test_tls_with_nbdinfo_and_qemu_io(tls_served):
+    port, certs, disk = tls_served
+    # TLS is mandatory: a plaintext client is refused.
+    proc = run("nbdinfo", "--json", f"nbd://127.0.0.1:{port}/disk", check=False)
+    assert proc.returncode != 0
+    info = json.loads(run("nbdinfo", "--json",
+                          f"nbds://127.0.0.1:{port}/disk?tls-certificates={certs}").stdout)
+    assert info["TLS"] is True and info["exports"][0]["export-size"] == 4 << 20
+    run("qemu-io", "--object", f"tls-creds-x509,id=tls0,endpoint=client,dir={certs}",
+        "--image-opts", "-t", "writeback", "-c", "write -P 0x3c 0 64k", "-c", "read -P 0x3c 0 64k",
+        f"driver=nbd,host=127.0.0.1,port={port},export=disk,tls-creds=tls0")
+    assert disk.read_bytes()[:65536] == b"\x3c" * 65536
+
+
+def test_tls_raw_client_and_plaintext_injection(tls_served):
+    port, certs, disk = tls_served
+    with RawClient(port) as c:
+        c.greeting()
+        c.option(p.NBD_OPT_GO, struct.pack(">I4sH", 4, b"disk", 0))
+        assert c.option_reply()[1] == p.NBD_REP_ERR_TLS_REQD
+        c.option(p.NBD_OPT_STARTTLS)
+        assert c.option_reply()[1] == p.NBD_REP_ACK
+        ctx = ssl.create_default_context(cafile=str(certs / "ca-cert.pem"))
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="127.0.0.1")
+        replies = c.go("disk")
+        assert replies[-1][1] == p.NBD_REP_ACK
+        assert c.request(Cmd.WRITE, 0, 4096, b"t" * 4096)[0] == 0
+    assert disk.read_bytes()[:4096] == b"t" * 4096
+    with RawClient(port) as c:   # plaintext sent right behind STARTTLS is refused
+        c.greeting()
+        c.option(p.NBD_OPT_STARTTLS)
+        c.option(p.NBD_OPT_LIST)
+        assert c.option_reply()[1] == p.NBD_REP_ACK
+        assert c.is_closed()
+
+
+def test_multi_conn_flush_covers_other_connections(served):
+    # CAN_MULTI_CONN is advertised for FileExport: a write completed on one
+    # connection is visible to, and flushed by, another connection.
+    with RawClient(served.port) as a, RawClient(served.port) as b:
+        a.connect("disk")
+        b.connect("disk")
+        assert a.request(Cmd.WRITE, 0, 4096, b"m" * 4096)[0] == 0
+        assert b.request(Cmd.FLUSH)[0] == 0
+        assert b.request(Cmd.READ, 0, 4096) == (0, b"m" * 4096)
+
+
+def test_module_entry_point_serves_files(tmp_path):
+    img = tmp_path / "cli.img"
+    img.write_bytes(bytes(1 << 20))
+    with socket.socket() as probe_sock:   # a free port, released for the server
+        probe_sock.bind(("127.0.0.1", 0))
+        port = probe_sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tricopy.host.nbd", "--port", str(port),
+                             f"cli={img}:ro"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            probe = run("nbdinfo", "--json", f"nbd://127.0.0.1:{port}/cli", check=False)
+            if probe.returncode == 0:
+                break
+            time.sleep(0.1)
+        info = json.loads(probe.stdout)
+        assert info["exports"][0]["is_read_only"] is True
+    finally:
+        proc.terminate()
+        proc.wait(10)
