@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup test demo bench clean
 
-# Debian packages the tests drive for real (none yet beyond the base image;
-# the NBD clients join this list with the NBD front end).
-APT_PACKAGES :=
+# Debian packages the tests drive for real: the NBD clients and the
+# baseline NBD server.
+APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit
 
 $(STAMP): pyproject.toml
 	@if [ -n "$(APT_PACKAGES)" ] && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
