@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tricopy.host.bench",
     "tricopy.host.engine.serve",
     "tricopy.boards.build",
+    "tricopy.host.sites_cli",
 ]
 
 

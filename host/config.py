@@ -1,0 +1,253 @@
+"""Site configuration: one TOML file per site (primary, relay or secondary).
+
+Example (a relay)::
+
+    site = "osaka"
+    listen = "127.0.0.1:7002"      # data port: the primary connects here
+    control = "127.0.0.1:7102"     # JSON-lines control socket (host/control.py)
+    state_dir = "/var/lib/tricopy" # small state files (primary write log, restore point)
+
+    [[group]]
+    grnum = 1
+    grname = "db"
+    attr = "INTERMEDIARY"          # MASTER (primary) | INTERMEDIARY (relay) | RESTORE (secondary)
+    peer = "127.0.0.1:7003"        # MASTER: the relay; INTERMEDIARY: the secondary
+    durability = "fsync"           # relay: "fsync" (default, safe) or "memory" (unsafe)
+    journal = { path = "jnl1.vol", size = 16777216 }
+
+    [[volume]]                     # primary and secondary only
+    idx = 0
+    group = 1
+    path = "pvol0.img"
+    size = 1048576
+    block_size = 4096
+
+Relative paths are taken relative to the config file's folder.  Every
+problem is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
+           "GroupConfig", "SiteConfig", "load_config", "parse_config", "parse_addr"]
+
+
+class ConfigError(ValueError):
+    """A site configuration that cannot be used; the message names the key."""
+
+
+class GroupAttr(enum.Enum):
+    """GRATTR (patent Fig. 5, 430): the role a site plays for a journal group."""
+    MASTER = "MASTER"
+    INTERMEDIARY = "INTERMEDIARY"
+    RESTORE = "RESTORE"
+
+
+class Durability(enum.Enum):
+    """When the relay ACKs a journal to the primary."""
+    FSYNC = "fsync"     # after the record is fsynced (group commit): no acked write lost
+    MEMORY = "memory"   # after the engine accepted it: a relay crash can lose acked writes
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """A data volume (PVOL or SVOL): a file of ``size`` bytes, I/O in ``block_size`` units."""
+    idx: int
+    group: int
+    path: Path
+    size: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """The relay's journal volume (a ring of ``size`` bytes)."""
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One journal group as this site sees it (patent Fig. 5: GRNUM, GRNAME, GRATTR)."""
+    grnum: int
+    grname: str
+    attr: GroupAttr
+    peer: tuple[str, int] | None = None
+    epoch: int = 0
+    durability: Durability = Durability.FSYNC
+    journal: JournalConfig | None = None
+    restore_interval: float = 0.0        # secondary: seconds between restores, 0 = continuous
+    full_suspend_after: float = 30.0     # primary: seconds of relay FULL before SUSP
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Everything one site process needs."""
+    site: str
+    listen: tuple[str, int] | None
+    control: tuple[str, int] | None
+    state_dir: Path
+    groups: tuple[GroupConfig, ...]
+    volumes: tuple[VolumeConfig, ...] = field(default=())
+    heartbeat: float = 1.0
+
+    def group(self, grnum: int) -> GroupConfig:
+        for g in self.groups:
+            if g.grnum == grnum:
+                return g
+        raise KeyError(grnum)
+
+    def volumes_of(self, grnum: int) -> list[VolumeConfig]:
+        return sorted((v for v in self.volumes if v.group == grnum), key=lambda v: v.idx)
+
+
+def parse_addr(value: object, key: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key}: expected \"host:port\", got {value!r}")
+    host, _, port = value.rpartition(":")
+    try:
+        num = int(port)
+    except ValueError:
+        raise ConfigError(f"{key}: port {port!r} is not a number") from None
+    if not 0 <= num <= 65535 or not host:
+        raise ConfigError(f"{key}: {value!r} is not a valid host:port")
+    return host.strip("[]"), num
+
+
+def _get(table: dict, key: str, typ: type | tuple, where: str, default=...):
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}{key}: missing")
+        return default
+    value = table[key]
+    # bool is an int in Python; a flag is never a valid number here.
+    if isinstance(value, bool) and typ is not bool:
+        raise ConfigError(f"{where}{key}: expected {_tname(typ)}, got {value!r}")
+    if not isinstance(value, typ):
+        raise ConfigError(f"{where}{key}: expected {_tname(typ)}, got {value!r}")
+    return value
+
+
+def _tname(typ) -> str:
+    return " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+
+
+def _positive(value: int, key: str) -> int:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value}")
+    return value
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
+    w = f"group[{i}]."
+    grnum = _get(t, "grnum", int, w)
+    if not 0 <= grnum <= 0xFFFF:
+        raise ConfigError(f"{w}grnum: must fit 16 bits, got {grnum}")
+    grname = _get(t, "grname", str, w)
+    if not grname or len(grname.encode("utf-8")) > 32 or not grname.isascii():
+        raise ConfigError(f"{w}grname: must be 1..32 ASCII characters, got {grname!r}")
+    try:
+        attr = GroupAttr(_get(t, "attr", str, w).upper())
+    except ValueError:
+        raise ConfigError(f"{w}attr: must be MASTER, INTERMEDIARY or RESTORE, "
+                          f"got {t['attr']!r}") from None
+    peer = None
+    if attr is not GroupAttr.RESTORE:
+        peer = parse_addr(_get(t, "peer", str, w), f"{w}peer")
+    epoch = _get(t, "epoch", int, w, 0)
+    if not 0 <= epoch <= 0xFFFFFFFF:
+        raise ConfigError(f"{w}epoch: must fit 32 bits, got {epoch}")
+    try:
+        durability = Durability(_get(t, "durability", str, w, "fsync"))
+    except ValueError:
+        raise ConfigError(f"{w}durability: must be \"fsync\" or \"memory\", "
+                          f"got {t['durability']!r}") from None
+    journal = None
+    if attr is GroupAttr.INTERMEDIARY:
+        jt = _get(t, "journal", dict, w)
+        jsize = _positive(_get(jt, "size", int, f"{w}journal."), f"{w}journal.size")
+        if jsize % 64 or jsize < 128:
+            raise ConfigError(f"{w}journal.size: must be a multiple of 64 and >= 128, got {jsize}")
+        journal = JournalConfig(_path(base, _get(jt, "path", str, f"{w}journal.")), jsize)
+    interval = _get(t, "restore_interval", (int, float), w, 0.0)
+    if interval < 0:
+        raise ConfigError(f"{w}restore_interval: must be >= 0 seconds, got {interval}")
+    full_after = _get(t, "full_suspend_after", (int, float), w, 30.0)
+    if full_after < 0:
+        raise ConfigError(f"{w}full_suspend_after: must be >= 0 seconds, got {full_after}")
+    return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
+                       float(interval), float(full_after))
+
+
+def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
+    w = f"volume[{i}]."
+    idx = _get(t, "idx", int, w)
+    if not 0 <= idx <= 0xFFFF:
+        raise ConfigError(f"{w}idx: must fit 16 bits, got {idx}")
+    bs = _positive(_get(t, "block_size", int, w, 4096), f"{w}block_size")
+    if bs & (bs - 1) or bs < 512:
+        raise ConfigError(f"{w}block_size: must be a power of two >= 512, got {bs}")
+    size = _positive(_get(t, "size", int, w), f"{w}size")
+    if size % bs:
+        raise ConfigError(f"{w}size: {size} is not a multiple of block_size {bs}")
+    return VolumeConfig(idx, _get(t, "group", int, w), _path(base, _get(t, "path", str, w)),
+                        size, bs)
+
+
+def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
+    """Validate a parsed TOML document."""
+    site = _get(doc, "site", str, "")
+    if not site or len(site) > 32 or not site.isascii():
+        raise ConfigError(f"site: must be 1..32 ASCII characters, got {site!r}")
+    listen = doc.get("listen")
+    listen = parse_addr(listen, "listen") if listen is not None else None
+    control = doc.get("control")
+    control = parse_addr(control, "control") if control is not None else None
+    state_dir = _path(base, _get(doc, "state_dir", str, "", "."))
+    heartbeat = _get(doc, "heartbeat", (int, float), "", 1.0)
+    if heartbeat <= 0:
+        raise ConfigError(f"heartbeat: must be > 0 seconds, got {heartbeat}")
+    groups = tuple(_parse_group(t, i, base) for i, t in enumerate(_get(doc, "group", list, "")))
+    if not groups:
+        raise ConfigError("group: at least one [[group]] is needed")
+    if len({g.grnum for g in groups}) != len(groups):
+        raise ConfigError("group: two groups share a grnum")
+    volumes = tuple(_parse_volume(t, i, base) for i, t in enumerate(_get(doc, "volume", list, "", [])))
+    grnums = {g.grnum for g in groups}
+    seen = set()
+    for i, v in enumerate(volumes):
+        if v.group not in grnums:
+            raise ConfigError(f"volume[{i}].group: no [[group]] with grnum {v.group}")
+        if (v.group, v.idx) in seen:
+            raise ConfigError(f"volume[{i}].idx: idx {v.idx} used twice in group {v.group}")
+        seen.add((v.group, v.idx))
+    for g in groups:
+        if g.attr is not GroupAttr.INTERMEDIARY and not any(v.group == g.grnum for v in volumes):
+            raise ConfigError(f"group grnum={g.grnum}: a {g.attr.value} group needs volumes")
+        if g.attr is not GroupAttr.MASTER and listen is None:
+            raise ConfigError(f"listen: a {g.attr.value} site must listen for its upstream peer")
+    return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat))
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read and validate one site's TOML file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(doc, path.resolve().parent)

@@ -1,0 +1,440 @@
+"""The relay site (the patent's intermediary): journal engine + journal volume.
+
+Data flow for one INTERMEDIARY group::
+
+    primary --JNLWR--> dedup by TAG --> engine.submit (SEQ#, TIME, JOFS)
+            --> store.append at JOFS --> [fsync, shared] --> ACK to the primary
+    store --read, in SEQ# order, batches--> secondary
+    secondary's cumulative ACK(upto) --> engine.release + store.release (JOPTR moves)
+
+Exactly-once from the primary (docs/replication.md, "Resend and duplicates"):
+the primary numbers its journals 1, 2, 3, ... in TAG (its per-group request
+number, PSEQ).  The relay accepts only PSEQ == last + 1; a PSEQ at or below the
+last accepted one is a resend of a journal it already holds and is ACKed
+again without a second journal; anything else is a gap and is NAKed.  The
+last accepted PSEQ survives a restart: it is the TAG of the newest journal in
+the store, or, when the store is empty, the value saved in
+``<state_dir>/<grname>.relay`` before the release that emptied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+
+from . import protocol
+from .config import Durability, GroupAttr, GroupConfig, SiteConfig
+from .control import ControlServer
+from .engine.base import Engine, EngineError, open_engine
+from .link import Link, LinkError, connect, nak
+from .protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
+from .store import JournalStore, StoreError
+from .store_commit import GroupCommitter
+
+__all__ = ["RelayError", "RelayGroup", "Relay", "TAG_MOD", "next_pseq", "tag_distance"]
+
+log = logging.getLogger(__name__)
+
+TAG_MOD = 1 << 32          # PSEQ lives in the 32-bit TAG and wraps (serial arithmetic)
+FORWARD_BATCH = 64         # journals per read/send batch to the secondary
+FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
+RECONNECT_DELAY = 0.2
+
+
+class RelayError(Exception):
+    """The relay cannot go on with a group (engine and store disagree, ...)."""
+
+
+def next_pseq(pseq: int) -> int:
+    """The PSEQ after ``pseq``; 0 is never used (it means "none yet")."""
+    return pseq + 1 if pseq + 1 < TAG_MOD else 1
+
+
+def tag_distance(tag: int, last: int) -> int:
+    """How far ``tag`` is after ``last`` in the wrapping 32-bit PSEQ space."""
+    return (tag - last) % TAG_MOD
+
+
+def _fatal(message: str) -> None:
+    # Engine and store can no longer be trusted to agree: stop; a restart
+    # recovers both from the store (docs/replication.md, "Relay restart").
+    log.critical("relay stopping: %s", message)
+    logging.shutdown()
+    os._exit(3)
+
+
+class RelayGroup:
+    """One INTERMEDIARY journal group: engine, store, dedup state, forwarder.
+
+    ``grsts`` is the group status (patent Fig. 5, GRSTS) as the relay sees it.
+    """
+
+    def __init__(self, cfg: GroupConfig, site: SiteConfig, engine: Engine):
+        self.cfg = cfg
+        self.site = site
+        self.engine = engine
+        jcfg = cfg.journal
+        if jcfg.path.exists():
+            self.store = JournalStore.open(jcfg.path)
+        else:
+            jcfg.path.parent.mkdir(parents=True, exist_ok=True)
+            self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch)
+        if self.store.size != jcfg.size:
+            raise RelayError(f"journal {jcfg.path} is {self.store.size} bytes, config says {jcfg.size}")
+        if self.store.epoch != cfg.epoch:
+            raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, "
+                             f"config says {cfg.epoch}")
+        site.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_path = site.state_dir / f"{cfg.grname}.relay"
+        self.last_tag = self._recover_last_tag()
+        self.grsts = "PAIR"
+        self.reason = ""
+        self.primary_link: Link | None = None
+        self.secondary_link: Link | None = None
+        self.secondary_acked = 0
+        self.fulls = 0
+        self.dups = 0
+        self._ingest = asyncio.Lock()
+        self._commit = GroupCommitter(self.store)    # one fsync shared by many journals
+        self._new = asyncio.Event()       # a journal became forwardable
+        self._acked = asyncio.Event()     # the secondary ACKed something
+
+    # -- recovery -------------------------------------------------------------
+
+    def _recover_last_tag(self) -> int:
+        if self.store.held:
+            ctl, _ = self.store.read(self.store.next_seq - 1, 1)[0]
+            return ctl.tag
+        if self._state_path.exists():
+            try:
+                return int(json.loads(self._state_path.read_text())["last_tag"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RelayError(f"relay state {self._state_path} is corrupt: {exc}") from None
+        return 0   # never accepted anything: the first journal sets the PSEQ base
+
+    def _save_last_tag(self, tag: int) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"last_tag": tag}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path)
+        dfd = os.open(self._state_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    async def recover_engine(self) -> None:
+        """Bring the engine to the store's state: same SEQ#s, same JIPTR/JOPTR.
+
+        The store is the durable truth.  A fresh (or restarted) engine is
+        empty; LOAD CLEAR|SEQ|PTR puts its empty ring at the store's JOPTR with
+        NEXT_SEQ = TAIL_SEQ, and every held journal is resubmitted (zeros of the
+        same DATA_LEN: only sizes matter to allocation).  The allocation rules
+        are deterministic, so each replayed journal must land on the JOFS the
+        store holds; anything else is a RelayError.
+        """
+        s, e, epoch = self.store, self.engine, self.cfg.epoch
+        st = await e.status()
+        if (st.next_seq, st.tail_seq, st.jiptr, st.joptr, st.epoch, st.wrap_at) == (
+                s.next_seq, s.tail_seq, s.jiptr, s.joptr, epoch, s.wrap_at):
+            return     # e.g. a board that kept its state across a relay restart
+        if st.ring_size != s.size:
+            raise RelayError(f"engine ring is {st.ring_size} bytes, journal volume {s.size}")
+        # An empty store sits at JIPTR; a non-empty one's first journal at JOPTR.
+        ptr = s.joptr if s.held else s.jiptr
+        await self._expect(e.load(LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH,
+                                  seq=s.tail_seq, epoch=epoch, ptr=ptr), "LOAD")
+        seq = s.tail_seq
+        while seq < s.next_seq:
+            for ctl, _ in s.read(seq, FORWARD_BATCH):
+                zeros = bytes(ctl.data_len)
+                probe = dataclasses.replace(ctl, kind=Kind.UPDATE, length=ctl.data_len,
+                                            data_crc=protocol.crc32c(zeros) if zeros else 0)
+                await self._replay(probe, ctl)
+                seq += 1
+        st = await e.status()
+        if (st.jiptr, st.joptr, st.next_seq, st.tail_seq, st.wrap_at) != (
+                s.jiptr, s.joptr, s.next_seq, s.tail_seq, s.wrap_at):
+            raise RelayError(f"engine rebuilt to JIPTR {st.jiptr} JOPTR {st.joptr} NEXT {st.next_seq} "
+                             f"WRAP_AT {st.wrap_at}, store has {s.jiptr} {s.joptr} {s.next_seq} "
+                             f"{s.wrap_at}")
+        log.info("group %s: engine rebuilt from the store, journals %d..%d, JOPTR %d JIPTR %d "
+                 "WRAP_AT %d", self.cfg.grname, s.tail_seq, s.next_seq - 1, s.joptr, s.jiptr,
+                 s.wrap_at)
+
+    async def _replay(self, probe: Control, stored: Control | None) -> None:
+        ack = await self.engine.submit(probe, bytes(probe.data_len))
+        if ack.status != Status.OK:
+            raise RelayError(f"engine refused a replayed journal: {Status(ack.status).name}")
+        if stored is not None and (ack.seq, ack.jofs) != (stored.seq, stored.jofs):
+            raise RelayError(f"replayed seq {stored.seq} landed at seq {ack.seq} JOFS {ack.jofs}, "
+                             f"store has JOFS {stored.jofs}")
+
+    @staticmethod
+    async def _expect(answer, what: str) -> None:
+        ack = await answer
+        if ack.status != Status.OK:
+            raise RelayError(f"engine refused {what}: {Status(ack.status).name}")
+
+    # -- from the primary -------------------------------------------------------
+
+    async def serve_primary(self, link: Link, hello: protocol.Hello) -> None:
+        """One primary connection; a newer one replaces it."""
+        if self.primary_link is not None:
+            await self.primary_link.close()
+        async with self._ingest:    # the old connection's journals are all settled first
+            self.primary_link = link
+            link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch, self.last_tag,
+                                     self.cfg.grname, self.site.site).frame())
+            answers: asyncio.Queue = asyncio.Queue()
+            sender = asyncio.create_task(self._send_answers(link, answers))
+            try:
+                while True:
+                    frame = await link.recv()
+                    if frame.type != FrameType.JNLWR:
+                        answers.put_nowait((None, nak(Status.BAD_TYPE, frame.type)))
+                        continue
+                    answers.put_nowait(await self._ingest_one(frame.body))
+            except LinkError as exc:
+                log.info("primary link: %s", exc)
+            finally:
+                answers.put_nowait(None)
+                await sender   # every accepted journal durable before the next connection
+                await link.close()
+
+    async def _ingest_one(self, body: bytes) -> tuple[int | None, Frame]:
+        """Returns (seq to wait durable for, answer frame), in arrival order."""
+        try:
+            ctl, data = protocol.split_journal(body)
+        except protocol.ProtocolError as exc:
+            return None, nak(exc.status, FrameType.JNLWR)
+        dist = tag_distance(ctl.tag, self.last_tag)
+        if self.last_tag and (dist == 0 or dist >= TAG_MOD // 2):
+            # A resend of a journal we hold: ACK it again once everything
+            # before it is durable (it sits behind them in the answer queue).
+            self.dups += 1
+            return self.store.next_seq - 1, protocol.Ack(tag=ctl.tag, req_type=FrameType.JNLWR).frame()
+        if self.last_tag and ctl.tag != next_pseq(self.last_tag):
+            return None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)
+        if self.grsts == "SUSP":
+            return None, nak(Status.SUSPENDED, FrameType.JNLWR, tag=ctl.tag)
+        if ctl.group != self.cfg.grnum:
+            return None, nak(Status.WRONG_GROUP, FrameType.JNLWR, tag=ctl.tag)
+        try:
+            ack = await self.engine.submit(ctl, data)
+        except EngineError as exc:
+            _fatal(f"engine failed: {exc}")
+        if ack.status != Status.OK:
+            if ack.status == Status.FULL:
+                self.fulls += 1
+            return None, ack.frame()
+        stamped = dataclasses.replace(ctl, seq=ack.seq, time=ack.time, jofs=ack.jofs).with_ccrc()
+        try:
+            self.store.append(stamped, data)
+        except StoreError as exc:
+            _fatal(f"store refused seq {ack.seq} at JOFS {ack.jofs}: {exc}")
+        self.last_tag = ctl.tag
+        if self.cfg.durability is Durability.MEMORY:
+            self._new.set()
+            return None, ack.frame()
+        return ack.seq, ack.frame()
+
+    async def durable(self, seq: int) -> None:
+        """Wait until journal ``seq`` is fsynced (group commit)."""
+        try:
+            await self._commit.wait_durable(seq)
+        except StoreError as exc:
+            _fatal(f"journal volume fsync failed: {exc}")
+
+    async def _send_answers(self, link: Link, answers: asyncio.Queue) -> None:
+        while (item := await answers.get()) is not None:
+            seq, frame = item
+            if seq is not None:
+                await self.durable(seq)
+                self._new.set()
+            if not link.closed:
+                link.send(frame)
+                if answers.empty():
+                    try:
+                        await link.drain()
+                    except LinkError:
+                        pass
+
+    async def background_sync(self, period: float = 1.0) -> None:
+        """Durability "memory": nothing waits for fsync, so write back once a second."""
+        while True:
+            await asyncio.sleep(period)
+            if self.store.durable_seq < self.store.next_seq - 1:
+                await self.durable(self.store.next_seq - 1)
+
+    # -- to the secondary --------------------------------------------------------
+
+    def forwardable(self) -> int:
+        """Highest SEQ# that may leave the relay: durable ones, unless policy says memory."""
+        if self.cfg.durability is Durability.MEMORY:
+            return self.store.next_seq - 1
+        return min(self.store.durable_seq, self.store.next_seq - 1)
+
+    async def forwarder(self) -> None:
+        """Patent Fig. 9: send journals to the secondary in SEQ# order, forever."""
+        while True:
+            hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch,
+                                   self.store.next_seq - 1, self.cfg.grname, self.site.site)
+            try:
+                link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
+                                           name=f"{self.site.site}->secondary")
+            except LinkError as exc:
+                log.debug("secondary not reachable: %s", exc)
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            self.secondary_link = link
+            rx = asyncio.create_task(self._secondary_acks(link))
+            try:
+                await self._release(peer.last_seq)
+                if peer.last_seq + 1 < self.store.tail_seq:
+                    self.grsts, self.reason = "SUSP", (
+                        f"secondary restored up to {peer.last_seq} but the journal starts at "
+                        f"{self.store.tail_seq}: journals are missing, resync needed")
+                    log.error("group %s: %s", self.cfg.grname, self.reason)
+                await self._send_loop(link, max(peer.last_seq + 1, self.store.tail_seq))
+            except LinkError as exc:
+                log.info("secondary link: %s", exc)
+            finally:
+                rx.cancel()
+                await link.close()
+                self.secondary_link = None
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _send_loop(self, link: Link, nxt: int) -> None:
+        while not link.closed:
+            if nxt - 1 - self.secondary_acked >= FORWARD_WINDOW:
+                self._acked.clear()
+                await self._wait(self._acked)
+                continue
+            last = self.forwardable()
+            if nxt > last:
+                self._new.clear()
+                await self._wait(self._new)
+                continue
+            nxt = max(nxt, self.store.tail_seq)
+            batch = self.store.read(nxt, min(FORWARD_BATCH, last - nxt + 1))
+            for i, (ctl, data) in enumerate(batch):
+                flags = FrameFlag.MORE if i < len(batch) - 1 else 0
+                link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data), flags))
+            await link.drain()
+            nxt += len(batch)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), 0.5)   # bounded: also notices a closed link
+        except asyncio.TimeoutError:
+            pass
+
+    async def _secondary_acks(self, link: Link) -> None:
+        try:
+            while True:
+                frame = await link.recv()
+                if frame.type == FrameType.ACK:
+                    await self._release(protocol.Ack.from_frame(frame).seq)
+                else:
+                    log.warning("secondary answered %s; reconnecting", frame.type.name)
+                    await link.close()
+                    return
+        except (LinkError, protocol.ProtocolError) as exc:
+            log.info("secondary link: %s", exc)
+            await link.close()
+
+    async def _release(self, upto: int) -> None:
+        """The secondary holds everything up to ``upto`` for good: move JOPTR."""
+        self.secondary_acked = max(self.secondary_acked, upto)
+        self._acked.set()
+        s = self.store
+        upto = min(upto, s.next_seq - 1)
+        if upto < s.tail_seq:
+            return
+        if upto == s.next_seq - 1:
+            # Emptying the store loses the newest TAG: save it first (dedup after
+            # restart).  The TAG of journal ``upto`` itself, which is durable, not
+            # self.last_tag, which may belong to a journal not yet fsynced.
+            self._save_last_tag(s.read(upto, 1)[0][0].tag)
+        ack = await self.engine.release(upto)
+        if ack.status != Status.OK:
+            _fatal(f"engine refused RELEASE {upto}: {Status(ack.status).name}")
+        try:
+            s.release(upto)
+        except StoreError as exc:
+            _fatal(f"store refused RELEASE {upto}: {exc}")
+
+    def status(self) -> dict:
+        s = self.store
+        return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "INTERMEDIARY",
+                "grsts": self.grsts, "reason": self.reason, "durability": self.cfg.durability.value,
+                "jiptr": s.jiptr, "joptr": s.joptr, "size": s.size, "used": s.used,
+                "next_seq": s.next_seq, "tail_seq": s.tail_seq, "held": s.held,
+                "durable_seq": s.durable_seq, "last_tag": self.last_tag,
+                "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
+                "primary_connected": self.primary_link is not None and not self.primary_link.closed,
+                "secondary_connected": self.secondary_link is not None}
+
+
+class Relay:
+    """The relay site process."""
+
+    def __init__(self, cfg: SiteConfig, engine_kind: str = "model", engine_url: str | None = None):
+        self.cfg = cfg
+        self.engine_kind = engine_kind
+        self.engine_url = engine_url
+        self.groups: dict[int, RelayGroup] = {}
+        self.control = ControlServer({"status": self._status})
+
+    async def _status(self, req: dict) -> dict:
+        return {"site": self.cfg.site, "role": "relay", "engine": self.engine_kind,
+                "groups": [g.status() for g in self.groups.values()]}
+
+    async def run(self) -> None:
+        for g in self.cfg.groups:
+            if g.attr is not GroupAttr.INTERMEDIARY:
+                continue
+            engine = open_engine(self.engine_kind, size=g.journal.size, url=self.engine_url)
+            group = RelayGroup(g, self.cfg, engine)
+            await group.recover_engine()
+            self.groups[g.grnum] = group
+        if not self.groups:
+            raise RelayError("relay config has no INTERMEDIARY group")
+        server = await asyncio.start_server(self._accept, *self.cfg.listen)
+        if self.cfg.control:
+            await self.control.start(self.cfg.control)
+        log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
+        forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
+        forwarders += [asyncio.create_task(g.background_sync()) for g in self.groups.values()
+                       if g.cfg.durability is Durability.MEMORY]
+        async with server:
+            await asyncio.gather(server.serve_forever(), *forwarders)
+
+    async def _accept(self, reader, writer) -> None:
+        link = Link(reader, writer, initiator=False, heartbeat=self.cfg.heartbeat,
+                    name=f"{self.cfg.site}<-primary")
+        try:
+            hello = await link.expect_hello()
+        except LinkError as exc:
+            log.info("primary link: %s", exc)
+            return
+        group = self.groups.get(hello.group)
+        if hello.role != Role.PRIMARY or group is None or hello.grname != group.cfg.grname:
+            status = Status.WRONG_GROUP
+        elif hello.epoch != group.cfg.epoch:
+            status = Status.STALE_EPOCH
+        else:
+            await group.serve_primary(link, hello)
+            return
+        link.send(nak(status, FrameType.HELLO))
+        try:
+            await link.drain()
+        except LinkError:
+            pass
+        await link.close()

@@ -1,0 +1,263 @@
+"""The secondary site: receive journals from the relay, restore them to SVOLs.
+
+Patent Fig. 10: journals are restored strictly in sequence order (IDX picks
+the SVOL, ADDRESS/LENGTH the place), never past a gap.  What this adds:
+
+* every journal is verified on arrival (CCRC of the control data, DATA_CRC of
+  the data, kind rules, group and epoch); a bad one closes the link and
+  nothing from it is staged — the relay resends from our resume point;
+* the restore point (last restored SEQ#) is persisted atomically, *after* the
+  SVOL data it covers is fsynced, so a restart neither loses nor re-orders;
+* the cumulative ACK to the relay carries that persisted point: the relay
+  frees a journal only once it is on the SVOL for good;
+* replay is idempotent: a journal with SEQ# <= the restore point is skipped
+  (and ACKed), so a relay that resends after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from . import protocol
+from .config import GroupAttr, GroupConfig, SiteConfig
+from .control import ControlServer
+from .link import Link, LinkError, nak
+from .protocol import FrameType, Kind, Role, Status
+from .volume import Volume, VolumeError
+
+__all__ = ["RestoreState", "RestoreGroup", "Secondary"]
+
+log = logging.getLogger(__name__)
+
+# Bytes staged in memory before the secondary stops reading (TCP backpressure).
+STAGE_LIMIT = 64 << 20
+
+
+class RestoreState:
+    """The persisted restore point of one group: ``{"last_seq": N, "epoch": E}``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.last_seq = 0
+        self.epoch = 0
+        if path.exists():
+            try:
+                doc = json.loads(path.read_text())
+                self.last_seq = int(doc["last_seq"])
+                self.epoch = int(doc.get("epoch", 0))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"restore state {path} is corrupt: {exc}") from None
+
+    def save(self, last_seq: int) -> None:
+        # write-fsync-rename-fsync(dir): the file is either the old point or the new one.
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"last_seq": last_seq, "epoch": self.epoch}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.last_seq = last_seq
+
+
+class RestoreGroup:
+    """A RESTORE journal group: its SVOLs, staged journals and restore point.
+
+    ``grsts`` is the group status (patent Fig. 5, GRSTS): PAIR while
+    restoring, SUSP with ``reason`` when a journal cannot be applied.
+    """
+
+    def __init__(self, cfg: GroupConfig, site: SiteConfig):
+        self.cfg = cfg
+        self.volumes = {v.idx: Volume(v.path, v.size, v.block_size, idx=v.idx)
+                        for v in site.volumes_of(cfg.grnum)}
+        site.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = RestoreState(site.state_dir / f"{cfg.grname}.restored")
+        self.staged: dict[int, tuple[protocol.Control, bytes]] = {}
+        self.staged_bytes = 0
+        self.grsts = "PAIR"
+        self.reason = ""
+        self.link: Link | None = None
+        self.received = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def last_restored(self) -> int:
+        return self.state.last_seq
+
+    def verify(self, body: bytes) -> tuple[protocol.Control, bytes]:
+        """Check one JNLWR body; raise protocol.BadBody saying what is wrong."""
+        ctl, data = protocol.split_journal(body)
+        if not ctl.ccrc_ok():
+            raise protocol.BadBody(f"journal seq {ctl.seq}: control CRC mismatch", Status.BAD_FRAME)
+        if ctl.data_len != len(data):
+            raise protocol.BadBody(f"journal seq {ctl.seq}: DATA_LEN {ctl.data_len} but "
+                                   f"{len(data)} bytes follow", Status.BAD_LENGTH)
+        if ctl.kind not in protocol.WIRE_KINDS:
+            raise protocol.BadBody(f"journal seq {ctl.seq}: kind {ctl.kind}", Status.BAD_KIND)
+        if ctl.kind in protocol.DATA_KINDS:
+            kind_ok = ctl.data_len == ctl.length
+        elif ctl.kind == Kind.MARK:
+            kind_ok = ctl.length == 0 and ctl.data_len == 0
+        else:
+            kind_ok = ctl.data_len == 0
+        if not kind_ok:
+            raise protocol.BadBody(f"journal seq {ctl.seq}: kind {Kind(ctl.kind).name} with "
+                                   f"LENGTH {ctl.length}, DATA_LEN {ctl.data_len}", Status.BAD_LENGTH)
+        if ctl.data_crc != (protocol.crc32c(data) if data else 0):
+            raise protocol.BadBody(f"journal seq {ctl.seq}: data CRC mismatch", Status.BAD_DCRC)
+        if ctl.group != self.cfg.grnum:
+            raise protocol.BadBody(f"journal seq {ctl.seq} for group {ctl.group}", Status.WRONG_GROUP)
+        if ctl.epoch != self.cfg.epoch:
+            raise protocol.BadBody(f"journal seq {ctl.seq} has epoch {ctl.epoch}, "
+                                   f"group is at {self.cfg.epoch}", Status.STALE_EPOCH)
+        return ctl, data
+
+    async def stage(self, ctl: protocol.Control, data: bytes) -> None:
+        self.received += 1
+        if ctl.seq <= self.last_restored or ctl.seq in self.staged:
+            return   # replay of something we already hold: harmless
+        while self.staged_bytes > STAGE_LIMIT:
+            self._room.clear()
+            await self._room.wait()
+        self.staged[ctl.seq] = (ctl, data)
+        self.staged_bytes += len(data) + protocol.CONTROL_SIZE
+        self._wake.set()
+
+    def gap(self) -> int | None:
+        """The first missing SEQ# when journals beyond it are staged, else None."""
+        if self.staged and self.last_restored + 1 not in self.staged:
+            return self.last_restored + 1
+        return None
+
+    def _apply(self, ctl: protocol.Control, data: bytes) -> Volume:
+        vol = self.volumes.get(ctl.idx)
+        if vol is None:
+            raise VolumeError(f"journal seq {ctl.seq} names IDX {ctl.idx}, not an SVOL here")
+        if ctl.kind in protocol.DATA_KINDS:
+            vol.write(ctl.address, data)
+        elif ctl.kind == Kind.ZERO:
+            vol.write_zeroes(ctl.address, ctl.length)
+        elif ctl.kind == Kind.TRIM:
+            vol.trim(ctl.address, ctl.length)
+        return vol    # MARK: no volume effect
+
+    def restore(self) -> int:
+        """Apply the contiguous run after the restore point; return how many were applied."""
+        if self.grsts == "SUSP":
+            return 0
+        seq = self.last_restored
+        touched: set[Volume] = set()
+        try:
+            while (nxt := self.staged.pop(seq + 1, None)) is not None:
+                ctl, data = nxt
+                self.staged_bytes -= len(data) + protocol.CONTROL_SIZE
+                touched.add(self._apply(ctl, data))
+                seq += 1
+        except VolumeError as exc:
+            self.grsts, self.reason = "SUSP", str(exc)
+            log.error("group %s suspended: %s", self.cfg.grname, exc)
+        n = seq - self.last_restored
+        if n:
+            for vol in touched:
+                vol.flush()           # SVOL data durable before the point that covers it
+            self.state.save(seq)
+        self._room.set()
+        return n
+
+    async def restorer(self, interval: float) -> None:
+        """Restore continuously (interval 0) or every ``interval`` seconds."""
+        while True:
+            if interval:
+                await asyncio.sleep(interval)
+            else:
+                await self._wake.wait()
+                self._wake.clear()
+            # fsyncs run in a thread so the link keeps receiving meanwhile.
+            n = await asyncio.to_thread(self.restore)
+            if n and self.link is not None and not self.link.closed:
+                self.link.send(protocol.Ack(seq=self.last_restored,
+                                            req_type=FrameType.JNLWR).frame())
+
+    def status(self) -> dict:
+        return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
+                "grsts": self.grsts, "reason": self.reason,
+                "last_restored": self.last_restored, "staged": len(self.staged),
+                "gap": self.gap(), "received": self.received,
+                "connected": self.link is not None and not self.link.closed}
+
+
+class Secondary:
+    """The secondary site process: a listener for the relay plus the restorers."""
+
+    def __init__(self, cfg: SiteConfig):
+        self.cfg = cfg
+        self.groups = {g.grnum: RestoreGroup(g, cfg) for g in cfg.groups
+                       if g.attr is GroupAttr.RESTORE}
+        if not self.groups:
+            raise ValueError("secondary config has no RESTORE group")
+        self.control = ControlServer({"status": self._status})
+
+    async def _status(self, req: dict) -> dict:
+        return {"site": self.cfg.site, "role": "secondary",
+                "groups": [g.status() for g in self.groups.values()]}
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._accept, *self.cfg.listen)
+        if self.cfg.control:
+            await self.control.start(self.cfg.control)
+        tasks = [asyncio.create_task(g.restorer(g.cfg.restore_interval))
+                 for g in self.groups.values()]
+        log.info("secondary %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
+        async with server:
+            await asyncio.gather(server.serve_forever(), *tasks)
+
+    async def _accept(self, reader, writer) -> None:
+        link = Link(reader, writer, initiator=False, heartbeat=self.cfg.heartbeat,
+                    name=f"{self.cfg.site}<-relay")
+        try:
+            hello = await link.expect_hello()
+            group = self.groups.get(hello.group)
+            if hello.role != Role.RELAY or group is None or hello.grname != group.cfg.grname:
+                link.send(nak(Status.WRONG_GROUP, FrameType.HELLO))
+                await link.drain()
+                await link.close()
+                return
+            if group.link is not None:
+                await group.link.close()    # the newest connection wins
+            group.link = link
+            link.send(protocol.Hello(Role.SECONDARY, group.cfg.grnum, group.cfg.epoch,
+                                     group.last_restored, group.cfg.grname,
+                                     self.cfg.site).frame())
+            while True:
+                frame = await link.recv()
+                if frame.type != FrameType.JNLWR:
+                    link.send(nak(Status.BAD_TYPE, frame.type))
+                    continue
+                try:
+                    ctl, data = group.verify(frame.body)
+                except protocol.ProtocolError as exc:
+                    # Nothing from a bad journal is staged; the relay resends after reconnect.
+                    log.warning("%s: refusing journal: %s", link.name, exc)
+                    link.send(nak(exc.status, FrameType.JNLWR))
+                    await link.drain()
+                    await link.close()
+                    return
+                await group.stage(ctl, data)
+                if ctl.seq <= group.last_restored and not frame.flags & protocol.FrameFlag.MORE:
+                    # a replay: tell the relay again where we are so it releases
+                    link.send(protocol.Ack(seq=group.last_restored, req_type=FrameType.JNLWR).frame())
+        except LinkError as exc:
+            log.info("relay link closed: %s", exc)
+        finally:
+            await link.close()

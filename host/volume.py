@@ -1,0 +1,84 @@
+"""Data volumes (PVOL at the primary, SVOL at the secondary): a file with a block size.
+
+I/O is positional and synchronous: a write is one ``pwrite`` into the page
+cache, durable only after :meth:`Volume.flush` (fsync), exactly like a disk
+with a volatile write cache.  Offsets and lengths must be whole blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["VolumeError", "Volume"]
+
+# Zeroing is done in bounded chunks so a huge WRITE_ZEROES does not allocate its size.
+_ZERO_CHUNK = 1 << 20
+
+
+class VolumeError(ValueError):
+    """An I/O request that does not fit the volume (range, alignment)."""
+
+
+class Volume:
+    """One PVOL or SVOL.  Created (sparse, zero-filled) if missing; size fixed."""
+
+    def __init__(self, path: str | Path, size: int, block_size: int = 4096, *, idx: int = 0):
+        if size <= 0 or block_size <= 0 or size % block_size:
+            raise VolumeError(f"volume size {size} must be a positive multiple of "
+                              f"block_size {block_size}")
+        self.path = Path(path)
+        self.size = size
+        self.block_size = block_size
+        self.idx = idx
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        actual = os.fstat(self._fd).st_size
+        if actual == 0:
+            os.ftruncate(self._fd, size)
+        elif actual != size:
+            os.close(self._fd)
+            raise VolumeError(f"{self.path} is {actual} bytes, the config says {size}")
+
+    def check(self, offset: int, length: int) -> None:
+        """Raise VolumeError unless [offset, offset+length) is whole blocks inside the volume."""
+        bs = self.block_size
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise VolumeError(f"range offset={offset} length={length} is outside volume "
+                              f"{self.idx} of {self.size} bytes")
+        if offset % bs or length % bs:
+            raise VolumeError(f"range offset={offset} length={length} is not aligned to "
+                              f"block_size {bs}")
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.check(offset, len(data))
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self.check(offset, length)
+        zero = bytes(min(length, _ZERO_CHUNK))
+        end = offset + length
+        while offset < end:
+            n = min(len(zero), end - offset)
+            self.write(offset, zero[:n])
+            offset += n
+
+    def trim(self, offset: int, length: int) -> None:
+        # A trimmed range reads back as zeros here (like NBD's TRIM on a thin disk
+        # with read-zeroes-after-trim), so PVOL and SVOL stay byte-comparable.
+        self.write_zeroes(offset, length)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise VolumeError(f"read offset={offset} length={length} outside volume {self.idx}")
+        return os.pread(self._fd, length, offset)
+
+    def flush(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

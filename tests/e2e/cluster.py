@@ -1,0 +1,210 @@
+"""A three-site cluster of real processes on loopback, for the end-to-end tests.
+
+Each site runs as ``python -m tricopy.host.sites_cli <role> --config <file>``;
+the tests talk to them only through their control sockets and files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tricopy.host import control
+
+ROLES = ("secondary", "relay", "primary")
+VOL_SIZE = 1 << 20
+BLOCK = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Configs, processes and helpers for one primary/relay/secondary trio."""
+
+    def __init__(self, root: Path, *, journal_size: int = 8 << 20, volumes: int = 2,
+                 durability: str = "fsync", restore_interval: float = 0.0,
+                 full_suspend_after: float = 60.0):
+        self.root = root
+        self.volumes = volumes
+        self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
+        self.procs: dict[str, subprocess.Popen] = {}
+        for role in ROLES:
+            (root / role).mkdir(parents=True, exist_ok=True)
+        self._write_configs(journal_size, durability, restore_interval, full_suspend_after)
+
+    def control_addr(self, role: str) -> tuple[str, int]:
+        return ("127.0.0.1", self.ports[role][1])
+
+    def _write_configs(self, journal_size: int, durability: str, interval: float,
+                       full_after: float) -> None:
+        def common(role: str) -> str:
+            data, ctl = self.ports[role]
+            return (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\ncontrol = "127.0.0.1:{ctl}"\n'
+                    f'state_dir = "state"\nheartbeat = 0.5\n')
+
+        def vols(prefix: str) -> str:
+            return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
+                           f'size = {VOL_SIZE}\nblock_size = {BLOCK}\n' for i in range(self.volumes))
+
+        group = 'grnum = 1\ngrname = "g1"\n'
+        docs = {
+            "primary": common("primary") + f'[[group]]\n{group}attr = "MASTER"\n'
+                       f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
+                       + vols("pvol"),
+            "relay": common("relay") + f'[[group]]\n{group}attr = "INTERMEDIARY"\n'
+                     f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
+                     f'durability = "{durability}"\n'
+                     f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n',
+            "secondary": common("secondary") + f'[[group]]\n{group}attr = "RESTORE"\n'
+                         f'restore_interval = {interval}\n' + vols("svol"),
+        }
+        for role, text in docs.items():
+            (self.root / role / "site.toml").write_text(text)
+
+    # -- processes -------------------------------------------------------------
+
+    def start(self, role: str) -> None:
+        d = self.root / role
+        log = open(d / "site.log", "ab")
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=d)
+        log.close()
+        deadline = time.monotonic() + 20
+        while True:
+            if self.procs[role].poll() is not None:
+                raise RuntimeError(f"{role} exited with {self.procs[role].returncode}:\n"
+                                   + self.log(role)[-3000:])
+            try:
+                control.call(self.control_addr(role), "status", timeout=2)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{role} did not come up:\n" + self.log(role)[-3000:])
+                time.sleep(0.05)
+
+    def start_all(self) -> None:
+        for role in ROLES:
+            self.start(role)
+
+    def kill(self, role: str) -> None:
+        """kill -9: no chance to flush or close anything."""
+        proc = self.procs.pop(role)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for role in list(self.procs):
+            self.kill(role)
+
+    def log(self, role: str) -> str:
+        return (self.root / role / "site.log").read_text(errors="replace")
+
+    def status(self, role: str) -> dict:
+        return control.call(self.control_addr(role), "status")["groups"][0]
+
+    # -- checks ----------------------------------------------------------------
+
+    def wait_drained(self, timeout: float = 60.0) -> dict:
+        """Until the primary has nothing in flight, the relay holds nothing and
+        the secondary restored the relay's last journal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p, r, s = (self.status(x) for x in ("primary", "relay", "secondary"))
+            if (p["pending"] == 0 and r["held"] == 0
+                    and s["last_restored"] == r["next_seq"] - 1):
+                return {"primary": p, "relay": r, "secondary": s}
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not drained after {timeout} s: primary={p} relay={r} "
+                                     f"secondary={s}")
+            time.sleep(0.1)
+
+    def volume_bytes(self, role: str, idx: int) -> bytes:
+        prefix = "pvol" if role == "primary" else "svol"
+        return (self.root / role / f"{prefix}{idx}.img").read_bytes()
+
+
+class Workload:
+    """Random host writes through the primary's control socket.
+
+    ``workers`` coroutines each own a disjoint block range (so the expected
+    volume content is exact) and write overlapping random extents inside it,
+    with some WRITE_ZEROES and TRIM.  A request that fails because the primary
+    went away is retried until it is ACKed, so ``model`` — updated only on
+    ACK — is the content every volume must end with.
+    """
+
+    def __init__(self, addr: tuple[str, int], volumes: int, *, workers: int = 8, seed: int = 1):
+        self.addr = addr
+        self.rng = random.Random(seed)
+        self.model = [bytearray(VOL_SIZE) for _ in range(volumes)]
+        if workers < volumes or workers % volumes:
+            raise ValueError(f"workers ({workers}) must be a multiple of volumes ({volumes})")
+        blocks = VOL_SIZE // BLOCK
+        per_vol = workers // volumes
+        span = blocks // per_vol
+        self.regions = [(w % volumes, (w // volumes) * span, span) for w in range(workers)]
+        self.acked = 0
+        self.retries = 0
+        self.latencies: list[float] = []
+        self.stop = False
+
+    def _op(self, region):
+        idx, first, span = region
+        n = self.rng.randint(1, min(16, span))
+        start = first + self.rng.randint(0, span - n)
+        offset, length = start * BLOCK, n * BLOCK
+        pick = self.rng.random()
+        if pick < 0.85:
+            data = self.rng.randbytes(length)
+            req = ("write", {"idx": idx, "offset": offset,
+                             "data": base64.b64encode(data).decode()})
+        else:
+            data = bytes(length)
+            req = ("write_zeroes" if pick < 0.93 else "trim",
+                   {"idx": idx, "offset": offset, "length": length})
+        return req, (idx, offset, data)
+
+    async def _worker(self, region, count: int | None) -> None:
+        client = None
+        done = 0
+        while not self.stop and (count is None or done < count):
+            (cmd, args), (idx, offset, data) = self._op(region)
+            while True:
+                try:
+                    if client is None:
+                        client = await control.ControlClient.open(self.addr)
+                    t0 = time.monotonic()
+                    await asyncio.wait_for(client.call(cmd, **args), 60)
+                    self.latencies.append(time.monotonic() - t0)
+                    break
+                except (OSError, ConnectionError, asyncio.TimeoutError):
+                    # the primary is down or restarting: the same request again
+                    self.retries += 1
+                    if client is not None:
+                        await client.close()
+                    client = None
+                    await asyncio.sleep(0.1)
+            self.model[idx][offset:offset + len(data)] = data
+            self.acked += 1
+            done += 1
+        if client is not None:
+            await client.close()
+
+    async def run(self, count: int | None = None, duration: float | None = None) -> None:
+        tasks = [asyncio.create_task(self._worker(r, count)) for r in self.regions]
+        if duration is not None:
+            await asyncio.sleep(duration)
+            self.stop = True
+        await asyncio.gather(*tasks)
