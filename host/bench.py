@@ -104,3 +104,5 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_protocol)
+    from .bench_replicate import register_bench     # replicate, nbd (fio through NBD)
+    register_bench(which)

@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "tricopy.host.engine.serve",
     "tricopy.boards.build",
     "tricopy.host.sites_cli",
+    "tricopy.host.rcm",
+    "tricopy.host.demo",
 ]
 
 

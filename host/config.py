@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
-           "GroupConfig", "SiteConfig", "load_config", "parse_config", "parse_addr"]
+           "GroupConfig", "NbdConfig", "SiteConfig", "load_config", "parse_config", "parse_addr"]
 
 
 class ConfigError(ValueError):
@@ -83,6 +83,23 @@ class GroupConfig:
     journal: JournalConfig | None = None
     restore_interval: float = 0.0        # secondary: seconds between restores, 0 = continuous
     full_suspend_after: float = 30.0     # primary: seconds of relay FULL before SUSP
+    link_suspend_after: float = 30.0     # primary: seconds writes wait for an unreachable relay
+    # GRSTS when the site has no JNLG table row yet (docs/operations.md): "PAIR"
+    # for volumes known to be identical (both new), "SMPL" to pair with `tricopy pair`.
+    initial_state: str = "PAIR"
+
+
+@dataclass(frozen=True)
+class NbdConfig:
+    """The ``[nbd]`` table: where the site serves its volumes over NBD (docs/nbd.md).
+
+    The primary exports its PVOLs read-write, the secondary its SVOLs
+    read-only; the export name is the volume's file name without its suffix.
+    With ``tls_cert``/``tls_key`` TLS is mandatory for every client.
+    """
+    listen: tuple[str, int]
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class SiteConfig:
     groups: tuple[GroupConfig, ...]
     volumes: tuple[VolumeConfig, ...] = field(default=())
     heartbeat: float = 1.0
+    nbd: NbdConfig | None = None
 
     def group(self, grnum: int) -> GroupConfig:
         for g in self.groups:
@@ -186,8 +204,31 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     full_after = _get(t, "full_suspend_after", (int, float), w, 30.0)
     if full_after < 0:
         raise ConfigError(f"{w}full_suspend_after: must be >= 0 seconds, got {full_after}")
+    link_after = _get(t, "link_suspend_after", (int, float), w, 30.0)
+    if link_after < 0:
+        raise ConfigError(f"{w}link_suspend_after: must be >= 0 seconds, got {link_after}")
+    initial_state = _get(t, "initial_state", str, w, "PAIR").upper()
+    if initial_state not in ("PAIR", "SMPL"):
+        raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
+                          f"got {t['initial_state']!r}")
     return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
-                       float(interval), float(full_after))
+                       float(interval), float(full_after), link_suspend_after=float(link_after),
+                       initial_state=initial_state)
+
+
+def _parse_nbd(t: dict, base: Path) -> NbdConfig:
+    w = "nbd."
+    listen = parse_addr(_get(t, "listen", str, w), f"{w}listen")
+    cert, key = t.get("tls_cert"), t.get("tls_key")
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{w}tls_cert, {w}tls_key: give both or neither")
+    if cert is not None:
+        cert = _path(base, _get(t, "tls_cert", str, w))
+        key = _path(base, _get(t, "tls_key", str, w))
+    unknown = set(t) - {"listen", "tls_cert", "tls_key"}
+    if unknown:
+        raise ConfigError(f"{w}{sorted(unknown)[0]}: unknown key")
+    return NbdConfig(listen, cert, key)
 
 
 def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
@@ -237,7 +278,9 @@ def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
             raise ConfigError(f"group grnum={g.grnum}: a {g.attr.value} group needs volumes")
         if g.attr is not GroupAttr.MASTER and listen is None:
             raise ConfigError(f"listen: a {g.attr.value} site must listen for its upstream peer")
-    return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat))
+    nbd = doc.get("nbd")
+    nbd = _parse_nbd(_get(doc, "nbd", dict, ""), base) if nbd is not None else None
+    return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd)
 
 
 def load_config(path: str | Path) -> SiteConfig:

@@ -26,11 +26,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig
-from .control import ControlServer
+from .control import ControlError, ControlServer
+from .jnlg import CopyBitmap, JnlgTable
 from .link import Link, LinkError, LinkRefused, connect
 from .protocol import Control, Frame, FrameType, Kind, Role, Status
 from .relay import TAG_MOD, next_pseq, tag_distance
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 LOG_TRUNCATE = 8 << 20      # truncate the write log past this size once nothing is in flight
 RECONNECT_DELAY = 0.2
 FULL_RETRY_DELAY = 0.2      # inflow control: wait this long after a FULL before resending
+COPY_CHUNK = 64 << 10       # base journal unit: the patent's "n blocks" (and one copy-bitmap bit)
+BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
+BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
 
 
 class GroupSuspended(Exception):
@@ -86,7 +91,8 @@ class WriteLog:
             self.saved_tag = int(json.loads(self._pseq_path.read_text())["last_tag"])
 
     def last_tag(self) -> int:
-        return self.records[-1][0].tag if self.records else self.saved_tag
+        # tag 0: a local record (applied, never sent; see MasterGroup._apply_only)
+        return next((c.tag for c, _ in reversed(self.records) if c.tag), self.saved_tag)
 
     def append(self, ctl: Control, data: bytes) -> None:
         # One write() per record; it reaches the page cache before the PVOL
@@ -127,8 +133,19 @@ class MasterGroup:
                         for v in site.volumes_of(cfg.grnum)}
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self.log = WriteLog(site.state_dir / f"{cfg.grname}.plog")
-        self.grsts = "PAIR"
-        self.reason = ""
+        # The JNLG table row (patent Fig. 5) holds GRSTS and the reason; the
+        # copy bitmap the chunks still to send as base journals (host/jnlg.py).
+        self._table = JnlgTable.for_site(site.state_dir)
+        self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
+        chunk = max([COPY_CHUNK] + [v.block_size for v in self.volumes.values()])
+        self.bitmap = CopyBitmap(site.state_dir / f"{cfg.grname}.bitmap",
+                                 {i: v.size for i, v in self.volumes.items()}, chunk)
+        self.split = self.jnlg.grsts == "SUSP" and self.jnlg.reason.startswith("split")
+        self._scan_pos: dict[int, int] = {}     # per IDX: first chunk the scan has not taken
+        self._copy_gen = 0                      # bumped on every start of a scan
+        self._copy_task: asyncio.Task | None = None
+        self.copy_total = self.copy_done = 0    # chunks of the current scan
+        self.copy_writes = {"journaled": 0, "ahead": 0}   # host writes during COPY (Fig. 7)
         self.blocked = False
         self.dirty: list[tuple[int, int, int]] = []
         self.link: Link | None = None
@@ -136,6 +153,7 @@ class MasterGroup:
         self.resent = 0
         self.pending: OrderedDict[int, tuple[Control, bytes, asyncio.Future]] = OrderedDict()
         self._full_since: float | None = None
+        self._unreachable_since: float | None = None   # writes waiting, relay not reachable
         self.last_pseq = self.log.last_tag()    # the last PSEQ given to a journal (0: none yet)
         self._redo()
 
@@ -144,7 +162,8 @@ class MasterGroup:
         loop = asyncio.get_running_loop()
         for ctl, data in self.log.records:
             self._apply(ctl, data)
-            self.pending[ctl.tag] = (ctl, data, loop.create_future())
+            if ctl.tag:      # tag 0: a local record, applied but never journaled
+                self.pending[ctl.tag] = (ctl, data, loop.create_future())
         if self.log.records:
             log.info("group %s: redid %d logged journals", self.cfg.grname, len(self.log.records))
 
@@ -169,6 +188,8 @@ class MasterGroup:
                       data: bytes = b"", fua: bool = False) -> int:
         """Apply one host request and journal it; returns once the relay ACKed all of it."""
         self.volume(idx).check(offset, length)
+        if self._apply_only(kind, idx, offset, length, data):
+            return 0
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -189,7 +210,7 @@ class MasterGroup:
         return acks[-1].seq
 
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
-                 fua: bool) -> asyncio.Future:
+                 fua: bool, apply: bool = True) -> asyncio.Future:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
         if self.grsts == "SUSP":
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
@@ -199,7 +220,8 @@ class MasterGroup:
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
         self.log.append(ctl, data)
-        self._apply(ctl, data)
+        if apply:     # a base journal's data was just read from the PVOL: nothing to apply
+            self._apply(ctl, data)
         fut = asyncio.get_running_loop().create_future()
         self.pending[tag] = (ctl, data, fut)
         if self.link is not None and not self.link.closed:
@@ -217,13 +239,15 @@ class MasterGroup:
     # -- the relay link ------------------------------------------------------------
 
     def _suspend(self, reason: str) -> None:
-        self.grsts, self.reason = "SUSP", reason
+        self.grsts, self.reason, self.split = "SUSP", reason, False
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.pending.values():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
+            self.bitmap.mark(ctl.idx, ctl.address, ctl.length)   # resync sends them again
             if not fut.done():
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
         self.pending.clear()
+        self.bitmap.save()
         self.log.truncate(self.last_pseq)
 
     def _acked_upto(self, tag: int) -> None:
@@ -241,9 +265,11 @@ class MasterGroup:
 
     async def run_link(self) -> None:
         """Connect to the relay forever; resend what it does not hold."""
+        if self.grsts == "COPY":
+            self._start_copy()       # a scan interrupted by a restart goes on from the bitmap
         while True:
-            if self.grsts == "SUSP":
-                await asyncio.sleep(1.0)
+            if self.grsts in ("SUSP", "SMPL") and not self.pending:
+                await asyncio.sleep(0.2 if self.split or self.grsts == "SMPL" else 1.0)
                 continue
             hello = protocol.Hello(Role.PRIMARY, self.cfg.grnum, self.cfg.epoch,
                                    self.last_pseq, self.cfg.grname, self.site.site)
@@ -255,8 +281,10 @@ class MasterGroup:
                 continue
             except LinkError as exc:
                 log.debug("relay not reachable: %s", exc)
+                self._relay_unreachable()
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
+            self._unreachable_since = None
             try:
                 await self._session(link, peer)
             except LinkError as exc:
@@ -265,6 +293,22 @@ class MasterGroup:
                 self.link = None
                 await link.close()
             await asyncio.sleep(FULL_RETRY_DELAY if self.blocked else RECONNECT_DELAY)
+
+    def _relay_unreachable(self) -> None:
+        """Writes wait for an unreachable relay at most ``link_suspend_after`` seconds.
+
+        Then the group suspends (their extents go to ``dirty``) so host writes
+        fail with an explicit error instead of hanging.  An idle group never
+        suspends: the clock starts only while a write is waiting.
+        """
+        if not self.pending:
+            self._unreachable_since = None
+            return
+        now = time.monotonic()
+        self._unreachable_since = self._unreachable_since or now
+        if now - self._unreachable_since > self.cfg.link_suspend_after:
+            self._suspend(f"relay unreachable for more than "
+                          f"{self.cfg.link_suspend_after:g} s with writes waiting")
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
         if peer.last_seq:
@@ -298,11 +342,195 @@ class MasterGroup:
                 self._suspend(f"relay refused journal PSEQ {ack.tag}: {Status(ack.status).name}")
                 return
 
+    # -- pair state (JNLG table, patent Fig. 5) and management (docs/operations.md) --
+
+    @property
+    def grsts(self) -> str:
+        """GRSTS 440: SMPL, COPY, PAIR or SUSP; persisted in the JNLG table."""
+        return self.jnlg.grsts
+
+    @grsts.setter
+    def grsts(self, value: str) -> None:
+        self._set_state(value, self.jnlg.reason)
+
+    @property
+    def reason(self) -> str:
+        return self.jnlg.reason
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        self._set_state(self.jnlg.grsts, value)
+
+    def _set_state(self, grsts: str, reason: str = "") -> None:
+        if (grsts, reason) != (self.jnlg.grsts, self.jnlg.reason):
+            self.jnlg.set_state(grsts, reason)
+            self._table.save()
+
+    def _dvol(self, idx: int):
+        return next(d for d in self.jnlg.dvols if d.idx == idx)
+
+    def _apply_only(self, kind: Kind, idx: int, offset: int, length: int, data: bytes) -> bool:
+        """Patent Fig. 7: apply this host write to the PVOL without journaling it?
+
+        Yes in SMPL (no pair); in SUSP after a split (its chunks are set in the
+        copy bitmap, persisted before the PVOL changes, for the delta resync);
+        in COPY when every chunk it touches is still to be taken by the scan
+        (the base journal will carry it: the patent's "address > BJPtr").
+        An error SUSP returns False: ``_enqueue`` refuses the write.
+        """
+        if self.grsts == "SUSP" and self.split:
+            if self.bitmap.mark(idx, offset, length):
+                self.bitmap.save()
+        elif self.grsts == "COPY":
+            if offset // self.bitmap.chunk < self._scan_pos.get(idx, 0) \
+                    or not self.bitmap.covered(idx, offset, length):
+                self.copy_writes["journaled"] += 1
+                return False
+            self.copy_writes["ahead"] += 1
+        elif self.grsts != "SMPL":
+            return False
+        ctl = Control(address=offset, length=length, data_len=len(data),
+                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.cfg.epoch,
+                      idx=idx, kind=kind, group=self.cfg.grnum, tag=0).with_ccrc()
+        # The write log is redone over the PVOLs at restart: a write that
+        # bypassed it could be overwritten by an older logged journal.  So an
+        # empty log stays empty, a log of ACKed journals is cut, and behind
+        # journals still in flight the write goes in as a local record (TAG 0).
+        if self.log.size:
+            if self.pending:
+                self.log.append(ctl, data)
+            else:
+                self.log.truncate(self.last_pseq)
+        self._apply(ctl, data)
+        return True
+
+    def _start_copy(self) -> None:
+        self._copy_gen += 1
+        self._scan_pos = {idx: 0 for idx in self.volumes}
+        self.copy_total, self.copy_done = self.bitmap.count(), 0
+        if self._copy_task is not None:
+            self._copy_task.cancel()
+        self._copy_task = asyncio.create_task(self._base_copy(self._copy_gen))
+
+    async def _base_copy(self, gen: int) -> None:
+        """Patent Fig. 6: a base journal for every chunk set in the copy bitmap, in order.
+
+        BASE_WINDOW journals are in flight at once; an all-zero chunk goes as a
+        ZERO journal (no data).  A chunk's bit is cleared when the relay ACKed
+        its journal, so a restart or a failure sends it again, never skips it.
+        """
+        chunk = self.bitmap.chunk
+        inflight: set[asyncio.Future] = set()
+        saved = time.monotonic()
+        for idx, vol in sorted(self.volumes.items()):
+            dvol = self._dvol(idx)
+            for c in self.bitmap.pending(idx):
+                if gen != self._copy_gen or self.grsts != "COPY":
+                    return
+                off = c * chunk
+                n = min(chunk, vol.size - off)
+                data = vol.read(off, n)
+                # No await from the read to the enqueue: the journal holds the
+                # PVOL exactly as of its PSEQ, and later writes here are journaled.
+                self._scan_pos[idx] = c + 1
+                dvol.bjptr = (off + n) // vol.block_size
+                if data.count(0) == n:
+                    fut = self._enqueue(Kind.ZERO, idx, off, n, b"", False, apply=False)
+                else:
+                    fut = self._enqueue(Kind.BASE, idx, off, n, data, False, apply=False)
+                fut.add_done_callback(partial(self._base_acked, gen, idx, c))
+                inflight.add(fut)
+                if len(inflight) >= BASE_WINDOW:
+                    if self.link is not None:
+                        try:
+                            await self.link.drain()
+                        except LinkError:
+                            pass
+                    _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                if time.monotonic() - saved > BITMAP_SAVE_EVERY:
+                    self.bitmap.save()
+                    self._table.save()
+                    saved = time.monotonic()
+            self._scan_pos[idx] = self.bitmap.nchunks(idx)
+            dvol.bjptr = vol.size // vol.block_size
+        if inflight:
+            await asyncio.wait(inflight)
+        if gen != self._copy_gen or self.grsts != "COPY" or self.bitmap.count():
+            return      # superseded, split, or a journal failed (the group suspended)
+        self.bitmap.save()
+        self._set_state("PAIR")
+        log.info("group %s: base copy done, %d chunks: PAIR", self.cfg.grname, self.copy_done)
+
+    def _base_acked(self, gen: int, idx: int, c: int, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return      # the extent is in the bitmap still (and in ``dirty``)
+        # Only for the scan that sent it: a split may have dirtied the chunk again.
+        if gen == self._copy_gen and self.grsts == "COPY":
+            self.bitmap.clear(idx, c)
+            self.copy_done += 1
+
+    def pair_create(self) -> None:
+        """PAIR_CREATE (patent [0053]): SMPL -> COPY, full base copy of every PVOL."""
+        if self.grsts != "SMPL":
+            raise ControlError(f"group {self.cfg.grname} is {self.grsts}: pair create needs "
+                               f"SMPL (pair delete first)")
+        self.bitmap.set_all()
+        self.bitmap.save()
+        for d in self.jnlg.dvols:
+            d.bjptr = 0
+        self.split = False
+        self._set_state("COPY")
+        self._start_copy()
+
+    def pair_split(self) -> None:
+        """PAIR/COPY -> SUSP: journals in flight complete, later writes go to the bitmap."""
+        if self.grsts not in ("PAIR", "COPY"):
+            raise ControlError(f"group {self.cfg.grname} is {self.grsts}: only a PAIR or "
+                               f"COPY group can be split")
+        self.split = True
+        self._set_state("SUSP", "split by the operator")
+
+    def pair_resync(self, relay_last_tag: int | None = None) -> None:
+        """SUSP -> COPY of the chunks in the copy bitmap only (delta resync), then PAIR."""
+        if self.grsts != "SUSP":
+            raise ControlError(f"group {self.cfg.grname} is {self.grsts}: only a SUSP group "
+                               f"can be resynced")
+        if not self.split and not self.pending and relay_last_tag is not None:
+            # An error suspension dropped journals the relay never took: the
+            # next PSEQ must follow the relay's last one or it sees a gap.
+            self.last_pseq = relay_last_tag
+            self.log.truncate(self.last_pseq)     # and so must it after a restart
+        self.split, self.blocked = False, False
+        self._full_since = self._unreachable_since = None
+        self.dirty.clear()
+        self._set_state("COPY")
+        self._start_copy()
+
+    def pair_delete(self) -> None:
+        """Any state -> SMPL: the pair is gone, writes stay local, the bitmap is cleared."""
+        self._copy_gen += 1
+        if self._copy_task is not None:
+            self._copy_task.cancel()
+        self.bitmap.clear_all()
+        self.bitmap.save()
+        for d in self.jnlg.dvols:
+            d.bjptr = 0
+        self.split = False
+        self.dirty.clear()
+        self._set_state("SMPL")
+
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "MASTER",
                 "grsts": self.grsts, "reason": self.reason, "blocked": self.blocked,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "last_pseq": self.last_pseq, "dirty_extents": len(self.dirty),
+                "split": self.split, "copy_chunk": self.bitmap.chunk,
+                "copy_total": self.copy_total, "copy_done": self.copy_done,
+                "copy_writes": self.copy_writes,
+                "copy_pending_bytes": self.bitmap.count() * self.bitmap.chunk,
+                "dvols": [{"idx": d.idx, "volname": d.volname, "volsts": d.volsts,
+                           "bjptr": d.bjptr, "blocks": d.size // d.block_size}
+                          for d in self.jnlg.dvols],
                 "connected": self.link is not None and not self.link.closed}
 
 
@@ -315,6 +543,10 @@ class Primary:
         self.control = ControlServer({
             "status": self._status, "write": self._write, "write_zeroes": self._zeroes,
             "trim": self._trim, "flush": self._flush, "read": self._read,
+        })
+        self.control.handlers.update({       # pair management (host/rcm.py)
+            "jnlg": self._jnlg, "pair_create": self._pair, "pair_split": self._pair,
+            "pair_resync": self._pair, "pair_delete": self._pair,
         })
 
     def _group_of(self, idx: int) -> MasterGroup:
@@ -354,6 +586,26 @@ class Primary:
         vol = self._group_of(int(req["idx"])).volume(int(req["idx"]))
         return {"data": base64.b64encode(vol.read(int(req["offset"]), int(req["length"]))).decode()}
 
+    async def _jnlg(self, req: dict) -> dict:
+        table = JnlgTable.for_site(self.cfg.state_dir)
+        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+
+    def _named(self, grname: str) -> MasterGroup:
+        for g in self.groups.values():
+            if g.cfg.grname == grname:
+                return g
+        raise ControlError(f"no MASTER group named {grname!r} at the primary")
+
+    async def _pair(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        op = req["cmd"]
+        if op == "pair_resync":
+            tag = req.get("relay_last_tag")
+            g.pair_resync(None if tag is None else int(tag))
+        else:
+            getattr(g, op)()
+        return {"grsts": g.grsts}
+
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "primary",
                 "groups": [g.status() for g in self.groups.values()]}
@@ -366,5 +618,8 @@ class Primary:
             raise ValueError("primary config has no MASTER group")
         if self.cfg.control:
             await self.control.start(self.cfg.control)
+        if self.cfg.nbd is not None:     # hosts reach the PVOLs over NBD (docs/nbd.md)
+            from .nbd.primary_export import primary_exports, serve_site_volumes
+            self.nbd = await serve_site_volumes(self.cfg.nbd, primary_exports(self.groups.values()))
         log.info("primary %s up, %d group(s)", self.cfg.site, len(self.groups))
         await asyncio.gather(*(g.run_link() for g in self.groups.values()))

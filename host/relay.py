@@ -24,10 +24,13 @@ import dataclasses
 import json
 import logging
 import os
+import time
+from collections import deque
 
 from . import protocol
 from .config import Durability, GroupAttr, GroupConfig, SiteConfig
-from .control import ControlServer
+from .control import ControlError, ControlServer
+from .jnlg import GRSTS, JnlgTable
 from .engine.base import Engine, EngineError, open_engine
 from .link import Link, LinkError, connect, nak
 from .protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
@@ -42,6 +45,7 @@ TAG_MOD = 1 << 32          # PSEQ lives in the 32-bit TAG and wraps (serial arit
 FORWARD_BATCH = 64         # journals per read/send batch to the secondary
 FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
 RECONNECT_DELAY = 0.2
+RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
 
 
 class RelayError(Exception):
@@ -90,6 +94,12 @@ class RelayGroup:
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = site.state_dir / f"{cfg.grname}.relay"
         self.last_tag = self._recover_last_tag()
+        # The JNLG row holds the pair state the RCM set; ``grsts`` below is the
+        # relay's own verdict (SUSP when journals are missing), which wins.
+        self._table = JnlgTable.for_site(site.state_dir)
+        self.jnlg = self._table.attach(cfg, journal=cfg.journal)
+        self.forwarded = self.store.next_seq - 1 if not self.store.held else self.store.tail_seq - 1
+        self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
         self.primary_link: Link | None = None
@@ -99,6 +109,10 @@ class RelayGroup:
         self.dups = 0
         self._ingest = asyncio.Lock()
         self._commit = GroupCommitter(self.store)    # one fsync shared by many journals
+        # Releases are persisted lazily (release_persister); when the store is
+        # about to persist an empty ring, the TAG of the last journal released
+        # is saved first, for dedup after a restart.
+        self.store.on_persist_empty = lambda ctl: self._save_last_tag(ctl.tag)
         self._new = asyncio.Event()       # a journal became forwardable
         self._acked = asyncio.Event()     # the secondary ACKed something
 
@@ -239,6 +253,7 @@ class RelayGroup:
         except StoreError as exc:
             _fatal(f"store refused seq {ack.seq} at JOFS {ack.jofs}: {exc}")
         self.last_tag = ctl.tag
+        self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
             self._new.set()
             return None, ack.frame()
@@ -271,6 +286,21 @@ class RelayGroup:
             await asyncio.sleep(period)
             if self.store.durable_seq < self.store.next_seq - 1:
                 await self.durable(self.store.next_seq - 1)
+
+    async def release_persister(self, period: float = RELEASE_PERSIST_PERIOD) -> None:
+        """Persist the secondary's releases (JOPTR) every ``period`` seconds.
+
+        Once per ACK cost a superblock write and fdatasync hundreds of times a
+        second.  Losing a release that was not persisted only means the
+        journals come back after a crash: the relay re-sends them and the
+        secondary skips them (idempotent replay).
+        """
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.store.persist()
+            except StoreError as exc:
+                _fatal(f"journal volume superblock write failed: {exc}")
 
     # -- to the secondary --------------------------------------------------------
 
@@ -328,6 +358,7 @@ class RelayGroup:
                 link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data), flags))
             await link.drain()
             nxt += len(batch)
+            self.forwarded = max(self.forwarded, nxt - 1)
 
     async def _wait(self, event: asyncio.Event) -> None:
         try:
@@ -353,27 +384,46 @@ class RelayGroup:
         """The secondary holds everything up to ``upto`` for good: move JOPTR."""
         self.secondary_acked = max(self.secondary_acked, upto)
         self._acked.set()
+        while self._arrivals and self._arrivals[0][0] <= upto:
+            self._arrivals.popleft()
         s = self.store
         upto = min(upto, s.next_seq - 1)
         if upto < s.tail_seq:
             return
-        if upto == s.next_seq - 1:
-            # Emptying the store loses the newest TAG: save it first (dedup after
-            # restart).  The TAG of journal ``upto`` itself, which is durable, not
-            # self.last_tag, which may belong to a journal not yet fsynced.
-            self._save_last_tag(s.read(upto, 1)[0][0].tag)
         ack = await self.engine.release(upto)
         if ack.status != Status.OK:
             _fatal(f"engine refused RELEASE {upto}: {Status(ack.status).name}")
         try:
-            s.release(upto)
+            # In memory only: release_persister writes JOPTR a little later, and
+            # the store persists it first if the space is reused before that
+            # (docs/store.md, "Lazy release").  An emptying release makes the
+            # store save the newest TAG first (on_persist_empty).
+            s.release(upto, persist=False)
         except StoreError as exc:
             _fatal(f"store refused RELEASE {upto}: {exc}")
 
+    def pair_set(self, grsts: str) -> None:
+        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
+        if grsts not in GRSTS:
+            raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
+        self.jnlg.set_state(grsts)
+        self._table.save()
+
+    def lag(self) -> float:
+        """Seconds the oldest journal not yet restored has waited here (0 when none)."""
+        if not self.store.held:
+            return 0.0
+        # A journal held across a restart has no arrival time: count from now.
+        first = self._arrivals[0][1] if self._arrivals else time.monotonic()
+        return max(0.0, time.monotonic() - first)
+
     def status(self) -> dict:
         s = self.store
+        state = self.grsts if self.grsts == "SUSP" else self.jnlg.grsts
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "INTERMEDIARY",
-                "grsts": self.grsts, "reason": self.reason, "durability": self.cfg.durability.value,
+                "grsts": state, "reason": self.reason, "durability": self.cfg.durability.value,
+                "forwarded": self.forwarded, "lag": round(self.lag(), 3),
+                "used_pct": round(100.0 * s.used / s.size, 2),
                 "jiptr": s.jiptr, "joptr": s.joptr, "size": s.size, "used": s.used,
                 "next_seq": s.next_seq, "tail_seq": s.tail_seq, "held": s.held,
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
@@ -390,7 +440,19 @@ class Relay:
         self.engine_kind = engine_kind
         self.engine_url = engine_url
         self.groups: dict[int, RelayGroup] = {}
-        self.control = ControlServer({"status": self._status})
+        self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
+                                      "pair_set": self._pair_set})
+
+    async def _jnlg(self, req: dict) -> dict:
+        table = JnlgTable.for_site(self.cfg.state_dir)
+        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+
+    async def _pair_set(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                g.pair_set(str(req["grsts"]))
+                return {"grsts": g.jnlg.grsts}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "relay", "engine": self.engine_kind,
@@ -411,6 +473,7 @@ class Relay:
             await self.control.start(self.cfg.control)
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
+        forwarders += [asyncio.create_task(g.release_persister()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.background_sync()) for g in self.groups.values()
                        if g.cfg.durability is Durability.MEMORY]
         async with server:

@@ -20,11 +20,14 @@ import asyncio
 import json
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig
-from .control import ControlServer
+from .control import ControlError, ControlServer
+from .jnlg import GRSTS, JnlgTable
 from .link import Link, LinkError, nak
 from .protocol import FrameType, Kind, Role, Status
 from .volume import Volume, VolumeError
@@ -35,6 +38,12 @@ log = logging.getLogger(__name__)
 
 # Bytes staged in memory before the secondary stops reading (TCP backpressure).
 STAGE_LIMIT = 64 << 20
+# The restore point is saved (SVOL fsync + state file) at most this often while
+# journals keep coming, or after this many journals (the relay sends at most
+# 1024 unACKed), instead of after every restore batch: the profile showed
+# those fsyncs as half the secondary's time.  An idle group saves at once.
+RESTORE_POINT_PERIOD = 0.05
+RESTORE_POINT_JOURNALS = 256
 
 
 class RestoreState:
@@ -82,9 +91,19 @@ class RestoreGroup:
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = RestoreState(site.state_dir / f"{cfg.grname}.restored")
         self.staged: dict[int, tuple[protocol.Control, bytes]] = {}
+        # Restored to the SVOLs (maybe not durable yet); the restore point
+        # ``last_restored`` follows it at the next checkpoint.
+        self.applied = self.state.last_seq
+        self._touched: set[Volume] = set()
+        self._checkpoint_at = 0.0      # monotonic time of the last saved restore point
         self.staged_bytes = 0
-        self.grsts = "PAIR"
+        self.grsts = "PAIR"     # the restorer's own verdict: SUSP when a journal cannot apply
         self.reason = ""
+        # The JNLG row holds the pair state the RCM set and ``consistent_seq``:
+        # the SVOLs are a consistent image once restored up to it.
+        self._table = JnlgTable.for_site(site.state_dir)
+        self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
+        self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
         self.received = 0
         self._wake = asyncio.Event()
@@ -125,7 +144,7 @@ class RestoreGroup:
 
     async def stage(self, ctl: protocol.Control, data: bytes) -> None:
         self.received += 1
-        if ctl.seq <= self.last_restored or ctl.seq in self.staged:
+        if ctl.seq <= self.applied or ctl.seq in self.staged:
             return   # replay of something we already hold: harmless
         while self.staged_bytes > STAGE_LIMIT:
             self._room.clear()
@@ -136,8 +155,8 @@ class RestoreGroup:
 
     def gap(self) -> int | None:
         """The first missing SEQ# when journals beyond it are staged, else None."""
-        if self.staged and self.last_restored + 1 not in self.staged:
-            return self.last_restored + 1
+        if self.staged and self.applied + 1 not in self.staged:
+            return self.applied + 1
         return None
 
     def _apply(self, ctl: protocol.Control, data: bytes) -> Volume:
@@ -153,11 +172,14 @@ class RestoreGroup:
         return vol    # MARK: no volume effect
 
     def restore(self) -> int:
-        """Apply the contiguous run after the restore point; return how many were applied."""
+        """Apply the contiguous run after ``applied``; return how many were applied.
+
+        The restore point is not moved: :meth:`checkpoint` does that.
+        """
         if self.grsts == "SUSP":
             return 0
-        seq = self.last_restored
-        touched: set[Volume] = set()
+        seq = self.applied
+        touched = self._touched
         try:
             while (nxt := self.staged.pop(seq + 1, None)) is not None:
                 ctl, data = nxt
@@ -167,32 +189,96 @@ class RestoreGroup:
         except VolumeError as exc:
             self.grsts, self.reason = "SUSP", str(exc)
             log.error("group %s suspended: %s", self.cfg.grname, exc)
-        n = seq - self.last_restored
-        if n:
-            for vol in touched:
-                vol.flush()           # SVOL data durable before the point that covers it
-            self.state.save(seq)
+        n = seq - self.applied
+        self.applied = seq
         self._room.set()
         return n
 
+    def checkpoint_due(self, now: float) -> float | None:
+        """Seconds until the restore point should be saved (0: now), None if up to date."""
+        if self.applied == self.last_restored:
+            return None
+        if self.applied - self.last_restored >= RESTORE_POINT_JOURNALS:
+            return 0.0
+        return max(0.0, self._checkpoint_at + RESTORE_POINT_PERIOD - now)
+
+    def checkpoint(self) -> bool:
+        """Save the restore point at ``applied``; False if it was up to date.
+
+        SVOL data first, then the point that covers it: a crash in between
+        leaves the old point, and the relay re-sends journals that are then
+        applied again, in order, over SVOLs that already hold some of them,
+        which ends in the same image.
+        """
+        if self.applied == self.last_restored:
+            return False
+        seq, touched, self._touched = self.applied, self._touched, set()
+        for vol in touched:
+            vol.flush()           # SVOL data durable before the point that covers it
+        self.state.save(seq)
+        self._checkpoint_at = time.monotonic()
+        return True
+
     async def restorer(self, interval: float) -> None:
-        """Restore continuously (interval 0) or every ``interval`` seconds."""
+        """Restore continuously (interval 0) or every ``interval`` seconds.
+
+        Continuously, the restore point is saved when :meth:`checkpoint_due`
+        says so; with an interval, after every restore step.
+        """
         while True:
             if interval:
                 await asyncio.sleep(interval)
             else:
-                await self._wake.wait()
+                due = self.checkpoint_due(time.monotonic())
+                if due is None:
+                    await self._wake.wait()
+                elif due > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), due)
+                    except asyncio.TimeoutError:
+                        pass
                 self._wake.clear()
-            # fsyncs run in a thread so the link keeps receiving meanwhile.
-            n = await asyncio.to_thread(self.restore)
-            if n and self.link is not None and not self.link.closed:
+            # Writes and fsyncs run in a thread so the link keeps receiving meanwhile.
+            async with self._restore_lock:
+                await asyncio.to_thread(self.restore)
+                saved = False
+                if interval or self.checkpoint_due(time.monotonic()) == 0:
+                    saved = await asyncio.to_thread(self.checkpoint)
+            if saved and self.link is not None and not self.link.closed:
                 self.link.send(protocol.Ack(seq=self.last_restored,
                                             req_type=FrameType.JNLWR).frame())
 
+    def pair_set(self, grsts: str, consistent_seq: int | None = None) -> None:
+        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
+        if grsts not in GRSTS:
+            raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
+        self.jnlg.set_state(grsts)
+        if consistent_seq is not None:
+            self.jnlg.consistent_seq = consistent_seq
+        self._table.save()
+
+    def consistent(self) -> bool:
+        """The SVOLs hold a prefix of the primary's write history (not mid base copy)."""
+        return (self.jnlg.grsts in ("PAIR", "SUSP")
+                and self.last_restored >= self.jnlg.consistent_seq)
+
+    async def snapshot(self, folder: Path) -> int:
+        """Copy every SVOL into ``folder`` between two restore steps; return the restore point."""
+        folder.mkdir(parents=True, exist_ok=True)
+        async with self._restore_lock:
+            def copy():
+                for idx, vol in self.volumes.items():
+                    shutil.copyfile(vol.path, folder / f"svol{idx}.img")
+            await asyncio.to_thread(copy)
+            return self.applied       # the SVOLs hold exactly this prefix
+
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
-                "grsts": self.grsts, "reason": self.reason,
-                "last_restored": self.last_restored, "staged": len(self.staged),
+                "grsts": self.grsts if self.grsts == "SUSP" else self.jnlg.grsts,
+                "consistent": self.consistent(), "consistent_seq": self.jnlg.consistent_seq,
+                "reason": self.reason,
+                "last_restored": self.last_restored, "applied": self.applied,
+                "staged": len(self.staged),
                 "gap": self.gap(), "received": self.received,
                 "connected": self.link is not None and not self.link.closed}
 
@@ -206,7 +292,35 @@ class Secondary:
                        if g.attr is GroupAttr.RESTORE}
         if not self.groups:
             raise ValueError("secondary config has no RESTORE group")
-        self.control = ControlServer({"status": self._status})
+        self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
+                                      "pair_set": self._pair_set, "snapshot": self._snapshot})
+
+    def _named(self, grname: str) -> RestoreGroup:
+        for g in self.groups.values():
+            if g.cfg.grname == grname:
+                return g
+        raise ControlError(f"no RESTORE group named {grname!r} at the secondary")
+
+    async def _jnlg(self, req: dict) -> dict:
+        table = JnlgTable.for_site(self.cfg.state_dir)
+        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+
+    async def _pair_set(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        seq = req.get("consistent_seq")
+        g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
+        return {"grsts": g.jnlg.grsts}
+
+    async def _snapshot(self, req: dict) -> dict:
+        """Tests/forensics: copy the SVOLs (between restore steps) into
+        ``<state_dir>/snapshots/<name>``; only a plain name, never a path."""
+        g = self._named(str(req["group"]))
+        name = str(req["name"])
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
+                               f"not {name!r}")
+        folder = self.cfg.state_dir / "snapshots" / name
+        return {"last_restored": await g.snapshot(folder), "folder": str(folder)}
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "secondary",
@@ -216,6 +330,10 @@ class Secondary:
         server = await asyncio.start_server(self._accept, *self.cfg.listen)
         if self.cfg.control:
             await self.control.start(self.cfg.control)
+        if self.cfg.nbd is not None:     # SVOLs over NBD, read-only (docs/nbd.md)
+            from .nbd.primary_export import secondary_exports, serve_site_volumes
+            self.nbd = await serve_site_volumes(self.cfg.nbd, secondary_exports(
+                [v for g in self.groups for v in self.cfg.volumes_of(g)]))
         tasks = [asyncio.create_task(g.restorer(g.cfg.restore_interval))
                  for g in self.groups.values()]
         log.info("secondary %s listening on %s:%d", self.cfg.site, *self.cfg.listen)

@@ -34,10 +34,17 @@ class Cluster:
 
     def __init__(self, root: Path, *, journal_size: int = 8 << 20, volumes: int = 2,
                  durability: str = "fsync", restore_interval: float = 0.0,
-                 full_suspend_after: float = 60.0):
+                 full_suspend_after: float = 60.0, nbd: bool = False,
+                 link_suspend_after: float = 30.0, initial_state: str = "PAIR",
+                 vol_size: int = VOL_SIZE):
         self.root = root
         self.volumes = volumes
         self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
+        # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
+        self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
+        self.link_suspend_after = link_suspend_after
+        self.initial_state = initial_state     # "SMPL": pair with the RCM (host/rcm.py)
+        self.vol_size = vol_size
         self.procs: dict[str, subprocess.Popen] = {}
         for role in ROLES:
             (root / role).mkdir(parents=True, exist_ok=True)
@@ -45,6 +52,11 @@ class Cluster:
 
     def control_addr(self, role: str) -> tuple[str, int]:
         return ("127.0.0.1", self.ports[role][1])
+
+    def sites(self):
+        """The RCM's view of this trio (host/rcm.py)."""
+        from tricopy.host.rcm import Sites
+        return Sites(*(self.control_addr(r) for r in ("primary", "relay", "secondary")))
 
     def _write_configs(self, journal_size: int, durability: str, interval: float,
                        full_after: float) -> None:
@@ -55,12 +67,13 @@ class Cluster:
 
         def vols(prefix: str) -> str:
             return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
-                           f'size = {VOL_SIZE}\nblock_size = {BLOCK}\n' for i in range(self.volumes))
+                           f'size = {self.vol_size}\nblock_size = {BLOCK}\n' for i in range(self.volumes))
 
-        group = 'grnum = 1\ngrname = "g1"\n'
+        group = f'grnum = 1\ngrname = "g1"\ninitial_state = "{self.initial_state}"\n'
         docs = {
             "primary": common("primary") + f'[[group]]\n{group}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
+                       f'link_suspend_after = {self.link_suspend_after}\n'
                        + vols("pvol"),
             "relay": common("relay") + f'[[group]]\n{group}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
@@ -69,6 +82,8 @@ class Cluster:
             "secondary": common("secondary") + f'[[group]]\n{group}attr = "RESTORE"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
         }
+        for role, port in self.nbd_ports.items():
+            docs[role] += f'[nbd]\nlisten = "127.0.0.1:{port}"\n'
         for role, text in docs.items():
             (self.root / role / "site.toml").write_text(text)
 
@@ -107,6 +122,11 @@ class Cluster:
     def stop_all(self) -> None:
         for role in list(self.procs):
             self.kill(role)
+
+    def nbd_uri(self, role: str, idx: int) -> str:
+        """``nbd://`` URI of volume ``idx`` at the primary (PVOL) or secondary (SVOL)."""
+        prefix = "pvol" if role == "primary" else "svol"
+        return f"nbd://127.0.0.1:{self.nbd_ports[role]}/{prefix}{idx}"
 
     def log(self, role: str) -> str:
         return (self.root / role / "site.log").read_text(errors="replace")

@@ -1,0 +1,280 @@
+"""`tricopy bench replicate` and `tricopy bench nbd`: fio through the primary's NBD export.
+
+Both start the three sites as real processes on loopback (a temporary folder,
+free ports, the default ``fsync`` durability unless ``--durability memory``),
+then run Debian's fio with ``--ioengine=nbd`` against the primary's PVOL
+export, so every measured write went PVOL → relay (durable) before fio saw
+its reply.  docs/benchmarks.md reports the figures.
+
+* ``replicate``: 4 KiB and 64 KiB random writes at iodepth 1 and 16: MB/s,
+  writes/s, p50/p99 completion latency, and the secondary's lag (journals the
+  relay holds that the secondary has not restored yet, when fio stops, and the
+  time until it caught up).
+* ``nbd``: the same fio jobs (4 KiB randwrite depth 1 and 16, 1 MiB
+  sequential write) against ``nbdkit file`` on a file of the same disk, the
+  baseline, and against tricopy; the ratio is tricopy / nbdkit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import control
+
+__all__ = ["Sites", "fio", "bench_replicate", "bench_nbd", "register_bench"]
+
+MiB = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sites:
+    """Primary, relay and secondary as processes in ``root``; the primary and secondary serve NBD."""
+
+    ROLES = ("secondary", "relay", "primary")
+
+    def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str):
+        self.root = root
+        self.vol_size = vol_size
+        self.ports = {r: {"data": _free_port(), "control": _free_port(), "nbd": _free_port()}
+                      for r in self.ROLES}
+        self.procs: dict[str, subprocess.Popen] = {}
+        group = 'grnum = 1\ngrname = "bench"\n'
+        vol = lambda prefix: (f'[[volume]]\nidx = 0\ngroup = 1\npath = "{prefix}0.img"\n'
+                              f'size = {vol_size}\nblock_size = 4096\n')
+        docs = {
+            "primary": f'[[group]]\n{group}attr = "MASTER"\n'
+                       f'peer = "127.0.0.1:{self.ports["relay"]["data"]}"\n' + vol("pvol"),
+            "relay": f'[[group]]\n{group}attr = "INTERMEDIARY"\n'
+                     f'peer = "127.0.0.1:{self.ports["secondary"]["data"]}"\n'
+                     f'durability = "{durability}"\n'
+                     f'journal = {{ path = "jnl.vol", size = {journal_size} }}\n',
+            "secondary": f'[[group]]\n{group}attr = "RESTORE"\n' + vol("svol"),
+        }
+        for role, body in docs.items():
+            p = self.ports[role]
+            head = (f'site = "{role}"\nlisten = "127.0.0.1:{p["data"]}"\n'
+                    f'control = "127.0.0.1:{p["control"]}"\nstate_dir = "state"\n')
+            tail = f'[nbd]\nlisten = "127.0.0.1:{p["nbd"]}"\n' if role != "relay" else ""
+            (root / role).mkdir(parents=True, exist_ok=True)
+            (root / role / "site.toml").write_text(head + body + tail)
+
+    def uri(self, role: str = "primary") -> str:
+        prefix = "pvol" if role == "primary" else "svol"
+        return f"nbd://127.0.0.1:{self.ports[role]['nbd']}/{prefix}0"
+
+    def status(self, role: str) -> dict:
+        return control.call(("127.0.0.1", self.ports[role]["control"]), "status")["groups"][0]
+
+    def start(self) -> None:
+        for role in self.ROLES:
+            d = self.root / role
+            with open(d / "site.log", "ab") as log:
+                self.procs[role] = subprocess.Popen(
+                    [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
+                     str(d / "site.toml"), "--log-level", "warning"],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=d)
+            deadline = time.monotonic() + 30
+            while True:
+                if self.procs[role].poll() is not None:
+                    raise RuntimeError(f"{role} exited: {(d / 'site.log').read_text()[-2000:]}")
+                try:
+                    self.status(role)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{role} did not come up") from None
+                    time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not self.status("primary")["connected"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the primary did not connect to the relay")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def lag(self) -> int:
+        """Journals accepted by the relay that the secondary has not restored yet."""
+        return self.status("relay")["next_seq"] - 1 - self.status("secondary")["last_restored"]
+
+    def wait_caught_up(self, timeout: float = 120.0) -> float:
+        """Seconds until the secondary restored everything the relay holds."""
+        t0 = time.monotonic()
+        while self.lag() > 0:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"secondary still {self.lag()} journals behind after {timeout} s")
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+
+class LagSampler:
+    """Samples ``Sites.lag()`` every 0.1 s in a thread while a ``with`` block runs."""
+
+    def __init__(self, sites: Sites):
+        self.sites = sites
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.samples.append(self.sites.lag())
+
+    def __enter__(self) -> "LagSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def max(self) -> int:
+        return max(self.samples, default=0)
+
+    @property
+    def mean(self) -> float:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else 0.0
+
+
+def fio(uri: str, rw: str, bs: int, iodepth: int, seconds: float, size: int) -> dict:
+    """One fio job over NBD; returns MB/s, IOPS and p50/p99 completion latency (µs)."""
+    cmd = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
+           f"--iodepth={iodepth}", f"--size={size}", "--time_based", f"--runtime={seconds}",
+           "--ramp_time=1", "--output-format=json", "--filename=x"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if proc.returncode:
+        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    w = json.loads(proc.stdout[proc.stdout.index("{"):])["jobs"][0]["write"]
+    pct = w["clat_ns"].get("percentile", {})
+    return {"rw": rw, "bs": bs, "iodepth": iodepth, "MB_per_s": round(w["bw_bytes"] / 1e6, 1),
+            "iops": round(w["iops"]),
+            "p50_us": round(pct.get("50.000000", 0) / 1e3), "p99_us": round(pct.get("99.000000", 0) / 1e3)}
+
+
+def _workdir():
+    return tempfile.TemporaryDirectory(prefix="tricopy-bench-", dir=os.environ.get("TRICOPY_BENCH_DIR"))
+
+
+def bench_replicate(seconds: float, durability: str = "fsync") -> list[dict]:
+    """fio through the replication path: 4/64 KiB random writes, depth 1 and 16, plus lag."""
+    results = []
+    with _workdir() as tmp:
+        sites = Sites(Path(tmp), vol_size=256 * MiB, journal_size=512 * MiB, durability=durability)
+        sites.start()
+        try:
+            for bs in (4096, 65536):
+                for depth in (1, 16):
+                    with LagSampler(sites) as lag:
+                        r = fio(sites.uri(), "randwrite", bs, depth, seconds, 256 * MiB)
+                    r["lag_max"], r["lag_mean"] = lag.max, lag.mean
+                    r["catch_up_s"] = round(sites.wait_caught_up(), 2)
+                    r["durability"] = durability
+                    results.append(r)
+        finally:
+            sites.stop()
+    return results
+
+
+JOBS = (("randwrite", 4096, 1), ("randwrite", 4096, 16), ("write", MiB, 1))
+
+
+def bench_nbd(seconds: float, durability: str = "fsync") -> list[dict]:
+    """The same fio jobs against ``nbdkit file`` (baseline) and the tricopy primary."""
+    if shutil.which("nbdkit") is None:
+        raise RuntimeError("nbdkit is not installed (Debian package nbdkit)")
+    size = 256 * MiB
+    results = []
+    with _workdir() as tmp:
+        img = Path(tmp) / "nbdkit.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        port = _free_port()
+        kit = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
+                                "--exit-with-parent", "file", f"file={img}"])
+        try:
+            uri = f"nbd://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 10
+            while subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nbdkit did not come up")
+                time.sleep(0.05)
+            base = {job: fio(uri, *job, seconds, size) for job in JOBS}
+        finally:
+            kit.terminate()
+            kit.wait()
+        sites = Sites(Path(tmp) / "sites", vol_size=size, journal_size=512 * MiB,
+                      durability=durability)
+        sites.start()
+        try:
+            for job in JOBS:
+                r = fio(sites.uri(), *job, seconds, size)
+                b = base[job]
+                results.append({"rw": job[0], "bs": job[1], "iodepth": job[2],
+                                "durability": durability, "nbdkit": b, "tricopy": r,
+                                "iops_ratio": round(r["iops"] / b["iops"], 3) if b["iops"] else None})
+                sites.wait_caught_up()
+        finally:
+            sites.stop()
+    return results
+
+
+def _print(results: list[dict], nbd: bool) -> None:
+    def line(r):
+        return (f"{r['MB_per_s']:>8,.1f} MB/s {r['iops']:>8,} IOPS  p50 {r['p50_us']:>6,} µs"
+                f"  p99 {r['p99_us']:>7,} µs")
+    for r in results:
+        what = f"{r['rw']:<9} {r['bs'] // 1024:>4} KiB QD{r['iodepth']:<2} [{r['durability']}]"
+        if nbd:
+            print(f"{what} nbdkit  {line(r['nbdkit'])}")
+            print(f"{what} tricopy {line(r['tricopy'])}  ratio {r['iops_ratio']:.2f}")
+        else:
+            print(f"{what} {line(r)}  lag mean {r['lag_mean']} max {r['lag_max']} journals,"
+                  f" caught up in {r['catch_up_s']} s")
+
+
+def _run(args) -> int:
+    from .bench import machine
+    fn = bench_nbd if args.bench == "nbd" else bench_replicate
+    results = fn(args.seconds, args.durability)
+    report = {"machine": machine(), "results": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"machine: {report['machine']}")
+        _print(results, args.bench == "nbd")
+    return 0
+
+
+def register_bench(which) -> None:
+    """Add ``replicate`` and ``nbd`` to the ``tricopy bench`` subcommands."""
+    for name, text in (("replicate", "fio through the primary's NBD export: three sites on loopback"),
+                       ("nbd", "fio: nbdkit file (baseline) vs the tricopy primary, replicating")):
+        p = which.add_parser(name, help=text, description=text)
+        p.add_argument("--seconds", type=float, default=10.0, help="fio runtime per figure")
+        p.add_argument("--durability", choices=["fsync", "memory"], default="fsync",
+                       help="relay durability policy (memory is unsafe: labelled in the output)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=_run)

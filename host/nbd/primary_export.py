@@ -1,0 +1,138 @@
+"""NBD exports of the sites' volumes: PVOLs read-write at the primary, SVOLs read-only.
+
+A :class:`PrimaryExport` is one PVOL of a running :class:`~tricopy.host.primary.Primary`.
+Every write goes through the replication path (``MasterGroup.journal``):
+applied to the PVOL, journaled to the relay, and answered only after the
+relay's ACK, i.e. once the journal is durable at the relay under its
+durability policy (docs/replication.md).  So an NBD reply to a WRITE,
+WRITE_ZEROES or TRIM means "survives the loss of the primary".
+
+* FUA additionally fsyncs the PVOL, so the write also survives a power loss
+  of the primary itself (NBD's FUA is about the export's own storage).
+* FLUSH fsyncs the write log and every PVOL of the site (``Primary.flush``):
+  every write answered before it is then durable on the PVOL too.  One
+  ``Primary`` serves all connections, so CAN_MULTI_CONN is safe.
+* TRIM and WRITE_ZEROES are journaled as TRIM/ZERO journals without data.
+* When the relay refuses or cannot be reached, ``MasterGroup`` first holds the
+  write (inflow control), then suspends the group after ``full_suspend_after``
+  (relay FULL) or ``link_suspend_after`` (relay unreachable) seconds.  The
+  waiting writes and every later one fail: ``NBD_ENOSPC`` when the journal
+  was full, ``NBD_EIO`` otherwise.  The client never waits longer than that.
+
+:func:`serve_site_volumes` starts the NBD server a site's ``[nbd]`` config
+asks for; the secondary's SVOLs are served by :class:`FileExport` read-only
+(writes answered ``NBD_EPERM`` by the protocol core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+from ..config import NbdConfig, VolumeConfig
+from ..protocol import Kind
+from ..volume import Volume, VolumeError
+from .export import Export, ExportError, FileExport
+from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC
+from .server import NbdServer
+
+if TYPE_CHECKING:
+    from ..primary import MasterGroup
+
+__all__ = ["PrimaryExport", "export_name", "primary_exports", "secondary_exports",
+           "serve_site_volumes"]
+
+# Reads below this size are served inline: a pread from the page cache costs
+# less than the hop to a worker thread.
+_INLINE_READ = 256 << 10
+
+
+def export_name(vol: VolumeConfig) -> str:
+    """The NBD export name of a volume: its file name without the suffix (``pvol0``)."""
+    return vol.path.stem
+
+
+class PrimaryExport(Export):
+    """One PVOL (volume ``idx`` of a MASTER group) as a read-write NBD export."""
+
+    multi_conn = True
+
+    def __init__(self, group: "MasterGroup", idx: int):
+        self.group = group
+        self.idx = idx
+        self.volume: Volume = group.volume(idx)
+        self.size = self.volume.size
+        self.block_size = self.volume.block_size
+        self.description = f"PVOL idx {idx} of group {group.cfg.grname}"
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if length <= _INLINE_READ:
+            return self.volume.read(offset, length)
+        return await asyncio.to_thread(self.volume.read, offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool) -> None:
+        await self._journal(Kind.UPDATE, offset, len(data), data, fua)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        await self._journal(Kind.ZERO, offset, length, b"", fua)
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self._journal(Kind.TRIM, offset, length, b"", False)
+
+    async def flush(self) -> None:
+        try:
+            await self.group.flush()
+        except OSError as exc:
+            raise ExportError(NBD_EIO, f"flush of group {self.group.cfg.grname} failed: "
+                                       f"{exc.strerror}") from None
+
+    async def _journal(self, kind: Kind, offset: int, length: int, data: bytes,
+                       fua: bool) -> None:
+        from ..primary import GroupSuspended   # primary imports config; avoid a cycle at import
+        try:
+            await self.group.journal(kind, self.idx, offset, length, data, fua=fua)
+        except GroupSuspended as exc:
+            # A journal that was FULL for too long is "out of space" to the host;
+            # any other refusal (relay unreachable, wrong epoch...) is an I/O error.
+            errno = NBD_ENOSPC if self.group.blocked else NBD_EIO
+            raise ExportError(errno, str(exc)) from None
+        except VolumeError as exc:       # the NBD core checks ranges first; defensive
+            raise ExportError(NBD_EINVAL, str(exc)) from None
+        if fua:
+            await asyncio.to_thread(self.volume.flush)
+
+
+def _tls_context(cfg: NbdConfig) -> ssl.SSLContext | None:
+    if cfg.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    return ctx
+
+
+async def serve_site_volumes(cfg: NbdConfig, exports: dict[str, Export]) -> NbdServer:
+    """Start the site's NBD server on ``cfg.listen`` for ``exports``; returns it running."""
+    server = NbdServer(exports, *cfg.listen, tls_context=_tls_context(cfg))
+    await server.start()
+    return server
+
+
+def primary_exports(groups) -> dict[str, Export]:
+    """One :class:`PrimaryExport` per PVOL of the given MASTER groups, by export name."""
+    exports: dict[str, Export] = {}
+    for group in groups:
+        for vol in group.site.volumes_of(group.cfg.grnum):
+            name = export_name(vol)
+            if name in exports:
+                raise ValueError(f"two PVOLs would both be exported as {name!r}: "
+                                 f"give the volume files different names")
+            exports[name] = PrimaryExport(group, vol.idx)
+    return exports
+
+
+def secondary_exports(volumes: list[VolumeConfig]) -> dict[str, Export]:
+    """A read-only :class:`FileExport` per SVOL (the restorer keeps writing the file)."""
+    return {export_name(v): FileExport(v.path, v.block_size, read_only=True,
+                                       description=f"SVOL idx {v.idx} (read-only)")
+            for v in volumes}

@@ -1,0 +1,165 @@
+"""The SVOLs only ever hold a prefix of the primary's write history (DESIGN.md invariant 2).
+
+Every block written carries a stamp (worker, write number).  While writers
+run, the secondary is asked for snapshots of its SVOLs between two restore
+steps (control command ``snapshot``).  Each snapshot must equal the volumes
+after some prefix of the history:
+
+* per worker (one write in flight, own block range): the range equals the
+  replay of that worker's writes 1..k, k being the newest stamp in it;
+* across workers and volumes: a write is visible only if every write that was
+  ACKed before it was sent is visible too (what any prefix of the apply
+  order — which respects real time — guarantees).
+"""
+
+import asyncio
+import base64
+import random
+import struct
+import time
+from pathlib import Path
+
+from tricopy.host import control
+
+from .cluster import BLOCK, VOL_SIZE, Cluster
+
+WORKERS = 8
+MAGIC = 0x5354414D50        # "STAMP"
+HEADER = struct.Struct("<QIII")     # magic, worker, write number, block
+
+
+def stamped(worker: int, wnum: int, nblocks: int) -> bytes:
+    out = bytearray()
+    for b in range(nblocks):
+        head = HEADER.pack(MAGIC, worker, wnum, b)
+        out += head + bytes([(worker * 31 + wnum + b) & 0xFF]) * (BLOCK - len(head))
+    return bytes(out)
+
+
+class StampedWriters:
+    """Workers with a block range each, one write in flight, every block stamped."""
+
+    def __init__(self, addr, volumes: int, seed: int):
+        self.addr = addr
+        self.rng = random.Random(seed)
+        blocks = VOL_SIZE // BLOCK
+        per_vol = WORKERS // volumes
+        span = blocks // per_vol
+        self.regions = [(w % volumes, (w // volumes) * span, span) for w in range(WORKERS)]
+        self.history: list[list[tuple]] = [[] for _ in range(WORKERS)]  # (idx, off, data, t_send, t_ack)
+        self.stop = False
+
+    async def worker(self, w: int) -> None:
+        idx, first, span = self.regions[w]
+        client = await control.ControlClient.open(self.addr)
+        wnum = 0
+        while not self.stop:
+            wnum += 1
+            n = self.rng.randint(1, 8)
+            off = (first + self.rng.randint(0, span - n)) * BLOCK
+            data = stamped(w, wnum, n)
+            t_send = time.monotonic()
+            await client.call("write", idx=idx, offset=off, data=base64.b64encode(data).decode())
+            self.history[w].append((idx, off, data, t_send, time.monotonic()))
+        await client.close()
+
+    def expected_region(self, w: int, k: int) -> bytes:
+        idx, first, span = self.regions[w]
+        region = bytearray(span * BLOCK)
+        for _, off, data, _, _ in self.history[w][:k]:
+            pos = off - first * BLOCK
+            region[pos:pos + len(data)] = data
+        return bytes(region)
+
+
+def newest_stamp(region: bytes, w: int) -> int:
+    k = 0
+    for pos in range(0, len(region), BLOCK):
+        magic, worker, wnum, _ = HEADER.unpack_from(region, pos)
+        if magic == MAGIC:
+            assert worker == w, f"block of worker {worker} in the range of worker {w}"
+            k = max(k, wnum)
+    return k
+
+
+def check_prefix(writers: StampedWriters, svols: list[bytes]) -> list[int]:
+    """Assert one snapshot is a prefix of the history; return k per worker."""
+    ks = []
+    for w, (idx, first, span) in enumerate(writers.regions):
+        region = svols[idx][first * BLOCK:(first + span) * BLOCK]
+        k = newest_stamp(region, w)
+        assert region == writers.expected_region(w, k), \
+            f"worker {w}: the SVOL range is not its writes 1..{k}"
+        ks.append(k)
+    for w, k in enumerate(ks):
+        if k == 0:
+            continue
+        sent = writers.history[w][k - 1][3]
+        for v, kv in enumerate(ks):
+            acked_before = sum(1 for h in writers.history[v] if h[4] < sent)
+            assert acked_before <= kv, (
+                f"write {k} of worker {w} is on the SVOL but write {acked_before} of worker "
+                f"{v}, ACKed before it was sent, is not (the SVOL has only up to {kv})")
+    return ks
+
+
+def test_svol_snapshots_are_prefixes_of_the_write_history(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_all()
+        writers = StampedWriters(cluster.control_addr("primary"), cluster.volumes, seed=11)
+        snaps: list[tuple[int, list[bytes]]] = []
+        rng = random.Random(12)
+
+        async def snapshots():
+            client = await control.ControlClient.open(cluster.control_addr("secondary"))
+            for n in range(12):
+                await asyncio.sleep(rng.uniform(0.1, 0.4))
+                ans = await client.call("snapshot", group="g1", name=f"snap{n}")
+                folder = Path(ans["folder"])
+                snaps.append((ans["last_restored"],
+                              [(folder / f"svol{i}.img").read_bytes()
+                               for i in range(cluster.volumes)]))
+            await client.close()
+            writers.stop = True
+
+        async def run():
+            await asyncio.gather(snapshots(), *(writers.worker(w) for w in range(WORKERS)))
+
+        asyncio.run(run())
+        total = [len(h) for h in writers.history]
+        mid_run = 0
+        last_point = 0
+        for point, svols in snaps:
+            assert point >= last_point, "the restore point went backwards"
+            last_point = point
+            ks = check_prefix(writers, svols)
+            mid_run += any(0 < k < t for k, t in zip(ks, total))
+        assert mid_run >= len(snaps) // 2, "the snapshots did not catch the run in the middle"
+        cluster.wait_drained()
+        final = [cluster.volume_bytes("secondary", i) for i in range(cluster.volumes)]
+        assert check_prefix(writers, final) == total
+        assert final == [cluster.volume_bytes("primary", i) for i in range(cluster.volumes)]
+    finally:
+        cluster.stop_all()
+
+
+def test_check_prefix_catches_a_reordered_svol():
+    """The checker itself: a snapshot missing an earlier-ACKed write is refused."""
+    w = StampedWriters(("127.0.0.1", 1), 2, seed=1)
+    idx0, first0, _ = w.regions[0]
+    idx1, first1, _ = w.regions[1]
+    a = stamped(0, 1, 1)
+    b = stamped(1, 1, 1)
+    w.history[0].append((idx0, first0 * BLOCK, a, 0.0, 1.0))
+    w.history[1].append((idx1, first1 * BLOCK, b, 2.0, 3.0))     # sent after a was ACKed
+    vols = [bytearray(VOL_SIZE) for _ in range(2)]
+    vols[idx1][first1 * BLOCK:first1 * BLOCK + BLOCK] = b         # b without a
+    try:
+        check_prefix(w, [bytes(v) for v in vols])
+    except AssertionError as exc:
+        assert "ACKed before it was sent" in str(exc)
+    else:
+        raise AssertionError("a non-prefix snapshot was accepted")
+    vols[idx0][first0 * BLOCK:first0 * BLOCK + BLOCK] = a
+    assert check_prefix(w, [bytes(v) for v in vols]) == [1, 1, 0, 0, 0, 0, 0, 0]
