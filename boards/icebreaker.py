@@ -1,0 +1,38 @@
+"""iCEBreaker (iCE40UP5K-SG48, 12 MHz) for the journal engine.
+
+UART 0 is the FTDI's second channel (FPGA rx = pin 6, tx = pin 9). LEDs 0
+and 1 are the red (pin 11) and green (pin 37) LEDs on the main board, LEDs
+2.. those of the break-off PMOD on PMOD2 (as shipped, snapped on); see
+docs/boards.md.
+"""
+
+import os
+
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+__all__ = ["Platform", "RING_SIZE", "program_command"]
+
+
+class Platform(ICEBreakerPlatform):
+    """amaranth-boards' iCEBreaker with the break-off PMOD's LEDs as led 2..6."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_resources(self.break_off_pmod)
+
+
+#: Default ring in bytes. The UP5K has 30 EBRs of 4 kbit (15 KiB); the ring
+#: takes 8 KiB of them and leaves the rest to FIFOs. The four SPRAMs (128 KiB)
+#: need the engine's ring memory to be swappable (docs/boards.md, Gaps).
+RING_SIZE = 8192
+
+#: nextpnr's name for a logic cell in its utilisation report
+LC_NAME = "ICESTORM_LC"
+
+#: the file the programmer loads
+BITSTREAM = "bin"
+
+
+def program_command(build_dir, name="top"):
+    """The command that writes the bitstream to the board's SRAM config."""
+    return [os.environ.get("ICEPROG", "iceprog"), os.path.join(build_dir, f"{name}.bin")]

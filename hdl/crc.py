@@ -1,0 +1,95 @@
+"""CRC32C (Castagnoli) for the gateware, one data word per clock.
+
+The CRC is linear over GF(2), so the next state is a fixed XOR of state bits
+and data bits. :func:`crc32c_step` derives that XOR matrix at elaboration
+time by running the bitwise reflected algorithm on *symbolic* bits (sets of
+input indices), so there is no table to get wrong and any byte-multiple
+width works. Parameters as in docs/protocol.md: reflected polynomial
+``0x82F63B78``, init ``0xFFFFFFFF``, final xor ``0xFFFFFFFF``.
+"""
+
+from functools import lru_cache
+
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["POLY", "CRC_INIT", "crc32c_step", "CRC32C"]
+
+#: CRC32C polynomial, bit-reflected form.
+POLY = 0x82F63B78
+#: Register value before the first byte (and the final xor).
+CRC_INIT = 0xFFFF_FFFF
+
+
+@lru_cache(maxsize=None)
+def _matrix(nbytes: int) -> tuple[tuple[frozenset, ...], ...]:
+    """For each of the 32 next-state bits, the inputs it XORs.
+
+    Inputs are numbered 0..31 for the state bits and 32+i for data bit i
+    (data byte 0 first on the wire, in bits 0..7).
+    """
+    state = [frozenset({i}) for i in range(32)]
+    for b in range(nbytes):
+        for i in range(8):
+            state[i] = state[i] ^ frozenset({32 + 8 * b + i})
+        for _ in range(8):
+            low = state[0]
+            state = [state[i + 1] if i < 31 else frozenset() for i in range(32)]
+            state = [s ^ low if (POLY >> i) & 1 else s for i, s in enumerate(state)]
+    return tuple(state)
+
+
+def crc32c_step(state, data, nbytes: int):
+    """Expression for the CRC register after ``nbytes`` bytes of ``data``.
+
+    ``state`` is the 32-bit register (not final-xored); ``data`` holds the
+    bytes little-endian (first byte in bits 0..7).
+    """
+    if not 1 <= nbytes:
+        raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
+    inputs = Cat(state[:32], data[:8 * nbytes])
+    bits = []
+    for terms in _matrix(nbytes):
+        bit = Const(0, 1)
+        for t in sorted(terms):
+            bit = bit ^ inputs[t]
+        bits.append(bit)
+    return Cat(*bits)
+
+
+class CRC32C(wiring.Component):
+    """CRC32C over a ``data_width``-bit word per clock.
+
+    ``clear`` restarts the CRC (it wins over ``en``). With ``en`` the low
+    ``count`` bytes of ``data`` are added (``count`` = 1..width/8, so the
+    last word of a message may be partial; bytes above ``count`` are
+    ignored). ``crc`` is the finished value (final xor applied) of
+    everything added since the last clear, one clock after the last word.
+    """
+
+    def __init__(self, data_width: int = 8):
+        if not isinstance(data_width, int) or data_width < 8 or data_width % 8:
+            raise ValueError(f"data_width must be a positive multiple of 8, not {data_width!r}")
+        self.data_width = data_width
+        self.nbytes = data_width // 8
+        super().__init__({
+            "clear": In(1),
+            "en": In(1),
+            "data": In(data_width),
+            "count": In(range(1, self.nbytes + 1), init=self.nbytes),
+            "crc": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        reg = Signal(32, init=CRC_INIT)
+        with m.If(self.clear):
+            m.d.sync += reg.eq(CRC_INIT)
+        with m.Elif(self.en):
+            with m.Switch(self.count):
+                for n in range(1, self.nbytes + 1):
+                    with m.Case(n):
+                        m.d.sync += reg.eq(crc32c_step(reg, self.data, n))
+        m.d.comb += self.crc.eq(reg ^ CRC_INIT)
+        return m

@@ -1,0 +1,258 @@
+"""The board top and its bitstream build.
+
+``test_top_answers_over_uart`` runs the top (UART -> FIFO -> JournalEngine ->
+UART) in Amaranth's simulator with a Python model of the serial line;
+``test_icebreaker_bitstream`` builds the real iCEBreaker bitstream with the
+YoWASP toolchain and reads nextpnr's report (LC count and fmax).
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Elaboratable, Module, Mux, Signal
+from amaranth.lib import io
+from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
+
+from tricopy.boards import build as board_build
+from tricopy.boards.spram import SPRAMRing
+from tricopy.hdl.top import EngineTop, Led
+from tricopy.host import protocol
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class LineDecoder:
+    """8N1 receiver in Python, fed one line level per clock."""
+
+    def __init__(self, divisor):
+        self.divisor = divisor
+        self.data = bytearray()
+        self.errors = 0
+        self._count = None  # clocks into the current character, None when idle
+        self._byte = 0
+
+    def feed(self, level):
+        d = self.divisor
+        if self._count is None:
+            if level == 0:
+                self._count, self._byte = 0, 0
+            return
+        self._count += 1
+        bit, phase = divmod(self._count, d)
+        if phase != d // 2:
+            return
+        if bit == 0 and level != 0:
+            self._count = None  # glitch
+        elif 1 <= bit <= 8:
+            self._byte |= level << (bit - 1)
+        elif bit == 9:
+            if level:
+                self.data.append(self._byte)
+            else:
+                self.errors += 1
+            self._count = None
+
+
+def line_bits(data, divisor, stop=1):
+    for byte in data:
+        for bit in [0] + [(byte >> n) & 1 for n in range(8)] + [stop]:
+            yield from [bit] * divisor
+
+
+def test_top_answers_over_uart():
+    """LOAD (frozen clock) and STATUS over the UART pins, answers parsed by
+    the host codec: the same bytes a host sees from a board."""
+    clk_hz, baud = 12_000_000, 2_400_000
+    dut = EngineTop(clk_hz, ring_size=128, baud=baud)
+    divisor = dut.divisor
+    assert divisor == 5
+    load = protocol.Load(int(protocol.LoadFlag.TIME | protocol.LoadFlag.FREEZE), time=12345)
+    request = load.frame().serialize() + protocol.Frame(protocol.FrameType.STATUS).serialize()
+    decoder = LineDecoder(divisor)
+    leds = {}
+
+    async def bench(ctx):
+        levels = list(line_bits(request, divisor))
+        cycle = 0
+        # generous budget: both answers are 152 bytes at 10 bits each
+        budget = len(levels) + 160 * 10 * divisor + 2000
+        while cycle < budget and len(decoder.data) < 52 + 100:
+            ctx.set(dut.uart_rx, levels[cycle] if cycle < len(levels) else 1)
+            await ctx.tick()
+            decoder.feed(ctx.get(dut.uart_tx))
+            cycle += 1
+        leds["after_traffic"] = ctx.get(dut.leds)
+        # a character with a 0 stop bit lights the sticky link error LED
+        for level in list(line_bits(b"\x55", divisor, stop=0)) + [1] * 4 * divisor:
+            ctx.set(dut.uart_rx, level)
+            await ctx.tick()
+            decoder.feed(ctx.get(dut.uart_tx))
+        await ctx.tick().repeat(30 * divisor)
+        leds["after_error"] = ctx.get(dut.leds)
+        assert ctx.get(dut.uart_tx) == 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / clk_hz)
+    sim.add_testbench(bench)
+    sim.run()
+
+    frames = protocol.FrameParser().feed(bytes(decoder.data))
+    assert decoder.errors == 0
+    assert [f.type for f in frames] == [protocol.FrameType.ACK, protocol.FrameType.STATUS_RESP]
+    ack = protocol.Ack.unpack(frames[0].body)
+    assert (ack.seq, ack.time, ack.jofs, ack.req_type) == (1, 12345, 0, protocol.FrameType.LOAD)
+    status = protocol.EngineStatus.unpack(frames[1].body)
+    assert (status.ring_size, status.free, status.next_seq, status.now, status.wrap_at) == \
+        (128, 128, 1, 12345, 128)
+    assert leds["after_traffic"] & (1 << Led.ACTIVITY)
+    assert not leds["after_traffic"] & (1 << Led.LINK_ERROR)
+    assert leds["after_error"] & (1 << Led.LINK_ERROR)
+    assert len(decoder.data) == 152, "nothing after the answers"
+
+
+def test_parse_report(tmp_path):
+    report = {
+        "utilization": {"ICESTORM_LC": {"used": 812, "available": 5280},
+                        "ICESTORM_RAM": {"used": 17, "available": 30}},
+        "fmax": {"cd_sync.clk": {"achieved": 41.5, "constraint": 12.0}},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    r = board_build.parse_report(path, "icebreaker", tmp_path / "top.bin", 12.0)
+    assert (r.lc_used, r.lc_available, r.fmax_mhz) == (812, 5280, 41.5)
+    assert "812/5280 LC" in r.summary() and "41.5 MHz" in r.summary()
+    path.write_text(json.dumps({"utilization": {}, "fmax": {}}))
+    with pytest.raises(board_build.BuildError, match="no usable nextpnr report"):
+        board_build.parse_report(path, "icebreaker", tmp_path / "top.bin", 12.0)
+    with pytest.raises(board_build.BuildError, match="no usable nextpnr report"):
+        board_build.parse_report(tmp_path / "missing.json", "ulx3s", tmp_path / "top.bit", 25.0)
+
+
+def test_cli_registers_board_build():
+    parser = argparse.ArgumentParser()
+    board_build.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["board", "build", "--board", "ulx3s", "--width", "8"])
+    assert (args.board, args.width, args.ring_size, args.func) == \
+        ("ulx3s", 8, None, board_build._run)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["board", "build", "--board", "de0nano"])
+
+
+def test_build_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="'de0nano'"):
+        board_build.build("de0nano")
+    with pytest.raises(ValueError, match="not 32"):
+        board_build.build("icebreaker", width=32)
+
+
+def test_icebreaker_bitstream():
+    """Synthesize, place and route the iCEBreaker top; nextpnr's report must
+    show a design that fits and meets the board's 12 MHz clock."""
+    out = REPO / "build" / "test" / "icebreaker"
+    report = board_build.build("icebreaker", build_dir=out)
+    print(report.summary())
+    assert 0 < report.lc_used <= report.lc_available == 5280
+    assert report.fmax_mhz >= report.clk_mhz == 12.0
+    # an UP5K bitstream is 104090 bytes (icepack, no comments)
+    assert report.bitstream.stat().st_size == 104090
+    (out / "summary.txt").write_text(report.summary() + "\n")
+
+
+class SPRAMModel(Elaboratable):
+    """SB_SPRAM256KA as Yosys' cells_sim.v describes it: a read loads
+    DATAOUT, a nibble-masked write leaves DATAOUT undefined (here 0xA5A5),
+    no chip select holds it."""
+
+    def __init__(self, *, ADDRESS, DATAIN, MASKWREN, WREN, CHIPSELECT, DATAOUT):
+        self.ports = (ADDRESS, DATAIN, MASKWREN, WREN, CHIPSELECT, DATAOUT)
+
+    def elaborate(self, platform):
+        address, datain, maskwren, wren, cs, dataout = self.ports
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=16, depth=16384, init=[])
+        wr = mem.write_port(granularity=4)
+        rd = mem.read_port(transparent_for=())
+        poisoned = Signal()
+        m.d.comb += [
+            wr.addr.eq(address), wr.data.eq(datain),
+            wr.en.eq(Mux(cs & wren, maskwren, 0)),
+            rd.addr.eq(address), rd.en.eq(cs & ~wren),
+            dataout.eq(Mux(poisoned, 0xA5A5, rd.data)),
+        ]
+        with m.If(cs):
+            m.d.sync += poisoned.eq(wren)
+        return m
+
+
+@pytest.mark.parametrize("path", ["memory", "spram"])
+@pytest.mark.parametrize("depth", [256, 131072])
+def test_spram_ring(path, depth):
+    """Both elaborations of the ring: writes land in the right byte lane and
+    SPRAM, reads take one cycle, and r_data holds while no read is performed
+    (r_en low, or a write in the same or the previous cycle)."""
+    dut = SPRAMRing(depth, primitive=SPRAMModel if path == "spram" else None)
+    rng = random.Random(depth)
+    ref = {}
+    addrs = rng.sample(range(depth), 48) + [0, 1, depth - 2, depth - 1]
+
+    async def bench(ctx):
+        for addr in addrs:
+            ref[addr] = rng.randrange(256)
+            ctx.set(dut.w_addr, addr)
+            ctx.set(dut.w_data, ref[addr])
+            ctx.set(dut.w_en, 1)
+            await ctx.tick()
+        ctx.set(dut.w_en, 0)
+        for addr in rng.sample(sorted(ref), len(ref)):
+            ctx.set(dut.r_addr, addr)
+            ctx.set(dut.r_en, 1)
+            await ctx.tick()
+            ctx.set(dut.r_en, 0)
+            assert ctx.get(dut.r_data) == ref[addr]
+            # a write, with r_en up too: no read, the byte stays
+            ctx.set(dut.r_addr, addr ^ 1)
+            ctx.set(dut.w_addr, addr)
+            ctx.set(dut.w_data, ref[addr] ^ 0xFF)
+            ctx.set(dut.w_en, 1)
+            ctx.set(dut.r_en, 1)
+            await ctx.tick()
+            ctx.set(dut.w_en, 0)
+            ctx.set(dut.r_en, 0)
+            assert ctx.get(dut.r_data) == ref[addr]
+            await ctx.tick()
+            assert ctx.get(dut.r_data) == ref[addr]
+            ref[addr] ^= 0xFF
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_spram_ring_uses_all_four_sprams():
+    """On the UP5K, a 128 KiB SPRAMRing places four SB_SPRAM256KA and no EBR."""
+    class Probe(Elaboratable):
+        # Addresses from a counter, write data and enables from the UART pin,
+        # read data onto an LED: nothing for synthesis to remove.
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.ring = ring = SPRAMRing(131072)
+            m.submodules.rx = rx = io.Buffer("i", platform.request("uart", 0, dir="-").rx)
+            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+            count = Signal(17)
+            m.d.sync += count.eq(count + 1)
+            m.d.comb += [
+                ring.w_addr.eq(count), ring.r_addr.eq(count ^ 0x15555),
+                ring.w_data.eq(count[3:11]), ring.w_en.eq(rx.i),
+                ring.r_en.eq(~rx.i), led.o.eq(ring.r_data.xor()),
+            ]
+            return m
+
+    report = board_build.build_design("icebreaker", Probe(), REPO / "build" / "test" / "spram")
+    print(report.summary())
+    assert report.utilization["ICESTORM_SPRAM"]["used"] == 4
+    assert report.utilization["ICESTORM_RAM"]["used"] == 0
