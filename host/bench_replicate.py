@@ -115,6 +115,20 @@ class Sites:
                 proc.wait()
         self.procs.clear()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each site process has used so far, from /proc.
+
+        CPU per write is the figure that other jobs on a shared machine do
+        not move much, unlike writes/s.
+        """
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for role, proc in self.procs.items():
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[role] = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
+        return out
+
     def lag(self) -> int:
         """Journals accepted by the relay that the secondary has not restored yet."""
         return self.status("relay")["next_seq"] - 1 - self.status("secondary")["last_restored"]
@@ -187,10 +201,16 @@ def bench_replicate(seconds: float, durability: str = "fsync") -> list[dict]:
         try:
             for bs in (4096, 65536):
                 for depth in (1, 16):
+                    cpu0, seq0 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
                     with LagSampler(sites) as lag:
                         r = fio(sites.uri(), "randwrite", bs, depth, seconds, 256 * MiB)
                     r["lag_max"], r["lag_mean"] = lag.max, lag.mean
                     r["catch_up_s"] = round(sites.wait_caught_up(), 2)
+                    # Over fio's ramp and run and the catch-up: every journal fully handled.
+                    cpu1, seq1 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
+                    writes = max(1, seq1 - seq0)
+                    r["cpu_us_per_write"] = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
+                                             for role in sites.ROLES}
                     r["durability"] = durability
                     results.append(r)
         finally:
@@ -251,8 +271,9 @@ def _print(results: list[dict], nbd: bool) -> None:
             print(f"{what} nbdkit  {line(r['nbdkit'])}")
             print(f"{what} tricopy {line(r['tricopy'])}  ratio {r['iops_ratio']:.2f}")
         else:
+            cpu = " ".join(f"{role[0].upper()} {us}" for role, us in r["cpu_us_per_write"].items())
             print(f"{what} {line(r)}  lag mean {r['lag_mean']} max {r['lag_max']} journals,"
-                  f" caught up in {r['catch_up_s']} s")
+                  f" caught up in {r['catch_up_s']} s; CPU µs/write {cpu}")
 
 
 def _run(args) -> int:

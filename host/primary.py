@@ -95,9 +95,10 @@ class WriteLog:
         return next((c.tag for c, _ in reversed(self.records) if c.tag), self.saved_tag)
 
     def append(self, ctl: Control, data: bytes) -> None:
-        # One write() per record; it reaches the page cache before the PVOL
-        # apply, so a killed process never has applied-but-unlogged writes.
-        os.write(self._fd, ctl.pack() + data)
+        # One writev() per record (no concatenated copy of the data); it reaches
+        # the page cache before the PVOL apply, so a killed process never has
+        # applied-but-unlogged writes.
+        os.writev(self._fd, [ctl.pack(), data])
         self.size += protocol.CONTROL_SIZE + len(data)
 
     def truncate(self, last_tag: int) -> None:
@@ -206,6 +207,8 @@ class MasterGroup:
                 await self.link.drain()
             except LinkError:
                 pass          # the link task reconnects and resends
+        if len(futures) == 1:     # the usual case: no gather future per host write
+            return (await futures[0]).seq
         acks = await asyncio.gather(*futures)
         return acks[-1].seq
 

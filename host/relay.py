@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import struct
 import time
 from collections import deque
 
@@ -60,6 +61,21 @@ def next_pseq(pseq: int) -> int:
 def tag_distance(tag: int, last: int) -> int:
     """How far ``tag`` is after ``last`` in the wrapping 32-bit PSEQ space."""
     return (tag - last) % TAG_MOD
+
+
+_STAMP = struct.Struct("<QQQQ")      # SEQ#, TIME, ADDRESS, JOFS: control data bytes 0..31
+
+
+def _stamp(ctl: Control, ack: protocol.Ack) -> Control:
+    """``ctl`` with the engine's SEQ#, TIME and JOFS and its CCRC recomputed.
+
+    The same as ``dataclasses.replace(...).with_ccrc()``, which the profile
+    showed as a tenth of the relay's time per journal (two generic replaces).
+    """
+    raw = bytearray(ctl.pack())
+    _STAMP.pack_into(raw, 0, ack.seq, ack.time, ctl.address, ack.jofs)
+    raw[60:64] = protocol.crc32c(raw[:60]).to_bytes(4, "little")
+    return Control.unpack(raw)
 
 
 def _fatal(message: str) -> None:
@@ -247,7 +263,7 @@ class RelayGroup:
             if ack.status == Status.FULL:
                 self.fulls += 1
             return None, ack.frame()
-        stamped = dataclasses.replace(ctl, seq=ack.seq, time=ack.time, jofs=ack.jofs).with_ccrc()
+        stamped = _stamp(ctl, ack)
         try:
             self.store.append(stamped, data)
         except StoreError as exc:

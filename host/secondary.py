@@ -44,6 +44,7 @@ STAGE_LIMIT = 64 << 20
 # those fsyncs as half the secondary's time.  An idle group saves at once.
 RESTORE_POINT_PERIOD = 0.05
 RESTORE_POINT_JOURNALS = 256
+RESTORE_STEP = 64              # journals applied between two looks at the event loop
 
 
 class RestoreState:
@@ -171,17 +172,19 @@ class RestoreGroup:
             vol.trim(ctl.address, ctl.length)
         return vol    # MARK: no volume effect
 
-    def restore(self) -> int:
-        """Apply the contiguous run after ``applied``; return how many were applied.
+    def restore(self, limit: int | None = None) -> int:
+        """Apply the contiguous run after ``applied`` (at most ``limit`` journals);
+        return how many were applied.
 
         The restore point is not moved: :meth:`checkpoint` does that.
         """
         if self.grsts == "SUSP":
             return 0
         seq = self.applied
+        end = None if limit is None else seq + limit
         touched = self._touched
         try:
-            while (nxt := self.staged.pop(seq + 1, None)) is not None:
+            while seq != end and (nxt := self.staged.pop(seq + 1, None)) is not None:
                 ctl, data = nxt
                 self.staged_bytes -= len(data) + protocol.CONTROL_SIZE
                 touched.add(self._apply(ctl, data))
@@ -238,9 +241,12 @@ class RestoreGroup:
                     except asyncio.TimeoutError:
                         pass
                 self._wake.clear()
-            # Writes and fsyncs run in a thread so the link keeps receiving meanwhile.
             async with self._restore_lock:
-                await asyncio.to_thread(self.restore)
+                # Applying is pwrite to the page cache: done here in steps, as a
+                # thread hop per batch cost more than the writes.  The fsyncs of
+                # the checkpoint run in a thread so the link keeps receiving.
+                while self.restore(RESTORE_STEP) == RESTORE_STEP:
+                    await asyncio.sleep(0)
                 saved = False
                 if interval or self.checkpoint_due(time.monotonic()) == 0:
                     saved = await asyncio.to_thread(self.checkpoint)

@@ -26,6 +26,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -217,6 +218,11 @@ class JournalStore:
         self._broken: BaseException | None = None
         self._closed = False
         self.recovery: RecoveryReport | None = None
+        #: Called with the control data of the newest journal released, just
+        #: before a superblock that holds no journal replaces one that held
+        #: some (the relay saves that journal's TAG: docs/replication.md).
+        self.on_persist_empty: Callable[[Control], None] | None = None
+        self._last_released: Control | None = None
 
     # -- opening -------------------------------------------------------------
 
@@ -482,6 +488,14 @@ class JournalStore:
             # so it must say 0 before a record lives there; rare, so the extra
             # fdatasync does not matter.
             self._write_superblock(joptr=plan.joptr, wrap_at=plan.wrap_at)
+        elif self.release_pending and (
+                self._overlaps_unpersisted(plan.jofs, r)
+                or (plan.marker is not None and self._overlaps_unpersisted(plan.marker, CONTROL_SIZE))):
+            # A lazy release (release(persist=False)) freed this space, but the
+            # superblock on disk still holds the journals there: recovery would
+            # scan from the old JOPTR into this record and lose every journal.
+            # Persist the release first (docs/store.md, "Lazy release").
+            self._write_superblock()
         try:
             if plan.marker is not None:
                 os.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
@@ -533,26 +547,37 @@ class JournalStore:
         n = min(count, self._next_seq - from_seq)
         first = self._head + from_seq - self._tail_seq
         out = []
-        for i, (pos, r) in enumerate(self._index[first:first + n]):
-            seq = from_seq + i
-            raw = os.pread(self._fd, r, HEADER_SIZE + pos)
-            ctl = Control.unpack(raw) if len(raw) == r else None
-            if ctl is None or not ctl.ccrc_ok() or ctl.seq != seq or ctl.jofs != pos:
-                raise CorruptStore(f"control data of seq {seq} at {pos} is damaged")
-            data = raw[CONTROL_SIZE:CONTROL_SIZE + ctl.data_len]
-            if record_size(ctl.data_len) != r or crc32c(data) != ctl.data_crc:
-                raise CorruptStore(f"journal data of seq {seq} at {pos} is damaged")
-            out.append((ctl, data))
+        seq = from_seq
+        for run_pos, records in _contiguous_runs(self._index[first:first + n]):
+            # One pread per run of adjacent records, not one per record: the
+            # forwarder reads 64 journals at a time, mostly back to back.
+            raw = os.pread(self._fd, sum(r for _, r in records), HEADER_SIZE + run_pos)
+            view = memoryview(raw)
+            for pos, r in records:
+                rec = view[pos - run_pos:pos - run_pos + r]
+                ctl = Control.unpack(rec) if len(rec) == r else None
+                if ctl is None or not ctl.ccrc_ok() or ctl.seq != seq or ctl.jofs != pos:
+                    raise CorruptStore(f"control data of seq {seq} at {pos} is damaged")
+                data = bytes(rec[CONTROL_SIZE:CONTROL_SIZE + ctl.data_len])
+                if record_size(ctl.data_len) != r or crc32c(data) != ctl.data_crc:
+                    raise CorruptStore(f"journal data of seq {seq} at {pos} is damaged")
+                out.append((ctl, data))
+                seq += 1
         return out
 
-    def release(self, upto: int) -> int:
+    def release(self, upto: int, *, persist: bool = True) -> int:
         """Free the journals up to ``upto`` (RELEASE); returns JOPTR after.
 
         ``upto`` below TAIL_SEQ changes nothing (a replayed ACK is
         harmless); ``upto >= next_seq`` raises :class:`NotFound` and frees
-        nothing.  The new JOPTR/TAIL_SEQ are durable in the superblock before
-        the space counts as free, so a crash can never leave the superblock
-        pointing into space already overwritten.
+        nothing.  With ``persist`` (the default) the new JOPTR/TAIL_SEQ are
+        durable in the superblock before the space counts as free, so a crash
+        can never leave the superblock pointing into space already
+        overwritten.  With ``persist=False`` the release is only in memory
+        until :meth:`persist` (or any other superblock write): a crash then
+        brings the released journals back (they are re-sent and skipped by
+        the secondary), and :meth:`append` persists the release first when a
+        new record would overwrite space the superblock on disk still holds.
         """
         self._usable()
         if upto >= self._next_seq:
@@ -571,8 +596,15 @@ class JournalStore:
                 joptr = 0
         # An empty ring keeps its place, as the engine's does: a restarted
         # relay loads this JOPTR into the engine (LOAD PTR).
-        wrap = size if used == 0 else wrap_at
-        self._write_superblock(joptr=joptr, tail_seq=upto + 1, wrap_at=wrap)
+        if used == 0:
+            # Becoming empty: keep the newest journal's control data for the
+            # on_persist_empty hook (its record may be overwritten later).
+            last_pos = self._index[self._head + n - 1][0]
+            self._last_released = Control.unpack(os.pread(self._fd, CONTROL_SIZE,
+                                                          HEADER_SIZE + last_pos))
+        if persist:
+            wrap = size if used == 0 else wrap_at
+            self._write_superblock(joptr=joptr, tail_seq=upto + 1, wrap_at=wrap)
         self._joptr, self._used, self._wrap_at = joptr, used, wrap_at
         self._tail_seq = upto + 1
         self._head += n
@@ -580,6 +612,30 @@ class JournalStore:
             del self._index[:self._head]
             self._head = 0
         return joptr
+
+    @property
+    def release_pending(self) -> bool:
+        """A release is in memory only: the superblock on disk holds older journals."""
+        return self._sb.tail_seq != self._tail_seq
+
+    def persist(self) -> bool:
+        """Make a lazy release durable (superblock + fdatasync); False if none was pending."""
+        self._usable()
+        if not self.release_pending:
+            return False
+        self._write_superblock()
+        return True
+
+    def _overlaps_unpersisted(self, start: int, length: int) -> bool:
+        """Does ``[start, start+length)`` touch the ring space from the persisted
+        JOPTR up to the current one (freed in memory, still held on disk)?"""
+        p, j, size = self._sb.joptr, self._joptr, self._size
+        end = start + length
+        if p < j:
+            return start < j and end > p
+        if p > j:
+            return end > p or start < j
+        return True         # a whole lap was released: everything is still held on disk
 
     def set_epoch(self, epoch: int) -> None:
         """Make ``epoch`` the store's epoch (durably); later journals must carry it."""
@@ -611,13 +667,21 @@ class JournalStore:
             self._durable = seq - 1
 
     def _write_superblock(self, **changes: int) -> None:
-        """Write the next generation into the other slot and fdatasync.
+        """Write the next generation of the current state (with ``changes``)
+        into the other slot and fdatasync.
 
-        The fdatasync also makes every journal written so far durable.
+        The current state includes a lazy release not yet persisted.  The
+        fdatasync also makes every journal written so far durable.
         """
         target = self._next_seq - 1
-        sb = dataclasses.replace(self._sb, gen=self._sb.gen + 1, **changes)
+        state = {"joptr": self._joptr, "tail_seq": self._tail_seq, "epoch": self._epoch,
+                 "wrap_at": self._size if self._used == 0 else self._wrap_at}
+        state.update(changes)
+        sb = dataclasses.replace(self._sb, gen=self._sb.gen + 1, **state)
         try:
+            if (self.on_persist_empty is not None and self._last_released is not None
+                    and sb.tail_seq == self._next_seq and self._sb.tail_seq < sb.tail_seq):
+                self.on_persist_empty(self._last_released)
             os.pwrite(self._fd, sb.pack(), (sb.gen % 2) * SB_SLOT)
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -631,6 +695,8 @@ class JournalStore:
             return
         try:
             if self._broken is None:
+                if self.release_pending:
+                    self._write_superblock()     # a clean stop re-sends nothing
                 os.fdatasync(self._fd)
         finally:
             self._closed = True
@@ -645,6 +711,23 @@ class JournalStore:
     def __repr__(self) -> str:
         return (f"JournalStore({self._path!r}, size={self._size}, jiptr={self._jiptr}, "
                 f"joptr={self._joptr}, seq={self._tail_seq}..{self._next_seq - 1})")
+
+
+_READ_RUN = 4 << 20          # at most this many bytes per pread in read()
+
+
+def _contiguous_runs(index: list[tuple[int, int]]):
+    """Group (offset, size) records into runs that lie back to back in the ring."""
+    run: list[tuple[int, int]] = []
+    run_bytes = 0
+    for pos, r in index:
+        if run and (pos != run[-1][0] + run[-1][1] or run_bytes + r > _READ_RUN):
+            yield run[0][0], run
+            run, run_bytes = [], 0
+        run.append((pos, r))
+        run_bytes += r
+    if run:
+        yield run[0][0], run
 
 
 def _check_epoch(epoch: int) -> None:

@@ -1,6 +1,6 @@
 """Helper process for test_store_crash.py: appends journals until killed.
 
-    python store_writer.py PATH RING_SIZE SEED
+    python store_writer.py PATH RING_SIZE SEED [lazy]
 
 Opens the store at PATH (creating it if missing) and appends journals whose
 content is a pure function of their SEQ# (:func:`journal`), from several
@@ -11,7 +11,11 @@ fills.  Every line on stdout is flushed when written:
     A <seq> <jofs>            journal appended (not yet durable)
     D <seq>                   journal reported durable (an ack)
     r <upto>                  about to release up to <upto>
-    R <upto>                  release done
+    R <upto>                  release done (with ``lazy``: in memory only)
+    P <upto>                  (``lazy``) releases up to <upto> persisted
+
+With ``lazy`` every release is ``release(persist=False)`` and a task persists
+them every few milliseconds, as the relay does (docs/store.md, "Lazy release").
 """
 
 from __future__ import annotations
@@ -46,15 +50,24 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def run(store: JournalStore, rng: random.Random) -> None:
+async def run(store: JournalStore, rng: random.Random, lazy: bool = False) -> None:
     gc = GroupCommitter(store)
+
+    def release(upto: int) -> None:
+        say(f"r {upto}")
+        store.release(upto, persist=not lazy)
+        say(f"R {upto}")
+
+    async def persister() -> None:
+        while True:
+            await asyncio.sleep(rng.uniform(0.001, 0.02))
+            upto = store.tail_seq - 1
+            if store.persist():
+                say(f"P {upto}")
 
     async def make_room() -> None:
         if store.durable_seq >= store.tail_seq:
-            upto = store.durable_seq
-            say(f"r {upto}")
-            store.release(upto)
-            say(f"R {upto}")
+            release(store.durable_seq)
         else:
             await asyncio.sleep(0.001)      # wait for the fsync in flight
 
@@ -75,18 +88,17 @@ async def run(store: JournalStore, rng: random.Random) -> None:
             if store.free < store.size // 3 and rng.random() < 0.3:
                 upto = store.durable_seq - rng.randint(0, 20)
                 if upto >= store.tail_seq:
-                    say(f"r {upto}")
-                    store.release(upto)
-                    say(f"R {upto}")
+                    release(upto)
 
-    await asyncio.gather(*(writer() for _ in range(8)))
+    await asyncio.gather(*(writer() for _ in range(8)), *([persister()] if lazy else []))
 
 
 def main() -> None:
     path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = JournalStore.open(path) if os.path.exists(path) else JournalStore.create(path, size)
     say(f"O {store.next_seq} {store.tail_seq}")
-    asyncio.run(run(store, random.Random(seed)))
+    lazy = sys.argv[4:] == ["lazy"]
+    asyncio.run(run(store, random.Random(seed), lazy))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ class _Session:
         self.export: Export | None = None
         self.tasks: set[asyncio.Task] = set()
         self.inflight_bytes = 0
+        self._flush_pending = False
         self.peer = writer.get_extra_info("peername")
 
     async def run(self) -> None:
@@ -219,9 +220,17 @@ class _Session:
             self.conn.reply(request, error=nbd_error(exc), message=message)
         finally:
             self.inflight_bytes -= size
-        self._flush()
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        # Replies completed in the same event-loop turn (a relay ACK completes
+        # many writes at once) leave in one transport write, not one each.
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_pending = False
         data = self.conn.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
