@@ -32,6 +32,7 @@ from tricopy.host.link import Link, LinkClosed, LinkTimeout
 from tricopy.host.store import JournalStore
 
 from store_writer import journal
+from test_store_crash import wait_started
 
 WRITER = os.path.join(os.path.dirname(__file__), "store_writer.py")
 
@@ -169,6 +170,7 @@ def test_lazy_release_under_sigkill_loses_no_acked_journal(tmp_path):
         with open(out, "w") as f:
             proc = subprocess.Popen([sys.executable, WRITER, str(path), str(256 << 10), str(rnd),
                                      "lazy"], stdout=f, stderr=subprocess.PIPE)
+            wait_started(out, proc)
             time.sleep(rng.uniform(0.15, 0.5))
             proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate()

@@ -25,6 +25,14 @@ RING = 256 << 10
 ROUNDS = 50
 
 
+def wait_started(out, proc, timeout: float = 60.0) -> None:
+    """Wait until the writer has reported something, so that the random kill
+    lands in its work and not in Python's start-up on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while out.stat().st_size == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_sigkill_at_random_moments_loses_no_durable_journal(tmp_path):
     rng = random.Random(20261125)
     path = tmp_path / "jnl"
@@ -39,6 +47,7 @@ def test_sigkill_at_random_moments_loses_no_durable_journal(tmp_path):
         with open(out, "w") as f:
             proc = subprocess.Popen([sys.executable, WRITER, str(path), str(RING), str(rnd)],
                                     stdout=f, stderr=subprocess.PIPE)
+            wait_started(out, proc)
             time.sleep(rng.uniform(0.1, 0.7))
             proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate()
