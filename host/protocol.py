@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import struct
-import dataclasses
 from dataclasses import dataclass
 
 import crc32c as _crc32c
@@ -347,8 +346,10 @@ class Control:
 
     def with_ccrc(self) -> "Control":
         """This control data with CCRC computed over bytes 0..59."""
-        raw = self.pack()
-        return dataclasses.replace(self, ccrc=crc32c(raw[:60]))
+        # Unpacking the packed bytes is several times cheaper than
+        # dataclasses.replace, and this runs once per journal per hop.
+        raw = self.pack()[:60]
+        return Control(*self.STRUCT.unpack(raw + _U32.pack(crc32c(raw))))
 
     def ccrc_ok(self) -> bool:
         return self.ccrc == crc32c(self.pack()[:60])
