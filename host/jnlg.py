@@ -26,8 +26,10 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .durable import atomic_write
+
 __all__ = ["GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
-           "CopyBitmap", "check_pairing", "volid_of", "atomic_write"]
+           "CopyBitmap", "check_pairing", "volid_of"]
 
 # GRSTS 440 / VOLSTS 453 values (patent [0050]).
 GRSTS = ("SMPL", "COPY", "PAIR", "SUSP")
@@ -39,21 +41,6 @@ class PairingError(ValueError):
     def __init__(self, rule: str, message: str):
         super().__init__(f"pairing rule '{rule}' failed: {message}")
         self.rule = rule
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: after a crash it holds the old or the new bytes."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)     # the rename itself durable
-    finally:
-        os.close(dfd)
 
 
 def volid_of(path: Path) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig
 from .control import ControlError, ControlServer
+from .durable import atomic_write_json
 from .jnlg import CopyBitmap, JnlgTable
 from .link import Link, LinkError, LinkRefused, connect
 from .protocol import Control, Frame, FrameType, Kind, Role, Status
@@ -102,11 +103,9 @@ class WriteLog:
         self.size += protocol.CONTROL_SIZE + len(data)
 
     def truncate(self, last_tag: int) -> None:
-        tmp = self._pseq_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last_tag": last_tag}))
-        with open(tmp) as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._pseq_path)
+        # The folder is fsynced too: a rename lost in a crash after the log
+        # is truncated would restart the PSEQ from an older value.
+        atomic_write_json(self._pseq_path, {"last_tag": last_tag})
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self.size = 0

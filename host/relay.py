@@ -31,6 +31,7 @@ from collections import deque
 from . import protocol
 from .config import Durability, GroupAttr, GroupConfig, SiteConfig
 from .control import ControlError, ControlServer
+from .durable import atomic_write_json
 from .jnlg import GRSTS, JnlgTable
 from .engine.base import Engine, EngineError, open_engine
 from .link import Link, LinkError, connect, nak
@@ -146,17 +147,7 @@ class RelayGroup:
         return 0   # never accepted anything: the first journal sets the PSEQ base
 
     def _save_last_tag(self, tag: int) -> None:
-        tmp = self._state_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"last_tag": tag}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_path)
-        dfd = os.open(self._state_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write_json(self._state_path, {"last_tag": tag})
 
     async def recover_engine(self) -> None:
         """Bring the engine to the store's state: same SEQ#s, same JIPTR/JOPTR.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig
 from .control import ControlError, ControlServer
+from .durable import atomic_write_json
 from .jnlg import GRSTS, JnlgTable
 from .link import Link, LinkError, nak
 from .protocol import FrameType, Kind, Role, Status
@@ -63,18 +63,8 @@ class RestoreState:
                 raise ValueError(f"restore state {path} is corrupt: {exc}") from None
 
     def save(self, last_seq: int) -> None:
-        # write-fsync-rename-fsync(dir): the file is either the old point or the new one.
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"last_seq": last_seq, "epoch": self.epoch}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        # The file is either the old point or the new one.
+        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch})
         self.last_seq = last_seq
 
 

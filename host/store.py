@@ -629,7 +629,7 @@ class JournalStore:
     def _overlaps_unpersisted(self, start: int, length: int) -> bool:
         """Does ``[start, start+length)`` touch the ring space from the persisted
         JOPTR up to the current one (freed in memory, still held on disk)?"""
-        p, j, size = self._sb.joptr, self._joptr, self._size
+        p, j = self._sb.joptr, self._joptr
         end = start + length
         if p < j:
             return start < j and end > p
