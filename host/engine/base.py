@@ -7,7 +7,8 @@ chosen with ``--engine`` (DESIGN.md, "The journal engine"):
   process, frames handed over as objects (no byte round trip);
 - ``board`` / ``port``: :class:`~tricopy.host.engine.port.PortEngine`, frames
   as bytes over a pyserial URL (``/dev/tty*``, ``socket://``, ``loop://``);
-- ``sim``: the Verilator harness, reached as a port once ``sim/`` provides it.
+- ``sim``: :class:`~tricopy.sim.bridge.SimEngine`, the RTL in the Verilator
+  harness (``sim/``), a ``PortEngine`` over ``socket://`` that owns the process.
 
 All backends share :class:`FrameEngine`, which turns calls into request
 frames and checks every answer, so a backend only moves frames.
@@ -206,7 +207,13 @@ def open_engine(kind: str, *, size: int, url: str | None = None,
         from tricopy.host.engine.port import PortEngine
         return PortEngine(url, name=kind)
     if kind == "sim":
-        raise EngineError("sim backend needs the Verilator harness: sim/ does not provide it "
-                          "yet; run it as a server and use --engine port --url socket://...")
+        # The RTL in a Verilator harness (sim/): built on first use, started
+        # here, stopped by close(). Imported late: it needs amaranth/verilator.
+        try:
+            from tricopy.sim.bridge import open_sim_engine
+        except ImportError as exc:
+            raise EngineError(f"sim backend needs the hdl extras (pip install -e '.[dev]'): "
+                              f"{exc}") from exc
+        return open_sim_engine(size)
     raise ValueError(f"engine kind must be one of {', '.join(ENGINE_KINDS)}, not {kind!r}")
 

@@ -36,8 +36,9 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
-                 vol_size: int = VOL_SIZE):
+                 vol_size: int = VOL_SIZE, engine: str = "model"):
         self.root = root
+        self.engine = engine                   # the relay's --engine (model, sim)
         self.volumes = volumes
         self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
@@ -92,8 +93,10 @@ class Cluster:
     def start(self, role: str) -> None:
         d = self.root / role
         log = open(d / "site.log", "ab")
+        args = ["--engine", self.engine] if role == "relay" else []
         self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml")],
+            [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml"),
+             *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=d)
         log.close()
         deadline = time.monotonic() + 20

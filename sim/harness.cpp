@@ -1,0 +1,353 @@
+// tricopy sim harness: the Verilated JournalEngine as a live engine on TCP.
+//
+// One client at a time on 127.0.0.1:PORT. Bytes from the socket drive the
+// engine's rx stream (valid/ready), the tx stream's bytes go back to the
+// socket; the engine state survives reconnects (unless --reset-on-connect).
+// docs/sim.md describes the timing model; in short: simulated time
+// (cycles / CLK_HZ) follows wall time, may run ahead of it by at most
+// --max-lead-ms while there is work, and never lags it by more than one
+// idle batch, so the engine CLOCK advances in real time.
+//
+// Built by sim/build.py: verilator --cc --exe --build engine.v harness.cpp
+// with -DCLK_HZ=<the clk_hz the Verilog was generated with>.
+
+#include "Vengine.h"
+#include "verilated.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <memory>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <string>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
+
+// Verilator escapes the double underscore of Amaranth's port names.
+#define RX_VALID rx___05Fvalid
+#define RX_PAYLOAD rx___05Fpayload
+#define RX_READY rx___05Fready
+#define TX_VALID tx___05Fvalid
+#define TX_PAYLOAD tx___05Fpayload
+#define TX_READY tx___05Fready
+
+#ifndef CLK_HZ
+#error "build with -DCLK_HZ=<engine clk_hz>"
+#endif
+
+namespace {
+
+constexpr size_t HEADER_SIZE = 16;   // docs/protocol.md "Frame"
+constexpr size_t LENGTH_AT = 8;      // header LENGTH, u32 little-endian
+constexpr size_t TRAILER_SIZE = 4;   // BCRC
+constexpr size_t RX_BUFFER_MAX = 1 << 20;
+constexpr uint64_t BUSY_BATCH = 256;       // cycles between socket polls while busy (latency)
+constexpr uint64_t IDLE_AFTER = 4096;      // cycles without a handshake: engine idle
+constexpr uint64_t CATCH_UP_BATCH = 2048;  // idle cycles between socket polls
+
+struct Options {
+    int port = 0;
+    bool reset_on_connect = false;
+    bool watch_stdin = false;
+    double max_lead_ms = 10.0;
+};
+
+[[noreturn]] void usage(const char* msg) {
+    std::fprintf(stderr,
+                 "tricopy-sim: %s\n"
+                 "usage: tricopy-sim [--port N] [--reset-on-connect] [--watch-stdin] "
+                 "[--max-lead-ms MS]\n",
+                 msg);
+    std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) usage((a + " needs a value").c_str());
+            return argv[++i];
+        };
+        if (a == "--port") {
+            char* end;
+            std::string v = value();
+            long p = std::strtol(v.c_str(), &end, 10);
+            if (*end || p < 0 || p > 65535) usage(("bad --port " + v).c_str());
+            o.port = int(p);
+        } else if (a == "--max-lead-ms") {
+            char* end;
+            std::string v = value();
+            o.max_lead_ms = std::strtod(v.c_str(), &end);
+            if (*end || o.max_lead_ms < 0) usage(("bad --max-lead-ms " + v).c_str());
+        } else if (a == "--reset-on-connect") {
+            o.reset_on_connect = true;
+        } else if (a == "--watch-stdin") {
+            o.watch_stdin = true;
+        } else if (a.rfind("+verilator", 0) == 0) {
+            // Verilator runtime options pass through
+        } else {
+            usage(("unknown argument " + a).c_str());
+        }
+    }
+    return o;
+}
+
+uint64_t now_ns() {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch())
+                        .count());
+}
+
+void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// Tracks frame boundaries in the engine's output, so that a client which
+// connects while an answer is half sent gets whole frames only.
+struct TxFramer {
+    uint8_t header[HEADER_SIZE];
+    size_t pos = 0;          // bytes of the current frame seen
+    size_t total = HEADER_SIZE;
+    bool deliver = false;    // this frame goes to the client
+
+    // Returns whether this byte goes to the client.
+    bool byte(uint8_t b, bool client) {
+        if (pos == 0) deliver = client;
+        if (pos < HEADER_SIZE) header[pos] = b;
+        pos++;
+        if (pos == HEADER_SIZE) {
+            uint32_t length = uint32_t(header[LENGTH_AT]) | uint32_t(header[LENGTH_AT + 1]) << 8 |
+                              uint32_t(header[LENGTH_AT + 2]) << 16 |
+                              uint32_t(header[LENGTH_AT + 3]) << 24;
+            total = HEADER_SIZE + size_t(length) + TRAILER_SIZE;
+        }
+        bool out = deliver && client;
+        if (pos == total) {
+            pos = 0;
+            total = HEADER_SIZE;
+        }
+        return out;
+    }
+};
+
+class Harness {
+  public:
+    explicit Harness(const Options& o) : opt_(o) {
+        ctx_ = std::make_unique<VerilatedContext>();
+        top_ = std::make_unique<Vengine>(ctx_.get());
+        top_->clk = 0;
+        top_->RX_VALID = 0;
+        top_->TX_READY = 1;
+        reset();
+    }
+
+    void listen_on(int port) {
+        lfd_ = socket(AF_INET, SOCK_STREAM, 0);
+        if (lfd_ < 0) die("socket");
+        int one = 1;
+        setsockopt(lfd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(uint16_t(port));
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) die("bind");
+        if (listen(lfd_, 4) < 0) die("listen");
+        set_nonblocking(lfd_);
+        socklen_t len = sizeof a;
+        getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
+        // The bridge reads this line to learn the port (sim/bridge.py).
+        std::printf("PORT %d\n", ntohs(a.sin_port));
+        std::fflush(stdout);
+    }
+
+    int run() {
+        const uint64_t start = now_ns();
+        const uint64_t max_lead = uint64_t(opt_.max_lead_ms * 1e-3 * CLK_HZ);
+        uint64_t last_report = start;
+        const bool stats = std::getenv("TRICOPY_SIM_STATS") != nullptr;
+        for (;;) {
+            // Wall time in cycles: 128-bit product, no overflow for centuries.
+            uint64_t wall = uint64_t((unsigned __int128)(now_ns() - start) * CLK_HZ / 1000000000u);
+            bool busy = !rx_.empty() || !tx_.empty() || cycles_ - last_handshake_ < IDLE_AFTER;
+            if (busy && cycles_ < wall + max_lead) {
+                step(BUSY_BATCH);
+            } else if (cycles_ < wall) {
+                step(std::min(wall - cycles_, CATCH_UP_BATCH));
+            } else {
+                // Ahead of wall time (or level with it): sleep until a socket
+                // wakes us or wall time has moved on by about a millisecond.
+                uint64_t ahead_ms = (cycles_ - wall) * 1000 / CLK_HZ;
+                if (!wait_io(int(std::max<uint64_t>(1, ahead_ms)))) return 0;
+            }
+            if (!pump()) return 0;
+            // A harness that is never idle must still notice its parent leaving.
+            if (opt_.watch_stdin && ++pumps_ % 256 == 0 && !wait_io(0, true)) return 0;
+            uint64_t t = now_ns();
+            if (stats && t - last_report > 1000000000u) {
+                last_report = t;
+                // busy rate: cycles per second of stepping, the harness's speed
+                std::fprintf(stderr, "tricopy-sim: cycles %llu wall %.3f s busy %.0f cycles/s\n",
+                             (unsigned long long)cycles_, (t - start) * 1e-9,
+                             step_ns_ ? step_cycles_ * 1e9 / double(step_ns_) : 0.0);
+            }
+        }
+    }
+
+  private:
+    [[noreturn]] static void die(const char* what) {
+        std::perror(what);
+        std::exit(1);
+    }
+
+    void reset() {
+        top_->rst = 1;
+        top_->RX_VALID = 0;
+        for (int i = 0; i < 4; i++) tick();
+        top_->rst = 0;
+        framer_ = TxFramer{};
+    }
+
+    void tick() {
+        top_->clk = 0;
+        top_->eval();
+        top_->clk = 1;
+        top_->eval();
+        cycles_++;
+    }
+
+    // Run n cycles. Handshakes are decided with the inputs set and the
+    // combinational logic settled while clk is low, as on the rising edge.
+    void step(uint64_t n) {
+        const uint64_t t0 = now_ns();
+        const bool client = cfd_ >= 0;
+        for (uint64_t i = 0; i < n; i++) {
+            top_->clk = 0;
+            bool have = !rx_.empty();
+            top_->RX_VALID = have;
+            if (have) top_->RX_PAYLOAD = rx_.front();
+            top_->TX_READY = 1;   // the socket side buffers without bound
+            top_->eval();
+            bool rx_take = have && top_->RX_READY;
+            bool tx_take = top_->TX_VALID;
+            uint8_t out = top_->TX_PAYLOAD;
+            top_->clk = 1;
+            top_->eval();
+            cycles_++;
+            if (rx_take) {
+                rx_.pop_front();
+                last_handshake_ = cycles_;
+            }
+            if (tx_take) {
+                if (framer_.byte(out, client)) tx_.push_back(out);
+                last_handshake_ = cycles_;
+                // An answer is complete: send it now rather than at the batch's end.
+                if (framer_.pos == 0 && !tx_.empty()) {
+                    n = i + 1;
+                    break;
+                }
+            }
+        }
+        top_->RX_VALID = 0;
+        step_cycles_ += n;
+        step_ns_ += now_ns() - t0;
+    }
+
+    void drop_client() {
+        close(cfd_);
+        cfd_ = -1;
+        rx_.clear();
+        tx_.clear();
+    }
+
+    // Move bytes between the socket and the buffers, accept a client.
+    // Returns false when the harness should exit.
+    bool pump() {
+        if (cfd_ < 0) {
+            int fd = accept(lfd_, nullptr, nullptr);
+            if (fd >= 0) {
+                set_nonblocking(fd);
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                cfd_ = fd;
+                if (opt_.reset_on_connect) reset();
+            }
+        }
+        if (cfd_ < 0) return true;
+        uint8_t buf[65536];
+        while (rx_.size() < RX_BUFFER_MAX) {
+            ssize_t n = recv(cfd_, buf, sizeof buf, 0);
+            if (n > 0) {
+                rx_.insert(rx_.end(), buf, buf + n);
+                continue;
+            }
+            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                drop_client();
+                return true;
+            }
+            break;
+        }
+        while (!tx_.empty()) {
+            size_t chunk = std::min(tx_.size(), sizeof buf);
+            std::copy(tx_.begin(), tx_.begin() + chunk, buf);
+            ssize_t n = send(cfd_, buf, chunk, MSG_NOSIGNAL);
+            if (n > 0) {
+                tx_.erase(tx_.begin(), tx_.begin() + n);
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
+            drop_client();
+            return true;
+        }
+        return true;
+    }
+
+    // Sleep until a socket or stdin is ready, or timeout_ms; false: stdin closed.
+    bool wait_io(int timeout_ms, bool stdin_only = false) {
+        pollfd fds[3];
+        int n = 0;
+        if (!stdin_only) fds[n++] = {cfd_ >= 0 ? cfd_ : lfd_, POLLIN, 0};
+        int stdin_at = -1;
+        if (opt_.watch_stdin) {
+            stdin_at = n;
+            fds[n++] = {0, POLLIN, 0};
+        }
+        if (poll(fds, n, timeout_ms) > 0 && stdin_at >= 0 && fds[stdin_at].revents) {
+            // The parent closed our stdin (or died): stop the engine with it.
+            char c;
+            if (read(0, &c, 1) <= 0) return false;
+        }
+        return true;
+    }
+
+    Options opt_;
+    std::unique_ptr<VerilatedContext> ctx_;
+    std::unique_ptr<Vengine> top_;
+    int lfd_ = -1;
+    int cfd_ = -1;
+    std::deque<uint8_t> rx_;
+    std::deque<uint8_t> tx_;
+    TxFramer framer_;
+    uint64_t cycles_ = 0;
+    uint64_t last_handshake_ = 0;
+    uint64_t pumps_ = 0;
+    uint64_t step_cycles_ = 0;   // for the stats line
+    uint64_t step_ns_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Verilated::commandArgs(argc, argv);
+    Options o = parse(argc, argv);
+    Harness h(o);
+    h.listen_on(o.port);
+    return h.run();
+}

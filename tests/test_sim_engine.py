@@ -1,0 +1,195 @@
+"""The ``sim`` engine backend: the JournalEngine RTL, Verilated, live on TCP.
+
+Three checks of ``sim/`` (docs/sim.md):
+- the engine test vectors replayed through the harness's socket, byte for
+  byte (HELLO's SITE field is the one allowed difference);
+- one random request script through ``ModelEngine`` and the sim engine: the
+  same answers, call for call;
+- three sites with the relay on ``--engine sim``: a workload drains to
+  SVOLs equal to the PVOLs.
+
+Two harness builds (ring 256 for the vectors and the script, 256 KiB for the
+relay), cached under build/sim/: the first run costs about a minute more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tricopy.host import protocol as P
+from tricopy.host.engine.base import EngineError, EngineNak, ModelEngine, open_engine
+from tricopy.host.engine.model import EngineModel
+from tricopy.host.protocol import FrameType as T, LoadFlag as LF
+from tricopy.sim.bridge import SimEngine, SimHarness
+from tricopy.sim.build import SimBuildError, harness_path
+
+VECTORS = Path(__file__).resolve().parents[1] / "host" / "vectors" / "engine.json"
+VECTOR_SIZE = 256
+E2E_RING = 256 << 10
+T0 = 1_700_000_000_000_000_000
+
+
+# -- the vectors, byte for byte --------------------------------------------------
+
+def _as_sim(raw: bytes) -> bytes:
+    """Expected bytes with every HELLO answer's SITE set to "sim" (BCRC follows)."""
+    out = bytearray()
+    for f in P.FrameParser().feed(raw):
+        if f.type == T.HELLO:
+            h = P.Hello.unpack(f.body)
+            f = P.Hello(h.role, h.group, h.epoch, h.last_seq, h.grname, "sim").frame()
+        out += f.serialize()
+    return bytes(out)
+
+
+def _recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(data) < n:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(n - len(data))
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_vectors_over_tcp():
+    scenarios = {name: sc for name, sc in json.loads(VECTORS.read_text())["scenarios"].items()
+                 if sc["size"] == VECTOR_SIZE}
+    assert len(scenarios) >= 20
+    steps = 0
+    # reset_on_connect: a fresh engine per connection, one connection per scenario
+    with SimHarness(VECTOR_SIZE, reset_on_connect=True) as sim:
+        for name, sc in scenarios.items():
+            with socket.create_connection(("127.0.0.1", sim.port)) as sock:
+                for i, step in enumerate(sc["steps"]):
+                    want = bytes.fromhex(step["out"])
+                    if step.get("site"):
+                        want = _as_sim(want)
+                    sock.sendall(bytes.fromhex(step["in"]))
+                    got = _recv_exactly(sock, len(want))
+                    assert got == want, f"{name} step {i}: got {got.hex()}, want {want.hex()}"
+                    steps += 1
+                # sink is empty: nothing beyond what the model answered
+                assert _recv_exactly(sock, 1, timeout=0.05) == b"", f"{name}: extra bytes"
+    assert steps > 100
+
+
+# -- the same script through the model and the RTL --------------------------------
+
+async def _script(engine, seed: int, ops: int) -> list:
+    """Random requests, driven by the engine's own answers; returns every answer."""
+    rng = random.Random(seed)
+    log = [await engine.load(LF.TIME | LF.FREEZE, time=T0)]
+    epoch, tag = 0, 0
+    for _ in range(ops):
+        x = rng.random()
+        if x < 0.55:
+            tag += 1
+            n = rng.choice([0, 1, 63, 64, 65, rng.randrange(193)])
+            data = rng.randbytes(n)
+            ctl = P.Control(length=n, data_len=n, data_crc=P.crc32c(data), epoch=epoch,
+                            idx=rng.getrandbits(16), address=rng.getrandbits(64), tag=tag,
+                            kind=P.Kind.UPDATE)
+            if rng.random() < 0.05:
+                ctl = dataclasses.replace(ctl, epoch=epoch + 1)    # STALE_EPOCH
+            log.append(await engine.submit(ctl, data))
+        elif x < 0.7:
+            st = await engine.status()
+            log.append(st)
+            try:
+                log.append(await engine.read(st.tail_seq, rng.randint(1, 4)))
+            except EngineNak as exc:
+                log.append(("nak", exc.status))
+        elif x < 0.85:
+            st = await engine.status()
+            upto = rng.randint(st.tail_seq - 1, st.next_seq)   # includes NOT_FOUND cases
+            log.append(await engine.release(upto))
+        elif x < 0.95:
+            log.append(await engine.status())
+        else:
+            epoch += 1
+            log.append(await engine.load(LF.EPOCH, epoch=epoch))
+    log.append(await engine.status())
+    return log
+
+
+def test_model_and_sim_answer_alike():
+    async def run():
+        model = ModelEngine(EngineModel(VECTOR_SIZE, name="model"))
+        sim = open_engine("sim", size=VECTOR_SIZE)
+        assert isinstance(sim, SimEngine)
+        try:
+            want = await _script(model, seed=7, ops=400)
+            got = await _script(sim, seed=7, ops=400)
+        finally:
+            await sim.close()
+        assert sim.harness.proc.returncode == 0, "harness did not exit on close()"
+        return want, got
+
+    want, got = asyncio.run(run())
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"answer {i}: sim {g} != model {w}"
+    statuses = {a.status for a in want if isinstance(a, P.Ack)}
+    assert {P.Status.OK, P.Status.FULL, P.Status.STALE_EPOCH} <= statuses, statuses
+
+
+def test_sim_rejects_a_ring_the_gateware_cannot_have():
+    with pytest.raises(SimBuildError, match="power of two"):
+        harness_path(3 * 64)
+    with pytest.raises(EngineError, match="1000"):     # the relay's path, before any build
+        open_engine("sim", size=1000)
+
+
+# -- three sites, the relay on the RTL -----------------------------------------------
+
+def test_relay_on_sim_engine(tmp_path):
+    from e2e.cluster import Cluster, Workload        # tests/ is on sys.path (rootdir-less)
+    from tricopy.host import control
+    harness_path(E2E_RING)            # build before the relay's 20 s start-up deadline
+    cluster = Cluster(tmp_path, journal_size=E2E_RING, engine="sim")
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=5)
+        asyncio.run(work.run(count=12))
+        state = cluster.wait_drained(timeout=90)
+        assert work.acked == 48
+        assert state["relay"]["next_seq"] - 1 >= 48
+        for idx in range(cluster.volumes):
+            pvol = cluster.volume_bytes("primary", idx)
+            assert pvol == bytes(work.model[idx])
+            assert cluster.volume_bytes("secondary", idx) == pvol, f"SVOL {idx} != PVOL {idx}"
+        assert control.call(cluster.control_addr("relay"), "status")["engine"] == "sim"
+        # kill -9 the relay: its harness must notice (stdin EOF) and exit
+        harnesses = _children(cluster.procs["relay"].pid, "tricopy-sim")
+        assert len(harnesses) == 1, harnesses
+        cluster.kill("relay")
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{harnesses[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{harnesses[0]}").exists(), "harness outlived its relay"
+    finally:
+        cluster.stop_all()
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Child processes of ``pid`` called ``name`` (from /proc)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == name:
+                kids.append(int(child))
+    return kids
