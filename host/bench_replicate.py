@@ -81,28 +81,36 @@ class Sites:
 
     def start(self) -> None:
         for role in self.ROLES:
-            d = self.root / role
-            with open(d / "site.log", "ab") as log:
-                self.procs[role] = subprocess.Popen(
-                    [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
-                     str(d / "site.toml"), "--log-level", "warning"],
-                    stdout=log, stderr=subprocess.STDOUT, cwd=d)
-            deadline = time.monotonic() + 30
-            while True:
-                if self.procs[role].poll() is not None:
-                    raise RuntimeError(f"{role} exited: {(d / 'site.log').read_text()[-2000:]}")
-                try:
-                    self.status(role)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{role} did not come up") from None
-                    time.sleep(0.05)
+            self.start_role(role)
         deadline = time.monotonic() + 10
         while not self.status("primary")["connected"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the primary did not connect to the relay")
             time.sleep(0.05)
+
+    def start_role(self, role: str) -> None:
+        d = self.root / role
+        with open(d / "site.log", "ab") as log:
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
+                 str(d / "site.toml"), "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=d)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.procs[role].poll() is not None:
+                raise RuntimeError(f"{role} exited: {(d / 'site.log').read_text()[-2000:]}")
+            try:
+                self.status(role)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{role} did not come up") from None
+                time.sleep(0.05)
+
+    def stop_role(self, role: str) -> None:
+        proc = self.procs.pop(role)
+        proc.terminate()
+        proc.wait(10)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -218,6 +226,33 @@ def bench_replicate(seconds: float, durability: str = "fsync") -> list[dict]:
     return results
 
 
+def bench_far_site(seconds: float, durability: str = "fsync") -> list[dict]:
+    """Host write latency with the secondary up, then stopped (the far site must
+    not slow the host until the journal fills), then the backlog's drain time."""
+    results = []
+    with _workdir() as tmp:
+        sites = Sites(Path(tmp), vol_size=256 * MiB, journal_size=1024 * MiB,
+                      durability=durability)
+        sites.start()
+        try:
+            for depth in (1, 16):
+                up = fio(sites.uri(), "randwrite", 4096, depth, seconds, 256 * MiB)
+                sites.wait_caught_up()
+                seq0 = sites.status("relay")["next_seq"]
+                sites.stop_role("secondary")
+                down = fio(sites.uri(), "randwrite", 4096, depth, seconds, 256 * MiB)
+                backlog = sites.status("relay")["next_seq"] - seq0
+                sites.start_role("secondary")
+                drain = sites.wait_caught_up()
+                results.append({"rw": "randwrite", "bs": 4096, "iodepth": depth,
+                                "durability": durability, "secondary_up": up,
+                                "secondary_down": down, "backlog_journals": backlog,
+                                "drain_s": round(drain, 2)})
+        finally:
+            sites.stop()
+    return results
+
+
 JOBS = (("randwrite", 4096, 1), ("randwrite", 4096, 16), ("write", MiB, 1))
 
 
@@ -267,7 +302,11 @@ def _print(results: list[dict], nbd: bool) -> None:
                 f"  p99 {r['p99_us']:>7,} µs")
     for r in results:
         what = f"{r['rw']:<9} {r['bs'] // 1024:>4} KiB QD{r['iodepth']:<2} [{r['durability']}]"
-        if nbd:
+        if "secondary_down" in r:
+            print(f"{what} secondary up   {line(r['secondary_up'])}")
+            print(f"{what} secondary down {line(r['secondary_down'])}  backlog "
+                  f"{r['backlog_journals']:,} journals, drained in {r['drain_s']} s")
+        elif nbd:
             print(f"{what} nbdkit  {line(r['nbdkit'])}")
             print(f"{what} tricopy {line(r['tricopy'])}  ratio {r['iops_ratio']:.2f}")
         else:
@@ -278,7 +317,7 @@ def _print(results: list[dict], nbd: bool) -> None:
 
 def _run(args) -> int:
     from .bench import machine
-    fn = bench_nbd if args.bench == "nbd" else bench_replicate
+    fn = {"nbd": bench_nbd, "replicate": bench_replicate, "far-site": bench_far_site}[args.bench]
     results = fn(args.seconds, args.durability)
     report = {"machine": machine(), "results": results}
     if args.json:
@@ -292,7 +331,8 @@ def _run(args) -> int:
 def register_bench(which) -> None:
     """Add ``replicate`` and ``nbd`` to the ``tricopy bench`` subcommands."""
     for name, text in (("replicate", "fio through the primary's NBD export: three sites on loopback"),
-                       ("nbd", "fio: nbdkit file (baseline) vs the tricopy primary, replicating")):
+                       ("nbd", "fio: nbdkit file (baseline) vs the tricopy primary, replicating"),
+                       ("far-site", "host write latency with the secondary up, then stopped")):
         p = which.add_parser(name, help=text, description=text)
         p.add_argument("--seconds", type=float, default=10.0, help="fio runtime per figure")
         p.add_argument("--durability", choices=["fsync", "memory"], default="fsync",
