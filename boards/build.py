@@ -22,8 +22,8 @@ from . import icebreaker, ulx3s
 __all__ = ["BOARDS", "BuildError", "BuildReport", "build", "build_design", "parse_report",
            "register", "main"]
 
-#: board name -> platform module (Platform, RING_SIZE, LC_NAME, BITSTREAM,
-#: program_command)
+#: board name -> platform module (Platform, RING_SIZE, ring, LC_NAME,
+#: BITSTREAM, program_command)
 BOARDS = {"icebreaker": icebreaker, "ulx3s": ulx3s}
 
 #: Toolchain defaults: the YoWASP builds, installed from PyPI.
@@ -124,7 +124,9 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
     ``width`` is the engine's data width: only 8, as the UART carries bytes
     and there is no width adapter yet (docs/boards.md, Gaps).
     """
-    from ..hdl.top import BoardTop  # amaranth is only needed when building
+    # amaranth is only needed when building
+    from ..hdl.engine import JournalEngine
+    from ..hdl.top import BoardTop
 
     spec = _check_board(board)
     if width != 8:
@@ -132,7 +134,10 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
                          f"not {width!r}")
     ring_size = spec.RING_SIZE if ring_size is None else ring_size
     build_dir = build_dir if build_dir is not None else Path("build", "boards", board)
-    report = build_design(board, BoardTop(ring_size=ring_size), build_dir)
+    def make_core(clk_hz):
+        return JournalEngine(8, ring_size, clk_hz, site="board", ring=spec.ring)
+
+    report = build_design(board, BoardTop(ring_size=ring_size, make_core=make_core), build_dir)
     if program:
         subprocess.check_call(spec.program_command(str(Path(build_dir).resolve())))
     return report

@@ -10,7 +10,9 @@ import os
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-__all__ = ["Platform", "RING_SIZE", "program_command"]
+from .spram import SPRAMRing
+
+__all__ = ["Platform", "RING_SIZE", "ring", "program_command"]
 
 
 class Platform(ICEBreakerPlatform):
@@ -21,10 +23,14 @@ class Platform(ICEBreakerPlatform):
         self.add_resources(self.break_off_pmod)
 
 
-#: Default ring in bytes. The UP5K has 30 EBRs of 4 kbit (15 KiB); the ring
-#: takes 8 KiB of them and leaves the rest to FIFOs. The four SPRAMs (128 KiB)
-#: need the engine's ring memory to be swappable (docs/boards.md, Gaps).
-RING_SIZE = 8192
+#: Default ring in bytes: all four SPRAMs (128 KiB), leaving the 30 EBRs
+#: (15 KiB) to FIFOs.
+RING_SIZE = 131072
+
+
+def ring(depth):
+    """The engine's ring memory on this board: SPRAM (``JournalEngine(ring=)``)."""
+    return SPRAMRing(depth)
 
 #: nextpnr's name for a logic cell in its utilisation report
 LC_NAME = "ICESTORM_LC"

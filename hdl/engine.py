@@ -13,23 +13,25 @@ Ingress is one byte per clock. A JNLWR's ring placement is decided from the
 header LENGTH before the first body byte, so control data (already stamped
 with SEQ#, TIME, JOFS and its CCRC) and journal data go straight into the
 ring as they arrive; JIPTR moves only when every check has passed, so a NAK
-leaves nothing behind but bytes in free space. The ring memory is a plain
-``lib.memory.Memory`` with one write and one read port that are never used
-at the same time (ingress stalls during read-out): on iCE40 UP5K it maps to
-SPRAM (single port, 16-bit: pair bytes when porting), on ECP5 to block RAM.
+leaves nothing behind but bytes in free space. The ring memory is a
+component passed as ``ring`` (``hdl/ring.py``): one write and one read port
+that are never needed in the same cycle (ingress stalls during read-out),
+so it can be single-port RAM: block RAM by default, SPRAM on the iCE40
+UP5K (``boards/spram.py``).
 """
 
 from amaranth.lib import enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host import protocol
 from . import layouts
+from .compare import ge_const, lt_const
 from .crc import CRC_INIT, crc32c_step
 from .responder import LENGTH_BITS, Responder, Source
+from .ring import RingMemory, ring_signature
 
 __all__ = ["JournalEngine"]
 
@@ -48,6 +50,25 @@ class _After(enum.Enum, shape=2):
     SKIP = 2
 
 
+class _Port:
+    """addr/data/en of one ring port, named as a ``Memory`` port's."""
+
+    def __init__(self, addr, data, en):
+        self.addr, self.data, self.en = addr, data, en
+
+
+class _AckFrom(enum.Enum, shape=3):
+    """Where the SEQ/TIME/JOFS of a staged ACK/NAK come from. The Ack is
+    built from it once, in ANSWER, when the request has taken effect: one
+    multiplexer per field instead of one per place that answers."""
+    ZERO = 0      # NAK: SEQ = TIME = JOFS = 0
+    NAK_X = 1     # NAK NOT_FOUND: SEQ = the request's FROM_SEQ/UPTO
+    RELEASE = 2   # SEQ = UPTO, JOFS = JOPTR (after the release)
+    WRITE = 3     # JNLWR: SEQ = NEXT_SEQ (stepped after), TIME = the stamp, JOFS = the record
+    READ = 4      # JNLRD: SEQ = last sent, JOFS = JOPTR, TAG = records sent
+    LOAD = 5      # SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR (after the load)
+
+
 class JournalEngine(wiring.Component):
     """Journal engine: frames in on ``rx``, answers out on ``tx`` (bytes).
 
@@ -63,10 +84,24 @@ class JournalEngine(wiring.Component):
         SITE answered in HELLO: "sim" or "board".
     timestamp, sequencer : optional factories
         Replace the Timestamp/Sequencer blocks (tests only).
+    ring : optional factory
+        ``ring(ring_size)`` returns the ring memory, a component with the
+        ports of ``hdl/ring.py: ring_signature`` (default ``RingMemory``,
+        block RAM; ``boards/spram.py: SPRAMRing`` on the iCE40 UP5K).
+
+    Ports
+    -----
+    rx : In(stream.Signature(8)), tx : Out(stream.Signature(8))
+        Request and answer bytes.
+    full : Out(1)
+        High from a JNLWR NAKed FULL until the ring next changes (a journal
+        accepted, a RELEASE, a LOAD): for a status LED.
+    nak : Out(1)
+        One-cycle pulse when a NAK frame is started.
     """
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
-                 *, site: str = "sim", timestamp=None, sequencer=None):
+                 *, site: str = "sim", timestamp=None, sequencer=None, ring=None):
         if data_width != 8:
             raise ValueError(f"data_width must be 8 in this version, not {data_width!r}")
         if (not isinstance(ring_size, int) or ring_size < 128
@@ -83,11 +118,22 @@ class JournalEngine(wiring.Component):
             from .timestamp import Timestamp as timestamp
         if sequencer is None:
             from .sequencer import Sequencer as sequencer
+        if ring is None:
+            ring = RingMemory
         self._timestamp = timestamp
         self._sequencer = sequencer
+        # built here so that a ring without the engine's ports is refused now
+        self._ring = ring(ring_size)
+        expected = ring_signature(self.ring_bits)
+        if getattr(self._ring, "signature", None) is None \
+                or self._ring.signature.members != expected.members:
+            raise ValueError(f"ring({ring_size}) must have the ports {expected!r}, "
+                             f"not {getattr(self._ring, 'signature', self._ring)!r}")
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
+            "full": Out(1),
+            "nak": Out(1),
         })
 
     def elaborate(self, platform):
@@ -98,9 +144,9 @@ class JournalEngine(wiring.Component):
         m.submodules.ts = ts = self._timestamp(self.clk_hz)
         m.submodules.seq = seq = self._sequencer()
         m.submodules.resp = resp = Responder(RB)
-        m.submodules.ring = ring = Memory(shape=8, depth=SIZE, init=[])
-        wr = ring.write_port()
-        rd = ring.read_port(transparent_for=())
+        m.submodules.ring = ring = self._ring
+        wr = _Port(ring.w_addr, ring.w_data, ring.w_en)
+        rd = _Port(ring.r_addr, ring.r_data, ring.r_en)
         wiring.connect(m, tx=wiring.flipped(self.tx), resp=resp.tx)
 
         # -- engine state (docs/protocol.md "State") ------------------------
@@ -108,59 +154,80 @@ class JournalEngine(wiring.Component):
         joptr = Signal(RB)
         used = Signal(RB + 1)
         wrap_at = Signal(RB + 1, init=SIZE)
-        tail_seq = Signal(64, init=1)
         last_time = Signal(64)
         epoch = Signal(32)
         acks = Signal(32)
         naks = Signal(32)
         next_seq = seq.value
         empty = used == 0
+        # Records held: at most SIZE/64 (each takes >= 64 bytes), so HELD
+        # fits in RB bits; the same bound narrows every count of records
+        # below (JNLRD, RELEASE). TAIL_SEQ is not a register: it is
+        # NEXT_SEQ - HELD (no 64-bit register, incrementer or comparator).
+        held = Signal(RB)
 
         # -- answer staging ---------------------------------------------------
-        ans = Signal(layouts.Ack)
+        ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
+        ans_from = Signal(_AckFrom)
+        ans_status = Signal(8)
+        ans_req = Signal(8)
+        ans_tag_ctl = Signal()                 # TAG is the journal's control TAG
         ans_type = Signal(8)
         ans_len = Signal(LENGTH_BITS)
         ans_src = Signal(Source)
         ans_base = Signal(RB)
         ans_flags = Signal(16)
         after = Signal(_After)
-        status_now = Signal(64)
 
+        # TIME of the JNLWR being received (max(CLOCK, LAST_TIME), from
+        # ALLOC), or NOW of a STATUS answer (from EXEC)
+        stamp_time = Signal(64)
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
         m.d.comb += [
             status.jiptr.eq(jiptr), status.joptr.eq(joptr), status.ring_size.eq(SIZE),
             status.free.eq(SIZE - used), status.next_seq.eq(next_seq),
-            status.tail_seq.eq(tail_seq), status.now.eq(status_now),
+            status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
             status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
-            status.held.eq(next_seq - tail_seq), status.wrap_at.eq(wrap_at),
+            status.held.eq(held), status.wrap_at.eq(wrap_at),
             hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
-            hello.last_seq.eq(next_seq - 1),
+            hello.last_seq.eq(next_seq),   # the responder subtracts 1
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
             resp.ftype.eq(ans_type), resp.flags.eq(ans_flags), resp.length.eq(ans_len),
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
 
-        def nak(code, req_type, *, tag=0, seq_=0, after_=_After.HEADER):
-            """Stage a NAK; NAKS counts it when it is handed to the responder."""
+        def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER):
+            """Stage a NAK; NAKS counts it when it is handed to the responder.
+            ``tag``: TAG is the journal's (a bool or a 1-bit value);
+            ``seq_x``: SEQ is the request's FROM_SEQ/UPTO."""
             return [
-                ans.eq(0), ans.status.eq(code), ans.req_type.eq(req_type),
-                ans.tag.eq(tag), ans.seq.eq(seq_),
+                ans_status.eq(code), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
+                ans_from.eq(_AckFrom.NAK_X if seq_x else _AckFrom.ZERO),
                 ans_type.eq(FT.NAK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(after_),
             ]
 
-        def ack(req_type, *, seq_=0, time=0, jofs=0, tag=0):
+        def ack(req_type, from_, *, tag=False):
             return [
-                ans.eq(0), ans.seq.eq(seq_), ans.time.eq(time), ans.jofs.eq(jofs),
-                ans.tag.eq(tag), ans.req_type.eq(req_type),
+                ans_status.eq(ST.OK), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
+                ans_from.eq(from_),
                 ans_type.eq(FT.ACK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(_After.HEADER),
             ]
 
         # -- ingress registers -----------------------------------------------
-        win = Signal(128)                      # last 16 bytes, oldest in bits 0..7
+        # One 32-byte shift register, bytes entering at the top: the header
+        # window is its upper 16 bytes (the last 16 header bytes, oldest in
+        # bits 128..135), then body bytes 0..63 shift through it, so that it
+        # holds body bytes 32..63 of a JNLWR (its checked control fields)
+        # or, after ALIGN, bytes 0..31 of a shorter request (requests that
+        # read ``small`` are at most 32 bytes long, checked in EXEC). One
+        # register instead of a window and a capture buffer: flip-flops
+        # with no logic in front cost a logic cell each.
+        small = Signal(32 * 8)
+        win = small[128:]
         hdr = layouts.Header(win)
         hcnt = Signal(range(17))
         hcrc = Signal(32, init=CRC_INIT)
@@ -169,13 +236,13 @@ class JournalEngine(wiring.Component):
         ftype = Signal(8)
         blen = Signal(LENGTH_BITS)
         bcnt = Signal(LENGTH_BITS)
-        skip = Signal(LENGTH_BITS + 1)
-        bcrc = Signal(32, init=CRC_INIT)
-        dcrc = Signal(32, init=CRC_INIT)
+        # ``hcrc`` is the header's HCRC, then (reset at HCHECK) the body's
+        # BCRC; it is reset for the next header in ANSWER. ``ccrc`` is the
+        # CCRC over control bytes 0..59, then the DCRC over bytes 64.. (the
+        # two never run at once: one CRC unit each instead of two).
         ccrc = Signal(32, init=CRC_INIT)
         rx_bcrc = Signal(32)
-        small = Signal(32 * 8)                 # first 32 body bytes of a request
-        ctl = Signal(layouts.Control)          # control bytes 32..63 of a JNLWR
+        ctl = layouts.Control(Cat(Const(0, 256), small))
         hello_bad = Signal()
         nul_seen = Signal()
         # allocation result, fixed before the first body byte
@@ -186,11 +253,16 @@ class JournalEngine(wiring.Component):
         mark_at = Signal(RB)
         alloc_ok = Signal()
         alloc_full = Signal()
-        stamp_time = Signal(64)
 
         byte = self.rx.payload
+        bcnt_next = Signal(LENGTH_BITS)
+        m.d.comb += bcnt_next.eq(bcnt + 1)
+        # positions in the body, as logic rather than carry chains
+        b_lt16, b_lt60, b_lt64 = lt_const(bcnt, 16), lt_const(bcnt, 60), lt_const(bcnt, 64)
         take = self.rx.valid & self.rx.ready
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
+        bcrc = hcrc
+        dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
         magic_ok = hdr.magic == protocol.MAGIC
 
         # ring read port: the responder while it emits, else the walker
@@ -212,19 +284,58 @@ class JournalEngine(wiring.Component):
         # next record: the skipped tail ends at WRAP_AT; SIZE truncates to 0
         walk_next = Mux(walk_sum == wrap_at, 0, walk_sum[:RB])
         m.d.comb += walk_addr.eq(walk_off + _CTL["data_len"][0] + dl_step)
-        rd_from = Signal(64)
-        rd_left = Signal(32)
-        rd_n = Signal(32)
-        rd_seq = Signal(64)
-        rel_upto = Signal(64)
+        rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
+        rd_n = Signal(RB)
+        rd_cnt = Signal(RB)                    # records to skip (JNLRD) or free (RELEASE)
+        rd_n_m1 = Signal(signed(RB + 1))       # records sent by a JNLRD, minus one
+        m.d.comb += rd_n_m1.eq(rd_n - 1)
+        # FROM_SEQ / UPTO of a request, compared once for both
+        x_seq = small[:64]
+        # d = NEXT_SEQ - x with its borrow: x > NEXT_SEQ iff it borrows, and
+        # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
+        # all three comparisons; its low bits are also the record counts
+        # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
+        x_d = Signal(65)
+        m.d.comb += x_d.eq(next_seq - x_seq)
+        x_gt_next = x_d[64]
+        x_ge_next = x_gt_next | (x_d[:64] == 0)
+        x_lt_tail = ~x_gt_next & (x_d[RB:64].any() | (x_d[:RB] > held))
+        x_from_tail = Signal(RB)
+        m.d.comb += x_from_tail.eq(held - x_d[:RB])
         walk_for_release = Signal()
+
+        m.d.sync += self.nak.eq(0)    # a pulse; set in ANSWER below
+
+        # The Ack's fields, read in ANSWER: the request has taken effect then
+        # (NEXT_SEQ stepped or loaded, JOPTR/JIPTR moved, the clock loaded)
+        # and the sources below hold until the next frame's body.
+        ack_seq, ack_time, ack_jofs, ack_tag = (Signal(64), Signal(64), Signal(RB),
+                                                Signal(32))
+        ans_read = Signal()                    # the Ack's SEQ is sent plus n - 1
+        with m.Switch(ans_from):
+            with m.Case(_AckFrom.NAK_X, _AckFrom.RELEASE, _AckFrom.READ):
+                # READ: the last record sent, FROM_SEQ (still in ``small``)
+                # + n - 1, added by the responder as it sends the SEQ
+                m.d.comb += ack_seq.eq(x_seq)
+            with m.Case(_AckFrom.WRITE):
+                # NEXT_SEQ steps in ANSWER, after this is read
+                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
+                             ack_jofs.eq(place)]
+            with m.Case(_AckFrom.LOAD):
+                # stamp_time: the clock after the load, sampled in LOAD_TIME
+                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time), ack_jofs.eq(jiptr)]
+        with m.Switch(ans_from):
+            with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
+                m.d.comb += ack_jofs.eq(joptr)
+        m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n,
+                                   Mux(ans_tag_ctl, ctl.tag, 0)))
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [win.eq(Cat(win[8:], byte)), hcnt.eq(hcnt + 1)]
-                    with m.If(hcnt < 12):
+                    m.d.sync += [small.eq(Cat(small[8:], byte)), hcnt.eq(hcnt + 1)]
+                    with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(crc32c_step(hcrc, byte, 1))
                     with m.If(hcnt == 15):
                         m.next = "HCHECK"
@@ -238,52 +349,66 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += win.eq(Cat(win[8:], byte))
+                    m.d.sync += small.eq(Cat(small[8:], byte))
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + 1)
 
             with m.State("HUNT_CRC"):
-                m.d.sync += [hcrc.eq(crc32c_step(hcrc, win.word_select(kcnt[:4], 8), 1)),
-                             kcnt.eq(kcnt + 1)]
-                with m.If(kcnt == 11):
+                # The window rotates by a byte per cycle, 16 times in all, so
+                # it is back in place at the end; the oldest byte is always
+                # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
+                m.d.sync += [small[128:].eq(Cat(win[8:], win[:8])), kcnt.eq(kcnt + 1)]
+                with m.If(lt_const(kcnt, 12)):
+                    m.d.sync += hcrc.eq(crc32c_step(hcrc, win[:8], 1))
+                with m.If(kcnt == 15):
                     m.next = "HCHECK"
 
             with m.State("HCHECK"):
-                length_ok = hdr.length <= protocol.MAX_BODY
+                length_ok = lt_const(hdr.length, protocol.MAX_BODY + 1)
                 type_ok = Const(0)
                 for t in _KNOWN_TYPES:
                     type_ok = type_ok | (hdr.type == t)
-                m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
-                             hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
-                             bcrc.eq(CRC_INIT), dcrc.eq(CRC_INIT), ccrc.eq(CRC_INIT),
-                             hello_bad.eq(0), nul_seen.eq(0), small.eq(0),
-                             skip.eq(hdr.length[:LENGTH_BITS] + Mux(hdr.length == 0, 0, 4))]
-                with m.If(~magic_ok | ~hdr_crc_ok):
-                    # drop the oldest byte and look for the next MAGIC
-                    m.d.sync += hcnt.eq(15)
-                    with m.If(hunting):
-                        m.next = "HUNT"
-                    with m.Else():
-                        m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
+                header_ok = (magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
+                             & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
+                             & length_ok & type_ok)
+                # A NAK is staged in ``ans`` and ALLOC overwrites
+                # ``stamp_time`` (STATUS NOW); the responder reads them while
+                # it sends (no second copy of the answer), so wait until the
+                # previous answer is out if this frame would change what it
+                # reads. The window holds still. (The HEARTBEAT token is
+                # sent from ``ans``, not from ``small``.)
+                reads_core = ans_src == Source.STATUS
+                with m.If(~resp.busy | (header_ok & ~reads_core)):
+                    m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
+                                 hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
+                                 ccrc.eq(CRC_INIT),
+                                 hello_bad.eq(0), nul_seen.eq(0)]
+                    with m.If(~magic_ok | ~hdr_crc_ok):
+                        # drop the oldest byte and look for the next MAGIC
+                        m.d.sync += hcnt.eq(15)
+                        with m.If(hunting):
+                            m.next = "HUNT"
+                        with m.Else():
+                            m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
+                            m.next = "ANSWER"
+                    with m.Elif((hdr.version != protocol.VERSION)
+                                | (hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
+                                | ~length_ok | ~type_ok):
+                        m.d.sync += nak(ST.BAD_FRAME, hdr.type,
+                                        after_=Mux(length_ok, _After.SKIP, _After.HUNT))
+                        with m.If(~length_ok):
+                            m.d.sync += [hcnt.eq(15), hunting.eq(1)]
+                        with m.Else():
+                            m.d.sync += hunting.eq(0)
                         m.next = "ANSWER"
-                with m.Elif((hdr.version != protocol.VERSION)
-                            | (hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
-                            | ~length_ok | ~type_ok):
-                    m.d.sync += nak(ST.BAD_FRAME, hdr.type,
-                                    after_=Mux(length_ok, _After.SKIP, _After.HUNT))
-                    with m.If(~length_ok):
-                        m.d.sync += [hcnt.eq(15), hunting.eq(1)]
                     with m.Else():
                         m.d.sync += hunting.eq(0)
-                    m.next = "ANSWER"
-                with m.Else():
-                    m.d.sync += hunting.eq(0)
-                    with m.If(hdr.length == 0):
-                        m.next = "EXEC"
-                    with m.Elif(hdr.type == FT.JNLWR):
-                        m.next = "ALLOC"
-                    with m.Else():
-                        m.next = "BODY"
+                        with m.If(hdr.length == 0):
+                            m.next = "EXEC"
+                        with m.Elif(hdr.type == FT.JNLWR):
+                            m.next = "ALLOC"
+                        with m.Else():
+                            m.next = "BODY"
 
             with m.State("ALLOC"):
                 # docs/protocol.md "Allocation", decided from the header
@@ -298,7 +423,7 @@ class JournalEngine(wiring.Component):
                              rewind.eq(rew),
                              alloc_full.eq(0), place.eq(jip),
                              stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))]
-                with m.If((blen >= 64) & (r <= SIZE)):
+                with m.If(ge_const(blen, 64) & lt_const(r, SIZE + 1)):
                     with m.If(r > free):
                         m.d.sync += alloc_full.eq(1)
                     with m.Elif(jip >= jop):
@@ -317,41 +442,37 @@ class JournalEngine(wiring.Component):
             with m.State("BODY"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [bcnt.eq(bcnt + 1), bcrc.eq(crc32c_step(bcrc, byte, 1))]
-                    with m.If(bcnt < 32):
-                        m.d.sync += small.word_select(bcnt[:5], 8).eq(byte)
-                    with m.If((bcnt >= 32) & (bcnt < 64)):
-                        # only the upper half is stored: 256 flip-flops, not 512
-                        m.d.sync += ctl.as_value()[256:].word_select(bcnt[:5], 8).eq(byte)
-                    with m.If(bcnt >= 64):
-                        m.d.sync += dcrc.eq(crc32c_step(dcrc, byte, 1))
+                    m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, byte, 1))]
+                    with m.If(b_lt64):
+                        m.d.sync += small.eq(Cat(small[8:], byte))
                     # HELLO body checks as protocol.Hello.unpack makes them
                     with m.If(bcnt == 0):
-                        m.d.sync += hello_bad.eq((byte == 0) | (byte > max(protocol.Role)))
+                        m.d.sync += hello_bad.eq((byte == 0) | ge_const(byte, max(protocol.Role) + 1))
                     with m.If(bcnt == 1):
                         m.d.sync += hello_bad.eq(hello_bad | (byte != 0))
-                    with m.If(bcnt >= 16):
+                    with m.If(~b_lt16):
                         m.d.sync += [
                             nul_seen.eq(Mux(bcnt == 48, byte == 0, nul_seen | (byte == 0))),
                             hello_bad.eq(hello_bad | byte[7]
                                          | ((byte != 0) & nul_seen & (bcnt != 48))),
                         ]
-                    with m.If(bcnt == blen - 1):
+                    with m.If(bcnt_next == blen):
                         m.next = "TRAILER"
                 # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC)
                 stamped = Signal(8)
-                with m.If(bcnt < 8):
+                with m.If(lt_const(bcnt, 8)):
                     m.d.comb += stamped.eq(next_seq.word_select(bcnt[:3], 8))
-                with m.Elif(bcnt < 16):
+                with m.Elif(b_lt16):
                     m.d.comb += stamped.eq(stamp_time.word_select(bcnt[:3], 8))
-                with m.Elif((bcnt >= 24) & (bcnt < 32)):
+                with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
                     m.d.comb += stamped.eq(Cat(place).as_unsigned().word_select(bcnt[:3], 8))
-                with m.Elif((bcnt >= 60) & (bcnt < 64)):
+                with m.Elif(~b_lt60 & b_lt64):
                     m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[:2], 8))
                 with m.Else():
                     m.d.comb += stamped.eq(byte)
-                with m.If(take & (bcnt < 60)):
-                    m.d.sync += ccrc.eq(crc32c_step(ccrc, stamped, 1))
+                with m.If(take & (b_lt60 | ~b_lt64)):
+                    # CCRC, then from byte 64 on the DCRC (stamped == byte there)
+                    m.d.sync += ccrc.eq(crc32c_step(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, 1))
                 m.d.comb += [
                     wr.addr.eq(place + bcnt),
                     wr.data.eq(stamped),
@@ -363,8 +484,10 @@ class JournalEngine(wiring.Component):
                 with m.If(take):
                     m.d.sync += [rx_bcrc.eq(Cat(rx_bcrc[8:], byte)), kcnt.eq(kcnt + 1)]
                     with m.If(kcnt == 3):
-                        with m.If((ftype == FT.JNLWR) & alloc_ok & (bcnt < rlen)):
+                        with m.If((ftype == FT.JNLWR) & alloc_ok & (bcnt != rlen)):
                             m.next = "PAD"
+                        with m.Elif(lt_const(blen, 32)):
+                            m.next = "ALIGN"
                         with m.Else():
                             m.next = "EXEC"
 
@@ -372,8 +495,14 @@ class JournalEngine(wiring.Component):
                 # zero padding up to R (docs/protocol.md "Records"): the ring
                 # image between JOPTR and JIPTR equals the model's
                 m.d.comb += [wr.addr.eq(place + bcnt), wr.data.eq(0), wr.en.eq(1)]
-                m.d.sync += bcnt.eq(bcnt + 1)
-                with m.If(bcnt == rlen - 1):
+                m.d.sync += bcnt.eq(bcnt_next)
+                with m.If(bcnt_next == rlen):
+                    m.next = "EXEC"
+
+            with m.State("ALIGN"):
+                # shift a body shorter than 32 bytes down to bit 0 of ``small``
+                m.d.sync += [small.eq(Cat(small[8:], Const(0, 8))), bcnt.eq(bcnt_next)]
+                with m.If(bcnt_next == 32):
                     m.next = "EXEC"
 
             with m.State("EXEC"):
@@ -383,12 +512,13 @@ class JournalEngine(wiring.Component):
                 small_jr = layouts.JnlRd(small[:128])
                 small_rel = layouts.Release(small[:64])
                 small_ld = layouts.Load(small)
-                m.d.sync += [kcnt.eq(0), ans_flags.eq(0)]
+                m.d.sync += kcnt.eq(0)
                 with m.If(~resp.busy):
+                    m.d.sync += ans_flags.eq(0)
                     m.next = "ANSWER"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
-                                        tag=Mux((ftype == FT.JNLWR) & (blen >= 64), ctl.tag, 0))
+                                        tag=(ftype == FT.JNLWR) & ge_const(blen, 64))
                     with m.Else():
                         with m.Switch(ftype):
                             with m.Case(FT.JNLWR):
@@ -403,7 +533,9 @@ class JournalEngine(wiring.Component):
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.HEARTBEAT):
                                 with m.If((blen == 0) | (blen == 8)):
+                                    # the token goes out as the Ack's SEQ (x_seq)
                                     m.d.sync += [ans_type.eq(FT.HEARTBEAT), ans_len.eq(blen),
+                                                 ans_from.eq(_AckFrom.NAK_X),
                                                  ans_src.eq(Source.ECHO), after.eq(_After.HEADER)]
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
@@ -411,35 +543,42 @@ class JournalEngine(wiring.Component):
                                 with m.If(blen == 0):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
                                                  ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
-                                                 status_now.eq(ts.now)]
+                                                 stamp_time.eq(ts.now)]
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.RELEASE):
                                 upto = small_rel.upto
                                 with m.If(blen != protocol.Release.SIZE):
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
-                                with m.Elif(upto >= next_seq):
-                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_=upto)
-                                with m.Elif(upto < tail_seq):
-                                    m.d.sync += ack(FT.RELEASE, seq_=upto, jofs=joptr)
+                                with m.Elif(x_ge_next):
+                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
+                                with m.Elif(x_lt_tail):
+                                    m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
                                 with m.Else():
-                                    m.d.sync += [rel_upto.eq(upto), walk_for_release.eq(1),
+                                    m.d.sync += [rd_cnt.eq(x_from_tail),
+                                                 walk_for_release.eq(1),
                                                  walk_off.eq(joptr), dl_step.eq(0)]
                                     m.next = "WALK"
                             with m.Case(FT.LOAD):
                                 self._exec_load(m, locals())
                             with m.Case(FT.JNLRD):
                                 frm = small_jr.from_seq
-                                avail = next_seq - frm
+                                avail = Signal(RB)
+                                m.d.comb += avail.eq(x_d[:RB])
+                                count = small_jr.count
+                                count_lt = (count[:RB] < avail)
+                                if RB < len(count):
+                                    count_lt &= count[RB:] == 0
                                 with m.If((blen != protocol.JnlRd.SIZE)
                                           | (small_jr.reserved != 0)):
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
-                                with m.Elif((frm < tail_seq) | (frm > next_seq)):
-                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_=frm)
+                                with m.Elif(x_lt_tail | x_gt_next):
+                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
                                 with m.Else():
-                                    n = Mux(small_jr.count < avail, small_jr.count, avail)
-                                    m.d.sync += [rd_from.eq(frm), rd_left.eq(n), rd_n.eq(n),
-                                                 rd_seq.eq(tail_seq), walk_off.eq(joptr),
+                                    n = Mux(count_lt, count[:RB], avail)
+                                    m.d.sync += [rd_left.eq(n), rd_n.eq(n),
+                                                 rd_cnt.eq(x_from_tail),
+                                                 walk_off.eq(joptr),
                                                  walk_for_release.eq(0), dl_step.eq(0)]
                                     m.next = "READ_SEEK"
 
@@ -454,14 +593,29 @@ class JournalEngine(wiring.Component):
                 with m.If(kcnt == 63):
                     m.next = "ANSWER"
 
+            with m.State("LOAD_TIME"):
+                # the LOAD's ACK TIME: the clock the cycle after the load
+                m.d.sync += stamp_time.eq(ts.now)
+                m.next = "ANSWER"
+
             with m.State("ANSWER"):
                 with m.If(~resp.busy):
                     m.d.comb += resp.start.eq(1)
-                    m.d.sync += [bcnt.eq(0), kcnt.eq(0)]
+                    m.d.sync += [bcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT),
+                                 ans.seq.eq(ack_seq), ans.time.eq(ack_time),
+                                 ans.jofs.eq(ack_jofs), ans.tag.eq(ack_tag),
+                                 ans.status.eq(ans_status), ans.req_type.eq(ans_req),
+                                 ans_read.eq(ans_from == _AckFrom.READ)]
                     # counted here, not where the NAK is decided: a STATUS_RESP
                     # still being sent must show the NAKS of its own moment
                     with m.If(ans_type == FT.NAK):
                         m.d.sync += naks.eq(naks + 1)
+                    m.d.sync += self.nak.eq(ans_type == FT.NAK)
+                    # an accepted JNLWR takes its SEQ# here, as its ACK is
+                    # built (ACK SEQ = NEXT_SEQ, no 64-bit decrementer)
+                    with m.If((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)):
+                        m.d.comb += seq.step.eq(1)
+                        m.d.sync += held.eq(held + 1)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
                             m.next = "HEADER"
@@ -471,13 +625,18 @@ class JournalEngine(wiring.Component):
                             m.next = "SKIP"
 
             with m.State("SKIP"):
-                m.d.comb += self.rx.ready.eq(skip != 0)
-                with m.If(skip == 0):
+                # drop the body (``bcnt`` up to LENGTH, from 0 after ANSWER)
+                # and then its 4 BCRC bytes (``kcnt``): no counter of its own
+                m.d.comb += self.rx.ready.eq(blen != 0)
+                with m.If(blen == 0):
                     m.next = "HEADER"
                 with m.Elif(take):
-                    m.d.sync += skip.eq(skip - 1)
-                    with m.If(skip == 1):
-                        m.next = "HEADER"
+                    with m.If(bcnt != blen):
+                        m.d.sync += bcnt.eq(bcnt_next)
+                    with m.Else():
+                        m.d.sync += kcnt.eq(kcnt + 1)
+                        with m.If(kcnt == 3):
+                            m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
             with m.State("WALK"):
@@ -497,20 +656,22 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [
                     joptr.eq(walk_next), walk_off.eq(walk_next),
                     used.eq(used - walk_r - Mux(at_wrap, SIZE - wrap_at, 0)),
-                    tail_seq.eq(tail_seq + 1),
+                    held.eq(held - 1),
+                    self.full.eq(0),
                 ]
                 with m.If(at_wrap):
                     m.d.sync += wrap_at.eq(SIZE)
-                with m.If(tail_seq == rel_upto):
-                    m.d.sync += ack(FT.RELEASE, seq_=rel_upto, jofs=walk_next)
+                with m.If(rd_cnt == 0):
+                    m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
                     m.next = "ANSWER"
                 with m.Else():
+                    m.d.sync += rd_cnt.eq(rd_cnt - 1)
                     m.next = "WALK"
 
             with m.State("READ_SEEK"):
-                with m.If(rd_seq == rd_from):
+                with m.If(rd_cnt == 0):
                     with m.If(rd_left == 0):
-                        m.d.sync += ack(FT.JNLRD, seq_=rd_from - 1, jofs=joptr, tag=rd_n)
+                        m.d.sync += ack(FT.JNLRD, _AckFrom.READ)
                         m.next = "ANSWER"
                     with m.Else():
                         m.next = "WALK"
@@ -519,15 +680,16 @@ class JournalEngine(wiring.Component):
 
             with m.State("READ_STEP"):
                 # either skip a record below FROM_SEQ or emit it
-                m.d.sync += [walk_off.eq(walk_next), rd_seq.eq(rd_seq + 1)]
-                with m.If(rd_seq == rd_from):
+                m.d.sync += walk_off.eq(walk_next)
+                with m.If(rd_cnt == 0):
                     m.d.sync += [ans_type.eq(FT.JNLWR),
-                                 ans_flags.eq(Mux(rd_left > 1, int(protocol.FrameFlag.MORE), 0)),
+                                 ans_flags.eq(Mux(ge_const(rd_left, 2), int(protocol.FrameFlag.MORE), 0)),
                                  ans_len.eq(dl[:LENGTH_BITS] + 64), ans_src.eq(Source.RING),
                                  ans_base.eq(walk_off),
-                                 rd_from.eq(rd_from + 1), rd_left.eq(rd_left - 1)]
+                                 rd_left.eq(rd_left - 1)]
                     m.next = "READ_START"
                 with m.Else():
+                    m.d.sync += rd_cnt.eq(rd_cnt - 1)
                     m.next = "READ_SEEK"
 
             with m.State("READ_START"):
@@ -540,7 +702,10 @@ class JournalEngine(wiring.Component):
                     m.next = "READ_SEEK"
 
         m.d.comb += [
-            resp.echo.eq(small[:64]),
+            resp.echo.eq(ans.seq),
+            # rd_n holds while the Ack is sent (it changes only in EXEC,
+            # which waits for the responder)
+            resp.ack_add.eq(Mux(ans_read, rd_n_m1, 0)),
         ]
         return m
 
@@ -551,26 +716,25 @@ class JournalEngine(wiring.Component):
         SIZE = self.ring_size
         kind = ctl.kind
         dlen = ctl.data_len
-        tag = ctl.tag
         K = protocol.Kind
-        kind_ok = (kind >= K.UPDATE) & (kind <= K.MARK)
+        kind_ok = ge_const(kind, K.UPDATE) & lt_const(kind, K.MARK + 1)
         rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
-        with m.If(blen < 64):
+        with m.If(lt_const(blen, 64)):
             m.d.sync += nak(ST.BAD_LENGTH, FT.JNLWR)
         with m.Elif(~kind_ok):
-            m.d.sync += nak(ST.BAD_KIND, FT.JNLWR, tag=tag)
+            m.d.sync += nak(ST.BAD_KIND, FT.JNLWR, tag=True)
         with m.Elif((dlen != blen - 64) | ~rules_ok):
-            m.d.sync += nak(ST.BAD_LENGTH, FT.JNLWR, tag=tag)
+            m.d.sync += nak(ST.BAD_LENGTH, FT.JNLWR, tag=True)
         with m.Elif(ctl.epoch != epoch):
-            m.d.sync += nak(ST.STALE_EPOCH, FT.JNLWR, tag=tag)
+            m.d.sync += nak(ST.STALE_EPOCH, FT.JNLWR, tag=True)
         with m.Elif(ctl.data_crc != (dcrc ^ CRC_INIT)):
-            m.d.sync += nak(ST.BAD_DCRC, FT.JNLWR, tag=tag)
+            m.d.sync += nak(ST.BAD_DCRC, FT.JNLWR, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
-            m.d.sync += nak(ST.OVERSIZE, FT.JNLWR, tag=tag)
+            m.d.sync += nak(ST.OVERSIZE, FT.JNLWR, tag=True)
         with m.Elif(v["alloc_full"] | (v["next_seq"] == (1 << 64) - 1)):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
-            m.d.sync += nak(ST.FULL, FT.JNLWR, tag=tag)
+            m.d.sync += [nak(ST.FULL, FT.JNLWR, tag=True), self.full.eq(1)]
         with m.Else():
             # commit: the record is already in the ring
             place, rlen, wrap, mark_at = v["place"], v["rlen"], v["wrap"], v["mark_at"]
@@ -581,9 +745,9 @@ class JournalEngine(wiring.Component):
                 v["used"].eq(base_used + rlen + Mux(wrap, SIZE - mark_at, 0)),
                 v["last_time"].eq(v["stamp_time"]),
                 v["acks"].eq(v["acks"] + 1),
-                v["ack"](FT.JNLWR, seq_=v["next_seq"], time=v["stamp_time"], jofs=place, tag=tag),
+                self.full.eq(0),
+                v["ack"](FT.JNLWR, _AckFrom.WRITE, tag=True),
             ]
-            m.d.comb += v["seq"].step.eq(1)
             with m.If(v["rewind"]):
                 m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(SIZE)]
             with m.If(wrap):
@@ -597,26 +761,24 @@ class JournalEngine(wiring.Component):
         fl = ld.flags
         SIZE = self.ring_size
         seq, ts = v["seq"], v["ts"]
-        empty_after = (fl & L.CLEAR).any() | (v["next_seq"] == v["tail_seq"])
+        empty_after = (fl & L.CLEAR).any() | (v["held"] == 0)
         with m.If((blen != protocol.Load.SIZE) | (fl & ~_LOAD_FLAGS).any()):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
         with m.Elif((fl & L.SEQ).any() & (ld.seq == 0)):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((fl & L.PTR).any() & ((ld.ptr[:6] != 0) | (ld.ptr >= SIZE))):
+        with m.Elif((fl & L.PTR).any() & ((ld.ptr[:6] != 0) | ge_const(ld.ptr, SIZE))):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
         with m.Elif((fl & (L.SEQ | L.PTR)).any() & ~empty_after):
             m.d.sync += nak(ST.NOT_EMPTY, FT.LOAD)
         with m.Else():
-            new_seq = Mux((fl & L.SEQ).any(), ld.seq, v["next_seq"])
-            new_jiptr = Mux((fl & L.PTR).any(), ld.ptr[:self.ring_bits],
-                            Mux((fl & L.CLEAR).any(), 0, v["jiptr"]))
-            clock = Mux((fl & L.TIME).any(), ld.time, ts.now)
+            # the ACK (SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR) is read
+            # from the state after the load, in ANSWER
             with m.If((fl & L.CLEAR).any()):
                 m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
-                             v["wrap_at"].eq(SIZE), v["tail_seq"].eq(v["next_seq"])]
+                             v["wrap_at"].eq(SIZE), v["held"].eq(0)]
             with m.If((fl & L.SEQ).any()):
                 m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
-                m.d.sync += v["tail_seq"].eq(ld.seq)
+                # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked above)
             with m.If((fl & L.PTR).any()):
                 m.d.sync += [v["jiptr"].eq(ld.ptr), v["joptr"].eq(ld.ptr),
                              v["wrap_at"].eq(SIZE)]
@@ -625,4 +787,6 @@ class JournalEngine(wiring.Component):
                              ts.freeze.eq((fl & L.FREEZE).any())]
             with m.If((fl & L.EPOCH).any()):
                 m.d.sync += v["epoch"].eq(ld.epoch)
-            m.d.sync += ack(FT.LOAD, seq_=new_seq, time=clock, jofs=new_jiptr)
+            m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD),
+                         self.full.eq(0)]
+            m.next = "LOAD_TIME"

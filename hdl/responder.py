@@ -3,7 +3,12 @@
 The engine core hands the responder a frame description (TYPE, FLAGS,
 LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
-and BCRC on the fly, so no answer is ever buffered. For journal read-out
+and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
+is latched either: the engine holds the description, its ``Ack`` (which
+also carries a HEARTBEAT token) and the status views still until ``busy``
+falls. Three SEQ fields are sums the responder adds a byte at a time as it
+sends them (TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine
+needs no 64-bit adder or register for them. For journal read-out
 (``Source.RING``) the body is read from ring memory one byte ahead of the
 stream (the read port is enabled only when a byte is taken, so backpressure
 holds the data) and the control data's CCRC is recomputed on the way out
@@ -12,12 +17,13 @@ holds the data) and the control data's CCRC is recomputed on the way out
 
 from amaranth.lib import enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..host import protocol
 from . import layouts
+from .compare import lt_const
 from .crc import CRC_INIT, crc32c_step
 
 __all__ = ["Source", "Responder", "LENGTH_BITS"]
@@ -28,7 +34,7 @@ LENGTH_BITS = protocol.MAX_BODY.bit_length()
 
 class Source(enum.Enum, shape=3):
     """Where the body of an answer frame comes from."""
-    ACK = 0       # the Ack latched at start
+    ACK = 0       # the engine's staged Ack (held still while it is sent)
     STATUS = 1    # the engine's status view (the engine holds still meanwhile)
     HELLO = 2     # the engine's HELLO view
     ECHO = 3      # the 8-byte HEARTBEAT token
@@ -63,10 +69,14 @@ class Responder(wiring.Component):
             "length": In(LENGTH_BITS),
             "source": In(Source),
             "base": In(ring_bits),
-            "ack": In(layouts.Ack),
+            "ack": In(layouts.Ack),   # read while busy: the engine holds it
             "status": In(layouts.EngineStatus),
+            # STATUS TAIL_SEQ and HELLO LAST_SEQ carry NEXT_SEQ: the
+            # responder sends NEXT_SEQ - HELD and NEXT_SEQ - 1
             "hello": In(layouts.Hello),
-            "echo": In(64),           # latched at start, like ack
+            "echo": In(64),           # unused: a HEARTBEAT token is sent from ``ack``
+            # added to the Ack's SEQ as it is sent (JNLRD: n - 1), held while busy
+            "ack_add": In(signed(ring_bits + 1)),
             "busy": Out(1),
             # ring read port, owned by the responder while busy
             "rd_addr": Out(ring_bits),
@@ -79,14 +89,16 @@ class Responder(wiring.Component):
 
         phase = Signal(_Phase)
         idx = Signal(LENGTH_BITS)
-        head = Signal(96)              # MAGIC..LENGTH, latched at start
-        length = Signal(LENGTH_BITS)
-        source = Signal(Source)
-        base = Signal(self.ring_bits)
-        ack = Signal(layouts.Ack)
-        echo = Signal(64)
-        crc_h = Signal(32, init=CRC_INIT)   # HCRC, then CCRC of a read-out
-        crc_b = Signal(32, init=CRC_INIT)   # BCRC
+        # The frame description is read while busy, not latched: the engine
+        # holds it still until ``busy`` falls (one copy of it, not two).
+        head = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8),
+                   self.ftype, self.flags, self.length, Const(0, 32 - LENGTH_BITS))
+        length, source, base = self.length, self.source, self.base
+        # One CRC unit: HCRC over the header, then BCRC over the body. The
+        # CCRC of a read-out is the CRC of body bytes 0..59, i.e. the BCRC
+        # after byte 59: a latch, not a second unit.
+        crc = Signal(32, init=CRC_INIT)
+        ccrc = Signal(32)
 
         m.d.comb += self.busy.eq(phase != _Phase.IDLE)
 
@@ -94,68 +106,99 @@ class Responder(wiring.Component):
             m.d.sync += [
                 phase.eq(_Phase.HEAD),
                 idx.eq(0),
-                head.eq(Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8),
-                            self.ftype, self.flags, self.length, Const(0, 32 - LENGTH_BITS))),
-                length.eq(self.length),
-                source.eq(self.source),
-                base.eq(self.base),
-                ack.eq(self.ack),
-                echo.eq(self.echo),
-                crc_h.eq(CRC_INIT),
-                crc_b.eq(CRC_INIT),
+                crc.eq(CRC_INIT),
             ]
 
+        take = self.tx.valid & self.tx.ready
         # The byte at the current position.
         byte = Signal(8)
-        ccrc_pos = (source == Source.RING) & (idx >= 60) & (idx < 64)
+        crc_next = crc32c_step(crc, byte, 1)
+        idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
+        idx_next = Signal(LENGTH_BITS)
+        m.d.comb += idx_next.eq(idx + 1)
+        ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
+        # Answers from registers (ACK, STATUS, HELLO, ECHO) are read as one
+        # 64-bit word mux on (source, idx[3:7]) and then one 8-way byte mux:
+        # most words are narrow or constant, so this is far smaller than a
+        # byte mux over each 80-byte view (Yosys does not find it itself).
+        word = Signal(64)
+        # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
+        views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
+                 (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
+        with m.Switch(Cat(idx[3:7], source)):
+            for srcs, view in views.items():
+                for w in range((len(view) + 63) // 64):
+                    with m.Case(*[w | (src.value << 4) for src in srcs]):
+                        m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
+        word_byte = word.word_select(idx[:3], 8)
+        # Three SEQ words are sums, added here a byte at a time with a carry
+        # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
+        # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
+        # NEXT_SEQ - HELD (x + ~HELD + 1), the Ack's SEQ (bytes 0..7) = its
+        # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ.
+        hello_seq = (source == Source.HELLO) & (idx[3:7] == 1)
+        tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
+        ack_seq = (source == Source.ACK) & (idx[3:7] == 0)
+        sub_seq = hello_seq | tail_seq | ack_seq
+        add_byte = Signal(8)
+        with m.If(hello_seq):
+            m.d.comb += add_byte.eq(0xFF)
+        with m.Elif(tail_seq):
+            m.d.comb += add_byte.eq(~Cat(self.status.held, Const(0, 32)).word_select(idx[:3], 8))
+        with m.Elif(ack_seq):
+            sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
+            m.d.comb += add_byte.eq(sext.word_select(idx[:3], 8))
+        carry = Signal()
+        diff = Signal(9)
+        m.d.comb += diff.eq(word_byte + add_byte + carry)
+        with m.If(take & sub_seq):
+            m.d.sync += carry.eq(diff[8])
+        with m.Elif(take):
+            # the carry entering the next word's first byte: 1 for TAIL_SEQ
+            m.d.sync += carry.eq(source == Source.STATUS)
+
         with m.Switch(phase):
             with m.Case(_Phase.HEAD):
-                m.d.comb += byte.eq(Mux(idx < 12, head.word_select(idx[:4], 8),
-                                        (crc_h ^ CRC_INIT).word_select(idx[:2], 8)))
+                m.d.comb += byte.eq(Mux(idx_lt12, head.word_select(idx[:4], 8),
+                                        (crc ^ CRC_INIT).word_select(idx[:2], 8)))
             with m.Case(_Phase.BODY):
-                with m.Switch(source):
-                    with m.Case(Source.ACK):
-                        m.d.comb += byte.eq(ack.as_value().word_select(idx[:5], 8))
-                    with m.Case(Source.STATUS):
-                        m.d.comb += byte.eq(self.status.as_value().word_select(idx[:7], 8))
-                    with m.Case(Source.HELLO):
-                        m.d.comb += byte.eq(self.hello.as_value().word_select(idx[:7], 8))
-                    with m.Case(Source.ECHO):
-                        m.d.comb += byte.eq(echo.word_select(idx[:3], 8))
-                    with m.Case(Source.RING):
-                        m.d.comb += byte.eq(Mux(ccrc_pos,
-                                                (crc_h ^ CRC_INIT).word_select(idx[:2], 8),
-                                                self.rd_data))
+                with m.If(source == Source.RING):
+                    m.d.comb += byte.eq(Mux(ccrc_pos,
+                                            (ccrc ^ CRC_INIT).word_select(idx[:2], 8),
+                                            self.rd_data))
+                with m.Elif(sub_seq):
+                    m.d.comb += byte.eq(diff[:8])
+                with m.Else():
+                    m.d.comb += byte.eq(word_byte)
             with m.Case(_Phase.TRAILER):
-                m.d.comb += byte.eq((crc_b ^ CRC_INIT).word_select(idx[:2], 8))
+                m.d.comb += byte.eq((crc ^ CRC_INIT).word_select(idx[:2], 8))
 
         m.d.comb += [
             self.tx.valid.eq(phase != _Phase.IDLE),
             self.tx.payload.eq(byte),
         ]
-        take = self.tx.valid & self.tx.ready
 
         # Ring prefetch: when a byte is taken, read the body byte shown next.
-        next_body = Mux(phase == _Phase.BODY, idx + 1, 0)
+        next_body = Mux(phase == _Phase.BODY, idx_next, 0)
         m.d.comb += [
             self.rd_addr.eq(base + next_body),
             self.rd_en.eq(take),
         ]
 
         with m.If(take):
-            m.d.sync += idx.eq(idx + 1)
+            m.d.sync += idx.eq(idx_next)
             with m.Switch(phase):
                 with m.Case(_Phase.HEAD):
-                    with m.If(idx < 12):
-                        m.d.sync += crc_h.eq(crc32c_step(crc_h, byte, 1))
+                    with m.If(idx_lt12):
+                        m.d.sync += crc.eq(crc_next)
                     with m.If(idx == 15):
-                        m.d.sync += [idx.eq(0), crc_h.eq(CRC_INIT)]
+                        m.d.sync += [idx.eq(0), crc.eq(CRC_INIT)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
-                    m.d.sync += crc_b.eq(crc32c_step(crc_b, byte, 1))
-                    with m.If(idx < 60):
-                        m.d.sync += crc_h.eq(crc32c_step(crc_h, byte, 1))
-                    with m.If(idx == length - 1):
+                    m.d.sync += crc.eq(crc_next)
+                    with m.If(idx == 59):
+                        m.d.sync += ccrc.eq(crc_next)
+                    with m.If(idx_next == length):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
                 with m.Case(_Phase.TRAILER):
                     with m.If(idx == 3):

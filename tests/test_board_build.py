@@ -149,13 +149,23 @@ def test_build_rejects_bad_parameters():
         board_build.build("icebreaker", width=32)
 
 
+def test_icebreaker_bitstream():
+    """Synthesize, place and route the iCEBreaker (iCE40 UP5K) top with its
+    128 KiB SPRAM ring; nextpnr's report must show a design that fits the
+    UP5K's 5280 LCs and meets the board's 12 MHz clock."""
+    out = REPO / "build" / "test" / "icebreaker"
+    report = board_build.build("icebreaker", build_dir=out)
+    print(report.summary())
+    assert 0 < report.lc_used <= report.lc_available == 5280
+    assert report.fmax_mhz >= report.clk_mhz == 12.0
+    assert report.bitstream.stat().st_size > 100_000
+    assert report.utilization["ICESTORM_SPRAM"]["used"] == 4
+    (out / "summary.txt").write_text(report.summary() + "\n")
+
+
 def test_ulx3s_bitstream():
     """Synthesize, place and route the ULX3S (ECP5 85F) top; nextpnr's report
-    must show a design that fits and meets the board's 25 MHz clock.
-
-    The iCEBreaker (UP5K) top does not fit yet (docs/boards.md): its build is
-    `tricopy board build --board icebreaker`, outside the suite until it does.
-    """
+    must show a design that fits and meets the board's 25 MHz clock."""
     out = REPO / "build" / "test" / "ulx3s"
     report = board_build.build("ulx3s", build_dir=out)
     print(report.summary())

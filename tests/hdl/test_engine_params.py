@@ -20,3 +20,32 @@ def test_good_parameters():
     e = JournalEngine(8, 128, 12_000_000, site="board")
     assert (e.ring_bits, e.site) == (7, "board")
     assert e.rx.payload.shape().width == 8
+
+
+def test_ring_factory_ports_checked():
+    """A ring factory whose component lacks the ring ports is refused,
+    naming what it got."""
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Narrow(wiring.Component):
+        w_addr: In(4)
+        w_data: In(8)
+        w_en: In(1)
+        r_addr: In(4)
+        r_data: Out(8)
+        r_en: In(1)
+
+        def __init__(self, depth):
+            super().__init__()
+
+        def elaborate(self, platform):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match=r"ring\(128\) must have the ports.*In\(4\)"):
+        JournalEngine(8, 128, ring=Narrow)
+
+
+def test_status_ports():
+    e = JournalEngine(8, 256)
+    assert (e.full.shape().width, e.nak.shape().width) == (1, 1)

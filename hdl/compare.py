@@ -1,0 +1,39 @@
+"""Comparisons with constants as plain logic.
+
+Yosys maps ``x < 60`` on a 23-bit ``x`` to a 23-cell carry chain on the
+iCE40 (one logic cell per bit). The engine compares its byte counters with
+small constants in many places, so these helpers spell the comparison out
+as equalities on the upper bits, which synthesize to a few LUTs.
+"""
+
+from functools import reduce
+
+from amaranth.hdl import Const, Value
+
+__all__ = ["lt_const", "ge_const"]
+
+
+def lt_const(x, k: int) -> Value:
+    """``x < k`` for an unsigned value ``x`` and an integer constant ``k``."""
+    x = Value.cast(x)
+    if not isinstance(k, int):
+        raise TypeError(f"k must be an integer constant, not {k!r}")
+    n = len(x)
+    if k <= 0:
+        return Const(0, 1)
+    if k >= 1 << n:
+        return Const(1, 1)
+    # x < k iff, at some bit i where k has a 1, x has a 0 and the bits above
+    # i are equal to k's
+    terms = []
+    for i in range(n):
+        if (k >> i) & 1:
+            above = x[i + 1:]
+            same = (above == (k >> (i + 1))) if len(above) else Const(1, 1)
+            terms.append(~x[i] & same)
+    return reduce(lambda a, b: a | b, terms)
+
+
+def ge_const(x, k: int) -> Value:
+    """``x >= k`` for an unsigned value ``x`` and an integer constant ``k``."""
+    return ~lt_const(x, k)
