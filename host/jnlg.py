@@ -127,6 +127,10 @@ class JnlgTable:
             cls._open[path] = cls.load(path)
         return cls._open[path]
 
+    def to_json(self, site: str) -> dict:
+        """The ``jnlg`` control command's answer: this site's table."""
+        return {"site": site, "groups": [e.to_json() for e in self.entries.values()]}
+
     @classmethod
     def load(cls, path: Path) -> "JnlgTable":
         entries: dict[int, JnlgEntry] = {}

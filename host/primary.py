@@ -589,8 +589,7 @@ class Primary:
         return {"data": base64.b64encode(vol.read(int(req["offset"]), int(req["length"]))).decode()}
 
     async def _jnlg(self, req: dict) -> dict:
-        table = JnlgTable.for_site(self.cfg.state_dir)
-        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+        return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
     def _named(self, grname: str) -> MasterGroup:
         for g in self.groups.values():

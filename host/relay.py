@@ -451,8 +451,7 @@ class Relay:
                                       "pair_set": self._pair_set})
 
     async def _jnlg(self, req: dict) -> dict:
-        table = JnlgTable.for_site(self.cfg.state_dir)
-        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+        return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
     async def _pair_set(self, req: dict) -> dict:
         for g in self.groups.values():

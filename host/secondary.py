@@ -298,8 +298,7 @@ class Secondary:
         raise ControlError(f"no RESTORE group named {grname!r} at the secondary")
 
     async def _jnlg(self, req: dict) -> dict:
-        table = JnlgTable.for_site(self.cfg.state_dir)
-        return {"site": self.cfg.site, "groups": [e.to_json() for e in table.entries.values()]}
+        return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
     async def _pair_set(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
