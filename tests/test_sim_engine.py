@@ -26,8 +26,8 @@ import pytest
 
 from tricopy.host import protocol as P
 from tricopy.host.engine.base import EngineError, EngineNak, ModelEngine, open_engine
-from tricopy.host.engine.model import EngineModel
-from tricopy.host.protocol import FrameType as T, LoadFlag as LF
+from tricopy.host.engine.model import EngineModel, with_site
+from tricopy.host.protocol import LoadFlag as LF
 from tricopy.sim.bridge import SimEngine, SimHarness
 from tricopy.sim.build import SimBuildError, harness_path
 
@@ -38,16 +38,6 @@ T0 = 1_700_000_000_000_000_000
 
 
 # -- the vectors, byte for byte --------------------------------------------------
-
-def _as_sim(raw: bytes) -> bytes:
-    """Expected bytes with every HELLO answer's SITE set to "sim" (BCRC follows)."""
-    out = bytearray()
-    for f in P.FrameParser().feed(raw):
-        if f.type == T.HELLO:
-            h = P.Hello.unpack(f.body)
-            f = P.Hello(h.role, h.group, h.epoch, h.last_seq, h.grname, "sim").frame()
-        out += f.serialize()
-    return bytes(out)
 
 
 def _recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
@@ -77,7 +67,7 @@ def test_vectors_over_tcp():
                 for i, step in enumerate(sc["steps"]):
                     want = bytes.fromhex(step["out"])
                     if step.get("site"):
-                        want = _as_sim(want)
+                        want = with_site(want, "sim")
                     sock.sendall(bytes.fromhex(step["in"]))
                     got = _recv_exactly(sock, len(want))
                     assert got == want, f"{name} step {i}: got {got.hex()}, want {want.hex()}"

@@ -26,7 +26,7 @@ from tricopy.host.protocol import (
     Kind, LoadFlag, Status,
 )
 
-__all__ = ["EngineModel", "EngineStream", "WRAP_MARKER"]
+__all__ = ["EngineModel", "EngineStream", "WRAP_MARKER", "with_site"]
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -409,3 +409,16 @@ class EngineStream:
                 self._hunting = False
                 return True
             del buf[:1]
+
+
+def with_site(answers: bytes, site: str) -> bytes:
+    """``answers`` with every HELLO's SITE set to ``site``: the one field that
+    differs between backends (docs/protocol.md, "HELLO, HEARTBEAT"), so the
+    model's bytes can be compared with the sim's or a board's."""
+    out = bytearray()
+    for frame in protocol.FrameParser().feed(answers):
+        if frame.type == FrameType.HELLO:
+            h = protocol.Hello.unpack(frame.body)
+            frame = protocol.Hello(h.role, h.group, h.epoch, h.last_seq, h.grname, site).frame()
+        out += frame.serialize()
+    return bytes(out)

@@ -24,7 +24,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import Event, FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
 from tricopy.host import protocol as P
-from tricopy.host.engine.model import EngineModel, EngineStream
+from tricopy.host.engine.model import EngineModel, EngineStream, with_site
 from tricopy.host.protocol import Frame, FrameType as T, LoadFlag as LF
 
 T0 = 1_700_000_000_000_000_000
@@ -185,17 +185,6 @@ def load(flags, seq=0, time_=0, epoch=0) -> bytes:
 FREEZE = load(LF.TIME | LF.FREEZE, time_=T0)
 
 
-def _sim_site(raw: bytes) -> bytes:
-    """The expected bytes with HELLO answers' SITE set to this backend's name."""
-    out = bytearray()
-    for f in P.FrameParser().feed(raw):
-        if f.type == T.HELLO:
-            h = P.Hello.unpack(f.body)
-            f = P.Hello(h.role, h.group, h.epoch, h.last_seq, h.grname, "sim").frame()
-        out += f.serialize()
-    return bytes(out)
-
-
 # -- stimulus -------------------------------------------------------------------
 
 class Stimulus:
@@ -302,7 +291,7 @@ async def test_vectors(dut):
         for step in sc["steps"]:
             want = bytes.fromhex(step["out"])
             if step.get("site"):
-                want = _sim_site(want)
+                want = with_site(want, "sim")
             tb.queue(bytes.fromhex(step["in"]), want)
             await tb.settle()
         ran += 1
