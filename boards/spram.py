@@ -11,9 +11,9 @@ timing, so one testbench covers both.
 
 from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 from amaranth.vendor import SiliconBluePlatform
+
+from tricopy.hdl.ring import RingMemory, ring_signature
 
 __all__ = ["SPRAMRing", "SPRAM_BYTES"]
 
@@ -54,10 +54,7 @@ class SPRAMRing(wiring.Component):
         self.depth = depth
         self.primitive = primitive
         self.addr_bits = depth.bit_length() - 1
-        super().__init__({
-            "w_addr": In(self.addr_bits), "w_data": In(8), "w_en": In(1),
-            "r_addr": In(self.addr_bits), "r_data": Out(8), "r_en": In(1),
-        })
+        super().__init__(ring_signature(self.addr_bits))
 
     def elaborate(self, platform):
         # Only the UP5K family member has SPRAM; others get the model (EBR).
@@ -67,15 +64,10 @@ class SPRAMRing(wiring.Component):
         return self._model()
 
     def _model(self):
+        # Same contract as the engine's default ring: reuse it (block RAM).
         m = Module()
-        m.submodules.mem = mem = Memory(shape=8, depth=self.depth, init=[])
-        wr = mem.write_port()
-        rd = mem.read_port(transparent_for=())
-        m.d.comb += [
-            wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en),
-            rd.addr.eq(self.r_addr), rd.en.eq(self.r_en & ~self.w_en),
-            self.r_data.eq(rd.data),
-        ]
+        m.submodules.ring = ring = RingMemory(self.depth)
+        wiring.connect(m, wiring.flipped(self), ring)
         return m
 
     def _spram(self):
