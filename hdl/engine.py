@@ -30,6 +30,7 @@ from ..host import protocol
 from . import layouts
 from .compare import ge_const, lt_const
 from .crc import CRC_INIT, crc32c_step
+from .lanes import crc32c_lanes, lane_mask
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 
@@ -102,14 +103,17 @@ class JournalEngine(wiring.Component):
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
                  *, site: str = "sim", timestamp=None, sequencer=None, ring=None):
-        if data_width != 8:
-            raise ValueError(f"data_width must be 8 in this version, not {data_width!r}")
+        if data_width not in (8, 32):
+            raise ValueError(f"data_width must be 8 or 32, not {data_width!r}")
         if (not isinstance(ring_size, int) or ring_size < 128
                 or ring_size & (ring_size - 1)):
             raise ValueError(f"ring_size must be a power of two >= 128, not {ring_size!r}")
         if site not in ("sim", "board"):
             raise ValueError(f"site must be 'sim' or 'board', not {site!r}")
         self.data_width = data_width
+        #: bytes per beat, and its log2: ring words and frame beats are W bytes
+        self.W = data_width // 8
+        self.LW = self.W.bit_length() - 1
         self.ring_size = ring_size
         self.ring_bits = ring_size.bit_length() - 1
         self.clk_hz = clk_hz
@@ -123,15 +127,15 @@ class JournalEngine(wiring.Component):
         self._timestamp = timestamp
         self._sequencer = sequencer
         # built here so that a ring without the engine's ports is refused now
-        self._ring = ring(ring_size)
-        expected = ring_signature(self.ring_bits)
+        self._ring = ring(ring_size) if data_width == 8 else ring(ring_size, data_width)
+        expected = ring_signature(self.ring_bits - self.LW, data_width)
         if getattr(self._ring, "signature", None) is None \
                 or self._ring.signature.members != expected.members:
             raise ValueError(f"ring({ring_size}) must have the ports {expected!r}, "
                              f"not {getattr(self._ring, 'signature', self._ring)!r}")
         super().__init__({
-            "rx": In(stream.Signature(8)),
-            "tx": Out(stream.Signature(8)),
+            "rx": In(stream.Signature(data_width)),
+            "tx": Out(stream.Signature(data_width)),
             "full": Out(1),
             "nak": Out(1),
         })
@@ -143,7 +147,8 @@ class JournalEngine(wiring.Component):
 
         m.submodules.ts = ts = self._timestamp(self.clk_hz)
         m.submodules.seq = seq = self._sequencer()
-        m.submodules.resp = resp = Responder(RB)
+        W, LW = self.W, self.LW
+        m.submodules.resp = resp = Responder(RB, self.data_width)
         m.submodules.ring = ring = self._ring
         wr = _Port(ring.w_addr, ring.w_data, ring.w_en)
         rd = _Port(ring.r_addr, ring.r_data, ring.r_en)
@@ -254,19 +259,31 @@ class JournalEngine(wiring.Component):
         alloc_ok = Signal()
         alloc_full = Signal()
 
-        byte = self.rx.payload
+        beat = self.rx.payload                 # W bytes, the first in bits 0..7
         bcnt_next = Signal(LENGTH_BITS)
-        m.d.comb += bcnt_next.eq(bcnt + 1)
+        m.d.comb += bcnt_next.eq(bcnt + W)
         # positions in the body, as logic rather than carry chains
         b_lt16, b_lt60, b_lt64 = lt_const(bcnt, 16), lt_const(bcnt, 60), lt_const(bcnt, 64)
         take = self.rx.valid & self.rx.ready
+        if W > 1:
+            # A wide link carries frames from beat boundaries (docs/protocol.md,
+            # "Wide links"): the body's last beat holds KLAST body bytes, the
+            # BCRC starts right after them (in that beat or the next), and the
+            # lanes after the frame's end are ignored. BEND is LENGTH rounded
+            # up to a whole beat (its bits from LW up), set in HCHECK.
+            bend = Signal(LENGTH_BITS)
+            klast = Signal(LW + 1)
+            m.d.comb += klast.eq((blen[:LW] - 1)[:LW] + 1)
+            end_hit = bcnt_next[LW:] == bend[LW:]
+            nvalid = Mux(end_hit, klast, W)    # body bytes in this beat
+            tailbeat = Signal(8 * W)           # the body's last beat, for the BCRC
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
         magic_ok = hdr.magic == protocol.MAGIC
 
         # ring read port: the responder while it emits, else the walker
-        walk_addr = Signal(RB)
+        walk_addr = Signal(RB - LW)            # a ring word address
         m.d.comb += [
             rd.addr.eq(Mux(resp.busy, resp.rd_addr, walk_addr)),
             rd.en.eq(Mux(resp.busy, resp.rd_en, 1)),
@@ -283,7 +300,10 @@ class JournalEngine(wiring.Component):
         m.d.comb += walk_sum.eq(walk_off + walk_r)
         # next record: the skipped tail ends at WRAP_AT; SIZE truncates to 0
         walk_next = Mux(walk_sum == wrap_at, 0, walk_sum[:RB])
-        m.d.comb += walk_addr.eq(walk_off + _CTL["data_len"][0] + dl_step)
+        if W == 1:
+            m.d.comb += walk_addr.eq(walk_off + _CTL["data_len"][0] + dl_step)
+        else:
+            m.d.comb += walk_addr.eq((walk_off + _CTL["data_len"][0])[LW:] + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
         rd_cnt = Signal(RB)                    # records to skip (JNLRD) or free (RELEASE)
@@ -334,10 +354,10 @@ class JournalEngine(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [small.eq(Cat(small[8:], byte)), hcnt.eq(hcnt + 1)]
+                    m.d.sync += [small.eq(Cat(small[8 * W:], beat)), hcnt.eq(hcnt + W)]
                     with m.If(lt_const(hcnt, 12)):
-                        m.d.sync += hcrc.eq(crc32c_step(hcrc, byte, 1))
-                    with m.If(hcnt == 15):
+                        m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
+                    with m.If(hcnt == 16 - W):
                         m.next = "HCHECK"
 
             with m.State("HUNT"):
@@ -349,18 +369,18 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += small.eq(Cat(small[8:], byte))
+                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
                     with m.If(hcnt < 16):
-                        m.d.sync += hcnt.eq(hcnt + 1)
+                        m.d.sync += hcnt.eq(hcnt + W)
 
             with m.State("HUNT_CRC"):
                 # The window rotates by a byte per cycle, 16 times in all, so
                 # it is back in place at the end; the oldest byte is always
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
-                m.d.sync += [small[128:].eq(Cat(win[8:], win[:8])), kcnt.eq(kcnt + 1)]
-                with m.If(lt_const(kcnt, 12)):
-                    m.d.sync += hcrc.eq(crc32c_step(hcrc, win[:8], 1))
-                with m.If(kcnt == 15):
+                m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
+                with m.If(lt_const(kcnt, 12 // W)):
+                    m.d.sync += hcrc.eq(crc32c_step(hcrc, win[:8 * W], W))
+                with m.If(kcnt == 16 // W - 1):
                     m.next = "HCHECK"
 
             with m.State("HCHECK"):
@@ -383,9 +403,11 @@ class JournalEngine(wiring.Component):
                                  hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
+                    if W > 1:
+                        m.d.sync += bend.eq(hdr.length[:LENGTH_BITS] + (W - 1))
                     with m.If(~magic_ok | ~hdr_crc_ok):
-                        # drop the oldest byte and look for the next MAGIC
-                        m.d.sync += hcnt.eq(15)
+                        # drop the oldest byte (beat) and look for the next MAGIC
+                        m.d.sync += hcnt.eq(16 - W)
                         with m.If(hunting):
                             m.next = "HUNT"
                         with m.Else():
@@ -397,7 +419,7 @@ class JournalEngine(wiring.Component):
                         m.d.sync += nak(ST.BAD_FRAME, hdr.type,
                                         after_=Mux(length_ok, _After.SKIP, _After.HUNT))
                         with m.If(~length_ok):
-                            m.d.sync += [hcnt.eq(15), hunting.eq(1)]
+                            m.d.sync += [hcnt.eq(16 - W), hunting.eq(1)]
                         with m.Else():
                             m.d.sync += hunting.eq(0)
                         m.next = "ANSWER"
@@ -440,50 +462,24 @@ class JournalEngine(wiring.Component):
                 m.next = "BODY"
 
             with m.State("BODY"):
-                m.d.comb += self.rx.ready.eq(1)
-                with m.If(take):
-                    m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, byte, 1))]
-                    with m.If(b_lt64):
-                        m.d.sync += small.eq(Cat(small[8:], byte))
-                    # HELLO body checks as protocol.Hello.unpack makes them
-                    with m.If(bcnt == 0):
-                        m.d.sync += hello_bad.eq((byte == 0) | ge_const(byte, max(protocol.Role) + 1))
-                    with m.If(bcnt == 1):
-                        m.d.sync += hello_bad.eq(hello_bad | (byte != 0))
-                    with m.If(~b_lt16):
-                        m.d.sync += [
-                            nul_seen.eq(Mux(bcnt == 48, byte == 0, nul_seen | (byte == 0))),
-                            hello_bad.eq(hello_bad | byte[7]
-                                         | ((byte != 0) & nul_seen & (bcnt != 48))),
-                        ]
-                    with m.If(bcnt_next == blen):
-                        m.next = "TRAILER"
-                # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC)
-                stamped = Signal(8)
-                with m.If(lt_const(bcnt, 8)):
-                    m.d.comb += stamped.eq(next_seq.word_select(bcnt[:3], 8))
-                with m.Elif(b_lt16):
-                    m.d.comb += stamped.eq(stamp_time.word_select(bcnt[:3], 8))
-                with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
-                    m.d.comb += stamped.eq(Cat(place).as_unsigned().word_select(bcnt[:3], 8))
-                with m.Elif(~b_lt60 & b_lt64):
-                    m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[:2], 8))
-                with m.Else():
-                    m.d.comb += stamped.eq(byte)
-                with m.If(take & (b_lt60 | ~b_lt64)):
-                    # CCRC, then from byte 64 on the DCRC (stamped == byte there)
-                    m.d.sync += ccrc.eq(crc32c_step(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, 1))
-                m.d.comb += [
-                    wr.addr.eq(place + bcnt),
-                    wr.data.eq(stamped),
-                    wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
-                ]
+                if W == 1:
+                    self._body_bytes(m, locals())
+                else:
+                    self._body_beats(m, locals())
 
             with m.State("TRAILER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [rx_bcrc.eq(Cat(rx_bcrc[8:], byte)), kcnt.eq(kcnt + 1)]
-                    with m.If(kcnt == 3):
+                    if W == 1:
+                        m.d.sync += [rx_bcrc.eq(Cat(rx_bcrc[8:], beat)), kcnt.eq(kcnt + 1)]
+                        trailer_done = kcnt == 3
+                    else:
+                        # the BCRC's bytes: the body's last beat from lane
+                        # KLAST on, then this beat (W = 4: always one beat)
+                        m.d.sync += rx_bcrc.eq(
+                            Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32))
+                        trailer_done = Const(1)
+                    with m.If(trailer_done):
                         with m.If((ftype == FT.JNLWR) & alloc_ok & (bcnt != rlen)):
                             m.next = "PAD"
                         with m.Elif(lt_const(blen, 32)):
@@ -494,14 +490,15 @@ class JournalEngine(wiring.Component):
             with m.State("PAD"):
                 # zero padding up to R (docs/protocol.md "Records"): the ring
                 # image between JOPTR and JIPTR equals the model's
-                m.d.comb += [wr.addr.eq(place + bcnt), wr.data.eq(0), wr.en.eq(1)]
+                m.d.comb += [wr.addr.eq((place + bcnt) if W == 1 else (place + bcnt)[LW:]),
+                             wr.data.eq(0), wr.en.eq(1)]
                 m.d.sync += bcnt.eq(bcnt_next)
                 with m.If(bcnt_next == rlen):
                     m.next = "EXEC"
 
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``
-                m.d.sync += [small.eq(Cat(small[8:], Const(0, 8))), bcnt.eq(bcnt_next)]
+                m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))), bcnt.eq(bcnt_next)]
                 with m.If(bcnt_next == 32):
                     m.next = "EXEC"
 
@@ -584,13 +581,15 @@ class JournalEngine(wiring.Component):
 
             with m.State("MARK"):
                 # the WRAP marker: a control data with KIND 0xFF, all else 0
+                kind_at = _CTL["kind"][0]
                 m.d.comb += [
-                    wr.addr.eq(mark_at + kcnt),
-                    wr.data.eq(Mux(kcnt == _CTL["kind"][0], int(protocol.Kind.WRAP), 0)),
+                    wr.addr.eq((mark_at if W == 1 else mark_at[LW:]) + kcnt),
+                    wr.data.eq(Mux(kcnt == kind_at // W,
+                                   int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)),
                     wr.en.eq(1),
                 ]
                 m.d.sync += kcnt.eq(kcnt + 1)
-                with m.If(kcnt == 63):
+                with m.If(kcnt == 64 // W - 1):
                     m.next = "ANSWER"
 
             with m.State("LOAD_TIME"):
@@ -631,19 +630,30 @@ class JournalEngine(wiring.Component):
                 with m.If(blen == 0):
                     m.next = "HEADER"
                 with m.Elif(take):
-                    with m.If(bcnt != blen):
-                        m.d.sync += bcnt.eq(bcnt_next)
-                    with m.Else():
-                        m.d.sync += kcnt.eq(kcnt + 1)
-                        with m.If(kcnt == 3):
+                    if W == 1:
+                        with m.If(bcnt != blen):
+                            m.d.sync += bcnt.eq(bcnt_next)
+                        with m.Else():
+                            m.d.sync += kcnt.eq(kcnt + 1)
+                            with m.If(kcnt == 3):
+                                m.next = "HEADER"
+                    else:
+                        # whole beats up to the body's last, then the one
+                        # holding the rest of the BCRC (W = 4)
+                        with m.If(bcnt[LW:] != bend[LW:]):
+                            m.d.sync += bcnt.eq(bcnt_next)
+                        with m.Else():
                             m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
             with m.State("WALK"):
                 with m.If(dl_step != 0):
-                    m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
+                    if W == 1:
+                        m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
+                    else:
+                        m.d.sync += dl.eq(rd.data)     # DATA_LEN is one word
                 m.d.sync += dl_step.eq(dl_step + 1)
-                with m.If(dl_step == 4):
+                with m.If(dl_step == 4 // W):
                     m.d.sync += dl_step.eq(0)
                     with m.If(walk_for_release):
                         m.next = "RELEASE_STEP"
@@ -708,6 +718,112 @@ class JournalEngine(wiring.Component):
             resp.ack_add.eq(Mux(ans_read, rd_n_m1, 0)),
         ]
         return m
+
+    # -- BODY, split out for reading ------------------------------------------
+    def _body_bytes(self, m, v):
+        """BODY at width 8: a byte per cycle (docs/hardware.md, "How a JNLWR goes through")."""
+        (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
+         b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
+         beat) = (v[k] for k in (
+            "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
+            "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
+            "place", "wr", "alloc_ok", "ftype", "beat"))
+        m.d.comb += self.rx.ready.eq(1)
+        with m.If(take):
+            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
+            with m.If(b_lt64):
+                m.d.sync += small.eq(Cat(small[8:], beat))
+            # HELLO body checks as protocol.Hello.unpack makes them
+            with m.If(bcnt == 0):
+                m.d.sync += hello_bad.eq((beat == 0) | ge_const(beat, max(protocol.Role) + 1))
+            with m.If(bcnt == 1):
+                m.d.sync += hello_bad.eq(hello_bad | (beat != 0))
+            with m.If(~b_lt16):
+                m.d.sync += [
+                    nul_seen.eq(Mux(bcnt == 48, beat == 0, nul_seen | (beat == 0))),
+                    hello_bad.eq(hello_bad | beat[7]
+                                 | ((beat != 0) & nul_seen & (bcnt != 48))),
+                ]
+            with m.If(bcnt_next == blen):
+                m.next = "TRAILER"
+        # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC)
+        stamped = Signal(8)
+        with m.If(lt_const(bcnt, 8)):
+            m.d.comb += stamped.eq(next_seq.word_select(bcnt[:3], 8))
+        with m.Elif(b_lt16):
+            m.d.comb += stamped.eq(stamp_time.word_select(bcnt[:3], 8))
+        with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
+            m.d.comb += stamped.eq(Cat(place).as_unsigned().word_select(bcnt[:3], 8))
+        with m.Elif(~b_lt60 & b_lt64):
+            m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[:2], 8))
+        with m.Else():
+            m.d.comb += stamped.eq(beat)
+        with m.If(take & (b_lt60 | ~b_lt64)):
+            # CCRC, then from byte 64 on the DCRC (stamped == beat there)
+            m.d.sync += ccrc.eq(crc32c_step(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, 1))
+        m.d.comb += [
+            wr.addr.eq(place + bcnt),
+            wr.data.eq(stamped),
+            wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
+        ]
+
+    def _body_beats(self, m, v):
+        """BODY at a width of W > 1 bytes: a beat per cycle. The same work as
+        ``_body_bytes``, each lane at body byte BCNT + lane (BCNT is a
+        multiple of W, so a beat never straddles two control fields); the
+        last beat holds KLAST body bytes and the start of the BCRC."""
+        W, LW = self.W, self.LW
+        (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
+         b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
+         beat) = (v[k] for k in (
+            "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
+            "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
+            "place", "wr", "alloc_ok", "ftype", "beat"))
+        end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
+                                                           "tailbeat"))
+        m.d.comb += self.rx.ready.eq(1)
+        with m.If(take):
+            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
+            with m.If(b_lt64):
+                m.d.sync += small.eq(Cat(small[8 * W:], beat))
+            # HELLO body checks, a lane at a time in order (a valid HELLO
+            # is 80 bytes: every beat is full; any other length is refused)
+            bad, nul = hello_bad, nul_seen
+            for lane in range(W):
+                b = beat[8 * lane:8 * lane + 8]
+                i = bcnt | lane
+                bad = Mux(i == 0, (b == 0) | ge_const(b, max(protocol.Role) + 1), bad)
+                bad = Mux(i == 1, bad | (b != 0), bad)
+                at16 = ~b_lt16
+                bad = Mux(at16, bad | b[7] | ((b != 0) & nul & (i != 48)), bad)
+                nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
+            m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
+            with m.If(end_hit):
+                m.d.sync += tailbeat.eq(beat)
+                m.next = "TRAILER"
+        # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
+        # after the data's end are written as zeros (the record's padding)
+        stamped = Signal(8 * W)
+        sel = bcnt[LW:3]
+        with m.If(lt_const(bcnt, 8)):
+            m.d.comb += stamped.eq(next_seq.word_select(sel, 8 * W))
+        with m.Elif(b_lt16):
+            m.d.comb += stamped.eq(stamp_time.word_select(sel, 8 * W))
+        with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
+            m.d.comb += stamped.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
+        with m.Elif(~b_lt60 & b_lt64):
+            m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
+                                   if W < 4 else ccrc ^ CRC_INIT)
+        with m.Else():
+            m.d.comb += stamped.eq(beat & Mux(end_hit, lane_mask(klast, W), (1 << 8 * W) - 1))
+        with m.If(take & (b_lt60 | ~b_lt64)):
+            # CCRC, then from byte 64 on the DCRC (stamped == beat there)
+            m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
+        m.d.comb += [
+            wr.addr.eq((place + bcnt)[LW:]),
+            wr.data.eq(stamped),
+            wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
+        ]
 
     # -- EXEC branches, split out for reading -------------------------------
     def _exec_jnlwr(self, m, v):

@@ -25,6 +25,7 @@ from ..host import protocol
 from . import layouts
 from .compare import lt_const
 from .crc import CRC_INIT, crc32c_step
+from .lanes import crc32c_lanes, lane_mask
 
 __all__ = ["Source", "Responder", "LENGTH_BITS"]
 
@@ -49,20 +50,34 @@ class _Phase(enum.Enum, shape=2):
 
 
 class Responder(wiring.Component):
-    """Byte-wide frame serializer for the engine's answers.
+    """Frame serializer for the engine's answers, a beat of ``data_width``
+    bits per cycle.
+
+    At a width above 8 every frame starts on a beat boundary and the lanes
+    of its last beat after its end are zero (docs/protocol.md, "Wide
+    links"); a read-out body that ends inside a beat has the first BCRC
+    bytes in that beat's upper lanes.
 
     Parameters
     ----------
     ring_bits : int
-        log2 of the ring size; width of ``base`` and ``rd_addr``.
+        log2 of the ring size in bytes; width of ``base``.
+    data_width : int
+        8 or 32; ``rd_addr`` is a ring word address (``ring_bits`` minus
+        log2 of the bytes per beat).
     """
 
-    def __init__(self, ring_bits: int):
+    def __init__(self, ring_bits: int, data_width: int = 8):
         if not isinstance(ring_bits, int) or ring_bits < 7:
             raise ValueError(f"ring_bits must be an integer >= 7, not {ring_bits!r}")
+        if data_width not in (8, 32):
+            raise ValueError(f"data_width must be 8 or 32, not {data_width!r}")
         self.ring_bits = ring_bits
+        self.data_width = data_width
+        self.W = W = data_width // 8
+        self.LW = LW = W.bit_length() - 1
         super().__init__({
-            "tx": Out(stream.Signature(8)),
+            "tx": Out(stream.Signature(data_width)),
             "start": In(1),
             "ftype": In(8),
             "flags": In(16),
@@ -79,16 +94,17 @@ class Responder(wiring.Component):
             "ack_add": In(signed(ring_bits + 1)),
             "busy": Out(1),
             # ring read port, owned by the responder while busy
-            "rd_addr": Out(ring_bits),
+            "rd_addr": Out(ring_bits - LW),
             "rd_en": Out(1),
-            "rd_data": In(8),
+            "rd_data": In(data_width),
         })
 
     def elaborate(self, platform):
         m = Module()
+        W, LW = self.W, self.LW
 
         phase = Signal(_Phase)
-        idx = Signal(LENGTH_BITS)
+        idx = Signal(LENGTH_BITS)              # byte index in the part being sent
         # The frame description is read while busy, not latched: the engine
         # holds it still until ``busy`` falls (one copy of it, not two).
         head = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8),
@@ -110,12 +126,27 @@ class Responder(wiring.Component):
             ]
 
         take = self.tx.valid & self.tx.ready
-        # The byte at the current position.
-        byte = Signal(8)
-        crc_next = crc32c_step(crc, byte, 1)
+        # The beat at the current position; at width 8, a byte.
+        beat = Signal(8 * W)
+        # ``body`` is the body bytes of the beat; ``beat`` adds, in a
+        # read-out's last beat, the BCRC bytes after them (wide links).
+        body = beat if W == 1 else Signal(8 * W)
         idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
         idx_next = Signal(LENGTH_BITS)
-        m.d.comb += idx_next.eq(idx + 1)
+        m.d.comb += idx_next.eq(idx + W)
+        if W == 1:
+            crc_next = crc32c_step(crc, beat, 1)
+            head_crc = body_crc = crc_next
+            body_last = idx_next == length
+        else:
+            # the body's last beat holds KL (1..W) bytes
+            lend = Signal(LENGTH_BITS)
+            kl = Signal(LW + 1)
+            m.d.comb += [lend.eq(length + (W - 1)), kl.eq((length[:LW] - 1)[:LW] + 1)]
+            body_last = idx_next[LW:] == lend[LW:]
+            head_crc = crc32c_step(crc, beat, W)
+            body_crc = Signal(32)
+            m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
         # Answers from registers (ACK, STATUS, HELLO, ECHO) are read as one
         # 64-bit word mux on (source, idx[3:7]) and then one 8-way byte mux:
@@ -130,8 +161,9 @@ class Responder(wiring.Component):
                 for w in range((len(view) + 63) // 64):
                     with m.Case(*[w | (src.value << 4) for src in srcs]):
                         m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
-        word_byte = word.word_select(idx[:3], 8)
-        # Three SEQ words are sums, added here a byte at a time with a carry
+        lane_sel = idx[LW:3]                    # the beat within the 64-bit word
+        word_byte = word.word_select(lane_sel, 8 * W)
+        # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
         # NEXT_SEQ - HELD (x + ~HELD + 1), the Ack's SEQ (bytes 0..7) = its
@@ -140,48 +172,58 @@ class Responder(wiring.Component):
         tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
         ack_seq = (source == Source.ACK) & (idx[3:7] == 0)
         sub_seq = hello_seq | tail_seq | ack_seq
-        add_byte = Signal(8)
+        add_byte = Signal(8 * W)
         with m.If(hello_seq):
-            m.d.comb += add_byte.eq(0xFF)
+            m.d.comb += add_byte.eq((1 << 8 * W) - 1)
         with m.Elif(tail_seq):
-            m.d.comb += add_byte.eq(~Cat(self.status.held, Const(0, 32)).word_select(idx[:3], 8))
+            m.d.comb += add_byte.eq(~Cat(self.status.held, Const(0, 32)).word_select(lane_sel, 8 * W))
         with m.Elif(ack_seq):
             sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-            m.d.comb += add_byte.eq(sext.word_select(idx[:3], 8))
+            m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
         carry = Signal()
-        diff = Signal(9)
+        diff = Signal(8 * W + 1)
         m.d.comb += diff.eq(word_byte + add_byte + carry)
         with m.If(take & sub_seq):
-            m.d.sync += carry.eq(diff[8])
+            m.d.sync += carry.eq(diff[8 * W])
         with m.Elif(take):
             # the carry entering the next word's first byte: 1 for TAIL_SEQ
             m.d.sync += carry.eq(source == Source.STATUS)
 
+        ccrc_out = (ccrc ^ CRC_INIT) if W == 4 else (ccrc ^ CRC_INIT).word_select(idx[:2], 8)
         with m.Switch(phase):
             with m.Case(_Phase.HEAD):
-                m.d.comb += byte.eq(Mux(idx_lt12, head.word_select(idx[:4], 8),
-                                        (crc ^ CRC_INIT).word_select(idx[:2], 8)))
+                m.d.comb += beat.eq(Mux(idx_lt12, head.word_select(idx[LW:4], 8 * W),
+                                        (crc ^ CRC_INIT) if W == 4
+                                        else (crc ^ CRC_INIT).word_select(idx[:2], 8)))
             with m.Case(_Phase.BODY):
                 with m.If(source == Source.RING):
-                    m.d.comb += byte.eq(Mux(ccrc_pos,
-                                            (ccrc ^ CRC_INIT).word_select(idx[:2], 8),
-                                            self.rd_data))
+                    m.d.comb += body.eq(Mux(ccrc_pos, ccrc_out, self.rd_data))
                 with m.Elif(sub_seq):
-                    m.d.comb += byte.eq(diff[:8])
+                    m.d.comb += body.eq(diff[:8 * W])
                 with m.Else():
-                    m.d.comb += byte.eq(word_byte)
+                    m.d.comb += body.eq(word_byte)
+                if W > 1:
+                    # a last beat of KL < W body bytes carries the first
+                    # BCRC bytes above them (and the trailer beat the rest)
+                    bcrc_up = ((body_crc ^ CRC_INIT) << Cat(Const(0, 3), kl))[:8 * W]
+                    m.d.comb += beat.eq(Mux(body_last, (body & lane_mask(kl, W)) | bcrc_up,
+                                            body))
             with m.Case(_Phase.TRAILER):
-                m.d.comb += byte.eq((crc ^ CRC_INIT).word_select(idx[:2], 8))
+                if W == 1:
+                    m.d.comb += beat.eq((crc ^ CRC_INIT).word_select(idx[:2], 8))
+                else:
+                    # the BCRC bytes not sent in the body's last beat, then zeros
+                    m.d.comb += beat.eq((crc ^ CRC_INIT) >> Cat(Const(0, 3), W - kl))
 
         m.d.comb += [
             self.tx.valid.eq(phase != _Phase.IDLE),
-            self.tx.payload.eq(byte),
+            self.tx.payload.eq(beat),
         ]
 
-        # Ring prefetch: when a byte is taken, read the body byte shown next.
+        # Ring prefetch: when a beat is taken, read the body beat shown next.
         next_body = Mux(phase == _Phase.BODY, idx_next, 0)
         m.d.comb += [
-            self.rd_addr.eq(base + next_body),
+            self.rd_addr.eq((base + next_body) if W == 1 else (base + next_body)[LW:]),
             self.rd_en.eq(take),
         ]
 
@@ -190,17 +232,17 @@ class Responder(wiring.Component):
             with m.Switch(phase):
                 with m.Case(_Phase.HEAD):
                     with m.If(idx_lt12):
-                        m.d.sync += crc.eq(crc_next)
-                    with m.If(idx == 15):
+                        m.d.sync += crc.eq(head_crc)
+                    with m.If(idx == 16 - W):
                         m.d.sync += [idx.eq(0), crc.eq(CRC_INIT)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
-                    m.d.sync += crc.eq(crc_next)
-                    with m.If(idx == 59):
-                        m.d.sync += ccrc.eq(crc_next)
-                    with m.If(idx_next == length):
+                    m.d.sync += crc.eq(body_crc)
+                    with m.If(idx == 60 - W):
+                        m.d.sync += ccrc.eq(body_crc)
+                    with m.If(body_last):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
                 with m.Case(_Phase.TRAILER):
-                    with m.If(idx == 3):
+                    with m.If(idx == 3 if W == 1 else Const(1)):
                         m.d.sync += phase.eq(_Phase.IDLE)
         return m

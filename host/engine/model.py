@@ -26,7 +26,7 @@ from tricopy.host.protocol import (
     Kind, LoadFlag, Status,
 )
 
-__all__ = ["EngineModel", "EngineStream", "WRAP_MARKER", "with_site"]
+__all__ = ["EngineModel", "EngineStream", "WRAP_MARKER", "unpad", "with_site"]
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -332,12 +332,21 @@ class EngineStream:
     engine's answer bytes.  Unlike :class:`protocol.FrameParser` it never
     gives up: a bad header is answered with one NAK BAD_FRAME and followed by
     a hunt for the next valid header, because an engine cannot close its link.
+
+    ``beat`` is the link's width in bytes (docs/protocol.md, "Wide links"):
+    with ``beat`` > 1 every frame starts on a beat boundary, so after a
+    frame the rest of its last beat is dropped, the hunt moves a whole beat
+    at a time, and every answer frame is padded with zeros to a whole beat.
+    This is the reference for the gateware at data widths above 8.
     """
 
-    def __init__(self, model: EngineModel):
+    def __init__(self, model: EngineModel, *, beat: int = 1):
+        if beat not in (1, 2, 4):
+            raise ValueError(f"beat must be 1, 2 or 4 bytes, not {beat!r}")
         self.model = model
+        self.beat = beat
         self._buf = bytearray()
-        self._skip = 0          # body + trailer bytes of a refused frame still to drop
+        self._skip = 0          # bytes of a refused frame (or a beat's rest) still to drop
         self._hunting = False
 
     def feed(self, data: bytes) -> bytes:
@@ -361,46 +370,55 @@ class EngineStream:
             return False
         magic, version, ftype, flags, length, hcrc = _HEAD.unpack_from(buf)
         if magic != protocol.MAGIC or hcrc != protocol.crc32c(buf[:12]):
-            out += self.model.nak(Status.BAD_FRAME, 0).serialize()
+            out += self._pad(self.model.nak(Status.BAD_FRAME, 0).serialize())
             self._start_hunt()
             return True
         if length > MAX_BODY:                   # cannot trust the boundary: hunt
-            out += self.model.nak(Status.BAD_FRAME, ftype).serialize()
+            out += self._pad(self.model.nak(Status.BAD_FRAME, ftype).serialize())
             self._start_hunt()
             return True
         size = protocol.HEADER_SIZE + (length + protocol.TRAILER_SIZE if length else 0)
         if version != protocol.VERSION or flags & ~int(FrameFlag.MORE) or ftype not in _KNOWN_TYPES:
-            out += self.model.nak(Status.BAD_FRAME, ftype).serialize()
+            out += self._pad(self.model.nak(Status.BAD_FRAME, ftype).serialize())
             del buf[:protocol.HEADER_SIZE]
-            self._skip = size - protocol.HEADER_SIZE
+            self._skip = size - protocol.HEADER_SIZE + -size % self.beat
             return True
         if len(buf) < size:
             return False
         body = bytes(buf[protocol.HEADER_SIZE:protocol.HEADER_SIZE + length])
         bcrc = int.from_bytes(buf[size - 4:size], "little") if length else 0
         del buf[:size]
+        self._skip = -size % self.beat          # the rest of the frame's last beat
         if length and bcrc != protocol.crc32c(body):
             tag = 0
             if ftype == FrameType.JNLWR and length >= CONTROL_SIZE:
                 tag = int.from_bytes(body[_TAG_AT:_TAG_AT + 4], "little")
-            out += self.model.nak(Status.BAD_BCRC, ftype, tag=tag).serialize()
+            out += self._pad(self.model.nak(Status.BAD_BCRC, ftype, tag=tag).serialize())
             return True
         for answer in self.model.handle(Frame(FrameType(ftype), body, flags)):
-            out += answer.serialize()
+            out += self._pad(answer.serialize())
         return True
 
+    def _pad(self, frame: bytes) -> bytes:
+        return frame + bytes(-len(frame) % self.beat)
+
     def _start_hunt(self) -> None:
-        # Drop only the first byte: a real header may start inside the bad one.
-        del self._buf[:1]
+        # Drop only the first byte (beat): a real header may start inside the bad one.
+        del self._buf[:self.beat]
         self._hunting = True
 
     def _hunt(self) -> bool:
-        """Drop bytes up to the next MAGIC whose 16 bytes have a valid HCRC."""
-        buf = self._buf
+        """Drop bytes up to the next MAGIC whose 16 bytes have a valid HCRC
+        (on a wide link: the next MAGIC that starts a beat)."""
+        buf, w = self._buf, self.beat
         while True:
             at = buf.find(_MAGIC_BYTES)
+            while at > 0 and at % w:
+                at = buf.find(_MAGIC_BYTES, at + 1)
             if at < 0:
-                del buf[:max(0, len(buf) - 3)]     # keep a possible partial MAGIC
+                # keep a possible partial MAGIC (from a beat boundary)
+                n = max(0, len(buf) - 3)
+                del buf[:n - n % w]
                 return False
             del buf[:at]
             if len(buf) < protocol.HEADER_SIZE:
@@ -408,7 +426,19 @@ class EngineStream:
             if int.from_bytes(buf[12:16], "little") == protocol.crc32c(buf[:12]):
                 self._hunting = False
                 return True
-            del buf[:1]
+            del buf[:w]
+
+
+def unpad(stream: bytes, beat: int) -> bytes:
+    """The frames of a wide link's ``stream`` without the zero padding that
+    ends each one on a beat boundary (``EngineStream(beat=...)`` answers)."""
+    out, at = bytearray(), 0
+    while at + protocol.HEADER_SIZE <= len(stream):
+        length = int.from_bytes(stream[at + 8:at + 12], "little")
+        size = protocol.HEADER_SIZE + (length + protocol.TRAILER_SIZE if length else 0)
+        out += stream[at:at + size]
+        at += size + -size % beat
+    return bytes(out)
 
 
 def with_site(answers: bytes, site: str) -> bytes:
