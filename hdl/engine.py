@@ -9,7 +9,9 @@ Block diagram (docs/hardware.md has the long form)::
                                                    │                          │
     tx bytes ◀──────────────────────── Responder ◀─┴──── answers (ACK/NAK/...)┘
 
-Ingress is one byte per clock. A JNLWR's ring placement is decided from the
+Ingress is one beat per clock: a byte at ``data_width`` 8 (UART, the sim
+harness), four bytes at 32 (a wide link, docs/protocol.md "Wide links":
+every frame from a beat boundary, the ring in 32-bit words). A JNLWR's ring placement is decided from the
 header LENGTH before the first body byte, so control data (already stamped
 with SEQ#, TIME, JOFS and its CCRC) and journal data go straight into the
 ring as they arrive; JIPTR moves only when every check has passed, so a NAK
@@ -76,7 +78,9 @@ class JournalEngine(wiring.Component):
     Parameters
     ----------
     data_width : int
-        Stream width in bits; this version implements 8.
+        Stream width in bits: 8 (a byte link) or 32 (a wide link, frames
+        from beat boundaries; the ring is then built with
+        ``ring(ring_size, 32)`` and has words of 4 bytes).
     ring_size : int
         Ring bytes, a power of two >= 128 (docs/protocol.md "State").
     clk_hz : int
@@ -92,8 +96,8 @@ class JournalEngine(wiring.Component):
 
     Ports
     -----
-    rx : In(stream.Signature(8)), tx : Out(stream.Signature(8))
-        Request and answer bytes.
+    rx : In(stream.Signature(data_width)), tx : Out(stream.Signature(data_width))
+        Request and answer beats (the first byte in bits 0..7).
     full : Out(1)
         High from a JNLWR NAKed FULL until the ring next changes (a journal
         accepted, a RELEASE, a LOAD): for a status LED.
@@ -482,7 +486,9 @@ class JournalEngine(wiring.Component):
                     with m.If(trailer_done):
                         with m.If((ftype == FT.JNLWR) & alloc_ok & (bcnt != rlen)):
                             m.next = "PAD"
-                        with m.Elif(lt_const(blen, 32)):
+                        # (BCNT is LENGTH rounded up to a beat: at W > 1 a
+                        # body of 29..31 bytes is already in place)
+                        with m.Elif(lt_const(blen if W == 1 else bcnt, 32)):
                             m.next = "ALIGN"
                         with m.Else():
                             m.next = "EXEC"

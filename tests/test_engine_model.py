@@ -15,7 +15,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from tricopy.host import protocol as P
-from tricopy.host.engine.model import WRAP_MARKER, EngineModel, EngineStream
+from tricopy.host.engine.model import WRAP_MARKER, EngineModel, EngineStream, unpad
 from tricopy.host.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
 
 
@@ -491,3 +491,70 @@ def test_long_random_workload(seed):
         seen["wrap"] += machine.model.wrap_at != machine.model.size
         seen["full_ring"] += machine.model.used == machine.model.size
     assert all(seen.values()), seen
+
+
+# -- a wide link: frames from beat boundaries (docs/protocol.md, "Wide links") ----
+
+def _padded(frame: bytes, beat: int = 4) -> bytes:
+    return frame + bytes(-len(frame) % beat)
+
+
+def test_wide_stream_pads_answers_and_skips_the_beat_rest():
+    """Each answer is padded to a whole beat, and after a request ending
+    inside a beat, the rest of that beat is not the next frame's start."""
+    stream = EngineStream(EngineModel(256, clock=lambda: 0), beat=4)
+    j = jnlwr(data_of(5), tag=1).serialize()               # 89 bytes: 3 lanes of padding
+    assert len(j) % 4 == 1
+    out = stream.feed(_padded(j) + _padded(Frame(T.STATUS).serialize()))
+    assert len(out) % 4 == 0
+    ack, status = P.FrameParser().feed(unpad(out, 4))
+    assert (P.Ack.from_frame(ack).status, status.type) == (S.OK, T.STATUS_RESP)
+    # the same frames on a byte link give the same answers, without padding
+    narrow = EngineStream(EngineModel(256, clock=lambda: 0)).feed(j + Frame(T.STATUS).serialize())
+    assert unpad(out, 4) == narrow
+
+
+def test_wide_stream_hunts_by_beats():
+    """A bad header is answered once; the hunt only looks at beat boundaries,
+    so a MAGIC one lane off is not taken, the next aligned frame is."""
+    hb = Frame(T.HEARTBEAT, b"12345678").serialize()        # 28 bytes, whole beats
+    bad = bytearray(hb)
+    bad[13] ^= 1                                            # HCRC
+    data = bytes(bad) + b"\x00" + hb + b"\x00" * 3 + hb     # the first good one is off by a lane
+    out = EngineStream(EngineModel(256, clock=lambda: 0), beat=4).feed(data)
+    frames = P.FrameParser().feed(unpad(out, 4))
+    assert [f.type for f in frames] == [T.NAK, T.HEARTBEAT]
+    assert P.Ack.from_frame(frames[0]).status == S.BAD_FRAME
+    # on a byte link the off-lane frame is found too (and the zeros after it
+    # are a bad header of their own)
+    narrow = P.FrameParser().feed(EngineStream(EngineModel(256, clock=lambda: 0)).feed(data))
+    assert [f.type for f in narrow] == [T.NAK, T.HEARTBEAT, T.NAK, T.HEARTBEAT]
+
+
+def test_wide_stream_skips_a_refused_body_to_the_beat():
+    """A header refused with a trusted LENGTH skips body, BCRC and the beat's rest."""
+    bad_version = bytearray(Frame(T.HEARTBEAT, b"abc").serialize())   # 23 bytes
+    bad_version[4] = 9
+    bad_version[12:16] = P.crc32c(bytes(bad_version[:12])).to_bytes(4, "little")
+    hb = Frame(T.HEARTBEAT).serialize()
+    out = EngineStream(EngineModel(256, clock=lambda: 0), beat=4).feed(
+        _padded(bytes(bad_version)) + hb)
+    frames = P.FrameParser().feed(unpad(out, 4))
+    assert [f.type for f in frames] == [T.NAK, T.HEARTBEAT]
+
+
+@pytest.mark.parametrize("beat", [0, 3, 8])
+def test_wide_stream_beat_checked(beat):
+    with pytest.raises(ValueError, match=str(beat)):
+        EngineStream(EngineModel(256), beat=beat)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=5))
+def test_wide_stream_any_chunking(data, cuts):
+    """On a wide link too the answers depend on the bytes, not their arrival."""
+    whole = EngineStream(EngineModel(128, clock=lambda: 0), beat=4).feed(data)
+    stream = EngineStream(EngineModel(128, clock=lambda: 0), beat=4)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    out = b"".join(stream.feed(data[a:b]) for a, b in zip(points, points[1:]))
+    assert out == whole and len(out) % 4 == 0

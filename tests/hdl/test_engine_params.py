@@ -22,6 +22,24 @@ def test_good_parameters():
     assert e.rx.payload.shape().width == 8
 
 
+def test_width_32():
+    """At width 32 the streams carry a beat of 4 bytes and the ring holds
+    words of 4 bytes: one beat into the ring per cycle."""
+    e = JournalEngine(32, 1024)
+    assert (e.rx.payload.shape().width, e.tx.payload.shape().width) == (32, 32)
+    assert (e._ring.w_data.shape().width, e._ring.w_addr.shape().width) == (32, 8)
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(depth=1024, data_width=12), "12"),
+    (dict(depth=2, data_width=32), "2"),
+])
+def test_ring_memory_parameters(kwargs, text):
+    from tricopy.hdl.ring import RingMemory
+    with pytest.raises(ValueError, match=text):
+        RingMemory(**kwargs)
+
+
 def test_ring_factory_ports_checked():
     """A ring factory whose component lacks the ring ports is refused,
     naming what it got."""
