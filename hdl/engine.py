@@ -466,10 +466,7 @@ class JournalEngine(wiring.Component):
                 m.next = "BODY"
 
             with m.State("BODY"):
-                if W == 1:
-                    self._body_bytes(m, locals())
-                else:
-                    self._body_beats(m, locals())
+                self._body(m, locals())
 
             with m.State("TRAILER"):
                 m.d.comb += self.rx.ready.eq(1)
@@ -726,14 +723,67 @@ class JournalEngine(wiring.Component):
         return m
 
     # -- BODY, split out for reading ------------------------------------------
-    def _body_bytes(self, m, v):
-        """BODY at width 8: a byte per cycle (docs/hardware.md, "How a JNLWR goes through")."""
+    def _body(self, m, v):
+        """BODY: a beat per cycle (docs/hardware.md, "How a JNLWR goes through").
+
+        At width 32 each lane is body byte BCNT + lane (BCNT is a multiple
+        of 4, so a beat never straddles two control fields); the last beat
+        holds KLAST body bytes and the start of the BCRC."""
+        W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
          b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
          beat) = (v[k] for k in (
             "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
             "place", "wr", "alloc_ok", "ftype", "beat"))
+        if W > 1:
+            end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
+                                                               "tailbeat"))
+            m.d.comb += self.rx.ready.eq(1)
+            with m.If(take):
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
+                with m.If(b_lt64):
+                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
+                # HELLO body checks, a lane at a time in order (a valid HELLO
+                # is 80 bytes: every beat is full; any other length is refused)
+                bad, nul = hello_bad, nul_seen
+                for lane in range(W):
+                    b = beat[8 * lane:8 * lane + 8]
+                    i = bcnt | lane
+                    bad = Mux(i == 0, (b == 0) | ge_const(b, max(protocol.Role) + 1), bad)
+                    bad = Mux(i == 1, bad | (b != 0), bad)
+                    at16 = ~b_lt16
+                    bad = Mux(at16, bad | b[7] | ((b != 0) & nul & (i != 48)), bad)
+                    nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
+                m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
+                with m.If(end_hit):
+                    m.d.sync += tailbeat.eq(beat)
+                    m.next = "TRAILER"
+            # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
+            # after the data's end are written as zeros (the record's padding)
+            stamped = Signal(8 * W)
+            sel = bcnt[LW:3]
+            with m.If(lt_const(bcnt, 8)):
+                m.d.comb += stamped.eq(next_seq.word_select(sel, 8 * W))
+            with m.Elif(b_lt16):
+                m.d.comb += stamped.eq(stamp_time.word_select(sel, 8 * W))
+            with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
+                m.d.comb += stamped.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
+            with m.Elif(~b_lt60 & b_lt64):
+                m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
+                                       if W < 4 else ccrc ^ CRC_INIT)
+            with m.Else():
+                m.d.comb += stamped.eq(beat & Mux(end_hit, lane_mask(klast, W), (1 << 8 * W) - 1))
+            with m.If(take & (b_lt60 | ~b_lt64)):
+                # CCRC, then from byte 64 on the DCRC (stamped == beat there)
+                m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
+            m.d.comb += [
+                wr.addr.eq((place + bcnt)[LW:]),
+                wr.data.eq(stamped),
+                wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
+            ]
+            return
+        # width 8
         m.d.comb += self.rx.ready.eq(1)
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
@@ -769,64 +819,6 @@ class JournalEngine(wiring.Component):
             m.d.sync += ccrc.eq(crc32c_step(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, 1))
         m.d.comb += [
             wr.addr.eq(place + bcnt),
-            wr.data.eq(stamped),
-            wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
-        ]
-
-    def _body_beats(self, m, v):
-        """BODY at a width of W > 1 bytes: a beat per cycle. The same work as
-        ``_body_bytes``, each lane at body byte BCNT + lane (BCNT is a
-        multiple of W, so a beat never straddles two control fields); the
-        last beat holds KLAST body bytes and the start of the BCRC."""
-        W, LW = self.W, self.LW
-        (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
-         b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
-         beat) = (v[k] for k in (
-            "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
-            "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
-            "place", "wr", "alloc_ok", "ftype", "beat"))
-        end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
-                                                           "tailbeat"))
-        m.d.comb += self.rx.ready.eq(1)
-        with m.If(take):
-            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
-            with m.If(b_lt64):
-                m.d.sync += small.eq(Cat(small[8 * W:], beat))
-            # HELLO body checks, a lane at a time in order (a valid HELLO
-            # is 80 bytes: every beat is full; any other length is refused)
-            bad, nul = hello_bad, nul_seen
-            for lane in range(W):
-                b = beat[8 * lane:8 * lane + 8]
-                i = bcnt | lane
-                bad = Mux(i == 0, (b == 0) | ge_const(b, max(protocol.Role) + 1), bad)
-                bad = Mux(i == 1, bad | (b != 0), bad)
-                at16 = ~b_lt16
-                bad = Mux(at16, bad | b[7] | ((b != 0) & nul & (i != 48)), bad)
-                nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
-            m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
-            with m.If(end_hit):
-                m.d.sync += tailbeat.eq(beat)
-                m.next = "TRAILER"
-        # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
-        # after the data's end are written as zeros (the record's padding)
-        stamped = Signal(8 * W)
-        sel = bcnt[LW:3]
-        with m.If(lt_const(bcnt, 8)):
-            m.d.comb += stamped.eq(next_seq.word_select(sel, 8 * W))
-        with m.Elif(b_lt16):
-            m.d.comb += stamped.eq(stamp_time.word_select(sel, 8 * W))
-        with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
-            m.d.comb += stamped.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
-        with m.Elif(~b_lt60 & b_lt64):
-            m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
-                                   if W < 4 else ccrc ^ CRC_INIT)
-        with m.Else():
-            m.d.comb += stamped.eq(beat & Mux(end_hit, lane_mask(klast, W), (1 << 8 * W) - 1))
-        with m.If(take & (b_lt60 | ~b_lt64)):
-            # CCRC, then from byte 64 on the DCRC (stamped == beat there)
-            m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
-        m.d.comb += [
-            wr.addr.eq((place + bcnt)[LW:]),
             wr.data.eq(stamped),
             wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
         ]
