@@ -2,6 +2,7 @@
 
     tricopy board build --board icebreaker|ulx3s [--width 8] [--ring-size N]
     python -m tricopy.boards.build --board icebreaker
+    tricopy board synth --width 8|32      # the engine alone on the ECP5 85F
 
 Uses the YoWASP toolchain from PyPI unless the environment names other
 tools (YOSYS, NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK). Outputs go to
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import icebreaker, ulx3s
 
 __all__ = ["BOARDS", "BuildError", "BuildReport", "build", "build_design", "parse_report",
-           "register", "main"]
+           "synth_engine", "register", "main"]
 
 #: board name -> platform module (Platform, RING_SIZE, ring, LC_NAME,
 #: BITSTREAM, program_command)
@@ -143,6 +144,48 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
     return report
 
 
+def synth_engine(*, width=8, ring_size=65536, build_dir=None):
+    """Place and route the journal engine alone (no UART, no pins: nextpnr
+    ``--out-of-context``) on the ULX3S's LFE5U-85F and return its
+    BuildReport (``bitstream`` is the netlist: there is none). This is how
+    the widths are compared (docs/hardware.md, "Width 32"): a board top
+    exists only at width 8, and a top's UART would blur the figure."""
+    from amaranth.back import rtlil
+    from ..hdl.engine import JournalEngine
+    engine = JournalEngine(width, ring_size, 25_000_000, site="board")   # ValueError on a bad width
+    _tool_env()
+    build_dir = Path(build_dir or Path("build", "boards", f"engine_w{width}")).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "engine.il").write_text(rtlil.convert(engine, name="engine"))
+    try:
+        # relative names only: YoWASP tools see just the folder they run in
+        subprocess.run([os.environ["YOSYS"], "-q", "-l", "synth.log", "-p",
+                        "read_rtlil engine.il; synth_ecp5 -top engine -json engine.json"],
+                       cwd=build_dir, check=True, capture_output=True)
+        subprocess.run([os.environ["NEXTPNR_ECP5"], "--85k", "--package", "CABGA381",
+                        "--json", "engine.json", "--out-of-context", "--freq", "25",
+                        "--report", REPORT_NAME, "--log", "pnr.log"],
+                       cwd=build_dir, check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"engine synthesis failed (logs in {build_dir})") from exc
+    return parse_report(build_dir / REPORT_NAME, "ulx3s", build_dir / "engine.json", 25.0)
+
+
+def _run_synth(args):
+    try:
+        report = synth_engine(width=args.width, ring_size=args.ring_size,
+                              build_dir=args.build_dir)
+    except (BuildError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    ff = report.utilization.get("TRELLIS_FF", {}).get("used")
+    ebr = report.utilization.get("DP16KD", {}).get("used")
+    print(f"engine at width {args.width}, ring {args.ring_size} B: {report.lc_used} LUT "
+          f"(TRELLIS_COMB), {ff} FF, {ebr} DP16KD, fmax {report.fmax_mhz:.1f} MHz "
+          f"(out of context, LFE5U-85F)")
+    return 0
+
+
 def _run(args):
     try:
         report = build(args.board, width=args.width, ring_size=args.ring_size,
@@ -166,6 +209,11 @@ def register(subparsers):
     p.add_argument("--build-dir", default=None, help="default build/boards/<board>")
     p.add_argument("--program", action="store_true", help="program the board after building")
     p.set_defaults(func=_run)
+    s = board_sub.add_parser("synth", help="the engine alone on the ECP5 85F: LUTs and fmax")
+    s.add_argument("--width", type=int, default=8, choices=[8, 32], help="engine data width")
+    s.add_argument("--ring-size", type=int, default=65536, help="ring bytes (65536)")
+    s.add_argument("--build-dir", default=None, help="default build/boards/engine_w<width>")
+    s.set_defaults(func=_run_synth)
     return p
 
 
@@ -174,7 +222,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] != ["board", "build"]:
+    if argv[:1] != ["board"]:
         argv = ["board", "build", *argv]
     args = parser.parse_args(argv)
     return args.func(args)
