@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,16 @@ def _tool_env():
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
 
 
+def _tool(name):
+    """The command named by ``$name``: on PATH, or beside this Python (a venv's
+    bin/, where pip put the YoWASP tools, need not be on PATH)."""
+    cmd = os.environ[name]
+    found = shutil.which(cmd) or shutil.which(cmd, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise BuildError(f"{name}={cmd!r}: no such command on PATH or beside {sys.executable}")
+    return found
+
+
 def _check_board(board):
     if board not in BOARDS:
         raise ValueError(f"board must be one of {sorted(BOARDS)}, not {board!r}")
@@ -159,10 +170,10 @@ def synth_engine(*, width=8, ring_size=65536, build_dir=None):
     (build_dir / "engine.il").write_text(rtlil.convert(engine, name="engine"))
     try:
         # relative names only: YoWASP tools see just the folder they run in
-        subprocess.run([os.environ["YOSYS"], "-q", "-l", "synth.log", "-p",
+        subprocess.run([_tool("YOSYS"), "-q", "-l", "synth.log", "-p",
                         "read_rtlil engine.il; synth_ecp5 -top engine -json engine.json"],
                        cwd=build_dir, check=True, capture_output=True)
-        subprocess.run([os.environ["NEXTPNR_ECP5"], "--85k", "--package", "CABGA381",
+        subprocess.run([_tool("NEXTPNR_ECP5"), "--85k", "--package", "CABGA381",
                         "--json", "engine.json", "--out-of-context", "--freq", "25",
                         "--report", REPORT_NAME, "--log", "pnr.log"],
                        cwd=build_dir, check=True, capture_output=True)

@@ -142,6 +142,25 @@ def test_cli_registers_board_build():
         parser.parse_args(["board", "build", "--board", "de0nano"])
 
 
+def test_cli_registers_board_synth():
+    parser = argparse.ArgumentParser()
+    board_build.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["board", "synth", "--width", "32"])
+    assert (args.width, args.ring_size, args.func) == (32, 65536, board_build._run_synth)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["board", "synth", "--width", "16"])
+
+
+def test_synth_engine_checks_before_any_tool(tmp_path, monkeypatch):
+    """A bad width is refused by the engine itself; a missing tool is a
+    BuildError naming it, not a traceback."""
+    with pytest.raises(ValueError, match="not 16"):
+        board_build.synth_engine(width=16, build_dir=tmp_path)
+    monkeypatch.setenv("YOSYS", "no-such-yosys")
+    with pytest.raises(board_build.BuildError, match="no-such-yosys"):
+        board_build.synth_engine(width=8, ring_size=1024, build_dir=tmp_path)
+
+
 def test_build_rejects_bad_parameters():
     with pytest.raises(ValueError, match="'de0nano'"):
         board_build.build("de0nano")
