@@ -90,8 +90,14 @@ def _log_errors(build_dir):
 
 
 def _tool_env():
+    # A tool not on PATH is looked up beside this Python: pip puts the
+    # YoWASP tools in the venv's bin/, which need not be on PATH (CI runs
+    # .venv/bin/pytest without activating the venv).
+    beside = str(Path(sys.executable).parent)
     for name, default in TOOL_DEFAULTS.items():
-        os.environ.setdefault(name, default)
+        if name not in os.environ:
+            os.environ[name] = (shutil.which(default) or shutil.which(default, path=beside)
+                                or default)
     # RTLIL conversion with the yosys Amaranth ships, not the YOSYS above.
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
 
