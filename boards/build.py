@@ -89,24 +89,25 @@ def _log_errors(build_dir):
     return "; ".join(dict.fromkeys(keep)) or "see top.tim"
 
 
+def _which(cmd):
+    """``cmd`` on PATH, or else beside this Python: pip puts the YoWASP tools
+    in the venv's bin/, which need not be on PATH (CI runs .venv/bin/pytest
+    without activating the venv). None when neither has it."""
+    return shutil.which(cmd) or shutil.which(cmd, path=str(Path(sys.executable).parent))
+
+
 def _tool_env():
-    # A tool not on PATH is looked up beside this Python: pip puts the
-    # YoWASP tools in the venv's bin/, which need not be on PATH (CI runs
-    # .venv/bin/pytest without activating the venv).
-    beside = str(Path(sys.executable).parent)
     for name, default in TOOL_DEFAULTS.items():
         if name not in os.environ:
-            os.environ[name] = (shutil.which(default) or shutil.which(default, path=beside)
-                                or default)
+            os.environ[name] = _which(default) or default
     # RTLIL conversion with the yosys Amaranth ships, not the YOSYS above.
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
 
 
 def _tool(name):
-    """The command named by ``$name``: on PATH, or beside this Python (a venv's
-    bin/, where pip put the YoWASP tools, need not be on PATH)."""
+    """The command named by ``$name``, found as ``_which`` finds it."""
     cmd = os.environ[name]
-    found = shutil.which(cmd) or shutil.which(cmd, path=str(Path(sys.executable).parent))
+    found = _which(cmd)
     if found is None:
         raise BuildError(f"{name}={cmd!r}: no such command on PATH or beside {sys.executable}")
     return found

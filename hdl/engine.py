@@ -11,8 +11,9 @@ Block diagram (docs/hardware.md has the long form)::
 
 Ingress is one beat per clock: a byte at ``data_width`` 8 (UART, the sim
 harness), four bytes at 32 (a wide link, docs/protocol.md "Wide links":
-every frame from a beat boundary, the ring in 32-bit words). A JNLWR's ring placement is decided from the
-header LENGTH before the first body byte, so control data (already stamped
+every frame from a beat boundary, the ring in 32-bit words). A JNLWR's ring
+placement is decided from the header LENGTH before the first body byte, so
+control data (already stamped
 with SEQ#, TIME, JOFS and its CCRC) and journal data go straight into the
 ring as they arrive; JIPTR moves only when every check has passed, so a NAK
 leaves nothing behind but bytes in free space. The ring memory is a
@@ -32,7 +33,7 @@ from ..host import protocol
 from . import layouts
 from .compare import ge_const, lt_const
 from .crc import CRC_INIT, crc32c_step
-from .lanes import crc32c_lanes, lane_mask
+from .lanes import crc32c_lanes, lane_mask, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 
@@ -304,10 +305,7 @@ class JournalEngine(wiring.Component):
         m.d.comb += walk_sum.eq(walk_off + walk_r)
         # next record: the skipped tail ends at WRAP_AT; SIZE truncates to 0
         walk_next = Mux(walk_sum == wrap_at, 0, walk_sum[:RB])
-        if W == 1:
-            m.d.comb += walk_addr.eq(walk_off + _CTL["data_len"][0] + dl_step)
-        else:
-            m.d.comb += walk_addr.eq((walk_off + _CTL["data_len"][0])[LW:] + dl_step)
+        m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
         rd_cnt = Signal(RB)                    # records to skip (JNLRD) or free (RELEASE)
@@ -493,8 +491,7 @@ class JournalEngine(wiring.Component):
             with m.State("PAD"):
                 # zero padding up to R (docs/protocol.md "Records"): the ring
                 # image between JOPTR and JIPTR equals the model's
-                m.d.comb += [wr.addr.eq((place + bcnt) if W == 1 else (place + bcnt)[LW:]),
-                             wr.data.eq(0), wr.en.eq(1)]
+                m.d.comb += [wr.addr.eq(word_address(place + bcnt, W)), wr.data.eq(0), wr.en.eq(1)]
                 m.d.sync += bcnt.eq(bcnt_next)
                 with m.If(bcnt_next == rlen):
                     m.next = "EXEC"
@@ -586,7 +583,7 @@ class JournalEngine(wiring.Component):
                 # the WRAP marker: a control data with KIND 0xFF, all else 0
                 kind_at = _CTL["kind"][0]
                 m.d.comb += [
-                    wr.addr.eq((mark_at if W == 1 else mark_at[LW:]) + kcnt),
+                    wr.addr.eq(word_address(mark_at, W) + kcnt),
                     wr.data.eq(Mux(kcnt == kind_at // W,
                                    int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)),
                     wr.en.eq(1),
@@ -728,7 +725,10 @@ class JournalEngine(wiring.Component):
 
         At width 32 each lane is body byte BCNT + lane (BCNT is a multiple
         of 4, so a beat never straddles two control fields); the last beat
-        holds KLAST body bytes and the start of the BCRC."""
+        holds KLAST body bytes and the start of the BCRC. The width-8 branch
+        is the byte-serial logic kept as it was, not the wide one at W = 1:
+        the iCEBreaker build is at 99 % of its LCs, and this way its netlist
+        is unchanged by width 32."""
         W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
          b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
@@ -778,7 +778,7 @@ class JournalEngine(wiring.Component):
                 # CCRC, then from byte 64 on the DCRC (stamped == beat there)
                 m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
             m.d.comb += [
-                wr.addr.eq((place + bcnt)[LW:]),
+                wr.addr.eq(word_address(place + bcnt, W)),
                 wr.data.eq(stamped),
                 wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
             ]

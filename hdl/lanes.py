@@ -9,7 +9,13 @@ from amaranth.hdl import Const, Mux
 
 from .crc import crc32c_step
 
-__all__ = ["crc32c_lanes", "lane_mask"]
+__all__ = ["crc32c_lanes", "lane_mask", "word_address"]
+
+
+def word_address(byte_address, W: int):
+    """The ring word holding ``byte_address`` (a multiple of W): the ring has
+    words of one beat."""
+    return byte_address if W == 1 else byte_address[W.bit_length() - 1:]
 
 
 def crc32c_lanes(state, data, n, W: int):

@@ -25,7 +25,7 @@ from ..host import protocol
 from . import layouts
 from .compare import lt_const
 from .crc import CRC_INIT, crc32c_step
-from .lanes import crc32c_lanes, lane_mask
+from .lanes import crc32c_lanes, lane_mask, word_address
 
 __all__ = ["Source", "Responder", "LENGTH_BITS"]
 
@@ -189,15 +189,18 @@ class Responder(wiring.Component):
             # the carry entering the next word's first byte: 1 for TAIL_SEQ
             m.d.sync += carry.eq(source == Source.STATUS)
 
-        ccrc_out = (ccrc ^ CRC_INIT) if W == 4 else (ccrc ^ CRC_INIT).word_select(idx[:2], 8)
+        def crc_out(reg):
+            """The finished CRC in ``reg``, as sent: whole at width 32, a byte
+            (idx[:2]) at width 8."""
+            return (reg ^ CRC_INIT) if W == 4 else (reg ^ CRC_INIT).word_select(idx[:2], 8)
+
         with m.Switch(phase):
             with m.Case(_Phase.HEAD):
                 m.d.comb += beat.eq(Mux(idx_lt12, head.word_select(idx[LW:4], 8 * W),
-                                        (crc ^ CRC_INIT) if W == 4
-                                        else (crc ^ CRC_INIT).word_select(idx[:2], 8)))
+                                        crc_out(crc)))
             with m.Case(_Phase.BODY):
                 with m.If(source == Source.RING):
-                    m.d.comb += body.eq(Mux(ccrc_pos, ccrc_out, self.rd_data))
+                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), self.rd_data))
                 with m.Elif(sub_seq):
                     m.d.comb += body.eq(diff[:8 * W])
                 with m.Else():
@@ -210,7 +213,7 @@ class Responder(wiring.Component):
                                             body))
             with m.Case(_Phase.TRAILER):
                 if W == 1:
-                    m.d.comb += beat.eq((crc ^ CRC_INIT).word_select(idx[:2], 8))
+                    m.d.comb += beat.eq(crc_out(crc))
                 else:
                     # the BCRC bytes not sent in the body's last beat, then zeros
                     m.d.comb += beat.eq((crc ^ CRC_INIT) >> Cat(Const(0, 3), W - kl))
@@ -223,7 +226,7 @@ class Responder(wiring.Component):
         # Ring prefetch: when a beat is taken, read the body beat shown next.
         next_body = Mux(phase == _Phase.BODY, idx_next, 0)
         m.d.comb += [
-            self.rd_addr.eq((base + next_body) if W == 1 else (base + next_body)[LW:]),
+            self.rd_addr.eq(word_address(base + next_body, W)),
             self.rd_en.eq(take),
         ]
 
