@@ -108,6 +108,7 @@ class Status(enum.IntEnum):
     BAD_REQUEST = 12  # body of a request malformed
     SUSPENDED = 13    # group is suspended (host links only)
     WRONG_GROUP = 14  # group name/number does not match (host links only)
+    SEQ_REGRESSION = 15  # the peer's journal stream is behind ours (host links only)
 
 
 class Role(enum.IntEnum):

@@ -84,9 +84,11 @@ def pair_create(sites: Sites, grname: str) -> None:
     """PAIR_CREATE: check the pairing rules, then SMPL -> COPY (the base copy starts)."""
     tables = {r: sites.call(r, "jnlg") for r in ROLES}
     check_pairing(grname, tables["primary"], tables["relay"], tables["secondary"])
+    relay = sites.group_status("relay", grname)
     # Downstream first: by the time the first base journal flows, the relay and
     # secondary already know they are in COPY (the SVOLs are not consistent).
-    sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+               relay_seq=relay["next_seq"] - 1)
     sites.call("relay", "pair_set", group=grname, grsts="COPY")
     sites.call("primary", "pair_create", group=grname)
 
@@ -138,7 +140,10 @@ def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0) -> None:
 def pair_resync(sites: Sites, grname: str) -> None:
     """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
     relay = sites.group_status("relay", grname)
-    sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    # relay_seq: the ordered resync of a journal stream that went backwards
+    # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
+    sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+               relay_seq=relay["next_seq"] - 1)
     sites.call("relay", "pair_set", group=grname, grsts="COPY")
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"])
 
@@ -198,6 +203,8 @@ def format_status(rows: list[dict]) -> str:
         for v in (p, r, s):
             if v and v.get("reason"):
                 out.append(f"  reason: {v['reason']}")
+            if v and v.get("recovery_warning"):
+                out.append(f"  warning: {v['recovery_warning']}")
         if r:
             out.append(f"  journal  {row['journal_used_pct']:5.1f}% used, backlog "
                        f"{row['backlog_entries']} journals / {_mib(row['backlog_bytes'])}, "

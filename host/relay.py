@@ -34,9 +34,9 @@ from .control import ControlError, ControlServer
 from .durable import atomic_write_json
 from .jnlg import GRSTS, JnlgTable
 from .engine.base import Engine, EngineError, open_engine
-from .link import Link, LinkError, connect, nak
+from .link import Link, LinkError, LinkRefused, connect, nak
 from .protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
-from .store import JournalStore, StoreError
+from .store import CorruptStore, JournalStore, StoreError
 from .store_commit import GroupCommitter
 
 __all__ = ["RelayError", "RelayGroup", "Relay", "TAG_MOD", "next_pseq", "tag_distance"]
@@ -47,6 +47,7 @@ TAG_MOD = 1 << 32          # PSEQ lives in the 32-bit TAG and wraps (serial arit
 FORWARD_BATCH = 64         # journals per read/send batch to the secondary
 FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
 RECONNECT_DELAY = 0.2
+FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
 
 
@@ -98,6 +99,7 @@ class RelayGroup:
         self.site = site
         self.engine = engine
         jcfg = cfg.journal
+        self.recovery_warning = ""
         if jcfg.path.exists():
             self.store = JournalStore.open(jcfg.path)
         else:
@@ -108,6 +110,7 @@ class RelayGroup:
         if self.store.epoch != cfg.epoch:
             raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, "
                              f"config says {cfg.epoch}")
+        self._report_recovery()
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = site.state_dir / f"{cfg.grname}.relay"
         self.last_tag = self._recover_last_tag()
@@ -119,6 +122,7 @@ class RelayGroup:
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
+        self.forward_fault = ""     # why journals cannot go to the secondary now
         self.primary_link: Link | None = None
         self.secondary_link: Link | None = None
         self.secondary_acked = 0
@@ -134,6 +138,23 @@ class RelayGroup:
         self._acked = asyncio.Event()     # the secondary ACKed something
 
     # -- recovery -------------------------------------------------------------
+
+    def _report_recovery(self) -> None:
+        """Say what opening the journal volume found; loudly if journals were cut off."""
+        rep = self.store.recovery
+        if rep is None or rep.end_reason == "new store":
+            return
+        log.info("group %s: journal volume %s recovered journals %d..%d (scan ended at JOFS %d: "
+                 "%s)", self.cfg.grname, self.store.path, rep.tail_seq, rep.end_seq - 1,
+                 rep.end_pos, rep.end_reason)
+        if rep.quarantined:
+            first, last = rep.quarantined
+            self.recovery_warning = (
+                f"journal volume damaged or cut at SEQ# {rep.end_seq} ({rep.end_reason}); "
+                f"whole records of SEQ# {first}..{last} after it were moved to "
+                f"{rep.quarantine_path}. If the primary had them ACKed it suspends the group "
+                f"and asks for `tricopy pair resync`")
+            log.error("group %s: %s", self.cfg.grname, self.recovery_warning)
 
     def _recover_last_tag(self) -> int:
         if self.store.held:
@@ -317,6 +338,30 @@ class RelayGroup:
             return self.store.next_seq - 1
         return min(self.store.durable_seq, self.store.next_seq - 1)
 
+    def _forward_fault(self, reason: str) -> None:
+        """Forwarding cannot go on (the journal stream downstream does not match,
+        or a held journal is damaged): shown as SUSP with ``reason``, logged
+        once.  Host writes are still taken until the journal fills."""
+        if reason != self.forward_fault:
+            self.forward_fault = reason
+            log.error("group %s: forwarding stopped: %s", self.cfg.grname, reason)
+
+    def _refuse_secondary(self, peer: protocol.Hello) -> str | None:
+        """Why the secondary's HELLO does not continue this relay's stream, or None."""
+        last = self.store.next_seq - 1
+        if peer.epoch != self.cfg.epoch:
+            return (f"secondary {peer.site!r} is at epoch {peer.epoch}, this group at "
+                    f"{self.cfg.epoch}")
+        if peer.last_seq > last:
+            return (f"secondary {peer.site!r} has restored up to SEQ# {peer.last_seq} but this "
+                    f"relay has issued only up to {last}: the relay's journal went backwards "
+                    f"(lost or recreated); run `tricopy pair resync`")
+        if peer.last_seq + 1 < self.store.tail_seq:
+            return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
+                    f"journal starts at {self.store.tail_seq}: journals are missing; run "
+                    f"`tricopy pair resync`")
+        return None
+
     async def forwarder(self) -> None:
         """Patent Fig. 9: send journals to the secondary in SEQ# order, forever."""
         while True:
@@ -325,22 +370,38 @@ class RelayGroup:
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
                                            name=f"{self.site.site}->secondary")
+            except LinkRefused as exc:
+                self._forward_fault(f"the secondary refused this relay's HELLO: "
+                                    f"{exc.status.name} (its status says why)")
+                await asyncio.sleep(FAULT_RETRY_DELAY)
+                continue
             except LinkError as exc:
                 log.debug("secondary not reachable: %s", exc)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
+            if (why := self._refuse_secondary(peer)) is not None:
+                self._forward_fault(why)
+                await link.close()
+                await asyncio.sleep(FAULT_RETRY_DELAY)
+                continue
+            if self.forward_fault:
+                log.info("group %s: forwarding resumed (was: %s)", self.cfg.grname,
+                         self.forward_fault)
+                self.forward_fault = ""
             self.secondary_link = link
+            # What the secondary has restored was forwarded by this relay, maybe
+            # before a restart: it may be released, and nothing past it.
+            self.forwarded = max(self.forwarded, peer.last_seq)
             rx = asyncio.create_task(self._secondary_acks(link))
             try:
                 await self._release(peer.last_seq)
-                if peer.last_seq + 1 < self.store.tail_seq:
-                    self.grsts, self.reason = "SUSP", (
-                        f"secondary restored up to {peer.last_seq} but the journal starts at "
-                        f"{self.store.tail_seq}: journals are missing, resync needed")
-                    log.error("group %s: %s", self.cfg.grname, self.reason)
                 await self._send_loop(link, max(peer.last_seq + 1, self.store.tail_seq))
             except LinkError as exc:
                 log.info("secondary link: %s", exc)
+            except CorruptStore as exc:
+                self._forward_fault(f"a held journal is damaged: {exc}; the journals from it on "
+                                    f"cannot reach the secondary: run `tricopy pair resync`")
+                await asyncio.sleep(FAULT_RETRY_DELAY)
             finally:
                 rx.cancel()
                 await link.close()
@@ -378,7 +439,16 @@ class RelayGroup:
             while True:
                 frame = await link.recv()
                 if frame.type == FrameType.ACK:
-                    await self._release(protocol.Ack.from_frame(frame).seq)
+                    upto = protocol.Ack.from_frame(frame).seq
+                    if upto > self.forwarded:
+                        # Never release what was not sent: a secondary ACKing more
+                        # is not restoring this stream.
+                        log.error("group %s: the secondary ACKed SEQ# %d but only %d was "
+                                  "forwarded; dropping the link", self.cfg.grname, upto,
+                                  self.forwarded)
+                        await link.close()
+                        return
+                    await self._release(upto)
                 else:
                     log.warning("secondary answered %s; reconnecting", frame.type.name)
                     await link.close()
@@ -426,15 +496,17 @@ class RelayGroup:
 
     def status(self) -> dict:
         s = self.store
-        state = self.grsts if self.grsts == "SUSP" else self.jnlg.grsts
+        state = "SUSP" if self.grsts == "SUSP" or self.forward_fault else self.jnlg.grsts
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "INTERMEDIARY",
-                "grsts": state, "reason": self.reason, "durability": self.cfg.durability.value,
+                "grsts": state, "reason": self.reason or self.forward_fault,
+                "durability": self.cfg.durability.value,
                 "forwarded": self.forwarded, "lag": round(self.lag(), 3),
                 "used_pct": round(100.0 * s.used / s.size, 2),
                 "jiptr": s.jiptr, "joptr": s.joptr, "size": s.size, "used": s.used,
                 "next_seq": s.next_seq, "tail_seq": s.tail_seq, "held": s.held,
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
+                "recovery_warning": self.recovery_warning,
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
 

@@ -45,27 +45,42 @@ STAGE_LIMIT = 64 << 20
 RESTORE_POINT_PERIOD = 0.05
 RESTORE_POINT_JOURNALS = 256
 RESTORE_STEP = 64              # journals applied between two looks at the event loop
+# How far past the restore point one apply mark may reach: bounds the work of
+# finding the staged run and the replay a crash can leave to do.
+MARK_AHEAD = 4096
 
 
 class RestoreState:
-    """The persisted restore point of one group: ``{"last_seq": N, "epoch": E}``."""
+    """The persisted restore point of one group.
+
+    ``{"last_seq": R, "epoch": E, "mark": M}``: the SVOLs hold every journal
+    up to R durably, and nothing past M was ever applied to them.  M (the
+    *apply mark*) is saved before any journal past the previous mark is
+    applied, so after a crash at any moment the SVOLs hold R, plus some of
+    R+1..M, possibly torn.  Replaying R+1..M in order rewrites all of them;
+    until the replay passes M the SVOLs are not a prefix of anything and the
+    group says so (``RestoreGroup.catching_up``).
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.last_seq = 0
+        self.mark = 0
         self.epoch = 0
         if path.exists():
             try:
                 doc = json.loads(path.read_text())
                 self.last_seq = int(doc["last_seq"])
                 self.epoch = int(doc.get("epoch", 0))
+                self.mark = max(self.last_seq, int(doc.get("mark", self.last_seq)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"restore state {path} is corrupt: {exc}") from None
 
-    def save(self, last_seq: int) -> None:
-        # The file is either the old point or the new one.
-        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch})
-        self.last_seq = last_seq
+    def save(self, last_seq: int, mark: int | None = None) -> None:
+        # The file is either the old state or the new one.
+        mark = max(last_seq, self.mark if mark is None else mark)
+        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch, "mark": mark})
+        self.last_seq, self.mark = last_seq, mark
 
 
 class RestoreGroup:
@@ -77,6 +92,7 @@ class RestoreGroup:
 
     def __init__(self, cfg: GroupConfig, site: SiteConfig):
         self.cfg = cfg
+        self.site = site
         self.volumes = {v.idx: Volume(v.path, v.size, v.block_size, idx=v.idx)
                         for v in site.volumes_of(cfg.grnum)}
         site.state_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +101,13 @@ class RestoreGroup:
         # Restored to the SVOLs (maybe not durable yet); the restore point
         # ``last_restored`` follows it at the next checkpoint.
         self.applied = self.state.last_seq
+        # A crash may have left R+1..mark partly applied: replay them before
+        # calling the SVOLs consistent again (RestoreState).
+        self.replay_to = self.state.mark if self.state.mark > self.state.last_seq else 0
+        if self.replay_to:
+            log.warning("group %s: restarted with SEQ# %d..%d possibly half applied; the SVOLs "
+                        "are not consistent until the relay's journals replay past %d",
+                        cfg.grname, self.state.last_seq + 1, self.replay_to, self.replay_to)
         self._touched: set[Volume] = set()
         self._checkpoint_at = 0.0      # monotonic time of the last saved restore point
         self.staged_bytes = 0
@@ -162,19 +185,42 @@ class RestoreGroup:
             vol.trim(ctl.address, ctl.length)
         return vol    # MARK: no volume effect
 
+    def run_end(self) -> int:
+        """The last SEQ# of the staged run that follows ``applied`` (capped at MARK_AHEAD)."""
+        seq, stop = self.applied, self.applied + MARK_AHEAD
+        while seq < stop and seq + 1 in self.staged:
+            seq += 1
+        return seq
+
+    @property
+    def catching_up(self) -> bool:
+        """A crash left journals up to the apply mark maybe half applied: the
+        SVOLs are not a prefix of the history until the replay passes it."""
+        return self.applied < self.replay_to
+
+    def mark_due(self) -> int | None:
+        """The apply mark to save before restoring on, or None if the mark allows progress."""
+        if self.applied < self.state.mark or self.applied + 1 not in self.staged:
+            return None
+        return self.run_end()
+
+    def save_mark(self, mark: int) -> None:
+        """Persist the apply mark: nothing past it is applied before this returns."""
+        self.state.save(self.state.last_seq, mark)
+
     def restore(self, limit: int | None = None) -> int:
-        """Apply the contiguous run after ``applied`` (at most ``limit`` journals);
-        return how many were applied.
+        """Apply the contiguous run after ``applied`` (at most ``limit`` journals,
+        never past the apply mark); return how many were applied.
 
         The restore point is not moved: :meth:`checkpoint` does that.
         """
         if self.grsts == "SUSP":
             return 0
         seq = self.applied
-        end = None if limit is None else seq + limit
+        end = self.state.mark if limit is None else min(self.state.mark, seq + limit)
         touched = self._touched
         try:
-            while seq != end and (nxt := self.staged.pop(seq + 1, None)) is not None:
+            while seq < end and (nxt := self.staged.pop(seq + 1, None)) is not None:
                 ctl, data = nxt
                 self.staged_bytes -= len(data) + protocol.CONTROL_SIZE
                 touched.add(self._apply(ctl, data))
@@ -234,8 +280,13 @@ class RestoreGroup:
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
                 # thread hop per batch cost more than the writes.  The fsyncs of
-                # the checkpoint run in a thread so the link keeps receiving.
-                while self.restore(RESTORE_STEP) == RESTORE_STEP:
+                # the apply mark and the checkpoint run in a thread so the link
+                # keeps receiving (and the next mark covers what came meanwhile).
+                while True:
+                    if (mark := self.mark_due()) is not None:
+                        await asyncio.to_thread(self.save_mark, mark)
+                    if not self.restore(RESTORE_STEP):
+                        break
                     await asyncio.sleep(0)
                 saved = False
                 if interval or self.checkpoint_due(time.monotonic()) == 0:
@@ -244,19 +295,84 @@ class RestoreGroup:
                 self.link.send(protocol.Ack(seq=self.last_restored,
                                             req_type=FrameType.JNLWR).frame())
 
-    def pair_set(self, grsts: str, consistent_seq: int | None = None) -> None:
-        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
+    def pair_set(self, grsts: str, consistent_seq: int | None = None,
+                 relay_seq: int | None = None) -> None:
+        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
+
+        ``relay_seq`` comes with COPY (pair create and resync): the last SEQ#
+        the relay has issued.  It is the ordered resync of a journal stream
+        that went backwards (the relay's journal was lost or recreated): the
+        copy that follows rewrites what the SVOLs hold past it, so the restore
+        point moves back to it and this group's SUSP verdict is lifted.
+        """
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
+        if grsts == "COPY" and relay_seq is not None:
+            self._rebase(relay_seq)
         self.jnlg.set_state(grsts)
         if consistent_seq is not None:
             self.jnlg.consistent_seq = consistent_seq
         self._table.save()
 
+    def _rebase(self, relay_seq: int) -> None:
+        if self.grsts == "SUSP":
+            log.info("group %s: resync ordered, SUSP lifted (was: %s)", self.cfg.grname, self.reason)
+            self.grsts, self.reason = "PAIR", ""
+        high = max(self.state.mark, self.applied)
+        if relay_seq >= high:
+            return
+        log.warning("group %s: resync ordered: the restore point moves back from %d to the "
+                    "relay's SEQ# %d; the SVOLs are not consistent until the copy ends",
+                    self.cfg.grname, high, relay_seq)
+        self.staged.clear()
+        self.staged_bytes = 0
+        self._room.set()
+        for vol in self.volumes.values():
+            vol.flush()
+        self.state.save(relay_seq, relay_seq)
+        self.applied = relay_seq
+        self.replay_to = 0
+
+    def refuse_relay(self, hello: protocol.Hello) -> str | None:
+        """Why a relay's HELLO must be refused (stream identity), or None.
+
+        A journal stream is (epoch, SEQ#).  A relay at another epoch, or one
+        whose newest SEQ# is below what this site has restored or applied,
+        is not the stream the SVOLs hold: its journals would be skipped as
+        replays or applied over newer data.  Both suspend the group.
+        """
+        if hello.epoch != self.cfg.epoch:
+            return (f"relay {hello.site!r} is at epoch {hello.epoch}, this group at "
+                    f"{self.cfg.epoch}")
+        high = max(self.state.mark, self.applied)
+        if hello.last_seq < high:
+            return (f"relay {hello.site!r} holds journals only up to SEQ# {hello.last_seq} but "
+                    f"the SVOLs hold journals up to SEQ# {high} (restore point "
+                    f"{self.last_restored}): the relay's journal went backwards (lost or "
+                    f"recreated); run `tricopy pair resync` to copy what differs")
+        return None
+
+    def suspend(self, reason: str) -> None:
+        if (self.grsts, self.reason) != ("SUSP", reason):
+            self.grsts, self.reason = "SUSP", reason
+            log.error("group %s suspended: %s", self.cfg.grname, reason)
+
     def consistent(self) -> bool:
-        """The SVOLs hold a prefix of the primary's write history (not mid base copy)."""
-        return (self.jnlg.grsts in ("PAIR", "SUSP")
+        """The SVOLs hold a prefix of the primary's write history: not mid base
+        copy, and not in the replay after a crash (``catching_up``)."""
+        return (self.jnlg.grsts in ("PAIR", "SUSP") and not self.catching_up
                 and self.last_restored >= self.jnlg.consistent_seq)
+
+    def readable(self) -> str | None:
+        """Why the SVOLs must not be read now (their NBD export is fenced), or None."""
+        if self.catching_up:
+            return (f"the SVOLs of group {self.cfg.grname} replay SEQ# {self.applied + 1}.."
+                    f"{self.replay_to} after a crash and are not a consistent image yet")
+        if self.jnlg.grsts == "SMPL" or self.consistent():
+            return None
+        return (f"the SVOLs of group {self.cfg.grname} are not consistent ({self.jnlg.grsts}, "
+                f"restored up to SEQ# {self.last_restored}, consistent from "
+                f"{self.jnlg.consistent_seq})")
 
     async def snapshot(self, folder: Path) -> int:
         """Copy every SVOL into ``folder`` between two restore steps; return the restore point."""
@@ -272,7 +388,9 @@ class RestoreGroup:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
                 "grsts": self.grsts if self.grsts == "SUSP" else self.jnlg.grsts,
                 "consistent": self.consistent(), "consistent_seq": self.jnlg.consistent_seq,
-                "reason": self.reason,
+                "reason": self.reason or (self.readable() or "" if self.catching_up else ""),
+                "catching_up_to": self.replay_to if self.catching_up else None,
+                "apply_mark": self.state.mark,
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
                 "gap": self.gap(), "received": self.received,
@@ -302,8 +420,10 @@ class Secondary:
 
     async def _pair_set(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
-        seq = req.get("consistent_seq")
-        g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
+        seq, relay_seq = req.get("consistent_seq"), req.get("relay_seq")
+        async with g._restore_lock:     # a rebase must not cut through a restore step
+            g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
+                       None if relay_seq is None else int(relay_seq))
         return {"grsts": g.jnlg.grsts}
 
     async def _snapshot(self, req: dict) -> dict:
@@ -327,8 +447,8 @@ class Secondary:
             await self.control.start(self.cfg.control)
         if self.cfg.nbd is not None:     # SVOLs over NBD, read-only (docs/nbd.md)
             from .nbd.primary_export import secondary_exports, serve_site_volumes
-            self.nbd = await serve_site_volumes(self.cfg.nbd, secondary_exports(
-                [v for g in self.groups for v in self.cfg.volumes_of(g)]))
+            self.nbd = await serve_site_volumes(self.cfg.nbd,
+                                                secondary_exports(self.groups.values()))
         tasks = [asyncio.create_task(g.restorer(g.cfg.restore_interval))
                  for g in self.groups.values()]
         log.info("secondary %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
@@ -342,7 +462,17 @@ class Secondary:
             hello = await link.expect_hello()
             group = self.groups.get(hello.group)
             if hello.role != Role.RELAY or group is None or hello.grname != group.cfg.grname:
+                log.warning("%s: refused HELLO from %s: role %s, group %d %r is not a RESTORE "
+                            "group here", link.name, link.peername, Role(hello.role).name,
+                            hello.group, hello.grname)
                 link.send(nak(Status.WRONG_GROUP, FrameType.HELLO))
+                await link.drain()
+                await link.close()
+                return
+            if (why := group.refuse_relay(hello)) is not None:
+                group.suspend(why)
+                status = Status.STALE_EPOCH if hello.epoch != group.cfg.epoch else Status.SEQ_REGRESSION
+                link.send(nak(status, FrameType.HELLO))
                 await link.drain()
                 await link.close()
                 return

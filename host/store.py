@@ -163,6 +163,12 @@ class RecoveryReport:
     torn record is the normal end after a crash; a CRC failure there after a
     clean run means a record that was durable is damaged.  ``scrubbed``
     counts stale record headers zeroed in the free space.
+
+    ``quarantined`` is the (first, last) SEQ# of the whole records found
+    *after* the end (SEQ# >= ``end_seq``), copied to ``quarantine_path``
+    before the scrub zeroed them: either a window written but never made
+    durable (a crash; never ACKed), or journals behind a record the disk
+    damaged (ACKed and now lost: the primary's HELLO check tells which).
     """
     superblock_gen: int
     tail_seq: int
@@ -170,6 +176,8 @@ class RecoveryReport:
     end_pos: int
     end_reason: str
     scrubbed: int
+    quarantined: tuple[int, int] | None = None
+    quarantine_path: str | None = None
 
     @property
     def recovered(self) -> int:
@@ -321,11 +329,16 @@ class JournalStore:
         self._used = used
         self._wrap_at = wrap_at
         self._next_seq = seq
-        scrubbed = self._scrub()
+        found: list[tuple[Control, bytes]] = []
+        scrubbed = self._scrub(keep_from=seq, kept=found)
+        quarantined = qpath = None
+        if found:
+            qpath = self._quarantine(found)
+            quarantined = (min(c.seq for c, _ in found), max(c.seq for c, _ in found))
         os.fdatasync(self._fd)
         self._durable = seq - 1
         self.recovery = RecoveryReport(self._sb.gen, self._tail_seq, seq, pos % size,
-                                       reason, scrubbed)
+                                       reason, scrubbed, quarantined, qpath)
 
     def _check_record(self, pos: int, seq: int, limit: int, raw: bytes | None = None) -> int | str:
         """Record size of a valid record with ``seq`` at ``pos`` ending by
@@ -353,7 +366,24 @@ class JournalStore:
             return f"DATA_CRC mismatch in seq {seq} at {pos} (torn record)"
         return r
 
-    def _scrub(self) -> int:
+    def _quarantine(self, records: list[tuple[Control, bytes]]) -> str:
+        """Append whole records to ``<path>.quarantine`` (control data then
+        data, as in the ring) and make them durable; returns the path."""
+        qpath = f"{self._path}.quarantine"
+        fd = os.open(qpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for ctl, data in sorted(records, key=lambda r: r[0].seq):
+                buf = ctl.pack() + data
+                if os.write(fd, buf) != len(buf):
+                    raise OSError(f"short write to {qpath}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(qpath)
+        return qpath
+
+    def _scrub(self, keep_from: int | None = None,
+               kept: list[tuple[Control, bytes]] | None = None) -> int:
         """Zero every record-looking control data outside the held records.
 
         Why: after a crash the tail past the recovered end may hold valid
@@ -381,9 +411,25 @@ class JournalStore:
             looks = (words[:, 3] == offsets) & (kind >= 1) & (kind <= 5)
             looks &= ~held[start // ALIGN:start // ALIGN + len(words)]
             for unit in np.flatnonzero(looks):
-                os.pwrite(self._fd, zero, HEADER_SIZE + start + int(unit) * CONTROL_SIZE)
+                at = start + int(unit) * CONTROL_SIZE
+                if kept is not None:
+                    u = int(unit) * CONTROL_SIZE
+                    record = self._whole_record(at, chunk[u:u + CONTROL_SIZE])
+                    if record is not None and record[0].seq >= keep_from:
+                        kept.append(record)
+                os.pwrite(self._fd, zero, HEADER_SIZE + at)
                 count += 1
         return count
+
+    def _whole_record(self, pos: int, raw: bytes) -> tuple[Control, bytes] | None:
+        """The record at ``pos`` if its control data and data are intact, else None."""
+        ctl = Control.unpack(raw)
+        if not ctl.ccrc_ok() or ctl.data_len > MAX_DATA or pos + record_size(ctl.data_len) > self._size:
+            return None
+        data = os.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
+        if len(data) != ctl.data_len or (crc32c(data) if data else 0) != ctl.data_crc:
+            return None
+        return ctl, data
 
     # -- state ---------------------------------------------------------------
 

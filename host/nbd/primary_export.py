@@ -20,27 +20,32 @@ WRITE_ZEROES or TRIM means "survives the loss of the primary".
   was full, ``NBD_EIO`` otherwise.  The client never waits longer than that.
 
 :func:`serve_site_volumes` starts the NBD server a site's ``[nbd]`` config
-asks for; the secondary's SVOLs are served by :class:`FileExport` read-only
-(writes answered ``NBD_EPERM`` by the protocol core).
+asks for.  The secondary's SVOLs are served by :class:`SecondaryExport`:
+read-only (writes answered ``NBD_EPERM`` by the protocol core), and fenced
+(reads answered ``NBD_EIO``) while they are not a consistent image.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING
 
 from ..config import NbdConfig, VolumeConfig
 from ..protocol import Kind
 from ..volume import Volume, VolumeError
-from .export import Export, ExportError, FileExport
-from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC
+from .export import Export, ExportError
+from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM
 from .server import NbdServer
 
 if TYPE_CHECKING:
     from ..primary import MasterGroup
+    from ..secondary import RestoreGroup
 
-__all__ = ["PrimaryExport", "export_name", "primary_exports", "secondary_exports",
+log = logging.getLogger(__name__)
+
+__all__ = ["PrimaryExport", "SecondaryExport", "export_name", "primary_exports", "secondary_exports",
            "serve_site_volumes"]
 
 # Reads below this size are served inline: a pread from the page cache costs
@@ -131,8 +136,54 @@ def primary_exports(groups) -> dict[str, Export]:
     return exports
 
 
-def secondary_exports(volumes: list[VolumeConfig]) -> dict[str, Export]:
-    """A read-only :class:`FileExport` per SVOL (the restorer keeps writing the file)."""
-    return {export_name(v): FileExport(v.path, v.block_size, read_only=True,
-                                       description=f"SVOL idx {v.idx} (read-only)")
-            for v in volumes}
+class SecondaryExport(Export):
+    """One SVOL of a RESTORE group, read-only, fenced while it is not a consistent image.
+
+    Reads run on the event loop, between two restore steps of the restorer
+    (which also runs there): a read never sees half of a step, so every read
+    returns a prefix of the write history.  While the group says the SVOLs
+    are no consistent image (replay after a crash, base copy running) reads
+    fail with EIO and one log line per fenced period says why.
+    """
+
+    read_only = True
+    multi_conn = True
+
+    def __init__(self, group: "RestoreGroup", idx: int):
+        self.group = group
+        self.volume: Volume = group.volumes[idx]
+        self.size = self.volume.size
+        self.block_size = self.volume.block_size
+        self.description = f"SVOL idx {idx} of group {group.cfg.grname} (read-only)"
+        self._fenced_logged = False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        why = self.group.readable()
+        if why is not None:
+            if not self._fenced_logged:
+                log.warning("NBD read of %s refused: %s", self.description, why)
+                self._fenced_logged = True
+            raise ExportError(NBD_EIO, why)
+        self._fenced_logged = False
+        return self.volume.read(offset, length)
+
+    async def write(self, offset: int, data: bytes, fua: bool) -> None:
+        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+
+    async def trim(self, offset: int, length: int) -> None:
+        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+
+    async def flush(self) -> None:
+        return None       # nothing the client wrote: there is nothing of its to flush
+
+
+def secondary_exports(groups) -> dict[str, Export]:
+    """A :class:`SecondaryExport` per SVOL of the given RESTORE groups, by export name."""
+    exports: dict[str, Export] = {}
+    for group in groups:
+        for vol in group.site.volumes_of(group.cfg.grnum):
+            exports[export_name(vol)] = SecondaryExport(group, vol.idx)
+    return exports
