@@ -374,15 +374,17 @@ class RestoreGroup:
                 f"restored up to SEQ# {self.last_restored}, consistent from "
                 f"{self.jnlg.consistent_seq})")
 
-    async def snapshot(self, folder: Path) -> int:
-        """Copy every SVOL into ``folder`` between two restore steps; return the restore point."""
+    async def snapshot(self, folder: Path) -> tuple[int, bool]:
+        """Copy every SVOL into ``folder`` between two restore steps; return
+        the SEQ# applied and whether the group called the copy consistent."""
         folder.mkdir(parents=True, exist_ok=True)
         async with self._restore_lock:
             def copy():
                 for idx, vol in self.volumes.items():
                     shutil.copyfile(vol.path, folder / f"svol{idx}.img")
             await asyncio.to_thread(copy)
-            return self.applied       # the SVOLs hold exactly this prefix
+            # Consistent: the SVOLs hold exactly the prefix 1..applied.
+            return self.applied, self.consistent()
 
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
@@ -435,7 +437,8 @@ class Secondary:
             raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
                                f"not {name!r}")
         folder = self.cfg.state_dir / "snapshots" / name
-        return {"last_restored": await g.snapshot(folder), "folder": str(folder)}
+        applied, consistent = await g.snapshot(folder)
+        return {"last_restored": applied, "consistent": consistent, "folder": str(folder)}
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "secondary",

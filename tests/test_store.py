@@ -300,6 +300,26 @@ def test_corrupted_record_in_the_middle_stops_recovery_there(path):
         assert s.next_seq == 3 and len(s.read(1, 10)) == 2
         for c in ctls[2:]:
             assert peek(path, c.jofs, 64) == bytes(64)
+        # ... but the whole records after the damage are kept, not destroyed:
+        # they may be ACKed journals (the relay reports them; docs/store.md).
+        assert rep.quarantined == (4, 8)
+        assert rep.quarantine_path == f"{path}.quarantine"
+    raw = open(f"{path}.quarantine", "rb").read()
+    pos = 0
+    for c in ctls[3:]:
+        ctl = p.Control.unpack(raw[pos:pos + 64])
+        assert ctl == c and raw[pos + 64:pos + 64 + 100] == payload(c.seq, 100)
+        pos += 64 + ctl.data_len
+    assert pos == len(raw)
+
+
+def test_a_clean_end_quarantines_nothing(path):
+    with JournalStore.create(path, 4096) as s:
+        for _ in range(5):
+            put(s, 100)
+    with JournalStore.open(path) as s:
+        assert s.next_seq == 6 and s.recovery.quarantined is None
+    assert not os.path.exists(f"{path}.quarantine")
 
 
 def test_lost_window_records_never_come_back(path):

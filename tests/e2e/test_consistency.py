@@ -14,8 +14,11 @@ after some prefix of the history:
 
 import asyncio
 import base64
+import json
 import random
+import signal
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -163,3 +166,74 @@ def test_check_prefix_catches_a_reordered_svol():
         raise AssertionError("a non-prefix snapshot was accepted")
     vols[idx0][first0 * BLOCK:first0 * BLOCK + BLOCK] = a
     assert check_prefix(w, [bytes(v) for v in vols]) == [1, 1, 0, 0, 0, 0, 0, 0]
+
+
+def _restore_state(cluster: Cluster) -> dict:
+    return json.loads((cluster.root / "secondary" / "state" / "g1.restored").read_text())
+
+
+def test_svol_stays_a_prefix_across_secondary_crashes_during_catch_up(tmp_path):
+    """The secondary is killed while it restores, restarted with the relay
+    stopped (the window in which a second crash, then the loss of primary and
+    relay, would leave it alone), then caught up while snapshots are taken.
+
+    Every snapshot the secondary calls consistent must be a prefix of the
+    history; while a crash's replay is pending the group must say "not
+    consistent" and its NBD export must refuse reads.
+    """
+    cluster = Cluster(tmp_path, nbd=True)
+    rng = random.Random(23)
+    snaps: list[tuple[bool, list[bytes]]] = []
+    caught = 0
+    try:
+        cluster.start_all()
+        writers = StampedWriters(cluster.control_addr("primary"), cluster.volumes, seed=24)
+
+        async def crashes():
+            nonlocal caught
+            for rnd in range(6):
+                await asyncio.sleep(rng.uniform(0.3, 0.8))
+                cluster.kill("secondary")
+                cluster.procs["relay"].send_signal(signal.SIGSTOP)
+                try:
+                    state = _restore_state(cluster)
+                    await asyncio.to_thread(cluster.start, "secondary")
+                    st = cluster.status("secondary")
+                    if state.get("mark", 0) > state["last_seq"]:
+                        # A replay is pending: nothing may call the SVOLs consistent.
+                        caught += 1
+                        assert not st["consistent"] and st["catching_up_to"] == state["mark"]
+                        ans = control.call(cluster.control_addr("secondary"), "snapshot",
+                                           group="g1", name=f"crash{rnd}")
+                        assert not ans["consistent"]
+                        read = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read 0 4096",
+                                               cluster.nbd_uri("secondary", 0)],
+                                              capture_output=True, text=True, timeout=30)
+                        assert "read failed" in read.stdout + read.stderr, read
+                finally:
+                    cluster.procs["relay"].send_signal(signal.SIGCONT)
+                for n in range(4):
+                    ans = await asyncio.to_thread(control.call, cluster.control_addr("secondary"),
+                                                  "snapshot", group="g1", name=f"r{rnd}s{n}")
+                    folder = Path(ans["folder"])
+                    snaps.append((ans["consistent"], [(folder / f"svol{i}.img").read_bytes()
+                                                      for i in range(cluster.volumes)]))
+            writers.stop = True
+
+        async def run():
+            await asyncio.gather(crashes(), *(writers.worker(w) for w in range(WORKERS)))
+
+        asyncio.run(run())
+        assert caught >= 2, "no kill landed between an apply mark and its restore point"
+        for consistent, svols in snaps:
+            if consistent:
+                check_prefix(writers, svols)
+        cluster.wait_drained()
+        st = cluster.status("secondary")
+        assert st["consistent"] and st["catching_up_to"] is None
+        final = [cluster.volume_bytes("secondary", i) for i in range(cluster.volumes)]
+        assert final == [cluster.volume_bytes("primary", i) for i in range(cluster.volumes)]
+    finally:
+        for proc in cluster.procs.values():
+            proc.send_signal(signal.SIGCONT)
+        cluster.stop_all()
