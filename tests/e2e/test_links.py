@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tricopy.host import protocol
-from tricopy.host.link import LinkClosed, LinkRefused, connect
+from tricopy.host.link import Link, LinkClosed, LinkError, LinkRefused, connect
 from tricopy.host.protocol import Control, Frame, FrameType, Hello, Kind, Role, Status
 
 from .cluster import BLOCK
@@ -110,7 +110,7 @@ def test_relay_refuses_wrong_group(cluster):
 def test_secondary_verifies_orders_and_replays(cluster):
     cluster.start("secondary")
     addr = ("127.0.0.1", cluster.ports["secondary"][0])
-    hello = Hello(Role.RELAY, 1, 0, 0, "g1", "fake-relay")
+    hello = Hello(Role.RELAY, 1, 0, 3, "g1", "fake-relay")    # it holds journals 1..3
     data = {s: bytes([s]) * BLOCK for s in range(1, 4)}
 
     def stamped(seq):
@@ -148,3 +148,80 @@ def test_secondary_verifies_orders_and_replays(cluster):
         s.sendall(b"\x00" * 64)
         assert s.recv(100) == b""
     assert cluster.status("secondary")["last_restored"] == 3
+
+
+def test_secondary_refuses_a_relay_whose_stream_went_backwards(cluster):
+    """Stream identity (epoch, SEQ#): a relay whose newest SEQ# is below the
+    secondary's restore point, or at another epoch, is refused and the group
+    suspends with a reason naming the numbers."""
+    cluster.start("secondary")
+    addr = ("127.0.0.1", cluster.ports["secondary"][0])
+    data = {s: bytes([s]) * BLOCK for s in range(1, 4)}
+
+    async def scenario():
+        link, _ = await connect(addr, Hello(Role.RELAY, 1, 0, 3, "g1", "fake-relay"),
+                                heartbeat=0.5)
+        for seq in (1, 2, 3):
+            send_journal(link, journal(seq, data[seq], address=seq * BLOCK, seq=seq), data[seq])
+        while (await answer(link)).seq != 3:
+            pass
+        await link.close()
+        with pytest.raises(LinkRefused) as refused:
+            await connect(addr, Hello(Role.RELAY, 1, 0, 1, "g1", "new-relay"), heartbeat=0.5)
+        assert refused.value.status == Status.SEQ_REGRESSION
+        with pytest.raises(LinkRefused) as refused:
+            await connect(addr, Hello(Role.RELAY, 1, 7, 3, "g1", "old-relay"), heartbeat=0.5)
+        assert refused.value.status == Status.STALE_EPOCH
+
+    asyncio.run(scenario())
+    st = cluster.status("secondary")
+    assert st["grsts"] == "SUSP" and st["last_restored"] == 3
+    assert "epoch 7" in st["reason"] or "SEQ# 1 " in st["reason"], st["reason"]
+    assert "went backwards" in cluster.log("secondary")
+    # The SVOL still is what it was: a prefix 1..3, honestly consistent.
+    assert cluster.volume_bytes("secondary", 0)[BLOCK:4 * BLOCK] == data[1] + data[2] + data[3]
+
+
+def test_relay_never_releases_past_what_it_forwarded(cluster):
+    """A (fake) secondary that ACKs journals the relay never sent, or claims a
+    restore point beyond the relay's stream, releases nothing."""
+    cluster.start("relay")
+    primary = ("127.0.0.1", cluster.ports["relay"][0])
+    port = cluster.ports["secondary"][0]
+    data = bytes([9]) * BLOCK
+    seen = []
+
+    async def scenario():
+        claims = asyncio.Queue()
+        for c in (0, 50):        # first a plain secondary, then one claiming SEQ# 50
+            claims.put_nowait(c)
+
+        async def fake_secondary(reader, writer):
+            link = Link(reader, writer, initiator=False, heartbeat=0.5, name="fake-secondary")
+            hello = await link.expect_hello()
+            seen.append(hello.last_seq)
+            claim = await claims.get() if not claims.empty() else 0
+            link.send(Hello(Role.SECONDARY, 1, 0, claim, "g1", "fake-secondary").frame())
+            try:
+                while True:
+                    frame = await link.recv()
+                    if frame.type == FrameType.JNLWR:
+                        link.send(protocol.Ack(seq=1000, req_type=FrameType.JNLWR).frame())
+            except LinkError:
+                pass
+
+        server = await asyncio.start_server(fake_secondary, "127.0.0.1", port)
+        link, _ = await connect(primary, Hello(Role.PRIMARY, 1, 0, 0, "g1", "p"), heartbeat=0.5)
+        for tag in (1, 2):
+            send_journal(link, journal(tag, data), data)
+            assert (await answer(link)).status == Status.OK
+        await asyncio.sleep(3)
+        await link.close()
+        server.close()
+
+    asyncio.run(scenario())
+    st = cluster.status("relay")
+    assert st["held"] == 2 and st["tail_seq"] == 1, st     # nothing released
+    log = cluster.log("relay")
+    assert "ACKed SEQ# 1000 but only" in log
+    assert "has restored up to SEQ# 50 but this relay has issued only up to 2" in log
