@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import struct
 import time
 from collections import deque
@@ -55,6 +54,11 @@ class RelayError(Exception):
     """The relay cannot go on with a group (engine and store disagree, ...)."""
 
 
+class GroupFault(RelayError):
+    """One group's engine or journal volume failed: that group is suspended
+    (``RelayGroup.fault`` says why); the other groups and the process go on."""
+
+
 def next_pseq(pseq: int) -> int:
     """The PSEQ after ``pseq``; 0 is never used (it means "none yet")."""
     return pseq + 1 if pseq + 1 < TAG_MOD else 1
@@ -78,14 +82,6 @@ def _stamp(ctl: Control, ack: protocol.Ack) -> Control:
     _STAMP.pack_into(raw, 0, ack.seq, ack.time, ctl.address, ack.jofs)
     raw[60:64] = protocol.crc32c(raw[:60]).to_bytes(4, "little")
     return Control.unpack(raw)
-
-
-def _fatal(message: str) -> None:
-    # Engine and store can no longer be trusted to agree: stop; a restart
-    # recovers both from the store (docs/replication.md, "Relay restart").
-    log.critical("relay stopping: %s", message)
-    logging.shutdown()
-    os._exit(3)
 
 
 class RelayGroup:
@@ -123,6 +119,7 @@ class RelayGroup:
         self.grsts = "PAIR"
         self.reason = ""
         self.forward_fault = ""     # why journals cannot go to the secondary now
+        self.fault = ""             # why this group's engine/store cannot be used (GroupFault)
         self.primary_link: Link | None = None
         self.secondary_link: Link | None = None
         self.secondary_acked = 0
@@ -223,6 +220,21 @@ class RelayGroup:
         if ack.status != Status.OK:
             raise RelayError(f"engine refused {what}: {Status(ack.status).name}")
 
+    def _fault(self, message: str) -> GroupFault:
+        """Engine and store can no longer be trusted to agree for this group:
+        suspend it (nothing more is ACKed or forwarded) and return the error
+        to raise.  Restarting the relay recovers both from the journal volume
+        (docs/replication.md, "Relay restart"); other groups are untouched."""
+        if not self.fault:
+            self.fault = message
+            self.grsts, self.reason = "SUSP", (f"{message}; restart the relay to recover the "
+                                               f"group from its journal volume")
+            log.critical("group %s suspended: %s", self.cfg.grname, self.reason)
+            for link in (self.primary_link, self.secondary_link):
+                if link is not None:
+                    asyncio.get_running_loop().create_task(link.close())
+        return GroupFault(self.reason)
+
     # -- from the primary -------------------------------------------------------
 
     async def serve_primary(self, link: Link, hello: protocol.Hello) -> None:
@@ -244,6 +256,8 @@ class RelayGroup:
                     answers.put_nowait(await self._ingest_one(frame.body))
             except LinkError as exc:
                 log.info("primary link: %s", exc)
+            except GroupFault:
+                pass         # logged by _fault; the journal that hit it is not answered
             finally:
                 answers.put_nowait(None)
                 await sender   # every accepted journal durable before the next connection
@@ -270,7 +284,7 @@ class RelayGroup:
         try:
             ack = await self.engine.submit(ctl, data)
         except EngineError as exc:
-            _fatal(f"engine failed: {exc}")
+            raise self._fault(f"engine failed: {exc}") from None
         if ack.status != Status.OK:
             if ack.status == Status.FULL:
                 self.fulls += 1
@@ -279,7 +293,8 @@ class RelayGroup:
         try:
             self.store.append(stamped, data)
         except StoreError as exc:
-            _fatal(f"store refused seq {ack.seq} at JOFS {ack.jofs}: {exc}")
+            raise self._fault(f"journal volume refused seq {ack.seq} at JOFS {ack.jofs}: "
+                              f"{exc}") from None
         self.last_tag = ctl.tag
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
@@ -289,16 +304,22 @@ class RelayGroup:
 
     async def durable(self, seq: int) -> None:
         """Wait until journal ``seq`` is fsynced (group commit)."""
+        if self.fault:
+            raise GroupFault(self.reason)
         try:
             await self._commit.wait_durable(seq)
         except StoreError as exc:
-            _fatal(f"journal volume fsync failed: {exc}")
+            raise self._fault(f"journal volume fsync failed: {exc}") from None
 
     async def _send_answers(self, link: Link, answers: asyncio.Queue) -> None:
         while (item := await answers.get()) is not None:
             seq, frame = item
             if seq is not None:
-                await self.durable(seq)
+                try:
+                    await self.durable(seq)
+                except GroupFault:
+                    await link.close()     # no ACK for what may not be on disk
+                    continue               # drain the queue; nothing more is sent
                 self._new.set()
             if not link.closed:
                 link.send(frame)
@@ -310,10 +331,13 @@ class RelayGroup:
 
     async def background_sync(self, period: float = 1.0) -> None:
         """Durability "memory": nothing waits for fsync, so write back once a second."""
-        while True:
+        while not self.fault:
             await asyncio.sleep(period)
             if self.store.durable_seq < self.store.next_seq - 1:
-                await self.durable(self.store.next_seq - 1)
+                try:
+                    await self.durable(self.store.next_seq - 1)
+                except GroupFault:
+                    return
 
     async def release_persister(self, period: float = RELEASE_PERSIST_PERIOD) -> None:
         """Persist the secondary's releases (JOPTR) every ``period`` seconds.
@@ -323,12 +347,12 @@ class RelayGroup:
         journals come back after a crash: the relay re-sends them and the
         secondary skips them (idempotent replay).
         """
-        while True:
+        while not self.fault:
             await asyncio.sleep(period)
             try:
                 self.store.persist()
             except StoreError as exc:
-                _fatal(f"journal volume superblock write failed: {exc}")
+                self._fault(f"journal volume superblock write failed: {exc}")
 
     # -- to the secondary --------------------------------------------------------
 
@@ -363,8 +387,8 @@ class RelayGroup:
         return None
 
     async def forwarder(self) -> None:
-        """Patent Fig. 9: send journals to the secondary in SEQ# order, forever."""
-        while True:
+        """Patent Fig. 9: send journals to the secondary in SEQ# order, until a group fault."""
+        while not self.fault:
             hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch,
                                    self.store.next_seq - 1, self.cfg.grname, self.site.site)
             try:
@@ -402,6 +426,10 @@ class RelayGroup:
                 self._forward_fault(f"a held journal is damaged: {exc}; the journals from it on "
                                     f"cannot reach the secondary: run `tricopy pair resync`")
                 await asyncio.sleep(FAULT_RETRY_DELAY)
+            except StoreError as exc:
+                self._fault(f"journal volume read failed: {exc}")
+            except GroupFault:
+                pass          # logged by _fault
             finally:
                 rx.cancel()
                 await link.close()
@@ -456,6 +484,8 @@ class RelayGroup:
         except (LinkError, protocol.ProtocolError) as exc:
             log.info("secondary link: %s", exc)
             await link.close()
+        except GroupFault:
+            await link.close()      # logged by _fault
 
     async def _release(self, upto: int) -> None:
         """The secondary holds everything up to ``upto`` for good: move JOPTR."""
@@ -469,7 +499,7 @@ class RelayGroup:
             return
         ack = await self.engine.release(upto)
         if ack.status != Status.OK:
-            _fatal(f"engine refused RELEASE {upto}: {Status(ack.status).name}")
+            raise self._fault(f"engine refused RELEASE {upto}: {Status(ack.status).name}")
         try:
             # In memory only: release_persister writes JOPTR a little later, and
             # the store persists it first if the space is reused before that
@@ -477,7 +507,7 @@ class RelayGroup:
             # store save the newest TAG first (on_persist_empty).
             s.release(upto, persist=False)
         except StoreError as exc:
-            _fatal(f"store refused RELEASE {upto}: {exc}")
+            raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
 
     def pair_set(self, grsts: str) -> None:
         """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
@@ -570,6 +600,8 @@ class Relay:
             status = Status.WRONG_GROUP
         elif hello.epoch != group.cfg.epoch:
             status = Status.STALE_EPOCH
+        elif group.fault:
+            status = Status.SUSPENDED
         else:
             await group.serve_primary(link, hello)
             return

@@ -8,23 +8,20 @@ journals keep flowing with engine and store agreeing on every JOFS.
 """
 
 import asyncio
+import errno
+import os
 import random
 
 import pytest
 
-from tricopy.host import protocol, relay
+from tricopy.host import protocol, relay, store
 from tricopy.host.config import parse_config
 from tricopy.host.engine.base import open_engine
 from tricopy.host.protocol import Control, FrameType
 
 
-def _fail(message):
-    raise AssertionError(message)
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_engine_rebuilt_from_store(tmp_path, monkeypatch, seed):
-    monkeypatch.setattr(relay, "_fatal", _fail)   # a disagreement fails the test
     size = 16 << 10
     site = parse_config({
         "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
@@ -65,5 +62,54 @@ def test_engine_rebuilt_from_store(tmp_path, monkeypatch, seed):
         assert tag > 100 and rebuilt > 10
         # the interesting cases happened: a rebuild behind a WRAP marker, and with JOPTR > 0
         assert wrapped and moved
+
+    asyncio.run(scenario())
+
+
+def test_a_store_failure_suspends_only_its_group(tmp_path, monkeypatch):
+    """An fsync error in one group's journal volume suspends that group with a
+    reason (its journal is never ACKed); the other group and the relay process
+    go on.  Before, any store error ended the whole relay with os._exit."""
+    size = 16 << 10
+    site = parse_config({
+        "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
+        "group": [{"grnum": n, "grname": f"g{n}", "attr": "INTERMEDIARY", "peer": "127.0.0.1:2",
+                   "journal": {"path": f"jnl{n}.vol", "size": size}} for n in (1, 2)]}, tmp_path)
+
+    async def scenario():
+        groups = [relay.RelayGroup(g, site, open_engine("model", size=size)) for g in site.groups]
+        for g in groups:
+            await g.recover_engine()
+        bad, good = groups
+        real = os.fdatasync
+
+        def fdatasync(fd):       # the disk under group 1's journal volume fails
+            if fd == bad.store._fd:
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+
+        monkeypatch.setattr(store.os, "fdatasync", fdatasync)
+        for g in groups:
+            data = b"x" * 100
+            ctl = Control(length=100, data_len=100, data_crc=protocol.crc32c(data),
+                          group=g.cfg.grnum, tag=1)
+            seq, frame = await g._ingest_one(protocol.journal_body(ctl, data))
+            assert frame.type == FrameType.ACK
+            if g is bad:
+                with pytest.raises(relay.GroupFault):
+                    await g.durable(seq)
+            else:
+                await g.durable(seq)
+        st = bad.status()
+        assert st["grsts"] == "SUSP" and "fsync failed" in st["reason"]
+        assert "restart the relay" in st["reason"]
+        # A suspended group refuses new journals; the good one takes them.
+        data = b"y" * 100
+        for g, expect in ((bad, protocol.Status.SUSPENDED), (good, protocol.Status.OK)):
+            ctl = Control(length=100, data_len=100, data_crc=protocol.crc32c(data),
+                          group=g.cfg.grnum, tag=2)
+            _, frame = await g._ingest_one(protocol.journal_body(ctl, data))
+            assert protocol.Ack.from_frame(frame).status == expect
+        assert good.status()["grsts"] != "SUSP" and good.store.held == 2
 
     asyncio.run(scenario())
