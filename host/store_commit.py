@@ -23,7 +23,7 @@ __all__ = ["Durability", "GroupCommitter"]
 
 
 class Durability(enum.Enum):
-    """When ``append_durable`` returns (DESIGN.md, invariant 1)."""
+    """When ``append_durable`` returns (docs/architecture.md, invariant 1)."""
     #: after the journal is fdatasynced: the default, and the only safe policy.
     FSYNC = "fsync"
     #: UNSAFE, for benchmarks only: as soon as the journal is in the page
