@@ -367,3 +367,11 @@ class WriteLog:
 
     def segment_files(self) -> list[Path]:
         return [s.path for s in self.segments]
+
+    def close(self) -> None:
+        for fd in [s.fd for s in self.segments] + [self._fd]:
+            if fd >= 0:
+                os.close(fd)
+        for s in self.segments:
+            s.fd = -1
+        self._fd = -1
