@@ -224,6 +224,7 @@ class MasterGroup:
             # the journals in flight can no longer be redone from it.
             reason = (f"write log failed at the primary ({exc}); fix the state folder's "
                       f"device, then run `tricopy pair resync`")
+            self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
             self._suspend(reason)
             raise LocalIOError(exc.errno or errno.EIO,
                                f"group {self.cfg.grname}: {reason}") from None
@@ -245,6 +246,7 @@ class MasterGroup:
         self.bitmap.mark(ctl.idx, ctl.address, ctl.length)
         what = f"PVOL idx {ctl.idx} ({vol.path}) write at offset {ctl.address} failed: " \
                f"{exc.strerror or exc}"
+        self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
         self._suspend(f"{what}; fix the device, then run `tricopy pair resync`")
         raise LocalIOError(exc.errno or errno.EIO, f"group {self.cfg.grname}: {what}") from None
 
@@ -260,8 +262,7 @@ class MasterGroup:
 
     def _suspend(self, reason: str) -> None:
         self.grsts, self.reason, self.split = "SUSP", reason, False
-        self.blocked, self._full_since = False, None
-        self._cancel_probe()
+        self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.pending.values():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
@@ -479,6 +480,7 @@ class MasterGroup:
         reason = (f"relay holds PSEQ up to {relay_last} but acked up to {hwm}: journals "
                   f"{first}..{hwm} lost at the relay; run `tricopy pair resync`")
         log.error("group %s: %s; %s", self.cfg.grname, reason, repair)
+        self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
         self._suspend(reason)
         return True
 
