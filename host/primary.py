@@ -252,8 +252,10 @@ class MasterGroup:
 
     async def flush(self) -> None:
         """Host FLUSH: PVOLs and the write log durable (acked writes already are at the relay)."""
+        fds = self.log.flush_begin()   # on the loop: rolls and releases go on meanwhile
+
         def sync():
-            self.log.flush()     # every segment written since the last flush, and the folder
+            self.log.sync(fds)     # every segment written since the last flush, and the folder
             for vol in self.volumes.values():
                 vol.flush()
         await asyncio.to_thread(sync)

@@ -348,15 +348,35 @@ class WriteLog:
 
     def flush(self) -> None:
         """fsync every segment written since the last flush, and the folder if one was created."""
+        self.sync(self.flush_begin())
+
+    def flush_begin(self) -> list[int]:
+        """What :meth:`flush` must fsync, as duplicated descriptors the caller owns.
+
+        Taken on the event loop; :meth:`sync` may then run in a worker thread
+        while appends, rolls and releases go on (they close their own
+        descriptors, never these).
+        """
+        fds = []
         for seg in self.segments[:-1]:
             if seg.fd >= 0:
-                os.fsync(seg.fd)
-                os.close(seg.fd)
+                fds.append(seg.fd)     # handed over: sync() closes it
                 seg.fd = -1
-        os.fsync(self._fd)
+        fds.append(os.dup(self._fd))
         if self._dir_dirty:
-            self._fsync_dir()
+            fds.append(os.open(self.folder, os.O_RDONLY))
             self._dir_dirty = False
+        return fds
+
+    @staticmethod
+    def sync(fds: list[int]) -> None:
+        """fsync and close the descriptors :meth:`flush_begin` returned."""
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.folder, os.O_RDONLY)

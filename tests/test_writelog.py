@@ -170,3 +170,19 @@ def test_legacy_one_file_log_is_adopted(tmp_path):
 
 def test_default_segment_size():
     assert writelog.SEGMENT_SIZE == 8 << 20
+
+
+def test_flush_syncs_rolled_segments_even_if_they_are_released_meanwhile(tmp_path, monkeypatch):
+    wl, _ = opened(tmp_path)
+    for t in range(1, 10):
+        wl.append(*rec(t))
+    assert [s.fd >= 0 for s in wl.segments] == [True, True, False]   # rolled, not synced yet
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    fds = wl.flush_begin()          # on the event loop ...
+    assert wl.release(9) == 2       # ... the ACKs release both rolled segments meanwhile
+    WriteLog.sync(fds)              # ... and the worker thread still syncs what it was handed
+    assert len(synced) == 4         # two rolled segments, the active one, the folder
+    assert all(s.fd < 0 for s in wl.segments)
+    wl.flush()
