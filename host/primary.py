@@ -34,7 +34,6 @@ import os
 import time
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig

@@ -5,6 +5,7 @@ SUSP naming the PSEQ range, the copy bitmap marked, and `pair resync` repairs it
 import asyncio
 import re
 import shutil
+import time
 
 import pytest
 
@@ -54,7 +55,6 @@ def test_relay_lost_acked_journals(tmp_path, restart_primary):
             # ... the primary restarts too: the ACK high-water mark must survive it
             # (saved within ACKED_SAVE_EVERY = 1 s).
             wait_for(lambda: cluster.status("primary")["pending"] == 0, "ACKs")
-            import time
             time.sleep(1.5)
             cluster.kill("primary")
         cluster.kill("relay")             # ... and lost with its journal volume
