@@ -554,7 +554,12 @@ class MasterGroup:
             if self.pending:
                 self._log_append(ctl, data)
             else:
-                self.log.reset(self.last_pseq, self.acked_hwm)
+                try:
+                    self.log.reset(self.last_pseq, self.acked_hwm)
+                except OSError as exc:
+                    raise LocalIOError(exc.errno or errno.EIO,
+                                       f"group {self.cfg.grname}: write log reset at the "
+                                       f"primary failed: {exc}; nothing was applied") from None
         try:
             self._apply(ctl, data)
         except OSError as exc:
