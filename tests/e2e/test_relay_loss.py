@@ -35,8 +35,16 @@ def restore(cluster: Cluster, frm) -> None:
     shutil.copy2(frm / "jnl1.vol", dst / "jnl1.vol")
 
 
-@pytest.mark.parametrize("restart_primary", [False, True])
-def test_relay_lost_acked_journals(tmp_path, restart_primary):
+def recreate(cluster: Cluster) -> None:
+    """A new relay in place of the old one: empty journal volume, no state."""
+    dst = cluster.root / "relay"
+    shutil.rmtree(dst / "state")
+    (dst / "jnl1.vol").unlink()
+
+
+@pytest.mark.parametrize("restart_primary,fresh", [(False, False), (True, False), (False, True)],
+                         ids=["older-copy", "older-copy-primary-restart", "recreated"])
+def test_relay_lost_acked_journals(tmp_path, restart_primary, fresh):
     cluster = Cluster(tmp_path / "c")
     old = tmp_path / "relay-copy"
     try:
@@ -58,7 +66,11 @@ def test_relay_lost_acked_journals(tmp_path, restart_primary):
             time.sleep(1.5)
             cluster.kill("primary")
         cluster.kill("relay")             # ... and lost with its journal volume
-        restore(cluster, old)
+        if fresh:
+            recreate(cluster)
+            kept = 0
+        else:
+            restore(cluster, old)
         if restart_primary:
             cluster.start("primary")
             assert cluster.status("primary")["acked_pseq"] == acked
