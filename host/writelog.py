@@ -164,7 +164,7 @@ class WriteLog:
         numbers = numbers[start:]
         torn_at: int | None = None
         for i, n in enumerate(numbers):
-            seg = Segment(n, self._path(n))
+            seg = Segment(n, self._path(n), last_tag=self.last_tag)
             self.segments.append(seg)
             with open(seg.path, "rb", buffering=_READ_BUFFER) as f:
                 pos = 0
