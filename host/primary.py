@@ -10,42 +10,49 @@ The ACKs are then awaited concurrently (one ordered stream, many in flight).
 
 Exactly-once across reconnects and restarts (docs/replication.md): every
 journal carries the group's primary sequence number PSEQ in TAG.  Before a
-journal is applied it is appended to the write log
-``<state_dir>/<grname>.plog``; after a reconnect the relay's HELLO says the
-last PSEQ it holds durably, and every logged journal after it is sent again,
-in order.  On restart the log is replayed onto the PVOL (redo) so a write
-that was logged but not yet applied is not lost either.
+journal is applied it is appended to the write log (host/writelog.py,
+segments ``<state_dir>/<grname>.plog.<n>``, cut as ACKs arrive); after a
+reconnect the relay's HELLO says the last PSEQ it holds durably, and every
+journal after it is sent again, in order.  On restart the log is replayed
+onto the PVOL (redo) so a write that was logged but not yet applied is not
+lost either.
+
+Trust, both ways: a HELLO whose last PSEQ is below the highest PSEQ the relay
+already ACKed means the relay lost journals it had promised to keep; the group
+suspends naming the range and marks the copy bitmap for the resync.  A local
+failure (write log, PVOL) fails the host request with a :class:`LocalIOError`
+that names the device; it never burns a PSEQ nor blames the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import errno
 import logging
 import os
 import time
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 
 from . import protocol
 from .config import GroupAttr, GroupConfig, SiteConfig
 from .control import ControlError, ControlServer
-from .durable import atomic_write_json
 from .jnlg import CopyBitmap, JnlgTable
 from .link import Link, LinkError, LinkRefused, connect
 from .protocol import Control, Frame, FrameType, Kind, Role, Status
 from .relay import TAG_MOD, next_pseq, tag_distance
 from .volume import Volume, VolumeError
+from .writelog import WriteLog, WriteLogBroken, WriteLogError, tag_after
 
-__all__ = ["GroupSuspended", "WriteLog", "MasterGroup", "Primary"]
+__all__ = ["GroupSuspended", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
 
 log = logging.getLogger(__name__)
 
-LOG_TRUNCATE = 8 << 20      # truncate the write log past this size once nothing is in flight
 RECONNECT_DELAY = 0.2
-FULL_RETRY_DELAY = 0.2      # inflow control: wait this long after a FULL before resending
+FULL_PROBE_FIRST = 0.05     # inflow control: first probe this long after a FULL ...
+FULL_PROBE_MAX = 1.0        # ... then doubling up to this
+ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 COPY_CHUNK = 64 << 10       # base journal unit: the patent's "n blocks" (and one copy-bitmap bit)
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
@@ -55,65 +62,12 @@ class GroupSuspended(Exception):
     """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why."""
 
 
-class WriteLog:
-    """The primary's write log: every journal, before it is applied, until it is ACKed.
+class LocalIOError(OSError):
+    """A host request failed on this site's own storage (write log or PVOL), not at the relay.
 
-    Records are the control data (with CCRC) followed by the data.  A torn tail
-    (crash in the middle of an append) is cut off on open.  ``<grname>.pseq``
-    remembers the last PSEQ across a truncation.
+    ``errno`` is the cause's (ENOSPC, EIO, ...), so the NBD server answers the
+    host with the matching NBD error; the message names the file.
     """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._pseq_path = path.with_suffix(".pseq")
-        self.records: list[tuple[Control, bytes]] = []
-        good = 0
-        if path.exists():
-            raw = path.read_bytes()
-            pos = 0
-            while pos + protocol.CONTROL_SIZE <= len(raw):
-                ctl = Control.unpack(raw[pos:pos + protocol.CONTROL_SIZE])
-                end = pos + protocol.CONTROL_SIZE + ctl.data_len
-                if not ctl.ccrc_ok() or end > len(raw):
-                    break
-                data = raw[pos + protocol.CONTROL_SIZE:end]
-                if ctl.data_len and protocol.crc32c(data) != ctl.data_crc:
-                    break
-                self.records.append((ctl, data))
-                pos = good = end
-            if good != len(raw):
-                log.warning("write log %s: cut a torn tail of %d bytes", path, len(raw) - good)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(self._fd, good)
-        os.lseek(self._fd, good, os.SEEK_SET)
-        self.size = good
-        self.saved_tag = 0
-        if self._pseq_path.exists():
-            self.saved_tag = int(json.loads(self._pseq_path.read_text())["last_tag"])
-
-    def last_tag(self) -> int:
-        # tag 0: a local record (applied, never sent; see MasterGroup._apply_only)
-        return next((c.tag for c, _ in reversed(self.records) if c.tag), self.saved_tag)
-
-    def append(self, ctl: Control, data: bytes) -> None:
-        # One writev() per record (no concatenated copy of the data); it reaches
-        # the page cache before the PVOL apply, so a killed process never has
-        # applied-but-unlogged writes.
-        os.writev(self._fd, [ctl.pack(), data])
-        self.size += protocol.CONTROL_SIZE + len(data)
-
-    def truncate(self, last_tag: int) -> None:
-        # The folder is fsynced too: a rename lost in a crash after the log
-        # is truncated would restart the PSEQ from an older value.
-        atomic_write_json(self._pseq_path, {"last_tag": last_tag})
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        self.size = 0
-        self.saved_tag = last_tag
-        self.records = []
-
-    def flush(self) -> None:
-        os.fsync(self._fd)
 
 
 class MasterGroup:
@@ -132,7 +86,7 @@ class MasterGroup:
         self.volumes = {v.idx: Volume(v.path, v.size, v.block_size, idx=v.idx)
                         for v in site.volumes_of(cfg.grnum)}
         site.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log = WriteLog(site.state_dir / f"{cfg.grname}.plog")
+        self.log = WriteLog(site.state_dir, cfg.grname)
         # The JNLG table row (patent Fig. 5) holds GRSTS and the reason; the
         # copy bitmap the chunks still to send as base journals (host/jnlg.py).
         self._table = JnlgTable.for_site(site.state_dir)
@@ -150,22 +104,40 @@ class MasterGroup:
         self.dirty: list[tuple[int, int, int]] = []
         self.link: Link | None = None
         self.acked = 0
-        self.resent = 0
+        self.resent = 0          # journals sent again (reconnect, FULL probe, after a FULL)
+        self.full_probes = 0     # of which probes: the oldest journal, resent while FULL
         self.pending: OrderedDict[int, tuple[Control, bytes, asyncio.Future]] = OrderedDict()
         self._full_since: float | None = None
+        self._full_tag = 0                      # the PSEQ the relay answered FULL to
+        self._probe_delay = FULL_PROBE_FIRST
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._sent_upto = 0                     # the last PSEQ handed to a link
         self._unreachable_since: float | None = None   # writes waiting, relay not reachable
-        self.last_pseq = self.log.last_tag()    # the last PSEQ given to a journal (0: none yet)
+        self._acked_timer: asyncio.TimerHandle | None = None
         self._redo()
+        self.last_pseq = self.log.last_tag      # the last PSEQ given to a journal (0: none yet)
+        # The highest PSEQ the relay ACKed (0: unknown); a relay HELLO below it
+        # means the relay lost ACKed journals (see _check_relay_loss).
+        self.acked_hwm = self.log.acked
 
     def _redo(self) -> None:
-        """Replay the write log onto the PVOLs and re-queue every logged journal."""
+        """Replay the write log onto the PVOLs, streaming; re-queue the journals not ACKed yet.
+
+        Only those are held in memory with their data: records at or before
+        the saved ACK high-water mark are applied and dropped.
+        """
         loop = asyncio.get_running_loop()
-        for ctl, data in self.log.records:
+        acked = self.log.saved_acked
+        n = 0
+        for ctl, data in self.log.recover():
             self._apply(ctl, data)
-            if ctl.tag:      # tag 0: a local record, applied but never journaled
+            n += 1
+            # tag 0: a local record, applied but never journaled
+            if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
                 self.pending[ctl.tag] = (ctl, data, loop.create_future())
-        if self.log.records:
-            log.info("group %s: redid %d logged journals", self.cfg.grname, len(self.log.records))
+        if n:
+            log.info("group %s: redid %d logged records, %d journals to send again",
+                     self.cfg.grname, n, len(self.pending))
 
     def _apply(self, ctl: Control, data: bytes) -> None:
         vol = self.volumes[ctl.idx]
@@ -194,13 +166,18 @@ class MasterGroup:
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
         pos = 0
-        while True:
-            n = min(step, length - pos)
-            piece = data[pos:pos + n] if kind in protocol.DATA_KINDS else b""
-            futures.append(self._enqueue(kind, idx, offset + pos, n, piece, fua))
-            pos += n
-            if pos >= length:
-                break
+        try:
+            while True:
+                n = min(step, length - pos)
+                piece = data[pos:pos + n] if kind in protocol.DATA_KINDS else b""
+                futures.append(self._enqueue(kind, idx, offset + pos, n, piece, fua))
+                pos += n
+                if pos >= length:
+                    break
+        except Exception:
+            for fut in futures:   # the pieces already journaled go on; nobody awaits them
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
         if self.link is not None:
             try:
                 await self.link.drain()
@@ -216,24 +193,68 @@ class MasterGroup:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
         if self.grsts == "SUSP":
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
-        tag = self.last_pseq = next_pseq(self.last_pseq)
+        tag = next_pseq(self.last_pseq)
         ctl = Control(address=offset, length=length, data_len=len(data),
                       data_crc=protocol.crc32c(data) if data else 0, epoch=self.cfg.epoch,
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
-        self.log.append(ctl, data)
+        token = self._log_append(ctl, data)
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
-            self._apply(ctl, data)
+            try:
+                self._apply(ctl, data)
+            except OSError as exc:
+                self._pvol_failed(ctl, token, exc)
+        self.last_pseq = tag      # only now: a journal that failed locally burns no PSEQ
         fut = asyncio.get_running_loop().create_future()
         self.pending[tag] = (ctl, data, fut)
-        if self.link is not None and not self.link.closed:
+        # While the relay answers FULL only the probe goes out (_probe); the
+        # rest follow in order once the probe is ACKed.
+        if self.link is not None and not self.link.closed and not self.blocked:
             self.link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+            self._sent_upto = tag
         return fut
+
+    def _log_append(self, ctl: Control, data: bytes) -> tuple:
+        """Append to the write log; a failure is the primary's own, reported as such."""
+        try:
+            return self.log.append(ctl, data)
+        except WriteLogBroken as exc:
+            # The record may sit half-written in the log: no more appends, and
+            # the journals in flight can no longer be redone from it.
+            reason = (f"write log failed at the primary ({exc}); fix the state folder's "
+                      f"device, then run `tricopy pair resync`")
+            self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
+            self._suspend(reason)
+            raise LocalIOError(exc.errno or errno.EIO,
+                               f"group {self.cfg.grname}: {reason}") from None
+        except WriteLogError as exc:
+            # Cut off again: log, PSEQ, PVOL all as before; the group goes on.
+            log.error("group %s: write refused, nothing applied: %s", self.cfg.grname, exc)
+            raise LocalIOError(exc.errno or errno.EIO,
+                               f"group {self.cfg.grname}: write log at the primary: "
+                               f"{exc.strerror}; nothing was applied") from None
+
+    def _pvol_failed(self, ctl: Control, token: tuple, exc: OSError) -> None:
+        """The PVOL refused a logged write: un-log it, mark the extent, suspend; raises."""
+        vol = self.volumes[ctl.idx]
+        try:
+            self.log.undo(token)
+        except OSError:
+            pass      # broken log: _suspend below resets it
+        # The extent now holds unknown bytes at the PVOL: the resync copies it.
+        self.bitmap.mark(ctl.idx, ctl.address, ctl.length)
+        what = f"PVOL idx {ctl.idx} ({vol.path}) write at offset {ctl.address} failed: " \
+               f"{exc.strerror or exc}"
+        self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
+        self._suspend(f"{what}; fix the device, then run `tricopy pair resync`")
+        raise LocalIOError(exc.errno or errno.EIO, f"group {self.cfg.grname}: {what}") from None
 
     async def flush(self) -> None:
         """Host FLUSH: PVOLs and the write log durable (acked writes already are at the relay)."""
+        fds = self.log.flush_begin()   # on the loop: rolls and releases go on meanwhile
+
         def sync():
-            self.log.flush()
+            self.log.sync(fds)     # every segment written since the last flush, and the folder
             for vol in self.volumes.values():
                 vol.flush()
         await asyncio.to_thread(sync)
@@ -242,6 +263,7 @@ class MasterGroup:
 
     def _suspend(self, reason: str) -> None:
         self.grsts, self.reason, self.split = "SUSP", reason, False
+        self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.pending.values():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
@@ -250,7 +272,10 @@ class MasterGroup:
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
         self.pending.clear()
         self.bitmap.save()
-        self.log.truncate(self.last_pseq)
+        try:
+            self.log.reset(self.last_pseq, self.acked_hwm)
+        except OSError as exc:
+            log.error("group %s: write log reset failed: %s", self.cfg.grname, exc)
 
     def _acked_upto(self, tag: int) -> None:
         """Every pending journal up to PSEQ ``tag`` is durable at the relay."""
@@ -260,10 +285,27 @@ class MasterGroup:
                 break     # ``first`` is after ``tag``
             ctl, _, fut = self.pending.pop(first)
             self.acked += 1
+            self.acked_hwm = first
             if not fut.done():
                 fut.set_result(protocol.Ack(tag=first, req_type=FrameType.JNLWR))
-        if not self.pending and self.log.size > LOG_TRUNCATE:
-            self.log.truncate(self.last_pseq)
+        if len(self.log.segments) > 1:
+            try:
+                self.log.release(self.acked_hwm)
+            except OSError as exc:
+                log.error("group %s: write log segment release failed: %s", self.cfg.grname, exc)
+        if self._acked_timer is None and self.acked_hwm != self.log.saved_acked:
+            self._acked_timer = asyncio.get_running_loop().call_later(
+                ACKED_SAVE_EVERY, self._save_acked)
+
+    def _save_acked(self) -> None:
+        """Persist the ACK high-water mark (lazily: a stale mark only weakens loss detection)."""
+        self._acked_timer = None
+        if self.acked_hwm == self.log.saved_acked:
+            return
+        try:
+            self.log.save_state(self.acked_hwm)
+        except OSError as exc:
+            log.error("group %s: saving the ACK high-water mark failed: %s", self.cfg.grname, exc)
 
     async def run_link(self) -> None:
         """Connect to the relay forever; resend what it does not hold."""
@@ -293,8 +335,9 @@ class MasterGroup:
                 log.info("relay link: %s", exc)
             finally:
                 self.link = None
+                self._cancel_probe()
                 await link.close()
-            await asyncio.sleep(FULL_RETRY_DELAY if self.blocked else RECONNECT_DELAY)
+            await asyncio.sleep(RECONNECT_DELAY)
 
     def _relay_unreachable(self) -> None:
         """Writes wait for an unreachable relay at most ``link_suspend_after`` seconds.
@@ -313,15 +356,18 @@ class MasterGroup:
                           f"{self.cfg.link_suspend_after:g} s with writes waiting")
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
+        if self._relay_lost_journals(peer.last_seq):
+            return
         if peer.last_seq:
             self._acked_upto(peer.last_seq)      # the relay holds these durably already
             if not self.pending and tag_distance(peer.last_seq, self.last_pseq) < TAG_MOD // 2:
                 # The relay knows a later PSEQ than we do (our log was lost): continue after it.
-                self.last_pseq = peer.last_seq
+                self.last_pseq = self.acked_hwm = peer.last_seq
         self.link = link
-        for ctl, data, _ in self.pending.values():
-            link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
-            self.resent += 1
+        if self.blocked:
+            self._probe(link)        # still FULL?  One journal asks.
+        else:
+            self._send_pending(link)
         await link.drain()
         while True:
             frame = await link.recv()
@@ -329,20 +375,126 @@ class MasterGroup:
                 continue
             ack = protocol.Ack.from_frame(frame)
             if ack.status == Status.OK:
-                self.blocked, self._full_since = False, None
                 self._acked_upto(ack.tag)
+                if self.blocked:
+                    # The probe got in: the relay has room again.  The journals
+                    # after it were refused (or never sent): all of them, in order.
+                    self.blocked, self._full_since = False, None
+                    self._cancel_probe()
+                    log.info("group %s: relay journal has room again after FULL",
+                             self.cfg.grname)
+                    self._send_pending(link)
+                    await link.drain()
             elif ack.status == Status.FULL:
-                # Inflow control: stop, wait for the secondary to drain the relay, resend.
-                now = time.monotonic()
-                self.blocked = True
-                self._full_since = self._full_since or now
-                if now - self._full_since > self.cfg.full_suspend_after:
-                    self._suspend(f"relay journal FULL for more than "
-                                  f"{self.cfg.full_suspend_after:.0f} s")
-                return
+                if self._journal_full(link, ack.tag):
+                    return
+            elif (ack.status == Status.BAD_REQUEST and self.blocked
+                    and tag_after(ack.tag, self._full_tag)):
+                # Sent before the FULL came back: the relay took no PSEQ after the
+                # FULLed one, so it calls these a gap.  Expected; they go again later.
+                continue
             else:
                 self._suspend(f"relay refused journal PSEQ {ack.tag}: {Status(ack.status).name}")
                 return
+
+    def _send_pending(self, link: Link) -> None:
+        """(Re)send every pending journal, in PSEQ order."""
+        for tag, (ctl, data, _) in self.pending.items():
+            link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+            if self._sent_upto and not tag_after(tag, self._sent_upto):
+                self.resent += 1
+            self._sent_upto = tag
+
+    def _journal_full(self, link: Link, tag: int) -> bool:
+        """The relay answered FULL to PSEQ ``tag`` (inflow control); True if the group suspended.
+
+        The connection stays up.  Writes stall (they are not failed); only the
+        oldest pending journal is sent again, as a probe, after a delay that
+        doubles from FULL_PROBE_FIRST to FULL_PROBE_MAX.  When it is ACKed the
+        rest follow (see _session).  After ``full_suspend_after`` seconds of
+        FULL the group suspends.
+        """
+        now = time.monotonic()
+        if not self.blocked:
+            self.blocked, self._full_since = True, now
+            self._probe_delay = FULL_PROBE_FIRST
+            log.info("group %s: relay journal FULL at PSEQ %d; writes wait", self.cfg.grname, tag)
+        else:
+            self._probe_delay = min(self._probe_delay * 2, FULL_PROBE_MAX)
+        self._full_tag = tag
+        if now - self._full_since > self.cfg.full_suspend_after:
+            self._suspend(f"relay journal FULL for more than "
+                          f"{self.cfg.full_suspend_after:.0f} s")
+            return True
+        self._cancel_probe()
+        self._probe_timer = asyncio.get_running_loop().call_later(
+            self._probe_delay, self._probe, link)
+        return False
+
+    def _probe(self, link: Link) -> None:
+        """Send the oldest pending journal alone: does the relay have room again?"""
+        self._probe_timer = None
+        if not self.blocked or link is not self.link or link.closed or not self.pending:
+            return
+        tag, (ctl, data, _) = next(iter(self.pending.items()))
+        link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+        self.resent += 1
+        self.full_probes += 1
+        if not self._sent_upto or tag_after(tag, self._sent_upto):
+            self._sent_upto = tag
+
+    def _cancel_probe(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+
+    def _relay_lost_journals(self, relay_last: int) -> bool:
+        """Did the relay lose journals it had ACKed?  If so suspend, mark them; True.
+
+        The relay's HELLO says the last PSEQ it holds.  Below the highest PSEQ
+        it ever ACKed to us (its journal volume was damaged or recreated,
+        restored from an old copy...), the journals in between are gone from
+        the relay although their host writes completed.  Resending cannot fix
+        that (the secondary may have restored some under other SEQ#s), so the
+        group suspends and the copy bitmap gets their extents: from the write
+        log when it still holds them, else whole volumes.  ``pair resync``
+        then copies them and continues after the relay's last PSEQ.
+        """
+        hwm = self.acked_hwm
+        if not hwm or not tag_after(hwm, relay_last):
+            return False
+        first = next_pseq(relay_last)
+        held = self.log.first_tag
+        if held and not tag_after(held, first):
+            n = 0
+            for ctl in self._logged_controls():
+                if ctl.tag == 0 or tag_after(ctl.tag, relay_last):
+                    self.bitmap.mark(ctl.idx, ctl.address, ctl.length)
+                    n += 1
+            repair = (f"marked the {n} extents of the lost journals, still in the write log, "
+                      f"in the copy bitmap (delta resync)")
+        else:
+            self.bitmap.set_all()
+            repair = (f"the write log no longer holds PSEQ {first}: marked every chunk of "
+                      f"every volume in the copy bitmap (full copy)")
+        self.bitmap.save()
+        reason = (f"relay holds PSEQ up to {relay_last} but acked up to {hwm}: journals "
+                  f"{first}..{hwm} lost at the relay; run `tricopy pair resync`")
+        log.error("group %s: %s; %s", self.cfg.grname, reason, repair)
+        self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
+        self._suspend(reason)
+        return True
+
+    def _logged_controls(self):
+        """The control data of every record in the write log, oldest first (data skipped)."""
+        for path in self.log.segment_files():
+            with open(path, "rb") as f:
+                while len(head := f.read(protocol.CONTROL_SIZE)) == protocol.CONTROL_SIZE:
+                    ctl = Control.unpack(head)
+                    if not ctl.ccrc_ok():
+                        break
+                    yield ctl
+                    f.seek(ctl.data_len, os.SEEK_CUR)
 
     # -- pair state (JNLG table, patent Fig. 5) and management (docs/operations.md) --
 
@@ -398,12 +550,23 @@ class MasterGroup:
         # bypassed it could be overwritten by an older logged journal.  So an
         # empty log stays empty, a log of ACKed journals is cut, and behind
         # journals still in flight the write goes in as a local record (TAG 0).
-        if self.log.size:
+        if not self.log.empty:
             if self.pending:
-                self.log.append(ctl, data)
+                self._log_append(ctl, data)
             else:
-                self.log.truncate(self.last_pseq)
-        self._apply(ctl, data)
+                try:
+                    self.log.reset(self.last_pseq, self.acked_hwm)
+                except OSError as exc:
+                    raise LocalIOError(exc.errno or errno.EIO,
+                                       f"group {self.cfg.grname}: write log reset at the "
+                                       f"primary failed: {exc}; nothing was applied") from None
+        try:
+            self._apply(ctl, data)
+        except OSError as exc:
+            vol = self.volumes[idx]
+            raise LocalIOError(exc.errno or errno.EIO,
+                               f"group {self.cfg.grname}: PVOL idx {idx} ({vol.path}) write at "
+                               f"offset {offset} failed: {exc.strerror or exc}") from None
         return True
 
     def _start_copy(self) -> None:
@@ -481,6 +644,9 @@ class MasterGroup:
         for d in self.jnlg.dvols:
             d.bjptr = 0
         self.split = False
+        # A full copy follows: whatever the relay lost before is moot.
+        self.acked_hwm = 0
+        self.log.save_state(0)
         self._set_state("COPY")
         self._start_copy()
 
@@ -500,8 +666,8 @@ class MasterGroup:
         if not self.split and not self.pending and relay_last_tag is not None:
             # An error suspension dropped journals the relay never took: the
             # next PSEQ must follow the relay's last one or it sees a gap.
-            self.last_pseq = relay_last_tag
-            self.log.truncate(self.last_pseq)     # and so must it after a restart
+            self.last_pseq = self.acked_hwm = relay_last_tag
+            self.log.reset(self.last_pseq, self.acked_hwm)     # and so must it after a restart
         self.split, self.blocked = False, False
         self._full_since = self._unreachable_since = None
         self.dirty.clear()
@@ -525,7 +691,10 @@ class MasterGroup:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "MASTER",
                 "grsts": self.grsts, "reason": self.reason, "blocked": self.blocked,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
-                "last_pseq": self.last_pseq, "dirty_extents": len(self.dirty),
+                "full_probes": self.full_probes, "last_pseq": self.last_pseq,
+                "acked_pseq": self.acked_hwm, "write_log_bytes": self.log.size,
+                "write_log_segments": len(self.log.segments),
+                "dirty_extents": len(self.dirty),
                 "split": self.split, "copy_chunk": self.bitmap.chunk,
                 "copy_total": self.copy_total, "copy_done": self.copy_done,
                 "copy_writes": self.copy_writes,

@@ -1,0 +1,397 @@
+"""The primary's write log: every journal from before its PVOL apply until the relay ACKed it.
+
+A record is the journal's control data (with CCRC) followed by its data.  The
+log is a series of segment files in the state folder::
+
+    <grname>.plog.000000000007   older, deleted once every journal in it is ACKed
+    <grname>.plog.000000000008   the active segment: appends go here
+
+A segment is rolled (a new file started) before an append once it holds
+``segment_size`` bytes, and a whole segment other than the active one is
+unlinked as soon as the relay has ACKed every journal in it.  So the log holds
+at most about one segment plus the journals still in flight, whatever the
+queue depth (docs/replication.md, "The write log").
+
+``<grname>.pseq`` (written atomically) keeps what must outlive the records:
+
+* ``last_tag``: the last PSEQ given to a journal, for when no retained record
+  carries one (after a reset, or once every tagged record's segment is gone);
+* ``acked``: a PSEQ the relay is known to have ACKed (the high-water mark,
+  saved lazily; 0 = unknown).  At restart records at or before it are redone
+  onto the PVOLs but not queued again, and the relay's HELLO is checked
+  against it (host/primary.py, loss detection).
+
+Recovery (:meth:`WriteLog.recover`) streams the records one at a time: nothing
+reads a whole segment into memory.  A torn record (a crash in the middle of
+an append) ends the log: it is cut off, with any later segment.  Segment
+numbers only grow; a reset leaves a gap in the numbering, and recovery uses
+only the run of consecutive numbers that ends at the newest segment, so a
+segment whose unlink was lost in a crash can never be redone after newer
+writes that were not logged behind it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import protocol
+from .durable import atomic_write_json
+from .protocol import Control
+from .relay import TAG_MOD, tag_distance
+
+__all__ = ["SEGMENT_SIZE", "WriteLogError", "WriteLogBroken", "Segment", "WriteLog",
+           "tag_after"]
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
+_DIGITS = 12                # segment number width in the file name
+_READ_BUFFER = 1 << 20
+
+
+def tag_after(tag: int, mark: int) -> bool:
+    """True if PSEQ ``tag`` comes after ``mark`` (serial arithmetic; mark 0: "none yet")."""
+    if mark == 0:
+        return tag != 0
+    return 0 < tag_distance(tag, mark) < TAG_MOD // 2
+
+
+class WriteLogError(OSError):
+    """An append failed and was undone: the log is exactly as before (``errno`` of the cause)."""
+
+
+class WriteLogBroken(WriteLogError):
+    """An append failed and could not be undone: no more appends until :meth:`WriteLog.reset`."""
+
+
+@dataclass
+class Segment:
+    """One segment file: its number, size, and the PSEQs it covers."""
+    number: int
+    path: Path
+    size: int = 0
+    first_tag: int = 0      # the first tagged record (0: none)
+    last_tag: int = 0       # the PSEQ in force at its last record (tagged or local)
+    fd: int = -1            # rolled but not fsynced yet: kept open for the next flush
+
+
+def _write_all(fd: int, bufs: list) -> None:
+    """``os.writev`` until every byte is written; a call that writes nothing is an EIO."""
+    total = sum(len(b) for b in bufs)
+    done = os.writev(fd, bufs)
+    while done < total:
+        if done <= 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        rest, skip = [], done
+        for b in bufs:
+            if skip >= len(b):
+                skip -= len(b)
+                continue
+            rest.append(memoryview(b)[skip:])
+            skip = 0
+        bufs, total = rest, total - done
+        done = os.writev(fd, bufs)
+
+
+class WriteLog:
+    """The segmented write log of one MASTER group (see the module docstring).
+
+    Open with the constructor, then consume :meth:`recover` once (it yields
+    every retained record, in log order) before the first :meth:`append`.
+    """
+
+    def __init__(self, folder: Path, grname: str, segment_size: int | None = None):
+        self.folder = Path(folder)
+        self.grname = grname
+        self.segment_size = segment_size or SEGMENT_SIZE
+        self._pseq_path = self.folder / f"{grname}.pseq"
+        self.saved_tag = self.saved_acked = 0
+        if self._pseq_path.exists():
+            try:
+                doc = json.loads(self._pseq_path.read_text())
+                self.saved_tag = int(doc["last_tag"])
+                # Files from before the acked mark: 0 = unknown, never a false "loss".
+                self.saved_acked = int(doc.get("acked", 0))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"PSEQ file {self._pseq_path} is corrupt: {exc}") from None
+        self.last_tag = self.saved_tag      # the last PSEQ given to a journal
+        self.segments: list[Segment] = []   # retained, oldest first; the last one is active
+        self.broken: str | None = None
+        self._fd = -1
+        self._dir_dirty = False             # a segment was created since the last flush
+        self._recovered = False
+
+    # -- names -----------------------------------------------------------------------
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"{self.grname}.plog.{number:0{_DIGITS}d}"
+
+    def _on_disk(self) -> list[int]:
+        prefix = f"{self.grname}.plog."
+        numbers = []
+        for p in self.folder.iterdir():
+            tail = p.name[len(prefix):]
+            if p.name.startswith(prefix) and len(tail) == _DIGITS and tail.isdigit():
+                numbers.append(int(tail))
+        return sorted(numbers)
+
+    # -- recovery --------------------------------------------------------------------
+
+    def recover(self) -> Iterator[tuple[Control, bytes]]:
+        """Yield every retained record in log order, streaming; cut a torn tail.
+
+        Must be consumed to the end before the log takes appends.
+        """
+        legacy = self.folder / f"{self.grname}.plog"     # the one-file log of earlier versions
+        if legacy.exists() and not self._on_disk():
+            os.replace(legacy, self._path(1))
+            self._fsync_dir()
+        numbers = self._on_disk()
+        # Only the consecutive run ending at the newest segment: older ones are
+        # deletions a crash undid (see the module docstring).
+        start = max(len(numbers) - 1, 0)
+        while start > 0 and numbers[start - 1] == numbers[start] - 1:
+            start -= 1
+        for n in numbers[:start]:
+            log.info("write log: %s precedes a gap (an earlier reset); removed", self._path(n))
+            self._path(n).unlink()
+        numbers = numbers[start:]
+        torn_at: int | None = None
+        for i, n in enumerate(numbers):
+            seg = Segment(n, self._path(n), last_tag=self.last_tag)
+            self.segments.append(seg)
+            with open(seg.path, "rb", buffering=_READ_BUFFER) as f:
+                pos = 0
+                while True:
+                    head = f.read(protocol.CONTROL_SIZE)
+                    if not head:
+                        break
+                    ctl = Control.unpack(head) if len(head) == protocol.CONTROL_SIZE else None
+                    if ctl is None or not ctl.ccrc_ok():
+                        torn_at = pos
+                        break
+                    data = f.read(ctl.data_len)
+                    if len(data) != ctl.data_len or (
+                            ctl.data_len and protocol.crc32c(data) != ctl.data_crc):
+                        torn_at = pos
+                        break
+                    pos += protocol.CONTROL_SIZE + ctl.data_len
+                    seg.size = pos
+                    if ctl.tag:
+                        self.last_tag = ctl.tag
+                        seg.first_tag = seg.first_tag or ctl.tag
+                    seg.last_tag = self.last_tag
+                    yield ctl, data
+            if torn_at is not None:
+                actual = seg.path.stat().st_size
+                log.warning("write log %s: cut a torn tail of %d bytes at %d", seg.path,
+                            actual - torn_at, torn_at)
+                os.truncate(seg.path, torn_at)
+                for later in numbers[i + 1:]:
+                    log.warning("write log: %s follows a torn record; removed", self._path(later))
+                    self._path(later).unlink()
+                break
+        if not self.segments:
+            self.segments.append(Segment(1, self._path(1)))
+            self._dir_dirty = True
+        active = self.segments[-1]
+        self._fd = os.open(active.path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.lseek(self._fd, active.size, os.SEEK_SET)
+        self._recovered = True
+
+    @property
+    def acked(self) -> int:
+        """The recovered ACK high-water mark: the saved one, or what the deleted segments prove.
+
+        Segments are unlinked only once ACKed, so the PSEQ before the first
+        retained tagged record was ACKed too, unless the mark is unknown (0,
+        e.g. after ``pair create``): then it stays unknown.
+        """
+        first = self.first_tag
+        if self.saved_acked and first > 1 and tag_after(first - 1, self.saved_acked):
+            return first - 1
+        return self.saved_acked
+
+    @property
+    def first_tag(self) -> int:
+        """The first tagged record still in the log (0: none)."""
+        return next((s.first_tag for s in self.segments if s.first_tag), 0)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def empty(self) -> bool:
+        return all(s.size == 0 for s in self.segments)
+
+    # -- appends ---------------------------------------------------------------------
+
+    def append(self, ctl: Control, data: bytes) -> tuple:
+        """Append one record (one ``writev``, completed if short); returns an undo token.
+
+        It reaches the page cache before the PVOL apply, so a killed process
+        never has applied-but-unlogged writes.  On an error the record is cut
+        off again and :class:`WriteLogError` raised; if even that fails the log
+        is *broken* (:class:`WriteLogBroken`) until :meth:`reset`.
+        """
+        if not self._recovered:
+            raise RuntimeError("WriteLog.recover() must run before the first append")
+        if self.broken:
+            raise WriteLogBroken(errno.EIO, f"write log is broken: {self.broken}")
+        seg = self.segments[-1]
+        if seg.size >= self.segment_size:
+            try:
+                self._roll()
+            except OSError as exc:
+                raise WriteLogError(exc.errno, f"write log {self._path(seg.number + 1)}: "
+                                               f"cannot start a segment: {exc.strerror}") from None
+            seg = self.segments[-1]
+        token = (seg, seg.size, seg.first_tag, seg.last_tag, self.last_tag)
+        try:
+            _write_all(self._fd, [ctl.pack(), data])
+        except OSError as exc:
+            self._cut(token, exc)
+            raise WriteLogError(exc.errno, f"write log {seg.path}: append failed "
+                                           f"({exc.strerror}); the record was cut off") from None
+        seg.size += protocol.CONTROL_SIZE + len(data)
+        if ctl.tag:
+            self.last_tag = ctl.tag
+            seg.first_tag = seg.first_tag or ctl.tag
+        seg.last_tag = self.last_tag
+        return token
+
+    def undo(self, token: tuple) -> None:
+        """Cut off the record :meth:`append` returned ``token`` for (it must be the last)."""
+        self._cut(token, None)
+
+    def _cut(self, token: tuple, cause: OSError | None) -> None:
+        seg, size, first, last, log_last = token
+        if seg is not self.segments[-1]:
+            raise RuntimeError("only the last record can be cut off")
+        try:
+            os.ftruncate(self._fd, size)
+            os.lseek(self._fd, size, os.SEEK_SET)
+        except OSError as exc:
+            self.broken = (f"{seg.path}: a failed append ({cause.strerror if cause else 'undo'}) "
+                           f"could not be cut off: {exc.strerror}")
+            raise WriteLogBroken(exc.errno, self.broken) from None
+        seg.size, seg.first_tag, seg.last_tag, self.last_tag = size, first, last, log_last
+
+    def _roll(self) -> None:
+        old = self.segments[-1]
+        new = Segment(old.number + 1, self._path(old.number + 1), last_tag=self.last_tag)
+        fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        old.fd, self._fd = self._fd, fd
+        self.segments.append(new)
+        self._dir_dirty = True
+
+    # -- truncation ------------------------------------------------------------------
+
+    def release(self, acked: int) -> int:
+        """The relay ACKed every journal up to PSEQ ``acked``: unlink the segments that
+        hold nothing after it (never the active one).  Returns how many went."""
+        dead = 0
+        for seg in self.segments[:-1]:
+            if seg.last_tag and tag_after(seg.last_tag, acked):
+                break
+            dead += 1
+        if not dead:
+            return 0
+        if not any(s.first_tag for s in self.segments[dead:]):
+            # No tagged record would be left to say the last PSEQ: save it first.
+            self.save_state(acked)
+        for seg in self.segments[:dead]:
+            if seg.fd >= 0:         # never fsynced, and now it need not be
+                os.close(seg.fd)
+                seg.fd = -1
+            seg.path.unlink()
+        # An unlink lost in a crash is harmless (a consecutive older segment is
+        # redone before the newer ones); no folder fsync on this path.
+        del self.segments[:dead]
+        return dead
+
+    def save_state(self, acked: int) -> None:
+        """Persist ``last_tag`` and the ACK high-water mark (atomic, folder fsynced)."""
+        atomic_write_json(self._pseq_path, {"last_tag": self.last_tag, "acked": acked})
+        self.saved_tag, self.saved_acked = self.last_tag, acked
+
+    def reset(self, last_tag: int, acked: int) -> None:
+        """Drop every record (after a suspension, or before a write that bypasses the log).
+
+        The PSEQ state is saved first; the new segment's number leaves a gap
+        so that a segment whose unlink a crash undid is never redone.
+        """
+        self.last_tag = last_tag
+        self.save_state(acked)
+        number = self.segments[-1].number + 2 if self.segments else 1
+        for fd in [s.fd for s in self.segments] + [self._fd]:
+            if fd >= 0:
+                os.close(fd)
+        self._fd = -1
+        for seg in self.segments:
+            seg.path.unlink(missing_ok=True)
+        new = Segment(number, self._path(number), last_tag=last_tag)
+        self._fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.segments = [new]
+        self._fsync_dir()
+        self._dir_dirty = False
+        self.broken = None
+
+    # -- durability ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """fsync every segment written since the last flush, and the folder if one was created."""
+        self.sync(self.flush_begin())
+
+    def flush_begin(self) -> list[int]:
+        """What :meth:`flush` must fsync, as duplicated descriptors the caller owns.
+
+        Taken on the event loop; :meth:`sync` may then run in a worker thread
+        while appends, rolls and releases go on (they close their own
+        descriptors, never these).
+        """
+        fds = []
+        for seg in self.segments[:-1]:
+            if seg.fd >= 0:
+                fds.append(seg.fd)     # handed over: sync() closes it
+                seg.fd = -1
+        fds.append(os.dup(self._fd))
+        if self._dir_dirty:
+            fds.append(os.open(self.folder, os.O_RDONLY))
+            self._dir_dirty = False
+        return fds
+
+    @staticmethod
+    def sync(fds: list[int]) -> None:
+        """fsync and close the descriptors :meth:`flush_begin` returned."""
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _fsync_dir(self) -> None:
+        dfd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def segment_files(self) -> list[Path]:
+        return [s.path for s in self.segments]
+
+    def close(self) -> None:
+        for fd in [s.fd for s in self.segments] + [self._fd]:
+            if fd >= 0:
+                os.close(fd)
+        for s in self.segments:
+            s.fd = -1
+        self._fd = -1

@@ -1,0 +1,142 @@
+"""A relay that lost journals it had ACKed (its journal volume and state put back
+to an older copy, or recreated) is caught at the primary's next connection:
+SUSP naming the PSEQ range, the copy bitmap marked, and `pair resync` repairs it."""
+
+import asyncio
+import re
+import shutil
+import time
+
+import pytest
+
+from tricopy.host import rcm, writelog
+from tricopy.host.protocol import Kind
+
+from .cluster import BLOCK, Cluster, Workload
+from .primary_inproc import master_group, until
+from .test_links import wait_for
+from .test_replication import check_volumes
+
+LOST = re.compile(r"relay holds PSEQ up to (\d+) but acked up to (\d+): journals (\d+)\.\.(\d+) "
+                  r"lost at the relay; run `tricopy pair resync`")
+
+
+def snapshot(cluster: Cluster, to) -> None:
+    """The relay's journal volume and state folder, copied while it is down."""
+    src = cluster.root / "relay"
+    shutil.copytree(src / "state", to / "state")
+    shutil.copy2(src / "jnl1.vol", to / "jnl1.vol")
+
+
+def restore(cluster: Cluster, frm) -> None:
+    dst = cluster.root / "relay"
+    shutil.rmtree(dst / "state")
+    shutil.copytree(frm / "state", dst / "state")
+    shutil.copy2(frm / "jnl1.vol", dst / "jnl1.vol")
+
+
+def recreate(cluster: Cluster) -> None:
+    """A new relay in place of the old one: empty journal volume, no state."""
+    dst = cluster.root / "relay"
+    shutil.rmtree(dst / "state")
+    (dst / "jnl1.vol").unlink()
+
+
+@pytest.mark.parametrize("restart_primary,fresh", [(False, False), (True, False), (False, True)],
+                         ids=["older-copy", "older-copy-primary-restart", "recreated"])
+def test_relay_lost_acked_journals(tmp_path, restart_primary, fresh):
+    cluster = Cluster(tmp_path / "c")
+    old = tmp_path / "relay-copy"
+    try:
+        cluster.start("relay")
+        cluster.start("primary")
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=51)
+        asyncio.run(work.run(count=10))
+        cluster.kill("relay")
+        snapshot(cluster, old)            # the relay as it was after 40 journals
+        cluster.start("relay")
+        kept = cluster.status("relay")["last_tag"]
+        asyncio.run(work.run(count=10))   # 40 more, ACKed by the relay ...
+        acked = cluster.status("primary")["last_pseq"]
+        assert acked > kept
+        if restart_primary:
+            # ... the primary restarts too: the ACK high-water mark must survive it
+            # (saved within ACKED_SAVE_EVERY = 1 s).
+            wait_for(lambda: cluster.status("primary")["pending"] == 0, "ACKs")
+            time.sleep(1.5)
+            cluster.kill("primary")
+        cluster.kill("relay")             # ... and lost with its journal volume
+        if fresh:
+            recreate(cluster)
+            kept = 0
+        else:
+            restore(cluster, old)
+        if restart_primary:
+            cluster.start("primary")
+            assert cluster.status("primary")["acked_pseq"] == acked
+        cluster.start("relay")
+        assert cluster.status("relay")["last_tag"] == kept
+
+        p = wait_for(lambda: (s := cluster.status("primary"))["grsts"] == "SUSP" and s,
+                     "the primary to suspend")
+        m = LOST.fullmatch(p["reason"])
+        assert m, p["reason"]
+        assert [int(x) for x in m.groups()] == [kept, acked, kept + 1, acked]
+        line = next(l for l in cluster.log("primary").splitlines() if "lost at the relay" in l)
+        assert "ERROR" in line and "delta resync" in line, line
+        assert p["copy_pending_bytes"] > 0
+
+        # the repair: a delta resync that continues after the relay's last PSEQ
+        cluster.start("secondary")
+        sites = cluster.sites()
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=60)
+        p = cluster.status("primary")
+        assert p["grsts"] == "PAIR"
+        assert 0 < p["copy_total"] < 2 * (1 << 20) // (64 << 10), "not a delta copy"
+        asyncio.run(work.run(count=5))    # and the pair goes on
+        cluster.wait_drained()
+        check_volumes(cluster, work)
+    finally:
+        cluster.stop_all()
+
+
+def test_relay_loss_beyond_the_write_log_means_a_full_copy(tmp_path, monkeypatch, caplog):
+    """When the write log no longer holds the lost journals, every chunk is marked."""
+    monkeypatch.setattr(writelog, "SEGMENT_SIZE", 32 << 10)
+    cluster = Cluster(tmp_path / "c")
+    old = tmp_path / "relay-copy"
+    try:
+        cluster.start("relay")
+
+        async def run():
+            async with master_group(cluster) as g:
+                for i in range(8):
+                    await g.journal(Kind.UPDATE, 0, i * BLOCK, BLOCK, bytes([i + 1]) * BLOCK)
+                await asyncio.to_thread(cluster.kill, "relay")
+                await asyncio.to_thread(snapshot, cluster, old)
+                await asyncio.to_thread(cluster.start, "relay")
+                await until(lambda: g.link is not None and not g.link.closed, "reconnect")
+                for i in range(40):     # 40 x 4 KiB through 32 KiB segments: PSEQ 9.. are gone
+                    await g.journal(Kind.UPDATE, 1, i * BLOCK, BLOCK, bytes([i + 1]) * BLOCK)
+                assert g.log.first_tag > 10
+                acked = g.last_pseq
+                await asyncio.to_thread(cluster.kill, "relay")
+                await asyncio.to_thread(restore, cluster, old)
+                await asyncio.to_thread(cluster.start, "relay")
+                await until(lambda: g.grsts == "SUSP", "the group to suspend")
+                assert LOST.fullmatch(g.reason).groups() == ("8", str(acked), "9", str(acked))
+                assert g.bitmap.count() == sum(g.bitmap.nchunks(i) for i in g.volumes)
+                await asyncio.to_thread(cluster.start, "secondary")
+                g.pair_resync(relay_last_tag=8)
+                await until(lambda: g.grsts == "PAIR", "the full copy")
+                r = await asyncio.to_thread(cluster.status, "relay")
+                await until(lambda: cluster.status("secondary")["last_restored"] == r["next_seq"] - 1,
+                            "the secondary to restore everything")
+
+        asyncio.run(run())
+        assert any("full copy" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+        for i in range(cluster.volumes):
+            assert cluster.volume_bytes("secondary", i) == cluster.volume_bytes("primary", i)
+    finally:
+        cluster.stop_all()
