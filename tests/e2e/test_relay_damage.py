@@ -1,0 +1,114 @@
+"""Corruption is loud and never spreads: the relay's journal volume is damaged
+or replaced while journals are held, and every site says so until a resync
+repairs it.
+
+* 64 bytes flipped in a record in the middle of the held journals of a
+  stopped relay: the records after it are quarantined (not zeroed) and
+  reported, the primary finds the relay below what it had ACKed and
+  suspends, `pair resync` brings PVOL == SVOL.
+* the relay recreated empty while the secondary has restored journals: the
+  secondary refuses the relay's stream (SEQ_REGRESSION) instead of skipping
+  its first journals as replays, and the ordered resync moves it back.
+"""
+
+import asyncio
+import re
+import shutil
+
+from tricopy.host import rcm
+from tricopy.host.store import HEADER_SIZE, JournalStore
+
+from .cluster import Cluster, Workload
+from .test_links import wait_for
+from .test_replication import check_volumes
+
+LOST = re.compile(r"journals (\d+)\.\.(\d+) lost at the relay")
+
+
+def held_records(cluster: Cluster, tmp) -> list[tuple[int, int]]:
+    """(JOFS, record size) of the journals the stopped relay holds, read from a copy
+    (opening the real file would run recovery on it)."""
+    copy = tmp / "jnl-copy.vol"
+    shutil.copy2(cluster.root / "relay" / "jnl1.vol", copy)
+    with JournalStore.open(copy) as s:
+        return list(s._index[s._head:])
+
+
+def test_damaged_record_mid_ring_is_quarantined_reported_and_repaired(tmp_path):
+    cluster = Cluster(tmp_path / "c")
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=61)
+        asyncio.run(work.run(count=5))
+        cluster.wait_drained()
+        cluster.kill("secondary")
+        asyncio.run(work.run(count=30))       # 120 journals held at the relay
+        cluster.kill("relay")
+        held = held_records(cluster, tmp_path)
+        assert len(held) >= 100
+        jofs, size = held[len(held) // 2]
+        with open(cluster.root / "relay" / "jnl1.vol", "r+b") as f:
+            f.seek(HEADER_SIZE + jofs + 64 + 100)       # inside its journal data
+            raw = f.read(64)
+            f.seek(HEADER_SIZE + jofs + 64 + 100)
+            f.write(bytes(b ^ 0xFF for b in raw))
+        cluster.start("relay")
+        r = cluster.status("relay")
+        assert r["held"] == len(held) // 2
+        first, last = r["next_seq"] + 1, r["next_seq"] + len(held) - len(held) // 2 - 1
+        assert f"SEQ# {first}..{last}" in r["recovery_warning"], r["recovery_warning"]
+        assert "ERROR" in next(l for l in cluster.log("relay").splitlines() if "quarantine" in l)
+        assert (cluster.root / "relay" / "jnl1.vol.quarantine").stat().st_size > 0
+
+        p = wait_for(lambda: (s := cluster.status("primary"))["grsts"] == "SUSP" and s,
+                     "the primary to suspend", timeout=20)
+        m = LOST.search(p["reason"])
+        assert m, p["reason"]
+        cluster.start("secondary")
+        s = cluster.status("secondary")
+        # The SVOL holds the first 20 journals: an honest, older prefix.
+        assert s["consistent"] and s["last_restored"] < r["next_seq"]
+
+        sites = cluster.sites()
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=120)
+        asyncio.run(work.run(count=3))
+        cluster.wait_drained()
+        check_volumes(cluster, work)
+    finally:
+        cluster.stop_all()
+
+
+def test_recreated_relay_is_refused_downstream_until_an_ordered_resync(tmp_path):
+    cluster = Cluster(tmp_path / "c")
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=62)
+        asyncio.run(work.run(count=10))
+        drained = cluster.wait_drained()
+        restored = drained["secondary"]["last_restored"]
+        assert restored >= 40
+        cluster.kill("relay")
+        shutil.rmtree(cluster.root / "relay" / "state")
+        (cluster.root / "relay" / "jnl1.vol").unlink()
+        cluster.start("relay")
+        # The new relay's stream starts again at SEQ# 1: refused, not skipped.
+        s = wait_for(lambda: (x := cluster.status("secondary"))["grsts"] == "SUSP" and x,
+                     "the secondary to refuse the relay", timeout=20)
+        assert f"up to SEQ# 0 but the SVOLs hold journals up to SEQ# {restored}" in s["reason"]
+        assert s["consistent"] and s["last_restored"] == restored
+        r = wait_for(lambda: (x := cluster.status("relay"))["grsts"] == "SUSP" and x,
+                     "the relay to show the refusal", timeout=20)
+        assert "SEQ_REGRESSION" in r["reason"]
+        wait_for(lambda: cluster.status("primary")["grsts"] == "SUSP", "the primary to suspend",
+                 timeout=20)
+
+        sites = cluster.sites()
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=120)
+        assert cluster.status("secondary")["grsts"] == "PAIR"
+        asyncio.run(work.run(count=3))
+        cluster.wait_drained()
+        check_volumes(cluster, work)
+    finally:
+        cluster.stop_all()
