@@ -54,7 +54,7 @@ class Sites:
         self.procs: dict[str, subprocess.Popen] = {}
         group = 'grnum = 1\ngrname = "bench"\n'
         vol = lambda prefix: (f'[[volume]]\nidx = 0\ngroup = 1\npath = "{prefix}0.img"\n'
-                              f'size = {vol_size}\nblock_size = 4096\n')
+                              f'size = {vol_size}\nblock_size = 4096\ncreate = true\n')
         docs = {
             "primary": f'[[group]]\n{group}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"]["data"]}"\n' + vol("pvol"),
