@@ -35,7 +35,7 @@ import uvloop
 
 from .config import ConfigError, GroupAttr, SiteConfig, load_config
 from .jnlg import JnlgTable
-from .volume import Volume, VolumeError
+from .volume import Volume
 
 __all__ = ["register", "main", "prepare", "StartupError", "EXIT_STARTUP", "STOP_GRACE"]
 
@@ -66,7 +66,7 @@ class _Interrupted(Exception):
 def prepare(cfg: SiteConfig, role: str) -> None:
     """Check that ``cfg`` can start as ``role``, then create its new volumes.
 
-    Every refusal is a :class:`StartupError` (or a :class:`VolumeError` from
+    Every refusal is a :class:`StartupError` (or a ``VolumeError`` from
     :class:`Volume`) that says what to do.  The PAIR check runs before any
     volume is created, because it asks whether the files existed before.
     """

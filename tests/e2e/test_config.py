@@ -197,16 +197,20 @@ def _site_toml(tmp_path, role="secondary", *, listen=None, volume="", group="", 
     return path
 
 
-def _start(role, config, timeout=30):
+def _start(role, config, timeout=15):
     """Run a site that is expected to refuse to start."""
     return subprocess.run([sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
                            str(config)], capture_output=True, text=True, timeout=timeout,
                           cwd=config.parent)
 
 
-def _refused(out, config, *needles):
+def _refused(out, config, *needles, one_line=True):
+    """Exit 2, no traceback, and (for a refusal before the site runs) exactly
+    one line on stderr: ``tricopy <role>: <config>: <what> — <what to do>``."""
     assert out.returncode == EXIT_STARTUP, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+    if one_line:
+        assert out.stderr.count("\n") == 1 and not out.stdout, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"tricopy "), last
     assert str(config) in last and " — " in last, last
@@ -219,7 +223,6 @@ def test_missing_volume_without_create(tmp_path):
     config = _site_toml(tmp_path)
     out = _start("secondary", config)
     line = _refused(out, config, "vol0.img does not exist", "create = true")
-    assert out.stderr.count("\n") == 1, "more than one line for a refused start"
     assert line.startswith(f"tricopy secondary: {config}: ")
     assert not (tmp_path / "vol0.img").exists()
 
@@ -236,7 +239,6 @@ def test_wrong_size_volume(tmp_path):
     (tmp_path / "vol0.img").write_bytes(bytes(8192))
     out = _start("secondary", config)
     _refused(out, config, "is 8192 bytes, the config says 1048576")
-    assert out.stderr.count("\n") == 1
     assert (tmp_path / "vol0.img").stat().st_size == 8192    # not "repaired"
 
 
@@ -261,14 +263,12 @@ def test_busy_listen_port(tmp_path):
         config = _site_toml(tmp_path, "relay", listen=port)
         out = _start("relay", config)
     _refused(out, config, f"listen 127.0.0.1:{port}", "another process listens there")
-    assert out.stderr.count("\n") == 1
 
 
 def test_unknown_key_at_start(tmp_path):
     config = _site_toml(tmp_path, "relay", group='durabilty = "memory"\n')
     out = _start("relay", config)
     _refused(out, config, 'unknown key "durabilty" (did you mean "durability"?)')
-    assert out.stderr.count("\n") == 1
 
 
 def test_wrong_config_for_the_role(tmp_path):
@@ -280,7 +280,9 @@ def test_journal_that_does_not_match_is_refused_by_the_running_relay(tmp_path):
     # Found by the relay itself (RelayError in Relay.run), not by prepare().
     config = _site_toml(tmp_path, "relay")
     JournalStore.create(tmp_path / "jnl.vol", 1 << 19).close()
-    _refused(_start("relay", config), config, "jnl.vol is 524288 bytes, config says 1048576")
+    # The site logged its start line before it found the mismatch: not one line.
+    _refused(_start("relay", config), config, "jnl.vol is 524288 bytes, config says 1048576",
+             one_line=False)
 
 
 def test_hard_linked_volumes_are_one_file(tmp_path):
