@@ -204,6 +204,8 @@ def _one_line(exc: BaseException) -> str:
         hint = "run the site as the owner of that file or folder, or fix its permissions"
     elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         hint = "free space on that file system"
+    elif isinstance(exc, OSError):
+        hint = "fix what the message names and start the site again"
     else:
         hint = ("the config and the files on disk disagree: fix the config, or move the "
                 "old file away (docs/operations.md)")
@@ -275,6 +277,7 @@ async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | No
             log.warning("%s %s: %s while stopping", role, cfg.site, run.exception())
         return caught[0]
     finally:
+        loop.set_exception_handler(_quiet_cancel)     # also when the run failed
         stopper.cancel()
         await _close(site, role)
         await _cancel_the_rest()
