@@ -52,9 +52,10 @@ class Sites:
         self.ports = {r: {"data": _free_port(), "control": _free_port(), "nbd": _free_port()}
                       for r in self.ROLES}
         self.procs: dict[str, subprocess.Popen] = {}
-        group = 'grnum = 1\ngrname = "bench"\n'
+        # new volumes on every site: a ready pair (docs/operations.md, the PAIR rule)
+        group = 'grnum = 1\ngrname = "bench"\ninitial_state = "PAIR"\n'
         vol = lambda prefix: (f'[[volume]]\nidx = 0\ngroup = 1\npath = "{prefix}0.img"\n'
-                              f'size = {vol_size}\nblock_size = 4096\n')
+                              f'size = {vol_size}\nblock_size = 4096\ncreate = true\n')
         docs = {
             "primary": f'[[group]]\n{group}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"]["data"]}"\n' + vol("pvol"),

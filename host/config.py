@@ -21,24 +21,52 @@ Example (a relay)::
     path = "pvol0.img"
     size = 1048576
     block_size = 4096
+    create = true                  # make the file (sparse, zeros) if it is missing
 
 Relative paths are taken relative to the config file's folder.  Every
-problem is a :class:`ConfigError` naming the key.
+problem is a :class:`ConfigError` naming the key; a key that is not in
+:data:`KEYS` is refused with the closest valid name, so a typo never falls
+back silently to a default (docs/operations.md, "Site config").
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
+__all__ = ["KEYS", "ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
            "GroupConfig", "NbdConfig", "SiteConfig", "load_config", "parse_config", "parse_addr"]
 
 
 class ConfigError(ValueError):
     """A site configuration that cannot be used; the message names the key."""
+
+
+# Every key each table may hold.  A plain table rather than a schema library:
+# the parser below already checks types and ranges with messages that name the
+# key, so the only thing missing was "nothing else is allowed" — five tuples.
+KEYS = {
+    "site": ("site", "listen", "control", "state_dir", "heartbeat", "group", "volume", "nbd"),
+    "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
+              "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state"),
+    "journal": ("path", "size"),
+    "volume": ("idx", "group", "path", "size", "block_size", "create"),
+    "nbd": ("listen", "tls_cert", "tls_key"),
+}
+
+
+def _only_known(table: dict, kind: str, where: str) -> None:
+    """Refuse the first key of ``table`` that a ``kind`` table does not have."""
+    for key in table:
+        if key in KEYS[kind]:
+            continue
+        close = difflib.get_close_matches(key, KEYS[kind], n=1)
+        hint = f"did you mean \"{close[0]}\"?" if close else \
+            "valid keys: " + ", ".join(KEYS[kind])
+        raise ConfigError(f"{where + ': ' if where else ''}unknown key \"{key}\" ({hint})")
 
 
 class GroupAttr(enum.Enum):
@@ -62,6 +90,7 @@ class VolumeConfig:
     path: Path
     size: int
     block_size: int
+    create: bool = False     # make the file (sparse, all zeros) if it does not exist
 
 
 @dataclass(frozen=True)
@@ -84,9 +113,10 @@ class GroupConfig:
     restore_interval: float = 0.0        # secondary: seconds between restores, 0 = continuous
     full_suspend_after: float = 30.0     # primary: seconds of relay FULL before SUSP
     link_suspend_after: float = 30.0     # primary: seconds writes wait for an unreachable relay
-    # GRSTS when the site has no JNLG table row yet (docs/operations.md): "PAIR"
-    # for volumes known to be identical (both new), "SMPL" to pair with `tricopy pair`.
-    initial_state: str = "PAIR"
+    # GRSTS when the site has no JNLG table row yet (docs/operations.md): "SMPL",
+    # paired later by `tricopy pair create`; "PAIR" only for brand-new volumes
+    # (create = true, not there yet), the one case where both sides are known equal.
+    initial_state: str = "SMPL"
 
 
 @dataclass(frozen=True)
@@ -167,7 +197,14 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _table(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {value!r}")
+    return value
+
+
 def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
+    _only_known(_table(t, f"group[{i}]"), "group", f"group[{i}]")
     w = f"group[{i}]."
     grnum = _get(t, "grnum", int, w)
     if not 0 <= grnum <= 0xFFFF:
@@ -194,6 +231,7 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     journal = None
     if attr is GroupAttr.INTERMEDIARY:
         jt = _get(t, "journal", dict, w)
+        _only_known(jt, "journal", f"{w}journal")
         jsize = _positive(_get(jt, "size", int, f"{w}journal."), f"{w}journal.size")
         if jsize % 64 or jsize < 128:
             raise ConfigError(f"{w}journal.size: must be a multiple of 64 and >= 128, got {jsize}")
@@ -207,7 +245,7 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     link_after = _get(t, "link_suspend_after", (int, float), w, 30.0)
     if link_after < 0:
         raise ConfigError(f"{w}link_suspend_after: must be >= 0 seconds, got {link_after}")
-    initial_state = _get(t, "initial_state", str, w, "PAIR").upper()
+    initial_state = _get(t, "initial_state", str, w, "SMPL").upper()
     if initial_state not in ("PAIR", "SMPL"):
         raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
                           f"got {t['initial_state']!r}")
@@ -217,6 +255,7 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
 
 
 def _parse_nbd(t: dict, base: Path) -> NbdConfig:
+    _only_known(t, "nbd", "nbd")
     w = "nbd."
     listen = parse_addr(_get(t, "listen", str, w), f"{w}listen")
     cert, key = t.get("tls_cert"), t.get("tls_key")
@@ -225,13 +264,11 @@ def _parse_nbd(t: dict, base: Path) -> NbdConfig:
     if cert is not None:
         cert = _path(base, _get(t, "tls_cert", str, w))
         key = _path(base, _get(t, "tls_key", str, w))
-    unknown = set(t) - {"listen", "tls_cert", "tls_key"}
-    if unknown:
-        raise ConfigError(f"{w}{sorted(unknown)[0]}: unknown key")
     return NbdConfig(listen, cert, key)
 
 
 def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
+    _only_known(_table(t, f"volume[{i}]"), "volume", f"volume[{i}]")
     w = f"volume[{i}]."
     idx = _get(t, "idx", int, w)
     if not 0 <= idx <= 0xFFFF:
@@ -243,11 +280,12 @@ def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
     if size % bs:
         raise ConfigError(f"{w}size: {size} is not a multiple of block_size {bs}")
     return VolumeConfig(idx, _get(t, "group", int, w), _path(base, _get(t, "path", str, w)),
-                        size, bs)
+                        size, bs, _get(t, "create", bool, w, False))
 
 
 def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
     """Validate a parsed TOML document."""
+    _only_known(doc, "site", "")
     site = _get(doc, "site", str, "")
     if not site or len(site) > 32 or not site.isascii():
         raise ConfigError(f"site: must be 1..32 ASCII characters, got {site!r}")
@@ -278,19 +316,53 @@ def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
             raise ConfigError(f"group grnum={g.grnum}: a {g.attr.value} group needs volumes")
         if g.attr is not GroupAttr.MASTER and listen is None:
             raise ConfigError(f"listen: a {g.attr.value} site must listen for its upstream peer")
+    for i, g in enumerate(groups):
+        # A PAIR claim is only believable for volumes this start creates (both
+        # sides all zeros); the files themselves are checked at startup.
+        old = [f"volume[{j}]" for j, v in enumerate(volumes) if v.group == g.grnum and not v.create]
+        if g.initial_state == "PAIR" and old:
+            raise ConfigError(f"group[{i}].initial_state: \"PAIR\" is only for new volumes, but "
+                              f"{', '.join(old)} has no create = true; leave initial_state "
+                              f"at \"SMPL\" and pair with `tricopy pair create`")
     nbd = doc.get("nbd")
     nbd = _parse_nbd(_get(doc, "nbd", dict, ""), base) if nbd is not None else None
+    _one_file_one_volume(groups, volumes)
+    ports = [("listen", listen), ("control", control), ("nbd.listen", nbd and nbd.listen)]
+    ports = [(k, a) for k, a in ports if a is not None and a[1] != 0]
+    for j, (key, addr) in enumerate(ports):
+        for other, addr2 in ports[:j]:
+            if addr == addr2:
+                raise ConfigError(f"{key}: {addr[0]}:{addr[1]} is also {other}; "
+                                  f"every socket needs its own port")
     return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd)
 
 
+def _one_file_one_volume(groups, volumes) -> None:
+    """Two volumes (or a volume and a journal) on one file would overwrite each
+    other; compare resolved paths so links and ``..`` cannot hide it."""
+    files = [(f"volume[{i}].path", v.path) for i, v in enumerate(volumes)]
+    files += [(f"group[{i}].journal.path", g.journal.path)
+              for i, g in enumerate(groups) if g.journal is not None]
+    seen: dict[Path, str] = {}
+    for key, path in files:
+        real = path.resolve()
+        if real in seen:
+            raise ConfigError(f"{key} and {seen[real]} are the same file {real}; "
+                              f"one file backs one volume")
+        seen[real] = key
+
+
 def load_config(path: str | Path) -> SiteConfig:
-    """Read and validate one site's TOML file."""
+    """Read and validate one site's TOML file; every message starts with the file's name."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(doc, path.resolve().parent)
+    try:
+        return parse_config(doc, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -59,8 +59,7 @@ class DemoCluster:
     def _config(self, role: str, journal_size: int) -> str:
         data, ctl = self.ports[role]
         text = (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\ncontrol = "127.0.0.1:{ctl}"\n'
-                f'state_dir = "state"\n\n[[group]]\ngrnum = 1\ngrname = "{GROUP}"\n'
-                f'initial_state = "SMPL"\n')
+                f'state_dir = "state"\n\n[[group]]\ngrnum = 1\ngrname = "{GROUP}"\n')
         if role == "primary":
             text += f'attr = "MASTER"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
         elif role == "relay":
@@ -69,10 +68,12 @@ class DemoCluster:
         else:
             text += 'attr = "RESTORE"\n'
         if role != "relay":
-            prefix = "pvol" if role == "primary" else "svol"
+            # The PVOLs hold data already (preload); the SVOLs are made new.  The
+            # group starts in SMPL (the default) and `pair create` copies the data.
+            prefix, create = ("pvol", "") if role == "primary" else ("svol", "create = true\n")
             for i in range(self.volumes):
                 text += (f'\n[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
-                         f'size = {self.vol_size}\nblock_size = {BLOCK}\n')
+                         f'size = {self.vol_size}\nblock_size = {BLOCK}\n{create}')
         return text
 
     def volume_path(self, role: str, idx: int) -> Path:

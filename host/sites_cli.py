@@ -2,46 +2,363 @@
 
 ``register(subparsers)`` adds the commands to the ``tricopy`` CLI (host/cli.py);
 ``python -m tricopy.host.sites_cli relay --config relay.toml`` runs one directly.
+
+Life cycle (docs/operations.md, "Running a site"):
+
+* **start** — the config is loaded and :func:`prepare` checks what the site
+  needs before anything is touched (state_dir's parent, free ports, folders,
+  one file per volume, believable PAIR claims), then makes the volumes that
+  say ``create = true``.  A site that cannot start prints one line,
+  ``tricopy <role>: <config>: <what is wrong> — <what to do>``, and exits
+  with :data:`EXIT_STARTUP`; the traceback is logged only at debug level.
+* **run** — one log line says what listens where.
+* **stop** — SIGTERM or SIGINT cancels the site's run task, gives it
+  :data:`STOP_GRACE` seconds, calls the site's ``aclose()``/``close()`` if it
+  has one, cancels what is left, logs ``<role> <site> stopped (SIGTERM)`` and
+  exits with 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
+import inspect
 import logging
+import os
+import signal
+import socket
 import sys
+import time
 
 import uvloop
 
-from .config import ConfigError, load_config
+from .config import ConfigError, GroupAttr, SiteConfig, load_config
+from .jnlg import JnlgTable
+from .volume import Volume
 
-__all__ = ["register", "main"]
+__all__ = ["register", "main", "prepare", "StartupError", "EXIT_STARTUP", "STOP_GRACE"]
+
+log = logging.getLogger("tricopy.host.sites_cli")   # also under `python -m`
+
+EXIT_STARTUP = 2          # the config or the files on disk do not allow a start
+EXIT_ENDED = 1            # the site's run ended by itself (not by a signal)
+STOP_GRACE = 5.0          # seconds a site gets to stop after SIGTERM/SIGINT
+
+ROLE_ATTR = {"primary": GroupAttr.MASTER, "relay": GroupAttr.INTERMEDIARY,
+             "secondary": GroupAttr.RESTORE}
+
+
+class StartupError(Exception):
+    """A site that cannot start; ``hint`` tells the operator what to do."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Interrupted(Exception):
+    """A stop signal before the event loop was up."""
+
+
+# -- start: checks before anything is touched ----------------------------------
+
+def prepare(cfg: SiteConfig, role: str) -> None:
+    """Check that ``cfg`` can start as ``role``, then create its new volumes.
+
+    Every refusal is a :class:`StartupError` (or a ``VolumeError`` from
+    :class:`Volume`) that says what to do.  The PAIR check runs before any
+    volume is created, because it asks whether the files existed before.
+    """
+    groups = [g for g in cfg.groups if g.attr is ROLE_ATTR[role]]
+    if not groups:
+        raise StartupError(f"no [[group]] with attr = \"{ROLE_ATTR[role].value}\"",
+                           f"is this the {role}'s config file?")
+    volumes = [v for g in groups for v in cfg.volumes_of(g.grnum)]
+    _check_state_dir(cfg)
+    _check_ports(cfg, role)
+    _check_files(groups, volumes)
+    _check_pair_claims(cfg, groups)
+    for v in volumes:
+        Volume(v.path, v.size, v.block_size, idx=v.idx, create=v.create).close()
+
+
+def _check_state_dir(cfg: SiteConfig) -> None:
+    d = cfg.state_dir
+    if d.exists() and not d.is_dir():
+        raise StartupError(f"state_dir {d} is not a folder", "point state_dir at a folder")
+    if not d.exists() and not d.parent.is_dir():
+        raise StartupError(f"state_dir {d}: folder {d.parent} does not exist",
+                           f"create {d.parent}, or point state_dir into a folder that exists")
+
+
+def _check_ports(cfg: SiteConfig, role: str) -> None:
+    """Bind each address the site will listen on, the way asyncio will; the
+    site binds them for real moments later, but this refusal names the key."""
+    keys = [("control", cfg.control)]
+    if role != "primary":                    # the primary only connects out
+        keys.append(("listen", cfg.listen))
+    if role != "relay" and cfg.nbd is not None:
+        keys.append(("nbd.listen", cfg.nbd.listen))
+    for key, addr in keys:
+        if addr is None or addr[1] == 0:
+            continue
+        host, port = addr
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise StartupError(f"{key} {host}:{port}: {exc.strerror}",
+                               f"give {key} an address of this machine") from None
+        for family, kind, proto, _, sockaddr in infos:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    s.bind(sockaddr)
+                except OSError as exc:
+                    raise StartupError(f"{key} {host}:{port}: {exc.strerror}",
+                                       _bind_hint(exc.errno, key)) from None
+
+
+def _bind_hint(code: int | None, key: str) -> str:
+    if code == errno.EADDRINUSE:
+        return f"another process listens there: stop it, or give {key} another port"
+    if code == errno.EADDRNOTAVAIL:
+        return f"that is not an address of this machine: fix {key}"
+    if code == errno.EACCES:
+        return f"ports below 1024 need privileges: give {key} a port of 1024 or more"
+    return f"fix {key}"
+
+
+def _check_files(groups, volumes) -> None:
+    """Folders exist; one file backs one volume (the config compared paths,
+    this compares device and inode, so hard links are caught too)."""
+    files = [(f"volume idx {v.idx} of group {v.group}", v.path) for v in volumes]
+    for g in groups:
+        if g.journal is not None:
+            files.append((f"the journal of group {g.grname}", g.journal.path))
+            if not g.journal.path.parent.is_dir():
+                raise StartupError(f"journal {g.journal.path}: folder "
+                                   f"{g.journal.path.parent} does not exist",
+                                   "create it or fix journal.path")
+    seen: dict[tuple[int, int], tuple[str, object]] = {}
+    for what, path in files:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), (what, path))
+        if first[0] != what:
+            raise StartupError(f"{what} ({path}) and {first[0]} ({first[1]}) are the same file",
+                               "give each volume its own file")
+
+
+def _holds_data(path) -> bool:
+    """True unless the file is missing or has no block allocated (a sparse
+    file never written: it reads as all zeros)."""
+    try:
+        return os.stat(path).st_blocks > 0
+    except FileNotFoundError:
+        return False
+
+
+def _check_pair_claims(cfg: SiteConfig, groups) -> None:
+    """``initial_state = "PAIR"`` says "PVOL and SVOL are already equal".  The
+    only case a site can vouch for is volumes that are new here (missing
+    before this start, or never written); a group already in the JNLG table
+    keeps its recorded state and is not asked again."""
+    table = JnlgTable.load((cfg.state_dir / "jnlg.json").resolve())
+    for g in groups:
+        row = table.entries.get(g.grnum)
+        if g.initial_state != "PAIR" or (
+                row is not None and (row.grname, row.grattr) == (g.grname, g.attr.value)):
+            continue
+        todo = "leave initial_state at \"SMPL\" and pair with `tricopy pair create`"
+        for v in cfg.volumes_of(g.grnum):
+            if _holds_data(v.path):
+                raise StartupError(f"group {g.grname}: initial_state = \"PAIR\", but volume "
+                                   f"idx {v.idx} ({v.path}) already holds data", todo)
+        if g.journal is not None and g.journal.path.exists():
+            raise StartupError(f"group {g.grname}: initial_state = \"PAIR\", but the journal "
+                               f"{g.journal.path} already exists",
+                               todo + " (or move the old journal away)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``<what is wrong> — <what to do>`` for an error that stopped the start."""
+    if isinstance(exc, StartupError):
+        return f"{exc} — {exc.hint}"
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+    else:
+        text = str(exc) or type(exc).__name__
+    if " — " in text:                        # VolumeError says what to do itself
+        return text
+    if isinstance(exc, ConfigError):
+        hint = "fix the config (docs/operations.md lists every key)"
+    elif isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        hint = "another process listens there: stop it, or change the port in the config"
+    elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        hint = "run the site as the owner of that file or folder, or fix its permissions"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        hint = "free space on that file system"
+    elif isinstance(exc, OSError):
+        hint = "fix what the message names and start the site again"
+    else:
+        hint = ("the config and the files on disk disagree: fix the config, or move the "
+                "old file away (docs/operations.md)")
+    return f"{text} — {hint}"
+
+
+def _make_site(args: argparse.Namespace, cfg: SiteConfig):
+    if args.command == "primary":
+        from .primary import Primary
+        return Primary(cfg)
+    if args.command == "relay":
+        from .relay import Relay
+        return Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url)
+    from .secondary import Secondary
+    return Secondary(cfg)
+
+
+# -- run and stop ---------------------------------------------------------------
+
+def _listening(cfg: SiteConfig, role: str) -> str:
+    parts = []
+    if role != "primary" and cfg.listen:
+        parts.append("data %s:%d" % cfg.listen)
+    if cfg.control:
+        parts.append("control %s:%d" % cfg.control)
+    if role != "relay" and cfg.nbd is not None:
+        parts.append("nbd %s:%d" % cfg.nbd.listen)
+    peers = [f"{g.grname} -> %s:%d" % g.peer for g in cfg.groups
+             if g.attr is ROLE_ATTR[role] and g.peer is not None]
+    if peers:
+        parts.append("peers " + ", ".join(peers))
+    return ", ".join(parts) or "nothing"
+
+
+async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | None:
+    """Run ``site`` until SIGTERM/SIGINT; the signal's name, or None if the run
+    ended by itself.  An error of the run (a port taken, a journal that does
+    not match) propagates."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    caught: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        caught.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    log.info("%s %s starting: %s (pid %d, config %s)", role, cfg.site,
+             _listening(cfg, role), os.getpid(), config_path)
+    run = asyncio.create_task(site.run(), name=f"{role} run")
+    stopper = asyncio.create_task(stop.wait(), name="stop signal")
+    try:
+        await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if run.done():
+            run.result()
+            return None
+        loop.set_exception_handler(_quiet_cancel)
+        # Cancel again until the run ends: a cancelled server may sit in
+        # wait_closed() for connections that the cancel did not reach.
+        deadline = time.monotonic() + STOP_GRACE
+        while not run.done() and time.monotonic() < deadline:
+            run.cancel()
+            await asyncio.wait({run}, timeout=min(0.5, deadline - time.monotonic()))
+        if not run.done():
+            log.warning("%s %s did not stop within %g s; leaving anyway", role, cfg.site,
+                        STOP_GRACE)
+        elif not run.cancelled() and run.exception() is not None:
+            log.warning("%s %s: %s while stopping", role, cfg.site, run.exception())
+        return caught[0]
+    finally:
+        loop.set_exception_handler(_quiet_cancel)     # also when the run failed
+        stopper.cancel()
+        await _close(site, role)
+        await _cancel_the_rest()
+
+
+def _quiet_cancel(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The loop's error handler while stopping.  Python 3.11's start_server
+    calls ``task.exception()`` on a connection handler task even when it was
+    cancelled (fixed in 3.12), which logs a CancelledError traceback for
+    every connection open at the stop; that one is expected here."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        log.debug("while stopping: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
+async def _close(site, role: str) -> None:
+    """The site's own clean-up hook, if it has one: ``aclose()`` or ``close()``."""
+    closer = getattr(site, "aclose", None) or getattr(site, "close", None)
+    if closer is None:
+        return
+    try:
+        result = closer()
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, STOP_GRACE)
+    except Exception as exc:              # a failed close must not hide the stop
+        log.warning("%s: close failed: %s", role, exc)
+        log.debug("close failed", exc_info=True)
+
+
+async def _cancel_the_rest(timeout: float = 2.0) -> None:
+    """Cancel the tasks the site left behind (link handlers, timers) and
+    collect their ends here, so the loop's shutdown has nothing to complain
+    about in the log."""
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    for t in rest:
+        t.cancel()
+    if not rest:
+        return
+    done, _ = await asyncio.wait(rest, timeout=timeout)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("task %s ended with %r while stopping", t.get_name(), t.exception())
+
+
+def _early_stop(signum, frame) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
 
 
 def _run(args: argparse.Namespace) -> int:
+    role = args.command
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level,
-                        format=f"%(asctime)s {args.command} %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)   # also when `tricopy` configured logging first
+    errors: tuple[type[BaseException], ...] = (StartupError, ValueError, OSError)
+    if role == "relay":
+        from .relay import RelayError
+        errors += (RelayError,)
+    # Until the event loop takes the signals over, a stop signal ends the start.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _early_stop)
+    cfg = None
     try:
         cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"tricopy {args.command}: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "primary":
-        from .primary import Primary
-        site = Primary(cfg)
-    elif args.command == "relay":
-        from .relay import Relay
-        site = Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url)
-    else:
-        from .secondary import Secondary
-        site = Secondary(cfg)
-    try:
-        # uvloop: about 18 % less CPU per replicated 4 KiB write at depth 16
-        # (docs/benchmarks.md); the sites are otherwise plain asyncio.
-        uvloop.run(site.run())
-    except KeyboardInterrupt:
-        pass
+        prepare(cfg, role)
+        site = _make_site(args, cfg)
+        how = uvloop.run(_serve(site, role, cfg, args.config))
+    except _Interrupted as exc:
+        how = str(exc)
+    except errors as exc:
+        log.debug("%s cannot start", role, exc_info=True)
+        where = "" if isinstance(exc, ConfigError) else f"{args.config}: "  # it names the file
+        print(f"tricopy {role}: {where}{_one_line(exc)}", file=sys.stderr)
+        return EXIT_STARTUP
+    name = cfg.site if cfg is not None else args.config
+    if how is None:
+        log.error("%s %s stopped (its run ended by itself)", role, name)
+        return EXIT_ENDED
+    log.info("%s %s stopped (%s)", role, name, how)
     return 0
 
 

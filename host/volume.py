@@ -17,17 +17,29 @@ _ZERO_CHUNK = 1 << 20
 
 
 class VolumeError(ValueError):
-    """An I/O request that does not fit the volume (range, alignment)."""
+    """An I/O request that does not fit the volume (range, alignment), or a
+    volume file that does not match its config (missing, wrong size)."""
 
 
 class Volume:
-    """One PVOL or SVOL.  Created (sparse, zero-filled) if missing; size fixed."""
+    """One PVOL or SVOL of a fixed size.  A missing file is an error unless
+    ``create``: then it is made sparse (all zeros) at ``size``."""
 
-    def __init__(self, path: str | Path, size: int, block_size: int = 4096, *, idx: int = 0):
+    def __init__(self, path: str | Path, size: int, block_size: int = 4096, *, idx: int = 0,
+                 create: bool = False):
         if size <= 0 or block_size <= 0 or size % block_size:
             raise VolumeError(f"volume size {size} must be a positive multiple of "
                               f"block_size {block_size}")
         self.path = Path(path)
+        # A typo in a path must not silently become a new, empty volume.
+        if not self.path.exists():
+            if not self.path.parent.is_dir():
+                raise VolumeError(f"volume {idx}: folder {self.path.parent} does not exist "
+                                  f"— create it or fix the volume's path")
+            if not create:
+                raise VolumeError(f"volume {idx}: {self.path} does not exist — fix the "
+                                  f"volume's path, or set create = true to make a new, "
+                                  f"empty one")
         self.size = size
         self.block_size = block_size
         self.idx = idx
@@ -37,7 +49,9 @@ class Volume:
             os.ftruncate(self._fd, size)
         elif actual != size:
             os.close(self._fd)
-            raise VolumeError(f"{self.path} is {actual} bytes, the config says {size}")
+            raise VolumeError(f"volume {idx}: {self.path} is {actual} bytes, the config says "
+                              f"{size} — fix the volume's size, or its path if this is "
+                              f"another file")
 
     def check(self, offset: int, length: int) -> None:
         """Raise VolumeError unless [offset, offset+length) is whole blocks inside the volume."""

@@ -30,6 +30,7 @@ from tricopy.host import secondary
 from tricopy.host.config import parse_config
 from tricopy.host.link import Link, LinkClosed, LinkTimeout
 from tricopy.host.store import JournalStore
+from tricopy.host.volume import Volume
 
 from store_writer import journal
 from test_store_crash import wait_started
@@ -289,8 +290,10 @@ def _restore_group(tmp_path) -> secondary.RestoreGroup:
         "site": "sec", "state_dir": "state", "listen": "127.0.0.1:1",
         "group": [{"grnum": 1, "grname": "g", "attr": "RESTORE"}],
         "volume": [{"idx": 0, "group": 1, "path": "svol0.img", "size": 1 << 20,
-                    "block_size": 4096}],
+                    "block_size": 4096, "create": True}],
     }, tmp_path)
+    v = cfg.volumes[0]           # made at startup by sites_cli.prepare in a real site
+    Volume(v.path, v.size, v.block_size, create=True).close()
     return secondary.RestoreGroup(cfg.groups[0], cfg)
 
 

@@ -44,7 +44,10 @@ class Cluster:
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
         self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
         self.link_suspend_after = link_suspend_after
-        self.initial_state = initial_state     # "SMPL": pair with the RCM (host/rcm.py)
+        # "PAIR" (the default here, not in the site config): a ready pair of new
+        # volumes, which the sites accept because every volume says create = true
+        # and none exists yet.  "SMPL": pair with the RCM (host/rcm.py).
+        self.initial_state = initial_state
         self.vol_size = vol_size
         self.procs: dict[str, subprocess.Popen] = {}
         for role in ROLES:
@@ -68,7 +71,8 @@ class Cluster:
 
         def vols(prefix: str) -> str:
             return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
-                           f'size = {self.vol_size}\nblock_size = {BLOCK}\n' for i in range(self.volumes))
+                           f'size = {self.vol_size}\nblock_size = {BLOCK}\ncreate = true\n'
+                           for i in range(self.volumes))
 
         group = f'grnum = 1\ngrname = "g1"\ninitial_state = "{self.initial_state}"\n'
         docs = {
@@ -121,6 +125,18 @@ class Cluster:
         proc = self.procs.pop(role)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+    def terminate(self, role: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """A clean stop: send ``sig`` and return the exit code (kill -9 after ``timeout``)."""
+        proc = self.procs.pop(role)
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{role} did not stop within {timeout} s of {sig!r}:\n"
+                                 + self.log(role)[-3000:]) from None
 
     def stop_all(self) -> None:
         for role in list(self.procs):
