@@ -739,6 +739,19 @@ class Primary:
         for g in self.groups.values():
             await g.flush()
 
+    async def aclose(self) -> None:
+        """Clean stop (SIGTERM): write logs and PVOLs made durable, then closed."""
+        for g in self.groups.values():
+            if g.link is not None:
+                await g.link.close()
+            try:
+                await g.flush()
+            except OSError as exc:
+                log.warning("group %s: flush at stop: %s", g.cfg.grname, exc)
+            g.log.close()
+            for vol in g.volumes.values():
+                vol.close()
+
     async def _write(self, req: dict) -> dict:
         data = base64.b64decode(req["data"], validate=True)
         return {"seq": await self.write(int(req["idx"]), int(req["offset"]), data)}

@@ -14,6 +14,7 @@ import contextlib
 from tricopy.host.config import load_config
 from tricopy.host.jnlg import JnlgTable
 from tricopy.host.primary import MasterGroup
+from tricopy.host.volume import Volume
 
 from .cluster import Cluster
 
@@ -23,6 +24,8 @@ async def master_group(cluster: Cluster, *, connect: bool = True):
     """The primary's group of ``cluster``, its link task running while the block runs."""
     JnlgTable._open.clear()          # a previous group of this process must not be reused
     site = load_config(cluster.root / "primary" / "site.toml")
+    for v in site.volumes:        # what `tricopy primary` does before it builds the groups
+        Volume(v.path, v.size, v.block_size, idx=v.idx, create=v.create).close()
     group = MasterGroup(site.groups[0], site)
     task = asyncio.create_task(group.run_link())
     try:
