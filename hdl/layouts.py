@@ -1,7 +1,7 @@
-"""Gateware views of the wire format, derived from ``host/protocol.py``.
+"""Gateware views of the wire format, derived from ``host/wire/protocol.py``.
 
 There is one definition of the byte layout: the ``struct`` formats and
-``Control.OFFSETS`` in ``host/protocol.py``. Every layout here is computed
+``Control.OFFSETS`` in ``host/wire/protocol.py``. Every layout here is computed
 from them (field sizes from the format characters, offsets checked against
 ``OFFSETS`` where the codec names them), so a change to the codec either
 shows up here or fails at import. All layouts are little-endian byte images:
@@ -13,7 +13,7 @@ import struct
 
 from amaranth.lib import data
 
-from ..host import protocol
+from ..host.wire import protocol
 
 __all__ = ["Header", "Control", "Ack", "Hello", "JnlRd", "Release", "Load",
            "EngineStatus", "byte_offsets"]

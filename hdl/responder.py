@@ -21,7 +21,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..host import protocol
+from ..host.wire import protocol
 from . import layouts
 from .compare import lt_const
 from .crc import CRC_INIT, crc32c_step

@@ -13,12 +13,12 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "tricopy.host.bench",
+    "tricopy.host.tools.bench",
     "tricopy.host.engine.serve",
     "tricopy.boards.build",
     "tricopy.host.sites_cli",
-    "tricopy.host.rcm",
-    "tricopy.host.demo",
+    "tricopy.host.rcm.pairs",
+    "tricopy.host.tools.demo",
 ]
 
 

@@ -4,7 +4,7 @@ Example (a relay)::
 
     site = "osaka"
     listen = "127.0.0.1:7002"      # data port: the primary connects here
-    control = "127.0.0.1:7102"     # JSON-lines control socket (host/control.py)
+    control = "127.0.0.1:7102"     # JSON-lines control socket (host/rcm/control.py)
     state_dir = "/var/lib/tricopy" # small state files (primary write log, restore point)
 
     [[group]]

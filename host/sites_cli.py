@@ -34,8 +34,8 @@ import time
 import uvloop
 
 from .config import ConfigError, GroupAttr, SiteConfig, load_config
-from .jnlg import JnlgTable
-from .volume import Volume
+from .rcm.jnlg import JnlgTable
+from .disk.volume import Volume
 
 __all__ = ["register", "main", "prepare", "StartupError", "EXIT_STARTUP", "STOP_GRACE"]
 
@@ -214,12 +214,12 @@ def _one_line(exc: BaseException) -> str:
 
 def _make_site(args: argparse.Namespace, cfg: SiteConfig):
     if args.command == "primary":
-        from .primary import Primary
+        from .primary.site import Primary
         return Primary(cfg)
     if args.command == "relay":
-        from .relay import Relay
+        from .relay.site import Relay
         return Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url)
-    from .secondary import Secondary
+    from .secondary.site import Secondary
     return Secondary(cfg)
 
 
@@ -336,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(level)   # also when `tricopy` configured logging first
     errors: tuple[type[BaseException], ...] = (StartupError, ValueError, OSError)
     if role == "relay":
-        from .relay import RelayError
+        from .relay.site import RelayError
         errors += (RelayError,)
     # Until the event loop takes the signals over, a stop signal ends the start.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,9 +25,9 @@ import subprocess
 import sys
 import time
 
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 from tricopy.host.engine.port import PortEngine
-from tricopy.host.protocol import Control, Kind, LoadFlag, Status
+from tricopy.host.wire.protocol import Control, Kind, LoadFlag, Status
 
 __all__ = ["bench_engine", "register_bench"]
 
@@ -115,7 +115,7 @@ def bench_engine(backend: str, *, size: int = 256 << 10, data_len: int = 4096,
 
 
 def run(args) -> int:
-    from tricopy.host.bench import machine
+    from tricopy.host.tools.bench import machine
     results = [bench_engine(b, size=args.size, data_len=args.data_len, seconds=args.seconds)
                for b in args.backends]
     if args.json:

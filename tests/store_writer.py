@@ -25,9 +25,9 @@ import os
 import random
 import sys
 
-from tricopy.host import protocol as p
-from tricopy.host.store import JournalStore, StoreFull
-from tricopy.host.store_commit import GroupCommitter
+from tricopy.host.wire import protocol as p
+from tricopy.host.journal.store import JournalStore, StoreFull
+from tricopy.host.journal.commit import GroupCommitter
 
 _SIZES = (0, 1, 100, 4000, 513, 64, 2500, 7)
 

@@ -20,7 +20,7 @@ from amaranth.sim import Simulator
 from tricopy.boards import build as board_build
 from tricopy.boards.spram import SPRAMRing
 from tricopy.hdl.top import EngineTop, Led
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.model import WRAP_MARKER, EngineModel, EngineStream, unpad
-from tricopy.host.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
+from tricopy.host.wire.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
 
 
 def data_of(n: int, seed: int = 0) -> bytes:

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.base import (EngineError, EngineNak, EngineTimeout, ModelEngine,
                                       open_engine)
 from tricopy.host.engine.model import EngineModel
 from tricopy.host.engine.port import PortEngine
 from tricopy.host.engine.serve import parse_listen, register, serve
-from tricopy.host.protocol import Kind, LoadFlag as LF, Status as S
+from tricopy.host.wire.protocol import Kind, LoadFlag as LF, Status as S
 
 FREEZE = LF.TIME | LF.FREEZE
 

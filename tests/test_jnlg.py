@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tricopy.host.jnlg import CopyBitmap, JnlgEntry, JnlgTable, PairingError, check_pairing
+from tricopy.host.rcm.jnlg import CopyBitmap, JnlgEntry, JnlgTable, PairingError, check_pairing
 
 
 def dvol(idx, volid, size=1 << 20, bs=4096):

@@ -25,12 +25,12 @@ import time
 
 import pytest
 
-from tricopy.host import protocol as p
-from tricopy.host import secondary
+from tricopy.host.wire import protocol as p
+from tricopy.host.secondary import site as secondary
 from tricopy.host.config import parse_config
-from tricopy.host.link import Link, LinkClosed, LinkTimeout
-from tricopy.host.store import JournalStore
-from tricopy.host.volume import Volume
+from tricopy.host.wire.link import Link, LinkClosed, LinkTimeout
+from tricopy.host.journal.store import JournalStore
+from tricopy.host.disk.volume import Volume
 
 from store_writer import journal
 from test_store_crash import wait_started
@@ -351,7 +351,7 @@ def test_restore_point_follows_applied_at_the_checkpoint(tmp_path):
 
 def test_stamp_equals_replace_then_with_ccrc():
     import dataclasses
-    from tricopy.host.relay import _stamp
+    from tricopy.host.relay.site import _stamp
     rng = random.Random(7)
     for _ in range(300):
         ctl = p.Control(seq=rng.getrandbits(64), time=rng.getrandbits(64),

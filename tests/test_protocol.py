@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from tricopy.host import protocol as p
+from tricopy.host.wire import protocol as p
 
 
 def _header(magic=p.MAGIC, version=p.VERSION, ftype=p.FrameType.HEARTBEAT, flags=0,

@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from tricopy.host import protocol as p
+from tricopy.host.wire import protocol as p
 from tricopy.host.engine.model import EngineModel
-from tricopy.host.protocol import Control, FrameType, Kind, LoadFlag
-from tricopy.host.store import JournalStore, StoreFull
+from tricopy.host.wire.protocol import Control, FrameType, Kind, LoadFlag
+from tricopy.host.journal.store import JournalStore, StoreFull
 
 
 def _submit(engine: EngineModel, data: bytes, tag: int) -> p.Ack:
@@ -82,7 +82,7 @@ def test_rewound_empty_ring_survives_reopen(tmp_path):
     Recovery scans from the persisted JOPTR: had it stayed X, the acked
     record at 0 would be lost on reopen.
     """
-    from tricopy.host.store_bench import stamped
+    from tricopy.host.tools.store_bench import stamped
     path = tmp_path / "jnl"
     with JournalStore.create(path, 1024) as s:
         s.append(stamped(s, bytes(600)), bytes(600))        # [0, 704)

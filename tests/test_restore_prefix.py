@@ -17,10 +17,10 @@ import asyncio
 
 import pytest
 
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 from tricopy.host.config import GroupAttr, GroupConfig, SiteConfig, VolumeConfig
-from tricopy.host.protocol import Control, Hello, Kind, Role
-from tricopy.host.secondary import RestoreGroup
+from tricopy.host.wire.protocol import Control, Hello, Kind, Role
+from tricopy.host.secondary.site import RestoreGroup
 
 BLOCK = 4096
 BLOCKS = 8          # a hot spot: every block is written many times

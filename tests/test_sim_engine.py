@@ -24,14 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.base import EngineError, EngineNak, ModelEngine, open_engine
 from tricopy.host.engine.model import EngineModel, with_site
-from tricopy.host.protocol import LoadFlag as LF
+from tricopy.host.wire.protocol import LoadFlag as LF
 from tricopy.sim.bridge import SimEngine, SimHarness
 from tricopy.sim.build import SimBuildError, harness_path
 
-VECTORS = Path(__file__).resolve().parents[1] / "host" / "vectors" / "engine.json"
+VECTORS = Path(__file__).resolve().parents[1] / "host" / "wire" / "vectors" / "engine.json"
 VECTOR_SIZE = 256
 E2E_RING = 256 << 10
 T0 = 1_700_000_000_000_000_000
@@ -148,7 +148,7 @@ def test_sim_rejects_a_ring_the_gateware_cannot_have():
 
 def test_relay_on_sim_engine(tmp_path):
     from e2e.cluster import Cluster, Workload        # tests/ is on sys.path (rootdir-less)
-    from tricopy.host import control
+    from tricopy.host.rcm import control
     harness_path(E2E_RING)            # build before the relay's 20 s start-up deadline
     cluster = Cluster(tmp_path, journal_size=E2E_RING, engine="sim")
     try:

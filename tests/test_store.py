@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from tricopy.host import protocol as p
-from tricopy.host import store as st
-from tricopy.host.store import HEADER_SIZE, JournalStore
-from tricopy.host.store_bench import bench_append, stamped
-from tricopy.host.store_commit import Durability, GroupCommitter
+from tricopy.host.wire import protocol as p
+from tricopy.host.journal import store as st
+from tricopy.host.journal.store import HEADER_SIZE, JournalStore
+from tricopy.host.tools.store_bench import bench_append, stamped
+from tricopy.host.journal.commit import Durability, GroupCommitter
 
 
 def payload(seq: int, n: int) -> bytes:

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-from tricopy.host import protocol as p
-from tricopy.host.store import HEADER_SIZE, JournalStore
+from tricopy.host.wire import protocol as p
+from tricopy.host.journal.store import HEADER_SIZE, JournalStore
 
 from store_writer import journal
 

@@ -1,4 +1,4 @@
-"""The shared vectors (host/vectors/*.json) against the codec and the reference engine,
+"""The shared vectors (host/wire/vectors/*.json) against the codec and the reference engine,
 plus property tests of the codec (round trips, any-bytes parsing)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tricopy.host
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.model import EngineModel, EngineStream
 
-VECTORS = Path(tricopy.host.__file__).resolve().parent / "vectors"
+VECTORS = Path(tricopy.host.__file__).resolve().parent / "wire" / "vectors"
 FRAMES = json.loads((VECTORS / "frames.json").read_text())
 ENGINE = json.loads((VECTORS / "engine.json").read_text())
 SCENARIOS = ENGINE["scenarios"]
@@ -122,7 +122,7 @@ def test_scenario_answers_are_well_formed(name):
 
 def test_regenerating_gives_identical_files():
     for name, text in _load_generator().outputs().items():
-        assert (VECTORS / name).read_text() == text, f"{name} is stale: run host/vectors/generate.py"
+        assert (VECTORS / name).read_text() == text, f"{name} is stale: run host/wire/vectors/generate.py"
 
 
 def test_generator_check_mode(tmp_path):

@@ -1,4 +1,4 @@
-"""The primary's segmented write log (host/writelog.py), in process: rolls, releases,
+"""The primary's segmented write log (host/primary/writelog.py), in process: rolls, releases,
 torn tails, short and failing writes, streaming recovery."""
 
 import errno
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tricopy.host import protocol, writelog
-from tricopy.host.protocol import Control, Kind
-from tricopy.host.writelog import WriteLog, WriteLogBroken, WriteLogError
+from tricopy.host.wire import protocol
+from tricopy.host.primary import writelog
+from tricopy.host.wire.protocol import Control, Kind
+from tricopy.host.primary.writelog import WriteLog, WriteLogBroken, WriteLogError
 
 REC = 4096
 

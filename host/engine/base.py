@@ -19,9 +19,9 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 from tricopy.host.engine.model import EngineModel
-from tricopy.host.protocol import Ack, Control, Frame, FrameType, Status
+from tricopy.host.wire.protocol import Ack, Control, Frame, FrameType, Status
 
 __all__ = ["EngineError", "EngineTimeout", "EngineNak", "Engine", "FrameEngine",
            "ModelEngine", "open_engine", "ENGINE_KINDS"]

@@ -19,8 +19,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from tricopy.host import protocol
-from tricopy.host.protocol import (
+from tricopy.host.wire import protocol
+from tricopy.host.wire.protocol import (
     ALIGN,
     CONTROL_SIZE, MAX_BODY, MAX_DATA, Ack, Control, Frame, FrameFlag, FrameType,
     Kind, LoadFlag, Status,

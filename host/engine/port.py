@@ -16,9 +16,9 @@ import time
 
 import serial
 
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 from tricopy.host.engine.base import EngineError, EngineTimeout, FrameEngine
-from tricopy.host.protocol import Frame, FrameType
+from tricopy.host.wire.protocol import Frame, FrameType
 
 __all__ = ["PortEngine"]
 

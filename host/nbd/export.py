@@ -6,7 +6,7 @@ planned:
 * :class:`FileExport` (here): a plain file, used by the tests and as the
   secondary's read-only SVOL export.
 * ``PrimaryExport`` (to be wired by the lead, not here): one PVOL of a
-  :class:`tricopy.host.primary.Primary`.  It maps ``write`` to
+  :class:`tricopy.host.primary.site.Primary`.  It maps ``write`` to
   ``Primary.write(idx, offset, data)``, ``write_zeroes`` to
   ``Primary.write_zeroes``, ``trim`` to ``Primary.trim`` and ``flush`` to
   ``Primary.flush``; ``read`` reads the PVOL.  Because the primary completes a

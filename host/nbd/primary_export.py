@@ -1,6 +1,6 @@
 """NBD exports of the sites' volumes: PVOLs read-write at the primary, SVOLs read-only.
 
-A :class:`PrimaryExport` is one PVOL of a running :class:`~tricopy.host.primary.Primary`.
+A :class:`PrimaryExport` is one PVOL of a running :class:`~tricopy.host.primary.site.Primary`.
 Every write goes through the replication path (``MasterGroup.journal``):
 applied to the PVOL, journaled to the relay, and answered only after the
 relay's ACK, i.e. once the journal is durable at the relay under its
@@ -33,15 +33,15 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..config import NbdConfig, VolumeConfig
-from ..protocol import Kind
-from ..volume import Volume, VolumeError
+from ..wire.protocol import Kind
+from ..disk.volume import Volume, VolumeError
 from .export import Export, ExportError
 from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM
 from .server import NbdServer
 
 if TYPE_CHECKING:
-    from ..primary import MasterGroup
-    from ..secondary import RestoreGroup
+    from ..primary.site import MasterGroup
+    from ..secondary.site import RestoreGroup
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class PrimaryExport(Export):
 
     async def _journal(self, kind: Kind, offset: int, length: int, data: bytes,
                        fua: bool) -> None:
-        from ..primary import GroupSuspended   # primary imports config; avoid a cycle at import
+        from ..primary.site import GroupSuspended   # primary imports config; avoid a cycle at import
         try:
             await self.group.journal(kind, self.idx, offset, length, data, fua=fua)
         except GroupSuspended as exc:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tricopy.host.protocol import Kind
+from tricopy.host.wire.protocol import Kind
 
 from .cluster import VOL_SIZE, Cluster
 from .primary_inproc import master_group

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tricopy.host import control
+from tricopy.host.rcm import control
 
 ROLES = ("secondary", "relay", "primary")
 VOL_SIZE = 1 << 20
@@ -46,7 +46,7 @@ class Cluster:
         self.link_suspend_after = link_suspend_after
         # "PAIR" (the default here, not in the site config): a ready pair of new
         # volumes, which the sites accept because every volume says create = true
-        # and none exists yet.  "SMPL": pair with the RCM (host/rcm.py).
+        # and none exists yet.  "SMPL": pair with the RCM (host/rcm/pairs.py).
         self.initial_state = initial_state
         self.vol_size = vol_size
         self.procs: dict[str, subprocess.Popen] = {}
@@ -58,8 +58,8 @@ class Cluster:
         return ("127.0.0.1", self.ports[role][1])
 
     def sites(self):
-        """The RCM's view of this trio (host/rcm.py)."""
-        from tricopy.host.rcm import Sites
+        """The RCM's view of this trio (host/rcm/pairs.py)."""
+        from tricopy.host.rcm.pairs import Sites
         return Sites(*(self.control_addr(r) for r in ("primary", "relay", "secondary")))
 
     def _write_configs(self, journal_size: int, durability: str, interval: float,

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 
 from tricopy.host.config import load_config
-from tricopy.host.jnlg import JnlgTable
-from tricopy.host.primary import MasterGroup
-from tricopy.host.volume import Volume
+from tricopy.host.rcm.jnlg import JnlgTable
+from tricopy.host.primary.site import MasterGroup
+from tricopy.host.disk.volume import Volume
 
 from .cluster import Cluster
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from tricopy.host.config import ConfigError, Durability, GroupAttr, load_config, parse_config
-from tricopy.host.jnlg import JnlgTable
+from tricopy.host.rcm.jnlg import JnlgTable
 from tricopy.host.sites_cli import EXIT_STARTUP, StartupError, prepare
-from tricopy.host.store import JournalStore
-from tricopy.host.volume import Volume, VolumeError
+from tricopy.host.journal.store import JournalStore
+from tricopy.host.disk.volume import Volume, VolumeError
 
 from .cluster import free_port
 

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tricopy.host import control
+from tricopy.host.rcm import control
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
 

@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from tricopy.host import control
+from tricopy.host.rcm import control
 
 from .cluster import BLOCK, Cluster, Workload
 from .test_links import wait_for

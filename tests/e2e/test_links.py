@@ -1,7 +1,7 @@
 """The site links against a hand-driven peer: dedup by PSEQ, refusal of bad input.
 
 A real relay or secondary process on one end, the test speaking frames on
-the other (tricopy.host.link), so every answer asserted here crossed TCP.
+the other (tricopy.host.wire.link), so every answer asserted here crossed TCP.
 """
 
 import asyncio
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tricopy.host import protocol
-from tricopy.host.link import Link, LinkClosed, LinkError, LinkRefused, connect
-from tricopy.host.protocol import Control, Frame, FrameType, Hello, Kind, Role, Status
+from tricopy.host.wire import protocol
+from tricopy.host.wire.link import Link, LinkClosed, LinkError, LinkRefused, connect
+from tricopy.host.wire.protocol import Control, Frame, FrameType, Hello, Kind, Role, Status
 
 from .cluster import BLOCK
 

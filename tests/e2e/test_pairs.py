@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from tricopy.host import rcm
-from tricopy.host.jnlg import PairingError
+from tricopy.host.rcm import pairs as rcm
+from tricopy.host.rcm.jnlg import PairingError
 
 from .cluster import BLOCK, Cluster, Workload
 

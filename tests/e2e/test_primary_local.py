@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from tricopy.host import writelog
+from tricopy.host.primary import writelog
 from tricopy.host.nbd.protocol import NBD_EIO, NBD_ENOSPC
 from tricopy.host.nbd.server import nbd_error
-from tricopy.host.primary import GroupSuspended, LocalIOError
-from tricopy.host.protocol import Kind
-from tricopy.host.writelog import WriteLog
+from tricopy.host.primary.site import GroupSuspended, LocalIOError
+from tricopy.host.wire.protocol import Kind
+from tricopy.host.primary.writelog import WriteLog
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
 from .primary_inproc import master_group, until

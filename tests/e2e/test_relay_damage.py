@@ -15,8 +15,8 @@ import asyncio
 import re
 import shutil
 
-from tricopy.host import rcm
-from tricopy.host.store import HEADER_SIZE, JournalStore
+from tricopy.host.rcm import pairs as rcm
+from tricopy.host.journal.store import HEADER_SIZE, JournalStore
 
 from .cluster import Cluster, Workload
 from .test_links import wait_for

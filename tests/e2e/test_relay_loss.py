@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from tricopy.host import rcm, writelog
-from tricopy.host.protocol import Kind
+from tricopy.host.rcm import pairs as rcm
+from tricopy.host.primary import writelog
+from tricopy.host.wire.protocol import Kind
 
 from .cluster import BLOCK, Cluster, Workload
 from .primary_inproc import master_group, until

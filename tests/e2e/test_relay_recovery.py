@@ -14,10 +14,12 @@ import random
 
 import pytest
 
-from tricopy.host import protocol, relay, store
+from tricopy.host.wire import protocol
+from tricopy.host.relay import site as relay
+from tricopy.host.journal import store
 from tricopy.host.config import parse_config
 from tricopy.host.engine.base import open_engine
-from tricopy.host.protocol import Control, FrameType
+from tricopy.host.wire.protocol import Control, FrameType
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from tricopy.hdl.crc import CRC32C
 from tricopy.hdl import layouts
-from tricopy.host import protocol
+from tricopy.host.wire import protocol
 
 
 @pytest.mark.parametrize("width", [8, 32])
@@ -48,7 +48,7 @@ def test_bad_width_names_value():
 
 
 def test_layouts_match_codec():
-    # One definition: offsets and sizes here come from host/protocol.py.
+    # One definition: offsets and sizes here come from host/wire/protocol.py.
     assert layouts.byte_offsets(layouts.Control)["kind"] == (protocol.Control.OFFSETS["kind"], 1)
     assert layouts.Control.size == 8 * protocol.CONTROL_SIZE
     assert layouts.Header.size == 8 * protocol.HEADER_SIZE

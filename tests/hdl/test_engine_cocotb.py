@@ -28,12 +28,12 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import Event, FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.model import EngineModel, EngineStream, unpad, with_site
-from tricopy.host.protocol import Frame, FrameType as T, LoadFlag as LF
+from tricopy.host.wire.protocol import Frame, FrameType as T, LoadFlag as LF
 
 T0 = 1_700_000_000_000_000_000
-VECTORS = Path(__file__).resolve().parents[2] / "host" / "vectors" / "engine.json"
+VECTORS = Path(__file__).resolve().parents[2] / "host" / "wire" / "vectors" / "engine.json"
 
 
 # -- testbench ----------------------------------------------------------------
@@ -303,7 +303,7 @@ PATTERNS = [([1], [1]), ([1, 1, 1, 0], [1]), ([1], [1, 1, 0]), ([1, 0], [0, 1, 1
 
 @cocotb.test()
 async def test_vectors(dut):
-    """Replay host/vectors/engine.json on the RTL, byte for byte (fresh engine per scenario)."""
+    """Replay host/wire/vectors/engine.json on the RTL, byte for byte (fresh engine per scenario)."""
     size = int(os.environ["RING_SIZE"])
     tb = TB(dut, size)
     W = tb.W

@@ -12,8 +12,8 @@ import platform
 import tempfile
 import time
 
-from . import protocol
-from .protocol import Control, FrameParser, FrameType, Kind
+from ..wire import protocol
+from ..wire.protocol import Control, FrameParser, FrameType, Kind
 
 
 def machine() -> str:

@@ -19,7 +19,7 @@ queue depth (docs/replication.md, "The write log").
 * ``acked``: a PSEQ the relay is known to have ACKed (the high-water mark,
   saved lazily; 0 = unknown).  At restart records at or before it are redone
   onto the PVOLs but not queued again, and the relay's HELLO is checked
-  against it (host/primary.py, loss detection).
+  against it (host/primary/site.py, loss detection).
 
 Recovery (:meth:`WriteLog.recover`) streams the records one at a time: nothing
 reads a whole segment into memory.  A torn record (a crash in the middle of
@@ -40,26 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import protocol
-from .durable import atomic_write_json
-from .protocol import Control
-from .relay import TAG_MOD, tag_distance
+from ..wire import protocol
+from ..disk.durable import atomic_write_json
+from ..wire.protocol import Control
+from ..wire.pseq import tag_after
 
-__all__ = ["SEGMENT_SIZE", "WriteLogError", "WriteLogBroken", "Segment", "WriteLog",
-           "tag_after"]
+__all__ = ["SEGMENT_SIZE", "WriteLogError", "WriteLogBroken", "Segment", "WriteLog"]
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
 _DIGITS = 12                # segment number width in the file name
 _READ_BUFFER = 1 << 20
-
-
-def tag_after(tag: int, mark: int) -> bool:
-    """True if PSEQ ``tag`` comes after ``mark`` (serial arithmetic; mark 0: "none yet")."""
-    if mark == 0:
-        return tag != 0
-    return 0 < tag_distance(tag, mark) < TAG_MOD // 2
 
 
 class WriteLogError(OSError):

@@ -16,7 +16,7 @@ import asyncio
 import enum
 from concurrent.futures import ThreadPoolExecutor
 
-from .protocol import Control
+from ..wire.protocol import Control
 from .store import JournalStore
 
 __all__ = ["Durability", "GroupCommitter"]

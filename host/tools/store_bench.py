@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from .protocol import Control, Kind, crc32c
-from .store import JournalStore, StoreFull
+from ..wire.protocol import Control, Kind, crc32c
+from ..journal.store import JournalStore, StoreFull
 
 __all__ = ["bench_append", "stamped"]
 

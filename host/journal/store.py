@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .protocol import (ALIGN, CONTROL_SIZE, MAX_DATA, WIRE_KINDS, Control, Kind,
+from ..wire.protocol import (ALIGN, CONTROL_SIZE, MAX_DATA, WIRE_KINDS, Control, Kind,
                        crc32c, record_size)
 
 __all__ = [

@@ -26,7 +26,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .durable import atomic_write
+from ..disk.durable import atomic_write
 
 __all__ = ["GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
            "CopyBitmap", "check_pairing", "volid_of"]

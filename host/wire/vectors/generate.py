@@ -1,7 +1,7 @@
 """Generate the shared test vectors: ``frames.json`` and ``engine.json``.
 
-    python host/vectors/generate.py            # rewrite the files next to this script
-    python host/vectors/generate.py --check    # exit 1 if they are not up to date
+    python host/wire/vectors/generate.py            # rewrite the files next to this script
+    python host/wire/vectors/generate.py --check    # exit 1 if they are not up to date
 
 ``frames.json``: one valid frame per frame type (with the decoded body) and
 malformed frames with the typed error the codec must raise.
@@ -28,9 +28,9 @@ import struct
 import sys
 from pathlib import Path
 
-from tricopy.host import protocol as P
+from tricopy.host.wire import protocol as P
 from tricopy.host.engine.model import EngineModel, EngineStream
-from tricopy.host.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
+from tricopy.host.wire.protocol import Frame, FrameType as T, Kind, LoadFlag as LF, Status as S
 
 HERE = Path(__file__).resolve().parent
 T0 = 1_700_000_000_000_000_000        # the frozen clock of every scenario, ns

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import control
+from ..rcm import control
 
 __all__ = ["Sites", "fio", "bench_replicate", "bench_nbd", "register_bench"]
 

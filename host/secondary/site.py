@@ -23,14 +23,14 @@ import shutil
 import time
 from pathlib import Path
 
-from . import protocol
-from .config import GroupAttr, GroupConfig, SiteConfig
-from .control import ControlError, ControlServer
-from .durable import atomic_write_json
-from .jnlg import GRSTS, JnlgTable
-from .link import Link, LinkError, nak
-from .protocol import FrameType, Kind, Role, Status
-from .volume import Volume, VolumeError
+from ..wire import protocol
+from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..rcm.control import ControlError, ControlServer
+from ..disk.durable import atomic_write_json
+from ..rcm.jnlg import GRSTS, JnlgTable
+from ..wire.link import Link, LinkError, nak
+from ..wire.protocol import FrameType, Kind, Role, Status
+from ..disk.volume import Volume, VolumeError
 
 __all__ = ["RestoreState", "RestoreGroup", "Secondary"]
 
@@ -463,7 +463,7 @@ class Secondary:
         if self.cfg.control:
             await self.control.start(self.cfg.control)
         if self.cfg.nbd is not None:     # SVOLs over NBD, read-only (docs/nbd.md)
-            from .nbd.primary_export import secondary_exports, serve_site_volumes
+            from ..nbd.primary_export import secondary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd,
                                                 secondary_exports(self.groups.values()))
         tasks = [asyncio.create_task(g.restorer(g.cfg.restore_interval))

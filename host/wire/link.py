@@ -1,4 +1,4 @@
-"""Frames over TCP: the asyncio adapter under the sans-I/O codec (host/protocol.py).
+"""Frames over TCP: the asyncio adapter under the sans-I/O codec (host/wire/protocol.py).
 
 A :class:`Link` is one TCP connection carrying frames both ways.  It
 

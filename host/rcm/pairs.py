@@ -1,8 +1,8 @@
 """The remote copy manager (RCM): ``tricopy pair ...`` and ``tricopy status``.
 
 The RCM holds no state of its own: it talks to the three sites' control
-sockets (host/control.py), checks the pairing rules of patent [0053] on their
-JNLG tables (host/jnlg.py) and moves each site's pair state.  The primary owns
+sockets (host/rcm/control.py), checks the pairing rules of patent [0053] on their
+JNLG tables (host/rcm/jnlg.py) and moves each site's pair state.  The primary owns
 the copy (base journal scan, copy bitmap); the relay and the secondary record
 the state, and the secondary learns the SEQ# from which its SVOLs are a
 consistent image (``consistent_seq``).
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import control
-from .config import ConfigError, parse_addr
+from ..config import ConfigError, parse_addr
 from .jnlg import PairingError, check_pairing
 
 __all__ = ["RcmError", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",

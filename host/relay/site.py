@@ -27,22 +27,22 @@ import struct
 import time
 from collections import deque
 
-from . import protocol
-from .config import Durability, GroupAttr, GroupConfig, SiteConfig
-from .control import ControlError, ControlServer
-from .durable import atomic_write_json
-from .jnlg import GRSTS, JnlgTable
-from .engine.base import Engine, EngineError, open_engine
-from .link import Link, LinkError, LinkRefused, connect, nak
-from .protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
-from .store import CorruptStore, JournalStore, StoreError
-from .store_commit import GroupCommitter
+from ..wire import protocol
+from ..config import Durability, GroupAttr, GroupConfig, SiteConfig
+from ..rcm.control import ControlError, ControlServer
+from ..disk.durable import atomic_write_json
+from ..rcm.jnlg import GRSTS, JnlgTable
+from ..engine.base import Engine, EngineError, open_engine
+from ..wire.pseq import TAG_MOD, next_pseq, tag_distance
+from ..wire.link import Link, LinkError, LinkRefused, connect, nak
+from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
+from ..journal.store import CorruptStore, JournalStore, StoreError
+from ..journal.commit import GroupCommitter
 
-__all__ = ["RelayError", "RelayGroup", "Relay", "TAG_MOD", "next_pseq", "tag_distance"]
+__all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay"]
 
 log = logging.getLogger(__name__)
 
-TAG_MOD = 1 << 32          # PSEQ lives in the 32-bit TAG and wraps (serial arithmetic)
 FORWARD_BATCH = 64         # journals per read/send batch to the secondary
 FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
 RECONNECT_DELAY = 0.2
@@ -57,16 +57,6 @@ class RelayError(Exception):
 class GroupFault(RelayError):
     """One group's engine or journal volume failed: that group is suspended
     (``RelayGroup.fault`` says why); the other groups and the process go on."""
-
-
-def next_pseq(pseq: int) -> int:
-    """The PSEQ after ``pseq``; 0 is never used (it means "none yet")."""
-    return pseq + 1 if pseq + 1 < TAG_MOD else 1
-
-
-def tag_distance(tag: int, last: int) -> int:
-    """How far ``tag`` is after ``last`` in the wrapping 32-bit PSEQ space."""
-    return (tag - last) % TAG_MOD
 
 
 _STAMP = struct.Struct("<QQQQ")      # SEQ#, TIME, ADDRESS, JOFS: control data bytes 0..31

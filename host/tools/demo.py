@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import control, rcm
+from ..rcm import control, pairs as rcm
 
 __all__ = ["register", "run"]
 

@@ -10,7 +10,7 @@ The ACKs are then awaited concurrently (one ordered stream, many in flight).
 
 Exactly-once across reconnects and restarts (docs/replication.md): every
 journal carries the group's primary sequence number PSEQ in TAG.  Before a
-journal is applied it is appended to the write log (host/writelog.py,
+journal is applied it is appended to the write log (host/primary/writelog.py,
 segments ``<state_dir>/<grname>.plog.<n>``, cut as ACKs arrive); after a
 reconnect the relay's HELLO says the last PSEQ it holds durably, and every
 journal after it is sent again, in order.  On restart the log is replayed
@@ -35,15 +35,15 @@ import time
 from collections import OrderedDict
 from functools import partial
 
-from . import protocol
-from .config import GroupAttr, GroupConfig, SiteConfig
-from .control import ControlError, ControlServer
-from .jnlg import CopyBitmap, JnlgTable
-from .link import Link, LinkError, LinkRefused, connect
-from .protocol import Control, Frame, FrameType, Kind, Role, Status
-from .relay import TAG_MOD, next_pseq, tag_distance
-from .volume import Volume, VolumeError
-from .writelog import WriteLog, WriteLogBroken, WriteLogError, tag_after
+from ..wire import protocol
+from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..rcm.control import ControlError, ControlServer
+from ..rcm.jnlg import CopyBitmap, JnlgTable
+from ..wire.link import Link, LinkError, LinkRefused, connect
+from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
+from ..wire.pseq import TAG_MOD, next_pseq, tag_after, tag_distance
+from ..disk.volume import Volume, VolumeError
+from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
 __all__ = ["GroupSuspended", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
 
@@ -88,7 +88,7 @@ class MasterGroup:
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self.log = WriteLog(site.state_dir, cfg.grname)
         # The JNLG table row (patent Fig. 5) holds GRSTS and the reason; the
-        # copy bitmap the chunks still to send as base journals (host/jnlg.py).
+        # copy bitmap the chunks still to send as base journals (host/rcm/jnlg.py).
         self._table = JnlgTable.for_site(site.state_dir)
         self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
         chunk = max([COPY_CHUNK] + [v.block_size for v in self.volumes.values()])
@@ -715,7 +715,7 @@ class Primary:
             "status": self._status, "write": self._write, "write_zeroes": self._zeroes,
             "trim": self._trim, "flush": self._flush, "read": self._read,
         })
-        self.control.handlers.update({       # pair management (host/rcm.py)
+        self.control.handlers.update({       # pair management (host/rcm/pairs.py)
             "jnlg": self._jnlg, "pair_create": self._pair, "pair_split": self._pair,
             "pair_resync": self._pair, "pair_delete": self._pair,
         })
@@ -802,7 +802,7 @@ class Primary:
         if self.cfg.control:
             await self.control.start(self.cfg.control)
         if self.cfg.nbd is not None:     # hosts reach the PVOLs over NBD (docs/nbd.md)
-            from .nbd.primary_export import primary_exports, serve_site_volumes
+            from ..nbd.primary_export import primary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd, primary_exports(self.groups.values()))
         log.info("primary %s up, %d group(s)", self.cfg.site, len(self.groups))
         await asyncio.gather(*(g.run_link() for g in self.groups.values()))

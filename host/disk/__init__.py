@@ -1,0 +1,1 @@
+"""Local disk: data volumes (PVOL/SVOL) and small state files that survive a crash whole."""

@@ -1,0 +1,1 @@
+"""Management (the patent's RCM): JNLG table, pair commands and status, control sockets."""

@@ -1,0 +1,1 @@
+"""Tools around the sites: the demo and the benchmarks."""
