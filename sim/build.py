@@ -83,7 +83,7 @@ def _source_key(ring_size: int, clk_hz: int) -> str:
     h = hashlib.sha256(f"{ring_size} {clk_hz} {amaranth.__version__} {_MAKEFLAGS} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
-    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "protocol.py", HARNESS_CPP]:
+    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py", HARNESS_CPP]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
 
