@@ -33,18 +33,17 @@ from ..rcm.control import ControlError, ControlServer
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import GRSTS, JnlgTable
 from ..engine.base import Engine, EngineError, open_engine
-from ..wire.pseq import TAG_MOD, next_pseq, tag_distance
 from ..wire.link import Link, LinkError, LinkRefused, connect, nak
 from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
+from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay"]
 
 log = logging.getLogger(__name__)
 
 FORWARD_BATCH = 64         # journals per read/send batch to the secondary
-FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
 RECONNECT_DELAY = 0.2
 FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
@@ -99,12 +98,13 @@ class RelayGroup:
         self._report_recovery()
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = site.state_dir / f"{cfg.grname}.relay"
-        self.last_tag = self._recover_last_tag()
+        self.gate = PseqGate(self._recover_last_tag())     # exactly-once from the primary
         # The JNLG row holds the pair state the RCM set; ``grsts`` below is the
         # relay's own verdict (SUSP when journals are missing), which wins.
         self._table = JnlgTable.for_site(site.state_dir)
         self.jnlg = self._table.attach(cfg, journal=cfg.journal)
-        self.forwarded = self.store.next_seq - 1 if not self.store.held else self.store.tail_seq - 1
+        # To the secondary: stream checks, window, release only what was sent.
+        self.forward = ForwardStream(cfg.epoch, self.store.tail_seq - 1)
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
@@ -112,7 +112,6 @@ class RelayGroup:
         self.fault = ""             # why this group's engine/store cannot be used (GroupFault)
         self.primary_link: Link | None = None
         self.secondary_link: Link | None = None
-        self.secondary_acked = 0
         self.fulls = 0
         self.dups = 0
         self._ingest = asyncio.Lock()
@@ -142,6 +141,10 @@ class RelayGroup:
                 f"{rep.quarantine_path}. If the primary had them ACKed it suspends the group "
                 f"and asks for `tricopy pair resync`")
             log.error("group %s: %s", self.cfg.grname, self.recovery_warning)
+
+    last_tag = property(lambda self: self.gate.last, doc="the last PSEQ taken from the primary")
+    forwarded = property(lambda self: self.forward.forwarded, doc="the last SEQ# sent downstream")
+    secondary_acked = property(lambda self: self.forward.acked)
 
     def _recover_last_tag(self) -> int:
         if self.store.held:
@@ -259,13 +262,13 @@ class RelayGroup:
             ctl, data = protocol.split_journal(body)
         except protocol.ProtocolError as exc:
             return None, nak(exc.status, FrameType.JNLWR)
-        dist = tag_distance(ctl.tag, self.last_tag)
-        if self.last_tag and (dist == 0 or dist >= TAG_MOD // 2):
+        admission = self.gate.admit(ctl.tag)
+        if admission is Admission.RESEND:
             # A resend of a journal we hold: ACK it again once everything
             # before it is durable (it sits behind them in the answer queue).
             self.dups += 1
             return self.store.next_seq - 1, protocol.Ack(tag=ctl.tag, req_type=FrameType.JNLWR).frame()
-        if self.last_tag and ctl.tag != next_pseq(self.last_tag):
+        if admission is Admission.GAP:
             return None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)
         if self.grsts == "SUSP":
             return None, nak(Status.SUSPENDED, FrameType.JNLWR, tag=ctl.tag)
@@ -285,7 +288,7 @@ class RelayGroup:
         except StoreError as exc:
             raise self._fault(f"journal volume refused seq {ack.seq} at JOFS {ack.jofs}: "
                               f"{exc}") from None
-        self.last_tag = ctl.tag
+        self.gate.taken(ctl.tag)
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
             self._new.set()
@@ -360,22 +363,6 @@ class RelayGroup:
             self.forward_fault = reason
             log.error("group %s: forwarding stopped: %s", self.cfg.grname, reason)
 
-    def _refuse_secondary(self, peer: protocol.Hello) -> str | None:
-        """Why the secondary's HELLO does not continue this relay's stream, or None."""
-        last = self.store.next_seq - 1
-        if peer.epoch != self.cfg.epoch:
-            return (f"secondary {peer.site!r} is at epoch {peer.epoch}, this group at "
-                    f"{self.cfg.epoch}")
-        if peer.last_seq > last:
-            return (f"secondary {peer.site!r} has restored up to SEQ# {peer.last_seq} but this "
-                    f"relay has issued only up to {last}: the relay's journal went backwards "
-                    f"(lost or recreated); run `tricopy pair resync`")
-        if peer.last_seq + 1 < self.store.tail_seq:
-            return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
-                    f"journal starts at {self.store.tail_seq}: journals are missing; run "
-                    f"`tricopy pair resync`")
-        return None
-
     async def forwarder(self) -> None:
         """Patent Fig. 9: send journals to the secondary in SEQ# order, until a group fault."""
         while not self.fault:
@@ -393,7 +380,8 @@ class RelayGroup:
                 log.debug("secondary not reachable: %s", exc)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            if (why := self._refuse_secondary(peer)) is not None:
+            why = self.forward.refuse(peer, self.store.next_seq - 1, self.store.tail_seq)
+            if why is not None:
                 self._forward_fault(why)
                 await link.close()
                 await asyncio.sleep(FAULT_RETRY_DELAY)
@@ -405,11 +393,12 @@ class RelayGroup:
             self.secondary_link = link
             # What the secondary has restored was forwarded by this relay, maybe
             # before a restart: it may be released, and nothing past it.
-            self.forwarded = max(self.forwarded, peer.last_seq)
+            nxt = self.forward.start(peer.last_seq, self.store.tail_seq)
+            self._acked.set()
             rx = asyncio.create_task(self._secondary_acks(link))
             try:
                 await self._release(peer.last_seq)
-                await self._send_loop(link, max(peer.last_seq + 1, self.store.tail_seq))
+                await self._send_loop(link, nxt)
             except LinkError as exc:
                 log.info("secondary link: %s", exc)
             except CorruptStore as exc:
@@ -428,7 +417,7 @@ class RelayGroup:
 
     async def _send_loop(self, link: Link, nxt: int) -> None:
         while not link.closed:
-            if nxt - 1 - self.secondary_acked >= FORWARD_WINDOW:
+            if not (room := self.forward.room(nxt)):
                 self._acked.clear()
                 await self._wait(self._acked)
                 continue
@@ -438,13 +427,13 @@ class RelayGroup:
                 await self._wait(self._new)
                 continue
             nxt = max(nxt, self.store.tail_seq)
-            batch = self.store.read(nxt, min(FORWARD_BATCH, last - nxt + 1))
+            batch = self.store.read(nxt, min(FORWARD_BATCH, room, last - nxt + 1))
             for i, (ctl, data) in enumerate(batch):
                 flags = FrameFlag.MORE if i < len(batch) - 1 else 0
                 link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data), flags))
             await link.drain()
             nxt += len(batch)
-            self.forwarded = max(self.forwarded, nxt - 1)
+            self.forward.sent(nxt - 1)
 
     async def _wait(self, event: asyncio.Event) -> None:
         try:
@@ -457,13 +446,12 @@ class RelayGroup:
             while True:
                 frame = await link.recv()
                 if frame.type == FrameType.ACK:
-                    upto = protocol.Ack.from_frame(frame).seq
-                    if upto > self.forwarded:
+                    try:
+                        upto = self.forward.ack(protocol.Ack.from_frame(frame).seq)
+                    except ForwardViolation as exc:
                         # Never release what was not sent: a secondary ACKing more
                         # is not restoring this stream.
-                        log.error("group %s: the secondary ACKed SEQ# %d but only %d was "
-                                  "forwarded; dropping the link", self.cfg.grname, upto,
-                                  self.forwarded)
+                        log.error("group %s: %s; dropping the link", self.cfg.grname, exc)
                         await link.close()
                         return
                     await self._release(upto)
@@ -479,7 +467,6 @@ class RelayGroup:
 
     async def _release(self, upto: int) -> None:
         """The secondary holds everything up to ``upto`` for good: move JOPTR."""
-        self.secondary_acked = max(self.secondary_acked, upto)
         self._acked.set()
         while self._arrivals and self._arrivals[0][0] <= upto:
             self._arrivals.popleft()

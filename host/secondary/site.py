@@ -31,6 +31,7 @@ from ..rcm.jnlg import GRSTS, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.volume import Volume, VolumeError
+from .stream import RestoreStream
 
 __all__ = ["RestoreState", "RestoreGroup", "Secondary"]
 
@@ -45,9 +46,6 @@ STAGE_LIMIT = 64 << 20
 RESTORE_POINT_PERIOD = 0.05
 RESTORE_POINT_JOURNALS = 256
 RESTORE_STEP = 64              # journals applied between two looks at the event loop
-# How far past the restore point one apply mark may reach: bounds the work of
-# finding the staged run and the replay a crash can leave to do.
-MARK_AHEAD = 4096
 
 
 class RestoreState:
@@ -97,20 +95,17 @@ class RestoreGroup:
                         for v in site.volumes_of(cfg.grnum)}
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = RestoreState(site.state_dir / f"{cfg.grname}.restored")
-        self.staged: dict[int, tuple[protocol.Control, bytes]] = {}
-        # Restored to the SVOLs (maybe not durable yet); the restore point
-        # ``last_restored`` follows it at the next checkpoint.
-        self.applied = self.state.last_seq
+        # The rules (sans I/O): staging, apply order, apply mark, stream checks.
+        self.stream = RestoreStream(cfg.grnum, cfg.epoch, restored=self.state.last_seq,
+                                    mark=self.state.mark)
         # A crash may have left R+1..mark partly applied: replay them before
         # calling the SVOLs consistent again (RestoreState).
-        self.replay_to = self.state.mark if self.state.mark > self.state.last_seq else 0
         if self.replay_to:
             log.warning("group %s: restarted with SEQ# %d..%d possibly half applied; the SVOLs "
                         "are not consistent until the relay's journals replay past %d",
                         cfg.grname, self.state.last_seq + 1, self.replay_to, self.replay_to)
         self._touched: set[Volume] = set()
         self._checkpoint_at = 0.0      # monotonic time of the last saved restore point
-        self.staged_bytes = 0
         self.grsts = "PAIR"     # the restorer's own verdict: SUSP when a journal cannot apply
         self.reason = ""
         # The JNLG row holds the pair state the RCM set and ``consistent_seq``:
@@ -119,7 +114,6 @@ class RestoreGroup:
         self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
         self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
-        self.received = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -128,50 +122,31 @@ class RestoreGroup:
     def last_restored(self) -> int:
         return self.state.last_seq
 
-    def verify(self, body: bytes) -> tuple[protocol.Control, bytes]:
-        """Check one JNLWR body; raise protocol.BadBody saying what is wrong."""
-        ctl, data = protocol.split_journal(body)
-        if not ctl.ccrc_ok():
-            raise protocol.BadBody(f"journal seq {ctl.seq}: control CRC mismatch", Status.BAD_FRAME)
-        if ctl.data_len != len(data):
-            raise protocol.BadBody(f"journal seq {ctl.seq}: DATA_LEN {ctl.data_len} but "
-                                   f"{len(data)} bytes follow", Status.BAD_LENGTH)
-        if ctl.kind not in protocol.WIRE_KINDS:
-            raise protocol.BadBody(f"journal seq {ctl.seq}: kind {ctl.kind}", Status.BAD_KIND)
-        if ctl.kind in protocol.DATA_KINDS:
-            kind_ok = ctl.data_len == ctl.length
-        elif ctl.kind == Kind.MARK:
-            kind_ok = ctl.length == 0 and ctl.data_len == 0
-        else:
-            kind_ok = ctl.data_len == 0
-        if not kind_ok:
-            raise protocol.BadBody(f"journal seq {ctl.seq}: kind {Kind(ctl.kind).name} with "
-                                   f"LENGTH {ctl.length}, DATA_LEN {ctl.data_len}", Status.BAD_LENGTH)
-        if ctl.data_crc != (protocol.crc32c(data) if data else 0):
-            raise protocol.BadBody(f"journal seq {ctl.seq}: data CRC mismatch", Status.BAD_DCRC)
-        if ctl.group != self.cfg.grnum:
-            raise protocol.BadBody(f"journal seq {ctl.seq} for group {ctl.group}", Status.WRONG_GROUP)
-        if ctl.epoch != self.cfg.epoch:
-            raise protocol.BadBody(f"journal seq {ctl.seq} has epoch {ctl.epoch}, "
-                                   f"group is at {self.cfg.epoch}", Status.STALE_EPOCH)
-        return ctl, data
+    # The stream's numbers, for status, snapshots and tests.
+    applied = property(lambda self: self.stream.applied, doc="applied to the SVOLs so far")
+    replay_to = property(lambda self: self.stream.replay_to)
+    staged = property(lambda self: self.stream.staged)
+    catching_up = property(lambda self: self.stream.catching_up)
 
-    async def stage(self, ctl: protocol.Control, data: bytes) -> None:
-        self.received += 1
-        if ctl.seq <= self.applied or ctl.seq in self.staged:
-            return   # replay of something we already hold: harmless
-        while self.staged_bytes > STAGE_LIMIT:
-            self._room.clear()
-            await self._room.wait()
-        self.staged[ctl.seq] = (ctl, data)
-        self.staged_bytes += len(data) + protocol.CONTROL_SIZE
-        self._wake.set()
+    def verify(self, body: bytes) -> tuple[protocol.Control, bytes]:
+        return self.stream.verify(body)
 
     def gap(self) -> int | None:
-        """The first missing SEQ# when journals beyond it are staged, else None."""
-        if self.staged and self.applied + 1 not in self.staged:
-            return self.applied + 1
-        return None
+        return self.stream.gap()
+
+    def mark_due(self) -> int | None:
+        return self.stream.mark_due()
+
+    def refuse_relay(self, hello: protocol.Hello) -> str | None:
+        return self.stream.refuse(hello)
+
+    async def stage(self, ctl: protocol.Control, data: bytes) -> None:
+        # Bounded memory: past STAGE_LIMIT the link stops reading (TCP backpressure).
+        while self.stream.staged_bytes > STAGE_LIMIT and ctl.seq > self.stream.applied:
+            self._room.clear()
+            await self._room.wait()
+        if self.stream.receive(ctl, data):
+            self._wake.set()
 
     def _apply(self, ctl: protocol.Control, data: bytes) -> Volume:
         vol = self.volumes.get(ctl.idx)
@@ -185,53 +160,31 @@ class RestoreGroup:
             vol.trim(ctl.address, ctl.length)
         return vol    # MARK: no volume effect
 
-    def run_end(self) -> int:
-        """The last SEQ# of the staged run that follows ``applied`` (capped at MARK_AHEAD)."""
-        seq, stop = self.applied, self.applied + MARK_AHEAD
-        while seq < stop and seq + 1 in self.staged:
-            seq += 1
-        return seq
-
-    @property
-    def catching_up(self) -> bool:
-        """A crash left journals up to the apply mark maybe half applied: the
-        SVOLs are not a prefix of the history until the replay passes it."""
-        return self.applied < self.replay_to
-
-    def mark_due(self) -> int | None:
-        """The apply mark to save before restoring on, or None if the mark allows progress."""
-        if self.applied < self.state.mark or self.applied + 1 not in self.staged:
-            return None
-        return self.run_end()
-
     def save_mark(self, mark: int) -> None:
         """Persist the apply mark: nothing past it is applied before this returns."""
         self.state.save(self.state.last_seq, mark)
+        self.stream.mark_saved(mark)
 
     def restore(self, limit: int | None = None) -> int:
-        """Apply the contiguous run after ``applied`` (at most ``limit`` journals,
-        never past the apply mark); return how many were applied.
+        """Apply what the stream hands out (at most ``limit`` journals, never past
+        a gap or the apply mark); return how many were applied.
 
         The restore point is not moved: :meth:`checkpoint` does that.
         """
         if self.grsts == "SUSP":
             return 0
-        seq = self.applied
-        end = self.state.mark if limit is None else min(self.state.mark, seq + limit)
-        touched = self._touched
+        batch = self.stream.take(limit)
         try:
-            while seq < end and (nxt := self.staged.pop(seq + 1, None)) is not None:
-                ctl, data = nxt
-                self.staged_bytes -= len(data) + protocol.CONTROL_SIZE
-                touched.add(self._apply(ctl, data))
-                seq += 1
+            for ctl, data in batch:
+                self._touched.add(self._apply(ctl, data))
         except VolumeError as exc:
+            # The journal that failed and those after it are not on the SVOLs:
+            # the restore point must never cover them.
+            self.stream.applied = ctl.seq - 1
             self.grsts, self.reason = "SUSP", str(exc)
             log.error("group %s suspended: %s", self.cfg.grname, exc)
-        n = seq - self.applied
-        self.applied = seq
         self._room.set()
-        return n
+        return len(batch)
 
     def checkpoint_due(self, now: float) -> float | None:
         """Seconds until the restore point should be saved (0: now), None if up to date."""
@@ -255,6 +208,7 @@ class RestoreGroup:
         for vol in touched:
             vol.flush()           # SVOL data durable before the point that covers it
         self.state.save(seq)
+        self.stream.restored_saved(seq)
         self._checkpoint_at = time.monotonic()
         return True
 
@@ -318,39 +272,16 @@ class RestoreGroup:
         if self.grsts == "SUSP":
             log.info("group %s: resync ordered, SUSP lifted (was: %s)", self.cfg.grname, self.reason)
             self.grsts, self.reason = "PAIR", ""
-        high = max(self.state.mark, self.applied)
-        if relay_seq >= high:
+        high = self.stream.high
+        if not self.stream.rebase(relay_seq):
             return
         log.warning("group %s: resync ordered: the restore point moves back from %d to the "
                     "relay's SEQ# %d; the SVOLs are not consistent until the copy ends",
                     self.cfg.grname, high, relay_seq)
-        self.staged.clear()
-        self.staged_bytes = 0
         self._room.set()
         for vol in self.volumes.values():
             vol.flush()
         self.state.save(relay_seq, relay_seq)
-        self.applied = relay_seq
-        self.replay_to = 0
-
-    def refuse_relay(self, hello: protocol.Hello) -> str | None:
-        """Why a relay's HELLO must be refused (stream identity), or None.
-
-        A journal stream is (epoch, SEQ#).  A relay at another epoch, or one
-        whose newest SEQ# is below what this site has restored or applied,
-        is not the stream the SVOLs hold: its journals would be skipped as
-        replays or applied over newer data.  Both suspend the group.
-        """
-        if hello.epoch != self.cfg.epoch:
-            return (f"relay {hello.site!r} is at epoch {hello.epoch}, this group at "
-                    f"{self.cfg.epoch}")
-        high = max(self.state.mark, self.applied)
-        if hello.last_seq < high:
-            return (f"relay {hello.site!r} holds journals only up to SEQ# {hello.last_seq} but "
-                    f"the SVOLs hold journals up to SEQ# {high} (restore point "
-                    f"{self.last_restored}): the relay's journal went backwards (lost or "
-                    f"recreated); run `tricopy pair resync` to copy what differs")
-        return None
 
     def suspend(self, reason: str) -> None:
         if (self.grsts, self.reason) != ("SUSP", reason):
@@ -395,7 +326,7 @@ class RestoreGroup:
                 "apply_mark": self.state.mark,
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
-                "gap": self.gap(), "received": self.received,
+                "gap": self.gap(), "received": self.stream.received,
                 "connected": self.link is not None and not self.link.closed}
 
 

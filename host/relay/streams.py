@@ -1,0 +1,109 @@
+"""The relay's two journal streams, sans I/O: in from the primary, out to the secondary.
+
+No sockets, files or engine here: ``RelayGroup`` (``relay/site.py``) feeds
+these objects what arrives and does what they decide.  The stateful tests
+drive them directly (``tests/test_streams.py``).
+
+* :class:`PseqGate` admits the primary's journals exactly once, by PSEQ
+  (docs/replication.md, "Resend and duplicates").
+* :class:`ForwardStream` checks that a secondary continues this relay's
+  stream, keeps the window of journals sent but not ACKed, and never lets an
+  ACK release what was not forwarded.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ..wire.protocol import Hello
+from ..wire.pseq import TAG_MOD, next_pseq, tag_distance
+
+__all__ = ["Admission", "PseqGate", "ForwardViolation", "ForwardStream", "FORWARD_WINDOW"]
+
+FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
+
+
+class Admission(enum.Enum):
+    NEW = "new"          # PSEQ == last + 1 (or the first ever): take it
+    RESEND = "resend"    # at or before the last taken: held already, ACK it again
+    GAP = "gap"          # after last + 1: something in between is missing; NAK
+
+
+class PseqGate:
+    """Exactly-once admission of one group's journals by PSEQ (carried in TAG).
+
+    ``last`` is the last PSEQ taken (0: none yet; the first journal then sets
+    the base).  It survives a restart through the journal volume and the
+    relay's state file (``RelayGroup._recover_last_tag``).
+    """
+
+    def __init__(self, last: int = 0):
+        self.last = last
+
+    def admit(self, tag: int) -> Admission:
+        if not self.last:
+            return Admission.NEW
+        dist = tag_distance(tag, self.last)
+        if dist == 0 or dist >= TAG_MOD // 2:
+            return Admission.RESEND
+        return Admission.NEW if tag == next_pseq(self.last) else Admission.GAP
+
+    def taken(self, tag: int) -> None:
+        self.last = tag
+
+
+class ForwardViolation(Exception):
+    """The secondary ACKed a SEQ# this relay never forwarded."""
+
+
+class ForwardStream:
+    """Journals from this relay to the secondary, in SEQ# order (patent Fig. 9).
+
+    ``forwarded`` is the last SEQ# sent (or known restored by the secondary,
+    which implies sent, maybe before a restart); ``acked`` the secondary's
+    restore point as last heard.
+    """
+
+    def __init__(self, epoch: int, forwarded: int, window: int = FORWARD_WINDOW):
+        self.epoch = epoch
+        self.forwarded = forwarded
+        self.acked = 0
+        self.window = window
+
+    def refuse(self, peer: Hello, newest: int, tail: int) -> str | None:
+        """Why the secondary's HELLO does not continue this relay's stream, or None.
+
+        ``newest`` is the last SEQ# this relay issued, ``tail`` the oldest it holds.
+        """
+        if peer.epoch != self.epoch:
+            return f"secondary {peer.site!r} is at epoch {peer.epoch}, this group at {self.epoch}"
+        if peer.last_seq > newest:
+            return (f"secondary {peer.site!r} has restored up to SEQ# {peer.last_seq} but this "
+                    f"relay has issued only up to {newest}: the relay's journal went backwards "
+                    f"(lost or recreated); run `tricopy pair resync`")
+        if peer.last_seq + 1 < tail:
+            return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
+                    f"journal starts at {tail}: journals are missing; run `tricopy pair resync`")
+        return None
+
+    def start(self, restored: int, tail: int) -> int:
+        """A secondary that passed :meth:`refuse` restored up to ``restored``:
+        the first SEQ# to send it."""
+        self.forwarded = max(self.forwarded, restored)
+        self.acked = restored
+        return max(restored + 1, tail)
+
+    def ack(self, upto: int) -> int:
+        """A cumulative ACK: the SEQ# up to which journals may be released."""
+        if upto > self.forwarded:
+            raise ForwardViolation(f"the secondary ACKed SEQ# {upto} but only {self.forwarded} "
+                                   f"was forwarded")
+        self.acked = max(self.acked, upto)
+        return upto
+
+    def room(self, nxt: int) -> int:
+        """How many journals from ``nxt`` on may be sent now (0: the window is full)."""
+        return max(0, self.window - (nxt - 1 - self.acked))
+
+    def sent(self, upto: int) -> None:
+        self.forwarded = max(self.forwarded, upto)
