@@ -104,7 +104,9 @@ class RelayGroup:
         self._table = JnlgTable.for_site(site.state_dir)
         self.jnlg = self._table.attach(cfg, journal=cfg.journal)
         # To the secondary: stream checks, window, release only what was sent.
-        self.forward = ForwardStream(cfg.epoch, self.store.tail_seq - 1)
+        # Every journal held at start is durable and may have been sent before
+        # the restart (the secondary may still hold it staged): count it sent.
+        self.forward = ForwardStream(cfg.epoch, self.store.next_seq - 1)
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
