@@ -3,9 +3,10 @@
 Hypothesis plays a primary, a relay and a secondary built from the objects
 the sites use (``PseqGate``, ``ForwardStream``, ``RestoreStream``), with
 in-memory disks, and interleaves host writes, deliveries, duplicates, lost
-links, FULL, fsyncs, restore steps, checkpoints, crashes of the relay and the
-secondary, a relay recreated empty and a relay at another epoch.  After every
-step it checks what an observer could see:
+links, FULL, fsyncs, restore steps, checkpoints, power loss of the relay and
+crashes of the secondary, and offers relays whose stream went backwards or
+that are at another epoch.  After every step it checks what an observer
+could see:
 
 * no journal the relay ACKed is lost while the relay survives (it is held,
   or on the SVOL for good);
