@@ -200,7 +200,9 @@ class RestoreGroup:
         SVOL data first, then the point that covers it: a crash in between
         leaves the old point, and the relay re-sends journals that are then
         applied again, in order, over SVOLs that already hold some of them,
-        which ends in the same image.
+        which ends in the same image.  On the way there the image is torn;
+        the apply mark (saved before those journals were first applied)
+        makes the group say so until the replay passes it.
         """
         if self.applied == self.last_restored:
             return False
