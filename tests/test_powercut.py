@@ -206,7 +206,7 @@ def test_store_keeps_every_acked_journal_through_power_cuts(tmp_path, lazy):
     assert_clean(r)
     assert r.cuts >= 1500
     assert r.checked > 5000, "too few acked journals were there to check"
-    assert time.monotonic() - t0 < 120
+    assert CUTS or time.monotonic() - t0 < 120, "too slow for the suite"
 
 
 def test_store_at_every_sync_point(tmp_path):
