@@ -324,7 +324,9 @@ class GroupCommitRun(StoreRun):
     GroupCommitter whose fdatasync runs in a worker thread, so cuts fall
     while a sync is in flight.  Thread timing makes it not replayable."""
 
-    name = "group-commit"
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.name = "group-commit-lazy" if self.lazy else "group-commit"
 
     def life(self, disk: PowerCutDisk, rng: random.Random) -> None:
         path = Path(disk.root) / "jnl"
@@ -349,9 +351,17 @@ class GroupCommitRun(StoreRun):
                 if rng.random() < 0.1:
                     self._release(s, rng)
 
+        async def persister() -> None:          # the relay's, every 0.1 s (faster here)
+            while True:
+                await asyncio.sleep(rng.uniform(0.0005, 0.005))
+                upto = s.tail_seq - 1
+                if s.persist():
+                    self.persisted = max(self.persisted, upto)
+
         async def main() -> None:
             try:
-                await asyncio.gather(*(writer() for _ in range(8)))
+                await asyncio.gather(*(writer() for _ in range(8)),
+                                     *([persister()] if self.lazy else []))
             finally:
                 gc._executor.shutdown(wait=True)
 

@@ -216,10 +216,12 @@ def test_store_at_every_sync_point(tmp_path):
     assert_clean(r)
 
 
-def test_group_commit_store_through_power_cuts(tmp_path):
-    # Cuts land in both threads, with an fdatasync in flight.
-    r = run_all(GroupCommitRun, 4000, tmp_path, 150, nseeds=2, p=0.02)
-    report("journal store, group commit", r)
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager-release", "lazy-release"])
+def test_group_commit_store_through_power_cuts(tmp_path, lazy):
+    # Cuts land in both threads, with an fdatasync in flight; lazy: as the
+    # relay runs it, releases in memory and a task persisting them.
+    r = run_all(GroupCommitRun, 4000, tmp_path, 150, nseeds=2, p=0.02, lazy=lazy)
+    report(f"journal store, group commit ({'lazy' if lazy else 'eager'} release)", r)
     assert_clean(r)
     assert r.checked > 100
 
