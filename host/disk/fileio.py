@@ -13,6 +13,9 @@ Why not a mock per test: SIGKILL keeps the page cache, so a crash test that
 kills a process cannot tell an ``fdatasync`` from a no-op.  Only a layer that
 knows which writes were synced can show what a power cut leaves.
 
+Not yet ported: the primary's write log (``primary.py``), being rewritten;
+it should call these too when it lands.
+
 Rules for callers: every write, truncate, sync and directory change of a
 file whose durability matters goes through here; reads may, and must when
 they need to see the data written through here (the default backend writes
