@@ -15,14 +15,14 @@ makes every run use seed S (a failure message names its seed).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
 
 import pytest
 
-from tricopy.host import fileio, powercut, secondary
-from tricopy.host.durable import atomic_write
+from tricopy.host import fileio, secondary
 from tricopy.host.powercut import PowerCutDisk, PowerLost, UntrackedWrite
 
 from powercut_harness import (GroupCommitRun, PrefixImages, Result, SecondaryRun,
@@ -351,12 +351,14 @@ def test_secondary_check_catches_an_svol_fsync_made_a_noop(tmp_path):
 
 
 def test_secondary_checker_on_known_bad_histories(tmp_path):
-    """A restore point behind a saved one, ahead of anything applied, and an
-    SVOL that lost a restored journal: each must be flagged."""
+    """A restore point behind a saved one, ahead of anything applied, and
+    SVOLs that lost restored data: each must be flagged (each check replays,
+    so each gets its own copy of the restored site)."""
+    import shutil
     prefix = PrefixImages()
-    g = open_group(tmp_path)
-
-    import asyncio
+    site = tmp_path / "site"
+    site.mkdir()
+    g = open_group(site)
 
     async def feed(n):
         for seq in range(1, n + 1):
@@ -365,12 +367,15 @@ def test_secondary_checker_on_known_bad_histories(tmp_path):
         g.checkpoint()
     asyncio.run(feed(20))
     close_group(g)
-    rng = random.Random(1)
-    assert check_secondary(tmp_path, 20, 20, prefix, rng)[0] == []
-    assert any("but 25 was saved" in v for v in check_secondary(tmp_path, 25, 30, prefix, rng)[0])
-    assert any("only 15 were ever" in v for v in check_secondary(tmp_path, 0, 15, prefix, rng)[0])
-    # The SVOLs lost restored data, yet the point says 20.
-    img = tmp_path / "svol1.img"
-    img.write_bytes(bytes([0x5A]) * len(img.read_bytes()))
-    assert any("not that prefix image" in v
-               for v in check_secondary(tmp_path, 20, 20, prefix, rng)[0])
+
+    def check(saved, mark, damage=False):
+        folder = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(site, folder)
+        if damage:
+            img = folder / "svol1.img"
+            img.write_bytes(bytes([0x5A]) * len(img.read_bytes()))
+        return check_secondary(folder, saved, mark, prefix, random.Random(1))[0]
+    assert check(20, 20) == [] and check(20, 23) == []
+    assert any("restore point 20, but 25 was saved" in v for v in check(25, 30))
+    assert any("only 15 were ever applied" in v for v in check(0, 15))
+    assert any("not that prefix image" in v for v in check(20, 20, damage=True))
