@@ -303,6 +303,14 @@ def test_secondary_restore_point_and_replay_through_power_cuts(tmp_path):
     assert r.checked >= 300
 
 
+def test_secondary_at_every_sync_point(tmp_path):
+    # SVOL fsyncs, the restore point's file and folder syncs: a cut on each side.
+    r = run_all(SecondaryRun, 6100, tmp_path, 150, nseeds=2, p=0.0, every_sync=True,
+                life_events=80)
+    report("secondary restore, every sync point", r)
+    assert_clean(r)
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "invariant 7: after a restart the SVOL may hold journals applied past the restore "
     "point before the crash, yet the group reports consistent; the durable "
@@ -337,7 +345,8 @@ def _checkpoint_point_first(self):
 
 def test_secondary_check_catches_the_restore_point_saved_before_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(secondary.RestoreGroup, "checkpoint", _checkpoint_point_first)
-    r = run_all(SecondaryRun, 7000, tmp_path, 300, nseeds=3, p=0.03, scaled=False)
+    r = run_all(SecondaryRun, 7000, tmp_path, 150, nseeds=2, p=0.0, every_sync=True,
+                life_events=80, scaled=False)
     report("secondary, point saved before the data", r)
     assert any("not that prefix image" in v for v in r.violations), \
         f"{r.cuts} cuts and the early restore point went unnoticed"
