@@ -12,9 +12,10 @@ File layout::
     0      HEADER_SIZE (4 KiB)  two superblock slots, at 0 and SB_SLOT
     4096   SIZE bytes           the ring; JOFS is an offset in here
 
-The core is synchronous and uses ``os.pwrite``/``os.pread`` on one file
-descriptor.  :meth:`JournalStore.sync` may run in another thread while the
-owning thread appends (that is how ``store_commit.GroupCommitter`` shares one
+The core is synchronous and uses ``pwrite``/``pread`` on one file
+descriptor, through ``disk.fileio`` so that tests can cut its power
+(docs/reliability.md).  :meth:`JournalStore.sync` may run in another thread
+while the owning thread appends (that is how ``store_commit.GroupCommitter`` shares one
 fsync among many appends); every other method belongs to one thread.
 """
 
