@@ -57,7 +57,8 @@ class Result:
     lives: int = 0
     checked: int = 0          # acked journals / files / restores verified
     violations: list[str] = field(default_factory=list)
-    instant: list[str] = field(default_factory=list)   # secondary: SVOL not a prefix while "consistent"
+    # secondary: the SVOLs are not a prefix while the group says "consistent"
+    instant: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, other: "Result") -> None:

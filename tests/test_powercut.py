@@ -59,7 +59,8 @@ def report(label: str, r: Result) -> None:
 
 def assert_clean(r: Result) -> None:
     assert not r.violations, (f"{len(r.violations)} violations in {r.cuts} cuts; replay one "
-                              f"with TRICOPY_POWERCUT_SEED=<seed>:\n" + "\n".join(r.violations[:10]))
+                              f"with TRICOPY_POWERCUT_SEED=<seed>:\n"
+                              + "\n".join(r.violations[:10]))
 
 
 # -- the disk itself ----------------------------------------------------------------
@@ -276,7 +277,8 @@ def test_store_checker_on_known_bad_histories(tmp_path):
     del expected[9]
     assert any("seq 9" in v for v in check_store(path, 8, 3, 3, expected)[0])
     expected[9] = 999 * 64
-    assert any("seq 9" in v and "never appended" in v for v in check_store(path, 8, 3, 3, expected)[0])
+    assert any("seq 9" in v and "never appended" in v
+               for v in check_store(path, 8, 3, 3, expected)[0])
     del expected[9]
     # The history says the release to 5 was durable; the disk says 3.
     assert any("TAIL_SEQ 4" in v for v in check_store(path, 10, 5, 5, expected)[0])
