@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +122,23 @@ class Run:
         self.rng_hook = random.Random(f"{seed}:hook")  # where the cuts fall
         self.result = Result()
         self._scratch = Path(tempfile.mkdtemp(prefix="powercut-", dir=scratch_root()))
+        self._cutting = threading.Lock()
 
     def provision(self, root: Path) -> None:
         """Files that exist, synced, before the first life (none by default)."""
 
     def cut(self, disk: PowerCutDisk, *, final: bool) -> CrashImage:
+        # One cut at a time: with group commit both threads reach the hooks,
+        # and the cuts share the scratch folder and the counters.
+        with self._cutting:
+            try:
+                return self._cut(disk, final)
+            except OSError as exc:
+                # Raised inside a fileio call, an OSError would pass for a
+                # failed write of the code under test.
+                raise RuntimeError(f"the power-cut harness failed: {exc}") from exc
+
+    def _cut(self, disk: PowerCutDisk, final: bool) -> CrashImage:
         n = self.result.cuts
         before = self.promises()
         image = disk.cut(random.Random(f"{self.seed}:{n}"))
