@@ -30,15 +30,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tricopy.host import fileio
-from tricopy.host import protocol as p
 from tricopy.host.config import parse_config
-from tricopy.host.durable import atomic_write
-from tricopy.host.jnlg import JnlgTable
-from tricopy.host.powercut import CrashImage, PowerCutDisk, PowerLost
-from tricopy.host.secondary import RestoreGroup
-from tricopy.host.store import JournalStore, StoreError, StoreFull
-from tricopy.host.store_commit import GroupCommitter
+from tricopy.host.disk import fileio
+from tricopy.host.disk.durable import atomic_write
+from tricopy.host.disk.powercut import CrashImage, PowerCutDisk, PowerLost
+from tricopy.host.disk.volume import Volume
+from tricopy.host.journal.commit import GroupCommitter
+from tricopy.host.journal.store import JournalStore, StoreError, StoreFull
+from tricopy.host.rcm.jnlg import JnlgTable
+from tricopy.host.secondary.site import RestoreGroup
+from tricopy.host.wire import protocol as p
 
 from store_writer import journal
 
@@ -60,6 +61,8 @@ class Result:
     violations: list[str] = field(default_factory=list)
     # secondary: the SVOLs are not a prefix while the group says "consistent"
     instant: list[str] = field(default_factory=list)
+    consistent_looks: int = 0   # secondary: instants it said consistent, and was checked
+    fenced: int = 0             # secondary: instants it rightly said not consistent
     seconds: float = 0.0
 
     def add(self, other: "Result") -> None:
@@ -68,6 +71,8 @@ class Result:
         self.checked += other.checked
         self.violations += other.violations
         self.instant += other.instant
+        self.consistent_looks += other.consistent_looks
+        self.fenced += other.fenced
         self.seconds += other.seconds
 
 
@@ -449,9 +454,9 @@ BLOCK = 4096
 def sec_config(base: Path):
     return parse_config({
         "site": "sec", "state_dir": "state", "listen": "127.0.0.1:1",
-        "group": [{"grnum": 1, "grname": "g", "attr": "RESTORE"}],
+        "group": [{"grnum": 1, "grname": "g", "attr": "RESTORE", "initial_state": "PAIR"}],
         "volume": [{"idx": i, "group": 1, "path": f"svol{i}.img", "size": SVOL_SIZE,
-                    "block_size": BLOCK} for i in (0, 1)],
+                    "block_size": BLOCK, "create": True} for i in (0, 1)],
     }, base)
 
 
@@ -498,8 +503,20 @@ class PrefixImages:
 
 
 def open_group(base: Path) -> RestoreGroup:
+    """Start the secondary's group as a site does: missing SVOLs are made
+    first (sites_cli.prepare, ``create = true``), then the group opens them."""
     cfg = sec_config(base)
+    for v in cfg.volumes:
+        Volume(v.path, v.size, v.block_size, idx=v.idx, create=v.create).close()
     return RestoreGroup(cfg.groups[0], cfg)
+
+
+def restore_step(g: RestoreGroup, limit: int) -> int:
+    """One restorer step (RestoreGroup.restorer): the apply mark covers the
+    staged run first, then journals are applied."""
+    if (mark := g.mark_due()) is not None:
+        g.save_mark(mark)
+    return g.restore(limit)
 
 
 def close_group(g: RestoreGroup) -> None:
@@ -524,21 +541,23 @@ def now(coro):
 
 
 def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
-                    rng: random.Random) -> tuple[list[str], list[str], int]:
+                    rng: random.Random) -> tuple[list[str], list[str], tuple[int, int]]:
     """Restart the secondary on a cut image and replay from its restore point.
 
-    Returns (violations, instant violations, replays checked).  Violations:
+    Returns (violations, instant violations, (instants at which the group
+    said ``consistent`` and was checked, instants at which it rightly did
+    not: the SVOLs were not a prefix)).  Violations:
     the restore point went back past one that was saved, or ran ahead of
     what was ever applied, or once replay has passed the pre-crash ``mark``
     the SVOLs are not the prefix image.  Instant violations: the group says
     ``consistent`` while its SVOLs are not the prefix image of ``applied``
     (DESIGN.md invariant 7).
     """
-    out, instant = [], []
+    out, instant, looks, fenced = [], [], 0, 0
     try:
         g = open_group(folder)
     except ValueError as exc:
-        return [f"restart failed: {exc}"], instant, 0
+        return [f"restart failed: {exc}"], instant, (0, 0)
     try:
         r = g.last_restored
         if r < saved:
@@ -548,15 +567,21 @@ def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
 
         def look(when: str) -> None:
             # What a reader of the SVOLs or a takeover may see right now.
-            if g.consistent() and svol_images(g) != prefix.at(g.applied):
-                instant.append(f"{when}: consistent at {g.applied} but the SVOLs "
-                               f"are not that prefix image")
+            nonlocal looks, fenced
+            prefix_now = svol_images(g) == prefix.at(g.applied)
+            if g.consistent():
+                looks += 1
+                if not prefix_now:
+                    instant.append(f"{when}: consistent at {g.applied} but the SVOLs "
+                                   f"are not that prefix image")
+            elif not prefix_now:
+                fenced += 1        # rightly not consistent: the fence at work
 
         look("after restart")
         if g.applied >= mark and svol_images(g) != prefix.at(g.applied):
             out.append(f"restarted at {r}, at or past the pre-crash mark {mark}: "
                        f"the SVOLs are not that prefix image")
-            return out, instant, 1
+            return out, instant, (looks, fenced)
         end = mark + rng.randint(0, 3)
 
         def replay() -> None:
@@ -566,7 +591,7 @@ def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
                     if seq < end:
                         seq += 1
                         now(g.stage(*sec_journal(seq)))
-                g.restore(limit=rng.randint(1, 8))
+                restore_step(g, rng.randint(1, 8))
                 if rng.random() < 0.3:
                     g.checkpoint()
                 look(f"replay at {g.applied}")
@@ -577,7 +602,7 @@ def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
         replay()
     finally:
         close_group(g)
-    return out, instant, 1
+    return out, instant, (looks, fenced)
 
 
 class SecondaryRun(Run):
@@ -608,8 +633,10 @@ class SecondaryRun(Run):
 
     def check(self, folder, saved, mark):
         rng = random.Random(f"{self.seed}:replay:{self.result.cuts}")
-        out, instant, n = check_secondary(folder, saved, mark, self.prefix, rng)
-        self.result.checked += n
+        out, instant, (looks, fenced) = check_secondary(folder, saved, mark, self.prefix, rng)
+        self.result.checked += 1
+        self.result.consistent_looks += looks
+        self.result.fenced += fenced
         self.result.instant += [f"secondary seed {self.seed} cut {self.result.cuts - 1}: {v}"
                                 for v in instant]
         return out
@@ -637,9 +664,11 @@ class SecondaryRun(Run):
                         await g.stage(*sec_journal(seq))
                 elif x < 0.85:
                     limit = rng.randint(1, 10)
-                    # The mark first: a cut inside restore() may leave part of it on disk.
-                    self.mark = max(self.mark, min(seq, g.applied + limit))
-                    g.restore(limit=limit)
+                    if (m := g.mark_due()) is not None:
+                        g.save_mark(m)
+                    # Before applying: a cut inside restore() may leave part of it on disk.
+                    self.mark = max(self.mark, min(seq, g.applied + limit, g.state.mark))
+                    g.restore(limit)
                 elif g.checkpoint():
                     self.saved = max(self.saved, g.last_restored)
         try:

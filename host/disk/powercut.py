@@ -130,8 +130,8 @@ class PowerCutDisk:
 
     Hooks, called outside the model's lock in the thread doing the call:
     ``on_op(kind)`` before every mutating call on a tracked file
-    (``"create"``, ``"pwrite"``, ``"ftruncate"``, ``"replace"``, ``"link"``,
-    ``"unlink"``), and ``on_sync(n, phase)`` before (``"before"``) and after
+    (``"create"``, ``"pwrite"``, ``"write"``, ``"ftruncate"``, ``"replace"``,
+    ``"link"``, ``"unlink"``), and ``on_sync(n, phase)`` before (``"before"``) and after
     (``"after"``) the ``n``-th sync (file or folder, counted from 1).  A hook
     may call :meth:`cut`, and :meth:`power_off` to end the run there: the
     call in progress and every later one then raise :class:`PowerLost`.
@@ -274,6 +274,19 @@ class PowerCutDisk:
         with self._lock:
             n = os.pwrite(fd, data, offset)
             op = ("w", offset, bytes(memoryview(data)[:n]))
+            ino.ops.append(op)
+            _apply(ino.current, op)
+            return n
+
+    def write(self, fd, data):
+        """At the file position (the end with O_APPEND): ``os.write``."""
+        ino = self._tracked(fd)
+        if ino is None:
+            return os.write(fd, data)
+        self._before("write")
+        with self._lock:
+            n = os.write(fd, data)
+            op = ("w", os.lseek(fd, 0, os.SEEK_CUR) - n, bytes(memoryview(data)[:n]))
             ino.ops.append(op)
             _apply(ino.current, op)
             return n
