@@ -57,8 +57,9 @@ def run_all(cls, base: int, tmp_path, cuts: int, nseeds: int = 4, scaled: bool =
 def report(label: str, r: Result) -> None:
     looks = (f", {r.consistent_looks} instants consistent, {r.fenced} rightly not"
              if r.consistent_looks else "")
+    instant = f", {len(r.instant)} consistent but not a prefix" if r.instant else ""
     print(f"\n{label}: {r.cuts} cuts in {r.lives} lives, {r.checked} checked{looks}, "
-          f"{len(r.violations)} violations, {r.seconds:.1f} s")
+          f"{len(r.violations)} violations{instant}, {r.seconds:.1f} s")
 
 
 def assert_clean(r: Result) -> None:
@@ -154,6 +155,21 @@ def test_sync_covers_only_what_was_written_before_it_began(tmp_path):
     imgs = [disk.cut(random.Random(i)).files["f"] for i in range(100)]
     assert all(img[:5] == b"early" for img in imgs)
     assert any(len(img) < 516 or img[512:516] != b"late" for img in imgs)
+
+
+def test_appends_at_the_file_position_are_tracked_too(tmp_path):
+    # fileio.write (the store's quarantine file, O_APPEND): lost or kept like pwrite.
+    disk = PowerCutDisk(tmp_path)
+    with fileio.use(disk):
+        fd = fileio.open(tmp_path / "q", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fileio.write(fd, b"a" * 600)
+        fileio.fsync(fd)
+        fileio.fsync_dir(tmp_path)
+        fileio.write(fd, b"b" * 600)
+        fileio.close(fd)
+    seen = {disk.cut(random.Random(i)).files["q"] for i in range(100)}
+    assert all(img[:600] == b"a" * 600 for img in seen)
+    assert b"a" * 600 + b"b" * 600 in seen and b"a" * 600 in seen
 
 
 def test_power_off_fails_every_call_and_writes_behind_the_layer_are_caught(tmp_path):
