@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from . import fileio
+
 __all__ = ["atomic_write", "atomic_write_json"]
 
 
@@ -17,16 +19,20 @@ def atomic_write(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    fd = fileio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.fsync(dfd)
+        view, done = memoryview(data), 0
+        while done < len(view):
+            done += fileio.pwrite(fd, view[done:], done)
+        fileio.fsync(fd)
     finally:
-        os.close(dfd)
+        fileio.close(fd)
+    fileio.replace(tmp, path)
+    dfd = fileio.open(path.parent, os.O_RDONLY)
+    try:
+        fileio.fsync(dfd)
+    finally:
+        fileio.close(dfd)
 
 
 def atomic_write_json(path: Path, obj) -> None:

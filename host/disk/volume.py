@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import fileio
+
 __all__ = ["VolumeError", "Volume"]
 
 # Zeroing is done in bounded chunks so a huge WRITE_ZEROES does not allocate its size.
@@ -43,12 +45,12 @@ class Volume:
         self.size = size
         self.block_size = block_size
         self.idx = idx
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        actual = os.fstat(self._fd).st_size
+        self._fd = fileio.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        actual = fileio.fstat(self._fd).st_size
         if actual == 0:
-            os.ftruncate(self._fd, size)
+            fileio.ftruncate(self._fd, size)
         elif actual != size:
-            os.close(self._fd)
+            fileio.close(self._fd)
             raise VolumeError(f"volume {idx}: {self.path} is {actual} bytes, the config says "
                               f"{size} — fix the volume's size, or its path if this is "
                               f"another file")
@@ -67,7 +69,7 @@ class Volume:
         self.check(offset, len(data))
         view = memoryview(data)
         while view:
-            n = os.pwrite(self._fd, view, offset)
+            n = fileio.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
     def write_zeroes(self, offset: int, length: int) -> None:
@@ -87,12 +89,12 @@ class Volume:
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise VolumeError(f"read offset={offset} length={length} outside volume {self.idx}")
-        return os.pread(self._fd, length, offset)
+        return fileio.pread(self._fd, length, offset)
 
     def flush(self) -> None:
-        os.fsync(self._fd)
+        fileio.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            fileio.close(self._fd)
             self._fd = -1

@@ -12,9 +12,10 @@ File layout::
     0      HEADER_SIZE (4 KiB)  two superblock slots, at 0 and SB_SLOT
     4096   SIZE bytes           the ring; JOFS is an offset in here
 
-The core is synchronous and uses ``os.pwrite``/``os.pread`` on one file
-descriptor.  :meth:`JournalStore.sync` may run in another thread while the
-owning thread appends (that is how ``store_commit.GroupCommitter`` shares one
+The core is synchronous and uses ``pwrite``/``pread`` on one file
+descriptor, through ``disk.fileio`` so that tests can cut its power
+(docs/reliability.md).  :meth:`JournalStore.sync` may run in another thread
+while the owning thread appends (that is how ``store_commit.GroupCommitter`` shares one
 fsync among many appends); every other method belongs to one thread.
 """
 
@@ -30,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..disk import fileio
 from ..wire.protocol import (ALIGN, CONTROL_SIZE, MAX_DATA, WIRE_KINDS, Control, Kind,
                        crc32c, record_size)
 
@@ -245,21 +247,21 @@ class JournalStore:
         # Built under a temporary name and linked into place complete, so a
         # crash during create never leaves a file without a superblock.
         tmp = f"{path}.{os.getpid()}.new"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fileio.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _lock(fd, path)
             # Sparse: the ring's contents before the first lap do not matter.
-            os.ftruncate(fd, HEADER_SIZE + size)
+            fileio.ftruncate(fd, HEADER_SIZE + size)
             sb = _Superblock(gen=1, size=size, joptr=0, tail_seq=1, wrap_at=size, epoch=epoch)
-            os.pwrite(fd, sb.pack(), SB_SLOT)
-            os.fsync(fd)
-            os.link(tmp, path)          # FileExistsError if path exists: never overwrite
+            fileio.pwrite(fd, sb.pack(), SB_SLOT)
+            fileio.fsync(fd)
+            fileio.link(tmp, path)          # FileExistsError if path exists: never overwrite
             _fsync_dir(path)
         except BaseException:
-            os.close(fd)
+            fileio.close(fd)
             raise
         finally:
-            os.unlink(tmp)
+            fileio.unlink(tmp)
         store = cls(fd, path, sb)
         store.recovery = RecoveryReport(1, 1, 1, 0, "new store", 0)
         return store
@@ -268,22 +270,22 @@ class JournalStore:
     def open(cls, path: str | os.PathLike) -> "JournalStore":
         """Open an existing store and recover its journals (see docs/store.md)."""
         path = os.fspath(path)
-        fd = os.open(path, os.O_RDWR)
+        fd = fileio.open(path, os.O_RDWR)
         try:
             _lock(fd, path)
-            header = os.pread(fd, HEADER_SIZE, 0)
+            header = fileio.pread(fd, HEADER_SIZE, 0)
             slots = [_Superblock.unpack(header[0:SB_SLOT]), _Superblock.unpack(header[SB_SLOT:])]
             valid = [sb for sb in slots if sb is not None]
             if not valid:
                 raise CorruptStore(f"{path}: no valid superblock")
             sb = max(valid, key=lambda s: s.gen)
-            if os.fstat(fd).st_size < HEADER_SIZE + sb.size:
-                raise CorruptStore(f"{path}: file is {os.fstat(fd).st_size} bytes, "
+            if fileio.fstat(fd).st_size < HEADER_SIZE + sb.size:
+                raise CorruptStore(f"{path}: file is {fileio.fstat(fd).st_size} bytes, "
                                    f"shorter than the {HEADER_SIZE + sb.size} its superblock says")
             store = cls(fd, path, sb)
             store._recover()
         except BaseException:
-            os.close(fd)
+            fileio.close(fd)
             raise
         return store
 
@@ -303,7 +305,7 @@ class JournalStore:
             if pos == size:             # an exact fit at the end: the next record is at 0
                 pos, wrapped = 0, True
             limit = joptr if wrapped else size
-            raw = os.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
+            raw = fileio.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
             if not wrapped and raw == MARKER:
                 r_or_reason = self._check_record(0, seq, joptr)
                 if isinstance(r_or_reason, str):
@@ -335,7 +337,7 @@ class JournalStore:
         if found:
             qpath = self._quarantine(found)
             quarantined = (min(c.seq for c, _ in found), max(c.seq for c, _ in found))
-        os.fdatasync(self._fd)
+        fileio.fdatasync(self._fd)
         self._durable = seq - 1
         self.recovery = RecoveryReport(self._sb.gen, self._tail_seq, seq, pos % size,
                                        reason, scrubbed, quarantined, qpath)
@@ -344,7 +346,7 @@ class JournalStore:
         """Record size of a valid record with ``seq`` at ``pos`` ending by
         ``limit``, or why it is not one."""
         if raw is None:
-            raw = os.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
+            raw = fileio.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
         if len(raw) < CONTROL_SIZE:
             return f"short read at {pos}"
         if raw == bytes(CONTROL_SIZE):
@@ -361,7 +363,7 @@ class JournalStore:
         r = record_size(ctl.data_len)
         if pos + r > limit:
             return f"seq {seq} at {pos}: record of {r} bytes overruns {limit}"
-        data = os.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
+        data = fileio.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
         if len(data) != ctl.data_len or crc32c(data) != ctl.data_crc:
             return f"DATA_CRC mismatch in seq {seq} at {pos} (torn record)"
         return r
@@ -370,15 +372,15 @@ class JournalStore:
         """Append whole records to ``<path>.quarantine`` (control data then
         data, as in the ring) and make them durable; returns the path."""
         qpath = f"{self._path}.quarantine"
-        fd = os.open(qpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = fileio.open(qpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             for ctl, data in sorted(records, key=lambda r: r[0].seq):
                 buf = ctl.pack() + data
-                if os.write(fd, buf) != len(buf):
+                if fileio.write(fd, buf) != len(buf):
                     raise OSError(f"short write to {qpath}")
-            os.fsync(fd)
+            fileio.fsync(fd)
         finally:
-            os.close(fd)
+            fileio.close(fd)
         _fsync_dir(qpath)
         return qpath
 
@@ -404,7 +406,7 @@ class JournalStore:
         zero = bytes(CONTROL_SIZE)
         count = 0
         for start in range(0, size, _SCRUB_CHUNK):
-            chunk = os.pread(self._fd, min(_SCRUB_CHUNK, size - start), HEADER_SIZE + start)
+            chunk = fileio.pread(self._fd, min(_SCRUB_CHUNK, size - start), HEADER_SIZE + start)
             words = np.frombuffer(chunk, dtype="<u8").reshape(-1, CONTROL_SIZE // 8)
             offsets = np.arange(start, start + len(chunk), CONTROL_SIZE, dtype=np.uint64)
             kind = (words[:, 6] >> np.uint64(16)) & np.uint64(0xFF)   # KIND at byte 50
@@ -417,7 +419,7 @@ class JournalStore:
                     record = self._whole_record(at, chunk[u:u + CONTROL_SIZE])
                     if record is not None and record[0].seq >= keep_from:
                         kept.append(record)
-                os.pwrite(self._fd, zero, HEADER_SIZE + at)
+                fileio.pwrite(self._fd, zero, HEADER_SIZE + at)
                 count += 1
         return count
 
@@ -426,7 +428,7 @@ class JournalStore:
         ctl = Control.unpack(raw)
         if not ctl.ccrc_ok() or ctl.data_len > MAX_DATA or pos + record_size(ctl.data_len) > self._size:
             return None
-        data = os.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
+        data = fileio.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
         if len(data) != ctl.data_len or (crc32c(data) if data else 0) != ctl.data_crc:
             return None
         return ctl, data
@@ -544,8 +546,8 @@ class JournalStore:
             self._write_superblock()
         try:
             if plan.marker is not None:
-                os.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
-            if os.pwrite(self._fd, record, HEADER_SIZE + plan.jofs) != r:
+                fileio.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
+            if fileio.pwrite(self._fd, record, HEADER_SIZE + plan.jofs) != r:
                 raise OSError(f"short write of seq {control.seq}")
         except OSError as exc:
             raise self._fail(exc) from exc
@@ -567,7 +569,7 @@ class JournalStore:
         self._usable()
         target = self._next_seq - 1
         try:
-            os.fdatasync(self._fd)
+            fileio.fdatasync(self._fd)
         except OSError as exc:
             raise self._fail(exc) from exc
         return self._mark_durable(target)
@@ -597,7 +599,7 @@ class JournalStore:
         for run_pos, records in _contiguous_runs(self._index[first:first + n]):
             # One pread per run of adjacent records, not one per record: the
             # forwarder reads 64 journals at a time, mostly back to back.
-            raw = os.pread(self._fd, sum(r for _, r in records), HEADER_SIZE + run_pos)
+            raw = fileio.pread(self._fd, sum(r for _, r in records), HEADER_SIZE + run_pos)
             view = memoryview(raw)
             for pos, r in records:
                 rec = view[pos - run_pos:pos - run_pos + r]
@@ -646,7 +648,7 @@ class JournalStore:
             # Becoming empty: keep the newest journal's control data for the
             # on_persist_empty hook (its record may be overwritten later).
             last_pos = self._index[self._head + n - 1][0]
-            self._last_released = Control.unpack(os.pread(self._fd, CONTROL_SIZE,
+            self._last_released = Control.unpack(fileio.pread(self._fd, CONTROL_SIZE,
                                                           HEADER_SIZE + last_pos))
         if persist:
             wrap = size if used == 0 else wrap_at
@@ -706,7 +708,7 @@ class JournalStore:
         # Old records may carry the sequence numbers about to be reused.
         try:
             self._scrub()
-            os.fdatasync(self._fd)
+            fileio.fdatasync(self._fd)
         except OSError as exc:
             raise self._fail(exc) from exc
         with self._durable_lock:
@@ -728,8 +730,8 @@ class JournalStore:
             if (self.on_persist_empty is not None and self._last_released is not None
                     and sb.tail_seq == self._next_seq and self._sb.tail_seq < sb.tail_seq):
                 self.on_persist_empty(self._last_released)
-            os.pwrite(self._fd, sb.pack(), (sb.gen % 2) * SB_SLOT)
-            os.fdatasync(self._fd)
+            fileio.pwrite(self._fd, sb.pack(), (sb.gen % 2) * SB_SLOT)
+            fileio.fdatasync(self._fd)
         except OSError as exc:
             raise self._fail(exc) from exc
         self._sb = sb
@@ -743,10 +745,10 @@ class JournalStore:
             if self._broken is None:
                 if self.release_pending:
                     self._write_superblock()     # a clean stop re-sends nothing
-                os.fdatasync(self._fd)
+                fileio.fdatasync(self._fd)
         finally:
             self._closed = True
-            os.close(self._fd)
+            fileio.close(self._fd)
 
     def __enter__(self) -> "JournalStore":
         return self
@@ -790,8 +792,8 @@ def _lock(fd: int, path: str) -> None:
 
 def _fsync_dir(path: str) -> None:
     """Make a new file's directory entry durable too."""
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    dfd = fileio.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        fileio.fsync(dfd)
     finally:
-        os.close(dfd)
+        fileio.close(dfd)
