@@ -368,16 +368,23 @@ def test_secondary_instant_check_catches_a_group_that_never_fences(tmp_path, mon
     assert r.instant, f"{r.cuts} cuts and a consistent non-prefix SVOL went unnoticed"
 
 
+_CHECKPOINT = secondary.RestoreGroup.checkpoint
+
+
 def _checkpoint_point_first(self):
-    """RestoreGroup.checkpoint with the order swapped: the point before the data."""
-    if self.applied == self.last_restored:
-        return False
-    seq, touched, self._touched = self.applied, self._touched, set()
-    self.state.save(seq)
-    for vol in touched:
+    """RestoreGroup.checkpoint with one change: the SVOL flushes it asks for
+    happen only after it returns, i.e. after the restore point is saved."""
+    asked = []
+    for vol in self.volumes.values():
+        vol.flush = lambda v=vol: asked.append(v)      # shadows Volume.flush
+    try:
+        saved = _CHECKPOINT(self)
+    finally:
+        for vol in self.volumes.values():
+            del vol.flush
+    for vol in asked:
         vol.flush()
-    self._checkpoint_at = time.monotonic()
-    return True
+    return saved
 
 
 def test_secondary_check_catches_the_restore_point_saved_before_the_data(tmp_path, monkeypatch):
