@@ -349,11 +349,6 @@ def test_secondary_is_a_prefix_whenever_it_says_consistent(tmp_path):
     assert r.consistent_looks > 100 and r.fenced > 100, (r.consistent_looks, r.fenced)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Volume(create=True), which a site runs at startup for a missing SVOL, never "
-    "fsyncs the new file's folder, so a power cut can lose the file while the "
-    "restore point that covers its data is durable (fix: fsync the file and its "
-    "folder after creating it, in disk/volume.py)"))
 def test_secondary_svols_it_creates_itself_survive_power_cuts(tmp_path):
     r = run_all(SecondaryRun, 6500, tmp_path, 150, nseeds=3, p=0.03, provisioned=False,
                 scaled=False)

@@ -49,6 +49,11 @@ class Volume:
         actual = fileio.fstat(self._fd).st_size
         if actual == 0:
             fileio.ftruncate(self._fd, size)
+            # A new volume must survive a power cut before anything is written
+            # to it: a restore point covering its data could otherwise outlive
+            # the file itself (found by tests/test_powercut.py).
+            fileio.fsync(self._fd)
+            fileio.fsync_dir(self.path.parent)
         elif actual != size:
             fileio.close(self._fd)
             raise VolumeError(f"volume {idx}: {self.path} is {actual} bytes, the config says "
