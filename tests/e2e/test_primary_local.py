@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tricopy.host.disk import fileio
 from tricopy.host.primary import writelog
 from tricopy.host.nbd.protocol import NBD_EIO, NBD_ENOSPC
 from tricopy.host.nbd.server import nbd_error
@@ -132,17 +133,17 @@ def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
             async with master_group(cluster) as g:
                 await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
                 last, vol = g.last_pseq, g.volumes[0]
-                real = os.pwrite
+                real = fileio.pwrite
 
                 def eio(fd, data, offset):
                     if fd == vol._fd:
                         raise OSError(errno.EIO, "Input/output error")
                     return real(fd, data, offset)
 
-                monkeypatch.setattr(os, "pwrite", eio)
+                monkeypatch.setattr(fileio, "pwrite", eio)
                 with pytest.raises(LocalIOError) as e:
                     await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x02" * BLOCK)
-                monkeypatch.setattr(os, "pwrite", real)
+                monkeypatch.setattr(fileio, "pwrite", real)
                 assert g.last_pseq == last, "a journal that was never logged burnt a PSEQ"
                 assert g.grsts == "SUSP", "the PVOL extent is unknown: the pair must not go on"
                 assert g.reason.startswith(f"PVOL idx 0 ({vol.path}) write at offset {2 * BLOCK}")

@@ -17,6 +17,7 @@ import pytest
 from tricopy.host.wire import protocol
 from tricopy.host.relay import site as relay
 from tricopy.host.journal import store
+from tricopy.host.disk import fileio
 from tricopy.host.config import parse_config
 from tricopy.host.engine.base import open_engine
 from tricopy.host.wire.protocol import Control, FrameType
@@ -83,14 +84,14 @@ def test_a_store_failure_suspends_only_its_group(tmp_path, monkeypatch):
         for g in groups:
             await g.recover_engine()
         bad, good = groups
-        real = os.fdatasync
+        real = fileio.fdatasync
 
         def fdatasync(fd):       # the disk under group 1's journal volume fails
             if fd == bad.store._fd:
                 raise OSError(errno.EIO, "Input/output error")
             real(fd)
 
-        monkeypatch.setattr(store.os, "fdatasync", fdatasync)
+        monkeypatch.setattr(fileio, "fdatasync", fdatasync)
         for g in groups:
             data = b"x" * 100
             ctl = Control(length=100, data_len=100, data_crc=protocol.crc32c(data),
