@@ -1,28 +1,33 @@
 """Stateful tests of the sans-I/O stream objects, driven through every fault order.
 
 Hypothesis plays a primary, a relay and a secondary built from the objects
-the sites use (``PseqGate``, ``ForwardStream``, ``RestoreStream``), with
-in-memory disks, and interleaves host writes, deliveries, duplicates, lost
-links, FULL, fsyncs, restore steps, checkpoints, power loss of the relay and
-crashes of the secondary, and offers relays whose stream went backwards or
-that are at another epoch.  After every step it checks what an observer
-could see:
+the sites use (``SendStream``, ``PseqGate``, ``ForwardStream``,
+``RestoreStream``), with in-memory disks, and interleaves host writes,
+deliveries, duplicates, lost links, FULL and its probes, fsyncs, restore
+steps, checkpoints, power loss of the relay, crashes of the primary and the
+secondary, and offers relays whose stream went backwards or that are at
+another epoch.  After every step it checks what an observer could see:
 
 * no journal the relay ACKed is lost while the relay survives (it is held,
   or on the SVOL for good);
+* host writes complete in PSEQ order, once; while the relay says FULL only
+  one probe goes out, and once it has room nothing is left waiting;
+* a relay HELLO below the highest PSEQ it ACKed is caught as a loss;
 * the relay stores journals in PSEQ order, once each;
 * the SVOL is the prefix 1..applied of the relay's history whenever the
   secondary does not say it is catching up after a crash;
 * a relay whose stream went backwards is always refused, never trusted.
 """
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tricopy.host.primary.stream import (FULL_PROBE_FIRST, FULL_PROBE_MAX, RelayLost, Resume,
+                                         SendStream)
 from tricopy.host.relay.streams import Admission, ForwardStream, ForwardViolation, PseqGate
 from tricopy.host.secondary.stream import RestoreStream
-from tricopy.host.wire.protocol import Control, Hello, Kind, Role
+from tricopy.host.wire.protocol import Control, Hello, Kind, Role, Status
 from tricopy.host.wire.pseq import next_pseq
 
 BLOCKS = 6           # a hot spot: blocks are written again and again
@@ -36,13 +41,18 @@ def journal(seq: int, pseq: int, block: int) -> Control:
 class Trio(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        # primary: PSEQ -> block; pending = sent, not ACKed
-        self.p_next = 0
-        self.p_pending: list[int] = []
+        # primary: the real SendStream (items are block numbers), its link, its clock
+        self.p = SendStream()
         self.p_blocks: dict[int, int] = {}
         self.p_acked: set[int] = set()
+        self.p_last_completed = 0
+        self.p_saved_hwm = 0                      # the ACK mark as last saved to disk
+        self.probe_armed = False
+        self.clock = 0.0
         self.to_relay: list[int] = []             # PSEQs on the wire
-        # relay: held journals (seq -> pseq), durable prefix, JOPTR (tail)
+        self.to_primary: list[tuple[str, int]] = []   # answers on the wire
+        # relay: held journals (seq -> pseq), durable prefix, JOPTR (tail),
+        # answers in arrival order, each waiting for the SEQ# it needs durable
         self.gate = PseqGate()
         self.fwd = ForwardStream(0, 0)
         self.r_held: dict[int, int] = {}
@@ -50,6 +60,7 @@ class Trio(RuleBasedStateMachine):
         self.r_durable = 0
         self.r_tail = 1
         self.r_last_durable_tag = 0
+        self.r_answers: list[tuple[int, str, int]] = []
         self.history: dict[int, tuple[int, int]] = {}     # seq -> (pseq, block)
         # secondary: stream, durable (R, M), SVOL (block -> seq that wrote it)
         self.s_state = (0, 0)
@@ -59,48 +70,135 @@ class Trio(RuleBasedStateMachine):
         self.next_out = 1
         self.to_secondary: list[int] = []
 
-    # -- the primary ---------------------------------------------------------------
+    # -- the primary and its link ----------------------------------------------------
 
     @rule(block=st.integers(0, BLOCKS - 1))
     def host_write(self, block):
-        self.p_next = next_pseq(self.p_next)
-        self.p_blocks[self.p_next] = block
-        self.p_pending.append(self.p_next)
-        self.to_relay.append(self.p_next)
+        tag = self.p.next_tag()
+        self.p_blocks[tag] = block
+        was_blocked = self.p.blocked
+        if self.p.add(tag, block):
+            assert not was_blocked, "a new journal was sent while the relay is FULL"
+            self.to_relay.append(tag)
+
+    def complete(self, acked) -> None:
+        for tag, _ in acked:
+            assert tag == next_pseq(self.p_last_completed) or not self.p_last_completed, \
+                f"PSEQ {tag} completed after {self.p_last_completed}: out of order or twice"
+            self.p_last_completed = tag
+            self.p_acked.add(tag)
+
+    @precondition(lambda self: not self.p.online)
+    @rule()
+    def primary_connects(self):
+        """The relay settles the old connection's journals (durable) before its HELLO."""
+        self.relay_fsync()
+        self.r_answers.clear()
+        resume = self.p.connected(self.gate.last)
+        assert isinstance(resume, Resume), f"a relay that lost nothing was refused: {resume}"
+        self.complete(resume.acked)
+        if self.p.blocked:
+            event("reconnected while FULL")
+            assert len(resume.send) <= 1, "the window was resent while FULL"
+        self.to_relay += resume.send
+
+    @rule()
+    def primary_link_drops(self):
+        self.p.disconnected()
+        self.to_relay.clear()
+        self.to_primary.clear()
+        self.probe_armed = False
+
+    @rule()
+    def primary_saves_hwm(self):
+        self.p_saved_hwm = self.p.acked_hwm
+
+    @rule(released=st.booleans())
+    def primary_restarts(self, released):
+        """A crash of the primary.  Its write log holds every journal after the
+        ACK mark last saved, or after the in-memory one if segments up to it
+        were released; redo queues them all again, as the restart does."""
+        old = self.p
+        self.primary_link_drops()
+        start = old.acked_hwm if released else self.p_saved_hwm
+        self.p = SendStream(last_pseq=old.last_pseq, acked_hwm=self.p_saved_hwm)
+        for tag in range(start + 1, old.last_pseq + 1):
+            self.p.pending[tag] = self.p_blocks[tag]
+        self.p_last_completed = start
+
+    @precondition(lambda self: self.p.online and self.p.acked_hwm > 1)
+    @rule(back=st.integers(1, 5))
+    def a_relay_that_lost_acked_journals_is_caught(self, back):
+        """A HELLO below the ACK mark (the relay's journal was recreated)."""
+        lost = self.p.connected(max(0, self.p.acked_hwm - back))
+        assert isinstance(lost, RelayLost) and lost.acked == self.p.acked_hwm
+
+    @precondition(lambda self: self.probe_armed)
+    @rule(wait=st.floats(0.0, 2.0))
+    def probe_fires(self, wait):
+        self.clock += wait
+        self.probe_armed = False
+        tag = self.p.probe()
+        if tag is not None:
+            self.to_relay.append(tag)
+
+    @precondition(lambda self: self.to_primary)
+    @rule()
+    def deliver_to_primary(self):
+        kind, tag = self.to_primary.pop(0)
+        if kind == "ack":
+            resume = self.p.on_ack(tag)
+            self.complete(resume.acked)
+            self.to_relay += resume.send
+        elif kind == "full":
+            event("relay answered FULL")
+            delay = self.p.on_full(tag, self.clock, float("inf"))
+            assert FULL_PROBE_FIRST <= delay <= FULL_PROBE_MAX
+            self.probe_armed = True
+        else:
+            event("gap NAK after a FULL")
+            reason = self.p.on_refused(tag, Status.BAD_REQUEST)
+            assert reason is None, f"the primary suspended on a gap a FULL explains: {reason}"
+
+    # -- the relay's side of the primary link ------------------------------------------
+
+    def answer(self, need: int, kind: str, tag: int) -> None:
+        self.r_answers.append((need, kind, tag))
+        self.flush_answers()
+
+    def flush_answers(self) -> None:
+        """Answers leave in arrival order, each once what it needs is durable."""
+        while self.r_answers and self.r_answers[0][0] <= self.r_durable:
+            _, kind, tag = self.r_answers.pop(0)
+            self.to_primary.append((kind, tag))
 
     @precondition(lambda self: self.to_relay)
-    @rule(dup=st.booleans(), skip=st.booleans())
-    def deliver_to_relay(self, dup, skip=False):
-        if skip and len(self.to_relay) > 1:
-            pseq = self.to_relay.pop(1)     # the one before it was refused (FULL): a gap
-        else:
-            pseq = self.to_relay[0] if dup else self.to_relay.pop(0)
-        if self.gate.admit(pseq) is not Admission.NEW:
-            return                               # a resend (re-ACKed) or a gap (NAKed)
+    @rule(dup=st.booleans())
+    def deliver_to_relay(self, dup):
+        pseq = self.to_relay[0] if dup else self.to_relay.pop(0)
+        admission = self.gate.admit(pseq)
+        if admission is Admission.RESEND:
+            self.answer(self.r_next - 1, "ack", pseq)
+            return
+        if admission is Admission.GAP:
+            self.answer(0, "nak", pseq)
+            return
         if self.r_next - self.r_tail >= RING:
-            self.to_relay.clear()                # FULL: the primary probes again later
+            self.answer(0, "full", pseq)
             return
         self.r_held[self.r_next] = pseq
         self.history[self.r_next] = (pseq, self.p_blocks[pseq])
+        self.answer(self.r_next, "ack", pseq)
         self.r_next += 1
         self.gate.taken(pseq)
 
     @rule()
     def relay_fsync(self):
-        """Group commit: everything appended is durable, then ACKed."""
+        """Group commit: everything appended is durable; the answers waiting for it go."""
         self.r_durable = self.r_next - 1
         if self.r_durable >= self.r_tail:
             self.r_last_durable_tag = self.r_held[self.r_durable]
-        for seq in range(self.r_tail, self.r_durable + 1):
-            pseq = self.r_held[seq]
-            if pseq in self.p_pending:
-                self.p_pending.remove(pseq)
-                self.p_acked.add(pseq)
-
-    @rule()
-    def primary_reconnects(self):
-        """The link drops; the primary sends again what was not ACKed."""
-        self.to_relay = list(self.p_pending)
+        self.flush_answers()
 
     @rule()
     def relay_crash(self):
@@ -110,11 +208,12 @@ class Trio(RuleBasedStateMachine):
             del self.r_held[seq]
             del self.history[seq]
         self.r_next = max(self.r_durable + 1, self.r_tail)
+        self.r_answers.clear()
         self.gate = PseqGate(self.r_last_durable_tag)
         self.fwd = ForwardStream(0, self.r_next - 1)    # all held may have been sent
         self.connected = False
         self.to_secondary.clear()
-        self.to_relay = list(self.p_pending)
+        self.primary_link_drops()
 
     # -- relay -> secondary -----------------------------------------------------------
 
@@ -189,25 +288,41 @@ class Trio(RuleBasedStateMachine):
             del self.r_held[self.r_tail]
             self.r_tail += 1
 
-    @rule(writes=st.integers(1, 8), blocks=st.randoms(use_true_random=False),
-          refused=st.booleans())
-    def traffic(self, writes, blocks, refused):
-        """A burst that goes all the way: writes, relay, fsync, link, forward,
-        delivery (the single-step rules interleave faults inside it).
-        ``refused``: one journal in the middle does not get in (FULL), so
-        the ones after it arrive after a gap."""
+    @rule(writes=st.integers(1, 8), blocks=st.randoms(use_true_random=False))
+    def traffic(self, writes, blocks):
+        """A burst that goes all the way: writes, relay, fsync, answers, probes,
+        link, forward, delivery (the single-step rules interleave faults inside it)."""
+        if not self.p.online:
+            self.primary_connects()
         for _ in range(writes):
             self.host_write(blocks.randrange(BLOCKS))
-        if refused and len(self.to_relay) > 2:
-            self.to_relay.pop(blocks.randrange(1, len(self.to_relay) - 1))
-        while self.to_relay:
-            self.deliver_to_relay(False)
-        self.relay_fsync()
+        self.settle_primary()
         if not self.connected:
             self.connect()
         self.forward(RING)
         while self.to_secondary:
             self.deliver_to_secondary(False, False)
+        self.checkpoint()
+        self.settle_primary()     # the ring has room again: the probe gets in, the rest follow
+
+    def settle_primary(self) -> None:
+        """Run the primary link until nothing moves; then nothing may wait that could go."""
+        for _ in range(1000):
+            if self.to_relay:
+                self.deliver_to_relay(False)
+            elif self.to_primary or self.r_answers:
+                self.relay_fsync()
+                while self.to_primary:
+                    self.deliver_to_primary()
+            elif self.probe_armed and self.r_next - self.r_tail < RING:
+                self.probe_fires(1.0)
+            else:
+                break
+        else:
+            raise AssertionError("the primary link did not settle")
+        if self.p.online and self.r_next - self.r_tail < RING:
+            assert not self.p.pending, (f"PSEQ {list(self.p.pending)} wait although the relay "
+                                        f"has room")
 
     # -- relays that are not this stream: always refused ----------------------------
 
@@ -289,3 +404,26 @@ def test_forward_stream_never_releases_what_was_not_sent():
         assert "13" in str(exc) and "12" in str(exc)
     else:
         raise AssertionError("an ACK past what was sent was taken")
+
+
+def test_send_stream_waits_a_bounded_time_then_names_the_reason():
+    p = SendStream()
+    assert p.unreachable(0.0, 30) is None                 # idle: no clock runs
+    assert p.add(p.next_tag(), "w1") is False             # no link: queued, not sent
+    assert p.unreachable(100.0, 30) is None               # the clock starts now
+    assert p.unreachable(129.0, 30) is None
+    assert "unreachable for more than 30 s" in p.unreachable(131.0, 30)
+    resume = p.connected(0)
+    assert resume.send == [1] and p.online
+    assert p.on_full(1, 0.0, 60) == FULL_PROBE_FIRST
+    assert p.on_full(1, 1.0, 60) == 2 * FULL_PROBE_FIRST  # the probe backs off
+    assert p.on_full(1, 61.0, 60) == "relay journal FULL for more than 60 s"
+
+
+def test_send_stream_continues_after_a_relay_that_knows_more():
+    """The primary's write log was lost but the relay holds later PSEQs: go on after them."""
+    p = SendStream(last_pseq=5, acked_hwm=5)
+    assert isinstance(p.connected(9), Resume)
+    assert p.next_tag() == 10 and p.acked_hwm == 9
+    lost = SendStream(last_pseq=12, acked_hwm=12).connected(9)
+    assert isinstance(lost, RelayLost) and str(lost).endswith("journals 10..12 lost at the relay")

@@ -32,7 +32,6 @@ import errno
 import logging
 import os
 import time
-from collections import OrderedDict
 from functools import partial
 
 from ..wire import protocol
@@ -41,8 +40,9 @@ from ..rcm.control import ControlError, ControlServer
 from ..rcm.jnlg import CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
-from ..wire.pseq import TAG_MOD, next_pseq, tag_after, tag_distance
+from ..wire.pseq import tag_after
 from ..disk.volume import Volume, VolumeError
+from .stream import RelayLost, SendStream
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
 __all__ = ["GroupSuspended", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
@@ -50,8 +50,6 @@ __all__ = ["GroupSuspended", "LocalIOError", "WriteLog", "MasterGroup", "Primary
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY = 0.2
-FULL_PROBE_FIRST = 0.05     # inflow control: first probe this long after a FULL ...
-FULL_PROBE_MAX = 1.0        # ... then doubling up to this
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 COPY_CHUNK = 64 << 10       # base journal unit: the patent's "n blocks" (and one copy-bitmap bit)
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
@@ -100,25 +98,52 @@ class MasterGroup:
         self._copy_task: asyncio.Task | None = None
         self.copy_total = self.copy_done = 0    # chunks of the current scan
         self.copy_writes = {"journaled": 0, "ahead": 0}   # host writes during COPY (Fig. 7)
-        self.blocked = False
         self.dirty: list[tuple[int, int, int]] = []
         self.link: Link | None = None
-        self.acked = 0
-        self.resent = 0          # journals sent again (reconnect, FULL probe, after a FULL)
-        self.full_probes = 0     # of which probes: the oldest journal, resent while FULL
-        self.pending: OrderedDict[int, tuple[Control, bytes, asyncio.Future]] = OrderedDict()
-        self._full_since: float | None = None
-        self._full_tag = 0                      # the PSEQ the relay answered FULL to
-        self._probe_delay = FULL_PROBE_FIRST
+        # The journal stream's rules (resume, ACKs, FULL, loss) live in the
+        # sans-I/O SendStream; each pending item is (control, data, future).
+        # last_pseq: the last PSEQ given to a journal (0: none yet); acked_hwm:
+        # the highest PSEQ the relay ACKed (0: unknown), which a relay HELLO
+        # must not be below (_relay_lost).
+        self.stream: SendStream[tuple[Control, bytes, asyncio.Future]] = SendStream()
         self._probe_timer: asyncio.TimerHandle | None = None
-        self._sent_upto = 0                     # the last PSEQ handed to a link
-        self._unreachable_since: float | None = None   # writes waiting, relay not reachable
         self._acked_timer: asyncio.TimerHandle | None = None
         self._redo()
-        self.last_pseq = self.log.last_tag      # the last PSEQ given to a journal (0: none yet)
-        # The highest PSEQ the relay ACKed (0: unknown); a relay HELLO below it
-        # means the relay lost ACKed journals (see _check_relay_loss).
-        self.acked_hwm = self.log.acked
+        self.stream.last_pseq = self.log.last_tag
+        self.stream.acked_hwm = self.log.acked
+
+    # The stream's state, under the names status, the NBD export and the tests use.
+    pending = property(lambda self: self.stream.pending)
+    acked = property(lambda self: self.stream.acked)
+    resent = property(lambda self: self.stream.resent,
+                      doc="journals sent again (reconnect, FULL probe, after a FULL)")
+    full_probes = property(lambda self: self.stream.full_probes,
+                           doc="of which probes: the oldest journal, resent while FULL")
+
+    @property
+    def blocked(self) -> bool:
+        """True while the relay answers FULL (the NBD export then says ENOSPC)."""
+        return self.stream.blocked
+
+    @blocked.setter
+    def blocked(self, value: bool) -> None:
+        self.stream.blocked = value
+
+    @property
+    def last_pseq(self) -> int:
+        return self.stream.last_pseq
+
+    @last_pseq.setter
+    def last_pseq(self, value: int) -> None:
+        self.stream.last_pseq = value
+
+    @property
+    def acked_hwm(self) -> int:
+        return self.stream.acked_hwm
+
+    @acked_hwm.setter
+    def acked_hwm(self, value: int) -> None:
+        self.stream.acked_hwm = value
 
     def _redo(self) -> None:
         """Replay the write log onto the PVOLs, streaming; re-queue the journals not ACKed yet.
@@ -134,7 +159,7 @@ class MasterGroup:
             n += 1
             # tag 0: a local record, applied but never journaled
             if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
-                self.pending[ctl.tag] = (ctl, data, loop.create_future())
+                self.stream.pending[ctl.tag] = (ctl, data, loop.create_future())
         if n:
             log.info("group %s: redid %d logged records, %d journals to send again",
                      self.cfg.grname, n, len(self.pending))
@@ -193,7 +218,7 @@ class MasterGroup:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
         if self.grsts == "SUSP":
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
-        tag = next_pseq(self.last_pseq)
+        tag = self.stream.next_tag()
         ctl = Control(address=offset, length=length, data_len=len(data),
                       data_crc=protocol.crc32c(data) if data else 0, epoch=self.cfg.epoch,
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
@@ -204,14 +229,12 @@ class MasterGroup:
                 self._apply(ctl, data)
             except OSError as exc:
                 self._pvol_failed(ctl, token, exc)
-        self.last_pseq = tag      # only now: a journal that failed locally burns no PSEQ
         fut = asyncio.get_running_loop().create_future()
-        self.pending[tag] = (ctl, data, fut)
+        # Only now is the PSEQ used: a journal that failed locally burns none.
         # While the relay answers FULL only the probe goes out (_probe); the
         # rest follow in order once the probe is ACKed.
-        if self.link is not None and not self.link.closed and not self.blocked:
+        if self.stream.add(tag, (ctl, data, fut)) and not self.link.closed:
             self.link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
-            self._sent_upto = tag
         return fut
 
     def _log_append(self, ctl: Control, data: bytes) -> tuple:
@@ -265,29 +288,22 @@ class MasterGroup:
         self.grsts, self.reason, self.split = "SUSP", reason, False
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         log.error("group %s suspended: %s", self.cfg.grname, reason)
-        for ctl, _, fut in self.pending.values():
+        for ctl, _, fut in self.stream.drop_all():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
             self.bitmap.mark(ctl.idx, ctl.address, ctl.length)   # resync sends them again
             if not fut.done():
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
-        self.pending.clear()
         self.bitmap.save()
         try:
             self.log.reset(self.last_pseq, self.acked_hwm)
         except OSError as exc:
             log.error("group %s: write log reset failed: %s", self.cfg.grname, exc)
 
-    def _acked_upto(self, tag: int) -> None:
-        """Every pending journal up to PSEQ ``tag`` is durable at the relay."""
-        while self.pending:
-            first = next(iter(self.pending))
-            if tag_distance(tag, first) >= TAG_MOD // 2:
-                break     # ``first`` is after ``tag``
-            ctl, _, fut = self.pending.pop(first)
-            self.acked += 1
-            self.acked_hwm = first
+    def _complete(self, acked: list) -> None:
+        """These pending journals are durable at the relay: complete their host writes."""
+        for tag, (_, _, fut) in acked:
             if not fut.done():
-                fut.set_result(protocol.Ack(tag=first, req_type=FrameType.JNLWR))
+                fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
         if len(self.log.segments) > 1:
             try:
                 self.log.release(self.acked_hwm)
@@ -328,13 +344,13 @@ class MasterGroup:
                 self._relay_unreachable()
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            self._unreachable_since = None
             try:
                 await self._session(link, peer)
             except LinkError as exc:
                 log.info("relay link: %s", exc)
             finally:
                 self.link = None
+                self.stream.disconnected()
                 self._cancel_probe()
                 await link.close()
             await asyncio.sleep(RECONNECT_DELAY)
@@ -346,28 +362,18 @@ class MasterGroup:
         fail with an explicit error instead of hanging.  An idle group never
         suspends: the clock starts only while a write is waiting.
         """
-        if not self.pending:
-            self._unreachable_since = None
-            return
-        now = time.monotonic()
-        self._unreachable_since = self._unreachable_since or now
-        if now - self._unreachable_since > self.cfg.link_suspend_after:
-            self._suspend(f"relay unreachable for more than "
-                          f"{self.cfg.link_suspend_after:g} s with writes waiting")
+        reason = self.stream.unreachable(time.monotonic(), self.cfg.link_suspend_after)
+        if reason:
+            self._suspend(reason)
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
-        if self._relay_lost_journals(peer.last_seq):
+        resume = self.stream.connected(peer.last_seq)
+        if isinstance(resume, RelayLost):
+            self._relay_lost(resume)
             return
-        if peer.last_seq:
-            self._acked_upto(peer.last_seq)      # the relay holds these durably already
-            if not self.pending and tag_distance(peer.last_seq, self.last_pseq) < TAG_MOD // 2:
-                # The relay knows a later PSEQ than we do (our log was lost): continue after it.
-                self.last_pseq = self.acked_hwm = peer.last_seq
         self.link = link
-        if self.blocked:
-            self._probe(link)        # still FULL?  One journal asks.
-        else:
-            self._send_pending(link)
+        self._complete(resume.acked)     # the relay holds these durably already
+        self._send(link, resume.send)
         await link.drain()
         while True:
             frame = await link.recv()
@@ -375,115 +381,86 @@ class MasterGroup:
                 continue
             ack = protocol.Ack.from_frame(frame)
             if ack.status == Status.OK:
-                self._acked_upto(ack.tag)
-                if self.blocked:
-                    # The probe got in: the relay has room again.  The journals
-                    # after it were refused (or never sent): all of them, in order.
-                    self.blocked, self._full_since = False, None
+                was_blocked = self.stream.blocked
+                resume = self.stream.on_ack(ack.tag)
+                self._complete(resume.acked)
+                if was_blocked:
                     self._cancel_probe()
                     log.info("group %s: relay journal has room again after FULL",
                              self.cfg.grname)
-                    self._send_pending(link)
+                if resume.send:
+                    self._send(link, resume.send)
                     await link.drain()
             elif ack.status == Status.FULL:
-                if self._journal_full(link, ack.tag):
+                if not self.stream.blocked:
+                    log.info("group %s: relay journal FULL at PSEQ %d; writes wait",
+                             self.cfg.grname, ack.tag)
+                delay = self.stream.on_full(ack.tag, time.monotonic(),
+                                            self.cfg.full_suspend_after)
+                if isinstance(delay, str):
+                    self._suspend(delay)
                     return
-            elif (ack.status == Status.BAD_REQUEST and self.blocked
-                    and tag_after(ack.tag, self._full_tag)):
-                # Sent before the FULL came back: the relay took no PSEQ after the
-                # FULLed one, so it calls these a gap.  Expected; they go again later.
-                continue
+                # The connection stays up and writes stall (they are not failed);
+                # the oldest pending journal goes again alone after ``delay``.
+                self._cancel_probe()
+                self._probe_timer = asyncio.get_running_loop().call_later(
+                    delay, self._probe, link)
             else:
-                self._suspend(f"relay refused journal PSEQ {ack.tag}: {Status(ack.status).name}")
-                return
+                reason = self.stream.on_refused(ack.tag, ack.status)
+                if reason:
+                    self._suspend(reason)
+                    return
 
-    def _send_pending(self, link: Link) -> None:
-        """(Re)send every pending journal, in PSEQ order."""
-        for tag, (ctl, data, _) in self.pending.items():
+    def _send(self, link: Link, tags: list[int]) -> None:
+        """Send the pending journals ``tags``, in the order given (PSEQ order)."""
+        pending = self.stream.pending
+        for tag in tags:
+            ctl, data, _ = pending[tag]
             link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
-            if self._sent_upto and not tag_after(tag, self._sent_upto):
-                self.resent += 1
-            self._sent_upto = tag
-
-    def _journal_full(self, link: Link, tag: int) -> bool:
-        """The relay answered FULL to PSEQ ``tag`` (inflow control); True if the group suspended.
-
-        The connection stays up.  Writes stall (they are not failed); only the
-        oldest pending journal is sent again, as a probe, after a delay that
-        doubles from FULL_PROBE_FIRST to FULL_PROBE_MAX.  When it is ACKed the
-        rest follow (see _session).  After ``full_suspend_after`` seconds of
-        FULL the group suspends.
-        """
-        now = time.monotonic()
-        if not self.blocked:
-            self.blocked, self._full_since = True, now
-            self._probe_delay = FULL_PROBE_FIRST
-            log.info("group %s: relay journal FULL at PSEQ %d; writes wait", self.cfg.grname, tag)
-        else:
-            self._probe_delay = min(self._probe_delay * 2, FULL_PROBE_MAX)
-        self._full_tag = tag
-        if now - self._full_since > self.cfg.full_suspend_after:
-            self._suspend(f"relay journal FULL for more than "
-                          f"{self.cfg.full_suspend_after:.0f} s")
-            return True
-        self._cancel_probe()
-        self._probe_timer = asyncio.get_running_loop().call_later(
-            self._probe_delay, self._probe, link)
-        return False
 
     def _probe(self, link: Link) -> None:
         """Send the oldest pending journal alone: does the relay have room again?"""
         self._probe_timer = None
-        if not self.blocked or link is not self.link or link.closed or not self.pending:
+        if link is not self.link or link.closed:
             return
-        tag, (ctl, data, _) = next(iter(self.pending.items()))
-        link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
-        self.resent += 1
-        self.full_probes += 1
-        if not self._sent_upto or tag_after(tag, self._sent_upto):
-            self._sent_upto = tag
+        tag = self.stream.probe()
+        if tag is not None:
+            self._send(link, [tag])
 
     def _cancel_probe(self) -> None:
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
 
-    def _relay_lost_journals(self, relay_last: int) -> bool:
-        """Did the relay lose journals it had ACKed?  If so suspend, mark them; True.
+    def _relay_lost(self, lost: RelayLost) -> None:
+        """The relay lost journals it had ACKed: suspend and mark them for the resync.
 
-        The relay's HELLO says the last PSEQ it holds.  Below the highest PSEQ
-        it ever ACKed to us (its journal volume was damaged or recreated,
-        restored from an old copy...), the journals in between are gone from
-        the relay although their host writes completed.  Resending cannot fix
-        that (the secondary may have restored some under other SEQ#s), so the
-        group suspends and the copy bitmap gets their extents: from the write
-        log when it still holds them, else whole volumes.  ``pair resync``
-        then copies them and continues after the relay's last PSEQ.
+        Its journal volume was damaged or recreated, restored from an old
+        copy...: the journals after its LAST_SEQ are gone from the relay
+        although their host writes completed.  Resending cannot fix that (the
+        secondary may have restored some under other SEQ#s), so the group
+        suspends and the copy bitmap gets their extents: from the write log
+        when it still holds them, else whole volumes.  ``pair resync`` then
+        copies them and continues after the relay's last PSEQ.
         """
-        hwm = self.acked_hwm
-        if not hwm or not tag_after(hwm, relay_last):
-            return False
-        first = next_pseq(relay_last)
         held = self.log.first_tag
-        if held and not tag_after(held, first):
+        if held and not tag_after(held, lost.first):
             n = 0
             for ctl in self._logged_controls():
-                if ctl.tag == 0 or tag_after(ctl.tag, relay_last):
+                if ctl.tag == 0 or tag_after(ctl.tag, lost.relay_last):
                     self.bitmap.mark(ctl.idx, ctl.address, ctl.length)
                     n += 1
             repair = (f"marked the {n} extents of the lost journals, still in the write log, "
                       f"in the copy bitmap (delta resync)")
         else:
             self.bitmap.set_all()
-            repair = (f"the write log no longer holds PSEQ {first}: marked every chunk of "
+            repair = (f"the write log no longer holds PSEQ {lost.first}: marked every chunk of "
                       f"every volume in the copy bitmap (full copy)")
         self.bitmap.save()
-        reason = (f"relay holds PSEQ up to {relay_last} but acked up to {hwm}: journals "
-                  f"{first}..{hwm} lost at the relay; run `tricopy pair resync`")
+        reason = f"{lost}; run `tricopy pair resync`"
         log.error("group %s: %s; %s", self.cfg.grname, reason, repair)
         self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
         self._suspend(reason)
-        return True
 
     def _logged_controls(self):
         """The control data of every record in the write log, oldest first (data skipped)."""
@@ -666,10 +643,10 @@ class MasterGroup:
         if not self.split and not self.pending and relay_last_tag is not None:
             # An error suspension dropped journals the relay never took: the
             # next PSEQ must follow the relay's last one or it sees a gap.
-            self.last_pseq = self.acked_hwm = relay_last_tag
+            self.stream.rebase(relay_last_tag)
             self.log.reset(self.last_pseq, self.acked_hwm)     # and so must it after a restart
-        self.split, self.blocked = False, False
-        self._full_since = self._unreachable_since = None
+        self.split = False
+        self.stream.clear_faults()
         self.dirty.clear()
         self._set_state("COPY")
         self._start_copy()
