@@ -2,8 +2,9 @@
 
 Hand-written cases check what the vectors cannot show (the ring image, the
 clock); a Hypothesis state machine drives random request sequences against a
-plain-Python account of what was submitted and checks the invariants of
-DESIGN.md after every step.
+plain-Python account of what was submitted and checks, after every step,
+the rules docs/protocol.md states: SEQ# without gaps, JIPTR/JOPTR inside
+the ring, wrap and exact fit, FULL only when the journal does not fit.
 """
 
 from __future__ import annotations

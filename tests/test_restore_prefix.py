@@ -1,4 +1,4 @@
-"""The SVOL is a prefix at every instant anyone can observe it (DESIGN.md invariant 7).
+"""The SVOL is a prefix at every instant anyone can observe it.
 
 The trap (found by an outside test): the secondary applies journals as they
 arrive and saves its restore point R only now and then, so a crash leaves
@@ -171,4 +171,32 @@ def test_relay_behind_the_restore_point_is_refused(tmp_path):
         g = make_group(tmp_path)        # and the rebase is durable
         assert g.last_restored == 12 and g.state.mark == 12
 
+    asyncio.run(run())
+
+
+def test_an_svol_write_error_keeps_the_restore_point_before_it(tmp_path, monkeypatch):
+    """A journal that fails to apply, and every journal after it in the batch,
+    stays out of the restore point: the group suspends with the volume's error
+    and a checkpoint never covers what is not on the SVOL."""
+    from tricopy.host.disk.volume import VolumeError
+
+    async def run():
+        g = make_group(tmp_path)
+        await feed(g, 1, 10)
+        vol = g.volumes[0]
+        real = vol.write
+
+        def failing(offset, data):
+            if data == journal(6)[1]:
+                raise VolumeError(f"{vol.path}: write at {offset} failed: Input/output error")
+            return real(offset, data)
+
+        monkeypatch.setattr(vol, "write", failing)
+        while step(g, 10):
+            pass
+        assert g.grsts == "SUSP" and "Input/output error" in g.reason
+        assert g.applied == 5
+        g.checkpoint()
+        assert g.last_restored <= 5 and not g.consistent()
+        assert "SEQ# 6..6 again" in g.readable()
     asyncio.run(run())

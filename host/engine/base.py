@@ -1,7 +1,7 @@
 """What the relay needs from a journal engine, and how to open one.
 
 The relay talks to its journal engine through :class:`Engine`; the backend is
-chosen with ``--engine`` (DESIGN.md, "The journal engine"):
+chosen with ``--engine`` (docs/architecture.md, docs/sim.md):
 
 - ``model``: :class:`ModelEngine`, the reference :class:`EngineModel` in
   process, frames handed over as objects (no byte round trip);

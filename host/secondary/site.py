@@ -180,7 +180,7 @@ class RestoreGroup:
         except VolumeError as exc:
             # The journal that failed and those after it are not on the SVOLs:
             # the restore point must never cover them.
-            self.stream.applied = ctl.seq - 1
+            self.stream.not_applied(ctl.seq)
             self.grsts, self.reason = "SUSP", str(exc)
             log.error("group %s suspended: %s", self.cfg.grname, exc)
         self._room.set()
@@ -299,8 +299,9 @@ class RestoreGroup:
     def readable(self) -> str | None:
         """Why the SVOLs must not be read now (their NBD export is fenced), or None."""
         if self.catching_up:
-            return (f"the SVOLs of group {self.cfg.grname} replay SEQ# {self.applied + 1}.."
-                    f"{self.replay_to} after a crash and are not a consistent image yet")
+            return (f"the SVOLs of group {self.cfg.grname} must apply SEQ# {self.applied + 1}.."
+                    f"{self.replay_to} again (after a crash or a failed SVOL write) and are "
+                    f"not a consistent image yet")
         if self.jnlg.grsts == "SMPL" or self.consistent():
             return None
         return (f"the SVOLs of group {self.cfg.grname} are not consistent ({self.jnlg.grsts}, "

@@ -148,6 +148,15 @@ class RestoreStream:
         self.applied = seq
         return out
 
+    def not_applied(self, seq: int) -> None:
+        """Journal ``seq`` of a taken batch failed to apply: it and those after
+        it are not on the SVOLs, so ``applied`` (and any restore point) stays
+        before it.  Its extent may hold part of the failed write, so the image
+        is no prefix until ``seq`` is applied again: as after a crash, the
+        SVOLs are fenced (``catching_up``).  The caller suspends the group."""
+        self.applied = min(self.applied, seq - 1)
+        self.replay_to = max(self.replay_to, seq)
+
     # -- what was made durable ------------------------------------------------------
 
     def mark_saved(self, mark: int) -> None:

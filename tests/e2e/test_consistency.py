@@ -1,4 +1,4 @@
-"""The SVOLs only ever hold a prefix of the primary's write history (DESIGN.md invariant 2).
+"""The SVOLs only ever hold a prefix of the primary's write history (write-order consistency).
 
 Every block written carries a stamp (worker, write number).  While writers
 run, the secondary is asked for snapshots of its SVOLs between two restore

