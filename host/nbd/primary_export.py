@@ -22,7 +22,8 @@ WRITE_ZEROES or TRIM means "survives the loss of the primary".
 :func:`serve_site_volumes` starts the NBD server a site's ``[nbd]`` config
 asks for.  The secondary's SVOLs are served by :class:`SecondaryExport`:
 read-only (writes answered ``NBD_EPERM`` by the protocol core), and fenced
-(reads answered ``NBD_EIO``) while they are not a consistent image.
+(reads answered ``NBD_EIO``) while they are not a consistent image; after a
+takeover at the secondary the same exports are read-write.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class PrimaryExport(Export):
         self.size = self.volume.size
         self.block_size = self.volume.block_size
         self.description = f"PVOL idx {idx} of group {group.cfg.grname}"
+        self._fenced_logged = False
 
     async def read(self, offset: int, length: int) -> bytes:
         if length <= _INLINE_READ:
@@ -94,9 +96,15 @@ class PrimaryExport(Export):
 
     async def _journal(self, kind: Kind, offset: int, length: int, data: bytes,
                        fua: bool) -> None:
-        from ..primary.site import GroupSuspended   # primary imports config; avoid a cycle at import
+        from ..primary.site import GroupFenced, GroupSuspended   # avoid a cycle at import
         try:
             await self.group.journal(kind, self.idx, offset, length, data, fua=fua)
+        except GroupFenced as exc:
+            # Another site is the primary now: a write here would fork the data.
+            if not self._fenced_logged:
+                log.error("NBD write to %s refused: %s", self.description, exc)
+                self._fenced_logged = True
+            raise ExportError(NBD_EPERM, str(exc)) from None
         except GroupSuspended as exc:
             # A journal that was FULL for too long is "out of space" to the host;
             # any other refusal (relay unreachable, wrong epoch...) is an I/O error.
@@ -137,25 +145,38 @@ def primary_exports(groups) -> dict[str, Export]:
 
 
 class SecondaryExport(Export):
-    """One SVOL of a RESTORE group, read-only, fenced while it is not a consistent image.
+    """One SVOL of a RESTORE group: read-only and fenced while it is no consistent
+    image; read-write once the group was taken over at this site.
 
     Reads run on the event loop, between two restore steps of the restorer
     (which also runs there): a read never sees half of a step, so every read
     returns a prefix of the write history.  While the group says the SVOLs
     are no consistent image (replay after a crash, base copy running) reads
     fail with EIO and one log line per fenced period says why.
+
+    After ``tricopy takeover`` the same export name serves the new PVOL
+    read-write (``RestoreGroup.write_local``); a client connected before the
+    takeover keeps its read-only flags until it reconnects.
     """
 
-    read_only = True
     multi_conn = True
 
     def __init__(self, group: "RestoreGroup", idx: int):
         self.group = group
+        self.idx = idx
         self.volume: Volume = group.volumes[idx]
         self.size = self.volume.size
         self.block_size = self.volume.block_size
-        self.description = f"SVOL idx {idx} of group {group.cfg.grname} (read-only)"
         self._fenced_logged = False
+
+    @property
+    def read_only(self) -> bool:
+        return not self.group.taken_over
+
+    @property
+    def description(self) -> str:
+        what = "PVOL (taken over)" if self.group.taken_over else "SVOL (read-only)"
+        return f"{what} idx {self.idx} of group {self.group.cfg.grname}"
 
     async def read(self, offset: int, length: int) -> bytes:
         why = self.group.readable()
@@ -167,17 +188,30 @@ class SecondaryExport(Export):
         self._fenced_logged = False
         return self.volume.read(offset, length)
 
+    async def _write(self, kind: Kind, offset: int, length: int, data: bytes, fua: bool) -> None:
+        try:
+            await self.group.write_local(kind, self.idx, offset, length, data, fua)
+        except VolumeError as exc:
+            raise ExportError(NBD_EPERM if self.read_only else NBD_EIO, str(exc)) from None
+        except OSError as exc:
+            raise ExportError(NBD_EIO, f"{self.description}: {exc.strerror or exc}") from None
+
     async def write(self, offset: int, data: bytes, fua: bool) -> None:
-        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+        await self._write(Kind.UPDATE, offset, len(data), data, fua)
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
-        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+        await self._write(Kind.ZERO, offset, length, b"", fua)
 
     async def trim(self, offset: int, length: int) -> None:
-        raise ExportError(NBD_EPERM, "SVOLs are read-only")
+        await self._write(Kind.TRIM, offset, length, b"", False)
 
     async def flush(self) -> None:
-        return None       # nothing the client wrote: there is nothing of its to flush
+        if self.group.taken_over:
+            try:
+                await self.group.flush_local()
+            except OSError as exc:
+                raise ExportError(NBD_EIO, f"flush of group {self.group.cfg.grname} failed: "
+                                           f"{exc.strerror}") from None
 
 
 def secondary_exports(groups) -> dict[str, Export]:

@@ -37,7 +37,7 @@ from functools import partial
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
-from ..rcm.jnlg import CopyBitmap, JnlgTable
+from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
 from ..wire.pseq import tag_after
@@ -45,19 +45,23 @@ from ..disk.volume import Volume, VolumeError
 from .stream import RelayLost, SendStream
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
-__all__ = ["GroupSuspended", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
+__all__ = ["GroupSuspended", "GroupFenced", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
 
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY = 0.2
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
-COPY_CHUNK = 64 << 10       # base journal unit: the patent's "n blocks" (and one copy-bitmap bit)
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
 
 
 class GroupSuspended(Exception):
     """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why."""
+
+
+class GroupFenced(GroupSuspended):
+    """The group was taken over by another site at a newer epoch: this site
+    must not write (the host sees EPERM) until it rejoins as the restore side."""
 
 
 class LocalIOError(OSError):
@@ -184,6 +188,8 @@ class MasterGroup:
     async def journal(self, kind: Kind, idx: int, offset: int, length: int,
                       data: bytes = b"", fua: bool = False) -> int:
         """Apply one host request and journal it; returns once the relay ACKed all of it."""
+        if self.fenced:     # whatever the pair state: another site is the primary now
+            raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return 0
@@ -217,10 +223,12 @@ class MasterGroup:
                  fua: bool, apply: bool = True) -> asyncio.Future:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
         if self.grsts == "SUSP":
+            if self.fenced:
+                raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
         tag = self.stream.next_tag()
         ctl = Control(address=offset, length=length, data_len=len(data),
-                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.cfg.epoch,
+                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
         token = self._log_append(ctl, data)
@@ -328,16 +336,19 @@ class MasterGroup:
         if self.grsts == "COPY":
             self._start_copy()       # a scan interrupted by a restart goes on from the bitmap
         while True:
-            if self.grsts in ("SUSP", "SMPL") and not self.pending:
+            if (self.grsts in ("SUSP", "SMPL") or self.fenced) and not self.pending:
                 await asyncio.sleep(0.2 if self.split or self.grsts == "SMPL" else 1.0)
                 continue
-            hello = protocol.Hello(Role.PRIMARY, self.cfg.grnum, self.cfg.epoch,
+            hello = protocol.Hello(Role.PRIMARY, self.cfg.grnum, self.epoch,
                                    self.last_pseq, self.cfg.grname, self.site.site)
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
                                            name=f"{self.site.site}->relay")
             except LinkRefused as exc:
-                self._suspend(f"relay refused HELLO: {exc.status.name}")
+                if exc.status == Status.STALE_EPOCH:
+                    self._fence(exc.peer_epoch)
+                else:
+                    self._suspend(f"relay refused HELLO: {exc.status.name}")
                 continue
             except LinkError as exc:
                 log.debug("relay not reachable: %s", exc)
@@ -354,6 +365,30 @@ class MasterGroup:
                 self._cancel_probe()
                 await link.close()
             await asyncio.sleep(RECONNECT_DELAY)
+
+    @property
+    def epoch(self) -> int:
+        return self.jnlg.epoch
+
+    @property
+    def fenced(self) -> bool:
+        """Another site took the group over at a newer epoch (durable)."""
+        return self.jnlg.fence_epoch > self.jnlg.epoch
+
+    def _fence(self, newer: int) -> None:
+        """The relay refused our epoch: the group was taken over elsewhere.
+
+        Durably fenced (a restart stays fenced): writes fail with EPERM, and
+        what was in flight goes to the copy bitmap -- those writes reached
+        this PVOL but were never acknowledged, so the failback must send them.
+        """
+        newer = max(newer, self.epoch + 1)
+        self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, newer)
+        reason = (f"fenced: group {self.cfg.grname} was taken over at epoch {newer}; this site "
+                  f"is at epoch {self.epoch} and takes no writes until it rejoins as the "
+                  f"restore side (docs/operations.md, Takeover)")
+        self.blocked = False
+        self._suspend(reason)
 
     def _relay_unreachable(self) -> None:
         """Writes wait for an unreachable relay at most ``link_suspend_after`` seconds.
@@ -521,7 +556,7 @@ class MasterGroup:
         elif self.grsts != "SMPL":
             return False
         ctl = Control(address=offset, length=length, data_len=len(data),
-                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.cfg.epoch,
+                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
                       idx=idx, kind=kind, group=self.cfg.grnum, tag=0).with_ccrc()
         # The write log is redone over the PVOLs at restart: a write that
         # bypassed it could be overwritten by an older logged journal.  So an
@@ -611,8 +646,15 @@ class MasterGroup:
             self.bitmap.clear(idx, c)
             self.copy_done += 1
 
+    def _refuse_if_fenced(self) -> None:
+        if self.fenced:
+            raise ControlError(f"group {self.cfg.grname} is fenced: it was taken over at epoch "
+                               f"{self.jnlg.fence_epoch} and this site is at epoch {self.epoch}; "
+                               f"it can only rejoin as the restore side (docs/operations.md)")
+
     def pair_create(self) -> None:
         """PAIR_CREATE (patent [0053]): SMPL -> COPY, full base copy of every PVOL."""
+        self._refuse_if_fenced()
         if self.grsts != "SMPL":
             raise ControlError(f"group {self.cfg.grname} is {self.grsts}: pair create needs "
                                f"SMPL (pair delete first)")
@@ -637,6 +679,7 @@ class MasterGroup:
 
     def pair_resync(self, relay_last_tag: int | None = None) -> None:
         """SUSP -> COPY of the chunks in the copy bitmap only (delta resync), then PAIR."""
+        self._refuse_if_fenced()
         if self.grsts != "SUSP":
             raise ControlError(f"group {self.cfg.grname} is {self.grsts}: only a SUSP group "
                                f"can be resynced")
@@ -667,6 +710,7 @@ class MasterGroup:
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "MASTER",
                 "grsts": self.grsts, "reason": self.reason, "blocked": self.blocked,
+                "epoch": self.epoch, "fenced": self.fenced, "fence_epoch": self.jnlg.fence_epoch,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "write_log_bytes": self.log.size,

@@ -28,8 +28,12 @@ from pathlib import Path
 
 from ..disk.durable import atomic_write
 
-__all__ = ["GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
+__all__ = ["COPY_CHUNK", "GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
            "CopyBitmap", "check_pairing", "volid_of"]
+
+# The copy unit: one base journal (the patent's "n blocks") and one bit of a
+# copy bitmap, at the primary and at a site that took a group over alike.
+COPY_CHUNK = 64 << 10
 
 # GRSTS 440 / VOLSTS 453 values (patent [0050]).
 GRSTS = ("SMPL", "COPY", "PAIR", "SUSP")
@@ -84,6 +88,11 @@ class JnlgEntry:
     reason: str = ""
     # SEQ# at the relay from which the SVOLs are a consistent image (set at COPY -> PAIR).
     consistent_seq: int = 0
+    # A takeover (docs/operations.md): at the site that took over, what it
+    # holds ({"epoch", "seq", "time", "forced", "at"}); elsewhere the epoch
+    # it moved to, below which this site must take no journals or writes.
+    takeover: dict = field(default_factory=dict)
+    fence_epoch: int = 0
     dvols: list[DvolInfo] = field(default_factory=list)
     jvols: list[JvolInfo] = field(default_factory=list)
 
@@ -150,13 +159,18 @@ class JnlgTable:
 
     def ensure(self, grnum: int, grname: str, grattr: str, epoch: int,
                initial: str = "PAIR") -> JnlgEntry:
-        """The row of a configured group; created in state ``initial`` if new."""
+        """The row of a configured group; created in state ``initial`` if new.
+
+        The epoch is state: a takeover moves it on in the table, and a config
+        still naming the old one never moves it back (the config's epoch is
+        only where a new group starts).
+        """
         e = self.entries.get(grnum)
         if e is None or e.grname != grname or e.grattr != grattr:
             e = JnlgEntry(grnum, grname, grattr, epoch=epoch)
             self.entries[grnum] = e
             e.set_state(initial)
-        e.epoch = epoch
+        e.epoch = max(e.epoch, epoch)
         return e
 
     def attach(self, cfg, volumes=(), journal=None) -> JnlgEntry:
@@ -187,7 +201,7 @@ class CopyBitmap:
         self.chunk = chunk
         self.sizes = dict(sizes)
         self.bits = {idx: bytearray((self.nchunks(idx) + 7) // 8) for idx in sizes}
-        if path.exists():
+        if path is not None and path.exists():     # None: in memory only
             self._load()
 
     def nchunks(self, idx: int) -> int:

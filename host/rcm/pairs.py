@@ -26,7 +26,7 @@ from . import control
 from ..config import ConfigError, parse_addr
 from .jnlg import PairingError, check_pairing
 
-__all__ = ["RcmError", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",
+__all__ = ["RcmError", "Unreachable", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",
            "pair_delete", "gather_status", "format_status", "register"]
 
 ROLES = ("primary", "relay", "secondary")
@@ -36,6 +36,10 @@ POLL = 0.2
 
 class RcmError(Exception):
     """A pair command that could not be carried out; the message says why."""
+
+
+class Unreachable(RcmError):
+    """A site's control socket did not answer (down, or cut off from here)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Sites:
         except control.ControlError as exc:
             raise RcmError(f"{role} ({addr[0]}:{addr[1]}) refused {cmd}: {exc}") from None
         except OSError as exc:
-            raise RcmError(f"{role} ({addr[0]}:{addr[1]}) not reachable: {exc}") from None
+            raise Unreachable(f"{role} ({addr[0]}:{addr[1]}) not reachable: {exc}") from None
 
     def group_status(self, role: str, grname: str) -> dict:
         for g in self.call(role, "status")["groups"]:

@@ -503,6 +503,33 @@ class RelayGroup:
         first = self._arrivals[0][1] if self._arrivals else time.monotonic()
         return max(0.0, time.monotonic() - first)
 
+    async def fence(self, epoch: int) -> int:
+        """A takeover to ``epoch`` is under way: take nothing more from a primary
+        below it (durably), settle what was taken; returns the last SEQ# issued.
+
+        The journals held stay at their epoch and keep going to the secondary:
+        the takeover waits until it has restored them all.
+        """
+        if epoch > self.jnlg.fence_epoch:
+            self.jnlg.fence_epoch = epoch
+            self._table.save()
+            log.warning("group %s fenced for a takeover to epoch %d: no journal from a primary "
+                        "at epoch %d is taken any more", self.cfg.grname, epoch, self.cfg.epoch)
+        if self.primary_link is not None:
+            await self.primary_link.close()
+        async with self._ingest:     # the old connection's journals all settled (durable)
+            return self.store.next_seq - 1
+
+    def refuse_primary(self, hello: protocol.Hello) -> str | None:
+        """Why a primary's HELLO is refused for its epoch, naming both; or None."""
+        if self.jnlg.fence_epoch and hello.epoch < self.jnlg.fence_epoch:
+            return (f"primary {hello.site!r} is at epoch {hello.epoch} but group "
+                    f"{self.cfg.grname} was taken over at epoch {self.jnlg.fence_epoch}: "
+                    f"it must rejoin as the restore side")
+        if hello.epoch != self.cfg.epoch:
+            return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.cfg.epoch}"
+        return None
+
     def status(self) -> dict:
         s = self.store
         state = "SUSP" if self.grsts == "SUSP" or self.forward_fault else self.jnlg.grsts
@@ -516,6 +543,7 @@ class RelayGroup:
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
+                "fence_epoch": self.jnlg.fence_epoch,
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
 
@@ -529,7 +557,7 @@ class Relay:
         self.engine_url = engine_url
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
-                                      "pair_set": self._pair_set})
+                                      "pair_set": self._pair_set, "fence": self._fence})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -539,6 +567,13 @@ class Relay:
             if g.cfg.grname == req["group"]:
                 g.pair_set(str(req["grsts"]))
                 return {"grsts": g.jnlg.grsts}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _fence(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                last = await g.fence(int(req["epoch"]))
+                return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _status(self, req: dict) -> dict:
@@ -591,16 +626,19 @@ class Relay:
             log.info("primary link: %s", exc)
             return
         group = self.groups.get(hello.group)
+        tag = 0
         if hello.role != Role.PRIMARY or group is None or hello.grname != group.cfg.grname:
             status = Status.WRONG_GROUP
-        elif hello.epoch != group.cfg.epoch:
+        elif (why := group.refuse_primary(hello)) is not None:
+            log.warning("%s: refused HELLO: %s", link.name, why)
             status = Status.STALE_EPOCH
+            tag = max(group.jnlg.fence_epoch, group.cfg.epoch)   # ours, so the peer names both
         elif group.fault:
             status = Status.SUSPENDED
         else:
             await group.serve_primary(link, hello)
             return
-        link.send(nak(status, FrameType.HELLO))
+        link.send(nak(status, FrameType.HELLO, tag=tag))
         try:
             await link.drain()
         except LinkError:

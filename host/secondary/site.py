@@ -27,7 +27,7 @@ from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
 from ..disk.durable import atomic_write_json
-from ..rcm.jnlg import GRSTS, JnlgTable
+from ..rcm.jnlg import COPY_CHUNK, GRSTS, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.volume import Volume, VolumeError
@@ -51,8 +51,9 @@ RESTORE_STEP = 64              # journals applied between two looks at the event
 class RestoreState:
     """The persisted restore point of one group.
 
-    ``{"last_seq": R, "epoch": E, "mark": M}``: the SVOLs hold every journal
-    up to R durably, and nothing past M was ever applied to them.  M (the
+    ``{"last_seq": R, "epoch": E, "mark": M, "time": T}``: the SVOLs hold
+    every journal up to R durably (T is journal R's TIME, for takeover
+    reports), and nothing past M was ever applied to them.  M (the
     *apply mark*) is saved before any journal past the previous mark is
     applied, so after a crash at any moment the SVOLs hold R, plus some of
     R+1..M, possibly torn.  Replaying R+1..M in order rewrites all of them;
@@ -65,20 +66,24 @@ class RestoreState:
         self.last_seq = 0
         self.mark = 0
         self.epoch = 0
+        self.time = 0
         if path.exists():
             try:
                 doc = json.loads(path.read_text())
                 self.last_seq = int(doc["last_seq"])
                 self.epoch = int(doc.get("epoch", 0))
+                self.time = int(doc.get("time", 0))
                 self.mark = max(self.last_seq, int(doc.get("mark", self.last_seq)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"restore state {path} is corrupt: {exc}") from None
 
-    def save(self, last_seq: int, mark: int | None = None) -> None:
+    def save(self, last_seq: int, mark: int | None = None, time: int | None = None) -> None:
         # The file is either the old state or the new one.
         mark = max(last_seq, self.mark if mark is None else mark)
-        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch, "mark": mark})
-        self.last_seq, self.mark = last_seq, mark
+        time = self.time if time is None else time
+        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch, "mark": mark,
+                                      "time": time})
+        self.last_seq, self.mark, self.time = last_seq, mark, time
 
 
 class RestoreGroup:
@@ -95,8 +100,13 @@ class RestoreGroup:
                         for v in site.volumes_of(cfg.grnum)}
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = RestoreState(site.state_dir / f"{cfg.grname}.restored")
+        # The JNLG row holds the pair state the RCM set, ``consistent_seq``
+        # (the SVOLs are a consistent image once restored up to it), the
+        # group's epoch and, after a takeover, what this site took over.
+        self._table = JnlgTable.for_site(site.state_dir)
+        self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
         # The rules (sans I/O): staging, apply order, apply mark, stream checks.
-        self.stream = RestoreStream(cfg.grnum, cfg.epoch, restored=self.state.last_seq,
+        self.stream = RestoreStream(cfg.grnum, self.jnlg.epoch, restored=self.state.last_seq,
                                     mark=self.state.mark)
         # A crash may have left R+1..mark partly applied: replay them before
         # calling the SVOLs consistent again (RestoreState).
@@ -106,12 +116,17 @@ class RestoreGroup:
                         cfg.grname, self.state.last_seq + 1, self.replay_to, self.replay_to)
         self._touched: set[Volume] = set()
         self._checkpoint_at = 0.0      # monotonic time of the last saved restore point
+        self._last_time = self.state.time     # TIME of the journal at ``applied``
         self.grsts = "PAIR"     # the restorer's own verdict: SUSP when a journal cannot apply
         self.reason = ""
-        # The JNLG row holds the pair state the RCM set and ``consistent_seq``:
-        # the SVOLs are a consistent image once restored up to it.
-        self._table = JnlgTable.for_site(site.state_dir)
-        self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum))
+        # After a takeover: the chunks written here, for the failback's delta
+        # (saved before a write may reach them, see write_local).
+        chunk = max([COPY_CHUNK] + [v.block_size for v in self.volumes.values()])
+        sizes = {i: v.size for i, v in self.volumes.items()}
+        self.written = CopyBitmap(site.state_dir / f"{cfg.grname}.written", sizes, chunk)
+        self._written_durable = CopyBitmap(None, sizes, chunk)    # what is known saved
+        self._written_durable.bits = {i: bytearray(b) for i, b in self.written.bits.items()}
+        self._written_lock = asyncio.Lock()
         self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
         self._wake = asyncio.Event()
@@ -137,7 +152,16 @@ class RestoreGroup:
     def mark_due(self) -> int | None:
         return self.stream.mark_due()
 
+    @property
+    def epoch(self) -> int:
+        return self.jnlg.epoch
+
     def refuse_relay(self, hello: protocol.Hello) -> str | None:
+        if self.taken_over:
+            t = self.taken_over
+            return (f"group {self.cfg.grname} was taken over here at epoch {t['epoch']} "
+                    f"(SEQ# {t['seq']}): this site is its primary now and takes no relay stream "
+                    f"(the relay at epoch {hello.epoch})")
         return self.stream.refuse(hello)
 
     async def stage(self, ctl: protocol.Control, data: bytes) -> None:
@@ -171,12 +195,13 @@ class RestoreGroup:
 
         The restore point is not moved: :meth:`checkpoint` does that.
         """
-        if self.grsts == "SUSP":
+        if self.grsts == "SUSP" or self.taken_over:
             return 0
         batch = self.stream.take(limit)
         try:
             for ctl, data in batch:
                 self._touched.add(self._apply(ctl, data))
+                self._last_time = ctl.time
         except VolumeError as exc:
             # The journal that failed and those after it are not on the SVOLs:
             # the restore point must never cover them.
@@ -209,7 +234,7 @@ class RestoreGroup:
         seq, touched, self._touched = self.applied, self._touched, set()
         for vol in touched:
             vol.flush()           # SVOL data durable before the point that covers it
-        self.state.save(seq)
+        self.state.save(seq, time=self._last_time)
         self.stream.restored_saved(seq)
         self._checkpoint_at = time.monotonic()
         return True
@@ -285,6 +310,96 @@ class RestoreGroup:
             vol.flush()
         self.state.save(relay_seq, relay_seq)
 
+    # -- takeover (docs/operations.md, "Takeover") --------------------------------
+
+    @property
+    def taken_over(self) -> dict:
+        """What this site holds since it took the group over ({} if it has not)."""
+        return self.jnlg.takeover
+
+    async def take_over(self, epoch: int, forced: bool, relay_seq: int | None = None) -> dict:
+        """Become the group's primary at ``epoch``: the SVOLs turn into writable PVOLs.
+
+        Every journal already staged in order is applied first (the RCM has
+        waited until the relay's last one arrived), then the restore point is
+        saved at what the SVOLs hold, and only then does the new epoch become
+        durable.  A crash before that leaves an ordinary secondary, after it a
+        primary: never a writable image that is not a prefix.  ``relay_seq`` is
+        the last SEQ# the fenced relay issued: unless ``forced``, every journal
+        up to it must be here, or acked writes would be lost.
+        """
+        if self.taken_over:
+            return self.taken_over
+        if epoch <= self.epoch:
+            raise ControlError(f"takeover to epoch {epoch}: group {self.cfg.grname} is at "
+                               f"epoch {self.epoch} already")
+        if self.jnlg.grsts == "SMPL":
+            raise ControlError(f"no takeover: group {self.cfg.grname} is SMPL here (never "
+                               f"paired, or deleted): its volumes hold no copy to take over")
+        async with self._restore_lock:
+            while True:
+                if (mark := self.mark_due()) is not None:
+                    await asyncio.to_thread(self.save_mark, mark)
+                if not self.restore():
+                    break
+            if not self.consistent():
+                raise ControlError(f"no takeover: {self.readable() or 'the SVOLs are no image'}"
+                                   f"; they would be served as they are, torn")
+            if relay_seq is not None and self.applied < relay_seq and not forced:
+                raise ControlError(f"no takeover: the relay issued journals up to SEQ# "
+                                   f"{relay_seq} but only {self.applied} are restored here; "
+                                   f"takeover waits for them (or --force loses them)")
+            await asyncio.to_thread(self.checkpoint)
+            seq = self.last_restored
+            # Nothing past ``seq`` was applied (the loop above applied every
+            # journal the mark allowed): the mark comes back to it, so a
+            # restart does not fence the new PVOLs as a replay.
+            await asyncio.to_thread(self.state.save, seq, seq)
+            self.stream.mark = seq
+            record = {"epoch": epoch, "seq": seq, "time": self.state.time, "forced": forced,
+                      "from_epoch": self.epoch, "at": time.time()}
+            self.jnlg.epoch = epoch
+            self.jnlg.takeover = record
+            self.jnlg.set_state("SUSP", f"taken over here at SEQ# {seq} (epoch {epoch}): "
+                                        f"the volumes are writable; replication is off until "
+                                        f"the old primary site rejoins (docs/operations.md)")
+            self._table.save()
+            self.stream.epoch = epoch
+            self.grsts, self.reason = "PAIR", ""
+        if self.link is not None:
+            await self.link.close()
+        log.warning("group %s taken over at SEQ# %d, epoch %d%s: the volumes are writable here",
+                    self.cfg.grname, seq, epoch, " (forced)" if forced else "")
+        return record
+
+    async def write_local(self, kind: Kind, idx: int, offset: int, length: int,
+                          data: bytes = b"", fua: bool = False) -> None:
+        """A host write at the site that took over: applied to the volume, its
+        chunk recorded first (durably) in ``written`` for the failback's delta."""
+        if not self.taken_over:
+            raise VolumeError(f"the volumes of group {self.cfg.grname} are SVOLs: read-only "
+                              f"until a takeover")
+        vol = self.volumes[idx]
+        vol.check(offset, length)
+        if not self._written_durable.covered(idx, offset, length):
+            async with self._written_lock:     # one save covers every writer waiting here
+                if not self._written_durable.covered(idx, offset, length):
+                    self.written.mark(idx, offset, length)
+                    bits = {i: bytearray(b) for i, b in self.written.bits.items()}
+                    await asyncio.to_thread(self.written.save)
+                    self._written_durable.bits = bits
+        if kind in protocol.DATA_KINDS:
+            vol.write(offset, data)
+        elif kind == Kind.ZERO:
+            vol.write_zeroes(offset, length)
+        elif kind == Kind.TRIM:
+            vol.trim(offset, length)
+        if fua:
+            await asyncio.to_thread(vol.flush)
+
+    async def flush_local(self) -> None:
+        await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+
     def suspend(self, reason: str) -> None:
         if (self.grsts, self.reason) != ("SUSP", reason):
             self.grsts, self.reason = "SUSP", reason
@@ -298,6 +413,8 @@ class RestoreGroup:
 
     def readable(self) -> str | None:
         """Why the SVOLs must not be read now (their NBD export is fenced), or None."""
+        if self.taken_over:
+            return None        # the primary's volumes now: what was written is what is read
         if self.catching_up:
             return (f"the SVOLs of group {self.cfg.grname} must apply SEQ# {self.applied + 1}.."
                     f"{self.replay_to} again (after a crash or a failed SVOL write) and are "
@@ -322,9 +439,14 @@ class RestoreGroup:
 
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
+                "role": "primary" if self.taken_over else "secondary", "epoch": self.epoch,
+                "takeover": self.taken_over or None,
+                "written_bytes": self.written.count() * self.written.chunk,
+                "last_time": self.state.time,
                 "grsts": self.grsts if self.grsts == "SUSP" else self.jnlg.grsts,
                 "consistent": self.consistent(), "consistent_seq": self.jnlg.consistent_seq,
-                "reason": self.reason or (self.readable() or "" if self.catching_up else ""),
+                "reason": self.reason or (self.readable() or "" if self.catching_up
+                                          else self.jnlg.reason if self.taken_over else ""),
                 "catching_up_to": self.replay_to if self.catching_up else None,
                 "apply_mark": self.state.mark,
                 "last_restored": self.last_restored, "applied": self.applied,
@@ -343,7 +465,8 @@ class Secondary:
         if not self.groups:
             raise ValueError("secondary config has no RESTORE group")
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
-                                      "pair_set": self._pair_set, "snapshot": self._snapshot})
+                                      "pair_set": self._pair_set, "snapshot": self._snapshot,
+                                      "takeover": self._takeover})
 
     def _named(self, grname: str) -> RestoreGroup:
         for g in self.groups.values():
@@ -361,6 +484,12 @@ class Secondary:
             g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
                        None if relay_seq is None else int(relay_seq))
         return {"grsts": g.jnlg.grsts}
+
+    async def _takeover(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        relay_seq = req.get("relay_seq")
+        return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
+                                 None if relay_seq is None else int(relay_seq))
 
     async def _snapshot(self, req: dict) -> dict:
         """Tests/forensics: copy the SVOLs (between restore steps) into
@@ -421,16 +550,21 @@ class Secondary:
                 await link.close()
                 return
             if (why := group.refuse_relay(hello)) is not None:
-                group.suspend(why)
-                status = Status.STALE_EPOCH if hello.epoch != group.cfg.epoch else Status.SEQ_REGRESSION
-                link.send(nak(status, FrameType.HELLO))
+                stale = hello.epoch != group.epoch
+                if group.taken_over:
+                    log.warning("%s: refused relay %r: %s", link.name, hello.site, why)
+                else:
+                    group.suspend(why)
+                status = Status.STALE_EPOCH if stale else Status.SEQ_REGRESSION
+                # TAG of a HELLO NAK for STALE_EPOCH: our epoch, so the peer can say both.
+                link.send(nak(status, FrameType.HELLO, tag=group.epoch if stale else 0))
                 await link.drain()
                 await link.close()
                 return
             if group.link is not None:
                 await group.link.close()    # the newest connection wins
             group.link = link
-            link.send(protocol.Hello(Role.SECONDARY, group.cfg.grnum, group.cfg.epoch,
+            link.send(protocol.Hello(Role.SECONDARY, group.cfg.grnum, group.epoch,
                                      group.last_restored, group.cfg.grname,
                                      self.cfg.site).frame())
             while True:

@@ -47,9 +47,10 @@ class LinkTimeout(LinkError):
 class LinkRefused(LinkError):
     """The peer answered HELLO with a NAK (wrong group, stale epoch, ...)."""
 
-    def __init__(self, message: str, status: protocol.Status):
+    def __init__(self, message: str, status: protocol.Status, peer_epoch: int = 0):
         super().__init__(message)
         self.status = status
+        self.peer_epoch = peer_epoch     # STALE_EPOCH: the refusing site's epoch (NAK TAG)
 
 
 class Link:
@@ -155,7 +156,7 @@ class Link:
             ack = protocol.Ack.from_frame(frame)
             await self.close()
             raise LinkRefused(f"{self.name}: HELLO refused: {protocol.Status(ack.status).name}",
-                              protocol.Status(ack.status))
+                              protocol.Status(ack.status), ack.tag)
         if frame.type != FrameType.HELLO:
             await self.close()
             raise LinkClosed(f"{self.name}: expected HELLO, got {frame.type.name}")
