@@ -48,6 +48,13 @@ def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float =
     sec = sites.group_status("secondary", grname)
     if sec.get("takeover"):
         return {**sec["takeover"], "already": True}
+    # Refuse what no drain can fix before fencing anything: a fenced relay
+    # takes no more writes from the old primary, so from there on the
+    # takeover has to be finished.
+    if sec["grsts"] in ("SMPL", "COPY") or (not sec["consistent"] and not sec["catching_up_to"]):
+        why = sec["reason"] or f"the group is {sec['grsts']} there"
+        raise RcmError(f"the secondary's volumes are no consistent image ({why}): there is "
+                       f"nothing to take over; nothing was changed")
     epoch = sec["epoch"] + 1
     primary = _status_or_none(sites, "primary", grname)
     if primary is not None and not primary.get("fenced"):
@@ -72,9 +79,10 @@ def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float =
                 why = sec.get("reason") or ("the relay is not connected to it"
                                             if not sec.get("connected") else "")
                 raise RcmError(f"the secondary restored up to SEQ# {sec['last_restored']} of "
-                               f"{last} within {timeout:g} s{': ' + why if why else ''}; run "
-                               f"takeover again once it catches up, or with --force to take "
-                               f"over at what it holds")
+                               f"{last} within {timeout:g} s{': ' + why if why else ''}.  The "
+                               f"relay stays fenced (the old primary can no longer write): "
+                               f"run takeover again once it catches up, or with --force to "
+                               f"take over at what it holds")
             time.sleep(POLL)
             sec = sites.group_status("secondary", grname)
     record = sites.call("secondary", "takeover", group=grname, epoch=epoch, force=force,

@@ -220,7 +220,8 @@ def test_takeover_refuses_a_copy_that_is_no_image(tmp_path):
         cluster.start_all()
         out = rcm(cluster, "takeover", "--group", "g1")
         assert out.returncode == 1 and "SMPL" in out.stderr and "Traceback" not in out.stderr
+        assert "nothing was changed" in out.stderr
         assert cluster.status("secondary")["role"] == "secondary"
-        assert cluster.status("relay")["fence_epoch"] == 1    # fenced first, harmless to retry
+        assert cluster.status("relay")["fence_epoch"] == 0, "a refused takeover fenced the relay"
     finally:
         cluster.stop_all()
