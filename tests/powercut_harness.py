@@ -63,6 +63,8 @@ class Result:
     instant: list[str] = field(default_factory=list)
     consistent_looks: int = 0   # secondary: instants it said consistent, and was checked
     fenced: int = 0             # secondary: instants it rightly said not consistent
+    clean_opens: int = 0        # store: opens that trusted a clean-shutdown mark (workload)
+    clean_checks: int = 0       # store: cut images opened that way, compared with a scan
     seconds: float = 0.0
 
     def add(self, other: "Result") -> None:
@@ -73,6 +75,8 @@ class Result:
         self.instant += other.instant
         self.consistent_looks += other.consistent_looks
         self.fenced += other.fenced
+        self.clean_opens += other.clean_opens
+        self.clean_checks += other.clean_checks
         self.seconds += other.seconds
 
 
@@ -197,7 +201,7 @@ class Run:
 # -- the relay's journal store ---------------------------------------------------
 
 def check_store(path: Path, acked: int, persisted: int, tried: int,
-                expected: dict[int, int]) -> tuple[list[str], int]:
+                expected: dict[int, int], stats: Result | None = None) -> tuple[list[str], int]:
     """Violations of the store's promises in the store file at ``path``, and
     how many acked journals were verified.
 
@@ -205,15 +209,26 @@ def check_store(path: Path, acked: int, persisted: int, tried: int,
     reported durable; ``tried``: highest release ever started;
     ``expected``: SEQ# -> JOFS of every journal that may be in the store
     (its content is ``store_writer.journal(seq, jofs)``).
+
+    When the open trusts a clean-shutdown mark, a copy of the same image is
+    opened with a full recovery scan, and both must agree on the state and
+    the journals: a stale mark, or one that reached the disk before the
+    journals it counts, is a violation even when nothing acked is missing.
     """
     if not path.exists():
         return ([f"the store is gone, journals up to {acked} were acked"] if acked else []), 0
+    scan_copy = path.with_name(path.name + ".scan")
+    shutil.copyfile(path, scan_copy)          # before the open clears the mark
     try:
         s = JournalStore.open(path)
     except StoreError as exc:
         return [f"reopen failed: {exc}"], 0
     out, checked = [], 0
     with s:
+        if s.recovery.clean:
+            out += _compare_with_scan(s, scan_copy)
+            if stats is not None:
+                stats.clean_checks += 1
         if s.next_seq - 1 < acked and s.tail_seq <= acked:
             out.append(f"acked journals {max(s.next_seq, s.tail_seq)}..{acked} lost "
                        f"(recovery stopped: {s.recovery.end_reason})")
@@ -239,11 +254,34 @@ def check_store(path: Path, acked: int, persisted: int, tried: int,
     return out, checked
 
 
+def _store_view(s: JournalStore):
+    try:
+        held = [(c.pack(), d) for c, d in s.read(s.tail_seq, 1 << 30)]
+    except StoreError as exc:
+        held = f"read failed: {exc}"
+    return (s.jiptr, s.joptr, s.used, s.wrap_at, s.tail_seq, s.next_seq), held
+
+
+def _compare_with_scan(s: JournalStore, copy: Path) -> list[str]:
+    """Violations if the clean open ``s`` differs from a scanning open of ``copy``."""
+    with JournalStore.open(copy, force_scan=True) as scanned:
+        (mine, held), (theirs, held_scan) = _store_view(s), _store_view(scanned)
+        why = scanned.recovery.end_reason
+    if mine != theirs:
+        return [f"trusted a clean-shutdown mark: JIPTR JOPTR USED WRAP_AT TAIL NEXT {mine}, "
+                f"a recovery scan finds {theirs} ({why})"]
+    if held != held_scan:
+        return [f"trusted a clean-shutdown mark whose journals differ from the scan's "
+                f"({held if isinstance(held, str) else why})"]
+    return []
+
+
 class StoreRun(Run):
     """A relay writing journals: append, sync (acks), release (eager or lazy),
     persist, clean restarts; deterministic from the seed."""
 
     name = "store"
+    restart_p = 0.005         # a clean restart (close, reopen) per step
 
     def __init__(self, *a, lazy: bool = False, **kw):
         super().__init__(*a, **kw)
@@ -261,7 +299,8 @@ class StoreRun(Run):
 
     def check(self, folder, before, after):
         (acked, persisted), (tried, expected) = before, after
-        out, checked = check_store(folder / "jnl", acked, persisted, tried, expected)
+        out, checked = check_store(folder / "jnl", acked, persisted, tried, expected,
+                                   stats=self.result)
         self.result.checked += checked
         return out
 
@@ -281,6 +320,7 @@ class StoreRun(Run):
         self.persisted = max(self.persisted, s.tail_seq - 1)
         self.tried = max(self.tried, s.tail_seq - 1)
         self.acked = max(self.acked, s.durable_seq)
+        self.result.clean_opens += s.recovery.clean
         return s
 
     def life(self, disk: PowerCutDisk, rng: random.Random) -> None:
@@ -302,7 +342,8 @@ class StoreRun(Run):
                     upto = s.tail_seq - 1
                     if s.persist():
                         self.persisted = max(self.persisted, upto)
-                elif x > 0.995:
+                elif x > 1 - self.restart_p:
+                    self._before_close(s, rng)
                     s.close()                     # a clean restart
                     s = None
                     s = self._open(path)
@@ -312,6 +353,9 @@ class StoreRun(Run):
                     s.close()
                 except PowerLost:
                     pass
+
+    def _before_close(self, s: JournalStore, rng: random.Random) -> None:
+        """What happens just before a clean restart (nothing here)."""
 
     def _append(self, s: JournalStore, rng: random.Random) -> None:
         seq = s.next_seq
@@ -336,6 +380,24 @@ class StoreRun(Run):
         s.release(upto, persist=not self.lazy)
         if not self.lazy:
             self.persisted = max(self.persisted, upto)
+
+
+class CleanRestartRun(StoreRun):
+    """StoreRun with a clean restart every eight steps or so: close (the
+    clean-shutdown mark), reopen (trusted, then cleared), append, ...; the
+    lives chain crashes after clean starts and clean starts after crashes."""
+
+    restart_p = 0.12
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.name = "clean-restart-lazy" if self.lazy else "clean-restart"
+
+    def _before_close(self, s: JournalStore, rng: random.Random) -> None:
+        # Journals still in the page cache at the stop, as at a SIGTERM with
+        # appends in flight: close() must make them durable before its mark.
+        for _ in range(rng.randint(0, 6)):
+            self._append(s, rng)
 
 
 class GroupCommitRun(StoreRun):

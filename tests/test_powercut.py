@@ -26,7 +26,7 @@ from tricopy.host.disk import fileio
 from tricopy.host.disk.powercut import PowerCutDisk, PowerLost, UntrackedWrite
 from tricopy.host.secondary import site as secondary
 
-from powercut_harness import (GroupCommitRun, PrefixImages, Result, SecondaryRun,
+from powercut_harness import (CleanRestartRun, GroupCommitRun, PrefixImages, Result, SecondaryRun,
                               StateFileRun, StoreRun, check_secondary, check_state,
                               check_store, journal, open_group, close_group, restore_step,
                               sec_journal,
@@ -276,19 +276,66 @@ def test_store_check_catches_store_logic_mutants(tmp_path, monkeypatch, mutant):
     report(f"journal store, {mutant}", r)
 
 
+# -- the clean-shutdown mark (docs/store.md, "Clean shutdown") ----------------------
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager-release", "lazy-release"])
+def test_clean_restarts_through_power_cuts(tmp_path, lazy):
+    """Close (the mark), reopen (trusted, cleared), append, sync, close ...:
+    a cut on both sides of every sync (those of close and of the clearing
+    open among them) and at a fifth of the writes, lives chained through the
+    cut images.  No acked journal may be lost, and every image whose open
+    trusts a mark must open to what a recovery scan of it finds
+    (check_store), so a stale mark or one ahead of its journals is caught."""
+    r = run_all(CleanRestartRun, 7000 if lazy else 7100, tmp_path, 1500, nseeds=3, p=0.2,
+                every_sync=True, life_events=150, lazy=lazy)
+    report(f"journal store, clean restarts ({'lazy' if lazy else 'eager'} release)", r)
+    assert_clean(r)
+    assert r.clean_opens >= 20, "too few clean starts in the workload"
+    assert r.clean_checks >= 50, "too few cut images with a mark to compare"
+    assert r.checked > 5000
+
+
+def _mark_before_the_data_sync(self):
+    # close() without its first fdatasync: the mark is written together
+    # with the journals it counts (docs/store.md, "Clean shutdown", rule 1).
+    self._write_superblock(clean=True, jiptr=self._jiptr, next_seq=self._next_seq)
+
+
+@pytest.mark.parametrize("mutant", ["mark-not-cleared", "mark-before-data-sync"])
+def test_clean_restart_check_catches_mark_mutants(tmp_path, monkeypatch, mutant):
+    from tricopy.host.journal.store import JournalStore
+    if mutant == "mark-not-cleared":
+        monkeypatch.setattr(JournalStore, "_clear_mark", lambda self: None)
+    else:
+        monkeypatch.setattr(JournalStore, "_write_mark", _mark_before_the_data_sync)
+    # Cuts at sync points only: more clean restarts per cut.
+    r = run_all(CleanRestartRun, 7200, tmp_path, 1200, nseeds=2, p=0.0, every_sync=True,
+                life_events=150, scaled=False)
+    report(f"journal store, clean restarts, {mutant}", r)
+    assert any("trusted a clean-shutdown mark" in v for v in r.violations), r.cuts
+    if mutant == "mark-not-cleared":
+        assert any("acked journals" in v for v in r.violations), r.violations[:5]
+
+
 def test_store_checker_on_known_bad_histories(tmp_path):
-    """The checker must flag a lost ack, an invented journal, a changed byte
-    and a release gone backwards (Jepsen-style: test the checker too)."""
-    from tricopy.host.journal.store import HEADER_SIZE, JournalStore
+    """The checker must flag a lost ack, an invented journal, a changed byte,
+    a release gone backwards and a stale clean-shutdown mark trusted
+    (Jepsen-style: test the checker too)."""
+    from tricopy.host.journal.store import HEADER_SIZE, SB_SLOT, JournalStore, _Superblock
     path = tmp_path / "jnl"
     expected = {}
-    with JournalStore.create(path, 64 << 10) as s:
-        for seq in range(1, 11):
+
+    def append(s, seqs):
+        for seq in seqs:
             jofs = s.placement(journal(seq, 0)[0].data_len)
             expected[seq] = jofs
             s.append(*journal(seq, jofs))
         s.sync()
-        s.release(3)
+
+    s = JournalStore.create(path, 64 << 10)
+    append(s, range(1, 11))
+    s.release(3)
+    os.close(s._fd)                 # a crash: no clean-shutdown mark in ``good``
     good = path.read_bytes()
     assert check_store(path, 10, 3, 3, expected)[0] == []
     # A history that says 12 was acked (it never reached the disk).
@@ -309,6 +356,21 @@ def test_store_checker_on_known_bad_histories(tmp_path):
     raw[HEADER_SIZE + expected[6] + 70] ^= 0xFF
     path.write_bytes(bytes(raw))
     assert any("acked journals 6..10 lost" in v for v in check_store(path, 10, 3, 3, expected)[0])
+    # A stale mark: closed cleanly at 10, reopened, 11..12 acked, then the
+    # superblock that cleared the mark is lost (both slots hold the mark).
+    path.write_bytes(good)
+    JournalStore.open(path).close()
+    marked = path.read_bytes()
+    s = JournalStore.open(path)
+    append(s, range(11, 13))
+    os.close(s._fd)
+    slots = [marked[0:SB_SLOT], marked[SB_SLOT:2 * SB_SLOT]]
+    mark = max(slots, key=lambda b: getattr(_Superblock.unpack(b), "gen", -1))
+    assert _Superblock.unpack(mark).clean
+    path.write_bytes(mark + mark + path.read_bytes()[2 * SB_SLOT:])
+    found = check_store(path, 12, 3, 3, expected)[0]
+    assert any("acked journals 11..12 lost" in v for v in found), found
+    assert any("trusted a clean-shutdown mark" in v for v in found), found
     path.unlink()
     assert check_store(path, 4, 3, 3, expected)[0] and not check_store(path, 0, 0, 0, {})[0]
 

@@ -42,6 +42,13 @@ def state(s: JournalStore) -> tuple:
     return (s.jiptr, s.joptr, s.used, s.wrap_at, s.tail_seq, s.next_seq)
 
 
+def crash(s: JournalStore) -> None:
+    """Drop ``s`` as a killed process would: no close(), so no clean-shutdown
+    mark, and the next open runs the recovery scan."""
+    os.close(s._fd)
+    s._closed = True
+
+
 @pytest.fixture
 def path(tmp_path):
     return tmp_path / "jnl"
@@ -161,8 +168,11 @@ def test_exact_fit_at_end_wraps_without_marker(path):
         with pytest.raises(st.StoreFull):
             s.placement(0)
         before = state(s)
-    with JournalStore.open(path) as s:
+    with JournalStore.open(path, force_scan=True) as s:
         assert state(s) == before and s.recovery.end_reason == "ring full"
+        assert [c.seq for c, _ in s.read(2, 9)] == [2, 3, 4]
+    with JournalStore.open(path) as s:             # the clean-shutdown mark, full ring
+        assert state(s) == before and s.recovery.clean
         assert [c.seq for c, _ in s.read(2, 9)] == [2, 3, 4]
 
 
@@ -266,11 +276,12 @@ def test_random_workload_reopens_to_the_same_state(path):
 # -- recovery ----------------------------------------------------------------
 
 def test_torn_record_at_the_end_is_not_returned(path):
-    with JournalStore.create(path, 4096) as s:
-        for _ in range(5):
-            put(s, 100)
-        last = put(s, 1000)         # seq 6 at 5 * 192 = 960
-        s.sync()
+    s = JournalStore.create(path, 4096)
+    for _ in range(5):
+        put(s, 100)
+    last = put(s, 1000)         # seq 6 at 5 * 192 = 960
+    s.sync()
+    crash(s)
     poke(path, last.jofs + 64 + 900, bytes(100))      # its data tail never hit the disk
     with JournalStore.open(path) as s:
         assert (s.next_seq, s.jiptr, s.durable_seq) == (6, 960, 5)
@@ -289,8 +300,10 @@ def test_torn_control_data_ends_the_log(path):
 
 
 def test_corrupted_record_in_the_middle_stops_recovery_there(path):
-    with JournalStore.create(path, 4096) as s:
-        ctls = [put(s, 100) for _ in range(8)]
+    s = JournalStore.create(path, 4096)
+    ctls = [put(s, 100) for _ in range(8)]
+    s.sync()
+    crash(s)
     poke(path, ctls[2].jofs + 64, b"\x55")            # seq 3's data
     with JournalStore.open(path) as s:
         rep = s.recovery
@@ -345,11 +358,12 @@ def test_lost_window_records_never_come_back(path):
 
 
 def test_newest_superblock_torn_falls_back_to_the_other(path):
-    with JournalStore.create(path, 4096) as s:      # superblock gen 1 in slot 1
-        for _ in range(6):
-            put(s, 10)
-        s.release(2)                                # gen 2 in slot 0
-        s.release(4)                                # gen 3 in slot 1
+    s = JournalStore.create(path, 4096)             # superblock gen 1 in slot 1
+    for _ in range(6):
+        put(s, 10)
+    s.release(2)                                    # gen 2 in slot 0
+    s.release(4)                                    # gen 3 in slot 1
+    crash(s)
     with open(path, "r+b") as f:
         f.seek(st.SB_SLOT + 20)
         f.write(b"\xff")
@@ -421,6 +435,174 @@ def test_set_base_only_when_empty_and_old_seqs_never_return(path):
         assert put(s, 3).seq == 1000
     with JournalStore.open(path) as s:
         assert (s.tail_seq, s.next_seq) == (1000, 1001)
+
+
+# -- clean shutdown (docs/store.md, "Clean shutdown") -----------------------
+
+def view(s: JournalStore) -> tuple:
+    """Everything an open recovers: the ring state, durability and the journals."""
+    return state(s), s.durable_seq, s.read(s.tail_seq, 1 << 20)
+
+
+def workload(s: JournalStore, rng: random.Random, steps: int) -> None:
+    """Appends and releases enough to wrap an 8 KiB ring with markers and exact fits."""
+    for _ in range(steps):
+        n = rng.choice([0, 1, 63, 64, 65, 500, 1000, 2000])
+        try:
+            s.placement(n)
+        except st.StoreFull:
+            s.release(rng.randint(s.tail_seq, s.next_seq - 1), persist=rng.random() < 0.5)
+            continue
+        put(s, n)
+        if rng.random() < 0.2:
+            s.release(rng.randint(s.tail_seq - 1, s.next_seq - 1), persist=False)
+
+
+def superblocks(path) -> list:
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_SIZE)
+    return [st._Superblock.unpack(raw[0:st.SB_SLOT]), st._Superblock.unpack(raw[st.SB_SLOT:])]
+
+
+def newest_slot(path) -> int:
+    """File offset of the superblock slot an open would use."""
+    sbs = superblocks(path)
+    return max((sb.gen, i * st.SB_SLOT) for i, sb in enumerate(sbs) if sb is not None)[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_close_reopens_without_a_scan_to_what_a_scan_finds(path, seed):
+    rng = random.Random(seed)
+    s = JournalStore.create(path, 8192)
+    workload(s, rng, 300)
+    before = view(s)
+    s.close()
+    copy = f"{path}.copy"
+    with open(path, "rb") as f, open(copy, "wb") as g:
+        g.write(f.read())
+    with JournalStore.open(path) as clean, JournalStore.open(copy, force_scan=True) as scanned:
+        assert clean.recovery.clean and not scanned.recovery.clean
+        assert (clean.recovery.scanned, clean.recovery.scrubbed) == (0, 0)
+        assert scanned.recovery.scanned == scanned.held
+        assert scanned.recovery.mark_rejected == "ignored: force_scan"
+        assert view(clean) == view(scanned)
+        assert view(clean)[::2] == before[::2] and clean.durable_seq == clean.next_seq - 1
+        assert clean.recovery.end_seq == scanned.recovery.end_seq
+        # Both go on alike: the same allocation from the same state.
+        workload(clean, random.Random(seed + 100), 50)
+        workload(scanned, random.Random(seed + 100), 50)
+        assert view(clean) == view(scanned)
+
+
+def test_a_crash_scans(path):
+    s = JournalStore.create(path, 4096)
+    for _ in range(5):
+        put(s, 100)
+    s.sync()
+    crash(s)
+    with JournalStore.open(path) as s:
+        assert not s.recovery.clean and s.recovery.mark_rejected is None
+        assert s.recovery.scanned == 5 and s.next_seq == 6
+
+
+def test_the_mark_is_cleared_before_open_returns(path):
+    with JournalStore.create(path, 4096) as s:
+        put(s, 100)
+    assert superblocks(path)[newest_slot(path) // st.SB_SLOT].clean
+    s = JournalStore.open(path)
+    assert s.recovery.clean
+    assert not any(sb.clean for sb in superblocks(path) if sb.gen == max(
+        b.gen for b in superblocks(path) if b is not None))
+    crash(s)
+    with JournalStore.open(path) as s:          # nothing happened in between, but: no mark
+        assert not s.recovery.clean and s.next_seq == 2
+
+
+def test_appends_after_a_clean_start_then_a_crash_scan_and_keep_every_acked_journal(path):
+    with JournalStore.create(path, 4096) as s:
+        ctls = [put(s, 100) for _ in range(5)]
+    s = JournalStore.open(path)
+    assert s.recovery.clean
+    ctls += [put(s, 100) for _ in range(5)]
+    assert s.sync() == 10                       # acked: 6..10 are after the old mark
+    crash(s)
+    with JournalStore.open(path) as s:
+        assert not s.recovery.clean and s.recovery.scanned == 10
+        assert [c for c, _ in s.read(1, 20)] == ctls
+
+
+def test_a_damaged_journal_after_a_clean_stop_gets_the_full_recovery(path):
+    """The mark says where the log ends, not that every record is intact:
+    the clean open does not read journal data.  A read that finds the damage
+    leaves no mark at close, so the next open scans and quarantines."""
+    with JournalStore.create(path, 4096) as s:
+        ctls = [put(s, 100) for _ in range(8)]
+    poke(path, ctls[2].jofs + 64, b"\x55")            # seq 3's data
+    with JournalStore.open(path) as s:
+        assert s.recovery.clean and s.next_seq == 9
+        with pytest.raises(st.CorruptStore, match="seq 3"):
+            s.read(1, 10)
+    with JournalStore.open(path) as s:
+        rep = s.recovery
+        assert not rep.clean and (rep.end_seq, rep.quarantined) == (3, (4, 8))
+
+
+def _rewrite_newest(path, **changes) -> None:
+    at = newest_slot(path)
+    sb = dataclasses.replace(superblocks(path)[at // st.SB_SLOT], **changes)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(sb.pack())
+
+
+def _flip_mark_byte(path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(newest_slot(path) + 72)            # NEXT_SEQ, under MCRC only
+        f.write(b"\x07")
+
+
+def _version_1(path) -> None:
+    """The newest superblock as code before the mark wrote it (64 bytes, VERSION 1)."""
+    at = newest_slot(path)
+    sb = superblocks(path)[at // st.SB_SLOT]
+    raw = st._SB.pack(st.SB_MAGIC, 1, HEADER_SIZE, sb.gen, sb.size, sb.joptr, sb.tail_seq,
+                      sb.wrap_at, sb.epoch)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(raw + st._U32.pack(p.crc32c(raw)) + bytes(64))
+
+
+@pytest.mark.parametrize("doubt,why", [
+    (_flip_mark_byte, None),                                          # MCRC fails: no mark
+    (_version_1, None),                                               # an old volume
+    (lambda path: _rewrite_newest(path, jiptr=8192), "does not fit"),  # geometry
+    (lambda path: _rewrite_newest(path, next_seq=4), "records end at"),
+    (lambda path: _rewrite_newest(path, next_seq=7), "nothing written"),
+    (lambda path: _rewrite_newest(path, jiptr=128), "records end at"),
+], ids=["mark-crc", "version-1", "jiptr-outside", "next-seq-short", "next-seq-long",
+        "jiptr-wrong"])
+def test_any_doubt_about_the_mark_means_a_full_scan(path, doubt, why):
+    with JournalStore.create(path, 8192) as s:
+        ctls = [put(s, 100) for _ in range(5)]
+    doubt(path)
+    with JournalStore.open(path) as s:
+        rep = s.recovery
+        assert not rep.clean and rep.scanned == 5 and s.next_seq == 6
+        assert rep.mark_rejected is None if why is None else why in rep.mark_rejected
+        assert [c for c, _ in s.read(1, 10)] == ctls
+    with JournalStore.open(path) as s:          # and a clean close marks it again (version 2)
+        assert s.recovery.clean and s.next_seq == 6
+
+
+def test_code_that_reads_only_version_1_refuses_a_version_2_superblock(path):
+    """Its SCRC check passes and its VERSION check fails (a loud refusal),
+    rather than the slot looking torn and an older one being used."""
+    with JournalStore.create(path, 4096):
+        pass
+    with open(path, "rb") as f:
+        raw = f.read(64)
+    assert p.crc32c(raw[:60]) == st._U32.unpack_from(raw, 60)[0]
+    assert st._SB.unpack_from(raw)[1] == 2
 
 
 # -- group commit ------------------------------------------------------------

@@ -45,11 +45,21 @@ __all__ = [
 HEADER_SIZE = 4096            # superblock region in front of the ring
 SB_SLOT = 2048                # second superblock slot: a different sector than the first
 SB_MAGIC = b"TCPYJNL\0"
-SB_VERSION = 1
+# 2 adds the clean-shutdown mark after SCRC; 1 (no mark) is still read and
+# opens with a recovery scan.  Code that reads only 1 refuses a 2 (its SCRC
+# passes, its VERSION does not), rather than falling back to an older slot.
+SB_VERSION = 2
+SB_VERSIONS = (1, 2)
 # MAGIC 8s | VERSION u32 | RING_OFFSET u32 | GEN u64 | SIZE u64 | JOPTR u64 |
 # TAIL_SEQ u64 | WRAP_AT u64 | EPOCH u32 | SCRC u32 (CRC32C of bytes 0..59)
 _SB = struct.Struct("<8sIIQQQQQI")
 assert _SB.size == 60
+# Version 2, at 64: the clean-shutdown mark (docs/store.md, "Clean shutdown")
+# CLEAN u32 | reserved u32 | JIPTR u64 | NEXT_SEQ u64 | MCRC u32 (CRC32C of bytes 0..87)
+_MARK = struct.Struct("<IIQQ")
+_MARK_AT = _SB.size + 4
+_MCRC_AT = _MARK_AT + _MARK.size
+assert _MCRC_AT == 88
 _U32 = struct.Struct("<I")
 
 # The WRAP marker (docs/protocol.md, "Allocation"): KIND 0xFF, every other field 0.
@@ -121,10 +131,17 @@ class _Superblock:
     tail_seq: int
     wrap_at: int
     epoch: int
+    # The clean-shutdown mark: written only by close(), after everything it
+    # counts is durable; JIPTR and NEXT_SEQ are what the recovery scan finds.
+    clean: bool = False
+    jiptr: int = 0
+    next_seq: int = 0
 
     def pack(self) -> bytes:
         raw = _SB.pack(SB_MAGIC, SB_VERSION, HEADER_SIZE, self.gen, self.size,
                        self.joptr, self.tail_seq, self.wrap_at, self.epoch)
+        raw += _U32.pack(crc32c(raw))
+        raw += _MARK.pack(int(self.clean), 0, self.jiptr, self.next_seq)
         return raw + _U32.pack(crc32c(raw))
 
     @classmethod
@@ -135,11 +152,17 @@ class _Superblock:
         magic, version, ring_offset, gen, size, joptr, tail, wrap_at, epoch = _SB.unpack_from(raw)
         if magic != SB_MAGIC:
             return None
-        if version != SB_VERSION or ring_offset != HEADER_SIZE:
+        if version not in SB_VERSIONS or ring_offset != HEADER_SIZE:
             raise CorruptStore(f"superblock version {version}, ring offset {ring_offset}: "
-                               f"this code reads version {SB_VERSION} at {HEADER_SIZE}")
+                               f"this code reads versions {SB_VERSIONS} at {HEADER_SIZE}")
         sb = cls(gen, size, joptr, tail, wrap_at, epoch)
         sb.check()
+        # A mark that fails its own CRC is no mark: the open scans (any doubt -> scan).
+        if (version >= 2 and len(raw) >= _MCRC_AT + 4
+                and _U32.unpack_from(raw, _MCRC_AT)[0] == crc32c(raw[:_MCRC_AT])):
+            clean, _, jiptr, next_seq = _MARK.unpack_from(raw, _MARK_AT)
+            if clean == 1:
+                sb = dataclasses.replace(sb, clean=True, jiptr=jiptr, next_seq=next_seq)
         return sb
 
     def check(self) -> None:
@@ -166,6 +189,11 @@ class RecoveryReport:
     clean run means a record that was durable is damaged.  ``scrubbed``
     counts stale record headers zeroed in the free space.
 
+    ``clean``: the store was closed cleanly and its clean-shutdown mark was
+    trusted: no scan, no scrub (``scrubbed`` 0, ``scanned`` 0).
+    ``mark_rejected`` says why a mark that was there was not trusted (the
+    open then scanned as after a crash).
+
     ``quarantined`` is the (first, last) SEQ# of the whole records found
     *after* the end (SEQ# >= ``end_seq``), copied to ``quarantine_path``
     before the scrub zeroed them: either a window written but never made
@@ -180,6 +208,9 @@ class RecoveryReport:
     scrubbed: int
     quarantined: tuple[int, int] | None = None
     quarantine_path: str | None = None
+    clean: bool = False
+    mark_rejected: str | None = None
+    scanned: int = 0          # records whose data the scan read and checked
 
     @property
     def recovered(self) -> int:
@@ -226,6 +257,7 @@ class JournalStore:
         self._durable = sb.tail_seq - 1
         self._durable_lock = threading.Lock()
         self._broken: BaseException | None = None
+        self._damaged = False       # read() met a damaged record: close() leaves no mark
         self._closed = False
         self.recovery: RecoveryReport | None = None
         #: Called with the control data of the newest journal released, just
@@ -267,8 +299,13 @@ class JournalStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "JournalStore":
-        """Open an existing store and recover its journals (see docs/store.md)."""
+    def open(cls, path: str | os.PathLike, *, force_scan: bool = False) -> "JournalStore":
+        """Open an existing store and recover its journals (see docs/store.md).
+
+        After a clean :meth:`close` the clean-shutdown mark gives the state
+        and no recovery scan runs; ``force_scan`` ignores the mark (tests,
+        checks).  Either way a mark is cleared durably before this returns.
+        """
         path = os.fspath(path)
         fd = fileio.open(path, os.O_RDWR)
         try:
@@ -283,13 +320,82 @@ class JournalStore:
                 raise CorruptStore(f"{path}: file is {fileio.fstat(fd).st_size} bytes, "
                                    f"shorter than the {HEADER_SIZE + sb.size} its superblock says")
             store = cls(fd, path, sb)
-            store._recover()
+            rejected = "ignored: force_scan" if sb.clean and force_scan else None
+            if sb.clean and not force_scan:
+                rejected = store._open_clean()
+            if not sb.clean or rejected is not None:
+                store._recover(mark_rejected=rejected)
+            if sb.clean:
+                store._clear_mark()
         except BaseException:
             fileio.close(fd)
             raise
         return store
 
-    def _recover(self) -> None:
+    def _open_clean(self) -> str | None:
+        """Take the state from the clean-shutdown mark instead of scanning;
+        None when done, else why the mark is not trusted (nothing changed).
+
+        The held records are indexed from their control data alone (CCRC,
+        SEQ#, JOFS, size: one 64-byte read each, no journal data, no scrub).
+        Their data was fsynced before the mark was written, and ``read``
+        checks DATA_CRC as always.  The walk must end exactly where the mark
+        says, so a mark that does not match the ring is never trusted.
+        Skipping the scrub is safe: the last open scrubbed the free space,
+        and since then only journals below NEXT_SEQ were written there.
+        """
+        sb, size = self._sb, self._size
+        if sb.jiptr >= size or sb.jiptr % ALIGN or sb.next_seq < sb.tail_seq:
+            return (f"clean mark JIPTR {sb.jiptr} NEXT_SEQ {sb.next_seq} does not fit "
+                    f"JOPTR {sb.joptr} TAIL_SEQ {sb.tail_seq} SIZE {size}")
+        index: list[tuple[int, int]] = []
+        pos, used, wrapped = sb.joptr, 0, False
+        for seq in range(sb.tail_seq, sb.next_seq):
+            if pos == size:                 # exact fit at the end
+                pos, wrapped = 0, True
+            elif pos == sb.wrap_at and not wrapped:
+                if fileio.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos) != MARKER:
+                    return f"clean mark: no WRAP marker at WRAP_AT {pos}"
+                used += size - pos
+                pos, wrapped = 0, True
+            r = self._check_record(pos, seq, sb.joptr if wrapped else size, verify_data=False)
+            if isinstance(r, str):
+                return f"clean mark: {r}"
+            index.append((pos, r))
+            pos += r
+            used += r
+        if pos % size != sb.jiptr or used > size or (sb.wrap_at < size and not wrapped):
+            return (f"clean mark: the records end at {pos % size} (WRAP_AT {sb.wrap_at}), "
+                    f"the mark says JIPTR {sb.jiptr}")
+        self._index, self._head = index, 0
+        self._jiptr, self._used, self._next_seq = sb.jiptr, used, sb.next_seq
+        self._wrap_at = sb.wrap_at
+        self._durable = sb.next_seq - 1
+        self.recovery = RecoveryReport(sb.gen, sb.tail_seq, sb.next_seq, sb.jiptr,
+                                       "clean shutdown mark: no recovery scan", 0, clean=True)
+        return None
+
+    def _write_mark(self) -> None:
+        """The clean-shutdown mark, for close().  The journals first, then
+        the mark that counts them: written together, the mark could reach
+        the disk without some of them, and be trusted over torn records."""
+        try:
+            fileio.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        self._write_superblock(clean=True, jiptr=self._jiptr, next_seq=self._next_seq)
+
+    def _clear_mark(self) -> None:
+        """Replace the mark by a plain superblock (GEN+1, fdatasync), at open.
+
+        The mark describes the ring as close() left it; the first new append
+        makes it stale, and a crash after that must scan.  So it goes before
+        any append can be made, let alone acked.  Also when it was not
+        trusted: journals appended later could make it look right.
+        """
+        self._write_superblock()
+
+    def _recover(self, mark_rejected: str | None = None) -> None:
         """Scan forward from JOPTR; the first invalid record is the end.
 
         JIPTR is never persisted: it is wherever the chain of valid records
@@ -340,11 +446,13 @@ class JournalStore:
         fileio.fdatasync(self._fd)
         self._durable = seq - 1
         self.recovery = RecoveryReport(self._sb.gen, self._tail_seq, seq, pos % size,
-                                       reason, scrubbed, quarantined, qpath)
+                                       reason, scrubbed, quarantined, qpath,
+                                       mark_rejected=mark_rejected, scanned=seq - self._tail_seq)
 
-    def _check_record(self, pos: int, seq: int, limit: int, raw: bytes | None = None) -> int | str:
+    def _check_record(self, pos: int, seq: int, limit: int, raw: bytes | None = None, *,
+                      verify_data: bool = True) -> int | str:
         """Record size of a valid record with ``seq`` at ``pos`` ending by
-        ``limit``, or why it is not one."""
+        ``limit``, or why it is not one (its data unchecked without ``verify_data``)."""
         if raw is None:
             raw = fileio.pread(self._fd, CONTROL_SIZE, HEADER_SIZE + pos)
         if len(raw) < CONTROL_SIZE:
@@ -363,6 +471,8 @@ class JournalStore:
         r = record_size(ctl.data_len)
         if pos + r > limit:
             return f"seq {seq} at {pos}: record of {r} bytes overruns {limit}"
+        if not verify_data:
+            return r
         data = fileio.pread(self._fd, ctl.data_len, HEADER_SIZE + pos + CONTROL_SIZE)
         if len(data) != ctl.data_len or crc32c(data) != ctl.data_crc:
             return f"DATA_CRC mismatch in seq {seq} at {pos} (torn record)"
@@ -605,9 +715,11 @@ class JournalStore:
                 rec = view[pos - run_pos:pos - run_pos + r]
                 ctl = Control.unpack(rec) if len(rec) == r else None
                 if ctl is None or not ctl.ccrc_ok() or ctl.seq != seq or ctl.jofs != pos:
+                    self._damaged = True
                     raise CorruptStore(f"control data of seq {seq} at {pos} is damaged")
                 data = bytes(rec[CONTROL_SIZE:CONTROL_SIZE + ctl.data_len])
                 if record_size(ctl.data_len) != r or crc32c(data) != ctl.data_crc:
+                    self._damaged = True
                     raise CorruptStore(f"journal data of seq {seq} at {pos} is damaged")
                 out.append((ctl, data))
                 seq += 1
@@ -723,7 +835,8 @@ class JournalStore:
         """
         target = self._next_seq - 1
         state = {"joptr": self._joptr, "tail_seq": self._tail_seq, "epoch": self._epoch,
-                 "wrap_at": self._size if self._used == 0 else self._wrap_at}
+                 "wrap_at": self._size if self._used == 0 else self._wrap_at,
+                 "clean": False, "jiptr": 0, "next_seq": 0}     # only close() marks
         state.update(changes)
         sb = dataclasses.replace(self._sb, gen=self._sb.gen + 1, **state)
         try:
@@ -738,13 +851,23 @@ class JournalStore:
         self._mark_durable(target)
 
     def close(self) -> None:
-        """fsync and close; idempotent."""
+        """Make everything durable, leave the clean-shutdown mark, close; idempotent.
+
+        The mark (the superblock with CLEAN, JIPTR, NEXT_SEQ) lets the next
+        open skip the recovery scan; see :meth:`_write_mark` for its order.
+        The same superblock persists a lazy release (a clean stop re-sends
+        nothing).
+        No mark after a failed write (nothing is written) or after ``read``
+        met a damaged record (the next open must scan and quarantine).
+        """
         if self._closed:
             return
         try:
-            if self._broken is None:
+            if self._broken is None and not self._damaged:
+                self._write_mark()
+            elif self._broken is None:
                 if self.release_pending:
-                    self._write_superblock()     # a clean stop re-sends nothing
+                    self._write_superblock()
                 fileio.fdatasync(self._fd)
         finally:
             self._closed = True

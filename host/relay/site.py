@@ -132,6 +132,14 @@ class RelayGroup:
         rep = self.store.recovery
         if rep is None or rep.end_reason == "new store":
             return
+        if rep.clean:
+            log.info("group %s: journal volume %s: clean start, no recovery scan (journals "
+                     "%d..%d, JOPTR %d JIPTR %d)", self.cfg.grname, self.store.path,
+                     rep.tail_seq, rep.end_seq - 1, self.store.joptr, self.store.jiptr)
+            return
+        if rep.mark_rejected:
+            log.warning("group %s: journal volume %s: clean-shutdown mark not trusted (%s)",
+                        self.cfg.grname, self.store.path, rep.mark_rejected)
         log.info("group %s: journal volume %s recovered journals %d..%d (scan ended at JOFS %d: "
                  "%s)", self.cfg.grname, self.store.path, rep.tail_seq, rep.end_seq - 1,
                  rep.end_pos, rep.end_reason)
@@ -544,6 +552,7 @@ class RelayGroup:
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
                 "fence_epoch": self.jnlg.fence_epoch,
+                "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
 
@@ -586,7 +595,21 @@ class Relay:
                 continue
             engine = open_engine(self.engine_kind, size=g.journal.size, url=self.engine_url)
             group = RelayGroup(g, self.cfg, engine)
-            await group.recover_engine()
+            try:
+                await group.recover_engine()
+            except CorruptStore as exc:
+                if not group.store.recovery.clean:
+                    raise
+                # The clean-shutdown mark says where the log ends, not that no
+                # record rotted since the stop (the clean open reads no journal
+                # data).  The mark is gone and close() leaves none after a damaged
+                # read, so opening again runs the full recovery (quarantine).
+                log.error("group %s: %s after a clean start; recovering the journal volume "
+                          "with a full scan", g.grname, exc)
+                await group._commit.aclose()
+                group.store.close()
+                group = RelayGroup(g, self.cfg, engine)
+                await group.recover_engine()
             self.groups[g.grnum] = group
         if not self.groups:
             raise RelayError("relay config has no INTERMEDIARY group")

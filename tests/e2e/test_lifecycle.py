@@ -1,5 +1,7 @@
 """A site stopped by SIGTERM or SIGINT exits with 0, says so in one log line,
-leaves no traceback, and a restart finds everything it acked."""
+leaves no traceback, and a restart finds everything it acked.  The relay
+leaves its journal volume's clean-shutdown mark: it restarts without a
+recovery scan."""
 
 import asyncio
 import json
@@ -15,6 +17,9 @@ def _stopped_cleanly(cluster: Cluster, role: str, sig: signal.Signals) -> None:
     log = cluster.log(role)
     assert "Traceback" not in log, log[-3000:]
     assert f"{role} {role} stopped ({sig.name})" in log, log[-3000:]
+
+
+CLEAN_START = "clean start, no recovery scan"
 
 
 def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
@@ -38,6 +43,9 @@ def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
             await load
 
         asyncio.run(scenario())
+        # The SIGTERM left the clean-shutdown mark: the restart trusted it.
+        assert cluster.status("relay")["clean_start"] is True
+        assert cluster.log("relay").count(CLEAN_START) == 1, cluster.log("relay")[-3000:]
         cluster.wait_drained()
         check_volumes(cluster, work)
         _stopped_cleanly(cluster, "secondary", signal.SIGINT)
@@ -49,6 +57,8 @@ def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
         _stopped_cleanly(cluster, "relay", signal.SIGTERM)
         # Stopped in any order, the trio comes back with nothing lost.
         cluster.start_all()
+        assert cluster.status("relay")["clean_start"] is True
+        assert cluster.log("relay").count(CLEAN_START) == 2
         cluster.wait_drained()
         check_volumes(cluster, work)
     finally:

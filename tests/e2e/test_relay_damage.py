@@ -6,6 +6,9 @@ repairs it.
   stopped relay: the records after it are quarantined (not zeroed) and
   reported, the primary finds the relay below what it had ACKed and
   suspends, `pair resync` brings PVOL == SVOL.
+* the same after a clean stop (SIGTERM): the clean-shutdown mark says where
+  the log ends, not that no record rotted since, so the relay falls back
+  to the full recovery when it reads the damage at its start.
 * the relay recreated empty while the secondary has restored journals: the
   secondary refuses the relay's stream (SEQ_REGRESSION) instead of skipping
   its first journals as replays, and the ordered resync moves it back.
@@ -14,6 +17,7 @@ repairs it.
 import asyncio
 import re
 import shutil
+import signal
 
 from tricopy.host.rcm import pairs as rcm
 from tricopy.host.journal.store import HEADER_SIZE, JournalStore
@@ -34,6 +38,35 @@ def held_records(cluster: Cluster, tmp) -> list[tuple[int, int]]:
         return list(s._index[s._head:])
 
 
+def _damage(cluster: Cluster, jofs: int) -> None:
+    with open(cluster.root / "relay" / "jnl1.vol", "r+b") as f:
+        f.seek(HEADER_SIZE + jofs + 64 + 100)       # inside its journal data
+        raw = f.read(64)
+        f.seek(HEADER_SIZE + jofs + 64 + 100)
+        f.write(bytes(b ^ 0xFF for b in raw))
+
+
+def test_damage_after_a_clean_stop_still_gets_the_full_recovery(tmp_path):
+    cluster = Cluster(tmp_path / "c")
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=62)
+        asyncio.run(work.run(count=5))
+        cluster.wait_drained()
+        cluster.kill("secondary")
+        asyncio.run(work.run(count=30))
+        assert cluster.terminate("relay", signal.SIGTERM) == 0
+        held = held_records(cluster, tmp_path)
+        _damage(cluster, held[len(held) // 2][0])
+        cluster.start("relay")
+        r = cluster.status("relay")
+        assert "after a clean start" in cluster.log("relay")
+        assert r["clean_start"] is False and r["held"] == len(held) // 2
+        assert "were moved to" in r["recovery_warning"], r["recovery_warning"]
+    finally:
+        cluster.stop_all()
+
+
 def test_damaged_record_mid_ring_is_quarantined_reported_and_repaired(tmp_path):
     cluster = Cluster(tmp_path / "c")
     try:
@@ -46,14 +79,10 @@ def test_damaged_record_mid_ring_is_quarantined_reported_and_repaired(tmp_path):
         cluster.kill("relay")
         held = held_records(cluster, tmp_path)
         assert len(held) >= 100
-        jofs, size = held[len(held) // 2]
-        with open(cluster.root / "relay" / "jnl1.vol", "r+b") as f:
-            f.seek(HEADER_SIZE + jofs + 64 + 100)       # inside its journal data
-            raw = f.read(64)
-            f.seek(HEADER_SIZE + jofs + 64 + 100)
-            f.write(bytes(b ^ 0xFF for b in raw))
+        _damage(cluster, held[len(held) // 2][0])
         cluster.start("relay")
         r = cluster.status("relay")
+        assert r["clean_start"] is False                # killed: no mark, a scan
         assert r["held"] == len(held) // 2
         first, last = r["next_seq"] + 1, r["next_seq"] + len(held) - len(held) // 2 - 1
         assert f"SEQ# {first}..{last}" in r["recovery_warning"], r["recovery_warning"]
