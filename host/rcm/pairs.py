@@ -215,7 +215,12 @@ def format_status(rows: list[dict]) -> str:
                        f"lag {row['lag_s']:.2f} s")
             out.append(f"  SEQ#     issued {row['seq_issued']}  forwarded {row['seq_forwarded']}"
                        + (f"  restored {row['seq_restored']}" if s else ""))
-        if s:
+        if s and s.get("takeover"):
+            t = s["takeover"]
+            out.append(f"  takeover the secondary site is the primary at epoch {t['epoch']}: it took "
+                       f"over at SEQ# {t['seq']}{' (forced)' if t['forced'] else ''}; "
+                       f"{_mib(s['written_bytes'])} of chunks written since")
+        elif s:
             out.append(f"  SVOLs    {'consistent' if s['consistent'] else 'NOT consistent'}"
                        f" (restored {s['last_restored']})")
         if p:

@@ -155,6 +155,14 @@ def test_primary_lost_takeover_keeps_every_acked_write(tmp_path, seed):
                        timeout=60)
         assert nbd_read(cluster, "secondary", tmp_path / "after.img")[:BLOCK] == b"\xab" * BLOCK
         assert cluster.status("secondary")["written_bytes"] > 0
+        shown = rcm(cluster, "status")
+        assert "the secondary site is the primary at epoch 1" in shown.stdout, shown
+
+        # A crash of the new primary keeps it the primary, with what it wrote.
+        cluster.kill("secondary")
+        cluster.start("secondary")
+        assert cluster.status("secondary")["role"] == "primary"
+        assert nbd_read(cluster, "secondary", tmp_path / "again.img")[:BLOCK] == b"\xab" * BLOCK
 
         # The old primary comes back: the relay refuses its epoch, it fences itself.
         cluster.start("primary")
