@@ -42,6 +42,7 @@ from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
 from ..wire.pseq import tag_after
 from ..disk.volume import Volume, VolumeError
+from .activity import ActivityLog
 from .stream import RelayLost, SendStream
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
@@ -53,6 +54,8 @@ RECONNECT_DELAY = 0.2
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
+AL_COOL_EVERY = 1.0         # seconds between PVOL fsyncs that let ACKed extents leave the AL
+
 
 
 class GroupSuspended(Exception):
@@ -115,6 +118,15 @@ class MasterGroup:
         self._redo()
         self.stream.last_pseq = self.log.last_tag
         self.stream.acked_hwm = self.log.acked
+        # The activity log: extents a crash may leave different (activity.py).
+        self.al = ActivityLog(site.state_dir / f"{cfg.grname}.al")
+        self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
+        self._ready.set()
+        self._hello_wait_since: float | None = None
+        self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
+        self.unclean = sorted(self.al.unclean)
+        if self.unclean:
+            self._after_unclean_stop()
 
     # The stream's state, under the names status, the NBD export and the tests use.
     pending = property(lambda self: self.stream.pending)
@@ -188,6 +200,8 @@ class MasterGroup:
     async def journal(self, kind: Kind, idx: int, offset: int, length: int,
                       data: bytes = b"", fua: bool = False) -> int:
         """Apply one host request and journal it; returns once the relay ACKed all of it."""
+        if not self._ready.is_set():
+            await self._ready.wait()      # after an unclean stop: until the relay's HELLO
         if self.fenced:     # whatever the pair state: another site is the primary now
             raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
         self.volume(idx).check(offset, length)
@@ -231,6 +245,8 @@ class MasterGroup:
                       data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
+        if apply:
+            self._al_before(ctl)
         token = self._log_append(ctl, data)
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
             try:
@@ -244,6 +260,77 @@ class MasterGroup:
         if self.stream.add(tag, (ctl, data, fut)) and not self.link.closed:
             self.link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
         return fut
+
+    def _al_before(self, ctl: Control) -> None:
+        """The write's extents into the activity log, durably, before the PVOL changes."""
+        try:
+            self.al.before_write(ctl.idx, ctl.address, ctl.length, ctl.tag)
+        except OSError as exc:
+            raise LocalIOError(exc.errno or errno.EIO,
+                               f"group {self.cfg.grname}: activity log at the primary "
+                               f"({self.al.path}): {exc.strerror or exc}; nothing was "
+                               f"applied") from None
+
+    def _after_unclean_stop(self) -> None:
+        """The last stop left extents in the activity log: PVOL and SVOL may
+        differ there (a power loss drops what was not synced, on either side
+        of the relay's ACK).  They go to the copy bitmap; a paired group then
+        resyncs them as soon as the relay is back (_resync_unclean).  Until
+        that HELLO no PSEQ is given out: the write log may have lost journals
+        the relay holds, and a new journal must not reuse their PSEQs."""
+        n = len(self.unclean)
+        for idx, e in self.unclean:
+            if idx in self.volumes:
+                off = e * self.al.extent
+                self.bitmap.mark(idx, off, min(self.al.extent, self.volumes[idx].size - off))
+        self.bitmap.save()
+        if self.grsts in ("PAIR", "COPY"):
+            log.warning("group %s: the last stop was not clean: %d extent(s) of %d KiB may "
+                        "differ between PVOL and SVOL; they are resynced once the relay is "
+                        "reachable", self.cfg.grname, n, self.al.extent >> 10)
+            self._ready.clear()
+        else:
+            if self.grsts == "SUSP":
+                log.warning("group %s: the last stop was not clean: %d extent(s) set in the "
+                            "copy bitmap for the next `pair resync`", self.cfg.grname, n)
+            self.al.forget_unclean()
+            self.unclean = []
+
+    def _resync_unclean(self) -> None:
+        """First HELLO after an unclean stop: resync the extents it left (in band)."""
+        if self.grsts == "PAIR":
+            self._set_state("COPY", f"resync of {len(self.unclean)} extent(s) an unclean stop "
+                                    f"may have left different")
+        if self.grsts == "COPY":
+            self._start_copy()       # Mark.COPY_BEGIN first: the SVOLs say "no image"
+        self.al.forget_unclean()     # in the bitmap (saved) and the state is COPY (saved)
+        self.unclean = []
+        self._ready.set()
+
+    async def _al_cooler(self) -> None:
+        """Let extents whose writes are all ACKed leave the activity log: fsync
+        the PVOLs (so those writes survive a power loss), then drop them."""
+        while True:
+            await asyncio.sleep(AL_COOL_EVERY)
+            upto = self.acked_hwm
+            if not upto or not any(not tag_after(t, upto) for t in self.al.hot.values()):
+                if self.al.stale:
+                    await self._al_save()
+                continue
+            try:
+                await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+            except OSError as exc:
+                log.error("group %s: PVOL fsync for the activity log: %s", self.cfg.grname, exc)
+                continue
+            self.pvol_syncs += 1
+            self.al.cool(upto)
+            await self._al_save()
+
+    async def _al_save(self) -> None:
+        try:
+            self.al.save()
+        except OSError as exc:
+            log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
     def _log_append(self, ctl: Control, data: bytes) -> tuple:
         """Append to the write log; a failure is the primary's own, reported as such."""
@@ -283,17 +370,28 @@ class MasterGroup:
     async def flush(self) -> None:
         """Host FLUSH: PVOLs and the write log durable (acked writes already are at the relay)."""
         fds = self.log.flush_begin()   # on the loop: rolls and releases go on meanwhile
+        upto = self.acked_hwm          # ACKed before the PVOL fsync below: then on both sides
 
         def sync():
             self.log.sync(fds)     # every segment written since the last flush, and the folder
             for vol in self.volumes.values():
                 vol.flush()
         await asyncio.to_thread(sync)
+        self.pvol_syncs += 1
+        if upto:
+            self.al.cool(upto)     # saved lazily (_al_cooler) or at a clean stop
 
     # -- the relay link ------------------------------------------------------------
 
     def _suspend(self, reason: str) -> None:
         self.grsts, self.reason, self.split = "SUSP", reason, False
+        if self.unclean:      # its extents are in the copy bitmap: `pair resync` sends them
+            self.unclean = []
+            try:
+                self.al.forget_unclean()
+            except OSError as exc:
+                log.error("group %s: activity log: %s", self.cfg.grname, exc)
+            self._ready.set()
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.stream.drop_all():
@@ -333,7 +431,8 @@ class MasterGroup:
 
     async def run_link(self) -> None:
         """Connect to the relay forever; resend what it does not hold."""
-        if self.grsts == "COPY":
+        asyncio.get_running_loop().create_task(self._al_cooler())
+        if self.grsts == "COPY" and not self.unclean:
             self._start_copy()       # a scan interrupted by a restart goes on from the bitmap
         while True:
             if (self.grsts in ("SUSP", "SMPL") or self.fenced) and not self.pending:
@@ -397,15 +496,29 @@ class MasterGroup:
         fail with an explicit error instead of hanging.  An idle group never
         suspends: the clock starts only while a write is waiting.
         """
-        reason = self.stream.unreachable(time.monotonic(), self.cfg.link_suspend_after)
+        now = time.monotonic()
+        reason = self.stream.unreachable(now, self.cfg.link_suspend_after)
+        if not self._ready.is_set():     # writes wait for the HELLO after an unclean stop
+            self._hello_wait_since = self._hello_wait_since or now
+            if now - self._hello_wait_since > self.cfg.link_suspend_after:
+                reason = (f"relay unreachable for more than {self.cfg.link_suspend_after:g} s "
+                          f"after an unclean stop (writes wait for it)")
         if reason:
             self._suspend(reason)
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
+        mine = self.last_pseq
         resume = self.stream.connected(peer.last_seq)
         if isinstance(resume, RelayLost):
             self._relay_lost(resume)
             return
+        if self.last_pseq != mine:
+            log.warning("group %s: the relay holds PSEQ %d..%d that this site's write log does "
+                        "not (lost in a crash): continuing after them%s", self.cfg.grname,
+                        mine + 1, self.last_pseq,
+                        "; the extents the crash left are resynced" if self.unclean else "")
+        if self.unclean:
+            self._resync_unclean()
         self.link = link
         self._complete(resume.acked)     # the relay holds these durably already
         self._send(link, resume.send)
@@ -599,6 +712,13 @@ class MasterGroup:
         chunk = self.bitmap.chunk
         inflight: set[asyncio.Future] = set()
         saved = time.monotonic()
+        # In band, ahead of the first base journal: the SVOLs are no image from
+        # here until MARK_COPY_END (the secondary fences them in SEQ# order).
+        try:
+            self._enqueue(Kind.MARK, 0, protocol.Mark.COPY_BEGIN, 0, b"", False, apply=False) \
+                .add_done_callback(lambda f: f.cancelled() or f.exception())
+        except (GroupSuspended, LocalIOError):
+            return
         for idx, vol in sorted(self.volumes.items()):
             dvol = self._dvol(idx)
             for c in self.bitmap.pending(idx):
@@ -634,6 +754,12 @@ class MasterGroup:
             await asyncio.wait(inflight)
         if gen != self._copy_gen or self.grsts != "COPY" or self.bitmap.count():
             return      # superseded, split, or a journal failed (the group suspended)
+        try:
+            await self._enqueue(Kind.MARK, 0, protocol.Mark.COPY_END, 0, b"", False, apply=False)
+        except (GroupSuspended, LocalIOError):
+            return
+        if gen != self._copy_gen or self.grsts != "COPY" or self.bitmap.count():
+            return
         self.bitmap.save()
         self._set_state("PAIR")
         log.info("group %s: base copy done, %d chunks: PAIR", self.cfg.grname, self.copy_done)
@@ -711,6 +837,8 @@ class MasterGroup:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "MASTER",
                 "grsts": self.grsts, "reason": self.reason, "blocked": self.blocked,
                 "epoch": self.epoch, "fenced": self.fenced, "fence_epoch": self.jnlg.fence_epoch,
+                "activity_extents": self.al.listed, "activity_saves": self.al.saves,
+                "pvol_syncs": self.pvol_syncs, "unclean_extents": len(self.unclean),
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "write_log_bytes": self.log.size,
@@ -767,6 +895,9 @@ class Primary:
                 await g.link.close()
             try:
                 await g.flush()
+                if not g.pending:      # everything ACKed and on the PVOLs: nothing may differ
+                    g.al.hot.clear()
+                    g.al.save()
             except OSError as exc:
                 log.warning("group %s: flush at stop: %s", g.cfg.grname, exc)
             g.log.close()

@@ -28,12 +28,15 @@ from pathlib import Path
 
 from ..disk.durable import atomic_write
 
-__all__ = ["COPY_CHUNK", "GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
+__all__ = ["COPY_CHUNK", "NEVER", "GRSTS", "PairingError", "DvolInfo", "JvolInfo", "JnlgEntry", "JnlgTable",
            "CopyBitmap", "check_pairing", "volid_of"]
 
 # The copy unit: one base journal (the patent's "n blocks") and one bit of a
 # copy bitmap, at the primary and at a site that took a group over alike.
 COPY_CHUNK = 64 << 10
+
+# consistent_seq while a copy runs: the SVOLs are not consistent at any SEQ#.
+NEVER = (1 << 63) - 1
 
 # GRSTS 440 / VOLSTS 453 values (patent [0050]).
 GRSTS = ("SMPL", "COPY", "PAIR", "SUSP")

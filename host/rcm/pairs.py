@@ -24,13 +24,12 @@ from typing import Callable
 
 from . import control
 from ..config import ConfigError, parse_addr
-from .jnlg import PairingError, check_pairing
+from .jnlg import NEVER, PairingError, check_pairing
 
 __all__ = ["RcmError", "Unreachable", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",
            "pair_delete", "gather_status", "format_status", "register"]
 
 ROLES = ("primary", "relay", "secondary")
-NEVER = (1 << 63) - 1        # consistent_seq while a copy runs: not consistent at any SEQ#
 POLL = 0.2
 
 

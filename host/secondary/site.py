@@ -27,7 +27,7 @@ from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
 from ..disk.durable import atomic_write_json
-from ..rcm.jnlg import COPY_CHUNK, GRSTS, CopyBitmap, JnlgTable
+from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.volume import Volume, VolumeError
@@ -182,7 +182,31 @@ class RestoreGroup:
             vol.write_zeroes(ctl.address, ctl.length)
         elif ctl.kind == Kind.TRIM:
             vol.trim(ctl.address, ctl.length)
+        elif ctl.kind == Kind.MARK:
+            self._copy_marker(ctl)
         return vol    # MARK: no volume effect
+
+    def _copy_marker(self, ctl: protocol.Control) -> None:
+        """A copy at the primary begins or ends, in SEQ# order with its journals.
+
+        From COPY_BEGIN the base journals overwrite chunks out of write order,
+        so the SVOLs are no image until COPY_END: consistent from that SEQ#.
+        Saved at once, before any later journal is applied.  The primary
+        starts such a copy on its own after an unclean stop (its activity
+        log); ``pair create``/``resync`` set the same through the RCM.
+        """
+        if ctl.address == protocol.Mark.COPY_BEGIN and self.jnlg.consistent_seq != NEVER:
+            log.warning("group %s: a copy begins at SEQ# %d: the SVOLs are no consistent image "
+                        "until it ends", self.cfg.grname, ctl.seq)
+            self.jnlg.set_state("COPY")
+            self.jnlg.consistent_seq = NEVER
+            self._table.save()
+        elif ctl.address == protocol.Mark.COPY_END and self.jnlg.grsts in ("COPY", "PAIR"):
+            log.info("group %s: the copy ended at SEQ# %d: consistent from there",
+                     self.cfg.grname, ctl.seq)
+            self.jnlg.set_state("PAIR")
+            self.jnlg.consistent_seq = ctl.seq
+            self._table.save()
 
     def save_mark(self, mark: int) -> None:
         """Persist the apply mark: nothing past it is applied before this returns."""

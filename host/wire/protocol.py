@@ -87,6 +87,12 @@ class Kind(enum.IntEnum):
     WRAP = 0xFF  # ring-internal end-of-ring marker; never valid on a link
 
 
+class Mark(enum.IntEnum):
+    """ADDRESS of a MARK journal (docs/protocol.md, "MARK journals")."""
+    COPY_BEGIN = 1   # a copy starts: the SVOLs are no image from here ...
+    COPY_END = 2     # ... to here, where they are a consistent image again
+
+
 DATA_KINDS = frozenset({Kind.UPDATE, Kind.BASE})
 WIRE_KINDS = frozenset({Kind.UPDATE, Kind.BASE, Kind.ZERO, Kind.TRIM, Kind.MARK})
 

@@ -2,6 +2,7 @@
 writes during COPY, split, delta resync, delete; and refused pairings."""
 
 import asyncio
+import time
 import random
 
 import pytest
@@ -83,7 +84,13 @@ def test_pair_lifecycle(tmp_path):
         assert any(cluster.volume_bytes("secondary", i) != cluster.volume_bytes("primary", i)
                    for i in range(2))
 
-        # the bitmap survives a primary restart (kill -9)
+        # the bitmap survives a primary restart (kill -9); first the activity log
+        # lets the journaled extents go (ACKed, PVOL synced), or the unclean
+        # stop would add them to the bitmap (test_unclean_stop.py)
+        deadline = time.monotonic() + 10
+        while cluster.status("primary")["activity_extents"]:
+            assert time.monotonic() < deadline, "the activity log never cooled"
+            time.sleep(0.1)
         cluster.kill("primary")
         cluster.start("primary")
         assert cluster.status("primary")["copy_pending_bytes"] == p["copy_pending_bytes"]

@@ -1,0 +1,104 @@
+"""The primary's activity log: the extents a crash may have left different at PVOL and SVOL.
+
+A journaled host write reaches the PVOL (page cache), the write log (page
+cache) and, once sent, the relay (durable there).  A power loss of the
+primary can then drop the PVOL's copy of a write the relay and the SVOL
+hold, or keep a PVOL write whose journal never left.  Either way the two
+copies differ, and only in extents written shortly before the loss.
+
+So before a journaled write may touch the PVOL, its extents (``AL_EXTENT``
+bytes each) are in ``<state_dir>/<grname>.al``, durably (DRBD's activity
+log does the same).  An extent leaves the log once every write into it is
+both ACKed by the relay and on the PVOL durably (after a PVOL fsync) --
+then the two copies agree there whatever is lost next.  A clean stop empties
+the log.  At a start, whatever the file still lists is what the last stop
+may have left different: the group resyncs those extents (``MasterGroup``).
+
+Costs: one small atomic file write (with fsync) when a write touches an
+extent that is not hot yet; nothing for writes into hot extents.  Removals
+are saved lazily: a stale extent in the file only means a little more work
+for the resync after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..disk.durable import atomic_write_json
+from ..wire.pseq import tag_after
+
+__all__ = ["AL_EXTENT", "ActivityLog"]
+
+AL_EXTENT = 1 << 20      # bytes per activity-log extent (a multiple of the copy chunk)
+
+
+class ActivityLog:
+    """Hot extents of one group's PVOLs: (idx, extent number) -> last PSEQ written there."""
+
+    def __init__(self, path: Path, extent: int = AL_EXTENT):
+        self.path = path
+        self.extent = extent
+        self.hot: dict[tuple[int, int], int] = {}
+        self._saved: set[tuple[int, int]] = set()
+        self.saves = 0
+        # What the last stop left listed: the extents that may differ now.
+        self.unclean: set[tuple[int, int]] = set()
+        if path.exists():
+            try:
+                doc = json.loads(path.read_text())
+                if doc["extent"] != extent:
+                    raise ValueError(f"extent {doc['extent']}, expected {extent}")
+                self.unclean = {(int(i), int(e)) for i, e in doc["hot"]}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"activity log {path} is corrupt: {exc}") from None
+        self._saved = set(self.unclean)
+
+    def extents(self, idx: int, offset: int, length: int) -> list[tuple[int, int]]:
+        first, last = offset // self.extent, (offset + max(length, 1) - 1) // self.extent
+        return [(idx, e) for e in range(first, last + 1)]
+
+    def before_write(self, idx: int, offset: int, length: int, tag: int) -> bool:
+        """Journal ``tag`` is about to touch this range: its extents hot, durably.
+        True if the file was written (some extent was not listed yet)."""
+        new = False
+        for key in self.extents(idx, offset, length):
+            self.hot[key] = tag
+            new |= key not in self._saved
+        if new:
+            self._save()
+        return new
+
+    def cool(self, upto: int) -> int:
+        """Every journal up to PSEQ ``upto`` is ACKed and on the PVOL durably:
+        extents written only by those leave the log (in memory); how many left."""
+        done = [k for k, tag in self.hot.items() if not tag_after(tag, upto)]
+        for k in done:
+            del self.hot[k]
+        return len(done)
+
+    @property
+    def listed(self) -> int:
+        """Extents the file lists now: what a crash at this instant would resync."""
+        return len(self._saved)
+
+    @property
+    def stale(self) -> bool:
+        """The file lists extents that are no longer hot (a save would shrink it)."""
+        return bool(self._saved - set(self.hot))
+
+    def forget_unclean(self) -> None:
+        """The extents the last stop left are in the copy bitmap now (durably):
+        the file need not list them any more."""
+        self.unclean = set()
+        self._save()
+
+    def save(self) -> None:
+        self._save()
+
+    def _save(self) -> None:
+        keys = set(self.hot) | self.unclean
+        atomic_write_json(self.path, {"extent": self.extent,
+                                      "hot": sorted([i, e] for i, e in keys)})
+        self._saved = keys
+        self.saves += 1
