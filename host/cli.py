@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tricopy.host.sites_cli",
     "tricopy.host.rcm.pairs",
     "tricopy.host.rcm.takeover",
+    "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",
 ]
 

@@ -849,7 +849,7 @@ class MasterGroup:
                 "copy_writes": self.copy_writes,
                 "copy_pending_bytes": self.bitmap.count() * self.bitmap.chunk,
                 "dvols": [{"idx": d.idx, "volname": d.volname, "volsts": d.volsts,
-                           "bjptr": d.bjptr, "blocks": d.size // d.block_size}
+                           "bjptr": d.bjptr, "blocks": d.size // d.block_size, "size": d.size}
                           for d in self.jnlg.dvols],
                 "connected": self.link is not None and not self.link.closed}
 
@@ -867,6 +867,7 @@ class Primary:
         self.control.handlers.update({       # pair management (host/rcm/pairs.py)
             "jnlg": self._jnlg, "pair_create": self._pair, "pair_split": self._pair,
             "pair_resync": self._pair, "pair_delete": self._pair,
+            "digest": self._digest, "mark_out_of_sync": self._mark_out_of_sync,
         })
 
     def _group_of(self, idx: int) -> MasterGroup:
@@ -924,6 +925,24 @@ class Primary:
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
+
+    async def _digest(self, req: dict) -> dict:
+        """``tricopy verify``: chunk digests and the PSEQ they stand at (no await in between)."""
+        from ..rcm.verify import chunk_digests
+        g = self._named(str(req["group"]))
+        count = min(int(req["count"]), 256)
+        digests = chunk_digests(g.volume(int(req["idx"])), int(req["first"]), count)
+        return {"pseq": g.last_pseq, "digests": digests}
+
+    async def _mark_out_of_sync(self, req: dict) -> dict:
+        """``tricopy verify --mark``: chunks found different go to the copy bitmap,
+        so the next ``pair split`` + ``pair resync`` sends them."""
+        g = self._named(str(req["group"]))
+        idx = int(req["idx"])
+        for c in req["chunks"]:
+            g.bitmap.mark(idx, int(c) * g.bitmap.chunk, 1)
+        g.bitmap.save()
+        return {"copy_pending_bytes": g.bitmap.count() * g.bitmap.chunk}
 
     def _named(self, grname: str) -> MasterGroup:
         for g in self.groups.values():

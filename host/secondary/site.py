@@ -31,6 +31,7 @@ from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.volume import Volume, VolumeError
+from ..wire.pseq import tag_after
 from .stream import RestoreStream
 
 __all__ = ["RestoreState", "RestoreGroup", "Secondary"]
@@ -67,23 +68,27 @@ class RestoreState:
         self.mark = 0
         self.epoch = 0
         self.time = 0
+        self.tag = 0
         if path.exists():
             try:
                 doc = json.loads(path.read_text())
                 self.last_seq = int(doc["last_seq"])
                 self.epoch = int(doc.get("epoch", 0))
                 self.time = int(doc.get("time", 0))
+                self.tag = int(doc.get("tag", 0))
                 self.mark = max(self.last_seq, int(doc.get("mark", self.last_seq)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"restore state {path} is corrupt: {exc}") from None
 
-    def save(self, last_seq: int, mark: int | None = None, time: int | None = None) -> None:
+    def save(self, last_seq: int, mark: int | None = None, time: int | None = None,
+             tag: int | None = None) -> None:
         # The file is either the old state or the new one.
         mark = max(last_seq, self.mark if mark is None else mark)
         time = self.time if time is None else time
+        tag = self.tag if tag is None else tag
         atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch, "mark": mark,
-                                      "time": time})
-        self.last_seq, self.mark, self.time = last_seq, mark, time
+                                      "time": time, "tag": tag})
+        self.last_seq, self.mark, self.time, self.tag = last_seq, mark, time, tag
 
 
 class RestoreGroup:
@@ -117,6 +122,8 @@ class RestoreGroup:
         self._touched: set[Volume] = set()
         self._checkpoint_at = 0.0      # monotonic time of the last saved restore point
         self._last_time = self.state.time     # TIME of the journal at ``applied``
+        self.applied_tag = self.state.tag     # its PSEQ (TAG): where verify compares
+        self._applied_more = asyncio.Event()
         self.grsts = "PAIR"     # the restorer's own verdict: SUSP when a journal cannot apply
         self.reason = ""
         # After a takeover: the chunks written here, for the failback's delta
@@ -226,6 +233,8 @@ class RestoreGroup:
             for ctl, data in batch:
                 self._touched.add(self._apply(ctl, data))
                 self._last_time = ctl.time
+                if ctl.tag:
+                    self.applied_tag = ctl.tag
         except VolumeError as exc:
             # The journal that failed and those after it are not on the SVOLs:
             # the restore point must never cover them.
@@ -233,6 +242,8 @@ class RestoreGroup:
             self.grsts, self.reason = "SUSP", str(exc)
             log.error("group %s suspended: %s", self.cfg.grname, exc)
         self._room.set()
+        if batch:
+            self._applied_more.set()
         return len(batch)
 
     def checkpoint_due(self, now: float) -> float | None:
@@ -258,7 +269,7 @@ class RestoreGroup:
         seq, touched, self._touched = self.applied, self._touched, set()
         for vol in touched:
             vol.flush()           # SVOL data durable before the point that covers it
-        self.state.save(seq, time=self._last_time)
+        self.state.save(seq, time=self._last_time, tag=self.applied_tag)
         self.stream.restored_saved(seq)
         self._checkpoint_at = time.monotonic()
         return True
@@ -490,7 +501,7 @@ class Secondary:
             raise ValueError("secondary config has no RESTORE group")
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "snapshot": self._snapshot,
-                                      "takeover": self._takeover})
+                                      "takeover": self._takeover, "digest": self._digest})
 
     def _named(self, grname: str) -> RestoreGroup:
         for g in self.groups.values():
@@ -508,6 +519,31 @@ class Secondary:
             g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
                        None if relay_seq is None else int(relay_seq))
         return {"grsts": g.jnlg.grsts}
+
+    async def _digest(self, req: dict) -> dict:
+        """``tricopy verify``: chunk digests once the SVOLs hold the primary's PSEQ
+        (or later); answers the PSEQ they stand at."""
+        from ..rcm.verify import chunk_digests
+        g = self._named(str(req["group"]))
+        pseq = int(req["pseq"])
+        deadline = time.monotonic() + float(req.get("timeout", 30.0))
+        while pseq and (not g.applied_tag or tag_after(pseq, g.applied_tag)):
+            if (why := g.readable()) is not None:
+                raise ControlError(f"no digest: {why}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ControlError(f"the SVOLs reached PSEQ {g.applied_tag} of the primary's "
+                                   f"{pseq} within the timeout: are journals flowing (relay "
+                                   f"up, group not suspended)?")
+            g._applied_more.clear()
+            try:
+                await asyncio.wait_for(g._applied_more.wait(), min(left, 1.0))
+            except asyncio.TimeoutError:
+                pass
+        async with g._restore_lock:      # between two restore steps: one point of the history
+            count = min(int(req["count"]), 256)
+            digests = chunk_digests(g.volumes[int(req["idx"])], int(req["first"]), count)
+            return {"pseq": g.applied_tag, "digests": digests}
 
     async def _takeover(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
