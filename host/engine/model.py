@@ -90,6 +90,7 @@ class EngineModel:
             FrameType.RELEASE: self._release,
             FrameType.STATUS: self._status,
             FrameType.LOAD: self._load,
+            FrameType.JNLDESC: self._jnldesc,
         }
 
     # -- read-only state ----------------------------------------------------
@@ -183,6 +184,11 @@ class EngineModel:
         self._acks = (self._acks + 1) & _U32
         return [self._ack(req, seq, stamp, jofs, ctl.tag)]
 
+    def _jnldesc(self, body: bytes) -> list[Frame]:
+        # This model's ring is a data ring: it takes no descriptors.
+        tag = Control.unpack(body).tag if len(body) >= CONTROL_SIZE else 0
+        return [self.nak(Status.WRONG_MODE, FrameType.JNLDESC, tag=tag)]
+
     def _allocate(self, r: int) -> int | None:
         """Place a record of R bytes (docs/protocol.md, "Allocation"); its JOFS or None if FULL."""
         if self._used == 0 and r > self._size - self._jiptr:
@@ -239,6 +245,8 @@ class EngineModel:
     def _release(self, body: bytes) -> list[Frame]:
         req = FrameType.RELEASE
         try:
+            if len(body) != protocol.Release.SIZE:
+                raise protocol.BadBody("the 16-byte RELEASE is for descriptor rings")
             upto = protocol.Release.unpack(body).upto
         except protocol.BadBody:
             return [self.nak(Status.BAD_REQUEST, req)]
@@ -278,6 +286,8 @@ class EngineModel:
             load = protocol.Load.unpack(body)   # refuses undefined flags
         except protocol.BadBody:
             return [self.nak(Status.BAD_REQUEST, req)]
+        if load.flags & (LoadFlag.RING | LoadFlag.DESC):
+            return [self.nak(Status.BAD_REQUEST, req)]      # rings: not in this model yet
         flags = LoadFlag(load.flags)
         # All checks before any effect: a refused LOAD changes nothing.
         if LoadFlag.SEQ in flags and load.seq == 0:
@@ -391,7 +401,7 @@ class EngineStream:
         self._skip = -size % self.beat          # the rest of the frame's last beat
         if length and bcrc != protocol.crc32c(body):
             tag = 0
-            if ftype == FrameType.JNLWR and length >= CONTROL_SIZE:
+            if ftype in (FrameType.JNLWR, FrameType.JNLDESC) and length >= CONTROL_SIZE:
                 tag = int.from_bytes(body[_TAG_AT:_TAG_AT + 4], "little")
             out += self._pad(self.model.nak(Status.BAD_BCRC, ftype, tag=tag).serialize())
             return True

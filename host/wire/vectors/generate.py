@@ -558,6 +558,21 @@ def bad_body_crc(s: Scenario):
     s.status(held=0, naks=2)
 
 
+@scenario(256)
+def descriptor_on_data_ring(s: Scenario):
+    """A JNLDESC on a data ring is WRONG_MODE (TAG echoed, REQ_TYPE JNLDESC), after the
+    BCRC check; nothing changes but NAKS."""
+    ctl = control(tag=41, length=100, data_len=100, data_crc=7)
+    s.ack(P.descriptor_frame(ctl).serialize(), S.WRONG_MODE, tag=41, req_type=T.JNLDESC,
+          seq=0, jofs=0)
+    frame = bytearray(P.descriptor_frame(ctl).serialize())
+    frame[-1] ^= 1
+    s.ack(bytes(frame), S.BAD_BCRC, tag=41, req_type=T.JNLDESC)
+    s.ack(Frame(T.JNLDESC, bytes(20)).serialize(), S.WRONG_MODE, tag=0)
+    s.write(_data(10), tag=1)
+    s.status(jiptr=128, held=1, naks=3, acks=1)
+
+
 @scenario(512)
 def pipelined_batch(s: Scenario):
     """Requests sent back to back (MORE set, one write) are answered in order."""
@@ -624,6 +639,11 @@ def frame_vectors() -> dict:
         ("status_resp", P.EngineStatus(128, 64, 1024, 960, 3, 2, T0, 2, 1, 0, 1, 1024).frame(),
          "EngineStatus"),
         ("load", P.Load(LF.TIME | LF.FREEZE | LF.SEQ, 1000, T0, 0).frame(), "Load"),
+        ("jnldesc", P.descriptor_frame(control(tag=6, epoch=2, length=4096, data_len=4096,
+                                               data_crc=0x1234ABCD)), "Control"),
+        ("release_at", P.Release(11, joptr=(1 << 40) - 4096).frame(), "Release"),
+        ("load_ring", P.Load(LF.CLEAR | LF.RING | LF.DESC | LF.SEQ | LF.PTR | LF.EPOCH, 77,
+                             0, 3, 1 << 39, size=1 << 40).frame(), "Load"),
     ]
     out_valid = []
     for name, frame, cls in valid:
@@ -634,8 +654,12 @@ def frame_vectors() -> dict:
             entry.update(body_class=cls, fields=_fields(c), data=d.hex())
         elif cls:
             decoded = getattr(P, cls).unpack(frame.body)
-            entry.update(body_class=cls, fields={k: int(v) if isinstance(v, int) else v
-                                                 for k, v in _fields(decoded).items()})
+            fields = {k: int(v) if isinstance(v, int) else v
+                      for k, v in _fields(decoded).items()
+                      # the descriptor-ring fields only where they are on the
+                      # wire: the older entries stay as they were
+                      if (cls, k, v) not in (("Release", "joptr", None), ("Load", "size", 0))}
+            entry.update(body_class=cls, fields=fields)
         out_valid.append(entry)
 
     good = P.Release(11).frame().serialize()
@@ -668,6 +692,9 @@ def frame_vectors() -> dict:
         ("jnlrd_reserved", "JnlRd", struct.pack("<QII", 1, 1, 2)),
         ("release_long", "Release", bytes(9)),
         ("load_undefined_flag", "Load", struct.pack("<QQII", 0, 0, 0, 0x40)),
+        ("load_ring_short", "Load", struct.pack("<QQQII", 0, 0, 0, 0, LF.RING)),
+        ("load_size_without_ring", "Load", struct.pack("<QQQIIQ", 0, 0, 0, 0, LF.SEQ, 4096)),
+        ("release_12", "Release", bytes(12)),
         ("control_short", "Control", bytes(63)),
         ("status_resp_short", "EngineStatus", bytes(72)),
     ]
