@@ -42,6 +42,9 @@ __all__ = ["JournalEngine"]
 FT = protocol.FrameType
 ST = protocol.Status
 _KNOWN_TYPES = [int(t) for t in FT]
+# RING and DESC (a ring size loaded at run time, descriptor rings) are not in
+# this gateware yet: its ring is always the data ring of ``ring_size`` bytes,
+# so a LOAD with them is refused as undefined (docs/hardware.md, "Known gaps").
 _LOAD_FLAGS = int(protocol.LoadFlag.SEQ | protocol.LoadFlag.TIME | protocol.LoadFlag.EPOCH
                   | protocol.LoadFlag.CLEAR | protocol.LoadFlag.FREEZE | protocol.LoadFlag.PTR)
 _CTL = layouts.byte_offsets(layouts.Control)
@@ -515,11 +518,16 @@ class JournalEngine(wiring.Component):
                     m.next = "ANSWER"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
-                                        tag=(ftype == FT.JNLWR) & ge_const(blen, 64))
+                                        tag=((ftype == FT.JNLWR) | (ftype == FT.JNLDESC))
+                                        & ge_const(blen, 64))
                     with m.Else():
                         with m.Switch(ftype):
                             with m.Case(FT.JNLWR):
                                 self._exec_jnlwr(m, locals())
+                            with m.Case(FT.JNLDESC):
+                                # this gateware's ring is a data ring, which
+                                # takes no descriptors (docs/protocol.md "JNLDESC")
+                                m.d.sync += nak(ST.WRONG_MODE, ftype, tag=ge_const(blen, 64))
                             with m.Case(FT.ACK, FT.NAK, FT.STATUS_RESP):
                                 m.d.sync += nak(ST.BAD_TYPE, ftype)
                             with m.Case(FT.HELLO):

@@ -15,8 +15,8 @@ from amaranth.lib import data
 
 from ..host.wire import protocol
 
-__all__ = ["Header", "Control", "Ack", "Hello", "JnlRd", "Release", "Load",
-           "EngineStatus", "byte_offsets"]
+__all__ = ["Header", "Control", "Ack", "Hello", "JnlRd", "Release", "ReleaseAt", "Load",
+           "LoadRing", "EngineStatus", "byte_offsets"]
 
 _SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
 
@@ -69,10 +69,15 @@ Hello = _struct_layout(protocol.Hello.STRUCT,
                        ["role", "reserved", "group", "epoch", "last_seq", "grname", "site"])
 #: JNLRD body, 16 bytes.
 JnlRd = _struct_layout(protocol.JnlRd.STRUCT, _names(protocol.JnlRd) + ["reserved"])
-#: RELEASE body, 8 bytes.
-Release = _struct_layout(protocol.Release.STRUCT, _names(protocol.Release))
+#: RELEASE body on a data ring, 8 bytes: UPTO.
+Release = _struct_layout(protocol.Release.STRUCT, ["upto"])
+#: RELEASE body on a descriptor ring, 16 bytes: UPTO, JOPTR (after the release).
+ReleaseAt = _struct_layout(protocol.Release.AT_STRUCT, _names(protocol.Release))
 #: LOAD body, 32 bytes: SEQ, TIME, PTR, EPOCH, FLAGS (wire order, not the dataclass order).
 Load = _struct_layout(protocol.Load.STRUCT, ["seq", "time", "ptr", "epoch", "flags"])
+#: LOAD body with RING, 40 bytes: the 32 above, then the ring SIZE.
+LoadRing = _struct_layout(protocol.Load.RING_STRUCT, ["seq", "time", "ptr", "epoch", "flags",
+                                                      "size"])
 #: STATUS_RESP body, 80 bytes.
 EngineStatus = _struct_layout(protocol.EngineStatus.STRUCT, _names(protocol.EngineStatus))
 

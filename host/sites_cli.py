@@ -218,7 +218,8 @@ def _make_site(args: argparse.Namespace, cfg: SiteConfig):
         return Primary(cfg)
     if args.command == "relay":
         from .relay.site import Relay
-        return Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url)
+        return Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url,
+                     engine_mode=args.engine_mode)
     from .secondary.site import Secondary
     return Secondary(cfg)
 
@@ -376,6 +377,10 @@ def register(subparsers) -> None:
                            help="journal engine backend (default: model)")
             p.add_argument("--engine-url", default=None,
                            help="pyserial URL of a board/port engine (/dev/ttyUSB0, socket://h:p)")
+            p.add_argument("--engine-mode", default=None, choices=["descriptor", "data"],
+                           help="descriptor: the engine gets control data only and the relay "
+                                "stores the data (default for --engine model); data: the "
+                                "engine keeps every journal too (default for sim/board/port)")
         p.set_defaults(func=_run, command=name)
 
 

@@ -559,3 +559,105 @@ def test_wide_stream_any_chunking(data, cuts):
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     out = b"".join(stream.feed(data[a:b]) for a, b in zip(points, points[1:]))
     assert out == whole and len(out) % 4 == 0
+
+
+# -- descriptor rings (docs/protocol.md, "Two kinds of ring") -------------------
+
+def desc(n: int, *, kind: int = Kind.UPDATE, tag: int = 0, epoch: int = 0, **fields) -> Frame:
+    """A JNLDESC for ``n`` bytes of data the host keeps (DATA_CRC as the data's)."""
+    values = dict(length=0 if kind == Kind.MARK else n, data_len=n,
+                  data_crc=P.crc32c(data_of(n)), kind=kind, tag=tag, epoch=epoch, address=512)
+    values.update(fields)
+    return P.descriptor_frame(P.Control(**values))
+
+
+def _state(m: EngineModel) -> tuple:
+    st = m.status()
+    return (st.jiptr, st.joptr, st.ring_size, st.free, st.next_seq, st.tail_seq, st.held,
+            st.wrap_at, st.acks, st.naks)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.sampled_from([128, 256, 1024, 4096, 192 * 64]),
+       ops=st.lists(st.one_of(st.tuples(st.just("w"), st.integers(0, 5000)),
+                              st.tuples(st.just("r"), st.integers(0, 6))), max_size=80))
+def test_descriptor_ring_allocates_as_the_data_ring(size, ops):
+    """The same journals, JNLWR on a data ring and JNLDESC on a descriptor ring, get the same
+    answers (SEQ#, TIME, JOFS, FULL, OVERSIZE) and leave the same pointers; the descriptor
+    ring's RELEASE gets the JOPTR the data ring's walk found, as a host store would give it."""
+    data_ring = EngineModel(size, clock=lambda: 0)
+    desc_ring = EngineModel(size, clock=lambda: 0, memory=0)
+    for m in (data_ring, desc_ring):
+        assert one_ack(m, P.Load(LF.TIME | LF.FREEZE, time=77).frame()).status == S.OK
+    for i, (op, n) in enumerate(ops):
+        if op == "w":
+            a = one_ack(data_ring, jnlwr(data_of(n, i), tag=i))
+            b = one_ack(desc_ring, desc(n, tag=i, data_crc=P.crc32c(data_of(n, i))))
+            assert (a.status, a.seq, a.time, a.jofs, a.tag) == (b.status, b.seq, b.time, b.jofs,
+                                                                b.tag)
+            event(S(a.status).name)
+        else:
+            upto = data_ring.tail_seq - 1 + n
+            a = one_ack(data_ring, P.Release(upto).frame())
+            b = one_ack(desc_ring, P.Release(upto, data_ring.joptr).frame())
+            assert (a.status, a.seq, a.jofs) == (b.status, b.seq, b.jofs)
+        assert _state(data_ring) == _state(desc_ring)
+        if data_ring.wrap_at != size:
+            event("wrapped")
+
+
+def test_descriptor_ring_keeps_no_data_and_no_image():
+    m = EngineModel(1 << 40, clock=lambda: 0, memory=0)
+    assert m.descriptor and m.memory == 0 and m._ring is None
+    with pytest.raises(ValueError, match="no ring image"):
+        m.ring()
+    ack = one_ack(m, desc(4096, tag=3))
+    assert (ack.status, ack.seq, ack.jofs, ack.req_type) == (S.OK, 1, 0, T.JNLDESC)
+    assert one_ack(m, jnlwr(data_of(10))).status == S.WRONG_MODE
+    assert one_ack(m, P.JnlRd(1, 1).frame()).status == S.WRONG_MODE
+
+
+@pytest.mark.parametrize("memory", [64, 100, 448])
+def test_memory_must_hold_the_reset_ring(memory):
+    with pytest.raises(ValueError, match="memory"):
+        EngineModel(512, memory=memory)
+
+
+@pytest.mark.parametrize("size", [1 << 20, 1 << 30, 1 << 40])
+def test_descriptor_model_memory_does_not_grow_with_the_ring(size):
+    """EngineModel(SIZE, memory=0): what it allocates for 2000 journals and their releases does
+    not depend on SIZE (the data model of 1 GiB holds a 1 GiB bytearray)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        m = EngineModel(size, clock=lambda: 0, memory=0)
+        for i in range(2000):
+            assert one_ack(m, desc(4096 + i, tag=i)).status == S.OK
+            if i % 10 == 9:
+                # everything but the last journal: JOPTR is its JOFS
+                last = m.next_seq - 1
+                assert one_ack(m, P.Release(last - 1, m.jiptr - P.record_size(4096 + i))
+                               .frame()).status == S.OK
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert m.held == 1 and m.next_seq == 2001
+    assert peak < 64 << 10, f"{peak} bytes traced for a ring of {size}"
+
+
+def test_load_ring_switches_modes_on_an_empty_ring_only():
+    m = EngineModel(512, clock=lambda: 0)                 # a data ring, 512 B of memory
+    assert one_ack(m, desc(10)).status == S.WRONG_MODE
+    assert one_ack(m, jnlwr(data_of(10))).status == S.OK
+    ring = P.Load(LF.RING | LF.DESC, size=1 << 40).frame()
+    assert one_ack(m, ring).status == S.NOT_EMPTY
+    assert (m.size, m.descriptor) == (512, False)
+    assert one_ack(m, P.Load(LF.CLEAR | LF.RING | LF.DESC, size=1 << 40).frame()).status == S.OK
+    assert (m.size, m.descriptor, m.jiptr, m.wrap_at) == (1 << 40, True, 0, 1 << 40)
+    assert one_ack(m, desc(10)).status == S.OK
+    assert one_ack(m, P.Load(LF.CLEAR | LF.RING, size=256).frame()).status == S.OK
+    assert (m.size, m.descriptor) == (256, False)
+    assert one_ack(m, jnlwr(data_of(100), tag=1)).jofs == 0
+    (rec, ack) = m.handle(P.JnlRd(3, 1).frame())
+    assert P.split_journal(rec.body)[1] == data_of(100)

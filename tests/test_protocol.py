@@ -147,3 +147,53 @@ def test_serialize_refuses_oversize_body():
 def test_hello_name_too_long_is_value_error():
     with pytest.raises(ValueError, match="at most 32"):
         p.Hello(p.Role.PRIMARY, grname="g" * 33).pack()
+
+
+# -- descriptor rings: the codec side of docs/protocol.md "Two kinds of ring" --
+
+def test_load_without_ring_is_the_32_byte_body_as_before():
+    raw = p.Load(p.LoadFlag.TIME | p.LoadFlag.FREEZE, time=5, ptr=64).pack()
+    assert raw == struct.pack("<QQQII", 0, 5, 64, 0, 0x12)
+    with pytest.raises(ValueError):
+        p.Load(p.LoadFlag.TIME, size=4096).pack()     # SIZE goes only with RING
+
+
+def test_load_ring_appends_a_u64_size():
+    flags = p.LoadFlag.RING | p.LoadFlag.DESC | p.LoadFlag.SEQ
+    raw = p.Load(flags, seq=7, size=1 << 40).pack()
+    assert len(raw) == 40
+    assert raw[32:] == (1 << 40).to_bytes(8, "little")
+    assert int.from_bytes(raw[28:32], "little") == 0x181
+    assert p.Load.unpack(raw) == p.Load(flags, seq=7, size=1 << 40)
+
+
+@pytest.mark.parametrize("body", [
+    struct.pack("<QQQII", 0, 0, 0, 0, 0x80),               # RING in a 32-byte body
+    struct.pack("<QQQIIQ", 0, 0, 0, 0, 0x01, 4096),        # 40 bytes without RING
+    struct.pack("<QQQIIQ", 0, 0, 0, 0, 0x40 | 0x80, 4096),  # bit 6 stays undefined
+    struct.pack("<QQQIIQ", 0, 0, 0, 0, 0x200 | 0x80, 4096),
+])
+def test_load_ring_body_rules(body):
+    with pytest.raises(p.BadBody):
+        p.Load.unpack(body)
+
+
+def test_release_has_an_8_and_a_16_byte_form():
+    assert p.Release(9).pack() == (9).to_bytes(8, "little")
+    raw = p.Release(9, joptr=(1 << 40) - 64).pack()
+    assert raw == struct.pack("<QQ", 9, (1 << 40) - 64)
+    assert p.Release.unpack(raw) == p.Release(9, (1 << 40) - 64)
+    assert p.Release.unpack(raw[:8]) == p.Release(9)
+
+
+def test_descriptor_frame_is_the_control_data_alone():
+    ctl = p.Control(length=4096, data_len=4096, data_crc=123, tag=4)
+    frame = p.descriptor_frame(ctl)
+    assert frame.type == p.FrameType.JNLDESC == 0x18
+    assert frame.body == ctl.pack() and len(frame.body) == p.CONTROL_SIZE
+
+
+def test_ring_sizes():
+    assert p.ring_size_ok(128) and p.ring_size_ok(1 << 40) and p.ring_size_ok(192)
+    assert not p.ring_size_ok(64) and not p.ring_size_ok((1 << 40) + 64)
+    assert not p.ring_size_ok(1000)

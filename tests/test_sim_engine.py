@@ -56,8 +56,10 @@ def _recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
 
 
 def test_vectors_over_tcp():
+    # Not the scenarios that need LOAD RING or no data memory: the gateware
+    # has neither yet (docs/hardware.md, "Known gaps").
     scenarios = {name: sc for name, sc in json.loads(VECTORS.read_text())["scenarios"].items()
-                 if sc["size"] == VECTOR_SIZE}
+                 if sc["size"] == VECTOR_SIZE and not sc.get("needs")}
     assert len(scenarios) >= 20
     steps = 0
     # reset_on_connect: a fresh engine per connection, one connection per scenario

@@ -87,7 +87,7 @@ def test_enough_scenarios_each_starting_frozen():
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_scenario_step_by_step(name):
     sc = SCENARIOS[name]
-    stream = EngineStream(EngineModel(sc["size"], clock=lambda: 0))
+    stream = EngineStream(EngineModel(sc["size"], clock=lambda: 0, memory=sc.get("memory")))
     for i, step in enumerate(sc["steps"]):
         assert stream.feed(bytes.fromhex(step["in"])).hex() == step["out"], f"step {i}"
 
@@ -99,7 +99,7 @@ def test_scenario_any_chunking(name):
     data = b"".join(bytes.fromhex(s["in"]) for s in sc["steps"])
     want = b"".join(bytes.fromhex(s["out"]) for s in sc["steps"])
     rng = random.Random(name)
-    stream = EngineStream(EngineModel(sc["size"], clock=lambda: 0))
+    stream = EngineStream(EngineModel(sc["size"], clock=lambda: 0, memory=sc.get("memory")))
     got, at = bytearray(), 0
     while at < len(data):
         n = rng.choice((1, 1, 2, 3, 15, 16, 17, 64, 500))

@@ -64,12 +64,18 @@ class Engine(abc.ABC):
         """Journal one write; ``control`` goes as given (DATA_LEN, DATA_CRC set by the caller)."""
 
     @abc.abstractmethod
+    async def place(self, control: Control) -> Ack:
+        """JNLDESC: allocate and stamp a journal by its control data alone (a
+        descriptor ring); the caller stores the data at the answer's JOFS."""
+
+    @abc.abstractmethod
     async def read(self, from_seq: int, count: int) -> list[tuple[Control, bytes]]:
         """Up to ``count`` journals from ``from_seq``, CCRC and DATA_CRC checked."""
 
     @abc.abstractmethod
-    async def release(self, upto: int) -> Ack:
-        """Free the journals up to and including SEQ# ``upto``."""
+    async def release(self, upto: int, joptr: int | None = None) -> Ack:
+        """Free the journals up to and including SEQ# ``upto``; on a descriptor
+        ring ``joptr`` is where JOPTR goes (the JOFS of journal ``upto`` + 1)."""
 
     @abc.abstractmethod
     async def status(self) -> protocol.EngineStatus:
@@ -77,8 +83,9 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def load(self, flags: int, seq: int = 0, time: int = 0, epoch: int = 0,
-                   ptr: int = 0) -> Ack:
-        """Load sequence base, clock, epoch, ring position (``flags``: :class:`protocol.LoadFlag`)."""
+                   ptr: int = 0, size: int = 0) -> Ack:
+        """Load sequence base, clock, epoch, ring position, ring size and mode
+        (``flags``: :class:`protocol.LoadFlag`; ``size`` with RING)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -124,6 +131,13 @@ class FrameEngine(Engine):
                               "link out of step")
         return ack
 
+    async def place(self, control: Control) -> Ack:
+        ack = await self._ack(protocol.descriptor_frame(control))
+        if ack.tag != control.tag:
+            raise EngineError(f"JNLDESC: answer carries TAG {ack.tag}, sent {control.tag}; "
+                              "link out of step")
+        return ack
+
     async def read(self, from_seq: int, count: int) -> list[tuple[Control, bytes]]:
         answer = await self.transact(protocol.JnlRd(from_seq, count).frame())
         try:
@@ -156,8 +170,8 @@ class FrameEngine(Engine):
             raise EngineError(f"JNLRD: SEQ# {seq} data does not match DATA_LEN/DATA_CRC")
         return ctl, data
 
-    async def release(self, upto: int) -> Ack:
-        return await self._ack(protocol.Release(upto).frame())
+    async def release(self, upto: int, joptr: int | None = None) -> Ack:
+        return await self._ack(protocol.Release(upto, joptr).frame())
 
     async def status(self) -> protocol.EngineStatus:
         answer = await self.transact(Frame(FrameType.STATUS))
@@ -173,8 +187,8 @@ class FrameEngine(Engine):
             raise EngineError(f"STATUS: unusable answer: {exc}") from exc
 
     async def load(self, flags: int, seq: int = 0, time: int = 0, epoch: int = 0,
-                   ptr: int = 0) -> Ack:
-        return await self._ack(protocol.Load(flags, seq, time, epoch, ptr).frame())
+                   ptr: int = 0, size: int = 0) -> Ack:
+        return await self._ack(protocol.Load(flags, seq, time, epoch, ptr, size).frame())
 
 
 class ModelEngine(FrameEngine):
@@ -192,15 +206,17 @@ class ModelEngine(FrameEngine):
 
 
 def open_engine(kind: str, *, size: int, url: str | None = None,
-                clock: Callable[[], int] | None = None) -> Engine:
+                clock: Callable[[], int] | None = None, memory: int | None = None) -> Engine:
     """Open a journal engine backend by kind (``--engine``).
 
     ``size`` is the ring size of a ``model``; a ``board``/``port`` engine has
     its own (ask :meth:`Engine.status`).  ``url`` is the pyserial URL of a
-    ``board``/``port``.  ``clock`` is the model's ns source.
+    ``board``/``port``.  ``clock`` is the model's ns source, ``memory`` its
+    data memory (default ``size``; 0: none, descriptor rings only, and no
+    copy of the journal in this process).
     """
     if kind == "model":
-        return ModelEngine(EngineModel(size, clock=clock))
+        return ModelEngine(EngineModel(size, clock=clock, memory=memory))
     if kind in ("board", "port"):
         if not url:
             raise ValueError(f"engine kind {kind!r} needs a url (/dev/ttyUSB0, socket://host:port)")

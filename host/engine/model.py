@@ -48,7 +48,12 @@ def _kind_rules_ok(ctl: Control) -> bool:
 class EngineModel:
     """Sans-I/O reference journal engine (docs/protocol.md, "The journal engine").
 
-    ``size`` is the ring size in bytes (a multiple of 64, at least 128).
+    ``size`` is the ring size in bytes at reset (a multiple of 64, 128 up to
+    2**40); LOAD RING sets another at run time.  ``memory`` is the data
+    memory in bytes (default ``size``): the reset ring is then a data ring.
+    With ``memory=0`` the engine has none, its reset ring is a descriptor
+    ring (docs/protocol.md, "Two kinds of ring") and it keeps no copy of any
+    journal: its footprint does not depend on ``size``.
     ``clock`` is a free-running nanosecond source (default
     :func:`time.monotonic_ns`); the engine CLOCK is the last loaded base plus
     the time elapsed on ``clock`` since that LOAD, or exactly the base while a
@@ -56,16 +61,25 @@ class EngineModel:
     """
 
     def __init__(self, size: int, *, clock: Callable[[], int] | None = None,
-                 name: str = "model"):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 128 or size % 64:
-            raise ValueError(f"ring size must be a multiple of 64 and at least 128, not {size!r}")
+                 name: str = "model", memory: int | None = None):
+        if not isinstance(size, int) or isinstance(size, bool) or not protocol.ring_size_ok(size):
+            raise ValueError(f"ring size must be a multiple of 64 from 128 to 2**40, not {size!r}")
+        if memory is None:
+            memory = size
+        if not isinstance(memory, int) or (memory and (memory < size or memory % 64)):
+            raise ValueError(f"memory must be 0 (none) or a multiple of 64 of at least the "
+                             f"ring size {size}, not {memory!r}")
         name.encode("ascii")                   # HELLO SITE is ASCII; fail here, not mid-run
         if len(name) > 32 or "\0" in name:
             raise ValueError(f"engine name must be ASCII, at most 32 characters, not {name!r}")
         self.name = name
         self._size = size
         self._clock = clock if clock is not None else time.monotonic_ns
-        self._ring = bytearray(size)
+        self._memory = memory
+        # The data memory: the data ring's image, as the gateware's ring RAM.
+        # None without one; never touched by a descriptor ring.
+        self._ring = bytearray(memory) if memory else None
+        self._descriptor = memory == 0          # MODE
         # (JOFS, R) of the journals held, TAIL_SEQ first: the gateware finds the
         # same facts in the control data at JOPTR; the model keeps them at hand.
         self._records: deque[tuple[int, int]] = deque()
@@ -90,11 +104,15 @@ class EngineModel:
             FrameType.RELEASE: self._release,
             FrameType.STATUS: self._status,
             FrameType.LOAD: self._load,
+            FrameType.JNLDESC: self._jnldesc,
         }
 
     # -- read-only state ----------------------------------------------------
 
     size = property(lambda self: self._size, doc="SIZE, ring bytes")
+    memory = property(lambda self: self._memory, doc="MEMORY, data memory bytes (0: none)")
+    descriptor = property(lambda self: self._descriptor,
+                          doc="MODE: True for a descriptor ring, False for a data ring")
     jiptr = property(lambda self: self._jiptr, doc="JIPTR, where the next record goes")
     joptr = property(lambda self: self._joptr, doc="JOPTR, the oldest record held")
     used = property(lambda self: self._used, doc="USED, bytes held incl. a skipped tail")
@@ -121,8 +139,11 @@ class EngineModel:
         Records and WRAP markers where they were written, zeros where nothing
         ever was.  Releasing or clearing does not erase bytes (the gateware
         only moves pointers), so stale records stay visible until overwritten.
+        A descriptor ring has no image (its records are the host's).
         """
-        return bytes(self._ring)
+        if self._descriptor:
+            raise ValueError("a descriptor ring has no ring image: the host holds its records")
+        return bytes(self._ring[:self._size])
 
     # -- requests -----------------------------------------------------------
 
@@ -147,6 +168,8 @@ class EngineModel:
 
     def _jnlwr(self, body: bytes) -> list[Frame]:
         req = FrameType.JNLWR
+        if self._descriptor:                    # no data kept here: JNLDESC
+            return [self.nak(Status.WRONG_MODE, req, tag=_tag(body))]
         if len(body) < CONTROL_SIZE:
             return [self.nak(Status.BAD_LENGTH, req)]
         ctl, data = protocol.split_journal(body)
@@ -163,25 +186,49 @@ class EngineModel:
             return refuse(Status.STALE_EPOCH)
         if protocol.crc32c(data) != ctl.data_crc:
             return refuse(Status.BAD_DCRC)
+        return self._place(ctl, req, data)
+
+    def _place(self, ctl: Control, req: FrameType, data: bytes | None) -> list[Frame]:
+        """Checks 8 and 9 (OVERSIZE, FULL), allocation and the stamps: shared
+        by JNLWR and JNLDESC, which differ only in whether ``data`` is stored."""
         r = protocol.record_size(ctl.data_len)
         if ctl.data_len > MAX_DATA or r > self._size:
-            return refuse(Status.OVERSIZE)
+            return [self.nak(Status.OVERSIZE, req, tag=ctl.tag)]
         if self._next_seq == _U64:              # SEQ# space exhausted: NEXT_SEQ must stay u64
-            return refuse(Status.FULL)
+            return [self.nak(Status.FULL, req, tag=ctl.tag)]
         jofs = self._allocate(r)
         if jofs is None:
-            return refuse(Status.FULL)
+            return [self.nak(Status.FULL, req, tag=ctl.tag)]
 
         seq = self._next_seq
         self._next_seq += 1
         stamp = max(self.now, self._last_time)  # TIME never goes backwards
         self._last_time = stamp
-        stamped = dataclasses.replace(ctl, seq=seq, time=stamp, jofs=jofs).with_ccrc()
-        record = stamped.pack() + data
-        self._ring[jofs:jofs + r] = record + bytes(r - len(record))
-        self._records.append((jofs, r))
+        if data is not None:                    # a data ring keeps the record
+            stamped = dataclasses.replace(ctl, seq=seq, time=stamp, jofs=jofs).with_ccrc()
+            record = stamped.pack() + data
+            self._ring[jofs:jofs + r] = record + bytes(r - len(record))
+            self._records.append((jofs, r))
         self._acks = (self._acks + 1) & _U32
         return [self._ack(req, seq, stamp, jofs, ctl.tag)]
+
+    def _jnldesc(self, body: bytes) -> list[Frame]:
+        """docs/protocol.md "JNLDESC": allocate and stamp, keep nothing."""
+        req = FrameType.JNLDESC
+        if not self._descriptor:                # a data ring keeps every journal's data
+            return [self.nak(Status.WRONG_MODE, req, tag=_tag(body))]
+        if len(body) != CONTROL_SIZE:
+            return [self.nak(Status.BAD_LENGTH, req, tag=_tag(body))]
+        ctl = Control.unpack(body)
+        if ctl.kind not in protocol.WIRE_KINDS:
+            return [self.nak(Status.BAD_KIND, req, tag=ctl.tag)]
+        if not _kind_rules_ok(ctl):
+            return [self.nak(Status.BAD_LENGTH, req, tag=ctl.tag)]
+        if ctl.epoch != self._epoch:
+            return [self.nak(Status.STALE_EPOCH, req, tag=ctl.tag)]
+        if ctl.data_len == 0 and ctl.data_crc != 0:   # the CRC32C of no data is 0
+            return [self.nak(Status.BAD_DCRC, req, tag=ctl.tag)]
+        return self._place(ctl, req, None)
 
     def _allocate(self, r: int) -> int | None:
         """Place a record of R bytes (docs/protocol.md, "Allocation"); its JOFS or None if FULL."""
@@ -197,7 +244,9 @@ class EngineModel:
                 jofs = self._jiptr              # includes the exact fit at the end
             elif r <= self._joptr:
                 # Skip the tail: a record never wraps (one I/O, one burst).
-                self._ring[self._jiptr:self._jiptr + CONTROL_SIZE] = WRAP_MARKER
+                # On a descriptor ring the host writes the marker.
+                if not self._descriptor:
+                    self._ring[self._jiptr:self._jiptr + CONTROL_SIZE] = WRAP_MARKER
                 self._wrap_at = self._jiptr
                 self._used += self._size - self._jiptr
                 jofs = 0
@@ -215,6 +264,8 @@ class EngineModel:
 
     def _jnlrd(self, body: bytes) -> list[Frame]:
         req = FrameType.JNLRD
+        if self._descriptor:                    # nothing to read: the host has the records
+            return [self.nak(Status.WRONG_MODE, req)]
         try:
             rd = protocol.JnlRd.unpack(body)
         except protocol.BadBody:
@@ -238,10 +289,11 @@ class EngineModel:
 
     def _release(self, body: bytes) -> list[Frame]:
         req = FrameType.RELEASE
-        try:
-            upto = protocol.Release.unpack(body).upto
-        except protocol.BadBody:
+        if self._descriptor:
+            return self._release_at(body)
+        if len(body) != protocol.Release.SIZE:
             return [self.nak(Status.BAD_REQUEST, req)]
+        upto = protocol.Release.unpack(body).upto
         if upto >= self._next_seq:              # never issued: release nothing at all
             return [self.nak(Status.NOT_FOUND, req, seq=upto)]
         while self._tail_seq <= upto:           # below TAIL_SEQ: idempotent no-op
@@ -255,6 +307,30 @@ class EngineModel:
             if self._joptr == self._size:
                 self._joptr = 0
             self._tail_seq += 1
+        return [self._ack(req, upto, 0, self._joptr)]
+
+    def _release_at(self, body: bytes) -> list[Frame]:
+        """RELEASE on a descriptor ring: the host says where JOPTR goes
+        (docs/protocol.md, "RELEASE"); the engine checks it against its pointers."""
+        req = FrameType.RELEASE
+        if len(body) != protocol.Release.AT_SIZE:
+            return [self.nak(Status.BAD_REQUEST, req)]
+        rel = protocol.Release.unpack(body)
+        upto, p = rel.upto, rel.joptr
+        if upto >= self._next_seq:
+            return [self.nak(Status.NOT_FOUND, req, seq=upto)]
+        if upto < self._tail_seq:               # idempotent; JOPTR is not read
+            return [self._ack(req, upto, 0, self._joptr)]
+        size = self._size
+        d = (p - self._joptr) % size or size    # bytes released, a skipped tail included
+        if (p % ALIGN or p >= size or self._wrap_at <= p < size or d > self._used
+                or (d == self._used) != (upto == self._next_seq - 1)):
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if p <= self._joptr:                    # went past the end: the marker with it
+            self._wrap_at = size
+        self._used -= d
+        self._joptr = p
+        self._tail_seq = upto + 1
         return [self._ack(req, upto, 0, self._joptr)]
 
     # STATUS, LOAD, HELLO, HEARTBEAT -----------------------------------------
@@ -279,12 +355,19 @@ class EngineModel:
         except protocol.BadBody:
             return [self.nak(Status.BAD_REQUEST, req)]
         flags = LoadFlag(load.flags)
-        # All checks before any effect: a refused LOAD changes nothing.
+        ring = LoadFlag.RING in flags
+        # All checks before any effect, in the document's order: a refused
+        # LOAD changes nothing.
         if LoadFlag.SEQ in flags and load.seq == 0:
             return [self.nak(Status.BAD_REQUEST, req)]
-        if LoadFlag.PTR in flags and (load.ptr % ALIGN or load.ptr >= self._size):
+        if (ring and not protocol.ring_size_ok(load.size)) or (LoadFlag.DESC in flags and not ring):
             return [self.nak(Status.BAD_REQUEST, req)]
-        if flags & (LoadFlag.SEQ | LoadFlag.PTR):
+        size = load.size if ring else self._size
+        if LoadFlag.PTR in flags and (load.ptr % ALIGN or load.ptr >= size):
+            return [self.nak(Status.BAD_REQUEST, req)]
+        if ring and LoadFlag.DESC not in flags and load.size > self._memory:
+            return [self.nak(Status.WRONG_MODE, req)]   # the data memory cannot hold it
+        if flags & (LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.RING):
             if self.held and LoadFlag.CLEAR not in flags:
                 return [self.nak(Status.NOT_EMPTY, req)]
         if LoadFlag.CLEAR in flags:
@@ -292,6 +375,11 @@ class EngineModel:
             self._jiptr = self._joptr = self._used = 0
             self._wrap_at = self._size
             self._tail_seq = self._next_seq
+        if ring:                                # empty here (checked above)
+            self._size = size
+            self._descriptor = LoadFlag.DESC in flags
+            self._jiptr = self._joptr = 0
+            self._wrap_at = size
         if LoadFlag.SEQ in flags:
             self._next_seq = self._tail_seq = load.seq
         if LoadFlag.PTR in flags:
@@ -317,6 +405,11 @@ class EngineModel:
         if len(body) not in (0, 8):
             return [self.nak(Status.BAD_REQUEST, FrameType.HEARTBEAT)]
         return [Frame(FrameType.HEARTBEAT, body)]
+
+
+def _tag(body: bytes) -> int:
+    """TAG of a journal or descriptor body, 0 when it is shorter than control data."""
+    return Control.unpack(body).tag if len(body) >= CONTROL_SIZE else 0
 
 
 _MAGIC_BYTES = struct.pack("<I", protocol.MAGIC)          # b"TRCP"
@@ -391,7 +484,7 @@ class EngineStream:
         self._skip = -size % self.beat          # the rest of the frame's last beat
         if length and bcrc != protocol.crc32c(body):
             tag = 0
-            if ftype == FrameType.JNLWR and length >= CONTROL_SIZE:
+            if ftype in (FrameType.JNLWR, FrameType.JNLDESC) and length >= CONTROL_SIZE:
                 tag = int.from_bytes(body[_TAG_AT:_TAG_AT + 4], "little")
             out += self._pad(self.model.nak(Status.BAD_BCRC, ftype, tag=tag).serialize())
             return True

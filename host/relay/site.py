@@ -39,7 +39,11 @@ from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
-__all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay"]
+__all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
+
+#: ``--engine-mode``: the engine's ring, descriptor (control data only, the
+#: relay stores the data) or data (the engine keeps every journal too)
+ENGINE_MODES = ("descriptor", "data")
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +81,18 @@ class RelayGroup:
     """One INTERMEDIARY journal group: engine, store, dedup state, forwarder.
 
     ``grsts`` is the group status (patent Fig. 5, GRSTS) as the relay sees it.
+    ``descriptor``: the engine runs a descriptor ring of the journal volume's
+    size (docs/protocol.md, "Two kinds of ring"): it gets each journal's
+    control data only and the relay writes the data at the JOFS it answers;
+    otherwise a data ring, which must be the journal volume's size.
     """
 
-    def __init__(self, cfg: GroupConfig, site: SiteConfig, engine: Engine):
+    def __init__(self, cfg: GroupConfig, site: SiteConfig, engine: Engine, *,
+                 descriptor: bool = False):
         self.cfg = cfg
         self.site = site
         self.engine = engine
+        self.descriptor = descriptor
         jcfg = cfg.journal
         self.recovery_warning = ""
         if jcfg.path.exists():
@@ -181,22 +191,35 @@ class RelayGroup:
         store holds; anything else is a RelayError.
         """
         s, e, epoch = self.store, self.engine, self.cfg.epoch
-        st = await e.status()
-        if (st.next_seq, st.tail_seq, st.jiptr, st.joptr, st.epoch, st.wrap_at) == (
-                s.next_seq, s.tail_seq, s.jiptr, s.joptr, epoch, s.wrap_at):
-            return     # e.g. a board that kept its state across a relay restart
-        if st.ring_size != s.size:
-            raise RelayError(f"engine ring is {st.ring_size} bytes, journal volume {s.size}")
         # An empty store sits at JIPTR; a non-empty one's first journal at JOPTR.
         ptr = s.joptr if s.held else s.jiptr
-        await self._expect(e.load(LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH,
-                                  seq=s.tail_seq, epoch=epoch, ptr=ptr), "LOAD")
+        flags = LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH
+        if self.descriptor:
+            # The ring is the journal volume's, whatever the engine's memory:
+            # one LOAD sets its size and mode and lines it up with the store.
+            # Always, even on an engine that kept its state: it may be a data
+            # ring of the same pointers, and replaying descriptors is cheap.
+            await self._expect(e.load(flags | LoadFlag.RING | LoadFlag.DESC, seq=s.tail_seq,
+                                      epoch=epoch, ptr=ptr, size=s.size), "LOAD RING")
+        else:
+            st = await e.status()
+            if (st.next_seq, st.tail_seq, st.jiptr, st.joptr, st.epoch, st.wrap_at) == (
+                    s.next_seq, s.tail_seq, s.jiptr, s.joptr, epoch, s.wrap_at):
+                return     # e.g. a board that kept its state across a relay restart
+            if st.ring_size != s.size:
+                raise RelayError(f"engine ring is {st.ring_size} bytes, journal volume {s.size}")
+            await self._expect(e.load(flags, seq=s.tail_seq, epoch=epoch, ptr=ptr), "LOAD")
         seq = s.tail_seq
         while seq < s.next_seq:
             for ctl, _ in s.read(seq, FORWARD_BATCH):
-                zeros = bytes(ctl.data_len)
+                # Only sizes matter to allocation: an UPDATE of the same
+                # DATA_LEN (zeros to a data ring; the stored DATA_CRC to a
+                # descriptor ring, which never sees the data).
+                zeros = bytes(ctl.data_len) if not self.descriptor else b""
+                crc = (protocol.crc32c(zeros) if zeros else 0) if not self.descriptor \
+                    else (ctl.data_crc if ctl.data_len else 0)
                 probe = dataclasses.replace(ctl, kind=Kind.UPDATE, length=ctl.data_len,
-                                            data_crc=protocol.crc32c(zeros) if zeros else 0)
+                                            data_crc=crc)
                 await self._replay(probe, ctl)
                 seq += 1
         st = await e.status()
@@ -210,7 +233,10 @@ class RelayGroup:
                  s.wrap_at)
 
     async def _replay(self, probe: Control, stored: Control | None) -> None:
-        ack = await self.engine.submit(probe, bytes(probe.data_len))
+        if self.descriptor:
+            ack = await self.engine.place(probe)
+        else:
+            ack = await self.engine.submit(probe, bytes(probe.data_len))
         if ack.status != Status.OK:
             raise RelayError(f"engine refused a replayed journal: {Status(ack.status).name}")
         if stored is not None and (ack.seq, ack.jofs) != (stored.seq, stored.jofs):
@@ -285,7 +311,17 @@ class RelayGroup:
         if ctl.group != self.cfg.grnum:
             return None, nak(Status.WRONG_GROUP, FrameType.JNLWR, tag=ctl.tag)
         try:
-            ack = await self.engine.submit(ctl, data)
+            if self.descriptor:
+                # The engine never sees the data: check here what it would
+                # (a journal the store would refuse must not be allocated).
+                if ctl.data_len != len(data):
+                    return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
+                if protocol.crc32c(data) != ctl.data_crc:
+                    return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
+                # the primary sent a JNLWR: it gets the answer to one
+                ack = dataclasses.replace(await self.engine.place(ctl), req_type=FrameType.JNLWR)
+            else:
+                ack = await self.engine.submit(ctl, data)
         except EngineError as exc:
             raise self._fault(f"engine failed: {exc}") from None
         if ack.status != Status.OK:
@@ -484,6 +520,18 @@ class RelayGroup:
         upto = min(upto, s.next_seq - 1)
         if upto < s.tail_seq:
             return
+        if self.descriptor:
+            # The store holds the records: it releases first and tells the
+            # engine where JOPTR goes (the engine has no records to walk).
+            try:
+                joptr = s.release(upto, persist=False)
+            except StoreError as exc:
+                raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
+            ack = await self.engine.release(upto, joptr)
+            if ack.status != Status.OK:
+                raise self._fault(f"engine refused RELEASE {upto} JOPTR {joptr}: "
+                                  f"{Status(ack.status).name}")
+            return
         ack = await self.engine.release(upto)
         if ack.status != Status.OK:
             raise self._fault(f"engine refused RELEASE {upto}: {Status(ack.status).name}")
@@ -560,10 +608,19 @@ class RelayGroup:
 class Relay:
     """The relay site process."""
 
-    def __init__(self, cfg: SiteConfig, engine_kind: str = "model", engine_url: str | None = None):
+    def __init__(self, cfg: SiteConfig, engine_kind: str = "model", engine_url: str | None = None,
+                 engine_mode: str | None = None):
         self.cfg = cfg
         self.engine_kind = engine_kind
         self.engine_url = engine_url
+        # Descriptor rings by default where the backend has them (the model;
+        # the gateware does not yet: docs/hardware.md, "Known gaps").
+        if engine_mode is None:
+            engine_mode = "descriptor" if engine_kind == "model" else "data"
+        if engine_mode not in ENGINE_MODES:
+            raise ValueError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, "
+                             f"not {engine_mode!r}")
+        self.engine_mode = engine_mode
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence})
@@ -587,14 +644,19 @@ class Relay:
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "relay", "engine": self.engine_kind,
+                "engine_mode": self.engine_mode,
                 "groups": [g.status() for g in self.groups.values()]}
 
     async def run(self) -> None:
         for g in self.cfg.groups:
             if g.attr is not GroupAttr.INTERMEDIARY:
                 continue
-            engine = open_engine(self.engine_kind, size=g.journal.size, url=self.engine_url)
-            group = RelayGroup(g, self.cfg, engine)
+            descriptor = self.engine_mode == "descriptor"
+            # A model for descriptor rings needs no data memory: no second
+            # copy of the journal volume in this process.
+            engine = open_engine(self.engine_kind, size=g.journal.size, url=self.engine_url,
+                                 memory=0 if descriptor else None)
+            group = RelayGroup(g, self.cfg, engine, descriptor=descriptor)
             try:
                 await group.recover_engine()
             except CorruptStore as exc:
@@ -608,7 +670,7 @@ class Relay:
                           "with a full scan", g.grname, exc)
                 await group._commit.aclose()
                 group.store.close()
-                group = RelayGroup(g, self.cfg, engine)
+                group = RelayGroup(g, self.cfg, engine, descriptor=descriptor)
                 await group.recover_engine()
             self.groups[g.grnum] = group
         if not self.groups:

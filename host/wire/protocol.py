@@ -27,12 +27,14 @@ import crc32c as _crc32c
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "CONTROL_SIZE", "ALIGN",
-    "MAX_DATA", "MAX_BODY", "FrameType", "FrameFlag", "Kind", "Status", "Role",
+    "MAX_DATA", "MAX_BODY", "MAX_RING", "MIN_RING", "FrameType", "FrameFlag", "Kind",
+    "Status", "Role",
     "LoadFlag", "ProtocolError", "BadMagic", "BadVersion", "BadHeaderCRC",
     "BadBodyCRC", "FrameTooBig", "BadFrameType", "BadFlags", "BadBody",
     "Frame", "Control", "Ack", "Hello", "JnlRd", "Release", "Load",
     "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
     "record_size", "journal_body", "split_journal", "DATA_KINDS", "WIRE_KINDS",
+    "ring_size_ok", "descriptor_frame",
 ]
 
 
@@ -53,6 +55,8 @@ CONTROL_SIZE = 64             # patent [0062]: fixed 64-byte control data
 ALIGN = 64                    # journal records in a ring start on 64-byte boundaries
 MAX_DATA = 4 << 20            # largest journal data in one JNLWR; larger writes are split
 MAX_BODY = CONTROL_SIZE + MAX_DATA
+MIN_RING = 2 * ALIGN          # smallest ring: the smallest record and room to move
+MAX_RING = 1 << 40            # largest ring a LOAD RING sets (positions are u64 on the wire)
 
 _HEADER = struct.Struct("<IBBHI")      # without HCRC
 _U32 = struct.Struct("<I")
@@ -69,7 +73,13 @@ class FrameType(enum.IntEnum):
     RELEASE = 0x14     # patent Fig. 9 step 940: advance JOPTR up to a sequence number
     STATUS = 0x15      # request status
     STATUS_RESP = 0x16
-    LOAD = 0x17        # load sequence base, time base, epoch
+    LOAD = 0x17        # load sequence base, time base, epoch, ring size
+    # A journal by its control data only: the engine allocates and stamps, the
+    # host stores DATA_LEN bytes of data at the JOFS answered.  A type of its
+    # own, not a JNLWR flag: the body means something else (DATA_LEN is not
+    # the body's rest), it never travels between sites, and header FLAGS are
+    # link-level bits that every receiver checks before the body.
+    JNLDESC = 0x18
 
 
 class FrameFlag(enum.IntFlag):
@@ -115,6 +125,7 @@ class Status(enum.IntEnum):
     SUSPENDED = 13    # group is suspended (host links only)
     WRONG_GROUP = 14  # group name/number does not match (host links only)
     SEQ_REGRESSION = 15  # the peer's journal stream is behind ours (host links only)
+    WRONG_MODE = 16   # the ring's mode does not take this request (data vs descriptor ring)
 
 
 class Role(enum.IntEnum):
@@ -134,6 +145,14 @@ class LoadFlag(enum.IntFlag):
     CLEAR = 0x08    # drop every journal and rewind JIPTR = JOPTR = 0 (applied first)
     FREEZE = 0x10   # with TIME: the clock stops at the loaded value (deterministic tests)
     PTR = 0x20      # set JIPTR = JOPTR = PTR in an empty ring (relay restart: align with the store)
+    # 0x40 stays undefined: the vectors and the RTL scoreboard use it as "an undefined flag".
+    RING = 0x80     # new ring of SIZE bytes (the 40-byte LOAD), empty, at 0 (ring must be empty)
+    DESC = 0x100    # with RING: a descriptor ring (no data kept by the engine); without: a data ring
+
+
+def ring_size_ok(size: int) -> bool:
+    """A ring SIZE a LOAD RING may set: a multiple of ALIGN in MIN_RING..MAX_RING."""
+    return MIN_RING <= size <= MAX_RING and size % ALIGN == 0
 
 
 # -- errors ------------------------------------------------------------------
@@ -367,6 +386,11 @@ def journal_body(control: Control, data: bytes = b"") -> bytes:
     return control.pack() + data
 
 
+def descriptor_frame(control: Control, flags: int = 0) -> Frame:
+    """A JNLDESC frame: the control data alone (docs/protocol.md, "JNLDESC")."""
+    return Frame(FrameType.JNLDESC, control.pack(), flags)
+
+
 def split_journal(body: bytes) -> tuple[Control, bytes]:
     """Control data and journal data of a JNLWR body; checks only the sizes."""
     ctl = Control.unpack(body)
@@ -480,17 +504,31 @@ class JnlRd:
 
 @dataclass(frozen=True)
 class Release:
-    """RELEASE body (8 bytes): free every journal with SEQ <= ``upto``."""
+    """RELEASE body: free every journal with SEQ <= ``upto``.
+
+    8 bytes (UPTO) on a data ring, whose engine walks its records to find
+    the new JOPTR; 16 bytes (UPTO, JOPTR) on a descriptor ring, whose engine
+    holds no record and takes the JOPTR after the release from the host
+    (the JOFS of journal UPTO + 1 in its journal volume, or JIPTR).
+    ``joptr`` is None for the 8-byte form.
+    """
     upto: int
+    joptr: int | None = None
 
     STRUCT = struct.Struct("<Q")
+    AT_STRUCT = struct.Struct("<QQ")
     SIZE = 8
+    AT_SIZE = 16
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(self.upto)
+        if self.joptr is None:
+            return self.STRUCT.pack(self.upto)
+        return self.AT_STRUCT.pack(self.upto, self.joptr)
 
     @classmethod
     def unpack(cls, body: bytes) -> "Release":
+        if len(body) == cls.AT_SIZE:
+            return cls(*cls.AT_STRUCT.unpack(body))
         _expect_size(body, cls.SIZE, "RELEASE")
         return cls(*cls.STRUCT.unpack(body))
 
@@ -500,28 +538,48 @@ class Release:
 
 @dataclass(frozen=True)
 class Load:
-    """LOAD body (32 bytes): sequence base, time base, ring position, epoch;
-    ``flags`` says which take effect."""
+    """LOAD body: sequence base, time base, ring position, epoch, ring size;
+    ``flags`` says which take effect.
+
+    32 bytes, or 40 when ``flags`` has RING: the ring SIZE is appended, so
+    every LOAD without RING is byte for byte what it was before rings were
+    loadable.  The body is 40 bytes if and only if RING is set.
+    """
     flags: int
     seq: int = 0
     time: int = 0
     epoch: int = 0
     ptr: int = 0
+    size: int = 0         # ring bytes, with RING only
 
     STRUCT = struct.Struct("<QQQII")
+    RING_STRUCT = struct.Struct("<QQQIIQ")
     SIZE = 32
+    RING_SIZE = 40
+    FLAGS = (LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR | LoadFlag.FREEZE
+             | LoadFlag.PTR | LoadFlag.RING | LoadFlag.DESC)
 
     def pack(self) -> bytes:
+        if self.flags & LoadFlag.RING:
+            return self.RING_STRUCT.pack(self.seq, self.time, self.ptr, self.epoch, self.flags,
+                                         self.size)
+        if self.size:
+            raise ValueError("a LOAD carries SIZE only with the RING flag")
         return self.STRUCT.pack(self.seq, self.time, self.ptr, self.epoch, self.flags)
 
     @classmethod
     def unpack(cls, body: bytes) -> "Load":
-        _expect_size(body, cls.SIZE, "LOAD")
-        seq, time, ptr, epoch, flags = cls.STRUCT.unpack(body)
-        if flags & ~int(LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR
-                        | LoadFlag.FREEZE | LoadFlag.PTR):
+        if len(body) not in (cls.SIZE, cls.RING_SIZE):
+            raise BadBody(f"LOAD body must be {cls.SIZE} or {cls.RING_SIZE} bytes, got {len(body)}")
+        seq, time, ptr, epoch, flags = cls.STRUCT.unpack_from(body)
+        if flags & ~int(cls.FLAGS):
             raise BadBody(f"LOAD has undefined flags {flags:#x}")
-        return cls(flags, seq, time, epoch, ptr)
+        ring = bool(flags & LoadFlag.RING)
+        if ring != (len(body) == cls.RING_SIZE):
+            raise BadBody(f"LOAD of {len(body)} bytes with RING {'set' if ring else 'clear'}: "
+                          f"the body is {cls.RING_SIZE} bytes if and only if RING is set")
+        size = cls.RING_STRUCT.unpack(body)[5] if ring else 0
+        return cls(flags, seq, time, epoch, ptr, size)
 
     def frame(self) -> Frame:
         return Frame(FrameType.LOAD, self.pack())

@@ -36,9 +36,11 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
-                 vol_size: int = VOL_SIZE, engine: str = "model"):
+                 vol_size: int = VOL_SIZE, engine: str = "model",
+                 engine_mode: str | None = None):
         self.root = root
         self.engine = engine                   # the relay's --engine (model, sim)
+        self.engine_mode = engine_mode         # the relay's --engine-mode (None: its default)
         self.volumes = volumes
         self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
@@ -98,6 +100,8 @@ class Cluster:
         d = self.root / role
         log = open(d / "site.log", "ab")
         args = ["--engine", self.engine] if role == "relay" else []
+        if role == "relay" and self.engine_mode:
+            args += ["--engine-mode", self.engine_mode]
         self.procs[role] = subprocess.Popen(
             [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml"),
              *args],

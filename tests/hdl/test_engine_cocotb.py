@@ -34,6 +34,9 @@ from tricopy.host.wire.protocol import Frame, FrameType as T, LoadFlag as LF
 
 T0 = 1_700_000_000_000_000_000
 VECTORS = Path(__file__).resolve().parents[2] / "host" / "wire" / "vectors" / "engine.json"
+# What the gateware has of the scenarios' "needs" (docs/protocol.md, "Engine
+# test vectors"): nothing yet, LOAD RING and descriptor rings are a known gap.
+RTL_FEATURES: set[str] = set()
 
 
 # -- testbench ----------------------------------------------------------------
@@ -309,8 +312,12 @@ async def test_vectors(dut):
     W = tb.W
     scenarios = json.loads(VECTORS.read_text())["scenarios"]
     ran = steps = modelled = 0
+    lacking = []
     for name, sc in scenarios.items():
         if sc["size"] != size:
+            continue
+        if set(sc.get("needs", ())) - RTL_FEATURES:
+            lacking.append(name)
             continue
         await tb.reset()
         for step in sc["steps"]:
@@ -335,6 +342,9 @@ async def test_vectors(dut):
         ran += 1
     dut._log.info("vectors: %d scenarios of size %d at width %d: %d steps, %d of them "
                   "against the wide model", ran, size, 8 * W, steps, modelled)
+    if lacking:
+        dut._log.warning("vectors NOT replayed, the RTL lacks what they need (%s): %s",
+                         "docs/hardware.md, Known gaps", ", ".join(lacking))
     assert ran > 0, f"no scenario of size {size} in {VECTORS}"
     await tb.sink_is_empty()
 

@@ -8,7 +8,9 @@ malformed frames with the typed error the codec must raise.
 
 ``engine.json``: named scenarios, each ``{"size", "doc", "steps": [{"in",
 "out"}]}`` with hex byte streams: feed ``in`` to an engine with a fresh ring of
-``size`` bytes, expect exactly ``out`` back.  Every scenario starts with LOAD
+``size`` bytes (``"memory"``: its data memory when not ``size``; ``"needs"``:
+what beyond a data ring of that size it exercises, e.g. LOAD RING), expect
+exactly ``out`` back.  Every scenario starts with LOAD
 TIME|FREEZE, so the bytes are a pure function of the stream and the RTL
 testbench can replay them as they are.  A step marked ``"site": true``
 answers a HELLO, whose SITE field names the backend (docs/protocol.md,
@@ -68,11 +70,14 @@ def header(ftype: int, length: int, *, magic: int = P.MAGIC, version: int = P.VE
 class Scenario:
     """One engine scenario: a byte stream and the model's answers to it."""
 
-    def __init__(self, name: str, size: int, doc: str):
-        self.name, self.size, self.doc = name, size, doc
-        self.model = EngineModel(size, clock=lambda: 0)
+    def __init__(self, name: str, size: int, doc: str, memory: int | None = None):
+        self.name, self.size, self.doc, self.memory = name, size, doc, memory
+        self.model = EngineModel(size, clock=lambda: 0, memory=memory)
         self.stream = EngineStream(self.model)
         self.steps: list[dict] = []
+        # features beyond a data ring of the reset size, found from what the
+        # scenario sends (docs/protocol.md, "Engine test vectors")
+        self.needs: set[str] = {"no_memory"} if memory == 0 else set()
         self.load(LF.TIME | LF.FREEZE, time=T0)
 
     def _fail(self, what: str) -> None:
@@ -105,11 +110,24 @@ class Scenario:
         return self.ack(jnlwr(data, **fields), status)
 
     def load(self, flags: int, seq: int = 0, time: int = 0, epoch: int = 0,
-             status: S = S.OK, ptr: int = 0) -> P.Ack:
-        return self.ack(P.Load(flags, seq, time, epoch, ptr).frame().serialize(), status)
+             status: S = S.OK, ptr: int = 0, size: int = 0, **expect) -> P.Ack:
+        if flags & LF.RING:
+            self.needs.add("ring_load")
+        return self.ack(P.Load(flags, seq, time, epoch, ptr, size).frame().serialize(), status,
+                        **expect)
 
-    def release(self, upto: int, status: S = S.OK, **expect) -> P.Ack:
-        return self.ack(P.Release(upto).frame().serialize(), status, **expect)
+    def release(self, upto: int, status: S = S.OK, joptr: int | None = None, **expect) -> P.Ack:
+        return self.ack(P.Release(upto, joptr).frame().serialize(), status, **expect)
+
+    def desc(self, n: int = 0, status: S = S.OK, *, kind: int = Kind.UPDATE,
+             **fields) -> P.Ack:
+        """A JNLDESC for ``n`` bytes of data that the host keeps (DATA_CRC made
+        up: the engine never sees the data); ``fields`` override the control
+        data, except SEQ, JOFS, TIME and REQ_TYPE, which are checked on the answer."""
+        expect = {k: fields.pop(k) for k in ("seq", "jofs", "time", "req_type") if k in fields}
+        ctl = control(kind=kind, **{"length": 0 if kind == Kind.MARK else n, "data_len": n,
+                                    "data_crc": 0x5A5A0000 | n if n else 0, **fields})
+        return self.ack(P.descriptor_frame(ctl).serialize(), status, **expect)
 
     def read(self, from_seq: int, count: int, n: int | None = None,
              status: S = S.OK) -> list[Frame]:
@@ -127,7 +145,12 @@ class Scenario:
         return st
 
     def json(self) -> dict:
-        return {"size": self.size, "doc": self.doc, "steps": self.steps}
+        out = {"size": self.size, "doc": self.doc}
+        if self.memory is not None:
+            out["memory"] = self.memory
+        if self.needs:
+            out["needs"] = sorted(self.needs)
+        return {**out, "steps": self.steps}
 
 
 # -- the scenarios ---------------------------------------------------------------
@@ -136,9 +159,9 @@ class Scenario:
 SCENARIOS = []
 
 
-def scenario(size: int):
+def scenario(size: int, memory: int | None = None):
     def register(fn):
-        SCENARIOS.append((fn.__name__, size, fn))
+        SCENARIOS.append((fn.__name__, size, memory, fn))
         return fn
     return register
 
@@ -558,6 +581,204 @@ def bad_body_crc(s: Scenario):
     s.status(held=0, naks=2)
 
 
+@scenario(256)
+def descriptor_on_data_ring(s: Scenario):
+    """A JNLDESC on a data ring is WRONG_MODE (TAG echoed, REQ_TYPE JNLDESC), after the
+    BCRC check; nothing changes but NAKS."""
+    ctl = control(tag=41, length=100, data_len=100, data_crc=7)
+    s.ack(P.descriptor_frame(ctl).serialize(), S.WRONG_MODE, tag=41, req_type=T.JNLDESC,
+          seq=0, jofs=0)
+    frame = bytearray(P.descriptor_frame(ctl).serialize())
+    frame[-1] ^= 1
+    s.ack(bytes(frame), S.BAD_BCRC, tag=41, req_type=T.JNLDESC)
+    s.ack(Frame(T.JNLDESC, bytes(20)).serialize(), S.WRONG_MODE, tag=0)
+    s.write(_data(10), tag=1)
+    s.status(jiptr=128, held=1, naks=3, acks=1)
+
+
+# -- descriptor rings (docs/protocol.md, "Two kinds of ring") --------------------
+# The same allocation as a data ring, nothing stored; RELEASE says where JOPTR goes.
+
+DESC_RING = LF.RING | LF.DESC
+
+
+@scenario(256)
+def desc_ring_load(s: Scenario):
+    """LOAD RING|DESC at run time: a descriptor ring of any size up to 2**40 (not the reset
+    size), the LOAD checks in order; exact fit at 2**40; JNLWR, JNLRD and the 8-byte RELEASE
+    are then refused."""
+    s.write(_data(10))
+    s.load(DESC_RING, size=4096, status=S.NOT_EMPTY)
+    s.load(DESC_RING, size=1000, status=S.BAD_REQUEST)            # not a multiple of 64
+    s.load(DESC_RING, size=64, status=S.BAD_REQUEST)              # below 128
+    s.load(DESC_RING, size=(1 << 40) + 64, status=S.BAD_REQUEST)  # above 2**40
+    s.load(LF.DESC, status=S.BAD_REQUEST)                         # DESC only with a new ring
+    s.load(LF.RING, size=512, status=S.WRONG_MODE)                # a data ring > memory (256)
+    s.load(DESC_RING | LF.PTR, size=4096, ptr=4096, status=S.BAD_REQUEST)  # PTR >= new SIZE
+    s.send(Frame(T.LOAD, P.Load(DESC_RING, size=4096).pack()[:32]).serialize(), [S.BAD_REQUEST])
+    s.status(ring_size=256, held=1, jiptr=128, naks=8)
+    top = (1 << 40) - 128
+    s.ack(P.Load(LF.CLEAR | DESC_RING | LF.SEQ | LF.PTR | LF.EPOCH, seq=100, epoch=4, ptr=top,
+                 size=1 << 40).frame().serialize(), S.OK, seq=100, jofs=top)
+    s.status(ring_size=1 << 40, free=1 << 40, jiptr=top, joptr=top, wrap_at=1 << 40,
+             next_seq=100, tail_seq=100, held=0, epoch=4)
+    s.desc(64, epoch=4, tag=1, seq=100, jofs=top)                 # exact fit at 2**40
+    s.status(jiptr=0, joptr=top, held=1, wrap_at=1 << 40, free=(1 << 40) - 128)
+    s.ack(jnlwr(_data(5), epoch=4, tag=2), S.WRONG_MODE, tag=2, req_type=T.JNLWR)
+    s.read(100, 1, status=S.WRONG_MODE)
+    s.release(100, status=S.BAD_REQUEST)                          # the 8-byte form
+    s.release(100, joptr=0, seq=100, jofs=0)
+    s.status(held=0, free=1 << 40, joptr=0, jiptr=0, wrap_at=1 << 40)
+
+
+@scenario(256)
+def desc_allocation(s: Scenario):
+    """A descriptor ring allocates as a data ring: R = 64 + roundup(DATA_LEN, 64), exact fit
+    at the end, FULL, a tail skip (WRAP_AT set; the engine writes no marker), FULL after the
+    wrap, OVERSIZE; a release past WRAP_AT drops the marker."""
+    s.load(DESC_RING, size=1024)
+    s.desc(100, seq=1, jofs=0, tag=1)                     # R = 192
+    s.desc(0, kind=Kind.MARK, seq=2, jofs=192)            # R = 64
+    s.desc(704, seq=3, jofs=256)                          # R = 768: exact fit at the end
+    s.status(jiptr=0, joptr=0, free=0, held=3, wrap_at=1024)
+    s.desc(0, S.FULL, kind=Kind.ZERO, length=4096)        # full ring
+    s.release(1, joptr=192, seq=1, jofs=192)
+    s.desc(150, S.FULL)                                   # R = 256 > 192 free
+    s.desc(100, seq=4, jofs=0)                            # R = 192 fills the head
+    s.status(jiptr=192, joptr=192, free=0)
+    s.release(3, joptr=0, seq=3, jofs=0)                  # records reach SIZE: JOPTR 0
+    s.status(joptr=0, jiptr=192, free=832, wrap_at=1024, held=1)
+    s.desc(700, seq=5, jofs=192)                          # R = 768 -> JIPTR 960
+    s.release(4, joptr=192)
+    s.desc(100, seq=6, jofs=0)                            # tail 64 < 192: skip, WRAP_AT 960
+    s.status(wrap_at=960, jiptr=192, joptr=192, free=0, held=2)
+    s.desc(0, S.FULL)                                     # full after the wrap
+    s.desc(P.MAX_DATA + 1, S.OVERSIZE)
+    s.desc(961, S.OVERSIZE)                               # R = 1088 > SIZE
+    s.release(5, joptr=0, seq=5, jofs=0)                  # reaches WRAP_AT: marker dropped
+    s.status(wrap_at=1024, joptr=0, jiptr=192, free=832, held=1)
+
+
+@scenario(256)
+def desc_wrap_partial_space(s: Scenario):
+    """Wrap with partial space on a descriptor ring: neither the tail nor the head holds R,
+    FULL, and nothing moves (no WRAP_AT)."""
+    s.load(DESC_RING, size=512)
+    s.desc(100, seq=1, jofs=0)                            # 0..192
+    s.desc(100, seq=2, jofs=192)                          # 192..384
+    s.release(1, joptr=192)
+    s.desc(150, S.FULL)                                   # R = 256: tail 128, head 192
+    s.status(wrap_at=512, jiptr=384, joptr=192, free=320)
+    s.desc(0, seq=3, jofs=384)
+
+
+@scenario(256)
+def desc_full_ring_release_all(s: Scenario):
+    """A descriptor ring filled exactly (JIPTR == JOPTR, FREE 0) is released whole with
+    JOPTR = JIPTR: D is SIZE, not 0; when the ring was full after a tail skip, that release
+    also drops the WRAP marker (P == JOPTR counts as going past the end)."""
+    s.load(DESC_RING, size=256)
+    s.desc(128, seq=1, jofs=0)                            # R = 192
+    s.desc(0, seq=2, jofs=192)                            # R = 64: exact fit
+    s.status(jiptr=0, joptr=0, free=0, held=2)
+    s.release(1, joptr=0, status=S.BAD_REQUEST)           # D = SIZE but journal 2 stays
+    s.release(2, joptr=0, seq=2, jofs=0)
+    s.status(jiptr=0, joptr=0, free=256, held=0, wrap_at=256)
+    for seq in (3, 4, 5):
+        s.desc(0, seq=seq, jofs=64 * (seq - 3))           # 0..192
+    s.release(4, joptr=128)
+    s.desc(64, seq=6, jofs=0)                             # tail 64 < 128: skip, WRAP_AT 192
+    s.status(wrap_at=192, jiptr=128, joptr=128, free=0, held=2)
+    s.release(6, joptr=128, seq=6, jofs=128)
+    s.status(wrap_at=256, jiptr=128, joptr=128, free=256, held=0)
+
+
+@scenario(256)
+def desc_checks(s: Scenario):
+    """JNLDESC checks in order: BAD_BCRC (the CRC of the control data in transit), BAD_LENGTH
+    (a body that is not 64 bytes), BAD_KIND, kind rules, STALE_EPOCH, BAD_DCRC (the DATA_CRC
+    of no data must be 0), OVERSIZE; every NAK echoes TAG and changes nothing but NAKS."""
+    s.load(DESC_RING, size=256)
+    frame = bytearray(P.descriptor_frame(control(tag=5, length=10, data_len=10)).serialize())
+    frame[20] ^= 4                                        # control byte 4 flipped in transit
+    s.ack(bytes(frame), S.BAD_BCRC, tag=5, req_type=T.JNLDESC)
+    s.ack(Frame(T.JNLDESC, control(tag=6).pack() + b"x").serialize(), S.BAD_LENGTH, tag=6)
+    s.ack(Frame(T.JNLDESC, bytes(63)).serialize(), S.BAD_LENGTH, tag=0)
+    s.desc(10, S.BAD_KIND, kind=6, tag=7)
+    s.desc(10, S.BAD_LENGTH, length=11, tag=8)            # UPDATE: LENGTH == DATA_LEN
+    s.desc(0, S.BAD_LENGTH, kind=Kind.ZERO, data_len=4, length=4096, tag=9)
+    s.desc(10, S.STALE_EPOCH, epoch=1, tag=10)
+    s.desc(0, S.BAD_DCRC, kind=Kind.TRIM, length=4096, data_crc=1, tag=11)
+    s.desc(0, S.STALE_EPOCH, kind=Kind.TRIM, length=4096, data_crc=1, epoch=3)  # EPOCH first
+    s.desc(300, S.OVERSIZE, kind=Kind.BASE, tag=12)
+    s.status(held=0, naks=10, acks=0, jiptr=0)
+    s.desc(10, seq=1, jofs=0, tag=13)
+
+
+@scenario(256)
+def desc_release_checks(s: Scenario):
+    """RELEASE on a descriptor ring carries JOPTR (16 bytes): NOT_FOUND and the idempotent ACK
+    as on a data ring; a JOPTR off the 64-byte grid, at or past SIZE, in the skipped tail,
+    beyond the held bytes, emptying the ring while journals remain or not emptying it when
+    the last goes, is BAD_REQUEST and changes nothing."""
+    s.load(DESC_RING, size=1024)
+    s.desc(100, seq=1, jofs=0)                            # 0..192
+    s.desc(100, seq=2, jofs=192)                          # 192..384
+    s.release(3, joptr=384, status=S.NOT_FOUND, seq=3)
+    s.release(0, joptr=999, seq=0, jofs=0)                # below TAIL_SEQ: JOPTR not read
+    for bad in (100, 1024, 448, 0, 384):                  # grid, SIZE, past JIPTR, free, empty
+        s.release(1, joptr=bad, status=S.BAD_REQUEST)
+    s.release(2, joptr=192, status=S.BAD_REQUEST)         # the last goes: must be JIPTR
+    s.send(Frame(T.RELEASE, bytes(12)).serialize(), [S.BAD_REQUEST])
+    s.release(1, status=S.BAD_REQUEST)                    # the 8-byte form
+    s.status(joptr=0, jiptr=384, held=2, free=640, naks=9)
+    s.release(1, joptr=192, seq=1, jofs=192)
+    s.desc(576, seq=3, jofs=384)                          # 384..1024: exact fit
+    s.desc(100, seq=4, jofs=0)                            # 0..192
+    s.status(wrap_at=1024, jiptr=192, joptr=192, free=0)
+    s.release(3, joptr=1024, status=S.BAD_REQUEST)        # the host sends 0 there
+    s.release(3, joptr=0, seq=3, jofs=0)
+    s.status(joptr=0, jiptr=192, free=832, held=1)
+    s.desc(700, seq=5, jofs=192)                          # 192..960
+    s.release(4, joptr=192)
+    s.desc(100, seq=6, jofs=0)                            # tail skip: WRAP_AT 960
+    s.status(wrap_at=960, jiptr=192, joptr=192, free=0)
+    s.release(5, joptr=960, status=S.BAD_REQUEST)         # WRAP_AT is never a JOPTR
+    s.release(5, joptr=0, seq=5, jofs=0)
+    s.status(wrap_at=1024, joptr=0, jiptr=192, free=832, held=1)
+
+
+@scenario(512, memory=0)
+def desc_no_memory(s: Scenario):
+    """An engine without data memory: its reset ring is a descriptor ring of the reset size;
+    JNLWR and a LOAD of a data ring are WRONG_MODE; a descriptor ring of 2**40 takes the
+    largest journal."""
+    s.status(ring_size=512, free=512, wrap_at=512)
+    s.ack(jnlwr(_data(5), tag=3), S.WRONG_MODE, tag=3, req_type=T.JNLWR)
+    s.desc(100, seq=1, jofs=0)
+    s.load(LF.CLEAR | LF.RING, size=128, status=S.WRONG_MODE)
+    s.status(held=1, ring_size=512)
+    s.load(LF.CLEAR | DESC_RING, size=1 << 40)
+    s.desc(P.MAX_DATA, seq=2, jofs=0)
+    s.status(ring_size=1 << 40, jiptr=64 + P.MAX_DATA, free=(1 << 40) - 64 - P.MAX_DATA)
+
+
+@scenario(512)
+def data_ring_load(s: Scenario):
+    """LOAD RING without DESC: a data ring of a run-time size up to the data memory (not
+    above); it stores and reads back as the reset ring does, and refuses JNLDESC."""
+    s.load(LF.RING, size=1024, status=S.WRONG_MODE)       # memory is 512
+    s.load(LF.RING, size=192)
+    s.status(ring_size=192, free=192, wrap_at=192)
+    s.ack(jnlwr(_data(100), tag=1), S.OK, seq=1, jofs=0)   # R = 192: exact fit
+    s.status(jiptr=0, free=0)
+    s.write(_data(1), S.FULL)
+    s.read(1, 1, n=1)
+    s.desc(10, S.WRONG_MODE, req_type=T.JNLDESC)
+    s.release(1)
+    s.ack(jnlwr(_data(129)), S.OVERSIZE)                  # R = 256 > 192
+
+
 @scenario(512)
 def pipelined_batch(s: Scenario):
     """Requests sent back to back (MORE set, one write) are answered in order."""
@@ -624,6 +845,11 @@ def frame_vectors() -> dict:
         ("status_resp", P.EngineStatus(128, 64, 1024, 960, 3, 2, T0, 2, 1, 0, 1, 1024).frame(),
          "EngineStatus"),
         ("load", P.Load(LF.TIME | LF.FREEZE | LF.SEQ, 1000, T0, 0).frame(), "Load"),
+        ("jnldesc", P.descriptor_frame(control(tag=6, epoch=2, length=4096, data_len=4096,
+                                               data_crc=0x1234ABCD)), "Control"),
+        ("release_at", P.Release(11, joptr=(1 << 40) - 4096).frame(), "Release"),
+        ("load_ring", P.Load(LF.CLEAR | LF.RING | LF.DESC | LF.SEQ | LF.PTR | LF.EPOCH, 77,
+                             0, 3, 1 << 39, size=1 << 40).frame(), "Load"),
     ]
     out_valid = []
     for name, frame, cls in valid:
@@ -634,8 +860,12 @@ def frame_vectors() -> dict:
             entry.update(body_class=cls, fields=_fields(c), data=d.hex())
         elif cls:
             decoded = getattr(P, cls).unpack(frame.body)
-            entry.update(body_class=cls, fields={k: int(v) if isinstance(v, int) else v
-                                                 for k, v in _fields(decoded).items()})
+            fields = {k: int(v) if isinstance(v, int) else v
+                      for k, v in _fields(decoded).items()
+                      # the descriptor-ring fields only where they are on the
+                      # wire: the older entries stay as they were
+                      if (cls, k, v) not in (("Release", "joptr", None), ("Load", "size", 0))}
+            entry.update(body_class=cls, fields=fields)
         out_valid.append(entry)
 
     good = P.Release(11).frame().serialize()
@@ -668,6 +898,9 @@ def frame_vectors() -> dict:
         ("jnlrd_reserved", "JnlRd", struct.pack("<QII", 1, 1, 2)),
         ("release_long", "Release", bytes(9)),
         ("load_undefined_flag", "Load", struct.pack("<QQII", 0, 0, 0, 0x40)),
+        ("load_ring_short", "Load", struct.pack("<QQQII", 0, 0, 0, 0, LF.RING)),
+        ("load_size_without_ring", "Load", struct.pack("<QQQIIQ", 0, 0, 0, 0, LF.SEQ, 4096)),
+        ("release_12", "Release", bytes(12)),
         ("control_short", "Control", bytes(63)),
         ("status_resp_short", "EngineStatus", bytes(72)),
     ]
@@ -683,8 +916,8 @@ def frame_vectors() -> dict:
 
 def engine_vectors() -> dict:
     scenarios = {}
-    for name, size, build in SCENARIOS:
-        s = Scenario(name, size, " ".join(build.__doc__.split()))
+    for name, size, memory, build in SCENARIOS:
+        s = Scenario(name, size, " ".join(build.__doc__.split()), memory)
         build(s)
         scenarios[name] = s.json()
     return {"version": P.VERSION, "frozen_time": T0, "scenarios": scenarios}
