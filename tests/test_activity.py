@@ -42,3 +42,11 @@ def test_a_corrupt_or_foreign_log_is_refused(tmp_path):
     ActivityLog(tmp_path / "h.al", extent=1 << 20).before_write(0, 0, 1, tag=1)
     with pytest.raises(ValueError, match="extent"):
         ActivityLog(tmp_path / "h.al", extent=4 << 20)
+
+
+def test_cooling_keeps_the_most_recently_written(tmp_path):
+    al = ActivityLog(tmp_path / "g.al", extent=1 << 20)
+    for tag, e in enumerate([3, 1, 4, 5, 9], start=1):
+        al.before_write(0, e << 20, 1, tag=tag)
+    assert al.cool(4, keep=3) == 2                   # 3 and 1 were written longest ago
+    assert set(al.hot) == {(0, 4), (0, 5), (0, 9)}   # 9 (tag 5) is not ACKed yet: stays

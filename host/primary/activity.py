@@ -15,9 +15,11 @@ the log.  At a start, whatever the file still lists is what the last stop
 may have left different: the group resyncs those extents (``MasterGroup``).
 
 Costs: one small atomic file write (with fsync) when a write touches an
-extent that is not hot yet; nothing for writes into hot extents.  Removals
-are saved lazily: a stale extent in the file only means a little more work
-for the resync after a crash.
+extent that is not hot yet; nothing for writes into hot extents.  So extents
+stay hot while writes go on, up to ``MasterGroup``'s ``AL_MAX_HOT`` (the
+least recently written leave first), and all leave once writes pause
+(DRBD's al-extents works alike).  Removals are saved lazily: a stale extent
+in the file only means a little more work for the resync after a crash.
 """
 
 from __future__ import annotations
@@ -69,13 +71,16 @@ class ActivityLog:
             self._save()
         return new
 
-    def cool(self, upto: int) -> int:
+    def cool(self, upto: int, keep: int = 0) -> int:
         """Every journal up to PSEQ ``upto`` is ACKed and on the PVOL durably:
-        extents written only by those leave the log (in memory); how many left."""
-        done = [k for k, tag in self.hot.items() if not tag_after(tag, upto)]
-        for k in done:
+        extents written only by those may leave the log (in memory), the
+        least recently written first, until ``keep`` are left; how many left."""
+        done = sorted(((tag, k) for k, tag in self.hot.items() if not tag_after(tag, upto)),
+                      key=lambda tk: (upto - tk[0]) % (1 << 32), reverse=True)   # oldest first
+        n = max(0, min(len(done), len(self.hot) - keep))
+        for _, k in done[:n]:
             del self.hot[k]
-        return len(done)
+        return n
 
     @property
     def listed(self) -> int:

@@ -54,7 +54,8 @@ RECONNECT_DELAY = 0.2
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
-AL_COOL_EVERY = 1.0         # seconds between PVOL fsyncs that let ACKed extents leave the AL
+AL_COOL_EVERY = 1.0         # seconds between looks at the activity log (AL)
+AL_MAX_HOT = 256            # extents kept hot while writes go on (what a crash may resync)
 
 
 
@@ -309,11 +310,19 @@ class MasterGroup:
 
     async def _al_cooler(self) -> None:
         """Let extents whose writes are all ACKed leave the activity log: fsync
-        the PVOLs (so those writes survive a power loss), then drop them."""
+        the PVOLs (so those writes survive a power loss), then drop them.
+
+        While writes go on, an extent is kept hot (a write into it costs
+        nothing) until more than AL_MAX_HOT are; once writes pause, all go.
+        """
+        seen = self.last_pseq
         while True:
             await asyncio.sleep(AL_COOL_EVERY)
+            busy, seen = self.last_pseq != seen, self.last_pseq
+            keep = AL_MAX_HOT * 3 // 4 if busy else 0
             upto = self.acked_hwm
-            if not upto or not any(not tag_after(t, upto) for t in self.al.hot.values()):
+            if (not upto or len(self.al.hot) <= (AL_MAX_HOT if busy else 0)
+                    or not any(not tag_after(t, upto) for t in self.al.hot.values())):
                 if self.al.stale:
                     await self._al_save()
                 continue
@@ -323,7 +332,7 @@ class MasterGroup:
                 log.error("group %s: PVOL fsync for the activity log: %s", self.cfg.grname, exc)
                 continue
             self.pvol_syncs += 1
-            self.al.cool(upto)
+            self.al.cool(upto, keep)
             await self._al_save()
 
     async def _al_save(self) -> None:
@@ -378,8 +387,8 @@ class MasterGroup:
                 vol.flush()
         await asyncio.to_thread(sync)
         self.pvol_syncs += 1
-        if upto:
-            self.al.cool(upto)     # saved lazily (_al_cooler) or at a clean stop
+        if upto and len(self.al.hot) > AL_MAX_HOT:
+            self.al.cool(upto, AL_MAX_HOT * 3 // 4)   # saved lazily (_al_cooler)
 
     # -- the relay link ------------------------------------------------------------
 
