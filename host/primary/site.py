@@ -136,6 +136,12 @@ class MasterGroup:
             if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
                 self.pending[ctl.tag] = (ctl, data, loop.create_future())
         if n:
+            # Durable before any ACK releases the records just redone: on the
+            # way the PVOLs held older data (the log replays from its oldest
+            # record), and a power loss after the release could leave that
+            # on them, older than a FLUSH (tests/test_powercut_primary.py).
+            for vol in self.volumes.values():
+                vol.flush()
             log.info("group %s: redid %d logged records, %d journals to send again",
                      self.cfg.grname, n, len(self.pending))
 
@@ -362,7 +368,17 @@ class MasterGroup:
             self._acked_upto(peer.last_seq)      # the relay holds these durably already
             if not self.pending and tag_distance(peer.last_seq, self.last_pseq) < TAG_MOD // 2:
                 # The relay knows a later PSEQ than we do (our log was lost): continue after it.
+                jump = peer.last_seq != self.last_pseq
                 self.last_pseq = self.acked_hwm = peer.last_seq
+                if jump:
+                    # Every record left is ACKed; a reset keeps the log's PSEQs
+                    # consecutive, which its recovery checks (a hole ends it).
+                    try:
+                        self.log.reset(self.last_pseq, self.acked_hwm)
+                    except OSError as exc:
+                        self._suspend(f"write log reset at the primary failed ({exc}); fix the "
+                                      f"state folder's device, then run `tricopy pair resync`")
+                        return
         self.link = link
         if self.blocked:
             self._probe(link)        # still FULL?  One journal asks.
