@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
 _DIGITS = 12                # segment number width in the file name
 _READ_BUFFER = 1 << 20
+_RELEASED_HELD = 2          # released, unsynced segments kept open for the next flush
 
 
 class WriteLogError(OSError):
@@ -352,13 +353,21 @@ class WriteLog:
         # the log there, newer flushed segments would be dropped and older
         # records redone over newer PVOL data (found by
         # tests/test_powercut_primary.py).  So a segment not fsynced yet keeps
-        # its descriptor for the next flush.
+        # its descriptor for the next flush; but an open unlinked file keeps
+        # its disk space, so past a few (a host that does not FLUSH) the
+        # oldest is fsynced here and let go.
         for seg in self.segments[:dead]:
             if seg.fd >= 0:
                 self._released_fds.append(seg.fd)
                 seg.fd = -1
             fileio.unlink(seg.path)
         del self.segments[:dead]
+        while len(self._released_fds) > _RELEASED_HELD:
+            fd = self._released_fds.pop(0)
+            try:
+                fileio.fsync(fd)
+            finally:
+                fileio.close(fd)
         return dead
 
     def save_state(self, acked: int) -> None:
