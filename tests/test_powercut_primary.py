@@ -3,10 +3,11 @@
 A :class:`MasterGroup` runs its real write path in this process on a
 PowerCutDisk (state folder and PVOLs): host writes (``_enqueue``: PSEQ, write
 log append, PVOL apply), relay ACKs (``_session`` reading them from a fake
-link: segments released), host FLUSHes (``flush``: the log's segments and
-folder, then the PVOLs), saves of the ACK mark.  The relay is a model that
-never loses power: it holds every journal it was sent, in PSEQ order, and
-ACKs a prefix of them now and then.
+link: segments released), host FLUSHes (``flush``: the log's segments,
+then the PVOLs), saves of the ACK mark, and the link dropping and
+coming back (writes wait in the log; a HELLO, then the resend).  The relay
+is a model that never loses power: it holds every journal it was sent, in
+PSEQ order, and ACKs a prefix of them now and then.
 
 What the primary promises at a power loss (docs/replication.md, "The write
 log"): a host write completes only once the relay ACKed it, so an acked write
@@ -23,7 +24,9 @@ started on the image (recovery and redo, as a restarted site) and:
    relay or in the log (redone and sent again);
 3. every sector of every PVOL holds, after the redo, what the last host
    write to it before the last returned FLUSH left, or a later host write
-   (never older); where a redone record covers it, that record's data.
+   (never older); where a redone record covers it, that record's data;
+4. the restarted group does not believe the relay ACKed more than it holds
+   (it would suspend for "relay lost journals").
 
 The relay model also checks, across lives, every journal the restarted
 primaries send: a PSEQ it holds must come again byte for byte, the next one
@@ -142,7 +145,7 @@ def sectors_of(idx: int, address: int, length: int):
 
 def check_primary(folder: Path, relay_last: int, flushed: int, floor: dict, seen: dict,
                   journals: dict, hist: dict) -> list[str]:
-    """Restart the primary on a cut image; the checks 1-3 of the module docstring.
+    """Restart the primary on a cut image; the checks 1-4 of the module docstring.
 
     ``floor[s]``/``seen[s]``: the index in ``hist[s]`` (every value sector
     ``s`` was given by a host write, in order) of the value at the last
