@@ -2,11 +2,11 @@
 torn tails, short and failing writes, streaming recovery."""
 
 import errno
-import os
 from pathlib import Path
 
 import pytest
 
+from tricopy.host.disk import fileio
 from tricopy.host.wire import protocol
 from tricopy.host.primary import writelog
 from tricopy.host.wire.protocol import Control, Kind
@@ -105,7 +105,7 @@ def test_recovery_streams(tmp_path, monkeypatch):
 
 def test_short_writev_is_completed(tmp_path, monkeypatch):
     wl, _ = opened(tmp_path)
-    real = os.writev
+    real = fileio.writev
     calls = []
 
     def short(fd, bufs):        # at most 1000 bytes per call
@@ -113,9 +113,9 @@ def test_short_writev_is_completed(tmp_path, monkeypatch):
         flat = b"".join(bytes(b) for b in bufs)[:1000]
         return real(fd, [flat])
 
-    monkeypatch.setattr(os, "writev", short)
+    monkeypatch.setattr(fileio, "writev", short)
     wl.append(*rec(1))
-    monkeypatch.setattr(os, "writev", real)
+    monkeypatch.setattr(fileio, "writev", real)
     assert len(calls) == -(-(REC + 64) // 1000)
     wl.append(*rec(2))
     assert [(t, d) for t, d in opened(tmp_path)[1]] == [(1, rec(1)[1]), (2, rec(2)[1])]
@@ -123,7 +123,7 @@ def test_short_writev_is_completed(tmp_path, monkeypatch):
 
 def test_writev_that_writes_nothing_is_an_error(tmp_path, monkeypatch):
     wl, _ = opened(tmp_path)
-    monkeypatch.setattr(os, "writev", lambda fd, bufs: 0)
+    monkeypatch.setattr(fileio, "writev", lambda fd, bufs: 0)
     with pytest.raises(WriteLogError) as e:
         wl.append(*rec(1))
     assert e.value.errno == errno.EIO
@@ -132,27 +132,30 @@ def test_writev_that_writes_nothing_is_an_error(tmp_path, monkeypatch):
 def test_failed_append_is_cut_off(tmp_path, monkeypatch):
     wl, _ = opened(tmp_path)
     wl.append(*rec(1))
-    real = os.writev
+    real = fileio.writev
 
     def half_then_enospc(fd, bufs):
         real(fd, [bytes(bufs[0])])       # the control data got out, then the disk filled
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "writev", half_then_enospc)
+    monkeypatch.setattr(fileio, "writev", half_then_enospc)
     with pytest.raises(WriteLogError) as e:
         wl.append(*rec(2))
     assert e.value.errno == errno.ENOSPC and not isinstance(e.value, WriteLogBroken)
     assert wl.last_tag == 1 and wl.size == REC + 64
     assert wl.segments[-1].path.stat().st_size == REC + 64
-    monkeypatch.setattr(os, "writev", real)
+    monkeypatch.setattr(fileio, "writev", real)
     wl.append(*rec(2))
     assert [t for t, _ in opened(tmp_path)[1]] == [1, 2]
 
 
 def test_append_that_cannot_be_cut_breaks_the_log(tmp_path, monkeypatch):
     wl, _ = opened(tmp_path)
-    monkeypatch.setattr(os, "writev", lambda fd, bufs: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
-    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    def eio(*args):
+        raise OSError(errno.EIO, "EIO")
+
+    monkeypatch.setattr(fileio, "writev", eio)
+    monkeypatch.setattr(fileio, "ftruncate", eio)
     with pytest.raises(WriteLogBroken):
         wl.append(*rec(1))
     monkeypatch.undo()
@@ -179,8 +182,8 @@ def test_flush_syncs_rolled_segments_even_if_they_are_released_meanwhile(tmp_pat
         wl.append(*rec(t))
     assert [s.fd >= 0 for s in wl.segments] == [True, True, False]   # rolled, not synced yet
     synced = []
-    real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    real = fileio.fsync
+    monkeypatch.setattr(fileio, "fsync", lambda fd: (synced.append(fd), real(fd)))
     fds = wl.flush_begin()          # on the event loop ...
     assert wl.release(9) == 2       # ... the ACKs release both rolled segments meanwhile
     WriteLog.sync(fds)              # ... and the worker thread still syncs what it was handed

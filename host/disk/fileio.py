@@ -1,7 +1,8 @@
 """The file calls that durability rests on, in one place, so a test can swap the disk.
 
-The journal store (``store.py``), the state-file writer (``durable.py``) and
-the data volumes (``volume.py``) call ``fileio.pwrite``, ``fileio.fdatasync``,
+The journal store (``store.py``), the state-file writer (``durable.py``),
+the data volumes (``volume.py``), the primary's write log and the NBD file
+export call ``fileio.pwrite``, ``fileio.fdatasync``,
 ... instead of ``os.pwrite``, ``os.fdatasync``.  By default every name here
 *is* the ``os`` function (no wrapper, no cost); :func:`use` swaps in a
 backend for the duration of a ``with`` block, in this process, for every
@@ -13,8 +14,8 @@ Why not a mock per test: SIGKILL keeps the page cache, so a crash test that
 kills a process cannot tell an ``fdatasync`` from a no-op.  Only a layer that
 knows which writes were synced can show what a power cut leaves.
 
-Not yet ported: the primary's write log (``primary.py``), being rewritten;
-it should call these too when it lands.
+The primary's write log (``host/primary/writelog.py``) and the NBD file
+export (``host/nbd/export.py``) call them too.
 
 Rules for callers: every write, truncate, sync and directory change of a
 file whose durability matters goes through here; reads may, and must when
@@ -28,7 +29,7 @@ import contextlib
 import os
 
 __all__ = ["NAMES", "use", "backend", "fsync_dir",
-           "open", "close", "pread", "pwrite", "write", "fsync", "fdatasync", "ftruncate",
+           "open", "close", "pread", "pwrite", "write", "writev", "fsync", "fdatasync", "ftruncate",
            "fstat", "replace", "link", "unlink"]
 
 
@@ -48,6 +49,7 @@ class _OS:
     pread = staticmethod(os.pread)
     pwrite = staticmethod(os.pwrite)
     write = staticmethod(os.write)
+    writev = staticmethod(os.writev)
     fsync = staticmethod(os.fsync)
     fdatasync = staticmethod(os.fdatasync)
     ftruncate = staticmethod(os.ftruncate)
@@ -60,7 +62,7 @@ class _OS:
 
 #: The calls a backend provides, each with the signature of its ``os``
 #: namesake (``fsync_dir(path)`` has none: open the folder, fsync, close).
-NAMES = ("open", "close", "pread", "pwrite", "write", "fsync", "fdatasync", "ftruncate",
+NAMES = ("open", "close", "pread", "pwrite", "write", "writev", "fsync", "fdatasync", "ftruncate",
          "fstat", "replace", "link", "unlink", "fsync_dir")
 
 OS = _OS()
@@ -104,6 +106,7 @@ close = OS.close
 pread = OS.pread
 pwrite = OS.pwrite
 write = OS.write
+writev = OS.writev
 fsync = OS.fsync
 fdatasync = OS.fdatasync
 ftruncate = OS.ftruncate

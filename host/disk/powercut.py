@@ -130,7 +130,7 @@ class PowerCutDisk:
 
     Hooks, called outside the model's lock in the thread doing the call:
     ``on_op(kind)`` before every mutating call on a tracked file
-    (``"create"``, ``"pwrite"``, ``"write"``, ``"ftruncate"``, ``"replace"``,
+    (``"create"``, ``"pwrite"``, ``"write"``, ``"writev"``, ``"ftruncate"``, ``"replace"``,
     ``"link"``, ``"unlink"``), and ``on_sync(n, phase)`` before (``"before"``) and after
     (``"after"``) the ``n``-th sync (file or folder, counted from 1).  A hook
     may call :meth:`cut`, and :meth:`power_off` to end the run there: the
@@ -287,6 +287,22 @@ class PowerCutDisk:
         with self._lock:
             n = os.write(fd, data)
             op = ("w", os.lseek(fd, 0, os.SEEK_CUR) - n, bytes(memoryview(data)[:n]))
+            ino.ops.append(op)
+            _apply(ino.current, op)
+            return n
+
+    def writev(self, fd, buffers):
+        """At the file position: ``os.writev``.  On the platter it is one write of
+        the concatenation of what the call wrote (possibly short), so it can
+        tear at sectors like any write."""
+        ino = self._tracked(fd)
+        if ino is None:
+            return os.writev(fd, buffers)
+        self._before("writev")
+        with self._lock:
+            n = os.writev(fd, buffers)
+            data = b"".join(bytes(b) for b in buffers)[:n]
+            op = ("w", os.lseek(fd, 0, os.SEEK_CUR) - n, data)
             ino.ops.append(op)
             _apply(ino.current, op)
             return n

@@ -25,6 +25,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from ..disk import fileio
 from .protocol import NBD_EIO
 
 __all__ = ["ExportError", "Export", "FileExport", "MAX_PAYLOAD"]
@@ -99,7 +100,9 @@ class FileExport(Export):
     requests of several clients proceed concurrently.  One descriptor for all
     connections means ``fdatasync`` covers every connection's writes, which is
     what makes ``multi_conn`` safe.  Trimmed ranges read back as zeros, so a
-    PVOL and its SVOL stay byte-comparable.
+    PVOL and its SVOL stay byte-comparable.  File calls go through
+    :mod:`..disk.fileio`, so a power-cut test sees what a FLUSH or FUA made
+    durable.
     """
 
     multi_conn = True
@@ -112,10 +115,10 @@ class FileExport(Export):
         self.block_size = block_size
         self.read_only = read_only
         self.description = description
-        self._fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
-        size = os.fstat(self._fd).st_size
+        self._fd = fileio.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
+        size = fileio.fstat(self._fd).st_size
         if size == 0 or size % block_size:
-            os.close(self._fd)
+            fileio.close(self._fd)
             raise ValueError(f"{self.path} is {size} bytes: not a positive multiple of "
                              f"block_size {block_size}")
         self.size = size
@@ -123,7 +126,7 @@ class FileExport(Export):
     def close(self) -> None:
         """Release the file descriptor."""
         if self._fd >= 0:
-            os.close(self._fd)
+            fileio.close(self._fd)
             self._fd = -1
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -133,7 +136,10 @@ class FileExport(Export):
         await asyncio.to_thread(self._write, offset, data, fua)
 
     async def flush(self) -> None:
-        await asyncio.to_thread(os.fdatasync, self._fd)
+        await asyncio.to_thread(self._fdatasync)
+
+    def _fdatasync(self) -> None:
+        fileio.fdatasync(self._fd)     # looked up at call time: the backend in use
 
     async def trim(self, offset: int, length: int) -> None:
         await asyncio.to_thread(self._zero, offset, length, False)
@@ -144,7 +150,7 @@ class FileExport(Export):
     def _read(self, offset: int, length: int) -> bytes:
         parts = []
         while length:
-            chunk = os.pread(self._fd, length, offset)
+            chunk = fileio.pread(self._fd, length, offset)
             if not chunk:  # the file shrank under us: refuse rather than pad
                 raise ExportError(NBD_EIO, f"{self.path}: short read at offset {offset}")
             parts.append(chunk)
@@ -154,10 +160,10 @@ class FileExport(Export):
     def _write(self, offset: int, data: bytes, fua: bool) -> None:
         view = memoryview(data)
         while view:
-            n = os.pwrite(self._fd, view, offset)
+            n = fileio.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
         if fua:
-            os.fdatasync(self._fd)
+            fileio.fdatasync(self._fd)
 
     def _zero(self, offset: int, length: int, fua: bool) -> None:
         zero = bytes(min(length, _ZERO_CHUNK))
@@ -167,4 +173,4 @@ class FileExport(Export):
             self._write(offset, zero[:n], False)
             offset += n
         if fua:
-            os.fdatasync(self._fd)
+            fileio.fdatasync(self._fd)

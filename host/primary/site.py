@@ -178,6 +178,12 @@ class MasterGroup:
             if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
                 self.stream.pending[ctl.tag] = (ctl, data, loop.create_future())
         if n:
+            # Durable before any ACK releases the records just redone: on the
+            # way the PVOLs held older data (the log replays from its oldest
+            # record), and a power loss after the release could leave that
+            # on them, older than a FLUSH (tests/test_powercut_primary.py).
+            for vol in self.volumes.values():
+                vol.flush()
             log.info("group %s: redid %d logged records, %d journals to send again",
                      self.cfg.grname, n, len(self.pending))
 
@@ -526,6 +532,14 @@ class MasterGroup:
                         "not (lost in a crash): continuing after them%s", self.cfg.grname,
                         mine + 1, self.last_pseq,
                         "; the extents the crash left are resynced" if self.unclean else "")
+            # Every record left is ACKed; a reset keeps the log's PSEQs
+            # consecutive, which its recovery checks (a hole ends it).
+            try:
+                self.log.reset(self.last_pseq, self.acked_hwm)
+            except OSError as exc:
+                self._suspend(f"write log reset at the primary failed ({exc}); fix the "
+                              f"state folder's device, then run `tricopy pair resync`")
+                return
         if self.unclean:
             self._resync_unclean()
         self.link = link

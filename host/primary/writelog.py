@@ -23,11 +23,17 @@ queue depth (docs/replication.md, "The write log").
 
 Recovery (:meth:`WriteLog.recover`) streams the records one at a time: nothing
 reads a whole segment into memory.  A torn record (a crash in the middle of
-an append) ends the log: it is cut off, with any later segment.  Segment
-numbers only grow; a reset leaves a gap in the numbering, and recovery uses
+an append), or a hole (a record whose PSEQ does not follow the one before,
+an empty segment before the newest: unflushed records lost in a power cut
+while later ones landed) ends the log: it is cut off, with any later
+segment.  Segment numbers only grow; a reset leaves a gap in the numbering, and recovery uses
 only the run of consecutive numbers that ends at the newest segment, so a
 segment whose unlink was lost in a crash can never be redone after newer
 writes that were not logged behind it.
+
+Every write, truncate, sync and directory change goes through
+:mod:`..disk.fileio`, so the power-cut tests (tests/test_powercut_primary.py)
+see exactly what a power loss would leave of the log.
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..wire import protocol
+from ..disk import fileio
 from ..disk.durable import atomic_write_json
 from ..wire.protocol import Control
-from ..wire.pseq import tag_after
+from ..wire.pseq import next_pseq, tag_after
 
 __all__ = ["SEGMENT_SIZE", "WriteLogError", "WriteLogBroken", "Segment", "WriteLog"]
 
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
 _DIGITS = 12                # segment number width in the file name
 _READ_BUFFER = 1 << 20
+_RELEASED_HELD = 2          # released, unsynced segments kept open for the next flush
 
 
 class WriteLogError(OSError):
@@ -74,9 +82,9 @@ class Segment:
 
 
 def _write_all(fd: int, bufs: list) -> None:
-    """``os.writev`` until every byte is written; a call that writes nothing is an EIO."""
+    """``writev`` until every byte is written; a call that writes nothing is an EIO."""
     total = sum(len(b) for b in bufs)
-    done = os.writev(fd, bufs)
+    done = fileio.writev(fd, bufs)
     while done < total:
         if done <= 0:
             raise OSError(errno.EIO, "writev wrote nothing")
@@ -88,7 +96,7 @@ def _write_all(fd: int, bufs: list) -> None:
             rest.append(memoryview(b)[skip:])
             skip = 0
         bufs, total = rest, total - done
-        done = os.writev(fd, bufs)
+        done = fileio.writev(fd, bufs)
 
 
 class WriteLog:
@@ -116,7 +124,8 @@ class WriteLog:
         self.segments: list[Segment] = []   # retained, oldest first; the last one is active
         self.broken: str | None = None
         self._fd = -1
-        self._dir_dirty = False             # a segment was created since the last flush
+        self._dir_dirty = False             # recover() started segment 1: name not synced
+        self._released_fds: list[int] = []  # released segments not fsynced yet
         self._recovered = False
 
     # -- names -----------------------------------------------------------------------
@@ -142,8 +151,8 @@ class WriteLog:
         """
         legacy = self.folder / f"{self.grname}.plog"     # the one-file log of earlier versions
         if legacy.exists() and not self._on_disk():
-            os.replace(legacy, self._path(1))
-            self._fsync_dir()
+            fileio.replace(legacy, self._path(1))
+            fileio.fsync_dir(self.folder)
         numbers = self._on_disk()
         # Only the consecutive run ending at the newest segment: older ones are
         # deletions a crash undid (see the module docstring).
@@ -152,9 +161,10 @@ class WriteLog:
             start -= 1
         for n in numbers[:start]:
             log.info("write log: %s precedes a gap (an earlier reset); removed", self._path(n))
-            self._path(n).unlink()
+            fileio.unlink(self._path(n))
         numbers = numbers[start:]
         torn_at: int | None = None
+        prev = 0        # the PSEQ of the last tagged record read (0: none yet)
         for i, n in enumerate(numbers):
             seg = Segment(n, self._path(n), last_tag=self.last_tag)
             self.segments.append(seg)
@@ -163,6 +173,10 @@ class WriteLog:
                 while True:
                     head = f.read(protocol.CONTROL_SIZE)
                     if not head:
+                        # An empty segment that is not the newest lost its
+                        # records (a rolled one is never empty): a hole.
+                        if pos == 0 and i < len(numbers) - 1:
+                            torn_at = 0
                         break
                     ctl = Control.unpack(head) if len(head) == protocol.CONTROL_SIZE else None
                     if ctl is None or not ctl.ccrc_ok():
@@ -173,6 +187,16 @@ class WriteLog:
                             ctl.data_len and protocol.crc32c(data) != ctl.data_crc):
                         torn_at = pos
                         break
+                    if ctl.tag and prev and ctl.tag != next_pseq(prev):
+                        # A hole: an older segment's tail, never flushed, was
+                        # lost while a newer one's records landed.  What
+                        # follows was not flushed either; redone and sent
+                        # again it would be a PSEQ gap the relay refuses.
+                        # (PSEQs jump nowhere else: MasterGroup resets the
+                        # log when it takes the relay's later PSEQ.)
+                        torn_at = pos
+                        break
+                    prev = ctl.tag or prev
                     pos += protocol.CONTROL_SIZE + ctl.data_len
                     seg.size = pos
                     if ctl.tag:
@@ -184,16 +208,27 @@ class WriteLog:
                 actual = seg.path.stat().st_size
                 log.warning("write log %s: cut a torn tail of %d bytes at %d", seg.path,
                             actual - torn_at, torn_at)
-                os.truncate(seg.path, torn_at)
-                for later in numbers[i + 1:]:
+                # Newest first, each made durable before the next: were an
+                # older one's unlink kept and a newer one's lost, the newer
+                # would be the newest after a crash and the run ending there
+                # would leave out every segment before it.
+                for later in reversed(numbers[i + 1:]):
                     log.warning("write log: %s follows a torn record; removed", self._path(later))
-                    self._path(later).unlink()
+                    fileio.unlink(self._path(later))
+                    fileio.fsync_dir(self.folder)
                 break
         if not self.segments:
             self.segments.append(Segment(1, self._path(1)))
             self._dir_dirty = True
         active = self.segments[-1]
-        self._fd = os.open(active.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = fileio.open(active.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if torn_at is not None:
+            # The cut is made durable before the first append lands where the
+            # torn record was: else a power loss could keep the new records
+            # but lose the cut, and a whole stale record of the old tail would
+            # be redone after them, with an older PSEQ over newer data.
+            fileio.ftruncate(self._fd, torn_at)
+            fileio.fsync(self._fd)
         os.lseek(self._fd, active.size, os.SEEK_SET)
         self._recovered = True
 
@@ -202,10 +237,13 @@ class WriteLog:
         """The recovered ACK high-water mark: the saved one, or what the deleted segments prove.
 
         Segments are unlinked only once ACKed, so the PSEQ before the first
-        retained tagged record was ACKed too, unless the mark is unknown (0,
-        e.g. after ``pair create``): then it stays unknown.
+        record of the oldest retained segment was ACKed too, unless the mark
+        is unknown (0, e.g. after ``pair create``): then it stays unknown.
+        Only the oldest segment's: one whose unsynced tail a power loss took
+        may lie in between, and the PSEQs it held were not ACKed
+        (tests/test_powercut_primary.py found the false "relay lost journals").
         """
-        first = self.first_tag
+        first = self.segments[0].first_tag if self.segments else 0
         if self.saved_acked and first > 1 and tag_after(first - 1, self.saved_acked):
             return first - 1
         return self.saved_acked
@@ -268,7 +306,7 @@ class WriteLog:
         if seg is not self.segments[-1]:
             raise RuntimeError("only the last record can be cut off")
         try:
-            os.ftruncate(self._fd, size)
+            fileio.ftruncate(self._fd, size)
             os.lseek(self._fd, size, os.SEEK_SET)
         except OSError as exc:
             self.broken = (f"{seg.path}: a failed append ({cause.strerror if cause else 'undo'}) "
@@ -279,10 +317,19 @@ class WriteLog:
     def _roll(self) -> None:
         old = self.segments[-1]
         new = Segment(old.number + 1, self._path(old.number + 1), last_tag=self.last_tag)
-        fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fileio.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # The new name is made durable before anything goes into the file:
+        # else a power loss could lose it yet keep a later segment's, and
+        # recovery (the consecutive run ending at the newest) would drop the
+        # older, flushed segments before the hole (found by
+        # tests/test_powercut_primary.py).  One folder fsync per segment.
+        try:
+            fileio.fsync_dir(self.folder)
+        except BaseException:
+            fileio.close(fd)
+            raise
         old.fd, self._fd = self._fd, fd
         self.segments.append(new)
-        self._dir_dirty = True
 
     # -- truncation ------------------------------------------------------------------
 
@@ -299,14 +346,28 @@ class WriteLog:
         if not any(s.first_tag for s in self.segments[dead:]):
             # No tagged record would be left to say the last PSEQ: save it first.
             self.save_state(acked)
+        # No folder fsync: an unlink lost in a crash is harmless, the segment
+        # comes back older than the active one, whose name is durable since
+        # its roll, and is redone before the newer ones (or dropped before a
+        # gap).  But it must come back whole: a torn record in it would end
+        # the log there, newer flushed segments would be dropped and older
+        # records redone over newer PVOL data (found by
+        # tests/test_powercut_primary.py).  So a segment not fsynced yet keeps
+        # its descriptor for the next flush; but an open unlinked file keeps
+        # its disk space, so past a few (a host that does not FLUSH) the
+        # oldest is fsynced here and let go.
         for seg in self.segments[:dead]:
-            if seg.fd >= 0:         # never fsynced, and now it need not be
-                os.close(seg.fd)
+            if seg.fd >= 0:
+                self._released_fds.append(seg.fd)
                 seg.fd = -1
-            seg.path.unlink()
-        # An unlink lost in a crash is harmless (a consecutive older segment is
-        # redone before the newer ones); no folder fsync on this path.
+            fileio.unlink(seg.path)
         del self.segments[:dead]
+        while len(self._released_fds) > _RELEASED_HELD:
+            fd = self._released_fds.pop(0)
+            try:
+                fileio.fsync(fd)
+            finally:
+                fileio.close(fd)
         return dead
 
     def save_state(self, acked: int) -> None:
@@ -314,49 +375,64 @@ class WriteLog:
         atomic_write_json(self._pseq_path, {"last_tag": self.last_tag, "acked": acked})
         self.saved_tag, self.saved_acked = self.last_tag, acked
 
+    def _close_all(self) -> None:
+        for fd in [s.fd for s in self.segments] + [self._fd] + self._released_fds:
+            if fd >= 0:
+                fileio.close(fd)
+        for s in self.segments:
+            s.fd = -1
+        self._fd, self._released_fds = -1, []
+
     def reset(self, last_tag: int, acked: int) -> None:
         """Drop every record (after a suspension, or before a write that bypasses the log).
 
         The PSEQ state is saved first; the new segment's number leaves a gap
-        so that a segment whose unlink a crash undid is never redone.
+        so that a segment whose unlink a crash undid is never redone.  The new
+        segment is made, and its name synced, before the old ones go: a crash
+        that lost it but kept some unlinks could leave an old segment as the
+        newest, redone over newer PVOL data (see :meth:`release`).
         """
         self.last_tag = last_tag
         self.save_state(acked)
         number = self.segments[-1].number + 2 if self.segments else 1
-        for fd in [s.fd for s in self.segments] + [self._fd]:
-            if fd >= 0:
-                os.close(fd)
-        self._fd = -1
-        for seg in self.segments:
-            seg.path.unlink(missing_ok=True)
+        self._close_all()
         new = Segment(number, self._path(number), last_tag=last_tag)
-        self._fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.segments = [new]
-        self._fsync_dir()
+        self._fd = fileio.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fileio.fsync_dir(self.folder)
         self._dir_dirty = False
+        for seg in self.segments:
+            try:
+                fileio.unlink(seg.path)
+            except FileNotFoundError:
+                pass
+        self.segments = [new]
         self.broken = None
 
     # -- durability ------------------------------------------------------------------
 
     def flush(self) -> None:
-        """fsync every segment written since the last flush, and the folder if one was created."""
+        """fsync every segment written (or released unsynced) since the last flush, and the
+        folder if recover() started a new log."""
         self.sync(self.flush_begin())
 
     def flush_begin(self) -> list[int]:
-        """What :meth:`flush` must fsync, as duplicated descriptors the caller owns.
+        """What :meth:`flush` must fsync, as descriptors the caller owns.
 
         Taken on the event loop; :meth:`sync` may then run in a worker thread
         while appends, rolls and releases go on (they close their own
-        descriptors, never these).
+        descriptors, never these).  The active segment is opened a second
+        time (not ``dup``ed: the file layer has no ``dup``) under the same
+        name it has now, so it is the same file; an fsync covers every write
+        to the file, whichever descriptor made it.
         """
-        fds = []
+        fds, self._released_fds = self._released_fds, []
         for seg in self.segments[:-1]:
             if seg.fd >= 0:
                 fds.append(seg.fd)     # handed over: sync() closes it
                 seg.fd = -1
-        fds.append(os.dup(self._fd))
+        fds.append(fileio.open(self.segments[-1].path, os.O_RDONLY | os.O_CLOEXEC))
         if self._dir_dirty:
-            fds.append(os.open(self.folder, os.O_RDONLY))
+            fds.append(fileio.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             self._dir_dirty = False
         return fds
 
@@ -365,25 +441,13 @@ class WriteLog:
         """fsync and close the descriptors :meth:`flush_begin` returned."""
         try:
             for fd in fds:
-                os.fsync(fd)
+                fileio.fsync(fd)
         finally:
             for fd in fds:
-                os.close(fd)
-
-    def _fsync_dir(self) -> None:
-        dfd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+                fileio.close(fd)
 
     def segment_files(self) -> list[Path]:
         return [s.path for s in self.segments]
 
     def close(self) -> None:
-        for fd in [s.fd for s in self.segments] + [self._fd]:
-            if fd >= 0:
-                os.close(fd)
-        for s in self.segments:
-            s.fd = -1
-        self._fd = -1
+        self._close_all()

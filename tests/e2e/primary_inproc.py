@@ -2,7 +2,7 @@
 
 The relay and secondary run as processes (tests/e2e/cluster.py); the primary's
 group is built from the primary's generated config in this process, so a test
-can inject faults into it (monkeypatched ``os.writev``, ``os.pwrite``...) and
+can inject faults into it (monkeypatched ``fileio.writev``, ``fileio.pwrite``...) and
 read its state directly.
 """
 

@@ -85,17 +85,17 @@ def test_write_log_enospc_and_short_writes(tmp_path, monkeypatch):
             async with master_group(cluster) as g:
                 await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
                 last, before = g.last_pseq, g.volumes[0].read(BLOCK, BLOCK)
-                real = os.writev
+                real = fileio.writev
 
                 def full(fd, bufs):
                     if fd == g.log._fd:
                         raise OSError(errno.ENOSPC, "No space left on device")
                     return real(fd, bufs)
 
-                monkeypatch.setattr(os, "writev", full)
+                monkeypatch.setattr(fileio, "writev", full)
                 with pytest.raises(LocalIOError) as e:
                     await g.journal(Kind.UPDATE, 0, BLOCK, BLOCK, b"\x02" * BLOCK)
-                monkeypatch.setattr(os, "writev", real)
+                monkeypatch.setattr(fileio, "writev", real)
                 assert g.last_pseq == last, "a journal that was never logged burnt a PSEQ"
                 assert g.grsts == "PAIR" and g.volumes[0].read(BLOCK, BLOCK) == before
                 assert e.value.errno == errno.ENOSPC and "write log" in str(e.value)
@@ -106,9 +106,9 @@ def test_write_log_enospc_and_short_writes(tmp_path, monkeypatch):
                         return real(fd, [b"".join(bytes(b) for b in bufs)[:1000]])
                     return real(fd, bufs)
 
-                monkeypatch.setattr(os, "writev", short)
+                monkeypatch.setattr(fileio, "writev", short)
                 await g.journal(Kind.UPDATE, 0, BLOCK, BLOCK, b"\x03" * BLOCK)
-                monkeypatch.setattr(os, "writev", real)
+                monkeypatch.setattr(fileio, "writev", real)
                 # the relay took last + 1: no gap, no BAD_REQUEST
                 await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x04" * BLOCK)
                 assert g.grsts == "PAIR" and g.last_pseq == last + 2
