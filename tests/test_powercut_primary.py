@@ -173,6 +173,8 @@ def check_primary(folder: Path, relay_last: int, flushed: int, floor: dict, seen
                    f"{relay_last} and the log up to {prev}")
     last = {}                                    # sector -> the last redone record's bytes
     for ctl, data in recs:
+        if ctl.kind not in p.DATA_KINDS:      # a resync's ZERO journals; MARKs touch nothing
+            data = bytes(ctl.length)
         for k, s in enumerate(sectors_of(ctl.idx, ctl.address, ctl.length)):
             last[s] = data[k * SECTOR:(k + 1) * SECTOR]
     box = []
@@ -252,6 +254,14 @@ class PrimaryRun(Run):
         task = None
         try:
             g = open_master(root)
+            # The group's own journals (after an unclean stop its activity log
+            # starts a resync: MARKs and base journals) join the history too.
+            real_append = g._log_append
+
+            def logged(ctl, data):
+                self.journals[ctl.tag] = ctl.pack() + data
+                return real_append(ctl, data)
+            g._log_append = logged
             link = None
             # What the cut and the redo left is what a FLUSH now makes durable.
             for i, v in g.volumes.items():

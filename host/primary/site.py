@@ -264,8 +264,9 @@ class MasterGroup:
         # Only now is the PSEQ used: a journal that failed locally burns none.
         # While the relay answers FULL only the probe goes out (_probe); the
         # rest follow in order once the probe is ACKed.
-        if self.stream.add(tag, (ctl, data, fut)) and not self.link.closed:
-            self.link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+        link = self.link
+        if self.stream.add(tag, (ctl, data, fut)) and link is not None and not link.closed:
+            link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
         return fut
 
     def _al_before(self, ctl: Control) -> None:
