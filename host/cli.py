@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tricopy.host.rcm.pairs",
     "tricopy.host.rcm.takeover",
     "tricopy.host.tools.demo",
+    "tricopy.host.tools.certs",
 ]
 
 
