@@ -86,8 +86,10 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
-                 vol_size: int = VOL_SIZE, engine: str = "model", tls: bool = True):
+                 vol_size: int = VOL_SIZE, engine: str = "model", tls: bool = True,
+                 site_extra: dict[str, str] | None = None):
         self.root = root
+        self.site_extra = site_extra or {}     # role -> top-level TOML lines added to its config
         self.tls = tls                         # False: tls = false in every config
         self.engine = engine                   # the relay's --engine (model, sim)
         self.volumes = volumes
@@ -135,7 +137,7 @@ class Cluster:
                 sec = "tls = false\n"
             return (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\n'
                     f'control = "{self.control_arg(role)}"\n'
-                    f'state_dir = "state"\nheartbeat = 0.5\n{sec}')
+                    f'state_dir = "state"\nheartbeat = 0.5\n{sec}{self.site_extra.get(role, "")}')
 
         def vols(prefix: str) -> str:
             return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
