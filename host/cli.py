@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tricopy.host.rcm.takeover",
     "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",
+    "tricopy.host.tools.certs",
 ]
 
 

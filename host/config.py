@@ -4,14 +4,19 @@ Example (a relay)::
 
     site = "osaka"
     listen = "127.0.0.1:7002"      # data port: the primary connects here
-    control = "127.0.0.1:7102"     # JSON-lines control socket (host/rcm/control.py)
+    control = "unix:control.sock"  # JSON-lines control socket (host/rcm/control.py): a Unix
+                                   # socket (0600), or "host:port" = TCP with mutual TLS
     state_dir = "/var/lib/tricopy" # small state files (primary write log, restore point)
+    tls = { ca = "certs/ca.pem", cert = "certs/osaka.pem", key = "certs/osaka.key" }
+                                   # or tls = false: plaintext links (warned at start)
 
     [[group]]
     grnum = 1
     grname = "db"
     attr = "INTERMEDIARY"          # MASTER (primary) | INTERMEDIARY (relay) | RESTORE (secondary)
     peer = "127.0.0.1:7003"        # MASTER: the relay; INTERMEDIARY: the secondary
+    peer_site = "sapporo"          # the site name in the peer's certificate (with tls)
+    upstream_site = "tokyo"        # INTERMEDIARY/RESTORE: the one site allowed to connect
     durability = "fsync"           # relay: "fsync" (default, safe) or "memory" (unsafe)
     journal = { path = "jnl1.vol", size = 16777216 }
 
@@ -38,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["KEYS", "ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
-           "GroupConfig", "NbdConfig", "SiteConfig", "load_config", "parse_config", "parse_addr"]
+           "GroupConfig", "NbdConfig", "SiteConfig", "TlsConfig", "LimitsConfig", "load_config",
+           "parse_config", "parse_addr", "parse_control"]
 
 
 class ConfigError(ValueError):
@@ -49,12 +55,17 @@ class ConfigError(ValueError):
 # the parser below already checks types and ranges with messages that name the
 # key, so the only thing missing was "nothing else is allowed" — five tuples.
 KEYS = {
-    "site": ("site", "listen", "control", "state_dir", "heartbeat", "group", "volume", "nbd"),
+    "site": ("site", "listen", "control", "state_dir", "heartbeat", "group", "volume", "nbd",
+             "tls", "control_clients", "control_plaintext", "limits"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
-              "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state"),
+              "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
+              "peer_site", "upstream_site"),
     "journal": ("path", "size"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
-    "nbd": ("listen", "tls_cert", "tls_key"),
+    "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
+    "tls": ("ca", "cert", "key"),
+    "limits": ("connections", "handshakes", "handshake_timeout", "control_line",
+               "control_inflight", "control_buffered"),
 }
 
 
@@ -117,6 +128,30 @@ class GroupConfig:
     # paired later by `tricopy pair create`; "PAIR" only for brand-new volumes
     # (create = true, not there yet), the one case where both sides are known equal.
     initial_state: str = "SMPL"
+    # With [tls]: the site name the downstream peer's certificate must carry
+    # (MASTER, INTERMEDIARY), and the one upstream site allowed to connect for
+    # this group (INTERMEDIARY, RESTORE).  docs/security.md.
+    peer_site: str | None = None
+    upstream_site: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: the cluster CA and this site's certificate and key (PEM files)."""
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: bounds of every listener (docs/security.md, "Limits")."""
+    connections: int = 32            # connections served at once, per listener
+    handshakes: int = 16             # TLS handshakes in progress at once, per listener
+    handshake_timeout: float = 10.0  # seconds a TLS handshake may take
+    control_line: int = 8 << 20      # longest control request line (bytes)
+    control_inflight: int = 64       # control requests served at once per connection
+    control_buffered: int = 32 << 20  # request bytes held at once per control connection
 
 
 @dataclass(frozen=True)
@@ -125,11 +160,13 @@ class NbdConfig:
 
     The primary exports its PVOLs read-write, the secondary its SVOLs
     read-only; the export name is the volume's file name without its suffix.
-    With ``tls_cert``/``tls_key`` TLS is mandatory for every client.
+    With ``tls_cert``/``tls_key`` TLS is mandatory for every client; with
+    ``tls_client_ca`` too, every client must present a certificate of that CA.
     """
     listen: tuple[str, int]
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -137,12 +174,16 @@ class SiteConfig:
     """Everything one site process needs."""
     site: str
     listen: tuple[str, int] | None
-    control: tuple[str, int] | None
+    control: tuple[str, int] | Path | None    # a Path is a Unix socket
     state_dir: Path
     groups: tuple[GroupConfig, ...]
     volumes: tuple[VolumeConfig, ...] = field(default=())
     heartbeat: float = 1.0
     nbd: NbdConfig | None = None
+    tls: TlsConfig | None = None              # None: plaintext links (tls = false)
+    control_clients: tuple[str, ...] = ("admin",)   # TCP control: allowed certificate names
+    control_plaintext: bool = False           # TCP control without TLS: 127.0.0.1, read-only
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def group(self, grnum: int) -> GroupConfig:
         for g in self.groups:
@@ -166,6 +207,19 @@ def parse_addr(value: object, key: str) -> tuple[str, int]:
     if not 0 <= num <= 65535 or not host:
         raise ConfigError(f"{key}: {value!r} is not a valid host:port")
     return host.strip("[]"), num
+
+
+def parse_control(value: object, key: str, base: Path = Path(".")) -> tuple[str, int] | Path:
+    """``"unix:PATH"`` -> a Path (Unix socket); ``"host:port"`` -> (host, port)."""
+    if isinstance(value, str) and value.startswith("unix:"):
+        path = _path(base, value[5:])
+        if not value[5:]:
+            raise ConfigError(f"{key}: \"unix:\" needs a path")
+        if len(str(path).encode()) > 107:
+            raise ConfigError(f"{key}: socket path {path} is longer than the 107 bytes a Unix "
+                              f"socket allows; choose a shorter path")
+        return path
+    return parse_addr(value, key)
 
 
 def _get(table: dict, key: str, typ: type | tuple, where: str, default=...):
@@ -249,9 +303,16 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     if initial_state not in ("PAIR", "SMPL"):
         raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
                           f"got {t['initial_state']!r}")
+    names = {}
+    for key in ("peer_site", "upstream_site"):
+        if key in t:
+            value = _get(t, key, str, w)
+            if not value or len(value) > 64:
+                raise ConfigError(f"{w}{key}: must be 1..64 characters, got {value!r}")
+            names[key] = value
     return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
                        float(interval), float(full_after), link_suspend_after=float(link_after),
-                       initial_state=initial_state)
+                       initial_state=initial_state, **names)
 
 
 def _parse_nbd(t: dict, base: Path) -> NbdConfig:
@@ -264,7 +325,64 @@ def _parse_nbd(t: dict, base: Path) -> NbdConfig:
     if cert is not None:
         cert = _path(base, _get(t, "tls_cert", str, w))
         key = _path(base, _get(t, "tls_key", str, w))
-    return NbdConfig(listen, cert, key)
+    client_ca = t.get("tls_client_ca")
+    if client_ca is not None:
+        if cert is None:
+            raise ConfigError(f"{w}tls_client_ca: needs tls_cert and tls_key (TLS on)")
+        client_ca = _path(base, _get(t, "tls_client_ca", str, w))
+    return NbdConfig(listen, cert, key, client_ca)
+
+
+def _parse_tls(doc: dict, base: Path, explicit: bool) -> TlsConfig | None:
+    if "tls" not in doc and not explicit:
+        return None                       # a config made in code (tests, tools): plaintext
+    if "tls" not in doc:
+        raise ConfigError("tls: missing; give a [tls] table with ca, cert and key (make them "
+                          "with `tricopy certs`), or tls = false to run the links in plaintext")
+    t = doc["tls"]
+    if t is False:
+        return None
+    if not isinstance(t, dict):
+        raise ConfigError(f"tls: expected a table (ca, cert, key) or false, got {t!r}")
+    _only_known(t, "tls", "tls")
+    return TlsConfig(*(_path(base, _get(t, k, str, "tls.")) for k in ("ca", "cert", "key")))
+
+
+def _parse_limits(t: dict) -> LimitsConfig:
+    _only_known(t, "limits", "limits")
+    d = LimitsConfig()
+    values = {}
+    for key in KEYS["limits"]:
+        typ = (int, float) if key == "handshake_timeout" else int
+        v = _get(t, key, typ, "limits.", getattr(d, key))
+        if v <= 0:
+            raise ConfigError(f"limits.{key}: must be positive, got {v}")
+        values[key] = v
+    return LimitsConfig(**values)
+
+
+def _check_security(site: str, control, groups, tls, clients, plaintext) -> None:
+    if isinstance(control, tuple):
+        if plaintext:
+            if control[0] not in ("127.0.0.1", "::1", "localhost"):
+                raise ConfigError(f"control_plaintext: only on 127.0.0.1, not on {control[0]}; "
+                                  f"for remote administration give [tls] and control_clients")
+        elif tls is None:
+            raise ConfigError("control: a TCP control socket needs [tls] (mutual TLS, clients "
+                              "named in control_clients); use control = \"unix:PATH\" for "
+                              "local administration")
+    elif plaintext:
+        raise ConfigError("control_plaintext: only for a TCP control socket")
+    if tls is None:
+        return
+    for i, g in enumerate(groups):
+        if g.attr is not GroupAttr.RESTORE and g.peer_site is None:
+            raise ConfigError(f"group[{i}].peer_site: missing; with [tls] give the site name "
+                              f"in the certificate of the peer at {g.peer[0]}:{g.peer[1]}")
+        if g.attr is not GroupAttr.MASTER and g.upstream_site is None:
+            what = "primary" if g.attr is GroupAttr.INTERMEDIARY else "relay"
+            raise ConfigError(f"group[{i}].upstream_site: missing; with [tls] give the site "
+                              f"name in the certificate of the {what} allowed to connect")
 
 
 def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
@@ -283,8 +401,11 @@ def _parse_volume(t: dict, i: int, base: Path) -> VolumeConfig:
                         size, bs, _get(t, "create", bool, w, False))
 
 
-def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
-    """Validate a parsed TOML document."""
+def parse_config(doc: dict, base: Path = Path("."), *, explicit_tls: bool = False) -> SiteConfig:
+    """Validate a parsed TOML document.
+
+    ``explicit_tls`` (config files, :func:`load_config`): a document without
+    ``tls`` is refused, plaintext links need ``tls = false``."""
     _only_known(doc, "site", "")
     site = _get(doc, "site", str, "")
     if not site or len(site) > 32 or not site.isascii():
@@ -292,7 +413,13 @@ def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
     listen = doc.get("listen")
     listen = parse_addr(listen, "listen") if listen is not None else None
     control = doc.get("control")
-    control = parse_addr(control, "control") if control is not None else None
+    control = parse_control(control, "control", base) if control is not None else None
+    tls = _parse_tls(doc, base, explicit_tls)
+    clients = _get(doc, "control_clients", list, "", ["admin"])
+    if not clients or not all(isinstance(c, str) and c for c in clients):
+        raise ConfigError(f"control_clients: expected a list of site names, got {clients!r}")
+    plaintext = _get(doc, "control_plaintext", bool, "", False)
+    limits = _parse_limits(_get(doc, "limits", dict, "", {}))
     state_dir = _path(base, _get(doc, "state_dir", str, "", "."))
     heartbeat = _get(doc, "heartbeat", (int, float), "", 1.0)
     if heartbeat <= 0:
@@ -327,14 +454,18 @@ def parse_config(doc: dict, base: Path = Path(".")) -> SiteConfig:
     nbd = doc.get("nbd")
     nbd = _parse_nbd(_get(doc, "nbd", dict, ""), base) if nbd is not None else None
     _one_file_one_volume(groups, volumes)
-    ports = [("listen", listen), ("control", control), ("nbd.listen", nbd and nbd.listen)]
+    _check_security(site, control, groups, tls, clients, plaintext)
+    ports = [("listen", listen), ("nbd.listen", nbd and nbd.listen)]
+    if isinstance(control, tuple):
+        ports.insert(1, ("control", control))
     ports = [(k, a) for k, a in ports if a is not None and a[1] != 0]
     for j, (key, addr) in enumerate(ports):
         for other, addr2 in ports[:j]:
             if addr == addr2:
                 raise ConfigError(f"{key}: {addr[0]}:{addr[1]} is also {other}; "
                                   f"every socket needs its own port")
-    return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd)
+    return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd,
+                      tls, tuple(clients), plaintext, limits)
 
 
 def _one_file_one_volume(groups, volumes) -> None:
@@ -363,6 +494,6 @@ def load_config(path: str | Path) -> SiteConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return parse_config(doc, path.resolve().parent)
+        return parse_config(doc, path.resolve().parent, explicit_tls=True)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

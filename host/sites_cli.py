@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import uvloop
 
@@ -95,7 +96,14 @@ def _check_state_dir(cfg: SiteConfig) -> None:
 def _check_ports(cfg: SiteConfig, role: str) -> None:
     """Bind each address the site will listen on, the way asyncio will; the
     site binds them for real moments later, but this refusal names the key."""
-    keys = [("control", cfg.control)]
+    keys = [("control", cfg.control)] if isinstance(cfg.control, tuple) else []
+    if isinstance(cfg.control, Path) and not cfg.control.parent.is_dir():
+        raise StartupError(f"control socket {cfg.control}: folder {cfg.control.parent} does "
+                           f"not exist", "create it, or point control = \"unix:PATH\" elsewhere")
+    for key, path in _tls_files(cfg):
+        if not path.is_file():
+            raise StartupError(f"{key} {path}: no such file",
+                               "make the certificates with `tricopy certs` (docs/security.md)")
     if role != "primary":                    # the primary only connects out
         keys.append(("listen", cfg.listen))
     if role != "relay" and cfg.nbd is not None:
@@ -120,6 +128,15 @@ def _check_ports(cfg: SiteConfig, role: str) -> None:
                 except OSError as exc:
                     raise StartupError(f"{key} {host}:{port}: {exc.strerror}",
                                        _bind_hint(exc.errno, key)) from None
+
+
+def _tls_files(cfg: SiteConfig):
+    files = []
+    if cfg.tls is not None:
+        files += [("tls.ca", cfg.tls.ca), ("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)]
+    if cfg.nbd is not None and cfg.nbd.tls_client_ca is not None:
+        files.append(("nbd.tls_client_ca", cfg.nbd.tls_client_ca))
+    return files
 
 
 def _bind_hint(code: int | None, key: str) -> str:
@@ -230,8 +247,12 @@ def _listening(cfg: SiteConfig, role: str) -> str:
     parts = []
     if role != "primary" and cfg.listen:
         parts.append("data %s:%d" % cfg.listen)
-    if cfg.control:
-        parts.append("control %s:%d" % cfg.control)
+    if isinstance(cfg.control, Path):
+        parts.append(f"control unix:{cfg.control}")
+    elif cfg.control:
+        parts.append("control %s:%d" % cfg.control + (" (TLS)" if cfg.tls and
+                                                       not cfg.control_plaintext else
+                                                       " (plaintext, read-only)"))
     if role != "relay" and cfg.nbd is not None:
         parts.append("nbd %s:%d" % cfg.nbd.listen)
     peers = [f"{g.grname} -> %s:%d" % g.peer for g in cfg.groups
@@ -257,6 +278,10 @@ async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | No
         loop.add_signal_handler(sig, on_signal, sig)
     log.info("%s %s starting: %s (pid %d, config %s)", role, cfg.site,
              _listening(cfg, role), os.getpid(), config_path)
+    if cfg.tls is None:
+        log.warning("%s %s: tls = false: the links to the other sites are plaintext and not "
+                    "authenticated; anyone who reaches the data port can pose as a peer "
+                    "(docs/security.md)", role, cfg.site)
     run = asyncio.create_task(site.run(), name=f"{role} run")
     stopper = asyncio.create_task(stop.wait(), name="stop signal")
     try:

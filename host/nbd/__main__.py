@@ -28,12 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=4096)
     ap.add_argument("--tls-cert", help="PEM certificate chain; enables mandatory TLS")
     ap.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    ap.add_argument("--tls-client-ca", help="PEM CA: clients must present a certificate of it")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tls = None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls.load_verify_locations(cafile=args.tls_client_ca)
+            tls.verify_mode = ssl.CERT_REQUIRED
     exports = {name: FileExport(path, args.block_size, ro) for name, (path, ro) in args.exports}
     server = NbdServer(exports, args.host, args.port, tls_context=tls)
 

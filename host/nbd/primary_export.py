@@ -121,12 +121,17 @@ def _tls_context(cfg: NbdConfig) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    if cfg.tls_client_ca is not None:     # clients must present a certificate of this CA
+        ctx.load_verify_locations(cafile=cfg.tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-async def serve_site_volumes(cfg: NbdConfig, exports: dict[str, Export]) -> NbdServer:
+async def serve_site_volumes(cfg: NbdConfig, exports: dict[str, Export],
+                             connections: int = 32) -> NbdServer:
     """Start the site's NBD server on ``cfg.listen`` for ``exports``; returns it running."""
-    server = NbdServer(exports, *cfg.listen, tls_context=_tls_context(cfg))
+    server = NbdServer(exports, *cfg.listen, tls_context=_tls_context(cfg),
+                       max_connections=connections)
     await server.start()
     return server
 

@@ -15,6 +15,8 @@ import logging
 import ssl
 from typing import Mapping
 
+from ..wire import tls as _tls
+
 from . import protocol
 from .export import Export, ExportError
 from .protocol import Close, Cmd, Ready, Request, ServerConnection, StartTls
@@ -66,13 +68,14 @@ class NbdServer:
     """
 
     def __init__(self, exports: Mapping[str, Export], host: str = "127.0.0.1", port: int = 0,
-                 tls_context: ssl.SSLContext | None = None):
+                 tls_context: ssl.SSLContext | None = None, max_connections: int = 32):
         for name, export in exports.items():
             protocol.check_export(name, export)
         self.exports = dict(exports)
         self.host = host
         self.port = port
         self.tls_context = tls_context
+        self.max_connections = max_connections     # connections served at once
         self._server: asyncio.base_events.Server | None = None
         self._sessions: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
@@ -108,8 +111,13 @@ class NbdServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self._sessions[task] = writer
         peer = writer.get_extra_info("peername")
+        if len(self._sessions) >= self.max_connections:
+            log.warning("nbd %s: refused: %d connections already open (max_connections)",
+                        peer, self.max_connections)
+            writer.transport.abort()
+            return
+        self._sessions[task] = writer
         try:
             await _Session(self, reader, writer).run()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
@@ -170,8 +178,13 @@ class _Session:
             log.info("nbd %s: export %r", self.peer, event.name)
         elif isinstance(event, StartTls):
             self._flush()
-            await self.writer.start_tls(self.server.tls_context,
-                                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            try:
+                await self.writer.start_tls(self.server.tls_context,
+                                            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+                why = _tls.refusal(exc, TLS_HANDSHAKE_TIMEOUT)
+                log.warning("nbd %s: refused: %s", self.peer, why)   # the one line
+                return Close(f"TLS refused: {why}", graceful=False)
             self.conn.tls_started()
         elif isinstance(event, Close):
             return event

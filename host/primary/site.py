@@ -37,6 +37,7 @@ from functools import partial
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
+from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
@@ -458,7 +459,8 @@ class MasterGroup:
                                    self.last_pseq, self.cfg.grname, self.site.site)
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
-                                           name=f"{self.site.site}->relay")
+                                           name=f"{self.site.site}->relay",
+                                           **tls.client_args(self.site, self.cfg))
             except LinkRefused as exc:
                 if exc.status == Status.STALE_EPOCH:
                     self._fence(exc.peer_epoch)
@@ -995,7 +997,7 @@ class Primary:
         if not self.groups:
             raise ValueError("primary config has no MASTER group")
         if self.cfg.control:
-            await self.control.start(self.cfg.control)
+            await self.control.start(self.cfg.control, self.cfg)
         if self.cfg.nbd is not None:     # hosts reach the PVOLs over NBD (docs/nbd.md)
             from ..nbd.primary_export import primary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd, primary_exports(self.groups.values()))

@@ -1,4 +1,4 @@
-"""The control socket of every site: JSON lines over TCP.
+"""The control socket of every site: JSON lines over a Unix socket or TCP.
 
 Request:  ``{"id": 7, "cmd": "write", "idx": 0, "offset": 4096, "data": "<base64>"}``
 Answer:   ``{"id": 7, "ok": true, ...}`` or ``{"id": 7, "ok": false, "error": "...", "type": "..."}``
@@ -8,6 +8,17 @@ several writes in flight; answers carry the request's ``id``.  The sites
 register their commands (``status`` everywhere; ``write``, ``write_zeroes``,
 ``trim``, ``flush`` on the primary).  ``tricopy status`` / pair commands use
 the same socket.
+
+Who may use it (docs/security.md): a Unix socket (``control = "unix:PATH"``,
+the default in generated configs) is created 0600 and checks the peer's uid;
+TCP needs mutual TLS with a client certificate named in ``control_clients``.
+Plain TCP (``control_plaintext = true``, 127.0.0.1 only) is unauthenticated
+and serves only the read-only commands (:data:`READ_ONLY`).
+
+Limits (``[limits]``): a request line longer than ``control_line`` closes
+that connection with a log line; at most ``control_inflight`` requests and
+``control_buffered`` request bytes are served at once per connection (the
+reading waits meanwhile); ``connections`` per listener.
 """
 
 from __future__ import annotations
@@ -18,15 +29,22 @@ import itertools
 import json
 import logging
 import socket
+import ssl
+from pathlib import Path
 from typing import Awaitable, Callable
 
-__all__ = ["ControlError", "ControlServer", "ControlClient", "call"]
+from ..wire import tls as _tls
+
+__all__ = ["ControlError", "ControlServer", "ControlClient", "call", "describe", "READ_ONLY"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict], Awaitable[dict]]
 
-_LIMIT = 64 << 20    # one line can carry a base64 write of up to ~48 MiB
+_LIMIT = 64 << 20    # the clients' line limit (answers of large reads)
+READ_ONLY = frozenset({"status", "jnlg"})   # served to unauthenticated (plaintext) peers
+
+Addr = "tuple[str, int] | str | Path"      # a str or Path is a Unix socket
 
 
 class ControlError(Exception):
@@ -38,54 +56,136 @@ class ControlError(Exception):
 
 
 class ControlServer:
-    """Serve registered commands on a TCP address."""
+    """Serve registered commands on a Unix socket or a TCP address."""
 
     def __init__(self, handlers: dict[str, Handler]):
         self.handlers = handlers
         self._server: asyncio.base_events.Server | None = None
+        self.path: Path | None = None
 
-    async def start(self, addr: tuple[str, int]) -> None:
-        self._server = await asyncio.start_server(self._serve, *addr, limit=_LIMIT)
+    async def start(self, addr, site=None) -> None:
+        """Listen on ``addr``: a Path (Unix socket, 0600) or (host, port).
+
+        ``site`` (a SiteConfig) gives the TLS files, ``control_clients``,
+        ``control_plaintext`` and ``[limits]``; without it (tests) a TCP
+        socket is plaintext and read-only."""
+        from ..config import LimitsConfig
+        limits = site.limits if site is not None else LimitsConfig()
+        self.max_line, self.max_inflight = limits.control_line, limits.control_inflight
+        self.max_buffered = limits.control_buffered
+        if isinstance(addr, (str, Path)):
+            self.path = Path(addr)
+            self._open = 0
+            self._max_conn = limits.connections
+            self._server = await asyncio.start_unix_server(
+                self._unix, sock=_tls.unix_socket(self.path), limit=self.max_line)
+            return
+        tls = site.tls if site is not None else None
+        writable = tls is not None and not (site is not None and site.control_plaintext)
+        ctx = _tls.server_context(tls) if writable else None
+        self._server = await _tls.start_server(
+            lambda r, w: self._serve(r, w, writable), addr, what="control", ctx=ctx,
+            allowed=site.control_clients if ctx is not None else None,
+            connections=limits.connections, handshakes=limits.handshakes,
+            handshake_timeout=limits.handshake_timeout, limit=self.max_line)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks = set()
-        lock = asyncio.Lock()
+    async def _unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        why = _tls.same_user(writer)
+        if why is None and self._open >= self._max_conn:
+            why = f"{self._open} connections already open (limits.connections = {self._max_conn})"
+        if why is not None:
+            log.warning("control: refused a local client: %s", why)
+            writer.transport.abort()
+            return
+        self._open += 1
         try:
-            while line := await reader.readline():
-                task = asyncio.create_task(self._one(line, writer, lock))
+            await self._serve(reader, writer, True)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     writable: bool) -> None:
+        tasks: set[asyncio.Task] = set()
+        lock = asyncio.Lock()
+        held = [0]                                  # request bytes being served
+        peer = writer.get_extra_info("peername")
+        peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local client"
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break                           # EOF (a last line without \n is dropped)
+                except asyncio.LimitOverrunError:
+                    log.warning("control: closed the connection of %s: a request line over "
+                                "%d bytes (limits.control_line)", peer, self.max_line)
+                    writer.transport.abort()
+                    break
+                # Bounded work per connection: wait for answers before reading on.
+                while tasks and (len(tasks) >= self.max_inflight
+                                 or held[0] + len(line) > self.max_buffered):
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                held[0] += len(line)
+                task = asyncio.create_task(self._one(line, writer, lock, writable, peer))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+                task.add_done_callback(lambda _t, n=len(line): held.__setitem__(0, held[0] - n))
+        except (ConnectionError, ssl.SSLError, OSError):
             pass
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
 
-    async def _one(self, line: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    async def _one(self, line: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock,
+                   writable: bool = True, peer: str = "?") -> None:
         rid = None
         try:
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ControlError("request must be a JSON object")
             rid = req.get("id")
-            handler = self.handlers.get(req.get("cmd"))
+            cmd = req.get("cmd")
+            handler = self.handlers.get(cmd)
             if handler is None:
-                raise ControlError(f"unknown command {req.get('cmd')!r}; "
+                raise ControlError(f"unknown command {cmd!r}; "
                                    f"known: {', '.join(sorted(self.handlers))}")
+            if not writable and cmd not in READ_ONLY:
+                log.warning("control: refused %r from %s: an unauthenticated (plaintext TCP) "
+                            "connection may only read (%s)", cmd, peer,
+                            ", ".join(sorted(READ_ONLY)))
+                raise PermissionError(f"{cmd!r} is not served on an unauthenticated control "
+                                      f"connection; use the Unix socket or TCP with TLS")
             answer = {"id": rid, "ok": True, **(await handler(req))}
         except Exception as exc:   # every failure is answered, never crashes the site
-            if not isinstance(exc, (ControlError, ValueError, KeyError, TypeError)):
+            if not isinstance(exc, (ControlError, ValueError, KeyError, TypeError,
+                                    PermissionError)):
                 log.exception("control command failed")
             answer = {"id": rid, "ok": False, "error": str(exc), "type": type(exc).__name__}
         async with lock:
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, OSError):
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
+
+
+async def _open(addr, tls: ssl.SSLContext | None, limit: int):
+    if isinstance(addr, (str, Path)):
+        return await asyncio.open_unix_connection(str(addr), limit=limit)
+    return await asyncio.open_connection(*addr, limit=limit, ssl=tls)
+
+
+def describe(addr) -> str:
+    """``unix:/path`` or ``host:port``: how a control address is written."""
+    if isinstance(addr, (str, Path)):
+        return f"unix:{addr}"
+    return f"{addr[0]}:{addr[1]}"
 
 
 class ControlClient:
@@ -98,8 +198,10 @@ class ControlClient:
         self._rx = asyncio.create_task(self._receive())
 
     @classmethod
-    async def open(cls, addr: tuple[str, int]) -> "ControlClient":
-        reader, writer = await asyncio.open_connection(*addr, limit=_LIMIT)
+    async def open(cls, addr, tls: ssl.SSLContext | None = None) -> "ControlClient":
+        """``addr``: (host, port), with ``tls`` a client context for mutual TLS;
+        or a Unix socket path."""
+        reader, writer = await _open(addr, tls, _LIMIT)
         return cls(reader, writer)
 
     async def call(self, cmd: str, **args) -> dict:
@@ -133,15 +235,35 @@ class ControlClient:
         self._writer.close()
 
 
-def call(addr: tuple[str, int], cmd: str, timeout: float = 10.0, **args) -> dict:
-    """Blocking one-shot request (for the CLI and tests)."""
-    with socket.create_connection(addr, timeout=timeout) as s:
+def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
+         **args) -> dict:
+    """Blocking one-shot request (for the CLI and tests).
+
+    ``addr``: (host, port), or a Unix socket path (str or Path); ``tls``: a
+    client context (host/wire/tls.py) for a TCP control socket with TLS."""
+    if isinstance(addr, (str, Path)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(addr))
+        except OSError:
+            s.close()
+            raise
+    else:
+        s = socket.create_connection(addr, timeout=timeout)
+        if tls is not None:
+            try:
+                s = tls.wrap_socket(s, server_side=False)
+            except OSError:
+                s.close()
+                raise
+    with s:
         s.sendall(json.dumps({"id": 1, "cmd": cmd, **args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(1 << 16)
             if not chunk:
-                raise ControlError(f"{addr[0]}:{addr[1]} closed without answering {cmd!r}")
+                raise ControlError(f"{describe(addr)} closed without answering {cmd!r}")
             buf += chunk
     answer = json.loads(buf)
     if not answer.get("ok"):

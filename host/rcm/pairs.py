@@ -8,22 +8,27 @@ the state, and the secondary learns the SEQ# from which its SVOLs are a
 consistent image (``consistent_seq``).
 
 The sites are named by their control addresses, on the command line
-(``--primary HOST:PORT --relay HOST:PORT --secondary HOST:PORT``) or in a
-cluster file (``--cluster FILE``, TOML with the keys ``primary``, ``relay``,
-``secondary``).  docs/operations.md has the states and every command.
+(``--primary ADDR --relay ADDR --secondary ADDR``, each ``unix:PATH`` or
+``HOST:PORT``) or in a cluster file (``--cluster FILE``, TOML with the keys
+``primary``, ``relay``, ``secondary``, and for TCP control sockets a ``tls``
+table with this client's ``ca``, ``cert``, ``key``; docs/security.md).
+docs/operations.md has the states and every command.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import time
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from . import control
-from ..config import ConfigError, parse_addr
+from ..config import ConfigError, TlsConfig, parse_control
+from ..wire import tls as _tls
 from .jnlg import NEVER, PairingError, check_pairing
 
 __all__ = ["RcmError", "Unreachable", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",
@@ -43,10 +48,12 @@ class Unreachable(RcmError):
 
 @dataclass(frozen=True)
 class Sites:
-    """The control addresses of one primary / relay / secondary trio."""
-    primary: tuple[str, int]
-    relay: tuple[str, int]
-    secondary: tuple[str, int]
+    """The control addresses of one primary / relay / secondary trio: (host, port)
+    for TCP (with ``tls``, a client SSLContext, for mutual TLS), or a Unix socket path."""
+    primary: "tuple[str, int] | Path"
+    relay: "tuple[str, int] | Path"
+    secondary: "tuple[str, int] | Path"
+    tls: "ssl.SSLContext | None" = None
 
     @classmethod
     def from_file(cls, path: str) -> "Sites":
@@ -57,19 +64,29 @@ class Sites:
             raise RcmError(f"cannot read cluster file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise RcmError(f"{path}: not valid TOML: {exc}") from None
+        base = Path(path).resolve().parent
         try:
-            return cls(*(parse_addr(doc.get(r), f"{path}: {r}") for r in ROLES))
-        except ConfigError as exc:
-            raise RcmError(str(exc)) from None
+            ctx = None
+            if isinstance(doc.get("tls"), dict):
+                t = doc["tls"]
+                files = [base / t[k] for k in ("ca", "cert", "key")]
+                ctx = _tls.client_context(TlsConfig(*files))
+            return cls(*(parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES),
+                       tls=ctx)
+        except KeyError as exc:
+            raise RcmError(f"{path}: tls.{exc.args[0]}: missing") from None
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            raise RcmError(f"{path}: {exc}") from None
 
     def call(self, role: str, cmd: str, **args) -> dict:
         addr = getattr(self, role)
+        where = control.describe(addr)
         try:
-            return control.call(addr, cmd, **args)
+            return control.call(addr, cmd, tls=self.tls, **args)
         except control.ControlError as exc:
-            raise RcmError(f"{role} ({addr[0]}:{addr[1]}) refused {cmd}: {exc}") from None
+            raise RcmError(f"{role} ({where}) refused {cmd}: {exc}") from None
         except OSError as exc:
-            raise Unreachable(f"{role} ({addr[0]}:{addr[1]}) not reachable: {exc}") from None
+            raise Unreachable(f"{role} ({where}) not reachable: {exc}") from None
 
     def group_status(self, role: str, grname: str) -> dict:
         for g in self.call(role, "status")["groups"]:
@@ -262,7 +279,7 @@ def _sites(args) -> Sites:
         raise RcmError(f"give --cluster FILE or all of --primary/--relay/--secondary "
                        f"(missing: {', '.join('--' + m for m in missing)})")
     try:
-        return Sites(*(parse_addr(getattr(args, r), f"--{r}") for r in ROLES))
+        return Sites(*(parse_control(getattr(args, r), f"--{r}", Path.cwd()) for r in ROLES))
     except ConfigError as exc:
         raise RcmError(str(exc)) from None
 
@@ -314,7 +331,8 @@ def _run_status(args) -> int:
 def _site_args(p) -> None:
     p.add_argument("--cluster", help="TOML file with primary/relay/secondary control addresses")
     for r in ROLES:
-        p.add_argument(f"--{r}", metavar="HOST:PORT", help=f"the {r}'s control socket")
+        p.add_argument(f"--{r}", metavar="unix:PATH|HOST:PORT",
+                       help=f"the {r}'s control socket")
 
 
 def register(subparsers) -> None:

@@ -30,6 +30,7 @@ from collections import deque
 from ..wire import protocol
 from ..config import Durability, GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
+from ..wire import tls
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import GRSTS, JnlgTable
 from ..engine.base import Engine, EngineError, open_engine
@@ -416,7 +417,8 @@ class RelayGroup:
                                    self.store.next_seq - 1, self.cfg.grname, self.site.site)
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
-                                           name=f"{self.site.site}->secondary")
+                                           name=f"{self.site.site}->secondary",
+                                           **tls.client_args(self.site, self.cfg))
             except LinkRefused as exc:
                 self._forward_fault(f"the secondary refused this relay's HELLO: "
                                     f"{exc.status.name} (its status says why)")
@@ -675,9 +677,9 @@ class Relay:
             self.groups[g.grnum] = group
         if not self.groups:
             raise RelayError("relay config has no INTERMEDIARY group")
-        server = await asyncio.start_server(self._accept, *self.cfg.listen)
+        server = await tls.start_link_server(self._accept, self.cfg)   # mutual TLS, limits
         if self.cfg.control:
-            await self.control.start(self.cfg.control)
+            await self.control.start(self.cfg.control, self.cfg)
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.release_persister()) for g in self.groups.values()]
@@ -713,6 +715,12 @@ class Relay:
         group = self.groups.get(hello.group)
         tag = 0
         if hello.role != Role.PRIMARY or group is None or hello.grname != group.cfg.grname:
+            log.warning("%s: refused HELLO from %s: wrong group (role %s, group %d %r is not "
+                        "an INTERMEDIARY group here)", link.name, link.peername,
+                        Role(hello.role).name, hello.group, hello.grname)
+            status = Status.WRONG_GROUP
+        elif (why := tls.refuse_upstream(link, group.cfg)) is not None:
+            log.warning("%s: refused %s: %s", link.name, link.peername, why)
             status = Status.WRONG_GROUP
         elif (why := group.refuse_primary(hello)) is not None:
             log.warning("%s: refused HELLO: %s", link.name, why)

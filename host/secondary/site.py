@@ -26,6 +26,7 @@ from pathlib import Path
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig
 from ..rcm.control import ControlError, ControlServer
+from ..wire import tls
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
@@ -582,9 +583,9 @@ class Secondary:
                 vol.close()
 
     async def run(self) -> None:
-        server = await asyncio.start_server(self._accept, *self.cfg.listen)
+        server = await tls.start_link_server(self._accept, self.cfg)   # mutual TLS, limits
         if self.cfg.control:
-            await self.control.start(self.cfg.control)
+            await self.control.start(self.cfg.control, self.cfg)
         if self.cfg.nbd is not None:     # SVOLs over NBD, read-only (docs/nbd.md)
             from ..nbd.primary_export import secondary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd,
@@ -607,6 +608,10 @@ class Secondary:
                             hello.group, hello.grname)
                 link.send(nak(Status.WRONG_GROUP, FrameType.HELLO))
                 await link.drain()
+                await link.close()
+                return
+            if (why := tls.refuse_upstream(link, group.cfg)) is not None:
+                log.warning("%s: refused %s: %s", link.name, link.peername, why)
                 await link.close()
                 return
             if (why := group.refuse_relay(hello)) is not None:

@@ -46,7 +46,8 @@ class Sites:
 
     ROLES = ("secondary", "relay", "primary")
 
-    def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str):
+    def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str,
+                 tls: bool = True):
         self.root = root
         self.vol_size = vol_size
         self.ports = {r: {"data": _free_port(), "control": _free_port(), "nbd": _free_port()}
@@ -54,21 +55,31 @@ class Sites:
         self.procs: dict[str, subprocess.Popen] = {}
         # new volumes on every site: a ready pair (docs/operations.md, the PAIR rule)
         group = 'grnum = 1\ngrname = "bench"\ninitial_state = "PAIR"\n'
+        if tls:           # the links as deployed: TLS 1.3, mutual certificates
+            from .certs import make_certs
+            make_certs(root / "certs", list(self.ROLES))
+        names = {"primary": 'peer_site = "relay"\n',
+                 "relay": 'peer_site = "secondary"\nupstream_site = "primary"\n',
+                 "secondary": 'upstream_site = "relay"\n'}
         vol = lambda prefix: (f'[[volume]]\nidx = 0\ngroup = 1\npath = "{prefix}0.img"\n'
                               f'size = {vol_size}\nblock_size = 4096\ncreate = true\n')
         docs = {
-            "primary": f'[[group]]\n{group}attr = "MASTER"\n'
+            "primary": f'[[group]]\n{group}{names["primary"]}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"]["data"]}"\n' + vol("pvol"),
-            "relay": f'[[group]]\n{group}attr = "INTERMEDIARY"\n'
+            "relay": f'[[group]]\n{group}{names["relay"]}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"]["data"]}"\n'
                      f'durability = "{durability}"\n'
                      f'journal = {{ path = "jnl.vol", size = {journal_size} }}\n',
-            "secondary": f'[[group]]\n{group}attr = "RESTORE"\n' + vol("svol"),
+            "secondary": f'[[group]]\n{group}{names["secondary"]}attr = "RESTORE"\n'
+                         + vol("svol"),
         }
         for role, body in docs.items():
             p = self.ports[role]
             head = (f'site = "{role}"\nlisten = "127.0.0.1:{p["data"]}"\n'
-                    f'control = "127.0.0.1:{p["control"]}"\nstate_dir = "state"\n')
+                    f'control = "127.0.0.1:{p["control"]}"\ncontrol_plaintext = true\n'
+                    f'state_dir = "state"\n')   # status only: read-only without TLS
+            head += (f'tls = {{ ca = "../certs/ca.pem", cert = "../certs/{role}.pem", '
+                     f'key = "../certs/{role}.key" }}\n' if tls else "tls = false\n")
             tail = f'[nbd]\nlisten = "127.0.0.1:{p["nbd"]}"\n' if role != "relay" else ""
             (root / role).mkdir(parents=True, exist_ok=True)
             (root / role / "site.toml").write_text(head + body + tail)

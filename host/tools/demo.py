@@ -1,8 +1,10 @@
 """``tricopy demo``: the three sites on this machine, a pair made over existing
 data, a write workload, and the proof that the SVOLs equal the PVOLs.
 
-Steps: write three site configs into a folder (a temporary one unless
-``--dir``), fill the PVOLs with data (random, with all-zero stretches), start
+Steps: make a CA and a certificate per site (``tricopy certs``: the links
+are TLS with mutual authentication, docs/security.md), write three site
+configs into a folder (a temporary one unless ``--dir``; control sockets are
+Unix sockets in each site's folder), fill the PVOLs with data (random, with all-zero stretches), start
 secondary, relay (``--engine``, the model by default) and primary as
 processes, ``pair create`` + ``pair sync`` with a progress bar (COPY -> PAIR),
 run random host writes for ``--duration`` seconds while printing status and
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..rcm import control, pairs as rcm
+from .certs import make_certs
 
 __all__ = ["register", "run"]
 
@@ -48,25 +51,34 @@ class DemoCluster:
         self.root, self.volumes, self.vol_size, self.engine = root, volumes, vol_size, engine
         self.ports = {r: (_free_port(), _free_port()) for r in ROLES}    # (data, control)
         self.procs: dict[str, subprocess.Popen] = {}
+        make_certs(root / "certs", list(ROLES) + ["admin"])
         for role in ROLES:
             (root / role).mkdir(parents=True, exist_ok=True)
             (root / role / "site.toml").write_text(self._config(role, journal_size))
-        addrs = {r: f"127.0.0.1:{self.ports[r][1]}" for r in ROLES}
-        (root / "cluster.toml").write_text("".join(f'{r} = "{addrs[r]}"\n' for r in ROLES))
-        self.sites = rcm.Sites(*(("127.0.0.1", self.ports[r][1]) for r in
-                                 ("primary", "relay", "secondary")))
+        (root / "cluster.toml").write_text("".join(f'{r} = "unix:{self.control(r)}"\n'
+                                                   for r in ROLES))
+        self.sites = rcm.Sites(*(self.control(r) for r in ("primary", "relay", "secondary")))
+
+    def control(self, role: str) -> Path:
+        """The site's control socket (Unix, 0600)."""
+        return self.root / role / "control.sock"
 
     def _config(self, role: str, journal_size: int) -> str:
-        data, ctl = self.ports[role]
-        text = (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\ncontrol = "127.0.0.1:{ctl}"\n'
-                f'state_dir = "state"\n\n[[group]]\ngrnum = 1\ngrname = "{GROUP}"\n')
+        data = self.ports[role][0]
+        text = (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\ncontrol = "unix:control.sock"\n'
+                f'state_dir = "state"\n'
+                f'tls = {{ ca = "../certs/ca.pem", cert = "../certs/{role}.pem", '
+                f'key = "../certs/{role}.key" }}\n'
+                f'\n[[group]]\ngrnum = 1\ngrname = "{GROUP}"\n')
         if role == "primary":
-            text += f'attr = "MASTER"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
+            text += (f'attr = "MASTER"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
+                     f'peer_site = "relay"\n')
         elif role == "relay":
             text += (f'attr = "INTERMEDIARY"\npeer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
+                     f'peer_site = "secondary"\nupstream_site = "primary"\n'
                      f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n')
         else:
-            text += 'attr = "RESTORE"\n'
+            text += 'attr = "RESTORE"\nupstream_site = "relay"\n'
         if role != "relay":
             # The PVOLs hold data already (preload); the SVOLs are made new.  The
             # group starts in SMPL (the default) and `pair create` copies the data.
@@ -102,7 +114,7 @@ class DemoCluster:
                 raise rcm.RcmError(f"the {role} exited with {self.procs[role].returncode}; "
                                    f"see {d / 'site.log'}")
             try:
-                control.call(("127.0.0.1", self.ports[role][1]), "status", timeout=2)
+                control.call(self.control(role), "status", timeout=2)
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -185,7 +197,8 @@ def run(root: Path, *, duration: float = 15.0, vol_mib: int = 16, engine: str = 
         cluster.preload()
         for role in ROLES:
             cluster.start(role)
-            print(f"  started the {role} (control 127.0.0.1:{cluster.ports[role][1]})")
+            print(f"  started the {role} (control unix:{cluster.control(role)}, "
+                  f"data links TLS 1.3 with mutual certificates)")
         print(f"pair create --group {GROUP}: base copy of the existing data (COPY -> PAIR)")
         rcm.pair_create(sites, GROUP)
         point = rcm.pair_sync(sites, GROUP, timeout=120, progress=rcm.progress_bar())

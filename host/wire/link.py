@@ -10,7 +10,11 @@ A :class:`Link` is one TCP connection carrying frames both ways.  It
   (Only one side asks: if both answered every HEARTBEAT they would echo each
   other forever.)  Either side that hears nothing for ``3 * heartbeat``
   seconds declares the link dead with :class:`LinkTimeout`;
-* exchanges HELLO as the first frame (:func:`connect`, :meth:`Link.expect_hello`).
+* exchanges HELLO as the first frame (:func:`connect`, :meth:`Link.expect_hello`);
+* runs over TLS 1.3 with mutual authentication when the site has ``[tls]``
+  (host/wire/tls.py): :func:`connect` checks that the peer's certificate
+  names the site the config expects there, :attr:`Link.peer_names` gives the
+  accepting side the names to check after HELLO.
 
 Reconnecting is the caller's loop: the sites know what to resend.
 """
@@ -20,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 from . import protocol
+from . import tls as _tls
 from .protocol import Frame, FrameType
 
-__all__ = ["LinkError", "LinkClosed", "LinkTimeout", "LinkRefused", "Link", "connect", "nak"]
+__all__ = ["LinkError", "LinkClosed", "LinkTimeout", "LinkRefused", "LinkUnauthenticated", "Link",
+           "connect", "nak"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,10 @@ class LinkRefused(LinkError):
         self.peer_epoch = peer_epoch     # STALE_EPOCH: the refusing site's epoch (NAK TAG)
 
 
+class LinkUnauthenticated(LinkClosed):
+    """The TLS handshake failed or the peer's certificate names another site."""
+
+
 class Link:
     """One frame connection.  ``initiator`` is True on the side that connected."""
 
@@ -71,11 +82,12 @@ class Link:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._hb_task = asyncio.create_task(self._beat()) if initiator else None
-
-    @property
-    def peername(self) -> str:
-        peer = self._writer.get_extra_info("peername")
-        return f"{peer[0]}:{peer[1]}" if peer else "?"
+        # Read once: a closed TLS transport answers no more questions.
+        peer = writer.get_extra_info("peername")
+        self.peername = f"{peer[0]}:{peer[1]}" if peer else "?"
+        #: site names in the peer's verified certificate (empty on a plaintext link)
+        self.peer_names = _tls.peer_names(writer)
+        self.secure = writer.get_extra_info("ssl_object") is not None
 
     def send(self, frame: Frame) -> None:
         """Queue one frame (no await: ordering is the call order).
@@ -188,13 +200,33 @@ class Link:
 
 
 async def connect(addr: tuple[str, int], hello: protocol.Hello, *, heartbeat: float = 1.0,
-                  timeout: float = 5.0, name: str = "link") -> tuple[Link, protocol.Hello]:
-    """Open a link, send our HELLO, return the link and the peer's HELLO."""
+                  timeout: float = 5.0, name: str = "link", tls: "ssl.SSLContext | None" = None,
+                  peer_site: str | None = None) -> tuple[Link, protocol.Hello]:
+    """Open a link, send our HELLO, return the link and the peer's HELLO.
+
+    With ``tls`` (a client context, host/wire/tls.py) the connection is TLS
+    1.3 and the peer's certificate must name ``peer_site``; a refusal raises
+    :class:`LinkUnauthenticated` after one warning line (repeated at most
+    every 30 s while the caller retries).
+    """
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*addr, ssl=tls, ssl_handshake_timeout=timeout if tls else None),
+            timeout)
+    except ssl.SSLError as exc:
+        why = f"{name}: refused {addr[0]}:{addr[1]}: {_tls.refusal(exc)}"
+        _tls.warn_once(log, why)
+        raise LinkUnauthenticated(why) from None
     except (OSError, asyncio.TimeoutError) as exc:
         raise LinkClosed(f"{name}: cannot connect to {addr[0]}:{addr[1]}: {exc}") from None
     link = Link(reader, writer, initiator=True, heartbeat=heartbeat, name=name)
+    if tls is not None and peer_site is not None:
+        why = _tls.check_peer(link.peer_names, [peer_site])
+        if why is not None:
+            why = f"{name}: refused {addr[0]}:{addr[1]}: {why}"
+            _tls.warn_once(log, why)
+            await link.close()
+            raise LinkUnauthenticated(why)
     link.send(hello.frame())
     await link.drain()
     return link, await link.expect_hello()

@@ -2,25 +2,75 @@
 
 Each site runs as ``python -m tricopy.host.sites_cli <role> --config <file>``;
 the tests talk to them only through their control sockets and files.
+
+The links are TLS with mutual authentication, as in a real deployment
+(docs/security.md): :func:`test_certs` makes the CA and the certificates once
+per machine (a cache folder in /tmp), the control sockets are Unix sockets
+(0600) in a short folder of /tmp (a socket path has at most 107 bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
+from tricopy.host.config import TlsConfig
 from tricopy.host.rcm import control
+from tricopy.host.wire import tls as tls_mod
 
 ROLES = ("secondary", "relay", "primary")
 VOL_SIZE = 1 << 20
 BLOCK = 4096
+
+
+CERT_NAMES = ("primary", "relay", "secondary", "admin", "mallory")
+CERTS = Path(tempfile.gettempdir()) / f"tricopy-test-certs-{os.getuid()}-v1"
+
+
+def test_certs() -> Path:
+    """The test CA's folder: ca.pem and <name>.pem/.key for :data:`CERT_NAMES`
+    (mallory: a certificate of the right CA for a site no config names), and
+    ``other/``: another CA with its own "relay".  Made once, then reused."""
+    if not (CERTS / "done").exists():
+        from tricopy.host.tools.certs import make_certs
+        tmp = Path(tempfile.mkdtemp(prefix="tricopy-certs-", dir=CERTS.parent))
+        make_certs(tmp, list(CERT_NAMES), days=3650)
+        make_certs(tmp / "other", ["relay", "primary", "secondary"], days=3650,
+                   ca_name="some other CA")
+        (tmp / "done").write_text("")
+        try:
+            tmp.rename(CERTS)
+        except OSError:          # another session made it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return CERTS
+
+
+test_certs.__test__ = False      # not a pytest test
+
+
+def tls_files(name: str, other_ca: bool = False) -> TlsConfig:
+    d = test_certs() / "other" if other_ca else test_certs()
+    return TlsConfig(d / "ca.pem", d / f"{name}.pem", d / f"{name}.key")
+
+
+def client_tls(name: str, other_ca: bool = False):
+    """A client SSLContext with ``name``'s certificate (for a hand-driven peer)."""
+    return tls_mod.client_context(tls_files(name, other_ca))
+
+
+def server_tls(name: str, other_ca: bool = False):
+    return tls_mod.server_context(tls_files(name, other_ca))
 
 
 def free_port() -> int:
@@ -37,8 +87,11 @@ class Cluster:
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
                  vol_size: int = VOL_SIZE, engine: str = "model",
-                 engine_mode: str | None = None):
+                 engine_mode: str | None = None, tls: bool = True,
+                 site_extra: dict[str, str] | None = None):
         self.root = root
+        self.site_extra = site_extra or {}     # role -> top-level TOML lines added to its config
+        self.tls = tls                         # False: tls = false in every config
         self.engine = engine                   # the relay's --engine (model, sim)
         self.engine_mode = engine_mode         # the relay's --engine-mode (None: its default)
         self.volumes = volumes
@@ -52,12 +105,23 @@ class Cluster:
         self.initial_state = initial_state
         self.vol_size = vol_size
         self.procs: dict[str, subprocess.Popen] = {}
+        # control sockets: a short folder (root may be too deep for a socket path)
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="tc-", dir="/tmp"))
+        weakref.finalize(self, shutil.rmtree, str(self.sock_dir), True)
         for role in ROLES:
             (root / role).mkdir(parents=True, exist_ok=True)
         self._write_configs(journal_size, durability, restore_interval, full_suspend_after)
 
-    def control_addr(self, role: str) -> tuple[str, int]:
-        return ("127.0.0.1", self.ports[role][1])
+    def control_addr(self, role: str) -> str:
+        """The site's control socket (a Unix socket path; control.call takes it)."""
+        return str(self.sock_dir / f"{role}.sock")
+
+    def control_arg(self, role: str) -> str:
+        """The control address as the command line writes it."""
+        return f"unix:{self.control_addr(role)}"
+
+    def data_addr(self, role: str) -> tuple[str, int]:
+        return ("127.0.0.1", self.ports[role][0])
 
     def sites(self):
         """The RCM's view of this trio (host/rcm/pairs.py)."""
@@ -68,8 +132,14 @@ class Cluster:
                        full_after: float) -> None:
         def common(role: str) -> str:
             data, ctl = self.ports[role]
-            return (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\ncontrol = "127.0.0.1:{ctl}"\n'
-                    f'state_dir = "state"\nheartbeat = 0.5\n')
+            if self.tls:
+                t = tls_files(role)
+                sec = f'tls = {{ ca = "{t.ca}", cert = "{t.cert}", key = "{t.key}" }}\n'
+            else:
+                sec = "tls = false\n"
+            return (f'site = "{role}"\nlisten = "127.0.0.1:{data}"\n'
+                    f'control = "{self.control_arg(role)}"\n'
+                    f'state_dir = "state"\nheartbeat = 0.5\n{sec}{self.site_extra.get(role, "")}')
 
         def vols(prefix: str) -> str:
             return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
@@ -77,16 +147,20 @@ class Cluster:
                            for i in range(self.volumes))
 
         group = f'grnum = 1\ngrname = "g1"\ninitial_state = "{self.initial_state}"\n'
+        names = {"primary": 'peer_site = "relay"\n',
+                 "relay": 'peer_site = "secondary"\nupstream_site = "primary"\n',
+                 "secondary": 'upstream_site = "relay"\n'}
         docs = {
-            "primary": common("primary") + f'[[group]]\n{group}attr = "MASTER"\n'
+            "primary": common("primary") + f'[[group]]\n{group}{names["primary"]}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
                        f'link_suspend_after = {self.link_suspend_after}\n'
                        + vols("pvol"),
-            "relay": common("relay") + f'[[group]]\n{group}attr = "INTERMEDIARY"\n'
+            "relay": common("relay") + f'[[group]]\n{group}{names["relay"]}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
                      f'durability = "{durability}"\n'
                      f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n',
-            "secondary": common("secondary") + f'[[group]]\n{group}attr = "RESTORE"\n'
+            "secondary": common("secondary") + f'[[group]]\n{group}{names["secondary"]}'
+                         f'attr = "RESTORE"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
         }
         for role, port in self.nbd_ports.items():

@@ -16,7 +16,7 @@ from tricopy.host.disk.volume import Volume, VolumeError
 
 from .cluster import free_port
 
-RELAY = {"site": "r", "listen": "127.0.0.1:7002",
+RELAY = {"site": "r", "listen": "127.0.0.1:7002", "tls": False,
          "group": [{"grnum": 1, "grname": "g", "attr": "INTERMEDIARY", "peer": "127.0.0.1:7003",
                     "journal": {"path": "j.vol", "size": 1 << 20}}]}
 
@@ -62,7 +62,7 @@ def test_unreadable_and_invalid_toml(tmp_path):
 
 # -- unknown keys: a typo is refused with the closest valid name ---------------
 
-SEC = {"site": "s", "listen": "127.0.0.1:7003",
+SEC = {"site": "s", "listen": "127.0.0.1:7003", "tls": False,
        "group": [{"grnum": 1, "grname": "g", "attr": "RESTORE"}],
        "volume": [{"idx": 0, "group": 1, "path": "v0.img", "size": 4096}]}
 
@@ -105,7 +105,7 @@ def test_unknown_key_without_a_close_name_lists_the_valid_ones(tmp_path):
 
 def test_load_config_names_the_file(tmp_path):
     f = tmp_path / "relay.toml"
-    f.write_text('site = "r"\nlisten = "127.0.0.1:7002"\n[[group]]\ngrnum = 1\ngrname = "g"\n'
+    f.write_text('site = "r"\nlisten = "127.0.0.1:7002"\ntls = false\n[[group]]\ngrnum = 1\ngrname = "g"\n'
                  'attr = "INTERMEDIARY"\npeer = "127.0.0.1:7003"\ndurabilty = "fsync"\n'
                  'journal = { path = "j.vol", size = 1048576 }\n')
     with pytest.raises(ConfigError) as err:
@@ -143,6 +143,7 @@ def test_a_volume_on_the_journal_file_is_refused(tmp_path):
 def test_two_sockets_on_one_port_are_refused(tmp_path):
     doc = _copy(SEC)
     doc["control"] = doc["listen"]
+    doc["control_plaintext"] = True
     with pytest.raises(ConfigError, match="control: 127.0.0.1:7003 is also listen"):
         parse_config(doc, tmp_path)
 
@@ -182,7 +183,8 @@ def _site_toml(tmp_path, role="secondary", *, listen=None, volume="", group="", 
     """A one-group config for ``role`` in ``tmp_path``; returns its path."""
     attr = {"primary": "MASTER", "relay": "INTERMEDIARY", "secondary": "RESTORE"}[role]
     text = (f'site = "{role}"\nlisten = "127.0.0.1:{listen or free_port()}"\n'
-            f'control = "127.0.0.1:{free_port()}"\nstate_dir = "state"\n{top}'
+            f'control = "127.0.0.1:{free_port()}"\ncontrol_plaintext = true\ntls = false\n'
+            f'state_dir = "state"\n{top}'
             f'[[group]]\ngrnum = 1\ngrname = "g"\nattr = "{attr}"\n{group}')
     if role == "primary":
         text += f'peer = "127.0.0.1:{free_port()}"\n'

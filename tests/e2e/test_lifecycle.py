@@ -30,7 +30,7 @@ def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
             # the start line says what listens where
             data, ctl = cluster.ports[role]
             line = re.search(rf"{role} {role} starting: (.*)", cluster.log(role)).group(1)
-            assert f"control 127.0.0.1:{ctl}" in line
+            assert f"control {cluster.control_arg(role)}" in line
             assert (f"data 127.0.0.1:{data}" in line) == (role != "primary")
         work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=31)
 

@@ -1,7 +1,8 @@
 """The site links against a hand-driven peer: dedup by PSEQ, refusal of bad input.
 
 A real relay or secondary process on one end, the test speaking frames on
-the other (tricopy.host.wire.link), so every answer asserted here crossed TCP.
+the other (tricopy.host.wire.link), so every answer asserted here crossed TCP
+(TLS with the certificate of the site the test poses as).
 """
 
 import asyncio
@@ -14,7 +15,12 @@ from tricopy.host.wire import protocol
 from tricopy.host.wire.link import Link, LinkClosed, LinkError, LinkRefused, connect
 from tricopy.host.wire.protocol import Control, Frame, FrameType, Hello, Kind, Role, Status
 
-from .cluster import BLOCK
+from .cluster import BLOCK, client_tls, server_tls
+
+# The hand-driven peers hold the certificate of the site they pose as (the
+# sites check the name: docs/security.md); test_security.py tries the others.
+AS_PRIMARY = client_tls("primary")
+AS_RELAY = client_tls("relay")
 
 
 def journal(tag: int, data: bytes, *, address: int = 0, seq: int = 0) -> Control:
@@ -48,7 +54,7 @@ def test_relay_drops_resent_journals_and_refuses_gaps(cluster):
     at = {i: i * BLOCK for i in blocks}
 
     async def session(expect_last: int):
-        link, peer = await connect(addr, hello, heartbeat=0.5)
+        link, peer = await connect(addr, hello, heartbeat=0.5, tls=AS_PRIMARY)
         assert peer.role == Role.RELAY and peer.last_seq == expect_last
         return link
 
@@ -98,10 +104,10 @@ def test_relay_refuses_wrong_group(cluster):
 
     async def scenario():
         with pytest.raises(LinkRefused) as info:
-            await connect(addr, Hello(Role.PRIMARY, 1, 0, 0, "other", "x"), heartbeat=0.5)
+            await connect(addr, Hello(Role.PRIMARY, 1, 0, 0, "other", "x"), heartbeat=0.5, tls=AS_PRIMARY)
         assert info.value.status == Status.WRONG_GROUP
         with pytest.raises(LinkRefused) as info:
-            await connect(addr, Hello(Role.PRIMARY, 1, 7, 0, "g1", "x"), heartbeat=0.5)
+            await connect(addr, Hello(Role.PRIMARY, 1, 7, 0, "g1", "x"), heartbeat=0.5, tls=AS_PRIMARY)
         assert info.value.status == Status.STALE_EPOCH
 
     asyncio.run(scenario())
@@ -117,7 +123,7 @@ def test_secondary_verifies_orders_and_replays(cluster):
         return journal(seq, data[seq], address=seq * BLOCK, seq=seq)
 
     async def scenario():
-        link, peer = await connect(addr, hello, heartbeat=0.5)
+        link, peer = await connect(addr, hello, heartbeat=0.5, tls=AS_RELAY)
         assert peer.role == Role.SECONDARY and peer.last_seq == 0
         send_journal(link, stamped(1), data[1])
         assert (await answer(link)).seq == 1                    # restored, cumulative ACK
@@ -128,7 +134,7 @@ def test_secondary_verifies_orders_and_replays(cluster):
         with pytest.raises(LinkClosed):
             await asyncio.wait_for(link.recv(), 5)
         # reconnect: resume point is 1; seq 3 alone is a gap and is not restored
-        link, peer = await connect(addr, hello, heartbeat=0.5)
+        link, peer = await connect(addr, hello, heartbeat=0.5, tls=AS_RELAY)
         assert peer.last_seq == 1
         send_journal(link, stamped(3), data[3])
         await asyncio.sleep(0.3)
@@ -160,17 +166,17 @@ def test_secondary_refuses_a_relay_whose_stream_went_backwards(cluster):
 
     async def scenario():
         link, _ = await connect(addr, Hello(Role.RELAY, 1, 0, 3, "g1", "fake-relay"),
-                                heartbeat=0.5)
+                                heartbeat=0.5, tls=AS_RELAY)
         for seq in (1, 2, 3):
             send_journal(link, journal(seq, data[seq], address=seq * BLOCK, seq=seq), data[seq])
         while (await answer(link)).seq != 3:
             pass
         await link.close()
         with pytest.raises(LinkRefused) as refused:
-            await connect(addr, Hello(Role.RELAY, 1, 0, 1, "g1", "new-relay"), heartbeat=0.5)
+            await connect(addr, Hello(Role.RELAY, 1, 0, 1, "g1", "new-relay"), heartbeat=0.5, tls=AS_RELAY)
         assert refused.value.status == Status.SEQ_REGRESSION
         with pytest.raises(LinkRefused) as refused:
-            await connect(addr, Hello(Role.RELAY, 1, 7, 3, "g1", "old-relay"), heartbeat=0.5)
+            await connect(addr, Hello(Role.RELAY, 1, 7, 3, "g1", "old-relay"), heartbeat=0.5, tls=AS_RELAY)
         assert refused.value.status == Status.STALE_EPOCH
 
     asyncio.run(scenario())
@@ -210,8 +216,9 @@ def test_relay_never_releases_past_what_it_forwarded(cluster):
             except LinkError:
                 pass
 
-        server = await asyncio.start_server(fake_secondary, "127.0.0.1", port)
-        link, _ = await connect(primary, Hello(Role.PRIMARY, 1, 0, 0, "g1", "p"), heartbeat=0.5)
+        server = await asyncio.start_server(fake_secondary, "127.0.0.1", port,
+                                            ssl=server_tls("secondary"))
+        link, _ = await connect(primary, Hello(Role.PRIMARY, 1, 0, 0, "g1", "p"), heartbeat=0.5, tls=AS_PRIMARY)
         for tag in (1, 2):
             send_journal(link, journal(tag, data), data)
             assert (await answer(link)).status == Status.OK

@@ -168,7 +168,7 @@ def test_refused_pairings(tmp_path):
         from tricopy.host import cli
         args = ["pair", "create", "--group", "g1"] + [
             x for r in ("primary", "relay", "secondary")
-            for x in (f"--{r}", "%s:%d" % cluster.control_addr(r))]
+            for x in (f"--{r}", cluster.control_arg(r))]
         assert cli.main(args) == 1
     finally:
         cluster.stop_all()

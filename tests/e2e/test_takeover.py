@@ -97,7 +97,7 @@ def check_takeover_image(writers: Writers, image: bytes) -> list[int]:
 
 def rcm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     sites = [a for r in ("primary", "relay", "secondary")
-             for a in (f"--{r}", "%s:%d" % cluster.control_addr(r))]
+             for a in (f"--{r}", cluster.control_arg(r))]
     return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
                           capture_output=True, text=True, timeout=120)
 

@@ -16,7 +16,7 @@ CHUNK = 64 << 10
 
 def run_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     sites = [a for r in ("primary", "relay", "secondary")
-             for a in (f"--{r}", "%s:%d" % cluster.control_addr(r))]
+             for a in (f"--{r}", cluster.control_arg(r))]
     return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
                           capture_output=True, text=True, timeout=300)
 

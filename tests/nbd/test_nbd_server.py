@@ -6,6 +6,7 @@ import datetime
 import errno
 import ipaddress
 import json
+import logging
 import socket
 import ssl
 import struct
@@ -294,3 +295,48 @@ def test_module_entry_point_serves_files(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_tls_can_require_a_client_certificate(tmp_path, caplog):
+    """nbd.tls_client_ca: a client without a certificate of that CA is refused
+    after STARTTLS with one log line; one with a certificate is served."""
+    from tricopy.host.config import NbdConfig
+    from tricopy.host.nbd.primary_export import _tls_context
+    from tricopy.host.tools.certs import make_certs
+    pki = make_certs(tmp_path / "pki", ["primary", "host1"])
+    cfg = NbdConfig(("127.0.0.1", 0), pki / "primary.pem", pki / "primary.key", pki / "ca.pem")
+    disk = tmp_path / "c.img"
+    disk.write_bytes(bytes(1 << 20))
+    thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_tls_context(cfg))
+    port = thread.start()
+
+    def client(cert: str | None):
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.check_hostname = False
+        if cert:
+            ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+        c = RawClient(port)
+        c.greeting()
+        c.option(p.NBD_OPT_STARTTLS)
+        assert c.option_reply()[1] == p.NBD_REP_ACK
+        c.sock = ctx.wrap_socket(c.sock)
+        return c
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="tricopy.host.nbd.server"):
+            with client(None) as c:
+                with pytest.raises((OSError, EOFError, AssertionError, struct.error)):
+                    c.go("disk")
+                    assert c.request(Cmd.WRITE, 0, 4096, b"n" * 4096)[0] == 0
+            deadline = time.monotonic() + 5
+            while not any("refused" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.05)
+            assert [r.getMessage().split(": ", 1)[1] for r in caplog.records
+                    if "refused" in r.getMessage()] == ["refused: no certificate"]
+            with client("host1") as c:
+                assert c.go("disk")[-1][1] == p.NBD_REP_ACK
+                assert c.request(Cmd.WRITE, 0, 4096, b"y" * 4096)[0] == 0
+    finally:
+        thread.stop()
+    assert disk.read_bytes()[:4096] == b"y" * 4096
