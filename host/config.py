@@ -146,7 +146,7 @@ class TlsConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     """``[limits]``: bounds of every listener (docs/security.md, "Limits")."""
-    connections: int = 32            # connections served at once, per listener
+    connections: int = 128           # connections served at once, per listener
     handshakes: int = 16             # TLS handshakes in progress at once, per listener
     handshake_timeout: float = 10.0  # seconds a TLS handshake may take
     control_line: int = 8 << 20      # longest control request line (bytes)
