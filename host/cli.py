@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "tricopy.boards.build",
     "tricopy.host.sites_cli",
     "tricopy.host.rcm.pairs",
+    "tricopy.host.rcm.status",
     "tricopy.host.rcm.takeover",
     "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",

@@ -17,7 +17,6 @@ docs/operations.md has the states and every command.
 
 from __future__ import annotations
 
-import json
 import ssl
 import sys
 import time
@@ -32,7 +31,7 @@ from ..wire import tls as _tls
 from .jnlg import NEVER, PairingError, check_pairing
 
 __all__ = ["RcmError", "Unreachable", "Sites", "pair_create", "pair_sync", "pair_split", "pair_resync",
-           "pair_delete", "gather_status", "format_status", "register"]
+           "pair_delete", "register"]
 
 ROLES = ("primary", "relay", "secondary")
 POLL = 0.2
@@ -177,89 +176,28 @@ def pair_delete(sites: Sites, grname: str) -> None:
 
 # -- status --------------------------------------------------------------------------
 
-def gather_status(sites: Sites, grname: str | None = None) -> list[dict]:
-    """One row per group: the three sites' views merged (None for an unreachable site)."""
-    views = {}
-    for role in ROLES:
-        try:
-            views[role] = {g["grname"]: g for g in sites.call(role, "status")["groups"]}
-        except RcmError:
-            views[role] = {}
-    names = sorted(set().union(*(v.keys() for v in views.values())))
-    if grname is not None:
-        if grname not in names:
-            raise RcmError(f"no site knows a group named {grname!r}")
-        names = [grname]
-    rows = []
-    for name in names:
-        p, r, s = (views[role].get(name) for role in ROLES)
-        row = {"group": name, "primary": p, "relay": r, "secondary": s,
-               "state": p["grsts"] if p else "?"}
-        if r:
-            row.update(journal_used_pct=r["used_pct"], seq_issued=r["next_seq"] - 1,
-                       seq_forwarded=r["forwarded"], backlog_entries=r["held"],
-                       backlog_bytes=r["used"], lag_s=r["lag"])
-        if s:
-            row.update(seq_restored=s["last_restored"], consistent=s["consistent"])
-        if p:
-            row.update(copy_done=p["copy_done"], copy_total=p["copy_total"],
-                       copy_pending_bytes=p["copy_pending_bytes"])
-        rows.append(row)
-    return rows
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-def format_status(rows: list[dict]) -> str:
-    """Human-readable ``tricopy status``."""
-    out = []
-    for row in rows:
-        p, r, s = row["primary"], row["relay"], row["secondary"]
-        states = " / ".join(f"{role} {v['grsts'] if v else 'unreachable'}"
-                            for role, v in zip(ROLES, (p, r, s)))
-        out.append(f"group {row['group']}: {row['state']}   ({states})")
-        for v in (p, r, s):
-            if v and v.get("reason"):
-                out.append(f"  reason: {v['reason']}")
-            if v and v.get("recovery_warning"):
-                out.append(f"  warning: {v['recovery_warning']}")
-        if r:
-            out.append(f"  journal  {row['journal_used_pct']:5.1f}% used, backlog "
-                       f"{row['backlog_entries']} journals / {_mib(row['backlog_bytes'])}, "
-                       f"lag {row['lag_s']:.2f} s")
-            out.append(f"  SEQ#     issued {row['seq_issued']}  forwarded {row['seq_forwarded']}"
-                       + (f"  restored {row['seq_restored']}" if s else ""))
-        if s and s.get("takeover"):
-            t = s["takeover"]
-            out.append(f"  takeover the secondary site is the primary at epoch {t['epoch']}: it took "
-                       f"over at SEQ# {t['seq']}{' (forced)' if t['forced'] else ''}; "
-                       f"{_mib(s['written_bytes'])} of chunks written since")
-        elif s:
-            out.append(f"  SVOLs    {'consistent' if s['consistent'] else 'NOT consistent'}"
-                       f" (restored {s['last_restored']})")
-        if p:
-            for d in p["dvols"]:
-                out.append(f"  IDX {d['idx']}    {d['volsts']:4}  BJPtr {d['bjptr']}/{d['blocks']}"
-                           f" blocks  {d['volname']}")
-            if p["grsts"] in ("COPY", "SUSP"):
-                out.append(f"  copy     {p['copy_done']}/{p['copy_total']} chunks, "
-                           f"{_mib(p['copy_pending_bytes'])} still to send")
-    return "\n".join(out) if out else "no groups"
-
-
 def progress_bar(stream=sys.stdout) -> Progress:
-    """A ``pair_sync`` progress callback: a bar on a terminal, a line per 10 % otherwise."""
+    """A ``pair_sync`` progress callback: a bar with rate and ETA on a terminal, a line
+    per 10 % otherwise; nothing for a copy that stopped (its error follows)."""
     last = [-1]
+    t0 = [None, 0]        # monotonic time and chunks done at the first call
 
     def show(p: dict) -> None:
+        if p["grsts"] not in ("COPY", "PAIR"):
+            return        # the copy stopped: the error that follows says why, no bar
         total = p["copy_total"] or 1
         done = p["copy_total"] if p["grsts"] == "PAIR" else p["copy_done"]
         frac = 1.0 if p["grsts"] == "PAIR" else min(1.0, done / total)
+        now = time.monotonic()
+        if t0[0] is None:
+            t0[0], t0[1] = now, done
+        rate = (done - t0[1]) / (now - t0[0]) if now > t0[0] else 0.0
+        chunk = p["copy_chunk"]
+        eta = (f"ETA {max(0, p['copy_total'] - done) / rate:4.0f} s" if rate > 0
+               and p["grsts"] == "COPY" else "")
         bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
         text = (f"{p['grsts']:4} [{bar}] {frac * 100:5.1f}%  {done}/{p['copy_total']} chunks "
-                f"of {p['copy_chunk'] >> 10} KiB")
+                f"of {chunk >> 10} KiB  {rate * chunk / (1 << 20):6.1f} MiB/s  {eta}").rstrip()
         if stream.isatty():
             stream.write("\r" + text + ("\n" if p["grsts"] == "PAIR" else ""))
         elif int(frac * 10) != last[0]:
@@ -310,24 +248,6 @@ def _run_pair(args) -> int:
     return 0
 
 
-def _run_status(args) -> int:
-    try:
-        sites = _sites(args)
-        while True:
-            rows = gather_status(sites, args.group)
-            if args.json:
-                print(json.dumps(rows, indent=1))
-            else:
-                print(format_status(rows))
-            if not args.watch:
-                return 0
-            time.sleep(args.watch)
-            print()
-    except RcmError as exc:
-        print(f"tricopy status: {exc}", file=sys.stderr)
-        return 1
-
-
 def _site_args(p) -> None:
     p.add_argument("--cluster", help="TOML file with primary/relay/secondary control addresses")
     for r in ROLES:
@@ -336,7 +256,7 @@ def _site_args(p) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``pair`` and ``status`` to the ``tricopy`` command line."""
+    """Add ``pair`` to the ``tricopy`` command line (``status``: status.py)."""
     p = subparsers.add_parser("pair", help="pair management: create, sync, split, resync, delete",
                               description="Pair management (the RCM). See docs/operations.md.")
     p.add_argument("op", choices=["create", "sync", "split", "resync", "delete"])
@@ -346,9 +266,3 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for PAIR")
     _site_args(p)
     p.set_defaults(func=_run_pair)
-    s = subparsers.add_parser("status", help="state, journal use, sequence numbers, lag per group")
-    s.add_argument("--group", help="only this GRNAME")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS")
-    _site_args(s)
-    s.set_defaults(func=_run_status)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..rcm import control, pairs as rcm
+from ..rcm import control, pairs as rcm, status as rcm_status
 from .certs import make_certs
 
 __all__ = ["register", "run"]
@@ -174,7 +174,7 @@ async def _workload(cluster: DemoCluster, duration: float, workers: int = 8) -> 
         t0, last = time.monotonic(), 0
         while time.monotonic() < stop:
             await asyncio.sleep(1.0)
-            row = (await asyncio.to_thread(rcm.gather_status, cluster.sites, GROUP))[0]
+            row = (await asyncio.to_thread(rcm_status.gather_status, cluster.sites, GROUP))[0]
             rate, last = done - last, done
             print(f"  t={time.monotonic() - t0:4.1f}s {row['state']:4}  writes {done:6d} "
                   f"({rate:4d}/s)  SEQ# issued {row['seq_issued']:6d} forwarded "
@@ -212,7 +212,7 @@ def run(root: Path, *, duration: float = 15.0, vol_mib: int = 16, engine: str = 
                 print("tricopy demo: the secondary did not catch up in 60 s", file=sys.stderr)
                 return 1
             time.sleep(0.1)
-        print(rcm.format_status(rcm.gather_status(sites, GROUP)))
+        print(rcm_status.format_status(rcm_status.gather_status(sites, GROUP)))
         same = True
         for i in range(cluster.volumes):
             p, s = cluster.digest("primary", i), cluster.digest("secondary", i)
