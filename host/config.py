@@ -56,7 +56,7 @@ class ConfigError(ValueError):
 # key, so the only thing missing was "nothing else is allowed" — five tuples.
 KEYS = {
     "site": ("site", "listen", "control", "state_dir", "heartbeat", "group", "volume", "nbd",
-             "tls", "control_clients", "control_plaintext", "limits"),
+             "tls", "control_clients", "control_plaintext", "limits", "metrics"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
               "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
               "peer_site", "upstream_site"),
@@ -184,6 +184,7 @@ class SiteConfig:
     control_clients: tuple[str, ...] = ("admin",)   # TCP control: allowed certificate names
     control_plaintext: bool = False           # TCP control without TLS: 127.0.0.1, read-only
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: tuple[str, int] | None = None    # Prometheus endpoint (docs/operations.md)
 
     def group(self, grnum: int) -> GroupConfig:
         for g in self.groups:
@@ -455,7 +456,9 @@ def parse_config(doc: dict, base: Path = Path("."), *, explicit_tls: bool = Fals
     nbd = _parse_nbd(_get(doc, "nbd", dict, ""), base) if nbd is not None else None
     _one_file_one_volume(groups, volumes)
     _check_security(site, control, groups, tls, clients, plaintext)
-    ports = [("listen", listen), ("nbd.listen", nbd and nbd.listen)]
+    metrics = doc.get("metrics")
+    metrics = parse_addr(metrics, "metrics") if metrics is not None else None
+    ports = [("listen", listen), ("nbd.listen", nbd and nbd.listen), ("metrics", metrics)]
     if isinstance(control, tuple):
         ports.insert(1, ("control", control))
     ports = [(k, a) for k, a in ports if a is not None and a[1] != 0]
@@ -465,7 +468,7 @@ def parse_config(doc: dict, base: Path = Path("."), *, explicit_tls: bool = Fals
                 raise ConfigError(f"{key}: {addr[0]}:{addr[1]} is also {other}; "
                                   f"every socket needs its own port")
     return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd,
-                      tls, tuple(clients), plaintext, limits)
+                      tls, tuple(clients), plaintext, limits, metrics)
 
 
 def _one_file_one_volume(groups, volumes) -> None:

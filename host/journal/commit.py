@@ -13,6 +13,7 @@ grow with the number of concurrent callers.
 from __future__ import annotations
 
 import asyncio
+import time
 import enum
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,6 +49,7 @@ class GroupCommitter:
         # One thread: there is never more than one fdatasync in flight.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-fsync")
         self.fsyncs = 0      # fdatasyncs issued
+        self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
 
     async def append_durable(self, control: Control, data: bytes = b"") -> None:
@@ -71,7 +73,10 @@ class GroupCommitter:
     async def _run_flush(self) -> None:
         try:
             self.fsyncs += 1
+            t0 = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._executor, self.store.sync)
+            if self.on_fsync is not None:
+                self.on_fsync(time.perf_counter() - t0)
         finally:
             # Cleared before the waiters resume, so the first of them whose
             # journal came too late for this fsync starts the next one.

@@ -126,6 +126,9 @@ class MasterGroup:
         self._ready.set()
         self._hello_wait_since: float | None = None
         self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
+        self.reconnects = self.suspensions = self.copied_bytes = 0    # for metrics
+        from ..rcm.metrics import HOST_WRITE_SECONDS
+        self._write_seconds = HOST_WRITE_SECONDS.labels(cfg.grname)
         self.unclean = sorted(self.al.unclean)
         if self.unclean:
             self._after_unclean_stop()
@@ -208,6 +211,7 @@ class MasterGroup:
     async def journal(self, kind: Kind, idx: int, offset: int, length: int,
                       data: bytes = b"", fua: bool = False) -> int:
         """Apply one host request and journal it; returns once the relay ACKed all of it."""
+        t0 = time.perf_counter()
         if not self._ready.is_set():
             await self._ready.wait()      # after an unclean stop: until the relay's HELLO
         if self.fenced:     # whatever the pair state: another site is the primary now
@@ -237,9 +241,11 @@ class MasterGroup:
             except LinkError:
                 pass          # the link task reconnects and resends
         if len(futures) == 1:     # the usual case: no gather future per host write
-            return (await futures[0]).seq
-        acks = await asyncio.gather(*futures)
-        return acks[-1].seq
+            seq = (await futures[0]).seq
+        else:
+            seq = (await asyncio.gather(*futures))[-1].seq
+        self._write_seconds.observe(time.perf_counter() - t0)
+        return seq
 
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
                  fua: bool, apply: bool = True) -> asyncio.Future:
@@ -401,6 +407,7 @@ class MasterGroup:
     # -- the relay link ------------------------------------------------------------
 
     def _suspend(self, reason: str) -> None:
+        self.suspensions += 1
         self.grsts, self.reason, self.split = "SUSP", reason, False
         if self.unclean:      # its extents are in the copy bitmap: `pair resync` sends them
             self.unclean = []
@@ -525,6 +532,7 @@ class MasterGroup:
             self._suspend(reason)
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
+        self.reconnects += 1
         mine = self.last_pseq
         resume = self.stream.connected(peer.last_seq)
         if isinstance(resume, RelayLost):
@@ -797,6 +805,7 @@ class MasterGroup:
         if gen == self._copy_gen and self.grsts == "COPY":
             self.bitmap.clear(idx, c)
             self.copy_done += 1
+            self.copied_bytes += self.bitmap.chunk
 
     def _refuse_if_fenced(self) -> None:
         if self.fenced:
@@ -865,6 +874,8 @@ class MasterGroup:
                 "epoch": self.epoch, "fenced": self.fenced, "fence_epoch": self.jnlg.fence_epoch,
                 "activity_extents": self.al.listed, "activity_saves": self.al.saves,
                 "pvol_syncs": self.pvol_syncs, "unclean_extents": len(self.unclean),
+                "reconnects": self.reconnects, "suspensions": self.suspensions,
+                "copied_bytes": self.copied_bytes,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "write_log_bytes": self.log.size,
@@ -998,6 +1009,10 @@ class Primary:
             raise ValueError("primary config has no MASTER group")
         if self.cfg.control:
             await self.control.start(self.cfg.control, self.cfg)
+        if self.cfg.metrics:
+            from ..rcm.metrics import SiteCollector, serve_metrics
+            self.metrics = await serve_metrics(self.cfg.metrics, SiteCollector(
+                "primary", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         if self.cfg.nbd is not None:     # hosts reach the PVOLs over NBD (docs/nbd.md)
             from ..nbd.primary_export import primary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd, primary_exports(self.groups.values()))

@@ -601,7 +601,7 @@ class RelayGroup:
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
-                "fence_epoch": self.jnlg.fence_epoch,
+                "fence_epoch": self.jnlg.fence_epoch, "epoch": self.cfg.epoch,
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
@@ -680,6 +680,12 @@ class Relay:
         server = await tls.start_link_server(self._accept, self.cfg)   # mutual TLS, limits
         if self.cfg.control:
             await self.control.start(self.cfg.control, self.cfg)
+        if self.cfg.metrics:
+            from ..rcm.metrics import RELAY_FSYNC_SECONDS, SiteCollector, serve_metrics
+            for g in self.groups.values():
+                g._commit.on_fsync = RELAY_FSYNC_SECONDS.labels(g.cfg.grname).observe
+            self.metrics = await serve_metrics(self.cfg.metrics, SiteCollector(
+                "relay", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.release_persister()) for g in self.groups.values()]

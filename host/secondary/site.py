@@ -586,6 +586,10 @@ class Secondary:
         server = await tls.start_link_server(self._accept, self.cfg)   # mutual TLS, limits
         if self.cfg.control:
             await self.control.start(self.cfg.control, self.cfg)
+        if self.cfg.metrics:
+            from ..rcm.metrics import SiteCollector, serve_metrics
+            self.metrics = await serve_metrics(self.cfg.metrics, SiteCollector(
+                "secondary", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         if self.cfg.nbd is not None:     # SVOLs over NBD, read-only (docs/nbd.md)
             from ..nbd.primary_export import secondary_exports, serve_site_volumes
             self.nbd = await serve_site_volumes(self.cfg.nbd,
