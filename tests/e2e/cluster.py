@@ -120,6 +120,13 @@ class Cluster:
         """The control address as the command line writes it."""
         return f"unix:{self.control_addr(role)}"
 
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """``tricopy <args>`` (an RCM command) against this trio, as a user runs it."""
+        sites = [a for r in ("primary", "relay", "secondary")
+                 for a in (f"--{r}", self.control_arg(r))]
+        return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
+                              capture_output=True, text=True, timeout=timeout)
+
     def data_addr(self, role: str) -> tuple[str, int]:
         return ("127.0.0.1", self.ports[role][0])
 

@@ -12,10 +12,7 @@ from .cluster import Cluster, Workload
 
 
 def status(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    sites = [a for r in ("primary", "relay", "secondary")
-             for a in (f"--{r}", cluster.control_arg(r))]
-    return subprocess.run([sys.executable, "-m", "tricopy.host.cli", "status", *args, *sites],
-                          capture_output=True, text=True, timeout=60)
+    return cluster.cli("status", *args, timeout=60)
 
 
 def test_headline_and_exit_code_follow_the_worst_site(tmp_path):

@@ -17,7 +17,6 @@ import base64
 import os
 import random
 import subprocess
-import sys
 import time
 
 import pytest
@@ -26,7 +25,7 @@ from tricopy.host.rcm import control
 from tricopy.host.rcm.takeover import takeover
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
-from .test_consistency import HEADER, MAGIC, WORKERS, stamped
+from .test_consistency import WORKERS, newest_stamp, stamped
 
 ROUNDS = int(os.environ.get("TRICOPY_TAKEOVER_ROUNDS", "3"))
 
@@ -74,12 +73,7 @@ def check_takeover_image(writers: Writers, image: bytes) -> list[int]:
     ks = []
     for w, (first, span) in enumerate(writers.regions):
         region = image[first * BLOCK:(first + span) * BLOCK]
-        k = 0
-        for pos in range(0, len(region), BLOCK):
-            magic, worker, wnum, _ = HEADER.unpack_from(region, pos)
-            if magic == MAGIC:
-                assert worker == w, f"block of worker {worker} in the range of worker {w}"
-                k = max(k, wnum)
+        k = newest_stamp(region, w)
         assert k <= len(writers.sent[w]), f"worker {w}: write {k} was never sent (invented)"
         assert k >= writers.acked(w), (f"worker {w}: {writers.acked(w)} writes were ACKed but "
                                        f"the new PVOL holds only up to {k}: acked writes lost")
@@ -96,10 +90,7 @@ def check_takeover_image(writers: Writers, image: bytes) -> list[int]:
 
 
 def rcm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    sites = [a for r in ("primary", "relay", "secondary")
-             for a in (f"--{r}", cluster.control_arg(r))]
-    return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
-                          capture_output=True, text=True, timeout=120)
+    return cluster.cli(*args, timeout=120)
 
 
 def nbd_read(cluster: Cluster, role: str, path) -> bytes:
@@ -120,17 +111,28 @@ def test_primary_lost_takeover_keeps_every_acked_write(tmp_path, seed):
         # that it must restore (after a crash replay) before it may take over.
         lagging = seed % 2 == 1
 
+        def acked() -> int:
+            return sum(writers.acked(w) for w in range(WORKERS))
+
+        async def after(n: int) -> None:
+            """Until ``n`` more writes are ACKed, then a random moment within 0.3 s."""
+            goal, deadline = acked() + n, time.monotonic() + 60
+            while acked() < goal:
+                assert time.monotonic() < deadline, f"{acked()} of {goal} writes ACKed in 60 s"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+
         async def load():
             tasks = [asyncio.create_task(writers.worker(w)) for w in range(WORKERS)]
-            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            await after(40)
             if lagging:
                 cluster.kill("secondary")
-                await asyncio.sleep(rng.uniform(0.3, 0.8))
+                await after(40)
             cluster.kill("primary")            # mid-write: some writes are in flight
             await asyncio.gather(*tasks)
 
         asyncio.run(load())
-        assert sum(writers.acked(w) for w in range(WORKERS)) > 50, "the load did not run"
+        assert acked() >= 40, "the load did not run"
         if lagging:
             # Restarted, replaying after its crash, the relay's backlog not sent
             # yet: the takeover must wait for all of it (in process, at once).
@@ -214,9 +216,7 @@ def test_takeover_without_the_relay_needs_force_and_says_what_it_holds(tmp_path)
         image = nbd_read(cluster, "secondary", tmp_path / "forced.img")
         for w, (first, span) in enumerate(writers.regions):
             region = image[first * BLOCK:(first + span) * BLOCK]
-            ks = [HEADER.unpack_from(region, p)[2] for p in range(0, len(region), BLOCK)
-                  if HEADER.unpack_from(region, p)[0] == MAGIC]
-            assert region == writers.replay(w, max(ks, default=0))
+            assert region == writers.replay(w, newest_stamp(region, w))
     finally:
         cluster.stop_all()
 

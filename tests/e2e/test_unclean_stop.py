@@ -45,8 +45,7 @@ def _freeze_copy(cluster: Cluster, dest) -> int:
 
 
 def _power_cut(cluster: Cluster, copy) -> None:
-    """SIGKILL, then every unsynced PVOL write and log record since ``copy`` is gone."""
-    cluster.kill("primary")
+    """(After the SIGKILL) every unsynced PVOL write and log record since ``copy`` is gone."""
     src = cluster.root / "primary"
     for f in (src / "state").glob("*.plog.*"):
         f.unlink()
@@ -63,23 +62,32 @@ def test_unclean_stop_resyncs_what_a_power_loss_left_different(tmp_path):
             cluster.start_all()
             work = Workload(cluster.control_addr("primary"), 1, workers=4, seed=attempt)
 
-            async def load():
-                task = asyncio.create_task(work.run(duration=1.2))
-                await asyncio.sleep(0.4)
-                syncs = _freeze_copy(cluster, root / "copy")
-                await asyncio.sleep(0.4)
-                return syncs, cluster.status("primary")["pvol_syncs"], task
+            async def acked(n: int) -> None:
+                goal, deadline = work.acked + n, time.monotonic() + 60
+                while work.acked < goal:
+                    assert time.monotonic() < deadline, (
+                        f"{work.acked} of {goal} writes ACKed after 60 s: "
+                        f"{cluster.status('primary')}")
+                    await asyncio.sleep(0.01)
 
             async def run():
-                syncs, later, task = await load()
-                await task
-                return syncs, later
+                task = asyncio.create_task(work.run())
+                await acked(40)
+                syncs = _freeze_copy(cluster, root / "copy")
+                await acked(40)                    # writes the cut will lose at the PVOL
+                st = cluster.status("primary")
+                # Killed while writes still run: the activity log never saw a
+                # pause, so nothing was fsynced and cooled since ``st``.
+                cluster.kill("primary")
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                assert st["activity_extents"] > 0
+                return syncs, st["pvol_syncs"]
 
             syncs, later = asyncio.run(run())
             if later != syncs:
                 cluster.stop_all()
                 continue      # the PVOLs were fsynced after the copy: not a possible cut
-            assert cluster.status("primary")["activity_extents"] > 0
             relay_before = cluster.status("relay")["next_seq"]
             _power_cut(cluster, root / "copy")
             pvol = root / "primary" / "pvol0.img"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import threading
 
 from tricopy.host.rcm import pairs as rcm
@@ -15,10 +14,7 @@ CHUNK = 64 << 10
 
 
 def run_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    sites = [a for r in ("primary", "relay", "secondary")
-             for a in (f"--{r}", cluster.control_arg(r))]
-    return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
-                          capture_output=True, text=True, timeout=300)
+    return cluster.cli(*args)
 
 
 def test_verify_online_then_find_mark_and_repair_a_damaged_chunk(tmp_path):
