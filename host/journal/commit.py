@@ -17,6 +17,7 @@ import enum
 from concurrent.futures import ThreadPoolExecutor
 
 from ..wire.protocol import Control
+from ..perf import PERF, now
 from .store import JournalStore
 
 __all__ = ["Durability", "GroupCommitter"]
@@ -71,7 +72,11 @@ class GroupCommitter:
     async def _run_flush(self) -> None:
         try:
             self.fsyncs += 1
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.sync)
+            t0, first = now(), self.store.durable_seq
+            upto = await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                    self.store.sync)
+            PERF["relay.fsync"].add(now() - t0)
+            PERF["relay.fsync_journals"].add(upto - first)
         finally:
             # Cleared before the waiters resume, so the first of them whose
             # journal came too late for this fsync starts the next one.

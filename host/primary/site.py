@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import time
+from collections import deque
 from functools import partial
 
 from ..wire import protocol
@@ -43,6 +44,7 @@ from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
 from ..wire.pseq import tag_after
 from ..disk.volume import Volume, VolumeError
+from ..perf import PERF, now
 from .activity import ActivityLog
 from .stream import RelayLost, SendStream
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
@@ -116,6 +118,7 @@ class MasterGroup:
         # must not be below (_relay_lost).
         self.stream: SendStream[tuple[Control, bytes, asyncio.Future]] = SendStream()
         self._probe_timer: asyncio.TimerHandle | None = None
+        self._sent_at: deque[tuple[int, float]] = deque()   # (PSEQ, enqueued), for PERF
         self._acked_timer: asyncio.TimerHandle | None = None
         self._redo()
         self.stream.last_pseq = self.log.last_tag
@@ -244,6 +247,7 @@ class MasterGroup:
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
                  fua: bool, apply: bool = True) -> asyncio.Future:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
+        t0 = now()
         if self.grsts == "SUSP":
             if self.fenced:
                 raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
@@ -254,7 +258,10 @@ class MasterGroup:
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
         if apply:
+            saves = self.al.saves
             self._al_before(ctl)
+            if self.al.saves != saves:
+                PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
         token = self._log_append(ctl, data)
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
             try:
@@ -268,6 +275,10 @@ class MasterGroup:
         link = self.link
         if self.stream.add(tag, (ctl, data, fut)) and link is not None and not link.closed:
             link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+        t1 = now()
+        PERF["primary.enqueue"].add(t1 - t0)       # CRC, AL, write log, PVOL, frame
+        PERF["primary.in_flight"].add(len(self.stream.pending))
+        self._sent_at.append((tag, t1))
         return fut
 
     def _al_before(self, ctl: Control) -> None:
@@ -410,6 +421,7 @@ class MasterGroup:
                 log.error("group %s: activity log: %s", self.cfg.grname, exc)
             self._ready.set()
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
+        self._sent_at.clear()
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.stream.drop_all():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
@@ -427,6 +439,12 @@ class MasterGroup:
         for tag, (_, _, fut) in acked:
             if not fut.done():
                 fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
+        if acked:
+            t, sent, last = now(), self._sent_at, acked[-1][0]
+            PERF["primary.acked_per_ack"].add(len(acked))
+            rtt = PERF["primary.relay_rtt"]        # logged and sent -> ACKed
+            while sent and not tag_after(sent[0][0], last):
+                rtt.add(t - sent.popleft()[1])
         if len(self.log.segments) > 1:
             try:
                 self.log.release(self.acked_hwm)
@@ -988,7 +1006,7 @@ class Primary:
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "primary",
-                "groups": [g.status() for g in self.groups.values()]}
+                "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 
     async def run(self) -> None:
         for g in self.cfg.groups:
