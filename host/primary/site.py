@@ -125,6 +125,8 @@ class MasterGroup:
         self.stream.acked_hwm = self.log.acked
         # The activity log: extents a crash may leave different (activity.py).
         self.al = ActivityLog(site.state_dir / f"{cfg.grname}.al")
+        self._al_wanted: set = set()                 # cold extents for the next AL save
+        self._al_saving: asyncio.Task | None = None  # the AL save in a thread (_al_warm)
         self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
         self._ready.set()
         self._hello_wait_since: float | None = None
@@ -218,6 +220,8 @@ class MasterGroup:
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return 0
+        if self.grsts != "SUSP" and not self.al.covers(keys := self.al.extents(idx, offset, length)):
+            await self._al_warm(keys)
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -280,6 +284,35 @@ class MasterGroup:
         PERF["primary.in_flight"].add(len(self.stream.pending))
         self._sent_at.append((tag, t1))
         return fut
+
+    async def _al_warm(self, keys: list) -> None:
+        """Get a write's cold extents listed in the activity log before it is
+        enqueued, without holding up the event loop: the file write (two
+        fsyncs) runs in a thread, and writes into other cold extents that come
+        meanwhile share the next one (a group commit of the AL).  Only an
+        optimisation: ``_al_before`` (in ``_enqueue``, no await before the PVOL
+        write) still checks and saves in line if an extent is not listed."""
+        t0 = now()
+        for _ in range(3):
+            self._al_wanted.update(keys)
+            if self._al_saving is None:
+                self._al_saving = asyncio.get_running_loop().create_task(self._al_warm_save())
+            try:
+                await asyncio.shield(self._al_saving)
+            except OSError:
+                break            # _al_before tries again in line and reports the error
+            if self.al.covers(keys):
+                break
+        PERF["primary.al_warm"].add(now() - t0)    # waited for a cold extent to be listed
+
+    async def _al_warm_save(self) -> None:
+        try:
+            save = self.al.prepare(self._al_wanted)
+            self._al_wanted = set()
+            wrote = await asyncio.to_thread(self.al.write, save)
+            self.al.done(save, wrote)
+        finally:
+            self._al_saving = None
 
     def _al_before(self, ctl: Control) -> None:
         """The write's extents into the activity log, durably, before the PVOL changes."""
@@ -356,7 +389,8 @@ class MasterGroup:
 
     async def _al_save(self) -> None:
         try:
-            self.al.save()
+            save = self.al.prepare()      # in a thread: the loop goes on (_al_warm)
+            self.al.done(save, await asyncio.to_thread(self.al.write, save))
         except OSError as exc:
             log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
