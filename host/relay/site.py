@@ -328,7 +328,8 @@ class RelayGroup:
                 if protocol.crc32c(data) != ctl.data_crc:
                     return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
                 # the primary sent a JNLWR: it gets the answer to one
-                ack = dataclasses.replace(await self.engine.place(ctl), req_type=FrameType.JNLWR)
+                a = await self.engine.place(ctl)
+                ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
             else:
                 ack = await self.engine.submit(ctl, data)
         except EngineError as exc:
