@@ -14,8 +14,10 @@ then the two copies agree there whatever is lost next.  A clean stop empties
 the log.  At a start, whatever the file still lists is what the last stop
 may have left different: the group resyncs those extents (``MasterGroup``).
 
-Costs: one small atomic file write (with fsync) when a write touches an
-extent that is not hot yet; nothing for writes into hot extents.  So extents
+Costs: one small atomic file write (two fsyncs) when a write touches an
+extent that is not hot yet; nothing for writes into hot extents.  The primary
+does that write in a thread (``prepare`` / ``write`` / ``done``), shared by
+the writes that wait for it, so it does not stall its event loop.  So extents
 stay hot while writes go on, up to ``MasterGroup``'s ``AL_MAX_HOT`` (the
 least recently written leave first), and all leave once writes pause
 (DRBD's al-extents works alike).  Removals are saved lazily: a stale extent
