@@ -50,3 +50,31 @@ def test_cooling_keeps_the_most_recently_written(tmp_path):
         al.before_write(0, e << 20, 1, tag=tag)
     assert al.cool(4, keep=3) == 2                   # 3 and 1 were written longest ago
     assert set(al.hot) == {(0, 4), (0, 5), (0, 9)}   # 9 (tag 5) is not ACKed yet: stays
+
+
+def _on_disk(path):
+    return ActivityLog(path, extent=1 << 20).unclean
+
+
+def test_saves_prepared_ahead_never_claim_an_extent_the_file_lacks(tmp_path):
+    """The primary writes the AL in a thread (prepare / write / done) while the
+    event loop goes on: overlapping saves land newest-first or are skipped, and
+    an extent counts as listed only while the file and every save still to
+    land hold it."""
+    path = tmp_path / "g.al"
+    al = ActivityLog(path, extent=1 << 20)
+    al.before_write(0, 0, 1, tag=1)                  # (0, 0) listed, in line
+    warm = al.prepare({(0, 7)})                      # a cold extent, its save in a thread ...
+    assert al.covers([(0, 0)]) and not al.covers([(0, 7)])
+    al.cool(1)                                       # ... meanwhile (0, 0) cools
+    drop = al.prepare()                              # a newer save without (0, 0)
+    assert not al.covers([(0, 0)])                   # not listed from now on
+    al.done(drop, al.write(drop))
+    al.done(warm, al.write(warm))                    # older: skipped, not written
+    assert _on_disk(path) == set()
+    assert not al.covers([(0, 7)]) and not al.covers([(0, 0)])
+    # in order, the warm save lists its extent
+    warm = al.prepare({(0, 7)})
+    al.done(warm, al.write(warm))
+    assert al.covers([(0, 7)]) and _on_disk(path) == {(0, 7)}
+    assert not al.before_write(0, 7 << 20, 1, tag=2)   # listed: no write in line

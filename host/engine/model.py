@@ -191,14 +191,22 @@ class EngineModel:
     def _place(self, ctl: Control, req: FrameType, data: bytes | None) -> list[Frame]:
         """Checks 8 and 9 (OVERSIZE, FULL), allocation and the stamps: shared
         by JNLWR and JNLDESC, which differ only in whether ``data`` is stored."""
+        return [self._place_ack(ctl, req, data).frame()]
+
+    def _refuse(self, status: Status, req: int, tag: int) -> Ack:
+        """A NAK as an :class:`Ack`, counted in NAKS (``nak`` makes its frame)."""
+        self._naks = (self._naks + 1) & _U32
+        return Ack(tag=tag, status=status, req_type=req)
+
+    def _place_ack(self, ctl: Control, req: FrameType, data: bytes | None) -> Ack:
         r = protocol.record_size(ctl.data_len)
         if ctl.data_len > MAX_DATA or r > self._size:
-            return [self.nak(Status.OVERSIZE, req, tag=ctl.tag)]
+            return self._refuse(Status.OVERSIZE, req, ctl.tag)
         if self._next_seq == _U64:              # SEQ# space exhausted: NEXT_SEQ must stay u64
-            return [self.nak(Status.FULL, req, tag=ctl.tag)]
+            return self._refuse(Status.FULL, req, ctl.tag)
         jofs = self._allocate(r)
         if jofs is None:
-            return [self.nak(Status.FULL, req, tag=ctl.tag)]
+            return self._refuse(Status.FULL, req, ctl.tag)
 
         seq = self._next_seq
         self._next_seq += 1
@@ -210,7 +218,7 @@ class EngineModel:
             self._ring[jofs:jofs + r] = record + bytes(r - len(record))
             self._records.append((jofs, r))
         self._acks = (self._acks + 1) & _U32
-        return [self._ack(req, seq, stamp, jofs, ctl.tag)]
+        return Ack(seq, stamp, jofs, ctl.tag, Status.OK, req)
 
     def _jnldesc(self, body: bytes) -> list[Frame]:
         """docs/protocol.md "JNLDESC": allocate and stamp, keep nothing."""
@@ -219,16 +227,24 @@ class EngineModel:
             return [self.nak(Status.WRONG_MODE, req, tag=_tag(body))]
         if len(body) != CONTROL_SIZE:
             return [self.nak(Status.BAD_LENGTH, req, tag=_tag(body))]
-        ctl = Control.unpack(body)
+        return [self.jnldesc(Control.unpack(body)).frame()]
+
+    def jnldesc(self, ctl: Control) -> Ack:
+        """JNLDESC of parsed control data, the answer as an :class:`Ack`: the
+        same checks and effects as the frame (``_jnldesc``), for an in-process
+        caller that has no use for the frame round trip (``ModelEngine``)."""
+        req = FrameType.JNLDESC
+        if not self._descriptor:
+            return self._refuse(Status.WRONG_MODE, req, ctl.tag)
         if ctl.kind not in protocol.WIRE_KINDS:
-            return [self.nak(Status.BAD_KIND, req, tag=ctl.tag)]
+            return self._refuse(Status.BAD_KIND, req, ctl.tag)
         if not _kind_rules_ok(ctl):
-            return [self.nak(Status.BAD_LENGTH, req, tag=ctl.tag)]
+            return self._refuse(Status.BAD_LENGTH, req, ctl.tag)
         if ctl.epoch != self._epoch:
-            return [self.nak(Status.STALE_EPOCH, req, tag=ctl.tag)]
+            return self._refuse(Status.STALE_EPOCH, req, ctl.tag)
         if ctl.data_len == 0 and ctl.data_crc != 0:   # the CRC32C of no data is 0
-            return [self.nak(Status.BAD_DCRC, req, tag=ctl.tag)]
-        return self._place(ctl, req, None)
+            return self._refuse(Status.BAD_DCRC, req, ctl.tag)
+        return self._place_ack(ctl, req, None)
 
     def _allocate(self, r: int) -> int | None:
         """Place a record of R bytes (docs/protocol.md, "Allocation"); its JOFS or None if FULL."""

@@ -13,11 +13,11 @@ grow with the number of concurrent callers.
 from __future__ import annotations
 
 import asyncio
-import time
 import enum
 from concurrent.futures import ThreadPoolExecutor
 
 from ..wire.protocol import Control
+from ..perf import PERF, now
 from .store import JournalStore
 
 __all__ = ["Durability", "GroupCommitter"]
@@ -73,10 +73,13 @@ class GroupCommitter:
     async def _run_flush(self) -> None:
         try:
             self.fsyncs += 1
-            t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.sync)
+            t0, first = now(), self.store.durable_seq
+            upto = await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                    self.store.sync)
+            PERF["relay.fsync"].add(now() - t0)
+            PERF["relay.fsync_journals"].add(upto - first)
             if self.on_fsync is not None:
-                self.on_fsync(time.perf_counter() - t0)
+                self.on_fsync(now() - t0)
         finally:
             # Cleared before the waiters resume, so the first of them whose
             # journal came too late for this fsync starts the next one.

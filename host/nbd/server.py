@@ -17,6 +17,7 @@ from typing import Mapping
 
 from ..wire import tls as _tls
 
+from ..perf import PERF, now
 from . import protocol
 from .export import Export, ExportError
 from .protocol import Close, Cmd, Ready, Request, ServerConnection, StartTls
@@ -169,6 +170,7 @@ class _Session:
 
     async def _on_event(self, event) -> Close | None:
         if isinstance(event, Request):
+            PERF["nbd.in_flight"].add(len(self.tasks))     # requests already being served
             await self._admit(event)
             task = asyncio.create_task(self._serve(event))
             self.tasks.add(task)
@@ -210,7 +212,9 @@ class _Session:
                     raise ExportError(protocol.NBD_EIO, f"backend returned {len(data)} of "
                                                         f"{request.length} bytes")
             elif request.cmd is Cmd.WRITE:
+                t0 = now()
                 await export.write(request.offset, request.data, request.fua)
+                PERF["nbd.write"].add(now() - t0)      # request parsed -> reply queued
             elif request.cmd is Cmd.FLUSH:
                 await export.flush()
             elif request.cmd is Cmd.TRIM:

@@ -14,8 +14,10 @@ then the two copies agree there whatever is lost next.  A clean stop empties
 the log.  At a start, whatever the file still lists is what the last stop
 may have left different: the group resyncs those extents (``MasterGroup``).
 
-Costs: one small atomic file write (with fsync) when a write touches an
-extent that is not hot yet; nothing for writes into hot extents.  So extents
+Costs: one small atomic file write (two fsyncs) when a write touches an
+extent that is not hot yet; nothing for writes into hot extents.  The primary
+does that write in a thread (``prepare`` / ``write`` / ``done``), shared by
+the writes that wait for it, so it does not stall its event loop.  So extents
 stay hot while writes go on, up to ``MasterGroup``'s ``AL_MAX_HOT`` (the
 least recently written leave first), and all leave once writes pause
 (DRBD's al-extents works alike).  Removals are saved lazily: a stale extent
@@ -25,9 +27,10 @@ in the file only means a little more work for the resync after a crash.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
-from ..disk.durable import atomic_write_json
+from ..disk.durable import atomic_write
 from ..wire.pseq import tag_after
 
 __all__ = ["AL_EXTENT", "ActivityLog"]
@@ -42,8 +45,13 @@ class ActivityLog:
         self.path = path
         self.extent = extent
         self.hot: dict[tuple[int, int], int] = {}
+        # Listed for sure: in the file now *and* in every save prepared and not
+        # yet written (a save may run in a thread: ``prepare``/``write``).
         self._saved: set[tuple[int, int]] = set()
         self.saves = 0
+        self._gen = 0              # saves prepared
+        self._written_gen = 0      # the newest save on disk
+        self._lock = threading.Lock()    # one file write at a time, newest wins
         # What the last stop left listed: the extents that may differ now.
         self.unclean: set[tuple[int, int]] = set()
         if path.exists():
@@ -55,6 +63,10 @@ class ActivityLog:
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"activity log {path} is corrupt: {exc}") from None
         self._saved = set(self.unclean)
+
+    def covers(self, keys) -> bool:
+        """Are all these extents in the file (and in every save under way)?"""
+        return all(k in self._saved for k in keys)
 
     def extents(self, idx: int, offset: int, length: int) -> list[tuple[int, int]]:
         first, last = offset // self.extent, (offset + max(length, 1) - 1) // self.extent
@@ -102,8 +114,38 @@ class ActivityLog:
         self._save()
 
     def _save(self) -> None:
-        keys = set(self.hot) | self.unclean
-        atomic_write_json(self.path, {"extent": self.extent,
-                                      "hot": sorted([i, e] for i, e in keys)})
-        self._saved = keys
-        self.saves += 1
+        save = self.prepare()
+        self.done(save, self.write(save))
+
+    # A save in three steps, so that the file write (two fsyncs) can run in a
+    # thread while the event loop goes on: ``prepare`` and ``done`` in the
+    # owner's thread, ``write`` in any.  Saves may overlap: the newest
+    # prepared one wins on disk, and ``_saved`` never claims an extent that
+    # the file, or a save still to land, does not hold.
+
+    def prepare(self, extra=()) -> tuple[int, set, bytes]:
+        """Snapshot what the file must list: hot + unclean (+ ``extra``, extents
+        about to be written)."""
+        keys = set(self.hot) | self.unclean | set(extra)
+        self._gen += 1
+        self._saved &= keys      # an extent this save drops is not listed from now on
+        data = json.dumps({"extent": self.extent, "hot": sorted([i, e] for i, e in keys)})
+        return self._gen, keys, data.encode()
+
+    def write(self, save: tuple[int, set, bytes]) -> bool:
+        """Write a prepared save durably (any thread); False if a newer one is on disk."""
+        gen, _, data = save
+        with self._lock:
+            if gen < self._written_gen:
+                return False
+            atomic_write(self.path, data)
+            self._written_gen = gen
+            return True
+
+    def done(self, save: tuple[int, set, bytes], wrote: bool) -> None:
+        """Back in the owner's thread after ``write``."""
+        gen, keys, _ = save
+        if wrote:
+            self.saves += 1
+            if gen == self._gen:      # no newer save prepared since: the file is ``keys``
+                self._saved = keys

@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import time
+from collections import deque
 from functools import partial
 
 from ..wire import protocol
@@ -43,6 +44,7 @@ from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
 from ..wire.pseq import tag_after
 from ..disk.volume import Volume, VolumeError
+from ..perf import PERF, now
 from .activity import ActivityLog
 from .stream import RelayLost, SendStream
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
@@ -116,12 +118,15 @@ class MasterGroup:
         # must not be below (_relay_lost).
         self.stream: SendStream[tuple[Control, bytes, asyncio.Future]] = SendStream()
         self._probe_timer: asyncio.TimerHandle | None = None
+        self._sent_at: deque[tuple[int, float]] = deque()   # (PSEQ, enqueued), for PERF
         self._acked_timer: asyncio.TimerHandle | None = None
         self._redo()
         self.stream.last_pseq = self.log.last_tag
         self.stream.acked_hwm = self.log.acked
         # The activity log: extents a crash may leave different (activity.py).
         self.al = ActivityLog(site.state_dir / f"{cfg.grname}.al")
+        self._al_wanted: set = set()                 # cold extents for the next AL save
+        self._al_saving: asyncio.Task | None = None  # the AL save in a thread (_al_warm)
         self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
         self._ready.set()
         self._hello_wait_since: float | None = None
@@ -219,6 +224,8 @@ class MasterGroup:
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return 0
+        if self.grsts != "SUSP" and not self.al.covers(keys := self.al.extents(idx, offset, length)):
+            await self._al_warm(keys)
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -250,6 +257,7 @@ class MasterGroup:
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
                  fua: bool, apply: bool = True) -> asyncio.Future:
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
+        t0 = now()
         if self.grsts == "SUSP":
             if self.fenced:
                 raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
@@ -260,7 +268,10 @@ class MasterGroup:
                       idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
                       tag=tag).with_ccrc()
         if apply:
+            saves = self.al.saves
             self._al_before(ctl)
+            if self.al.saves != saves:
+                PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
         token = self._log_append(ctl, data)
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
             try:
@@ -274,7 +285,40 @@ class MasterGroup:
         link = self.link
         if self.stream.add(tag, (ctl, data, fut)) and link is not None and not link.closed:
             link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+        t1 = now()
+        PERF["primary.enqueue"].add(t1 - t0)       # CRC, AL, write log, PVOL, frame
+        PERF["primary.in_flight"].add(len(self.stream.pending))
+        self._sent_at.append((tag, t1))
         return fut
+
+    async def _al_warm(self, keys: list) -> None:
+        """Get a write's cold extents listed in the activity log before it is
+        enqueued, without holding up the event loop: the file write (two
+        fsyncs) runs in a thread, and writes into other cold extents that come
+        meanwhile share the next one (a group commit of the AL).  Only an
+        optimisation: ``_al_before`` (in ``_enqueue``, no await before the PVOL
+        write) still checks and saves in line if an extent is not listed."""
+        t0 = now()
+        for _ in range(3):
+            self._al_wanted.update(keys)
+            if self._al_saving is None:
+                self._al_saving = asyncio.get_running_loop().create_task(self._al_warm_save())
+            try:
+                await asyncio.shield(self._al_saving)
+            except OSError:
+                break            # _al_before tries again in line and reports the error
+            if self.al.covers(keys):
+                break
+        PERF["primary.al_warm"].add(now() - t0)    # waited for a cold extent to be listed
+
+    async def _al_warm_save(self) -> None:
+        try:
+            save = self.al.prepare(self._al_wanted)
+            self._al_wanted = set()
+            wrote = await asyncio.to_thread(self.al.write, save)
+            self.al.done(save, wrote)
+        finally:
+            self._al_saving = None
 
     def _al_before(self, ctl: Control) -> None:
         """The write's extents into the activity log, durably, before the PVOL changes."""
@@ -351,7 +395,8 @@ class MasterGroup:
 
     async def _al_save(self) -> None:
         try:
-            self.al.save()
+            save = self.al.prepare()      # in a thread: the loop goes on (_al_warm)
+            self.al.done(save, await asyncio.to_thread(self.al.write, save))
         except OSError as exc:
             log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
@@ -417,6 +462,7 @@ class MasterGroup:
                 log.error("group %s: activity log: %s", self.cfg.grname, exc)
             self._ready.set()
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
+        self._sent_at.clear()
         log.error("group %s suspended: %s", self.cfg.grname, reason)
         for ctl, _, fut in self.stream.drop_all():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
@@ -434,6 +480,12 @@ class MasterGroup:
         for tag, (_, _, fut) in acked:
             if not fut.done():
                 fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
+        if acked:
+            t, sent, last = now(), self._sent_at, acked[-1][0]
+            PERF["primary.acked_per_ack"].add(len(acked))
+            rtt = PERF["primary.relay_rtt"]        # logged and sent -> ACKed
+            while sent and not tag_after(sent[0][0], last):
+                rtt.add(t - sent.popleft()[1])
         if len(self.log.segments) > 1:
             try:
                 self.log.release(self.acked_hwm)
@@ -999,7 +1051,7 @@ class Primary:
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "primary",
-                "groups": [g.status() for g in self.groups.values()]}
+                "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 
     async def run(self) -> None:
         for g in self.cfg.groups:

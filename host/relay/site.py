@@ -38,6 +38,7 @@ from ..wire.link import Link, LinkError, LinkRefused, connect, nak
 from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
+from ..perf import PERF, now
 from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
@@ -279,11 +280,18 @@ class RelayGroup:
             sender = asyncio.create_task(self._send_answers(link, answers))
             try:
                 while True:
+                    t0 = now()
                     frame = await link.recv()
                     if frame.type != FrameType.JNLWR:
-                        answers.put_nowait((None, nak(Status.BAD_TYPE, frame.type)))
+                        answers.put_nowait((None, nak(Status.BAD_TYPE, frame.type), 0.0))
                         continue
-                    answers.put_nowait(await self._ingest_one(frame.body))
+                    t1 = now()
+                    seq, answer = await self._ingest_one(frame.body)
+                    t2 = now()
+                    PERF["relay.recv_wait"].add(t1 - t0)     # waiting for the next frame
+                    PERF["relay.ingest"].add(t2 - t1)        # check, engine, store.append
+                    PERF["relay.answer_queue"].add(answers.qsize())
+                    answers.put_nowait((seq, answer, t2))
             except LinkError as exc:
                 log.info("primary link: %s", exc)
             except GroupFault:
@@ -320,7 +328,8 @@ class RelayGroup:
                 if protocol.crc32c(data) != ctl.data_crc:
                     return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
                 # the primary sent a JNLWR: it gets the answer to one
-                ack = dataclasses.replace(await self.engine.place(ctl), req_type=FrameType.JNLWR)
+                a = await self.engine.place(ctl)
+                ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
             else:
                 ack = await self.engine.submit(ctl, data)
         except EngineError as exc:
@@ -353,7 +362,7 @@ class RelayGroup:
 
     async def _send_answers(self, link: Link, answers: asyncio.Queue) -> None:
         while (item := await answers.get()) is not None:
-            seq, frame = item
+            seq, frame, t = item
             if seq is not None:
                 try:
                     await self.durable(seq)
@@ -361,6 +370,7 @@ class RelayGroup:
                     await link.close()     # no ACK for what may not be on disk
                     continue               # drain the queue; nothing more is sent
                 self._new.set()
+                PERF["relay.durable_wait"].add(now() - t)   # appended -> ACK queued
             if not link.closed:
                 link.send(frame)
                 if answers.empty():
@@ -476,6 +486,7 @@ class RelayGroup:
                 continue
             nxt = max(nxt, self.store.tail_seq)
             batch = self.store.read(nxt, min(FORWARD_BATCH, room, last - nxt + 1))
+            PERF["relay.forward_batch"].add(len(batch))
             for i, (ctl, data) in enumerate(batch):
                 flags = FrameFlag.MORE if i < len(batch) - 1 else 0
                 link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data), flags))
@@ -647,7 +658,7 @@ class Relay:
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "relay", "engine": self.engine_kind,
                 "engine_mode": self.engine_mode,
-                "groups": [g.status() for g in self.groups.values()]}
+                "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 
     async def run(self) -> None:
         for g in self.cfg.groups:

@@ -33,6 +33,7 @@ from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
+from ..perf import PERF, now
 from .stream import RestoreStream
 
 __all__ = ["RestoreState", "RestoreGroup", "Secondary"]
@@ -230,6 +231,7 @@ class RestoreGroup:
         if self.grsts == "SUSP" or self.taken_over:
             return 0
         batch = self.stream.take(limit)
+        t0 = now()
         try:
             for ctl, data in batch:
                 self._touched.add(self._apply(ctl, data))
@@ -245,6 +247,8 @@ class RestoreGroup:
         self._room.set()
         if batch:
             self._applied_more.set()
+            PERF["secondary.apply_step"].add(now() - t0)
+            PERF["secondary.apply_step_journals"].add(len(batch))
         return len(batch)
 
     def checkpoint_due(self, now: float) -> float | None:
@@ -268,11 +272,14 @@ class RestoreGroup:
         if self.applied == self.last_restored:
             return False
         seq, touched, self._touched = self.applied, self._touched, set()
+        t0 = now()
+        PERF["secondary.checkpoint_journals"].add(seq - self.last_restored)
         for vol in touched:
             vol.flush()           # SVOL data durable before the point that covers it
         self.state.save(seq, time=self._last_time, tag=self.applied_tag)
         self.stream.restored_saved(seq)
         self._checkpoint_at = time.monotonic()
+        PERF["secondary.checkpoint"].add(now() - t0)    # SVOL fsyncs + restore point (thread)
         return True
 
     async def restorer(self, interval: float) -> None:
@@ -566,7 +573,7 @@ class Secondary:
 
     async def _status(self, req: dict) -> dict:
         return {"site": self.cfg.site, "role": "secondary",
-                "groups": [g.status() for g in self.groups.values()]}
+                "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 
     async def aclose(self) -> None:
         """Clean stop (SIGTERM): the restore point saved at what was applied, so

@@ -47,8 +47,13 @@ class Sites:
     ROLES = ("secondary", "relay", "primary")
 
     def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str,
-                 tls: bool = True):
+                 tls: bool = True, tree: str | None = None):
         self.root = root
+        # ``tree``: run the sites from another copy of the code (a folder that
+        # holds ``tricopy/``), e.g. the code before a change, in the same run.
+        self.env = None
+        if tree:
+            self.env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
         self.vol_size = vol_size
         self.ports = {r: {"data": _free_port(), "control": _free_port(), "nbd": _free_port()}
                       for r in self.ROLES}
@@ -106,7 +111,7 @@ class Sites:
             self.procs[role] = subprocess.Popen(
                 [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
                  str(d / "site.toml"), "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=d)
+                stdout=log, stderr=subprocess.STDOUT, cwd=d, env=self.env)
         deadline = time.monotonic() + 30
         while True:
             if self.procs[role].poll() is not None:
@@ -141,13 +146,12 @@ class Sites:
         CPU per write is the figure that other jobs on a shared machine do
         not move much, unlike writes/s.
         """
-        tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for role, proc in self.procs.items():
-            with open(f"/proc/{proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[role] = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
-        return out
+        return {role: proc_cpu(proc.pid) for role, proc in self.procs.items()}
+
+    def perf(self) -> dict[str, dict]:
+        """Each site's per-hop counters (host/perf.py; empty for code without them)."""
+        return {role: control.call(("127.0.0.1", self.ports[role]["control"]),
+                                   "status").get("perf", {}) for role in self.ROLES}
 
     def lag(self) -> int:
         """Journals accepted by the relay that the secondary has not restored yet."""
@@ -161,6 +165,18 @@ class Sites:
                 raise RuntimeError(f"secondary still {self.lag()} journals behind after {timeout} s")
             time.sleep(0.02)
         return time.monotonic() - t0
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
+def loadavg() -> float:
+    """The 1-minute load average (what `uptime` shows first)."""
+    return os.getloadavg()[0]
 
 
 class LagSampler:
@@ -308,6 +324,112 @@ def bench_nbd(seconds: float, durability: str = "fsync") -> list[dict]:
     return results
 
 
+HOP_JOBS = (("randwrite", 4096, 1), ("randwrite", 4096, 16))
+#: counters that count items (journals, depth); the others are seconds
+_COUNTS = ("_journals", "_queue", "in_flight", "_batch", "_per_ack")
+
+
+def _nbdkit_fua(img: Path):
+    """``nbdkit file`` with every write FUA (the fua filter, ``fuamode=force``): the
+    durable baseline -- each write is on disk before its reply, as tricopy's is
+    at the relay.  Returns (process, uri)."""
+    port = _free_port()
+    kit = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
+                            "--exit-with-parent", "--filter=fua", "file", f"file={img}",
+                            "fuamode=force"])
+    uri = f"nbd://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 10
+    while subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode:
+        if time.monotonic() > deadline:
+            kit.kill()
+            raise RuntimeError("nbdkit did not come up")
+        time.sleep(0.05)
+    return kit, uri
+
+
+def _hop_delta(before: dict, after: dict, writes: int) -> dict:
+    """Per site and counter: mean per event (µs, or items) and events per write."""
+    out = {}
+    for role, hops in after.items():
+        for name, (n, total, _) in hops.items():
+            n0, t0, _ = before.get(role, {}).get(name, (0, 0.0, 0.0))
+            dn, dt = n - n0, total - t0
+            if dn <= 0:
+                continue
+            mean = dt / dn if name.endswith(_COUNTS) else dt / dn * 1e6
+            out[name] = {"mean": round(mean, 1), "per_write": round(dn / writes, 3)}
+    return out
+
+
+def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = None,
+               rounds: int = 1, jobs=HOP_JOBS) -> list[dict]:
+    """nbdkit FUA (baseline) and the three sites, same run: IOPS, p50/p99, CPU µs
+    per write per site, per-hop waits and queues; ``trees``: code copies to run
+    the sites from, one after the other (None: this code), e.g. before/after."""
+    trees = trees or [None]
+    size = 256 * MiB
+    results = []
+    with _workdir() as tmp:
+        img = Path(tmp) / "nbdkit.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        for rnd in range(rounds):
+            kit, uri = _nbdkit_fua(img)
+            try:
+                for job in jobs:
+                    load, c0 = loadavg(), proc_cpu(kit.pid)
+                    r = fio(uri, *job, seconds, size)
+                    writes = max(1, round(r["iops"] * (seconds + 1)))    # ramp + run, approx.
+                    r["cpu_us_per_write"] = {"nbdkit": round((proc_cpu(kit.pid) - c0) * 1e6 / writes)}
+                    results.append(dict(r, what="nbdkit-fua", round=rnd, load=round(load, 2)))
+            finally:
+                kit.terminate()
+                kit.wait()
+            for i, tree in enumerate(trees):
+                sites = Sites(Path(tmp) / f"sites{rnd}.{i}", vol_size=size,
+                              journal_size=512 * MiB, durability=durability, tree=tree)
+                sites.start()
+                try:
+                    for job in jobs:
+                        load = loadavg()
+                        cpu0, seq0 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
+                        perf0 = sites.perf()
+                        r = fio(sites.uri(), *job, seconds, size)
+                        r["catch_up_s"] = round(sites.wait_caught_up(), 2)
+                        cpu1, seq1 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
+                        writes = max(1, seq1 - seq0)
+                        cpu = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
+                               for role in sites.ROLES}
+                        cpu["sum"] = sum(cpu.values())
+                        results.append(dict(r, what=f"tricopy[{tree or 'this tree'}]", round=rnd,
+                                            tree=tree, durability=durability,
+                                            load=round((load + loadavg()) / 2, 2),
+                                            cpu_us_per_write=cpu,
+                                            hops=_hop_delta(perf0, sites.perf(), writes)))
+                        sites.wait_caught_up()
+                finally:
+                    sites.stop()
+    # ratios against the nbdkit figure of the same round and job
+    base = {(r["round"], r["bs"], r["iodepth"]): r for r in results if r["what"] == "nbdkit-fua"}
+    for r in results:
+        b = base[(r["round"], r["bs"], r["iodepth"])]
+        r["iops_ratio"] = round(r["iops"] / b["iops"], 3) if b["iops"] else None
+    return results
+
+
+def _print_hops(results: list[dict]) -> None:
+    for r in results:
+        print(f"round {r['round']} {r['rw']} {r['bs'] // 1024} KiB QD{r['iodepth']:<2} "
+              f"{r['what']:<28} {r['iops']:>7,} IOPS  p50 {r['p50_us']:>6,} µs  "
+              f"p99 {r['p99_us']:>7,} µs  ratio {r['iops_ratio']:.3f}  load {r['load']}")
+        cpu = r["cpu_us_per_write"]
+        print("    CPU µs/write: " + "  ".join(f"{k} {v}" for k, v in cpu.items()))
+        if r.get("hops"):
+            for name, h in r["hops"].items():
+                unit = "" if name.endswith(_COUNTS) else " µs"
+                print(f"    {name:<32} mean {h['mean']:>9,.1f}{unit:<3}  per write {h['per_write']}")
+
+
 def _print(results: list[dict], nbd: bool) -> None:
     def line(r):
         return (f"{r['MB_per_s']:>8,.1f} MB/s {r['iops']:>8,} IOPS  p50 {r['p50_us']:>6,} µs"
@@ -329,14 +451,20 @@ def _print(results: list[dict], nbd: bool) -> None:
 
 def _run(args) -> int:
     from .bench import machine
-    fn = {"nbd": bench_nbd, "replicate": bench_replicate, "far-site": bench_far_site}[args.bench]
-    results = fn(args.seconds, args.durability)
+    if args.bench == "hops":
+        results = bench_hops(args.seconds, args.durability, args.tree, args.rounds)
+    else:
+        fn = {"nbd": bench_nbd, "replicate": bench_replicate, "far-site": bench_far_site}[args.bench]
+        results = fn(args.seconds, args.durability)
     report = {"machine": machine(), "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"machine: {report['machine']}")
-        _print(results, args.bench == "nbd")
+        if args.bench == "hops":
+            _print_hops(results)
+        else:
+            _print(results, args.bench == "nbd")
     return 0
 
 
@@ -344,8 +472,16 @@ def register_bench(which) -> None:
     """Add ``replicate`` and ``nbd`` to the ``tricopy bench`` subcommands."""
     for name, text in (("replicate", "fio through the primary's NBD export: three sites on loopback"),
                        ("nbd", "fio: nbdkit file (baseline) vs the tricopy primary, replicating"),
-                       ("far-site", "host write latency with the secondary up, then stopped")):
+                       ("far-site", "host write latency with the secondary up, then stopped"),
+                       ("hops", "nbdkit FUA baseline vs the three sites: IOPS, latency, CPU "
+                                "µs/write per site, per-hop waits and queues")):
         p = which.add_parser(name, help=text, description=text)
+        if name == "hops":
+            p.add_argument("--tree", action="append", default=None,
+                           help="run the sites from this copy of the code (a folder holding "
+                                "tricopy/); repeat for several, e.g. before and after")
+            p.add_argument("--rounds", type=int, default=1,
+                           help="repeat baseline + trees this many times (noise)")
         p.add_argument("--seconds", type=float, default=10.0, help="fio runtime per figure")
         p.add_argument("--durability", choices=["fsync", "memory"], default="fsync",
                        help="relay durability policy (memory is unsafe: labelled in the output)")
