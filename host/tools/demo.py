@@ -235,6 +235,8 @@ What to try next:{keep}
   tricopy status --cluster {d}/cluster.toml [--json] [--watch 1]
   tricopy pair split  --cluster {d}/cluster.toml --group {GROUP}
   tricopy pair resync --cluster {d}/cluster.toml --group {GROUP}   # delta copy, then PAIR
+  tricopy verify --cluster {d}/cluster.toml --group {GROUP}        # PVOL vs SVOL, online
+  tricopy takeover --cluster {d}/cluster.toml --group {GROUP}      # after stopping the primary
   tricopy pair delete --cluster {d}/cluster.toml --group {GROUP}
 docs/operations.md explains the states and every command.""")
     return 0
