@@ -49,24 +49,23 @@ def _context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 _cache: dict[tuple, ssl.SSLContext] = {}
 
 
-def server_context(tls) -> ssl.SSLContext | None:
-    """The listening side's context for a :class:`config.TlsConfig` (None: plaintext)."""
+def _cached(protocol: int, tls) -> ssl.SSLContext | None:
     if tls is None:
         return None
-    key = ("server", tls.ca, tls.cert, tls.key)
+    key = (protocol, tls.ca, tls.cert, tls.key)
     if key not in _cache:
-        _cache[key] = _context(ssl.PROTOCOL_TLS_SERVER, tls.ca, tls.cert, tls.key)
+        _cache[key] = _context(protocol, tls.ca, tls.cert, tls.key)
     return _cache[key]
+
+
+def server_context(tls) -> ssl.SSLContext | None:
+    """The listening side's context for a :class:`config.TlsConfig` (None: plaintext)."""
+    return _cached(ssl.PROTOCOL_TLS_SERVER, tls)
 
 
 def client_context(tls) -> ssl.SSLContext | None:
     """The connecting side's context for a :class:`config.TlsConfig` (None: plaintext)."""
-    if tls is None:
-        return None
-    key = ("client", tls.ca, tls.cert, tls.key)
-    if key not in _cache:
-        _cache[key] = _context(ssl.PROTOCOL_TLS_CLIENT, tls.ca, tls.cert, tls.key)
-    return _cache[key]
+    return _cached(ssl.PROTOCOL_TLS_CLIENT, tls)
 
 
 def peer_names(writer_or_sslobj) -> set[str]:
