@@ -59,6 +59,7 @@ BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: se
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
 AL_COOL_EVERY = 1.0         # seconds between looks at the activity log (AL)
 AL_MAX_HOT = 256            # extents kept hot while writes go on (what a crash may resync)
+COPY_STALL = 10.0           # seconds a COPY may make no progress, nothing in flight
 
 
 
@@ -132,6 +133,7 @@ class MasterGroup:
         self._hello_wait_since: float | None = None
         self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
         self.reconnects = self.suspensions = self.copied_bytes = 0    # for metrics
+        self.copy_restarts, self.copy_error = 0, ""
         from ..rcm.metrics import HOST_WRITE_SECONDS
         self._write_seconds = HOST_WRITE_SECONDS.labels(cfg.grname)
         self.unclean = sorted(self.al.unclean)
@@ -508,6 +510,7 @@ class MasterGroup:
     async def run_link(self) -> None:
         """Connect to the relay forever; resend what it does not hold."""
         asyncio.get_running_loop().create_task(self._al_cooler())
+        asyncio.get_running_loop().create_task(self._copy_watchdog())
         if self.grsts == "COPY" and not self.unclean:
             self._start_copy()       # a scan interrupted by a restart goes on from the bitmap
         while True:
@@ -787,6 +790,38 @@ class MasterGroup:
         if self._copy_task is not None:
             self._copy_task.cancel()
         self._copy_task = asyncio.create_task(self._base_copy(self._copy_gen))
+        self._copy_task.add_done_callback(self._copy_ended)
+
+    def _copy_ended(self, task: asyncio.Task) -> None:
+        """A copy task that died must say so (asyncio would not: the task is kept)."""
+        if not task.cancelled() and task.exception() is not None:
+            self.copy_error = f"{type(task.exception()).__name__}: {task.exception()}"
+            log.error("group %s: the copy stopped: %s", self.cfg.grname, self.copy_error)
+
+    async def _copy_watchdog(self) -> None:
+        """A group in COPY whose scan ended without PAIR, or that made no progress
+        with nothing in flight for COPY_STALL seconds, starts the scan again
+        (from the copy bitmap: nothing is skipped, at worst a chunk goes twice).
+        Found by the chaos runner: a primary stayed in COPY for good after the
+        resync of an unclean stop, every base journal ACKed, no COPY_END."""
+        seen, since = None, time.monotonic()
+        while True:
+            await asyncio.sleep(COPY_STALL / 4)
+            if self.grsts != "COPY" or self.unclean or self._copy_task is None:
+                seen, since = None, time.monotonic()
+                continue
+            mark = (self._copy_gen, self.copy_done, len(self.pending), self.bitmap.count())
+            if mark != seen:
+                seen, since = mark, time.monotonic()
+            stalled = not self.pending and time.monotonic() - since > COPY_STALL
+            if self._copy_task.done() or stalled:
+                log.warning("group %s: the copy %s (%d/%d chunks, %d still set); scanning the "
+                            "copy bitmap again", self.cfg.grname,
+                            "ended without PAIR" if self._copy_task.done() else "made no progress",
+                            self.copy_done, self.copy_total, self.bitmap.count())
+                self.copy_restarts += 1
+                self._start_copy()
+                seen, since = None, time.monotonic()
 
     async def _base_copy(self, gen: int) -> None:
         """Patent Fig. 6: a base journal for every chunk set in the copy bitmap, in order.
@@ -927,7 +962,8 @@ class MasterGroup:
                 "activity_extents": self.al.listed, "activity_saves": self.al.saves,
                 "pvol_syncs": self.pvol_syncs, "unclean_extents": len(self.unclean),
                 "reconnects": self.reconnects, "suspensions": self.suspensions,
-                "copied_bytes": self.copied_bytes,
+                "copied_bytes": self.copied_bytes, "copy_restarts": self.copy_restarts,
+                "copy_error": self.copy_error,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "write_log_bytes": self.log.size,

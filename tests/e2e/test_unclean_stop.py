@@ -127,3 +127,39 @@ def test_unclean_stop_resyncs_what_a_power_loss_left_different(tmp_path):
         finally:
             cluster.stop_all()
     raise AssertionError("every attempt saw a PVOL fsync between the copy and the kill")
+
+
+def test_a_copy_that_ends_without_pair_is_scanned_again(tmp_path, monkeypatch):
+    """The chaos runner once left a primary in COPY for good after a resync: the
+    scan task ended, every base journal ACKed, no COPY_END.  Whatever the cause,
+    the watchdog must notice a scan that ended (or stalled) and scan again."""
+    from tricopy.host.primary import site as primary
+
+    from .primary_inproc import master_group, until
+
+    monkeypatch.setattr(primary, "COPY_STALL", 0.4)
+    real = primary.MasterGroup._base_copy
+    calls = []
+
+    async def dies_once(self, gen):
+        calls.append(gen)
+        if len(calls) == 1:
+            raise RuntimeError("the first scan dies")
+        await real(self, gen)
+
+    monkeypatch.setattr(primary.MasterGroup, "_base_copy", dies_once)
+    cluster = Cluster(tmp_path, volumes=1, initial_state="SMPL")
+    try:
+        cluster.start("secondary")
+        cluster.start("relay")
+
+        async def run():
+            async with master_group(cluster, connect=False) as g:
+                g.pair_create()
+                await until(lambda: g.grsts == "PAIR", "the copy to reach PAIR")
+                return g.copy_restarts, g.copy_error
+
+        restarts, error = asyncio.run(run())
+        assert restarts == 1 and "the first scan dies" in error and len(calls) == 2
+    finally:
+        cluster.stop_all()
