@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",
     "tricopy.host.tools.certs",
+    "tricopy.host.tools.linkemu",
 ]
 
 
