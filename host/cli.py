@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "tricopy.host.tools.demo",
     "tricopy.host.tools.certs",
     "tricopy.host.tools.linkemu",
+    "tricopy.host.tools.chaos",
 ]
 
 
