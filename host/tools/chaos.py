@@ -42,7 +42,7 @@ The checks, each a violation when it fails (the run goes on):
 A seed fixes the schedule of faults, durations, patterns and write contents;
 the timing of processes is not reproducible, so a seed replays the same run
 of faults, not the same interleaving.  The run stops by itself after
-``--rounds``, prints a table, and on a violation keeps the sites' logs (and
+``--rounds`` (or once ``--max-seconds`` are up), prints a table, and on a violation keeps the sites' logs (and
 the runner's round log) in ``--logs/seed-<N>/``.
 
 Not in the rounds yet: power cuts (the page cache survives a SIGKILL; the
@@ -404,8 +404,8 @@ class Figures:
                 ("writes acked", str(self.acked)),
                 ("writes verified", f"{self.verified} (on the SVOL after a drain)"),
                 ("retries", f"{self.retries} (writes sent again while the primary was away)"),
-                ("snapshots checked", f"{self.snapshots_consistent} consistent (each a prefix) "
-                                      f"of {self.snapshots} taken"),
+                ("snapshots checked", f"{self.snapshots_consistent} called consistent, checked as "
+                                      f"prefixes, of {self.snapshots} taken"),
                 ("violations", str(len(self.violations))),
                 ("time", f"{self.seconds:.0f} s")]
         width = max(len(k) for k, _ in rows)
@@ -414,7 +414,8 @@ class Figures:
 
 class ChaosRun:
     def __init__(self, root: Path, seed: int, rounds: int, *, logs: Path | None = None,
-                 echo=print):
+                 echo=print, max_seconds: float | None = None):
+        self.max_seconds = max_seconds
         self.root = root
         self.seed = seed
         self.rounds = rounds
@@ -552,7 +553,9 @@ class ChaosRun:
         if svols != pvols:
             diff = [i for i in range(VOLUMES) if svols[i] != pvols[i]]
             self.violation(rnd, "drain: SVOL == PVOL", f"volumes {diff} differ")
-        self.fig.verified = sum(min(k, self.history.acked(w)) for w, k in enumerate(ks))
+        failed = {int(b.split()[1].rstrip(":")) for b in bad if b.startswith("worker ")}
+        self.fig.verified = sum(self.history.acked(w) for w, k in enumerate(ks)
+                                if w not in failed and k == self.history.acked(w))
         work.resume()
 
     async def main(self) -> Figures:
@@ -566,6 +569,10 @@ class ChaosRun:
         try:
             plan = zip(self.cycles(FAULT_KINDS), self.cycles(DEPTHS), self.cycles(PATTERNS))
             for rnd, (kind, depth, pattern) in enumerate(plan, 1):
+                if self.max_seconds is not None and time.monotonic() - t0 > self.max_seconds:
+                    self.echo(f"time is up ({self.max_seconds:g} s): stopping after "
+                              f"{rnd - 1} rounds")
+                    break
                 ordinary = list(range(WORKERS - 2))
                 self.rng.shuffle(ordinary)
                 if depth == 1:
@@ -620,10 +627,11 @@ class ChaosRun:
         return dest
 
 
-def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print) -> Figures:
+def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print,
+        max_seconds: float | None = None) -> Figures:
     """One seeded run in ``root`` (a new or empty folder); returns its figures."""
     root.mkdir(parents=True, exist_ok=True)
-    chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo)
+    chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds)
     return asyncio.run(chaos.main())
 
 
@@ -635,7 +643,8 @@ def _run(args) -> int:
         for seed in range(args.seed, args.seed + args.seeds):
             load0 = os.getloadavg()
             one = run(root / f"seed-{seed}", seed, args.rounds, logs=Path(args.logs),
-                      echo=(lambda _t: None) if args.quiet else print)
+                      echo=(lambda _t: None) if args.quiet else print,
+                      max_seconds=args.max_seconds)
             print(f"\nseed {seed}: load average {load0[0]:.2f} at the start, "
                   f"{os.getloadavg()[0]:.2f} at the end")
             print(one.table())
@@ -668,5 +677,7 @@ def register(subparsers) -> None:
     p.add_argument("--dir", help="keep the sites' folders here (default: a temporary folder)")
     p.add_argument("--logs", default="chaos-logs",
                    help="where a failing seed's site logs go (default ./chaos-logs)")
+    p.add_argument("--max-seconds", type=float,
+                   help="per seed: start no round after this many seconds")
     p.add_argument("--quiet", action="store_true", help="only the tables")
     p.set_defaults(func=_run)
