@@ -111,9 +111,10 @@ def stamped(worker: int, wnum: int, nblocks: int) -> bytes:
 class ChaosCluster:
     """Three site processes and two ``tricopy linkemu`` processes under ``root``."""
 
-    def __init__(self, root: Path, *, heartbeat: float = 0.5):
+    def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync"):
         from .certs import make_certs
         self.root = root
+        self.durability = durability
         self.heartbeat = heartbeat
         self.ports = {r: (_free_port(),) for r in ROLES}
         self.sock_dir = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))  # short socket paths
@@ -170,7 +171,7 @@ class ChaosCluster:
                        f'full_suspend_after = 120\nlink_suspend_after = 120\n' + vols("pvol"),
             "relay": common("relay") + f'[[group]]\n{group}peer_site = "secondary"\n'
                      f'upstream_site = "primary"\nattr = "INTERMEDIARY"\n'
-                     f'peer = "127.0.0.1:{self.emu_ports["rs"]}"\ndurability = "fsync"\n'
+                     f'peer = "127.0.0.1:{self.emu_ports["rs"]}"\ndurability = "{self.durability}"\n'
                      f'journal = {{ path = "jnl1.vol", size = {8 << 20} }}\n',
             "secondary": common("secondary") + f'[[group]]\n{group}upstream_site = "relay"\n'
                          f'attr = "RESTORE"\nrestore_interval = 0\n' + vols("svol"),
@@ -348,32 +349,41 @@ class Workload:
             rec = [idx, block * BLOCK, data, time.monotonic(), None]
             self.h.sent[w].append(rec)
             args = {"idx": idx, "offset": block * BLOCK, "data": base64.b64encode(data).decode()}
-            while True:
+            acked = False
+            while not acked:
                 try:
                     if client is None:
                         client = await control.ControlClient.open(self.addr)
                     await asyncio.wait_for(client.call("write", **args), 120)
-                    break
+                    acked = True
                 except control.ControlError as exc:
                     # The primary refused the write: no fault in these rounds may do that.
+                    # Left unacknowledged (it may or may not be on the PVOL).
                     self.refused.append(f"worker {w} write {len(self.h.sent[w])}: {exc}")
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(0.5)
+                    break
                 except (OSError, ConnectionError, EOFError, asyncio.TimeoutError):
                     self.retries += 1         # the primary is down or restarting: again
                     if client is not None:
                         await client.close()
                     client = None
                     await asyncio.sleep(0.1)
-            rec[4] = time.monotonic()
-            self.h.acks[w].append(rec[4])
+            if acked:
+                rec[4] = time.monotonic()
+                self.h.acks[w].append(rec[4])
             self.busy[w] = False
         if client is not None:
             await client.close()
 
-    async def quiesce(self) -> None:
+    async def quiesce(self, timeout: float = 150.0) -> bool:
+        """Pause; wait until no write is in flight (False: some still are after ``timeout``)."""
         self.paused = True
+        deadline = time.monotonic() + timeout
         while any(self.busy):
+            if time.monotonic() > deadline:
+                return False
             await asyncio.sleep(0.01)
+        return True
 
     def resume(self) -> None:
         self.paused = False
@@ -414,7 +424,7 @@ class Figures:
 
 class ChaosRun:
     def __init__(self, root: Path, seed: int, rounds: int, *, logs: Path | None = None,
-                 echo=print, max_seconds: float | None = None):
+                 echo=print, max_seconds: float | None = None, durability: str = "fsync"):
         self.max_seconds = max_seconds
         self.root = root
         self.seed = seed
@@ -424,7 +434,7 @@ class ChaosRun:
         self.rng = random.Random(seed)
         self.fig = Figures()
         self.history = History()
-        self.cluster = ChaosCluster(root)
+        self.cluster = ChaosCluster(root, durability=durability)
         self.lines: list[str] = []
         self._snap = 0
 
@@ -526,9 +536,14 @@ class ChaosRun:
                     f"{after - before} flipped so far")
         raise ValueError(kind)
 
-    async def drain_check(self, rnd: int, work: Workload) -> None:
+    async def drain_check(self, rnd: int, work: Workload) -> bool:
+        """False: the trio did not drain (the run stops: nothing after it would mean much)."""
         c = self.cluster
-        await work.quiesce()
+        if not await work.quiesce():
+            self.violation(rnd, "drain", "writes still not acknowledged after 150 s: workers "
+                           + ", ".join(str(w) for w, b in enumerate(work.busy) if b))
+            work.resume()
+            return False
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -543,7 +558,7 @@ class ChaosRun:
                 self.violation(rnd, "drain", f"not drained within 90 s: primary={p} relay={r} "
                                              f"secondary={s}")
                 work.resume()
-                return
+                return False
             await asyncio.sleep(0.05)
         svols = [c.volume("secondary", i) for i in range(VOLUMES)]
         pvols = [c.volume("primary", i) for i in range(VOLUMES)]
@@ -557,6 +572,7 @@ class ChaosRun:
         self.fig.verified = sum(self.history.acked(w) for w, k in enumerate(ks)
                                 if w not in failed and k == self.history.acked(w))
         work.resume()
+        return True
 
     async def main(self) -> Figures:
         t0 = time.monotonic()
@@ -585,7 +601,7 @@ class ChaosRun:
                 await self.run_for(rnd, self.rng.uniform(0.4, 1.0))
                 what = await self.fault(rnd, kind)
                 await self.run_for(rnd, self.rng.uniform(0.3, 0.8))
-                await self.drain_check(rnd, work)
+                drained = await self.drain_check(rnd, work)
                 self.fig.rounds = rnd
                 self.fig.faults[kind] += 1
                 self.fig.patterns[pattern] += 1
@@ -599,6 +615,9 @@ class ChaosRun:
                 self.echo(f"round {rnd:>3}/{self.rounds}  {kind:<15} {what:<50} "
                           f"QD{len(work.active):<2} {pattern:<10} +{self.fig.acked - acked0} "
                           f"acked  violations {len(self.fig.violations)}")
+                if not drained:
+                    self.echo(f"the trio did not drain in round {rnd}: the run stops here")
+                    break
         finally:
             work.stop = True
             work.resume()
@@ -628,10 +647,11 @@ class ChaosRun:
 
 
 def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print,
-        max_seconds: float | None = None) -> Figures:
+        max_seconds: float | None = None, durability: str = "fsync") -> Figures:
     """One seeded run in ``root`` (a new or empty folder); returns its figures."""
     root.mkdir(parents=True, exist_ok=True)
-    chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds)
+    chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds,
+                     durability=durability)
     return asyncio.run(chaos.main())
 
 
@@ -644,7 +664,7 @@ def _run(args) -> int:
             load0 = os.getloadavg()
             one = run(root / f"seed-{seed}", seed, args.rounds, logs=Path(args.logs),
                       echo=(lambda _t: None) if args.quiet else print,
-                      max_seconds=args.max_seconds)
+                      max_seconds=args.max_seconds, durability=args.durability)
             print(f"\nseed {seed}: load average {load0[0]:.2f} at the start, "
                   f"{os.getloadavg()[0]:.2f} at the end")
             print(one.table())
@@ -679,5 +699,8 @@ def register(subparsers) -> None:
                    help="where a failing seed's site logs go (default ./chaos-logs)")
     p.add_argument("--max-seconds", type=float,
                    help="per seed: start no round after this many seconds")
+    p.add_argument("--durability", choices=("fsync", "memory"), default="fsync",
+                   help="the relay's policy (memory: no acked write lost to a process crash "
+                        "either, docs/replication.md)")
     p.add_argument("--quiet", action="store_true", help="only the tables")
     p.set_defaults(func=_run)
