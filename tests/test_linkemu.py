@@ -265,7 +265,7 @@ def test_corrupt_flips_one_byte_and_tls_catches_it(rig):
 
     # TLS end to end through the emulator (it holds no key): the flipped byte
     # fails the record's MAC and the connection ends with an error, never data.
-    from tests.e2e.cluster import client_tls, server_tls
+    from e2e.cluster import client_tls, server_tls
     srv_ctx, cli_ctx = server_tls("relay"), client_tls("primary")
     lsock = socket.create_server(("127.0.0.1", 0))
     received: list = []
