@@ -424,8 +424,10 @@ class Figures:
 
 class ChaosRun:
     def __init__(self, root: Path, seed: int, rounds: int, *, logs: Path | None = None,
-                 echo=print, max_seconds: float | None = None, durability: str = "fsync"):
+                 echo=print, max_seconds: float | None = None, durability: str = "fsync",
+                 faults: tuple[str, ...] = FAULT_KINDS):
         self.max_seconds = max_seconds
+        self.kinds = faults
         self.root = root
         self.seed = seed
         self.rounds = rounds
@@ -583,7 +585,7 @@ class ChaosRun:
         work = Workload(c.control_addr("primary"), self.history, random.Random(self.seed + 1))
         tasks = [asyncio.create_task(work.worker(w)) for w in range(WORKERS)]
         try:
-            plan = zip(self.cycles(FAULT_KINDS), self.cycles(DEPTHS), self.cycles(PATTERNS))
+            plan = zip(self.cycles(self.kinds), self.cycles(DEPTHS), self.cycles(PATTERNS))
             for rnd, (kind, depth, pattern) in enumerate(plan, 1):
                 if self.max_seconds is not None and time.monotonic() - t0 > self.max_seconds:
                     self.echo(f"time is up ({self.max_seconds:g} s): stopping after "
@@ -647,12 +649,26 @@ class ChaosRun:
 
 
 def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print,
-        max_seconds: float | None = None, durability: str = "fsync") -> Figures:
+        max_seconds: float | None = None, durability: str = "fsync",
+        faults: tuple[str, ...] = FAULT_KINDS) -> Figures:
     """One seeded run in ``root`` (a new or empty folder); returns its figures."""
     root.mkdir(parents=True, exist_ok=True)
     chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds,
-                     durability=durability)
+                     durability=durability, faults=faults)
     return asyncio.run(chaos.main())
+
+
+def _kinds(text: str | None) -> tuple[str, ...]:
+    """``--faults``: kinds or prefixes (``kill``, ``pr``, ``rs:stall``), comma-separated."""
+    if not text:
+        return FAULT_KINDS
+    out = tuple(k for k in FAULT_KINDS
+                if any(k == t or k.startswith(t + ":") or k.endswith(":" + t)
+                       for t in text.split(",")))
+    if not out:
+        raise SystemExit(f"tricopy chaos: --faults {text!r} names no fault; the kinds: "
+                         f"{', '.join(FAULT_KINDS)}")
+    return out
 
 
 def _run(args) -> int:
@@ -664,7 +680,8 @@ def _run(args) -> int:
             load0 = os.getloadavg()
             one = run(root / f"seed-{seed}", seed, args.rounds, logs=Path(args.logs),
                       echo=(lambda _t: None) if args.quiet else print,
-                      max_seconds=args.max_seconds, durability=args.durability)
+                      max_seconds=args.max_seconds, durability=args.durability,
+                      faults=_kinds(args.faults))
             print(f"\nseed {seed}: load average {load0[0]:.2f} at the start, "
                   f"{os.getloadavg()[0]:.2f} at the end")
             print(one.table())
@@ -699,6 +716,8 @@ def register(subparsers) -> None:
                    help="where a failing seed's site logs go (default ./chaos-logs)")
     p.add_argument("--max-seconds", type=float,
                    help="per seed: start no round after this many seconds")
+    p.add_argument("--faults", help="only these kinds (or prefixes: kill, pr, rs, stall, ...), "
+                                    "comma-separated; default: all")
     p.add_argument("--durability", choices=("fsync", "memory"), default="fsync",
                    help="the relay's policy (memory: no acked write lost to a process crash "
                         "either, docs/replication.md)")
