@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench chaos clean
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
@@ -30,6 +30,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/tricopy bench protocol
+
+# A longer chaos run than the suite's 30 rounds (docs/reliability.md, "Chaos").
+chaos: setup
+	$(BIN)/tricopy chaos --rounds 300
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",
     "tricopy.host.tools.certs",
+    "tricopy.host.tools.linkemu",
+    "tricopy.host.tools.chaos",
 ]
 
 

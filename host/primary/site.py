@@ -873,6 +873,10 @@ class MasterGroup:
             dvol.bjptr = vol.size // vol.block_size
         if inflight:
             await asyncio.wait(inflight)
+        # A journal ACKed after the last FIRST_COMPLETED wait woke us, but before we
+        # ran, is "done" without its _base_acked having run: let those callbacks
+        # (already scheduled) clear their bits first (found by `tricopy chaos`).
+        await asyncio.sleep(0)
         if gen != self._copy_gen or self.grsts != "COPY" or self.bitmap.count():
             return      # superseded, split, or a journal failed (the group suspended)
         try:

@@ -208,8 +208,13 @@ class ControlClient:
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._writer.write(json.dumps({"id": rid, "cmd": cmd, **args}).encode() + b"\n")
-        await self._writer.drain()
+        try:
+            self._writer.write(json.dumps({"id": rid, "cmd": cmd, **args}).encode() + b"\n")
+            await self._writer.drain()
+        except BaseException:
+            # Nobody will await the answer: drop it (else "exception never retrieved").
+            self._waiting.pop(rid, None)
+            raise
         answer = await fut
         if not answer.get("ok"):
             raise ControlError(answer.get("error", "?"), answer.get("type", "ControlError"))
