@@ -1,6 +1,7 @@
 """Build (and optionally program) the journal engine bitstream for a board.
 
     tricopy board build --board icebreaker|ulx3s [--width 8] [--ring-size N]
+                        [--data-memory | --no-data-memory]
     python -m tricopy.boards.build --board icebreaker
     tricopy board synth --width 8|32      # the engine alone on the ECP5 85F
 
@@ -24,7 +25,7 @@ from . import icebreaker, ulx3s
 __all__ = ["BOARDS", "BuildError", "BuildReport", "build", "build_design", "parse_report",
            "synth_engine", "register", "main"]
 
-#: board name -> platform module (Platform, RING_SIZE, ring, LC_NAME,
+#: board name -> platform module (Platform, RING_SIZE, MEMORY, ring, LC_NAME,
 #: BITSTREAM, program_command)
 BOARDS = {"icebreaker": icebreaker, "ulx3s": ulx3s}
 
@@ -136,12 +137,15 @@ def build_design(board, design, build_dir):
                         platform.default_clk_frequency / 1e6)
 
 
-def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
+def build(board, *, width=8, ring_size=None, build_dir=None, program=False, data_memory=None):
     """Build the journal engine bitstream for ``board`` and return its
     BuildReport; with ``program``, load it into the board afterwards.
 
     ``width`` is the engine's data width: only 8, as the UART carries bytes
     and there is no width adapter yet (docs/boards.md, Gaps).
+    ``data_memory``: True for an engine with data memory (data and
+    descriptor rings), False for one without (descriptor rings only), None
+    for the board's default (``MEMORY``: none on the iCEBreaker).
     """
     # amaranth is only needed when building
     from ..hdl.engine import JournalEngine
@@ -152,9 +156,13 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False):
         raise ValueError(f"data width must be 8 on a UART board top (no width adapter yet), "
                          f"not {width!r}")
     ring_size = spec.RING_SIZE if ring_size is None else ring_size
+    if data_memory is None:
+        data_memory = spec.MEMORY != 0
+    memory = None if data_memory else 0
     build_dir = build_dir if build_dir is not None else Path("build", "boards", board)
     def make_core(clk_hz):
-        return JournalEngine(8, ring_size, clk_hz, site="board", ring=spec.ring)
+        return JournalEngine(8, ring_size, clk_hz, site="board", memory=memory,
+                             ring=spec.ring if data_memory else None)
 
     report = build_design(board, BoardTop(ring_size=ring_size, make_core=make_core), build_dir)
     if program:
@@ -207,7 +215,8 @@ def _run_synth(args):
 def _run(args):
     try:
         report = build(args.board, width=args.width, ring_size=args.ring_size,
-                       build_dir=args.build_dir, program=args.program)
+                       build_dir=args.build_dir, program=args.program,
+                       data_memory=args.data_memory)
     except (BuildError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -226,6 +235,10 @@ def register(subparsers):
                    help="ring bytes (default: per board, see docs/boards.md)")
     p.add_argument("--build-dir", default=None, help="default build/boards/<board>")
     p.add_argument("--program", action="store_true", help="program the board after building")
+    p.add_argument("--data-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="an engine with data memory (data and descriptor rings) or without "
+                        "(descriptor rings only); default per board: without on the "
+                        "iCEBreaker, with on the ULX3S")
     p.set_defaults(func=_run)
     s = board_sub.add_parser("synth", help="the engine alone on the ECP5 85F: LUTs and fmax")
     s.add_argument("--width", type=int, default=8, choices=[8, 32], help="engine data width")

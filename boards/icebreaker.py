@@ -12,7 +12,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .spram import SPRAMRing
 
-__all__ = ["Platform", "RING_SIZE", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "ring", "program_command"]
 
 
 class Platform(ICEBreakerPlatform):
@@ -24,12 +24,21 @@ class Platform(ICEBreakerPlatform):
 
 
 #: Default ring in bytes: all four SPRAMs (128 KiB), leaving the 30 EBRs
-#: (15 KiB) to FIFOs.
+#: (15 KiB) to FIFOs. Without data memory (MEMORY) it is only the size of
+#: the descriptor ring after reset: the relay's LOAD RING sets its own.
 RING_SIZE = 131072
+
+#: Data memory of the default build: none. The engine with both ring kinds
+#: and offsets for 2**40-byte rings needs 6 707 LCs of the UP5K's 5 280
+#: (nextpnr); without data memory (descriptor rings only: no ring memory,
+#: walk or read-out) it fits (docs/hardware.md, "Resources").
+#: ``tricopy board build --board icebreaker --data-memory`` builds the other.
+MEMORY = 0
 
 
 def ring(depth):
-    """The engine's ring memory on this board: SPRAM (``JournalEngine(ring=)``)."""
+    """The engine's ring memory on this board, with data memory: SPRAM
+    (``JournalEngine(ring=)``)."""
     return SPRAMRing(depth)
 
 #: nextpnr's name for a logic cell in its utilisation report

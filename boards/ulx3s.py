@@ -8,7 +8,7 @@ import os
 
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-__all__ = ["Platform", "RING_SIZE", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "ring", "program_command"]
 
 
 class Platform(ULX3S_85F_Platform):
@@ -24,6 +24,10 @@ class Platform(ULX3S_85F_Platform):
 #: Default ring in bytes: 64 KiB of the 85F's 208 EBRs (18 kbit each), so
 #: block RAM holds it with room to spare.
 RING_SIZE = 65536
+
+#: Data memory: the ring size (None), so both ring kinds: data rings up to
+#: RING_SIZE, descriptor rings up to 2**40.
+MEMORY = None
 
 #: The engine's ring memory: its default (``Memory``, inferred as DP16KD).
 ring = None

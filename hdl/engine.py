@@ -42,12 +42,13 @@ __all__ = ["JournalEngine"]
 FT = protocol.FrameType
 ST = protocol.Status
 _KNOWN_TYPES = [int(t) for t in FT]
-# RING and DESC (a ring size loaded at run time, descriptor rings) are not in
-# this gateware yet: its ring is always the data ring of ``ring_size`` bytes,
-# so a LOAD with them is refused as undefined (docs/hardware.md, "Known gaps").
-_LOAD_FLAGS = int(protocol.LoadFlag.SEQ | protocol.LoadFlag.TIME | protocol.LoadFlag.EPOCH
-                  | protocol.LoadFlag.CLEAR | protocol.LoadFlag.FREEZE | protocol.LoadFlag.PTR)
+_LOAD_FLAGS = int(protocol.Load.FLAGS)
 _CTL = layouts.byte_offsets(layouts.Control)
+#: log2 of MAX_RING (2**40): ring offsets are 40 bits, SIZE/USED/WRAP_AT 41.
+#: The engine keeps them in granules of 64 bytes (every offset, SIZE and R is
+#: a multiple of 64): 34-bit offsets, 35-bit sizes.
+MAX_RING_BITS = 40
+G = 6                                          # log2 of the 64-byte granule
 
 
 class _After(enum.Enum, shape=2):
@@ -97,6 +98,14 @@ class JournalEngine(wiring.Component):
         ``ring(ring_size)`` returns the ring memory, a component with the
         ports of ``hdl/ring.py: ring_signature`` (default ``RingMemory``,
         block RAM; ``boards/spram.py: SPRAMRing`` on the iCE40 UP5K).
+    memory : optional int
+        MEMORY, the data memory in bytes (docs/protocol.md "State"): None
+        (default) for ``ring_size``, 0 for none. Without data memory the
+        engine has descriptor rings only (no ring memory, no read-out, no
+        record walk) and its reset ring is a descriptor ring of
+        ``ring_size`` bytes; with it, the reset ring is a data ring and
+        LOAD RING sets either kind (a data ring up to ``ring_size``, a
+        descriptor ring up to 2**40).
 
     Ports
     -----
@@ -110,20 +119,32 @@ class JournalEngine(wiring.Component):
     """
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
-                 *, site: str = "sim", timestamp=None, sequencer=None, ring=None):
+                 *, site: str = "sim", timestamp=None, sequencer=None, ring=None,
+                 memory: int | None = None):
         if data_width not in (8, 32):
             raise ValueError(f"data_width must be 8 or 32, not {data_width!r}")
-        if (not isinstance(ring_size, int) or ring_size < 128
+        if memory == 0:
+            # no data memory: the reset ring is a descriptor ring, any SIZE
+            if not isinstance(ring_size, int) or not protocol.ring_size_ok(ring_size):
+                raise ValueError(f"ring_size must be a multiple of 64 from 128 to 2**40 "
+                                 f"without data memory, not {ring_size!r}")
+        elif (not isinstance(ring_size, int) or ring_size < 128
                 or ring_size & (ring_size - 1)):
             raise ValueError(f"ring_size must be a power of two >= 128, not {ring_size!r}")
         if site not in ("sim", "board"):
             raise ValueError(f"site must be 'sim' or 'board', not {site!r}")
+        if memory is None:
+            memory = ring_size
+        if memory not in (0, ring_size):
+            raise ValueError(f"memory must be None, 0 or ring_size ({ring_size}), not {memory!r}")
+        self.memory = memory
         self.data_width = data_width
         #: bytes per beat, and its log2: ring words and frame beats are W bytes
         self.W = data_width // 8
         self.LW = self.W.bit_length() - 1
         self.ring_size = ring_size
-        self.ring_bits = ring_size.bit_length() - 1
+        # bits of a data memory byte address (no memory: a token width)
+        self.ring_bits = ring_size.bit_length() - 1 if memory else 7
         self.clk_hz = clk_hz
         self.site = site
         if timestamp is None:
@@ -135,12 +156,14 @@ class JournalEngine(wiring.Component):
         self._timestamp = timestamp
         self._sequencer = sequencer
         # built here so that a ring without the engine's ports is refused now
-        self._ring = ring(ring_size) if data_width == 8 else ring(ring_size, data_width)
-        expected = ring_signature(self.ring_bits - self.LW, data_width)
-        if getattr(self._ring, "signature", None) is None \
-                or self._ring.signature.members != expected.members:
-            raise ValueError(f"ring({ring_size}) must have the ports {expected!r}, "
-                             f"not {getattr(self._ring, 'signature', self._ring)!r}")
+        self._ring = None
+        if memory:
+            self._ring = ring(ring_size) if data_width == 8 else ring(ring_size, data_width)
+            expected = ring_signature(self.ring_bits - self.LW, data_width)
+            if getattr(self._ring, "signature", None) is None \
+                    or self._ring.signature.members != expected.members:
+                raise ValueError(f"ring({ring_size}) must have the ports {expected!r}, "
+                                 f"not {getattr(self._ring, 'signature', self._ring)!r}")
         super().__init__({
             "rx": In(stream.Signature(data_width)),
             "tx": Out(stream.Signature(data_width)),
@@ -156,28 +179,59 @@ class JournalEngine(wiring.Component):
         m.submodules.ts = ts = self._timestamp(self.clk_hz)
         m.submodules.seq = seq = self._sequencer()
         W, LW = self.W, self.LW
-        m.submodules.resp = resp = Responder(RB, self.data_width)
-        m.submodules.ring = ring = self._ring
-        wr = _Port(ring.w_addr, ring.w_data, ring.w_en)
-        rd = _Port(ring.r_addr, ring.r_data, ring.r_en)
+        mem = bool(self.memory)
+        # offsets in granules (PG bits), sizes in granules (SG bits)
+        PG = MAX_RING_BITS - G
+        SG = PG + 1
+        m.submodules.resp = resp = Responder(RB, self.data_width, held_bits=SG, ring=mem)
+        if mem:
+            m.submodules.ring = ring = self._ring
+            wr = _Port(ring.w_addr, ring.w_data, ring.w_en)
+            rd = _Port(ring.r_addr, ring.r_data, ring.r_en)
+        else:
+            # no data memory: nothing is written or read (ports left unconnected)
+            wr = _Port(Signal(RB - LW), Signal(8 * W), Signal())
+            rd = _Port(Signal(RB - LW), Const(0, 8 * W), Signal())
         wiring.connect(m, tx=wiring.flipped(self.tx), resp=resp.tx)
 
         # -- engine state (docs/protocol.md "State") ------------------------
-        jiptr = Signal(RB)
-        joptr = Signal(RB)
-        used = Signal(RB + 1)
-        wrap_at = Signal(RB + 1, init=SIZE)
+        # SIZE and every offset in granules of 64 bytes (all are multiples
+        # of 64): SIZE up to 2**40 is 2**34 granules (35 bits), an offset
+        # below it 34 bits. A data ring is at most MEMORY = ring_size bytes.
+        size = Signal(SG, init=SIZE >> G)
+        # MODE: 1 for a descriptor ring (always, without data memory)
+        desc = Signal(init=not mem) if mem else Const(1, 1)
+        jiptr = Signal(PG)
+        joptr = Signal(PG)
+        used = Signal(SG)
+        wrap_at = Signal(SG, init=SIZE >> G)
         last_time = Signal(64)
         epoch = Signal(32)
         acks = Signal(32)
         naks = Signal(32)
         next_seq = seq.value
         empty = used == 0
-        # Records held: at most SIZE/64 (each takes >= 64 bytes), so HELD
-        # fits in RB bits; the same bound narrows every count of records
-        # below (JNLRD, RELEASE). TAIL_SEQ is not a register: it is
-        # NEXT_SEQ - HELD (no 64-bit register, incrementer or comparator).
-        held = Signal(RB)
+        free = Signal(SG)
+        m.d.comb += free.eq(size - used)
+
+        def bytes_(g):
+            """A granule count or offset as bytes."""
+            return Cat(Const(0, G), g)
+
+        def dbytes_w(g):
+            """A data ring's size or WRAP_AT (at most 2**RB) as bytes."""
+            return Cat(Const(0, G), g)[:RB + 1]
+
+        def dbytes(g):
+            """A data ring offset as a ring byte address (a data ring is at
+            most MEMORY = 2**RB bytes)."""
+            return Cat(Const(0, G), g)[:RB]
+        # Records held: at most SIZE/64 (each takes >= 64 bytes): 2**34 on a
+        # descriptor ring of 2**40 bytes, so HELD has SG bits; on a data
+        # ring at most MEMORY/64, which narrows the counts of records below
+        # (JNLRD, RELEASE walk) to RB bits. TAIL_SEQ is not a register: it
+        # is NEXT_SEQ - HELD (no 64-bit register, incrementer or comparator).
+        held = Signal(SG)
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -198,11 +252,13 @@ class JournalEngine(wiring.Component):
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
         m.d.comb += [
-            status.jiptr.eq(jiptr), status.joptr.eq(joptr), status.ring_size.eq(SIZE),
-            status.free.eq(SIZE - used), status.next_seq.eq(next_seq),
+            status.jiptr.eq(bytes_(jiptr)), status.joptr.eq(bytes_(joptr)),
+            status.ring_size.eq(bytes_(size)),
+            status.free.eq(bytes_(free)), status.next_seq.eq(next_seq),
             status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
             status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
-            status.held.eq(held), status.wrap_at.eq(wrap_at),
+            status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
+            resp.held.eq(held),
             hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
             hello.last_seq.eq(next_seq),   # the responder subtracts 1
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
@@ -258,12 +314,15 @@ class JournalEngine(wiring.Component):
         ctl = layouts.Control(Cat(Const(0, 256), small))
         hello_bad = Signal()
         nul_seen = Signal()
-        # allocation result, fixed before the first body byte
-        rlen = Signal(LENGTH_BITS)
-        place = Signal(RB)
+        # allocation result, fixed before the first body byte (JNLWR) or
+        # after the last (JNLDESC: DATA_LEN is in body bytes 36..39)
+        rlen = Signal(LENGTH_BITS)             # R in bytes (a multiple of 64)
+        place = Signal(PG)                     # JOFS, granules
         wrap = Signal()
         rewind = Signal()
-        mark_at = Signal(RB)
+        # (no copies of JIPTR or of SIZE - JIPTR: both hold until EXEC)
+        tail = Signal(SG)                      # SIZE - JIPTR: the tail's bytes, granules
+        m.d.comb += tail.eq(size - jiptr)
         alloc_ok = Signal()
         alloc_full = Signal()
 
@@ -306,8 +365,11 @@ class JournalEngine(wiring.Component):
         m.d.comb += walk_r.eq(Cat(Const(0, 6), (dl[:LENGTH_BITS] + 63)[6:]) + 64)
         walk_sum = Signal(RB + 1)
         m.d.comb += walk_sum.eq(walk_off + walk_r)
-        # next record: the skipped tail ends at WRAP_AT; SIZE truncates to 0
-        walk_next = Mux(walk_sum == wrap_at, 0, walk_sum[:RB])
+        # next record: the skipped tail ends at WRAP_AT, the ring at SIZE
+        # (a data ring's, at most 2**RB: RB + 1 bits of bytes)
+        d_size, d_wrap = dbytes_w(size), dbytes_w(wrap_at)
+        walk_at_wrap = walk_sum == d_wrap
+        walk_next = Mux(walk_at_wrap | (walk_sum == d_size), 0, walk_sum[:RB])
         m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
@@ -324,9 +386,9 @@ class JournalEngine(wiring.Component):
         m.d.comb += x_d.eq(next_seq - x_seq)
         x_gt_next = x_d[64]
         x_ge_next = x_gt_next | (x_d[:64] == 0)
-        x_lt_tail = ~x_gt_next & (x_d[RB:64].any() | (x_d[:RB] > held))
-        x_from_tail = Signal(RB)
-        m.d.comb += x_from_tail.eq(held - x_d[:RB])
+        x_lt_tail = ~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held))
+        x_from_tail = Signal(RB)               # (used on a data ring only)
+        m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
         walk_for_release = Signal()
 
         m.d.sync += self.nak.eq(0)    # a pulse; set in ANSWER below
@@ -334,7 +396,7 @@ class JournalEngine(wiring.Component):
         # The Ack's fields, read in ANSWER: the request has taken effect then
         # (NEXT_SEQ stepped or loaded, JOPTR/JIPTR moved, the clock loaded)
         # and the sources below hold until the next frame's body.
-        ack_seq, ack_time, ack_jofs, ack_tag = (Signal(64), Signal(64), Signal(RB),
+        ack_seq, ack_time, ack_jofs, ack_tag = (Signal(64), Signal(64), Signal(PG + G),
                                                 Signal(32))
         ans_read = Signal()                    # the Ack's SEQ is sent plus n - 1
         with m.Switch(ans_from):
@@ -345,13 +407,14 @@ class JournalEngine(wiring.Component):
             with m.Case(_AckFrom.WRITE):
                 # NEXT_SEQ steps in ANSWER, after this is read
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
-                             ack_jofs.eq(place)]
+                             ack_jofs.eq(bytes_(place))]
             with m.Case(_AckFrom.LOAD):
                 # stamp_time: the clock after the load, sampled in LOAD_TIME
-                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time), ack_jofs.eq(jiptr)]
+                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
+                             ack_jofs.eq(bytes_(jiptr))]
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
-                m.d.comb += ack_jofs.eq(joptr)
+                m.d.comb += ack_jofs.eq(bytes_(joptr))
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n,
                                    Mux(ans_tag_ctl, ctl.tag, 0)))
 
@@ -432,39 +495,51 @@ class JournalEngine(wiring.Component):
                         m.d.sync += hunting.eq(0)
                         with m.If(hdr.length == 0):
                             m.next = "EXEC"
-                        with m.Elif(hdr.type == FT.JNLWR):
+                        with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
                             m.next = "ALLOC"
                         with m.Else():
                             m.next = "BODY"
 
             with m.State("ALLOC"):
-                # docs/protocol.md "Allocation", decided from the header
-                # LENGTH (a body whose DATA_LEN disagrees is NAKed anyway).
-                r = Cat(Const(0, 6), (blen + 63)[6:])
+                # docs/protocol.md "Allocation": a JNLWR's R from the header
+                # LENGTH, before the first body byte (a body whose DATA_LEN
+                # disagrees is NAKed anyway); a JNLDESC's from DATA_LEN, once
+                # the body is in. All in granules of 64 bytes.
+                is_desc = ftype == FT.JNLDESC
+                dlen = ctl.data_len
+                r_wr = (blen + 63)[G:]
+                r_desc = (dlen[:LENGTH_BITS] + 63)[G:] + 1
+                r = Signal(LENGTH_BITS - G + 1)
+                m.d.comb += r.eq(Mux(is_desc, r_desc, r_wr))
+                fits = Mux(is_desc, lt_const(dlen, protocol.MAX_DATA + 1), ge_const(blen, 64))
                 # an empty ring rewinds only when its tail cannot take R
-                rew = empty & (r > SIZE - jiptr)
-                jip = Mux(rew, 0, jiptr)
-                jop = Mux(rew, 0, joptr)
-                free = SIZE - used
-                m.d.sync += [rlen.eq(r), wrap.eq(0), mark_at.eq(jip), alloc_ok.eq(0),
-                             rewind.eq(rew),
-                             alloc_full.eq(0), place.eq(jip),
+                fits_tail = r <= tail
+                rew = empty & ~fits_tail
+                m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
+                             alloc_ok.eq(0), rewind.eq(rew),
+                             alloc_full.eq(0), place.eq(Mux(rew, 0, jiptr)),
                              stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))]
-                with m.If(ge_const(blen, 64) & lt_const(r, SIZE + 1)):
-                    with m.If(r > free):
+                # a ring of the other kind is refused at EXEC (WRONG_MODE)
+                with m.If(fits & (r <= size) & (is_desc == desc)):
+                    with m.If(rew):
+                        m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
+                    with m.Elif(r > free):
                         m.d.sync += alloc_full.eq(1)
-                    with m.Elif(jip >= jop):
-                        with m.If(r <= SIZE - jip):
+                    with m.Elif(jiptr >= joptr):
+                        with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
-                        with m.Elif(r <= jop):
+                        with m.Elif(r <= joptr):
                             m.d.sync += [alloc_ok.eq(1), wrap.eq(1), place.eq(0)]
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
-                    with m.Elif(r <= jop - jip):
+                    with m.Elif(r <= joptr - jiptr):
                         m.d.sync += alloc_ok.eq(1)
                     with m.Else():
                         m.d.sync += alloc_full.eq(1)
-                m.next = "BODY"
+                with m.If(is_desc):
+                    m.next = "EXEC"
+                with m.Else():
+                    m.next = "BODY"
 
             with m.State("BODY"):
                 self._body(m, locals())
@@ -482,22 +557,27 @@ class JournalEngine(wiring.Component):
                             Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32))
                         trailer_done = Const(1)
                     with m.If(trailer_done):
-                        with m.If((ftype == FT.JNLWR) & alloc_ok & (bcnt != rlen)):
-                            m.next = "PAD"
+                        with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
+                                  & (bcnt != rlen)):
+                            m.next = "PAD" if mem else "EXEC"
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
                         with m.Elif(lt_const(blen if W == 1 else bcnt, 32)):
                             m.next = "ALIGN"
+                        with m.Elif(ftype == FT.JNLDESC):
+                            m.next = "ALLOC"
                         with m.Else():
                             m.next = "EXEC"
 
-            with m.State("PAD"):
-                # zero padding up to R (docs/protocol.md "Records"): the ring
-                # image between JOPTR and JIPTR equals the model's
-                m.d.comb += [wr.addr.eq(word_address(place + bcnt, W)), wr.data.eq(0), wr.en.eq(1)]
-                m.d.sync += bcnt.eq(bcnt_next)
-                with m.If(bcnt_next == rlen):
-                    m.next = "EXEC"
+            if mem:   # (states of a data ring)
+                with m.State("PAD"):
+                    # zero padding up to R (docs/protocol.md "Records"): the ring
+                    # image between JOPTR and JIPTR equals the model's
+                    m.d.comb += [wr.addr.eq(word_address(dbytes(place) + bcnt, W)), wr.data.eq(0),
+                                 wr.en.eq(1)]
+                    m.d.sync += bcnt.eq(bcnt_next)
+                    with m.If(bcnt_next == rlen):
+                        m.next = "EXEC"
 
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``
@@ -523,11 +603,9 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         with m.Switch(ftype):
                             with m.Case(FT.JNLWR):
-                                self._exec_jnlwr(m, locals())
+                                self._exec_journal(m, locals(), FT.JNLWR)
                             with m.Case(FT.JNLDESC):
-                                # this gateware's ring is a data ring, which
-                                # takes no descriptors (docs/protocol.md "JNLDESC")
-                                m.d.sync += nak(ST.WRONG_MODE, ftype, tag=ge_const(blen, 64))
+                                self._exec_journal(m, locals(), FT.JNLDESC)
                             with m.Case(FT.ACK, FT.NAK, FT.STATUS_RESP):
                                 m.d.sync += nak(ST.BAD_TYPE, ftype)
                             with m.Case(FT.HELLO):
@@ -552,53 +630,52 @@ class JournalEngine(wiring.Component):
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.RELEASE):
-                                upto = small_rel.upto
-                                with m.If(blen != protocol.Release.SIZE):
-                                    m.d.sync += nak(ST.BAD_REQUEST, ftype)
-                                with m.Elif(x_ge_next):
-                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
-                                with m.Elif(x_lt_tail):
-                                    m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
-                                with m.Else():
-                                    m.d.sync += [rd_cnt.eq(x_from_tail),
-                                                 walk_for_release.eq(1),
-                                                 walk_off.eq(joptr), dl_step.eq(0)]
-                                    m.next = "WALK"
+                                self._exec_release(m, locals())
                             with m.Case(FT.LOAD):
                                 self._exec_load(m, locals())
                             with m.Case(FT.JNLRD):
-                                frm = small_jr.from_seq
                                 avail = Signal(RB)
                                 m.d.comb += avail.eq(x_d[:RB])
                                 count = small_jr.count
                                 count_lt = (count[:RB] < avail)
                                 if RB < len(count):
                                     count_lt &= count[RB:] == 0
-                                with m.If((blen != protocol.JnlRd.SIZE)
-                                          | (small_jr.reserved != 0)):
-                                    m.d.sync += nak(ST.BAD_REQUEST, ftype)
-                                with m.Elif(x_lt_tail | x_gt_next):
-                                    m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
-                                with m.Else():
-                                    n = Mux(count_lt, count[:RB], avail)
-                                    m.d.sync += [rd_left.eq(n), rd_n.eq(n),
-                                                 rd_cnt.eq(x_from_tail),
-                                                 walk_off.eq(joptr),
-                                                 walk_for_release.eq(0), dl_step.eq(0)]
-                                    m.next = "READ_SEEK"
+                                if not mem:
+                                    # no journal data to read (docs/protocol.md "JNLRD")
+                                    m.d.sync += nak(ST.WRONG_MODE, ftype)
+                                else:
+                                    with m.If(desc):
+                                        m.d.sync += nak(ST.WRONG_MODE, ftype)
+                                    with m.Elif((blen != protocol.JnlRd.SIZE)
+                                                | (small_jr.reserved != 0)):
+                                        m.d.sync += nak(ST.BAD_REQUEST, ftype)
+                                    with m.Elif(x_lt_tail | x_gt_next):
+                                        m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
+                                    with m.Else():
+                                        n = Mux(count_lt, count[:RB], avail)
+                                        m.d.sync += [rd_left.eq(n), rd_n.eq(n),
+                                                     rd_cnt.eq(x_from_tail),
+                                                     walk_off.eq(dbytes(joptr)),
+                                                     walk_for_release.eq(0), dl_step.eq(0)]
+                                        m.next = "READ_SEEK"
 
-            with m.State("MARK"):
-                # the WRAP marker: a control data with KIND 0xFF, all else 0
-                kind_at = _CTL["kind"][0]
-                m.d.comb += [
-                    wr.addr.eq(word_address(mark_at, W) + kcnt),
-                    wr.data.eq(Mux(kcnt == kind_at // W,
-                                   int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)),
-                    wr.en.eq(1),
-                ]
-                m.d.sync += kcnt.eq(kcnt + 1)
-                with m.If(kcnt == 64 // W - 1):
-                    m.next = "ANSWER"
+            if mem:   # (states of a data ring)
+                with m.State("MARK"):
+                    # the WRAP marker: a control data with KIND 0xFF, all else 0
+                    kind_at = _CTL["kind"][0]
+                    m.d.comb += [
+                        # at the old JIPTR, WRAP_AT since EXEC
+                        wr.addr.eq(word_address(dbytes(wrap_at), W) + kcnt),
+                        wr.data.eq(Mux(kcnt == kind_at // W,
+                                       int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)),
+                        wr.en.eq(1),
+                    ]
+                    m.d.sync += kcnt.eq(kcnt + 1)
+                    with m.If(kcnt == 64 // W - 1):
+                        m.next = "ANSWER"
+
+            with m.State("RELEASE_AT"):
+                self._release_at(m, locals())
 
             with m.State("LOAD_TIME"):
                 # the LOAD's ACK TIME: the clock the cycle after the load
@@ -654,70 +731,77 @@ class JournalEngine(wiring.Component):
                             m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
-            with m.State("WALK"):
-                with m.If(dl_step != 0):
-                    if W == 1:
-                        m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
-                    else:
-                        m.d.sync += dl.eq(rd.data)     # DATA_LEN is one word
-                m.d.sync += dl_step.eq(dl_step + 1)
-                with m.If(dl_step == 4 // W):
-                    m.d.sync += dl_step.eq(0)
-                    with m.If(walk_for_release):
-                        m.next = "RELEASE_STEP"
-                    with m.Else():
-                        m.next = "READ_STEP"
+            if mem:   # (states of a data ring)
+                with m.State("WALK"):
+                    with m.If(dl_step != 0):
+                        if W == 1:
+                            m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
+                        else:
+                            m.d.sync += dl.eq(rd.data)     # DATA_LEN is one word
+                    m.d.sync += dl_step.eq(dl_step + 1)
+                    with m.If(dl_step == 4 // W):
+                        m.d.sync += dl_step.eq(0)
+                        with m.If(walk_for_release):
+                            m.next = "RELEASE_STEP"
+                        with m.Else():
+                            m.next = "READ_STEP"
 
-            with m.State("RELEASE_STEP"):
-                # docs/protocol.md "RELEASE": free TAIL_SEQ..UPTO in order
-                at_wrap = walk_sum == wrap_at
-                m.d.sync += [
-                    joptr.eq(walk_next), walk_off.eq(walk_next),
-                    used.eq(used - walk_r - Mux(at_wrap, SIZE - wrap_at, 0)),
-                    held.eq(held - 1),
-                    self.full.eq(0),
-                ]
-                with m.If(at_wrap):
-                    m.d.sync += wrap_at.eq(SIZE)
-                with m.If(rd_cnt == 0):
-                    m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
-                    m.next = "ANSWER"
-                with m.Else():
-                    m.d.sync += rd_cnt.eq(rd_cnt - 1)
-                    m.next = "WALK"
-
-            with m.State("READ_SEEK"):
-                with m.If(rd_cnt == 0):
-                    with m.If(rd_left == 0):
-                        m.d.sync += ack(FT.JNLRD, _AckFrom.READ)
+            if mem:   # (states of a data ring)
+                with m.State("RELEASE_STEP"):
+                    # docs/protocol.md "RELEASE": free TAIL_SEQ..UPTO in order
+                    at_wrap = walk_at_wrap
+                    DB = RB - G + 1                # a data ring's sizes in granules
+                    m.d.sync += [
+                        joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
+                        used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
+                        held.eq(held - 1),
+                        self.full.eq(0),
+                    ]
+                    with m.If(at_wrap):
+                        m.d.sync += wrap_at.eq(size)
+                    with m.If(rd_cnt == 0):
+                        m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
                         m.next = "ANSWER"
                     with m.Else():
+                        m.d.sync += rd_cnt.eq(rd_cnt - 1)
                         m.next = "WALK"
-                with m.Else():
-                    m.next = "WALK"
 
-            with m.State("READ_STEP"):
-                # either skip a record below FROM_SEQ or emit it
-                m.d.sync += walk_off.eq(walk_next)
-                with m.If(rd_cnt == 0):
-                    m.d.sync += [ans_type.eq(FT.JNLWR),
-                                 ans_flags.eq(Mux(ge_const(rd_left, 2), int(protocol.FrameFlag.MORE), 0)),
-                                 ans_len.eq(dl[:LENGTH_BITS] + 64), ans_src.eq(Source.RING),
-                                 ans_base.eq(walk_off),
-                                 rd_left.eq(rd_left - 1)]
-                    m.next = "READ_START"
-                with m.Else():
-                    m.d.sync += rd_cnt.eq(rd_cnt - 1)
-                    m.next = "READ_SEEK"
+            if mem:   # (states of a data ring)
+                with m.State("READ_SEEK"):
+                    with m.If(rd_cnt == 0):
+                        with m.If(rd_left == 0):
+                            m.d.sync += ack(FT.JNLRD, _AckFrom.READ)
+                            m.next = "ANSWER"
+                        with m.Else():
+                            m.next = "WALK"
+                    with m.Else():
+                        m.next = "WALK"
 
-            with m.State("READ_START"):
-                # the staged description reaches the responder one cycle late
-                m.d.comb += resp.start.eq(1)
-                m.next = "READ_WAIT"
+            if mem:   # (states of a data ring)
+                with m.State("READ_STEP"):
+                    # either skip a record below FROM_SEQ or emit it
+                    m.d.sync += walk_off.eq(walk_next)
+                    with m.If(rd_cnt == 0):
+                        m.d.sync += [ans_type.eq(FT.JNLWR),
+                                     ans_flags.eq(Mux(ge_const(rd_left, 2), int(protocol.FrameFlag.MORE), 0)),
+                                     ans_len.eq(dl[:LENGTH_BITS] + 64), ans_src.eq(Source.RING),
+                                     ans_base.eq(walk_off),
+                                     rd_left.eq(rd_left - 1)]
+                        m.next = "READ_START"
+                    with m.Else():
+                        m.d.sync += rd_cnt.eq(rd_cnt - 1)
+                        m.next = "READ_SEEK"
 
-            with m.State("READ_WAIT"):
-                with m.If(~resp.busy):
-                    m.next = "READ_SEEK"
+            if mem:   # (states of a data ring)
+                with m.State("READ_START"):
+                    # the staged description reaches the responder one cycle late
+                    m.d.comb += resp.start.eq(1)
+                    m.next = "READ_WAIT"
+
+            if mem:   # (states of a data ring)
+                with m.State("READ_WAIT"):
+                    with m.If(~resp.busy):
+                        m.next = "READ_SEEK"
 
         m.d.comb += [
             resp.echo.eq(ans.seq),
@@ -740,17 +824,24 @@ class JournalEngine(wiring.Component):
         W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
          b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
-         beat) = (v[k] for k in (
+         beat, mem) = (v[k] for k in (
             "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
-            "place", "wr", "alloc_ok", "ftype", "beat"))
+            "place", "wr", "alloc_ok", "ftype", "beat", "mem"))
+        place = Cat(Const(0, G), place)[:self.ring_bits]   # JOFS in bytes (a data ring's)
+        # A LOAD with RING is 40 bytes: bytes 0..31 stay in ``small``,
+        # the SIZE word (32..39) goes to ``stamp_time`` (free until EXEC:
+        # HCHECK holds a frame while a STATUS, which sends it, is out)
+        ld_size_at = (ftype == FT.LOAD) & ~lt_const(bcnt, 32)
+        with m.If(take & b_lt64 & ld_size_at):
+            m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
                                                                "tailbeat"))
             m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
                 m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
-                with m.If(b_lt64):
+                with m.If(b_lt64 & ~ld_size_at):
                     m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
                 # is 80 bytes: every beat is full; any other length is refused)
@@ -767,6 +858,8 @@ class JournalEngine(wiring.Component):
                 with m.If(end_hit):
                     m.d.sync += tailbeat.eq(beat)
                     m.next = "TRAILER"
+            if not mem:
+                return
             # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
             # after the data's end are written as zeros (the record's padding)
             stamped = Signal(8 * W)
@@ -795,7 +888,7 @@ class JournalEngine(wiring.Component):
         m.d.comb += self.rx.ready.eq(1)
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
-            with m.If(b_lt64):
+            with m.If(b_lt64 & ~ld_size_at):
                 m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them
             with m.If(bcnt == 0):
@@ -810,6 +903,8 @@ class JournalEngine(wiring.Component):
                 ]
             with m.If(bcnt_next == blen):
                 m.next = "TRAILER"
+        if not mem:
+            return
         # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC)
         stamped = Signal(8)
         with m.If(lt_const(bcnt, 8)):
@@ -817,7 +912,7 @@ class JournalEngine(wiring.Component):
         with m.Elif(b_lt16):
             m.d.comb += stamped.eq(stamp_time.word_select(bcnt[:3], 8))
         with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
-            m.d.comb += stamped.eq(Cat(place).as_unsigned().word_select(bcnt[:3], 8))
+            m.d.comb += stamped.eq(place.word_select(bcnt[:3], 8))
         with m.Elif(~b_lt60 & b_lt64):
             m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[:2], 8))
         with m.Else():
@@ -832,78 +927,186 @@ class JournalEngine(wiring.Component):
         ]
 
     # -- EXEC branches, split out for reading -------------------------------
-    def _exec_jnlwr(self, m, v):
-        """docs/protocol.md "JNLWR — checks, in this order" and "Allocation"."""
-        blen, ctl, epoch, dcrc, nak = v["blen"], v["ctl"], v["epoch"], v["dcrc"], v["nak"]
-        SIZE = self.ring_size
+    def _exec_journal(self, m, v, req):
+        """docs/protocol.md "JNLWR" and "JNLDESC" — checks, in this order —
+        and "Allocation" (decided in ALLOC; only pointers move here)."""
+        blen, ctl, epoch, dcrc, nak, desc = (v[k] for k in ("blen", "ctl", "epoch", "dcrc",
+                                                             "nak", "desc"))
+        is_desc = req == FT.JNLDESC
         kind = ctl.kind
         dlen = ctl.data_len
         K = protocol.Kind
         kind_ok = ge_const(kind, K.UPDATE) & lt_const(kind, K.MARK + 1)
         rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
-        with m.If(lt_const(blen, 64)):
-            m.d.sync += nak(ST.BAD_LENGTH, FT.JNLWR)
+        body64 = ge_const(blen, 64)
+        if not is_desc and not self.memory:
+            # no data memory: every JNLWR (constant conditions left out:
+            # Yosys writes an empty case of them as invalid Verilog)
+            m.d.sync += nak(ST.WRONG_MODE, req, tag=body64)
+            return
+        mode_check = self.memory or not is_desc
+        if mode_check:
+            with m.If(desc if not is_desc else ~desc):
+                # a data ring takes JNLWR only, a descriptor ring JNLDESC only
+                m.d.sync += nak(ST.WRONG_MODE, req, tag=body64)
+        if is_desc:
+            with (m.Elif if mode_check else m.If)(blen != 64):
+                m.d.sync += nak(ST.BAD_LENGTH, req, tag=body64)
+        else:
+            with m.Elif(~body64):
+                m.d.sync += nak(ST.BAD_LENGTH, req)
         with m.Elif(~kind_ok):
-            m.d.sync += nak(ST.BAD_KIND, FT.JNLWR, tag=True)
-        with m.Elif((dlen != blen - 64) | ~rules_ok):
-            m.d.sync += nak(ST.BAD_LENGTH, FT.JNLWR, tag=True)
+            m.d.sync += nak(ST.BAD_KIND, req, tag=True)
+        with m.Elif(~rules_ok if is_desc else ((dlen != blen - 64) | ~rules_ok)):
+            m.d.sync += nak(ST.BAD_LENGTH, req, tag=True)
         with m.Elif(ctl.epoch != epoch):
-            m.d.sync += nak(ST.STALE_EPOCH, FT.JNLWR, tag=True)
-        with m.Elif(ctl.data_crc != (dcrc ^ CRC_INIT)):
-            m.d.sync += nak(ST.BAD_DCRC, FT.JNLWR, tag=True)
+            m.d.sync += nak(ST.STALE_EPOCH, req, tag=True)
+        # the CRC32C of no data is 0 (a JNLDESC's data is the host's)
+        with m.Elif(((dlen == 0) & (ctl.data_crc != 0)) if is_desc
+                    else (ctl.data_crc != (dcrc ^ CRC_INIT))):
+            m.d.sync += nak(ST.BAD_DCRC, req, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
-            m.d.sync += nak(ST.OVERSIZE, FT.JNLWR, tag=True)
+            m.d.sync += nak(ST.OVERSIZE, req, tag=True)
         with m.Elif(v["alloc_full"] | (v["next_seq"] == (1 << 64) - 1)):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
-            m.d.sync += [nak(ST.FULL, FT.JNLWR, tag=True), self.full.eq(1)]
+            m.d.sync += [nak(ST.FULL, req, tag=True), self.full.eq(1)]
         with m.Else():
-            # commit: the record is already in the ring
-            place, rlen, wrap, mark_at = v["place"], v["rlen"], v["wrap"], v["mark_at"]
-            used, empty = v["used"], v["empty"]
+            # commit: a JNLWR's record is already in the ring
+            place, rlen, wrap, tail = v["place"], v["rlen"], v["wrap"], v["tail"]
+            used, empty, size = v["used"], v["empty"], v["size"]
             base_used = Mux(empty, 0, used)
+            end = place + rlen[G:]
             m.d.sync += [
-                v["jiptr"].eq(place + rlen),
-                v["used"].eq(base_used + rlen + Mux(wrap, SIZE - mark_at, 0)),
+                # exact fit at the end: JIPTR wraps to 0
+                v["jiptr"].eq(Mux(end == size, 0, end)),
+                # a tail skip holds SIZE - JIPTR too (JIPTR is still the old one)
+                used.eq(base_used + rlen[G:] + Mux(wrap, tail, 0)),
                 v["last_time"].eq(v["stamp_time"]),
                 v["acks"].eq(v["acks"] + 1),
                 self.full.eq(0),
-                v["ack"](FT.JNLWR, _AckFrom.WRITE, tag=True),
+                v["ack"](req, _AckFrom.WRITE, tag=True),
             ]
             with m.If(v["rewind"]):
-                m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(SIZE)]
+                m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(size)]
             with m.If(wrap):
-                m.d.sync += v["wrap_at"].eq(mark_at)
-                m.next = "MARK"
+                m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
+                if not is_desc and self.memory:
+                    m.next = "MARK"           # a data ring's WRAP marker
+
+    def _exec_release(self, m, v):
+        """docs/protocol.md "RELEASE": a data ring walks its records from
+        JOPTR (WALK, RELEASE_STEP); a descriptor ring takes JOPTR from the
+        request and checks it against the pointers."""
+        blen, nak, ack, desc, small, ftype = (v[k] for k in ("blen", "nak", "ack", "desc",
+                                                              "small", "ftype"))
+        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
+                                                            "held"))
+        SG = len(size)
+        rel = layouts.ReleaseAt(small[:128])
+        with m.If(blen != Mux(desc, protocol.Release.AT_SIZE, protocol.Release.SIZE)):
+            m.d.sync += nak(ST.BAD_REQUEST, ftype)
+        with m.Elif(v["x_ge_next"]):
+            m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
+        with m.Elif(v["x_lt_tail"]):
+            m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
+        with (m.Elif(desc) if self.memory else m.Else()):
+            # the JOPTR checks in a cycle of their own (RELEASE_AT): three
+            # 35-bit carry chains after the 65-bit FROM/UPTO one were the
+            # UP5K's critical path
+            m.next = "RELEASE_AT"
+        if self.memory:
+            with m.Else():
+                m.d.sync += [v["rd_cnt"].eq(v["x_from_tail"]),
+                             v["walk_for_release"].eq(1),
+                             v["walk_off"].eq(v["dbytes"](joptr)), v["dl_step"].eq(0)]
+                m.next = "WALK"
+
+    def _release_at(self, m, v):
+        """RELEASE_AT: a descriptor ring's RELEASE, UPTO in TAIL_SEQ..NEXT_SEQ-1
+        (EXEC checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
+        SIZE when 0: the bytes released (granules), a skipped tail included."""
+        nak, ack, small, ftype = (v[k] for k in ("nak", "ack", "small", "ftype"))
+        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
+                                                            "held"))
+        SG = len(size)
+        p = layouts.ReleaseAt(small[:128]).joptr
+        pg = p[G:G + SG]
+        p_big = p[G + SG - 1:].any()           # P >= 2**40: past any SIZE
+        diff = Signal(SG + 1)
+        m.d.comb += diff.eq(pg - joptr)
+        past_end = diff[SG] | (diff[:SG] == 0)          # P <= JOPTR
+        d = Signal(SG)
+        m.d.comb += d.eq(diff[:SG] + Mux(past_end, size, 0))
+        # HELD after: NEXT_SEQ - UPTO - 1 = NEXT_SEQ + ~UPTO (one adder); 0
+        # exactly when UPTO is the last journal
+        held_after = Signal(64)
+        m.d.comb += held_after.eq(v["next_seq"] + ~v["x_seq"])
+        last = held_after == 0
+        # USED - D with its borrow: D > USED borrows, D == USED leaves 0
+        left = Signal(SG + 1)
+        m.d.comb += left.eq(used - d)
+        bad = ((p[:G] != 0) | p_big
+               | (pg >= wrap_at)             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
+               | left[SG] | ((left == 0) != last))
+        with m.If(bad):
+            m.d.sync += nak(ST.BAD_REQUEST, ftype)
+        with m.Else():
+            m.d.sync += [used.eq(left[:SG]), joptr.eq(pg),
+                         held.eq(held_after[:SG]),          # TAIL_SEQ = UPTO + 1
+                         self.full.eq(0),
+                         ack(FT.RELEASE, _AckFrom.RELEASE)]
+            with m.If(past_end):
+                m.d.sync += wrap_at.eq(size)
+        m.next = "ANSWER"
 
     def _exec_load(self, m, v):
         """docs/protocol.md "LOAD"."""
         L = protocol.LoadFlag
         ld, blen, nak, ack = v["small_ld"], v["blen"], v["nak"], v["ack"]
         fl = ld.flags
-        SIZE = self.ring_size
+        size = v["size"]
+        SG = len(size)
         seq, ts = v["seq"], v["ts"]
+        ring = (fl & L.RING).any()
+        # the SIZE word of a LOAD RING (body bytes 32..39, see _body)
+        ld_size = v["stamp_time"]
+        size_bad = ((ld_size[:G] != 0) | lt_const(ld_size, 128)
+                    | ge_const(ld_size, protocol.MAX_RING + 1))
+        new_size = Mux(ring, ld_size[G:G + SG], size)
         empty_after = (fl & L.CLEAR).any() | (v["held"] == 0)
-        with m.If((blen != protocol.Load.SIZE) | (fl & ~_LOAD_FLAGS).any()):
+        with m.If((blen != Mux(ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))
+                  | (fl & ~_LOAD_FLAGS).any()):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
         with m.Elif((fl & L.SEQ).any() & (ld.seq == 0)):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((fl & L.PTR).any() & ((ld.ptr[:6] != 0) | ge_const(ld.ptr, SIZE))):
+        with m.Elif((ring & size_bad) | ((fl & L.DESC).any() & ~ring)):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((fl & (L.SEQ | L.PTR)).any() & ~empty_after):
+        with m.Elif((fl & L.PTR).any() & ((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
+                                          | (ld.ptr[G:G + SG] >= new_size))):
+            m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
+        with m.Elif(ring & ~(fl & L.DESC).any() & ge_const(ld_size, self.memory + 1)):
+            # a data ring larger than the data memory (all of them without one)
+            m.d.sync += nak(ST.WRONG_MODE, FT.LOAD)
+        with m.Elif((fl & (L.SEQ | L.PTR | L.RING)).any() & ~empty_after):
             m.d.sync += nak(ST.NOT_EMPTY, FT.LOAD)
         with m.Else():
             # the ACK (SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR) is read
             # from the state after the load, in ANSWER
-            with m.If((fl & L.CLEAR).any()):
+            with m.If((fl & (L.CLEAR | L.RING)).any()):
+                # RING: the ring is empty already (checked above)
                 m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
-                             v["wrap_at"].eq(SIZE), v["held"].eq(0)]
+                             v["wrap_at"].eq(new_size), v["held"].eq(0)]
+            with m.If(ring):
+                m.d.sync += size.eq(new_size)
+                if self.memory:
+                    m.d.sync += v["desc"].eq((fl & L.DESC).any())
             with m.If((fl & L.SEQ).any()):
                 m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
                 # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked above)
             with m.If((fl & L.PTR).any()):
-                m.d.sync += [v["jiptr"].eq(ld.ptr), v["joptr"].eq(ld.ptr),
-                             v["wrap_at"].eq(SIZE)]
+                m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
+                             v["wrap_at"].eq(new_size)]
             with m.If((fl & L.TIME).any()):
                 m.d.comb += [ts.load.eq(1), ts.load_value.eq(ld.time),
                              ts.freeze.eq((fl & L.FREEZE).any())]

@@ -67,13 +67,16 @@ class Responder(wiring.Component):
         log2 of the bytes per beat).
     """
 
-    def __init__(self, ring_bits: int, data_width: int = 8):
+    def __init__(self, ring_bits: int, data_width: int = 8, *, held_bits: int = 32,
+                 ring: bool = True):
         if not isinstance(ring_bits, int) or ring_bits < 7:
             raise ValueError(f"ring_bits must be an integer >= 7, not {ring_bits!r}")
         if data_width not in (8, 32):
             raise ValueError(f"data_width must be 8 or 32, not {data_width!r}")
         self.ring_bits = ring_bits
         self.data_width = data_width
+        self.held_bits = held_bits
+        self.has_ring = ring
         self.W = W = data_width // 8
         self.LW = LW = W.bit_length() - 1
         super().__init__({
@@ -89,6 +92,7 @@ class Responder(wiring.Component):
             # STATUS TAIL_SEQ and HELLO LAST_SEQ carry NEXT_SEQ: the
             # responder sends NEXT_SEQ - HELD and NEXT_SEQ - 1
             "hello": In(layouts.Hello),
+            "held": In(held_bits),    # HELD, for TAIL_SEQ = NEXT_SEQ - HELD
             "echo": In(64),           # unused: a HEARTBEAT token is sent from ``ack``
             # added to the Ack's SEQ as it is sent (JNLRD: n - 1), held while busy
             "ack_add": In(signed(ring_bits + 1)),
@@ -148,6 +152,8 @@ class Responder(wiring.Component):
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
+        if not self.has_ring:                  # an engine without data memory: no read-out
+            ccrc_pos = Const(0)
         # Answers from registers (ACK, STATUS, HELLO, ECHO) are read as one
         # 64-bit word mux on (source, idx[3:7]) and then one 8-way byte mux:
         # most words are narrow or constant, so this is far smaller than a
@@ -176,7 +182,7 @@ class Responder(wiring.Component):
         with m.If(hello_seq):
             m.d.comb += add_byte.eq((1 << 8 * W) - 1)
         with m.Elif(tail_seq):
-            m.d.comb += add_byte.eq(~Cat(self.status.held, Const(0, 32)).word_select(lane_sel, 8 * W))
+            m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(lane_sel, 8 * W))
         with m.Elif(ack_seq):
             sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
             m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
@@ -199,7 +205,7 @@ class Responder(wiring.Component):
                 m.d.comb += beat.eq(Mux(idx_lt12, head.word_select(idx[LW:4], 8 * W),
                                         crc_out(crc)))
             with m.Case(_Phase.BODY):
-                with m.If(source == Source.RING):
+                with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
                     m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), self.rd_data))
                 with m.Elif(sub_seq):
                     m.d.comb += body.eq(diff[:8 * W])

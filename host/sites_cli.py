@@ -404,8 +404,8 @@ def register(subparsers) -> None:
                            help="pyserial URL of a board/port engine (/dev/ttyUSB0, socket://h:p)")
             p.add_argument("--engine-mode", default=None, choices=["descriptor", "data"],
                            help="descriptor: the engine gets control data only and the relay "
-                                "stores the data (default for --engine model); data: the "
-                                "engine keeps every journal too (default for sim/board/port)")
+                                "stores the data (the default); data: the engine keeps every "
+                                "journal too (its ring must be the journal size)")
         p.set_defaults(func=_run, command=name)
 
 

@@ -35,9 +35,9 @@ class SimHarness:
 
     def __init__(self, ring_size: int, *, clk_hz: int = DEFAULT_CLK_HZ,
                  reset_on_connect: bool = False, max_lead_ms: float = 10.0,
-                 start_timeout: float = 10.0):
+                 start_timeout: float = 10.0, memory: int | None = None):
         try:
-            exe = harness_path(ring_size, clk_hz)
+            exe = harness_path(ring_size, clk_hz, memory=memory)
         except SimBuildError as exc:
             raise EngineError(f"sim backend: {exc}") from exc
         self.ring_size = ring_size
@@ -110,8 +110,11 @@ class SimEngine(PortEngine):
             self.harness.stop()
 
 
-def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.0) -> SimEngine:
+def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.0,
+                    memory: int | None = None) -> SimEngine:
     """Build (if needed) and start a harness with a ring of ``size`` bytes; connect to it.
+    ``memory=0``: the gateware without data memory, descriptor rings only (``size``
+    then any multiple of 64; one build per size, as for data rings).
 
     ``clk_hz`` defaults to ``$TRICOPY_SIM_CLK_HZ`` or :data:`DEFAULT_CLK_HZ`.
     """
@@ -121,7 +124,7 @@ def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.
             clk_hz = int(env) if env else DEFAULT_CLK_HZ
         except ValueError:
             raise EngineError(f"TRICOPY_SIM_CLK_HZ must be an integer, not {env!r}") from None
-    harness = SimHarness(size, clk_hz=clk_hz)
+    harness = SimHarness(size, clk_hz=clk_hz, memory=memory)
     try:
         return SimEngine(harness, timeout=timeout)
     except BaseException:

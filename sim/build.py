@@ -69,18 +69,25 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-def _check(ring_size: int, clk_hz: int) -> None:
-    if not isinstance(ring_size, int) or ring_size < 128 or ring_size & (ring_size - 1):
+def _check(ring_size: int, clk_hz: int, memory: int | None = None) -> None:
+    from tricopy.host.wire.protocol import ring_size_ok
+    if memory not in (None, 0):
+        raise SimBuildError(f"sim memory must be None (the ring size) or 0 (none), not {memory!r}")
+    if memory == 0:
+        if not isinstance(ring_size, int) or not ring_size_ok(ring_size):
+            raise SimBuildError(f"sim descriptor ring size must be a multiple of 64 from 128 "
+                                f"to 2**40, not {ring_size!r}")
+    elif not isinstance(ring_size, int) or ring_size < 128 or ring_size & (ring_size - 1):
         raise SimBuildError(f"sim ring size must be a power of two >= 128 "
-                            f"(the gateware's rule), not {ring_size!r}")
+                            f"(the gateware's rule for a data ring), not {ring_size!r}")
     if not isinstance(clk_hz, int) or clk_hz <= 0:
         raise SimBuildError(f"sim clk_hz must be a positive integer, not {clk_hz!r}")
 
 
-def _source_key(ring_size: int, clk_hz: int) -> str:
+def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
     """Hash of everything the Verilog depends on, cheap to compute."""
     import amaranth
-    h = hashlib.sha256(f"{ring_size} {clk_hz} {amaranth.__version__} {_MAKEFLAGS} "
+    h = hashlib.sha256(f"{ring_size} {clk_hz} {memory} {amaranth.__version__} {_MAKEFLAGS} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
     for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py", HARNESS_CPP]:
@@ -88,12 +95,13 @@ def _source_key(ring_size: int, clk_hz: int) -> str:
     return h.hexdigest()[:20]
 
 
-def generate_verilog(ring_size: int, clk_hz: int) -> str:
-    """Verilog of ``JournalEngine(8, ring_size, clk_hz, site="sim")``, top module ``engine``."""
+def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
+    """Verilog of ``JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory)``, top
+    module ``engine``."""
     os.environ["AMARANTH_USE_YOSYS"] = "builtin"
     from amaranth.back import verilog
     from tricopy.hdl.engine import JournalEngine
-    text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim"),
+    text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                            name="engine", emit_src=False)
     return _ZERO_INIT.sub(r"\1", text)
 
@@ -119,17 +127,20 @@ def _locked(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def harness_path(ring_size: int, clk_hz: int = DEFAULT_CLK_HZ, *, log=None) -> Path:
-    """The ``tricopy-sim`` executable for this ring size and clock; built if needed."""
-    _check(ring_size, clk_hz)
+def harness_path(ring_size: int, clk_hz: int = DEFAULT_CLK_HZ, *, log=None,
+                 memory: int | None = None) -> Path:
+    """The ``tricopy-sim`` executable for this ring size and clock; built if needed.
+    ``memory=0``: the engine without data memory (descriptor rings only; its
+    reset ring a descriptor ring of ``ring_size`` bytes, any multiple of 64)."""
+    _check(ring_size, clk_hz, memory)
     root = build_root()
-    index = root / f"src-{_source_key(ring_size, clk_hz)}"
+    index = root / f"src-{_source_key(ring_size, clk_hz, memory)}"
     with _locked(root):
         if index.exists():
             exe = root / index.read_text().strip() / EXE_NAME
             if exe.exists():
                 return exe
-        text = generate_verilog(ring_size, clk_hz)
+        text = generate_verilog(ring_size, clk_hz, memory)
         key = _build_key(text, clk_hz)
         out = root / key
         exe = out / EXE_NAME
@@ -169,9 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="build (or find) the sim harness")
     p.add_argument("--size", type=int, required=True, help="ring bytes, a power of two >= 128")
     p.add_argument("--clk-hz", type=int, default=DEFAULT_CLK_HZ)
+    p.add_argument("--no-memory", action="store_true",
+                   help="the engine without data memory: descriptor rings only (any --size, "
+                        "a multiple of 64)")
     args = p.parse_args(argv)
     try:
-        print(harness_path(args.size, args.clk_hz, log=lambda m: print(m, file=sys.stderr)))
+        print(harness_path(args.size, args.clk_hz, log=lambda m: print(m, file=sys.stderr),
+                           memory=0 if args.no_memory else None))
     except SimBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,8 +8,10 @@ Three checks of ``sim/`` (docs/sim.md):
 - three sites with the relay on ``--engine sim``: a workload drains to
   SVOLs equal to the PVOLs.
 
-Two harness builds (ring 256 for the vectors and the script, 256 KiB for the
-relay), cached under build/sim/: the first run costs about a minute more.
+Five harness builds (ring 256 for the vectors and the script; without data
+memory, 512 for its vectors and a descriptor script; 256 KiB for the relay,
+with and without data memory), cached under build/sim/: the first run costs
+a few minutes more.
 """
 
 from __future__ import annotations
@@ -55,15 +57,19 @@ def _recv_exactly(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
     return bytes(data)
 
 
-def test_vectors_over_tcp():
-    # Not the scenarios that need LOAD RING or no data memory: the gateware
-    # has neither yet (docs/hardware.md, "Known gaps").
+@pytest.mark.parametrize("size, memory", [(VECTOR_SIZE, None), (512, 0)],
+                         ids=["data-256", "no-memory-512"])
+def test_vectors_over_tcp(size, memory):
+    # Every scenario of the build's reset size and data memory (the
+    # descriptor ones and LOAD RING included): 256 with data memory, and
+    # the build without data memory (descriptor rings only) at 512.
     scenarios = {name: sc for name, sc in json.loads(VECTORS.read_text())["scenarios"].items()
-                 if sc["size"] == VECTOR_SIZE and not sc.get("needs")}
-    assert len(scenarios) >= 20
+                 if sc["size"] == size and sc.get("memory", size) == (size if memory is None
+                                                                        else memory)}
+    assert len(scenarios) >= (20 if memory is None else 1)
     steps = 0
     # reset_on_connect: a fresh engine per connection, one connection per scenario
-    with SimHarness(VECTOR_SIZE, reset_on_connect=True) as sim:
+    with SimHarness(size, reset_on_connect=True, memory=memory) as sim:
         for name, sc in scenarios.items():
             with socket.create_connection(("127.0.0.1", sim.port)) as sock:
                 for i, step in enumerate(sc["steps"]):
@@ -76,7 +82,7 @@ def test_vectors_over_tcp():
                     steps += 1
                 # sink is empty: nothing beyond what the model answered
                 assert _recv_exactly(sock, 1, timeout=0.05) == b"", f"{name}: extra bytes"
-    assert steps > 100
+    assert steps > (100 if memory is None else 5)
 
 
 # -- the same script through the model and the RTL --------------------------------
@@ -139,20 +145,79 @@ def test_model_and_sim_answer_alike():
     assert {P.Status.OK, P.Status.FULL, P.Status.STALE_EPOCH} <= statuses, statuses
 
 
+async def _desc_script(engine, seed: int, ops: int) -> list:
+    """Random descriptor-ring requests (LOAD RING|DESC, JNLDESC, RELEASE with
+    the JOPTR of the next journal), driven by the engine's own answers."""
+    rng = random.Random(seed)
+    log = [await engine.load(LF.TIME | LF.FREEZE, time=T0)]
+    jofs: dict[int, int] = {}
+    for _ in range(ops):
+        x = rng.random()
+        if x < 0.05 or len(log) == 1:
+            size = rng.choice([256, 320, 1024, 4096, 1 << 40])
+            ptr = max(0, size - 64 * rng.randrange(1, 8))
+            log.append(await engine.load(LF.CLEAR | LF.RING | LF.DESC | LF.PTR, ptr=ptr,
+                                         size=size))
+        elif x < 0.6:
+            n = rng.choice([0, 1, 64, 65, rng.randrange(400)])
+            ctl = P.Control(length=n, data_len=n, data_crc=rng.getrandbits(32) if n else 0,
+                            tag=rng.getrandbits(32), kind=P.Kind.UPDATE)
+            ack = await engine.place(ctl)
+            if ack.status == P.Status.OK:
+                jofs[ack.seq] = ack.jofs
+            log.append(ack)
+        elif x < 0.85:
+            st = await engine.status()
+            log.append(st)
+            if st.next_seq > st.tail_seq:
+                upto = rng.randint(st.tail_seq, st.next_seq - 1)
+                joptr = jofs[upto + 1] if upto + 1 < st.next_seq else st.jiptr
+                log.append(await engine.release(upto, joptr))
+        else:
+            log.append(await engine.status())
+    log.append(await engine.status())
+    return log
+
+
+def test_model_and_sim_answer_alike_descriptor():
+    """The same descriptor script through the model without data memory and the
+    sim built without one (docs/sim.md): the same answers."""
+    async def run():
+        model = ModelEngine(EngineModel(512, name="model", memory=0))
+        sim = open_engine("sim", size=512, memory=0)
+        try:
+            want = await _desc_script(model, seed=11, ops=300)
+            got = await _desc_script(sim, seed=11, ops=300)
+        finally:
+            await sim.close()
+        return want, got
+
+    want, got = asyncio.run(run())
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"answer {i}: sim {g} != model {w}"
+    statuses = {a.status for a in want if isinstance(a, P.Ack)}
+    assert {P.Status.OK, P.Status.FULL} <= statuses, statuses
+
+
 def test_sim_rejects_a_ring_the_gateware_cannot_have():
     with pytest.raises(SimBuildError, match="power of two"):
         harness_path(3 * 64)
     with pytest.raises(EngineError, match="1000"):     # the relay's path, before any build
         open_engine("sim", size=1000)
+    with pytest.raises(EngineError, match="1000"):     # a descriptor ring: a multiple of 64
+        open_engine("sim", size=1000, memory=0)
 
 
 # -- three sites, the relay on the RTL -----------------------------------------------
 
-def test_relay_on_sim_engine(tmp_path):
+@pytest.mark.parametrize("mode", [None, "data"], ids=["descriptor-default", "data"])
+def test_relay_on_sim_engine(tmp_path, mode):
     from e2e.cluster import Cluster, Workload        # tests/ is on sys.path (rootdir-less)
     from tricopy.host.rcm import control
-    harness_path(E2E_RING)            # build before the relay's 20 s start-up deadline
-    cluster = Cluster(tmp_path, journal_size=E2E_RING, engine="sim")
+    # build before the relay's 20 s start-up deadline
+    harness_path(E2E_RING, memory=0 if mode is None else None)
+    cluster = Cluster(tmp_path, journal_size=E2E_RING, engine="sim", engine_mode=mode)
     try:
         cluster.start_all()
         work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=5)
@@ -164,7 +229,8 @@ def test_relay_on_sim_engine(tmp_path):
             pvol = cluster.volume_bytes("primary", idx)
             assert pvol == bytes(work.model[idx])
             assert cluster.volume_bytes("secondary", idx) == pvol, f"SVOL {idx} != PVOL {idx}"
-        assert control.call(cluster.control_addr("relay"), "status")["engine"] == "sim"
+        st = control.call(cluster.control_addr("relay"), "status")
+        assert (st["engine"], st["engine_mode"]) == ("sim", mode or "descriptor")
         # kill -9 the relay: its harness must notice (stdin EOF) and exit
         harnesses = _children(cluster.procs["relay"].pid, "tricopy-sim")
         assert len(harnesses) == 1, harnesses

@@ -236,6 +236,6 @@ def open_engine(kind: str, *, size: int, url: str | None = None,
         except ImportError as exc:
             raise EngineError(f"sim backend needs the hdl extras (pip install -e '.[dev]'): "
                               f"{exc}") from exc
-        return open_sim_engine(size)
+        return open_sim_engine(size, memory=memory)
     raise ValueError(f"engine kind must be one of {', '.join(ENGINE_KINDS)}, not {kind!r}")
 

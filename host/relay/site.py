@@ -20,6 +20,7 @@ the store, or, when the store is empty, the value saved in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -129,6 +130,13 @@ class RelayGroup:
         self.fulls = 0
         self.dups = 0
         self._ingest = asyncio.Lock()
+        # Descriptor ring: a JNLDESC and the store's append of its record are
+        # one step for a RELEASE, which reads the next JOFS from the store.
+        # Without it, on an engine slower than the in-process model (sim,
+        # board), a release computed before a journal's append reached the
+        # engine after it: a JOPTR at the old JIPTR, in the tail that
+        # journal's wrap had just skipped (BAD_REQUEST, group suspended).
+        self._placing = asyncio.Lock()
         self._commit = GroupCommitter(self.store)    # one fsync shared by many journals
         # Releases are persisted lazily (release_persister); when the store is
         # about to persist an empty ring, the TAG of the last journal released
@@ -319,31 +327,32 @@ class RelayGroup:
             return None, nak(Status.SUSPENDED, FrameType.JNLWR, tag=ctl.tag)
         if ctl.group != self.cfg.grnum:
             return None, nak(Status.WRONG_GROUP, FrameType.JNLWR, tag=ctl.tag)
-        try:
-            if self.descriptor:
-                # The engine never sees the data: check here what it would
-                # (a journal the store would refuse must not be allocated).
-                if ctl.data_len != len(data):
-                    return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
-                if protocol.crc32c(data) != ctl.data_crc:
-                    return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
-                # the primary sent a JNLWR: it gets the answer to one
-                a = await self.engine.place(ctl)
-                ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
-            else:
-                ack = await self.engine.submit(ctl, data)
-        except EngineError as exc:
-            raise self._fault(f"engine failed: {exc}") from None
-        if ack.status != Status.OK:
-            if ack.status == Status.FULL:
-                self.fulls += 1
-            return None, ack.frame()
-        stamped = _stamp(ctl, ack)
-        try:
-            self.store.append(stamped, data)
-        except StoreError as exc:
-            raise self._fault(f"journal volume refused seq {ack.seq} at JOFS {ack.jofs}: "
-                              f"{exc}") from None
+        async with (self._placing if self.descriptor else contextlib.nullcontext()):
+            try:
+                if self.descriptor:
+                    # The engine never sees the data: check here what it would
+                    # (a journal the store would refuse must not be allocated).
+                    if ctl.data_len != len(data):
+                        return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
+                    if protocol.crc32c(data) != ctl.data_crc:
+                        return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
+                    # the primary sent a JNLWR: it gets the answer to one
+                    a = await self.engine.place(ctl)
+                    ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
+                else:
+                    ack = await self.engine.submit(ctl, data)
+            except EngineError as exc:
+                raise self._fault(f"engine failed: {exc}") from None
+            if ack.status != Status.OK:
+                if ack.status == Status.FULL:
+                    self.fulls += 1
+                return None, ack.frame()
+            stamped = _stamp(ctl, ack)
+            try:
+                self.store.append(stamped, data)
+            except StoreError as exc:
+                raise self._fault(f"journal volume refused seq {ack.seq} at JOFS {ack.jofs}: "
+                                  f"{exc}") from None
         self.gate.taken(ctl.tag)
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
@@ -535,12 +544,14 @@ class RelayGroup:
             return
         if self.descriptor:
             # The store holds the records: it releases first and tells the
-            # engine where JOPTR goes (the engine has no records to walk).
-            try:
-                joptr = s.release(upto, persist=False)
-            except StoreError as exc:
-                raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
-            ack = await self.engine.release(upto, joptr)
+            # engine where JOPTR goes (the engine has no records to walk);
+            # no journal is placed in between (``_placing``).
+            async with self._placing:
+                try:
+                    joptr = s.release(upto, persist=False)
+                except StoreError as exc:
+                    raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
+                ack = await self.engine.release(upto, joptr)
             if ack.status != Status.OK:
                 raise self._fault(f"engine refused RELEASE {upto} JOPTR {joptr}: "
                                   f"{Status(ack.status).name}")
@@ -626,10 +637,11 @@ class Relay:
         self.cfg = cfg
         self.engine_kind = engine_kind
         self.engine_url = engine_url
-        # Descriptor rings by default where the backend has them (the model;
-        # the gateware does not yet: docs/hardware.md, "Known gaps").
+        # Descriptor rings by default on every backend: the model and the
+        # sim without data memory, the gateware has them too (the iCEBreaker
+        # bitstream has nothing else: docs/hardware.md, "Descriptor rings").
         if engine_mode is None:
-            engine_mode = "descriptor" if engine_kind == "model" else "data"
+            engine_mode = "descriptor"
         if engine_mode not in ENGINE_MODES:
             raise ValueError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, "
                              f"not {engine_mode!r}")

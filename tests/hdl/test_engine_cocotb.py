@@ -35,8 +35,8 @@ from tricopy.host.wire.protocol import Frame, FrameType as T, LoadFlag as LF
 T0 = 1_700_000_000_000_000_000
 VECTORS = Path(__file__).resolve().parents[2] / "host" / "wire" / "vectors" / "engine.json"
 # What the gateware has of the scenarios' "needs" (docs/protocol.md, "Engine
-# test vectors"): nothing yet, LOAD RING and descriptor rings are a known gap.
-RTL_FEATURES: set[str] = set()
+# test vectors"): LOAD RING (both kinds) and a build without data memory.
+RTL_FEATURES: set[str] = {"ring_load", "no_memory"}
 
 
 # -- testbench ----------------------------------------------------------------
@@ -47,6 +47,8 @@ class TB:
     def __init__(self, dut, size: int):
         self.dut = dut
         self.size = size
+        # the build's data memory: MEMORY=0 is an engine without one
+        self.memory = int(os.environ.get("MEMORY", size))
         self.W = int(os.environ.get("DATA_WIDTH", "8")) // 8     # bytes per beat
         self.rx_queue: deque[int] = deque()
         self.out = bytearray()           # RTL answers not yet checked
@@ -59,6 +61,7 @@ class TB:
         self.coverage: dict[str, int] = {}
         self.last_rx = 0            # cycle of the last request byte taken
         self.first_tx = None        # cycle of the first answer byte offered since reset to None
+        self.jofs: dict[int, int] = {}  # SEQ# -> JOFS of every JNLDESC ACKed (RELEASE JOPTR)
         self.set_patterns([1], [1])
         self.new_model()
         dut.rx__valid.value = 0
@@ -72,7 +75,7 @@ class TB:
         self.bp = itertools.cycle(backpressure)
 
     def new_model(self):
-        self.model = EngineModel(self.size, clock=lambda: 0, name="sim")
+        self.model = EngineModel(self.size, clock=lambda: 0, name="sim", memory=self.memory)
         self.stream = EngineStream(self.model, beat=self.W)
 
     async def reset(self):
@@ -129,20 +132,34 @@ class TB:
     def queue(self, data: bytes, expected: bytes | None = None):
         """Send ``data`` to both; the RTL must answer ``expected`` (default: the model's).
         On a wide link ``data`` is padded to a whole beat: both see the padding."""
-        had_wrap = self.model.wrap_at != self.size
+        m = self.model
+        had_wrap = m.wrap_at != m.size
+        tail0 = m.tail_seq
         data += bytes(-len(data) % self.W)
         answer = self.stream.feed(data)
+        cov = self.coverage
+
+        def count(key):
+            cov[key] = cov.get(key, 0) + 1
         for f in P.FrameParser().feed(unpad(answer, self.W)):
             if f.type in (T.ACK, T.NAK):
                 ack = P.Ack.unpack(f.body)
-                key = P.Status(ack.status).name
-                self.coverage[key] = self.coverage.get(key, 0) + 1
-                if ack.req_type == T.JNLWR and ack.status == P.Status.OK:
-                    self.coverage["accepted"] = self.coverage.get("accepted", 0) + 1
-                    if self.model.jiptr == 0 and ack.jofs and self.model.wrap_at == self.size:
-                        self.coverage["exact_fit"] = self.coverage.get("exact_fit", 0) + 1
-        if not had_wrap and self.model.wrap_at != self.size:
-            self.coverage["wrap"] = self.coverage.get("wrap", 0) + 1
+                count(P.Status(ack.status).name)
+                if ack.status != P.Status.OK:
+                    continue
+                if ack.req_type in (T.JNLWR, T.JNLDESC):
+                    count("accepted")
+                    if ack.req_type == T.JNLDESC:
+                        count("desc_accepted")
+                        self.jofs[ack.seq] = ack.jofs
+                    if m.jiptr == 0 and ack.jofs and m.wrap_at == m.size:
+                        count("exact_fit")
+                elif ack.req_type == T.RELEASE and m.descriptor and m.tail_seq > tail0:
+                    count("release_at")
+                elif ack.req_type == T.LOAD and len(f.body) and data[8:12] == (40).to_bytes(4, "little"):
+                    count("ring_load")
+        if not had_wrap and m.wrap_at != m.size:
+            count("wrap")
         self.expected += answer if expected is None else expected
         self.rx_queue.extend(self.beats(data))
         self.journals += _count_jnlwr(data)
@@ -229,7 +246,7 @@ class Stimulus:
         kind = rng.choice([1, 1, 1, 2, 3, 4, 5])
         if kind in (1, 2):
             n = rng.randrange(self.max_data + 1) if data_len is None else data_len
-            if rng.random() < 0.01:
+            if data_len is None and rng.random() < 0.01:
                 n = m.size - 64 + rng.choice([-63, 0, 1])       # around the largest record
             data = rng.randbytes(n)
             length = n
@@ -299,6 +316,129 @@ class Stimulus:
         return rng.randbytes(rng.randrange(1, 40))           # line noise
 
 
+class DescStimulus(Stimulus):
+    """Descriptor rings (docs/protocol.md, "Two kinds of ring"): LOAD RING at
+    run time (descriptor rings of any size up to 2**40, placed near the end
+    with PTR; data rings of sizes up to the data memory, not only powers of
+    two), JNLDESC with every check, RELEASE with a JOPTR (the host's: the
+    JOFS of journal UPTO + 1, or JIPTR; sometimes a wrong one), and the
+    requests a descriptor ring refuses (JNLWR, JNLRD, the 8-byte RELEASE).
+    On a data ring the requests are those of ``Stimulus``."""
+
+    def __init__(self, rng, model_of, max_data, jofs: dict[int, int]):
+        super().__init__(rng, model_of, max_data)
+        self.jofs = jofs
+
+    def load_ring(self) -> bytes:
+        rng, m = self.rng, self.model_of()
+        desc = rng.random() < 0.8          # a data ring without data memory: WRONG_MODE
+        flags = LF.RING | (LF.DESC if desc else 0) | rng.choice([LF.CLEAR] * 4 + [0])
+        if desc:
+            size = rng.choice([128, 192, 256, 320, 512, 1024, 1088, 2048, 4096,
+                               64 * rng.randrange(2, 128), 1 << 40, 1 << 40])
+        else:
+            size = rng.choice([128, 192, 320, 512, 960, 1024, 64 * rng.randrange(2, 17)])
+            if rng.random() < 0.1:
+                size = m.memory + 64                          # WRONG_MODE
+        ptr = 0
+        if rng.random() < 0.5 or size == 1 << 40:
+            # near the end, so that a record fits exactly or skips the tail
+            flags |= LF.PTR
+            ptr = max(0, size - 64 * rng.randrange(1, 40))
+        if rng.random() < 0.05:
+            size = rng.choice([size + 1, 64, 1 << 41])        # BAD_REQUEST
+        if rng.random() < 0.2:
+            flags |= LF.SEQ
+        return P.Load(flags, seq=rng.randrange(1, 1 << 64), epoch=m.epoch, ptr=ptr,
+                      size=size).frame().serialize()
+
+    def desc(self, bad=None) -> bytes:
+        rng, m = self.rng, self.model_of()
+        self.tag += 1
+        kind = rng.choice([1, 1, 1, 2, 3, 4, 5])
+        x = rng.random()
+        if x < 0.5:
+            n = rng.randrange(200)
+        elif x < 0.8:
+            n = rng.randrange(min(m.size, P.MAX_DATA) // 2 + 1)
+        elif x < 0.9:
+            n = min(m.size, P.MAX_DATA + 64) - 64 + rng.choice([-64, -63, 0, 1])
+        else:
+            n = rng.choice([P.MAX_DATA, P.MAX_DATA + 1, rng.randrange(1 << 32)])
+        n = max(0, n)
+        if kind not in (1, 2):
+            n = 0
+        length = n if kind in (1, 2) else (0 if kind == 5 else rng.randrange(1 << 20))
+        fields = dict(seq=rng.getrandbits(64), time=rng.getrandbits(64),
+                      address=rng.getrandbits(64), jofs=rng.getrandbits(64),
+                      length=length, data_len=n, data_crc=rng.getrandbits(32) if n else 0,
+                      epoch=m.epoch, idx=rng.getrandbits(16), kind=kind,
+                      flags=rng.getrandbits(1), group=rng.getrandbits(16),
+                      jvol_id=rng.getrandbits(16), tag=self.tag, ccrc=rng.getrandbits(32))
+        if bad == "kind":
+            fields["kind"] = rng.choice([0, 6, 0xFF])
+        elif bad == "rules":
+            fields["length"] = (length + 1) & 0xFFFF_FFFF
+        elif bad == "epoch":
+            fields["epoch"] = (m.epoch + 1) & 0xFFFF_FFFF
+        elif bad == "dcrc":
+            fields.update(data_len=0, length=0, kind=5, data_crc=rng.getrandbits(32) | 1)
+        body = P.Control(**fields).pack()
+        if bad == "length":
+            body = body[:rng.choice([0, 20, 63])] if rng.random() < 0.5 else body + b"x"
+        frame = Frame(T.JNLDESC, body, rng.getrandbits(1)).serialize()
+        if bad == "bcrc":
+            frame = frame[:-1] + bytes([frame[-1] ^ 0x40])
+        return frame
+
+    def release_at(self) -> bytes:
+        rng, m = self.rng, self.model_of()
+        upto = rng.randrange(max(0, m.tail_seq - 2), m.next_seq + 1)
+        if upto + 1 < m.next_seq:
+            joptr = self.jofs.get(upto + 1, 0)
+        else:
+            joptr = m.jiptr
+        if rng.random() < 0.2:
+            joptr = rng.choice([joptr + 64, joptr - 64, joptr + 1, m.size, m.wrap_at, m.joptr,
+                                m.jiptr, 0, 64 * rng.randrange(m.size // 64 + 2)]) % (1 << 64)
+        return P.Release(upto, joptr).frame().serialize()
+
+    def request(self) -> bytes:
+        rng, m = self.rng, self.model_of()
+        if not m.descriptor:
+            if rng.random() < 0.1:
+                return self.load_ring()
+            return super().request()
+        x = rng.random()
+        if x < 0.60:
+            return self.desc(bad=rng.choice([None] * 14 + ["kind", "rules", "epoch", "dcrc",
+                                                           "length", "bcrc"]))
+        if x < 0.80:
+            return self.release_at()
+        if x < 0.83:
+            return self.load_ring()
+        if x < 0.85:
+            return self.journal(data_len=rng.randrange(100))  # WRONG_MODE
+        if x < 0.86:
+            return P.JnlRd(m.tail_seq, 1).frame().serialize()  # WRONG_MODE
+        if x < 0.87:
+            return P.Release(m.tail_seq).frame().serialize()  # the 8-byte form
+        if x < 0.90:
+            return Frame(T.STATUS).serialize()
+        if x < 0.91:
+            return P.Load(LF.CLEAR).frame().serialize()
+        if x < 0.93:
+            frame = bytearray(self.desc())                    # a broken header: hunt
+            frame[rng.randrange(16)] ^= 1 << rng.randrange(8)
+            return bytes(frame)
+        if x < 0.95:
+            frame = self.desc()                               # truncated
+            return frame[:rng.randrange(1, len(frame))]
+        if x < 0.96:
+            return rng.randbytes(rng.randrange(1, 40))        # line noise
+        return Frame(T.HEARTBEAT, rng.randbytes(8)).serialize()
+
+
 # -- tests ----------------------------------------------------------------------
 
 PATTERNS = [([1], [1]), ([1, 1, 1, 0], [1]), ([1], [1, 1, 0]), ([1, 0], [0, 1, 1, 0, 1])]
@@ -314,7 +454,7 @@ async def test_vectors(dut):
     ran = steps = modelled = 0
     lacking = []
     for name, sc in scenarios.items():
-        if sc["size"] != size:
+        if sc["size"] != size or sc.get("memory", size) != tb.memory:
             continue
         if set(sc.get("needs", ())) - RTL_FEATURES:
             lacking.append(name)
@@ -353,12 +493,16 @@ ALL_CASES = ("accepted", "FULL", "wrap", "exact_fit", "OVERSIZE", "BAD_BCRC", "B
              "BAD_DCRC", "BAD_KIND", "BAD_LENGTH", "STALE_EPOCH", "NOT_FOUND", "BAD_REQUEST")
 
 
-async def _scoreboard(dut, *, seed, count, max_data, patterns, require=ALL_CASES):
+async def _scoreboard(dut, *, seed, count, max_data, patterns, require=ALL_CASES,
+                      descriptor=False):
     size = int(os.environ["RING_SIZE"])
     tb = TB(dut, size)
     rng = random.Random(seed)
     await tb.reset()
-    stim = Stimulus(rng, lambda: tb.model, max_data)
+    if descriptor:
+        stim = DescStimulus(rng, lambda: tb.model, max_data, tb.jofs)
+    else:
+        stim = Stimulus(rng, lambda: tb.model, max_data)
     t0 = time.monotonic()
     for idle, bp in patterns:
         tb.set_patterns(idle, bp)
@@ -406,6 +550,21 @@ async def test_scoreboard_large(dut):
     await _scoreboard(dut, seed=int(os.environ.get("SEED", "1")) + 100,
                       count=int(os.environ.get("COUNT", "1500")) // 6, max_data=size // 2,
                       patterns=PATTERNS[:2], require=("accepted", "FULL", "wrap"))
+
+
+DESC_CASES = ("desc_accepted", "FULL", "wrap", "exact_fit", "OVERSIZE", "BAD_BCRC", "BAD_FRAME",
+              "BAD_DCRC", "BAD_KIND", "BAD_LENGTH", "STALE_EPOCH", "NOT_FOUND", "BAD_REQUEST",
+              "WRONG_MODE", "NOT_EMPTY", "release_at", "ring_load")
+
+
+@cocotb.test()
+async def test_scoreboard_desc(dut):
+    """Descriptor rings: LOAD RING at run time (sizes up to 2**40, both kinds), JNLDESC
+    (wrap, exact fit, FULL, OVERSIZE, every check), RELEASE with JOPTR, refused requests;
+    data rings of run-time sizes in between."""
+    await _scoreboard(dut, seed=int(os.environ.get("SEED", "1")) + 200,
+                      count=int(os.environ.get("COUNT", "1500")), max_data=96,
+                      patterns=PATTERNS[:2], require=DESC_CASES, descriptor=True)
 
 
 @cocotb.test()
@@ -458,13 +617,15 @@ async def test_throughput(dut):
 
 # -- pytest runners ---------------------------------------------------------------
 
-def _run(size: int, tests, width: int = 8, **env):
+def _run(size: int, tests, width: int = 8, memory: int | None = None, **env):
     from hdl_build import run_cocotb, write_verilog
     from tricopy.hdl.engine import JournalEngine
-    subdir = f"engine_w{width}_{size}"
-    v = write_verilog(JournalEngine(width, size, 12_000_000, site="sim"), "engine", subdir)
+    subdir = f"engine_w{width}_{size}" + ("" if memory is None else f"_m{memory}")
+    v = write_verilog(JournalEngine(width, size, 12_000_000, site="sim", memory=memory),
+                      "engine", subdir)
     run_cocotb(verilog=v, toplevel="engine", test_module="test_engine_cocotb", subdir=subdir,
                env={"RING_SIZE": str(size), "DATA_WIDTH": str(width),
+                    "MEMORY": str(size if memory is None else memory),
                     **{k: str(v) for k, v in env.items()}},
                testcase=tests)
 
@@ -477,12 +638,30 @@ def test_engine_vectors(size):
     _run(size, ["test_vectors"])
 
 
+def test_engine_vectors_no_memory():
+    """The build without data memory (descriptor rings only) on its scenarios."""
+    _run(512, ["test_vectors"], memory=0)
+
+
 # The scoreboards run for minutes (Python per cycle); the default 600 s is
 # too close on a contended machine.
 @pytest.mark.timeout(1800)
 def test_engine_scoreboard():
-    _run(1024, ["test_scoreboard_small", "test_scoreboard_large"],
+    _run(1024, ["test_scoreboard_small", "test_scoreboard_large", "test_scoreboard_desc"],
          COUNT=os.environ.get("COUNT", "3300"), SEED=os.environ.get("SEED", "1"))
+
+
+@pytest.mark.timeout(1800)
+def test_engine_scoreboard_desc():
+    """The descriptor scoreboard alone (also part of test_engine_scoreboard)."""
+    _run(1024, ["test_scoreboard_desc"],
+         COUNT=os.environ.get("COUNT", "3300"), SEED=os.environ.get("SEED", "1"))
+
+
+def test_engine_scoreboard_no_memory():
+    """The build without data memory: descriptor rings only."""
+    _run(1024, ["test_scoreboard_desc"], memory=0,
+         COUNT=os.environ.get("COUNT", "800"), SEED=os.environ.get("SEED", "3"))
 
 
 def test_engine_throughput():
@@ -496,12 +675,17 @@ def test_engine_vectors_w32(size):
     _run(size, ["test_vectors"], width=32)
 
 
+def test_engine_vectors_no_memory_w32():
+    _run(512, ["test_vectors"], width=32, memory=0)
+
+
 @pytest.mark.timeout(1800)
 def test_engine_scoreboard_w32():
     # fewer requests than at width 8: the wider model evaluates ~4x slower
     # per cycle in Verilator (-O0), and the width-8 run already gives the
     # suite its 10 000 journals
-    _run(1024, ["test_scoreboard_small", "test_scoreboard_large"], width=32,
+    _run(1024, ["test_scoreboard_small", "test_scoreboard_large", "test_scoreboard_desc"],
+         width=32,
          COUNT=os.environ.get("COUNT", "2000"), SEED=os.environ.get("SEED", "2"))
 
 
