@@ -78,3 +78,15 @@ def test_saves_prepared_ahead_never_claim_an_extent_the_file_lacks(tmp_path):
     al.done(warm, al.write(warm))
     assert al.covers([(0, 7)]) and _on_disk(path) == {(0, 7)}
     assert not al.before_write(0, 7 << 20, 1, tag=2)   # listed: no write in line
+
+
+def test_listed_is_what_the_file_holds_until_the_save_lands(tmp_path):
+    """``listed`` (status: what a crash now would resync) counts an extent a save
+    in flight drops until that save is on disk (a test waited on it, then killed)."""
+    al = ActivityLog(tmp_path / "g.al", extent=1 << 20)
+    al.before_write(0, 0, 1, tag=1)
+    al.cool(1)
+    save = al.prepare()                  # drops the extent; not written yet
+    assert al.listed == 1 and ActivityLog(tmp_path / "g.al", extent=1 << 20).unclean
+    al.done(save, al.write(save))
+    assert al.listed == 0 and not ActivityLog(tmp_path / "g.al", extent=1 << 20).unclean

@@ -63,6 +63,10 @@ class ActivityLog:
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"activity log {path} is corrupt: {exc}") from None
         self._saved = set(self.unclean)
+        # What the file on disk lists (the newest save written): ``_saved``
+        # shrinks as soon as a save that drops an extent is prepared, the file
+        # only once it is written -- a crash in between resyncs the extent.
+        self._disk: set[tuple[int, int]] = set(self.unclean)
 
     def covers(self, keys) -> bool:
         """Are all these extents in the file (and in every save under way)?"""
@@ -97,12 +101,12 @@ class ActivityLog:
     @property
     def listed(self) -> int:
         """Extents the file lists now: what a crash at this instant would resync."""
-        return len(self._saved)
+        return len(self._disk)
 
     @property
     def stale(self) -> bool:
         """The file lists extents that are no longer hot (a save would shrink it)."""
-        return bool(self._saved - set(self.hot))
+        return bool(self._disk - set(self.hot))
 
     def forget_unclean(self) -> None:
         """The extents the last stop left are in the copy bitmap now (durably):
@@ -147,5 +151,7 @@ class ActivityLog:
         gen, keys, _ = save
         if wrote:
             self.saves += 1
+            if gen == self._written_gen:
+                self._disk = set(keys)      # a copy: ``_saved &=`` shrinks in place
             if gen == self._gen:      # no newer save prepared since: the file is ``keys``
                 self._saved = keys
