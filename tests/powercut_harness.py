@@ -612,8 +612,7 @@ def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
     the restore point went back past one that was saved, or ran ahead of
     what was ever applied, or once replay has passed the pre-crash ``mark``
     the SVOLs are not the prefix image.  Instant violations: the group says
-    ``consistent`` while its SVOLs are not the prefix image of ``applied``
-    (DESIGN.md invariant 7).
+    ``consistent`` while its SVOLs are not the prefix image of ``applied``.
     """
     out, instant, looks, fenced = [], [], 0, 0
     try:

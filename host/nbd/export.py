@@ -13,8 +13,8 @@ planned:
   write only after the relay's ACK, every write is already durable at the relay
   when the NBD reply goes out, so ``fua`` needs no extra work there.  A full
   journal or a suspended group should raise :class:`ExportError` with
-  ``NBD_ENOSPC`` or ``NBD_EIO`` so the host sees an explicit error (DESIGN.md,
-  invariant 3), never a silent success.  ``max_payload`` may stay at 32 MiB:
+  ``NBD_ENOSPC`` or ``NBD_EIO`` so the host sees an explicit error, never a
+  silent success (a write is acknowledged only once it is safe).  ``max_payload`` may stay at 32 MiB:
   the primary splits journals larger than ``protocol.MAX_DATA`` itself.
 """
 
