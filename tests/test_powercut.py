@@ -400,9 +400,10 @@ def test_secondary_at_every_sync_point(tmp_path):
 
 
 def test_secondary_is_a_prefix_whenever_it_says_consistent(tmp_path):
-    """The SVOL is a prefix whenever it is called consistent, across power cuts: after a restart, and at every
-    step of the replay, the group says ``consistent`` only when its SVOLs are
-    the prefix image of what it applied (the apply mark, ``catching_up``)."""
+    """The SVOL is a prefix whenever it is called consistent, across power
+    cuts: after a restart, and at every step of the replay, the group says
+    ``consistent`` only when its SVOLs are the prefix image of what it
+    applied (the apply mark, ``catching_up``)."""
     r = run_all(SecondaryRun, 6200, tmp_path, 300, nseeds=3, p=0.03)
     report("secondary, prefix whenever consistent", r)
     assert_clean(r)
