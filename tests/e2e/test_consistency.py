@@ -17,26 +17,17 @@ import base64
 import json
 import random
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
 
 from tricopy.host.rcm import control
+# The stamped blocks are the chaos runner's: one definition for both.
+from tricopy.host.tools.chaos import HEADER, MAGIC, stamped
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
 
 WORKERS = 8
-MAGIC = 0x5354414D50        # "STAMP"
-HEADER = struct.Struct("<QIII")     # magic, worker, write number, block
-
-
-def stamped(worker: int, wnum: int, nblocks: int) -> bytes:
-    out = bytearray()
-    for b in range(nblocks):
-        head = HEADER.pack(MAGIC, worker, wnum, b)
-        out += head + bytes([(worker * 31 + wnum + b) & 0xFF]) * (BLOCK - len(head))
-    return bytes(out)
 
 
 class StampedWriters:
