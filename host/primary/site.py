@@ -904,6 +904,68 @@ class MasterGroup:
                                f"{self.jnlg.fence_epoch} and this site is at epoch {self.epoch}; "
                                f"it can only rejoin as the restore side (docs/operations.md)")
 
+    # -- failback (host/rcm/failback.py): this site is the old primary ----------------
+
+    def fence_for(self, epoch: int) -> dict:
+        """The RCM tells this site what the relay would: the group was taken over
+        at ``epoch``.  A SUSP group never connects and would not learn it."""
+        if not self.fenced or self.jnlg.fence_epoch < epoch:
+            self._fence(epoch)
+        return self.divergent()
+
+    def divergent(self) -> dict:
+        """The chunks where this PVOL may hold what the site that took over does
+        not: writes never ACKed by the relay, and what an unclean stop left
+        (both are in the copy bitmap, see _suspend and _after_unclean_stop)."""
+        return {"chunk": self.bitmap.chunk, "fence_epoch": self.jnlg.fence_epoch,
+                "epoch": self.epoch,
+                "chunks": {str(i): self.bitmap.chunks(i) for i in self.volumes}}
+
+    def write_fenced(self, idx: int, offset: int, data: bytes) -> None:
+        """A failback's delta, straight to the PVOL: only while fenced (no host
+        write, no journal; the copy bitmap keeps every divergent chunk until
+        ``rejoin``, so a failback run again after a crash sends them again)."""
+        if not self.fenced:
+            raise ControlError(f"group {self.cfg.grname} is not fenced: a failback writes "
+                               f"only to a fenced old primary")
+        self.volumes[idx].write(offset, data)
+
+    def rejoin(self, epoch: int, relay_last_tag: int) -> None:
+        """Failback, last step: the primary again, at ``epoch``, PVOL == SVOL.
+
+        The relay released what it held and moved to ``epoch``; journals
+        continue after its last PSEQ.  The delta is on the PVOLs (flushed by
+        the RCM before), so the copy bitmap and the activity log start empty.
+        """
+        if not self.fenced and self.epoch == epoch:
+            return                        # done before (a failback run again)
+        if not self.fenced or epoch <= self.jnlg.fence_epoch:
+            raise ControlError(f"group {self.cfg.grname}: no failback to epoch {epoch} from "
+                               f"epoch {self.epoch} (fenced at {self.jnlg.fence_epoch})")
+        self._copy_gen += 1               # a copy the fence interrupted does not resume
+        if self._copy_task is not None:
+            self._copy_task.cancel()
+        for _, _, fut in self.stream.drop_all():      # none: _fence suspended the group
+            if not fut.done():
+                fut.set_exception(GroupFenced(f"group {self.cfg.grname} is fenced"))
+        self.stream.rebase(relay_last_tag)
+        self.log.reset(self.last_pseq, self.acked_hwm)
+        self.stream.clear_faults()
+        self.bitmap.clear_all()
+        self.bitmap.save()
+        self.al.hot.clear()
+        self.unclean = []
+        self.al.forget_unclean()          # saves the (empty) activity log
+        self._ready.set()
+        self.dirty.clear()
+        self.split = False
+        self.jnlg.epoch = epoch
+        self.jnlg.fence_epoch = epoch
+        self.jnlg.set_state("PAIR")
+        self._table.save()
+        log.warning("group %s: failed back: the primary again at epoch %d, journals from PSEQ %d",
+                    self.cfg.grname, epoch, relay_last_tag + 1)
+
     def pair_create(self) -> None:
         """PAIR_CREATE (patent [0053]): SMPL -> COPY, full base copy of every PVOL."""
         self._refuse_if_fenced()
@@ -998,6 +1060,8 @@ class Primary:
             "jnlg": self._jnlg, "pair_create": self._pair, "pair_split": self._pair,
             "pair_resync": self._pair, "pair_delete": self._pair,
             "digest": self._digest, "mark_out_of_sync": self._mark_out_of_sync,
+            "fence": self._fence_cmd, "write_fenced": self._write_fenced,
+            "rejoin": self._rejoin,
         })
 
     def _group_of(self, idx: int) -> MasterGroup:
@@ -1073,6 +1137,23 @@ class Primary:
             g.bitmap.mark(idx, int(c) * g.bitmap.chunk, 1)
         g.bitmap.save()
         return {"copy_pending_bytes": g.bitmap.count() * g.bitmap.chunk}
+
+    async def _fence_cmd(self, req: dict) -> dict:
+        return self._named(str(req["group"])).fence_for(int(req["epoch"]))
+
+    async def _write_fenced(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        if "data" in req:
+            g.write_fenced(int(req["idx"]), int(req["offset"]),
+                           base64.b64decode(req["data"], validate=True))
+        if req.get("flush"):
+            await asyncio.to_thread(lambda: [v.flush() for v in g.volumes.values()])
+        return {}
+
+    async def _rejoin(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        g.rejoin(int(req["epoch"]), int(req["relay_last_tag"]))
+        return {"grsts": g.grsts, "epoch": g.epoch}
 
     def _named(self, grname: str) -> MasterGroup:
         for g in self.groups.values():

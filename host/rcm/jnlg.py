@@ -271,6 +271,10 @@ class CopyBitmap:
         vols = [idx] if idx is not None else list(self.bits)
         return sum(bin(byte).count("1") for i in vols for byte in self.bits[i])
 
+    def chunks(self, idx: int) -> list[int]:
+        """Every set chunk of volume ``idx``, in order."""
+        return [c for c in range(self.nchunks(idx)) if self.test(idx, c)]
+
     def pending(self, idx: int, start_chunk: int = 0):
         """The set chunks of volume ``idx`` from ``start_chunk`` on, in order."""
         for c in range(start_chunk, self.nchunks(idx)):

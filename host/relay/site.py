@@ -105,9 +105,6 @@ class RelayGroup:
             self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch)
         if self.store.size != jcfg.size:
             raise RelayError(f"journal {jcfg.path} is {self.store.size} bytes, config says {jcfg.size}")
-        if self.store.epoch != cfg.epoch:
-            raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, "
-                             f"config says {cfg.epoch}")
         self._report_recovery()
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = site.state_dir / f"{cfg.grname}.relay"
@@ -116,10 +113,19 @@ class RelayGroup:
         # relay's own verdict (SUSP when journals are missing), which wins.
         self._table = JnlgTable.for_site(site.state_dir)
         self.jnlg = self._table.attach(cfg, journal=cfg.journal)
+        # The epoch is state: a failback moves it on (``rejoin``), the journal
+        # volume's superblock first, then the table.  A table ahead of the
+        # journal is a config that names an epoch this journal never had.
+        if self.store.epoch < self.jnlg.epoch:
+            raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, the config "
+                             f"and JNLG table say {self.jnlg.epoch}")
+        if self.store.epoch > self.jnlg.epoch:     # a crash inside ``rejoin``: finish it
+            self.jnlg.epoch = self.store.epoch
+            self._table.save()
         # To the secondary: stream checks, window, release only what was sent.
         # Every journal held at start is durable and may have been sent before
         # the restart (the secondary may still hold it staged): count it sent.
-        self.forward = ForwardStream(cfg.epoch, self.store.next_seq - 1)
+        self.forward = ForwardStream(self.epoch, self.store.next_seq - 1)
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
@@ -200,7 +206,7 @@ class RelayGroup:
         are deterministic, so each replayed journal must land on the JOFS the
         store holds; anything else is a RelayError.
         """
-        s, e, epoch = self.store, self.engine, self.cfg.epoch
+        s, e, epoch = self.store, self.engine, self.epoch
         # An empty store sits at JIPTR; a non-empty one's first journal at JOPTR.
         ptr = s.joptr if s.held else s.jiptr
         flags = LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH
@@ -282,7 +288,7 @@ class RelayGroup:
             await self.primary_link.close()
         async with self._ingest:    # the old connection's journals are all settled first
             self.primary_link = link
-            link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch, self.last_tag,
+            link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch, self.last_tag,
                                      self.cfg.grname, self.site.site).frame())
             answers: asyncio.Queue = asyncio.Queue()
             sender = asyncio.create_task(self._send_answers(link, answers))
@@ -432,7 +438,7 @@ class RelayGroup:
     async def forwarder(self) -> None:
         """Patent Fig. 9: send journals to the secondary in SEQ# order, until a group fault."""
         while not self.fault:
-            hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch,
+            hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch,
                                    self.store.next_seq - 1, self.cfg.grname, self.site.site)
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
@@ -594,11 +600,58 @@ class RelayGroup:
             self.jnlg.fence_epoch = epoch
             self._table.save()
             log.warning("group %s fenced for a takeover to epoch %d: no journal from a primary "
-                        "at epoch %d is taken any more", self.cfg.grname, epoch, self.cfg.epoch)
+                        "at epoch %d is taken any more", self.cfg.grname, epoch, self.epoch)
         if self.primary_link is not None:
             await self.primary_link.close()
         async with self._ingest:     # the old connection's journals all settled (durable)
             return self.store.next_seq - 1
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the journal stream this relay takes and forwards (durable)."""
+        return self.store.epoch
+
+    async def rejoin(self, epoch: int, restored: int) -> dict:
+        """Failback (host/rcm/failback.py): a new journal stream at ``epoch``.
+
+        The site that took over restored every journal up to ``restored``;
+        the ones held here are released (they are on its volumes), and the
+        old primary, back at ``epoch``, continues after this relay's last
+        PSEQ.  A journal held past ``restored`` is a write only this relay
+        has (a forced takeover): refused, the failback must compare digests
+        and then ``pair resync`` must clear the relay first.
+        Idempotent: a failback run again after a crash finds it done.
+        """
+        if epoch == self.epoch:
+            return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag,
+                    "epoch": self.epoch}
+        if epoch <= max(self.epoch, self.jnlg.fence_epoch):
+            raise ControlError(f"failback to epoch {epoch}: group {self.cfg.grname} is at epoch "
+                               f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
+        if self.primary_link is not None:
+            await self.primary_link.close()
+        async with self._ingest:       # no journal comes in meanwhile (none is taken: fenced)
+            s = self.store
+            if s.next_seq - 1 > restored:
+                raise ControlError(f"the relay holds journals up to SEQ# {s.next_seq - 1} but the "
+                                   f"site that took over restored only up to {restored}: the "
+                                   f"writes in between are only here; run `tricopy failback "
+                                   f"--digest` after `tricopy pair delete` at the relay")
+            if self.secondary_link is not None:
+                await self.secondary_link.close()
+            if s.held:
+                await self._release(s.next_seq - 1)
+            s.set_epoch(epoch)     # with the release, in the journal volume first (durable) ...
+            self.jnlg.epoch = epoch            # ... then the table (see __init__)
+            self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
+            self._table.save()
+            await self.recover_engine()        # the engine stamps the new epoch from now on
+            self.forward = ForwardStream(epoch, s.next_seq - 1)
+            self.forward_fault = self.reason = ""
+            self.grsts = "PAIR"
+        log.warning("group %s: failback: journal stream at epoch %d from SEQ# %d",
+                    self.cfg.grname, epoch, self.store.next_seq)
+        return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag, "epoch": epoch}
 
     def refuse_primary(self, hello: protocol.Hello) -> str | None:
         """Why a primary's HELLO is refused for its epoch, naming both; or None."""
@@ -606,8 +659,8 @@ class RelayGroup:
             return (f"primary {hello.site!r} is at epoch {hello.epoch} but group "
                     f"{self.cfg.grname} was taken over at epoch {self.jnlg.fence_epoch}: "
                     f"it must rejoin as the restore side")
-        if hello.epoch != self.cfg.epoch:
-            return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.cfg.epoch}"
+        if hello.epoch != self.epoch:
+            return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.epoch}"
         return None
 
     def status(self) -> dict:
@@ -623,7 +676,7 @@ class RelayGroup:
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
-                "fence_epoch": self.jnlg.fence_epoch, "epoch": self.cfg.epoch,
+                "fence_epoch": self.jnlg.fence_epoch, "epoch": self.epoch,
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
@@ -648,7 +701,8 @@ class Relay:
         self.engine_mode = engine_mode
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
-                                      "pair_set": self._pair_set, "fence": self._fence})
+                                      "pair_set": self._pair_set, "fence": self._fence,
+                                      "rejoin": self._rejoin})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -665,6 +719,12 @@ class Relay:
             if g.cfg.grname == req["group"]:
                 last = await g.fence(int(req["epoch"]))
                 return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _rejoin(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                return await g.rejoin(int(req["epoch"]), int(req["restored"]))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _status(self, req: dict) -> dict:
@@ -754,7 +814,7 @@ class Relay:
         elif (why := group.refuse_primary(hello)) is not None:
             log.warning("%s: refused HELLO: %s", link.name, why)
             status = Status.STALE_EPOCH
-            tag = max(group.jnlg.fence_epoch, group.cfg.epoch)   # ours, so the peer names both
+            tag = max(group.jnlg.fence_epoch, group.epoch)   # ours, so the peer names both
         elif group.fault:
             status = Status.SUSPENDED
         else:

@@ -17,6 +17,7 @@ the SVOL, ADDRESS/LENGTH the place), never past a gap.  What this adds:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import shutil
@@ -415,13 +416,26 @@ class RestoreGroup:
                     self.cfg.grname, seq, epoch, " (forced)" if forced else "")
         return record
 
+    @property
+    def writable(self) -> bool:
+        """The volumes take host writes: taken over, and no failback under way."""
+        return bool(self.taken_over) and "failback" not in self.taken_over
+
+    def _refuse_write(self) -> None:
+        if not self.taken_over:
+            raise VolumeError(f"the volumes of group {self.cfg.grname} are SVOLs: read-only "
+                              f"until a takeover")
+        if "failback" in self.taken_over:
+            raise VolumeError(f"group {self.cfg.grname} is failing back to its old primary "
+                              f"site (epoch {self.taken_over['failback']}): this site takes no "
+                              f"more writes; write at the old primary once `tricopy failback` "
+                              f"ends")
+
     async def write_local(self, kind: Kind, idx: int, offset: int, length: int,
                           data: bytes = b"", fua: bool = False) -> None:
         """A host write at the site that took over: applied to the volume, its
         chunk recorded first (durably) in ``written`` for the failback's delta."""
-        if not self.taken_over:
-            raise VolumeError(f"the volumes of group {self.cfg.grname} are SVOLs: read-only "
-                              f"until a takeover")
+        self._refuse_write()
         vol = self.volumes[idx]
         vol.check(offset, length)
         if not self._written_durable.covered(idx, offset, length):
@@ -431,6 +445,10 @@ class RestoreGroup:
                     bits = {i: bytearray(b) for i, b in self.written.bits.items()}
                     await asyncio.to_thread(self.written.save)
                     self._written_durable.bits = bits
+        # Checked again after the last await: from here to the volume write
+        # nothing else runs, so once ``quiesce`` has returned no write lands
+        # that its list of written chunks does not hold.
+        self._refuse_write()
         if kind in protocol.DATA_KINDS:
             vol.write(offset, data)
         elif kind == Kind.ZERO:
@@ -439,6 +457,66 @@ class RestoreGroup:
             vol.trim(offset, length)
         if fua:
             await asyncio.to_thread(vol.flush)
+
+    # -- failback (host/rcm/failback.py) ------------------------------------------
+
+    async def quiesce(self, epoch: int) -> dict:
+        """Failback to the old primary at ``epoch``, step 1: take no more writes
+        (durably: a restart does not take them either), make what was written
+        durable, and answer which chunks were written since the takeover."""
+        if not self.taken_over:
+            raise ControlError(f"group {self.cfg.grname} was not taken over here: there is "
+                               f"nothing to fail back")
+        if epoch <= self.epoch:
+            raise ControlError(f"failback to epoch {epoch}: group {self.cfg.grname} is at "
+                               f"epoch {self.epoch} here")
+        if self.taken_over.get("failback") not in (None, epoch):
+            raise ControlError(f"a failback to epoch {self.taken_over['failback']} is under "
+                               f"way; run `tricopy failback` again to finish it")
+        if "failback" not in self.taken_over:
+            self.jnlg.takeover = {**self.taken_over, "failback": epoch}
+            self._table.save()
+            log.warning("group %s: failback to epoch %d: no more writes here", self.cfg.grname,
+                        epoch)
+        async with self._written_lock:       # a save of ``written`` in flight lands first
+            await self.flush_local()
+        return {"chunk": self.written.chunk, "seq": self.taken_over["seq"],
+                "forced": bool(self.taken_over.get("forced")),
+                "written": {str(i): self.written.chunks(i) for i in self.volumes}}
+
+    def read_quiesced(self, idx: int, offset: int, length: int) -> bytes:
+        """A failback reads the delta here: only once no write can change it."""
+        if "failback" not in self.taken_over:
+            raise ControlError(f"group {self.cfg.grname}: reads for a failback need "
+                               f"`tricopy failback` to have stopped writes here first")
+        return self.volumes[idx].read(offset, length)
+
+    async def rejoin(self, epoch: int, restored: int) -> dict:
+        """Failback, last step here: the restore side again, at ``epoch``, with
+        the relay's stream continuing after SEQ# ``restored`` (what the volumes
+        hold: every journal up to it was restored before the takeover)."""
+        if not self.taken_over and self.epoch == epoch:
+            return {"epoch": epoch, "last_restored": self.last_restored}     # done before
+        if self.taken_over.get("failback") != epoch:
+            raise ControlError(f"group {self.cfg.grname}: no failback to epoch {epoch} under "
+                               f"way here (run `tricopy failback`)")
+        async with self._restore_lock:
+            await asyncio.to_thread(self.state.save, restored, restored)
+            self.written.clear_all()
+            await asyncio.to_thread(self.written.save)
+            self._written_durable.clear_all()
+            record = self.taken_over
+            self.jnlg.epoch = epoch
+            self.jnlg.takeover = {}
+            self.jnlg.consistent_seq = restored
+            self.jnlg.set_state("PAIR")
+            self._table.save()
+            self.stream = RestoreStream(self.cfg.grnum, epoch, restored=restored, mark=restored)
+            self.grsts, self.reason = "PAIR", ""
+        log.warning("group %s: failed back (taken over at SEQ# %d, epoch %d): the restore side "
+                    "again at epoch %d from SEQ# %d; the volumes are read-only",
+                    self.cfg.grname, record["seq"], record["epoch"], epoch, restored)
+        return {"epoch": epoch, "last_restored": restored}
 
     async def flush_local(self) -> None:
         await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
@@ -483,6 +561,7 @@ class RestoreGroup:
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
                 "role": "primary" if self.taken_over else "secondary", "epoch": self.epoch,
+                "writable": self.writable,
                 "takeover": self.taken_over or None,
                 "written_bytes": self.written.count() * self.written.chunk,
                 "last_time": self.state.time,
@@ -509,7 +588,9 @@ class Secondary:
             raise ValueError("secondary config has no RESTORE group")
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "snapshot": self._snapshot,
-                                      "takeover": self._takeover, "digest": self._digest})
+                                      "takeover": self._takeover, "digest": self._digest,
+                                      "quiesce": self._quiesce, "read": self._read,
+                                      "rejoin": self._rejoin})
 
     def _named(self, grname: str) -> RestoreGroup:
         for g in self.groups.values():
@@ -558,6 +639,18 @@ class Secondary:
         relay_seq = req.get("relay_seq")
         return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
                                  None if relay_seq is None else int(relay_seq))
+
+    async def _quiesce(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).quiesce(int(req["epoch"]))
+
+    async def _read(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        data = g.read_quiesced(int(req["idx"]), int(req["offset"]), int(req["length"]))
+        return {"data": base64.b64encode(data).decode()}
+
+    async def _rejoin(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).rejoin(int(req["epoch"]),
+                                                          int(req["restored"]))
 
     async def _snapshot(self, req: dict) -> dict:
         """Tests/forensics: copy the SVOLs (between restore steps) into
