@@ -36,7 +36,7 @@ from collections import deque
 from functools import partial
 
 from ..wire import protocol
-from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
@@ -131,6 +131,8 @@ class MasterGroup:
         self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
         self._ready.set()
         self._hello_wait_since: float | None = None
+        self.swapping = 0                # a planned swap to this epoch takes the writes away
+        self.stream_idle = asyncio.Event()   # set when ACKs leave nothing pending (swap_out)
         self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
         self.reconnects = self.suspensions = self.copied_bytes = 0    # for metrics
         self.copy_restarts, self.copy_error = 0, ""
@@ -223,6 +225,10 @@ class MasterGroup:
             await self._ready.wait()      # after an unclean stop: until the relay's HELLO
         if self.fenced:     # whatever the pair state: another site is the primary now
             raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
+        if self.swapping:
+            raise GroupFenced(f"group {self.cfg.grname} is being swapped: the secondary site "
+                              f"becomes its primary (epoch {self.swapping}); write there once "
+                              f"`tricopy takeover` ends")
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return 0
@@ -482,6 +488,8 @@ class MasterGroup:
         for tag, (_, _, fut) in acked:
             if not fut.done():
                 fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
+        if not self.pending:
+            self.stream_idle.set()
         if acked:
             t, sent, last = now(), self._sent_at, acked[-1][0]
             PERF["primary.acked_per_ack"].add(len(acked))
@@ -904,6 +912,62 @@ class MasterGroup:
                                f"{self.jnlg.fence_epoch} and this site is at epoch {self.epoch}; "
                                f"it can only rejoin as the restore side (docs/operations.md)")
 
+    # -- planned swap (host/rcm/takeover.py): this site becomes the restore side --------
+
+    async def swap_out(self, epoch: int, timeout: float = 60.0) -> dict:
+        """Swap, step 1: take no more host writes, wait until the relay ACKed every
+        journal, make the PVOLs durable.  Not durable itself: until the relay is
+        fenced (step 2) the RCM may cancel, and a restart cancels too."""
+        self._refuse_if_fenced()
+        if self.grsts != "PAIR" or self.link is None:
+            raise ControlError(f"group {self.cfg.grname} is {self.grsts}"
+                               f"{'' if self.link else ', not connected to the relay'}: a "
+                               f"planned swap needs PAIR with the relay connected (the relay "
+                               f"must hold every write before the roles change)")
+        self.swapping = epoch
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            if time.monotonic() > deadline or self.grsts != "PAIR":
+                self.swapping = 0
+                raise ControlError(f"group {self.cfg.grname}: {len(self.pending)} journal(s) "
+                                   f"still not ACKed by the relay after {timeout:g} s "
+                                   f"({self.grsts}); the swap is cancelled, writes go on")
+            self.stream_idle.clear()
+            try:
+                await asyncio.wait_for(self.stream_idle.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+        log.warning("group %s: planned swap to epoch %d: writes stopped at PSEQ %d, all ACKed",
+                    self.cfg.grname, epoch, self.last_pseq)
+        return {"last_pseq": self.last_pseq}
+
+    def swap_cancel(self) -> None:
+        self.swapping = 0
+
+    def become_restore(self, epoch: int, restored: int) -> None:
+        """Swap, last step here: the restore side at ``epoch``, the PVOLs holding
+        every journal up to the relay's SEQ# ``restored`` (they hold all this
+        site wrote, all ACKed and made durable by ``swap_out``).  Durable in
+        the JNLG table (GRATTR RESTORE); the site process restarts into it."""
+        from ..secondary.site import RestoreState
+        if self.jnlg.grattr == "RESTORE":
+            return
+        if epoch <= self.epoch or (self.fenced and self.jnlg.fence_epoch != epoch):
+            raise ControlError(f"group {self.cfg.grname}: no swap to epoch {epoch} from epoch "
+                               f"{self.epoch} (fenced at {self.jnlg.fence_epoch})")
+        state = RestoreState(self.site.state_dir / f"{self.cfg.grname}.restored")
+        state.save(restored, restored, tag=self.last_pseq)
+        (self.site.state_dir / f"{self.cfg.grname}.written").unlink(missing_ok=True)
+        self.jnlg.grattr = "RESTORE"
+        self.jnlg.epoch = self.jnlg.fence_epoch = epoch
+        self.jnlg.consistent_seq = restored
+        self.jnlg.takeover = {}
+        self.jnlg.set_state("PAIR")
+        self._table.save()
+        log.warning("group %s: swapped: the restore side from now on (epoch %d, SEQ# %d)",
+                    self.cfg.grname, epoch, restored)
+
     # -- failback (host/rcm/failback.py): this site is the old primary ----------------
 
     def fence_for(self, epoch: int) -> dict:
@@ -1033,6 +1097,7 @@ class MasterGroup:
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "acked_saved": self.log.saved_acked,
+                "swap_blocker": swap_problem(self.site, self.cfg), "swapping": self.swapping,
                 "write_log_bytes": self.log.size,
                 "write_log_segments": len(self.log.segments),
                 "dirty_extents": len(self.dirty),
@@ -1061,8 +1126,12 @@ class Primary:
             "pair_resync": self._pair, "pair_delete": self._pair,
             "digest": self._digest, "mark_out_of_sync": self._mark_out_of_sync,
             "fence": self._fence_cmd, "write_fenced": self._write_fenced,
-            "rejoin": self._rejoin,
+            "rejoin": self._rejoin, "swap_out": self._swap_out,
+            "swap_cancel": self._swap_cancel, "become_restore": self._become_restore,
         })
+        # Set once a swap made this site the restore side: the process
+        # restarts into that role (host/sites_cli.py).
+        self.restart = asyncio.Event()
 
     def _group_of(self, idx: int) -> MasterGroup:
         for g in self.groups.values():
@@ -1149,6 +1218,18 @@ class Primary:
         if req.get("flush"):
             await asyncio.to_thread(lambda: [v.flush() for v in g.volumes.values()])
         return {}
+
+    async def _swap_out(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).swap_out(int(req["epoch"]))
+
+    async def _swap_cancel(self, req: dict) -> dict:
+        self._named(str(req["group"])).swap_cancel()
+        return {}
+
+    async def _become_restore(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        g.become_restore(int(req["epoch"]), int(req["restored"]))
+        return {"role": "secondary", "_after": self.restart.set}
 
     async def _rejoin(self, req: dict) -> dict:
         g = self._named(str(req["group"]))

@@ -34,7 +34,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .pairs import RcmError, Sites, Unreachable, _site_args, _sites, progress_bar
+from .pairs import RcmError, Sites, Unreachable, _configured, _site_args, progress_bar
+from .takeover import swap
 from .jnlg import COPY_CHUNK
 
 __all__ = ["failback", "register"]
@@ -134,7 +135,15 @@ def failback(sites: Sites, grname: str, *, digest: bool = False, progress=None,
 
 def _run(args) -> int:
     try:
-        sites = _sites(args)
+        configured = _configured(args)
+        sites = configured.resolved()
+        if sites.primary != configured.primary:
+            # A planned swap made the configured secondary the writer: swap back.
+            rec = swap(sites, args.group, say=lambda line: print(f"failback: {line}"))
+            print(f"group {args.group} swapped back at SEQ# {rec['seq']}, epoch {rec['epoch']}: "
+                  f"the configured primary is the writer again (read-write after "
+                  f"{rec['rto_seconds']:g} s), no data copied")
+            return 0
         rec = failback(sites, args.group, digest=args.digest,
                        progress=progress_bar() if sys.stderr.isatty() else None,
                        say=lambda line: print(f"failback: {line}"))

@@ -96,6 +96,9 @@ class JnlgEntry:
     # it moved to, below which this site must take no journals or writes.
     takeover: dict = field(default_factory=dict)
     fence_epoch: int = 0
+    # At the relay, after a planned swap: journals come from the configured
+    # secondary and go to the configured primary (config.swapped).
+    reversed: bool = False
     dvols: list[DvolInfo] = field(default_factory=list)
     jvols: list[JvolInfo] = field(default_factory=list)
 

@@ -17,6 +17,8 @@ docs/operations.md has the states and every command.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ssl
 import sys
 import time
@@ -86,6 +88,23 @@ class Sites:
             raise RcmError(f"{role} ({where}) refused {cmd}: {exc}") from None
         except OSError as exc:
             raise Unreachable(f"{role} ({where}) not reachable: {exc}") from None
+
+    def resolved(self) -> "Sites":
+        """The sites by the roles they run now.  After a planned swap the site
+        configured as the primary runs as the secondary and the other way
+        round (docs/operations.md, "Swap"); every command means the roles as
+        they are.  Asked of the configured primary, or of the secondary if the
+        primary does not answer; as configured if neither does."""
+        for role, swapped_if in (("primary", "secondary"), ("secondary", "primary")):
+            try:
+                now = control.call(getattr(self, role), "status", tls=self.tls)["role"]
+            except (OSError, control.ControlError):
+                continue
+            if now == swapped_if:
+                return dataclasses.replace(self, primary=self.secondary,
+                                           secondary=self.primary)
+            return self
+        return self
 
     def group_status(self, role: str, grname: str) -> dict:
         for g in self.call(role, "status")["groups"]:
@@ -210,6 +229,10 @@ def progress_bar(stream=sys.stdout) -> Progress:
 # -- command line ----------------------------------------------------------------------
 
 def _sites(args) -> Sites:
+    return _configured(args).resolved()
+
+
+def _configured(args) -> Sites:
     if args.cluster:
         return Sites.from_file(args.cluster)
     missing = [r for r in ROLES if getattr(args, r) is None]

@@ -29,7 +29,7 @@ import time
 from collections import deque
 
 from ..wire import protocol
-from ..config import Durability, GroupAttr, GroupConfig, SiteConfig
+from ..config import Durability, GroupAttr, GroupConfig, SiteConfig, swap_problem, swapped
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..disk.durable import atomic_write_json
@@ -122,6 +122,10 @@ class RelayGroup:
         if self.store.epoch > self.jnlg.epoch:     # a crash inside ``rejoin``: finish it
             self.jnlg.epoch = self.store.epoch
             self._table.save()
+        if self.jnlg.reversed:        # a planned swap: from the secondary, to the primary
+            self.cfg = cfg = swapped(cfg)
+            log.info("group %s: roles swapped: journals from %s, forwarded to %s:%d",
+                     cfg.grname, cfg.upstream_site or "the secondary site", *cfg.peer)
         # To the secondary: stream checks, window, release only what was sent.
         # Every journal held at start is durable and may have been sent before
         # the restart (the secondary may still hold it staged): count it sent.
@@ -611,7 +615,7 @@ class RelayGroup:
         """The epoch of the journal stream this relay takes and forwards (durable)."""
         return self.store.epoch
 
-    async def rejoin(self, epoch: int, restored: int) -> dict:
+    async def rejoin(self, epoch: int, restored: int, reverse: bool = False) -> dict:
         """Failback (host/rcm/failback.py): a new journal stream at ``epoch``.
 
         The site that took over restored every journal up to ``restored``;
@@ -621,11 +625,14 @@ class RelayGroup:
         has (a forced takeover): refused, the failback must compare digests
         and then ``pair resync`` must clear the relay first.
         Idempotent: a failback run again after a crash finds it done.
+
+        With ``reverse`` (a planned swap) the journals come from the other data
+        site from now on and go to the first one (``config.swapped``).
         """
         if epoch == self.epoch:
             return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag,
                     "epoch": self.epoch}
-        if epoch <= max(self.epoch, self.jnlg.fence_epoch):
+        if epoch <= self.epoch or epoch < self.jnlg.fence_epoch:
             raise ControlError(f"failback to epoch {epoch}: group {self.cfg.grname} is at epoch "
                                f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
         if self.primary_link is not None:
@@ -644,6 +651,9 @@ class RelayGroup:
             s.set_epoch(epoch)     # with the release, in the journal volume first (durable) ...
             self.jnlg.epoch = epoch            # ... then the table (see __init__)
             self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
+            if reverse:
+                self.jnlg.reversed = not self.jnlg.reversed
+                self.cfg = swapped(self.cfg)
             self._table.save()
             await self.recover_engine()        # the engine stamps the new epoch from now on
             self.forward = ForwardStream(epoch, s.next_seq - 1)
@@ -677,6 +687,8 @@ class RelayGroup:
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
                 "fence_epoch": self.jnlg.fence_epoch, "epoch": self.epoch,
+                "reversed": self.jnlg.reversed,
+                "swap_blocker": swap_problem(self.site, self.cfg),
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
                 "secondary_connected": self.secondary_link is not None}
@@ -724,7 +736,8 @@ class Relay:
     async def _rejoin(self, req: dict) -> dict:
         for g in self.groups.values():
             if g.cfg.grname == req["group"]:
-                return await g.rejoin(int(req["epoch"]), int(req["restored"]))
+                return await g.rejoin(int(req["epoch"]), int(req["restored"]),
+                                      bool(req.get("reverse", False)))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _status(self, req: dict) -> dict:

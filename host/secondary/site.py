@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..wire import protocol
-from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..disk.durable import atomic_write_json
@@ -458,6 +458,55 @@ class RestoreGroup:
         if fua:
             await asyncio.to_thread(vol.flush)
 
+    # -- planned swap (host/rcm/takeover.py): this site becomes the writer ------------
+
+    async def become_master(self, epoch: int, restored: int, relay_last_tag: int) -> None:
+        """Swap, last step here: the primary at ``epoch``.  Every journal up to the
+        relay's SEQ# ``restored`` is applied (the RCM drained it), the restore
+        point is saved, and the primary's state files start empty: the write
+        log continues after the relay's last PSEQ, no chunk to copy, a cold
+        activity log.  Durable in the JNLG table (GRATTR MASTER); the site
+        process restarts into that role."""
+        from ..primary.activity import ActivityLog
+        from ..primary.writelog import WriteLog
+        if self.jnlg.grattr == "MASTER":
+            return
+        if self.taken_over:
+            raise ControlError(f"group {self.cfg.grname} was taken over here: `tricopy "
+                               f"failback` gives it back, a swap does not apply")
+        if epoch <= self.epoch:
+            raise ControlError(f"swap to epoch {epoch}: group {self.cfg.grname} is at epoch "
+                               f"{self.epoch} here")
+        async with self._restore_lock:
+            while self.restore():
+                pass
+            if self.applied < restored or not self.consistent():
+                raise ControlError(f"no swap: the relay issued journals up to SEQ# {restored} "
+                                   f"but only {self.applied} are restored here"
+                                   f"{'' if self.consistent() else ' (not consistent)'}")
+            await asyncio.to_thread(self.checkpoint)
+            await asyncio.to_thread(self.state.save, restored, restored)
+            d = self.site.state_dir
+            wlog = WriteLog(d, self.cfg.grname)
+            wlog.reset(relay_last_tag, relay_last_tag)
+            wlog.close()
+            chunk = max([COPY_CHUNK] + [v.block_size for v in self.volumes.values()])
+            bitmap = CopyBitmap(d / f"{self.cfg.grname}.bitmap",
+                                {i: v.size for i, v in self.volumes.items()}, chunk)
+            bitmap.clear_all()
+            bitmap.save()
+            al = ActivityLog(d / f"{self.cfg.grname}.al")
+            al.hot.clear()
+            al.forget_unclean()
+            self.jnlg.grattr = "MASTER"
+            self.jnlg.epoch = self.jnlg.fence_epoch = epoch
+            self.jnlg.set_state("PAIR")
+            self._table.save()
+        if self.link is not None:
+            await self.link.close()
+        log.warning("group %s: swapped: the primary from now on (epoch %d, journals from PSEQ "
+                    "%d)", self.cfg.grname, epoch, relay_last_tag + 1)
+
     # -- failback (host/rcm/failback.py) ------------------------------------------
 
     async def quiesce(self, epoch: int) -> dict:
@@ -562,6 +611,7 @@ class RestoreGroup:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
                 "role": "primary" if self.taken_over else "secondary", "epoch": self.epoch,
                 "writable": self.writable,
+                "swap_blocker": swap_problem(self.site, self.cfg),
                 "takeover": self.taken_over or None,
                 "written_bytes": self.written.count() * self.written.chunk,
                 "last_time": self.state.time,
@@ -590,7 +640,11 @@ class Secondary:
                                       "pair_set": self._pair_set, "snapshot": self._snapshot,
                                       "takeover": self._takeover, "digest": self._digest,
                                       "quiesce": self._quiesce, "read": self._read,
-                                      "rejoin": self._rejoin})
+                                      "rejoin": self._rejoin,
+                                      "become_master": self._become_master})
+        # Set once a swap made this site the primary: the process restarts
+        # into that role (host/sites_cli.py).
+        self.restart = asyncio.Event()
 
     def _named(self, grname: str) -> RestoreGroup:
         for g in self.groups.values():
@@ -639,6 +693,12 @@ class Secondary:
         relay_seq = req.get("relay_seq")
         return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
                                  None if relay_seq is None else int(relay_seq))
+
+    async def _become_master(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        await g.become_master(int(req["epoch"]), int(req["restored"]),
+                              int(req["relay_last_tag"]))
+        return {"role": "primary", "_after": self.restart.set}
 
     async def _quiesce(self, req: dict) -> dict:
         return await self._named(str(req["group"])).quiesce(int(req["epoch"]))

@@ -164,10 +164,11 @@ class Cluster:
                        + vols("pvol"),
             "relay": common("relay") + f'[[group]]\n{group}{names["relay"]}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
+                     f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
                      f'durability = "{durability}"\n'
                      f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n',
             "secondary": common("secondary") + f'[[group]]\n{group}{names["secondary"]}'
-                         f'attr = "RESTORE"\n'
+                         f'attr = "RESTORE"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
         }
         for role, port in self.nbd_ports.items():
