@@ -128,6 +128,7 @@ def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float =
     ({"epoch", "seq", "time", "forced", ...}) plus what the run saw.  With the
     primary healthy (PAIR, connected to the relay) and every site configured
     for it, a planned swap instead (:func:`swap`)."""
+    t0 = time.monotonic()
     sec = sites.group_status("secondary", grname)
     if sec.get("takeover"):
         return {**sec["takeover"], "already": True}
@@ -173,6 +174,7 @@ def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float =
     record = sites.call("secondary", "takeover", group=grname, epoch=epoch, force=force,
                         relay_seq=last)
     record["relay_last_seq"] = last
+    record["rto_seconds"] = round(time.monotonic() - t0, 3)    # command to writable exports
     return record
 
 
@@ -200,7 +202,8 @@ def _run(args) -> int:
         lost = " (forced without the relay: journals after it that only the relay held are lost)"
     print(f"group {args.group} taken over at the secondary: it holds every journal up to SEQ# "
           f"{rec['seq']} (TIME {rec['time']} ns on the relay engine's clock){lost}; epoch "
-          f"{rec['from_epoch']} -> {rec['epoch']}; its NBD exports are read-write now")
+          f"{rec['from_epoch']} -> {rec['epoch']}; its NBD exports are read-write now "
+          f"({rec['rto_seconds']:g} s after the command started)")
     return 0
 
 
