@@ -147,6 +147,12 @@ def _run(args) -> int:
         rec = failback(sites, args.group, digest=args.digest,
                        progress=progress_bar() if sys.stderr.isatty() else None,
                        say=lambda line: print(f"failback: {line}"))
+        if args.rejoin and not rec.get("already"):
+            # The old primary only rejoins, as the restore side: the site that
+            # took over stays the writer, now replicated through the relay.
+            sw = swap(configured.resolved(), args.group,
+                      say=lambda line: print(f"failback: {line}"))
+            rec["rejoined"] = sw
     except RcmError as exc:
         print(f"tricopy failback: {exc}", file=sys.stderr)
         return 1
@@ -159,6 +165,11 @@ def _run(args) -> int:
           f"{rec['moved_bytes']} bytes copied ({rec['chunks']} chunks, {pct:.1f}% of a full "
           f"copy of {rec['full_bytes']} bytes) in {rec['seconds']:g} s; the primary's NBD "
           f"exports are read-write, the secondary's read-only, replication runs again")
+    if rec.get("rejoined"):
+        print(f"group {args.group}: --rejoin: swapped at SEQ# {rec['rejoined']['seq']}, epoch "
+              f"{rec['rejoined']['epoch']}: the site that took over is the writer again "
+              f"(writes refused for {rec['seconds'] + rec['rejoined']['rto_seconds']:.2f} s in "
+              f"all), replicating to the old primary; `tricopy failback` swaps back")
     return 0
 
 
@@ -170,5 +181,8 @@ def register(subparsers) -> None:
     p.add_argument("--digest", action="store_true",
                    help="compare every chunk by digest instead of trusting the records of "
                         "what was written (needed after a forced takeover)")
+    p.add_argument("--rejoin", action="store_true",
+                   help="after the delta, swap again: the site that took over stays the "
+                        "writer and replicates to the old primary (which only rejoins)")
     _site_args(p)
     p.set_defaults(func=_run)

@@ -59,8 +59,8 @@ def _wait_role(sites: Sites, role: str, want: str, timeout: float) -> None:
         try:
             if sites.call(role, "status")["role"] == want:
                 return
-        except Unreachable:
-            pass                   # restarting
+        except RcmError:
+            pass                   # restarting: refused, or closed mid-answer
         if time.monotonic() > deadline:
             raise RcmError(f"the site at the {role}'s address did not come back as the {want} "
                            f"within {timeout:g} s: see its log")
@@ -94,6 +94,12 @@ def swap(sites: Sites, grname: str, *, timeout: float = 300.0, say=lambda line: 
                        f"{' (taken over)' if sec.get('takeover') else ', not consistent'}; "
                        f"nothing was changed")
     epoch = max(prim["epoch"], sec["epoch"], relay["epoch"], relay["fence_epoch"]) + 1
+    deadline = time.monotonic() + min(timeout, 30.0)
+    while not prim.get("connected") and prim["grsts"] == "PAIR":     # e.g. just rejoined
+        if time.monotonic() > deadline:
+            break                  # swap_out says why
+        time.sleep(POLL)
+        prim = sites.group_status("primary", grname)
     out = sites.call("primary", "swap_out", group=grname, epoch=epoch)
     say(f"the primary stopped taking writes at PSEQ {out['last_pseq']}, all ACKed by the relay")
     try:

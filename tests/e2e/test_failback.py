@@ -58,8 +58,14 @@ def takeover_after_a_crash(cluster: Cluster, seed: int) -> Writers:
         tasks = [asyncio.create_task(writers.worker(w)) for w in range(WORKERS)]
         while sum(writers.acked(w) for w in range(WORKERS)) < 80:
             await asyncio.sleep(0.01)
-        # The relay stops taking anything.  Writes sent from now on reach the
-        # PVOL (applied before they are sent) and wait for an ACK ...
+        # The load stops (a later write of a worker could land on a late
+        # block) and the relay ACKs what it has ...
+        for t in tasks:
+            t.cancel()
+        while cluster.status("primary")["pending"]:
+            await asyncio.sleep(0.01)
+        # ... then takes nothing more.  Writes sent from now on reach the PVOL
+        # (applied before they are sent) and wait for an ACK ...
         cluster.procs["relay"].send_signal(signal.SIGSTOP)
         client = await control.ControlClient.open(cluster.control_addr("primary"))
         late = [asyncio.create_task(client.call("write", idx=0, offset=(16 * i + 3) * BLOCK,
@@ -159,5 +165,29 @@ def test_failback_interrupted_after_the_copy_is_finished_by_a_second_run(tmp_pat
         assert done.returncode == 0, done.stderr
         cluster.wait_drained()
         assert cluster.volume_bytes("primary", 0) == cluster.volume_bytes("secondary", 0)
+    finally:
+        cluster.stop_all()
+
+
+def test_failback_rejoin_keeps_the_new_writer_and_replicates_to_the_old_primary(tmp_path):
+    """``--rejoin``: the old primary gets the delta and comes back as the restore
+    side; the site that took over keeps writing, now replicated."""
+    cluster = Cluster(tmp_path, nbd=True, volumes=1, vol_size=VOL)
+    try:
+        takeover_after_a_crash(cluster, seed=13)
+        out = rcm(cluster, "failback", "--group", "g1", "--rejoin")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert "--rejoin: swapped" in out.stdout, out.stdout
+        assert control.call(cluster.control_addr("secondary"), "status")["role"] == "primary"
+        assert control.call(cluster.control_addr("primary"), "status")["role"] == "secondary"
+        done = qemu_write(cluster, "secondary", 0xcd, 2 << 20)
+        assert done.returncode == 0 and "wrote" in done.stdout, done
+        deadline = time.monotonic() + 30
+        while cluster.volume_bytes("primary", 0) != cluster.volume_bytes("secondary", 0):
+            assert time.monotonic() < deadline, "the old primary did not receive the new writes"
+            time.sleep(0.05)
+        assert cluster.volume_bytes("primary", 0)[2 << 20:(2 << 20) + BLOCK] == b"\xcd" * BLOCK
+        back = rcm(cluster, "failback", "--group", "g1")
+        assert back.returncode == 0 and "swapped back" in back.stdout, back
     finally:
         cluster.stop_all()
