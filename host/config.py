@@ -62,7 +62,7 @@ KEYS = {
              "tls", "control_clients", "control_plaintext", "limits", "metrics"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
               "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
-              "peer_site", "upstream_site", "reverse_peer"),
+              "peer_site", "upstream_site", "reverse_peer", "relay_loss"),
     "journal": ("path", "size"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
     "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
@@ -126,7 +126,11 @@ class GroupConfig:
     journal: JournalConfig | None = None
     restore_interval: float = 0.0        # secondary: seconds between restores, 0 = continuous
     full_suspend_after: float = 30.0     # primary: seconds of relay FULL before SUSP
-    link_suspend_after: float = 30.0     # primary: seconds writes wait for an unreachable relay
+    link_suspend_after: float = 10.0     # primary: seconds writes wait for an unreachable relay
+    # primary: what the group does then (docs/operations.md, "Losing the relay"):
+    # "suspend" (the default) suspends the pair and goes on taking host writes,
+    # tracked in the copy bitmap; "fence" refuses them (EIO) until a resync.
+    relay_loss: str = "suspend"
     # GRSTS when the site has no JNLG table row yet (docs/operations.md): "SMPL",
     # paired later by `tricopy pair create`; "PAIR" only for brand-new volumes
     # (create = true, not there yet), the one case where both sides are known equal.
@@ -343,9 +347,13 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     full_after = _get(t, "full_suspend_after", (int, float), w, 30.0)
     if full_after < 0:
         raise ConfigError(f"{w}full_suspend_after: must be >= 0 seconds, got {full_after}")
-    link_after = _get(t, "link_suspend_after", (int, float), w, 30.0)
+    link_after = _get(t, "link_suspend_after", (int, float), w, 10.0)
     if link_after < 0:
         raise ConfigError(f"{w}link_suspend_after: must be >= 0 seconds, got {link_after}")
+    relay_loss = _get(t, "relay_loss", str, w, "suspend")
+    if relay_loss not in ("suspend", "fence"):
+        raise ConfigError(f"{w}relay_loss: must be \"suspend\" (writes go on, tracked) or "
+                          f"\"fence\" (writes refused), got {relay_loss!r}")
     initial_state = _get(t, "initial_state", str, w, "SMPL").upper()
     if initial_state not in ("PAIR", "SMPL"):
         raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
@@ -359,7 +367,8 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
             names[key] = value
     return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
                        float(interval), float(full_after), link_suspend_after=float(link_after),
-                       initial_state=initial_state, reverse_peer=reverse_peer, **names)
+                       initial_state=initial_state, reverse_peer=reverse_peer,
+                       relay_loss=relay_loss, **names)
 
 
 def _parse_nbd(t: dict, base: Path) -> NbdConfig:

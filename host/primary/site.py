@@ -57,6 +57,8 @@ RECONNECT_DELAY = 0.2
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
+# In the reason of a SUSP that goes on taking host writes (relay_loss = "suspend").
+TRACKING = "host writes go on, tracked in the copy bitmap"
 AL_COOL_EVERY = 1.0         # seconds between looks at the activity log (AL)
 AL_MAX_HOT = 256            # extents kept hot while writes go on (what a crash may resync)
 COPY_STALL = 10.0           # seconds a COPY may make no progress, nothing in flight
@@ -105,6 +107,9 @@ class MasterGroup:
         self.bitmap = CopyBitmap(site.state_dir / f"{cfg.grname}.bitmap",
                                  {i: v.size for i, v in self.volumes.items()}, chunk)
         self.split = self.jnlg.grsts == "SUSP" and self.jnlg.reason.startswith("split")
+        # A SUSP that takes host writes without an operator's split: the relay
+        # was lost under relay_loss = "suspend" (the reason says so, durably).
+        self.tracking = self.jnlg.grsts == "SUSP" and TRACKING in self.jnlg.reason
         self._scan_pos: dict[int, int] = {}     # per IDX: first chunk the scan has not taken
         self._copy_gen = 0                      # bumped on every start of a scan
         self._copy_task: asyncio.Task | None = None
@@ -459,9 +464,14 @@ class MasterGroup:
 
     # -- the relay link ------------------------------------------------------------
 
-    def _suspend(self, reason: str) -> None:
+    def _suspend(self, reason: str, keep_writes: bool = False) -> None:
+        """PAIR/COPY -> SUSP with ``reason``.  The journals in flight go to the copy
+        bitmap; their host writes fail, or with ``keep_writes`` (relay_loss =
+        "suspend") complete once the PVOLs are durable, and later writes go on
+        as after a split (``tracking``)."""
         self.suspensions += 1
         self.grsts, self.reason, self.split = "SUSP", reason, False
+        self.tracking = keep_writes
         if self.unclean:      # its extents are in the copy bitmap: `pair resync` sends them
             self.unclean = []
             try:
@@ -472,16 +482,40 @@ class MasterGroup:
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         self._sent_at.clear()
         log.error("group %s suspended: %s", self.cfg.grname, reason)
+        kept = []
         for ctl, _, fut in self.stream.drop_all():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
             self.bitmap.mark(ctl.idx, ctl.address, ctl.length)   # resync sends them again
-            if not fut.done():
+            if fut.done():
+                continue
+            if keep_writes:
+                kept.append(fut)
+            else:
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
-        self.bitmap.save()
+        self.bitmap.save()          # before any of those writes may complete
         try:
             self.log.reset(self.last_pseq, self.acked_hwm)
         except OSError as exc:
             log.error("group %s: write log reset failed: %s", self.cfg.grname, exc)
+        if kept:
+            asyncio.get_running_loop().create_task(self._complete_locally(kept))
+
+    async def _complete_locally(self, futures: list) -> None:
+        """Host writes that were in flight when the relay was lost (relay_loss =
+        "suspend"): on the PVOL and in the copy bitmap (saved); once the PVOLs
+        are durable they complete, as a write of a split group would."""
+        try:
+            await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+        except OSError as exc:
+            err = LocalIOError(exc.errno or errno.EIO, f"group {self.cfg.grname}: PVOL fsync "
+                                                       f"failed: {exc.strerror or exc}")
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(protocol.Ack(tag=0, req_type=FrameType.JNLWR))
 
     def _complete(self, acked: list) -> None:
         """These pending journals are durable at the relay: complete their host writes."""
@@ -591,8 +625,14 @@ class MasterGroup:
             if now - self._hello_wait_since > self.cfg.link_suspend_after:
                 reason = (f"relay unreachable for more than {self.cfg.link_suspend_after:g} s "
                           f"after an unclean stop (writes wait for it)")
-        if reason:
-            self._suspend(reason)
+        if not reason:
+            return
+        if self.cfg.relay_loss == "fence":
+            self._suspend(f"{reason}; host writes are refused (relay_loss = \"fence\"): bring "
+                          f"the relay back and run `tricopy pair resync`, or `tricopy takeover`")
+        else:
+            self._suspend(f"{reason}; {TRACKING} (relay_loss = \"suspend\"): once the "
+                          f"relay is back, `tricopy pair resync` sends them", keep_writes=True)
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
         self.reconnects += 1
@@ -754,7 +794,7 @@ class MasterGroup:
         (the base journal will carry it: the patent's "address > BJPtr").
         An error SUSP returns False: ``_enqueue`` refuses the write.
         """
-        if self.grsts == "SUSP" and self.split:
+        if self.grsts == "SUSP" and (self.split or self.tracking):
             if self.bitmap.mark(idx, offset, length):
                 self.bitmap.save()
         elif self.grsts == "COPY":
@@ -1022,7 +1062,7 @@ class MasterGroup:
         self.al.forget_unclean()          # saves the (empty) activity log
         self._ready.set()
         self.dirty.clear()
-        self.split = False
+        self.split = self.tracking = False
         self.jnlg.epoch = epoch
         self.jnlg.fence_epoch = epoch
         self.jnlg.set_state("PAIR")
@@ -1040,7 +1080,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
-        self.split = False
+        self.split = self.tracking = False
         # A full copy follows: whatever the relay lost before is moot.
         self.acked_hwm = 0
         self.log.save_state(0)
@@ -1066,7 +1106,7 @@ class MasterGroup:
             # next PSEQ must follow the relay's last one or it sees a gap.
             self.stream.rebase(relay_last_tag)
             self.log.reset(self.last_pseq, self.acked_hwm)     # and so must it after a restart
-        self.split = False
+        self.split = self.tracking = False
         self.stream.clear_faults()
         self.dirty.clear()
         self._set_state("COPY")
@@ -1081,7 +1121,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
-        self.split = False
+        self.split = self.tracking = False
         self.dirty.clear()
         self._set_state("SMPL")
 
@@ -1101,7 +1141,7 @@ class MasterGroup:
                 "write_log_bytes": self.log.size,
                 "write_log_segments": len(self.log.segments),
                 "dirty_extents": len(self.dirty),
-                "split": self.split, "copy_chunk": self.bitmap.chunk,
+                "split": self.split, "tracking": self.tracking, "copy_chunk": self.bitmap.chunk,
                 "copy_total": self.copy_total, "copy_done": self.copy_done,
                 "copy_writes": self.copy_writes,
                 "copy_pending_bytes": self.bitmap.count() * self.bitmap.chunk,

@@ -86,6 +86,7 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
+                 relay_loss: str = "suspend",
                  vol_size: int = VOL_SIZE, engine: str = "model",
                  engine_mode: str | None = None, tls: bool = True,
                  site_extra: dict[str, str] | None = None):
@@ -99,6 +100,7 @@ class Cluster:
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
         self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
         self.link_suspend_after = link_suspend_after
+        self.relay_loss = relay_loss
         # "PAIR" (the default here, not in the site config): a ready pair of new
         # volumes, which the sites accept because every volume says create = true
         # and none exists yet.  "SMPL": pair with the RCM (host/rcm/pairs.py).
@@ -161,6 +163,7 @@ class Cluster:
             "primary": common("primary") + f'[[group]]\n{group}{names["primary"]}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
                        f'link_suspend_after = {self.link_suspend_after}\n'
+                       f'relay_loss = "{self.relay_loss}"\n'
                        + vols("pvol"),
             "relay": common("relay") + f'[[group]]\n{group}{names["relay"]}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
