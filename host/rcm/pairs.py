@@ -118,9 +118,33 @@ class Sites:
 Progress = Callable[[dict], None]
 
 
-def pair_create(sites: Sites, grname: str) -> None:
+def _tell(sites: Sites, grname: str, grsts: str, say) -> list[str]:
+    """Set ``grsts`` at the relay and the secondary where they answer; the roles
+    that did not.  The primary's state is the pair's: the others follow it."""
+    missed = []
+    for role in ("relay", "secondary"):
+        try:
+            sites.call(role, "pair_set", group=grname, grsts=grsts)
+        except Unreachable as exc:
+            missed.append(role)
+            say(f"{exc}; it still shows the old state (run the command again once it is "
+                f"back; `pair create` and `pair resync` bring it along too)")
+    return missed
+
+
+def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     """PAIR_CREATE: check the pairing rules, then SMPL -> COPY (the base copy starts)."""
     tables = {r: sites.call(r, "jnlg") for r in ROLES}
+    prim = next((g for g in tables["primary"]["groups"] if g["grname"] == grname), None)
+    if prim is not None and prim["grsts"] == "SMPL":
+        # A delete that could not reach the relay or the secondary: finish it
+        # (the primary's state is the pair's) before the rules are checked.
+        for role in ("relay", "secondary"):
+            row = next((g for g in tables[role]["groups"] if g["grname"] == grname), None)
+            if row is not None and row["grsts"] != "SMPL":
+                say(f"the {role} still showed {row['grsts']} from a delete it missed: set to SMPL")
+                sites.call(role, "pair_set", group=grname, grsts="SMPL")
+                tables[role] = sites.call(role, "jnlg")
     check_pairing(grname, tables["primary"], tables["relay"], tables["secondary"])
     relay = sites.group_status("relay", grname)
     # Downstream first: by the time the first base journal flows, the relay and
@@ -162,8 +186,10 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
     return point
 
 
-def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0) -> None:
-    """PAIR/COPY -> SUSP: host writes go on at the primary, tracked in the copy bitmap."""
+def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0,
+               say=lambda line: None) -> list[str]:
+    """PAIR/COPY -> SUSP: host writes go on at the primary, tracked in the copy bitmap.
+    Works with the relay or the secondary unreachable; returns those not told."""
     sites.call("primary", "pair_split", group=grname)
     deadline = time.monotonic() + timeout
     # Journals in flight at the split still reach the relay (nothing is dropped).
@@ -171,8 +197,7 @@ def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise RcmError(f"journals in flight at the split not ACKed after {timeout:g} s")
         time.sleep(POLL)
-    sites.call("relay", "pair_set", group=grname, grsts="SUSP")
-    sites.call("secondary", "pair_set", group=grname, grsts="SUSP")
+    return _tell(sites, grname, "SUSP", say)
 
 
 def pair_resync(sites: Sites, grname: str) -> None:
@@ -186,11 +211,11 @@ def pair_resync(sites: Sites, grname: str) -> None:
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"])
 
 
-def pair_delete(sites: Sites, grname: str) -> None:
-    """Any state -> SMPL on all three sites."""
+def pair_delete(sites: Sites, grname: str, say=lambda line: None) -> list[str]:
+    """Any state -> SMPL on all three sites; the relay and the secondary where they
+    answer (returns those not told)."""
     sites.call("primary", "pair_delete", group=grname)
-    sites.call("relay", "pair_set", group=grname, grsts="SMPL")
-    sites.call("secondary", "pair_set", group=grname, grsts="SMPL")
+    return _tell(sites, grname, "SMPL", say)
 
 
 # -- status --------------------------------------------------------------------------
@@ -249,17 +274,18 @@ def _run_pair(args) -> int:
     try:
         sites = _sites(args)
         op = args.op
+        say = lambda line: print(f"tricopy pair {op}: {line}", file=sys.stderr)  # noqa: E731
         if op == "create":
-            pair_create(sites, args.group)
+            pair_create(sites, args.group, say=say)
             print(f"group {args.group}: COPY (base copy started)")
         elif op == "split":
-            pair_split(sites, args.group)
+            pair_split(sites, args.group, say=say)
             print(f"group {args.group}: SUSP (writes tracked in the copy bitmap)")
         elif op == "resync":
             pair_resync(sites, args.group)
             print(f"group {args.group}: COPY (delta resync started)")
         elif op == "delete":
-            pair_delete(sites, args.group)
+            pair_delete(sites, args.group, say=say)
             print(f"group {args.group}: SMPL")
         if op == "sync" or (op in ("create", "resync") and not args.no_wait):
             point = pair_sync(sites, args.group, timeout=args.timeout,
