@@ -65,8 +65,9 @@ COPY_STALL = 10.0           # seconds a COPY may make no progress, nothing in fl
 
 
 
-class GroupSuspended(Exception):
-    """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why."""
+class GroupSuspended(ControlError):
+    """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why.
+    A ControlError: a control client's write gets the reason, the log no traceback."""
 
 
 class GroupFenced(GroupSuspended):
