@@ -151,7 +151,7 @@ def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     # secondary already know they are in COPY (the SVOLs are not consistent).
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY")
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_create", group=grname)
 
 
@@ -177,7 +177,7 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
         time.sleep(POLL)
     # Every base journal is ACKed, so each has a SEQ# at or below the relay's last.
     point = sites.group_status("relay", grname)["next_seq"] - 1
-    sites.call("relay", "pair_set", group=grname, grsts="PAIR")
+    sites.call("relay", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     sites.call("secondary", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     while not sites.group_status("secondary", grname)["consistent"]:
         if time.monotonic() > deadline:
@@ -207,7 +207,7 @@ def pair_resync(sites: Sites, grname: str) -> None:
     # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY")
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"])
 
 

@@ -40,6 +40,7 @@ from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
+from .local_copy import RelayCopy
 from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
@@ -54,6 +55,9 @@ FORWARD_BATCH = 64         # journals per read/send batch to the secondary
 RECONNECT_DELAY = 0.2
 FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
+
+
+LOCAL_RELEASE_EVERY = 0.1   # seconds between releases of what the relay's data volumes hold
 
 
 class RelayError(Exception):
@@ -154,6 +158,9 @@ class RelayGroup:
         self.store.on_persist_empty = lambda ctl: self._save_last_tag(ctl.tag)
         self._new = asyncio.Event()       # a journal became forwardable
         self._acked = asyncio.Event()     # the secondary ACKed something
+        # Data volumes at the relay (patent Fig. 12; local_copy.py), if configured.
+        self.local = RelayCopy(self.cfg, site) if site.volumes_of(cfg.grnum) else None
+        self._local_new = asyncio.Event()   # a journal became applicable to them
 
     # -- recovery -------------------------------------------------------------
 
@@ -367,6 +374,7 @@ class RelayGroup:
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
             self._new.set()
+            self._local_new.set()
             return None, ack.frame()
         return ack.seq, ack.frame()
 
@@ -389,6 +397,7 @@ class RelayGroup:
                     await link.close()     # no ACK for what may not be on disk
                     continue               # drain the queue; nothing more is sent
                 self._new.set()
+                self._local_new.set()
                 PERF["relay.durable_wait"].add(now() - t)   # appended -> ACK queued
             if not link.closed:
                 link.send(frame)
@@ -543,8 +552,30 @@ class RelayGroup:
         except GroupFault:
             await link.close()      # logged by _fault
 
+    async def local_tasks(self) -> None:
+        """The relay's data volumes: fed from the journal volume, restored like an
+        SVOL, and what they hold durably (with the secondary) released."""
+        lc = self.local
+        tasks = [asyncio.create_task(lc.feed(self.store, self.forwardable, self._local_new,
+                                             lambda: bool(self.fault))),
+                 asyncio.create_task(lc.restorer(self.cfg.restore_interval))]
+        try:
+            done = self.store.tail_seq - 1
+            while not self.fault:
+                await asyncio.sleep(LOCAL_RELEASE_EVERY)
+                upto = min(self.secondary_acked, lc.last_restored)
+                if upto > done and upto >= self.store.tail_seq:
+                    await self._release(upto)
+                    done = upto
+        finally:
+            for t in tasks:
+                t.cancel()
+
     async def _release(self, upto: int) -> None:
-        """The secondary holds everything up to ``upto`` for good: move JOPTR."""
+        """The secondary holds everything up to ``upto`` for good: move JOPTR
+        (not past what the relay's own data volumes hold durably, if any)."""
+        if self.local is not None:
+            upto = min(upto, self.local.last_restored)
         self._acked.set()
         while self._arrivals and self._arrivals[0][0] <= upto:
             self._arrivals.popleft()
@@ -578,11 +609,14 @@ class RelayGroup:
         except StoreError as exc:
             raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
 
-    def pair_set(self, grsts: str) -> None:
-        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
+    def pair_set(self, grsts: str, consistent_seq: int | None = None) -> None:
+        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
+        ``consistent_seq``: where the relay's data volumes (if any) are an image."""
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
         self.jnlg.set_state(grsts)
+        if consistent_seq is not None:
+            self.jnlg.consistent_seq = consistent_seq
         self._table.save()
 
     def lag(self) -> float:
@@ -646,6 +680,10 @@ class RelayGroup:
                                    f"--digest` after `tricopy pair delete` at the relay")
             if self.secondary_link is not None:
                 await self.secondary_link.close()
+            if self.local is not None and self.local.last_restored < s.next_seq - 1:
+                raise ControlError(f"the relay's data volumes restored up to SEQ# "
+                                   f"{self.local.last_restored} of {s.next_seq - 1}: run the "
+                                   f"command again once they caught up")
             if s.held:
                 await self._release(s.next_seq - 1)
             s.set_epoch(epoch)     # with the release, in the journal volume first (durable) ...
@@ -656,6 +694,8 @@ class RelayGroup:
                 self.cfg = swapped(self.cfg)
             self._table.save()
             await self.recover_engine()        # the engine stamps the new epoch from now on
+            if self.local is not None:
+                self.local.stream.epoch = epoch
             self.forward = ForwardStream(epoch, s.next_seq - 1)
             self.forward_fault = self.reason = ""
             self.grsts = "PAIR"
@@ -691,7 +731,8 @@ class RelayGroup:
                 "swap_blocker": swap_problem(self.site, self.cfg),
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
-                "secondary_connected": self.secondary_link is not None}
+                "secondary_connected": self.secondary_link is not None,
+                "local": self.local.summary() if self.local is not None else None}
 
 
 class Relay:
@@ -714,7 +755,7 @@ class Relay:
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence,
-                                      "rejoin": self._rejoin})
+                                      "rejoin": self._rejoin, "snapshot": self._snapshot})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -722,7 +763,8 @@ class Relay:
     async def _pair_set(self, req: dict) -> dict:
         for g in self.groups.values():
             if g.cfg.grname == req["group"]:
-                g.pair_set(str(req["grsts"]))
+                seq = req.get("consistent_seq")
+                g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
                 return {"grsts": g.jnlg.grsts}
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
@@ -731,6 +773,24 @@ class Relay:
             if g.cfg.grname == req["group"]:
                 last = await g.fence(int(req["epoch"]))
                 return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _snapshot(self, req: dict) -> dict:
+        """Tests/forensics: copy the relay's data volumes (between restore steps)
+        into ``<state_dir>/snapshots/<name>``; only a plain name."""
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                if g.local is None:
+                    raise ControlError(f"group {g.cfg.grname} has no data volumes at the relay")
+                name = str(req["name"])
+                if not name or not all(c.isalnum() or c in "-_." for c in name) \
+                        or name.startswith("."):
+                    raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
+                                       f"not {name!r}")
+                folder = self.cfg.state_dir / "snapshots" / name
+                applied, consistent = await g.local.snapshot(folder)
+                return {"last_restored": applied, "consistent": consistent,
+                        "folder": str(folder)}
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _rejoin(self, req: dict) -> dict:
@@ -784,6 +844,8 @@ class Relay:
                 "relay", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
+        forwarders += [asyncio.create_task(g.local_tasks()) for g in self.groups.values()
+                       if g.local is not None]
         forwarders += [asyncio.create_task(g.release_persister()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.background_sync()) for g in self.groups.values()
                        if g.cfg.durability is Durability.MEMORY]

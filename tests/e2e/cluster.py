@@ -86,7 +86,7 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
-                 relay_loss: str = "suspend",
+                 relay_loss: str = "suspend", relay_volumes: bool = False,
                  vol_size: int = VOL_SIZE, engine: str = "model",
                  engine_mode: str | None = None, tls: bool = True,
                  site_extra: dict[str, str] | None = None):
@@ -101,6 +101,7 @@ class Cluster:
         self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
         self.link_suspend_after = link_suspend_after
         self.relay_loss = relay_loss
+        self.relay_volumes = relay_volumes     # data volumes at the relay (Fig. 12)
         # "PAIR" (the default here, not in the site config): a ready pair of new
         # volumes, which the sites accept because every volume says create = true
         # and none exists yet.  "SMPL": pair with the RCM (host/rcm/pairs.py).
@@ -169,7 +170,8 @@ class Cluster:
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
                      f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
                      f'durability = "{durability}"\n'
-                     f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n',
+                     f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n'
+                     + (vols("rvol") if self.relay_volumes else ""),
             "secondary": common("secondary") + f'[[group]]\n{group}{names["secondary"]}'
                          f'attr = "RESTORE"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
@@ -259,7 +261,7 @@ class Cluster:
             time.sleep(0.1)
 
     def volume_bytes(self, role: str, idx: int) -> bytes:
-        prefix = "pvol" if role == "primary" else "svol"
+        prefix = {"primary": "pvol", "relay": "rvol"}.get(role, "svol")
         return (self.root / role / f"{prefix}{idx}.img").read_bytes()
 
 
