@@ -76,5 +76,7 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
         assert check_prefix(writers, [cluster.volume_bytes("relay", i)
                                       for i in range(cluster.volumes)]) == total
         assert r["local"]["consistent"] and r["held"] == 0
+        shown = cluster.cli("status").stdout
+        assert f"relay copy consistent (restored {r['next_seq'] - 1}" in shown, shown
     finally:
         cluster.stop_all()
