@@ -108,7 +108,7 @@ def _check_ports(cfg: SiteConfig, role: str) -> None:
                                "make the certificates with `tricopy certs` (docs/security.md)")
     if role != "primary":                    # the primary only connects out
         keys.append(("listen", cfg.listen))
-    if role != "relay" and cfg.nbd is not None:
+    if cfg.nbd is not None:      # a relay's: its data volumes (Fig. 12), read-only
         keys.append(("nbd.listen", cfg.nbd.listen))
     for key, addr in keys:
         if addr is None or addr[1] == 0:
@@ -286,7 +286,7 @@ def _listening(cfg: SiteConfig, role: str) -> str:
         parts.append("control %s:%d" % cfg.control + (" (TLS)" if cfg.tls and
                                                        not cfg.control_plaintext else
                                                        " (plaintext, read-only)"))
-    if role != "relay" and cfg.nbd is not None:
+    if cfg.nbd is not None:
         parts.append("nbd %s:%d" % cfg.nbd.listen)
     peers = [f"{g.grname} -> %s:%d" % g.peer for g in cfg.groups
              if g.attr is ROLE_ATTR[role] and g.peer is not None]

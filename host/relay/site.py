@@ -843,6 +843,10 @@ class Relay:
             self.metrics = await serve_metrics(self.cfg.metrics, SiteCollector(
                 "relay", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
+        copies = [g.local for g in self.groups.values() if g.local is not None]
+        if self.cfg.nbd is not None and copies:    # the relay's data volumes, read-only
+            from ..nbd.primary_export import secondary_exports, serve_site_volumes
+            self.nbd = await serve_site_volumes(self.cfg.nbd, secondary_exports(copies))
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.local_tasks()) for g in self.groups.values()
                        if g.local is not None]

@@ -98,7 +98,8 @@ class Cluster:
         self.volumes = volumes
         self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
-        self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
+        nbd_roles = ("primary", "secondary") + (("relay",) if relay_volumes else ())
+        self.nbd_ports = {r: free_port() for r in nbd_roles} if nbd else {}
         self.link_suspend_after = link_suspend_after
         self.relay_loss = relay_loss
         self.relay_volumes = relay_volumes     # data volumes at the relay (Fig. 12)
@@ -234,8 +235,8 @@ class Cluster:
             self.kill(role)
 
     def nbd_uri(self, role: str, idx: int) -> str:
-        """``nbd://`` URI of volume ``idx`` at the primary (PVOL) or secondary (SVOL)."""
-        prefix = "pvol" if role == "primary" else "svol"
+        """``nbd://`` URI of volume ``idx`` at the primary (PVOL), relay or secondary (SVOL)."""
+        prefix = {"primary": "pvol", "relay": "rvol"}.get(role, "svol")
         return f"nbd://127.0.0.1:{self.nbd_ports[role]}/{prefix}{idx}"
 
     def log(self, role: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .test_consistency import WORKERS, StampedWriters, check_prefix
 
 
 def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
-    cluster = Cluster(tmp_path, relay_volumes=True)
+    cluster = Cluster(tmp_path, relay_volumes=True, nbd=True)
     # The relay's copy restores in steps every 0.5 s: the far secondary ACKs
     # journals well before the copy holds them, so a relay that released on
     # the secondary's ACK alone would lose them for its copy at the crash.
@@ -76,6 +77,16 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
         assert check_prefix(writers, [cluster.volume_bytes("relay", i)
                                       for i in range(cluster.volumes)]) == total
         assert r["local"]["consistent"] and r["held"] == 0
+        # Its copy is served read-only over NBD, under its own export names.
+        got = tmp_path / "rvol0.read"
+        subprocess.run(["nbdcopy", cluster.nbd_uri("relay", 0), str(got)], check=True,
+                       capture_output=True, timeout=60)
+        assert got.read_bytes() == cluster.volume_bytes("primary", 0)
+        no = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xee 0 4096",
+                             cluster.nbd_uri("relay", 0)], capture_output=True, text=True,
+                            timeout=60)
+        assert "Permission denied" in no.stdout + no.stderr or \
+            "Operation not permitted" in no.stdout + no.stderr, no
         shown = cluster.cli("status").stdout
         assert f"relay copy consistent (restored {r['next_seq'] - 1}" in shown, shown
     finally:
