@@ -102,6 +102,13 @@ def assess(row: dict) -> dict:
         note(DEGRADED, "TAKEN OVER", "secondary",
              f"the secondary site is the primary since epoch {taken['epoch']} (SEQ# "
              f"{taken['seq']}); no replication until the old primary site rejoins")
+    at_relay = r.get("takeover") if r else None
+    if at_relay:
+        taken = at_relay
+        note(DEGRADED, "TAKEN OVER", "relay",
+             f"the relay site is the primary since epoch {at_relay['epoch']} (SEQ# "
+             f"{at_relay['seq']}), replicating to the secondary; the old primary site is "
+             f"fenced when it returns")
     if p is None:
         if not taken:
             note(DOWN, "PRIMARY LOST", "primary", _where(row["primary"], "primary"))
@@ -110,7 +117,7 @@ def assess(row: dict) -> dict:
     elif p["grsts"] == "SMPL":
         note(DEGRADED, "SMPL", "primary", "not paired: no copy is made (`tricopy pair create`)")
     elif p["grsts"] == "SUSP":
-        if p.get("split"):
+        if p.get("split") or p.get("tracking"):    # host writes go on, tracked
             note(DEGRADED, "SUSP", "primary", p["reason"] or "split by the operator")
         else:
             note(DOWN, "SUSP", "primary", p["reason"])
@@ -123,14 +130,14 @@ def assess(row: dict) -> dict:
     if r is None:
         if paired:
             note(DOWN, "RELAY LOST", "relay", _where(row["relay"], "relay")
-                 + ": host writes stall, then fail")
+                 + ": host writes stall, then go on tracked (or fail: relay_loss = \"fence\")")
         elif not taken:
             note(DEGRADED, "RELAY LOST", "relay", _where(row["relay"], "relay"))
     elif r["grsts"] == "SUSP" and not taken:
         note(DOWN if paired else DEGRADED, "SUSP", "relay", r["reason"])
     if s is None:
         note(DEGRADED, "SECONDARY LOST", "secondary", _where(row["secondary"], "secondary"))
-    elif not taken:
+    elif not taken or at_relay:
         if s["grsts"] == "SUSP":
             note(DEGRADED, "SUSP", "secondary", s["reason"])
         elif not s["consistent"] and (p is None or p["grsts"] != "COPY"):

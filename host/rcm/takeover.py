@@ -128,6 +128,46 @@ def swap(sites: Sites, grname: str, *, timeout: float = 300.0, say=lambda line: 
     return {"epoch": epoch, "seq": r["last_seq"], "swap": True, "rto_seconds": round(rto, 3)}
 
 
+def takeover_to_relay(sites: Sites, grname: str, *, timeout: float = 300.0,
+                      say=lambda line: None) -> dict:
+    """The relay site becomes the writer (patent [0073]: it is closer to the users
+    than the far site); it needs data volumes (Fig. 12).  The old primary is
+    fenced at the relay; every journal is restored at the relay's copy and at
+    the secondary first, then the relay stamps its own writes at the new epoch
+    and forwards them to the secondary as before."""
+    t0 = time.monotonic()
+    relay = sites.group_status("relay", grname)
+    if relay.get("takeover"):
+        return {**relay["takeover"], "already": True}
+    if not relay.get("local"):
+        raise RcmError(f"group {grname} has no data volumes at the relay ([[volume]] entries "
+                       f"in its config, docs/operations.md): nothing to take over there; "
+                       f"nothing was changed")
+    if not relay["local"]["consistent"]:
+        why = relay["local"]["reason"] or relay["local"]["grsts"]
+        raise RcmError(f"the relay's copy is no consistent image ({why}); nothing was changed")
+    sec = sites.group_status("secondary", grname)
+    epoch = max(relay["epoch"], relay["fence_epoch"], sec["epoch"]) + 1
+    last = sites.call("relay", "fence", group=grname, epoch=epoch)["last_seq"]
+    say(f"relay fenced at epoch {epoch}: the primary can write no more; waiting for SEQ# "
+        f"{last} at the relay's copy and the secondary")
+    deadline = time.monotonic() + timeout
+    while True:
+        relay = sites.group_status("relay", grname)
+        sec = sites.group_status("secondary", grname)
+        if relay["local"]["last_restored"] >= last and sec["last_restored"] >= last:
+            break
+        if time.monotonic() > deadline:
+            raise RcmError(f"the relay's copy restored {relay['local']['last_restored']} and the "
+                           f"secondary {sec['last_restored']} of SEQ# {last} within "
+                           f"{timeout:g} s; the relay stays fenced: run the command again")
+        time.sleep(POLL)
+    rec = sites.call("relay", "promote", group=grname, epoch=epoch, restored=last)
+    sites.call("secondary", "move_epoch", group=grname, epoch=epoch, restored=last)
+    rec["rto_seconds"] = round(time.monotonic() - t0, 3)
+    return rec
+
+
 def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float = 300.0,
              say=lambda line: None, swap_if_alive: bool = True) -> dict:
     """Take group ``grname`` over at the secondary; returns the secondary's record
@@ -187,9 +227,19 @@ def takeover(sites: Sites, grname: str, *, force: bool = False, timeout: float =
 def _run(args) -> int:
     try:
         sites = _sites(args)
-        rec = takeover(sites, args.group, force=args.force, timeout=args.timeout,
-                       say=lambda line: print(f"takeover: {line}"),
-                       swap_if_alive=not args.no_swap)
+        if args.to == "relay":
+            rec = takeover_to_relay(sites, args.group, timeout=args.timeout,
+                                    say=lambda line: print(f"takeover: {line}"))
+            if not rec.get("already"):
+                print(f"group {args.group} taken over at the relay site at SEQ# {rec['seq']}, "
+                      f"epoch {rec['epoch']}: its NBD exports are read-write "
+                      f"({rec['rto_seconds']:g} s after the command started); journals go on "
+                      f"to the secondary")
+                return 0
+        else:
+            rec = takeover(sites, args.group, force=args.force, timeout=args.timeout,
+                           say=lambda line: print(f"takeover: {line}"),
+                           swap_if_alive=not args.no_swap)
     except RcmError as exc:
         print(f"tricopy takeover: {exc}", file=sys.stderr)
         return 1
@@ -220,6 +270,9 @@ def register(subparsers) -> None:
     p.add_argument("--group", required=True, help="GRNAME of the journal group")
     p.add_argument("--force", action="store_true",
                    help="take over without the relay: journals only it holds are lost")
+    p.add_argument("--to", choices=["secondary", "relay"], default="secondary",
+                   help="the site that becomes the writer: the secondary (default) or the "
+                        "relay site, if it keeps data volumes")
     p.add_argument("--no-swap", action="store_true",
                    help="even with the primary healthy, take over and fence it instead of a "
                         "planned swap")

@@ -23,6 +23,7 @@ import logging
 
 from ..config import GroupConfig, SiteConfig
 from ..journal.store import JournalStore
+from ..disk.volume import VolumeError
 from ..secondary.site import RestoreGroup
 
 __all__ = ["RelayCopy", "FEED_BATCH"]
@@ -40,6 +41,39 @@ class RelayCopy(RestoreGroup):
         # One JNLG row for the group: the relay's journal volume and these
         # data volumes both (the restore group attached the volumes only).
         self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum), journal=cfg.journal)
+        # After `tricopy takeover --to relay` the relay journals host writes
+        # to these volumes itself (RelayGroup.local_write, set by the relay).
+        self.writer = None
+
+    # The journals keep coming from the relay's journal volume after a takeover
+    # to the relay (its own writes are journals too): restoring never stops, and
+    # the row's takeover record is the relay's, not a reason to stop applying.
+    taken_over = property(lambda self: {})
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.jnlg.takeover) and "failback" not in self.jnlg.takeover
+
+    async def write_local(self, kind, idx: int, offset: int, length: int,
+                          data: bytes = b"", fua: bool = False) -> None:
+        """A host write at the relay after a takeover to it: journaled (SEQ#, TIME,
+        durable in the journal volume), then on these volumes in SEQ# order."""
+        if not self.writable or self.writer is None:
+            raise VolumeError(f"the relay's copy of group {self.cfg.grname} is read-only "
+                              f"(a copy, until `tricopy takeover --to relay`)")
+        self.volumes[idx].check(offset, length)
+        await self.writer(kind, idx, offset, length, data)
+
+    async def wait_applied(self, seq: int) -> None:
+        while self.applied < seq:
+            if self.grsts == "SUSP":
+                raise VolumeError(f"the relay's copy of group {self.cfg.grname} is suspended: "
+                                  f"{self.reason}")
+            self._applied_more.clear()
+            try:
+                await asyncio.wait_for(self._applied_more.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
 
     async def feed(self, store: JournalStore, last, new: asyncio.Event, stopped) -> None:
         """Stage every journal the relay holds, in SEQ# order, from the restore

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import struct
@@ -37,9 +38,11 @@ from ..rcm.jnlg import GRSTS, JnlgTable
 from ..engine.base import Engine, EngineError, open_engine
 from ..wire.link import Link, LinkError, LinkRefused, connect, nak
 from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
+from ..disk.volume import VolumeError
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
+from ..wire.pseq import next_pseq
 from .local_copy import RelayCopy
 from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
@@ -160,6 +163,8 @@ class RelayGroup:
         self._acked = asyncio.Event()     # the secondary ACKed something
         # Data volumes at the relay (patent Fig. 12; local_copy.py), if configured.
         self.local = RelayCopy(self.cfg, site) if site.volumes_of(cfg.grnum) else None
+        if self.local is not None and self.jnlg.takeover:     # taken over here, restarted
+            self.local.writer = self.local_write
         self._local_new = asyncio.Event()   # a journal became applicable to them
 
     # -- recovery -------------------------------------------------------------
@@ -552,6 +557,68 @@ class RelayGroup:
         except GroupFault:
             await link.close()      # logged by _fault
 
+    # -- takeover to the relay (patent [0073]; host/rcm/takeover.py) --------------------
+
+    async def promote(self, epoch: int, restored: int) -> dict:
+        """The relay site becomes the group's writer at ``epoch``: host writes to
+        its data volumes are journaled here and forwarded to the far secondary,
+        which restored everything up to ``restored`` (all the journals held:
+        the RCM fenced the old primary and waited).  Idempotent."""
+        if self.local is None:
+            raise ControlError(f"group {self.cfg.grname} has no data volumes at the relay: "
+                               f"there is nothing to write to here")
+        if self.jnlg.takeover.get("epoch") == epoch:
+            return dict(self.jnlg.takeover)
+        if epoch < self.jnlg.fence_epoch or epoch <= self.epoch:
+            raise ControlError(f"takeover to epoch {epoch}: group {self.cfg.grname} is at epoch "
+                               f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
+        async with self._ingest:
+            s = self.store
+            if restored < s.next_seq - 1 or self.local.last_restored < s.next_seq - 1:
+                raise ControlError(f"the relay issued journals up to SEQ# {s.next_seq - 1}; the "
+                                   f"secondary restored {restored} and the relay's copy "
+                                   f"{self.local.last_restored}: wait for both")
+            if self.secondary_link is not None:
+                await self.secondary_link.close()
+            if s.held:
+                await self._release(s.next_seq - 1)
+            s.set_epoch(epoch)
+            self.jnlg.epoch = self.jnlg.fence_epoch = epoch
+            record = {"epoch": epoch, "seq": s.next_seq - 1, "at": time.time(), "site": "relay"}
+            self.jnlg.takeover = record
+            self._table.save()
+            await self.recover_engine()
+            self.forward = ForwardStream(epoch, s.next_seq - 1)
+            self.local.stream.epoch = epoch
+            self.local.writer = self.local_write
+        log.warning("group %s taken over at the relay at SEQ# %d, epoch %d: its data volumes "
+                    "are writable; journals go on to the secondary", self.cfg.grname,
+                    record["seq"], epoch)
+        return record
+
+    async def local_write(self, kind: Kind, idx: int, offset: int, length: int,
+                          data: bytes) -> None:
+        """One host write at the relay after a takeover to it: a journal from this
+        site (its own PSEQ), durable in the journal volume, then applied to the
+        relay's copy in SEQ# order before the host is answered."""
+        async with self._ingest:
+            ctl = Control(address=offset, length=length, data_len=len(data),
+                          data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
+                          idx=idx, kind=kind, group=self.cfg.grnum,
+                          tag=next_pseq(self.gate.last)).with_ccrc()
+            seq, answer = await self._ingest_one(protocol.journal_body(ctl, data))
+        if seq is None:
+            nak = protocol.Ack.from_frame(answer)
+            if nak.status == Status.FULL:
+                raise OSError(errno.ENOSPC, f"the relay's journal of group {self.cfg.grname} "
+                                            f"is full: the secondary is behind")
+            raise VolumeError(f"group {self.cfg.grname}: the relay refused the write: "
+                              f"{Status(nak.status).name}")
+        await self.durable(seq)
+        self._new.set()
+        self._local_new.set()
+        await self.local.wait_applied(seq)
+
     async def local_tasks(self) -> None:
         """The relay's data volumes: fed from the journal volume, restored like an
         SVOL, and what they hold durably (with the secondary) released."""
@@ -727,7 +794,7 @@ class RelayGroup:
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
                 "fence_epoch": self.jnlg.fence_epoch, "epoch": self.epoch,
-                "reversed": self.jnlg.reversed,
+                "reversed": self.jnlg.reversed, "takeover": self.jnlg.takeover or None,
                 "swap_blocker": swap_problem(self.site, self.cfg),
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
@@ -755,7 +822,8 @@ class Relay:
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence,
-                                      "rejoin": self._rejoin, "snapshot": self._snapshot})
+                                      "rejoin": self._rejoin, "snapshot": self._snapshot,
+                                      "promote": self._promote})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -791,6 +859,12 @@ class Relay:
                 applied, consistent = await g.local.snapshot(folder)
                 return {"last_restored": applied, "consistent": consistent,
                         "folder": str(folder)}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _promote(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                return await g.promote(int(req["epoch"]), int(req["restored"]))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _rejoin(self, req: dict) -> dict:

@@ -507,6 +507,30 @@ class RestoreGroup:
         log.warning("group %s: swapped: the primary from now on (epoch %d, journals from PSEQ "
                     "%d)", self.cfg.grname, epoch, relay_last_tag + 1)
 
+    async def move_epoch(self, epoch: int, restored: int) -> dict:
+        """A takeover to the relay site: the journal stream goes on from the relay
+        at ``epoch`` after SEQ# ``restored``, all of which is restored here."""
+        if self.epoch == epoch:
+            return {"epoch": epoch}
+        if epoch < self.epoch or self.taken_over:
+            raise ControlError(f"group {self.cfg.grname}: no move to epoch {epoch} from "
+                               f"{self.epoch}{' (taken over here)' if self.taken_over else ''}")
+        async with self._restore_lock:
+            while self.restore():
+                pass
+            if self.applied < restored:
+                raise ControlError(f"group {self.cfg.grname}: restored up to SEQ# "
+                                   f"{self.applied} of {restored}; wait for the rest")
+            await asyncio.to_thread(self.checkpoint)
+            self.jnlg.epoch = epoch
+            self._table.save()
+            self.stream.epoch = epoch
+        if self.link is not None:
+            await self.link.close()
+        log.warning("group %s: the journal stream goes on at epoch %d after SEQ# %d (a "
+                    "takeover to the relay site)", self.cfg.grname, epoch, restored)
+        return {"epoch": epoch}
+
     # -- failback (host/rcm/failback.py) ------------------------------------------
 
     async def quiesce(self, epoch: int) -> dict:
@@ -641,7 +665,8 @@ class Secondary:
                                       "takeover": self._takeover, "digest": self._digest,
                                       "quiesce": self._quiesce, "read": self._read,
                                       "rejoin": self._rejoin,
-                                      "become_master": self._become_master})
+                                      "become_master": self._become_master,
+                                      "move_epoch": self._move_epoch})
         # Set once a swap made this site the primary: the process restarts
         # into that role (host/sites_cli.py).
         self.restart = asyncio.Event()
@@ -693,6 +718,10 @@ class Secondary:
         relay_seq = req.get("relay_seq")
         return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
                                  None if relay_seq is None else int(relay_seq))
+
+    async def _move_epoch(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).move_epoch(int(req["epoch"]),
+                                                              int(req["restored"]))
 
     async def _become_master(self, req: dict) -> dict:
         g = self._named(str(req["group"]))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tricopy.host.rcm import control
 
-from .cluster import Cluster
+from .cluster import Cluster, Workload
 from .test_consistency import WORKERS, StampedWriters, check_prefix
 
 
@@ -89,5 +89,50 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
             "Operation not permitted" in no.stdout + no.stderr, no
         shown = cluster.cli("status").stdout
         assert f"relay copy consistent (restored {r['next_seq'] - 1}" in shown, shown
+    finally:
+        cluster.stop_all()
+
+
+def test_takeover_to_the_relay_site_writes_there_and_reaches_the_secondary(tmp_path):
+    """Patent [0073]: the primary is lost; the relay site, closer to the users than
+    the far secondary, takes over with its data volumes; host writes there are
+    journaled and reach the far secondary; the old primary comes back fenced."""
+    cluster = Cluster(tmp_path, relay_volumes=True, nbd=True, volumes=1)
+    try:
+        cluster.start_all()
+        asyncio.run(Workload(cluster.control_addr("primary"), 1, seed=31).run(count=40))
+        cluster.kill("primary")
+        out = cluster.cli("takeover", "--group", "g1", "--to", "relay")
+        assert out.returncode == 0, out.stderr + out.stdout
+        assert "taken over at the relay site" in out.stdout, out.stdout
+        r = cluster.status("relay")
+        assert r["takeover"]["epoch"] == 1 and r["epoch"] == 1
+
+        def qemu(role, cmd):
+            return subprocess.run(["qemu-io", "-f", "raw", "-c", cmd, cluster.nbd_uri(role, 0)],
+                                  capture_output=True, text=True, timeout=60)
+
+        done = qemu("relay", "write -P 0xab 8192 8192")
+        assert done.returncode == 0 and "wrote 8192" in done.stdout, done
+        assert "read 4096" in qemu("relay", "read -P 0xab 12288 4096").stdout
+        # ... and reach the far secondary, in order, with everything before them.
+        deadline = time.monotonic() + 30
+        while cluster.volume_bytes("secondary", 0) != cluster.volume_bytes("relay", 0):
+            assert time.monotonic() < deadline, "the relay's writes did not reach the secondary"
+            time.sleep(0.05)
+        assert cluster.volume_bytes("secondary", 0)[8192:16384] == b"\xab" * 8192
+        shown = cluster.cli("status")
+        assert shown.returncode == 1 and "TAKEN OVER at the relay" in shown.stdout, shown.stdout
+        # A restart of the relay keeps it the writer.
+        cluster.kill("relay")
+        cluster.start("relay")
+        done = qemu("relay", "write -P 0xac 0 4096")
+        assert done.returncode == 0 and "wrote 4096" in done.stdout, done
+        # The old primary comes back: fenced.
+        cluster.start("primary")
+        deadline = time.monotonic() + 20
+        while not cluster.status("primary").get("fenced"):
+            assert time.monotonic() < deadline, cluster.log("primary")[-2000:]
+            time.sleep(0.1)
     finally:
         cluster.stop_all()
