@@ -4,8 +4,9 @@
 on an ephemeral 127.0.0.1 port and reads the port from its first stdout
 line. The harness watches its stdin: when this process closes the pipe, or
 dies (even by SIGKILL), the harness exits, so no engine outlives its relay.
-:class:`SimEngine` is a :class:`PortEngine` over ``socket://127.0.0.1:PORT``
-that stops its harness on :meth:`close`.
+:class:`SimEngine` is a :class:`SocketEngine` (the frames of a
+:class:`~tricopy.host.engine.port.PortEngine`, on asyncio streams) to
+127.0.0.1:PORT that stops its harness on :meth:`close`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import time
 
 from tricopy.host.engine.base import EngineError
-from tricopy.host.engine.port import PortEngine
+from tricopy.host.engine.port import SocketEngine
 from tricopy.host.wire.protocol import ring_size_ok
 from tricopy.sim.build import DEFAULT_CLK_HZ, DESC_RESET_SIZE, SimBuildError, harness_path
 
@@ -97,12 +98,12 @@ class SimHarness:
         self.stop()
 
 
-class SimEngine(PortEngine):
-    """The ``sim`` backend: a :class:`PortEngine` that owns its harness process."""
+class SimEngine(SocketEngine):
+    """The ``sim`` backend: a :class:`SocketEngine` that owns its harness process."""
 
     def __init__(self, harness: SimHarness, *, timeout: float = 2.0):
         self.harness = harness
-        super().__init__(harness.url, timeout=timeout, name="sim")
+        super().__init__("127.0.0.1", harness.port, timeout=timeout, name="sim")
 
     async def close(self) -> None:
         try:
