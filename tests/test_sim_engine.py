@@ -241,6 +241,11 @@ def test_relay_on_sim_engine(tmp_path, mode, journal):
         st = control.call(cluster.control_addr("relay"), "status")
         assert (st["engine"], st["engine_mode"]) == ("sim", mode or "descriptor")
         assert st["groups"][0]["size"] == journal
+        # TIME is the wall clock the relay loaded into the RTL (not the time
+        # since the harness started): the secondary's image is seconds old
+        age = control.call(cluster.control_addr("secondary"), "status")["groups"][0][
+            "restored_age_s"]
+        assert -1 < age < 120, age
         # kill -9 the relay: its harness must notice (stdin EOF) and exit
         harnesses = _children(cluster.procs["relay"].pid, "tricopy-sim")
         assert len(harnesses) == 1, harnesses
