@@ -50,7 +50,7 @@ DEFAULT_CLK_HZ = 1_000_000
 #: instead of allocating past the end of a journal volume.
 DESC_RESET_SIZE = 128
 #: Seconds a Verilator build may take (``TRICOPY_SIM_BUILD_TIMEOUT``
-#: overrides); a build here takes 10-20 s (docs/sim.md, "Rebuild cache").
+#: overrides); a build here takes 15-60 s (docs/sim.md, "Running it").
 BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
@@ -229,7 +229,7 @@ def _compile(verilog_text: str, clk_hz: int, out: Path, log, timeout: float) -> 
     # move: the error names it.
     failed_log = out.with_name(out.name + ".failed.log")
     if log:
-        log(f"building the sim engine with Verilator (once, cached; 10-20 s here): "
+        log(f"building the sim engine with Verilator (once, cached; 15-60 s on 2 cores): "
             f"log {tmp / 'build.log'}")
     # The log is written as the compiler runs (tail it while waiting); the
     # compiler gets its own process group so that a timeout stops all of it.
