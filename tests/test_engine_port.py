@@ -148,6 +148,7 @@ class DelayProxy:
         host, port = target.removeprefix("socket://").rsplit(":", 1)
         self.target = (host, int(port))
         self.delay = delay
+        self.delivered = threading.Event()     # the held-back answer has been passed on
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"socket://127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._run, daemon=True).start()
@@ -156,15 +157,18 @@ class DelayProxy:
         client, _ = self.listener.accept()
         upstream = socket.create_connection(self.target)
         threading.Thread(target=self._pump, args=(client, upstream, 0), daemon=True).start()
-        self._pump(upstream, client, self.delay)
+        self._pump(upstream, client, self.delay, self.delivered)
 
     @staticmethod
-    def _pump(src, dst, delay):
+    def _pump(src, dst, delay, delivered=None):
         try:
             while data := src.recv(65536):
                 if delay:
-                    time.sleep(delay)
+                    time.sleep(delay)        # the fault being emulated: a slow link
                     delay = 0
+                    dst.sendall(data)
+                    delivered.set()
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -178,7 +182,8 @@ def test_timeout_then_resync(server, kind):
         async with link(kind, proxy.url, timeout=0.2) as engine:
             with pytest.raises(EngineTimeout):
                 await engine.load(FREEZE, time=77)
-            await asyncio.sleep(0.6)                  # the late ACK is now in our buffer
+            # the late ACK is now on its way into our buffer (not read yet)
+            assert await asyncio.to_thread(proxy.delivered.wait, 5)
             st = await engine.status()                # resync drops it, then a clean answer
             ack = await engine.submit(*journal(1, tag=3))
             return st, ack
