@@ -4,8 +4,9 @@
 on an ephemeral 127.0.0.1 port and reads the port from its first stdout
 line. The harness watches its stdin: when this process closes the pipe, or
 dies (even by SIGKILL), the harness exits, so no engine outlives its relay.
-:class:`SimEngine` is a :class:`PortEngine` over ``socket://127.0.0.1:PORT``
-that stops its harness on :meth:`close`.
+:class:`SimEngine` is a :class:`SocketEngine` (the frames of a
+:class:`~tricopy.host.engine.port.PortEngine`, on asyncio streams) to
+127.0.0.1:PORT that stops its harness on :meth:`close`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import subprocess
 import time
 
 from tricopy.host.engine.base import EngineError
-from tricopy.host.engine.port import PortEngine
-from tricopy.sim.build import DEFAULT_CLK_HZ, SimBuildError, harness_path
+from tricopy.host.engine.port import SocketEngine
+from tricopy.host.wire.protocol import ring_size_ok
+from tricopy.sim.build import DEFAULT_CLK_HZ, DESC_RESET_SIZE, SimBuildError, harness_path
 
 __all__ = ["SimHarness", "SimEngine", "open_sim_engine"]
 
@@ -96,12 +98,12 @@ class SimHarness:
         self.stop()
 
 
-class SimEngine(PortEngine):
-    """The ``sim`` backend: a :class:`PortEngine` that owns its harness process."""
+class SimEngine(SocketEngine):
+    """The ``sim`` backend: a :class:`SocketEngine` that owns its harness process."""
 
     def __init__(self, harness: SimHarness, *, timeout: float = 2.0):
         self.harness = harness
-        super().__init__(harness.url, timeout=timeout, name="sim")
+        super().__init__("127.0.0.1", harness.port, timeout=timeout, name="sim")
 
     async def close(self) -> None:
         try:
@@ -113,8 +115,11 @@ class SimEngine(PortEngine):
 def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.0,
                     memory: int | None = None) -> SimEngine:
     """Build (if needed) and start a harness with a ring of ``size`` bytes; connect to it.
-    ``memory=0``: the gateware without data memory, descriptor rings only (``size``
-    then any multiple of 64; one build per size, as for data rings).
+    ``memory=0``: the gateware without data memory, descriptor rings only. Its
+    ring size is a run-time value, so one build serves every ``size`` (any
+    multiple of 64 from 128 to 2**40): the engine starts with the ring of
+    :data:`DESC_RESET_SIZE` bytes and the caller LOADs RING|DESC with ``size``
+    (the relay does, at start: ``RelayGroup.recover_engine``).
 
     ``clk_hz`` defaults to ``$TRICOPY_SIM_CLK_HZ`` or :data:`DEFAULT_CLK_HZ`.
     """
@@ -124,6 +129,11 @@ def open_sim_engine(size: int, *, clk_hz: int | None = None, timeout: float = 2.
             clk_hz = int(env) if env else DEFAULT_CLK_HZ
         except ValueError:
             raise EngineError(f"TRICOPY_SIM_CLK_HZ must be an integer, not {env!r}") from None
+    if memory == 0:
+        if not isinstance(size, int) or not ring_size_ok(size):
+            raise EngineError(f"sim backend: a descriptor ring must be a multiple of 64 from "
+                              f"128 to 2**40 bytes, not {size!r}")
+        size = DESC_RESET_SIZE
     harness = SimHarness(size, clk_hz=clk_hz, memory=memory)
     try:
         return SimEngine(harness, timeout=timeout)

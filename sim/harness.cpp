@@ -8,10 +8,12 @@
 // --max-lead-ms while there is work, and never lags it by more than one
 // idle batch, so the engine CLOCK advances in real time.
 //
-// Built by sim/build.py: verilator --cc --exe --build engine.v harness.cpp
-// with -DCLK_HZ=<the clk_hz the Verilog was generated with>.
+// Built by sim/build.py: verilator --cc --exe --build engine.v harness_top.v
+// harness.cpp with -DCLK_HZ=<the clk_hz the Verilog was generated with>.
+// harness_top.v puts a two-entry FIFO before the engine's rx stream, so that
+// nothing depends combinationally on this program's inputs (see there why).
 
-#include "Vengine.h"
+#include "Vharness_top.h"
 #include "verilated.h"
 
 #include <arpa/inet.h>
@@ -32,14 +34,6 @@
 #include <unistd.h>
 #include <vector>
 
-// Verilator escapes the double underscore of Amaranth's port names.
-#define RX_VALID rx___05Fvalid
-#define RX_PAYLOAD rx___05Fpayload
-#define RX_READY rx___05Fready
-#define TX_VALID tx___05Fvalid
-#define TX_PAYLOAD tx___05Fpayload
-#define TX_READY tx___05Fready
-
 #ifndef CLK_HZ
 #error "build with -DCLK_HZ=<engine clk_hz>"
 #endif
@@ -50,9 +44,10 @@ constexpr size_t HEADER_SIZE = 16;   // docs/protocol.md "Frame"
 constexpr size_t LENGTH_AT = 8;      // header LENGTH, u32 little-endian
 constexpr size_t TRAILER_SIZE = 4;   // BCRC
 constexpr size_t RX_BUFFER_MAX = 1 << 20;
-constexpr uint64_t BUSY_BATCH = 256;       // cycles between socket polls while busy (latency)
-constexpr uint64_t IDLE_AFTER = 4096;      // cycles without a handshake: engine idle
-constexpr uint64_t CATCH_UP_BATCH = 2048;  // idle cycles between socket polls
+constexpr uint64_t BUSY_BATCH = 256;       // cycles between socket polls while rx has bytes
+constexpr uint64_t WAIT_BATCH = 32;        // ... while a request waits for its next bytes
+constexpr uint64_t IDLE_AFTER = 4096;      // cycles without a handshake: a request is dropped
+constexpr uint64_t CATCH_UP_BATCH = 256;   // idle cycles between socket polls (~45 us: latency)
 
 struct Options {
     int port = 0;
@@ -142,10 +137,9 @@ class Harness {
   public:
     explicit Harness(const Options& o) : opt_(o) {
         ctx_ = std::make_unique<VerilatedContext>();
-        top_ = std::make_unique<Vengine>(ctx_.get());
+        top_ = std::make_unique<Vharness_top>(ctx_.get());
         top_->clk = 0;
-        top_->RX_VALID = 0;
-        top_->TX_READY = 1;
+        top_->in_valid = 0;
         reset();
     }
 
@@ -176,9 +170,15 @@ class Harness {
         for (;;) {
             // Wall time in cycles: 128-bit product, no overflow for centuries.
             uint64_t wall = uint64_t((unsigned __int128)(now_ns() - start) * CLK_HZ / 1000000000u);
-            bool busy = !rx_.empty() || !tx_.empty() || cycles_ - last_handshake_ < IDLE_AFTER;
-            if (busy && cycles_ < wall + max_lead) {
-                step(BUSY_BATCH);
+            // Work: bytes to take, an answer to finish, or a request taken
+            // whose answer has not started yet (given up after IDLE_AFTER
+            // quiet cycles: a refused or truncated frame has no answer).
+            // Only work may run ahead of wall time: idle cycles that ran
+            // ahead would make the next request wait for wall time.
+            bool waiting = pending_ && cycles_ - last_handshake_ < IDLE_AFTER;
+            bool work = !rx_.empty() || framer_.pos != 0 || waiting;
+            if (work && cycles_ < wall + max_lead) {
+                step(rx_.empty() ? WAIT_BATCH : BUSY_BATCH);
             } else if (cycles_ < wall) {
                 step(std::min(wall - cycles_, CATCH_UP_BATCH));
             } else {
@@ -209,53 +209,60 @@ class Harness {
 
     void reset() {
         top_->rst = 1;
-        top_->RX_VALID = 0;
-        for (int i = 0; i < 4; i++) tick();
+        top_->in_valid = 0;
+        for (int i = 0; i < 5; i++) tick();   // the engine's rst is registered: 4 cycles of it
         top_->rst = 0;
         framer_ = TxFramer{};
+        pending_ = false;
     }
 
-    void tick() {
-        top_->clk = 0;
-        top_->eval();
+    // One cycle: the rising edge, then clk low again (Verilator sees an
+    // edge only between two evals; the low one is cheap: harness_top.v).
+    void edge() {
         top_->clk = 1;
+        top_->eval();
+        top_->clk = 0;
         top_->eval();
         cycles_++;
     }
 
-    // Run n cycles. Handshakes are decided with the inputs set and the
-    // combinational logic settled while clk is low, as on the rising edge.
+    void tick() { edge(); }
+
+    // Run n cycles. IN_READY, OUT_VALID and OUT_DATA are register outputs
+    // (harness_top.v), settled since the last edge whatever the inputs, so
+    // both handshakes are decided before the edge without another eval.
     void step(uint64_t n) {
         const uint64_t t0 = now_ns();
         const bool client = cfd_ >= 0;
         for (uint64_t i = 0; i < n; i++) {
-            top_->clk = 0;
-            bool have = !rx_.empty();
-            top_->RX_VALID = have;
-            if (have) top_->RX_PAYLOAD = rx_.front();
-            top_->TX_READY = 1;   // the socket side buffers without bound
-            top_->eval();
-            bool rx_take = have && top_->RX_READY;
-            bool tx_take = top_->TX_VALID;
-            uint8_t out = top_->TX_PAYLOAD;
-            top_->clk = 1;
-            top_->eval();
-            cycles_++;
+            bool rx_take = !rx_.empty() && top_->in_ready;
+            top_->in_valid = rx_take;
+            if (rx_take) top_->in_data = rx_.front();
+            bool tx_take = top_->out_valid;   // the engine's tx.ready is tied to 1
+            uint8_t out = top_->out_data;
+            edge();
             if (rx_take) {
                 rx_.pop_front();
-                last_handshake_ = cycles_;
+                last_handshake_ = last_take_ = cycles_;
+                pending_ = true;
             }
             if (tx_take) {
+                if (framer_.pos == 0) answer_start_ = cycles_;
                 if (framer_.byte(out, client)) tx_.push_back(out);
                 last_handshake_ = cycles_;
-                // An answer is complete: send it now rather than at the batch's end.
-                if (framer_.pos == 0 && !tx_.empty()) {
-                    n = i + 1;
-                    break;
+                // An answer is complete: send it now rather than at the batch's
+                // end. Its request is done; bytes taken while it went out
+                // belong to the next one (a request is whole before its answer).
+                if (framer_.pos == 0) {
+                    pending_ = last_take_ >= answer_start_;
+                    if (!tx_.empty()) {
+                        n = i + 1;
+                        break;
+                    }
                 }
             }
         }
-        top_->RX_VALID = 0;
+        top_->in_valid = 0;
         step_cycles_ += n;
         step_ns_ += now_ns() - t0;
     }
@@ -329,7 +336,7 @@ class Harness {
 
     Options opt_;
     std::unique_ptr<VerilatedContext> ctx_;
-    std::unique_ptr<Vengine> top_;
+    std::unique_ptr<Vharness_top> top_;
     int lfd_ = -1;
     int cfd_ = -1;
     std::deque<uint8_t> rx_;
@@ -337,6 +344,9 @@ class Harness {
     TxFramer framer_;
     uint64_t cycles_ = 0;
     uint64_t last_handshake_ = 0;
+    bool pending_ = false;       // a request was taken and its answer is not out yet
+    uint64_t last_take_ = 0;     // cycle of the last rx byte taken
+    uint64_t answer_start_ = 0;  // cycle of the first byte of the answer going out
     uint64_t pumps_ = 0;
     uint64_t step_cycles_ = 0;   // for the stats line
     uint64_t step_ns_ = 0;

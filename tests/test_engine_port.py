@@ -1,5 +1,6 @@
-"""Engine backends: ModelEngine in process, PortEngine over pyserial URLs against
-``engine serve`` (the same byte protocol as the Verilator harness and boards)."""
+"""Engine backends: ModelEngine in process, PortEngine over pyserial URLs and
+SocketEngine over asyncio TCP (the sim backend's link) against ``engine serve``
+(the same byte protocol as the Verilator harness and boards)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tricopy.host.wire import protocol as P
 from tricopy.host.engine.base import (EngineError, EngineNak, EngineTimeout, ModelEngine,
                                       open_engine)
 from tricopy.host.engine.model import EngineModel
-from tricopy.host.engine.port import PortEngine
+from tricopy.host.engine.port import PortEngine, SocketEngine
 from tricopy.host.engine.serve import parse_listen, register, serve
 from tricopy.host.wire.protocol import Kind, LoadFlag as LF, Status as S
 
@@ -32,6 +33,17 @@ def journal(n: int, tag: int = 0, epoch: int = 0) -> tuple[P.Control, bytes]:
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def link(kind: str, url: str, **kw):
+    """The engine link of ``kind`` to a ``socket://host:port`` URL."""
+    if kind == "pyserial":
+        return PortEngine(url, **kw)
+    host, port = url.removeprefix("socket://").rsplit(":", 1)
+    return SocketEngine(host, int(port), **kw)
+
+
+LINKS = pytest.mark.parametrize("kind", ["pyserial", "asyncio"])
 
 
 @pytest.fixture
@@ -76,10 +88,11 @@ def test_model_engine_semantics():
     run(go())
 
 
-def test_port_engine_answers_like_the_model(server):
+@LINKS
+def test_port_engine_answers_like_the_model(server, kind):
     """Same requests, same answers: the byte path adds nothing and loses nothing."""
     async def go():
-        async with PortEngine(server.url, timeout=5) as port:
+        async with link(kind, server.url, timeout=5) as port:
             via_port = await script(port)
         via_model = await script(ModelEngine(EngineModel(2048, clock=lambda: 0)))
         return via_port, via_model
@@ -104,9 +117,10 @@ def test_open_engine_port_and_state_outlives_the_connection(server):
     assert got == [(got[0][0], journal(100, tag=5)[1])] and got[0][0].ccrc_ok()
 
 
-def test_concurrent_callers_are_serialized(server):
+@LINKS
+def test_concurrent_callers_are_serialized(server, kind):
     async def go():
-        async with PortEngine(server.url) as engine:
+        async with link(kind, server.url) as engine:
             await engine.load(FREEZE | LF.CLEAR, time=9)
             acks = await asyncio.gather(*(engine.submit(*journal(3, tag=t)) for t in range(15)))
             return acks, await engine.read(1, 100)
@@ -134,6 +148,7 @@ class DelayProxy:
         host, port = target.removeprefix("socket://").rsplit(":", 1)
         self.target = (host, int(port))
         self.delay = delay
+        self.delivered = threading.Event()     # the held-back answer has been passed on
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"socket://127.0.0.1:{self.listener.getsockname()[1]}"
         threading.Thread(target=self._run, daemon=True).start()
@@ -142,28 +157,33 @@ class DelayProxy:
         client, _ = self.listener.accept()
         upstream = socket.create_connection(self.target)
         threading.Thread(target=self._pump, args=(client, upstream, 0), daemon=True).start()
-        self._pump(upstream, client, self.delay)
+        self._pump(upstream, client, self.delay, self.delivered)
 
     @staticmethod
-    def _pump(src, dst, delay):
+    def _pump(src, dst, delay, delivered=None):
         try:
             while data := src.recv(65536):
                 if delay:
-                    time.sleep(delay)
+                    time.sleep(delay)        # the fault being emulated: a slow link
                     delay = 0
+                    dst.sendall(data)
+                    delivered.set()
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
 
 
-def test_timeout_then_resync(server):
+@LINKS
+def test_timeout_then_resync(server, kind):
     proxy = DelayProxy(server.url, delay=0.6)
 
     async def go():
-        async with PortEngine(proxy.url, timeout=0.2) as engine:
+        async with link(kind, proxy.url, timeout=0.2) as engine:
             with pytest.raises(EngineTimeout):
                 await engine.load(FREEZE, time=77)
-            await asyncio.sleep(0.6)                  # the late ACK is now in our buffer
+            # the late ACK is now on its way into our buffer (not read yet)
+            assert await asyncio.to_thread(proxy.delivered.wait, 5)
             st = await engine.status()                # resync drops it, then a clean answer
             ack = await engine.submit(*journal(1, tag=3))
             return st, ack
@@ -173,12 +193,13 @@ def test_timeout_then_resync(server):
     proxy.listener.close()
 
 
-def test_silent_engine_times_out():
+@LINKS
+def test_silent_engine_times_out(kind):
     listener = socket.create_server(("127.0.0.1", 0))
     url = f"socket://127.0.0.1:{listener.getsockname()[1]}"
 
     async def go():
-        async with PortEngine(url, timeout=0.2) as engine:
+        async with link(kind, url, timeout=0.2) as engine:
             t0 = time.monotonic()
             with pytest.raises(EngineTimeout):
                 await engine.status()

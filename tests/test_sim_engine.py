@@ -8,10 +8,12 @@ Three checks of ``sim/`` (docs/sim.md):
 - three sites with the relay on ``--engine sim``: a workload drains to
   SVOLs equal to the PVOLs.
 
-Five harness builds (ring 256 for the vectors and the script; without data
-memory, 512 for its vectors and a descriptor script; 256 KiB for the relay,
-with and without data memory), cached under build/sim/: the first run costs
-a few minutes more.
+Four harness builds (ring 256 for the vectors and the script; without data
+memory, 512 for its vectors, and the one build for every descriptor ring
+the relay and the demo use; 256 KiB with data memory for the relay), cached
+in the user's cache folder (docs/sim.md, "Rebuild cache"): a first run costs
+about a minute more per build here.  With the builds cached the file runs
+in about 70 s on the shared 2-core machine (the demo ~20 s of it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from tricopy.host.engine.base import EngineError, EngineNak, ModelEngine, open_e
 from tricopy.host.engine.model import EngineModel, with_site
 from tricopy.host.wire.protocol import LoadFlag as LF
 from tricopy.sim.bridge import SimEngine, SimHarness
-from tricopy.sim.build import SimBuildError, harness_path
+from tricopy.sim import build as sim_build
+from tricopy.sim.build import DESC_RESET_SIZE, SimBuildError, harness_path
 
 VECTORS = Path(__file__).resolve().parents[1] / "host" / "wire" / "vectors" / "engine.json"
 VECTOR_SIZE = 256
@@ -211,13 +214,19 @@ def test_sim_rejects_a_ring_the_gateware_cannot_have():
 
 # -- three sites, the relay on the RTL -----------------------------------------------
 
-@pytest.mark.parametrize("mode", [None, "data"], ids=["descriptor-default", "data"])
-def test_relay_on_sim_engine(tmp_path, mode):
+@pytest.mark.parametrize("mode, journal", [(None, 1 << 30), ("data", E2E_RING)],
+                         ids=["descriptor-default-1GiB", "data"])
+def test_relay_on_sim_engine(tmp_path, mode, journal):
+    # Descriptor rings (the default) on a 1 GiB journal volume: the engine
+    # holds no data, so its build does not depend on the journal's size.
     from e2e.cluster import Cluster, Workload        # tests/ is on sys.path (rootdir-less)
     from tricopy.host.rcm import control
     # build before the relay's 20 s start-up deadline
-    harness_path(E2E_RING, memory=0 if mode is None else None)
-    cluster = Cluster(tmp_path, journal_size=E2E_RING, engine="sim", engine_mode=mode)
+    if mode is None:
+        harness_path(DESC_RESET_SIZE, memory=0)
+    else:
+        harness_path(E2E_RING)
+    cluster = Cluster(tmp_path, journal_size=journal, engine="sim", engine_mode=mode)
     try:
         cluster.start_all()
         work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=5)
@@ -231,6 +240,12 @@ def test_relay_on_sim_engine(tmp_path, mode):
             assert cluster.volume_bytes("secondary", idx) == pvol, f"SVOL {idx} != PVOL {idx}"
         st = control.call(cluster.control_addr("relay"), "status")
         assert (st["engine"], st["engine_mode"]) == ("sim", mode or "descriptor")
+        assert st["groups"][0]["size"] == journal
+        # TIME is the wall clock the relay loaded into the RTL (not the time
+        # since the harness started): the secondary's image is seconds old
+        age = control.call(cluster.control_addr("secondary"), "status")["groups"][0][
+            "restored_age_s"]
+        assert -1 < age < 120, age
         # kill -9 the relay: its harness must notice (stdin EOF) and exit
         harnesses = _children(cluster.procs["relay"].pid, "tricopy-sim")
         assert len(harnesses) == 1, harnesses
@@ -251,3 +266,93 @@ def _children(pid: int, name: str) -> list[int]:
             if Path(f"/proc/{child}/comm").read_text().strip() == name:
                 kids.append(int(child))
     return kids
+
+
+# -- one build, in the user's cache; `tricopy demo --engine sim` -----------------------
+
+def test_build_cache_is_the_users(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRICOPY_SIM_BUILD", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert sim_build.build_root() == tmp_path / "xdg" / "tricopy" / "sim"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert sim_build.build_root() == tmp_path / "home" / ".cache" / "tricopy" / "sim"
+    monkeypatch.setenv("TRICOPY_SIM_BUILD", str(tmp_path / "here"))
+    assert sim_build.build_root() == tmp_path / "here"
+
+
+def test_one_descriptor_build_serves_every_journal_size():
+    """The engine without data memory loads its ring size at run time: the
+    relay's engines for a 64 KiB and a 1 GiB journal are the same executable,
+    and each takes its size with LOAD RING|DESC."""
+    async def run(size):
+        engine = open_engine("sim", size=size, memory=0)
+        try:
+            ack = await engine.load(LF.CLEAR | LF.RING | LF.DESC, size=size)
+            assert ack.status == P.Status.OK
+            st = await engine.status()
+            placed = await engine.place(P.Control(length=4096, data_len=4096, data_crc=1, tag=9,
+                                                  kind=P.Kind.UPDATE))
+            return engine.harness.proc.args[0], st.ring_size, placed
+        finally:
+            await engine.close()
+
+    exe_small, ring_small, _ = asyncio.run(run(64 << 10))
+    exe_big, ring_big, placed = asyncio.run(run(1 << 30))
+    assert exe_small == exe_big == str(harness_path(DESC_RESET_SIZE, memory=0))
+    assert (ring_small, ring_big) == (64 << 10, 1 << 30)
+    assert (placed.status, placed.seq, placed.jofs) == (P.Status.OK, 1, 0)
+
+
+def test_a_failed_build_is_one_line_naming_its_log(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRICOPY_SIM_BUILD", str(tmp_path / "cache"))
+    monkeypatch.setattr(sim_build, "_VERILATOR_ARGS",
+                        sim_build._VERILATOR_ARGS + ["--no-such-verilator-option"])
+    with pytest.raises(SimBuildError) as err:
+        harness_path(DESC_RESET_SIZE, memory=0)
+    message = str(err.value)
+    assert "\n" not in message and "verilator failed" in message, message
+    assert message.endswith(f"see {err.value.log}")
+    assert "no-such-verilator-option" in err.value.log.read_text()
+    # nothing that looks like a finished build, no scratch left behind
+    assert not list((tmp_path / "cache").glob(f"*/{sim_build.EXE_NAME}"))
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def _demo(tmp_path, *args, env=None, timeout=300):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "tricopy.host.cli", "demo", "--engine", "sim",
+                           "--duration", "3", "--size", "4", "--dir", str(tmp_path / "demo"),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_demo_on_sim_engine(tmp_path):
+    """`tricopy demo --engine sim` as a user runs it (shortened): builds the
+    engine once (cached; about a minute with a cold cache), then pairs,
+    writes for 3 s and verifies like the default demo.  ~20 s when cached."""
+    harness_path(DESC_RESET_SIZE, memory=0)     # a cold cache costs the build, not the demo's run
+    out = _demo(tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "engine sim" in out.stdout and "sim engine ready in" in out.stdout
+    assert "building the sim engine" not in out.stdout       # the cached build is reused
+    assert "verified: PVOL == SVOL for all 2 volumes (SHA-256 equal)" in out.stdout
+    assert out.stdout.count("equal") >= 2 and "DIFFERENT" not in out.stdout
+    assert "--engine sim" in out.stdout                       # what to try next
+
+
+def test_demo_says_in_one_line_when_the_build_times_out(tmp_path):
+    cache = tmp_path / "cache"
+    out = _demo(tmp_path, env={"TRICOPY_SIM_BUILD": str(cache),
+                               "TRICOPY_SIM_BUILD_TIMEOUT": "0.5"}, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tricopy demo: the sim engine did not build: the Verilator "
+                               "build did not finish in 0.5 s"), lines[0]
+    log = Path(lines[0].rsplit("see ", 1)[1])
+    assert log.exists() and log.parent == cache
+    assert "started the relay" not in out.stdout             # no site was started
+    assert not list(cache.glob(f"*/{sim_build.EXE_NAME}")) and not list(cache.glob("*.tmp*"))

@@ -8,7 +8,8 @@ chosen with ``--engine`` (docs/architecture.md, docs/sim.md):
 - ``board`` / ``port``: :class:`~tricopy.host.engine.port.PortEngine`, frames
   as bytes over a pyserial URL (``/dev/tty*``, ``socket://``, ``loop://``);
 - ``sim``: :class:`~tricopy.sim.bridge.SimEngine`, the RTL in the Verilator
-  harness (``sim/``), a ``PortEngine`` over ``socket://`` that owns the process.
+  harness (``sim/``), a :class:`~tricopy.host.engine.port.SocketEngine` (the
+  same frames on asyncio TCP) that owns the process.
 
 All backends share :class:`FrameEngine`, which turns calls into request
 frames and checks every answer, so a backend only moves frames.

@@ -64,9 +64,11 @@ def gather_status(sites: Sites, grname: str | None = None) -> list[dict]:
                        # A restarted relay counts what it holds as sent; never show
                        # fewer forwarded than the secondary restored.
                        seq_forwarded=max(r["forwarded"], restored or 0),
-                       backlog_entries=r["held"], backlog_bytes=r["used"], lag_s=r["lag"])
+                       backlog_entries=r["held"], backlog_bytes=r["used"], lag_s=r["lag"],
+                       journal_age_s=r.get("oldest_age_s"))
         if s:
-            row.update(seq_restored=s["last_restored"], consistent=s["consistent"])
+            row.update(seq_restored=s["last_restored"], consistent=s["consistent"],
+                       restored_age_s=s.get("restored_age_s"))
         if p:
             row.update(copy_done=p["copy_done"], copy_total=p["copy_total"],
                        copy_pending_bytes=p["copy_pending_bytes"])
@@ -202,7 +204,9 @@ def format_status(rows: list[dict]) -> str:
             out.append("  RPO      unknown: the relay is unreachable")
         out.append(f"  takeover now loses: {row['takeover_loss']}")
         if r:
-            out.append(f"  journal  {row['journal_used_pct']:5.1f}% used")
+            age = row.get("journal_age_s")
+            out.append(f"  journal  {row['journal_used_pct']:5.1f}% used" +
+                       (f", oldest journal stamped {age:.1f} s ago" if age is not None else ""))
             seq = f"  SEQ#     issued {row['seq_issued']}  forwarded {row['seq_forwarded']}"
             out.append(seq + (f"  restored {row['seq_restored']}" if s else ""))
         if s and s.get("takeover"):
@@ -211,8 +215,10 @@ def format_status(rows: list[dict]) -> str:
                        f"over at SEQ# {t['seq']}{' (forced)' if t['forced'] else ''}; "
                        f"{_mib(s['written_bytes'])} of chunks written since")
         elif s:
+            age = s.get("restored_age_s")
             out.append(f"  SVOLs    {'consistent' if s['consistent'] else 'NOT consistent'}"
-                       f" (restored {s['last_restored']})")
+                       f" (restored {s['last_restored']}" +
+                       (f", the image of {age:.1f} s ago)" if age is not None else ")"))
         if r and r.get("local"):            # data volumes at the relay (Fig. 12)
             lc = r["local"]
             state = "consistent" if lc["consistent"] and lc["grsts"] != "SUSP" else \

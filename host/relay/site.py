@@ -138,6 +138,7 @@ class RelayGroup:
         # the restart (the secondary may still hold it staged): count it sent.
         self.forward = ForwardStream(self.epoch, self.store.next_seq - 1)
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
+        self._oldest: tuple[int, int] | None = None   # (tail SEQ#, its TIME), for oldest_age
         self.grsts = "PAIR"
         self.reason = ""
         self.forward_fault = ""     # why journals cannot go to the secondary now
@@ -225,22 +226,30 @@ class RelayGroup:
         s, e, epoch = self.store, self.engine, self.epoch
         # An empty store sits at JIPTR; a non-empty one's first journal at JOPTR.
         ptr = s.joptr if s.held else s.jiptr
-        flags = LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH
+        # TIME from the wall clock, in the same LOAD (docs/replication.md,
+        # "Journal TIME"), so that stamps mean something to an operator.
+        now = self.time_base()
+        flags = LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH | LoadFlag.TIME
         if self.descriptor:
             # The ring is the journal volume's, whatever the engine's memory:
             # one LOAD sets its size and mode and lines it up with the store.
             # Always, even on an engine that kept its state: it may be a data
             # ring of the same pointers, and replaying descriptors is cheap.
             await self._expect(e.load(flags | LoadFlag.RING | LoadFlag.DESC, seq=s.tail_seq,
-                                      epoch=epoch, ptr=ptr, size=s.size), "LOAD RING")
+                                      time=now, epoch=epoch, ptr=ptr, size=s.size), "LOAD RING")
         else:
             st = await e.status()
             if (st.next_seq, st.tail_seq, st.jiptr, st.joptr, st.epoch, st.wrap_at) == (
                     s.next_seq, s.tail_seq, s.jiptr, s.joptr, epoch, s.wrap_at):
-                return     # e.g. a board that kept its state across a relay restart
+                # e.g. a board that kept its state across a relay restart: its
+                # clock still gets the wall clock (LOAD TIME alone needs no
+                # empty ring; its LAST_TIME keeps stamps from going back)
+                await self._expect(e.load(LoadFlag.TIME, time=now), "LOAD TIME")
+                return
             if st.ring_size != s.size:
                 raise RelayError(f"engine ring is {st.ring_size} bytes, journal volume {s.size}")
-            await self._expect(e.load(flags, seq=s.tail_seq, epoch=epoch, ptr=ptr), "LOAD")
+            await self._expect(e.load(flags, seq=s.tail_seq, time=now, epoch=epoch, ptr=ptr),
+                               "LOAD")
         seq = s.tail_seq
         while seq < s.next_seq:
             for ctl, _ in s.read(seq, FORWARD_BATCH):
@@ -263,6 +272,27 @@ class RelayGroup:
         log.info("group %s: engine rebuilt from the store, journals %d..%d, JOPTR %d JIPTR %d "
                  "WRAP_AT %d", self.cfg.grname, s.tail_seq, s.next_seq - 1, s.joptr, s.jiptr,
                  s.wrap_at)
+
+    #: The wall clock the engine's TIME is loaded from, in ns since the epoch
+    #: (a test replaces it to set the clock back).
+    wall_ns = staticmethod(time.time_ns)
+
+    def time_base(self) -> int:
+        """The TIME to LOAD into the engine: the wall clock, but never at or
+        below the TIME of the newest journal the journal volume holds, so that
+        TIME never goes backwards across a relay restart even when the wall
+        clock was set back (the engine itself forgets LAST_TIME on reset, and
+        a new engine may be a new board)."""
+        now = self.wall_ns()
+        s = self.store
+        if s.held:
+            newest, _ = s.read(s.next_seq - 1, 1)[0]
+            if now <= newest.time:
+                log.warning("group %s: the wall clock (%d ns) is not past the newest journal's "
+                            "TIME (%d ns, SEQ# %d); the engine's TIME starts after it",
+                            self.cfg.grname, now, newest.time, newest.seq)
+                now = newest.time + 1
+        return now
 
     async def _replay(self, probe: Control, stored: Control | None) -> None:
         if self.descriptor:
@@ -780,6 +810,19 @@ class RelayGroup:
             return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.epoch}"
         return None
 
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest journal held was stamped (its TIME, the
+        wall clock loaded into the engine); None when nothing is held."""
+        s = self.store
+        if not s.held:
+            return None
+        if self._oldest is None or self._oldest[0] != s.tail_seq:
+            try:
+                self._oldest = (s.tail_seq, s.read(s.tail_seq, 1)[0][0].time)   # once per tail
+            except (StoreError, OSError):
+                return None        # a failed volume: status says why elsewhere (reason)
+        return round((self.wall_ns() - self._oldest[1]) / 1e9, 3)
+
     def status(self) -> dict:
         s = self.store
         state = "SUSP" if self.grsts == "SUSP" or self.forward_fault else self.jnlg.grsts
@@ -788,6 +831,7 @@ class RelayGroup:
                 "durability": self.cfg.durability.value,
                 "forwarded": self.forwarded, "lag": round(self.lag(), 3),
                 "used_pct": round(100.0 * s.used / s.size, 2),
+                "oldest_age_s": self.oldest_age(),
                 "jiptr": s.jiptr, "joptr": s.joptr, "size": s.size, "used": s.used,
                 "next_seq": s.next_seq, "tail_seq": s.tail_seq, "held": s.held,
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,

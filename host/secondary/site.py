@@ -639,6 +639,10 @@ class RestoreGroup:
                 "takeover": self.taken_over or None,
                 "written_bytes": self.written.count() * self.written.chunk,
                 "last_time": self.state.time,
+                # TIME is the relay's wall clock (docs/replication.md, "Journal
+                # TIME"): how old the restored image is, in seconds
+                "restored_age_s": (round((time.time_ns() - self.state.time) / 1e9, 3)
+                                   if self.state.time else None),
                 "grsts": self.grsts if self.grsts == "SUSP" else self.jnlg.grsts,
                 "consistent": self.consistent(), "consistent_seq": self.jnlg.consistent_seq,
                 "reason": self.reason or (self.readable() or "" if self.catching_up

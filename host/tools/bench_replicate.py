@@ -9,7 +9,8 @@ its reply.  docs/benchmarks.md reports the figures.
 * ``replicate``: 4 KiB and 64 KiB random writes at iodepth 1 and 16: MB/s,
   writes/s, p50/p99 completion latency, and the secondary's lag (journals the
   relay holds that the secondary has not restored yet, when fio stops, and the
-  time until it caught up).
+  time until it caught up); ``--engine model --engine sim`` runs the jobs
+  once per relay journal engine (descriptor rings, the relay's default).
 * ``nbd``: the same fio jobs (4 KiB randwrite depth 1 and 16, 1 MiB
   sequential write) against ``nbdkit file`` on a file of the same disk, the
   baseline, and against tricopy; the ratio is tricopy / nbdkit.
@@ -47,8 +48,9 @@ class Sites:
     ROLES = ("secondary", "relay", "primary")
 
     def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str,
-                 tls: bool = True, tree: str | None = None):
+                 tls: bool = True, tree: str | None = None, engine: str = "model"):
         self.root = root
+        self.engine = engine          # the relay's --engine
         # ``tree``: run the sites from another copy of the code (a folder that
         # holds ``tricopy/``), e.g. the code before a change, in the same run.
         self.env = None
@@ -107,11 +109,13 @@ class Sites:
 
     def start_role(self, role: str) -> None:
         d = self.root / role
+        cmd = [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
+               str(d / "site.toml"), "--log-level", "warning"]
+        if role == "relay":
+            cmd += ["--engine", self.engine]
         with open(d / "site.log", "ab") as log:
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config",
-                 str(d / "site.toml"), "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=d, env=self.env)
+            self.procs[role] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                cwd=d, env=self.env)
         deadline = time.monotonic() + 30
         while True:
             if self.procs[role].poll() is not None:
@@ -228,29 +232,46 @@ def _workdir():
     return tempfile.TemporaryDirectory(prefix="tricopy-bench-", dir=os.environ.get("TRICOPY_BENCH_DIR"))
 
 
-def bench_replicate(seconds: float, durability: str = "fsync") -> list[dict]:
-    """fio through the replication path: 4/64 KiB random writes, depth 1 and 16, plus lag."""
+def bench_replicate(seconds: float, durability: str = "fsync",
+                    engines: list[str] | tuple[str, ...] = ("model",)) -> list[dict]:
+    """fio through the replication path: 4/64 KiB random writes, depth 1 and 16, plus
+    lag; the same jobs once per relay journal engine in ``engines``."""
     results = []
-    with _workdir() as tmp:
-        sites = Sites(Path(tmp), vol_size=256 * MiB, journal_size=512 * MiB, durability=durability)
-        sites.start()
-        try:
-            for bs in (4096, 65536):
-                for depth in (1, 16):
-                    cpu0, seq0 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
-                    with LagSampler(sites) as lag:
-                        r = fio(sites.uri(), "randwrite", bs, depth, seconds, 256 * MiB)
-                    r["lag_max"], r["lag_mean"] = lag.max, lag.mean
-                    r["catch_up_s"] = round(sites.wait_caught_up(), 2)
-                    # Over fio's ramp and run and the catch-up: every journal fully handled.
-                    cpu1, seq1 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
-                    writes = max(1, seq1 - seq0)
-                    r["cpu_us_per_write"] = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
-                                             for role in sites.ROLES}
-                    r["durability"] = durability
-                    results.append(r)
-        finally:
-            sites.stop()
+    for engine in engines:
+        if engine == "sim":
+            # built before the relay starts (its start-up wait is not for a compiler)
+            from tricopy.sim.build import DESC_RESET_SIZE, harness_path
+            harness_path(DESC_RESET_SIZE, memory=0)
+        with _workdir() as tmp:
+            results += _replicate(Path(tmp), seconds, durability, engine)
+    return results
+
+
+def _replicate(tmp: Path, seconds: float, durability: str, engine: str) -> list[dict]:
+    results = []
+    sites = Sites(tmp, vol_size=256 * MiB, journal_size=512 * MiB, durability=durability,
+                  engine=engine)
+    sites.start()
+    try:
+        for bs in (4096, 65536):
+            for depth in (1, 16):
+                load = loadavg()
+                cpu0, seq0 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
+                with LagSampler(sites) as lag:
+                    r = fio(sites.uri(), "randwrite", bs, depth, seconds, 256 * MiB)
+                r["lag_max"], r["lag_mean"] = lag.max, lag.mean
+                r["catch_up_s"] = round(sites.wait_caught_up(), 2)
+                # Over fio's ramp and run and the catch-up: every journal fully handled.
+                cpu1, seq1 = sites.cpu_seconds(), sites.status("relay")["next_seq"]
+                writes = max(1, seq1 - seq0)
+                r["cpu_us_per_write"] = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
+                                         for role in sites.ROLES}
+                r["durability"] = durability
+                r["engine"] = engine
+                r["load"] = round((load + loadavg()) / 2, 2)
+                results.append(r)
+    finally:
+        sites.stop()
     return results
 
 
@@ -445,16 +466,19 @@ def _print(results: list[dict], nbd: bool) -> None:
             print(f"{what} tricopy {line(r['tricopy'])}  ratio {r['iops_ratio']:.2f}")
         else:
             cpu = " ".join(f"{role[0].upper()} {us}" for role, us in r["cpu_us_per_write"].items())
-            print(f"{what} {line(r)}  lag mean {r['lag_mean']} max {r['lag_max']} journals,"
-                  f" caught up in {r['catch_up_s']} s; CPU µs/write {cpu}")
+            what += f" engine {r['engine']:<5}"
+            print(f"{what} {line(r)}  load {r['load']}  lag mean {r['lag_mean']} max "
+                  f"{r['lag_max']} journals, caught up in {r['catch_up_s']} s; CPU µs/write {cpu}")
 
 
 def _run(args) -> int:
     from .bench import machine
     if args.bench == "hops":
         results = bench_hops(args.seconds, args.durability, args.tree, args.rounds)
+    elif args.bench == "replicate":
+        results = bench_replicate(args.seconds, args.durability, args.engine or ["model"])
     else:
-        fn = {"nbd": bench_nbd, "replicate": bench_replicate, "far-site": bench_far_site}[args.bench]
+        fn = {"nbd": bench_nbd, "far-site": bench_far_site}[args.bench]
         results = fn(args.seconds, args.durability)
     report = {"machine": machine(), "results": results}
     if args.json:
@@ -482,6 +506,11 @@ def register_bench(which) -> None:
                                 "tricopy/); repeat for several, e.g. before and after")
             p.add_argument("--rounds", type=int, default=1,
                            help="repeat baseline + trees this many times (noise)")
+        if name == "replicate":
+            p.add_argument("--engine", action="append", choices=["model", "sim"], default=None,
+                           help="relay journal engine, descriptor rings (default model); "
+                                "repeat to run the jobs once per engine, e.g. --engine model "
+                                "--engine sim")
         p.add_argument("--seconds", type=float, default=10.0, help="fio runtime per figure")
         p.add_argument("--durability", choices=["fsync", "memory"], default="fsync",
                        help="relay durability policy (memory is unsafe: labelled in the output)")

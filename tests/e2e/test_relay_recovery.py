@@ -116,3 +116,50 @@ def test_a_store_failure_suspends_only_its_group(tmp_path, monkeypatch):
         assert good.status()["grsts"] != "SUSP" and good.store.held == 2
 
     asyncio.run(scenario())
+
+
+def test_engine_time_is_the_wall_clock_and_never_goes_back(tmp_path):
+    """The relay LOADs the engine's TIME from the wall clock at every engine
+    (re)start, but never at or below the TIME of the newest journal its journal
+    volume holds: a wall clock set back an hour does not make TIME go back."""
+    size = 64 << 10
+    site = parse_config({
+        "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
+        "group": [{"grnum": 1, "grname": "g", "attr": "INTERMEDIARY", "peer": "127.0.0.1:2",
+                   "journal": {"path": "jnl.vol", "size": size}}]}, tmp_path)
+    wall = 1_800_000_000 * 10**9          # a wall clock in 2027
+    hour = 3600 * 10**9
+
+    async def ingest(group, tag):
+        data = bytes([tag]) * 100
+        ctl = Control(length=100, data_len=100, data_crc=protocol.crc32c(data), group=1, tag=tag)
+        seq, frame = await group._ingest_one(protocol.journal_body(ctl, data))
+        assert frame.type == FrameType.ACK
+        await group.durable(seq)
+        return group.store.read(seq, 1)[0][0].time
+
+    async def scenario():
+        group = relay.RelayGroup(site.groups[0], site, open_engine("model", size=size, memory=0),
+                                 descriptor=True)
+        group.wall_ns = lambda: wall
+        await group.recover_engine()
+        first = [await ingest(group, tag) for tag in (1, 2, 3)]
+        # stamps are the wall clock the relay loaded, running on (monotonic)
+        assert wall <= first[0] <= first[1] <= first[2] < wall + 60 * 10**9
+        # status: the oldest journal held, in seconds of that clock
+        group.wall_ns = lambda: first[0] + 5 * 10**9
+        assert group.status()["oldest_age_s"] == 5.0
+        # the relay restarts with the wall clock an hour back: a fresh engine
+        group.engine = open_engine("model", size=size, memory=0)
+        group.wall_ns = lambda: wall - hour
+        await group.recover_engine()
+        assert (await group.engine.status()).now > first[2]
+        after = await ingest(group, 4)
+        assert after > first[2]
+        # and with the wall clock ahead again, TIME follows it
+        group.engine = open_engine("model", size=size, memory=0)
+        group.wall_ns = lambda: wall + hour
+        await group.recover_engine()
+        assert wall + hour <= await ingest(group, 5) < wall + hour + 60 * 10**9
+
+    asyncio.run(scenario())
