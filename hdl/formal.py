@@ -59,7 +59,7 @@ from . import layouts
 from .crc import CRC_INIT
 from .engine import G, JournalEngine, _After, _AckFrom
 from .sequencer import Sequencer
-from .timestamp import Timestamp
+from .timestamp import NS_PER_S, Timestamp
 
 __all__ = ["GROUPS", "EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
 
@@ -318,6 +318,14 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
                            | (tap("after") == _After.SKIP), "INV: AFTER is a state")
+        if self.data_width > 8:
+            W = self.data_width // 8
+            bend, bcnt = tap("bend"), tap("bcnt")
+            with m.If(busy_states):
+                m.d.comb += Assert(bend == blen + W - 1, "INV: BEND is LENGTH rounded up")
+            with m.If(in_("TRAILER")):
+                m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
+                                   "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
         with m.If(in_("LOAD_TIME")):
@@ -334,7 +342,8 @@ class EngineSpec(Elaboratable):
             ]
             with m.If(dlen_ok):
                 m.d.comb += [
-                    Assert(rlen[G:] == r, "INV: R"), Assert(rlen[:G] == 0, "INV: R in granules"),
+                    Assert(rlen[G:] == r, "INV: R"),
+                    Assert(rlen[:G] == 0, "INV: R in granules"),
                     Assert(rewind == ((used == 0) & (w(jiptr) + w(r) > w(size))), "INV: rewind"),
                 ]
         with m.If(pending):
@@ -382,7 +391,9 @@ class TimestampSpec(Elaboratable):
             with m.Elif(frozen):
                 m.d.comb += Assert(step == 0, "TIME: frozen holds")
             with m.Else():
-                m.d.comb += Assert((step == ts.ns_int) | (step == ts.ns_int + 1),
+                # (the step from the clock's frequency, not from the unit's own constants)
+                ns_int = NS_PER_S // self.clk_hz
+                m.d.comb += Assert((step == ns_int) | (step == ns_int + 1),
                                    "TIME: advances by NS_INT or NS_INT + 1")
         return m
 
@@ -416,14 +427,17 @@ def _tool(name: str) -> str:
 def _assert_text(line: str) -> str:
     """The message of the Assert a SymbiYosys summary line points at
     (``... failed assertion <cell> at <file>:<line>``), else the line."""
+    import re
     where = line.rsplit(" at ", 1)[-1].strip()
     path, _, lineno = where.rpartition(":")
     try:
-        text = pathlib.Path(path).read_text().splitlines()[int(lineno) - 1]
-    except (OSError, ValueError, IndexError):
+        lines = pathlib.Path(path).read_text().splitlines()
+        # the message is the first string after the Assert, on its line or the next ones
+        text = " ".join(lines[int(lineno) - 1:int(lineno) + 3])
+    except (OSError, ValueError):
         return line.strip()
-    quoted = text.split('"')
-    return quoted[-2] if len(quoted) >= 3 else f"{pathlib.Path(path).name}:{lineno}"
+    found = re.search(r'(?:Assert|Cover)\(.*?"([^"]+)"', text)
+    return found.group(1) if found else f"{pathlib.Path(path).name}:{lineno}"
 
 
 def run_sby(spec: Elaboratable, name: str, *, mode: str = "prove", depth: int = 4,
