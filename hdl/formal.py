@@ -61,14 +61,12 @@ from .engine import G, JournalEngine, _After, _AckFrom
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
 
-__all__ = ["GROUPS", "EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
+__all__ = ["EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
 
 FT = protocol.FrameType
 ST = protocol.Status
 K = protocol.Kind
 SEQ_MAX = (1 << 64) - 1
-#: the property groups of ``EngineSpec`` (each with the invariants it needs)
-GROUPS = ("ring", "alloc", "seq", "time")
 
 
 class FormalToolError(RuntimeError):
@@ -118,12 +116,7 @@ class EngineSpec(Elaboratable):
     proofs catch a broken one)."""
 
     def __init__(self, data_width: int = 8, ring_size: int = 192, *, clk_hz: int = 12_000_000,
-                 sequencer=Sequencer, timestamp=Timestamp, groups=GROUPS,
-                 max_ring_bits: int = 9):
-        unknown = set(groups) - set(GROUPS)
-        if unknown:
-            raise ValueError(f"groups must be among {GROUPS}, not {sorted(unknown)!r}")
-        self.groups = frozenset(groups)
+                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9):
         self.max_ring_bits = max_ring_bits
         self.data_width = data_width
         self.ring_size = ring_size
@@ -259,10 +252,7 @@ class EngineSpec(Elaboratable):
                                & (w(rel_used) - w(used) >= w(rel_held) - w(held)))
 
         # -- RING: JIPTR never overtakes JOPTR -------------------------------------
-        g = self.groups
-        on = lambda *names: Const(int(any(n in g for n in names)), 1)
-        with m.If(on("ring", "alloc", "seq")):
-          m.d.comb += [
+        m.d.comb += [
             Assert((size >= 2) & (size <= (1 << (self.max_ring_bits - G))), "RING: SIZE in range"),
             Assert((jiptr < size) & (joptr < size), "RING: pointers inside the ring"),
             Assert(used <= size, "RING: USED <= SIZE (FREE never negative)"),
@@ -272,13 +262,13 @@ class EngineSpec(Elaboratable):
             Assert((held_eff == 0) == (used == 0), "RING: HELD is 0 exactly when USED is"),
             Assert(held_eff <= used, "INV: a journal held takes at least a granule"),
         ]
-        with m.If(on("ring", "alloc") & (wrap_at < size)):
+        with m.If(wrap_at < size):
             # a skipped tail: the held range runs JOPTR .. WRAP_AT, then from 0
             m.d.comb += Assert((used != 0) & (jiptr <= joptr) & (joptr < wrap_at),
                                "RING: a skipped tail lies inside the held range")
 
         # -- OVERLAP and FULL (checked the cycle after the decision) ---------------
-        with m.If(on("alloc") & decided):
+        with m.If(decided):
             ok = (ans_type == FT.ACK)
             full = (ans_type == FT.NAK) & (ans_status == ST.FULL)
             can = d_valid & d_dlok & d_rok
@@ -293,19 +283,19 @@ class EngineSpec(Elaboratable):
                 ]
 
         # -- SEQ ----------------------------------------------------------------------
-        m.d.comb += Assert(~on("seq") | (next_seq != 0), "SEQ: NEXT_SEQ never wraps to 0")
+        m.d.comb += Assert(next_seq != 0, "SEQ: NEXT_SEQ never wraps to 0")
         seq_loaded = Signal()
         m.d.sync += seq_loaded.eq(seq.load)
-        with m.If(on("seq") & seq_loaded):
+        with m.If(seq_loaded):
             # (LOAD CLEAR|SEQ empties the ring in the same step)
             m.d.comb += Assert(held_eff == 0, "SEQ: no journal is held across a LOAD SEQ")
-        with m.If(on("seq") & accepted & have_prev & seq_linked):
+        with m.If(accepted & have_prev & seq_linked):
             m.d.comb += Assert(ans.seq == prev_seq + 1, "SEQ: previous + 1")
-        with m.If(on("seq") & accepted):
+        with m.If(accepted):
             m.d.comb += Assert(ans.seq == (next_seq - 1)[:64], "SEQ: ACK SEQ is the number taken")
 
         # -- TIME ---------------------------------------------------------------------
-        with m.If(on("time") & accepted & have_prev):
+        with m.If(accepted & have_prev):
             m.d.comb += Assert(ans.time >= prev_time, "TIME: never below the previous ACK's")
 
         # -- strengthening invariants (for k-induction, not properties of their own) --
@@ -330,7 +320,7 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
         with m.If(in_("LOAD_TIME")):
             m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
-        with m.If(on("ring", "alloc", "time") & in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
             # the ALLOC result is that of the current state (a 64-byte body
             # went through ALLOC; R is only meaningful up to MAX_DATA)
             m.d.comb += [
@@ -352,9 +342,9 @@ class EngineSpec(Elaboratable):
                 Assert(stamp_time == last_time, "INV: the pending stamp is LAST_TIME"),
                 Assert(used != 0, "INV: a pending journal is held"),
             ]
-        with m.If(on("time") & have_prev):
+        with m.If(have_prev):
             m.d.comb += Assert(last_time >= prev_time, "INV: LAST_TIME >= the last ACK's TIME")
-            with m.If(on("seq") & seq_linked & ~accepted):
+            with m.If(seq_linked & ~accepted):
                 m.d.comb += Assert(next_seq == prev_seq + 1, "INV: NEXT_SEQ follows the last ACK")
 
         # reachability: an exact fit (JIPTR back to 0 with journals held) and a wrap
@@ -521,13 +511,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-ring-bits", type=int, default=9,
                    help="log2 of the largest ring the engine is built for (default 9: "
                         "512 bytes, 8 granules; 40 is the product's)")
-    p.add_argument("--groups", default=",".join(GROUPS),
-                   help=f"engine property groups, comma-separated (default all: {','.join(GROUPS)})")
     p.add_argument("--keep", metavar="DIR", help="keep the SymbiYosys folder (traces) here")
     args = p.parse_args(argv)
     if args.spec == "engine":
-        spec = EngineSpec(args.width, groups=args.groups.split(","),
-                          max_ring_bits=args.max_ring_bits)
+        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits)
         depth = args.depth or 4
     else:
         spec = TimestampSpec()

@@ -59,7 +59,7 @@ class _StuckSequencer(Sequencer):
 
 @pytest.mark.parametrize("mutant", [_SkippingSequencer, _StuckSequencer])
 def test_engine_proof_catches_broken_sequencer(mutant, tmp_path):
-    res = run_sby(EngineSpec(8, sequencer=mutant, groups=["ring", "alloc", "seq"]),
+    res = run_sby(EngineSpec(8, sequencer=mutant),
                   "seq_mutant", mode="prove", depth=DEPTH, workdir=tmp_path)
     assert not res.passed
     assert any(f.startswith(("SEQ:", "INV: NEXT_SEQ")) for f in res.failed), res.failed
