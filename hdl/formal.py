@@ -14,7 +14,7 @@ timestamp unit:
   exactly when it does not fit (or the SEQ# space is spent), ACKed exactly
   when it fits, and placed where the allocation rules say.
 - SEQ: each ACKed journal's SEQ# is the previous one + 1 (unless a LOAD SEQ
-  came between, which the engine takes only on an empty ring), and NEXT_SEQ
+  came between, which leaves the ring empty), and NEXT_SEQ
   never wraps to 0, so no number is reused.
 - TIME: each ACKed journal's TIME is at least the previous one's, across
   LOAD TIME (which may set the clock backwards) included.
@@ -26,9 +26,15 @@ and timestamp blocks are built through the engine's factory parameters, so
 the spec holds their objects. The clock is ``clk_hz`` = 12 MHz (83 ns and a
 fraction a cycle: the fractional path of the timestamp unit is exercised).
 
-The ring size is a run-time value (LOAD RING, 128 bytes .. 2**40), so the
-proofs are not over one small ring: k-induction covers every SIZE and every
-pointer value the engine's registers can hold, wrap and exact fit included.
+The ring size is a run-time value (LOAD RING), so the proofs are not over
+one small ring: k-induction covers every SIZE and every pointer value the
+engine's registers can hold, wrap, exact fit and rewind included. The
+solver's cost grows steeply with the width of those registers, so the
+engine is built with a small ``max_ring_bits`` (9 in the suite: rings up
+to 512 bytes; the product's is 40): the same logic, narrower.
+
+One assumption is made on the host (see ``EngineSpec.elaborate``): a
+RELEASE's JOPTR is honest.
 
 ``TimestampSpec`` proves the timestamp unit's split 64-bit adder (the carry
 from the low word is computed early, see ``hdl/timestamp.py``): every cycle
