@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench chaos clean
+.PHONY: setup test demo bench chaos formal clean
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
@@ -34,6 +34,13 @@ bench: setup
 # A longer chaos run than the suite's 30 rounds (docs/reliability.md, "Chaos").
 chaos: setup
 	$(BIN)/tricopy chaos --rounds 300
+
+# The formal proofs at a wider pointer width and a deeper induction than
+# the suite's (docs/hardware.md, "Formal proofs").
+formal: setup
+	$(BIN)/python -m tricopy.hdl.formal --spec timestamp --depth 4
+	$(BIN)/python -m tricopy.hdl.formal --width 8 --max-ring-bits 12 --depth 3
+	$(BIN)/python -m tricopy.hdl.formal --width 32 --max-ring-bits 12 --depth 3
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -106,6 +106,11 @@ class JournalEngine(wiring.Component):
         ``ring_size`` bytes; with it, the reset ring is a data ring and
         LOAD RING sets either kind (a data ring up to ``ring_size``, a
         descriptor ring up to 2**40).
+    max_ring_bits : optional int
+        log2 of the largest SIZE a LOAD RING may set (default 40: MAX_RING),
+        which sets the width of the pointers and sizes. Smaller values are
+        for the formal proofs (``hdl/formal.py``): the same logic at a width
+        a solver can close.
 
     Ports
     -----
@@ -120,7 +125,15 @@ class JournalEngine(wiring.Component):
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
                  *, site: str = "sim", timestamp=None, sequencer=None, ring=None,
-                 memory: int | None = None):
+                 memory: int | None = None, max_ring_bits: int = MAX_RING_BITS):
+        if (not isinstance(max_ring_bits, int) or isinstance(max_ring_bits, bool)
+                or not 8 <= max_ring_bits <= MAX_RING_BITS):
+            raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
+                             f"not {max_ring_bits!r}")
+        self.max_ring_bits = max_ring_bits
+        if isinstance(ring_size, int) and ring_size > 1 << max_ring_bits:
+            raise ValueError(f"ring_size must be at most 2**max_ring_bits "
+                             f"({1 << max_ring_bits}), not {ring_size!r}")
         if data_width not in (8, 32):
             raise ValueError(f"data_width must be 8 or 32, not {data_width!r}")
         if memory == 0:
@@ -181,7 +194,7 @@ class JournalEngine(wiring.Component):
         W, LW = self.W, self.LW
         mem = bool(self.memory)
         # offsets in granules (PG bits), sizes in granules (SG bits)
-        PG = MAX_RING_BITS - G
+        PG = self.max_ring_bits - G
         SG = PG + 1
         m.submodules.resp = resp = Responder(RB, self.data_width, held_bits=SG, ring=mem)
         if mem:
@@ -1072,7 +1085,7 @@ class JournalEngine(wiring.Component):
         # the SIZE word of a LOAD RING (body bytes 32..39, see _body)
         ld_size = v["stamp_time"]
         size_bad = ((ld_size[:G] != 0) | lt_const(ld_size, 128)
-                    | ge_const(ld_size, protocol.MAX_RING + 1))
+                    | ge_const(ld_size, (1 << self.max_ring_bits) + 1))
         new_size = Mux(ring, ld_size[G:G + SG], size)
         empty_after = (fl & L.CLEAR).any() | (v["held"] == 0)
         with m.If((blen != Mux(ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))

