@@ -129,6 +129,10 @@ class FakeLink:
     def send(self, frame: p.Frame) -> None:
         self.relay.receive(frame)
 
+    def send_journal(self, control: bytes, data=b"") -> None:
+        # One journal per frame here: the relay model checks each as it comes.
+        self.relay.receive(p.Frame(p.FrameType.JNLWR, bytes(control) + bytes(data)))
+
     async def drain(self) -> None:
         pass
 
