@@ -653,7 +653,8 @@ class JournalStore:
         try:
             for control, data in journals:
                 seq = self._next_seq + run_seqs
-                self._check(control, data, seq)
+                raw = control.pack()          # once: checked here, written below
+                self._check(control, raw, data, seq)
                 r = record_size(len(data))
                 plan = self._plan(r)
                 if control.jofs != plan.jofs:
@@ -689,7 +690,7 @@ class JournalStore:
                         raise self._fail(exc) from exc
                 if not run:
                     run_pos = plan.jofs
-                run.append(control.pack())
+                run.append(raw)
                 if data:
                     run.append(data)
                 pad = r - CONTROL_SIZE - len(data)
@@ -706,13 +707,14 @@ class JournalStore:
                 self._write_run(run, run_pos, run_seqs)
         return last
 
-    def _check(self, control: Control, data, seq: int) -> None:
-        """The checks of :meth:`append` on one journal, which is to be SEQ# ``seq``."""
+    def _check(self, control: Control, raw: bytes, data, seq: int) -> None:
+        """The checks of :meth:`append` on one journal (``raw``: its control
+        data packed), which is to be SEQ# ``seq``."""
         if control.data_len != len(data):
             raise BadJournal(f"DATA_LEN {control.data_len} but {len(data)} bytes of data")
         if control.kind not in WIRE_KINDS:
             raise BadJournal(f"KIND {control.kind} is not a journal kind")
-        if not control.ccrc_ok():
+        if control.ccrc != crc32c(raw[:60]):
             raise BadJournal(f"seq {control.seq}: CCRC {control.ccrc:#010x} does not match "
                              f"the control data (not stamped by the engine?)")
         if crc32c(data) != control.data_crc:

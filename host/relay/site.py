@@ -435,7 +435,6 @@ class RelayGroup:
                 PERF["relay.durable_wait"].add(t - t_queued)   # appended -> ACK queued
             if link.closed:
                 continue
-            PERF["relay.answer_frames"].add(len(frames))
             for frame in frames:
                 link.send(frame)
             if answers.empty():
