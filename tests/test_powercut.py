@@ -264,8 +264,8 @@ def test_batch_check_catches_a_batch_acked_before_its_fdatasync(tmp_path, monkey
     batch but returns before it ends, so the batch is acked while its
     journals may still be only in the page cache."""
     async def not_waiting(self, seq):
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().create_task(self._run_flush())
+        if not self._flushes:
+            self._start(self._fds[0])
         await asyncio.sleep(0)
         return self.store.durable_seq
     monkeypatch.setattr(GroupCommitter, "wait_durable", not_waiting)

@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import threading
 
 import pytest
 
@@ -782,4 +783,43 @@ def test_store_mirrors_the_engine_model_byte_for_byte(path):
         wrapped += s.wrap_at < size
     assert peek(path, 0, size) == eng.ring()
     assert full > 20 and wrapped > 20 and s.next_seq > 300
+    s.close()
+
+
+def test_two_syncs_in_flight_each_covering_only_what_came_before_it(path, monkeypatch):
+    """Journal 1 appended, its sync starts; journal 2 appended, a second sync
+    starts at once on another open file description.  When the first ends,
+    only journal 1 is durable (journal 2 came after it began); the second
+    makes journal 2 durable."""
+    s = JournalStore.create(path, 1 << 16)
+    began = [threading.Event(), threading.Event()]
+    go = [threading.Event(), threading.Event()]
+    fds = []
+    real = st.fileio.fdatasync
+
+    def held(fd):
+        n = len(fds)
+        if n >= 2:
+            return real(fd)       # close()'s own
+        fds.append(fd)
+        began[n].set()
+        assert go[n].wait(10)
+        real(fd)
+    monkeypatch.setattr(st.fileio, "fdatasync", held)
+
+    async def main():
+        gc = GroupCommitter(s)
+        put(s, 100)
+        first = asyncio.create_task(gc.wait_durable(1))
+        assert await asyncio.to_thread(began[0].wait, 10)
+        put(s, 100)
+        second = asyncio.create_task(gc.wait_durable(2))
+        assert await asyncio.to_thread(began[1].wait, 10)
+        assert fds[0] != fds[1] and s.durable_seq == 0
+        go[0].set()
+        assert await first == 1 and s.durable_seq == 1
+        go[1].set()
+        assert await second == 2
+        await gc.aclose()
+    asyncio.run(main())
     s.close()

@@ -257,6 +257,7 @@ class JournalStore:
         self._head = 0
         self._durable = sb.tail_seq - 1
         self._durable_lock = threading.Lock()
+        self._sync_fds: list[int] = []      # open_sync_fd(): closed with the store
         self._broken: BaseException | None = None
         self._damaged = False       # read() met a damaged record: close() leaves no mark
         self._closed = False
@@ -739,20 +740,39 @@ class JournalStore:
         # records' bytes are in the page cache by now.
         self._next_seq += count
 
-    def sync(self) -> int:
+    def sync(self, target: int | None = None, fd: int | None = None) -> int:
         """fdatasync the file; returns the highest durable SEQ#.
 
         Safe to call from another thread while the owner appends: the target
-        is read before the fsync, and every journal below it was written
-        before.
+        (``next_seq - 1`` unless given, and then read by the caller before
+        this call) is fixed before the fsync, and every journal up to it was
+        written before.  ``fd``: a descriptor from :meth:`open_sync_fd`, for
+        a sync that runs at the same time as another.
         """
         self._usable()
-        target = self._next_seq - 1
+        if target is None:
+            target = self._next_seq - 1
         try:
-            fileio.fdatasync(self._fd)
+            fileio.fdatasync(self._fd if fd is None else fd)
         except OSError as exc:
             raise self._fail(exc) from exc
         return self._mark_durable(target)
+
+    def open_sync_fd(self) -> int:
+        """Another descriptor of the journal file (a new open file description),
+        closed with the store, for a second sync in flight.
+
+        Why not the same descriptor: the kernel reports a writeback error once
+        per open file description (its error cursor), so two fdatasyncs at once
+        on one description can split an error between them and one may return
+        success for pages that were lost.  Each description sees every error
+        that happens after it was opened: open it before the journals it is
+        to cover are written (the group committer does so at its start).
+        """
+        self._usable()
+        fd = fileio.open(self._path, os.O_RDWR)
+        self._sync_fds.append(fd)
+        return fd
 
     def _mark_durable(self, seq: int) -> int:
         with self._durable_lock:
@@ -941,6 +961,8 @@ class JournalStore:
                 fileio.fdatasync(self._fd)
         finally:
             self._closed = True
+            for fd in self._sync_fds:
+                fileio.close(fd)
             fileio.close(self._fd)
 
     def __enter__(self) -> "JournalStore":
