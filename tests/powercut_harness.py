@@ -405,9 +405,15 @@ class GroupCommitRun(StoreRun):
     GroupCommitter whose fdatasync runs in a worker thread, so cuts fall
     while a sync is in flight.  Thread timing makes it not replayable."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, batch: int = 1, **kw):
         super().__init__(*a, **kw)
+        # batch > 1: each writer appends 1..batch journals with one
+        # append_batch (one pwritev per run) and acks them all after one wait,
+        # as the relay's ingest does with a JNLWR batch.
+        self.batch = batch
         self.name = "group-commit-lazy" if self.lazy else "group-commit"
+        if batch > 1:
+            self.name += "-batch"
 
     def life(self, disk: PowerCutDisk, rng: random.Random) -> None:
         path = Path(disk.root) / "jnl"
@@ -417,18 +423,20 @@ class GroupCommitRun(StoreRun):
         async def writer() -> None:
             while True:
                 seq = s.next_seq
+                n = rng.randint(1, self.batch)
                 try:
-                    jofs = s.placement(journal(seq, 0)[0].data_len)
+                    jofs = s.placements([journal(seq + i, 0)[0].data_len for i in range(n)])
                 except StoreFull:
                     if s.durable_seq >= s.tail_seq:
                         self._release(s, rng, upto=s.durable_seq)
                     else:
                         await asyncio.sleep(0.0005)
                     continue
-                self.expected[seq] = jofs
-                s.append(*journal(seq, jofs))
-                await gc.wait_durable(seq)
-                self.acked = max(self.acked, seq)
+                for i, at in enumerate(jofs):
+                    self.expected[seq + i] = at
+                last = s.append_batch([journal(seq + i, at) for i, at in enumerate(jofs)])
+                await gc.wait_durable(last)
+                self.acked = max(self.acked, last)
                 if rng.random() < 0.1:
                     self._release(s, rng)
 

@@ -129,6 +129,10 @@ class FakeLink:
     def send(self, frame: p.Frame) -> None:
         self.relay.receive(frame)
 
+    def send_journal(self, control: bytes, data=b"") -> None:
+        # One journal per frame here: the relay model checks each as it comes.
+        self.relay.receive(p.Frame(p.FrameType.JNLWR, bytes(control) + bytes(data)))
+
     async def drain(self) -> None:
         pass
 
@@ -357,10 +361,18 @@ class PrimaryRun(Run):
 def small_segments(monkeypatch):
     monkeypatch.setattr(writelog, "SEGMENT_SIZE", SEGMENT)
     monkeypatch.setattr(primary, "ACKED_SAVE_EVERY", 1e6)    # saved by the run instead
-    # Torn tails cut at every restart: thousands of warnings otherwise.
-    for name in (writelog.__name__, primary.__name__):
-        logger = logging.getLogger(name)
-        monkeypatch.setattr(logger, "level", logging.ERROR + 5)
+    # Torn tails cut at every restart: thousands of warnings otherwise.  With
+    # setLevel, not by setting ``level``: loggers cache isEnabledFor, and only
+    # setLevel clears that cache, so a restored attribute left the primary's
+    # ERROR lines dropped for the rest of the session (test_relay_loss's
+    # "full copy" check failed when it ran after this file).
+    loggers = [logging.getLogger(name) for name in (writelog.__name__, primary.__name__)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR + 5)
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 def test_primary_write_log_and_pvols_survive_power_cuts(tmp_path, small_segments):

@@ -197,3 +197,49 @@ def test_ring_sizes():
     assert p.ring_size_ok(128) and p.ring_size_ok(1 << 40) and p.ring_size_ok(192)
     assert not p.ring_size_ok(64) and not p.ring_size_ok((1 << 40) + 64)
     assert not p.ring_size_ok(1000)
+
+
+# -- journal batches (docs/protocol.md, "Journal batches") ---------------------
+
+def _journal(tag: int, data: bytes) -> tuple[p.Control, bytes]:
+    ctl = p.Control(address=tag * 4096, length=len(data), data_len=len(data),
+                    data_crc=p.crc32c(data), kind=p.Kind.UPDATE, tag=tag)
+    return ctl, data
+
+
+def test_a_batch_is_its_journals_back_to_back_and_splits_into_them():
+    journals = [_journal(1, b"a" * 100), _journal(2, b""), _journal(3, b"c" * 4096)]
+    parts = []
+    for ctl, data in journals:
+        parts += [ctl.pack(), data]
+    body = b"".join(parts)
+    got = p.split_journals(body)
+    assert [(c, bytes(d)) for c, d in got] == journals
+    # sent as parts: the same bytes as the frame of the joined body
+    assert b"".join(p.serialize_parts(p.FrameType.JNLWR, parts)) == \
+        p.serialize_frame(p.FrameType.JNLWR, body)
+
+
+def test_a_batch_of_one_is_the_single_journal_frame():
+    ctl, data = _journal(7, b"x" * 513)
+    body = p.journal_body(ctl, data)
+    assert b"".join(p.serialize_parts(p.FrameType.JNLWR, [ctl.pack(), data])) == \
+        p.Frame(p.FrameType.JNLWR, body).serialize()
+    ((got, view),) = p.split_journals(body)
+    assert (got, bytes(view)) == (ctl, data)
+
+
+@pytest.mark.parametrize("cut", [-1, -64, -65, 1, 63])
+def test_a_batch_that_is_not_whole_journals_is_refused_whole(cut):
+    ctl, data = _journal(1, b"a" * 100)
+    body = p.journal_body(ctl, data) * 2
+    body = body[:cut] if cut < 0 else body + bytes(cut)
+    with pytest.raises(p.BadBody) as exc:
+        p.split_journals(body)
+    assert exc.value.status == p.Status.BAD_LENGTH
+
+
+def test_an_empty_jnlwr_body_is_bad_length():
+    with pytest.raises(p.BadBody) as exc:
+        p.split_journals(b"")
+    assert exc.value.status == p.Status.BAD_LENGTH

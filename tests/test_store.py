@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import threading
 
 import pytest
 
@@ -270,6 +271,72 @@ def test_random_workload_reopens_to_the_same_state(path):
             if s.held:
                 assert state(s)[:2] == before[:2]
             assert s.read(s.tail_seq, 1000) == [contents[q] for q in range(s.tail_seq, s.next_seq)]
+    s.close()
+
+
+# -- batches (append_batch: one pwritev per run of adjacent records) ---------
+
+def _batch_for(s: JournalStore, lens: list[int], first_seq: int | None = None):
+    """Journals with these data lengths stamped for the next places of ``s``."""
+    seq = s.next_seq if first_seq is None else first_seq
+    out = []
+    for i, jofs in enumerate(s.placements(lens)):
+        data = payload(seq + i, lens[i])
+        ctl = p.Control(seq=seq + i, time=(seq + i) * 10, jofs=jofs, length=len(data),
+                        data_len=len(data), data_crc=p.crc32c(data), epoch=s.epoch,
+                        kind=p.Kind.UPDATE, tag=seq + i).with_ccrc()
+        out.append((ctl, data))
+    return out
+
+
+def test_a_batch_writes_the_bytes_and_state_of_appends_one_by_one(tmp_path, monkeypatch):
+    """Random batches through wraps, markers and releases: the ring image and
+    every pointer equal those of the same journals appended one at a time,
+    and each run of adjacent records is one pwritev."""
+    rng = random.Random(11)
+    one, many = (JournalStore.create(tmp_path / name, 8192) for name in ("one", "many"))
+    calls = []
+    real = st.fileio.pwritev
+    monkeypatch.setattr(st.fileio, "pwritev", lambda fd, bufs, off: calls.append(off) or
+                        real(fd, bufs, off))
+    for _ in range(300):
+        lens = [rng.choice([0, 1, 63, 64, 65, 500, 1000]) for _ in range(rng.randint(1, 6))]
+        try:
+            batch = _batch_for(many, lens)
+        except st.StoreFull:
+            upto = rng.randint(many.tail_seq, many.next_seq - 1)
+            one.release(upto)
+            many.release(upto)
+            continue
+        calls.clear()
+        for ctl, data in batch:
+            one.append(ctl, data)
+        wraps = sum(1 for (a, _), (b, _) in zip(batch, batch[1:]) if b.jofs != a.jofs +
+                    p.record_size(a.data_len))
+        calls.clear()
+        assert many.append_batch(batch) == batch[-1][0].seq
+        assert len(calls) == 1 + wraps
+        assert state(many) == state(one)
+    assert peek(tmp_path / "many", 0, 8192) == peek(tmp_path / "one", 0, 8192)
+    assert many.read(many.tail_seq, 1000) == one.read(one.tail_seq, 1000)
+    one.close()
+    many.close()
+
+
+def test_a_bad_journal_in_a_batch_stops_it_there(path):
+    s = JournalStore.create(path, 1 << 16)
+    batch = _batch_for(s, [100, 200, 300])
+    ctl, data = batch[1]
+    batch[1] = (ctl, data[:-1] + b"?")          # DATA_CRC no longer matches
+    with pytest.raises(st.BadJournal):
+        s.append_batch(batch)
+    # the journal before it is written and counted; nothing of it or after it
+    assert (s.next_seq, s.held) == (2, 1)
+    assert s.read(1, 10) == [(batch[0][0], batch[0][1])]
+    assert s.append_batch(_batch_for(s, [200, 300])) == 3
+    s.close()
+    s = JournalStore.open(path)
+    assert [c.seq for c, _ in s.read(1, 10)] == [1, 2, 3]
     s.close()
 
 
@@ -716,4 +783,43 @@ def test_store_mirrors_the_engine_model_byte_for_byte(path):
         wrapped += s.wrap_at < size
     assert peek(path, 0, size) == eng.ring()
     assert full > 20 and wrapped > 20 and s.next_seq > 300
+    s.close()
+
+
+def test_two_syncs_in_flight_each_covering_only_what_came_before_it(path, monkeypatch):
+    """Journal 1 appended, its sync starts; journal 2 appended, a second sync
+    starts at once on another open file description.  When the first ends,
+    only journal 1 is durable (journal 2 came after it began); the second
+    makes journal 2 durable."""
+    s = JournalStore.create(path, 1 << 16)
+    began = [threading.Event(), threading.Event()]
+    go = [threading.Event(), threading.Event()]
+    fds = []
+    real = st.fileio.fdatasync
+
+    def held(fd):
+        n = len(fds)
+        if n >= 2:
+            return real(fd)       # close()'s own
+        fds.append(fd)
+        began[n].set()
+        assert go[n].wait(10)
+        real(fd)
+    monkeypatch.setattr(st.fileio, "fdatasync", held)
+
+    async def main():
+        gc = GroupCommitter(s)
+        put(s, 100)
+        first = asyncio.create_task(gc.wait_durable(1))
+        assert await asyncio.to_thread(began[0].wait, 10)
+        put(s, 100)
+        second = asyncio.create_task(gc.wait_durable(2))
+        assert await asyncio.to_thread(began[1].wait, 10)
+        assert fds[0] != fds[1] and s.durable_seq == 0
+        go[0].set()
+        assert await first == 1 and s.durable_seq == 1
+        go[1].set()
+        assert await second == 2
+        await gc.aclose()
+    asyncio.run(main())
     s.close()

@@ -19,15 +19,16 @@ another epoch.  After every step it checks what an observer could see:
 * a relay whose stream went backwards is always refused, never trusted.
 """
 
-from hypothesis import event, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tricopy.host.primary.stream import (FULL_PROBE_FIRST, FULL_PROBE_MAX, RelayLost, Resume,
                                          SendStream)
-from tricopy.host.relay.streams import Admission, ForwardStream, ForwardViolation, PseqGate
+from tricopy.host.relay.streams import (Admission, AnswerGate, ForwardStream, ForwardViolation,
+                                        PseqGate)
 from tricopy.host.secondary.stream import RestoreStream
-from tricopy.host.wire.protocol import Control, Hello, Kind, Role, Status
+from tricopy.host.wire.protocol import Ack, Control, FrameType, Hello, Kind, Role, Status
 from tricopy.host.wire.pseq import next_pseq
 
 BLOCKS = 6           # a hot spot: blocks are written again and again
@@ -427,3 +428,70 @@ def test_send_stream_continues_after_a_relay_that_knows_more():
     assert p.next_tag() == 10 and p.acked_hwm == 9
     lost = SendStream(last_pseq=12, acked_hwm=12).connected(9)
     assert isinstance(lost, RelayLost) and str(lost).endswith("journals 10..12 lost at the relay")
+
+
+# -- the relay's answers to the primary: cumulative ACKs, never before the fsync -----
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["take", "take", "take", "dup", "nak", "sync", "ready"]),
+                max_size=80), st.randoms(use_true_random=False))
+def test_answer_gate_acks_only_what_is_durable_in_order(ops, rnd):
+    """Played against the relay's rules: journals taken in PSEQ order get
+    SEQ#s in order; a resend is ACKed once the newest journal is durable; a
+    NAK waits for nothing.  Every ACK that leaves covers only durable
+    journals, no answer overtakes another (a run of ACKs becomes its latest),
+    and nothing durable is held back."""
+    gate = AnswerGate()
+    queued = []             # (seq needed or None, tag, is_ack) in queue order
+    out = []                # what was sent: (tag, is_ack)
+    pseq = seq = durable = 0
+    sent_upto = 0           # answers of ``queued`` accounted for by ``out``
+
+    def ready():
+        nonlocal sent_upto
+        frames, times = gate.ready(durable)
+        assert len(times) <= len(queued) - sent_upto
+        covered = queued[sent_upto:sent_upto + len(times)]
+        sent_upto += len(times)
+        # each answer released is durable (or needs nothing)
+        assert all(need is None or need <= durable for need, _, _ in covered)
+        # the frames are the released answers, in order, each run of ACKs as its last
+        expect = []
+        for _, tag, is_ack in covered:
+            if is_ack and expect and expect[-1][1]:
+                expect[-1] = (max(expect[-1][0], tag), True)
+            else:
+                expect.append((tag, is_ack))
+        got = [(Ack.unpack(f.body).tag, f.type == FrameType.ACK) for f in frames]
+        assert got == expect
+        out.extend(got)
+        # nothing durable left waiting at the head
+        if gate:
+            need = gate.need()
+            assert need is not None and need > durable
+
+    for op in ops:
+        if op == "take":
+            pseq, seq = pseq + 1, seq + 1
+            gate.add(seq, Ack(seq=seq, tag=pseq, req_type=FrameType.JNLWR).frame())
+            queued.append((seq, pseq, True))
+        elif op == "dup" and pseq:
+            tag = rnd.randint(1, pseq)
+            gate.add(seq, Ack(tag=tag, req_type=FrameType.JNLWR).frame())
+            queued.append((seq, tag, True))
+        elif op == "nak":
+            frame = Ack(tag=pseq + 2, status=Status.BAD_REQUEST, req_type=FrameType.JNLWR).frame()
+            gate.add(None, frame)
+            queued.append((None, pseq + 2, False))
+        elif op == "sync":
+            durable = rnd.randint(durable, seq)
+        elif op == "ready":
+            ready()
+    durable = seq
+    ready()
+    assert not gate and sent_upto == len(queued)
+    # an ACK that left covers PSEQs whose journals are all durable at that moment,
+    # checked above; and the last ACK sent is for the newest PSEQ acked at all
+    acks = [tag for tag, is_ack in out if is_ack]
+    if acks:
+        assert max(acks) == max(tag for _, tag, is_ack in queued if is_ack)

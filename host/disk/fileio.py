@@ -29,8 +29,8 @@ import contextlib
 import os
 
 __all__ = ["NAMES", "use", "backend", "fsync_dir",
-           "open", "close", "pread", "pwrite", "write", "writev", "fsync", "fdatasync", "ftruncate",
-           "fstat", "replace", "link", "unlink"]
+           "open", "close", "pread", "pwrite", "pwritev", "write", "writev", "fsync", "fdatasync",
+           "ftruncate", "fstat", "replace", "link", "unlink"]
 
 
 def _os_fsync_dir(path) -> None:
@@ -48,6 +48,7 @@ class _OS:
     close = staticmethod(os.close)
     pread = staticmethod(os.pread)
     pwrite = staticmethod(os.pwrite)
+    pwritev = staticmethod(os.pwritev)
     write = staticmethod(os.write)
     writev = staticmethod(os.writev)
     fsync = staticmethod(os.fsync)
@@ -62,8 +63,8 @@ class _OS:
 
 #: The calls a backend provides, each with the signature of its ``os``
 #: namesake (``fsync_dir(path)`` has none: open the folder, fsync, close).
-NAMES = ("open", "close", "pread", "pwrite", "write", "writev", "fsync", "fdatasync", "ftruncate",
-         "fstat", "replace", "link", "unlink", "fsync_dir")
+NAMES = ("open", "close", "pread", "pwrite", "pwritev", "write", "writev", "fsync", "fdatasync",
+         "ftruncate", "fstat", "replace", "link", "unlink", "fsync_dir")
 
 OS = _OS()
 _backend = OS
@@ -105,6 +106,7 @@ open = OS.open
 close = OS.close
 pread = OS.pread
 pwrite = OS.pwrite
+pwritev = OS.pwritev
 write = OS.write
 writev = OS.writev
 fsync = OS.fsync

@@ -130,8 +130,8 @@ class PowerCutDisk:
 
     Hooks, called outside the model's lock in the thread doing the call:
     ``on_op(kind)`` before every mutating call on a tracked file
-    (``"create"``, ``"pwrite"``, ``"write"``, ``"writev"``, ``"ftruncate"``, ``"replace"``,
-    ``"link"``, ``"unlink"``), and ``on_sync(n, phase)`` before (``"before"``) and after
+    (``"create"``, ``"pwrite"``, ``"pwritev"``, ``"write"``, ``"writev"``, ``"ftruncate"``,
+    ``"replace"``, ``"link"``, ``"unlink"``), and ``on_sync(n, phase)`` before (``"before"``) and after
     (``"after"``) the ``n``-th sync (file or folder, counted from 1).  A hook
     may call :meth:`cut`, and :meth:`power_off` to end the run there: the
     call in progress and every later one then raise :class:`PowerLost`.
@@ -274,6 +274,20 @@ class PowerCutDisk:
         with self._lock:
             n = os.pwrite(fd, data, offset)
             op = ("w", offset, bytes(memoryview(data)[:n]))
+            ino.ops.append(op)
+            _apply(ino.current, op)
+            return n
+
+    def pwritev(self, fd, buffers, offset):
+        """``os.pwritev``: on the platter one write of the concatenation of what
+        the call wrote (possibly short), so it can tear at sectors like any write."""
+        ino = self._tracked(fd)
+        if ino is None:
+            return os.pwritev(fd, buffers, offset)
+        self._before("pwritev")
+        with self._lock:
+            n = os.pwritev(fd, buffers, offset)
+            op = ("w", offset, b"".join(bytes(b) for b in buffers)[:n])
             ino.ops.append(op)
             _apply(ino.current, op)
             return n

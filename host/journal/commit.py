@@ -3,9 +3,10 @@
 A thin asyncio adapter over the synchronous :class:`~.store.JournalStore`.
 ``append_durable`` writes the journal at once (in the event loop thread, so
 appends stay in the order they were called) and then waits until a
-fdatasync that started *after* the write has finished.  One fdatasync runs
-at a time, in a worker thread; appends that arrive while it runs wait for
-the next one, which then covers all of them.  Under load the number of
+fdatasync that started *after* the write has finished.  Up to
+``SYNCS_IN_FLIGHT`` fdatasyncs run at a time, in worker threads; appends
+that arrive while they run wait for the next one, which then covers all of
+them.  Under load the number of
 fsyncs per second stays at what the disk does, and the journals per fsync
 grow with the number of concurrent callers.
 """
@@ -20,7 +21,7 @@ from ..wire.protocol import Control
 from ..perf import PERF, now
 from .store import JournalStore
 
-__all__ = ["Durability", "GroupCommitter"]
+__all__ = ["Durability", "GroupCommitter", "SYNCS_IN_FLIGHT"]
 
 
 class Durability(enum.Enum):
@@ -32,22 +33,42 @@ class Durability(enum.Enum):
     NONE = "none"
 
 
+#: fdatasyncs in flight at once.  One was the ceiling under load: a journal
+#: appended while a sync ran waited for it to end and then for the next
+#: (docs/benchmarks.md, "Journal batches and cumulative ACKs"); with two, the
+#: next sync starts at once and the disk overlaps their flushes.
+SYNCS_IN_FLIGHT = 2
+
+
 class GroupCommitter:
-    """Shares one fdatasync among concurrent ``append_durable`` callers.
+    """Shares fdatasyncs among concurrent ``append_durable`` callers.
+
+    Up to ``syncs`` fdatasyncs run at once, each in its own worker thread on
+    its own open file description of the journal (``JournalStore.open_sync_fd``:
+    each sees every writeback error).  A sync covers the journals appended
+    before it started, and only those: its target is ``next_seq - 1`` read in
+    the event loop when it is started, where every append happens.  A waiter
+    waits for a running sync whose target covers its journal, or starts one
+    if a slot is free, or else waits for the oldest to end and looks again.
 
     Errors of the append (``StoreFull``, ``PlacementError``, ...) are raised
     to its caller only; a failed fsync (``StoreBroken``) is raised to every
     caller waiting on it, and the store refuses further work.
     """
 
-    def __init__(self, store: JournalStore, policy: Durability = Durability.FSYNC):
+    def __init__(self, store: JournalStore, policy: Durability = Durability.FSYNC,
+                 syncs: int = SYNCS_IN_FLIGHT):
         if not isinstance(policy, Durability):
             raise TypeError(f"policy must be a Durability, not {policy!r}")
+        if syncs < 1:
+            raise ValueError(f"syncs must be at least 1, not {syncs!r}")
         self.store = store
         self.policy = policy
-        self._flush: asyncio.Task | None = None
-        # One thread: there is never more than one fdatasync in flight.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-fsync")
+        # The store's own descriptor, then one more per extra sync, opened
+        # now: before the journals they will cover are written.
+        self._fds: list[int | None] = [None] + [store.open_sync_fd() for _ in range(syncs - 1)]
+        self._flushes: list[tuple[int, int | None, asyncio.Task]] = []   # (target, fd, task)
+        self._executor = ThreadPoolExecutor(max_workers=syncs, thread_name_prefix="store-fsync")
         self.fsyncs = 0      # fdatasyncs issued
         self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
@@ -64,32 +85,45 @@ class GroupCommitter:
         if seq >= self.store.next_seq:
             raise ValueError(f"seq {seq} was not appended (next is {self.store.next_seq})")
         while self.store.durable_seq < seq:
-            if self._flush is None:
-                self._flush = asyncio.get_running_loop().create_task(self._run_flush())
+            task = next((t for target, _, t in self._flushes if target >= seq), None)
+            if task is None:
+                busy = {fd for _, fd, _ in self._flushes}
+                free = [fd for fd in self._fds if fd not in busy]
+                if free:
+                    task = self._start(free[0])
+                else:
+                    task = self._flushes[0][2]     # the oldest ends first; then look again
             # shield: a cancelled waiter must not cancel the fsync the others wait on.
-            await asyncio.shield(self._flush)
+            await asyncio.shield(task)
         return self.store.durable_seq
 
-    async def _run_flush(self) -> None:
+    def _start(self, fd: int | None) -> asyncio.Task:
+        # Read here, in the event loop: every journal up to it is written.
+        target = self.store.next_seq - 1
+        task = asyncio.get_running_loop().create_task(self._run_flush(target, fd))
+        self._flushes.append((target, fd, task))
+        return task
+
+    async def _run_flush(self, target: int, fd: int | None) -> None:
         try:
             self.fsyncs += 1
             t0, first = now(), self.store.durable_seq
-            upto = await asyncio.get_running_loop().run_in_executor(self._executor,
-                                                                    self.store.sync)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.sync, target, fd)
             PERF["relay.fsync"].add(now() - t0)
-            PERF["relay.fsync_journals"].add(upto - first)
+            PERF["relay.fsync_journals"].add(max(0, target - first))
             if self.on_fsync is not None:
                 self.on_fsync(now() - t0)
         finally:
-            # Cleared before the waiters resume, so the first of them whose
+            # Removed before the waiters resume, so the first of them whose
             # journal came too late for this fsync starts the next one.
-            self._flush = None
+            self._flushes = [f for f in self._flushes if f[2] is not asyncio.current_task()]
 
     async def aclose(self) -> None:
-        """Wait for a running fsync, then stop the worker thread (the store stays open)."""
-        if self._flush is not None:
+        """Wait for the running fsyncs, then stop the worker threads (the store stays open)."""
+        for _, _, task in list(self._flushes):
             try:
-                await asyncio.shield(self._flush)
+                await asyncio.shield(task)
             except Exception:
                 pass
         self._executor.shutdown(wait=True)

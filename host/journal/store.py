@@ -64,6 +64,7 @@ _U32 = struct.Struct("<I")
 
 # The WRAP marker (docs/protocol.md, "Allocation"): KIND 0xFF, every other field 0.
 MARKER = Control(kind=Kind.WRAP).pack()
+_ZEROS = bytes(ALIGN)          # the padding after a record's data is shorter than this
 
 _SCRUB_CHUNK = 4 << 20        # bytes of ring read at a time by the scrub
 _U64_MAX = (1 << 64) - 1
@@ -256,6 +257,7 @@ class JournalStore:
         self._head = 0
         self._durable = sb.tail_seq - 1
         self._durable_lock = threading.Lock()
+        self._sync_fds: list[int] = []      # open_sync_fd(): closed with the store
         self._broken: BaseException | None = None
         self._damaged = False       # read() met a damaged record: close() leaves no mark
         self._closed = False
@@ -572,9 +574,12 @@ class JournalStore:
 
     # -- allocation (docs/protocol.md, "Allocation") -------------------------
 
-    def _plan(self, r: int) -> _Plan:
-        size, jiptr, joptr, used, wrap_at = (self._size, self._jiptr, self._joptr,
-                                             self._used, self._wrap_at)
+    def _plan(self, r: int, state: tuple[int, int, int, int] | None = None) -> _Plan:
+        """Allocate ``r`` bytes from the ring's state (or from ``state``:
+        JIPTR, JOPTR, USED, WRAP_AT after journals planned and not written)."""
+        size = self._size
+        jiptr, joptr, used, wrap_at = state or (self._jiptr, self._joptr, self._used,
+                                                self._wrap_at)
         if r > size:
             raise StoreOversize(f"a record of {r} bytes never fits a ring of {size}")
         if used == 0 and r > size - jiptr:
@@ -606,6 +611,19 @@ class JournalStore:
             raise StoreOversize(f"DATA_LEN {data_len} exceeds {MAX_DATA}")
         return self._plan(record_size(data_len)).jofs
 
+    def placements(self, data_lens) -> list[int]:
+        """The JOFS the engine assigns to the next journals, one after the
+        other, of these DATA_LENs (a batch for :meth:`append_batch`)."""
+        out = []
+        state = None
+        for data_len in data_lens:
+            if data_len > MAX_DATA:
+                raise StoreOversize(f"DATA_LEN {data_len} exceeds {MAX_DATA}")
+            plan = self._plan(record_size(data_len), state)
+            out.append(plan.jofs)
+            state = (plan.jiptr, plan.joptr, plan.used, plan.wrap_at)
+        return out
+
     # -- journals ------------------------------------------------------------
 
     def append(self, control: Control, data: bytes = b"") -> int:
@@ -617,13 +635,87 @@ class JournalStore:
         when SEQ# or JOFS is not what this ring allocates, then
         :class:`StoreOversize`/:class:`StoreFull`.
         """
+        return self.append_batch(((control, data),))
+
+    def append_batch(self, journals) -> int:
+        """Write stamped journals, in order, each at its JOFS; returns the last SEQ#.
+
+        The same checks and the same bytes as :meth:`append` of each in turn,
+        but each run of adjacent records goes to the file in one ``pwritev``
+        (a batch from the relay's ingest is one run unless it wraps).  A check
+        failing on a journal raises as :meth:`append` does, after the journals
+        before it have been written: nothing of it or after it is.
+        """
         self._usable()
-        data = bytes(data)
+        run: list = []             # buffers of the records planned and not yet written
+        run_pos = run_end = 0
+        run_seqs = 0
+        last = self._next_seq - 1
+        try:
+            for control, data in journals:
+                seq = self._next_seq + run_seqs
+                raw = control.pack()          # once: checked here, written below
+                self._check(control, raw, data, seq)
+                r = record_size(len(data))
+                plan = self._plan(r)
+                if control.jofs != plan.jofs:
+                    raise PlacementError(f"seq {control.seq}: JOFS {control.jofs} but the ring "
+                                         f"allocates {plan.jofs}")
+                rewind = plan.joptr != self._joptr
+                persist = not rewind and self.release_pending and (
+                    self._overlaps_unpersisted(plan.jofs, r)
+                    or (plan.marker is not None
+                        and self._overlaps_unpersisted(plan.marker, CONTROL_SIZE)))
+                if run and (rewind or persist or plan.marker is not None or plan.jofs != run_end):
+                    # A superblock write counts every journal before it durable
+                    # once synced, so the run goes out first; a WRAP marker or a
+                    # jump starts a new run anyway.
+                    self._write_run(run, run_pos, run_seqs)
+                    run, run_seqs = [], 0
+                if rewind:
+                    # An empty ring rewinds.  Recovery scans from the persisted
+                    # JOPTR, so it must say 0 before a record lives there; rare,
+                    # so the extra fdatasync does not matter.
+                    self._write_superblock(joptr=plan.joptr, wrap_at=plan.wrap_at)
+                elif persist:
+                    # A lazy release (release(persist=False)) freed this space,
+                    # but the superblock on disk still holds the journals there:
+                    # recovery would scan from the old JOPTR into this record and
+                    # lose every journal.  Persist the release first (docs/store.md,
+                    # "Lazy release").
+                    self._write_superblock()
+                if plan.marker is not None:
+                    try:
+                        fileio.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
+                    except OSError as exc:
+                        raise self._fail(exc) from exc
+                if not run:
+                    run_pos = plan.jofs
+                run.append(raw)
+                if data:
+                    run.append(data)
+                pad = r - CONTROL_SIZE - len(data)
+                if pad:
+                    run.append(_ZEROS[:pad])
+                run_end = plan.jofs + r
+                run_seqs += 1
+                last = seq
+                self._jiptr, self._joptr, self._used, self._wrap_at = (plan.jiptr, plan.joptr,
+                                                                       plan.used, plan.wrap_at)
+                self._index.append((plan.jofs, r))
+        finally:
+            if run and self._broken is None:
+                self._write_run(run, run_pos, run_seqs)
+        return last
+
+    def _check(self, control: Control, raw: bytes, data, seq: int) -> None:
+        """The checks of :meth:`append` on one journal (``raw``: its control
+        data packed), which is to be SEQ# ``seq``."""
         if control.data_len != len(data):
             raise BadJournal(f"DATA_LEN {control.data_len} but {len(data)} bytes of data")
         if control.kind not in WIRE_KINDS:
             raise BadJournal(f"KIND {control.kind} is not a journal kind")
-        if not control.ccrc_ok():
+        if control.ccrc != crc32c(raw[:60]):
             raise BadJournal(f"seq {control.seq}: CCRC {control.ccrc:#010x} does not match "
                              f"the control data (not stamped by the engine?)")
         if crc32c(data) != control.data_crc:
@@ -633,56 +725,54 @@ class JournalStore:
             raise StaleEpoch(f"seq {control.seq}: EPOCH {control.epoch}, store epoch {self._epoch}")
         if len(data) > MAX_DATA:
             raise StoreOversize(f"DATA_LEN {len(data)} exceeds {MAX_DATA}")
-        if control.seq != self._next_seq:
-            raise PlacementError(f"seq {control.seq} but the store expects {self._next_seq}")
-        r = record_size(len(data))
-        plan = self._plan(r)
-        if control.jofs != plan.jofs:
-            raise PlacementError(f"seq {control.seq}: JOFS {control.jofs} but the ring "
-                                 f"allocates {plan.jofs}")
-        record = control.pack() + data + bytes(r - CONTROL_SIZE - len(data))
-        if plan.joptr != self._joptr:
-            # An empty ring rewinds.  Recovery scans from the persisted JOPTR,
-            # so it must say 0 before a record lives there; rare, so the extra
-            # fdatasync does not matter.
-            self._write_superblock(joptr=plan.joptr, wrap_at=plan.wrap_at)
-        elif self.release_pending and (
-                self._overlaps_unpersisted(plan.jofs, r)
-                or (plan.marker is not None and self._overlaps_unpersisted(plan.marker, CONTROL_SIZE))):
-            # A lazy release (release(persist=False)) freed this space, but the
-            # superblock on disk still holds the journals there: recovery would
-            # scan from the old JOPTR into this record and lose every journal.
-            # Persist the release first (docs/store.md, "Lazy release").
-            self._write_superblock()
+        if control.seq != seq:
+            raise PlacementError(f"seq {control.seq} but the store expects {seq}")
+
+    def _write_run(self, run: list, pos: int, count: int) -> None:
+        """Write adjacent planned records with one pwritev; then they count as appended."""
+        size = sum(len(b) for b in run)
         try:
-            if plan.marker is not None:
-                fileio.pwrite(self._fd, MARKER, HEADER_SIZE + plan.marker)
-            if fileio.pwrite(self._fd, record, HEADER_SIZE + plan.jofs) != r:
-                raise OSError(f"short write of seq {control.seq}")
+            if fileio.pwritev(self._fd, run, HEADER_SIZE + pos) != size:
+                raise OSError(f"short write of seq {self._next_seq}..{self._next_seq + count - 1}")
         except OSError as exc:
             raise self._fail(exc) from exc
-        self._jiptr, self._joptr, self._used, self._wrap_at = (plan.jiptr, plan.joptr,
-                                                               plan.used, plan.wrap_at)
-        self._index.append((plan.jofs, r))
-        # Last: a concurrent sync() takes next_seq as its target, and this
-        # record's bytes are in the page cache by now.
-        self._next_seq += 1
-        return control.seq
+        # Last: a concurrent sync() takes next_seq as its target, and these
+        # records' bytes are in the page cache by now.
+        self._next_seq += count
 
-    def sync(self) -> int:
+    def sync(self, target: int | None = None, fd: int | None = None) -> int:
         """fdatasync the file; returns the highest durable SEQ#.
 
         Safe to call from another thread while the owner appends: the target
-        is read before the fsync, and every journal below it was written
-        before.
+        (``next_seq - 1`` unless given, and then read by the caller before
+        this call) is fixed before the fsync, and every journal up to it was
+        written before.  ``fd``: a descriptor from :meth:`open_sync_fd`, for
+        a sync that runs at the same time as another.
         """
         self._usable()
-        target = self._next_seq - 1
+        if target is None:
+            target = self._next_seq - 1
         try:
-            fileio.fdatasync(self._fd)
+            fileio.fdatasync(self._fd if fd is None else fd)
         except OSError as exc:
             raise self._fail(exc) from exc
         return self._mark_durable(target)
+
+    def open_sync_fd(self) -> int:
+        """Another descriptor of the journal file (a new open file description),
+        closed with the store, for a second sync in flight.
+
+        Why not the same descriptor: the kernel reports a writeback error once
+        per open file description (its error cursor), so two fdatasyncs at once
+        on one description can split an error between them and one may return
+        success for pages that were lost.  Each description sees every error
+        that happens after it was opened: open it before the journals it is
+        to cover are written (the group committer does so at its start).
+        """
+        self._usable()
+        fd = fileio.open(self._path, os.O_RDWR)
+        self._sync_fds.append(fd)
+        return fd
 
     def _mark_durable(self, seq: int) -> int:
         with self._durable_lock:
@@ -871,6 +961,8 @@ class JournalStore:
                 fileio.fdatasync(self._fd)
         finally:
             self._closed = True
+            for fd in self._sync_fds:
+                fileio.close(fd)
             fileio.close(self._fd)
 
     def __enter__(self) -> "JournalStore":

@@ -298,7 +298,7 @@ class MasterGroup:
         # rest follow in order once the probe is ACKed.
         link = self.link
         if self.stream.add(tag, (ctl, data, fut)) and link is not None and not link.closed:
-            link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+            link.send_journal(ctl.pack(), data)     # the turn's journals go as one JNLWR
         t1 = now()
         PERF["primary.enqueue"].add(t1 - t0)       # CRC, AL, write log, PVOL, frame
         PERF["primary.in_flight"].add(len(self.stream.pending))
@@ -702,7 +702,7 @@ class MasterGroup:
         pending = self.stream.pending
         for tag in tags:
             ctl, data, _ = pending[tag]
-            link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data)))
+            link.send_journal(ctl.pack(), data)
 
     def _probe(self, link: Link) -> None:
         """Send the oldest pending journal alone: does the relay have room again?"""

@@ -37,14 +37,14 @@ from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import GRSTS, JnlgTable
 from ..engine.base import Engine, EngineError, open_engine
 from ..wire.link import Link, LinkError, LinkRefused, connect, nak
-from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag, Role, Status
+from ..wire.protocol import Control, Frame, FrameType, Kind, LoadFlag, Role, Status
 from ..disk.volume import VolumeError
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
 from ..wire.pseq import next_pseq
 from .local_copy import RelayCopy
-from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
+from .streams import Admission, AnswerGate, ForwardStream, ForwardViolation, PseqGate
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
 
@@ -346,12 +346,14 @@ class RelayGroup:
                         answers.put_nowait((None, nak(Status.BAD_TYPE, frame.type), 0.0))
                         continue
                     t1 = now()
-                    seq, answer = await self._ingest_one(frame.body)
+                    batch = await self._ingest_frame(frame.body)
                     t2 = now()
                     PERF["relay.recv_wait"].add(t1 - t0)     # waiting for the next frame
                     PERF["relay.ingest"].add(t2 - t1)        # check, engine, store.append
+                    PERF["relay.ingest_journals"].add(len(batch))   # journals per JNLWR
                     PERF["relay.answer_queue"].add(answers.qsize())
-                    answers.put_nowait((seq, answer, t2))
+                    for seq, answer in batch:
+                        answers.put_nowait((seq, answer, t2))
             except LinkError as exc:
                 log.info("primary link: %s", exc)
             except GroupFault:
@@ -362,54 +364,76 @@ class RelayGroup:
                 await link.close()
 
     async def _ingest_one(self, body: bytes) -> tuple[int | None, Frame]:
-        """Returns (seq to wait durable for, answer frame), in arrival order."""
+        """A one-journal JNLWR body: (seq to wait durable for, answer frame)."""
+        (answer,) = await self._ingest_frame(body)
+        return answer
+
+    async def _ingest_frame(self, body: bytes) -> list[tuple[int | None, Frame]]:
+        """Take the journals of one JNLWR body (one or a batch, docs/protocol.md,
+        "Journal batches"); returns, per journal and in order, (seq to wait
+        durable for, answer frame).  The journals taken are written to the
+        journal volume together (one ``pwritev`` per run of adjacent records)
+        before this returns, so they share the next fdatasync."""
         try:
-            ctl, data = protocol.split_journal(body)
+            journals = protocol.split_journals(body)
         except protocol.ProtocolError as exc:
-            return None, nak(exc.status, FrameType.JNLWR)
+            return [(None, nak(exc.status, FrameType.JNLWR))]     # nothing of it is taken
+        answers: list[tuple[int | None, Frame]] = []
+        taken: list[tuple[Control, memoryview]] = []
+        async with (self._placing if self.descriptor else contextlib.nullcontext()):
+            for ctl, data in journals:
+                answers.append(await self._take(ctl, data, taken))
+            if taken:
+                try:
+                    self.store.append_batch(taken)
+                except StoreError as exc:
+                    raise self._fault(f"journal volume refused seq {taken[0][0].seq}.."
+                                      f"{taken[-1][0].seq}: {exc}") from None
+        if taken and self.cfg.durability is Durability.MEMORY:
+            self._new.set()
+            self._local_new.set()
+        return answers
+
+    async def _take(self, ctl: Control, data: memoryview,
+                    taken: list) -> tuple[int | None, Frame]:
+        """One journal of a JNLWR: admit, allocate and stamp it (appended to
+        ``taken`` for the store) or refuse it; its answer as for ``_ingest_frame``."""
         admission = self.gate.admit(ctl.tag)
         if admission is Admission.RESEND:
             # A resend of a journal we hold: ACK it again once everything
             # before it is durable (it sits behind them in the answer queue).
             self.dups += 1
-            return self.store.next_seq - 1, protocol.Ack(tag=ctl.tag, req_type=FrameType.JNLWR).frame()
+            return (self.store.next_seq - 1 + len(taken),
+                    protocol.Ack(tag=ctl.tag, req_type=FrameType.JNLWR).frame())
         if admission is Admission.GAP:
             return None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)
         if self.grsts == "SUSP":
             return None, nak(Status.SUSPENDED, FrameType.JNLWR, tag=ctl.tag)
         if ctl.group != self.cfg.grnum:
             return None, nak(Status.WRONG_GROUP, FrameType.JNLWR, tag=ctl.tag)
-        async with (self._placing if self.descriptor else contextlib.nullcontext()):
-            try:
-                if self.descriptor:
-                    # The engine never sees the data: check here what it would
-                    # (a journal the store would refuse must not be allocated).
-                    if ctl.data_len != len(data):
-                        return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
-                    if protocol.crc32c(data) != ctl.data_crc:
-                        return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
-                    # the primary sent a JNLWR: it gets the answer to one
-                    a = await self.engine.place(ctl)
-                    ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
-                else:
-                    ack = await self.engine.submit(ctl, data)
-            except EngineError as exc:
-                raise self._fault(f"engine failed: {exc}") from None
-            if ack.status != Status.OK:
-                if ack.status == Status.FULL:
-                    self.fulls += 1
-                return None, ack.frame()
-            stamped = _stamp(ctl, ack)
-            try:
-                self.store.append(stamped, data)
-            except StoreError as exc:
-                raise self._fault(f"journal volume refused seq {ack.seq} at JOFS {ack.jofs}: "
-                                  f"{exc}") from None
+        try:
+            if self.descriptor:
+                # The engine never sees the data: check here what it would
+                # (a journal the store would refuse must not be allocated).
+                if ctl.data_len != len(data):
+                    return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
+                if protocol.crc32c(data) != ctl.data_crc:
+                    return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
+                # the primary sent a JNLWR: it gets the answer to one
+                a = await self.engine.place(ctl)
+                ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
+            else:
+                ack = await self.engine.submit(ctl, data)
+        except EngineError as exc:
+            raise self._fault(f"engine failed: {exc}") from None
+        if ack.status != Status.OK:
+            if ack.status == Status.FULL:
+                self.fulls += 1
+            return None, ack.frame()
+        taken.append((_stamp(ctl, ack), data))
         self.gate.taken(ctl.tag)
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
-            self._new.set()
-            self._local_new.set()
             return None, ack.frame()
         return ack.seq, ack.frame()
 
@@ -423,24 +447,55 @@ class RelayGroup:
             raise self._fault(f"journal volume fsync failed: {exc}") from None
 
     async def _send_answers(self, link: Link, answers: asyncio.Queue) -> None:
-        while (item := await answers.get()) is not None:
-            seq, frame, t = item
-            if seq is not None:
+        """Send the answers in order, each ACK once its journal is durable, the
+        ACKs that are ready together merged into one cumulative ACK
+        (``AnswerGate``).  Ends at the ``None`` that closes the queue."""
+        gate = AnswerGate()
+        closing = broken = False
+        while not (closing and not gate):
+            if not gate:
+                item = await answers.get()
+            else:
+                try:
+                    item = answers.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = False
+            while item is not False:           # everything queued so far joins the gate
+                if item is None:
+                    closing = True
+                else:
+                    gate.add(*item)
+                try:
+                    item = answers.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = False
+            if not gate:
+                continue
+            if broken:
+                gate.clear()                   # no ACK for what may not be on disk
+                continue
+            if (seq := gate.need()) is not None:
                 try:
                     await self.durable(seq)
                 except GroupFault:
-                    await link.close()     # no ACK for what may not be on disk
-                    continue               # drain the queue; nothing more is sent
+                    broken = True
+                    await link.close()
+                    continue
                 self._new.set()
                 self._local_new.set()
-                PERF["relay.durable_wait"].add(now() - t)   # appended -> ACK queued
-            if not link.closed:
+            frames, times = gate.ready(self.store.durable_seq)
+            t = now()
+            for t_queued in times:
+                PERF["relay.durable_wait"].add(t - t_queued)   # appended -> ACK queued
+            if link.closed:
+                continue
+            for frame in frames:
                 link.send(frame)
-                if answers.empty():
-                    try:
-                        await link.drain()
-                    except LinkError:
-                        pass
+            if answers.empty():
+                try:
+                    await link.drain()
+                except LinkError:
+                    pass
 
     async def background_sync(self, period: float = 1.0) -> None:
         """Durability "memory": nothing waits for fsync, so write back once a second."""
@@ -550,9 +605,8 @@ class RelayGroup:
             nxt = max(nxt, self.store.tail_seq)
             batch = self.store.read(nxt, min(FORWARD_BATCH, room, last - nxt + 1))
             PERF["relay.forward_batch"].add(len(batch))
-            for i, (ctl, data) in enumerate(batch):
-                flags = FrameFlag.MORE if i < len(batch) - 1 else 0
-                link.send(Frame(FrameType.JNLWR, protocol.journal_body(ctl, data), flags))
+            for ctl, data in batch:
+                link.send_journal(ctl.pack(), data)     # batches of JNLWR (docs/protocol.md)
             await link.drain()
             nxt += len(batch)
             self.forward.sent(nxt - 1)

@@ -6,6 +6,9 @@ drive them directly (``tests/test_streams.py``).
 
 * :class:`PseqGate` admits the primary's journals exactly once, by PSEQ
   (docs/replication.md, "Resend and duplicates").
+* :class:`AnswerGate` orders the answers to the primary, merges ACKs into
+  cumulative ones and holds every ACK until the journals it covers are
+  durable (docs/replication.md, "Cumulative ACKs").
 * :class:`ForwardStream` checks that a secondary continues this relay's
   stream, keeps the window of journals sent but not ACKed, and never lets an
   ACK release what was not forwarded.
@@ -14,11 +17,13 @@ drive them directly (``tests/test_streams.py``).
 from __future__ import annotations
 
 import enum
+from collections import deque
 
-from ..wire.protocol import Hello
-from ..wire.pseq import TAG_MOD, next_pseq, tag_distance
+from ..wire.protocol import Ack, Frame, FrameType, Hello
+from ..wire.pseq import TAG_MOD, next_pseq, tag_after, tag_distance
 
-__all__ = ["Admission", "PseqGate", "ForwardViolation", "ForwardStream", "FORWARD_WINDOW"]
+__all__ = ["Admission", "PseqGate", "AnswerGate", "ForwardViolation", "ForwardStream",
+           "FORWARD_WINDOW"]
 
 FORWARD_WINDOW = 1024      # journals sent but not yet ACKed by the secondary
 
@@ -50,6 +55,66 @@ class PseqGate:
 
     def taken(self, tag: int) -> None:
         self.last = tag
+
+
+class AnswerGate:
+    """The answers to one primary connection, in the order its journals came.
+
+    Each answer is queued with the SEQ# that must be durable before it may
+    go (``None``: nothing to wait for -- a NAK, or durability ``memory``).
+    :meth:`ready` gives what may go once the store is durable up to a SEQ#:
+    answers in queue order, never past one still waiting for its fsync, and
+    each run of ACKs merged into one, the ACK with the latest PSEQ (TAG).
+    An ACK is cumulative (docs/replication.md): it says the relay holds,
+    durably, every journal of this stream up to its PSEQ, which is true of
+    the latest ACK of a run because journals are taken in PSEQ order.  A NAK
+    is never merged or moved: the ACKs before it go first, then the NAK.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[int | None, Frame, float]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, seq: int | None, frame: Frame, t: float = 0.0) -> None:
+        """Queue ``frame``, to go once journal ``seq`` is durable; ``t``: when
+        it was queued (the caller's clock, for the wait it reports)."""
+        self._queue.append((seq, frame, t))
+
+    def need(self) -> int | None:
+        """The SEQ# whose fsync the first queued answer waits for, or None."""
+        return self._queue[0][0] if self._queue else None
+
+    def ready(self, durable: int) -> tuple[list[Frame], list[float]]:
+        """Frames to send now, the store being durable up to ``durable``, and
+        the queue times of the answers they carry."""
+        frames: list[Frame] = []
+        times: list[float] = []
+        best: Frame | None = None      # the latest ACK of the current run
+        best_tag = 0
+        q = self._queue
+        while q:
+            seq, frame, t = q[0]
+            if seq is not None and seq > durable:
+                break                  # not on disk yet: neither it nor anything after it
+            q.popleft()
+            times.append(t)
+            if frame.type == FrameType.ACK:
+                tag = Ack.unpack(frame.body).tag
+                if best is None or tag_after(tag, best_tag):
+                    best, best_tag = frame, tag
+                continue
+            if best is not None:
+                frames.append(best)
+                best = None
+            frames.append(frame)
+        if best is not None:
+            frames.append(best)
+        return frames, times
+
+    def clear(self) -> None:
+        self._queue.clear()
 
 
 class ForwardViolation(Exception):

@@ -835,15 +835,16 @@ class Secondary:
                     link.send(nak(Status.BAD_TYPE, frame.type))
                     continue
                 try:
-                    ctl, data = group.verify(frame.body)
+                    journals = group.stream.verify_batch(frame.body)
                 except protocol.ProtocolError as exc:
-                    # Nothing from a bad journal is staged; the relay resends after reconnect.
+                    # Nothing from a bad frame is staged; the relay resends after reconnect.
                     log.warning("%s: refusing journal: %s", link.name, exc)
                     link.send(nak(exc.status, FrameType.JNLWR))
                     await link.drain()
                     await link.close()
                     return
-                await group.stage(ctl, data)
+                for ctl, data in journals:
+                    await group.stage(ctl, data)
                 if ctl.seq <= group.last_restored and not frame.flags & protocol.FrameFlag.MORE:
                     # a replay: tell the relay again where we are so it releases
                     link.send(protocol.Ack(seq=group.last_restored, req_type=FrameType.JNLWR).frame())

@@ -65,8 +65,17 @@ class RestoreStream:
         return None
 
     def verify(self, body: bytes) -> tuple[Control, bytes]:
-        """Check one JNLWR body; raise protocol.BadBody saying what is wrong."""
-        ctl, data = protocol.split_journal(body)
+        """Check a one-journal JNLWR body; raise protocol.BadBody saying what is wrong."""
+        return self.verify_journal(*protocol.split_journal(body))
+
+    def verify_batch(self, body: bytes) -> list[tuple[Control, memoryview]]:
+        """Check every journal of a JNLWR body, one or a batch (docs/protocol.md,
+        "Journal batches"); the first bad one raises protocol.BadBody, and
+        then nothing of the frame may be staged."""
+        return [self.verify_journal(ctl, data) for ctl, data in protocol.split_journals(body)]
+
+    def verify_journal(self, ctl: Control, data) -> tuple[Control, bytes]:
+        """Check one journal; raise protocol.BadBody saying what is wrong."""
         if not ctl.ccrc_ok():
             raise protocol.BadBody(f"journal seq {ctl.seq}: control CRC mismatch", Status.BAD_FRAME)
         if ctl.data_len != len(data):

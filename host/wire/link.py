@@ -81,6 +81,11 @@ class Link:
         # together once per event-loop turn (one send() syscall for many frames).
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._scheduled = False       # a flush is due at the end of this turn
+        # Journals queued by send_journal() for the JNLWR being gathered.
+        self._batch: list = []
+        self._batch_n = 0
+        self._batch_bytes = 0
         self._hb_task = asyncio.create_task(self._beat()) if initiator else None
         # Read once: a closed TLS transport answers no more questions.
         peer = writer.get_extra_info("peername")
@@ -98,20 +103,65 @@ class Link:
         """
         if self.closed:
             raise LinkClosed(f"{self.name}: link already closed")
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self.flush)
+        self._close_batch()           # a journal batch queued before goes first
+        self._schedule()
         raw = frame.serialize()
         self._out.append(raw)
         self._out_bytes += len(raw)
 
+    def send_journal(self, control: bytes, data: bytes | memoryview = b"") -> None:
+        """Queue one journal (packed control data, data) for a JNLWR.
+
+        Journals queued one after the other share one JNLWR frame, a batch
+        (docs/protocol.md, "Journal batches"), closed by the next
+        :meth:`send`, by :meth:`flush` (once per event-loop turn) or at
+        ``BATCH_JOURNALS`` / ``BATCH_BYTES``.  The data is referenced, not
+        copied: it must not change until the turn ends.  A batch of one is
+        the single-journal JNLWR byte for byte.
+        """
+        if self.closed:
+            raise LinkClosed(f"{self.name}: link already closed")
+        size = len(control) + len(data)
+        if self._batch and (self._batch_n >= protocol.BATCH_JOURNALS
+                            or self._batch_bytes + size > protocol.BATCH_BYTES):
+            self._close_batch()
+        self._schedule()
+        self._batch.append(control)
+        if data:
+            self._batch.append(data)
+        self._batch_n += 1
+        self._batch_bytes += size
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def _close_batch(self) -> None:
+        if not self._batch:
+            return
+        parts = protocol.serialize_parts(FrameType.JNLWR, self._batch)
+        self._out.extend(parts)
+        self._out_bytes += self._batch_bytes + protocol.HEADER_SIZE + protocol.TRAILER_SIZE
+        self._batch, self._batch_n, self._batch_bytes = [], 0, 0
+
     def flush(self) -> None:
         """Hand every queued frame to the transport now (normally done once per turn)."""
+        self._scheduled = False
+        self._close_batch()
         if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
         if self._writer.is_closing():
             return        # the connection is gone; the sites resend after reconnecting
-        self._writer.writelines(out)
+        if self.secure and len(out) > 1:
+            # One buffer: the TLS layer seals every buffer it is handed as a
+            # record of its own (SSLObject.write per buffer), so a batch's
+            # 64-byte control data would each cost a record and an AEAD call
+            # at both ends; one join per turn costs less than that.
+            self._writer.write(b"".join(out))
+        else:
+            self._writer.writelines(out)
 
     async def drain(self) -> None:
         """Wait while the peer is slow to read (flow control).
@@ -120,7 +170,7 @@ class Link:
         they add up to a lot: every writer drains after each journal, and
         flushing here would bring back one syscall per frame.
         """
-        if self._out_bytes >= _FLUSH_AT:
+        if self._out_bytes + self._batch_bytes >= _FLUSH_AT:
             self.flush()
         try:
             await self._writer.drain()

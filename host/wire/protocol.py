@@ -31,9 +31,10 @@ __all__ = [
     "Status", "Role",
     "LoadFlag", "ProtocolError", "BadMagic", "BadVersion", "BadHeaderCRC",
     "BadBodyCRC", "FrameTooBig", "BadFrameType", "BadFlags", "BadBody",
-    "Frame", "Control", "Ack", "Hello", "JnlRd", "Release", "Load",
+    "Frame", "Control", "Ack", "Hello", "serialize_parts", "JnlRd", "Release", "Load",
     "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
-    "record_size", "journal_body", "split_journal", "DATA_KINDS", "WIRE_KINDS",
+    "record_size", "journal_body", "split_journal", "split_journals", "BATCH_JOURNALS",
+    "BATCH_BYTES", "DATA_KINDS", "WIRE_KINDS",
     "ring_size_ok", "descriptor_frame",
 ]
 
@@ -57,6 +58,13 @@ MAX_DATA = 4 << 20            # largest journal data in one JNLWR; larger writes
 MAX_BODY = CONTROL_SIZE + MAX_DATA
 MIN_RING = 2 * ALIGN          # smallest ring: the smallest record and room to move
 MAX_RING = 1 << 40            # largest ring a LOAD RING sets (positions are u64 on the wire)
+# A site-link JNLWR may carry several journals (docs/protocol.md, "Journal
+# batches"); a sender closes a batch at whichever of these comes first.  They
+# bound what one frame makes the receiver hold and how long the first
+# journal of a batch waits for the last; a receiver takes any batch up to
+# MAX_BODY.
+BATCH_JOURNALS = 64
+BATCH_BYTES = 1 << 20
 
 _HEADER = struct.Struct("<IBBHI")      # without HCRC
 _U32 = struct.Struct("<I")
@@ -220,6 +228,25 @@ def serialize_frame(type: int, body: bytes = b"", flags: int = 0) -> bytes:
     out = head + _U32.pack(crc32c(head))
     if body:
         out += body + _U32.pack(crc32c(body))
+    return out
+
+
+def serialize_parts(type: int, parts: list, flags: int = 0) -> list:
+    """One frame as buffers for ``writelines``: header, the body's ``parts``
+    as given (never joined: a batch of journals is not copied to be sent),
+    trailer.  The same bytes as :func:`serialize_frame` of their concatenation."""
+    length = 0
+    bcrc = 0
+    for part in parts:
+        length += len(part)
+        bcrc = crc32c(part, bcrc)
+    if length > MAX_BODY:
+        raise FrameTooBig(f"body of {length} bytes exceeds MAX_BODY={MAX_BODY}")
+    head = _HEADER.pack(MAGIC, VERSION, int(type), flags, length)
+    out = [head + _U32.pack(crc32c(head))]
+    if length:
+        out.extend(parts)
+        out.append(_U32.pack(bcrc))
     return out
 
 
@@ -395,6 +422,36 @@ def split_journal(body: bytes) -> tuple[Control, bytes]:
     """Control data and journal data of a JNLWR body; checks only the sizes."""
     ctl = Control.unpack(body)
     return ctl, body[CONTROL_SIZE:]
+
+
+def split_journals(body: bytes | memoryview) -> list[tuple[Control, memoryview]]:
+    """The journals of a site-link JNLWR body, in order (docs/protocol.md,
+    "Journal batches"): control data, then DATA_LEN bytes of data, back to
+    back, one or more times.  The data are views into ``body`` (no copy).
+
+    A body that is not an exact sequence of whole journals raises
+    :class:`BadBody` (BAD_LENGTH) and yields nothing: a receiver takes all
+    of a frame or none of it.  Only sizes are checked here.
+    """
+    view = memoryview(body)
+    end = len(view)
+    if end < CONTROL_SIZE:
+        raise BadBody(f"JNLWR body of {end} bytes holds no control data", Status.BAD_LENGTH)
+    out = []
+    pos = 0
+    unpack = Control.STRUCT.unpack_from
+    while pos < end:
+        if end - pos < CONTROL_SIZE:
+            raise BadBody(f"JNLWR body ends {end - pos} bytes into the control data of its "
+                          f"journal {len(out) + 1}", Status.BAD_LENGTH)
+        ctl = Control(*unpack(view, pos))
+        stop = pos + CONTROL_SIZE + ctl.data_len
+        if stop > end:
+            raise BadBody(f"journal {len(out) + 1} of a JNLWR batch has DATA_LEN {ctl.data_len} "
+                          f"but {end - pos - CONTROL_SIZE} bytes follow", Status.BAD_LENGTH)
+        out.append((ctl, view[pos + CONTROL_SIZE:stop]))
+        pos = stop
+    return out
 
 
 def record_size(data_len: int) -> int:
