@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench chaos clean
+.PHONY: setup test demo bench chaos fuzz clean
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
@@ -34,6 +34,12 @@ bench: setup
 # A longer chaos run than the suite's 30 rounds (docs/reliability.md, "Chaos").
 chaos: setup
 	$(BIN)/tricopy chaos --rounds 300
+
+# The fuzz targets with FUZZ_SCALE times the suite's examples, new random
+# inputs each run (docs/reliability.md, "Fuzzing").
+FUZZ_SCALE ?= 20
+fuzz: setup
+	TRICOPY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q tests/fuzz
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -78,7 +78,7 @@ def test_wire_corpus(raw):
     assert protocol.FrameParser().feed(raw), "a seed holds no frame"
 
 
-@fuzz_settings(1500)
+@fuzz_settings(800)
 @given(st.data())
 def test_frame_parser_any_bytes_any_chunking(data):
     raw = data.draw(structured_frames(SEEDS) | frame_stream(SEEDS) | st.binary(max_size=200))
