@@ -53,6 +53,13 @@ def wire_seeds() -> dict[str, bytes]:
     out["batch"] = b"".join(f.serialize() for f in (
         hello, _journal(Kind.UPDATE, b"x" * 64, tag=1), _journal(Kind.TRIM, length=4096, tag=2),
         Frame(FrameType.HEARTBEAT), _journal(Kind.MARK, address=p.Mark.COPY_END, length=0, tag=3)))
+    # A primary's session as the relay sees it: HELLO at epoch 0, journals
+    # numbered by PSEQ in TAG (the data port fuzzers start from it).
+    out["batch-primary"] = b"".join(f.serialize() for f in (
+        p.Hello(Role.PRIMARY, 1, 0, 0, "g1", "primary").frame(),
+        _journal(Kind.UPDATE, b"p" * 4096, address=0, tag=1),
+        _journal(Kind.ZERO, address=4096, length=4096, tag=2),
+        _journal(Kind.UPDATE, b"q" * 512, address=8192, tag=3)))
     return out
 
 
