@@ -24,6 +24,7 @@ that replication goes on (the chaos runner's subject).
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import socket
 import string
@@ -82,8 +83,9 @@ def exchange(addr, data: bytes, timeout: float = 10.0) -> bytes:
             s.shutdown(socket.SHUT_WR)
             while chunk := s.recv(1 << 16):
                 out += chunk
-        except (ConnectionResetError, BrokenPipeError):
-            pass                        # the site closed a connection it would not serve
+        except OSError as exc:          # the site closed a connection it would not serve
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                raise
     return bytes(out)
 
 
