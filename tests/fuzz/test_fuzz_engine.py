@@ -99,3 +99,33 @@ def test_engine_stream_any_bytes(data, size, descriptor):
 def test_engine_stream_wide_link(data, beat):
     raw = data.draw(_inputs())
     run(raw, data.draw(chunkings(raw)), beat=beat)
+
+
+# -- ``engine serve``: the same stream behind a TCP port ----------------------------------
+
+@pytest.fixture(scope="module")
+def engine_server():
+    from tricopy.host.engine.serve import EngineServer
+    with EngineServer(EngineModel(4096)) as server:
+        yield server
+
+
+def check_served(server, raw: bytes) -> None:
+    from .test_fuzz_sites import exchange
+    addr = server.server_address[:2]
+    check_answers(exchange(addr, raw), 1)
+    # A new connection (a link reset) is served from a fresh parser.
+    status = exchange(addr, protocol.Frame(FrameType.STATUS).serialize())
+    frames = protocol.FrameParser().feed(status)
+    assert [f.type for f in frames] == [FrameType.STATUS_RESP], frames
+
+
+@pytest.mark.parametrize("raw", corpus_ids("engine"))
+def test_engine_server_corpus(engine_server, raw):
+    check_served(engine_server, raw)
+
+
+@fuzz_settings(100)
+@given(raw=_inputs())
+def test_engine_server_any_bytes(engine_server, raw):
+    check_served(engine_server, raw)
