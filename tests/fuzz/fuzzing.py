@@ -159,7 +159,7 @@ def structured_frames(seeds: list[bytes], *, max_frames: int = 4):
     def one(draw) -> bytes:
         seed = draw(st.sampled_from(frames))
         ftype = draw(st.sampled_from([int(seed.type)] * 3 + types) | st.integers(0, 255))
-        body = draw(mutated([seed.body] + bodies[:0]) | mutated(bodies) | st.binary(max_size=96))
+        body = draw(mutated([seed.body]) | mutated(bodies) | st.binary(max_size=96))
         flags = draw(st.sampled_from((seed.flags, 0, 1, 2, 0x8000)))
         version = draw(st.sampled_from((protocol.VERSION,) * 6 + (0, 2, 255)))
         return raw_frame(ftype, body, flags, version)
