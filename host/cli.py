@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tricopy.host.rcm.pairs",
     "tricopy.host.rcm.status",
     "tricopy.host.rcm.takeover",
+    "tricopy.host.rcm.failback",
     "tricopy.host.rcm.verify",
     "tricopy.host.tools.demo",
     "tricopy.host.tools.certs",

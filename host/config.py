@@ -14,7 +14,10 @@ Example (a relay)::
     grnum = 1
     grname = "db"
     attr = "INTERMEDIARY"          # MASTER (primary) | INTERMEDIARY (relay) | RESTORE (secondary)
-    peer = "127.0.0.1:7003"        # MASTER: the relay; INTERMEDIARY: the secondary
+    peer = "127.0.0.1:7003"        # MASTER: the relay; INTERMEDIARY: the secondary;
+                                   # RESTORE (optional): the relay, for a planned swap
+    reverse_peer = "127.0.0.1:7001"  # INTERMEDIARY (optional): the primary's data port,
+                                   # where journals go after a planned swap
     peer_site = "sapporo"          # the site name in the peer's certificate (with tls)
     upstream_site = "tokyo"        # INTERMEDIARY/RESTORE: the one site allowed to connect
     durability = "fsync"           # relay: "fsync" (default, safe) or "memory" (unsafe)
@@ -45,7 +48,8 @@ from pathlib import Path
 
 from .wire.protocol import MAX_RING
 
-__all__ = ["KEYS", "ConfigError", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
+__all__ = ["KEYS", "ConfigError", "swapped", "swap_problem", "GroupAttr", "Durability",
+           "VolumeConfig", "JournalConfig",
            "GroupConfig", "NbdConfig", "SiteConfig", "TlsConfig", "LimitsConfig", "load_config",
            "parse_config", "parse_addr", "parse_control"]
 
@@ -62,7 +66,7 @@ KEYS = {
              "tls", "control_clients", "control_plaintext", "limits", "metrics"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
               "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
-              "peer_site", "upstream_site"),
+              "peer_site", "upstream_site", "reverse_peer", "relay_loss"),
     "journal": ("path", "size"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
     "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
@@ -126,7 +130,11 @@ class GroupConfig:
     journal: JournalConfig | None = None
     restore_interval: float = 0.0        # secondary: seconds between restores, 0 = continuous
     full_suspend_after: float = 30.0     # primary: seconds of relay FULL before SUSP
-    link_suspend_after: float = 30.0     # primary: seconds writes wait for an unreachable relay
+    link_suspend_after: float = 10.0     # primary: seconds writes wait for an unreachable relay
+    # primary: what the group does then (docs/operations.md, "Losing the relay"):
+    # "suspend" (the default) suspends the pair and goes on taking host writes,
+    # tracked in the copy bitmap; "fence" refuses them (EIO) until a resync.
+    relay_loss: str = "suspend"
     # GRSTS when the site has no JNLG table row yet (docs/operations.md): "SMPL",
     # paired later by `tricopy pair create`; "PAIR" only for brand-new volumes
     # (create = true, not there yet), the one case where both sides are known equal.
@@ -136,6 +144,44 @@ class GroupConfig:
     # this group (INTERMEDIARY, RESTORE).  docs/security.md.
     peer_site: str | None = None
     upstream_site: str | None = None
+    # For a planned swap (docs/operations.md, "Swap"): RESTORE, the relay's data
+    # address (``peer`` is where a RESTORE site sends journals once it is the
+    # writer); INTERMEDIARY, the primary site's data address (``reverse_peer``:
+    # where journals go while the roles are swapped).
+    reverse_peer: tuple[str, int] | None = None
+
+
+def swapped(g: GroupConfig) -> GroupConfig:
+    """``g`` with the roles of a planned swap: a MASTER group as the RESTORE side,
+    a RESTORE group as the writer, an INTERMEDIARY group forwarding the other
+    way.  The peer names trade places (the relay stays the relay).  Raises
+    :class:`ConfigError` naming the key a swap needs."""
+    from dataclasses import replace
+    if g.attr is GroupAttr.MASTER:
+        return replace(g, attr=GroupAttr.RESTORE, upstream_site=g.peer_site)
+    if g.attr is GroupAttr.RESTORE:
+        if g.peer is None:
+            raise ConfigError(f"group {g.grname}: a swap makes this site the writer: give its "
+                              f"[[group]] peer = \"HOST:PORT\", the relay's data address")
+        return replace(g, attr=GroupAttr.MASTER, peer_site=g.upstream_site)
+    if g.reverse_peer is None:
+        raise ConfigError(f"group {g.grname}: a swap sends journals to the primary site: give "
+                          f"the relay's [[group]] reverse_peer = \"HOST:PORT\", the primary's "
+                          f"data address")
+    return replace(g, peer=g.reverse_peer, reverse_peer=g.peer, peer_site=g.upstream_site,
+                   upstream_site=g.peer_site)
+
+
+def swap_problem(site: "SiteConfig", g: GroupConfig) -> str:
+    """Why this site cannot take part in a planned swap of ``g`` ("" if it can)."""
+    try:
+        swapped(g)
+    except ConfigError as exc:
+        return str(exc)
+    if g.attr is GroupAttr.MASTER and site.listen is None:
+        return (f"group {g.grname}: a swap makes this site the restore side: give it "
+                f"listen = \"HOST:PORT\" (the relay's reverse_peer)")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -286,9 +332,14 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     except ValueError:
         raise ConfigError(f"{w}attr: must be MASTER, INTERMEDIARY or RESTORE, "
                           f"got {attr!r}") from None
-    peer = None
-    if attr is not GroupAttr.RESTORE:
+    peer = reverse_peer = None
+    if attr is not GroupAttr.RESTORE or "peer" in t:     # RESTORE: the relay, for a swap
         peer = parse_addr(_get(t, "peer", str, w), f"{w}peer")
+    if "reverse_peer" in t:
+        if attr is not GroupAttr.INTERMEDIARY:
+            raise ConfigError(f"{w}reverse_peer: only a relay (INTERMEDIARY) group forwards "
+                              f"the other way after a swap")
+        reverse_peer = parse_addr(_get(t, "reverse_peer", str, w), f"{w}reverse_peer")
     epoch = _get(t, "epoch", int, w, 0)
     if not 0 <= epoch <= 0xFFFFFFFF:
         raise ConfigError(f"{w}epoch: must fit 32 bits, got {epoch}")
@@ -313,9 +364,13 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     full_after = _get(t, "full_suspend_after", (int, float), w, 30.0)
     if full_after < 0:
         raise ConfigError(f"{w}full_suspend_after: must be >= 0 seconds, got {full_after}")
-    link_after = _get(t, "link_suspend_after", (int, float), w, 30.0)
+    link_after = _get(t, "link_suspend_after", (int, float), w, 10.0)
     if link_after < 0:
         raise ConfigError(f"{w}link_suspend_after: must be >= 0 seconds, got {link_after}")
+    relay_loss = _get(t, "relay_loss", str, w, "suspend")
+    if relay_loss not in ("suspend", "fence"):
+        raise ConfigError(f"{w}relay_loss: must be \"suspend\" (writes go on, tracked) or "
+                          f"\"fence\" (writes refused), got {relay_loss!r}")
     initial_state = _get(t, "initial_state", str, w, "SMPL").upper()
     if initial_state not in ("PAIR", "SMPL"):
         raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
@@ -329,7 +384,8 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
             names[key] = value
     return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
                        float(interval), float(full_after), link_suspend_after=float(link_after),
-                       initial_state=initial_state, **names)
+                       initial_state=initial_state, reverse_peer=reverse_peer,
+                       relay_loss=relay_loss, **names)
 
 
 def _parse_nbd(t: dict, base: Path) -> NbdConfig:

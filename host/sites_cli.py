@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import inspect
 import logging
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import uvloop
 
-from .config import ConfigError, GroupAttr, SiteConfig, load_config
+from .config import ConfigError, GroupAttr, SiteConfig, load_config, swapped
 from .rcm.jnlg import JnlgTable
 from .disk.volume import Volume
 
@@ -45,6 +46,7 @@ log = logging.getLogger("tricopy.host.sites_cli")   # also under `python -m`
 EXIT_STARTUP = 2          # the config or the files on disk do not allow a start
 EXIT_ENDED = 1            # the site's run ended by itself (not by a signal)
 STOP_GRACE = 5.0          # seconds a site gets to stop after SIGTERM/SIGINT
+RESTART = "RESTART"       # _serve's answer when a swap asked for a restart
 
 ROLE_ATTR = {"primary": GroupAttr.MASTER, "relay": GroupAttr.INTERMEDIARY,
              "secondary": GroupAttr.RESTORE}
@@ -106,7 +108,7 @@ def _check_ports(cfg: SiteConfig, role: str) -> None:
                                "make the certificates with `tricopy certs` (docs/security.md)")
     if role != "primary":                    # the primary only connects out
         keys.append(("listen", cfg.listen))
-    if role != "relay" and cfg.nbd is not None:
+    if cfg.nbd is not None:      # a relay's: its data volumes (Fig. 12), read-only
         keys.append(("nbd.listen", cfg.nbd.listen))
     for key, addr in keys:
         if addr is None or addr[1] == 0:
@@ -229,16 +231,47 @@ def _one_line(exc: BaseException) -> str:
     return f"{text} — {hint}"
 
 
-def _make_site(args: argparse.Namespace, cfg: SiteConfig):
-    if args.command == "primary":
+def _make_site(args: argparse.Namespace, cfg: SiteConfig, role: str):
+    if role == "primary":
         from .primary.site import Primary
         return Primary(cfg)
-    if args.command == "relay":
+    if role == "relay":
         from .relay.site import Relay
         return Relay(cfg, engine_kind=args.engine, engine_url=args.engine_url,
                      engine_mode=args.engine_mode)
     from .secondary.site import Secondary
     return Secondary(cfg)
+
+
+def swapped_role(cfg: SiteConfig, role: str) -> tuple[SiteConfig, str]:
+    """The role this site runs now and the config for it.
+
+    After a planned swap (docs/operations.md, "Swap") the JNLG table says the
+    data sites trade roles: the site configured as the primary runs as the
+    secondary and the other way round, with the addresses ``config.swapped``
+    picks.  The relay stays the relay (its groups turn around in place).
+    """
+    if role == "relay" or not (cfg.state_dir / "jnlg.json").exists():
+        return cfg, role
+    table = JnlgTable.load(cfg.state_dir / "jnlg.json")
+    mine = [g for g in cfg.groups if g.attr is ROLE_ATTR[role]]
+    flipped = [g for g in mine if (e := table.entries.get(g.grnum)) is not None
+               and e.grname == g.grname and e.grattr != g.attr.value
+               and e.grattr in ("MASTER", "RESTORE")]
+    if not flipped:
+        return cfg, role
+    if len(flipped) != len(mine):
+        names = ", ".join(g.grname for g in flipped)
+        raise StartupError(f"group(s) {names} were swapped and the site's other groups were "
+                           f"not: one site process runs one role",
+                           "swap the site's other groups too (tricopy takeover --group G)")
+    other = "secondary" if role == "primary" else "primary"
+    if other == "secondary" and cfg.listen is None:
+        raise StartupError("this site was swapped to the restore side but its config has no "
+                           "listen address", "give listen = \"HOST:PORT\" (the relay's "
+                           "reverse_peer)")
+    groups = [swapped(g) if g in flipped else g for g in cfg.groups]
+    return dataclasses.replace(cfg, groups=groups), other
 
 
 # -- run and stop ---------------------------------------------------------------
@@ -253,7 +286,7 @@ def _listening(cfg: SiteConfig, role: str) -> str:
         parts.append("control %s:%d" % cfg.control + (" (TLS)" if cfg.tls and
                                                        not cfg.control_plaintext else
                                                        " (plaintext, read-only)"))
-    if role != "relay" and cfg.nbd is not None:
+    if cfg.nbd is not None:
         parts.append("nbd %s:%d" % cfg.nbd.listen)
     peers = [f"{g.grname} -> %s:%d" % g.peer for g in cfg.groups
              if g.attr is ROLE_ATTR[role] and g.peer is not None]
@@ -284,6 +317,10 @@ async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | No
                     "(docs/security.md)", role, cfg.site)
     run = asyncio.create_task(site.run(), name=f"{role} run")
     stopper = asyncio.create_task(stop.wait(), name="stop signal")
+    restart = getattr(site, "restart", None)     # a swap: restart into the other role
+    if restart is not None:
+        asyncio.create_task(restart.wait(), name="restart").add_done_callback(
+            lambda _: (caught.append(RESTART), stop.set()))
     try:
         await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if run.done():
@@ -370,8 +407,15 @@ def _run(args: argparse.Namespace) -> int:
     cfg = None
     try:
         cfg = load_config(args.config)
+        cfg, role = swapped_role(cfg, role)
+        if role != args.command:
+            for h in logging.getLogger().handlers:
+                h.setFormatter(logging.Formatter(
+                    f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s"))
+            log.warning("site %s (configured as the %s) runs as the %s: its groups were "
+                        "swapped (docs/operations.md, Swap)", cfg.site, args.command, role)
         prepare(cfg, role)
-        site = _make_site(args, cfg)
+        site = _make_site(args, cfg, role)
         how = uvloop.run(_serve(site, role, cfg, args.config))
     except _Interrupted as exc:
         how = str(exc)
@@ -381,6 +425,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tricopy {role}: {where}{_one_line(exc)}", file=sys.stderr)
         return EXIT_STARTUP
     name = cfg.site if cfg is not None else args.config
+    if how == RESTART:
+        # Same process (PID, log file, supervisor) in its new role: exec the
+        # same command line, which reads the swapped role from the JNLG table.
+        log.warning("%s %s restarts in its new role after a swap", role, name)
+        logging.shutdown()
+        os.execv(sys.executable, sys.orig_argv)
     if how is None:
         log.error("%s %s stopped (its run ended by itself)", role, name)
         return EXIT_ENDED

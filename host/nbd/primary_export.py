@@ -176,7 +176,7 @@ class SecondaryExport(Export):
 
     @property
     def read_only(self) -> bool:
-        return not self.group.taken_over
+        return not self.group.writable
 
     @property
     def description(self) -> str:

@@ -37,7 +37,7 @@ from collections import deque
 from functools import partial
 
 from ..wire import protocol
-from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
@@ -58,14 +58,17 @@ RECONNECT_DELAY = 0.2
 ACKED_SAVE_EVERY = 1.0      # seconds between saves of the ACK high-water mark
 BASE_WINDOW = 32            # base journals in flight at once (patent [0056]: several per command)
 BITMAP_SAVE_EVERY = 0.5     # seconds between saves of the copy bitmap during a scan
+# In the reason of a SUSP that goes on taking host writes (relay_loss = "suspend").
+TRACKING = "host writes go on, tracked in the copy bitmap"
 AL_COOL_EVERY = 1.0         # seconds between looks at the activity log (AL)
 AL_MAX_HOT = 256            # extents kept hot while writes go on (what a crash may resync)
 COPY_STALL = 10.0           # seconds a COPY may make no progress, nothing in flight
 
 
 
-class GroupSuspended(Exception):
-    """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why."""
+class GroupSuspended(ControlError):
+    """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why.
+    A ControlError: a control client's write gets the reason, the log no traceback."""
 
 
 class GroupFenced(GroupSuspended):
@@ -106,6 +109,9 @@ class MasterGroup:
         self.bitmap = CopyBitmap(site.state_dir / f"{cfg.grname}.bitmap",
                                  {i: v.size for i, v in self.volumes.items()}, chunk)
         self.split = self.jnlg.grsts == "SUSP" and self.jnlg.reason.startswith("split")
+        # A SUSP that takes host writes without an operator's split: the relay
+        # was lost under relay_loss = "suspend" (the reason says so, durably).
+        self.tracking = self.jnlg.grsts == "SUSP" and TRACKING in self.jnlg.reason
         self._scan_pos: dict[int, int] = {}     # per IDX: first chunk the scan has not taken
         self._copy_gen = 0                      # bumped on every start of a scan
         self._copy_task: asyncio.Task | None = None
@@ -132,6 +138,8 @@ class MasterGroup:
         self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
         self._ready.set()
         self._hello_wait_since: float | None = None
+        self.swapping = 0                # a planned swap to this epoch takes the writes away
+        self.stream_idle = asyncio.Event()   # set when ACKs leave nothing pending (swap_out)
         self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
         self.reconnects = self.suspensions = self.copied_bytes = 0    # for metrics
         self.copy_restarts, self.copy_error = 0, ""
@@ -224,6 +232,10 @@ class MasterGroup:
             await self._ready.wait()      # after an unclean stop: until the relay's HELLO
         if self.fenced:     # whatever the pair state: another site is the primary now
             raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
+        if self.swapping:
+            raise GroupFenced(f"group {self.cfg.grname} is being swapped: the secondary site "
+                              f"becomes its primary (epoch {self.swapping}); write there once "
+                              f"`tricopy takeover` ends")
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return 0
@@ -454,9 +466,14 @@ class MasterGroup:
 
     # -- the relay link ------------------------------------------------------------
 
-    def _suspend(self, reason: str) -> None:
+    def _suspend(self, reason: str, keep_writes: bool = False) -> None:
+        """PAIR/COPY -> SUSP with ``reason``.  The journals in flight go to the copy
+        bitmap; their host writes fail, or with ``keep_writes`` (relay_loss =
+        "suspend") complete once the PVOLs are durable, and later writes go on
+        as after a split (``tracking``)."""
         self.suspensions += 1
         self.grsts, self.reason, self.split = "SUSP", reason, False
+        self.tracking = keep_writes
         if self.unclean:      # its extents are in the copy bitmap: `pair resync` sends them
             self.unclean = []
             try:
@@ -467,22 +484,48 @@ class MasterGroup:
         self._cancel_probe()      # ``blocked`` stays: the NBD export answers ENOSPC after a FULL
         self._sent_at.clear()
         log.error("group %s suspended: %s", self.cfg.grname, reason)
+        kept = []
         for ctl, _, fut in self.stream.drop_all():
             self.dirty.append((ctl.idx, ctl.address, ctl.length))
             self.bitmap.mark(ctl.idx, ctl.address, ctl.length)   # resync sends them again
-            if not fut.done():
+            if fut.done():
+                continue
+            if keep_writes:
+                kept.append(fut)
+            else:
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
-        self.bitmap.save()
+        self.bitmap.save()          # before any of those writes may complete
         try:
             self.log.reset(self.last_pseq, self.acked_hwm)
         except OSError as exc:
             log.error("group %s: write log reset failed: %s", self.cfg.grname, exc)
+        if kept:
+            asyncio.get_running_loop().create_task(self._complete_locally(kept))
+
+    async def _complete_locally(self, futures: list) -> None:
+        """Host writes that were in flight when the relay was lost (relay_loss =
+        "suspend"): on the PVOL and in the copy bitmap (saved); once the PVOLs
+        are durable they complete, as a write of a split group would."""
+        try:
+            await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+        except OSError as exc:
+            err = LocalIOError(exc.errno or errno.EIO, f"group {self.cfg.grname}: PVOL fsync "
+                                                       f"failed: {exc.strerror or exc}")
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(protocol.Ack(tag=0, req_type=FrameType.JNLWR))
 
     def _complete(self, acked: list) -> None:
         """These pending journals are durable at the relay: complete their host writes."""
         for tag, (_, _, fut) in acked:
             if not fut.done():
                 fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
+        if not self.pending:
+            self.stream_idle.set()
         if acked:
             t, sent, last = now(), self._sent_at, acked[-1][0]
             PERF["primary.acked_per_ack"].add(len(acked))
@@ -584,8 +627,14 @@ class MasterGroup:
             if now - self._hello_wait_since > self.cfg.link_suspend_after:
                 reason = (f"relay unreachable for more than {self.cfg.link_suspend_after:g} s "
                           f"after an unclean stop (writes wait for it)")
-        if reason:
-            self._suspend(reason)
+        if not reason:
+            return
+        if self.cfg.relay_loss == "fence":
+            self._suspend(f"{reason}; host writes are refused (relay_loss = \"fence\"): bring "
+                          f"the relay back and run `tricopy pair resync`, or `tricopy takeover`")
+        else:
+            self._suspend(f"{reason}; {TRACKING} (relay_loss = \"suspend\"): once the "
+                          f"relay is back, `tricopy pair resync` sends them", keep_writes=True)
 
     async def _session(self, link: Link, peer: protocol.Hello) -> None:
         self.reconnects += 1
@@ -747,7 +796,7 @@ class MasterGroup:
         (the base journal will carry it: the patent's "address > BJPtr").
         An error SUSP returns False: ``_enqueue`` refuses the write.
         """
-        if self.grsts == "SUSP" and self.split:
+        if self.grsts == "SUSP" and (self.split or self.tracking):
             if self.bitmap.mark(idx, offset, length):
                 self.bitmap.save()
         elif self.grsts == "COPY":
@@ -905,6 +954,124 @@ class MasterGroup:
                                f"{self.jnlg.fence_epoch} and this site is at epoch {self.epoch}; "
                                f"it can only rejoin as the restore side (docs/operations.md)")
 
+    # -- planned swap (host/rcm/takeover.py): this site becomes the restore side --------
+
+    async def swap_out(self, epoch: int, timeout: float = 60.0) -> dict:
+        """Swap, step 1: take no more host writes, wait until the relay ACKed every
+        journal, make the PVOLs durable.  Not durable itself: until the relay is
+        fenced (step 2) the RCM may cancel, and a restart cancels too."""
+        self._refuse_if_fenced()
+        if self.grsts != "PAIR" or self.link is None:
+            raise ControlError(f"group {self.cfg.grname} is {self.grsts}"
+                               f"{'' if self.link else ', not connected to the relay'}: a "
+                               f"planned swap needs PAIR with the relay connected (the relay "
+                               f"must hold every write before the roles change)")
+        self.swapping = epoch
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            if time.monotonic() > deadline or self.grsts != "PAIR":
+                self.swapping = 0
+                raise ControlError(f"group {self.cfg.grname}: {len(self.pending)} journal(s) "
+                                   f"still not ACKed by the relay after {timeout:g} s "
+                                   f"({self.grsts}); the swap is cancelled, writes go on")
+            self.stream_idle.clear()
+            try:
+                await asyncio.wait_for(self.stream_idle.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+        log.warning("group %s: planned swap to epoch %d: writes stopped at PSEQ %d, all ACKed",
+                    self.cfg.grname, epoch, self.last_pseq)
+        return {"last_pseq": self.last_pseq}
+
+    def swap_cancel(self) -> None:
+        self.swapping = 0
+
+    def become_restore(self, epoch: int, restored: int) -> None:
+        """Swap, last step here: the restore side at ``epoch``, the PVOLs holding
+        every journal up to the relay's SEQ# ``restored`` (they hold all this
+        site wrote, all ACKed and made durable by ``swap_out``).  Durable in
+        the JNLG table (GRATTR RESTORE); the site process restarts into it."""
+        from ..secondary.site import RestoreState
+        if self.jnlg.grattr == "RESTORE":
+            return
+        if epoch <= self.epoch or (self.fenced and self.jnlg.fence_epoch != epoch):
+            raise ControlError(f"group {self.cfg.grname}: no swap to epoch {epoch} from epoch "
+                               f"{self.epoch} (fenced at {self.jnlg.fence_epoch})")
+        state = RestoreState(self.site.state_dir / f"{self.cfg.grname}.restored")
+        state.save(restored, restored, tag=self.last_pseq)
+        (self.site.state_dir / f"{self.cfg.grname}.written").unlink(missing_ok=True)
+        self.jnlg.grattr = "RESTORE"
+        self.jnlg.epoch = self.jnlg.fence_epoch = epoch
+        self.jnlg.consistent_seq = restored
+        self.jnlg.takeover = {}
+        self.jnlg.set_state("PAIR")
+        self._table.save()
+        log.warning("group %s: swapped: the restore side from now on (epoch %d, SEQ# %d)",
+                    self.cfg.grname, epoch, restored)
+
+    # -- failback (host/rcm/failback.py): this site is the old primary ----------------
+
+    def fence_for(self, epoch: int) -> dict:
+        """The RCM tells this site what the relay would: the group was taken over
+        at ``epoch``.  A SUSP group never connects and would not learn it."""
+        if not self.fenced or self.jnlg.fence_epoch < epoch:
+            self._fence(epoch)
+        return self.divergent()
+
+    def divergent(self) -> dict:
+        """The chunks where this PVOL may hold what the site that took over does
+        not: writes never ACKed by the relay, and what an unclean stop left
+        (both are in the copy bitmap, see _suspend and _after_unclean_stop)."""
+        return {"chunk": self.bitmap.chunk, "fence_epoch": self.jnlg.fence_epoch,
+                "epoch": self.epoch,
+                "chunks": {str(i): self.bitmap.chunks(i) for i in self.volumes}}
+
+    def write_fenced(self, idx: int, offset: int, data: bytes) -> None:
+        """A failback's delta, straight to the PVOL: only while fenced (no host
+        write, no journal; the copy bitmap keeps every divergent chunk until
+        ``rejoin``, so a failback run again after a crash sends them again)."""
+        if not self.fenced:
+            raise ControlError(f"group {self.cfg.grname} is not fenced: a failback writes "
+                               f"only to a fenced old primary")
+        self.volumes[idx].write(offset, data)
+
+    def rejoin(self, epoch: int, relay_last_tag: int) -> None:
+        """Failback, last step: the primary again, at ``epoch``, PVOL == SVOL.
+
+        The relay released what it held and moved to ``epoch``; journals
+        continue after its last PSEQ.  The delta is on the PVOLs (flushed by
+        the RCM before), so the copy bitmap and the activity log start empty.
+        """
+        if not self.fenced and self.epoch == epoch:
+            return                        # done before (a failback run again)
+        if not self.fenced or epoch <= self.jnlg.fence_epoch:
+            raise ControlError(f"group {self.cfg.grname}: no failback to epoch {epoch} from "
+                               f"epoch {self.epoch} (fenced at {self.jnlg.fence_epoch})")
+        self._copy_gen += 1               # a copy the fence interrupted does not resume
+        if self._copy_task is not None:
+            self._copy_task.cancel()
+        for _, _, fut in self.stream.drop_all():      # none: _fence suspended the group
+            if not fut.done():
+                fut.set_exception(GroupFenced(f"group {self.cfg.grname} is fenced"))
+        self.stream.rebase(relay_last_tag)
+        self.log.reset(self.last_pseq, self.acked_hwm)
+        self.stream.clear_faults()
+        self.bitmap.clear_all()
+        self.bitmap.save()
+        self.al.hot.clear()
+        self.unclean = []
+        self.al.forget_unclean()          # saves the (empty) activity log
+        self._ready.set()
+        self.dirty.clear()
+        self.split = self.tracking = False
+        self.jnlg.epoch = epoch
+        self.jnlg.fence_epoch = epoch
+        self.jnlg.set_state("PAIR")
+        self._table.save()
+        log.warning("group %s: failed back: the primary again at epoch %d, journals from PSEQ %d",
+                    self.cfg.grname, epoch, relay_last_tag + 1)
+
     def pair_create(self) -> None:
         """PAIR_CREATE (patent [0053]): SMPL -> COPY, full base copy of every PVOL."""
         self._refuse_if_fenced()
@@ -915,7 +1082,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
-        self.split = False
+        self.split = self.tracking = False
         # A full copy follows: whatever the relay lost before is moot.
         self.acked_hwm = 0
         self.log.save_state(0)
@@ -941,7 +1108,7 @@ class MasterGroup:
             # next PSEQ must follow the relay's last one or it sees a gap.
             self.stream.rebase(relay_last_tag)
             self.log.reset(self.last_pseq, self.acked_hwm)     # and so must it after a restart
-        self.split = False
+        self.split = self.tracking = False
         self.stream.clear_faults()
         self.dirty.clear()
         self._set_state("COPY")
@@ -956,7 +1123,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
-        self.split = False
+        self.split = self.tracking = False
         self.dirty.clear()
         self._set_state("SMPL")
 
@@ -972,10 +1139,11 @@ class MasterGroup:
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,
                 "full_probes": self.full_probes, "last_pseq": self.last_pseq,
                 "acked_pseq": self.acked_hwm, "acked_saved": self.log.saved_acked,
+                "swap_blocker": swap_problem(self.site, self.cfg), "swapping": self.swapping,
                 "write_log_bytes": self.log.size,
                 "write_log_segments": len(self.log.segments),
                 "dirty_extents": len(self.dirty),
-                "split": self.split, "copy_chunk": self.bitmap.chunk,
+                "split": self.split, "tracking": self.tracking, "copy_chunk": self.bitmap.chunk,
                 "copy_total": self.copy_total, "copy_done": self.copy_done,
                 "copy_writes": self.copy_writes,
                 "copy_pending_bytes": self.bitmap.count() * self.bitmap.chunk,
@@ -999,7 +1167,13 @@ class Primary:
             "jnlg": self._jnlg, "pair_create": self._pair, "pair_split": self._pair,
             "pair_resync": self._pair, "pair_delete": self._pair,
             "digest": self._digest, "mark_out_of_sync": self._mark_out_of_sync,
+            "fence": self._fence_cmd, "write_fenced": self._write_fenced,
+            "rejoin": self._rejoin, "swap_out": self._swap_out,
+            "swap_cancel": self._swap_cancel, "become_restore": self._become_restore,
         })
+        # Set once a swap made this site the restore side: the process
+        # restarts into that role (host/sites_cli.py).
+        self.restart = asyncio.Event()
 
     def _group_of(self, idx: int) -> MasterGroup:
         for g in self.groups.values():
@@ -1077,6 +1251,35 @@ class Primary:
             g.bitmap.mark(idx, int(c) * g.bitmap.chunk, 1)
         g.bitmap.save()
         return {"copy_pending_bytes": g.bitmap.count() * g.bitmap.chunk}
+
+    async def _fence_cmd(self, req: dict) -> dict:
+        return self._named(str(req["group"])).fence_for(int(req["epoch"]))
+
+    async def _write_fenced(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        if "data" in req:
+            g.write_fenced(int(req["idx"]), int(req["offset"]),
+                           base64.b64decode(req["data"], validate=True))
+        if req.get("flush"):
+            await asyncio.to_thread(lambda: [v.flush() for v in g.volumes.values()])
+        return {}
+
+    async def _swap_out(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).swap_out(int(req["epoch"]))
+
+    async def _swap_cancel(self, req: dict) -> dict:
+        self._named(str(req["group"])).swap_cancel()
+        return {}
+
+    async def _become_restore(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        g.become_restore(int(req["epoch"]), int(req["restored"]))
+        return {"role": "secondary", "_after": self.restart.set}
+
+    async def _rejoin(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        g.rejoin(int(req["epoch"]), int(req["relay_last_tag"]))
+        return {"grsts": g.grsts, "epoch": g.epoch}
 
     def _named(self, grname: str) -> MasterGroup:
         for g in self.groups.values():

@@ -183,10 +183,15 @@ class ControlServer:
                                     PermissionError)):
                 log.exception("control command failed")
             answer = {"id": rid, "ok": False, "error": str(exc), "type": type(exc).__name__}
+        # A handler may ask for something to happen once its answer is out
+        # (a site that restarts into another role after a swap).
+        after = answer.pop("_after", None)
         async with lock:
             with contextlib.suppress(ConnectionError, OSError):
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
+        if after is not None:
+            after()
 
 
 async def _open(addr, tls: ssl.SSLContext | None, limit: int):

@@ -96,6 +96,9 @@ class JnlgEntry:
     # it moved to, below which this site must take no journals or writes.
     takeover: dict = field(default_factory=dict)
     fence_epoch: int = 0
+    # At the relay, after a planned swap: journals come from the configured
+    # secondary and go to the configured primary (config.swapped).
+    reversed: bool = False
     dvols: list[DvolInfo] = field(default_factory=list)
     jvols: list[JvolInfo] = field(default_factory=list)
 
@@ -278,6 +281,10 @@ class CopyBitmap:
         """Set bits (of one volume, or all)."""
         vols = [idx] if idx is not None else list(self.bits)
         return sum(bin(byte).count("1") for i in vols for byte in self.bits[i])
+
+    def chunks(self, idx: int) -> list[int]:
+        """Every set chunk of volume ``idx``, in order."""
+        return [c for c in range(self.nchunks(idx)) if self.test(idx, c)]
 
     def pending(self, idx: int, start_chunk: int = 0):
         """The set chunks of volume ``idx`` from ``start_chunk`` on, in order."""

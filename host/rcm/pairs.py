@@ -17,6 +17,8 @@ docs/operations.md has the states and every command.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ssl
 import sys
 import time
@@ -87,6 +89,23 @@ class Sites:
         except OSError as exc:
             raise Unreachable(f"{role} ({where}) not reachable: {exc}") from None
 
+    def resolved(self) -> "Sites":
+        """The sites by the roles they run now.  After a planned swap the site
+        configured as the primary runs as the secondary and the other way
+        round (docs/operations.md, "Swap"); every command means the roles as
+        they are.  Asked of the configured primary, or of the secondary if the
+        primary does not answer; as configured if neither does."""
+        for role, swapped_if in (("primary", "secondary"), ("secondary", "primary")):
+            try:
+                now = control.call(getattr(self, role), "status", tls=self.tls)["role"]
+            except (OSError, control.ControlError):
+                continue
+            if now == swapped_if:
+                return dataclasses.replace(self, primary=self.secondary,
+                                           secondary=self.primary)
+            return self
+        return self
+
     def group_status(self, role: str, grname: str) -> dict:
         for g in self.call(role, "status")["groups"]:
             if g["grname"] == grname:
@@ -99,16 +118,40 @@ class Sites:
 Progress = Callable[[dict], None]
 
 
-def pair_create(sites: Sites, grname: str) -> None:
+def _tell(sites: Sites, grname: str, grsts: str, say) -> list[str]:
+    """Set ``grsts`` at the relay and the secondary where they answer; the roles
+    that did not.  The primary's state is the pair's: the others follow it."""
+    missed = []
+    for role in ("relay", "secondary"):
+        try:
+            sites.call(role, "pair_set", group=grname, grsts=grsts)
+        except Unreachable as exc:
+            missed.append(role)
+            say(f"{exc}; it still shows the old state (run the command again once it is "
+                f"back; `pair create` and `pair resync` bring it along too)")
+    return missed
+
+
+def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     """PAIR_CREATE: check the pairing rules, then SMPL -> COPY (the base copy starts)."""
     tables = {r: sites.call(r, "jnlg") for r in ROLES}
+    prim = next((g for g in tables["primary"]["groups"] if g["grname"] == grname), None)
+    if prim is not None and prim["grsts"] == "SMPL":
+        # A delete that could not reach the relay or the secondary: finish it
+        # (the primary's state is the pair's) before the rules are checked.
+        for role in ("relay", "secondary"):
+            row = next((g for g in tables[role]["groups"] if g["grname"] == grname), None)
+            if row is not None and row["grsts"] != "SMPL":
+                say(f"the {role} still showed {row['grsts']} from a delete it missed: set to SMPL")
+                sites.call(role, "pair_set", group=grname, grsts="SMPL")
+                tables[role] = sites.call(role, "jnlg")
     check_pairing(grname, tables["primary"], tables["relay"], tables["secondary"])
     relay = sites.group_status("relay", grname)
     # Downstream first: by the time the first base journal flows, the relay and
     # secondary already know they are in COPY (the SVOLs are not consistent).
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY")
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_create", group=grname)
 
 
@@ -134,7 +177,7 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
         time.sleep(POLL)
     # Every base journal is ACKed, so each has a SEQ# at or below the relay's last.
     point = sites.group_status("relay", grname)["next_seq"] - 1
-    sites.call("relay", "pair_set", group=grname, grsts="PAIR")
+    sites.call("relay", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     sites.call("secondary", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     while not sites.group_status("secondary", grname)["consistent"]:
         if time.monotonic() > deadline:
@@ -143,8 +186,10 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
     return point
 
 
-def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0) -> None:
-    """PAIR/COPY -> SUSP: host writes go on at the primary, tracked in the copy bitmap."""
+def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0,
+               say=lambda line: None) -> list[str]:
+    """PAIR/COPY -> SUSP: host writes go on at the primary, tracked in the copy bitmap.
+    Works with the relay or the secondary unreachable; returns those not told."""
     sites.call("primary", "pair_split", group=grname)
     deadline = time.monotonic() + timeout
     # Journals in flight at the split still reach the relay (nothing is dropped).
@@ -152,8 +197,7 @@ def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise RcmError(f"journals in flight at the split not ACKed after {timeout:g} s")
         time.sleep(POLL)
-    sites.call("relay", "pair_set", group=grname, grsts="SUSP")
-    sites.call("secondary", "pair_set", group=grname, grsts="SUSP")
+    return _tell(sites, grname, "SUSP", say)
 
 
 def pair_resync(sites: Sites, grname: str) -> None:
@@ -163,15 +207,15 @@ def pair_resync(sites: Sites, grname: str) -> None:
     # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY")
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"])
 
 
-def pair_delete(sites: Sites, grname: str) -> None:
-    """Any state -> SMPL on all three sites."""
+def pair_delete(sites: Sites, grname: str, say=lambda line: None) -> list[str]:
+    """Any state -> SMPL on all three sites; the relay and the secondary where they
+    answer (returns those not told)."""
     sites.call("primary", "pair_delete", group=grname)
-    sites.call("relay", "pair_set", group=grname, grsts="SMPL")
-    sites.call("secondary", "pair_set", group=grname, grsts="SMPL")
+    return _tell(sites, grname, "SMPL", say)
 
 
 # -- status --------------------------------------------------------------------------
@@ -210,6 +254,10 @@ def progress_bar(stream=sys.stdout) -> Progress:
 # -- command line ----------------------------------------------------------------------
 
 def _sites(args) -> Sites:
+    return _configured(args).resolved()
+
+
+def _configured(args) -> Sites:
     if args.cluster:
         return Sites.from_file(args.cluster)
     missing = [r for r in ROLES if getattr(args, r) is None]
@@ -226,17 +274,18 @@ def _run_pair(args) -> int:
     try:
         sites = _sites(args)
         op = args.op
+        say = lambda line: print(f"tricopy pair {op}: {line}", file=sys.stderr)  # noqa: E731
         if op == "create":
-            pair_create(sites, args.group)
+            pair_create(sites, args.group, say=say)
             print(f"group {args.group}: COPY (base copy started)")
         elif op == "split":
-            pair_split(sites, args.group)
+            pair_split(sites, args.group, say=say)
             print(f"group {args.group}: SUSP (writes tracked in the copy bitmap)")
         elif op == "resync":
             pair_resync(sites, args.group)
             print(f"group {args.group}: COPY (delta resync started)")
         elif op == "delete":
-            pair_delete(sites, args.group)
+            pair_delete(sites, args.group, say=say)
             print(f"group {args.group}: SMPL")
         if op == "sync" or (op in ("create", "resync") and not args.no_wait):
             point = pair_sync(sites, args.group, timeout=args.timeout,

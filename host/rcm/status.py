@@ -206,6 +206,12 @@ def format_status(rows: list[dict]) -> str:
         elif s:
             out.append(f"  SVOLs    {'consistent' if s['consistent'] else 'NOT consistent'}"
                        f" (restored {s['last_restored']})")
+        if r and r.get("local"):            # data volumes at the relay (Fig. 12)
+            lc = r["local"]
+            state = "consistent" if lc["consistent"] and lc["grsts"] != "SUSP" else \
+                ("SUSP: " + lc["reason"] if lc["grsts"] == "SUSP" else "NOT consistent")
+            out.append(f"  relay copy {state} (restored {lc['last_restored']}, "
+                       f"{len(lc['volumes'])} volume(s))")
         if p:
             for d in p["dvols"]:
                 out.append(f"  IDX {d['idx']}    {d['volsts']:4}  BJPtr {d['bjptr']}/{d['blocks']}"

@@ -29,7 +29,7 @@ import time
 from collections import deque
 
 from ..wire import protocol
-from ..config import Durability, GroupAttr, GroupConfig, SiteConfig
+from ..config import Durability, GroupAttr, GroupConfig, SiteConfig, swap_problem, swapped
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..disk.durable import atomic_write_json
@@ -40,6 +40,7 @@ from ..wire.protocol import Control, Frame, FrameFlag, FrameType, Kind, LoadFlag
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
+from .local_copy import RelayCopy
 from .streams import Admission, ForwardStream, ForwardViolation, PseqGate
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
@@ -54,6 +55,9 @@ FORWARD_BATCH = 64         # journals per read/send batch to the secondary
 RECONNECT_DELAY = 0.2
 FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
+
+
+LOCAL_RELEASE_EVERY = 0.1   # seconds between releases of what the relay's data volumes hold
 
 
 class RelayError(Exception):
@@ -105,9 +109,6 @@ class RelayGroup:
             self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch)
         if self.store.size != jcfg.size:
             raise RelayError(f"journal {jcfg.path} is {self.store.size} bytes, config says {jcfg.size}")
-        if self.store.epoch != cfg.epoch:
-            raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, "
-                             f"config says {cfg.epoch}")
         self._report_recovery()
         site.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_path = site.state_dir / f"{cfg.grname}.relay"
@@ -116,10 +117,23 @@ class RelayGroup:
         # relay's own verdict (SUSP when journals are missing), which wins.
         self._table = JnlgTable.for_site(site.state_dir)
         self.jnlg = self._table.attach(cfg, journal=cfg.journal)
+        # The epoch is state: a failback moves it on (``rejoin``), the journal
+        # volume's superblock first, then the table.  A table ahead of the
+        # journal is a config that names an epoch this journal never had.
+        if self.store.epoch < self.jnlg.epoch:
+            raise RelayError(f"journal {jcfg.path} is at epoch {self.store.epoch}, the config "
+                             f"and JNLG table say {self.jnlg.epoch}")
+        if self.store.epoch > self.jnlg.epoch:     # a crash inside ``rejoin``: finish it
+            self.jnlg.epoch = self.store.epoch
+            self._table.save()
+        if self.jnlg.reversed:        # a planned swap: from the secondary, to the primary
+            self.cfg = cfg = swapped(cfg)
+            log.info("group %s: roles swapped: journals from %s, forwarded to %s:%d",
+                     cfg.grname, cfg.upstream_site or "the secondary site", *cfg.peer)
         # To the secondary: stream checks, window, release only what was sent.
         # Every journal held at start is durable and may have been sent before
         # the restart (the secondary may still hold it staged): count it sent.
-        self.forward = ForwardStream(cfg.epoch, self.store.next_seq - 1)
+        self.forward = ForwardStream(self.epoch, self.store.next_seq - 1)
         self._arrivals: deque[tuple[int, float]] = deque()   # (seq, monotonic) for the lag
         self.grsts = "PAIR"
         self.reason = ""
@@ -144,6 +158,9 @@ class RelayGroup:
         self.store.on_persist_empty = lambda ctl: self._save_last_tag(ctl.tag)
         self._new = asyncio.Event()       # a journal became forwardable
         self._acked = asyncio.Event()     # the secondary ACKed something
+        # Data volumes at the relay (patent Fig. 12; local_copy.py), if configured.
+        self.local = RelayCopy(self.cfg, site) if site.volumes_of(cfg.grnum) else None
+        self._local_new = asyncio.Event()   # a journal became applicable to them
 
     # -- recovery -------------------------------------------------------------
 
@@ -200,7 +217,7 @@ class RelayGroup:
         are deterministic, so each replayed journal must land on the JOFS the
         store holds; anything else is a RelayError.
         """
-        s, e, epoch = self.store, self.engine, self.cfg.epoch
+        s, e, epoch = self.store, self.engine, self.epoch
         # An empty store sits at JIPTR; a non-empty one's first journal at JOPTR.
         ptr = s.joptr if s.held else s.jiptr
         flags = LoadFlag.CLEAR | LoadFlag.SEQ | LoadFlag.PTR | LoadFlag.EPOCH
@@ -282,7 +299,7 @@ class RelayGroup:
             await self.primary_link.close()
         async with self._ingest:    # the old connection's journals are all settled first
             self.primary_link = link
-            link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch, self.last_tag,
+            link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch, self.last_tag,
                                      self.cfg.grname, self.site.site).frame())
             answers: asyncio.Queue = asyncio.Queue()
             sender = asyncio.create_task(self._send_answers(link, answers))
@@ -357,6 +374,7 @@ class RelayGroup:
         self._arrivals.append((ack.seq, time.monotonic()))
         if self.cfg.durability is Durability.MEMORY:
             self._new.set()
+            self._local_new.set()
             return None, ack.frame()
         return ack.seq, ack.frame()
 
@@ -379,6 +397,7 @@ class RelayGroup:
                     await link.close()     # no ACK for what may not be on disk
                     continue               # drain the queue; nothing more is sent
                 self._new.set()
+                self._local_new.set()
                 PERF["relay.durable_wait"].add(now() - t)   # appended -> ACK queued
             if not link.closed:
                 link.send(frame)
@@ -432,7 +451,7 @@ class RelayGroup:
     async def forwarder(self) -> None:
         """Patent Fig. 9: send journals to the secondary in SEQ# order, until a group fault."""
         while not self.fault:
-            hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.cfg.epoch,
+            hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch,
                                    self.store.next_seq - 1, self.cfg.grname, self.site.site)
             try:
                 link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
@@ -533,8 +552,30 @@ class RelayGroup:
         except GroupFault:
             await link.close()      # logged by _fault
 
+    async def local_tasks(self) -> None:
+        """The relay's data volumes: fed from the journal volume, restored like an
+        SVOL, and what they hold durably (with the secondary) released."""
+        lc = self.local
+        tasks = [asyncio.create_task(lc.feed(self.store, self.forwardable, self._local_new,
+                                             lambda: bool(self.fault))),
+                 asyncio.create_task(lc.restorer(self.cfg.restore_interval))]
+        try:
+            done = self.store.tail_seq - 1
+            while not self.fault:
+                await asyncio.sleep(LOCAL_RELEASE_EVERY)
+                upto = min(self.secondary_acked, lc.last_restored)
+                if upto > done and upto >= self.store.tail_seq:
+                    await self._release(upto)
+                    done = upto
+        finally:
+            for t in tasks:
+                t.cancel()
+
     async def _release(self, upto: int) -> None:
-        """The secondary holds everything up to ``upto`` for good: move JOPTR."""
+        """The secondary holds everything up to ``upto`` for good: move JOPTR
+        (not past what the relay's own data volumes hold durably, if any)."""
+        if self.local is not None:
+            upto = min(upto, self.local.last_restored)
         self._acked.set()
         while self._arrivals and self._arrivals[0][0] <= upto:
             self._arrivals.popleft()
@@ -568,11 +609,14 @@ class RelayGroup:
         except StoreError as exc:
             raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
 
-    def pair_set(self, grsts: str) -> None:
-        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table."""
+    def pair_set(self, grsts: str, consistent_seq: int | None = None) -> None:
+        """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
+        ``consistent_seq``: where the relay's data volumes (if any) are an image."""
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
         self.jnlg.set_state(grsts)
+        if consistent_seq is not None:
+            self.jnlg.consistent_seq = consistent_seq
         self._table.save()
 
     def lag(self) -> float:
@@ -594,11 +638,70 @@ class RelayGroup:
             self.jnlg.fence_epoch = epoch
             self._table.save()
             log.warning("group %s fenced for a takeover to epoch %d: no journal from a primary "
-                        "at epoch %d is taken any more", self.cfg.grname, epoch, self.cfg.epoch)
+                        "at epoch %d is taken any more", self.cfg.grname, epoch, self.epoch)
         if self.primary_link is not None:
             await self.primary_link.close()
         async with self._ingest:     # the old connection's journals all settled (durable)
             return self.store.next_seq - 1
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the journal stream this relay takes and forwards (durable)."""
+        return self.store.epoch
+
+    async def rejoin(self, epoch: int, restored: int, reverse: bool = False) -> dict:
+        """Failback (host/rcm/failback.py): a new journal stream at ``epoch``.
+
+        The site that took over restored every journal up to ``restored``;
+        the ones held here are released (they are on its volumes), and the
+        old primary, back at ``epoch``, continues after this relay's last
+        PSEQ.  A journal held past ``restored`` is a write only this relay
+        has (a forced takeover): refused, the failback must compare digests
+        and then ``pair resync`` must clear the relay first.
+        Idempotent: a failback run again after a crash finds it done.
+
+        With ``reverse`` (a planned swap) the journals come from the other data
+        site from now on and go to the first one (``config.swapped``).
+        """
+        if epoch == self.epoch:
+            return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag,
+                    "epoch": self.epoch}
+        if epoch <= self.epoch or epoch < self.jnlg.fence_epoch:
+            raise ControlError(f"failback to epoch {epoch}: group {self.cfg.grname} is at epoch "
+                               f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
+        if self.primary_link is not None:
+            await self.primary_link.close()
+        async with self._ingest:       # no journal comes in meanwhile (none is taken: fenced)
+            s = self.store
+            if s.next_seq - 1 > restored:
+                raise ControlError(f"the relay holds journals up to SEQ# {s.next_seq - 1} but the "
+                                   f"site that took over restored only up to {restored}: the "
+                                   f"writes in between are only here; run `tricopy failback "
+                                   f"--digest` after `tricopy pair delete` at the relay")
+            if self.secondary_link is not None:
+                await self.secondary_link.close()
+            if self.local is not None and self.local.last_restored < s.next_seq - 1:
+                raise ControlError(f"the relay's data volumes restored up to SEQ# "
+                                   f"{self.local.last_restored} of {s.next_seq - 1}: run the "
+                                   f"command again once they caught up")
+            if s.held:
+                await self._release(s.next_seq - 1)
+            s.set_epoch(epoch)     # with the release, in the journal volume first (durable) ...
+            self.jnlg.epoch = epoch            # ... then the table (see __init__)
+            self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
+            if reverse:
+                self.jnlg.reversed = not self.jnlg.reversed
+                self.cfg = swapped(self.cfg)
+            self._table.save()
+            await self.recover_engine()        # the engine stamps the new epoch from now on
+            if self.local is not None:
+                self.local.stream.epoch = epoch
+            self.forward = ForwardStream(epoch, s.next_seq - 1)
+            self.forward_fault = self.reason = ""
+            self.grsts = "PAIR"
+        log.warning("group %s: failback: journal stream at epoch %d from SEQ# %d",
+                    self.cfg.grname, epoch, self.store.next_seq)
+        return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag, "epoch": epoch}
 
     def refuse_primary(self, hello: protocol.Hello) -> str | None:
         """Why a primary's HELLO is refused for its epoch, naming both; or None."""
@@ -606,8 +709,8 @@ class RelayGroup:
             return (f"primary {hello.site!r} is at epoch {hello.epoch} but group "
                     f"{self.cfg.grname} was taken over at epoch {self.jnlg.fence_epoch}: "
                     f"it must rejoin as the restore side")
-        if hello.epoch != self.cfg.epoch:
-            return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.cfg.epoch}"
+        if hello.epoch != self.epoch:
+            return f"primary {hello.site!r} is at epoch {hello.epoch}, this group at {self.epoch}"
         return None
 
     def status(self) -> dict:
@@ -623,10 +726,13 @@ class RelayGroup:
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
                 "recovery_warning": self.recovery_warning,
-                "fence_epoch": self.jnlg.fence_epoch, "epoch": self.cfg.epoch,
+                "fence_epoch": self.jnlg.fence_epoch, "epoch": self.epoch,
+                "reversed": self.jnlg.reversed,
+                "swap_blocker": swap_problem(self.site, self.cfg),
                 "clean_start": bool(s.recovery and s.recovery.clean),
                 "primary_connected": self.primary_link is not None and not self.primary_link.closed,
-                "secondary_connected": self.secondary_link is not None}
+                "secondary_connected": self.secondary_link is not None,
+                "local": self.local.summary() if self.local is not None else None}
 
 
 class Relay:
@@ -648,7 +754,8 @@ class Relay:
         self.engine_mode = engine_mode
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
-                                      "pair_set": self._pair_set, "fence": self._fence})
+                                      "pair_set": self._pair_set, "fence": self._fence,
+                                      "rejoin": self._rejoin, "snapshot": self._snapshot})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -656,7 +763,8 @@ class Relay:
     async def _pair_set(self, req: dict) -> dict:
         for g in self.groups.values():
             if g.cfg.grname == req["group"]:
-                g.pair_set(str(req["grsts"]))
+                seq = req.get("consistent_seq")
+                g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
                 return {"grsts": g.jnlg.grsts}
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
@@ -665,6 +773,31 @@ class Relay:
             if g.cfg.grname == req["group"]:
                 last = await g.fence(int(req["epoch"]))
                 return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _snapshot(self, req: dict) -> dict:
+        """Tests/forensics: copy the relay's data volumes (between restore steps)
+        into ``<state_dir>/snapshots/<name>``; only a plain name."""
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                if g.local is None:
+                    raise ControlError(f"group {g.cfg.grname} has no data volumes at the relay")
+                name = str(req["name"])
+                if not name or not all(c.isalnum() or c in "-_." for c in name) \
+                        or name.startswith("."):
+                    raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
+                                       f"not {name!r}")
+                folder = self.cfg.state_dir / "snapshots" / name
+                applied, consistent = await g.local.snapshot(folder)
+                return {"last_restored": applied, "consistent": consistent,
+                        "folder": str(folder)}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _rejoin(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                return await g.rejoin(int(req["epoch"]), int(req["restored"]),
+                                      bool(req.get("reverse", False)))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _status(self, req: dict) -> dict:
@@ -710,7 +843,13 @@ class Relay:
             self.metrics = await serve_metrics(self.cfg.metrics, SiteCollector(
                 "relay", self.cfg.site, lambda: [g.status() for g in self.groups.values()]))
         log.info("relay %s listening on %s:%d", self.cfg.site, *self.cfg.listen)
+        copies = [g.local for g in self.groups.values() if g.local is not None]
+        if self.cfg.nbd is not None and copies:    # the relay's data volumes, read-only
+            from ..nbd.primary_export import secondary_exports, serve_site_volumes
+            self.nbd = await serve_site_volumes(self.cfg.nbd, secondary_exports(copies))
         forwarders = [asyncio.create_task(g.forwarder()) for g in self.groups.values()]
+        forwarders += [asyncio.create_task(g.local_tasks()) for g in self.groups.values()
+                       if g.local is not None]
         forwarders += [asyncio.create_task(g.release_persister()) for g in self.groups.values()]
         forwarders += [asyncio.create_task(g.background_sync()) for g in self.groups.values()
                        if g.cfg.durability is Durability.MEMORY]
@@ -754,7 +893,7 @@ class Relay:
         elif (why := group.refuse_primary(hello)) is not None:
             log.warning("%s: refused HELLO: %s", link.name, why)
             status = Status.STALE_EPOCH
-            tag = max(group.jnlg.fence_epoch, group.cfg.epoch)   # ours, so the peer names both
+            tag = max(group.jnlg.fence_epoch, group.epoch)   # ours, so the peer names both
         elif group.fault:
             status = Status.SUSPENDED
         else:

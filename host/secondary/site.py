@@ -17,6 +17,7 @@ the SVOL, ADDRESS/LENGTH the place), never past a gap.  What this adds:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import shutil
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..wire import protocol
-from ..config import GroupAttr, GroupConfig, SiteConfig
+from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
 from ..rcm.control import ControlError, ControlServer
 from ..wire import tls
 from ..disk.durable import atomic_write_json
@@ -415,13 +416,26 @@ class RestoreGroup:
                     self.cfg.grname, seq, epoch, " (forced)" if forced else "")
         return record
 
+    @property
+    def writable(self) -> bool:
+        """The volumes take host writes: taken over, and no failback under way."""
+        return bool(self.taken_over) and "failback" not in self.taken_over
+
+    def _refuse_write(self) -> None:
+        if not self.taken_over:
+            raise VolumeError(f"the volumes of group {self.cfg.grname} are SVOLs: read-only "
+                              f"until a takeover")
+        if "failback" in self.taken_over:
+            raise VolumeError(f"group {self.cfg.grname} is failing back to its old primary "
+                              f"site (epoch {self.taken_over['failback']}): this site takes no "
+                              f"more writes; write at the old primary once `tricopy failback` "
+                              f"ends")
+
     async def write_local(self, kind: Kind, idx: int, offset: int, length: int,
                           data: bytes = b"", fua: bool = False) -> None:
         """A host write at the site that took over: applied to the volume, its
         chunk recorded first (durably) in ``written`` for the failback's delta."""
-        if not self.taken_over:
-            raise VolumeError(f"the volumes of group {self.cfg.grname} are SVOLs: read-only "
-                              f"until a takeover")
+        self._refuse_write()
         vol = self.volumes[idx]
         vol.check(offset, length)
         if not self._written_durable.covered(idx, offset, length):
@@ -431,6 +445,10 @@ class RestoreGroup:
                     bits = {i: bytearray(b) for i, b in self.written.bits.items()}
                     await asyncio.to_thread(self.written.save)
                     self._written_durable.bits = bits
+        # Checked again after the last await: from here to the volume write
+        # nothing else runs, so once ``quiesce`` has returned no write lands
+        # that its list of written chunks does not hold.
+        self._refuse_write()
         if kind in protocol.DATA_KINDS:
             vol.write(offset, data)
         elif kind == Kind.ZERO:
@@ -439,6 +457,115 @@ class RestoreGroup:
             vol.trim(offset, length)
         if fua:
             await asyncio.to_thread(vol.flush)
+
+    # -- planned swap (host/rcm/takeover.py): this site becomes the writer ------------
+
+    async def become_master(self, epoch: int, restored: int, relay_last_tag: int) -> None:
+        """Swap, last step here: the primary at ``epoch``.  Every journal up to the
+        relay's SEQ# ``restored`` is applied (the RCM drained it), the restore
+        point is saved, and the primary's state files start empty: the write
+        log continues after the relay's last PSEQ, no chunk to copy, a cold
+        activity log.  Durable in the JNLG table (GRATTR MASTER); the site
+        process restarts into that role."""
+        from ..primary.activity import ActivityLog
+        from ..primary.writelog import WriteLog
+        if self.jnlg.grattr == "MASTER":
+            return
+        if self.taken_over:
+            raise ControlError(f"group {self.cfg.grname} was taken over here: `tricopy "
+                               f"failback` gives it back, a swap does not apply")
+        if epoch <= self.epoch:
+            raise ControlError(f"swap to epoch {epoch}: group {self.cfg.grname} is at epoch "
+                               f"{self.epoch} here")
+        async with self._restore_lock:
+            while self.restore():
+                pass
+            if self.applied < restored or not self.consistent():
+                raise ControlError(f"no swap: the relay issued journals up to SEQ# {restored} "
+                                   f"but only {self.applied} are restored here"
+                                   f"{'' if self.consistent() else ' (not consistent)'}")
+            await asyncio.to_thread(self.checkpoint)
+            await asyncio.to_thread(self.state.save, restored, restored)
+            d = self.site.state_dir
+            wlog = WriteLog(d, self.cfg.grname)
+            wlog.reset(relay_last_tag, relay_last_tag)
+            wlog.close()
+            chunk = max([COPY_CHUNK] + [v.block_size for v in self.volumes.values()])
+            bitmap = CopyBitmap(d / f"{self.cfg.grname}.bitmap",
+                                {i: v.size for i, v in self.volumes.items()}, chunk)
+            bitmap.clear_all()
+            bitmap.save()
+            al = ActivityLog(d / f"{self.cfg.grname}.al")
+            al.hot.clear()
+            al.forget_unclean()
+            self.jnlg.grattr = "MASTER"
+            self.jnlg.epoch = self.jnlg.fence_epoch = epoch
+            self.jnlg.set_state("PAIR")
+            self._table.save()
+        if self.link is not None:
+            await self.link.close()
+        log.warning("group %s: swapped: the primary from now on (epoch %d, journals from PSEQ "
+                    "%d)", self.cfg.grname, epoch, relay_last_tag + 1)
+
+    # -- failback (host/rcm/failback.py) ------------------------------------------
+
+    async def quiesce(self, epoch: int) -> dict:
+        """Failback to the old primary at ``epoch``, step 1: take no more writes
+        (durably: a restart does not take them either), make what was written
+        durable, and answer which chunks were written since the takeover."""
+        if not self.taken_over:
+            raise ControlError(f"group {self.cfg.grname} was not taken over here: there is "
+                               f"nothing to fail back")
+        if epoch <= self.epoch:
+            raise ControlError(f"failback to epoch {epoch}: group {self.cfg.grname} is at "
+                               f"epoch {self.epoch} here")
+        if self.taken_over.get("failback") not in (None, epoch):
+            raise ControlError(f"a failback to epoch {self.taken_over['failback']} is under "
+                               f"way; run `tricopy failback` again to finish it")
+        if "failback" not in self.taken_over:
+            self.jnlg.takeover = {**self.taken_over, "failback": epoch}
+            self._table.save()
+            log.warning("group %s: failback to epoch %d: no more writes here", self.cfg.grname,
+                        epoch)
+        async with self._written_lock:       # a save of ``written`` in flight lands first
+            await self.flush_local()
+        return {"chunk": self.written.chunk, "seq": self.taken_over["seq"],
+                "forced": bool(self.taken_over.get("forced")),
+                "written": {str(i): self.written.chunks(i) for i in self.volumes}}
+
+    def read_quiesced(self, idx: int, offset: int, length: int) -> bytes:
+        """A failback reads the delta here: only once no write can change it."""
+        if "failback" not in self.taken_over:
+            raise ControlError(f"group {self.cfg.grname}: reads for a failback need "
+                               f"`tricopy failback` to have stopped writes here first")
+        return self.volumes[idx].read(offset, length)
+
+    async def rejoin(self, epoch: int, restored: int) -> dict:
+        """Failback, last step here: the restore side again, at ``epoch``, with
+        the relay's stream continuing after SEQ# ``restored`` (what the volumes
+        hold: every journal up to it was restored before the takeover)."""
+        if not self.taken_over and self.epoch == epoch:
+            return {"epoch": epoch, "last_restored": self.last_restored}     # done before
+        if self.taken_over.get("failback") != epoch:
+            raise ControlError(f"group {self.cfg.grname}: no failback to epoch {epoch} under "
+                               f"way here (run `tricopy failback`)")
+        async with self._restore_lock:
+            await asyncio.to_thread(self.state.save, restored, restored)
+            self.written.clear_all()
+            await asyncio.to_thread(self.written.save)
+            self._written_durable.clear_all()
+            record = self.taken_over
+            self.jnlg.epoch = epoch
+            self.jnlg.takeover = {}
+            self.jnlg.consistent_seq = restored
+            self.jnlg.set_state("PAIR")
+            self._table.save()
+            self.stream = RestoreStream(self.cfg.grnum, epoch, restored=restored, mark=restored)
+            self.grsts, self.reason = "PAIR", ""
+        log.warning("group %s: failed back (taken over at SEQ# %d, epoch %d): the restore side "
+                    "again at epoch %d from SEQ# %d; the volumes are read-only",
+                    self.cfg.grname, record["seq"], record["epoch"], epoch, restored)
+        return {"epoch": epoch, "last_restored": restored}
 
     async def flush_local(self) -> None:
         await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
@@ -483,6 +610,8 @@ class RestoreGroup:
     def status(self) -> dict:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "RESTORE",
                 "role": "primary" if self.taken_over else "secondary", "epoch": self.epoch,
+                "writable": self.writable,
+                "swap_blocker": swap_problem(self.site, self.cfg),
                 "takeover": self.taken_over or None,
                 "written_bytes": self.written.count() * self.written.chunk,
                 "last_time": self.state.time,
@@ -509,7 +638,13 @@ class Secondary:
             raise ValueError("secondary config has no RESTORE group")
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "snapshot": self._snapshot,
-                                      "takeover": self._takeover, "digest": self._digest})
+                                      "takeover": self._takeover, "digest": self._digest,
+                                      "quiesce": self._quiesce, "read": self._read,
+                                      "rejoin": self._rejoin,
+                                      "become_master": self._become_master})
+        # Set once a swap made this site the primary: the process restarts
+        # into that role (host/sites_cli.py).
+        self.restart = asyncio.Event()
 
     def _named(self, grname: str) -> RestoreGroup:
         for g in self.groups.values():
@@ -558,6 +693,24 @@ class Secondary:
         relay_seq = req.get("relay_seq")
         return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
                                  None if relay_seq is None else int(relay_seq))
+
+    async def _become_master(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        await g.become_master(int(req["epoch"]), int(req["restored"]),
+                              int(req["relay_last_tag"]))
+        return {"role": "primary", "_after": self.restart.set}
+
+    async def _quiesce(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).quiesce(int(req["epoch"]))
+
+    async def _read(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        data = g.read_quiesced(int(req["idx"]), int(req["offset"]), int(req["length"]))
+        return {"data": base64.b64encode(data).decode()}
+
+    async def _rejoin(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).rejoin(int(req["epoch"]),
+                                                          int(req["restored"]))
 
     async def _snapshot(self, req: dict) -> dict:
         """Tests/forensics: copy the SVOLs (between restore steps) into

@@ -76,9 +76,11 @@ class DemoCluster:
         elif role == "relay":
             text += (f'attr = "INTERMEDIARY"\npeer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
                      f'peer_site = "secondary"\nupstream_site = "primary"\n'
+                     f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"   # for a swap\n'
                      f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n')
         else:
-            text += 'attr = "RESTORE"\nupstream_site = "relay"\n'
+            text += (f'attr = "RESTORE"\nupstream_site = "relay"\n'
+                     f'peer = "127.0.0.1:{self.ports["relay"][0]}"   # the writer after a swap\n')
         if role != "relay":
             # The PVOLs hold data already (preload); the SVOLs are made new.  The
             # group starts in SMPL (the default) and `pair create` copies the data.

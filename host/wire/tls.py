@@ -314,6 +314,9 @@ async def start_link_server(callback: Callback, site) -> asyncio.base_events.Ser
     (:func:`refuse_upstream`)."""
     lim = site.limits
     upstream = [g.upstream_site for g in site.groups if g.upstream_site]
+    # A relay set up for a planned swap takes the journals of either data
+    # site; which one a group takes now is checked after HELLO.
+    upstream += [g.peer_site for g in site.groups if g.reverse_peer and g.peer_site]
     ctx = server_context(site.tls)
     return await start_server(callback, site.listen, what=f"{site.site} data port", ctx=ctx,
                               allowed=upstream if ctx is not None else None,

@@ -86,6 +86,7 @@ class Cluster:
                  durability: str = "fsync", restore_interval: float = 0.0,
                  full_suspend_after: float = 60.0, nbd: bool = False,
                  link_suspend_after: float = 30.0, initial_state: str = "PAIR",
+                 relay_loss: str = "suspend", relay_volumes: bool = False,
                  vol_size: int = VOL_SIZE, engine: str = "model",
                  engine_mode: str | None = None, tls: bool = True,
                  site_extra: dict[str, str] | None = None):
@@ -97,8 +98,11 @@ class Cluster:
         self.volumes = volumes
         self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
-        self.nbd_ports = {r: free_port() for r in ("primary", "secondary")} if nbd else {}
+        nbd_roles = ("primary", "secondary") + (("relay",) if relay_volumes else ())
+        self.nbd_ports = {r: free_port() for r in nbd_roles} if nbd else {}
         self.link_suspend_after = link_suspend_after
+        self.relay_loss = relay_loss
+        self.relay_volumes = relay_volumes     # data volumes at the relay (Fig. 12)
         # "PAIR" (the default here, not in the site config): a ready pair of new
         # volumes, which the sites accept because every volume says create = true
         # and none exists yet.  "SMPL": pair with the RCM (host/rcm/pairs.py).
@@ -161,13 +165,16 @@ class Cluster:
             "primary": common("primary") + f'[[group]]\n{group}{names["primary"]}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
                        f'link_suspend_after = {self.link_suspend_after}\n'
+                       f'relay_loss = "{self.relay_loss}"\n'
                        + vols("pvol"),
             "relay": common("relay") + f'[[group]]\n{group}{names["relay"]}attr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
+                     f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
                      f'durability = "{durability}"\n'
-                     f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n',
+                     f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n'
+                     + (vols("rvol") if self.relay_volumes else ""),
             "secondary": common("secondary") + f'[[group]]\n{group}{names["secondary"]}'
-                         f'attr = "RESTORE"\n'
+                         f'attr = "RESTORE"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
         }
         for role, port in self.nbd_ports.items():
@@ -228,8 +235,8 @@ class Cluster:
             self.kill(role)
 
     def nbd_uri(self, role: str, idx: int) -> str:
-        """``nbd://`` URI of volume ``idx`` at the primary (PVOL) or secondary (SVOL)."""
-        prefix = "pvol" if role == "primary" else "svol"
+        """``nbd://`` URI of volume ``idx`` at the primary (PVOL), relay or secondary (SVOL)."""
+        prefix = {"primary": "pvol", "relay": "rvol"}.get(role, "svol")
         return f"nbd://127.0.0.1:{self.nbd_ports[role]}/{prefix}{idx}"
 
     def log(self, role: str) -> str:
@@ -255,7 +262,7 @@ class Cluster:
             time.sleep(0.1)
 
     def volume_bytes(self, role: str, idx: int) -> bytes:
-        prefix = "pvol" if role == "primary" else "svol"
+        prefix = {"primary": "pvol", "relay": "rvol"}.get(role, "svol")
         return (self.root / role / f"{prefix}{idx}.img").read_bytes()
 
 

@@ -141,7 +141,8 @@ def test_svol_export_refuses_writes(sites):
 
 
 def test_relay_killed_client_gets_error_not_hang(tmp_path):
-    c = Cluster(tmp_path, nbd=True, link_suspend_after=1.5)
+    """relay_loss = "fence": after the stall, writes fail with EIO, at once from then on."""
+    c = Cluster(tmp_path, nbd=True, link_suspend_after=1.5, relay_loss="fence")
     c.start_all()
     try:
         uri = c.nbd_uri("primary", 0)
@@ -155,6 +156,7 @@ def test_relay_killed_client_gets_error_not_hang(tmp_path):
         assert 1.5 <= waited < 10, waited      # held for the timeout, then failed
         st = c.status("primary")
         assert st["grsts"] == "SUSP" and "unreachable" in st["reason"]
+        assert "refused" in st["reason"] and "pair resync" in st["reason"], st["reason"]
         assert st["dirty_extents"] == 1         # the failed write is tracked, not dropped
         # Suspended: the next write is refused at once, before it reaches the PVOL.
         pvol = c.volume_bytes("primary", 0)
@@ -163,5 +165,46 @@ def test_relay_killed_client_gets_error_not_hang(tmp_path):
         assert time.monotonic() - t0 < 2
         assert c.volume_bytes("primary", 0) == pvol
         qemu_io(uri, "read -P 0x55 0 4k")       # reads still work
+    finally:
+        c.stop_all()
+
+
+def test_relay_killed_default_policy_host_sees_no_error(tmp_path):
+    """relay_loss = "suspend" (the default): the write in flight waits for the stall,
+    then completes; the pair is SUSP and later writes complete at once, tracked
+    in the copy bitmap; with the relay back, `pair resync` sends only those."""
+    c = Cluster(tmp_path, nbd=True, link_suspend_after=1.5, vol_size=4 << 20)
+    c.start_all()
+    try:
+        uri = c.nbd_uri("primary", 0)
+        qemu_io(uri, "write -P 0x55 0 1M")
+        c.wait_drained()
+        c.kill("relay")
+        t0 = time.monotonic()
+        proc = run("qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x66 4k 4k", uri,
+                   timeout=30, check=False)
+        waited = time.monotonic() - t0
+        assert proc.returncode == 0 and "wrote 4096/4096" in proc.stdout, proc.stdout + proc.stderr
+        assert 1.5 <= waited < 10, waited      # held for the stall, then completed
+        st = c.status("primary")
+        assert st["grsts"] == "SUSP" and st["tracking"], st
+        assert "unreachable" in st["reason"] and "pair resync" in st["reason"], st["reason"]
+        t0 = time.monotonic()
+        qemu_io(uri, "write -P 0x77 3M 4k")     # at once now
+        assert time.monotonic() - t0 < 5
+        qemu_io(uri, "read -P 0x66 4k 4k")
+        qemu_io(uri, "read -P 0x77 3M 4k")
+        assert c.status("primary")["copy_pending_bytes"] == 2 * (64 << 10)
+        # A restart of the primary keeps taking writes (the policy is in the state).
+        c.terminate("primary")
+        c.start("primary")
+        qemu_io(uri, "write -P 0x78 2M 4k")
+        c.start("relay")
+        out = c.cli("pair", "resync", "--group", "g1")
+        assert out.returncode == 0, out.stderr
+        c.cli("pair", "sync", "--group", "g1")
+        p = c.wait_drained()["primary"]
+        assert p["grsts"] == "PAIR" and p["copy_total"] == 3, p      # the 3 chunks, not 64
+        assert c.volume_bytes("primary", 0) == c.volume_bytes("secondary", 0)
     finally:
         c.stop_all()

@@ -214,3 +214,30 @@ def test_primary_killed_during_copy_resumes_from_the_bitmap(tmp_path):
         assert_mirrored(cluster)
     finally:
         cluster.stop_all()
+
+
+def test_split_and_delete_work_with_the_relay_down_and_create_finishes_the_delete(tmp_path):
+    """The primary's state is the pair's: split and delete go through with the relay
+    unreachable (saying which site was not told), and `pair create` with the
+    relay back finishes the delete it missed before checking the rules."""
+    cluster = Cluster(tmp_path, volumes=1, link_suspend_after=1)
+    try:
+        cluster.start_all()
+        asyncio.run(Workload(cluster.control_addr("primary"), 1, seed=8).run(count=10))
+        cluster.kill("relay")
+        for op, state in (("split", "SUSP"), ("delete", "SMPL")):
+            out = cluster.cli("pair", op, "--group", "g1")
+            assert out.returncode == 0, out.stderr
+            assert "relay" in out.stderr and "not reachable" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+            assert cluster.status("primary")["grsts"] == state
+        cluster.start("relay")
+        assert cluster.status("relay")["grsts"] == "PAIR"   # it missed the split and the delete
+        out = cluster.cli("pair", "create", "--group", "g1", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "missed" in out.stderr, out.stderr
+        asyncio.run(Workload(cluster.control_addr("primary"), 1, seed=9).run(count=10))
+        assert cluster.wait_drained()["primary"]["grsts"] == "PAIR"
+        assert_mirrored(cluster)
+    finally:
+        cluster.stop_all()

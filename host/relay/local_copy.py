@@ -1,0 +1,74 @@
+"""Data volumes at the relay (the remote-copy patent, Fig. 12).
+
+A relay whose config gives ``[[volume]]`` entries for its group keeps its own
+copy of the data, closer to the users than the far secondary: the journals
+it holds are restored to those volumes in SEQ# order, with the secondary's
+guarantees (host/secondary/site.py): an apply mark saved before any journal
+past it is applied, a restore point saved after the volumes are fsynced,
+``catching_up`` after a crash until the replay passes the mark, and a copy
+(COPY_BEGIN .. COPY_END) shown as "no image".  The relay still forwards
+every journal to the far secondary.
+
+The journals come from the relay's own journal volume, not from a link:
+:func:`feed` reads them in order and stages them, exactly as the secondary's
+link handler does with what arrives.  A journal leaves the journal volume
+only when both the far secondary and this copy hold it durably
+(``RelayGroup._release``), so a relay restart replays what the copy lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..config import GroupConfig, SiteConfig
+from ..journal.store import JournalStore
+from ..secondary.site import RestoreGroup
+
+__all__ = ["RelayCopy", "FEED_BATCH"]
+
+log = logging.getLogger(__name__)
+
+FEED_BATCH = 256      # journals read from the journal volume per step
+
+
+class RelayCopy(RestoreGroup):
+    """The relay's data volumes of one group: a RESTORE group fed from the store."""
+
+    def __init__(self, cfg: GroupConfig, site: SiteConfig):
+        super().__init__(cfg, site)
+        # One JNLG row for the group: the relay's journal volume and these
+        # data volumes both (the restore group attached the volumes only).
+        self.jnlg = self._table.attach(cfg, site.volumes_of(cfg.grnum), journal=cfg.journal)
+
+    async def feed(self, store: JournalStore, last, new: asyncio.Event, stopped) -> None:
+        """Stage every journal the relay holds, in SEQ# order, from the restore
+        point on (a crash replay included).  ``last()`` is the newest SEQ# that
+        may be applied (durable at the relay); ``new`` is set when it grows.
+        Returns (with the group suspended) if a journal it needs was released."""
+        nxt = self.last_restored + 1
+        while not stopped():
+            if nxt > last():
+                new.clear()
+                try:
+                    await asyncio.wait_for(new.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if nxt < store.tail_seq:
+                self.suspend(f"the relay's data volumes lack SEQ# {nxt}..{store.tail_seq - 1}, "
+                             f"released from the journal volume before they were applied: "
+                             f"run `tricopy pair resync`")
+                return
+            for ctl, data in store.read(nxt, min(FEED_BATCH, last() - nxt + 1)):
+                await self.stage(ctl, data)      # waits while too much is staged
+                nxt = ctl.seq + 1
+
+    def summary(self) -> dict:
+        """What the relay's status shows of its data volumes."""
+        st = self.status()
+        keep = ("consistent", "consistent_seq", "catching_up_to", "last_restored", "applied",
+                "staged", "reason")
+        return {**{k: st[k] for k in keep}, "grsts": st["grsts"],
+                "volumes": [{"idx": i, "path": str(v.path), "size": v.size}
+                            for i, v in sorted(self.volumes.items())]}
