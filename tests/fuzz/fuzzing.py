@@ -69,7 +69,8 @@ def mutated(draw, seeds: list[bytes], *, max_mutations: int = 6) -> bytes:
         if op == "flip" and n:
             buf[min(at, n - 1)] ^= 1 << draw(st.integers(0, 7))
         elif op == "set" and n:
-            buf[min(at, n - 1)] = draw(st.sampled_from((0, 1, 0x7F, 0x80, 0xFF)) | st.integers(0, 255))
+            value = st.sampled_from((0, 1, 0x7F, 0x80, 0xFF)) | st.integers(0, 255)
+            buf[min(at, n - 1)] = draw(value)
         elif op == "insert":
             buf[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete" and n:

@@ -95,8 +95,9 @@ def test_config_file_any_bytes(tmp_path, raw):
 
 # -- documents made from the key table ----------------------------------------------------
 
-_SCALARS = (st.integers() | st.sampled_from((0, -1, 1, 64, 128, 4096, 65535, 65536, 1 << 32, 1 << 40,
-                                              (1 << 40) + 64, 1 << 64))
+_SCALARS = (st.integers()
+            | st.sampled_from((0, -1, 1, 64, 128, 4096, 65535, 65536, 1 << 32, 1 << 40,
+                               (1 << 40) + 64, 1 << 64))
             | st.floats() | st.booleans()
             | st.text(string.printable, max_size=12)
             | st.sampled_from(("127.0.0.1:7002", "[::1]:0", "host:99999", ":1", "unix:", "unix:x",
