@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench chaos formal clean
+.PHONY: setup test demo bench chaos formal fuzz clean
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
@@ -41,6 +41,12 @@ formal: setup
 	$(BIN)/python -m tricopy.hdl.formal --spec timestamp --depth 4
 	$(BIN)/python -m tricopy.hdl.formal --width 8 --max-ring-bits 12 --depth 3
 	$(BIN)/python -m tricopy.hdl.formal --width 32 --max-ring-bits 12 --depth 3
+
+# The fuzz targets with FUZZ_SCALE times the suite's examples, new random
+# inputs each run (docs/reliability.md, "Fuzzing").
+FUZZ_SCALE ?= 20
+fuzz: setup
+	TRICOPY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q tests/fuzz
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -41,11 +41,15 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KEYS", "ConfigError", "swapped", "swap_problem", "GroupAttr", "Durability", "VolumeConfig", "JournalConfig",
+from .wire.protocol import MAX_RING
+
+__all__ = ["KEYS", "ConfigError", "swapped", "swap_problem", "GroupAttr", "Durability",
+           "VolumeConfig", "JournalConfig",
            "GroupConfig", "NbdConfig", "SiteConfig", "TlsConfig", "LimitsConfig", "load_config",
            "parse_config", "parse_addr", "parse_control"]
 
@@ -243,7 +247,7 @@ class SiteConfig:
 
 def parse_addr(value: object, key: str) -> tuple[str, int]:
     """``"host:port"`` -> (host, port)."""
-    if not isinstance(value, str) or ":" not in value:
+    if not isinstance(value, str) or ":" not in value or "\0" in value:
         raise ConfigError(f"{key}: expected \"host:port\", got {value!r}")
     host, _, port = value.rpartition(":")
     try:
@@ -258,6 +262,8 @@ def parse_addr(value: object, key: str) -> tuple[str, int]:
 def parse_control(value: object, key: str, base: Path = Path(".")) -> tuple[str, int] | Path:
     """``"unix:PATH"`` -> a Path (Unix socket); ``"host:port"`` -> (host, port)."""
     if isinstance(value, str) and value.startswith("unix:"):
+        if "\0" in value:
+            raise ConfigError(f"{key}: a socket path cannot hold a NUL character")
         path = _path(base, value[5:])
         if not value[5:]:
             raise ConfigError(f"{key}: \"unix:\" needs a path")
@@ -279,6 +285,14 @@ def _get(table: dict, key: str, typ: type | tuple, where: str, default=...):
         raise ConfigError(f"{where}{key}: expected {_tname(typ)}, got {value!r}")
     if not isinstance(value, typ):
         raise ConfigError(f"{where}{key}: expected {_tname(typ)}, got {value!r}")
+    # TOML has inf and nan: no duration, size or count here may be either
+    # (found by fuzzing: heartbeat = nan passed every "> 0" check).
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}{key}: expected a finite number, got {value!r}")
+    # A NUL cannot be in a name, an address or a path (the OS refuses it
+    # later, with a ValueError that names no key).
+    if isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"{where}{key}: a NUL character is not allowed, got {value!r}")
     return value
 
 
@@ -312,11 +326,12 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     grname = _get(t, "grname", str, w)
     if not grname or len(grname.encode("utf-8")) > 32 or not grname.isascii():
         raise ConfigError(f"{w}grname: must be 1..32 ASCII characters, got {grname!r}")
+    attr = _get(t, "attr", str, w)        # outside the try: a ConfigError is a ValueError too
     try:
-        attr = GroupAttr(_get(t, "attr", str, w).upper())
+        attr = GroupAttr(attr.upper())
     except ValueError:
         raise ConfigError(f"{w}attr: must be MASTER, INTERMEDIARY or RESTORE, "
-                          f"got {t['attr']!r}") from None
+                          f"got {attr!r}") from None
     peer = reverse_peer = None
     if attr is not GroupAttr.RESTORE or "peer" in t:     # RESTORE: the relay, for a swap
         peer = parse_addr(_get(t, "peer", str, w), f"{w}peer")
@@ -328,18 +343,20 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     epoch = _get(t, "epoch", int, w, 0)
     if not 0 <= epoch <= 0xFFFFFFFF:
         raise ConfigError(f"{w}epoch: must fit 32 bits, got {epoch}")
+    durability = _get(t, "durability", str, w, "fsync")
     try:
-        durability = Durability(_get(t, "durability", str, w, "fsync"))
+        durability = Durability(durability)
     except ValueError:
         raise ConfigError(f"{w}durability: must be \"fsync\" or \"memory\", "
-                          f"got {t['durability']!r}") from None
+                          f"got {durability!r}") from None
     journal = None
     if attr is GroupAttr.INTERMEDIARY:
         jt = _get(t, "journal", dict, w)
         _only_known(jt, "journal", f"{w}journal")
         jsize = _positive(_get(jt, "size", int, f"{w}journal."), f"{w}journal.size")
-        if jsize % 64 or jsize < 128:
-            raise ConfigError(f"{w}journal.size: must be a multiple of 64 and >= 128, got {jsize}")
+        if jsize % 64 or jsize < 128 or jsize > MAX_RING:
+            raise ConfigError(f"{w}journal.size: must be a multiple of 64 from 128 to 2**40 "
+                              f"(the engine's largest ring), got {jsize}")
         journal = JournalConfig(_path(base, _get(jt, "path", str, f"{w}journal.")), jsize)
     interval = _get(t, "restore_interval", (int, float), w, 0.0)
     if interval < 0:
@@ -551,6 +568,12 @@ def load_config(path: str | Path) -> SiteConfig:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # tomllib lets these two through (found by fuzzing): bytes that are not
+    # UTF-8, and arrays or tables nested deeper than the interpreter's stack.
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         return parse_config(doc, path.resolve().parent, explicit_tls=True)
     except ConfigError as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import errno
 import logging
 import os
@@ -1210,7 +1211,10 @@ class Primary:
                 vol.close()
 
     async def _write(self, req: dict) -> dict:
-        data = base64.b64decode(req["data"], validate=True)
+        try:
+            data = base64.b64decode(req["data"], validate=True)
+        except binascii.Error as exc:      # found by fuzzing: answered as type "Error"
+            raise ControlError(f"write: data is not base64 ({exc})") from None
         return {"seq": await self.write(int(req["idx"]), int(req["offset"]), data)}
 
     async def _zeroes(self, req: dict) -> dict:

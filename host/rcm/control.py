@@ -55,6 +55,13 @@ class ControlError(Exception):
         self.type = type
 
 
+def _no_constant(name: str):
+    """NaN and Infinity are no JSON (RFC 8259) though Python reads them: a
+    request holding one is refused as a whole (found by fuzzing: an
+    ``"offset": Infinity`` reached int() in a handler, an OverflowError)."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 class ControlServer:
     """Serve registered commands on a Unix socket or a TCP address."""
 
@@ -148,7 +155,14 @@ class ControlServer:
                    writable: bool = True, peer: str = "?") -> None:
         rid = None
         try:
-            req = json.loads(line)
+            try:
+                req = json.loads(line, parse_constant=_no_constant)
+            except (ValueError, RecursionError) as exc:
+                # Not JSON, not UTF-8, or nested deeper than the stack (which
+                # logged a traceback per line): one typed answer (found by fuzzing).
+                why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+                raise ControlError(f"request line is not JSON ({why}); send one JSON "
+                                   f"object per line") from None
             if not isinstance(req, dict):
                 raise ControlError("request must be a JSON object")
             rid = req.get("id")

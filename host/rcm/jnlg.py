@@ -249,6 +249,14 @@ class CopyBitmap:
 
     def mark(self, idx: int, offset: int, length: int) -> bool:
         """Set the bits of every chunk [offset, offset+length) touches; True if any was new."""
+        # A range outside the volume is a caller's error, never a bit to set:
+        # a negative chunk would index from the end and mark another chunk
+        # (found by fuzzing ``mark_out_of_sync``, which takes chunk numbers
+        # from the control socket).
+        if idx not in self.sizes or offset < 0 or length < 0 \
+                or offset + length > self.sizes[idx]:
+            raise ValueError(f"range offset={offset} length={length} is outside volume {idx} "
+                             f"of the copy bitmap")
         first, last = offset // self.chunk, (offset + max(length, 1) - 1) // self.chunk
         new = False
         for c in range(first, last + 1):

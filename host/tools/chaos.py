@@ -7,7 +7,8 @@ primary -> emulator -> relay and relay -> emulator -> secondary.  Host writes
 go through the primary's control socket; every 4 KiB block carries a stamp
 (worker, write number, block), each worker owns a block range and has one
 write in flight, so what any volume image holds can be checked against the
-acknowledged history exactly (the method of tests/e2e/test_consistency.py).
+acknowledged history exactly (:class:`History`, which the consistency and
+takeover tests in tests/e2e/ use too).
 
 Each **round** sets a queue depth (active workers: 1, 4 or 16) and a block
 pattern (random extents, sequential, a hot spot of a few blocks rewritten
@@ -230,19 +231,39 @@ class ChaosCluster:
 # -- the workload and its history -------------------------------------------------------
 
 class History:
-    """Every write sent, per worker: [idx, offset, data, t_send, t_ack or None]."""
+    """Every write sent, per worker: [idx, offset, data, t_send, t_ack or None].
 
-    def __init__(self):
-        # worker -> (idx, first block, blocks); 14 ordinary, 2 hot spots
-        self.regions: list[tuple[int, int, int]] = []
-        per_vol = (WORKERS - 2) // VOLUMES
-        for w in range(WORKERS - 2):
-            self.regions.append((w % VOLUMES, (w // VOLUMES) * SPAN, SPAN))
-        for v in range(VOLUMES):
-            self.regions.append((v, per_vol * SPAN, HOT))
-        self.sent: list[list[list]] = [[] for _ in range(WORKERS)]
-        self.acks: list[list[float]] = [[] for _ in range(WORKERS)]   # t_ack, in order
+    The one prefix checker of the project: the chaos rounds, the consistency
+    and the takeover tests (tests/e2e/) all record their stamped writes here
+    and ask :meth:`check`.  Each worker owns a block range of one volume and
+    has one write in flight, so its k-th acknowledgement is its write k.
+    ``regions`` gives each worker's (volume idx, first block, blocks); by
+    default the chaos layout (14 ordinary workers, 2 hot spots).
+    """
+
+    def __init__(self, regions: list[tuple[int, int, int]] | None = None):
+        if regions is None:
+            regions = []
+            per_vol = (WORKERS - 2) // VOLUMES
+            for w in range(WORKERS - 2):
+                regions.append((w % VOLUMES, (w // VOLUMES) * SPAN, SPAN))
+            for v in range(VOLUMES):
+                regions.append((v, per_vol * SPAN, HOT))
+        self.regions: list[tuple[int, int, int]] = list(regions)
+        self.sent: list[list[list]] = [[] for _ in self.regions]
+        self.acks: list[list[float]] = [[] for _ in self.regions]   # t_ack, in order
         self._cache: dict[int, tuple[int, bytearray]] = {}
+
+    def send(self, w: int, idx: int, offset: int, data: bytes) -> list:
+        """Record worker ``w``'s next write as sent now (before the request goes out)."""
+        rec = [idx, offset, data, time.monotonic(), None]
+        self.sent[w].append(rec)
+        return rec
+
+    def ack(self, w: int, rec: list) -> None:
+        """Record the acknowledgement of ``rec``, worker ``w``'s write in flight."""
+        rec[4] = time.monotonic()
+        self.acks[w].append(rec[4])
 
     def acked(self, w: int) -> int:
         return len(self.acks[w])
@@ -346,8 +367,7 @@ class Workload:
             block, n = self._extent(w)
             idx = self.h.regions[w][0]
             data = stamped(w, len(self.h.sent[w]) + 1, n)
-            rec = [idx, block * BLOCK, data, time.monotonic(), None]
-            self.h.sent[w].append(rec)
+            rec = self.h.send(w, idx, block * BLOCK, data)
             args = {"idx": idx, "offset": block * BLOCK, "data": base64.b64encode(data).decode()}
             acked = False
             while not acked:
@@ -369,8 +389,7 @@ class Workload:
                     client = None
                     await asyncio.sleep(0.1)
             if acked:
-                rec[4] = time.monotonic()
-                self.h.acks[w].append(rec[4])
+                self.h.ack(w, rec)
             self.busy[w] = False
         if client is not None:
             await client.close()

@@ -215,7 +215,14 @@ class Link:
         """Receive the peer's HELLO (a NAK instead raises LinkRefused)."""
         frame = await self.recv()
         if frame.type == FrameType.NAK:
-            ack = protocol.Ack.from_frame(frame)
+            try:
+                ack = protocol.Ack.from_frame(frame)
+            except protocol.ProtocolError as exc:
+                # A NAK we cannot read is a bad frame like any other: the
+                # caller's reconnect loop must see a LinkError (found by
+                # fuzzing: a BadBody here ended the primary's link task).
+                await self.close()
+                raise LinkClosed(f"{self.name}: bad NAK to HELLO: {exc}") from None
             await self.close()
             raise LinkRefused(f"{self.name}: HELLO refused: {protocol.Status(ack.status).name}",
                               protocol.Status(ack.status), ack.tag)

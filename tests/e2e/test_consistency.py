@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from tricopy.host.rcm import control
-# The stamped blocks are the chaos runner's: one definition for both.
-from tricopy.host.tools.chaos import HEADER, MAGIC, stamped
+# The stamped blocks and the prefix checker are the chaos runner's: one
+# definition for the chaos rounds and these tests.
+from tricopy.host.tools.chaos import History, stamped
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
 
@@ -31,7 +32,8 @@ WORKERS = 8
 
 
 class StampedWriters:
-    """Workers with a block range each, one write in flight, every block stamped."""
+    """Workers with a block range each, one write in flight, every block stamped;
+    ``history`` (the chaos runner's) records each write when sent and when ACKed."""
 
     def __init__(self, addr, volumes: int, seed: int):
         self.addr = addr
@@ -39,61 +41,27 @@ class StampedWriters:
         blocks = VOL_SIZE // BLOCK
         per_vol = WORKERS // volumes
         span = blocks // per_vol
-        self.regions = [(w % volumes, (w // volumes) * span, span) for w in range(WORKERS)]
-        self.history: list[list[tuple]] = [[] for _ in range(WORKERS)]  # (idx, off, data, t_send, t_ack)
+        self.history = History([(w % volumes, (w // volumes) * span, span)
+                                for w in range(WORKERS)])
         self.stop = False
 
     async def worker(self, w: int) -> None:
-        idx, first, span = self.regions[w]
+        idx, first, span = self.history.regions[w]
         client = await control.ControlClient.open(self.addr)
-        wnum = 0
         while not self.stop:
-            wnum += 1
             n = self.rng.randint(1, 8)
             off = (first + self.rng.randint(0, span - n)) * BLOCK
-            data = stamped(w, wnum, n)
-            t_send = time.monotonic()
-            await client.call("write", idx=idx, offset=off, data=base64.b64encode(data).decode())
-            self.history[w].append((idx, off, data, t_send, time.monotonic()))
+            rec = self.history.send(w, idx, off, stamped(w, len(self.history.sent[w]) + 1, n))
+            await client.call("write", idx=idx, offset=off, data=base64.b64encode(rec[2]).decode())
+            self.history.ack(w, rec)
         await client.close()
 
-    def expected_region(self, w: int, k: int) -> bytes:
-        idx, first, span = self.regions[w]
-        region = bytearray(span * BLOCK)
-        for _, off, data, _, _ in self.history[w][:k]:
-            pos = off - first * BLOCK
-            region[pos:pos + len(data)] = data
-        return bytes(region)
 
-
-def newest_stamp(region: bytes, w: int) -> int:
-    k = 0
-    for pos in range(0, len(region), BLOCK):
-        magic, worker, wnum, _ = HEADER.unpack_from(region, pos)
-        if magic == MAGIC:
-            assert worker == w, f"block of worker {worker} in the range of worker {w}"
-            k = max(k, wnum)
-    return k
-
-
-def check_prefix(writers: StampedWriters, svols: list[bytes]) -> list[int]:
-    """Assert one snapshot is a prefix of the history; return k per worker."""
-    ks = []
-    for w, (idx, first, span) in enumerate(writers.regions):
-        region = svols[idx][first * BLOCK:(first + span) * BLOCK]
-        k = newest_stamp(region, w)
-        assert region == writers.expected_region(w, k), \
-            f"worker {w}: the SVOL range is not its writes 1..{k}"
-        ks.append(k)
-    for w, k in enumerate(ks):
-        if k == 0:
-            continue
-        sent = writers.history[w][k - 1][3]
-        for v, kv in enumerate(ks):
-            acked_before = sum(1 for h in writers.history[v] if h[4] < sent)
-            assert acked_before <= kv, (
-                f"write {k} of worker {w} is on the SVOL but write {acked_before} of worker "
-                f"{v}, ACKed before it was sent, is not (the SVOL has only up to {kv})")
+def check_prefix(history: History, svols: list[bytes], *, all_acked: bool = False) -> list[int]:
+    """Assert the images are a prefix of the history (with ``all_acked``: holding
+    every ACKed write too); return k per worker."""
+    bad, ks = history.check(svols, all_acked=all_acked)
+    assert not bad, "\n".join(bad)
     return ks
 
 
@@ -121,18 +89,18 @@ def test_svol_snapshots_are_prefixes_of_the_write_history(tmp_path):
             await asyncio.gather(snapshots(), *(writers.worker(w) for w in range(WORKERS)))
 
         asyncio.run(run())
-        total = [len(h) for h in writers.history]
+        total = [len(h) for h in writers.history.sent]
         mid_run = 0
         last_point = 0
         for point, svols in snaps:
             assert point >= last_point, "the restore point went backwards"
             last_point = point
-            ks = check_prefix(writers, svols)
+            ks = check_prefix(writers.history, svols)
             mid_run += any(0 < k < t for k, t in zip(ks, total))
         assert mid_run >= len(snaps) // 2, "the snapshots did not catch the run in the middle"
         cluster.wait_drained()
         final = [cluster.volume_bytes("secondary", i) for i in range(cluster.volumes)]
-        assert check_prefix(writers, final) == total
+        assert check_prefix(writers.history, final, all_acked=True) == total
         assert final == [cluster.volume_bytes("primary", i) for i in range(cluster.volumes)]
     finally:
         cluster.stop_all()
@@ -140,23 +108,25 @@ def test_svol_snapshots_are_prefixes_of_the_write_history(tmp_path):
 
 def test_check_prefix_catches_a_reordered_svol():
     """The checker itself: a snapshot missing an earlier-ACKed write is refused."""
-    w = StampedWriters(("127.0.0.1", 1), 2, seed=1)
-    idx0, first0, _ = w.regions[0]
-    idx1, first1, _ = w.regions[1]
+    h = StampedWriters(("127.0.0.1", 1), 2, seed=1).history
+    idx0, first0, _ = h.regions[0]
+    idx1, first1, _ = h.regions[1]
     a = stamped(0, 1, 1)
     b = stamped(1, 1, 1)
-    w.history[0].append((idx0, first0 * BLOCK, a, 0.0, 1.0))
-    w.history[1].append((idx1, first1 * BLOCK, b, 2.0, 3.0))     # sent after a was ACKed
+    h.sent[0].append([idx0, first0 * BLOCK, a, 0.0, 1.0])
+    h.acks[0].append(1.0)
+    h.sent[1].append([idx1, first1 * BLOCK, b, 2.0, 3.0])     # sent after a was ACKed
+    h.acks[1].append(3.0)
     vols = [bytearray(VOL_SIZE) for _ in range(2)]
     vols[idx1][first1 * BLOCK:first1 * BLOCK + BLOCK] = b         # b without a
     try:
-        check_prefix(w, [bytes(v) for v in vols])
+        check_prefix(h, [bytes(v) for v in vols])
     except AssertionError as exc:
-        assert "ACKed before it was sent" in str(exc)
+        assert "acknowledged before it was sent" in str(exc)
     else:
         raise AssertionError("a non-prefix snapshot was accepted")
     vols[idx0][first0 * BLOCK:first0 * BLOCK + BLOCK] = a
-    assert check_prefix(w, [bytes(v) for v in vols]) == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert check_prefix(h, [bytes(v) for v in vols], all_acked=True) == [1, 1, 0, 0, 0, 0, 0, 0]
 
 
 def _restore_state(cluster: Cluster) -> dict:
@@ -218,7 +188,7 @@ def test_svol_stays_a_prefix_across_secondary_crashes_during_catch_up(tmp_path):
         assert caught >= 2, "no kill landed between an apply mark and its restore point"
         for consistent, svols in snaps:
             if consistent:
-                check_prefix(writers, svols)
+                check_prefix(writers.history, svols)
         cluster.wait_drained()
         st = cluster.status("secondary")
         assert st["consistent"] and st["catching_up_to"] is None

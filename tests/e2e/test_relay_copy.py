@@ -60,8 +60,8 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
 
         asyncio.run(run())
         assert len(snaps) >= 10, f"only {len(snaps)} consistent snapshots"
-        total = [len(h) for h in writers.history]
-        mid_run = sum(any(0 < k < t for k, t in zip(check_prefix(writers, svols), total))
+        total = [len(h) for h in writers.history.sent]
+        mid_run = sum(any(0 < k < t for k, t in zip(check_prefix(writers.history, svols), total))
                       for _, svols in snaps)
         assert mid_run >= len(snaps) // 2, "the snapshots did not catch the run in the middle"
 
@@ -74,8 +74,9 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
             pvol = cluster.volume_bytes("primary", i)
             assert cluster.volume_bytes("relay", i) == pvol, f"relay copy {i} != PVOL"
             assert cluster.volume_bytes("secondary", i) == pvol
-        assert check_prefix(writers, [cluster.volume_bytes("relay", i)
-                                      for i in range(cluster.volumes)]) == total
+        assert check_prefix(writers.history, [cluster.volume_bytes("relay", i)
+                                              for i in range(cluster.volumes)],
+                            all_acked=True) == total
         assert r["local"]["consistent"] and r["held"] == 0
         # Its copy is served read-only over NBD, under its own export names.
         got = tmp_path / "rvol0.read"

@@ -23,70 +23,40 @@ import pytest
 
 from tricopy.host.rcm import control
 from tricopy.host.rcm.takeover import takeover
+from tricopy.host.tools.chaos import History, stamped
 
 from .cluster import BLOCK, VOL_SIZE, Cluster
-from .test_consistency import WORKERS, newest_stamp, stamped
+from .test_consistency import WORKERS, check_prefix
 
 ROUNDS = int(os.environ.get("TRICOPY_TAKEOVER_ROUNDS", "3"))
 
 
 class Writers:
-    """One write in flight per worker, each in its own block range; a write is
-    recorded when sent and marked ACKed when the primary answers."""
+    """One write in flight per worker, each in its own block range of volume 0;
+    ``history`` (the chaos runner's) records a write when sent and when ACKed."""
 
     def __init__(self, addr, seed: int):
         self.addr = addr
         self.rng = random.Random(seed)
         span = (VOL_SIZE // BLOCK) // WORKERS
-        self.regions = [(w * span, span) for w in range(WORKERS)]
-        self.sent: list[list[list]] = [[] for _ in range(WORKERS)]   # [off, data, t_send, t_ack]
+        self.history = History([(0, w * span, span) for w in range(WORKERS)])
 
     async def worker(self, w: int) -> None:
-        first, span = self.regions[w]
+        _, first, span = self.history.regions[w]
         try:
             client = await control.ControlClient.open(self.addr)
             while True:
                 n = self.rng.randint(1, 8)
                 off = (first + self.rng.randint(0, span - n)) * BLOCK
-                rec = [off, stamped(w, len(self.sent[w]) + 1, n), time.monotonic(), None]
-                self.sent[w].append(rec)
+                rec = self.history.send(w, 0, off, stamped(w, len(self.history.sent[w]) + 1, n))
                 await client.call("write", idx=0, offset=off,
-                                  data=base64.b64encode(rec[1]).decode())
-                rec[3] = time.monotonic()
+                                  data=base64.b64encode(rec[2]).decode())
+                self.history.ack(w, rec)
         except (OSError, ConnectionError, EOFError, control.ControlError):
             return           # the primary is gone: this worker's last write may not be ACKed
 
     def acked(self, w: int) -> int:
-        return sum(1 for r in self.sent[w] if r[3] is not None)
-
-    def replay(self, w: int, k: int) -> bytes:
-        first, span = self.regions[w]
-        region = bytearray(span * BLOCK)
-        for off, data, _, _ in self.sent[w][:k]:
-            pos = off - first * BLOCK
-            region[pos:pos + len(data)] = data
-        return bytes(region)
-
-
-def check_takeover_image(writers: Writers, image: bytes) -> list[int]:
-    """Every ACKed write is there and the image is a prefix; returns k per worker."""
-    ks = []
-    for w, (first, span) in enumerate(writers.regions):
-        region = image[first * BLOCK:(first + span) * BLOCK]
-        k = newest_stamp(region, w)
-        assert k <= len(writers.sent[w]), f"worker {w}: write {k} was never sent (invented)"
-        assert k >= writers.acked(w), (f"worker {w}: {writers.acked(w)} writes were ACKed but "
-                                       f"the new PVOL holds only up to {k}: acked writes lost")
-        assert region == writers.replay(w, k), f"worker {w}: the range is not its writes 1..{k}"
-        ks.append(k)
-    for w, k in enumerate(ks):
-        if k:
-            sent = writers.sent[w][k - 1][2]
-            for v, kv in enumerate(ks):
-                before = sum(1 for r in writers.sent[v] if r[3] is not None and r[3] < sent)
-                assert before <= kv, (f"write {k} of worker {w} is there but write {before} of "
-                                      f"worker {v}, ACKed before it was sent, is not")
-    return ks
+        return self.history.acked(w)
 
 
 def rcm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
@@ -148,7 +118,9 @@ def test_primary_lost_takeover_keeps_every_acked_write(tmp_path, seed):
         assert s["role"] == "primary" and s["epoch"] == 1 and s["consistent"]
         assert s["takeover"]["seq"] == s["last_restored"] == cluster.status("relay")["next_seq"] - 1
 
-        ks = check_takeover_image(writers, nbd_read(cluster, "secondary", tmp_path / "new.img"))
+        # Every ACKed write is there, and the image is a prefix of the history.
+        ks = check_prefix(writers.history, [nbd_read(cluster, "secondary", tmp_path / "new.img")],
+                          all_acked=True)
         assert sum(ks) >= sum(writers.acked(w) for w in range(WORKERS))
 
         # The new PVOL takes writes over NBD, under the export name it had.
@@ -213,10 +185,7 @@ def test_takeover_without_the_relay_needs_force_and_says_what_it_holds(tmp_path)
         s = cluster.status("secondary")
         assert s["takeover"]["forced"] and s["takeover"]["seq"] == held
         # What the relay alone held is gone, but what is there is a prefix.
-        image = nbd_read(cluster, "secondary", tmp_path / "forced.img")
-        for w, (first, span) in enumerate(writers.regions):
-            region = image[first * BLOCK:(first + span) * BLOCK]
-            assert region == writers.replay(w, newest_stamp(region, w))
+        check_prefix(writers.history, [nbd_read(cluster, "secondary", tmp_path / "forced.img")])
     finally:
         cluster.stop_all()
 
