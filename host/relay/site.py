@@ -917,6 +917,15 @@ class Relay:
             raise ValueError(f"engine mode must be one of {', '.join(ENGINE_MODES)}, "
                              f"not {engine_mode!r}")
         self.engine_mode = engine_mode
+        # A board (or any engine behind one URL) holds one ring, one SEQ# and
+        # one epoch: two groups on it would share them.  Refused at start.
+        groups = [g.grname for g in cfg.groups if g.attr is GroupAttr.INTERMEDIARY]
+        if engine_kind in ("board", "port") and len(groups) > 1:
+            raise RelayError(f"--engine {engine_kind} drives one engine "
+                             f"({engine_url or 'the default URL'}) and an engine holds one "
+                             f"journal group, but this config has {len(groups)} groups "
+                             f"({', '.join(groups)}): run one relay process per group, each "
+                             f"with its own --engine-url (its own board), or --engine model")
         self.groups: dict[int, RelayGroup] = {}
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence,

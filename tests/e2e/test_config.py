@@ -350,3 +350,17 @@ def test_volume_create_keyword(tmp_path):
     Volume(tmp_path / "v.img", 8192, create=True).close()
     assert (tmp_path / "v.img").stat().st_size == 8192
     Volume(tmp_path / "v.img", 8192).close()      # it exists now: create is not needed
+
+
+def test_one_board_serves_one_group(tmp_path):
+    """Two journal groups behind one engine URL would share its ring and SEQ#:
+    refused at start, naming the groups and what to do."""
+    config = _site_toml(tmp_path, "relay")
+    config.write_text(config.read_text() + (
+        f'[[group]]\ngrnum = 2\ngrname = "h"\nattr = "INTERMEDIARY"\n'
+        f'peer = "127.0.0.1:{free_port()}"\njournal = {{ path = "jnl2.vol", size = 1048576 }}\n'))
+    out = subprocess.run([sys.executable, "-m", "tricopy.host.sites_cli", "relay", "--config",
+                          str(config), "--engine", "port", "--engine-url",
+                          "socket://127.0.0.1:9"], capture_output=True, text=True, timeout=15,
+                         cwd=config.parent)
+    _refused(out, config, "2 groups (g, h)", "one relay process per group")
