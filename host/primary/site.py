@@ -142,6 +142,7 @@ class MasterGroup:
         self.stream_idle = asyncio.Event()   # set when ACKs leave nothing pending (swap_out)
         self.pvol_syncs = 0              # PVOL fsyncs that let extents leave the AL
         self.reconnects = self.suspensions = self.copied_bytes = 0    # for metrics
+        self.volume_bytes = {idx: 0 for idx in self.volumes}   # host bytes written, per IDX
         self.copy_restarts, self.copy_error = 0, ""
         from ..rcm.metrics import HOST_WRITE_SECONDS
         self._write_seconds = HOST_WRITE_SECONDS.labels(cfg.grname)
@@ -238,6 +239,7 @@ class MasterGroup:
                               f"`tricopy takeover` ends")
         self.volume(idx).check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
+            self.volume_bytes[idx] += length
             return 0
         if self.grsts != "SUSP" and not self.al.covers(keys := self.al.extents(idx, offset, length)):
             await self._al_warm(keys)
@@ -267,6 +269,7 @@ class MasterGroup:
         else:
             seq = (await asyncio.gather(*futures))[-1].seq
         self._write_seconds.observe(time.perf_counter() - t0)
+        self.volume_bytes[idx] += length
         return seq
 
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
@@ -1134,6 +1137,7 @@ class MasterGroup:
                 "activity_extents": self.al.listed, "activity_saves": self.al.saves,
                 "pvol_syncs": self.pvol_syncs, "unclean_extents": len(self.unclean),
                 "reconnects": self.reconnects, "suspensions": self.suspensions,
+                "volume_bytes": {str(i): n for i, n in self.volume_bytes.items()},
                 "copied_bytes": self.copied_bytes, "copy_restarts": self.copy_restarts,
                 "copy_error": self.copy_error,
                 "pending": len(self.pending), "acked": self.acked, "resent": self.resent,

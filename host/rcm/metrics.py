@@ -75,6 +75,10 @@ _FIELDS = {
         ("lag", "tricopy_lag_seconds", "Age of the oldest journal not yet restored (RPO)", "g"),
         ("fulls", "tricopy_relay_full_total", "Journals answered FULL", "c"),
         ("dups", "tricopy_relay_duplicates_total", "Resent journals answered again", "c"),
+        ("primary_accepts", "tricopy_link_accepts_total",
+         "Connections taken from the upstream (primary) site", "c"),
+        ("secondary_connects", "tricopy_link_connects_total",
+         "Connections made to the downstream (secondary) site", "c"),
     ],
     "secondary": [
         ("epoch", "tricopy_epoch", "Epoch of the group at this site", "g"),
@@ -85,6 +89,7 @@ _FIELDS = {
          "g"),
         ("written_bytes", "tricopy_takeover_written_bytes",
          "After a takeover: bytes of chunks written here since", "g"),
+        ("accepts", "tricopy_link_accepts_total", "Connections taken from the relay", "c"),
     ],
 }
 _LINKS = {"primary": ("connected", "primary->relay"),
@@ -122,6 +127,14 @@ class SiteCollector:
                 state.add_metric([g["grname"], self.role, st], float(g["grsts"] == st))
             key, hop = _LINKS[self.role]
             link.add_metric([g["grname"], hop], float(bool(g.get(key))))
+        if self.role == "primary":
+            vol = CounterMetricFamily("tricopy_host_written_bytes",
+                                      "Bytes of host writes (and zeroed or trimmed ranges) done "
+                                      "at the primary", labels=["group", "volume"])
+            for g in rows:
+                for idx, n in (g.get("volume_bytes") or {}).items():
+                    vol.add_metric([g["grname"], idx], float(n))
+            yield vol
         if self.role == "relay":
             ratio = GaugeMetricFamily("tricopy_relay_journal_used_ratio",
                                       "Fill of the journal volume ring (0..1)", labels=["group"])

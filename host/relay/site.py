@@ -147,6 +147,7 @@ class RelayGroup:
         self.secondary_link: Link | None = None
         self.fulls = 0
         self.dups = 0
+        self.primary_accepts = self.secondary_connects = 0     # links made, for metrics
         self._ingest = asyncio.Lock()
         # Descriptor ring: a JNLDESC and the store's append of its record are
         # one step for a RELEASE, which reads the next JOFS from the store.
@@ -334,6 +335,7 @@ class RelayGroup:
             await self.primary_link.close()
         async with self._ingest:    # the old connection's journals are all settled first
             self.primary_link = link
+            self.primary_accepts += 1
             link.send(protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch, self.last_tag,
                                      self.cfg.grname, self.site.site).frame())
             answers: asyncio.Queue = asyncio.Queue()
@@ -567,6 +569,7 @@ class RelayGroup:
                          self.forward_fault)
                 self.forward_fault = ""
             self.secondary_link = link
+            self.secondary_connects += 1
             # What the secondary has restored was forwarded by this relay, maybe
             # before a restart: it may be released, and nothing past it.
             nxt = self.forward.start(peer.last_seq, self.store.tail_seq)
@@ -890,6 +893,8 @@ class RelayGroup:
                 "next_seq": s.next_seq, "tail_seq": s.tail_seq, "held": s.held,
                 "durable_seq": s.durable_seq, "last_tag": self.last_tag,
                 "secondary_acked": self.secondary_acked, "fulls": self.fulls, "dups": self.dups,
+                "primary_accepts": self.primary_accepts,
+                "secondary_connects": self.secondary_connects,
                 "recovery_warning": self.recovery_warning,
                 "fence_epoch": self.jnlg.fence_epoch, "epoch": self.epoch,
                 "reversed": self.jnlg.reversed, "takeover": self.jnlg.takeover or None,

@@ -139,6 +139,7 @@ class RestoreGroup:
         self._written_lock = asyncio.Lock()
         self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
+        self.accepts = 0                 # relay connections taken, for metrics
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -651,7 +652,7 @@ class RestoreGroup:
                 "apply_mark": self.state.mark,
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
-                "gap": self.gap(), "received": self.stream.received,
+                "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
                 "connected": self.link is not None and not self.link.closed}
 
 
@@ -826,6 +827,7 @@ class Secondary:
             if group.link is not None:
                 await group.link.close()    # the newest connection wins
             group.link = link
+            group.accepts += 1
             link.send(protocol.Hello(Role.SECONDARY, group.cfg.grnum, group.epoch,
                                      group.last_restored, group.cfg.grname,
                                      self.cfg.site).frame())

@@ -47,6 +47,19 @@ def test_metrics_match_status(tmp_path):
         assert r[("tricopy_relay_fsync_seconds_count", g)] >= 1
         assert 0 <= r[("tricopy_relay_journal_used_ratio", g)] <= 1
         assert s[("tricopy_secondary_consistent", g)] == 1
+        # Per volume: the host bytes the workload wrote (it records each write's length).
+        vol = p[("tricopy_host_written_bytes_total", g + (("volume", "0"),))]
+        assert vol == st["primary"]["volume_bytes"]["0"] > 0
+        # Links made at each hop; a relay restart adds one at both of its ends.
+        assert r[("tricopy_link_accepts_total", g)] == 1
+        assert r[("tricopy_link_connects_total", g)] == 1
+        cluster.kill("relay")
+        cluster.start("relay")
+        asyncio.run(Workload(cluster.control_addr("primary"), 1, workers=1, seed=4).run(count=2))
+        cluster.wait_drained()
+        p, s = scrape(ports["primary"]), scrape(ports["secondary"])
+        assert p[("tricopy_link_connects_total", g)] == 2
+        assert s[("tricopy_link_accepts_total", g)] == 2
         bad = urllib.request.Request(f"http://127.0.0.1:{ports['relay']}/nothing")
         try:
             urllib.request.urlopen(bad, timeout=10)
