@@ -78,7 +78,8 @@ ROLES = ("secondary", "relay", "primary")
 LINKS = {"pr": ("primary", "relay"), "rs": ("relay", "secondary")}
 LINK_FAULTS = ("stall", "blackhole", "reset", "slow_close", "delay", "corrupt")
 FAULT_KINDS = tuple([f"kill:{r}" for r in ("primary", "relay", "secondary")]
-                    + [f"{link}:{f}" for link in LINKS for f in LINK_FAULTS])
+                    + [f"{link}:{f}" for link in LINKS for f in LINK_FAULTS]
+                    + ["swap:planned"])     # a planned swap and the swap back (failover)
 PATTERNS = ("random", "sequential", "hotspot")
 DEPTHS = (1, 4, 16)
 
@@ -173,9 +174,12 @@ class ChaosCluster:
             "relay": common("relay") + f'[[group]]\n{group}peer_site = "secondary"\n'
                      f'upstream_site = "primary"\nattr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.emu_ports["rs"]}"\ndurability = "{self.durability}"\n'
+                     f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
                      f'journal = {{ path = "jnl1.vol", size = {8 << 20} }}\n',
             "secondary": common("secondary") + f'[[group]]\n{group}upstream_site = "relay"\n'
-                         f'attr = "RESTORE"\nrestore_interval = 0\n' + vols("svol"),
+                         f'attr = "RESTORE"\nrestore_interval = 0\n'
+                         # after a swap it writes to the relay, through the pr emulator
+                         f'peer = "127.0.0.1:{self.emu_ports["pr"]}"\n' + vols("svol"),
         }
         for role, text in docs.items():
             (self.root / role / "site.toml").write_text(text)
@@ -515,6 +519,32 @@ class ChaosRun:
             await self.snapshot(rnd)
         await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
 
+    async def swap_round(self, rnd: int, work: "Workload") -> str:
+        """A planned swap (the secondary becomes the writer, replication turns
+        around) and the swap back, with the writes paused: afterwards the
+        roles are as configured and both volumes equal at each step."""
+        from ..rcm.pairs import RcmError, Sites
+        from ..rcm.takeover import swap
+        c = self.cluster
+        if not await work.quiesce():
+            self.violation(rnd, "swap", "writes still in flight after 150 s")
+            return "swap skipped"
+        sites = Sites(*(Path(c.control_addr(r)) for r in ("primary", "relay", "secondary")))
+        try:
+            there = await asyncio.to_thread(swap, sites, "g1", timeout=60)
+            if [c.volume("primary", i) for i in range(VOLUMES)] != \
+                    [c.volume("secondary", i) for i in range(VOLUMES)]:
+                self.violation(rnd, "swap: equal volumes", "the two data sites differ after "
+                                                           "the swap")
+            back = await asyncio.to_thread(swap, sites.resolved(), "g1", timeout=60)
+        except RcmError as exc:
+            self.violation(rnd, "swap", str(exc))
+            return f"swap failed: {exc}"
+        finally:
+            work.resume()
+        return (f"swap at SEQ# {there['seq']} ({there['rto_seconds']:.2f} s), back at SEQ# "
+                f"{back['seq']} ({back['rto_seconds']:.2f} s)")
+
     async def fault(self, rnd: int, kind: str) -> str:
         c, rng = self.cluster, self.rng
         what, _, how = kind.partition(":")
@@ -620,7 +650,8 @@ class ChaosRun:
                 work.resume()
                 acked0 = self.history.total_acked()
                 await self.run_for(rnd, self.rng.uniform(0.4, 1.0))
-                what = await self.fault(rnd, kind)
+                what = (await self.swap_round(rnd, work) if kind == "swap:planned"
+                        else await self.fault(rnd, kind))
                 await self.run_for(rnd, self.rng.uniform(0.3, 0.8))
                 drained = await self.drain_check(rnd, work)
                 self.fig.rounds = rnd
