@@ -430,7 +430,10 @@ class GroupCommitRun(StoreRun):
                     if s.durable_seq >= s.tail_seq:
                         self._release(s, rng, upto=s.durable_seq)
                     else:
-                        await asyncio.sleep(0.0005)
+                        # Wait for the held journals' fsync, as the relay does:
+                        # a sleep alone could wait forever if no writer asks for
+                        # one (the mutant that returns before its fsync ends).
+                        await gc.wait_durable(s.next_seq - 1)
                     continue
                 for i, at in enumerate(jofs):
                     self.expected[seq + i] = at
