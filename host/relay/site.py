@@ -665,18 +665,8 @@ class RelayGroup:
                 raise ControlError(f"the relay issued journals up to SEQ# {s.next_seq - 1}; the "
                                    f"secondary restored {restored} and the relay's copy "
                                    f"{self.local.last_restored}: wait for both")
-            if self.secondary_link is not None:
-                await self.secondary_link.close()
-            if s.held:
-                await self._release(s.next_seq - 1)
-            s.set_epoch(epoch)
-            self.jnlg.epoch = self.jnlg.fence_epoch = epoch
             record = {"epoch": epoch, "seq": s.next_seq - 1, "at": time.time(), "site": "relay"}
-            self.jnlg.takeover = record
-            self._table.save()
-            await self.recover_engine()
-            self.forward = ForwardStream(epoch, s.next_seq - 1)
-            self.local.stream.epoch = epoch
+            await self._new_stream(epoch, lambda: setattr(self.jnlg, "takeover", record))
             self.local.writer = self.local_write
         log.warning("group %s taken over at the relay at SEQ# %d, epoch %d: its data volumes "
                     "are writable; journals go on to the secondary", self.cfg.grname,
@@ -803,6 +793,27 @@ class RelayGroup:
         """The epoch of the journal stream this relay takes and forwards (durable)."""
         return self.store.epoch
 
+    async def _new_stream(self, epoch: int, change) -> None:
+        """A new journal stream at ``epoch`` (failback, swap, takeover to the relay),
+        every held journal being on the next writer's volumes: release them, move
+        the journal volume's epoch (durable), then the table (``change`` edits
+        the row before it is saved; see __init__ for a crash in between), then
+        the engine, the forwarder and the relay's own copy."""
+        s = self.store
+        if self.secondary_link is not None:
+            await self.secondary_link.close()
+        if s.held:
+            await self._release(s.next_seq - 1)
+        s.set_epoch(epoch)
+        self.jnlg.epoch = epoch
+        self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
+        change()
+        self._table.save()
+        await self.recover_engine()        # the engine stamps the new epoch from now on
+        self.forward = ForwardStream(epoch, s.next_seq - 1)
+        if self.local is not None:
+            self.local.stream.epoch = epoch
+
     async def rejoin(self, epoch: int, restored: int, reverse: bool = False) -> dict:
         """Failback (host/rcm/failback.py): a new journal stream at ``epoch``.
 
@@ -832,25 +843,16 @@ class RelayGroup:
                                    f"site that took over restored only up to {restored}: the "
                                    f"writes in between are only here; run `tricopy failback "
                                    f"--digest` after `tricopy pair delete` at the relay")
-            if self.secondary_link is not None:
-                await self.secondary_link.close()
             if self.local is not None and self.local.last_restored < s.next_seq - 1:
                 raise ControlError(f"the relay's data volumes restored up to SEQ# "
                                    f"{self.local.last_restored} of {s.next_seq - 1}: run the "
                                    f"command again once they caught up")
-            if s.held:
-                await self._release(s.next_seq - 1)
-            s.set_epoch(epoch)     # with the release, in the journal volume first (durable) ...
-            self.jnlg.epoch = epoch            # ... then the table (see __init__)
-            self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
-            if reverse:
-                self.jnlg.reversed = not self.jnlg.reversed
-                self.cfg = swapped(self.cfg)
-            self._table.save()
-            await self.recover_engine()        # the engine stamps the new epoch from now on
-            if self.local is not None:
-                self.local.stream.epoch = epoch
-            self.forward = ForwardStream(epoch, s.next_seq - 1)
+
+            def turn_around() -> None:
+                if reverse:
+                    self.jnlg.reversed = not self.jnlg.reversed
+                    self.cfg = swapped(self.cfg)
+            await self._new_stream(epoch, turn_around)
             self.forward_fault = self.reason = ""
             self.grsts = "PAIR"
         log.warning("group %s: failback: journal stream at epoch %d from SEQ# %d",
