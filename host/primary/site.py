@@ -48,6 +48,7 @@ from ..disk.volume import Volume, VolumeError
 from ..perf import PERF, now
 from .activity import ActivityLog
 from .stream import RelayLost, SendStream
+from .regions import RegionLog
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
 __all__ = ["GroupSuspended", "GroupFenced", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
@@ -128,9 +129,15 @@ class MasterGroup:
         self._probe_timer: asyncio.TimerHandle | None = None
         self._sent_at: deque[tuple[int, float]] = deque()   # (PSEQ, enqueued), for PERF
         self._acked_timer: asyncio.TimerHandle | None = None
+        # Which regions each PSEQ wrote, kept past the write log (regions.py):
+        # what a relay that lost journals, or the secondary, lacks.
+        self.regions = RegionLog(site.state_dir / f"{cfg.grname}.regions",
+                                 {i: v.size for i, v in self.volumes.items()}, self.log.last_tag)
+        self._regions_saving: asyncio.Task | None = None
         self._redo()
         self.stream.last_pseq = self.log.last_tag
         self.stream.acked_hwm = self.log.acked
+        self.regions.rebase(self.last_pseq)
         # The activity log: extents a crash may leave different (activity.py).
         self.al = ActivityLog(site.state_dir / f"{cfg.grname}.al")
         self._al_wanted: set = set()                 # cold extents for the next AL save
@@ -195,6 +202,8 @@ class MasterGroup:
         for ctl, data in self.log.recover():
             self._apply(ctl, data)
             n += 1
+            if ctl.tag:
+                self.regions.note(ctl.idx, ctl.address, ctl.length, ctl.tag)
             # tag 0: a local record, applied but never journaled
             if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
                 self.stream.pending[ctl.tag] = (ctl, data, loop.create_future())
@@ -291,6 +300,7 @@ class MasterGroup:
             if self.al.saves != saves:
                 PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
         token = self._log_append(ctl, data)
+        self.regions.note(idx, offset, length, tag)
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
             try:
                 self._apply(ctl, data)
@@ -499,7 +509,7 @@ class MasterGroup:
                 fut.set_exception(GroupSuspended(f"group {self.cfg.grname} suspended: {reason}"))
         self.bitmap.save()          # before any of those writes may complete
         try:
-            self.log.reset(self.last_pseq, self.acked_hwm)
+            self._log_reset()
         except OSError as exc:
             log.error("group %s: write log reset failed: %s", self.cfg.grname, exc)
         if kept:
@@ -536,13 +546,46 @@ class MasterGroup:
             while sent and not tag_after(sent[0][0], last):
                 rtt.add(t - sent.popleft()[1])
         if len(self.log.segments) > 1:
-            try:
-                self.log.release(self.acked_hwm)
-            except OSError as exc:
-                log.error("group %s: write log segment release failed: %s", self.cfg.grname, exc)
+            self._release_log()
         if self._acked_timer is None and self.acked_hwm != self.log.saved_acked:
             self._acked_timer = asyncio.get_running_loop().call_later(
                 ACKED_SAVE_EVERY, self._save_acked)
+
+    def _release_log(self) -> None:
+        """Let the write log drop segments the relay ACKed -- but only up to what the
+        region table has saved, so that a crash cannot forget where they wrote."""
+        point = self.acked_hwm
+        if tag_after(point, self.regions.saved_tag):
+            point = self.regions.saved_tag
+            self._save_regions()
+        try:
+            self.log.release(point)
+        except OSError as exc:
+            log.error("group %s: write log segment release failed: %s", self.cfg.grname, exc)
+
+    def _save_regions(self) -> None:
+        """Save the region table in a thread (one save at a time); the next ACK then
+        releases what it covers."""
+        if self._regions_saving is not None:
+            return
+        data, tag = self.regions.snapshot()
+
+        async def save():
+            try:
+                await asyncio.to_thread(self.regions.write, data)
+                self.regions.saved_tag = tag
+            except OSError as exc:      # the write log keeps its segments meanwhile
+                log.error("group %s: saving the region table failed: %s", self.cfg.grname, exc)
+            finally:
+                self._regions_saving = None
+        self._regions_saving = asyncio.get_running_loop().create_task(save())
+
+    def _log_reset(self) -> None:
+        """Drop every write-log record, the region table saved first (it must cover
+        them), both continuing after ``last_pseq``."""
+        self.regions.rebase(self.last_pseq)
+        self.regions.save()
+        self.log.reset(self.last_pseq, self.acked_hwm)
 
     def _save_acked(self) -> None:
         """Persist the ACK high-water mark (lazily: a stale mark only weakens loss detection)."""
@@ -654,7 +697,7 @@ class MasterGroup:
             # Every record left is ACKed; a reset keeps the log's PSEQs
             # consecutive, which its recovery checks (a hole ends it).
             try:
-                self.log.reset(self.last_pseq, self.acked_hwm)
+                self._log_reset()
             except OSError as exc:
                 self._suspend(f"write log reset at the primary failed ({exc}); fix the "
                               f"state folder's device, then run `tricopy pair resync`")
@@ -742,10 +785,17 @@ class MasterGroup:
                     n += 1
             repair = (f"marked the {n} extents of the lost journals, still in the write log, "
                       f"in the copy bitmap (delta resync)")
+        elif (regions := self.regions.after(lost.relay_last)) is not None:
+            for idx, offset, length in regions:
+                self.bitmap.mark(idx, offset, length)
+            repair = (f"the write log no longer holds PSEQ {lost.first}: marked the {len(regions)} "
+                      f"regions of {self.regions.region >> 20} MiB written after PSEQ "
+                      f"{lost.relay_last} (region table) in the copy bitmap (delta resync)")
         else:
             self.bitmap.set_all()
-            repair = (f"the write log no longer holds PSEQ {lost.first}: marked every chunk of "
-                      f"every volume in the copy bitmap (full copy)")
+            repair = (f"neither the write log nor the region table goes back to PSEQ "
+                      f"{lost.first}: marked every chunk of every volume in the copy bitmap "
+                      f"(full copy)")
         self.bitmap.save()
         reason = f"{lost}; run `tricopy pair resync`"
         log.error("group %s: %s; %s", self.cfg.grname, reason, repair)
@@ -822,7 +872,7 @@ class MasterGroup:
                 self._log_append(ctl, data)
             else:
                 try:
-                    self.log.reset(self.last_pseq, self.acked_hwm)
+                    self._log_reset()
                 except OSError as exc:
                     raise LocalIOError(exc.errno or errno.EIO,
                                        f"group {self.cfg.grname}: write log reset at the "
@@ -1058,7 +1108,7 @@ class MasterGroup:
             if not fut.done():
                 fut.set_exception(GroupFenced(f"group {self.cfg.grname} is fenced"))
         self.stream.rebase(relay_last_tag)
-        self.log.reset(self.last_pseq, self.acked_hwm)
+        self._log_reset()
         self.stream.clear_faults()
         self.bitmap.clear_all()
         self.bitmap.save()
@@ -1110,7 +1160,7 @@ class MasterGroup:
             # An error suspension dropped journals the relay never took: the
             # next PSEQ must follow the relay's last one or it sees a gap.
             self.stream.rebase(relay_last_tag)
-            self.log.reset(self.last_pseq, self.acked_hwm)     # and so must it after a restart
+            self._log_reset()     # and so must it after a restart
         self.split = self.tracking = False
         self.stream.clear_faults()
         self.dirty.clear()

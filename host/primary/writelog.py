@@ -343,8 +343,13 @@ class WriteLog:
             dead += 1
         if not dead:
             return 0
-        if not any(s.first_tag for s in self.segments[dead:]):
-            # No tagged record would be left to say the last PSEQ: save it first.
+        # Saved first: the records left no longer say that the relay ACKed the
+        # ones released, and a restart with an older mark would take the
+        # relay's word for where the stream is -- a relay put back to an old
+        # copy would then lose the released journals without a trace (found
+        # by tests/e2e/test_relay_loss.py, primary restarted after a release).
+        # It also keeps the last PSEQ when no tagged record is left.
+        if tag_after(acked, self.saved_acked) or not self.saved_acked:
             self.save_state(acked)
         # No folder fsync: an unlink lost in a crash is harmless, the segment
         # comes back older than the active one, whose name is durable since
