@@ -785,6 +785,14 @@ class MasterGroup:
                     n += 1
             repair = (f"marked the {n} extents of the lost journals, still in the write log, "
                       f"in the copy bitmap (delta resync)")
+        elif not lost.relay_last:
+            # The relay holds nothing: what the secondary lacks is what was
+            # written after its restore point, which `pair resync` asks it.
+            self.jnlg.lost_to_secondary = True
+            self._table.save()
+            repair = ("the relay holds no journal: `pair resync` copies the regions written "
+                      "after the secondary's restore point (delta resync), or everything if it "
+                      "cannot say")
         elif (regions := self.regions.after(lost.relay_last)) is not None:
             for idx, offset, length in regions:
                 self.bitmap.mark(idx, offset, length)
@@ -1112,6 +1120,7 @@ class MasterGroup:
         self.stream.clear_faults()
         self.bitmap.clear_all()
         self.bitmap.save()
+        self.jnlg.lost_to_secondary = False
         self.al.hot.clear()
         self.unclean = []
         self.al.forget_unclean()          # saves the (empty) activity log
@@ -1135,6 +1144,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
+        self.jnlg.lost_to_secondary = False      # whatever the relay lost is moot now
         self.split = self.tracking = False
         # A full copy follows: whatever the relay lost before is moot.
         self.acked_hwm = 0
@@ -1150,12 +1160,20 @@ class MasterGroup:
         self.split = True
         self._set_state("SUSP", "split by the operator")
 
-    def pair_resync(self, relay_last_tag: int | None = None) -> None:
-        """SUSP -> COPY of the chunks in the copy bitmap only (delta resync), then PAIR."""
+    def pair_resync(self, relay_last_tag: int | None = None,
+                    restored_tag: int | None = None) -> None:
+        """SUSP -> COPY of the chunks in the copy bitmap only (delta resync), then PAIR.
+
+        ``restored_tag``: the secondary's restore point as a PSEQ, for a relay
+        that came back empty (``lost_to_secondary``): the regions written after
+        it are what the secondary lacks.
+        """
         self._refuse_if_fenced()
         if self.grsts != "SUSP":
             raise ControlError(f"group {self.cfg.grname} is {self.grsts}: only a SUSP group "
                                f"can be resynced")
+        if self.jnlg.lost_to_secondary:
+            self._mark_lost_to_secondary(restored_tag)
         if not self.split and not self.pending and relay_last_tag is not None:
             # An error suspension dropped journals the relay never took: the
             # next PSEQ must follow the relay's last one or it sees a gap.
@@ -1167,6 +1185,27 @@ class MasterGroup:
         self._set_state("COPY")
         self._start_copy()
 
+    def _mark_lost_to_secondary(self, restored_tag: int | None) -> None:
+        """The relay lost every journal: mark what the secondary lacks, computed
+        before the stream is rebased (the secondary's PSEQ is of this stream)."""
+        usable = restored_tag is not None and not tag_after(restored_tag, self.last_pseq)
+        regions = self.regions.after(restored_tag) if usable else None
+        if regions is None:
+            self.bitmap.set_all()
+            how = (f"the region table does not go back to the secondary's restore point "
+                   f"(PSEQ {restored_tag}): every chunk is copied (full copy)"
+                   if restored_tag is not None else
+                   "the secondary's restore point is unknown: every chunk is copied (full copy)")
+        else:
+            for idx, offset, length in regions:
+                self.bitmap.mark(idx, offset, length)
+            how = (f"{len(regions)} regions of {self.regions.region >> 20} MiB written after the "
+                   f"secondary's restore point (PSEQ {restored_tag}) are copied (delta resync)")
+        self.bitmap.save()
+        self.jnlg.lost_to_secondary = False
+        self._table.save()
+        log.warning("group %s: resync after the relay lost its journals: %s", self.cfg.grname, how)
+
     def pair_delete(self) -> None:
         """Any state -> SMPL: the pair is gone, writes stay local, the bitmap is cleared."""
         self._copy_gen += 1
@@ -1176,6 +1215,7 @@ class MasterGroup:
         self.bitmap.save()
         for d in self.jnlg.dvols:
             d.bjptr = 0
+        self.jnlg.lost_to_secondary = False      # whatever the relay lost is moot now
         self.split = self.tracking = False
         self.dirty.clear()
         self._set_state("SMPL")
@@ -1196,6 +1236,7 @@ class MasterGroup:
                 "swap_blocker": swap_problem(self.site, self.cfg), "swapping": self.swapping,
                 "write_log_bytes": self.log.size,
                 "write_log_segments": len(self.log.segments),
+                "write_log_first": self.log.first_tag,     # its oldest PSEQ (0: none)
                 "dirty_extents": len(self.dirty),
                 "split": self.split, "tracking": self.tracking, "copy_chunk": self.bitmap.chunk,
                 "copy_total": self.copy_total, "copy_done": self.copy_done,
@@ -1345,8 +1386,9 @@ class Primary:
         g = self._named(str(req["group"]))
         op = req["cmd"]
         if op == "pair_resync":
-            tag = req.get("relay_last_tag")
-            g.pair_resync(None if tag is None else int(tag))
+            tag, restored = req.get("relay_last_tag"), req.get("restored_tag")
+            g.pair_resync(None if tag is None else int(tag),
+                          None if restored is None else int(restored))
         else:
             getattr(g, op)()
         return {"grsts": g.grsts}

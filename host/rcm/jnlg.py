@@ -99,6 +99,10 @@ class JnlgEntry:
     # At the relay, after a planned swap: journals come from the configured
     # secondary and go to the configured primary (config.swapped).
     reversed: bool = False
+    # At the primary: the relay came back with no journal at all after it had
+    # ACKed some, and the write log no longer held them: `pair resync` copies
+    # what the secondary lacks (host/primary/regions.py), or everything.
+    lost_to_secondary: bool = False
     dvols: list[DvolInfo] = field(default_factory=list)
     jvols: list[JvolInfo] = field(default_factory=list)
 

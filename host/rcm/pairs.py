@@ -203,12 +203,17 @@ def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0,
 def pair_resync(sites: Sites, grname: str) -> None:
     """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
     relay = sites.group_status("relay", grname)
+    # The secondary's restore point as a PSEQ, read before pair_set moves it
+    # back: after a relay that lost everything, the primary copies only the
+    # regions written after it (docs/replication.md, "The region table").
+    restored_tag = sites.group_status("secondary", grname).get("restored_tag")
     # relay_seq: the ordered resync of a journal stream that went backwards
     # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
-               relay_seq=relay["next_seq"] - 1)
+               relay_seq=relay["next_seq"] - 1, relay_tag=relay["last_tag"])
     sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
-    sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"])
+    sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"],
+               restored_tag=restored_tag)
 
 
 def pair_delete(sites: Sites, grname: str, say=lambda line: None) -> list[str]:

@@ -322,7 +322,7 @@ class RestoreGroup:
                                             req_type=FrameType.JNLWR).frame())
 
     def pair_set(self, grsts: str, consistent_seq: int | None = None,
-                 relay_seq: int | None = None) -> None:
+                 relay_seq: int | None = None, relay_tag: int | None = None) -> None:
         """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
 
         ``relay_seq`` comes with COPY (pair create and resync): the last SEQ#
@@ -330,11 +330,19 @@ class RestoreGroup:
         that went backwards (the relay's journal was lost or recreated): the
         copy that follows rewrites what the SVOLs hold past it, so the restore
         point moves back to it and this group's SUSP verdict is lifted.
+        ``relay_tag`` (resync) is the relay's last PSEQ, where the primary's
+        stream goes on: the restore point's PSEQ moves back to it too, so that
+        it never names a journal of the stream that ended (host/primary/
+        regions.py: the next relay loss copies what was written after it).
         """
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
         if grsts == "COPY" and relay_seq is not None:
             self._rebase(relay_seq)
+        if grsts == "COPY" and relay_tag is not None and self.state.tag != relay_tag \
+                and (not relay_tag or tag_after(self.state.tag, relay_tag)):
+            self.applied_tag = relay_tag
+            self.state.save(self.state.last_seq, tag=relay_tag)
         self.jnlg.set_state(grsts)
         if consistent_seq is not None:
             self.jnlg.consistent_seq = consistent_seq
@@ -650,6 +658,7 @@ class RestoreGroup:
                                           else self.jnlg.reason if self.taken_over else ""),
                 "catching_up_to": self.replay_to if self.catching_up else None,
                 "apply_mark": self.state.mark,
+                "restored_tag": self.state.tag,    # the restore point's PSEQ (durable)
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
                 "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
@@ -687,10 +696,11 @@ class Secondary:
 
     async def _pair_set(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
-        seq, relay_seq = req.get("consistent_seq"), req.get("relay_seq")
+        seq, relay_seq, tag = req.get("consistent_seq"), req.get("relay_seq"), req.get("relay_tag")
         async with g._restore_lock:     # a rebase must not cut through a restore step
             g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
-                       None if relay_seq is None else int(relay_seq))
+                       None if relay_seq is None else int(relay_seq),
+                       None if tag is None else int(tag))
         return {"grsts": g.jnlg.grsts}
 
     async def _digest(self, req: dict) -> dict:

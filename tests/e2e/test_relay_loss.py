@@ -3,6 +3,7 @@ to an older copy, or recreated) is caught at the primary's next connection:
 SUSP naming the PSEQ range, the copy bitmap marked, and `pair resync` repairs it."""
 
 import asyncio
+import base64
 import re
 import shutil
 
@@ -198,5 +199,56 @@ def test_write_log_keeps_what_the_region_table_has_not_saved(tmp_path, monkeypat
                 assert g.regions.after(8) == [(1, 0, 1 << 20)]
 
         asyncio.run(run())
+    finally:
+        cluster.stop_all()
+
+
+def test_an_empty_relay_means_a_delta_from_the_secondarys_restore_point(tmp_path):
+    """The relay site is lost and rebuilt with an empty journal after the write log
+    let the lost journals go: `pair resync` asks the secondary where it is and
+    copies only the regions written after that (the region table), not the volumes."""
+    cluster = Cluster(tmp_path / "c", vol_size=16 << 20, journal_size=64 << 20)
+    try:
+        for role in ("relay", "primary", "secondary"):
+            cluster.start(role)
+        sites = cluster.sites()
+
+        def write(idx, offset, data):
+            sites.call("primary", "write", idx=idx, offset=offset,
+                       data=base64.b64encode(data).decode())
+
+        for i in range(8):                          # PSEQ 1..8 into region 0 of volume 0
+            write(0, i * BLOCK, bytes([i + 1]) * BLOCK)
+        wait_for(lambda: cluster.status("secondary")["restored_tag"] == 8,
+                 "the secondary's restore point at PSEQ 8")
+        cluster.kill("secondary")
+        # 9 MiB into the first MiB of volume 1: the write log (8 MiB segments) rolls
+        # and lets PSEQ 9.. go once the relay ACKs them.
+        n = 0
+        while cluster.status("primary")["write_log_first"] <= 9:
+            write(1, (n % 4) * (256 << 10), bytes([n % 251 + 1]) * (256 << 10))
+            n += 1
+            assert n < 200, "the write log never let go of PSEQ 9"
+        cluster.kill("relay")
+        recreate(cluster)                           # the relay site rebuilt, empty
+        cluster.start("relay")
+        p = wait_for(lambda: (s := cluster.status("primary"))["grsts"] == "SUSP" and s,
+                     "the primary to suspend")
+        assert "lost at the relay" in p["reason"], p["reason"]
+        line = next(l for l in cluster.log("primary").splitlines() if "lost at the relay" in l)
+        assert "the relay holds no journal" in line, line
+
+        cluster.start("secondary")
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=120)
+        p = cluster.status("primary")
+        assert p["grsts"] == "PAIR"
+        # region 0 of volume 1 only: 16 chunks of 64 KiB (a full copy: 512)
+        assert p["copy_total"] == (1 << 20) // (64 << 10), p["copy_total"]
+        assert "written after the secondary's restore point (PSEQ 8)" in cluster.log("primary")
+        write(0, 0, b"after" * 800 + bytes(96))     # and the pair goes on
+        cluster.wait_drained()
+        for i in range(cluster.volumes):
+            assert cluster.volume_bytes("secondary", i) == cluster.volume_bytes("primary", i)
     finally:
         cluster.stop_all()
