@@ -66,7 +66,8 @@ KEYS = {
              "tls", "control_clients", "control_plaintext", "limits", "metrics"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
               "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
-              "peer_site", "upstream_site", "reverse_peer", "relay_loss"),
+              "peer_site", "upstream_site", "reverse_peer", "relay_loss", "standby",
+              "standby_site"),
     "journal": ("path", "size"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
     "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
@@ -149,6 +150,11 @@ class GroupConfig:
     # writer); INTERMEDIARY, the primary site's data address (``reverse_peer``:
     # where journals go while the roles are swapped).
     reverse_peer: tuple[str, int] | None = None
+    # A standby relay (docs/operations.md, "A standby relay"): MASTER, its data
+    # address (``standby``) and, with [tls], the site name in its certificate;
+    # RESTORE, that site name, allowed to connect once the group uses it.
+    standby: tuple[str, int] | None = None
+    standby_site: str | None = None
 
 
 def swapped(g: GroupConfig) -> GroupConfig:
@@ -340,6 +346,12 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
             raise ConfigError(f"{w}reverse_peer: only a relay (INTERMEDIARY) group forwards "
                               f"the other way after a swap")
         reverse_peer = parse_addr(_get(t, "reverse_peer", str, w), f"{w}reverse_peer")
+    standby = None
+    if "standby" in t:
+        if attr is not GroupAttr.MASTER:
+            raise ConfigError(f"{w}standby: only the primary (MASTER) connects to a standby "
+                              f"relay; the secondary names it with standby_site")
+        standby = parse_addr(_get(t, "standby", str, w), f"{w}standby")
     epoch = _get(t, "epoch", int, w, 0)
     if not 0 <= epoch <= 0xFFFFFFFF:
         raise ConfigError(f"{w}epoch: must fit 32 bits, got {epoch}")
@@ -376,7 +388,7 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
         raise ConfigError(f"{w}initial_state: must be \"PAIR\" or \"SMPL\", "
                           f"got {t['initial_state']!r}")
     names = {}
-    for key in ("peer_site", "upstream_site"):
+    for key in ("peer_site", "upstream_site", "standby_site"):
         if key in t:
             value = _get(t, key, str, w)
             if not value or len(value) > 64:
@@ -385,7 +397,7 @@ def _parse_group(t: dict, i: int, base: Path) -> GroupConfig:
     return GroupConfig(grnum, grname, attr, peer, epoch, durability, journal,
                        float(interval), float(full_after), link_suspend_after=float(link_after),
                        initial_state=initial_state, reverse_peer=reverse_peer,
-                       relay_loss=relay_loss, **names)
+                       relay_loss=relay_loss, standby=standby, **names)
 
 
 def _parse_nbd(t: dict, base: Path) -> NbdConfig:
@@ -452,6 +464,10 @@ def _check_security(site: str, control, groups, tls, clients, plaintext) -> None
         if g.attr is not GroupAttr.RESTORE and g.peer_site is None:
             raise ConfigError(f"group[{i}].peer_site: missing; with [tls] give the site name "
                               f"in the certificate of the peer at {g.peer[0]}:{g.peer[1]}")
+        if g.standby is not None and g.standby_site is None:
+            raise ConfigError(f"group[{i}].standby_site: missing; with [tls] give the site name "
+                              f"in the certificate of the standby relay at "
+                              f"{g.standby[0]}:{g.standby[1]}")
         if g.attr is not GroupAttr.MASTER and g.upstream_site is None:
             what = "primary" if g.attr is GroupAttr.INTERMEDIARY else "relay"
             raise ConfigError(f"group[{i}].upstream_site: missing; with [tls] give the site "

@@ -156,6 +156,11 @@ class MasterGroup:
         self.unclean = sorted(self.al.unclean)
         if self.unclean:
             self._after_unclean_stop()
+        if self.jnlg.relay_in_use == "standby" and cfg.standby is None:
+            log.error("group %s was moved to its standby relay, but the config names none "
+                      "([[group]] standby): it connects to the relay, which refuses it (epoch "
+                      "%d); put the standby back in the config, or run `tricopy pair resync "
+                      "--group %s --via relay`", cfg.grname, self.epoch, cfg.grname)
 
     # The stream's state, under the names status, the NBD export and the tests use.
     pending = property(lambda self: self.stream.pending)
@@ -609,10 +614,10 @@ class MasterGroup:
                 continue
             hello = protocol.Hello(Role.PRIMARY, self.cfg.grnum, self.epoch,
                                    self.last_pseq, self.cfg.grname, self.site.site)
+            which, addr, args = self._relay_address()
             try:
-                link, peer = await connect(self.cfg.peer, hello, heartbeat=self.site.heartbeat,
-                                           name=f"{self.site.site}->relay",
-                                           **tls.client_args(self.site, self.cfg))
+                link, peer = await connect(addr, hello, heartbeat=self.site.heartbeat,
+                                           name=f"{self.site.site}->{which}", **args)
             except LinkRefused as exc:
                 if exc.status == Status.STALE_EPOCH:
                     self._fence(exc.peer_epoch)
@@ -634,6 +639,53 @@ class MasterGroup:
                 self._cancel_probe()
                 await link.close()
             await asyncio.sleep(RECONNECT_DELAY)
+
+    def _relay_address(self) -> tuple[str, tuple[str, int], dict]:
+        """The relay in use ("relay" or "standby"), its data address, connect() TLS keywords."""
+        args = tls.client_args(self.site, self.cfg)
+        if self.jnlg.relay_in_use == "standby" and self.cfg.standby is not None:
+            return "standby", self.cfg.standby, {**args, "peer_site": self.cfg.standby_site}
+        return "relay", self.cfg.peer, args
+
+    async def use_relay(self, which: str, epoch: int) -> None:
+        """Send the journals to the other relay (docs/operations.md, "A standby relay").
+
+        The group suspends, tracking host writes (nothing in flight is lost:
+        it goes to the copy bitmap), and moves to ``epoch``, a new journal
+        stream that the relay left behind cannot join.  What the secondary
+        lacks is then copied by ``pair resync`` (``lost_to_secondary``: the
+        regions written after its restore point, host/primary/regions.py).
+        Idempotent: run again after a crash, it finds it done.
+        """
+        if which not in ("relay", "standby"):
+            raise ControlError(f"relay must be \"relay\" or \"standby\", not {which!r}")
+        if which == "standby" and self.cfg.standby is None:
+            raise ControlError(f"group {self.cfg.grname} has no standby relay: give its "
+                               f"[[group]] standby = \"HOST:PORT\" at the primary")
+        if self.jnlg.relay_in_use == which and self.epoch == epoch:
+            return
+        self._refuse_if_fenced()
+        if self.grsts == "SMPL":
+            raise ControlError(f"group {self.cfg.grname} is SMPL: nothing to move; `pair create` "
+                               f"pairs it through the relay in use")
+        if epoch <= self.epoch:
+            raise ControlError(f"group {self.cfg.grname}: a move to the {which} needs an epoch "
+                               f"above {self.epoch}, not {epoch}")
+        if self.grsts != "SUSP":
+            self._suspend(f"moving to the {which} relay at epoch {epoch}; {TRACKING}: `tricopy "
+                          f"pair resync` sends what the secondary lacks", keep_writes=True)
+        self._copy_gen += 1              # a copy through the other relay does not go on
+        if self._copy_task is not None:
+            self._copy_task.cancel()
+        self.jnlg.relay_in_use = which
+        self.jnlg.epoch = epoch
+        self.jnlg.fence_epoch = max(self.jnlg.fence_epoch, epoch)
+        self.jnlg.lost_to_secondary = True
+        self._table.save()
+        if self.link is not None:
+            await self.link.close()      # the link task reconnects, to the other address
+        log.warning("group %s: journals go to the %s relay at epoch %d from now on",
+                    self.cfg.grname, which, epoch)
 
     @property
     def epoch(self) -> int:
@@ -1022,6 +1074,11 @@ class MasterGroup:
         journal, make the PVOLs durable.  Not durable itself: until the relay is
         fenced (step 2) the RCM may cancel, and a restart cancels too."""
         self._refuse_if_fenced()
+        if self.jnlg.relay_in_use == "standby":
+            raise ControlError(f"group {self.cfg.grname} runs through its standby relay: a "
+                               f"planned swap turns the configured relay around; move back "
+                               f"first (`tricopy pair resync --group {self.cfg.grname} --via "
+                               f"relay`)")
         if self.grsts != "PAIR" or self.link is None:
             raise ControlError(f"group {self.cfg.grname} is {self.grsts}"
                                f"{'' if self.link else ', not connected to the relay'}: a "
@@ -1224,6 +1281,8 @@ class MasterGroup:
         return {"grnum": self.cfg.grnum, "grname": self.cfg.grname, "attr": "MASTER",
                 "grsts": self.grsts, "reason": self.reason, "blocked": self.blocked,
                 "epoch": self.epoch, "fenced": self.fenced, "fence_epoch": self.jnlg.fence_epoch,
+                "relay_in_use": self.jnlg.relay_in_use,
+                "standby_configured": self.cfg.standby is not None,
                 "activity_extents": self.al.listed, "activity_saves": self.al.saves,
                 "pvol_syncs": self.pvol_syncs, "unclean_extents": len(self.unclean),
                 "reconnects": self.reconnects, "suspensions": self.suspensions,
@@ -1263,7 +1322,7 @@ class Primary:
             "pair_resync": self._pair, "pair_delete": self._pair,
             "digest": self._digest, "mark_out_of_sync": self._mark_out_of_sync,
             "fence": self._fence_cmd, "write_fenced": self._write_fenced,
-            "rejoin": self._rejoin, "swap_out": self._swap_out,
+            "rejoin": self._rejoin, "use_relay": self._use_relay, "swap_out": self._swap_out,
             "swap_cancel": self._swap_cancel, "become_restore": self._become_restore,
         })
         # Set once a swap made this site the restore side: the process
@@ -1370,6 +1429,11 @@ class Primary:
         g = self._named(str(req["group"]))
         g.become_restore(int(req["epoch"]), int(req["restored"]))
         return {"role": "secondary", "_after": self.restart.set}
+
+    async def _use_relay(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        await g.use_relay(str(req["relay"]), int(req["epoch"]))
+        return {"relay_in_use": g.jnlg.relay_in_use, "epoch": g.epoch}
 
     async def _rejoin(self, req: dict) -> dict:
         g = self._named(str(req["group"]))

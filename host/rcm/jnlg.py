@@ -103,6 +103,9 @@ class JnlgEntry:
     # ACKed some, and the write log no longer held them: `pair resync` copies
     # what the secondary lacks (host/primary/regions.py), or everything.
     lost_to_secondary: bool = False
+    # At the primary: which relay the group sends its journals to, "relay" (the
+    # configured one) or "standby" (docs/operations.md, "A standby relay").
+    relay_in_use: str = "relay"
     dvols: list[DvolInfo] = field(default_factory=list)
     jvols: list[JvolInfo] = field(default_factory=list)
 

@@ -10,7 +10,8 @@ consistent image (``consistent_seq``).
 The sites are named by their control addresses, on the command line
 (``--primary ADDR --relay ADDR --secondary ADDR``, each ``unix:PATH`` or
 ``HOST:PORT``) or in a cluster file (``--cluster FILE``, TOML with the keys
-``primary``, ``relay``, ``secondary``, and for TCP control sockets a ``tls``
+``primary``, ``relay``, ``secondary``, optionally ``standby`` (a standby
+relay, docs/operations.md), and for TCP control sockets a ``tls``
 table with this client's ``ca``, ``cert``, ``key``; docs/security.md).
 docs/operations.md has the states and every command.
 """
@@ -55,6 +56,10 @@ class Sites:
     relay: "tuple[str, int] | Path"
     secondary: "tuple[str, int] | Path"
     tls: "ssl.SSLContext | None" = None
+    # The standby relay's control address, if there is one.  After
+    # :meth:`resolved`, ``relay`` is the relay the group uses and ``standby``
+    # the other one.
+    standby: "tuple[str, int] | Path | None" = None
 
     @classmethod
     def from_file(cls, path: str) -> "Sites":
@@ -72,8 +77,10 @@ class Sites:
                 t = doc["tls"]
                 files = [base / t[k] for k in ("ca", "cert", "key")]
                 ctx = _tls.client_context(TlsConfig(*files))
+            standby = doc.get("standby")
             return cls(*(parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES),
-                       tls=ctx)
+                       tls=ctx, standby=None if standby is None
+                       else parse_control(standby, f"{path}: standby", base))
         except KeyError as exc:
             raise RcmError(f"{path}: tls.{exc.args[0]}: missing") from None
         except (ConfigError, OSError, ssl.SSLError) as exc:
@@ -81,6 +88,9 @@ class Sites:
 
     def call(self, role: str, cmd: str, **args) -> dict:
         addr = getattr(self, role)
+        if addr is None:
+            raise RcmError(f"no {role} is known here: give --{role} ADDR or `{role} = ` in the "
+                           f"cluster file")
         where = control.describe(addr)
         try:
             return control.call(addr, cmd, tls=self.tls, **args)
@@ -94,16 +104,20 @@ class Sites:
         configured as the primary runs as the secondary and the other way
         round (docs/operations.md, "Swap"); every command means the roles as
         they are.  Asked of the configured primary, or of the secondary if the
-        primary does not answer; as configured if neither does."""
+        primary does not answer; as configured if neither does.  When the
+        primary sends its journals to the standby relay, ``relay`` is that one."""
         for role, swapped_if in (("primary", "secondary"), ("secondary", "primary")):
             try:
-                now = control.call(getattr(self, role), "status", tls=self.tls)["role"]
+                st = control.call(getattr(self, role), "status", tls=self.tls)
             except (OSError, control.ControlError):
                 continue
-            if now == swapped_if:
-                return dataclasses.replace(self, primary=self.secondary,
-                                           secondary=self.primary)
-            return self
+            sites = self
+            if st["role"] == swapped_if:
+                sites = dataclasses.replace(self, primary=self.secondary, secondary=self.primary)
+            elif st["role"] == "primary" and self.standby is not None and any(
+                    g.get("relay_in_use") == "standby" for g in st.get("groups", [])):
+                sites = dataclasses.replace(self, relay=self.standby, standby=self.relay)
+            return sites
         return self
 
     def group_status(self, role: str, grname: str) -> dict:
@@ -200,6 +214,61 @@ def pair_split(sites: Sites, grname: str, *, timeout: float = 60.0,
     return _tell(sites, grname, "SUSP", say)
 
 
+def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -> Sites:
+    """Send the group's journals through the standby relay (``to`` = "standby") or
+    back through the configured relay (``to`` = "relay"); docs/operations.md,
+    "A standby relay".  Returns the sites resolved for the move: ``pair_resync``
+    follows with the delta (what the secondary lacks).
+
+    A new epoch starts a new journal stream: the relay left behind (fenced
+    where it answers) can no longer feed the secondary, and what it held but
+    the secondary had not restored is in the delta.
+    """
+    names = {"relay": configured.relay, "standby": configured.standby}
+    if to not in names:
+        raise RcmError(f"--via must be \"relay\" or \"standby\", not {to!r}")
+    if configured.standby is None and to == "standby":
+        raise RcmError("no standby relay is known here: give --standby ADDR (its control "
+                       "socket) or `standby = ` in the cluster file")
+    target = dataclasses.replace(configured, relay=names[to],
+                                 standby=names["standby" if to == "relay" else "relay"])
+    prim = target.group_status("primary", grname)
+    if to == "standby" and not prim.get("standby_configured"):
+        raise RcmError(f"group {grname} has no standby relay at the primary: give its "
+                       f"[[group]] standby = \"HOST:PORT\" (and standby_site with TLS) and "
+                       f"restart it")
+    try:
+        new = target.group_status("relay", grname)
+    except Unreachable as exc:
+        raise RcmError(f"the {to} relay must answer to take the group over: {exc}") from None
+    sec = target.group_status("secondary", grname)
+    epochs = [prim["epoch"], new["epoch"], sec.get("epoch", 0)]
+    try:
+        old = target.group_status("standby", grname) if target.standby is not None else None
+    except Unreachable:
+        old = None
+    if old is not None:
+        epochs.append(old["epoch"])
+    epoch = max(epochs) + 1
+    # What the secondary holds, as a PSEQ, before it moves (host/primary/regions.py).
+    restored_tag = sec.get("restored_tag")
+    if old is not None:       # it takes nothing more from the primary (if it answers)
+        target.call("standby", "fence", group=grname, epoch=epoch)
+    else:
+        say(f"the other relay does not answer: it is left as it is (a stream at epoch "
+            f"{epoch - 1} or older, refused by the secondary)")
+    target.call("primary", "use_relay", group=grname, relay=to, epoch=epoch)
+    r = target.call("relay", "adopt", group=grname, epoch=epoch)
+    target.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+                relay_seq=r["last_seq"], relay_tag=r["last_tag"], epoch=epoch)
+    target.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    target.call("primary", "pair_resync", group=grname, relay_last_tag=r["last_tag"],
+                restored_tag=restored_tag)
+    say(f"journals go through the {to} relay at epoch {epoch}; the secondary's restore point "
+        f"was PSEQ {restored_tag}")
+    return target
+
+
 def pair_resync(sites: Sites, grname: str) -> None:
     """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
     relay = sites.group_status("relay", grname)
@@ -270,7 +339,10 @@ def _configured(args) -> Sites:
         raise RcmError(f"give --cluster FILE or all of --primary/--relay/--secondary "
                        f"(missing: {', '.join('--' + m for m in missing)})")
     try:
-        return Sites(*(parse_control(getattr(args, r), f"--{r}", Path.cwd()) for r in ROLES))
+        standby = getattr(args, "standby", None)
+        return Sites(*(parse_control(getattr(args, r), f"--{r}", Path.cwd()) for r in ROLES),
+                     standby=None if standby is None
+                     else parse_control(standby, "--standby", Path.cwd()))
     except ConfigError as exc:
         raise RcmError(str(exc)) from None
 
@@ -286,6 +358,9 @@ def _run_pair(args) -> int:
         elif op == "split":
             pair_split(sites, args.group, say=say)
             print(f"group {args.group}: SUSP (writes tracked in the copy bitmap)")
+        elif op == "resync" and args.via:
+            sites = move_relay(_configured(args), args.group, args.via, say=say)
+            print(f"group {args.group}: COPY through the {args.via} relay (delta resync started)")
         elif op == "resync":
             pair_resync(sites, args.group)
             print(f"group {args.group}: COPY (delta resync started)")
@@ -307,6 +382,8 @@ def _site_args(p) -> None:
     for r in ROLES:
         p.add_argument(f"--{r}", metavar="unix:PATH|HOST:PORT",
                        help=f"the {r}'s control socket")
+    p.add_argument("--standby", metavar="unix:PATH|HOST:PORT",
+                   help="the standby relay's control socket, if there is one")
 
 
 def register(subparsers) -> None:
@@ -318,5 +395,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="create/resync: return once COPY started, do not follow it to PAIR")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for PAIR")
+    p.add_argument("--via", choices=["standby", "relay"],
+                   help="resync: move the group to the standby relay (the relay site is lost) "
+                        "or back to its relay, copying only what the secondary lacks")
     _site_args(p)
     p.set_defaults(func=_run_pair)

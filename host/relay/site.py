@@ -543,6 +543,13 @@ class RelayGroup:
     async def forwarder(self) -> None:
         """Patent Fig. 9: send journals to the secondary in SEQ# order, until a group fault."""
         while not self.fault:
+            if self.store.next_seq == 1:
+                # A relay that never took a journal has nothing to say to the
+                # secondary -- and an idle standby relay (or one rebuilt empty)
+                # must not look like the stream going backwards to it: it
+                # connects with its first journal (then the SEQ# checks apply).
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
             hello = protocol.Hello(Role.RELAY, self.cfg.grnum, self.epoch,
                                    self.store.next_seq - 1, self.cfg.grname, self.site.site)
             try:
@@ -753,6 +760,29 @@ class RelayGroup:
         except StoreError as exc:
             raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
 
+    async def adopt(self, epoch: int) -> dict:
+        """Carry the group's journals in a new stream at ``epoch``: the primary moved
+        to this relay from the other one (the standby, or back; docs/operations.md,
+        "A standby relay").  What this relay still holds is of an older stream --
+        its writes reach the secondary by the resync's copy instead -- and is
+        dropped.  Idempotent."""
+        if epoch != self.epoch:
+            if epoch < self.epoch or epoch < self.jnlg.fence_epoch:
+                raise ControlError(f"group {self.cfg.grname}: no new stream at epoch {epoch}: "
+                                   f"this relay is at epoch {self.epoch}, fenced at "
+                                   f"{self.jnlg.fence_epoch}")
+            dropped = self.store.held
+            if self.primary_link is not None:
+                await self.primary_link.close()
+            async with self._ingest:      # nothing half taken from the old stream
+                await self._new_stream(epoch, lambda: None)
+            log.warning("group %s: a new journal stream at epoch %d starts here after SEQ# %d "
+                        "(PSEQ %d); %d journals of the old stream dropped (the resync copies "
+                        "their writes)", self.cfg.grname, epoch, self.store.next_seq - 1,
+                        self.last_tag, dropped)
+        return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag,
+                "epoch": self.epoch}
+
     def pair_set(self, grsts: str, consistent_seq: int | None = None) -> None:
         """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
         ``consistent_seq``: where the relay's data volumes (if any) are an image."""
@@ -937,7 +967,7 @@ class Relay:
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence,
                                       "rejoin": self._rejoin, "snapshot": self._snapshot,
-                                      "promote": self._promote})
+                                      "promote": self._promote, "adopt": self._adopt})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -948,6 +978,12 @@ class Relay:
                 seq = req.get("consistent_seq")
                 g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
                 return {"grsts": g.jnlg.grsts}
+        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    async def _adopt(self, req: dict) -> dict:
+        for g in self.groups.values():
+            if g.cfg.grname == req["group"]:
+                return await g.adopt(int(req["epoch"]))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _fence(self, req: dict) -> dict:

@@ -322,7 +322,8 @@ class RestoreGroup:
                                             req_type=FrameType.JNLWR).frame())
 
     def pair_set(self, grsts: str, consistent_seq: int | None = None,
-                 relay_seq: int | None = None, relay_tag: int | None = None) -> None:
+                 relay_seq: int | None = None, relay_tag: int | None = None,
+                 epoch: int | None = None) -> bool:
         """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
 
         ``relay_seq`` comes with COPY (pair create and resync): the last SEQ#
@@ -334,11 +335,22 @@ class RestoreGroup:
         stream goes on: the restore point's PSEQ moves back to it too, so that
         it never names a journal of the stream that ended (host/primary/
         regions.py: the next relay loss copies what was written after it).
+        ``epoch`` (a move to the standby relay or back): the stream goes on at
+        it; returns True if the group moved (the caller drops the old link).
         """
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
+        moved = grsts == "COPY" and epoch is not None and epoch != self.epoch
+        if moved:
+            if epoch < self.epoch or self.taken_over:
+                raise ControlError(f"group {self.cfg.grname}: no move to epoch {epoch} from "
+                                   f"{self.epoch}{' (taken over here)' if self.taken_over else ''}")
+            self.jnlg.epoch = epoch
+            self.stream.epoch = epoch
+            log.warning("group %s: the journal stream goes on at epoch %d (another relay)",
+                        self.cfg.grname, epoch)
         if grsts == "COPY" and relay_seq is not None:
-            self._rebase(relay_seq)
+            self._rebase(relay_seq, new_stream=moved)
         if grsts == "COPY" and relay_tag is not None and self.state.tag != relay_tag \
                 and (not relay_tag or tag_after(self.state.tag, relay_tag)):
             self.applied_tag = relay_tag
@@ -347,15 +359,16 @@ class RestoreGroup:
         if consistent_seq is not None:
             self.jnlg.consistent_seq = consistent_seq
         self._table.save()
+        return moved
 
-    def _rebase(self, relay_seq: int) -> None:
+    def _rebase(self, relay_seq: int, new_stream: bool = False) -> None:
         if self.grsts == "SUSP":
             log.info("group %s: resync ordered, SUSP lifted (was: %s)", self.cfg.grname, self.reason)
             self.grsts, self.reason = "PAIR", ""
         high = self.stream.high
-        if not self.stream.rebase(relay_seq):
+        if not self.stream.rebase(relay_seq, new_stream):
             return
-        log.warning("group %s: resync ordered: the restore point moves back from %d to the "
+        log.warning("group %s: resync ordered: the restore point moves from %d to the "
                     "relay's SEQ# %d; the SVOLs are not consistent until the copy ends",
                     self.cfg.grname, high, relay_seq)
         self._room.set()
@@ -697,10 +710,14 @@ class Secondary:
     async def _pair_set(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
         seq, relay_seq, tag = req.get("consistent_seq"), req.get("relay_seq"), req.get("relay_tag")
+        epoch = req.get("epoch")
         async with g._restore_lock:     # a rebase must not cut through a restore step
-            g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
-                       None if relay_seq is None else int(relay_seq),
-                       None if tag is None else int(tag))
+            moved = g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
+                               None if relay_seq is None else int(relay_seq),
+                               None if tag is None else int(tag),
+                               None if epoch is None else int(epoch))
+        if moved and g.link is not None:
+            await g.link.close()        # the old relay's stream ends here
         return {"grsts": g.jnlg.grsts}
 
     async def _digest(self, req: dict) -> dict:
@@ -824,7 +841,9 @@ class Secondary:
                 return
             if (why := group.refuse_relay(hello)) is not None:
                 stale = hello.epoch != group.epoch
-                if group.taken_over:
+                # A relay at an older epoch is one the stream left (a takeover,
+                # a move to the standby relay): refused, and nothing to suspend for.
+                if group.taken_over or hello.epoch < group.epoch:
                     log.warning("%s: refused relay %r: %s", link.name, hello.site, why)
                 else:
                     group.suspend(why)

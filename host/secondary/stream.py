@@ -174,11 +174,13 @@ class RestoreStream:
     def restored_saved(self, seq: int) -> None:
         self.restored = seq
 
-    def rebase(self, relay_seq: int) -> bool:
+    def rebase(self, relay_seq: int, new_stream: bool = False) -> bool:
         """The ordered resync of a stream that went backwards: the restore point
         moves back to the relay's newest SEQ# (the copy that follows rewrites
-        what differs).  True if it moved; the caller saves R = M = relay_seq."""
-        if relay_seq >= self.high:
+        what differs).  With ``new_stream`` (another relay's stream, at a new
+        epoch) it moves there either way: the next journal is ``relay_seq`` + 1.
+        True if it moved; the caller saves R = M = relay_seq."""
+        if relay_seq >= self.high and not (new_stream and relay_seq != self.high):
             return False
         self.staged.clear()
         self.staged_bytes = 0

@@ -317,6 +317,9 @@ async def start_link_server(callback: Callback, site) -> asyncio.base_events.Ser
     # A relay set up for a planned swap takes the journals of either data
     # site; which one a group takes now is checked after HELLO.
     upstream += [g.peer_site for g in site.groups if g.reverse_peer and g.peer_site]
+    # A secondary takes the stream of the standby relay too (the epoch decides).
+    upstream += [g.standby_site for g in site.groups
+                 if g.standby_site and g.attr.value == "RESTORE"]
     ctx = server_context(site.tls)
     return await start_server(callback, site.listen, what=f"{site.site} data port", ctx=ctx,
                               allowed=upstream if ctx is not None else None,
@@ -328,4 +331,7 @@ def refuse_upstream(link, group) -> str | None:
     """Why ``link`` may not serve ``group`` as its upstream (None: it may)."""
     if not link.secure or group.upstream_site is None:
         return None
-    return check_peer(link.peer_names, [group.upstream_site])
+    # A RESTORE group may also take its stream from the standby relay: which
+    # of the two is current is the epoch's business (a stream at an older
+    # epoch is refused by the group, host/secondary/stream.py).
+    return check_peer(link.peer_names, [n for n in (group.upstream_site, group.standby_site) if n])

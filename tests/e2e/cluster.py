@@ -34,8 +34,8 @@ VOL_SIZE = 1 << 20
 BLOCK = 4096
 
 
-CERT_NAMES = ("primary", "relay", "secondary", "admin", "mallory")
-CERTS = Path(tempfile.gettempdir()) / f"tricopy-test-certs-{os.getuid()}-v1"
+CERT_NAMES = ("primary", "relay", "secondary", "standby", "admin", "mallory")
+CERTS = Path(tempfile.gettempdir()) / f"tricopy-test-certs-{os.getuid()}-v2"
 
 
 def test_certs() -> Path:
@@ -89,14 +89,17 @@ class Cluster:
                  relay_loss: str = "suspend", relay_volumes: bool = False,
                  vol_size: int = VOL_SIZE, engine: str = "model",
                  engine_mode: str | None = None, tls: bool = True,
-                 site_extra: dict[str, str] | None = None):
+                 site_extra: dict[str, str] | None = None, standby: bool = False):
         self.root = root
+        # standby=True: a fourth site, "standby", a relay the primary can be moved
+        # to (docs/operations.md, "A standby relay"); started like the others.
+        self.roles = ROLES + (("standby",) if standby else ())
         self.site_extra = site_extra or {}     # role -> top-level TOML lines added to its config
         self.tls = tls                         # False: tls = false in every config
         self.engine = engine                   # the relay's --engine (model, sim)
         self.engine_mode = engine_mode         # the relay's --engine-mode (None: its default)
         self.volumes = volumes
-        self.ports = {r: (free_port(), free_port()) for r in ROLES}   # (data, control)
+        self.ports = {r: (free_port(), free_port()) for r in self.roles}   # (data, control)
         # nbd=True: the primary exports pvol<i>, the secondary svol<i> (read-only)
         nbd_roles = ("primary", "secondary") + (("relay",) if relay_volumes else ())
         self.nbd_ports = {r: free_port() for r in nbd_roles} if nbd else {}
@@ -112,7 +115,7 @@ class Cluster:
         # control sockets: a short folder (root may be too deep for a socket path)
         self.sock_dir = Path(tempfile.mkdtemp(prefix="tc-", dir="/tmp"))
         weakref.finalize(self, shutil.rmtree, str(self.sock_dir), True)
-        for role in ROLES:
+        for role in self.roles:
             (root / role).mkdir(parents=True, exist_ok=True)
         self._write_configs(journal_size, durability, restore_interval, full_suspend_after)
 
@@ -126,7 +129,7 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """``tricopy <args>`` (an RCM command) against this trio, as a user runs it."""
-        sites = [a for r in ("primary", "relay", "secondary")
+        sites = [a for r in ("primary", "relay", "secondary") + self.roles[3:]
                  for a in (f"--{r}", self.control_arg(r))]
         return subprocess.run([sys.executable, "-m", "tricopy.host.cli", *args, *sites],
                               capture_output=True, text=True, timeout=timeout)
@@ -137,7 +140,8 @@ class Cluster:
     def sites(self):
         """The RCM's view of this trio (host/rcm/pairs.py)."""
         from tricopy.host.rcm.pairs import Sites
-        return Sites(*(self.control_addr(r) for r in ("primary", "relay", "secondary")))
+        return Sites(*(self.control_addr(r) for r in ("primary", "relay", "secondary")),
+                     standby=self.control_addr("standby") if "standby" in self.roles else None)
 
     def _write_configs(self, journal_size: int, durability: str, interval: float,
                        full_after: float) -> None:
@@ -161,6 +165,10 @@ class Cluster:
         names = {"primary": 'peer_site = "relay"\n',
                  "relay": 'peer_site = "secondary"\nupstream_site = "primary"\n',
                  "secondary": 'upstream_site = "relay"\n'}
+        if "standby" in self.roles:
+            names["primary"] += (f'standby = "127.0.0.1:{self.ports["standby"][0]}"\n'
+                                 f'standby_site = "standby"\n')
+            names["secondary"] += 'standby_site = "standby"\n'
         docs = {
             "primary": common("primary") + f'[[group]]\n{group}{names["primary"]}attr = "MASTER"\n'
                        f'peer = "127.0.0.1:{self.ports["relay"][0]}"\nfull_suspend_after = {full_after}\n'
@@ -177,6 +185,12 @@ class Cluster:
                          f'attr = "RESTORE"\npeer = "127.0.0.1:{self.ports["relay"][0]}"\n'
                          f'restore_interval = {interval}\n' + vols("svol"),
         }
+        if "standby" in self.roles:      # a relay like the other, empty until used
+            docs["standby"] = (common("standby") + f'[[group]]\n{group}{names["relay"]}'
+                               f'attr = "INTERMEDIARY"\n'
+                               f'peer = "127.0.0.1:{self.ports["secondary"][0]}"\n'
+                               f'durability = "{durability}"\n'
+                               f'journal = {{ path = "jnl1.vol", size = {journal_size} }}\n')
         for role, port in self.nbd_ports.items():
             docs[role] += f'[nbd]\nlisten = "127.0.0.1:{port}"\n'
         for role, text in docs.items():
@@ -187,11 +201,13 @@ class Cluster:
     def start(self, role: str) -> None:
         d = self.root / role
         log = open(d / "site.log", "ab")
-        args = ["--engine", self.engine] if role == "relay" else []
-        if role == "relay" and self.engine_mode:
+        relay = role in ("relay", "standby")
+        args = ["--engine", self.engine] if relay else []
+        if relay and self.engine_mode:
             args += ["--engine-mode", self.engine_mode]
         self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml"),
+            [sys.executable, "-m", "tricopy.host.sites_cli", "relay" if relay else role,
+             "--config", str(d / "site.toml"),
              *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=d)
         log.close()
@@ -247,12 +263,12 @@ class Cluster:
 
     # -- checks ----------------------------------------------------------------
 
-    def wait_drained(self, timeout: float = 60.0) -> dict:
-        """Until the primary has nothing in flight, the relay holds nothing and
-        the secondary restored the relay's last journal."""
+    def wait_drained(self, timeout: float = 60.0, relay: str = "relay") -> dict:
+        """Until the primary has nothing in flight, the relay (or ``relay``: the
+        standby) holds nothing and the secondary restored the relay's last journal."""
         deadline = time.monotonic() + timeout
         while True:
-            p, r, s = (self.status(x) for x in ("primary", "relay", "secondary"))
+            p, r, s = (self.status(x) for x in ("primary", relay, "secondary"))
             if (p["pending"] == 0 and r["held"] == 0
                     and s["last_restored"] == r["next_seq"] - 1):
                 return {"primary": p, "relay": r, "secondary": s}

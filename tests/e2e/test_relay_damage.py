@@ -9,9 +9,11 @@ repairs it.
 * the same after a clean stop (SIGTERM): the clean-shutdown mark says where
   the log ends, not that no record rotted since, so the relay falls back
   to the full recovery when it reads the damage at its start.
-* the relay recreated empty while the secondary has restored journals: the
-  secondary refuses the relay's stream (SEQ_REGRESSION) instead of skipping
-  its first journals as replays, and the ordered resync moves it back.
+* the relay recreated empty while the secondary has restored journals: it
+  does not offer the secondary a stream that went backwards (it has no
+  journal to offer), the primary suspends, and the ordered resync moves the
+  secondary's restore point back and copies what it lacks.  (A relay that
+  does offer such a stream is refused, SEQ_REGRESSION: tests/e2e/test_links.py.)
 """
 
 import asyncio
@@ -108,7 +110,7 @@ def test_damaged_record_mid_ring_is_quarantined_reported_and_repaired(tmp_path):
         cluster.stop_all()
 
 
-def test_recreated_relay_is_refused_downstream_until_an_ordered_resync(tmp_path):
+def test_recreated_relay_waits_for_an_ordered_resync(tmp_path):
     cluster = Cluster(tmp_path / "c")
     try:
         cluster.start_all()
@@ -121,16 +123,14 @@ def test_recreated_relay_is_refused_downstream_until_an_ordered_resync(tmp_path)
         shutil.rmtree(cluster.root / "relay" / "state")
         (cluster.root / "relay" / "jnl1.vol").unlink()
         cluster.start("relay")
-        # The new relay's stream starts again at SEQ# 1: refused, not skipped.
-        s = wait_for(lambda: (x := cluster.status("secondary"))["grsts"] == "SUSP" and x,
-                     "the secondary to refuse the relay", timeout=20)
-        assert f"up to SEQ# 0 but the SVOLs hold journals up to SEQ# {restored}" in s["reason"]
-        assert s["consistent"] and s["last_restored"] == restored
-        r = wait_for(lambda: (x := cluster.status("relay"))["grsts"] == "SUSP" and x,
-                     "the relay to show the refusal", timeout=20)
-        assert "SEQ_REGRESSION" in r["reason"]
-        wait_for(lambda: cluster.status("primary")["grsts"] == "SUSP", "the primary to suspend",
-                 timeout=20)
+        p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
+                     "the primary to suspend", timeout=20)
+        assert "lost at the relay" in p["reason"]
+        # The new relay has no journal to offer: the secondary's image stays as
+        # it was, consistent, and nobody connected to it.
+        s = cluster.status("secondary")
+        assert s["grsts"] == "PAIR" and s["consistent"] and s["last_restored"] == restored
+        assert not s["connected"] and cluster.status("relay")["secondary_connects"] == 0
 
         sites = cluster.sites()
         rcm.pair_resync(sites, "g1")
