@@ -19,13 +19,15 @@ def test_regions_written_after_a_pseq(tmp_path):
     t.note(1, 2 * MiB, 4096, 3)                 # the short last region
     assert t.after(1) == [(0, 2 * MiB, MiB), (0, 3 * MiB, MiB), (1, 2 * MiB, 4096)]
     assert t.after(3) == []
-    assert t.after(0) is None                   # PSEQ 0 is "none": nobody can say
+    # PSEQ 0 is "before the first journal": this table began with the group
+    assert t.after(0) == [(0, 0, MiB)] + t.after(1)
 
 
 def test_a_table_knows_nothing_before_it_began(tmp_path):
     t = table(tmp_path, last_tag=100)           # an existing group gets its first table
     t.note(0, 0, 4096, 101)
     assert t.after(99) is None                  # journals before 100 went unrecorded
+    assert t.after(0) is None
     assert t.after(100) == [(0, 0, MiB)]
 
 

@@ -22,7 +22,10 @@ a crash the saved table plus a replay of the write log covers every journal.
 A missing or damaged file starts a new table that knows nothing before its
 start (``after`` then answers ``None``: the caller copies everything).
 
-Memory: 8 bytes per MiB of PVOL (8 MiB for 1 TiB).
+Grain: the smallest power-of-two multiple of the copy chunk that keeps the
+table at about 2^20 regions per group (:func:`region_for`): the copy chunk
+(64 KiB) up to 64 GiB of PVOLs, 1 MiB at 1 TiB.  So at most about 8 MiB of
+memory and file, and a delta only as coarse as the volumes force it to be.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ from ..wire.pseq import tag_after, tag_distance
 log = logging.getLogger(__name__)
 
 REGION = 1 << 20
+MAX_REGIONS = 1 << 20
+
+
+def region_for(sizes: dict[int, int], chunk: int) -> int:
+    """The region size for volumes of ``sizes``: ``chunk`` doubled until the
+    table has at most about :data:`MAX_REGIONS` entries."""
+    region, total = chunk, sum(sizes.values())
+    while total // region > MAX_REGIONS:
+        region *= 2
+    return region
 MAGIC = b"TRICOPY-REGIONS-1\n"
 BASE = 1 << 40          # the count of the first PSEQ a new table sees (never near 0)
 
@@ -101,8 +114,9 @@ class RegionLog:
 
     def after(self, tag: int) -> list[tuple[int, int, int]] | None:
         """The regions written by a journal after PSEQ ``tag``, as (idx, offset, length);
-        ``None`` when the table began after ``tag`` and cannot say."""
-        if not tag or self.unwrap(tag) < self.start64:
+        ``None`` when the table began after ``tag`` and cannot say.  ``tag`` 0 is
+        "before PSEQ 1": everything, if the table began with the group."""
+        if self.unwrap(tag) < self.start64:
             return None
         mark = np.uint64(self.unwrap(tag))
         out = []

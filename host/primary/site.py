@@ -48,7 +48,7 @@ from ..disk.volume import Volume, VolumeError
 from ..perf import PERF, now
 from .activity import ActivityLog
 from .stream import RelayLost, SendStream
-from .regions import RegionLog
+from .regions import RegionLog, region_for
 from .writelog import WriteLog, WriteLogBroken, WriteLogError
 
 __all__ = ["GroupSuspended", "GroupFenced", "LocalIOError", "WriteLog", "MasterGroup", "Primary"]
@@ -131,8 +131,9 @@ class MasterGroup:
         self._acked_timer: asyncio.TimerHandle | None = None
         # Which regions each PSEQ wrote, kept past the write log (regions.py):
         # what a relay that lost journals, or the secondary, lacks.
-        self.regions = RegionLog(site.state_dir / f"{cfg.grname}.regions",
-                                 {i: v.size for i, v in self.volumes.items()}, self.log.last_tag)
+        sizes = {i: v.size for i, v in self.volumes.items()}
+        self.regions = RegionLog(site.state_dir / f"{cfg.grname}.regions", sizes,
+                                 self.log.last_tag, region_for(sizes, chunk))
         self._regions_saving: asyncio.Task | None = None
         self._redo()
         self.stream.last_pseq = self.log.last_tag
@@ -849,7 +850,7 @@ class MasterGroup:
             for idx, offset, length in regions:
                 self.bitmap.mark(idx, offset, length)
             repair = (f"the write log no longer holds PSEQ {lost.first}: marked the {len(regions)} "
-                      f"regions of {self.regions.region >> 20} MiB written after PSEQ "
+                      f"regions of {self.regions.region >> 10} KiB written after PSEQ "
                       f"{lost.relay_last} (region table) in the copy bitmap (delta resync)")
         else:
             self.bitmap.set_all()
@@ -1256,7 +1257,7 @@ class MasterGroup:
         else:
             for idx, offset, length in regions:
                 self.bitmap.mark(idx, offset, length)
-            how = (f"{len(regions)} regions of {self.regions.region >> 20} MiB written after the "
+            how = (f"{len(regions)} regions of {self.regions.region >> 10} KiB written after the "
                    f"secondary's restore point (PSEQ {restored_tag}) are copied (delta resync)")
         self.bitmap.save()
         self.jnlg.lost_to_secondary = False
@@ -1298,6 +1299,7 @@ class MasterGroup:
                 "write_log_first": self.log.first_tag,     # its oldest PSEQ (0: none)
                 "dirty_extents": len(self.dirty),
                 "split": self.split, "tracking": self.tracking, "copy_chunk": self.bitmap.chunk,
+                "copy_full_chunks": sum(self.bitmap.nchunks(i) for i in self.volumes),
                 "copy_total": self.copy_total, "copy_done": self.copy_done,
                 "copy_writes": self.copy_writes,
                 "copy_pending_bytes": self.bitmap.count() * self.bitmap.chunk,
@@ -1433,7 +1435,7 @@ class Primary:
     async def _use_relay(self, req: dict) -> dict:
         g = self._named(str(req["group"]))
         await g.use_relay(str(req["relay"]), int(req["epoch"]))
-        return {"relay_in_use": g.jnlg.relay_in_use, "epoch": g.epoch}
+        return {"relay_in_use": g.jnlg.relay_in_use, "epoch": g.epoch, "last_pseq": g.last_pseq}
 
     async def _rejoin(self, req: dict) -> dict:
         g = self._named(str(req["group"]))

@@ -257,8 +257,9 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
     else:
         say(f"the other relay does not answer: it is left as it is (a stream at epoch "
             f"{epoch - 1} or older, refused by the secondary)")
-    target.call("primary", "use_relay", group=grname, relay=to, epoch=epoch)
-    r = target.call("relay", "adopt", group=grname, epoch=epoch)
+    moved = target.call("primary", "use_relay", group=grname, relay=to, epoch=epoch)
+    # The new stream continues the primary's PSEQs (none reused).
+    r = target.call("relay", "adopt", group=grname, epoch=epoch, last_tag=moved["last_pseq"])
     target.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                 relay_seq=r["last_seq"], relay_tag=r["last_tag"], epoch=epoch)
     target.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
@@ -283,6 +284,13 @@ def pair_resync(sites: Sites, grname: str) -> None:
     sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"],
                restored_tag=restored_tag)
+
+
+def copied(p: dict) -> str:
+    """What the last copy moved, against a full copy (a primary's group status)."""
+    moved, full = p["copy_total"] * p["copy_chunk"], p["copy_full_chunks"] * p["copy_chunk"]
+    return (f"copied {moved} bytes ({p['copy_total']} chunks of {p['copy_chunk'] >> 10} KiB), "
+            f"{100 * moved / max(full, 1):.2f}% of a full copy of {full} bytes")
 
 
 def pair_delete(sites: Sites, grname: str, say=lambda line: None) -> list[str]:
@@ -371,6 +379,8 @@ def _run_pair(args) -> int:
             point = pair_sync(sites, args.group, timeout=args.timeout,
                               progress=progress_bar())
             print(f"group {args.group}: PAIR, SVOLs consistent from SEQ# {point}")
+            if op == "resync":
+                print(copied(sites.group_status("primary", args.group)))
     except (RcmError, PairingError) as exc:
         print(f"tricopy pair {args.op}: {exc}", file=sys.stderr)
         return 1

@@ -760,12 +760,14 @@ class RelayGroup:
         except StoreError as exc:
             raise self._fault(f"journal volume refused RELEASE {upto}: {exc}") from None
 
-    async def adopt(self, epoch: int) -> dict:
+    async def adopt(self, epoch: int, last_tag: int | None = None) -> dict:
         """Carry the group's journals in a new stream at ``epoch``: the primary moved
         to this relay from the other one (the standby, or back; docs/operations.md,
         "A standby relay").  What this relay still holds is of an older stream --
         its writes reach the secondary by the resync's copy instead -- and is
-        dropped.  Idempotent."""
+        dropped.  ``last_tag``: the primary's last PSEQ, after which its
+        journals come (so PSEQs are never reused, and the primary's region
+        table stays exact).  Idempotent."""
         if epoch != self.epoch:
             if epoch < self.epoch or epoch < self.jnlg.fence_epoch:
                 raise ControlError(f"group {self.cfg.grname}: no new stream at epoch {epoch}: "
@@ -776,6 +778,9 @@ class RelayGroup:
                 await self.primary_link.close()
             async with self._ingest:      # nothing half taken from the old stream
                 await self._new_stream(epoch, lambda: None)
+                if last_tag is not None:
+                    self._save_last_tag(last_tag)     # durable before the gate moves
+                    self.gate.last = last_tag
             log.warning("group %s: a new journal stream at epoch %d starts here after SEQ# %d "
                         "(PSEQ %d); %d journals of the old stream dropped (the resync copies "
                         "their writes)", self.cfg.grname, epoch, self.store.next_seq - 1,
@@ -983,7 +988,8 @@ class Relay:
     async def _adopt(self, req: dict) -> dict:
         for g in self.groups.values():
             if g.cfg.grname == req["group"]:
-                return await g.adopt(int(req["epoch"]))
+                tag = req.get("last_tag")
+                return await g.adopt(int(req["epoch"]), None if tag is None else int(tag))
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
 
     async def _fence(self, req: dict) -> dict:

@@ -111,12 +111,13 @@ def test_relay_lost_acked_journals(tmp_path, restart_primary, fresh):
 @pytest.mark.parametrize("table", ["kept", "lost"])
 def test_relay_loss_beyond_the_write_log(tmp_path, monkeypatch, caplog, table):
     """When the write log no longer holds the lost journals, the region table
-    (host/primary/regions.py) still says where they wrote: a delta of the 1 MiB
+    (host/primary/regions.py) still says where they wrote: a delta of the
     regions written after the relay's last PSEQ.  Without the table (lost before
     a restart of the primary) it cannot say, and every chunk is marked."""
     monkeypatch.setattr(writelog, "SEGMENT_SIZE", 32 << 10)
     # 4 MiB volumes: a full copy is 128 chunks of 64 KiB; the lost journals
-    # (PSEQ 9..48) all wrote into the first MiB of volume 1: 16 chunks.
+    # (PSEQ 9..48) wrote the first 160 KiB of volume 1: 3 regions (= chunks, 64 KiB
+    # at these volume sizes).
     cluster = Cluster(tmp_path / "c", vol_size=4 << 20)
     old = tmp_path / "relay-copy"
     try:
@@ -152,7 +153,7 @@ def test_relay_loss_beyond_the_write_log(tmp_path, monkeypatch, caplog, table):
                 # each write-log release): the journals after it are resent.
                 assert int(hwm) == acked if table == "kept" else 9 < int(hwm) <= acked
                 if table == "kept":
-                    assert g.bitmap.count() == (1 << 20) // (64 << 10)
+                    assert g.bitmap.count() == 3
                 else:
                     assert g.bitmap.count() == sum(g.bitmap.nchunks(i) for i in g.volumes)
                 await asyncio.to_thread(cluster.start, "secondary")
@@ -196,7 +197,7 @@ def test_write_log_keeps_what_the_region_table_has_not_saved(tmp_path, monkeypat
                 assert len(g.log.segments) > 1          # (so it had segments to let go)
             # a crash: the group is dropped without any save
             async with master_group(cluster, connect=False) as g:
-                assert g.regions.after(8) == [(1, 0, 1 << 20)]
+                assert g.regions.after(8) == [(1, r * (64 << 10), 64 << 10) for r in range(3)]
 
         asyncio.run(run())
     finally:
