@@ -35,7 +35,7 @@ __all__ = [
     "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
     "record_size", "journal_body", "split_journal", "split_journals", "BATCH_JOURNALS",
     "BATCH_BYTES", "DATA_KINDS", "WIRE_KINDS",
-    "ring_size_ok", "descriptor_frame",
+    "ring_size_ok", "descriptor_frame", "ENGINE_BAUD",
 ]
 
 
@@ -58,6 +58,11 @@ MAX_DATA = 4 << 20            # largest journal data in one JNLWR; larger writes
 MAX_BODY = CONTROL_SIZE + MAX_DATA
 MIN_RING = 2 * ALIGN          # smallest ring: the smallest record and room to move
 MAX_RING = 1 << 40            # largest ring a LOAD RING sets (positions are u64 on the wire)
+#: Baud rate of a board engine's UART, 8N1 (docs/boards.md, "Baud rate"): the
+#: board tops' default and the host's (PortEngine). 3 Mbaud is the ULX3S's
+#: FT231X at its fastest and the iCEBreaker's 12 MHz at the receiver's
+#: fewest clocks a bit (4); both FTDI bridges make it exactly.
+ENGINE_BAUD = 3_000_000
 # A site-link JNLWR may carry several journals (docs/protocol.md, "Journal
 # batches"); a sender closes a batch at whichever of these comes first.  They
 # bound what one frame makes the receiver hold and how long the first
