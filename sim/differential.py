@@ -188,9 +188,14 @@ class Stimulus:
             ctl = self._control(0, rng.choice([P.Kind.UPDATE, P.Kind.ZERO]))
             ctl = P.Control(**{**ctl.__dict__, "data_crc": rng.getrandbits(32) | 1})
             why = "data_crc for no data"
-        elif y < 0.125:
-            body = ctl.pack() + bytes(rng.choice([1, 64]))
+        elif y < 0.12:
+            body = ctl.pack() + bytes(rng.choice([1, 63]))
             return "JNLDESC body != 64", P.Frame(T.JNLDESC, body).serialize(), 0
+        elif y < 0.13:
+            # a batch (docs/protocol.md, "JNLDESC batches"): the gateware has none yet and
+            # refuses it whole, as the model built with desc_batch=1
+            more = [self._control(rng.randrange(200)) for _ in range(rng.randrange(1, 4))]
+            return ("JNLDESC batch", P.descriptor_batch_frame([ctl, *more]).serialize(), 0)
         r = P.record_size(ctl.data_len) if ctl.data_len <= P.MAX_DATA else 0
         flags = P.FrameFlag.MORE if rng.random() < 0.2 else 0
         return (f"JNLDESC {why} data_len={ctl.data_len} kind={ctl.kind} tag={ctl.tag}",
@@ -436,14 +441,15 @@ def run_differential(count: int, seed: int, *, chunk: int = 5000, answer_timeout
     (about half the requests); stops at the first differing answer.
 
     ``model_factory`` builds the reference (a deliberately wrong one shows
-    that the run catches a difference)."""
+    that the run catches a difference); the default is the model as the
+    gateware is: without data memory, without JNLDESC batches."""
     from tricopy.sim.bridge import SimHarness
     from tricopy.sim.build import DESC_RESET_SIZE
 
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, not {count!r}")
     model = (model_factory or (lambda: EngineModel(DESC_RESET_SIZE, memory=0, name="sim",
-                                                   clock=lambda: 0)))()
+                                                   clock=lambda: 0, desc_batch=1)))()
     stream = EngineStream(model)
     stim = Stimulus(random.Random(seed), model)
     statuses: collections.Counter[str] = collections.Counter()

@@ -42,7 +42,7 @@ class _ExactFitRefused(EngineModel):
 
 def test_a_wrong_model_is_caught_at_its_first_wrong_answer():
     res = run_differential(50_000, seed=20261206, model_factory=lambda: _ExactFitRefused(
-        DESC_RESET_SIZE, memory=0, name="sim", clock=lambda: 0))
+        DESC_RESET_SIZE, memory=0, name="sim", clock=lambda: 0, desc_batch=1))
     assert not res.ok
     # The first differing answer is an exact fit: FULL in the model, OK in the RTL.
     assert "(JNLDESC" in res.mismatch, res.mismatch

@@ -35,7 +35,7 @@ __all__ = [
     "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
     "record_size", "journal_body", "split_journal", "split_journals", "BATCH_JOURNALS",
     "BATCH_BYTES", "DATA_KINDS", "WIRE_KINDS",
-    "ring_size_ok", "descriptor_frame", "ENGINE_BAUD",
+    "ring_size_ok", "descriptor_frame", "descriptor_batch_frame", "ENGINE_BAUD", "DESC_BATCH",
 ]
 
 
@@ -70,6 +70,9 @@ ENGINE_BAUD = 3_000_000
 # MAX_BODY.
 BATCH_JOURNALS = 64
 BATCH_BYTES = 1 << 20
+#: Most descriptors in one JNLDESC (docs/protocol.md, "JNLDESC batches"):
+#: 4 KiB of control data, one round trip and one cumulative answer.
+DESC_BATCH = 64
 
 _HEADER = struct.Struct("<IBBHI")      # without HCRC
 _U32 = struct.Struct("<I")
@@ -421,6 +424,14 @@ def journal_body(control: Control, data: bytes = b"") -> bytes:
 def descriptor_frame(control: Control, flags: int = 0) -> Frame:
     """A JNLDESC frame: the control data alone (docs/protocol.md, "JNLDESC")."""
     return Frame(FrameType.JNLDESC, control.pack(), flags)
+
+
+def descriptor_batch_frame(controls: list[Control], flags: int = 0) -> Frame:
+    """A JNLDESC of 1..DESC_BATCH descriptors (docs/protocol.md, "JNLDESC batches")."""
+    if not 1 <= len(controls) <= DESC_BATCH:
+        raise ValueError(f"a JNLDESC batch holds 1 to {DESC_BATCH} descriptors, "
+                         f"not {len(controls)}")
+    return Frame(FrameType.JNLDESC, b"".join(c.pack() for c in controls), flags)
 
 
 def split_journal(body: bytes) -> tuple[Control, bytes]:
