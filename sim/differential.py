@@ -34,7 +34,6 @@ import struct
 import sys
 import threading
 import time
-from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -600,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run_differential(args.count, args.seed,
                                progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except EngineError as exc:
+    except (EngineError, OSError) as exc:      # no build, no harness, a dead link
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(res.summary())
