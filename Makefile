@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo bench chaos formal fuzz clean
+.PHONY: setup test demo bench chaos formal fuzz differential clean
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
@@ -47,6 +47,12 @@ formal: setup
 FUZZ_SCALE ?= 20
 fuzz: setup
 	TRICOPY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q tests/fuzz
+
+# The RTL in the sim harness against the model on 10**6 descriptors
+# (docs/hardware.md, "Differential run at scale"); SEED replays a failure.
+SEED ?= 20261206
+differential: setup
+	$(BIN)/python -m tricopy.sim.differential --count 1000000 --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

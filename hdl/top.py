@@ -13,11 +13,14 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib import fifo, io, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..host.wire.protocol import ENGINE_BAUD
 from .uart import UARTRx, UARTTx, divisor_for
 
 __all__ = ["EngineTop", "BoardTop", "Led", "DEFAULT_BAUD"]
 
-DEFAULT_BAUD = 115_200
+#: One definition with the host's (host/wire/protocol.py): 3 Mbaud, 4 clocks
+#: a bit on the iCEBreaker, 25/3 (a fractional divisor) on the ULX3S.
+DEFAULT_BAUD = ENGINE_BAUD
 
 #: How long an activity or NAK pulse keeps its LED lit: visible to a person.
 LED_STRETCH_S = 0.05
@@ -96,7 +99,8 @@ class EngineTop(wiring.Component):
     ring_size : int
         Ring size in bytes, passed to the engine.
     baud : int
-        UART baud rate (``divisor_for`` checks that ``clk_hz`` can make it).
+        UART baud rate (``divisor_for`` checks that ``clk_hz`` can make it,
+        with a fractional divisor if it must).
     fifo_depth : int
         Bytes buffered between the UART receiver and the engine, so that the
         engine can stall (e.g. while it streams a JNLRD read-out at UART

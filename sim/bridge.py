@@ -15,6 +15,7 @@ import os
 import re
 import select
 import subprocess
+import threading
 import time
 
 from tricopy.host.engine.base import EngineError
@@ -25,6 +26,7 @@ from tricopy.sim.build import DEFAULT_CLK_HZ, DESC_RESET_SIZE, SimBuildError, ha
 __all__ = ["SimHarness", "SimEngine", "open_sim_engine"]
 
 _PORT_LINE = re.compile(rb"PORT (\d+)\n")
+_STATS_LINE = re.compile(r"tricopy-sim: cycles (\d+) wall [\d.]+ s busy ([\d.]+) cycles/s")
 
 
 class SimHarness:
@@ -37,7 +39,7 @@ class SimHarness:
 
     def __init__(self, ring_size: int, *, clk_hz: int = DEFAULT_CLK_HZ,
                  reset_on_connect: bool = False, max_lead_ms: float = 10.0,
-                 start_timeout: float = 10.0, memory: int | None = None):
+                 start_timeout: float = 10.0, memory: int | None = None, stats: bool = False):
         try:
             exe = harness_path(ring_size, clk_hz, memory=memory)
         except SimBuildError as exc:
@@ -47,12 +49,30 @@ class SimHarness:
         cmd = [str(exe), "--port", "0", "--watch-stdin", "--max-lead-ms", str(max_lead_ms)]
         if reset_on_connect:
             cmd.append("--reset-on-connect")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        env = None
+        self._stats: tuple[int, float] | None = None
+        if stats:           # the harness prints cycles and its speed each second
+            env = {**os.environ, "TRICOPY_SIM_STATS": "1"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE if stats else None, env=env)
+        if stats:
+            threading.Thread(target=self._read_stats, daemon=True).start()
         try:
             self.port = self._read_port(start_timeout)
         except BaseException:
             self.stop()
             raise
+
+    def _read_stats(self) -> None:
+        for line in self.proc.stderr:
+            m = _STATS_LINE.search(line.decode(errors="replace"))
+            if m:
+                self._stats = (int(m.group(1)), float(m.group(2)))
+
+    def last_stats(self) -> tuple[int | None, float | None]:
+        """(cycles simulated, cycles per second of stepping) from the harness's
+        last stats line (``stats=True``; printed about once a second)."""
+        return self._stats if self._stats else (None, None)
 
     @property
     def url(self) -> str:
@@ -87,7 +107,7 @@ class SimHarness:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f and not f.closed:
                 f.close()
 

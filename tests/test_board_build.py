@@ -8,6 +8,7 @@ YoWASP toolchain and reads nextpnr's report (LC count and fmax).
 
 import argparse
 import json
+import math
 import random
 from pathlib import Path
 
@@ -112,6 +113,86 @@ def test_top_answers_over_uart():
     assert not leds["after_traffic"] & (1 << Led.LINK_ERROR)
     assert leds["after_error"] & (1 << Led.LINK_ERROR)
     assert len(decoder.data) == 152, "nothing after the answers"
+
+
+def _ideal_line(data, bit):
+    """The line of ``data`` sent 8N1 by an ideal host, one level per clock,
+    with bits of ``bit`` clocks (a float) and no gap between bytes."""
+    bits = [b for byte in data for b in [0] + [(byte >> n) & 1 for n in range(8)] + [1]]
+    return [bits[int((n + 0.5) / bit)] for n in range(int(len(bits) * bit))]
+
+
+def _ideal_decode(levels, bit):
+    """Bytes of an 8N1 line sampled by an ideal receiver in the middle of
+    each bit (``bit`` clocks, a float), and the clock each start bit began."""
+    out, starts, i = bytearray(), [], 0
+    while True:
+        try:
+            e = levels.index(0, i)
+        except ValueError:
+            return bytes(out), starts
+        sample = [levels[int(e + (n + 0.5) * bit)] if int(e + (n + 0.5) * bit) < len(levels)
+                  else None for n in range(10)]
+        if None in sample:
+            return bytes(out), starts
+        assert sample[0] == 0 and sample[9] == 1, f"framing error at clock {e}"
+        out.append(sum(b << n for n, b in enumerate(sample[1:9])))
+        starts.append(e)
+        i = int(e + 9.5 * bit)
+
+
+@pytest.mark.parametrize("board, clk_hz", [("icebreaker", 12_000_000), ("ulx3s", 25_000_000)])
+def test_descriptors_over_uart_at_3_mbaud(board, clk_hz):
+    """The board top as the relay runs it (the engine without data memory)
+    at the default 3 Mbaud, from an ideal host's line (the ULX3S's 25 MHz
+    is no multiple of it: 25/3 clocks a bit): LOADs, JNLDESC back to back
+    and a STATUS get the model's answers byte for byte, and the engine keeps
+    up with the line: one ACK per request time, 84 bytes of line each
+    (docs/boards.md, "Baud rate": descriptor journals/s at 3 Mbaud)."""
+    from tricopy.hdl.engine import JournalEngine
+    from tricopy.hdl.top import DEFAULT_BAUD
+    from tricopy.host.engine.model import EngineModel, EngineStream
+    assert DEFAULT_BAUD == protocol.ENGINE_BAUD == 3_000_000
+    core = JournalEngine(8, 128, clk_hz, site="board", memory=0)
+    dut = EngineTop(clk_hz, core=core)
+    bit = clk_hz / DEFAULT_BAUD
+    LF = protocol.LoadFlag
+    n = 3
+    request = (protocol.Load(int(LF.TIME | LF.FREEZE), time=777).frame().serialize()
+               + protocol.Load(int(LF.CLEAR | LF.RING | LF.DESC), size=1 << 30).frame().serialize())
+    for i in range(n):
+        ctl = protocol.Control(length=4096, data_len=4096, data_crc=0x1234 + i, tag=i + 1,
+                               kind=protocol.Kind.UPDATE, address=i << 12)
+        request += protocol.descriptor_frame(ctl).serialize()
+    request += protocol.Frame(protocol.FrameType.STATUS).serialize()
+    want = EngineStream(EngineModel(128, memory=0, name="board", clock=lambda: 0)).feed(request)
+    levels = _ideal_line(request, bit)
+    tx = []
+
+    async def bench(ctx):
+        for cycle in range(len(levels) + int((100 + 60) * 10 * bit)):
+            ctx.set(dut.uart_rx, levels[cycle] if cycle < len(levels) else 1)
+            tx.append(ctx.get(dut.uart_tx))
+            await ctx.tick()
+        assert not ctx.get(dut.leds) & (1 << Led.LINK_ERROR)
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / clk_hz)
+    sim.add_testbench(bench)
+    sim.run()
+
+    got, starts = _ideal_decode(tx, bit)
+    assert got == want, f"got {got.hex()}\nwant {want.hex()}"
+    # the answers leave at the baud rate: bytes of a frame 10 bits apart, to the clock
+    # (an ideal receiver would also take a line some % off; this would not)
+    for f in range(len(got) // 52):
+        gaps = {b - a for a, b in zip(starts[52 * f:52 * f + 52], starts[52 * f + 1:52 * f + 52])}
+        assert gaps <= {math.floor(10 * bit), math.ceil(10 * bit)}, (f, gaps, 10 * bit)
+    # ACKs of the JNLDESCs (frames 3..5, 52 bytes each, after two LOAD ACKs)
+    acks = [starts[52 * k] for k in range(2, 2 + n)]
+    spacing = [b - a for a, b in zip(acks, acks[1:])]
+    line = 84 * 10 * bit                   # one JNLDESC frame on the line
+    assert all(abs(s - line) <= 2 for s in spacing), (spacing, line)
 
 
 def test_parse_report(tmp_path):

@@ -661,3 +661,130 @@ def test_load_ring_switches_modes_on_an_empty_ring_only():
     assert one_ack(m, jnlwr(data_of(100), tag=1)).jofs == 0
     (rec, ack) = m.handle(P.JnlRd(3, 1).frame())
     assert P.split_journal(rec.body)[1] == data_of(100)
+
+
+# -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ---------------------
+
+def _dctl(n: int, tag: int, epoch: int = 0) -> P.Control:
+    return P.Control(length=n, data_len=n, data_crc=n and 0x1000 | n, kind=Kind.UPDATE,
+                     tag=tag, epoch=epoch)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.sampled_from([128, 320, 1024, 4096]),
+       batches=st.lists(st.lists(st.tuples(st.integers(0, 1500), st.booleans()),
+                                 min_size=1, max_size=6), max_size=30),
+       releases=st.lists(st.integers(0, 3), max_size=30))
+def test_a_batch_is_its_descriptors_one_by_one(size, batches, releases):
+    """A batch leaves the engine exactly as its descriptors sent one by one up to the
+    first refused (which changes only NAKS), and its one answer is the cumulative one:
+    the last single ACK, or the refused descriptor's NAK with the SEQ#/JOFS of the one
+    before it."""
+    a = EngineModel(size, clock=lambda: 0, memory=0)
+    b = EngineModel(size, clock=lambda: 0, memory=0)
+    for m in (a, b):
+        assert one_ack(m, P.Load(LF.TIME | LF.FREEZE, time=77).frame()).status == S.OK
+    tag = 0
+    for i, batch in enumerate(batches):
+        controls = []
+        for n, stale in batch:
+            tag += 1
+            controls.append(_dctl(n, tag, epoch=int(stale and n % 7 == 0)))
+        got = one_ack(a, P.descriptor_batch_frame(controls))
+        singles = []
+        for ctl in controls:
+            singles.append(one_ack(b, P.descriptor_frame(ctl)))
+            if singles[-1].status != S.OK:
+                break
+        last = singles[-1]
+        if last.status == S.OK:
+            assert got == last
+        else:
+            before = singles[-2] if len(singles) > 1 else P.Ack()
+            assert (got.status, got.tag, got.req_type) == (last.status, last.tag, T.JNLDESC)
+            assert (got.seq, got.time, got.jofs) == (before.seq, before.time, before.jofs)
+            event(f"refused at {len(singles) - 1} of {len(controls)}")
+        assert _state(a) == _state(b)
+        if i < len(releases) and releases[i] == 0 and a.held:
+            # release everything now and then: JOPTR goes to JIPTR
+            st = b.status()
+            for m in (a, b):
+                assert one_ack(m, P.Release(st.next_seq - 1, st.jiptr).frame()).status == S.OK
+
+
+def test_a_batch_of_one_is_the_single_jnldesc_byte_for_byte():
+    ctl = _dctl(100, 5)
+    assert P.descriptor_batch_frame([ctl]).serialize() == P.descriptor_frame(ctl).serialize()
+    outs = []
+    for frame in (P.descriptor_batch_frame([ctl]), P.descriptor_frame(ctl)):
+        m = EngineModel(1024, clock=lambda: 0, memory=0)
+        outs.append(EngineStream(m).feed(frame.serialize()))
+    assert outs[0] == outs[1]
+
+
+def test_one_time_for_a_whole_batch():
+    """Every descriptor of a batch gets the TIME of the batch, even with the clock
+    moving between them: the host writes each record's TIME from the one answer."""
+    def ticking():                          # the clock moves 1 us at every look
+        ticks = iter(range(10**6, 10**9, 1000))
+        return lambda: next(ticks)
+
+    batch, single = (EngineModel(4096, clock=ticking(), memory=0) for _ in range(2))
+    ack = batch.jnldesc_batch([_dctl(10, 1), _dctl(10, 2), _dctl(10, 3)])
+    first = single.jnldesc(_dctl(10, 1))    # the same moment, a single descriptor
+    assert ack.status == S.OK and ack.seq == 3
+    assert ack.time == first.time == batch.last_time
+    assert batch.jnldesc(_dctl(10, 4)).time > ack.time
+
+
+def test_an_engine_without_batches_refuses_one_whole():
+    """desc_batch=1 (the gateware today): a batch of two is BAD_LENGTH with the first TAG,
+    and nothing is taken; so is a batch above DESC_BATCH for every engine."""
+    for m, n in ((EngineModel(1024, clock=lambda: 0, memory=0, desc_batch=1), 2),
+                 (EngineModel(1024, clock=lambda: 0, memory=0), P.DESC_BATCH + 1)):
+        body = b"".join(_dctl(1, 7 + i).pack() for i in range(n))
+        ack = one_ack(m, Frame(T.JNLDESC, body))
+        assert (ack.status, ack.tag, ack.seq) == (S.BAD_LENGTH, 7, 0)
+        assert (m.next_seq, m.used, m.naks) == (1, 0, 1)
+    with pytest.raises(ValueError, match="desc_batch"):
+        EngineModel(1024, memory=0, desc_batch=0)
+    with pytest.raises(ValueError, match="1 to 64"):
+        P.descriptor_batch_frame([])
+
+
+def test_place_batch_over_frames_and_in_process():
+    """``FrameEngine.place_batch`` through the byte front end and ``ModelEngine``'s
+    in-process shortcut give the same cumulative answers; an engine without
+    batches answers BAD_LENGTH, which the host sees as a NAK, not an error."""
+    import asyncio
+    from tricopy.host.engine.base import FrameEngine, ModelEngine
+
+    class BytesEngine(FrameEngine):
+        name = "bytes"
+
+        def __init__(self, model):
+            self.stream = EngineStream(model)
+
+        async def transact(self, frame):
+            return P.FrameParser().feed(self.stream.feed(frame.serialize()))
+
+        async def close(self):
+            pass
+
+    async def run(engine):
+        out = [await engine.load(LF.TIME | LF.FREEZE, time=5)]
+        out.append(await engine.place_batch([_dctl(100, 1), _dctl(0, 2), _dctl(64, 3)]))
+        out.append(await engine.place_batch([_dctl(10, 4), _dctl(10, 5)]))      # FULL at 5
+        out.append(await engine.place_batch([_dctl(10, 6)]))
+        return out
+
+    over_frames = asyncio.run(run(BytesEngine(EngineModel(512, clock=lambda: 0, memory=0))))
+    in_process = asyncio.run(run(ModelEngine(EngineModel(512, clock=lambda: 0, memory=0))))
+    assert over_frames == in_process
+    assert [(a.status, a.seq, a.tag) for a in over_frames[1:]] == \
+        [(S.OK, 3, 3), (S.FULL, 4, 5), (S.FULL, 0, 6)]
+    gateware_like = EngineModel(512, clock=lambda: 0, memory=0, desc_batch=1)
+    for engine in (BytesEngine(gateware_like), ModelEngine(gateware_like)):
+        ack = asyncio.run(engine.place_batch([_dctl(1, 8), _dctl(1, 9)]))
+        assert (ack.status, ack.tag) == (S.BAD_LENGTH, 8)
+    assert gateware_like.next_seq == 1

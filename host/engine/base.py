@@ -139,6 +139,19 @@ class FrameEngine(Engine):
                               "link out of step")
         return ack
 
+    async def place_batch(self, controls: list[Control]) -> Ack:
+        """JNLDESC of 1..DESC_BATCH descriptors, one cumulative answer
+        (docs/protocol.md, "JNLDESC batches"): an ACK carries the last
+        descriptor's SEQ#, JOFS and TAG and the batch's one TIME; a NAK the
+        refused descriptor's TAG and the SEQ#/JOFS of the one before it (0:
+        none taken). Descriptors after a refused one are not taken."""
+        ack = await self._ack(protocol.descriptor_batch_frame(controls))
+        tags = [c.tag for c in controls]
+        if ack.tag not in tags or (ack.status == Status.OK and ack.tag != tags[-1]):
+            raise EngineError(f"JNLDESC batch: answer carries TAG {ack.tag}, sent {tags[0]}.."
+                              f"{tags[-1]}; link out of step")
+        return ack
+
     async def read(self, from_seq: int, count: int) -> list[tuple[Control, bytes]]:
         answer = await self.transact(protocol.JnlRd(from_seq, count).frame())
         try:
@@ -207,6 +220,11 @@ class ModelEngine(FrameEngine):
         # answer, parse): a third of the relay's ingest in the profile.  The
         # same model code answers it (EngineModel.jnldesc).
         return self.model.jnldesc(control)
+
+    async def place_batch(self, controls: list[Control]) -> Ack:
+        if not 1 <= len(controls) <= self.model.desc_batch:
+            return await super().place_batch(controls)   # the frame's refusal
+        return self.model.jnldesc_batch(controls)
 
     async def close(self) -> None:
         pass

@@ -54,6 +54,8 @@ class EngineModel:
     With ``memory=0`` the engine has none, its reset ring is a descriptor
     ring (docs/protocol.md, "Two kinds of ring") and it keeps no copy of any
     journal: its footprint does not depend on ``size``.
+    ``desc_batch`` is the most descriptors a JNLDESC may carry (1: an engine
+    without batches, as the gateware is today).
     ``clock`` is a free-running nanosecond source (default
     :func:`time.monotonic_ns`); the engine CLOCK is the last loaded base plus
     the time elapsed on ``clock`` since that LOAD, or exactly the base while a
@@ -61,7 +63,8 @@ class EngineModel:
     """
 
     def __init__(self, size: int, *, clock: Callable[[], int] | None = None,
-                 name: str = "model", memory: int | None = None):
+                 name: str = "model", memory: int | None = None,
+                 desc_batch: int = protocol.DESC_BATCH):
         if not isinstance(size, int) or isinstance(size, bool) or not protocol.ring_size_ok(size):
             raise ValueError(f"ring size must be a multiple of 64 from 128 to 2**40, not {size!r}")
         if memory is None:
@@ -69,6 +72,12 @@ class EngineModel:
         if not isinstance(memory, int) or (memory and (memory < size or memory % 64)):
             raise ValueError(f"memory must be 0 (none) or a multiple of 64 of at least the "
                              f"ring size {size}, not {memory!r}")
+        if not isinstance(desc_batch, int) or not 1 <= desc_batch <= protocol.DESC_BATCH:
+            raise ValueError(f"desc_batch must be 1..{protocol.DESC_BATCH}, not {desc_batch!r}")
+        # Most descriptors per JNLDESC this engine takes: DESC_BATCH, or 1 to
+        # model an engine without batches (the gateware today), which refuses
+        # a longer body with check 3 (docs/protocol.md, "JNLDESC batches").
+        self.desc_batch = desc_batch
         name.encode("ascii")                   # HELLO SITE is ASCII; fail here, not mid-run
         if len(name) > 32 or "\0" in name:
             raise ValueError(f"engine name must be ASCII, at most 32 characters, not {name!r}")
@@ -198,7 +207,8 @@ class EngineModel:
         self._naks = (self._naks + 1) & _U32
         return Ack(tag=tag, status=status, req_type=req)
 
-    def _place_ack(self, ctl: Control, req: FrameType, data: bytes | None) -> Ack:
+    def _place_ack(self, ctl: Control, req: FrameType, data: bytes | None,
+                   stamp: int | None = None) -> Ack:
         r = protocol.record_size(ctl.data_len)
         if ctl.data_len > MAX_DATA or r > self._size:
             return self._refuse(Status.OVERSIZE, req, ctl.tag)
@@ -210,7 +220,8 @@ class EngineModel:
 
         seq = self._next_seq
         self._next_seq += 1
-        stamp = max(self.now, self._last_time)  # TIME never goes backwards
+        if stamp is None:
+            stamp = max(self.now, self._last_time)  # TIME never goes backwards
         self._last_time = stamp
         if data is not None:                    # a data ring keeps the record
             stamped = dataclasses.replace(ctl, seq=seq, time=stamp, jofs=jofs).with_ccrc()
@@ -221,18 +232,40 @@ class EngineModel:
         return Ack(seq, stamp, jofs, ctl.tag, Status.OK, req)
 
     def _jnldesc(self, body: bytes) -> list[Frame]:
-        """docs/protocol.md "JNLDESC": allocate and stamp, keep nothing."""
+        """docs/protocol.md "JNLDESC" and "JNLDESC batches": allocate and
+        stamp 1..DESC_BATCH descriptors, keep nothing."""
         req = FrameType.JNLDESC
         if not self._descriptor:                # a data ring keeps every journal's data
             return [self.nak(Status.WRONG_MODE, req, tag=_tag(body))]
-        if len(body) != CONTROL_SIZE:
+        n, rest = divmod(len(body), CONTROL_SIZE)
+        if rest or not 1 <= n <= self.desc_batch:
             return [self.nak(Status.BAD_LENGTH, req, tag=_tag(body))]
-        return [self.jnldesc(Control.unpack(body)).frame()]
+        controls = [Control.unpack(body[i * CONTROL_SIZE:(i + 1) * CONTROL_SIZE])
+                    for i in range(n)]
+        return [self.jnldesc_batch(controls).frame()]
 
-    def jnldesc(self, ctl: Control) -> Ack:
+    def jnldesc_batch(self, controls: list[Control]) -> Ack:
+        """A batch of parsed descriptors, the one cumulative answer as an
+        :class:`Ack` (docs/protocol.md, "JNLDESC batches"): in order, one
+        TIME for all, stop at the first refused."""
+        if not controls:
+            raise ValueError("a JNLDESC batch holds at least one descriptor")
+        stamp = max(self.now, self._last_time)  # the batch's TIME, taken once
+        last = None
+        for ctl in controls:
+            ack = self.jnldesc(ctl, stamp=stamp)
+            if ack.status != Status.OK:
+                if last is None:
+                    return ack                  # the single JNLDESC's NAK
+                return Ack(last.seq, last.time, last.jofs, ack.tag, ack.status, ack.req_type)
+            last = ack
+        return last
+
+    def jnldesc(self, ctl: Control, *, stamp: int | None = None) -> Ack:
         """JNLDESC of parsed control data, the answer as an :class:`Ack`: the
         same checks and effects as the frame (``_jnldesc``), for an in-process
-        caller that has no use for the frame round trip (``ModelEngine``)."""
+        caller that has no use for the frame round trip (``ModelEngine``).
+        ``stamp``: the TIME of the batch it belongs to."""
         req = FrameType.JNLDESC
         if not self._descriptor:
             return self._refuse(Status.WRONG_MODE, req, ctl.tag)
@@ -244,7 +277,7 @@ class EngineModel:
             return self._refuse(Status.STALE_EPOCH, req, ctl.tag)
         if ctl.data_len == 0 and ctl.data_crc != 0:   # the CRC32C of no data is 0
             return self._refuse(Status.BAD_DCRC, req, ctl.tag)
-        return self._place_ack(ctl, req, None)
+        return self._place_ack(ctl, req, None, stamp)
 
     def _allocate(self, r: int) -> int | None:
         """Place a record of R bytes (docs/protocol.md, "Allocation"); its JOFS or None if FULL."""

@@ -42,7 +42,7 @@ class PortEngine(FrameEngine):
     """
 
     def __init__(self, url: str, *, timeout: float = 2.0, name: str = "port",
-                 baudrate: int = 115200):
+                 baudrate: int = protocol.ENGINE_BAUD):
         self.name = name
         self.url = url
         self.timeout = timeout

@@ -35,7 +35,7 @@ __all__ = [
     "EngineStatus", "FrameParser", "crc32c", "parse_frame", "serialize_frame",
     "record_size", "journal_body", "split_journal", "split_journals", "BATCH_JOURNALS",
     "BATCH_BYTES", "DATA_KINDS", "WIRE_KINDS",
-    "ring_size_ok", "descriptor_frame",
+    "ring_size_ok", "descriptor_frame", "descriptor_batch_frame", "ENGINE_BAUD", "DESC_BATCH",
 ]
 
 
@@ -58,6 +58,11 @@ MAX_DATA = 4 << 20            # largest journal data in one JNLWR; larger writes
 MAX_BODY = CONTROL_SIZE + MAX_DATA
 MIN_RING = 2 * ALIGN          # smallest ring: the smallest record and room to move
 MAX_RING = 1 << 40            # largest ring a LOAD RING sets (positions are u64 on the wire)
+#: Baud rate of a board engine's UART, 8N1 (docs/boards.md, "Baud rate"): the
+#: board tops' default and the host's (PortEngine). 3 Mbaud is the ULX3S's
+#: FT231X at its fastest and the iCEBreaker's 12 MHz at the receiver's
+#: fewest clocks a bit (4); both FTDI bridges make it exactly.
+ENGINE_BAUD = 3_000_000
 # A site-link JNLWR may carry several journals (docs/protocol.md, "Journal
 # batches"); a sender closes a batch at whichever of these comes first.  They
 # bound what one frame makes the receiver hold and how long the first
@@ -65,6 +70,9 @@ MAX_RING = 1 << 40            # largest ring a LOAD RING sets (positions are u64
 # MAX_BODY.
 BATCH_JOURNALS = 64
 BATCH_BYTES = 1 << 20
+#: Most descriptors in one JNLDESC (docs/protocol.md, "JNLDESC batches"):
+#: 4 KiB of control data, one round trip and one cumulative answer.
+DESC_BATCH = 64
 
 _HEADER = struct.Struct("<IBBHI")      # without HCRC
 _U32 = struct.Struct("<I")
@@ -416,6 +424,14 @@ def journal_body(control: Control, data: bytes = b"") -> bytes:
 def descriptor_frame(control: Control, flags: int = 0) -> Frame:
     """A JNLDESC frame: the control data alone (docs/protocol.md, "JNLDESC")."""
     return Frame(FrameType.JNLDESC, control.pack(), flags)
+
+
+def descriptor_batch_frame(controls: list[Control], flags: int = 0) -> Frame:
+    """A JNLDESC of 1..DESC_BATCH descriptors (docs/protocol.md, "JNLDESC batches")."""
+    if not 1 <= len(controls) <= DESC_BATCH:
+        raise ValueError(f"a JNLDESC batch holds 1 to {DESC_BATCH} descriptors, "
+                         f"not {len(controls)}")
+    return Frame(FrameType.JNLDESC, b"".join(c.pack() for c in controls), flags)
 
 
 def split_journal(body: bytes) -> tuple[Control, bytes]:

@@ -129,6 +129,11 @@ class Scenario:
                                     "data_crc": 0x5A5A0000 | n if n else 0, **fields})
         return self.ack(P.descriptor_frame(ctl).serialize(), status, **expect)
 
+    def batch(self, controls: list[P.Control], status: S = S.OK, **expect) -> P.Ack:
+        """A JNLDESC batch (docs/protocol.md, "JNLDESC batches"): one cumulative answer."""
+        self.needs.add("desc_batch")
+        return self.ack(P.descriptor_batch_frame(controls).serialize(), status, **expect)
+
     def read(self, from_seq: int, count: int, n: int | None = None,
              status: S = S.OK) -> list[Frame]:
         frames = self.send(P.JnlRd(from_seq, count).frame().serialize(), [status])
@@ -761,6 +766,50 @@ def desc_no_memory(s: Scenario):
     s.load(LF.CLEAR | DESC_RING, size=1 << 40)
     s.desc(P.MAX_DATA, seq=2, jofs=0)
     s.status(ring_size=1 << 40, jiptr=64 + P.MAX_DATA, free=(1 << 40) - 64 - P.MAX_DATA)
+
+
+def _dctl(n: int, tag: int, kind: int = Kind.UPDATE, **fields) -> P.Control:
+    """A descriptor for ``n`` bytes of data the host keeps (DATA_CRC made up)."""
+    return control(kind=kind, **{"length": n if kind in P.DATA_KINDS else
+                                 (0 if kind == Kind.MARK else 4096),
+                                 "data_len": n, "data_crc": 0x5A5A0000 | n if n else 0,
+                                 "tag": tag, **fields})
+
+
+@scenario(512, memory=0)
+def desc_batch(s: Scenario):
+    """JNLDESC batches: N descriptors in one frame, one cumulative ACK (SEQ#, JOFS, TAG of
+    the last; one TIME for all); a refused descriptor stops the batch (NAK naming it, with
+    the SEQ#/JOFS of the one before it, or zeros); a bad BCRC or LENGTH takes nothing; an
+    exact fit and a tail skip inside a batch; a batch of one is the single JNLDESC."""
+    s.batch([_dctl(100, 1), _dctl(0, 2, Kind.ZERO), _dctl(64, 3)], seq=3, jofs=256, tag=3,
+            time=T0, req_type=T.JNLDESC)                  # R = 192, 64, 128
+    s.status(jiptr=384, free=128, next_seq=4, held=3, acks=3)
+    # the first fits exactly at the end, the second is FULL, the third is not handled
+    s.batch([_dctl(64, 4), _dctl(64, 5), _dctl(0, 6, Kind.TRIM)], S.FULL, seq=4, jofs=384,
+            tag=5, time=T0)
+    s.status(jiptr=0, free=0, next_seq=5, held=4, naks=1)
+    # refused first: the single JNLDESC's NAK, zeros
+    s.release(2, joptr=256, seq=2)
+    s.batch([_dctl(0, 7, Kind.MARK, epoch=1), _dctl(10, 8)], S.STALE_EPOCH, seq=0, jofs=0,
+            time=0, tag=7)
+    bad = bytearray(P.descriptor_batch_frame([_dctl(1, 9), _dctl(2, 10)]).serialize())
+    bad[-1] ^= 0x10
+    s.ack(bytes(bad), S.BAD_BCRC, tag=9, req_type=T.JNLDESC)
+    s.ack(Frame(T.JNLDESC, _dctl(1, 11).pack() * 2 + b"x").serialize(), S.BAD_LENGTH, tag=11)
+    s.ack(Frame(T.JNLDESC, _dctl(1, 12).pack() * (P.DESC_BATCH + 1)).serialize(),
+          S.BAD_LENGTH, tag=12)
+    s.status(jiptr=0, free=256, next_seq=5, held=2)       # nothing of those was taken
+    # JIPTR 0, JOPTR 256: two of R = 128 fill the head exactly
+    s.batch([_dctl(1, 13), _dctl(64, 14)], seq=6, jofs=128, tag=14)
+    s.status(jiptr=256, joptr=256, free=0, held=4)
+    s.release(6, joptr=256, seq=6)                        # empty, JIPTR = JOPTR = 256
+    # a tail skip inside a batch: R = 192 at 256, then R = 192 is longer than the
+    # tail (64): WRAP_AT = 448 and it goes to 0
+    s.batch([_dctl(128, 15), _dctl(100, 16)], seq=8, jofs=0, tag=16)
+    s.status(jiptr=192, joptr=256, wrap_at=448, free=64, held=2)
+    s.batch([_dctl(200, 17)], S.FULL, tag=17, seq=0)      # a batch of one: the plain NAK
+    s.desc(0, seq=9, jofs=192, kind=Kind.MARK)            # and the plain JNLDESC still
 
 
 @scenario(512)
