@@ -212,7 +212,13 @@ class MasterGroup:
                 self.regions.note(ctl.idx, ctl.address, ctl.length, ctl.tag)
             # tag 0: a local record, applied but never journaled
             if ctl.tag and (not acked or tag_after(ctl.tag, acked)):
-                self.stream.pending[ctl.tag] = (ctl, data, loop.create_future())
+                # Nobody awaits a redone journal (its host write was answered
+                # before the restart, or never): its outcome is retrieved here,
+                # so a suspension or fence does not log "Future exception was
+                # never retrieved" with a traceback for each of them.
+                fut = loop.create_future()
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+                self.stream.pending[ctl.tag] = (ctl, data, fut)
         if n:
             # Durable before any ACK releases the records just redone: on the
             # way the PVOLs held older data (the log replays from its oldest

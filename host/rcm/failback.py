@@ -47,8 +47,10 @@ def _ranges(chunks: dict[int, set[int]], chunk: int) -> list[tuple[int, int]]:
     return [(idx, c * chunk) for idx in sorted(chunks) for c in sorted(chunks[idx])]
 
 
-def _digest_delta(sites: Sites, grname: str, sizes: dict[int, int]) -> dict[int, set[int]]:
-    """Chunks (COPY_CHUNK) whose digests differ between the two data sites."""
+def _digest_delta(sites: Sites, grname: str, sizes: dict[int, int],
+                  other: str = "secondary") -> dict[int, set[int]]:
+    """Chunks (COPY_CHUNK) whose digests differ between the primary and ``other``
+    (the site that took over: the secondary, or the relay's data volumes)."""
     out: dict[int, set[int]] = {}
     for idx, size in sizes.items():
         n = -(-size // COPY_CHUNK)
@@ -56,7 +58,7 @@ def _digest_delta(sites: Sites, grname: str, sizes: dict[int, int]) -> dict[int,
             count = min(DIGEST_BATCH, n - first)
             a = sites.call("primary", "digest", group=grname, idx=idx, first=first,
                            count=count)["digests"]
-            b = sites.call("secondary", "digest", group=grname, idx=idx, first=first,
+            b = sites.call(other, "digest", group=grname, idx=idx, first=first,
                            count=count, pseq=0)["digests"]
             out.setdefault(idx, set()).update(first + i for i, (x, y) in enumerate(zip(a, b))
                                               if x != y)
@@ -75,6 +77,8 @@ def failback(sites: Sites, grname: str, *, digest: bool = False, progress=None,
         raise RcmError(f"{exc}: a failback needs the old primary and the relay up (the "
                        f"old primary receives the delta, the relay carries the journals "
                        f"after it)") from None
+    if (relay.get("takeover") or {}).get("site") == "relay":
+        return _from_relay(sites, grname, relay, prim, t0, progress, say)
     took = sec["takeover"] or {}
     epoch = (took.get("failback") or max(took["epoch"], relay["fence_epoch"]) + 1) if took \
         else sec["epoch"]
@@ -131,6 +135,53 @@ def failback(sites: Sites, grname: str, *, digest: bool = False, progress=None,
     sites.call("primary", "rejoin", group=grname, epoch=epoch, relay_last_tag=r["last_tag"])
     return {"epoch": epoch, "moved_bytes": moved, "chunks": chunks_copied, "full_bytes": full,
             "digest": digest, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _from_relay(sites: Sites, grname: str, relay: dict, prim: dict, t0: float, progress,
+                say) -> dict:
+    """Failback after `tricopy takeover --to relay`: the relay site's data volumes
+    are the newest.  The relay keeps no record of which chunks it wrote, so the
+    delta is found by digests (both sites read every chunk; only the differing
+    ones are copied).  The relay is quiesced, the secondary restores everything
+    it stamped, the delta goes to the old primary, then the relay carries the
+    primary's journals again at a new epoch."""
+    took = relay["takeover"]
+    epoch = took.get("failback") or max(took["epoch"], relay["fence_epoch"]) + 1
+    sites.call("primary", "fence", group=grname, epoch=took["epoch"])
+    say(f"old primary fenced at epoch {took['epoch']}")
+    q = sites.call("relay", "quiesce", group=grname, epoch=epoch)
+    say(f"relay quiesced: its data volumes take no more writes (failback to epoch {epoch})")
+    deadline = time.monotonic() + 600
+    while True:       # every journal the relay stamped restored at the secondary and locally
+        r = sites.group_status("relay", grname)
+        local = (r.get("local") or {}).get("last_restored", 0)
+        if r["secondary_acked"] >= q["last_seq"] and local >= q["last_seq"]:
+            break
+        if time.monotonic() > deadline:
+            raise RcmError(f"the secondary restored SEQ# {r['secondary_acked']} of the relay's "
+                           f"{q['last_seq']} in 600 s: is the far link up? run failback again")
+        time.sleep(0.2)
+    sizes = {d["idx"]: d["size"] for d in prim["dvols"]}
+    want = _digest_delta(sites, grname, sizes, other="relay")
+    todo = _ranges(want, COPY_CHUNK)
+    say(f"delta: {len(todo)} chunk(s) of {COPY_CHUNK >> 10} KiB (digests compared)")
+    moved = 0
+    for i, (idx, off) in enumerate(todo):
+        length = min(COPY_CHUNK, sizes[idx] - off)
+        data = sites.call("relay", "read", group=grname, idx=idx, offset=off,
+                          length=length)["data"]
+        sites.call("primary", "write_fenced", group=grname, idx=idx, offset=off, data=data)
+        moved += length
+        if progress:
+            progress({"grsts": "COPY", "copy_total": len(todo), "copy_done": i + 1})
+    sites.call("primary", "write_fenced", group=grname, flush=True)   # before the relay moves
+    sites.call("secondary", "move_epoch", group=grname, epoch=epoch, restored=q["last_seq"])
+    r = sites.call("relay", "demote", group=grname, epoch=epoch)
+    say(f"relay at epoch {epoch}, journals from the primary after PSEQ {r['last_tag']}")
+    sites.call("primary", "rejoin", group=grname, epoch=epoch, relay_last_tag=r["last_tag"])
+    return {"epoch": epoch, "moved_bytes": moved, "chunks": len(todo),
+            "full_bytes": sum(sizes.values()), "digest": True,
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 def _run(args) -> int:

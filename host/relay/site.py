@@ -20,6 +20,7 @@ the store, or, when the store is empty, the value saved in
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -680,12 +681,81 @@ class RelayGroup:
                     record["seq"], epoch)
         return record
 
+    # -- failback from the relay site (host/rcm/failback.py) ------------------------
+
+    def _taken_here(self) -> dict:
+        t = self.jnlg.takeover
+        if not t or t.get("site") != "relay" or self.local is None:
+            raise ControlError(f"group {self.cfg.grname} was not taken over at the relay site")
+        return t
+
+    async def quiesce_local(self, epoch: int) -> dict:
+        """Failback to the primary at ``epoch``, step 1: take no more host writes
+        here (durably: a restart does not take them either); those in flight
+        finish as journals and reach the secondary."""
+        t = self._taken_here()
+        if t.get("failback") not in (None, epoch):
+            raise ControlError(f"group {self.cfg.grname}: a failback to epoch {t['failback']} "
+                               f"is under way, not to {epoch}: run it again")
+        if "failback" not in t:
+            t["failback"] = epoch
+            self._table.save()
+            log.warning("group %s: quiesced for a failback to epoch %d: the relay's data "
+                        "volumes take no more writes", self.cfg.grname, epoch)
+        async with self._ingest:      # a write being stamped now is in the journal after this
+            return {"last_seq": self.store.next_seq - 1, "last_tag": self.last_tag,
+                    "secondary_acked": self.secondary_acked,
+                    "local_restored": self.local.last_restored}
+
+    async def local_digest(self, idx: int, first: int, count: int) -> list[str]:
+        from ..rcm.verify import chunk_digests
+        self._taken_here()
+        async with self.local._restore_lock:     # between two restore steps
+            return chunk_digests(self.local.volumes[idx], first, min(count, 256))
+
+    async def local_read(self, idx: int, offset: int, length: int) -> bytes:
+        if "failback" not in self._taken_here():
+            raise ControlError(f"group {self.cfg.grname}: the relay's data volumes are read "
+                               f"for a failback only once quiesced")
+        vol = self.local.volumes.get(idx)
+        if vol is None:
+            raise ControlError(f"no data volume idx {idx} at the relay")
+        vol.check(offset, length)
+        async with self.local._restore_lock:
+            return vol.read(offset, length)
+
+    async def demote(self, epoch: int) -> dict:
+        """Failback from the relay site, the relay's step: it is no longer the
+        writer; a new stream at ``epoch`` carries the primary's journals again.
+        Every journal it stamped must be at the secondary (and on its own
+        copy) first.  Idempotent."""
+        s = self.store
+        if self.epoch == epoch and not self.jnlg.takeover:
+            return {"last_seq": s.next_seq - 1, "last_tag": self.last_tag, "epoch": epoch}
+        t = self._taken_here()
+        if t.get("failback") != epoch:
+            raise ControlError(f"group {self.cfg.grname}: quiesce the relay for a failback to "
+                               f"epoch {epoch} first")
+        if self.secondary_acked < s.next_seq - 1 or self.local.last_restored < s.next_seq - 1:
+            raise ControlError(f"the relay issued journals up to SEQ# {s.next_seq - 1}; the "
+                               f"secondary restored {self.secondary_acked} and the relay's copy "
+                               f"{self.local.last_restored}: wait for both")
+        self.local.writer = None
+        async with self._ingest:
+            await self._new_stream(epoch, lambda: setattr(self.jnlg, "takeover", {}))
+        log.warning("group %s: the relay site gives the group back: journals from the primary "
+                    "at epoch %d, after PSEQ %d", self.cfg.grname, epoch, self.last_tag)
+        return {"last_seq": s.next_seq - 1, "last_tag": self.last_tag, "epoch": epoch}
+
     async def local_write(self, kind: Kind, idx: int, offset: int, length: int,
                           data: bytes) -> None:
         """One host write at the relay after a takeover to it: a journal from this
         site (its own PSEQ), durable in the journal volume, then applied to the
         relay's copy in SEQ# order before the host is answered."""
         async with self._ingest:
+            if "failback" in self.jnlg.takeover:     # quiesced while this write waited
+                raise VolumeError(f"group {self.cfg.grname}: the relay is quiesced for a "
+                                  f"failback to the primary: write there once it ends")
             ctl = Control(address=offset, length=length, data_len=len(data),
                           data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
                           idx=idx, kind=kind, group=self.cfg.grnum,
@@ -972,7 +1042,9 @@ class Relay:
         self.control = ControlServer({"status": self._status, "jnlg": self._jnlg,
                                       "pair_set": self._pair_set, "fence": self._fence,
                                       "rejoin": self._rejoin, "snapshot": self._snapshot,
-                                      "promote": self._promote, "adopt": self._adopt})
+                                      "promote": self._promote, "adopt": self._adopt,
+                                      "quiesce": self._quiesce, "digest": self._digest,
+                                      "read": self._read, "demote": self._demote})
 
     async def _jnlg(self, req: dict) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
@@ -984,6 +1056,28 @@ class Relay:
                 g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
                 return {"grsts": g.jnlg.grsts}
         raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+
+    def _named(self, grname: str) -> "RelayGroup":
+        for g in self.groups.values():
+            if g.cfg.grname == grname:
+                return g
+        raise ControlError(f"no INTERMEDIARY group named {grname!r} at the relay")
+
+    async def _quiesce(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).quiesce_local(int(req["epoch"]))
+
+    async def _digest(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        return {"digests": await g.local_digest(int(req["idx"]), int(req["first"]),
+                                                int(req["count"]))}
+
+    async def _read(self, req: dict) -> dict:
+        g = self._named(str(req["group"]))
+        data = await g.local_read(int(req["idx"]), int(req["offset"]), int(req["length"]))
+        return {"data": base64.b64encode(data).decode()}
+
+    async def _demote(self, req: dict) -> dict:
+        return await self._named(str(req["group"])).demote(int(req["epoch"]))
 
     async def _adopt(self, req: dict) -> dict:
         for g in self.groups.values():

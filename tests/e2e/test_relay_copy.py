@@ -10,6 +10,7 @@ across a SIGKILL of the relay; after the drain, relay copy == PVOL == SVOL.
 from __future__ import annotations
 
 import asyncio
+import re
 import random
 import subprocess
 import time
@@ -97,7 +98,8 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
 def test_takeover_to_the_relay_site_writes_there_and_reaches_the_secondary(tmp_path):
     """Patent [0073]: the primary is lost; the relay site, closer to the users than
     the far secondary, takes over with its data volumes; host writes there are
-    journaled and reach the far secondary; the old primary comes back fenced."""
+    journaled and reach the far secondary; the old primary comes back fenced, and
+    `tricopy failback` gives the group back to it with only the differing chunks."""
     cluster = Cluster(tmp_path, relay_volumes=True, nbd=True, volumes=1)
     try:
         cluster.start_all()
@@ -135,5 +137,25 @@ def test_takeover_to_the_relay_site_writes_there_and_reaches_the_secondary(tmp_p
         while not cluster.status("primary").get("fenced"):
             assert time.monotonic() < deadline, cluster.log("primary")[-2000:]
             time.sleep(0.1)
+
+        # Failback: the relay's writes (three chunks of 64 KiB at most) go back.
+        out = cluster.cli("failback", "--group", "g1")
+        assert out.returncode == 0, out.stderr + out.stdout
+        m = re.search(r"(\d+) bytes copied \((\d+) chunks", out.stdout)
+        assert m and 0 < int(m.group(2)) <= 2, out.stdout    # 8 KiB at 8192, 4 KiB at 0: chunk 0
+        for role in ("relay", "secondary"):
+            assert cluster.volume_bytes(role, 0) == cluster.volume_bytes("primary", 0), role
+        p, r = cluster.status("primary"), cluster.status("relay")
+        assert not p["fenced"] and p["grsts"] == "PAIR" and not r["takeover"]
+        assert qemu("relay", "write -P 0x11 0 4096").returncode != 0     # read-only again
+        work = Workload(cluster.control_addr("primary"), 1, seed=32)
+        asyncio.run(work.run(count=10))                  # the primary writes and replicates
+        cluster.wait_drained()
+        deadline = time.monotonic() + 30
+        while cluster.volume_bytes("relay", 0) != cluster.volume_bytes("primary", 0):
+            assert time.monotonic() < deadline, "the relay's copy did not follow"
+            time.sleep(0.05)
+        assert cluster.volume_bytes("secondary", 0) == cluster.volume_bytes("primary", 0)
+        assert cluster.cli("status").returncode == 0
     finally:
         cluster.stop_all()
