@@ -43,6 +43,9 @@ def test_good_relay_config(tmp_path):
      "volume[0].size"),
     (lambda d: d.update(volume=[{"idx": 0, "group": 1, "path": "v", "size": 8192,
                                  "block_size": 1000}]), "volume[0].block_size"),
+    # a standby relay is named by the primary (its address) and the secondary (its name)
+    (lambda d: d["group"][0].update(standby="127.0.0.1:7009"), "group[0].standby: only the"),
+    (lambda d: d["group"][0].update(standby_site=""), "group[0].standby_site"),
 ])
 def test_bad_config_names_the_key(tmp_path, change, key):
     doc = {**RELAY, "group": [dict(RELAY["group"][0], journal=dict(RELAY["group"][0]["journal"]))]}
@@ -364,3 +367,19 @@ def test_one_board_serves_one_group(tmp_path):
                           "socket://127.0.0.1:9"], capture_output=True, text=True, timeout=15,
                          cwd=config.parent)
     _refused(out, config, "2 groups (g, h)", "one relay process per group")
+
+
+def test_a_standby_relay_needs_its_site_name_with_tls(tmp_path):
+    """With TLS the primary must know the standby's certificate name, as for the relay."""
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "p.pem", "p.key"))
+    for f in (ca, cert, key):
+        f.write_text("")
+    doc = {"site": "p", "tls": {"ca": str(ca), "cert": str(cert), "key": str(key)},
+           "group": [{"grnum": 1, "grname": "g", "attr": "MASTER", "peer": "127.0.0.1:7002",
+                      "peer_site": "r", "standby": "127.0.0.1:7009"}],
+           "volume": [{"idx": 0, "group": 1, "path": "v", "size": 8192}]}
+    with pytest.raises(ConfigError, match=r"group\[0\]\.standby_site: missing"):
+        parse_config(doc, tmp_path)
+    doc["group"][0]["standby_site"] = "r2"
+    g = parse_config(doc, tmp_path).groups[0]
+    assert g.standby == ("127.0.0.1", 7009) and g.standby_site == "r2"
