@@ -50,3 +50,16 @@ def test_links_down_and_taken_over():
     t = {"epoch": 1, "seq": 9, "forced": False}
     a = assess(views(primary=None, secondary={"takeover": t, "consistent": True}))
     assert (a["level"], a["state"]) == (DEGRADED, "TAKEN OVER")
+
+
+def test_progress_bar_ends_with_one_pair_line():
+    """Found by the demo test: a COPY poll that saw 100 % swallowed the PAIR line."""
+    import io
+    from tricopy.host.rcm.pairs import progress_bar
+    out = io.StringIO()
+    show = progress_bar(out)
+    for st, done in (("COPY", 5), ("COPY", 10), ("PAIR", 10), ("PAIR", 10)):
+        show({"grsts": st, "copy_total": 10, "copy_done": done, "copy_chunk": 65536})
+    lines = out.getvalue().splitlines()
+    assert [l.split()[0] for l in lines] == ["COPY", "COPY", "PAIR"], lines
+    assert "100.0%" in lines[-1]

@@ -326,8 +326,9 @@ def progress_bar(stream=sys.stdout) -> Progress:
                 f"of {chunk >> 10} KiB  {rate * chunk / (1 << 20):6.1f} MiB/s  {eta}").rstrip()
         if stream.isatty():
             stream.write("\r" + text + ("\n" if p["grsts"] == "PAIR" else ""))
-        elif int(frac * 10) != last[0]:
-            last[0] = int(frac * 10)
+        elif (step := "PAIR" if p["grsts"] == "PAIR" else int(frac * 10)) != last[0]:
+            # (the PAIR line comes once, also after a COPY poll at 100 %)
+            last[0] = step
             stream.write(text + "\n")
         stream.flush()
     return show
