@@ -109,7 +109,8 @@ class RelayGroup:
             self.store = JournalStore.open(jcfg.path)
         else:
             jcfg.path.parent.mkdir(parents=True, exist_ok=True)
-            self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch)
+            self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch,
+                                             preallocate=True)
         if self.store.size != jcfg.size:
             raise RelayError(f"journal {jcfg.path} is {self.store.size} bytes, config says {jcfg.size}")
         self._report_recovery()
