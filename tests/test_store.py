@@ -323,6 +323,23 @@ def test_a_batch_writes_the_bytes_and_state_of_appends_one_by_one(tmp_path, monk
     many.close()
 
 
+def test_a_batch_of_more_records_than_one_pwritev_takes(path):
+    """1,100 journals without data are 1,100 buffers: more than one pwritev
+    takes (IOV_MAX 1024, EINVAL).  The store cuts the run instead of
+    breaking, and every journal is there after a crash."""
+    s = JournalStore.create(path, 1 << 20)
+    batch = []
+    for i, jofs in enumerate(s.placements([0] * 1100)):
+        batch.append((p.Control(seq=s.next_seq + i, address=i * 4096, jofs=jofs, length=4096,
+                                data_len=0, data_crc=0, epoch=s.epoch, kind=p.Kind.ZERO,
+                                tag=i + 1).with_ccrc(), b""))
+    assert s.append_batch(batch) == 1100
+    crash(s)
+    with JournalStore.open(path) as s:
+        assert s.next_seq == 1101
+        assert [c.tag for c, _ in s.read(1, 1100)] == list(range(1, 1101))
+
+
 def test_a_bad_journal_in_a_batch_stops_it_there(path):
     s = JournalStore.create(path, 1 << 16)
     batch = _batch_for(s, [100, 200, 300])

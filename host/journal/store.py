@@ -687,7 +687,8 @@ class JournalStore:
                     self._overlaps_unpersisted(plan.jofs, r)
                     or (plan.marker is not None
                         and self._overlaps_unpersisted(plan.marker, CONTROL_SIZE)))
-                if run and (rewind or persist or plan.marker is not None or plan.jofs != run_end):
+                if run and (rewind or persist or plan.marker is not None or plan.jofs != run_end
+                            or len(run) + 3 > _IOV_MAX):
                     # A superblock write counts every journal before it durable
                     # once synced, so the run goes out first; a WRAP marker or a
                     # jump starts a new run anyway.
@@ -1017,6 +1018,10 @@ def _contiguous_runs(index: list[tuple[int, int]]):
 
 
 _ZERO_CHUNK = bytes(1 << 20)
+# Buffers one pwritev takes (Linux IOV_MAX); more fail with EINVAL, which
+# would break the store: a batch of many journals without data (64-byte
+# records, one buffer each) could reach it, so a run is cut before.
+_IOV_MAX = 1024
 
 
 def _write_zeros(fd: int, pos: int, length: int) -> None:
