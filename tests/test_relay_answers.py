@@ -82,3 +82,47 @@ def test_a_batch_is_acked_once_after_the_fdatasync_that_covers_it(tmp_path, monk
         group.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_journal_whose_data_fails_its_crc_is_refused_and_never_stored(tmp_path):
+    """The relay checks a journal's DATA_CRC once, at ingest (the store is
+    told it was checked): that one check must refuse a corrupted journal
+    with BAD_DCRC before the engine allocates it, keep the journals before
+    it, and leave nothing of it in the journal volume."""
+    size = 1 << 20
+    site = parse_config({
+        "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
+        "group": [{"grnum": 1, "grname": "g", "attr": "INTERMEDIARY", "peer": "127.0.0.1:2",
+                   "journal": {"path": "jnl.vol", "size": size}}]}, tmp_path)
+
+    async def scenario():
+        group = relay.RelayGroup(site.groups[0], site, open_engine("model", size=size),
+                                 descriptor=True)
+        await group.recover_engine()
+        parts, datas = [], {}
+        for tag in (1, 2):
+            data = bytes([tag]) * 4096
+            ctl = Control(address=tag * 4096, length=4096, data_len=4096,
+                          data_crc=protocol.crc32c(data), group=1, tag=tag)
+            if tag == 2:
+                data = data[:100] + b"\xff" + data[101:]      # corrupted after its CRC
+            parts.append(protocol.journal_body(ctl, data))
+            datas[tag] = data
+        answers = await group._ingest_frame(b"".join(parts))
+        assert not group.fault, group.reason
+        assert answers[0][0] == 1
+        refused = protocol.Ack.from_frame(answers[1][1])
+        assert answers[1][0] is None and refused.status == protocol.Status.BAD_DCRC
+        assert group.store.next_seq == 2            # only journal 1 went to the store
+        ((ctl, data),) = group.store.read(1, 5)
+        assert (ctl.tag, bytes(data)) == (1, datas[1])
+        # and the engine allocated nothing for it: the next good journal is seq 2
+        good = bytes([3]) * 4096
+        (answer,) = await group._ingest_frame(protocol.journal_body(Control(
+            address=0, length=4096, data_len=4096, data_crc=protocol.crc32c(good),
+            group=1, tag=2), good))
+        assert answer[0] == 2 and group.store.next_seq == 3
+        await group._commit.aclose()
+        group.store.close()
+
+    asyncio.run(scenario())

@@ -323,6 +323,23 @@ def test_a_batch_writes_the_bytes_and_state_of_appends_one_by_one(tmp_path, monk
     many.close()
 
 
+def test_a_batch_of_more_records_than_one_pwritev_takes(path):
+    """1,100 journals without data are 1,100 buffers: more than one pwritev
+    takes (IOV_MAX 1024, EINVAL).  The store cuts the run instead of
+    breaking, and every journal is there after a crash."""
+    s = JournalStore.create(path, 1 << 20)
+    batch = []
+    for i, jofs in enumerate(s.placements([0] * 1100)):
+        batch.append((p.Control(seq=s.next_seq + i, address=i * 4096, jofs=jofs, length=4096,
+                                data_len=0, data_crc=0, epoch=s.epoch, kind=p.Kind.ZERO,
+                                tag=i + 1).with_ccrc(), b""))
+    assert s.append_batch(batch) == 1100
+    crash(s)
+    with JournalStore.open(path) as s:
+        assert s.next_seq == 1101
+        assert [c.tag for c, _ in s.read(1, 1100)] == list(range(1, 1101))
+
+
 def test_a_bad_journal_in_a_batch_stops_it_there(path):
     s = JournalStore.create(path, 1 << 16)
     batch = _batch_for(s, [100, 200, 300])
@@ -735,6 +752,31 @@ def test_bench_append(tmp_path):
     assert out["records"] == 200 and out["fsyncs"] >= 20
     assert out["records_per_s"] > 0 and out["mb_per_s"] > 0
     assert not (tmp_path / "b").exists()
+
+
+def test_a_preallocated_ring_is_written_zeros_and_recovers_like_a_sparse_one(tmp_path):
+    """``preallocate`` (what the relay uses): every block of the ring is on
+    disk before the first append, holding zeros, and the journals, a crash
+    and the recovery scan come out exactly as on a sparse ring."""
+    size = (3 << 20) + 4096          # not a multiple of the 1 MiB chunk
+    stores = {}
+    for name, pre in (("sparse", False), ("pre", True)):
+        path = tmp_path / name
+        s = JournalStore.create(path, size, preallocate=pre)
+        st_ = os.stat(path)
+        assert st_.st_size == HEADER_SIZE + size
+        if pre:
+            assert st_.st_blocks * 512 >= HEADER_SIZE + size       # allocated, no hole
+            assert peek(path, 0, size) == bytes(size)
+        for n in (0, 1, 4096, 70000, 5):
+            put(s, n)
+        crash(s)
+        stores[name] = JournalStore.open(path)
+    sparse, pre = stores["sparse"], stores["pre"]
+    assert state(pre) == state(sparse) and pre.next_seq == 6
+    assert pre.read(1, 5) == sparse.read(1, 5)
+    sparse.close()
+    pre.close()
 
 
 def test_create_never_overwrites(path):

@@ -77,6 +77,16 @@ class Volume:
             n = fileio.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
+    def writev(self, offset: int, buffers: list) -> None:
+        """Write ``buffers`` back to back from ``offset`` with one ``pwritev``
+        (adjacent journals restored at once); the same bytes as :meth:`write`
+        of their concatenation."""
+        total = sum(len(b) for b in buffers)
+        self.check(offset, total)
+        n = fileio.pwritev(self._fd, buffers, offset)
+        if n < total:               # short (rare): the rest one buffer at a time
+            self.write(offset + n, memoryview(b"".join(buffers))[n:])
+
     def write_zeroes(self, offset: int, length: int) -> None:
         self.check(offset, length)
         zero = bytes(min(length, _ZERO_CHUNK))

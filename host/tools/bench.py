@@ -64,14 +64,19 @@ def bench_codec(data_len: int, seconds: float = 1.0) -> dict:
             "MB_per_s": round(n * data_len / dt / 1e6, 1)}
 
 
-def bench_store(data_len: int, fsync: bool, batch: int = 1) -> dict:
-    """Journal store append rate; ``batch`` journals share one fsync (group commit)."""
+def bench_store(data_len: int, fsync: bool, batch: int = 1, preallocate: bool = False) -> dict:
+    """Journal store append rate; ``batch`` journals share one fsync (group
+    commit); ``preallocate``: the ring written with zeros first, as the relay
+    creates it (a sparse ring's first lap allocates blocks on every sync)."""
     from .store_bench import bench_append
     with tempfile.TemporaryDirectory(dir=os.environ.get("TRICOPY_BENCH_DIR")) as tmp:
         count = 4000 if fsync else max(2000, int(4e8 // (data_len + 64)))
-        res = bench_append(os.path.join(tmp, "jnl"), 64 << 20, data_len, count, fsync, batch)
+        res = bench_append(os.path.join(tmp, "jnl"), 64 << 20, data_len, count, fsync, batch,
+                           preallocate)
     return {"what": "store", "data_len": data_len, "fsync": fsync, "batch": batch,
-            "records_per_s": round(res["records_per_s"]), "MB_per_s": round(res["mb_per_s"], 1)}
+            "preallocate": preallocate,
+            "records_per_s": round(res["records_per_s"]), "MB_per_s": round(res["mb_per_s"], 1),
+            "sync_p50_us": res["sync_p50_us"], "sync_p99_us": res["sync_p99_us"]}
 
 
 def run_protocol(args) -> int:
@@ -79,8 +84,10 @@ def run_protocol(args) -> int:
     for size in (4096, 65536):
         results.append(bench_codec(size, args.seconds))
     for size in (4096, 65536):
-        for fsync, batch in ((False, 1), (True, 1), (True, 32)):
-            results.append(bench_store(size, fsync, batch))
+        results.append(bench_store(size, False))
+        for batch in (1, 32):
+            for preallocate in (False, True):       # sparse vs preallocated, same run
+                results.append(bench_store(size, True, batch, preallocate))
     report = {"machine": machine(), "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -92,8 +99,11 @@ def run_protocol(args) -> int:
                       f"  {r['MB_per_s']:>9,.1f} MB/s")
             else:
                 sync = f"fsync/{r['batch']:<3}" if r["fsync"] else "no fsync "
-                print(f"store  {r['data_len'] // 1024:>3} KiB  {sync} "
-                      f"{r['records_per_s']:>9,} records/s  {r['MB_per_s']:>9,.1f} MB/s")
+                ring = "preallocated" if r["preallocate"] else "sparse"
+                lat = (f"  fdatasync p50 {r['sync_p50_us']:,} µs p99 {r['sync_p99_us']:,} µs"
+                       if r["fsync"] else "")
+                print(f"store  {r['data_len'] // 1024:>3} KiB  {sync} {ring:<12} "
+                      f"{r['records_per_s']:>9,} records/s  {r['MB_per_s']:>9,.1f} MB/s{lat}")
     return 0
 
 

@@ -368,6 +368,41 @@ def _nbdkit_fua(img: Path):
     return kit, uri
 
 
+def _qemu_nbd(img: Path):
+    """``qemu-nbd --cache=writethrough``: QEMU's NBD server, each write
+    written through to the file (O_DSYNC) before its reply -- the durable
+    server a user would pick off the shelf.  Returns (process, uri)."""
+    port = _free_port()
+    proc = subprocess.Popen(["qemu-nbd", "-f", "raw", "--cache=writethrough", "-t",
+                             "-b", "127.0.0.1", "-p", str(port), str(img)])
+    uri = f"nbd://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 10
+    while subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("qemu-nbd did not come up")
+        time.sleep(0.05)
+    return proc, uri
+
+
+def _baseline(results: list, what: str, start, img: Path, jobs, seconds: float, size: int,
+              rnd: int) -> None:
+    """Run ``jobs`` against one baseline server (``start(img)`` -> (process, uri)),
+    appending its rows with its CPU µs per write."""
+    proc, uri = start(img)
+    try:
+        for job in jobs:
+            load, c0 = loadavg(), proc_cpu(proc.pid)
+            r = fio(uri, *job, seconds, size)
+            writes = max(1, round(r["iops"] * (seconds + 1)))    # ramp + run, approx.
+            r["cpu_us_per_write"] = {what.split("-")[0]: round((proc_cpu(proc.pid) - c0)
+                                                               * 1e6 / writes)}
+            results.append(dict(r, what=what, round=rnd, load=round(load, 2)))
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def _hop_delta(before: dict, after: dict, writes: int) -> dict:
     """Per site and counter: mean per event (µs, or items) and events per write."""
     out = {}
@@ -384,9 +419,10 @@ def _hop_delta(before: dict, after: dict, writes: int) -> dict:
 
 def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = None,
                rounds: int = 1, jobs=HOP_JOBS) -> list[dict]:
-    """nbdkit FUA (baseline) and the three sites, same run: IOPS, p50/p99, CPU µs
-    per write per site, per-hop waits and queues; ``trees``: code copies to run
-    the sites from, one after the other (None: this code), e.g. before/after."""
+    """Durable baselines (nbdkit FUA; ``qemu-nbd --cache=writethrough`` when
+    installed) and the three sites, same run: IOPS, p50/p99, CPU µs per write
+    per site, per-hop waits and queues; ``trees``: code copies to run the
+    sites from, one after the other (None: this code), e.g. before/after."""
     trees = trees or [None]
     size = 256 * MiB
     results = []
@@ -395,17 +431,10 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
         with open(img, "wb") as f:
             f.truncate(size)
         for rnd in range(rounds):
-            kit, uri = _nbdkit_fua(img)
-            try:
-                for job in jobs:
-                    load, c0 = loadavg(), proc_cpu(kit.pid)
-                    r = fio(uri, *job, seconds, size)
-                    writes = max(1, round(r["iops"] * (seconds + 1)))    # ramp + run, approx.
-                    r["cpu_us_per_write"] = {"nbdkit": round((proc_cpu(kit.pid) - c0) * 1e6 / writes)}
-                    results.append(dict(r, what="nbdkit-fua", round=rnd, load=round(load, 2)))
-            finally:
-                kit.terminate()
-                kit.wait()
+            _baseline(results, "nbdkit-fua", _nbdkit_fua, img, jobs, seconds, size, rnd)
+            if shutil.which("qemu-nbd"):
+                _baseline(results, "qemu-nbd-writethrough", _qemu_nbd, img, jobs, seconds,
+                          size, rnd)
             for i, tree in enumerate(trees):
                 sites = Sites(Path(tmp) / f"sites{rnd}.{i}", vol_size=size,
                               journal_size=512 * MiB, durability=durability, tree=tree)
@@ -430,19 +459,22 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
                         sites.wait_caught_up()
                 finally:
                     sites.stop()
-    # ratios against the nbdkit figure of the same round and job
-    base = {(r["round"], r["bs"], r["iodepth"]): r for r in results if r["what"] == "nbdkit-fua"}
-    for r in results:
-        b = base[(r["round"], r["bs"], r["iodepth"])]
-        r["iops_ratio"] = round(r["iops"] / b["iops"], 3) if b["iops"] else None
+    # ratios against the baselines' figures of the same round and job
+    for what, key in (("nbdkit-fua", "iops_ratio"), ("qemu-nbd-writethrough", "iops_ratio_qemu")):
+        base = {(r["round"], r["bs"], r["iodepth"]): r for r in results if r["what"] == what}
+        for r in results:
+            b = base.get((r["round"], r["bs"], r["iodepth"]))
+            r[key] = round(r["iops"] / b["iops"], 3) if b and b["iops"] else None
     return results
 
 
 def _print_hops(results: list[dict]) -> None:
     for r in results:
+        qemu = (f" (qemu-nbd {r['iops_ratio_qemu']:.3f})"
+                if r.get("iops_ratio_qemu") is not None else "")
         print(f"round {r['round']} {r['rw']} {r['bs'] // 1024} KiB QD{r['iodepth']:<2} "
               f"{r['what']:<28} {r['iops']:>7,} IOPS  p50 {r['p50_us']:>6,} µs  "
-              f"p99 {r['p99_us']:>7,} µs  ratio {r['iops_ratio']:.3f}  load {r['load']}")
+              f"p99 {r['p99_us']:>7,} µs  ratio {r['iops_ratio']:.3f}{qemu}  load {r['load']}")
         cpu = r["cpu_us_per_write"]
         print("    CPU µs/write: " + "  ".join(f"{k} {v}" for k, v in cpu.items()))
         if r.get("hops"):
@@ -481,6 +513,10 @@ def _run(args) -> int:
         fn = {"nbd": bench_nbd, "far-site": bench_far_site}[args.bench]
         results = fn(args.seconds, args.durability)
     report = {"machine": machine(), "results": results}
+    if getattr(args, "plot", None):
+        from .bench_plot import plot_hops
+        plot_hops(results, args.plot, title=f"{report['machine']}, load "
+                  f"{min(r['load'] for r in results)}-{max(r['load'] for r in results)}")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -497,8 +533,9 @@ def register_bench(which) -> None:
     for name, text in (("replicate", "fio through the primary's NBD export: three sites on loopback"),
                        ("nbd", "fio: nbdkit file (baseline) vs the tricopy primary, replicating"),
                        ("far-site", "host write latency with the secondary up, then stopped"),
-                       ("hops", "nbdkit FUA baseline vs the three sites: IOPS, latency, CPU "
-                                "µs/write per site, per-hop waits and queues")):
+                       ("hops", "durable baselines (nbdkit FUA, qemu-nbd writethrough) vs "
+                                "the three sites: IOPS, latency, CPU µs/write per site, "
+                                "per-hop waits and queues")):
         p = which.add_parser(name, help=text, description=text)
         if name == "hops":
             p.add_argument("--tree", action="append", default=None,
@@ -506,6 +543,9 @@ def register_bench(which) -> None:
                                 "tricopy/); repeat for several, e.g. before and after")
             p.add_argument("--rounds", type=int, default=1,
                            help="repeat baseline + trees this many times (noise)")
+            p.add_argument("--plot", metavar="PNG", default=None,
+                           help="also draw IOPS and CPU µs/write per site (medians over the "
+                                "rounds) into this PNG (matplotlib: the bench extra)")
         if name == "replicate":
             p.add_argument("--engine", action="append", choices=["model", "sim"], default=None,
                            help="relay journal engine, descriptor rings (default model); "
