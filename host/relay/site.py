@@ -111,7 +111,7 @@ class RelayGroup:
         else:
             jcfg.path.parent.mkdir(parents=True, exist_ok=True)
             self.store = JournalStore.create(jcfg.path, jcfg.size, epoch=cfg.epoch,
-                                             preallocate=True)
+                                             preallocate=jcfg.preallocate)
         if self.store.size != jcfg.size:
             raise RelayError(f"journal {jcfg.path} is {self.store.size} bytes, config says {jcfg.size}")
         self._report_recovery()
