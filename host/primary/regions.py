@@ -16,11 +16,15 @@ only ever grows (``max``): after a rebase the stream reuses PSEQs of journals
 the relay lost, and the regions of those keep their higher count -- they are
 then reported a little longer than needed, never dropped.
 
-Durability: the table is saved (atomic file, fsynced) up to a horizon, and
-the primary never releases a write-log record beyond that horizon, so after
-a crash the saved table plus a replay of the write log covers every journal.
-A missing or damaged file starts a new table that knows nothing before its
-start (``after`` then answers ``None``: the caller copies everything).
+Durability: the table is saved (atomic file, fsynced, in a worker thread)
+when the write log closes a segment and whenever it releases past the last
+save.  After a crash the saved table plus a replay of the write log covers
+every journal -- unless the log had released journals the last save did
+not cover; the restart then finds that hole and the table answers only for
+PSEQs after it (``known_from``).  A missing or damaged file starts a new
+table that knows nothing before its start.  Either way ``after`` answers
+``None`` for what it cannot know, and the caller copies everything: a rare
+full copy, never a delta that is too small.
 
 Grain: the smallest power-of-two multiple of the copy chunk that keeps the
 table at about 2^20 regions per group (:func:`region_for`): the copy chunk
@@ -103,6 +107,11 @@ class RegionLog:
                 arr[first] = v
         else:
             np.maximum(arr[first:last + 1], np.uint64(v), out=arr[first:last + 1])
+
+    def known_from(self, tag: int) -> None:
+        """Journals up to PSEQ ``tag`` may be missing from the table (a crash lost
+        them before a save): it answers only for PSEQs from ``tag`` on."""
+        self.start64 = max(self.start64, self.unwrap(tag))
 
     def rebase(self, tag: int) -> None:
         """The stream continues after PSEQ ``tag`` (it may reuse PSEQs the relay lost)."""

@@ -43,7 +43,7 @@ from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
-from ..wire.pseq import tag_after
+from ..wire.pseq import TAG_MOD, tag_after
 from ..disk.volume import Volume, VolumeError
 from ..perf import PERF, now
 from .activity import ActivityLog
@@ -136,6 +136,7 @@ class MasterGroup:
                                  self.log.last_tag, region_for(sizes, chunk))
         self._regions_saving: asyncio.Task | None = None
         self._redo()
+        self._check_regions()     # after the redo: the log's first record is known then
         self.stream.last_pseq = self.log.last_tag
         self.stream.acked_hwm = self.log.acked
         self.regions.rebase(self.last_pseq)
@@ -311,8 +312,14 @@ class MasterGroup:
             self._al_before(ctl)
             if self.al.saves != saves:
                 PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
+        segments = len(self.log.segments)
         token = self._log_append(ctl, data)
         self.regions.note(idx, offset, length, tag)
+        if len(self.log.segments) != segments:
+            # A segment was closed: save the region table now, so that it
+            # covers the closed segment by the time the relay ACKs it (the
+            # log may release only what the saved table covers).
+            self._save_regions()
         if apply:     # a base journal's data was just read from the PVOL: nothing to apply
             try:
                 self._apply(ctl, data)
@@ -564,16 +571,29 @@ class MasterGroup:
                 ACKED_SAVE_EVERY, self._save_acked)
 
     def _release_log(self) -> None:
-        """Let the write log drop segments the relay ACKed -- but only up to what the
-        region table has saved, so that a crash cannot forget where they wrote."""
-        point = self.acked_hwm
-        if tag_after(point, self.regions.saved_tag):
-            point = self.regions.saved_tag
+        """Let the write log drop the segments the relay ACKed.  The region table is
+        saved lazily behind it: a crash before the save leaves it a hole, which
+        the restart finds (_check_regions) -- a rare full copy, never a short
+        delta; the log stays one segment long."""
+        if tag_after(self.acked_hwm, self.regions.saved_tag):
             self._save_regions()
         try:
-            self.log.release(point)
+            self.log.release(self.acked_hwm)
         except OSError as exc:
             log.error("group %s: write log segment release failed: %s", self.cfg.grname, exc)
+
+    def _check_regions(self) -> None:
+        """At start (after the redo): journals after the saved table that the write log no longer
+        holds (released, then a crash before the next save) are unknown to it.
+        The table then says so -- it answers only for PSEQs from the log on."""
+        saved, first = self.regions.saved_tag, self.log.first_tag
+        before = (first - 1 if first > 1 else TAG_MOD - 1) if first else self.log.last_tag
+        if before and tag_after(before, saved):
+            self.regions.known_from(before)
+            log.warning("group %s: the region table was saved up to PSEQ %d and the write log "
+                        "starts after PSEQ %d (a stop before the table's next save): where "
+                        "journals %d..%d wrote is unknown, so a relay that lost them would mean "
+                        "a full copy", self.cfg.grname, saved, before, saved + 1, before)
 
     def _save_regions(self) -> None:
         """Save the region table in a thread (one save at a time); the next ACK then
