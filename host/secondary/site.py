@@ -140,6 +140,8 @@ class RestoreGroup:
         self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
         self.accepts = 0                 # relay connections taken, for metrics
+        self.hellos_refused = 0          # unauthenticated HELLOs refused (plaintext links)
+        self.last_refused = ""
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -595,6 +597,15 @@ class RestoreGroup:
     async def flush_local(self) -> None:
         await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
 
+    def refused_hello(self, peer, why: str) -> None:
+        """A HELLO refused from a peer that proved nothing (plaintext link):
+        log it and count it, and leave GRSTS, the restore and the current
+        relay link as they were (docs/security.md, "HELLO from a stranger")."""
+        self.hellos_refused += 1
+        self.last_refused = f"HELLO from {peer} (plaintext, unauthenticated): {why}"
+        log.warning("group %s: refused an unauthenticated HELLO from %s: %s; the group is left "
+                    "as it was (a plaintext peer cannot suspend it)", self.cfg.grname, peer, why)
+
     def suspend(self, reason: str) -> None:
         if (self.grsts, self.reason) != ("SUSP", reason):
             self.grsts, self.reason = "SUSP", reason
@@ -653,6 +664,7 @@ class RestoreGroup:
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
                 "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
+                "hellos_refused": self.hellos_refused, "last_refused": self.last_refused or None,
                 "connected": self.link is not None and not self.link.closed}
 
 
@@ -816,6 +828,12 @@ class Secondary:
                 stale = hello.epoch != group.epoch
                 if group.taken_over:
                     log.warning("%s: refused relay %r: %s", link.name, hello.site, why)
+                elif not tls.proven_upstream(link, group.cfg):
+                    # Anyone can send this HELLO on a plaintext link: a
+                    # stranger's stale epoch must not stop the restore.  The
+                    # HELLO is refused and nothing of the group changes;
+                    # status shows the refusal for the operator.
+                    group.refused_hello(link.peername, why)
                 else:
                     group.suspend(why)
                 status = Status.STALE_EPOCH if stale else Status.SEQ_REGRESSION

@@ -329,3 +329,12 @@ def refuse_upstream(link, group) -> str | None:
     if not link.secure or group.upstream_site is None:
         return None
     return check_peer(link.peer_names, [group.upstream_site])
+
+
+def proven_upstream(link, group) -> bool:
+    """Whether ``link``'s peer proved it is ``group``'s upstream: a TLS
+    certificate of the cluster CA naming ``upstream_site`` (checked by
+    :func:`refuse_upstream` before this is asked).  A plaintext peer proves
+    nothing, whatever its HELLO says; docs/security.md, "HELLO from a
+    stranger", says what it may and may not do."""
+    return link.secure and group.upstream_site is not None and refuse_upstream(link, group) is None

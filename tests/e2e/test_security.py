@@ -280,3 +280,38 @@ def test_control_limits_close_only_the_offending_connection(tmp_path):
         _lines(c, "secondary", "(limits.connections = 4)")
     finally:
         c.stop_all()
+
+
+def test_plaintext_hello_from_a_stranger_changes_nothing(tmp_path):
+    """tls = false: a HELLO posing as the relay with a stale epoch, or with a
+    journal that went backwards, is refused (NAK, one log line each) and the
+    secondary's group stays as it was: PAIR, restoring, the relay's link up
+    (docs/security.md, "HELLO from a stranger")."""
+    c = Cluster(tmp_path, tls=False)
+    c.start_all()
+    try:
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=12)
+        asyncio.run(work.run(count=6))
+        high = c.wait_drained()["secondary"]["last_restored"]
+        addr = c.data_addr("secondary")
+
+        async def stranger(hello: Hello) -> int:
+            with pytest.raises(LinkRefused) as info:
+                await connect(addr, hello, heartbeat=0.5)
+            return info.value.status
+
+        assert asyncio.run(stranger(Hello(Role.RELAY, 1, 9, high + 5, "g1", "relay"))) \
+            == Status.STALE_EPOCH
+        assert asyncio.run(stranger(Hello(Role.RELAY, 1, 0, 0, "g1", "relay"))) \
+            == Status.SEQ_REGRESSION
+        st = c.status("secondary")          # (the NAK is sent after the verdict)
+        assert (st["grsts"], st["reason"], st["hellos_refused"]) == ("PAIR", "", 2), st
+        _lines(c, "secondary", "refused an unauthenticated HELLO", 2)
+        # the relay's stream was never disturbed: more writes arrive and restore
+        asyncio.run(work.run(count=6))
+        st = c.wait_drained()
+        assert st["secondary"]["last_restored"] > high and st["secondary"]["grsts"] == "PAIR"
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
+    finally:
+        c.stop_all()
