@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
-from ..rcm.control import ControlError, ControlServer
+from ..rcm.control import ControlError, ControlServer, Request
 from ..wire import tls
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
@@ -565,7 +565,14 @@ class RestoreGroup:
         if "failback" not in self.taken_over:
             raise ControlError(f"group {self.cfg.grname}: reads for a failback need "
                                f"`tricopy failback` to have stopped writes here first")
-        return self.volumes[idx].read(offset, length)
+        return self.volume(idx).read(offset, length)
+
+    def volume(self, idx: int) -> Volume:
+        vol = self.volumes.get(idx)
+        if vol is None:
+            raise ControlError(f"no SVOL with idx {idx} in group {self.cfg.grname}; the group "
+                               f"has {sorted(self.volumes)}")
+        return vol
 
     async def rejoin(self, epoch: int, restored: int) -> dict:
         """Failback, last step here: the restore side again, at ``epoch``, with
@@ -694,24 +701,25 @@ class Secondary:
                 return g
         raise ControlError(f"no RESTORE group named {grname!r} at the secondary")
 
-    async def _jnlg(self, req: dict) -> dict:
+    async def _jnlg(self, req: Request) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
-    async def _pair_set(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        seq, relay_seq = req.get("consistent_seq"), req.get("relay_seq")
+    async def _pair_set(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        grsts, seq = req.text("grsts"), req.integer("consistent_seq", None)
+        relay_seq = req.integer("relay_seq", None)
         async with g._restore_lock:     # a rebase must not cut through a restore step
-            g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
-                       None if relay_seq is None else int(relay_seq))
+            g.pair_set(grsts, seq, relay_seq)
         return {"grsts": g.jnlg.grsts}
 
-    async def _digest(self, req: dict) -> dict:
+    async def _digest(self, req: Request) -> dict:
         """``tricopy verify``: chunk digests once the SVOLs hold the primary's PSEQ
         (or later); answers the PSEQ they stand at."""
         from ..rcm.verify import chunk_digests
-        g = self._named(str(req["group"]))
-        pseq = int(req["pseq"])
-        deadline = time.monotonic() + float(req.get("timeout", 30.0))
+        g = self._named(req.text("group"))
+        pseq = req.integer("pseq")
+        deadline = time.monotonic() + req.number("timeout", 30.0)
+        vol, first, count = g.volume(req.integer("idx")), req.integer("first"), req.integer("count")
         while pseq and (not g.applied_tag or tag_after(pseq, g.applied_tag)):
             if (why := g.readable()) is not None:
                 raise ControlError(f"no digest: {why}")
@@ -726,43 +734,41 @@ class Secondary:
             except asyncio.TimeoutError:
                 pass
         async with g._restore_lock:      # between two restore steps: one point of the history
-            count = min(int(req["count"]), 256)
-            digests = chunk_digests(g.volumes[int(req["idx"])], int(req["first"]), count)
+            digests = chunk_digests(vol, first, min(count, 256))
             return {"pseq": g.applied_tag, "digests": digests}
 
-    async def _takeover(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        relay_seq = req.get("relay_seq")
-        return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
-                                 None if relay_seq is None else int(relay_seq))
+    async def _takeover(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        return await g.take_over(req.integer("epoch"), req.flag("force"),
+                                 req.integer("relay_seq", None))
 
-    async def _move_epoch(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).move_epoch(int(req["epoch"]),
-                                                              int(req["restored"]))
+    async def _move_epoch(self, req: Request) -> dict:
+        return await self._named(req.text("group")).move_epoch(req.integer("epoch"),
+                                                              req.integer("restored"))
 
-    async def _become_master(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        await g.become_master(int(req["epoch"]), int(req["restored"]),
-                              int(req["relay_last_tag"]))
+    async def _become_master(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        await g.become_master(req.integer("epoch"), req.integer("restored"),
+                              req.integer("relay_last_tag"))
         return {"role": "primary", "_after": self.restart.set}
 
-    async def _quiesce(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).quiesce(int(req["epoch"]))
+    async def _quiesce(self, req: Request) -> dict:
+        return await self._named(req.text("group")).quiesce(req.integer("epoch"))
 
-    async def _read(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        data = g.read_quiesced(int(req["idx"]), int(req["offset"]), int(req["length"]))
+    async def _read(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        data = g.read_quiesced(req.integer("idx"), req.integer("offset"), req.integer("length"))
         return {"data": base64.b64encode(data).decode()}
 
-    async def _rejoin(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).rejoin(int(req["epoch"]),
-                                                          int(req["restored"]))
+    async def _rejoin(self, req: Request) -> dict:
+        return await self._named(req.text("group")).rejoin(req.integer("epoch"),
+                                                          req.integer("restored"))
 
-    async def _snapshot(self, req: dict) -> dict:
+    async def _snapshot(self, req: Request) -> dict:
         """Tests/forensics: copy the SVOLs (between restore steps) into
         ``<state_dir>/snapshots/<name>``; only a plain name, never a path."""
-        g = self._named(str(req["group"]))
-        name = str(req["name"])
+        g = self._named(req.text("group"))
+        name = req.text("name")
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
             raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
                                f"not {name!r}")
@@ -770,7 +776,7 @@ class Secondary:
         applied, consistent = await g.snapshot(folder)
         return {"last_restored": applied, "consistent": consistent, "folder": str(folder)}
 
-    async def _status(self, req: dict) -> dict:
+    async def _status(self, req: Request) -> dict:
         return {"site": self.cfg.site, "role": "secondary",
                 "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 

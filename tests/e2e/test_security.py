@@ -12,6 +12,7 @@ closes only its own connection.
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import re
@@ -315,3 +316,62 @@ def test_plaintext_hello_from_a_stranger_changes_nothing(tmp_path):
             assert c.volume_bytes("secondary", i) == bytes(work.model[i])
     finally:
         c.stop_all()
+
+
+def _ask(path, request: dict) -> dict:
+    """One raw request on a Unix control socket (``control.call`` keeps
+    ``timeout`` for itself, and that is one of the arguments sent here)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, f"{path} closed without answering {request['cmd']!r}"
+            buf += chunk
+    return json.loads(buf)
+
+
+_GROUP_ONLY = {"pair_create", "pair_split", "pair_delete", "swap_cancel"}
+_ARGS = ("group", "idx", "offset", "length", "data", "epoch", "restored", "relay_last_tag",
+         "count", "first", "chunks", "grsts", "consistent_seq", "relay_seq", "pseq", "timeout",
+         "force", "name", "reverse", "flush")
+
+
+def test_every_control_command_answers_a_bad_argument_with_a_typed_error(cluster):
+    """Each command of each site, sent with no arguments and then with every
+    argument of the wrong type: the answer is a typed error of one line that
+    names the argument (never KeyError, TypeError or ValueError with a bare
+    key), and the site keeps serving (issue 12)."""
+    cluster.start_all()
+    for role in ("primary", "relay", "secondary"):
+        addr = cluster.control_addr(role)
+        with pytest.raises(control.ControlError) as info:
+            control.call(addr, "no-such-command")
+        commands = str(info.value).split("known: ")[1].split(", ")
+        assert "status" in commands and len(commands) > 5, commands
+        seen = set()
+        for cmd, value, group in itertools.product(commands, (None, [], "x", -1, 1.5, True),
+                                                   (None, "g1")):
+            args = {} if value is None else dict.fromkeys(_ARGS, value)
+            if group is not None:
+                if cmd in _GROUP_ONLY:
+                    continue          # with the right group these would act (split, delete)
+                args["group"] = group       # past the group: the command's other arguments
+            answer = _ask(addr, {"id": 1, "cmd": cmd, **args})
+            if answer["ok"]:
+                continue                  # (status, flush, ... need no argument)
+            why, kind = answer["error"], answer["type"]
+            assert kind not in ("KeyError", "TypeError", "ValueError"), (role, cmd, args, kind, why)
+            assert why and "\n" not in why, (role, cmd, why)
+            if kind == "ArgumentError":
+                assert why.startswith(f"{cmd}: ") and re.search(r"argument '\w+'", why), why
+                if group is not None:
+                    assert "'group'" not in why, why
+            seen.add(kind)
+        assert "ArgumentError" in seen, seen
+        assert control.call(addr, "status")["groups"], role       # still serving
+    st = cluster.wait_drained()
+    assert st["secondary"]["grsts"] == "PAIR" and st["relay"]["grsts"] == "PAIR", st
+
