@@ -37,7 +37,7 @@ from typing import Awaitable, Callable
 
 from ..wire import tls as _tls
 
-__all__ = ["ControlError", "ArgumentError", "Request", "ControlServer", "ControlClient", "call",
+__all__ = ["ControlError", "ArgumentError", "WrongSite", "Request", "ControlServer", "ControlClient", "call",
            "describe", "READ_ONLY"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,27 @@ class ArgumentError(ControlError):
 
     def __init__(self, message: str):
         super().__init__(message, "ArgumentError")
+
+
+class WrongSite(ControlError):
+    """The control socket reached over TLS has a certificate of the cluster CA
+    but for another site than the one meant: nothing was sent to it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "WrongSite")
+
+
+def _check_site(addr, names: set[str], expect_site: str | None) -> None:
+    """Refuse a TLS control server whose certificate does not name
+    ``expect_site``, as the replication links refuse a wrong peer: the
+    address may be stale or point at another site, and a pair command sent
+    there would move the wrong site's state."""
+    if expect_site is None:
+        return
+    why = _tls.check_peer(names, [expect_site])
+    if why is not None:
+        raise WrongSite(f"{describe(addr)}: {why}; nothing was sent: check the address and "
+                        f"the site name the cluster file gives for it")
 
 
 _MISSING = object()
@@ -318,10 +339,18 @@ class ControlClient:
         self._rx = asyncio.create_task(self._receive())
 
     @classmethod
-    async def open(cls, addr, tls: ssl.SSLContext | None = None) -> "ControlClient":
-        """``addr``: (host, port), with ``tls`` a client context for mutual TLS;
-        or a Unix socket path."""
+    async def open(cls, addr, tls: ssl.SSLContext | None = None,
+                   expect_site: str | None = None) -> "ControlClient":
+        """``addr``: (host, port), with ``tls`` a client context for mutual TLS
+        (and ``expect_site``, the site name its certificate must carry); or a
+        Unix socket path."""
         reader, writer = await _open(addr, tls, _LIMIT)
+        if tls is not None and not isinstance(addr, (str, Path)):
+            try:
+                _check_site(addr, _tls.peer_names(writer), expect_site)
+            except WrongSite:
+                writer.close()
+                raise
         return cls(reader, writer)
 
     async def call(self, cmd: str, **args) -> dict:
@@ -361,11 +390,13 @@ class ControlClient:
 
 
 def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
-         **args) -> dict:
+         expect_site: str | None = None, **args) -> dict:
     """Blocking one-shot request (for the CLI and tests).
 
     ``addr``: (host, port), or a Unix socket path (str or Path); ``tls``: a
-    client context (host/wire/tls.py) for a TCP control socket with TLS."""
+    client context (host/wire/tls.py) for a TCP control socket with TLS;
+    ``expect_site``: the site name the server's certificate must carry
+    (:class:`WrongSite` before anything is sent, if it does not)."""
     if isinstance(addr, (str, Path)):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -379,7 +410,8 @@ def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = Non
         if tls is not None:
             try:
                 s = tls.wrap_socket(s, server_side=False)
-            except OSError:
+                _check_site(addr, _tls.peer_names(s), expect_site)
+            except (OSError, WrongSite):
                 s.close()
                 raise
     with s:

@@ -11,7 +11,9 @@ The sites are named by their control addresses, on the command line
 (``--primary ADDR --relay ADDR --secondary ADDR``, each ``unix:PATH`` or
 ``HOST:PORT``) or in a cluster file (``--cluster FILE``, TOML with the keys
 ``primary``, ``relay``, ``secondary``, and for TCP control sockets a ``tls``
-table with this client's ``ca``, ``cert``, ``key``; docs/security.md).
+table with this client's ``ca``, ``cert``, ``key`` and the site name each
+TCP socket's certificate must carry, ``primary_site``, ``relay_site``,
+``secondary_site``; docs/security.md).
 docs/operations.md has the states and every command.
 """
 
@@ -55,6 +57,11 @@ class Sites:
     relay: "tuple[str, int] | Path"
     secondary: "tuple[str, int] | Path"
     tls: "ssl.SSLContext | None" = None
+    # The site name each TCP control socket's certificate must carry (the
+    # RCM checks it before it sends anything, as the links check their peer).
+    primary_site: str | None = None
+    relay_site: str | None = None
+    secondary_site: str | None = None
 
     @classmethod
     def from_file(cls, path: str) -> "Sites":
@@ -72,8 +79,19 @@ class Sites:
                 t = doc["tls"]
                 files = [base / t[k] for k in ("ca", "cert", "key")]
                 ctx = _tls.client_context(TlsConfig(*files))
-            return cls(*(parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES),
-                       tls=ctx)
+            addrs = [parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES]
+            names = {}
+            for role, addr in zip(ROLES, addrs):
+                name = doc.get(f"{role}_site")
+                if name is not None and not (isinstance(name, str) and name):
+                    raise RcmError(f"{path}: {role}_site must be a site name (a string), "
+                                   f"not {name!r}")
+                if ctx is not None and isinstance(addr, tuple) and name is None:
+                    raise RcmError(f"{path}: {role} is a TCP control socket with TLS: add "
+                                   f"{role}_site = \"<the site name in its certificate>\" so "
+                                   f"the RCM checks it reaches that site")
+                names[f"{role}_site"] = name
+            return cls(*addrs, tls=ctx, **names)
         except KeyError as exc:
             raise RcmError(f"{path}: tls.{exc.args[0]}: missing") from None
         except (ConfigError, OSError, ssl.SSLError) as exc:
@@ -83,7 +101,10 @@ class Sites:
         addr = getattr(self, role)
         where = control.describe(addr)
         try:
-            return control.call(addr, cmd, tls=self.tls, **args)
+            return control.call(addr, cmd, tls=self.tls, expect_site=getattr(self, f"{role}_site"),
+                                **args)
+        except control.WrongSite as exc:
+            raise RcmError(f"{role}: {exc}") from None
         except control.ControlError as exc:
             raise RcmError(f"{role} ({where}) refused {cmd}: {exc}") from None
         except OSError as exc:
@@ -97,12 +118,16 @@ class Sites:
         primary does not answer; as configured if neither does."""
         for role, swapped_if in (("primary", "secondary"), ("secondary", "primary")):
             try:
-                now = control.call(getattr(self, role), "status", tls=self.tls)["role"]
+                now = control.call(getattr(self, role), "status", tls=self.tls,
+                                   expect_site=getattr(self, f"{role}_site"))["role"]
             except (OSError, control.ControlError):
                 continue
             if now == swapped_if:
+                # the sites keep their names (and certificates) in either role
                 return dataclasses.replace(self, primary=self.secondary,
-                                           secondary=self.primary)
+                                           secondary=self.primary,
+                                           primary_site=self.secondary_site,
+                                           secondary_site=self.primary_site)
             return self
         return self
 

@@ -375,3 +375,42 @@ def test_every_control_command_answers_a_bad_argument_with_a_typed_error(cluster
     st = cluster.wait_drained()
     assert st["secondary"]["grsts"] == "PAIR" and st["relay"]["grsts"] == "PAIR", st
 
+
+def test_rcm_checks_the_control_servers_site_name(tmp_path):
+    """Remote administration: the RCM refuses a TCP control socket whose
+    certificate (of the cluster CA) names another site than the cluster file
+    says, before it sends anything; the right name is served; a cluster file
+    with TCP + TLS and no site name is refused up front (issue 12)."""
+    from tricopy.host.rcm.pairs import RcmError, Sites
+    port = free_port()
+    config = _relay_toml(tmp_path / "relay", control=f'control = "127.0.0.1:{port}"')
+    addr = ("127.0.0.1", port)
+    with open(tmp_path / "relay.log", "wb") as log:
+        proc = _site("relay", config, log)
+    try:
+        admin = client_tls("admin")
+        wait_for(lambda: _try(lambda: control.call(addr, "status", tls=admin)), "the relay")
+        d = test_certs()
+
+        def cluster_file(extra: str) -> str:
+            path = tmp_path / f"cluster{len(extra)}.toml"
+            path.write_text(f'primary = "unix:{tmp_path}/p.sock"\nrelay = "127.0.0.1:{port}"\n'
+                            f'secondary = "unix:{tmp_path}/s.sock"\n{extra}'
+                            f'tls = {{ ca = "{d}/ca.pem", cert = "{d}/admin.pem", '
+                            f'key = "{d}/admin.key" }}\n')
+            return str(path)
+
+        wrong = Sites.from_file(cluster_file('relay_site = "secondary"\n'))
+        with pytest.raises(RcmError, match="the certificate is for relay, expected 'secondary'"):
+            wrong.call("relay", "pair_set", group="g1", grsts="PAIR")
+        with pytest.raises(control.WrongSite):
+            asyncio.run(control.ControlClient.open(addr, admin, expect_site="primary"))
+        with pytest.raises(RcmError, match="add relay_site ="):
+            Sites.from_file(cluster_file(""))
+        right = Sites.from_file(cluster_file('relay_site = "relay"\n'))
+        # the wrong-site call was never sent: the relay is still SMPL, and took nothing
+        assert right.call("relay", "status")["groups"][0]["grsts"] == "SMPL"
+        assert "pair_set" not in (tmp_path / "relay.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
