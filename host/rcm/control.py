@@ -74,17 +74,18 @@ class WrongSite(ControlError):
         super().__init__(message, "WrongSite")
 
 
-def _check_site(addr, names: set[str], expect_site: str | None) -> None:
-    """Refuse a TLS control server whose certificate does not name
-    ``expect_site``, as the replication links refuse a wrong peer: the
+def _check_site(addr, sslobj, expect_site: str | None) -> None:
+    """Refuse a TLS control server whose certificate is revoked or does not
+    name ``expect_site``, as the replication links refuse a wrong peer: the
     address may be stale or point at another site, and a pair command sent
     there would move the wrong site's state."""
-    if expect_site is None:
-        return
-    why = _tls.check_peer(names, [expect_site])
+    why = _tls.revoked(sslobj)
+    if why is None and expect_site is not None:
+        why = _tls.check_peer(_tls.peer_names(sslobj), [expect_site])
     if why is not None:
-        raise WrongSite(f"{describe(addr)}: {why}; nothing was sent: check the address and "
-                        f"the site name the cluster file gives for it")
+        hint = ("" if "revoked" in why else
+                ": check the address and the site name the cluster file gives for it")
+        raise WrongSite(f"{describe(addr)}: {why}; nothing was sent{hint}")
 
 
 _MISSING = object()
@@ -347,7 +348,7 @@ class ControlClient:
         reader, writer = await _open(addr, tls, _LIMIT)
         if tls is not None and not isinstance(addr, (str, Path)):
             try:
-                _check_site(addr, _tls.peer_names(writer), expect_site)
+                _check_site(addr, writer.get_extra_info("ssl_object"), expect_site)
             except WrongSite:
                 writer.close()
                 raise
@@ -410,7 +411,7 @@ def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = Non
         if tls is not None:
             try:
                 s = tls.wrap_socket(s, server_side=False)
-                _check_site(addr, _tls.peer_names(s), expect_site)
+                _check_site(addr, s, expect_site)
             except (OSError, WrongSite):
                 s.close()
                 raise

@@ -78,7 +78,8 @@ class Sites:
             if isinstance(doc.get("tls"), dict):
                 t = doc["tls"]
                 files = [base / t[k] for k in ("ca", "cert", "key")]
-                ctx = _tls.client_context(TlsConfig(*files))
+                crl = base / t["crl"] if t.get("crl") else None
+                ctx = _tls.client_context(TlsConfig(*files, crl=crl))
             addrs = [parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES]
             names = {}
             for role, addr in zip(ROLES, addrs):
@@ -94,7 +95,7 @@ class Sites:
             return cls(*addrs, tls=ctx, **names)
         except KeyError as exc:
             raise RcmError(f"{path}: tls.{exc.args[0]}: missing") from None
-        except (ConfigError, OSError, ssl.SSLError) as exc:
+        except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
             raise RcmError(f"{path}: {exc}") from None
 
     def call(self, role: str, cmd: str, **args) -> dict:

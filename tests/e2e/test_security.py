@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import stat
@@ -414,3 +415,64 @@ def test_rcm_checks_the_control_servers_site_name(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_revoked_certificate_is_refused_until_it_is_made_again(tmp_path):
+    """`tricopy certs revoke relay`: after a restart the secondary refuses the
+    relay's certificate (one line per connection, naming it), a connecting
+    side with the CRL refuses it too, nothing more is restored; a new
+    certificate for the relay and its restart let replication resume
+    (issue 12)."""
+    from tricopy.host.config import TlsConfig
+    from tricopy.host.tools.certs import write_crl
+    from tricopy.host.wire import tls as tls_mod
+    from tricopy.host.wire.link import LinkUnauthenticated
+    certs = tmp_path / "certs"
+    shutil.copytree(test_certs(), certs, ignore=shutil.ignore_patterns("other", "done"))
+    write_crl(certs, [], fresh=True)                 # what `tricopy certs` writes for a new CA
+    c = Cluster(tmp_path / "trio")
+    for role in ("primary", "relay", "secondary"):
+        cfg = c.root / role / "site.toml"
+        text = cfg.read_text().replace(str(test_certs()), str(certs))
+        cfg.write_text(re.sub(r"(tls = \{[^}]*) \}", rf'\1, crl = "{certs}/crl.pem" }}', text))
+    certs_cli = [sys.executable, "-m", "tricopy.host.cli", "certs", "--out", str(certs)]
+    try:
+        c.start_all()
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=5)
+        asyncio.run(work.run(count=6))
+        high = c.wait_drained()["secondary"]["last_restored"]
+
+        out = subprocess.run(certs_cli + ["revoke", "relay"], capture_output=True, text=True)
+        assert out.returncode == 0 and "revoked relay" in out.stdout, out.stdout + out.stderr
+        c.terminate("secondary")
+        c.start("secondary")
+        needle = "secondary data port: refused 127.0.0.1:"
+        wait_for(lambda: _count(c.log("secondary"), "certificate of relay revoked") >= 2,
+                 "the secondary refusing the revoked relay")
+        refusals = [line for line in c.log("secondary").splitlines()
+                    if "certificate of relay revoked" in line]
+        assert all(needle in line for line in refusals), refusals
+        # a connecting side with the CRL refuses the relay's certificate as well
+        primary_tls = tls_mod.client_context(TlsConfig(certs / "ca.pem", certs / "primary.pem",
+                                                       certs / "primary.key", certs / "crl.pem"))
+        with pytest.raises(LinkUnauthenticated, match="certificate of relay revoked"):
+            asyncio.run(connect(c.data_addr("relay"), Hello(Role.PRIMARY, 1, 0, 0, "g1", "primary"),
+                                tls=primary_tls, peer_site="relay"))
+        asyncio.run(work.run(count=6))          # acked by the relay, held there
+        n = _count(c.log("secondary"), "certificate of relay revoked")
+        wait_for(lambda: _count(c.log("secondary"), "certificate of relay revoked") > n + 1,
+                 "more refusals after the writes")
+        st = c.status("secondary")
+        assert st["last_restored"] == high and not st["connected"], st
+
+        out = subprocess.run(certs_cli + ["--sites", "relay", "--clients", ""],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        c.terminate("relay")
+        c.start("relay")
+        st = c.wait_drained()
+        assert st["secondary"]["last_restored"] > high
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
+    finally:
+        c.stop_all()
