@@ -465,10 +465,16 @@ class JournalEngine(wiring.Component):
                     m.next = "HCHECK"
 
             with m.State("HCHECK"):
-                length_ok = lt_const(hdr.length, protocol.MAX_BODY + 1)
+                # LENGTH against what its TYPE can carry (protocol.MAX_LENGTH,
+                # the host's table): a longer header is refused here and the
+                # hunt starts at once, not after up to MAX_BODY bytes of body.
+                # An unknown TYPE carries nothing: it hunts too.
+                length_ok = Const(0)
                 type_ok = Const(0)
                 for t in _KNOWN_TYPES:
                     type_ok = type_ok | (hdr.type == t)
+                    length_ok = length_ok | ((hdr.type == t)
+                                             & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
                 header_ok = (magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
                              & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
                              & length_ok & type_ok)

@@ -71,7 +71,7 @@ KEYS = {
     "journal": ("path", "size", "preallocate"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
     "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
-    "tls": ("ca", "cert", "key"),
+    "tls": ("ca", "cert", "key", "crl"),
     "limits": ("connections", "handshakes", "handshake_timeout", "control_line",
                "control_inflight", "control_buffered"),
 }
@@ -198,10 +198,12 @@ def swap_problem(site: "SiteConfig", g: GroupConfig) -> str:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """``[tls]``: the cluster CA and this site's certificate and key (PEM files)."""
+    """``[tls]``: the cluster CA and this site's certificate and key (PEM files),
+    and the CA's revocation list (``crl``, optional; ``tricopy certs revoke``)."""
     ca: Path
     cert: Path
     key: Path
+    crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -437,7 +439,9 @@ def _parse_tls(doc: dict, base: Path, explicit: bool) -> TlsConfig | None:
     if not isinstance(t, dict):
         raise ConfigError(f"tls: expected a table (ca, cert, key) or false, got {t!r}")
     _only_known(t, "tls", "tls")
-    return TlsConfig(*(_path(base, _get(t, k, str, "tls.")) for k in ("ca", "cert", "key")))
+    crl = _path(base, _get(t, "crl", str, "tls.")) if "crl" in t else None
+    return TlsConfig(*(_path(base, _get(t, k, str, "tls.")) for k in ("ca", "cert", "key")),
+                     crl=crl)
 
 
 def _parse_limits(t: dict) -> LimitsConfig:

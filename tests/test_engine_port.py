@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -266,3 +267,25 @@ def test_engine_serve_process_refuses_a_bad_size():
     proc = subprocess.run([sys.executable, "-m", "tricopy.host.engine.serve", "--size", "100"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "not 100" in proc.stderr
+
+
+@pytest.mark.parametrize("ftype", [P.FrameType.HELLO, P.FrameType.STATUS, P.FrameType.RELEASE,
+                                   P.FrameType.JNLDESC, P.FrameType.HEARTBEAT])
+def test_a_huge_length_is_refused_at_the_header(server, ftype):
+    """A header with a good HCRC that announces more body than its TYPE can
+    carry (MAX_LENGTH) is answered at once with NAK BAD_FRAME, and the frame
+    right behind it is answered too: the engine hunts instead of waiting for
+    up to MAX_BODY bytes that never come (issue 12)."""
+    head = struct.pack("<IBBHI", P.MAGIC, P.VERSION, ftype, 0, P.MAX_BODY)
+    head += struct.pack("<I", P.crc32c(head))
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(head + P.Frame(P.FrameType.STATUS).serialize())
+        parser, got = P.FrameParser(), []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += parser.feed(sock.recv(4096))      # a timeout here fails the test
+    nak = P.Ack.from_frame(got[0])
+    assert (nak.status, nak.req_type) == (S.BAD_FRAME, ftype)
+    assert got[1].type == P.FrameType.STATUS_RESP
+    assert P.EngineStatus.unpack(got[1].body).naks == 1

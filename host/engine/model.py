@@ -22,7 +22,7 @@ from typing import Callable
 from tricopy.host.wire import protocol
 from tricopy.host.wire.protocol import (
     ALIGN,
-    CONTROL_SIZE, MAX_BODY, MAX_DATA, Ack, Control, Frame, FrameFlag, FrameType,
+    CONTROL_SIZE, MAX_DATA, Ack, Control, Frame, FrameFlag, FrameType,
     Kind, LoadFlag, Status,
 )
 
@@ -515,12 +515,15 @@ class EngineStream:
             out += self._pad(self.model.nak(Status.BAD_FRAME, 0).serialize())
             self._start_hunt()
             return True
-        if length > MAX_BODY:                   # cannot trust the boundary: hunt
+        if ftype not in _KNOWN_TYPES or length > protocol.MAX_LENGTH[ftype]:
+            # More than the TYPE can carry (an unknown TYPE carries nothing
+            # known): the boundary cannot be trusted, and waiting for the body
+            # would hold the link for up to MAX_BODY bytes. Hunt at once.
             out += self._pad(self.model.nak(Status.BAD_FRAME, ftype).serialize())
             self._start_hunt()
             return True
         size = protocol.HEADER_SIZE + (length + protocol.TRAILER_SIZE if length else 0)
-        if version != protocol.VERSION or flags & ~int(FrameFlag.MORE) or ftype not in _KNOWN_TYPES:
+        if version != protocol.VERSION or flags & ~int(FrameFlag.MORE):
             out += self._pad(self.model.nak(Status.BAD_FRAME, ftype).serialize())
             del buf[:protocol.HEADER_SIZE]
             self._skip = size - protocol.HEADER_SIZE + -size % self.beat

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import errno
 import logging
 import os
@@ -38,7 +37,7 @@ from functools import partial
 
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
-from ..rcm.control import ControlError, ControlServer
+from ..rcm.control import ArgumentError, ControlError, ControlServer, Request
 from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
@@ -1179,7 +1178,7 @@ class MasterGroup:
         if not self.fenced:
             raise ControlError(f"group {self.cfg.grname} is not fenced: a failback writes "
                                f"only to a fenced old primary")
-        self.volumes[idx].write(offset, data)
+        self.volume(idx).write(offset, data)
 
     def rejoin(self, epoch: int, relay_last_tag: int) -> None:
         """Failback, last step: the primary again, at ``epoch``, PVOL == SVOL.
@@ -1392,80 +1391,82 @@ class Primary:
             for vol in g.volumes.values():
                 vol.close()
 
-    async def _write(self, req: dict) -> dict:
-        try:
-            data = base64.b64decode(req["data"], validate=True)
-        except binascii.Error as exc:      # found by fuzzing: answered as type "Error"
-            raise ControlError(f"write: data is not base64 ({exc})") from None
-        return {"seq": await self.write(int(req["idx"]), int(req["offset"]), data)}
+    async def _write(self, req: Request) -> dict:
+        data = req.data()              # (not base64 was answered as type "Error": fuzzing)
+        return {"seq": await self.write(req.integer("idx"), req.integer("offset"), data)}
 
-    async def _zeroes(self, req: dict) -> dict:
-        return {"seq": await self.write_zeroes(int(req["idx"]), int(req["offset"]), int(req["length"]))}
+    async def _zeroes(self, req: Request) -> dict:
+        return {"seq": await self.write_zeroes(req.integer("idx"), req.integer("offset"), req.integer("length"))}
 
-    async def _trim(self, req: dict) -> dict:
-        return {"seq": await self.trim(int(req["idx"]), int(req["offset"]), int(req["length"]))}
+    async def _trim(self, req: Request) -> dict:
+        return {"seq": await self.trim(req.integer("idx"), req.integer("offset"), req.integer("length"))}
 
-    async def _flush(self, req: dict) -> dict:
+    async def _flush(self, req: Request) -> dict:
         await self.flush()
         return {}
 
-    async def _read(self, req: dict) -> dict:
-        vol = self._group_of(int(req["idx"])).volume(int(req["idx"]))
-        return {"data": base64.b64encode(vol.read(int(req["offset"]), int(req["length"]))).decode()}
+    async def _read(self, req: Request) -> dict:
+        idx = req.integer("idx")
+        data = self._group_of(idx).volume(idx).read(req.integer("offset"), req.integer("length"))
+        return {"data": base64.b64encode(data).decode()}
 
-    async def _jnlg(self, req: dict) -> dict:
+    async def _jnlg(self, req: Request) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
-    async def _digest(self, req: dict) -> dict:
+    async def _digest(self, req: Request) -> dict:
         """``tricopy verify``: chunk digests and the PSEQ they stand at (no await in between)."""
         from ..rcm.verify import chunk_digests
-        g = self._named(str(req["group"]))
-        count = min(int(req["count"]), 256)
-        digests = chunk_digests(g.volume(int(req["idx"])), int(req["first"]), count)
+        g = self._named(req.text("group"))
+        count = min(req.integer("count"), 256)
+        digests = chunk_digests(g.volume(req.integer("idx")), req.integer("first"), count)
         return {"pseq": g.last_pseq, "digests": digests}
 
-    async def _mark_out_of_sync(self, req: dict) -> dict:
+    async def _mark_out_of_sync(self, req: Request) -> dict:
         """``tricopy verify --mark``: chunks found different go to the copy bitmap,
         so the next ``pair split`` + ``pair resync`` sends them."""
-        g = self._named(str(req["group"]))
-        idx = int(req["idx"])
-        for c in req["chunks"]:
-            g.bitmap.mark(idx, int(c) * g.bitmap.chunk, 1)
+        g = self._named(req.text("group"))
+        idx = req.integer("idx")
+        size, chunks = g.volume(idx).size, req.integers("chunks")
+        if any(c * g.bitmap.chunk >= size for c in chunks):
+            raise ArgumentError(f"mark_out_of_sync: a chunk in 'chunks' is past the end of "
+                                f"volume {idx} ({-(-size // g.bitmap.chunk)} chunks); send "
+                                f"chunk numbers that `tricopy verify` reported")
+        for c in chunks:
+            g.bitmap.mark(idx, c * g.bitmap.chunk, 1)
         g.bitmap.save()
         return {"copy_pending_bytes": g.bitmap.count() * g.bitmap.chunk}
 
-    async def _fence_cmd(self, req: dict) -> dict:
-        return self._named(str(req["group"])).fence_for(int(req["epoch"]))
+    async def _fence_cmd(self, req: Request) -> dict:
+        return self._named(req.text("group")).fence_for(req.integer("epoch"))
 
-    async def _write_fenced(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
+    async def _write_fenced(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
         if "data" in req:
-            g.write_fenced(int(req["idx"]), int(req["offset"]),
-                           base64.b64decode(req["data"], validate=True))
-        if req.get("flush"):
+            g.write_fenced(req.integer("idx"), req.integer("offset"), req.data())
+        if req.flag("flush"):
             await asyncio.to_thread(lambda: [v.flush() for v in g.volumes.values()])
         return {}
 
-    async def _swap_out(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).swap_out(int(req["epoch"]))
+    async def _swap_out(self, req: Request) -> dict:
+        return await self._named(req.text("group")).swap_out(req.integer("epoch"))
 
-    async def _swap_cancel(self, req: dict) -> dict:
-        self._named(str(req["group"])).swap_cancel()
+    async def _swap_cancel(self, req: Request) -> dict:
+        self._named(req.text("group")).swap_cancel()
         return {}
 
-    async def _become_restore(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        g.become_restore(int(req["epoch"]), int(req["restored"]))
+    async def _become_restore(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        g.become_restore(req.integer("epoch"), req.integer("restored"))
         return {"role": "secondary", "_after": self.restart.set}
 
-    async def _use_relay(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        await g.use_relay(str(req["relay"]), int(req["epoch"]))
+    async def _use_relay(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        await g.use_relay(req.text("relay"), req.integer("epoch"))
         return {"relay_in_use": g.jnlg.relay_in_use, "epoch": g.epoch, "last_pseq": g.last_pseq}
 
-    async def _rejoin(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        g.rejoin(int(req["epoch"]), int(req["relay_last_tag"]))
+    async def _rejoin(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        g.rejoin(req.integer("epoch"), req.integer("relay_last_tag"))
         return {"grsts": g.grsts, "epoch": g.epoch}
 
     def _named(self, grname: str) -> MasterGroup:
@@ -1474,18 +1475,16 @@ class Primary:
                 return g
         raise ControlError(f"no MASTER group named {grname!r} at the primary")
 
-    async def _pair(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
+    async def _pair(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
         op = req["cmd"]
         if op == "pair_resync":
-            tag, restored = req.get("relay_last_tag"), req.get("restored_tag")
-            g.pair_resync(None if tag is None else int(tag),
-                          None if restored is None else int(restored))
+            g.pair_resync(req.integer("relay_last_tag", None), req.integer("restored_tag", None))
         else:
             getattr(g, op)()
         return {"grsts": g.grsts}
 
-    async def _status(self, req: dict) -> dict:
+    async def _status(self, req: Request) -> dict:
         return {"site": self.cfg.site, "role": "primary",
                 "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 

@@ -24,6 +24,8 @@ reading waits meanwhile); ``connections`` per listener.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
 import json
@@ -35,7 +37,8 @@ from typing import Awaitable, Callable
 
 from ..wire import tls as _tls
 
-__all__ = ["ControlError", "ControlServer", "ControlClient", "call", "describe", "READ_ONLY"]
+__all__ = ["ControlError", "ArgumentError", "WrongSite", "Request", "ControlServer", "ControlClient", "call",
+           "describe", "READ_ONLY"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,125 @@ class ControlError(Exception):
     def __init__(self, message: str, type: str = "ControlError"):
         super().__init__(message)
         self.type = type
+
+
+class ArgumentError(ControlError):
+    """A request argument is missing or not of its type: the answer names
+    the command, the argument and what to send (never a bare KeyError)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "ArgumentError")
+
+
+class WrongSite(ControlError):
+    """The control socket reached over TLS has a certificate of the cluster CA
+    but for another site than the one meant: nothing was sent to it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "WrongSite")
+
+
+def _check_site(addr, sslobj, expect_site: str | None) -> None:
+    """Refuse a TLS control server whose certificate is revoked or does not
+    name ``expect_site``, as the replication links refuse a wrong peer: the
+    address may be stale or point at another site, and a pair command sent
+    there would move the wrong site's state."""
+    why = _tls.revoked(sslobj)
+    if why is None and expect_site is not None:
+        why = _tls.check_peer(_tls.peer_names(sslobj), [expect_site])
+    if why is not None:
+        hint = ("" if "revoked" in why else
+                ": check the address and the site name the cluster file gives for it")
+        raise WrongSite(f"{describe(addr)}: {why}; nothing was sent{hint}")
+
+
+_MISSING = object()
+_U63 = (1 << 63) - 1
+
+
+class Request(dict):
+    """A control request: the JSON object, with typed access to its arguments.
+
+    Handlers read arguments with :meth:`integer`, :meth:`text`, ... (or
+    ``req["name"]``); a missing or ill-typed one raises :class:`ArgumentError`
+    with one line saying which argument of which command and what it must
+    be, so a client gets an answer it can act on and the site goes on.
+    """
+
+    @property
+    def cmd(self) -> str:
+        return str(self.get("cmd"))
+
+    def __missing__(self, name):
+        raise ArgumentError(f"{self.cmd}: missing argument {name!r}; add \"{name}\": ... to "
+                            f"the request")
+
+    def _arg(self, name: str, default, what: str):
+        value = self.get(name, _MISSING)
+        if value is _MISSING or (value is None and default is not _MISSING):
+            if default is _MISSING:
+                raise ArgumentError(f"{self.cmd}: missing argument {name!r} ({what}); add "
+                                    f"\"{name}\": <{what}> to the request")
+            return default
+        return value
+
+    def _bad(self, name: str, what: str, value) -> ArgumentError:
+        shown = repr(value)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        return ArgumentError(f"{self.cmd}: argument {name!r} must be {what}, not {shown} "
+                             f"({type(value).__name__}); fix it in the request")
+
+    def integer(self, name: str, default=_MISSING, *, min: int = 0, max: int = _U63):
+        """An integer argument in ``min..max`` (JSON true/false are no integers)."""
+        what = f"an integer from {min} to {max}"
+        value = self._arg(name, default, what)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not min <= value <= max:
+            raise self._bad(name, what, value)
+        return value
+
+    def number(self, name: str, default=_MISSING, *, min: float = 0.0):
+        """A number (integer or decimal) of at least ``min``."""
+        what = f"a number of at least {min:g}"
+        value = self._arg(name, default, what)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= min:
+            raise self._bad(name, what, value)
+        return float(value)
+
+    def text(self, name: str, default=_MISSING) -> str:
+        """A string argument."""
+        value = self._arg(name, default, "a string")
+        if value is not default and not isinstance(value, str):
+            raise self._bad(name, "a string", value)
+        return value
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A true/false argument (absent: ``default``)."""
+        value = self._arg(name, default, "true or false")
+        if not isinstance(value, bool):
+            raise self._bad(name, "true or false", value)
+        return value
+
+    def data(self, name: str = "data") -> bytes:
+        """Bytes sent as base64 text."""
+        value = self.text(name)
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ArgumentError(f"{self.cmd}: argument {name!r} is not base64 ({exc}); send "
+                                f"the bytes base64-encoded") from None
+
+    def integers(self, name: str) -> list[int]:
+        """A list of integers, each at least 0."""
+        value = self._arg(name, _MISSING, "a list of integers")
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int)
+                                              or v < 0 for v in value):
+            raise self._bad(name, "a list of integers >= 0", value)
+        return value
 
 
 def _no_constant(name: str):
@@ -165,6 +287,7 @@ class ControlServer:
                                    f"object per line") from None
             if not isinstance(req, dict):
                 raise ControlError("request must be a JSON object")
+            req = Request(req)
             rid = req.get("id")
             cmd = req.get("cmd")
             handler = self.handlers.get(cmd)
@@ -217,10 +340,18 @@ class ControlClient:
         self._rx = asyncio.create_task(self._receive())
 
     @classmethod
-    async def open(cls, addr, tls: ssl.SSLContext | None = None) -> "ControlClient":
-        """``addr``: (host, port), with ``tls`` a client context for mutual TLS;
-        or a Unix socket path."""
+    async def open(cls, addr, tls: ssl.SSLContext | None = None,
+                   expect_site: str | None = None) -> "ControlClient":
+        """``addr``: (host, port), with ``tls`` a client context for mutual TLS
+        (and ``expect_site``, the site name its certificate must carry); or a
+        Unix socket path."""
         reader, writer = await _open(addr, tls, _LIMIT)
+        if tls is not None and not isinstance(addr, (str, Path)):
+            try:
+                _check_site(addr, writer.get_extra_info("ssl_object"), expect_site)
+            except WrongSite:
+                writer.close()
+                raise
         return cls(reader, writer)
 
     async def call(self, cmd: str, **args) -> dict:
@@ -260,11 +391,13 @@ class ControlClient:
 
 
 def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
-         **args) -> dict:
+         expect_site: str | None = None, **args) -> dict:
     """Blocking one-shot request (for the CLI and tests).
 
     ``addr``: (host, port), or a Unix socket path (str or Path); ``tls``: a
-    client context (host/wire/tls.py) for a TCP control socket with TLS."""
+    client context (host/wire/tls.py) for a TCP control socket with TLS;
+    ``expect_site``: the site name the server's certificate must carry
+    (:class:`WrongSite` before anything is sent, if it does not)."""
     if isinstance(addr, (str, Path)):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -278,7 +411,8 @@ def call(addr, cmd: str, timeout: float = 10.0, tls: ssl.SSLContext | None = Non
         if tls is not None:
             try:
                 s = tls.wrap_socket(s, server_side=False)
-            except OSError:
+                _check_site(addr, s, expect_site)
+            except (OSError, WrongSite):
                 s.close()
                 raise
     with s:

@@ -12,7 +12,9 @@ The sites are named by their control addresses, on the command line
 ``HOST:PORT``) or in a cluster file (``--cluster FILE``, TOML with the keys
 ``primary``, ``relay``, ``secondary``, optionally ``standby`` (a standby
 relay, docs/operations.md), and for TCP control sockets a ``tls``
-table with this client's ``ca``, ``cert``, ``key``; docs/security.md).
+table with this client's ``ca``, ``cert``, ``key`` and the site name each
+TCP socket's certificate must carry, ``primary_site``, ``relay_site``,
+``secondary_site``, ``standby_site``; docs/security.md).
 docs/operations.md has the states and every command.
 """
 
@@ -56,10 +58,16 @@ class Sites:
     relay: "tuple[str, int] | Path"
     secondary: "tuple[str, int] | Path"
     tls: "ssl.SSLContext | None" = None
-    # The standby relay's control address, if there is one.  After
-    # :meth:`resolved`, ``relay`` is the relay the group uses and ``standby``
-    # the other one.
+    # The site name each TCP control socket's certificate must carry (the
+    # RCM checks it before it sends anything, as the links check their peer).
+    primary_site: str | None = None
+    relay_site: str | None = None
+    secondary_site: str | None = None
+    # The standby relay's control address (and site name), if there is one.
+    # After :meth:`resolved`, ``relay`` is the relay the group uses and
+    # ``standby`` the other one.
     standby: "tuple[str, int] | Path | None" = None
+    standby_site: str | None = None
 
     @classmethod
     def from_file(cls, path: str) -> "Sites":
@@ -76,14 +84,26 @@ class Sites:
             if isinstance(doc.get("tls"), dict):
                 t = doc["tls"]
                 files = [base / t[k] for k in ("ca", "cert", "key")]
-                ctx = _tls.client_context(TlsConfig(*files))
-            standby = doc.get("standby")
-            return cls(*(parse_control(doc.get(r), f"{path}: {r}", base) for r in ROLES),
-                       tls=ctx, standby=None if standby is None
-                       else parse_control(standby, f"{path}: standby", base))
+                crl = base / t["crl"] if t.get("crl") else None
+                ctx = _tls.client_context(TlsConfig(*files, crl=crl))
+            roles = ROLES + (("standby",) if doc.get("standby") is not None else ())
+            addrs = [parse_control(doc.get(r), f"{path}: {r}", base) for r in roles]
+            names = {}
+            for role, addr in zip(roles, addrs):
+                name = doc.get(f"{role}_site")
+                if name is not None and not (isinstance(name, str) and name):
+                    raise RcmError(f"{path}: {role}_site must be a site name (a string), "
+                                   f"not {name!r}")
+                if ctx is not None and isinstance(addr, tuple) and name is None:
+                    raise RcmError(f"{path}: {role} is a TCP control socket with TLS: add "
+                                   f"{role}_site = \"<the site name in its certificate>\" so "
+                                   f"the RCM checks it reaches that site")
+                names[f"{role}_site"] = name
+            standby = addrs[3] if len(addrs) > 3 else None
+            return cls(*addrs[:3], tls=ctx, standby=standby, **names)
         except KeyError as exc:
             raise RcmError(f"{path}: tls.{exc.args[0]}: missing") from None
-        except (ConfigError, OSError, ssl.SSLError) as exc:
+        except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
             raise RcmError(f"{path}: {exc}") from None
 
     def call(self, role: str, cmd: str, **args) -> dict:
@@ -93,7 +113,10 @@ class Sites:
                            f"cluster file")
         where = control.describe(addr)
         try:
-            return control.call(addr, cmd, tls=self.tls, **args)
+            return control.call(addr, cmd, tls=self.tls, expect_site=getattr(self, f"{role}_site"),
+                                **args)
+        except control.WrongSite as exc:
+            raise RcmError(f"{role}: {exc}") from None
         except control.ControlError as exc:
             raise RcmError(f"{role} ({where}) refused {cmd}: {exc}") from None
         except OSError as exc:
@@ -108,15 +131,22 @@ class Sites:
         primary sends its journals to the standby relay, ``relay`` is that one."""
         for role, swapped_if in (("primary", "secondary"), ("secondary", "primary")):
             try:
-                st = control.call(getattr(self, role), "status", tls=self.tls)
+                st = control.call(getattr(self, role), "status", tls=self.tls,
+                                  expect_site=getattr(self, f"{role}_site"))
             except (OSError, control.ControlError):
                 continue
             sites = self
             if st["role"] == swapped_if:
-                sites = dataclasses.replace(self, primary=self.secondary, secondary=self.primary)
+                # the sites keep their names (and certificates) in either role
+                sites = dataclasses.replace(self, primary=self.secondary,
+                                            secondary=self.primary,
+                                            primary_site=self.secondary_site,
+                                            secondary_site=self.primary_site)
             elif st["role"] == "primary" and self.standby is not None and any(
                     g.get("relay_in_use") == "standby" for g in st.get("groups", [])):
-                sites = dataclasses.replace(self, relay=self.standby, standby=self.relay)
+                sites = dataclasses.replace(self, relay=self.standby, standby=self.relay,
+                                            relay_site=self.standby_site,
+                                            standby_site=self.relay_site)
             return sites
         return self
 
@@ -230,8 +260,10 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
     if configured.standby is None and to == "standby":
         raise RcmError("no standby relay is known here: give --standby ADDR (its control "
                        "socket) or `standby = ` in the cluster file")
-    target = dataclasses.replace(configured, relay=names[to],
-                                 standby=names["standby" if to == "relay" else "relay"])
+    site_names = {"relay": configured.relay_site, "standby": configured.standby_site}
+    other = "standby" if to == "relay" else "relay"
+    target = dataclasses.replace(configured, relay=names[to], standby=names[other],
+                                 relay_site=site_names[to], standby_site=site_names[other])
     prim = target.group_status("primary", grname)
     if to == "standby" and not prim.get("standby_configured"):
         raise RcmError(f"group {grname} has no standby relay at the primary: give its "

@@ -32,7 +32,7 @@ from collections import deque
 
 from ..wire import protocol
 from ..config import Durability, GroupAttr, GroupConfig, SiteConfig, swap_problem, swapped
-from ..rcm.control import ControlError, ControlServer
+from ..rcm.control import ControlError, ControlServer, Request
 from ..wire import tls
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import GRSTS, JnlgTable
@@ -1052,85 +1052,70 @@ class Relay:
                                       "quiesce": self._quiesce, "digest": self._digest,
                                       "read": self._read, "demote": self._demote})
 
-    async def _jnlg(self, req: dict) -> dict:
+    async def _jnlg(self, req: Request) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
-    async def _pair_set(self, req: dict) -> dict:
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                seq = req.get("consistent_seq")
-                g.pair_set(str(req["grsts"]), None if seq is None else int(seq))
-                return {"grsts": g.jnlg.grsts}
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
-
-    def _named(self, grname: str) -> "RelayGroup":
+    def _named(self, req: Request) -> "RelayGroup":
+        grname = req.text("group")
         for g in self.groups.values():
             if g.cfg.grname == grname:
                 return g
         raise ControlError(f"no INTERMEDIARY group named {grname!r} at the relay")
 
-    async def _quiesce(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).quiesce_local(int(req["epoch"]))
+    async def _quiesce(self, req: Request) -> dict:
+        return await self._named(req).quiesce_local(req.integer("epoch"))
 
-    async def _digest(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        return {"digests": await g.local_digest(int(req["idx"]), int(req["first"]),
-                                                int(req["count"]))}
+    async def _digest(self, req: Request) -> dict:
+        g = self._named(req)
+        return {"digests": await g.local_digest(req.integer("idx"), req.integer("first"),
+                                                req.integer("count"))}
 
-    async def _read(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        data = await g.local_read(int(req["idx"]), int(req["offset"]), int(req["length"]))
+    async def _read(self, req: Request) -> dict:
+        g = self._named(req)
+        data = await g.local_read(req.integer("idx"), req.integer("offset"),
+                                  req.integer("length"))
         return {"data": base64.b64encode(data).decode()}
 
-    async def _demote(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).demote(int(req["epoch"]))
+    async def _demote(self, req: Request) -> dict:
+        return await self._named(req).demote(req.integer("epoch"))
 
-    async def _adopt(self, req: dict) -> dict:
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                tag = req.get("last_tag")
-                return await g.adopt(int(req["epoch"]), None if tag is None else int(tag))
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+    async def _adopt(self, req: Request) -> dict:
+        return await self._named(req).adopt(req.integer("epoch"),
+                                           req.integer("last_tag", None))
 
-    async def _fence(self, req: dict) -> dict:
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                last = await g.fence(int(req["epoch"]))
-                return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+    async def _pair_set(self, req: Request) -> dict:
+        g = self._named(req)
+        g.pair_set(req.text("grsts"), req.integer("consistent_seq", None))
+        return {"grsts": g.jnlg.grsts}
 
-    async def _snapshot(self, req: dict) -> dict:
+    async def _fence(self, req: Request) -> dict:
+        g = self._named(req)
+        last = await g.fence(req.integer("epoch"))
+        return {"last_seq": last, "fence_epoch": g.jnlg.fence_epoch}
+
+    async def _snapshot(self, req: Request) -> dict:
         """Tests/forensics: copy the relay's data volumes (between restore steps)
         into ``<state_dir>/snapshots/<name>``; only a plain name."""
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                if g.local is None:
-                    raise ControlError(f"group {g.cfg.grname} has no data volumes at the relay")
-                name = str(req["name"])
-                if not name or not all(c.isalnum() or c in "-_." for c in name) \
-                        or name.startswith("."):
-                    raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
-                                       f"not {name!r}")
-                folder = self.cfg.state_dir / "snapshots" / name
-                applied, consistent = await g.local.snapshot(folder)
-                return {"last_restored": applied, "consistent": consistent,
-                        "folder": str(folder)}
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+        g = self._named(req)
+        if g.local is None:
+            raise ControlError(f"group {g.cfg.grname} has no data volumes at the relay")
+        name = req.text("name")
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
+                               f"not {name!r}")
+        folder = self.cfg.state_dir / "snapshots" / name
+        applied, consistent = await g.local.snapshot(folder)
+        return {"last_restored": applied, "consistent": consistent, "folder": str(folder)}
 
-    async def _promote(self, req: dict) -> dict:
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                return await g.promote(int(req["epoch"]), int(req["restored"]))
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+    async def _promote(self, req: Request) -> dict:
+        g = self._named(req)
+        return await g.promote(req.integer("epoch"), req.integer("restored"))
 
-    async def _rejoin(self, req: dict) -> dict:
-        for g in self.groups.values():
-            if g.cfg.grname == req["group"]:
-                return await g.rejoin(int(req["epoch"]), int(req["restored"]),
-                                      bool(req.get("reverse", False)))
-        raise ControlError(f"no INTERMEDIARY group named {req['group']!r} at the relay")
+    async def _rejoin(self, req: Request) -> dict:
+        g = self._named(req)
+        return await g.rejoin(req.integer("epoch"), req.integer("restored"), req.flag("reverse"))
 
-    async def _status(self, req: dict) -> dict:
+    async def _status(self, req: Request) -> dict:
         return {"site": self.cfg.site, "role": "relay", "engine": self.engine_kind,
                 "engine_mode": self.engine_mode,
                 "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}

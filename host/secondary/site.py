@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
-from ..rcm.control import ControlError, ControlServer
+from ..rcm.control import ControlError, ControlServer, Request
 from ..wire import tls
 from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
@@ -150,6 +150,8 @@ class RestoreGroup:
         self._restore_lock = asyncio.Lock()    # snapshots sit between restore steps
         self.link: Link | None = None
         self.accepts = 0                 # relay connections taken, for metrics
+        self.hellos_refused = 0          # unauthenticated HELLOs refused (plaintext links)
+        self.last_refused = ""
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -643,7 +645,14 @@ class RestoreGroup:
         if "failback" not in self.taken_over:
             raise ControlError(f"group {self.cfg.grname}: reads for a failback need "
                                f"`tricopy failback` to have stopped writes here first")
-        return self.volumes[idx].read(offset, length)
+        return self.volume(idx).read(offset, length)
+
+    def volume(self, idx: int) -> Volume:
+        vol = self.volumes.get(idx)
+        if vol is None:
+            raise ControlError(f"no SVOL with idx {idx} in group {self.cfg.grname}; the group "
+                               f"has {sorted(self.volumes)}")
+        return vol
 
     async def rejoin(self, epoch: int, restored: int) -> dict:
         """Failback, last step here: the restore side again, at ``epoch``, with
@@ -674,6 +683,15 @@ class RestoreGroup:
 
     async def flush_local(self) -> None:
         await asyncio.to_thread(lambda: [v.flush() for v in self.volumes.values()])
+
+    def refused_hello(self, peer, why: str) -> None:
+        """A HELLO refused from a peer that proved nothing (plaintext link):
+        log it and count it, and leave GRSTS, the restore and the current
+        relay link as they were (docs/security.md, "HELLO from a stranger")."""
+        self.hellos_refused += 1
+        self.last_refused = f"HELLO from {peer} (plaintext, unauthenticated): {why}"
+        log.warning("group %s: refused an unauthenticated HELLO from %s: %s; the group is left "
+                    "as it was (a plaintext peer cannot suspend it)", self.cfg.grname, peer, why)
 
     def suspend(self, reason: str) -> None:
         if (self.grsts, self.reason) != ("SUSP", reason):
@@ -734,6 +752,7 @@ class RestoreGroup:
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged),
                 "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
+                "hellos_refused": self.hellos_refused, "last_refused": self.last_refused or None,
                 "connected": self.link is not None and not self.link.closed}
 
 
@@ -763,29 +782,28 @@ class Secondary:
                 return g
         raise ControlError(f"no RESTORE group named {grname!r} at the secondary")
 
-    async def _jnlg(self, req: dict) -> dict:
+    async def _jnlg(self, req: Request) -> dict:
         return JnlgTable.for_site(self.cfg.state_dir).to_json(self.cfg.site)
 
-    async def _pair_set(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        seq, relay_seq, tag = req.get("consistent_seq"), req.get("relay_seq"), req.get("relay_tag")
-        epoch = req.get("epoch")
+    async def _pair_set(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        grsts, seq = req.text("grsts"), req.integer("consistent_seq", None)
+        relay_seq, tag = req.integer("relay_seq", None), req.integer("relay_tag", None)
+        epoch = req.integer("epoch", None)
         async with g._restore_lock:     # a rebase must not cut through a restore step
-            moved = g.pair_set(str(req["grsts"]), None if seq is None else int(seq),
-                               None if relay_seq is None else int(relay_seq),
-                               None if tag is None else int(tag),
-                               None if epoch is None else int(epoch))
+            moved = g.pair_set(grsts, seq, relay_seq, tag, epoch)
         if moved and g.link is not None:
             await g.link.close()        # the old relay's stream ends here
         return {"grsts": g.jnlg.grsts}
 
-    async def _digest(self, req: dict) -> dict:
+    async def _digest(self, req: Request) -> dict:
         """``tricopy verify``: chunk digests once the SVOLs hold the primary's PSEQ
         (or later); answers the PSEQ they stand at."""
         from ..rcm.verify import chunk_digests
-        g = self._named(str(req["group"]))
-        pseq = int(req["pseq"])
-        deadline = time.monotonic() + float(req.get("timeout", 30.0))
+        g = self._named(req.text("group"))
+        pseq = req.integer("pseq")
+        deadline = time.monotonic() + req.number("timeout", 30.0)
+        vol, first, count = g.volume(req.integer("idx")), req.integer("first"), req.integer("count")
         while pseq and (not g.applied_tag or tag_after(pseq, g.applied_tag)):
             if (why := g.readable()) is not None:
                 raise ControlError(f"no digest: {why}")
@@ -800,43 +818,41 @@ class Secondary:
             except asyncio.TimeoutError:
                 pass
         async with g._restore_lock:      # between two restore steps: one point of the history
-            count = min(int(req["count"]), 256)
-            digests = chunk_digests(g.volumes[int(req["idx"])], int(req["first"]), count)
+            digests = chunk_digests(vol, first, min(count, 256))
             return {"pseq": g.applied_tag, "digests": digests}
 
-    async def _takeover(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        relay_seq = req.get("relay_seq")
-        return await g.take_over(int(req["epoch"]), bool(req.get("force", False)),
-                                 None if relay_seq is None else int(relay_seq))
+    async def _takeover(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        return await g.take_over(req.integer("epoch"), req.flag("force"),
+                                 req.integer("relay_seq", None))
 
-    async def _move_epoch(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).move_epoch(int(req["epoch"]),
-                                                              int(req["restored"]))
+    async def _move_epoch(self, req: Request) -> dict:
+        return await self._named(req.text("group")).move_epoch(req.integer("epoch"),
+                                                              req.integer("restored"))
 
-    async def _become_master(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        await g.become_master(int(req["epoch"]), int(req["restored"]),
-                              int(req["relay_last_tag"]))
+    async def _become_master(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        await g.become_master(req.integer("epoch"), req.integer("restored"),
+                              req.integer("relay_last_tag"))
         return {"role": "primary", "_after": self.restart.set}
 
-    async def _quiesce(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).quiesce(int(req["epoch"]))
+    async def _quiesce(self, req: Request) -> dict:
+        return await self._named(req.text("group")).quiesce(req.integer("epoch"))
 
-    async def _read(self, req: dict) -> dict:
-        g = self._named(str(req["group"]))
-        data = g.read_quiesced(int(req["idx"]), int(req["offset"]), int(req["length"]))
+    async def _read(self, req: Request) -> dict:
+        g = self._named(req.text("group"))
+        data = g.read_quiesced(req.integer("idx"), req.integer("offset"), req.integer("length"))
         return {"data": base64.b64encode(data).decode()}
 
-    async def _rejoin(self, req: dict) -> dict:
-        return await self._named(str(req["group"])).rejoin(int(req["epoch"]),
-                                                          int(req["restored"]))
+    async def _rejoin(self, req: Request) -> dict:
+        return await self._named(req.text("group")).rejoin(req.integer("epoch"),
+                                                          req.integer("restored"))
 
-    async def _snapshot(self, req: dict) -> dict:
+    async def _snapshot(self, req: Request) -> dict:
         """Tests/forensics: copy the SVOLs (between restore steps) into
         ``<state_dir>/snapshots/<name>``; only a plain name, never a path."""
-        g = self._named(str(req["group"]))
-        name = str(req["name"])
+        g = self._named(req.text("group"))
+        name = req.text("name")
         if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
             raise ControlError(f"snapshot name must be letters, digits, '-', '_', '.', "
                                f"not {name!r}")
@@ -844,7 +860,7 @@ class Secondary:
         applied, consistent = await g.snapshot(folder)
         return {"last_restored": applied, "consistent": consistent, "folder": str(folder)}
 
-    async def _status(self, req: dict) -> dict:
+    async def _status(self, req: Request) -> dict:
         return {"site": self.cfg.site, "role": "secondary",
                 "groups": [g.status() for g in self.groups.values()], "perf": PERF.to_json()}
 
@@ -904,6 +920,12 @@ class Secondary:
                 # a move to the standby relay): refused, and nothing to suspend for.
                 if group.taken_over or hello.epoch < group.epoch:
                     log.warning("%s: refused relay %r: %s", link.name, hello.site, why)
+                elif not tls.proven_upstream(link, group.cfg):
+                    # Anyone can send this HELLO on a plaintext link: a
+                    # stranger's stale epoch must not stop the restore.  The
+                    # HELLO is refused and nothing of the group changes;
+                    # status shows the refusal for the operator.
+                    group.refused_hello(link.peername, why)
                 else:
                     group.suspend(why)
                 status = Status.STALE_EPOCH if stale else Status.SEQ_REGRESSION

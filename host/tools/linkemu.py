@@ -448,18 +448,18 @@ class LinkEmulator:
         """Commands for a :class:`~tricopy.host.rcm.control.ControlServer` (ms units)."""
 
         async def h_set(req):
-            ms = lambda k: None if req.get(k) is None else float(req[k]) / 1e3  # noqa: E731
+            ms = lambda k: None if (v := req.number(k, None)) is None else v / 1e3  # noqa: E731
             self.set(delay=ms("delay_ms"), jitter=ms("jitter_ms"),
-                     rate=req.get("rate_bps"), direction=req.get("direction"))
+                     rate=req.number("rate_bps", None), direction=req.text("direction", None))
             return self.stats()
 
         async def h_fault(req):
-            self.fault(str(req["kind"]), seconds=req.get("seconds"),
-                       direction=req.get("direction"), count=int(req.get("count", 1)))
+            self.fault(req.text("kind"), seconds=req.number("seconds", None),
+                       direction=req.text("direction", None), count=req.integer("count", 1))
             return self.stats()
 
         async def h_end(req):
-            self.end(str(req["kind"]))
+            self.end(req.text("kind"))
             return self.stats()
 
         async def h_clear(req):

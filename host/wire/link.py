@@ -277,8 +277,10 @@ async def connect(addr: tuple[str, int], hello: protocol.Hello, *, heartbeat: fl
     except (OSError, asyncio.TimeoutError) as exc:
         raise LinkClosed(f"{name}: cannot connect to {addr[0]}:{addr[1]}: {exc}") from None
     link = Link(reader, writer, initiator=True, heartbeat=heartbeat, name=name)
-    if tls is not None and peer_site is not None:
-        why = _tls.check_peer(link.peer_names, [peer_site])
+    if tls is not None:
+        why = _tls.revoked(writer)
+        if why is None and peer_site is not None:
+            why = _tls.check_peer(link.peer_names, [peer_site])
         if why is not None:
             why = f"{name}: refused {addr[0]}:{addr[1]}: {why}"
             _tls.warn_once(log, why)

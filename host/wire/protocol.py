@@ -27,7 +27,7 @@ import crc32c as _crc32c
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "TRAILER_SIZE", "CONTROL_SIZE", "ALIGN",
-    "MAX_DATA", "MAX_BODY", "MAX_RING", "MIN_RING", "FrameType", "FrameFlag", "Kind",
+    "MAX_DATA", "MAX_BODY", "MAX_LENGTH", "MAX_RING", "MIN_RING", "FrameType", "FrameFlag", "Kind",
     "Status", "Role",
     "LoadFlag", "ProtocolError", "BadMagic", "BadVersion", "BadHeaderCRC",
     "BadBodyCRC", "FrameTooBig", "BadFrameType", "BadFlags", "BadBody",
@@ -269,12 +269,13 @@ def _check_header(head: bytes) -> tuple[FrameType, int, int]:
         raise BadVersion(f"protocol version {version} not supported (this side speaks {VERSION})")
     if flags & ~int(FrameFlag.MORE):
         raise BadFlags(f"undefined header flags {flags:#06x}")
-    if length > MAX_BODY:
-        raise FrameTooBig(f"frame body of {length} bytes exceeds MAX_BODY={MAX_BODY}")
     try:
         ftype = FrameType(ftype)
     except ValueError:
         raise BadFrameType(f"unknown frame type {ftype:#04x}") from None
+    if length > MAX_LENGTH[ftype]:
+        raise FrameTooBig(f"{ftype.name} body of {length} bytes exceeds the "
+                          f"{MAX_LENGTH[ftype]} bytes a {ftype.name} can carry")
     return ftype, flags, length
 
 
@@ -295,8 +296,9 @@ class FrameParser:
     partial frame.  Errors are raised as :class:`ProtocolError` subclasses;
     after one, the parser is poisoned (the link must be reset), because a
     byte stream cannot be trusted to resynchronize by itself.  The header is
-    checked before the body is awaited, so an absurd LENGTH is refused before
-    anything is buffered for it.
+    checked before the body is awaited, so a LENGTH more than the frame's
+    TYPE can carry (:data:`MAX_LENGTH`) is refused before anything is
+    buffered or awaited for it.
     """
 
     def __init__(self) -> None:
@@ -689,3 +691,24 @@ class EngineStatus:
 
     def frame(self) -> Frame:
         return Frame(FrameType.STATUS_RESP, self.pack())
+
+
+#: The largest body each frame type can carry (docs/protocol.md, "Frame
+#: types"), checked at the header by every receiver: the host parser, the
+#: engine model's byte front end and the gateware (hdl/engine.py, HCHECK).
+#: Without it a header with a good HCRC and a huge LENGTH makes the receiver
+#: wait for megabytes of body before it can answer or resynchronize; with it
+#: only a JNLWR, the one type that carries journal data, may be long.
+MAX_LENGTH: dict[FrameType, int] = {
+    FrameType.HELLO: Hello.SIZE,
+    FrameType.HEARTBEAT: 8,                 # empty, or an 8-byte echo token
+    FrameType.JNLWR: MAX_BODY,
+    FrameType.ACK: Ack.SIZE,
+    FrameType.NAK: Ack.SIZE,
+    FrameType.JNLRD: JnlRd.SIZE,
+    FrameType.RELEASE: Release.AT_SIZE,     # 8, or 16 on a descriptor ring
+    FrameType.STATUS: 0,
+    FrameType.STATUS_RESP: EngineStatus.SIZE,
+    FrameType.LOAD: Load.RING_SIZE,         # 32, or 40 with RING
+    FrameType.JNLDESC: CONTROL_SIZE,
+}

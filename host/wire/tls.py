@@ -28,14 +28,65 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
 __all__ = ["server_context", "client_context", "peer_names", "refusal", "start_server",
-           "client_args", "check_peer", "Limits", "warn_once"]
+           "client_args", "check_peer", "Limits", "warn_once", "Revocations", "revoked"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+class Revocations:
+    """The certificates the cluster CA revoked: a CRL file (``tls.crl``,
+    written by ``tricopy certs revoke``), read once when a site starts.
+
+    The CRL must be signed by the CA in ``ca`` (else :class:`ValueError`: a
+    site does not start on a list anybody could have written).  The check
+    is ours, right after the handshake, rather than OpenSSL's CRL flags:
+    OpenSSL fails the handshake with "certificate revoked" and keeps the
+    certificate to itself, where the refusal should name the site.
+    """
+
+    def __init__(self, path: Path, ca: Path):
+        from cryptography import x509
+        try:
+            crl = x509.load_pem_x509_crl(Path(path).read_bytes())
+            authority = x509.load_pem_x509_certificate(Path(ca).read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"tls.crl {path}: not a PEM CRL ({exc}); write it with "
+                             f"`tricopy certs revoke`") from None
+        if crl.issuer != authority.subject or not crl.is_signature_valid(authority.public_key()):
+            raise ValueError(f"tls.crl {path} is not signed by the CA in {ca}; write it with "
+                             f"`tricopy certs revoke` in the CA's folder")
+        self.path = Path(path)
+        self.serials = {e.serial_number: e.revocation_date_utc for e in crl}
+
+    def why(self, der: bytes) -> str | None:
+        """Why the certificate ``der`` (DER) is refused, or None."""
+        from cryptography import x509
+        cert = x509.load_der_x509_certificate(der)
+        when = self.serials.get(cert.serial_number)
+        if when is None:
+            return None
+        cn = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        return (f"certificate of {', '.join(map(str, cn)) or 'no name'} revoked: serial "
+                f"{cert.serial_number:#x} is on {self.path.name} since "
+                f"{when:%Y-%m-%d %H:%M} UTC; issue it a new certificate (tricopy certs)")
+
+
+def revoked(writer_or_sslobj) -> str | None:
+    """Why the verified peer certificate is revoked (its context's CRL), or None."""
+    obj = writer_or_sslobj
+    if isinstance(obj, asyncio.StreamWriter):
+        obj = obj.get_extra_info("ssl_object")
+    crl = getattr(getattr(obj, "context", None), "tricopy_crl", None)
+    if crl is None:
+        return None
+    der = obj.getpeercert(binary_form=True)
+    return crl.why(der) if der else None
+
+
+def _context(purpose: int, ca: Path, cert: Path, key: Path,
+             crl: Path | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert, key)
@@ -43,6 +94,8 @@ def _context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED       # both ways: mutual authentication
     if purpose == ssl.PROTOCOL_TLS_CLIENT:
         ctx.check_hostname = False            # the site name is checked instead (check_peer)
+    # checked by revoked() on every connection made with this context
+    ctx.tricopy_crl = Revocations(crl, ca) if crl is not None else None
     return ctx
 
 
@@ -52,9 +105,10 @@ _cache: dict[tuple, ssl.SSLContext] = {}
 def _cached(protocol: int, tls) -> ssl.SSLContext | None:
     if tls is None:
         return None
-    key = (protocol, tls.ca, tls.cert, tls.key)
+    crl = getattr(tls, "crl", None)
+    key = (protocol, tls.ca, tls.cert, tls.key, crl)
     if key not in _cache:
-        _cache[key] = _context(protocol, tls.ca, tls.cert, tls.key)
+        _cache[key] = _context(protocol, tls.ca, tls.cert, tls.key, crl)
     return _cache[key]
 
 
@@ -208,6 +262,10 @@ async def start_server(callback: Callback, addr: tuple[str, int], *, what: str,
             if proto.counted:
                 limits.handshakes -= 1
         writer = asyncio.StreamWriter(proto._app_transport, app, reader, loop)
+        if (why := revoked(writer)) is not None:
+            log.warning("%s: refused %s: %s", what, proto.peer, why)
+            writer.transport.abort()
+            return
         if allowed is not None:
             why = check_peer(peer_names(writer), allowed)
             if why is not None:
@@ -335,3 +393,12 @@ def refuse_upstream(link, group) -> str | None:
     # of the two is current is the epoch's business (a stream at an older
     # epoch is refused by the group, host/secondary/stream.py).
     return check_peer(link.peer_names, [n for n in (group.upstream_site, group.standby_site) if n])
+
+
+def proven_upstream(link, group) -> bool:
+    """Whether ``link``'s peer proved it is ``group``'s upstream: a TLS
+    certificate of the cluster CA naming ``upstream_site`` (or the standby's
+    ``standby_site``; checked by :func:`refuse_upstream` before this is
+    asked).  A plaintext peer proves nothing, whatever its HELLO says;
+    docs/security.md, "HELLO from a stranger", says what it may and may not do."""
+    return link.secure and group.upstream_site is not None and refuse_upstream(link, group) is None

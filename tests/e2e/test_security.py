@@ -12,9 +12,11 @@ closes only its own connection.
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import stat
@@ -278,5 +280,199 @@ def test_control_limits_close_only_the_offending_connection(tmp_path):
         asyncio.run(scenario())
         _lines(c, "secondary", "a request line over 65536 bytes (limits.control_line)")
         _lines(c, "secondary", "(limits.connections = 4)")
+    finally:
+        c.stop_all()
+
+
+def test_plaintext_hello_from_a_stranger_changes_nothing(tmp_path):
+    """tls = false: a HELLO posing as the relay with a stale epoch, or with a
+    journal that went backwards, is refused (NAK, one log line each) and the
+    secondary's group stays as it was: PAIR, restoring, the relay's link up
+    (docs/security.md, "HELLO from a stranger")."""
+    c = Cluster(tmp_path, tls=False)
+    c.start_all()
+    try:
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=12)
+        asyncio.run(work.run(count=6))
+        high = c.wait_drained()["secondary"]["last_restored"]
+        addr = c.data_addr("secondary")
+
+        async def stranger(hello: Hello) -> int:
+            with pytest.raises(LinkRefused) as info:
+                await connect(addr, hello, heartbeat=0.5)
+            return info.value.status
+
+        assert asyncio.run(stranger(Hello(Role.RELAY, 1, 9, high + 5, "g1", "relay"))) \
+            == Status.STALE_EPOCH
+        assert asyncio.run(stranger(Hello(Role.RELAY, 1, 0, 0, "g1", "relay"))) \
+            == Status.SEQ_REGRESSION
+        st = c.status("secondary")          # (the NAK is sent after the verdict)
+        assert (st["grsts"], st["reason"], st["hellos_refused"]) == ("PAIR", "", 2), st
+        _lines(c, "secondary", "refused an unauthenticated HELLO", 2)
+        # the relay's stream was never disturbed: more writes arrive and restore
+        asyncio.run(work.run(count=6))
+        st = c.wait_drained()
+        assert st["secondary"]["last_restored"] > high and st["secondary"]["grsts"] == "PAIR"
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
+    finally:
+        c.stop_all()
+
+
+def _ask(path, request: dict) -> dict:
+    """One raw request on a Unix control socket (``control.call`` keeps
+    ``timeout`` for itself, and that is one of the arguments sent here)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, f"{path} closed without answering {request['cmd']!r}"
+            buf += chunk
+    return json.loads(buf)
+
+
+_GROUP_ONLY = {"pair_create", "pair_split", "pair_delete", "swap_cancel"}
+_ARGS = ("group", "idx", "offset", "length", "data", "epoch", "restored", "relay_last_tag",
+         "count", "first", "chunks", "grsts", "consistent_seq", "relay_seq", "pseq", "timeout",
+         "force", "name", "reverse", "flush")
+
+
+def test_every_control_command_answers_a_bad_argument_with_a_typed_error(cluster):
+    """Each command of each site, sent with no arguments and then with every
+    argument of the wrong type: the answer is a typed error of one line that
+    names the argument (never KeyError, TypeError or ValueError with a bare
+    key), and the site keeps serving (issue 12)."""
+    cluster.start_all()
+    for role in ("primary", "relay", "secondary"):
+        addr = cluster.control_addr(role)
+        with pytest.raises(control.ControlError) as info:
+            control.call(addr, "no-such-command")
+        commands = str(info.value).split("known: ")[1].split(", ")
+        assert "status" in commands and len(commands) > 5, commands
+        seen = set()
+        for cmd, value, group in itertools.product(commands, (None, [], "x", -1, 1.5, True),
+                                                   (None, "g1")):
+            args = {} if value is None else dict.fromkeys(_ARGS, value)
+            if group is not None:
+                if cmd in _GROUP_ONLY:
+                    continue          # with the right group these would act (split, delete)
+                args["group"] = group       # past the group: the command's other arguments
+            answer = _ask(addr, {"id": 1, "cmd": cmd, **args})
+            if answer["ok"]:
+                continue                  # (status, flush, ... need no argument)
+            why, kind = answer["error"], answer["type"]
+            assert kind not in ("KeyError", "TypeError", "ValueError"), (role, cmd, args, kind, why)
+            assert why and "\n" not in why, (role, cmd, why)
+            if kind == "ArgumentError":
+                assert why.startswith(f"{cmd}: ") and re.search(r"argument '\w+'", why), why
+                if group is not None:
+                    assert "'group'" not in why, why
+            seen.add(kind)
+        assert "ArgumentError" in seen, seen
+        assert control.call(addr, "status")["groups"], role       # still serving
+    st = cluster.wait_drained()
+    assert st["secondary"]["grsts"] == "PAIR" and st["relay"]["grsts"] == "PAIR", st
+
+
+def test_rcm_checks_the_control_servers_site_name(tmp_path):
+    """Remote administration: the RCM refuses a TCP control socket whose
+    certificate (of the cluster CA) names another site than the cluster file
+    says, before it sends anything; the right name is served; a cluster file
+    with TCP + TLS and no site name is refused up front (issue 12)."""
+    from tricopy.host.rcm.pairs import RcmError, Sites
+    port = free_port()
+    config = _relay_toml(tmp_path / "relay", control=f'control = "127.0.0.1:{port}"')
+    addr = ("127.0.0.1", port)
+    with open(tmp_path / "relay.log", "wb") as log:
+        proc = _site("relay", config, log)
+    try:
+        admin = client_tls("admin")
+        wait_for(lambda: _try(lambda: control.call(addr, "status", tls=admin)), "the relay")
+        d = test_certs()
+
+        def cluster_file(extra: str) -> str:
+            path = tmp_path / f"cluster{len(extra)}.toml"
+            path.write_text(f'primary = "unix:{tmp_path}/p.sock"\nrelay = "127.0.0.1:{port}"\n'
+                            f'secondary = "unix:{tmp_path}/s.sock"\n{extra}'
+                            f'tls = {{ ca = "{d}/ca.pem", cert = "{d}/admin.pem", '
+                            f'key = "{d}/admin.key" }}\n')
+            return str(path)
+
+        wrong = Sites.from_file(cluster_file('relay_site = "secondary"\n'))
+        with pytest.raises(RcmError, match="the certificate is for relay, expected 'secondary'"):
+            wrong.call("relay", "pair_set", group="g1", grsts="PAIR")
+        with pytest.raises(control.WrongSite):
+            asyncio.run(control.ControlClient.open(addr, admin, expect_site="primary"))
+        with pytest.raises(RcmError, match="add relay_site ="):
+            Sites.from_file(cluster_file(""))
+        right = Sites.from_file(cluster_file('relay_site = "relay"\n'))
+        # the wrong-site call was never sent: the relay is still SMPL, and took nothing
+        assert right.call("relay", "status")["groups"][0]["grsts"] == "SMPL"
+        assert "pair_set" not in (tmp_path / "relay.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_revoked_certificate_is_refused_until_it_is_made_again(tmp_path):
+    """`tricopy certs revoke relay`: after a restart the secondary refuses the
+    relay's certificate (one line per connection, naming it), a connecting
+    side with the CRL refuses it too, nothing more is restored; a new
+    certificate for the relay and its restart let replication resume
+    (issue 12)."""
+    from tricopy.host.config import TlsConfig
+    from tricopy.host.tools.certs import write_crl
+    from tricopy.host.wire import tls as tls_mod
+    from tricopy.host.wire.link import LinkUnauthenticated
+    certs = tmp_path / "certs"
+    shutil.copytree(test_certs(), certs, ignore=shutil.ignore_patterns("other", "done"))
+    write_crl(certs, [], fresh=True)                 # what `tricopy certs` writes for a new CA
+    c = Cluster(tmp_path / "trio")
+    for role in ("primary", "relay", "secondary"):
+        cfg = c.root / role / "site.toml"
+        text = cfg.read_text().replace(str(test_certs()), str(certs))
+        cfg.write_text(re.sub(r"(tls = \{[^}]*) \}", rf'\1, crl = "{certs}/crl.pem" }}', text))
+    certs_cli = [sys.executable, "-m", "tricopy.host.cli", "certs", "--out", str(certs)]
+    try:
+        c.start_all()
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=5)
+        asyncio.run(work.run(count=6))
+        high = c.wait_drained()["secondary"]["last_restored"]
+
+        out = subprocess.run(certs_cli + ["revoke", "relay"], capture_output=True, text=True)
+        assert out.returncode == 0 and "revoked relay" in out.stdout, out.stdout + out.stderr
+        c.terminate("secondary")
+        c.start("secondary")
+        needle = "secondary data port: refused 127.0.0.1:"
+        wait_for(lambda: _count(c.log("secondary"), "certificate of relay revoked") >= 2,
+                 "the secondary refusing the revoked relay")
+        refusals = [line for line in c.log("secondary").splitlines()
+                    if "certificate of relay revoked" in line]
+        assert all(needle in line for line in refusals), refusals
+        # a connecting side with the CRL refuses the relay's certificate as well
+        primary_tls = tls_mod.client_context(TlsConfig(certs / "ca.pem", certs / "primary.pem",
+                                                       certs / "primary.key", certs / "crl.pem"))
+        with pytest.raises(LinkUnauthenticated, match="certificate of relay revoked"):
+            asyncio.run(connect(c.data_addr("relay"), Hello(Role.PRIMARY, 1, 0, 0, "g1", "primary"),
+                                tls=primary_tls, peer_site="relay"))
+        asyncio.run(work.run(count=6))          # acked by the relay, held there
+        n = _count(c.log("secondary"), "certificate of relay revoked")
+        wait_for(lambda: _count(c.log("secondary"), "certificate of relay revoked") > n + 1,
+                 "more refusals after the writes")
+        st = c.status("secondary")
+        assert st["last_restored"] == high and not st["connected"], st
+
+        out = subprocess.run(certs_cli + ["--sites", "relay", "--clients", ""],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        c.terminate("relay")
+        c.start("relay")
+        st = c.wait_drained()
+        assert st["secondary"]["last_restored"] > high
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
     finally:
         c.stop_all()

@@ -509,8 +509,9 @@ def clock_backwards(s: Scenario):
 
 @scenario(256)
 def status_bad_body(s: Scenario):
-    """STATUS with a body is BAD_REQUEST."""
-    s.send(Frame(T.STATUS, bytes(4)).serialize(), [S.BAD_REQUEST])
+    """STATUS carries no body: a STATUS header with LENGTH 4 is refused at the header
+    (BAD_FRAME, hunt), and the STATUS right behind it is answered."""
+    s.send(Frame(T.STATUS, bytes(4)).serialize(), [S.BAD_FRAME])
     s.status(naks=1)
 
 
@@ -545,7 +546,7 @@ def bad_version_skips(s: Scenario):
     """Bad VERSION with a good HCRC: NAK BAD_FRAME (REQ_TYPE = TYPE), body skipped, no hunt
     (a frame hidden inside the skipped body is not answered)."""
     hidden = Frame(T.HEARTBEAT, b"hidden!!").serialize()
-    s.send(header(T.HEARTBEAT, len(hidden), version=2) + hidden + b"\0\0\0\0", [S.BAD_FRAME])
+    s.send(header(T.JNLWR, len(hidden), version=2) + hidden + b"\0\0\0\0", [S.BAD_FRAME])
     s.send(Frame(T.HEARTBEAT, b"visible!").serialize(), [])
 
 
@@ -558,8 +559,9 @@ def bad_flags_skips(s: Scenario):
 
 
 @scenario(256)
-def unknown_type_skips(s: Scenario):
-    """An unknown TYPE is BAD_FRAME (not BAD_TYPE) with REQ_TYPE = TYPE; its body is skipped."""
+def unknown_type_hunts(s: Scenario):
+    """An unknown TYPE is BAD_FRAME (not BAD_TYPE) with REQ_TYPE = TYPE; it carries nothing
+    known, so the engine hunts (here through a body of zeros) and answers the next frame."""
     s.ack(header(0x33, 8) + bytes(12), S.BAD_FRAME, req_type=0x33)
     s.ack(header(0x00, 0), S.BAD_FRAME, req_type=0)
 
@@ -572,6 +574,19 @@ def length_too_big_hunts(s: Scenario):
     if P.Ack.from_frame(frames[0]).req_type != T.JNLWR or frames[1].type != T.STATUS_RESP:
         s._fail("expected NAK BAD_FRAME (REQ_TYPE JNLWR), then the STATUS found by the hunt")
     s.status(naks=1)
+
+
+@scenario(256)
+def length_over_type_hunts(s: Scenario):
+    """LENGTH more than the TYPE can carry (MAX_LENGTH: HELLO 80, RELEASE 16, JNLDESC 64, ...)
+    with a good HCRC: NAK BAD_FRAME at the header and a hunt at once, so the frame right
+    behind is answered without waiting for the announced body."""
+    frames = s.send(header(T.HELLO, P.MAX_BODY) + Frame(T.STATUS).serialize(), [S.BAD_FRAME])
+    if P.Ack.from_frame(frames[0]).req_type != T.HELLO or frames[1].type != T.STATUS_RESP:
+        s._fail("expected NAK BAD_FRAME (REQ_TYPE HELLO), then the STATUS found by the hunt")
+    s.send(header(T.RELEASE, 17) + P.Release(1).frame().serialize(), [S.BAD_FRAME, S.NOT_FOUND])
+    s.send(header(T.JNLDESC, 65) + Frame(T.HEARTBEAT, b"after-it").serialize(), [S.BAD_FRAME])
+    s.status(naks=4)
 
 
 @scenario(256)
@@ -701,13 +716,14 @@ def desc_full_ring_release_all(s: Scenario):
 @scenario(256)
 def desc_checks(s: Scenario):
     """JNLDESC checks in order: BAD_BCRC (the CRC of the control data in transit), BAD_LENGTH
-    (a body that is not 64 bytes), BAD_KIND, kind rules, STALE_EPOCH, BAD_DCRC (the DATA_CRC
+    (a body shorter than 64 bytes; a longer one is BAD_FRAME at the header), BAD_KIND, kind rules, STALE_EPOCH, BAD_DCRC (the DATA_CRC
     of no data must be 0), OVERSIZE; every NAK echoes TAG and changes nothing but NAKS."""
     s.load(DESC_RING, size=256)
     frame = bytearray(P.descriptor_frame(control(tag=5, length=10, data_len=10)).serialize())
     frame[20] ^= 4                                        # control byte 4 flipped in transit
     s.ack(bytes(frame), S.BAD_BCRC, tag=5, req_type=T.JNLDESC)
-    s.ack(Frame(T.JNLDESC, control(tag=6).pack() + b"x").serialize(), S.BAD_LENGTH, tag=6)
+    # a body over 64 bytes is refused at the header (MAX_LENGTH): BAD_FRAME, no TAG
+    s.ack(Frame(T.JNLDESC, control(tag=6).pack() + b"x").serialize(), S.BAD_FRAME, tag=0)
     s.ack(Frame(T.JNLDESC, bytes(63)).serialize(), S.BAD_LENGTH, tag=0)
     s.desc(10, S.BAD_KIND, kind=6, tag=7)
     s.desc(10, S.BAD_LENGTH, length=11, tag=8)            # UPDATE: LENGTH == DATA_LEN
