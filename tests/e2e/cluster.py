@@ -35,7 +35,7 @@ BLOCK = 4096
 
 
 CERT_NAMES = ("primary", "relay", "secondary", "standby", "admin", "mallory")
-CERTS = Path(tempfile.gettempdir()) / f"tricopy-test-certs-{os.getuid()}-v2"
+CERTS = Path(tempfile.gettempdir()) / f"tricopy-test-certs-{os.getuid()}-v3"
 
 
 def test_certs() -> Path:
