@@ -106,5 +106,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_protocol)
     from .bench_replicate import register_bench     # replicate, nbd (fio through NBD)
     register_bench(which)
+    from .bench_distance import register_bench as register_distance_bench   # distance
+    register_distance_bench(which)
     from tricopy.sim.bench import register_bench as register_engine_bench   # engine: model vs sim
     register_engine_bench(which)

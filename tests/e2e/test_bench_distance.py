@@ -1,0 +1,59 @@
+"""``tricopy bench distance`` reduced (host/tools/bench_distance.py): the safety facts.
+
+One far distance (25 ms one way), QD1 for 1 s per point, two kills per
+set-up half a second to a second into the stamped load.  Not the timings (the
+build machine is shared): every point measured, and the loss experiment's
+facts -- losing the primary loses no acknowledged write with tricopy's relay
+near the primary nor with the relay at the far site (synchronous two-site),
+and the asynchronous set-up, whose relay dies with the primary, does lose
+some: the checker counts losses when there are some.  No prefix violation
+anywhere.  About 50 s on the 2-core build machine.
+"""
+
+from __future__ import annotations
+
+from tricopy.host.tools import bench_distance as bd
+from tricopy.host.tools import chaos
+
+
+def test_reduced_distance_bench_tricopy_and_sync_lose_nothing_async_does(tmp_path):
+    rep = bd.run(distances=(25.0,), seconds=1.0, kills=2, jobs=bd.JOBS[:1], seed=3,
+                 logs=tmp_path / "logs", kill_window=(0.5, 1.0))
+    assert {(r["setup"], r["far_ms"]) for r in rep["latency"]} == \
+        {(s, d) for s in bd.SETUPS for d in (0.0, 25.0)}
+    assert all(r["iops"] > 0 and r["p50_us"] > 0 for r in rep["latency"])
+    by = {s: [r for r in rep["loss"] if r["setup"] == s] for s in bd.SETUPS}
+    for setup, rows in by.items():
+        assert len(rows) == 2
+        for r in rows:
+            assert not r.get("error"), r
+            assert r["acked"] > 0, r
+            assert r["violations"] == [], (setup, r["violations"][:5])
+    assert [r["lost"] for r in by["tricopy"]] == [0, 0], by["tricopy"]
+    assert [r["lost"] for r in by["sync"]] == [0, 0], by["sync"]
+    assert all(r["forced"] for r in by["async"])
+    assert sum(r["lost"] for r in by["async"]) > 0, by["async"]
+    text = bd.markdown(rep, "tricopy bench distance (test)")
+    assert text.count("| tricopy |") == 3 and "(test)" in text
+
+
+def test_lost_writes_counts_an_injected_loss():
+    """The count itself, on SVOLs built from a history: the last acked write
+    of one worker taken away is one acked write lost, and nothing else."""
+    h = chaos.History()
+    size = chaos.VOL_BLOCKS * chaos.BLOCK
+    vols = [bytearray(size) for _ in range(chaos.VOLUMES)]
+    for w in (0, 1):
+        idx, first, _ = h.regions[w]
+        for n in (1, 2):
+            data = chaos.stamped(w, n, 1 + n)
+            rec = h.send(w, idx, (first + n) * chaos.BLOCK, data)
+            h.ack(w, rec)
+            if not (w == 1 and n == 2):           # worker 1's write 2 never arrived
+                vols[idx][(first + n) * chaos.BLOCK:(first + n) * chaos.BLOCK + len(data)] = data
+    lost, bad = bd.lost_writes(h, [bytes(v) for v in vols])
+    assert (lost, bad) == (1, [])
+    idx, first, _ = h.regions[1]
+    data = h.sent[1][1][2]
+    vols[idx][(first + 2) * chaos.BLOCK:(first + 2) * chaos.BLOCK + len(data)] = data
+    assert bd.lost_writes(h, [bytes(v) for v in vols]) == (0, [])
