@@ -90,6 +90,11 @@ class Setup:
             return far_ms, 0.0           # the relay at the far site
         return 0.0, far_ms               # async: the relay at the primary's site
 
+    @property
+    def far_link(self) -> str:
+        """The emulated link that crosses the distance D."""
+        return "pr" if self.name == "sync" else "rs"
+
 
 SETUPS = {
     "tricopy": Setup("tricopy", "three sites: relay near (0.5 ms), secondary far (D)", False),
@@ -122,16 +127,18 @@ class DistanceCluster(chaos.ChaosCluster):
     def uri(self) -> str:
         return f"nbd://127.0.0.1:{self.nbd_port}/pvol0"
 
-    def place(self, pr_ms: float, rs_ms: float) -> None:
-        """Both links' one-way delays, without jitter (new bytes from now on)."""
+    def place(self, pr_ms: float, rs_ms: float, rates: dict[str, float] | None = None) -> None:
+        """Both links' one-way delays, without jitter, and bandwidths in bytes/s per
+        direction (0 or absent: unlimited); for new bytes from now on."""
         for link, ms in (("pr", pr_ms), ("rs", rs_ms)):
-            self.emu(link, "set", delay_ms=ms, jitter_ms=0.0, rate_bps=0)
+            self.emu(link, "set", delay_ms=ms, jitter_ms=0.0,
+                     rate_bps=(rates or {}).get(link, 0))
 
-    def up(self, pr_ms: float, rs_ms: float) -> None:
+    def up(self, pr_ms: float, rs_ms: float, rates: dict[str, float] | None = None) -> None:
         """Emulators at the given delays, then the three sites (started side by side),
         and the primary connected to the relay."""
         self.start_links()
-        self.place(pr_ms, rs_ms)
+        self.place(pr_ms, rs_ms, rates)
         with ThreadPoolExecutor(3) as pool:
             for f in [pool.submit(self.start, r) for r in chaos.ROLES]:
                 f.result()
@@ -184,7 +191,7 @@ class _LagSampler:
 # -- latency against distance -------------------------------------------------------------
 
 def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
-                  echo=print) -> list[dict]:
+                  echo=print, far_rate: float = 0) -> list[dict]:
     """fio through NBD per set-up and far distance (D = 0 first: the reference)."""
     from .bench_replicate import fio
     rows = []
@@ -192,10 +199,11 @@ def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
         setup = SETUPS[name]
         c = DistanceCluster(root / f"latency-{name}")
         try:
-            c.up(*setup.delays(0.0))
+            rates = {setup.far_link: far_rate}
+            c.up(*setup.delays(0.0), rates)
             for far in (0.0, *distances):
                 pr, rs = setup.delays(far)
-                c.place(pr, rs)
+                c.place(pr, rs, rates)
                 for rw, bs, depth in jobs:
                     c.wait_caught_up()
                     load = os.getloadavg()[0]
@@ -232,7 +240,8 @@ class LossCounter:
     """One kill: a fresh trio, the stamped load, the kill, the takeover, the count."""
 
     def __init__(self, root: Path, setup: Setup, far_ms: float, rng: random.Random,
-                 window: tuple[float, float] = (1.0, 3.0)):
+                 window: tuple[float, float] = (1.0, 3.0), far_rate: float = 0):
+        self.far_rate = far_rate          # bytes/s on the far link, 0: unlimited
         self.window = window              # the kill comes this many seconds into the load
         self.root = root
         self.setup = setup
@@ -250,7 +259,8 @@ class LossCounter:
         work.active = set(range(chaos.WORKERS))          # 16 writers, one write each in flight
         tasks = []
         try:
-            await asyncio.to_thread(c.up, *self.setup.delays(self.far_ms))
+            await asyncio.to_thread(c.up, *self.setup.delays(self.far_ms),
+                                    {self.setup.far_link: self.far_rate})
             after = self.rng.uniform(*self.window)
             tasks = [asyncio.create_task(work.worker(w)) for w in range(chaos.WORKERS)]
             while history.total_acked() == 0:           # the load flows: the clock starts
@@ -303,7 +313,7 @@ class LossCounter:
 
 def bench_loss(root: Path, setups, far_ms: float, kills: int, seed: int,
                echo=print, logs: Path | None = None,
-               window: tuple[float, float] = (1.0, 3.0)) -> list[dict]:
+               window: tuple[float, float] = (1.0, 3.0), far_rate: float = 0) -> list[dict]:
     """``kills`` primary-site losses per set-up; a kill whose takeover failed or whose
     SVOLs are no prefix keeps its sites' logs in ``logs``/<set-up>-<kill>/."""
     rows = []
@@ -311,7 +321,7 @@ def bench_loss(root: Path, setups, far_ms: float, kills: int, seed: int,
         rng = random.Random(f"{seed}:{name}")            # one schedule per set-up
         for i in range(kills):
             kroot = root / f"loss-{name}-{i}"
-            row = asyncio.run(LossCounter(kroot, SETUPS[name], far_ms, rng, window).run())
+            row = asyncio.run(LossCounter(kroot, SETUPS[name], far_ms, rng, window, far_rate).run())
             row["kill"] = i + 1
             rows.append(row)
             if (row.get("error") or row["violations"]) and logs is not None:
@@ -338,19 +348,21 @@ def _keep_logs(src: Path, dest: Path) -> None:
 def run(*, setups=tuple(SETUPS), distances=DISTANCES, seconds: float = 4.0,
         loss_distance: float = LOSS_DISTANCE, kills: int = 10, seed: int = 1,
         jobs=JOBS, latency: bool = True, echo=print, logs: Path | None = None,
-        kill_window: tuple[float, float] = (1.0, 3.0)) -> dict:
+        kill_window: tuple[float, float] = (1.0, 3.0), far_rate: float = 0) -> dict:
     """Both parts; returns the report (machine, load, rows, seconds)."""
     from .bench import machine
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
     report = {"machine": machine(), "date": datetime.date.today().isoformat(), "seed": seed,
+              "far_rate_bps": far_rate,
               "seconds_per_job": seconds, "kills": kills, "loss_distance_ms": loss_distance}
     root = Path(tempfile.mkdtemp(prefix="tricopy-distance-",
                                  dir=os.environ.get("TRICOPY_BENCH_DIR")))
     try:
-        report["latency"] = (bench_latency(root, setups, distances, seconds, jobs, echo)
-                             if latency else [])
-        report["loss"] = bench_loss(root, setups, loss_distance, kills, seed, echo, logs, kill_window)
+        report["latency"] = (bench_latency(root, setups, distances, seconds, jobs, echo,
+                                           far_rate) if latency else [])
+        report["loss"] = bench_loss(root, setups, loss_distance, kills, seed, echo, logs,
+                                    kill_window, far_rate)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
@@ -389,7 +401,9 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
     run_tag = f"`{command}`, {mach}"
     out = [f"Run {report['date']}: `{command}` on {mach}; load average (1 min) "
            f"{report['load'][0]} at the start, {report['load'][1]} at the end; "
-           f"{report['seconds']:.0f} s in all; seed {report['seed']}.", ""]
+           f"{report['seconds']:.0f} s in all; seed {report['seed']}; far link "
+           + (f"{report['far_rate_bps'] / 1e6:g} MB/s each way." if report.get("far_rate_bps")
+              else "of unlimited bandwidth.") + "", ""]
     if lat:
         depths = sorted({r["iodepth"] for r in lat})
         head = ["set-up", "far D (one way)", "links pr / rs"]
@@ -542,8 +556,9 @@ def _run(args) -> int:
         raise SystemExit(f"tricopy bench distance: unknown set-up {unknown or args.setups!r}; "
                          f"the set-ups: {', '.join(SETUPS)}")
     distances = _floats(args.distances)
-    if args.kills < 0 or args.seconds <= 0:
-        raise SystemExit("tricopy bench distance: --kills must be >= 0 and --seconds > 0")
+    if args.kills < 0 or args.seconds <= 0 or args.far_rate < 0:
+        raise SystemExit("tricopy bench distance: --kills and --far-rate must be >= 0 and "
+                         "--seconds > 0")
     for tool in ("fio",) if not args.no_latency else ():
         if shutil.which(tool) is None:
             raise SystemExit(f"tricopy bench distance: {tool} is not installed (Debian "
@@ -558,7 +573,8 @@ def _run(args) -> int:
     try:
         report = run(setups=setups, distances=distances, seconds=args.seconds,
                      loss_distance=args.loss_distance, kills=args.kills, seed=args.seed,
-                     latency=not args.no_latency, echo=echo, logs=Path(args.logs))
+                     latency=not args.no_latency, echo=echo, logs=Path(args.logs),
+                     far_rate=args.far_rate * 1e6)
     except BenchError as exc:
         print(f"tricopy bench distance: {exc}", file=sys.stderr)
         return 1
@@ -567,7 +583,8 @@ def _run(args) -> int:
             ("--seconds", f"{args.seconds:g}", "4"), ("--kills", str(args.kills), "10"),
             ("--distances", args.distances, ",".join(f"{d:g}" for d in DISTANCES)),
             ("--loss-distance", f"{args.loss_distance:g}", f"{LOSS_DISTANCE:g}"),
-            ("--setups", args.setups, ",".join(SETUPS)), ("--seed", str(args.seed), "1"))
+            ("--setups", args.setups, ",".join(SETUPS)), ("--seed", str(args.seed), "1"),
+            ("--far-rate", f"{args.far_rate:g}", "0"))
         if val != default) + (" --no-latency" if args.no_latency else "")
     report["command"] = command
     if args.json:
@@ -599,6 +616,9 @@ def register_bench(which) -> None:
     p.add_argument("--setups", default=",".join(SETUPS),
                    help="which set-ups, comma-separated (default tricopy,sync,async)")
     p.add_argument("--seed", type=int, default=1, help="kill moments and write contents")
+    p.add_argument("--far-rate", type=float, default=0.0,
+                   help="bandwidth of the far link, MB/s each way (default 0: unlimited); "
+                        "a thin far link makes the secondary lag, and the takeover drain")
     p.add_argument("--no-latency", action="store_true", help="only the loss experiment")
     p.add_argument("--docs", action="store_true",
                    help="rewrite the generated tables of docs/benchmarks.md and the plots "
