@@ -98,8 +98,11 @@ def run_protocol(args) -> int:
 
 
 def register(sub) -> None:
-    bench = sub.add_parser("bench", help="measure throughput")
-    which = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    bench = sub.add_parser("bench", help="measure throughput (no WHAT: every suite, and the "
+                                         "docs' generated tables)")
+    which = bench.add_subparsers(dest="bench", metavar="WHAT", required=False)
+    from .bench_all import register_all          # no WHAT: every suite in turn
+    register_all(bench)
     p = which.add_parser("protocol", help="codec (serialize+parse+CRC) and journal store append rates")
     p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -53,6 +53,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -191,38 +192,62 @@ class _LagSampler:
 # -- latency against distance -------------------------------------------------------------
 
 def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
-                  echo=print, far_rate: float = 0) -> list[dict]:
-    """fio through NBD per set-up and far distance (D = 0 first: the reference)."""
+                  echo=print, far_rate: float = 0, rounds: int = 1) -> list[dict]:
+    """fio through NBD per set-up and far distance (D = 0 first: the reference);
+    the sweep ``rounds`` times over, each point reported as the median of its
+    rounds (a shared machine's load drifts: every point sees the same drift)."""
     from .bench_replicate import fio
-    rows = []
+    raw = []
     for name in setups:
         setup = SETUPS[name]
         c = DistanceCluster(root / f"latency-{name}")
         try:
             rates = {setup.far_link: far_rate}
             c.up(*setup.delays(0.0), rates)
-            for far in (0.0, *distances):
-                pr, rs = setup.delays(far)
-                c.place(pr, rs, rates)
-                for rw, bs, depth in jobs:
-                    c.wait_caught_up()
-                    load = os.getloadavg()[0]
-                    with _LagSampler(c) as lag:
-                        r = fio(c.uri, rw, bs, depth, seconds, chaos.VOL_BLOCKS * chaos.BLOCK)
-                    r.update(setup=name, far_ms=far, pr_ms=pr, rs_ms=rs,
-                             lag_mean=round(sum(lag.samples) / max(1, len(lag.samples)), 1),
-                             lag_max=max(lag.samples, default=0),
-                             catch_up_s=round(c.wait_caught_up(), 3),
-                             load=round((load + os.getloadavg()[0]) / 2, 2))
-                    rows.append(r)
-                    echo(f"latency  {name:<8} D {far:>4g} ms (pr {pr:g}, rs {rs:g})  "
-                         f"{bs // 1024} KiB QD{depth:<2} {r['iops']:>6,} IOPS  p50 "
-                         f"{r['p50_us'] / 1e3:>7.2f} ms  p99 {r['p99_us'] / 1e3:>7.2f} ms  lag "
-                         f"mean {r['lag_mean']} max {r['lag_max']} journals, caught up in "
-                         f"{r['catch_up_s']:.2f} s  load {r['load']}")
+            for rnd in range(1, rounds + 1):
+                for far in (0.0, *distances):
+                    pr, rs = setup.delays(far)
+                    c.place(pr, rs, rates)
+                    for rw, bs, depth in jobs:
+                        c.wait_caught_up()
+                        load = os.getloadavg()[0]
+                        with _LagSampler(c) as lag:
+                            r = fio(c.uri, rw, bs, depth, seconds,
+                                    chaos.VOL_BLOCKS * chaos.BLOCK)
+                        r.update(setup=name, far_ms=far, pr_ms=pr, rs_ms=rs, round=rnd,
+                                 lag_mean=round(sum(lag.samples) / max(1, len(lag.samples)), 1),
+                                 lag_max=max(lag.samples, default=0),
+                                 catch_up_s=round(c.wait_caught_up(), 3),
+                                 load=round((load + os.getloadavg()[0]) / 2, 2))
+                        raw.append(r)
+                        echo(f"latency  {name:<8} round {rnd}/{rounds}  D {far:>4g} ms (pr "
+                             f"{pr:g}, rs {rs:g})  {bs // 1024} KiB QD{depth:<2} "
+                             f"{r['iops']:>6,} IOPS  p50 {r['p50_us'] / 1e3:>7.2f} ms  p99 "
+                             f"{r['p99_us'] / 1e3:>7.2f} ms  lag mean {r['lag_mean']} max "
+                             f"{r['lag_max']} journals, caught up in {r['catch_up_s']:.2f} s  "
+                             f"load {r['load']}")
         finally:
             c.stop()
-    return rows
+    return median_rows(raw)
+
+
+def median_rows(raw: list[dict]) -> list[dict]:
+    """One row per (set-up, D, job): medians over its rounds (the worst lag seen),
+    and each round's p50 kept in ``p50_us_rounds``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in raw:
+        groups.setdefault((r["setup"], r["far_ms"], r["rw"], r["bs"], r["iodepth"]), []).append(r)
+    out = []
+    for rows in groups.values():
+        m = dict(rows[0])
+        m.pop("round", None)
+        for k in ("iops", "p50_us", "p99_us", "MB_per_s", "lag_mean", "catch_up_s", "load"):
+            m[k] = statistics.median(r[k] for r in rows)
+        m["lag_max"] = max(r["lag_max"] for r in rows)
+        m["rounds"] = len(rows)
+        m["p50_us_rounds"] = [r["p50_us"] for r in rows]
+        out.append(m)
+    return out
 
 
 # -- acknowledged writes lost ----------------------------------------------------------------
@@ -348,19 +373,20 @@ def _keep_logs(src: Path, dest: Path) -> None:
 def run(*, setups=tuple(SETUPS), distances=DISTANCES, seconds: float = 4.0,
         loss_distance: float = LOSS_DISTANCE, kills: int = 10, seed: int = 1,
         jobs=JOBS, latency: bool = True, echo=print, logs: Path | None = None,
-        kill_window: tuple[float, float] = (1.0, 3.0), far_rate: float = 0) -> dict:
+        kill_window: tuple[float, float] = (1.0, 3.0), far_rate: float = 0,
+        rounds: int = 1) -> dict:
     """Both parts; returns the report (machine, load, rows, seconds)."""
     from .bench import machine
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
     report = {"machine": machine(), "date": datetime.date.today().isoformat(), "seed": seed,
-              "far_rate_bps": far_rate,
+              "far_rate_bps": far_rate, "rounds": rounds,
               "seconds_per_job": seconds, "kills": kills, "loss_distance_ms": loss_distance}
     root = Path(tempfile.mkdtemp(prefix="tricopy-distance-",
                                  dir=os.environ.get("TRICOPY_BENCH_DIR")))
     try:
         report["latency"] = (bench_latency(root, setups, distances, seconds, jobs, echo,
-                                           far_rate) if latency else [])
+                                           far_rate, rounds) if latency else [])
         report["loss"] = bench_loss(root, setups, loss_distance, kills, seed, echo, logs,
                                     kill_window, far_rate)
     finally:
@@ -377,9 +403,10 @@ DOC_END = "<!-- bench distance: generated, end -->"
 
 
 def estimate_seconds(setups, distances, seconds: float, kills: int, jobs=JOBS,
-                     latency: bool = True) -> float:
+                     latency: bool = True, rounds: int = 1) -> float:
     """A rough forecast on the 2-core build machine (fio's 1 s ramp, starts, catch-ups)."""
-    lat = len(setups) * (4 + (1 + len(distances)) * len(jobs) * (seconds + 1.8)) if latency else 0
+    lat = (len(setups) * (4 + rounds * (1 + len(distances)) * len(jobs) * (seconds + 1.8))
+           if latency else 0)
     return lat + len(setups) * kills * 6.0
 
 
@@ -401,7 +428,9 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
     run_tag = f"`{command}`, {mach}"
     out = [f"Run {report['date']}: `{command}` on {mach}; load average (1 min) "
            f"{report['load'][0]} at the start, {report['load'][1]} at the end; "
-           f"{report['seconds']:.0f} s in all; seed {report['seed']}; far link "
+           f"{report['seconds']:.0f} s in all; seed {report['seed']}; each latency point the "
+           f"median of {report.get('rounds', 1)} round(s) of {report['seconds_per_job']:g} s "
+           f"fio jobs; far link "
            + (f"{report['far_rate_bps'] / 1e6:g} MB/s each way." if report.get("far_rate_bps")
               else "of unlimited bandwidth.") + "", ""]
     if lat:
@@ -409,7 +438,8 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
         head = ["set-up", "far D (one way)", "links pr / rs"]
         for d in depths:
             head += [f"QD{d} p50 / p99 ms", f"QD{d} IOPS"]
-        head += [f"p50 QD{depths[0]} vs D = 0", f"lag mean / max (QD{depths[-1]})",
+        head += [f"p50 QD{depths[0]} vs D = 0", f"QD{depths[0]} p50 per round, ms",
+                 f"lag mean / max (QD{depths[-1]})",
                  "catch-up", "load", "command, machine"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for setup in SETUPS:
@@ -423,7 +453,9 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
                     cells += [f"{_ms(r['p50_us'])} / {_ms(r['p99_us'])}", f"{r['iops']:,}"]
                 ratio = (f"{first['p50_us'] / base['p50_us']:.2f}×"
                          if base and base["p50_us"] and far else "1 (reference)" if base else "")
-                cells += [ratio, f"{rs[-1]['lag_mean']} / {rs[-1]['lag_max']} journals",
+                cells += [ratio, " ".join(_ms(x) for x in first.get("p50_us_rounds",
+                                                                    [first["p50_us"]])),
+                          f"{rs[-1]['lag_mean']} / {rs[-1]['lag_max']} journals",
                           f"{rs[-1]['catch_up_s']:.2f} s",
                           " / ".join(str(r["load"]) for r in rs), run_tag]
                 out.append("| " + " | ".join(cells) + " |")
@@ -513,9 +545,9 @@ def plot(report: dict, folder: Path) -> dict[str, Path]:
 
 
 def repo_docs() -> Path:
-    """docs/ of the code that runs (the package folder is the repository)."""
-    import tricopy
-    return Path(tricopy.__file__).resolve().parent / "docs"
+    """docs/ of the code that runs: the repository is the package folder
+    (``tricopy`` is a namespace package: no ``__file__`` of its own)."""
+    return Path(__file__).resolve().parents[2] / "docs"
 
 
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
@@ -556,35 +588,36 @@ def _run(args) -> int:
         raise SystemExit(f"tricopy bench distance: unknown set-up {unknown or args.setups!r}; "
                          f"the set-ups: {', '.join(SETUPS)}")
     distances = _floats(args.distances)
-    if args.kills < 0 or args.seconds <= 0 or args.far_rate < 0:
-        raise SystemExit("tricopy bench distance: --kills and --far-rate must be >= 0 and "
-                         "--seconds > 0")
+    if args.kills < 0 or args.seconds <= 0 or args.far_rate < 0 or args.rounds < 1:
+        raise SystemExit("tricopy bench distance: --kills and --far-rate must be >= 0, "
+                         "--seconds > 0 and --rounds >= 1")
     for tool in ("fio",) if not args.no_latency else ():
         if shutil.which(tool) is None:
             raise SystemExit(f"tricopy bench distance: {tool} is not installed (Debian "
                              f"package {tool}), or run with --no-latency")
     echo = (lambda _t: None) if args.json else print
     est = estimate_seconds(setups, distances, args.seconds, args.kills,
-                           latency=not args.no_latency)
+                           latency=not args.no_latency, rounds=args.rounds)
     echo(f"bench distance: set-ups {', '.join(setups)}; far D {', '.join(f'{d:g}' for d in distances)} "
-         f"ms (and 0: the reference) x 4 KiB QD1, QD16 for {args.seconds:g} s each; "
+         f"ms (and 0: the reference) x 4 KiB QD1, QD16 for {args.seconds:g} s each, "
+         f"{args.rounds} rounds; "
          f"{args.kills} kills per set-up at D = {args.loss_distance:g} ms; about "
          f"{est / 60:.0f} min on 2 busy cores")
     try:
         report = run(setups=setups, distances=distances, seconds=args.seconds,
                      loss_distance=args.loss_distance, kills=args.kills, seed=args.seed,
                      latency=not args.no_latency, echo=echo, logs=Path(args.logs),
-                     far_rate=args.far_rate * 1e6)
+                     far_rate=args.far_rate * 1e6, rounds=args.rounds)
     except BenchError as exc:
         print(f"tricopy bench distance: {exc}", file=sys.stderr)
         return 1
     command = "tricopy bench distance" + "".join(
         f" {flag} {val}" for flag, val, default in (
-            ("--seconds", f"{args.seconds:g}", "4"), ("--kills", str(args.kills), "10"),
+            ("--seconds", f"{args.seconds:g}", "3"), ("--kills", str(args.kills), "10"),
             ("--distances", args.distances, ",".join(f"{d:g}" for d in DISTANCES)),
             ("--loss-distance", f"{args.loss_distance:g}", f"{LOSS_DISTANCE:g}"),
             ("--setups", args.setups, ",".join(SETUPS)), ("--seed", str(args.seed), "1"),
-            ("--far-rate", f"{args.far_rate:g}", "0"))
+            ("--far-rate", f"{args.far_rate:g}", "0"), ("--rounds", str(args.rounds), "3"))
         if val != default) + (" --no-latency" if args.no_latency else "")
     report["command"] = command
     if args.json:
@@ -607,8 +640,11 @@ def register_bench(which) -> None:
     p.add_argument("--distances", default=",".join(f"{d:g}" for d in DISTANCES),
                    help="far one-way delays to sweep, ms, comma-separated (default 1,5,25,50; "
                         "0, the reference, is always run)")
-    p.add_argument("--seconds", type=float, default=4.0,
-                   help="fio runtime per job after its 1 s ramp (default 4)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="fio runtime per job after its 1 s ramp (default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="sweeps of the distances; each point is the median of its rounds "
+                        "(default 3)")
     p.add_argument("--kills", type=int, default=10,
                    help="primary-site losses per set-up in the loss experiment (default 10)")
     p.add_argument("--loss-distance", type=float, default=LOSS_DISTANCE,

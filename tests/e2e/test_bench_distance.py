@@ -63,3 +63,38 @@ def test_lost_writes_counts_an_injected_loss():
     data = h.sent[1][1][2]
     vols[idx][(first + 2) * chaos.BLOCK:(first + 2) * chaos.BLOCK + len(data)] = data
     assert bd.lost_writes(h, [bytes(v) for v in vols]) == (0, [])
+
+
+def test_docs_block_and_plots_are_rewritten_between_the_markers(tmp_path):
+    """``--docs`` on a copy of docs/: the text outside the markers stays, the
+    block holds this run's tables, the PNGs exist; missing markers: a typed error."""
+    import shutil
+
+    import pytest
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(bd.repo_docs() / "benchmarks.md", docs / "benchmarks.md")
+    before = (docs / "benchmarks.md").read_text()
+    lat = [dict(setup=s, far_ms=far, pr_ms=0.0, rs_ms=far, rw="randwrite", bs=4096,
+                iodepth=1, iops=100 + i, p50_us=1000 * (1 + i), p99_us=3000 * (1 + i),
+                lag_mean=1.0, lag_max=2, catch_up_s=0.01, load=1.0, MB_per_s=0.4)
+           for i, (s, far) in enumerate((s, f) for s in bd.SETUPS for f in (0.0, 25.0))]
+    loss = [dict(setup=s, far_ms=25.0, kill=k, killed="primary", acked=10, lost=lost,
+                 violations=[], lag_at_kill=3) for s, lost in
+            (("tricopy", 0), ("sync", 0), ("async", 4)) for k in (1, 2)]
+    rep = dict(machine="a test machine", date="2026-12-06", seed=1, seconds=1.0,
+               seconds_per_job=1.0, rounds=1, load=[1.0, 1.0], latency=lat, loss=loss,
+               loss_distance_ms=25.0)
+    bd.write_docs(rep, "tricopy bench distance --test", docs)
+    after = (docs / "benchmarks.md").read_text()
+    head, tail = before.split(bd.DOC_BEGIN)[0], before.split(bd.DOC_END)[1]
+    assert after.startswith(head) and after.endswith(tail)
+    block = after.split(bd.DOC_BEGIN)[1].split(bd.DOC_END)[0]
+    assert "| async | 25 ms | primary | 2 | 20 | 4 4 | 8 |" in block
+    assert block.count("`tricopy bench distance --test`, a test machine") == 9
+    for png in ("distance-latency.png", "distance-loss.png"):
+        assert (docs / "img" / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"img/{png}" in block
+    (docs / "benchmarks.md").write_text(head)
+    with pytest.raises(bd.BenchError, match="markers"):
+        bd.write_docs(rep, "x", docs)
