@@ -288,7 +288,11 @@ class LossCounter:
                                     {self.setup.far_link: self.far_rate})
             after = self.rng.uniform(*self.window)
             tasks = [asyncio.create_task(work.worker(w)) for w in range(chaos.WORKERS)]
+            deadline = time.monotonic() + 60
             while history.total_acked() == 0:           # the load flows: the clock starts
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no write acknowledged within 60 s: see the site logs "
+                                     f"in {self.root}")
                 await asyncio.sleep(0.01)
             await asyncio.sleep(after)
             row["lag_at_kill"] = await asyncio.to_thread(c.lag)
@@ -608,7 +612,7 @@ def _run(args) -> int:
                      loss_distance=args.loss_distance, kills=args.kills, seed=args.seed,
                      latency=not args.no_latency, echo=echo, logs=Path(args.logs),
                      far_rate=args.far_rate * 1e6, rounds=args.rounds)
-    except BenchError as exc:
+    except (BenchError, RuntimeError) as exc:      # a site or fio that did not come up
         print(f"tricopy bench distance: {exc}", file=sys.stderr)
         return 1
     command = "tricopy bench distance" + "".join(
