@@ -192,10 +192,13 @@ class _LagSampler:
 # -- latency against distance -------------------------------------------------------------
 
 def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
-                  echo=print, far_rate: float = 0, rounds: int = 1) -> list[dict]:
-    """fio through NBD per set-up and far distance (D = 0 first: the reference);
-    the sweep ``rounds`` times over, each point reported as the median of its
-    rounds (a shared machine's load drifts: every point sees the same drift)."""
+                  echo=print, far_rate: float = 0, rounds: int = 1,
+                  seed: int = 1) -> list[dict]:
+    """fio through NBD per set-up and far distance (D = 0: the reference); the
+    sweep ``rounds`` times over, each round in its own seeded order, each point
+    reported as the median of its rounds: a shared machine's load drifts, and
+    neither a distance nor the reference may always come at the same place."""
+    rng = random.Random(f"{seed}:latency")
     from .bench_replicate import fio
     raw = []
     for name in setups:
@@ -205,7 +208,9 @@ def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
             rates = {setup.far_link: far_rate}
             c.up(*setup.delays(0.0), rates)
             for rnd in range(1, rounds + 1):
-                for far in (0.0, *distances):
+                order = [0.0, *distances]
+                rng.shuffle(order)
+                for far in order:
                     pr, rs = setup.delays(far)
                     c.place(pr, rs, rates)
                     for rw, bs, depth in jobs:
@@ -390,7 +395,7 @@ def run(*, setups=tuple(SETUPS), distances=DISTANCES, seconds: float = 4.0,
                                  dir=os.environ.get("TRICOPY_BENCH_DIR")))
     try:
         report["latency"] = (bench_latency(root, setups, distances, seconds, jobs, echo,
-                                           far_rate, rounds) if latency else [])
+                                           far_rate, rounds, seed) if latency else [])
         report["loss"] = bench_loss(root, setups, loss_distance, kills, seed, echo, logs,
                                     kill_window, far_rate)
     finally:
