@@ -251,6 +251,8 @@ def median_rows(raw: list[dict]) -> list[dict]:
         m["lag_max"] = max(r["lag_max"] for r in rows)
         m["rounds"] = len(rows)
         m["p50_us_rounds"] = [r["p50_us"] for r in rows]
+        m["per_round"] = [{k: r[k] for k in ("round", "iops", "p50_us", "p99_us", "lag_mean",
+                                             "lag_max", "catch_up_s", "load")} for r in rows]
         out.append(m)
     return out
 
@@ -537,12 +539,15 @@ def plot(report: dict, folder: Path) -> dict[str, Path]:
         width = 0.8 / len(names)
         for i, setup in enumerate(names):
             rows = [r for r in loss if r["setup"] == setup]
-            ax.bar([r["kill"] + (i - (len(names) - 1) / 2) * width for r in rows],
-                   [r["lost"] for r in rows], width, color=colors[setup],
+            xs = [r["kill"] + (i - (len(names) - 1) / 2) * width for r in rows]
+            ax.bar(xs, [r["lost"] for r in rows], width, color=colors[setup],
                    label=f"{setup}: {sum(r['lost'] for r in rows)} lost in {len(rows)} kills")
+            # a dot on every kill: a kill that lost nothing shows as a dot at 0, not as nothing
+            ax.plot(xs, [r["lost"] for r in rows], "o", color=colors[setup], markersize=4)
         ax.set_xlabel(f"kill (primary site lost at a random moment, D = "
                       f"{report['loss_distance_ms']:g} ms)")
         ax.set_ylabel("acknowledged writes lost")
+        ax.set_ylim(bottom=-0.05 * max(1, max(r["lost"] for r in loss)))
         ax.set_xticks(sorted({r["kill"] for r in loss}))
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
@@ -571,8 +576,10 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
 
 
 def write_docs(report: dict, command: str, docs: Path) -> Path:
-    """Rewrite the generated part of ``docs``/benchmarks.md and the PNGs in docs/img/."""
+    """Rewrite the generated part of ``docs``/benchmarks.md, the PNGs in docs/img/
+    and the run's whole report beside them (distance-report.json: every round)."""
     pngs = plot(report, docs / "img")
+    (docs / "img" / "distance-report.json").write_text(json.dumps(report, indent=1) + "\n")
     page = docs / "benchmarks.md"
     body = markdown(report, command, {k: str(p.relative_to(docs)) for k, p in pngs.items()})
     page.write_text(replace_between(page.read_text(), DOC_BEGIN, DOC_END, body))
