@@ -614,11 +614,13 @@ def _run(args) -> int:
     echo = (lambda _t: None) if args.json else print
     est = estimate_seconds(setups, distances, args.seconds, args.kills,
                            latency=not args.no_latency, rounds=args.rounds)
-    echo(f"bench distance: set-ups {', '.join(setups)}; far D {', '.join(f'{d:g}' for d in distances)} "
-         f"ms (and 0: the reference) x 4 KiB QD1, QD16 for {args.seconds:g} s each, "
-         f"{args.rounds} rounds; "
-         f"{args.kills} kills per set-up at D = {args.loss_distance:g} ms; about "
-         f"{est / 60:.0f} min on 2 busy cores")
+    lat = ("no latency part" if args.no_latency else
+           f"far D {', '.join(f'{d:g}' for d in distances)} ms (and 0: the reference) x 4 KiB "
+           f"QD1, QD16 for {args.seconds:g} s each, {args.rounds} rounds")
+    far = f"{args.far_rate:g} MB/s" if args.far_rate else "unlimited"
+    echo(f"bench distance: set-ups {', '.join(setups)}; {lat}; {args.kills} kills per set-up "
+         f"at D = {args.loss_distance:g} ms; far link {far}; about {est / 60:.0f} min on 2 "
+         f"busy cores")
     try:
         report = run(setups=setups, distances=distances, seconds=args.seconds,
                      loss_distance=args.loss_distance, kills=args.kills, seed=args.seed,
