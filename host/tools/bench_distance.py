@@ -439,9 +439,10 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
     run_tag = f"`{command}`, {mach}"
     out = [f"Run {report['date']}: `{command}` on {mach}; load average (1 min) "
            f"{report['load'][0]} at the start, {report['load'][1]} at the end; "
-           f"{report['seconds']:.0f} s in all; seed {report['seed']}; each latency point the "
-           f"median of {report.get('rounds', 1)} round(s) of {report['seconds_per_job']:g} s "
-           f"fio jobs; far link "
+           f"{report['seconds']:.0f} s in all; seed {report['seed']}; "
+           + (f"each latency point the median of {report.get('rounds', 1)} round(s) of "
+              f"{report['seconds_per_job']:g} s fio jobs; " if lat else "")
+           + "far link "
            + (f"{report['far_rate_bps'] / 1e6:g} MB/s each way." if report.get("far_rate_bps")
               else "of unlimited bandwidth.") + "", ""]
     if lat:
