@@ -445,6 +445,8 @@ def markdown(report: dict, command: str, plots: dict[str, str] | None = None) ->
            + "far link "
            + (f"{report['far_rate_bps'] / 1e6:g} MB/s each way." if report.get("far_rate_bps")
               else "of unlimited bandwidth.") + "", ""]
+    out += [f"* **{s.name}**: {s.what}" for s in SETUPS.values()
+            if any(r["setup"] == s.name for r in lat + loss)] + [""]
     if lat:
         depths = sorted({r["iodepth"] for r in lat})
         head = ["set-up", "far D (one way)", "links pr / rs"]
