@@ -108,13 +108,18 @@ def run_protocol(args) -> int:
 
 
 def register(sub) -> None:
-    bench = sub.add_parser("bench", help="measure throughput")
-    which = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    bench = sub.add_parser("bench", help="measure throughput (no WHAT: every suite, and the "
+                                         "docs' generated tables)")
+    which = bench.add_subparsers(dest="bench", metavar="WHAT", required=False)
+    from .bench_all import register_all          # no WHAT: every suite in turn
+    register_all(bench)
     p = which.add_parser("protocol", help="codec (serialize+parse+CRC) and journal store append rates")
     p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_protocol)
     from .bench_replicate import register_bench     # replicate, nbd (fio through NBD)
     register_bench(which)
+    from .bench_distance import register_bench as register_distance_bench   # distance
+    register_distance_bench(which)
     from tricopy.sim.bench import register_bench as register_engine_bench   # engine: model vs sim
     register_engine_bench(which)

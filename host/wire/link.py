@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 16
 _FLUSH_AT = 256 << 10     # queued bytes that drain() hands to the transport at once
+# A TLS close waits for the peer's close_notify; a peer that vanished without a
+# FIN or RST (a site lost with its network) never sends one, and asyncio would
+# wait its 30 s SSL shutdown timeout -- inside a takeover's fence.  After this
+# grace the connection is aborted instead.
+_CLOSE_GRACE = 1.0
 
 
 class LinkError(Exception):
@@ -252,8 +257,12 @@ class Link:
         if self._hb_task is not None and self._hb_task is not asyncio.current_task():
             self._hb_task.cancel()
         self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), _CLOSE_GRACE)
+        except asyncio.TimeoutError:
+            self._writer.transport.abort()
+        except Exception:
+            pass
 
 
 async def connect(addr: tuple[str, int], hello: protocol.Hello, *, heartbeat: float = 1.0,
