@@ -77,9 +77,12 @@ __all__ = ["ChaosCluster", "ChaosRun", "run", "register", "FAULT_KINDS"]
 ROLES = ("secondary", "relay", "primary")
 LINKS = {"pr": ("primary", "relay"), "rs": ("relay", "secondary")}
 LINK_FAULTS = ("stall", "blackhole", "reset", "slow_close", "delay", "corrupt")
+POWER_ROLES = ("relay", "secondary")
 FAULT_KINDS = tuple([f"kill:{r}" for r in ("primary", "relay", "secondary")]
                     + [f"{link}:{f}" for link in LINKS for f in LINK_FAULTS]
-                    + ["swap:planned"])     # a planned swap and the swap back (failover)
+                    + ["swap:planned"]      # a planned swap and the swap back (failover)
+                    + [f"power:{r}" for r in POWER_ROLES])
+DATA = "disk"                        # a site's volumes, journal and state folder: <role>/disk/
 PATTERNS = ("random", "sequential", "hotspot")
 DEPTHS = (1, 4, 16)
 
@@ -110,12 +113,22 @@ def stamped(worker: int, wnum: int, nblocks: int) -> bytes:
 
 # -- the sites and the links ----------------------------------------------------------
 
+class SiteDown(RuntimeError):
+    """A site that does not start again (after a fault: a violation that ends the run)."""
+
+
 class ChaosCluster:
     """Three site processes and two ``tricopy linkemu`` processes under ``root``."""
 
-    def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync"):
+    def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync",
+                 powered: tuple[str, ...] = (), mutations: tuple[str, ...] = ()):
         from .certs import make_certs
         self.root = root
+        # The sites that run on the power-cut disk (host/disk/powerswitch.py),
+        # and the syncs it skips (only to show the checks notice).
+        self.powered = tuple(powered)
+        self.mutations = tuple(mutations)
+        self._starts = 0
         self.durability = durability
         self.heartbeat = heartbeat
         self.ports = {r: (_free_port(),) for r in ROLES}
@@ -125,7 +138,7 @@ class ChaosCluster:
         self.emu_ports: dict[str, int] = {}
         make_certs(root / "certs", list(ROLES), days=30)
         for role in ROLES:
-            (root / role).mkdir(parents=True, exist_ok=True)
+            (root / role / DATA).mkdir(parents=True, exist_ok=True)
 
     # addresses
     def control_addr(self, role: str) -> str:
@@ -156,13 +169,13 @@ class ChaosCluster:
 
         def common(role: str) -> str:
             return (f'site = "{role}"\nlisten = "127.0.0.1:{self.ports[role][0]}"\n'
-                    f'control = "unix:{self.control_addr(role)}"\nstate_dir = "state"\n'
+                    f'control = "unix:{self.control_addr(role)}"\nstate_dir = "{DATA}/state"\n'
                     f'heartbeat = {self.heartbeat}\n'
                     f'tls = {{ ca = "{certs}/ca.pem", cert = "{certs}/{role}.pem", '
                     f'key = "{certs}/{role}.key" }}\n')
 
         def vols(prefix: str) -> str:
-            return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
+            return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{DATA}/{prefix}{i}.img"\n'
                            f'size = {VOL_BLOCKS * BLOCK}\nblock_size = {BLOCK}\ncreate = true\n'
                            for i in range(VOLUMES))
 
@@ -175,7 +188,7 @@ class ChaosCluster:
                      f'upstream_site = "primary"\nattr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.emu_ports["rs"]}"\ndurability = "{self.durability}"\n'
                      f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
-                     f'journal = {{ path = "jnl1.vol", size = {8 << 20} }}\n',
+                     f'journal = {{ path = "{DATA}/jnl1.vol", size = {8 << 20} }}\n',
             "secondary": common("secondary") + f'[[group]]\n{group}upstream_site = "relay"\n'
                          f'attr = "RESTORE"\nrestore_interval = 0\n'
                          # after a swap it writes to the relay, through the pr emulator
@@ -185,28 +198,58 @@ class ChaosCluster:
             (self.root / role / "site.toml").write_text(text)
 
     def start(self, role: str) -> None:
+        from ..disk import powerswitch as ps
         d = self.root / role
+        env = dict(os.environ)
+        if role in self.powered:
+            self._starts += 1
+            env.update({ps.ENV_ROOT: str(d / DATA), ps.ENV_OUTSIDE: "state/snapshots",
+                        ps.ENV_MUTATIONS: ",".join(self.mutations),
+                        ps.ENV_SEED: str(self._starts)})
         log = open(d / "site.log", "ab")
         self.procs[role] = subprocess.Popen(
             [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=d)
+            stdout=log, stderr=subprocess.STDOUT, cwd=d, env=env)
         log.close()
         deadline = time.monotonic() + 30
         while True:
             if self.procs[role].poll() is not None:
-                raise RuntimeError(f"{role} exited with {self.procs[role].returncode}")
+                rc = self.procs.pop(role).returncode
+                lines = (d / "site.log").read_text(errors="replace").strip().splitlines()
+                raise SiteDown(f"{role} exited with {rc}: {lines[-1] if lines else '(no log)'}")
             try:
                 control.call(self.control_addr(role), "status", timeout=2)
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{role} did not come up within 30 s")
+                    raise SiteDown(f"{role} did not come up within 30 s")
                 time.sleep(0.05)
 
     def kill(self, role: str) -> None:
         proc = self.procs.pop(role)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+    def power_cut(self, role: str) -> None:
+        """Cut the power of ``role`` (it must run on the power-cut disk): its
+        unsynced writes are lost; its folder then holds what survived."""
+        from ..disk import powerswitch as ps
+        if role not in self.powered:
+            raise ValueError(f"{role} does not run on the power-cut disk")
+        proc = self.procs.pop(role)
+        proc.send_signal(ps.SWITCH)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise SiteDown(f"{role} did not cut its power within 60 s (SIGKILLed)")
+        if rc != ps.EXIT_POWER_CUT:
+            raise SiteDown(f"{role} exited with {rc} instead of cutting its power: see "
+                               f"{self.root / role / 'site.log'}")
+        data = self.root / role / DATA
+        shutil.rmtree(data)
+        os.rename(ps.cut_folder(data), data)
 
     def emu(self, link: str, cmd: str, **args) -> dict:
         return control.call(self.emu_control(link), cmd, timeout=5, **args)
@@ -216,7 +259,7 @@ class ChaosCluster:
 
     def volume(self, role: str, idx: int) -> bytes:
         prefix = "pvol" if role == "primary" else "svol"
-        return (self.root / role / f"{prefix}{idx}.img").read_bytes()
+        return (self.root / role / DATA / f"{prefix}{idx}.img").read_bytes()
 
     def stop(self) -> None:
         for role in list(self.procs):
@@ -448,7 +491,7 @@ class Figures:
 class ChaosRun:
     def __init__(self, root: Path, seed: int, rounds: int, *, logs: Path | None = None,
                  echo=print, max_seconds: float | None = None, durability: str = "fsync",
-                 faults: tuple[str, ...] = FAULT_KINDS):
+                 faults: tuple[str, ...] = FAULT_KINDS, mutations: tuple[str, ...] = ()):
         self.max_seconds = max_seconds
         self.kinds = faults
         self.root = root
@@ -459,7 +502,9 @@ class ChaosRun:
         self.rng = random.Random(seed)
         self.fig = Figures()
         self.history = History()
-        self.cluster = ChaosCluster(root, durability=durability)
+        powered = tuple(k.partition(":")[2] for k in faults if k.startswith("power:"))
+        self.cluster = ChaosCluster(root, durability=durability, powered=powered,
+                                    mutations=mutations)
         self.lines: list[str] = []
         self._snap = 0
 
@@ -554,6 +599,12 @@ class ChaosRun:
             await self.run_for(rnd, down, snapshots=1 if how != "secondary" else 0)
             await asyncio.to_thread(c.start, how)
             return f"SIGKILL {how}, restarted after {down:.1f} s"
+        if what == "power":
+            await asyncio.to_thread(c.power_cut, how)
+            down = rng.uniform(0.2, 1.0)
+            await self.run_for(rnd, down, snapshots=1 if how != "secondary" else 0)
+            await asyncio.to_thread(c.start, how)
+            return f"power cut {how}, restarted on what survived after {down:.1f} s"
         link = what
         if how in ("stall", "blackhole"):
             secs = rng.uniform(0.3, 3.0) if how == "stall" else rng.uniform(0.5, 3.0)
@@ -650,8 +701,15 @@ class ChaosRun:
                 work.resume()
                 acked0 = self.history.total_acked()
                 await self.run_for(rnd, self.rng.uniform(0.4, 1.0))
-                what = (await self.swap_round(rnd, work) if kind == "swap:planned"
-                        else await self.fault(rnd, kind))
+                try:
+                    what = (await self.swap_round(rnd, work) if kind == "swap:planned"
+                            else await self.fault(rnd, kind))
+                except SiteDown as exc:
+                    self.violation(rnd, f"{kind}: the site back", str(exc))
+                    self.fig.rounds = rnd
+                    self.fig.faults[kind] += 1
+                    self.echo(f"a site did not come back in round {rnd}: the run stops here")
+                    break
                 await self.run_for(rnd, self.rng.uniform(0.3, 0.8))
                 drained = await self.drain_check(rnd, work)
                 self.fig.rounds = rnd
@@ -700,11 +758,13 @@ class ChaosRun:
 
 def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print,
         max_seconds: float | None = None, durability: str = "fsync",
-        faults: tuple[str, ...] = FAULT_KINDS) -> Figures:
-    """One seeded run in ``root`` (a new or empty folder); returns its figures."""
+        faults: tuple[str, ...] = FAULT_KINDS, mutations: tuple[str, ...] = ()) -> Figures:
+    """One seeded run in ``root`` (a new or empty folder); returns its figures.
+    ``mutations``: syncs the power-cut disk skips (``fdatasync``, ``fsync``,
+    ``dirsync``), only to show that the checks catch a missing sync."""
     root.mkdir(parents=True, exist_ok=True)
     chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds,
-                     durability=durability, faults=faults)
+                     durability=durability, faults=faults, mutations=mutations)
     return asyncio.run(chaos.main())
 
 
@@ -721,6 +781,16 @@ def _kinds(text: str | None) -> tuple[str, ...]:
     return out
 
 
+def _mutations(text: str | None) -> tuple[str, ...]:
+    from ..disk.powercut import MUTATIONS
+    out = tuple(m for m in (text or "").split(",") if m)
+    bad = sorted(set(out) - MUTATIONS)
+    if bad:
+        raise SystemExit(f"tricopy chaos: --mutate {','.join(bad)}: not a sync the disk can "
+                         f"skip; give some of {', '.join(sorted(MUTATIONS))}")
+    return out
+
+
 def _run(args) -> int:
     keep = args.dir is not None
     root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="tricopy-chaos-"))
@@ -731,7 +801,7 @@ def _run(args) -> int:
             one = run(root / f"seed-{seed}", seed, args.rounds, logs=Path(args.logs),
                       echo=(lambda _t: None) if args.quiet else print,
                       max_seconds=args.max_seconds, durability=args.durability,
-                      faults=_kinds(args.faults))
+                      faults=_kinds(args.faults), mutations=_mutations(args.mutate))
             print(f"\nseed {seed}: load average {load0[0]:.2f} at the start, "
                   f"{os.getloadavg()[0]:.2f} at the end")
             print(one.table())
@@ -771,5 +841,9 @@ def register(subparsers) -> None:
     p.add_argument("--durability", choices=("fsync", "memory"), default="fsync",
                    help="the relay's policy (memory: no acked write lost to a process crash "
                         "either, docs/replication.md)")
+    p.add_argument("--mutate", metavar="SYNCS",
+                   help="make these syncs of the power-cut disk no-ops (fdatasync, fsync, "
+                        "dirsync; comma-separated): a check of the checks, the power: rounds "
+                        "must then report violations")
     p.add_argument("--quiet", action="store_true", help="only the tables")
     p.set_defaults(func=_run)
