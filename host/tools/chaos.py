@@ -842,6 +842,14 @@ class ChaosRun:
                 if (p["pending"] == 0 and r["held"] == 0
                         and s["last_restored"] == r["next_seq"] - 1 and s["consistent"]):
                     break
+                if p["grsts"] == "SUSP":
+                    # No fault here lasts long enough to suspend the group
+                    # (120 s): a suspension is a check that fired (the relay
+                    # lost journals the primary had ACKed, say); it ends no sooner.
+                    self.violation(rnd, "drain", f"the primary suspended the group: "
+                                                 f"{p['reason']}")
+                    work.resume()
+                    return False
             except (OSError, control.ControlError) as exc:
                 p = r = s = {"error": str(exc)}
             if time.monotonic() > deadline:
