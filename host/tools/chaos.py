@@ -726,6 +726,14 @@ class ChaosRun:
         from ..rcm.takeover import takeover
         c = self.cluster
         sites = Sites(*(Path(c.control_addr(r)) for r in ("primary", "relay", "secondary")))
+        lag = ""
+        if self.rng.random() < 0.5:
+            # Half the time the secondary is behind when the primary dies (the
+            # relay-secondary link stalled): the takeover must wait for it.
+            secs = self.rng.uniform(0.5, 2.5)
+            c.emu("rs", "fault", kind="stall", seconds=secs)
+            await self.run_for(rnd, secs / 2, snapshots=0)
+            lag = f"rs stalled {secs:.1f} s, "
         c.kill("primary")
         await work.cancel()          # writes in flight: never acknowledged, maybe journaled
         try:
@@ -774,7 +782,7 @@ class ChaosRun:
                                                 "30 s of the failback")
                 break
             await asyncio.sleep(0.02)
-        return (f"takeover at SEQ# {took['seq']} ({took['rto_seconds']:.2f} s, {landed} in "
+        return (f"{lag}takeover at SEQ# {took['seq']} ({took['rto_seconds']:.2f} s, {landed} in "
                 f"flight kept), {there} writes there, failback {back['moved_bytes'] >> 10} KiB "
                 f"of {back['full_bytes'] >> 10}")
 
