@@ -139,14 +139,15 @@ class ChaosCluster:
     """Three site processes and two ``tricopy linkemu`` processes under ``root``."""
 
     def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync",
-                 powered: tuple[str, ...] = (), mutations: tuple[str, ...] = ()):
+                 powered: tuple[str, ...] = (), mutations: tuple[str, ...] = (),
+                 seed: int = 0):
         from .certs import make_certs
         self.root = root
         # The sites that run on the power-cut disk (host/disk/powerswitch.py),
         # and the syncs it skips (only to show the checks notice).
         self.powered = tuple(powered)
         self.mutations = tuple(mutations)
-        self._starts = 0
+        self._starts = seed * 10_000     # each start of a powered site: its cuts' seed
         self.durability = durability
         self.heartbeat = heartbeat
         self.ports = {r: (_free_port(),) for r in ROLES}
@@ -629,7 +630,7 @@ class ChaosRun:
         self.history = History()
         powered = tuple(k.partition(":")[2] for k in faults if k.startswith("power:"))
         self.cluster = ChaosCluster(root, durability=durability, powered=powered,
-                                    mutations=mutations)
+                                    mutations=mutations, seed=seed)
         self.lines: list[str] = []
         self._snap = 0
 
