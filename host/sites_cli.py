@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -37,6 +38,7 @@ import uvloop
 
 from .config import ConfigError, GroupAttr, SiteConfig, load_config, swapped
 from .rcm.jnlg import JnlgTable
+from .disk import powerswitch
 from .disk.volume import Volume
 
 __all__ = ["register", "main", "prepare", "StartupError", "EXIT_STARTUP", "STOP_GRACE"]
@@ -295,10 +297,12 @@ def _listening(cfg: SiteConfig, role: str) -> str:
     return ", ".join(parts) or "nothing"
 
 
-async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | None:
+async def _serve(site, role: str, cfg: SiteConfig, config_path: str,
+                 power: powerswitch.PowerSwitch | None = None) -> str | None:
     """Run ``site`` until SIGTERM/SIGINT; the signal's name, or None if the run
     ended by itself.  An error of the run (a port taken, a journal that does
-    not match) propagates."""
+    not match) propagates.  ``power``: the chaos runner's power switch
+    (host/disk/powerswitch.py), armed on this loop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     caught: list[str] = []
@@ -309,6 +313,8 @@ async def _serve(site, role: str, cfg: SiteConfig, config_path: str) -> str | No
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if power is not None:
+        power.arm(loop)
     log.info("%s %s starting: %s (pid %d, config %s)", role, cfg.site,
              _listening(cfg, role), os.getpid(), config_path)
     if cfg.tls is None:
@@ -404,6 +410,20 @@ def _run(args: argparse.Namespace) -> int:
     # Until the event loop takes the signals over, a stop signal ends the start.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _early_stop)
+    with contextlib.ExitStack() as stack:
+        try:
+            # A test tool's simulated disk (never set in operation): every file
+            # call of the site below goes through it, from the first.
+            power = powerswitch.from_env()
+            if power is not None:
+                stack.enter_context(power)
+        except ValueError as exc:
+            print(f"tricopy {role}: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+        return _run_site(args, role, errors, power)
+
+
+def _run_site(args: argparse.Namespace, role: str, errors: tuple, power) -> int:
     cfg = None
     try:
         cfg = load_config(args.config)
@@ -416,7 +436,7 @@ def _run(args: argparse.Namespace) -> int:
                         "swapped (docs/operations.md, Swap)", cfg.site, args.command, role)
         prepare(cfg, role)
         site = _make_site(args, cfg, role)
-        how = uvloop.run(_serve(site, role, cfg, args.config))
+        how = uvloop.run(_serve(site, role, cfg, args.config, power))
     except _Interrupted as exc:
         how = str(exc)
     except errors as exc:

@@ -137,7 +137,8 @@ class PowerCutDisk:
     call in progress and every later one then raise :class:`PowerLost`.
     """
 
-    def __init__(self, root: str | os.PathLike, *, mutations=(), sector: int = SECTOR):
+    def __init__(self, root: str | os.PathLike, *, mutations=(), sector: int = SECTOR,
+                 outside: tuple[str, ...] = ()):
         bad = set(mutations) - MUTATIONS
         if bad:
             raise ValueError(f"mutations must be among {sorted(MUTATIONS)}, not {sorted(bad)}")
@@ -148,6 +149,10 @@ class PowerCutDisk:
             raise ValueError(f"root {self.root} is not a folder")
         self.mutations = frozenset(mutations)
         self.sector = sector
+        # Folders under root that are not on this disk (``outside``, relative
+        # to root): a site process's scratch copies (the secondary's
+        # snapshots), written with plain os calls and never durable state.
+        self.outside = tuple(os.path.normpath(o) for o in outside)
         self._lock = threading.RLock()
         self._next_ino = 1
         self._fds: dict[int, _Inode | _Dir] = {}
@@ -159,7 +164,7 @@ class PowerCutDisk:
         self.ops = 0            # mutating calls on tracked files
         self.on_op: Callable[[str], None] | None = None
         self.on_sync: Callable[[int, str], None] | None = None
-        for dirpath, _, files in os.walk(self.root):
+        for dirpath, _, files in self._walk():
             for name in files:
                 full = os.path.join(dirpath, name)
                 if os.path.isfile(full) and not os.path.islink(full):
@@ -176,8 +181,20 @@ class PowerCutDisk:
         if full == self.root:
             return ""
         if full.startswith(self.root + os.sep):
-            return full[len(self.root) + 1:]
+            rel = full[len(self.root) + 1:]
+            return None if self._excluded(rel) else rel
         return None
+
+    def _excluded(self, rel: str) -> bool:
+        return any(rel == o or rel.startswith(o + os.sep) for o in self.outside)
+
+    def _walk(self):
+        """``os.walk`` of root without the ``outside`` folders."""
+        for dirpath, dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            dirs[:] = [d for d in dirs
+                       if not self._excluded(os.path.normpath(os.path.join(rel, d)))]
+            yield dirpath, dirs, files
 
     def _adopt(self, full: str) -> _Inode:
         with open(full, "rb") as f:
@@ -434,7 +451,7 @@ class PowerCutDisk:
         what went through fileio (and no file appeared behind its back)."""
         with self._lock:
             seen = set()
-            for dirpath, _, files in os.walk(self.root):
+            for dirpath, _, files in self._walk():
                 for name in files:
                     full = os.path.join(dirpath, name)
                     rel = full[len(self.root) + 1:]
@@ -478,9 +495,20 @@ class PowerCutDisk:
                 if ino.ino not in images:
                     images[ino.ino] = self._cut_file(ino, rng, policy)
                 files[rel] = images[ino.ino]
-            dirs = tuple(sorted(os.path.relpath(d, self.root) for d, _, _ in os.walk(self.root)
+            dirs = tuple(sorted(os.path.relpath(d, self.root) for d, _, _ in self._walk()
                                 if d != self.root))
         return CrashImage(files, dirs, f"policy {policy}, {self.syncs} syncs, {self.ops} ops")
+
+    def power_cut(self, rng: random.Random, **kw) -> CrashImage:
+        """:meth:`cut` and :meth:`power_off` as one step: no sync can complete
+        between the two (a sync that completes after the image was taken and
+        is then answered -- a relay's ACK -- would be a promise the image
+        does not keep).  For a site process cut from outside
+        (:mod:`.powerswitch`)."""
+        with self._lock:
+            image = self.cut(rng, **kw)
+            self.dead = True
+        return image
 
     @staticmethod
     def _keep(rng: random.Random, policy: str) -> bool:

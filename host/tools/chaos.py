@@ -22,7 +22,17 @@ the workload, and injects one fault:
   timeout), ``blackhole`` (a partition, 0.5 to 3 s), ``reset`` (RST both
   sides), ``slow_close`` (quiet, then a FIN), ``delay`` (5 to 50 ms one way
   with jitter and a bandwidth limit, 1 to 3 s), ``corrupt`` (one to three
-  flipped bytes: TLS must refuse them and the link reconnect).
+  flipped bytes: TLS must refuse them and the link reconnect);
+* ``swap:planned`` -- a planned swap and the swap back, writes paused;
+* ``power:<site>`` (relay, secondary) -- a power cut of the site: it runs on
+  the power-cut disk (host/disk/powerswitch.py), so its writes never synced
+  are lost (some torn), not just its process; restarted on what survived
+  after 0.2 to 1 s, the load running;
+* ``takeover:unplanned`` -- the primary SIGKILLed under load (the relay
+  survives), ``tricopy takeover`` at the secondary, every acknowledged
+  write checked on its volumes, writes there over NBD, the old primary
+  back (fenced), ``tricopy failback`` of the delta, the load back on the
+  primary.
 
 The checks, each a violation when it fails (the run goes on):
 
@@ -35,8 +45,13 @@ The checks, each a violation when it fails (the run goes on):
 * **drain** -- at the end of each round the workload pauses (every write
   acknowledged), the trio drains, and the SVOLs must hold every acknowledged
   write and nothing else: no acked write lost (SIGKILLs lose no durable
-  state, so this holds in every round: the relay always survives), and
-  SVOL == PVOL.
+  state, and the relay ACKs only what an fdatasync covers, so this holds in
+  every round, a relay power cut included), and SVOL == PVOL.
+* **takeover** -- after ``tricopy takeover`` every acknowledged write is on
+  the new primary's volumes (a write in flight at the kill is there whole or
+  not at all; :meth:`History.settle` then keeps or forgets it); after the
+  failback both sites' volumes are equal and hold every acknowledged write,
+  and the primary acknowledges writes again.
 * **writes refused** -- a write the primary answers with an error (the group
   suspended, say) is a violation: no fault here may cost more than a delay.
 
@@ -46,8 +61,10 @@ of faults, not the same interleaving.  The run stops by itself after
 ``--rounds`` (or once ``--max-seconds`` are up), prints a table, and on a violation keeps the sites' logs (and
 the runner's round log) in ``--logs/seed-<N>/``.
 
-Not in the rounds yet: power cuts (the page cache survives a SIGKILL; the
-power-cut models are docs/reliability.md's), takeovers, WRITE_ZEROES/TRIM.
+Not in the rounds yet: a power cut of the primary (its PVOL legitimately
+loses acknowledged writes never FLUSHed, which the stamped history cannot
+tell from a loss: tests/test_powercut_primary.py checks it alone),
+WRITE_ZEROES/TRIM.
 """
 
 from __future__ import annotations
@@ -77,9 +94,13 @@ __all__ = ["ChaosCluster", "ChaosRun", "run", "register", "FAULT_KINDS"]
 ROLES = ("secondary", "relay", "primary")
 LINKS = {"pr": ("primary", "relay"), "rs": ("relay", "secondary")}
 LINK_FAULTS = ("stall", "blackhole", "reset", "slow_close", "delay", "corrupt")
+POWER_ROLES = ("relay", "secondary")
 FAULT_KINDS = tuple([f"kill:{r}" for r in ("primary", "relay", "secondary")]
                     + [f"{link}:{f}" for link in LINKS for f in LINK_FAULTS]
-                    + ["swap:planned"])     # a planned swap and the swap back (failover)
+                    + ["swap:planned"]      # a planned swap and the swap back (failover)
+                    + [f"power:{r}" for r in POWER_ROLES]
+                    + ["takeover:unplanned"])   # primary lost, takeover, failback
+DATA = "disk"                        # a site's volumes, journal and state folder: <role>/disk/
 PATTERNS = ("random", "sequential", "hotspot")
 DEPTHS = (1, 4, 16)
 
@@ -110,22 +131,34 @@ def stamped(worker: int, wnum: int, nblocks: int) -> bytes:
 
 # -- the sites and the links ----------------------------------------------------------
 
+class SiteDown(RuntimeError):
+    """A site that does not start again (after a fault: a violation that ends the run)."""
+
+
 class ChaosCluster:
     """Three site processes and two ``tricopy linkemu`` processes under ``root``."""
 
-    def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync"):
+    def __init__(self, root: Path, *, heartbeat: float = 0.5, durability: str = "fsync",
+                 powered: tuple[str, ...] = (), mutations: tuple[str, ...] = (),
+                 seed: int = 0):
         from .certs import make_certs
         self.root = root
+        # The sites that run on the power-cut disk (host/disk/powerswitch.py),
+        # and the syncs it skips (only to show the checks notice).
+        self.powered = tuple(powered)
+        self.mutations = tuple(mutations)
+        self._starts = seed * 10_000     # each start of a powered site: its cuts' seed
         self.durability = durability
         self.heartbeat = heartbeat
         self.ports = {r: (_free_port(),) for r in ROLES}
+        self.nbd_port = _free_port()      # the secondary's exports (writable once taken over)
         self.sock_dir = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))  # short socket paths
         self.procs: dict[str, subprocess.Popen] = {}
         self.emus: dict[str, subprocess.Popen] = {}
         self.emu_ports: dict[str, int] = {}
         make_certs(root / "certs", list(ROLES), days=30)
         for role in ROLES:
-            (root / role).mkdir(parents=True, exist_ok=True)
+            (root / role / DATA).mkdir(parents=True, exist_ok=True)
 
     # addresses
     def control_addr(self, role: str) -> str:
@@ -156,13 +189,13 @@ class ChaosCluster:
 
         def common(role: str) -> str:
             return (f'site = "{role}"\nlisten = "127.0.0.1:{self.ports[role][0]}"\n'
-                    f'control = "unix:{self.control_addr(role)}"\nstate_dir = "state"\n'
+                    f'control = "unix:{self.control_addr(role)}"\nstate_dir = "{DATA}/state"\n'
                     f'heartbeat = {self.heartbeat}\n'
                     f'tls = {{ ca = "{certs}/ca.pem", cert = "{certs}/{role}.pem", '
                     f'key = "{certs}/{role}.key" }}\n')
 
         def vols(prefix: str) -> str:
-            return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{prefix}{i}.img"\n'
+            return "".join(f'[[volume]]\nidx = {i}\ngroup = 1\npath = "{DATA}/{prefix}{i}.img"\n'
                            f'size = {VOL_BLOCKS * BLOCK}\nblock_size = {BLOCK}\ncreate = true\n'
                            for i in range(VOLUMES))
 
@@ -175,38 +208,69 @@ class ChaosCluster:
                      f'upstream_site = "primary"\nattr = "INTERMEDIARY"\n'
                      f'peer = "127.0.0.1:{self.emu_ports["rs"]}"\ndurability = "{self.durability}"\n'
                      f'reverse_peer = "127.0.0.1:{self.ports["primary"][0]}"\n'
-                     f'journal = {{ path = "jnl1.vol", size = {8 << 20} }}\n',
+                     f'journal = {{ path = "{DATA}/jnl1.vol", size = {8 << 20} }}\n',
             "secondary": common("secondary") + f'[[group]]\n{group}upstream_site = "relay"\n'
                          f'attr = "RESTORE"\nrestore_interval = 0\n'
                          # after a swap it writes to the relay, through the pr emulator
-                         f'peer = "127.0.0.1:{self.emu_ports["pr"]}"\n' + vols("svol"),
+                         f'peer = "127.0.0.1:{self.emu_ports["pr"]}"\n' + vols("svol")
+                         + f'[nbd]\nlisten = "127.0.0.1:{self.nbd_port}"\n',
         }
         for role, text in docs.items():
             (self.root / role / "site.toml").write_text(text)
 
     def start(self, role: str) -> None:
+        from ..disk import powerswitch as ps
         d = self.root / role
+        env = dict(os.environ)
+        if role in self.powered:
+            self._starts += 1
+            env.update({ps.ENV_ROOT: str(d / DATA), ps.ENV_OUTSIDE: "state/snapshots",
+                        ps.ENV_MUTATIONS: ",".join(self.mutations),
+                        ps.ENV_SEED: str(self._starts)})
         log = open(d / "site.log", "ab")
         self.procs[role] = subprocess.Popen(
             [sys.executable, "-m", "tricopy.host.sites_cli", role, "--config", str(d / "site.toml")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=d)
+            stdout=log, stderr=subprocess.STDOUT, cwd=d, env=env)
         log.close()
         deadline = time.monotonic() + 30
         while True:
             if self.procs[role].poll() is not None:
-                raise RuntimeError(f"{role} exited with {self.procs[role].returncode}")
+                rc = self.procs.pop(role).returncode
+                lines = (d / "site.log").read_text(errors="replace").strip().splitlines()
+                raise SiteDown(f"{role} exited with {rc}: {lines[-1] if lines else '(no log)'}")
             try:
                 control.call(self.control_addr(role), "status", timeout=2)
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{role} did not come up within 30 s")
+                    raise SiteDown(f"{role} did not come up within 30 s")
                 time.sleep(0.05)
 
     def kill(self, role: str) -> None:
         proc = self.procs.pop(role)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+    def power_cut(self, role: str) -> None:
+        """Cut the power of ``role`` (it must run on the power-cut disk): its
+        unsynced writes are lost; its folder then holds what survived."""
+        from ..disk import powerswitch as ps
+        if role not in self.powered:
+            raise ValueError(f"{role} does not run on the power-cut disk")
+        proc = self.procs.pop(role)
+        proc.send_signal(ps.SWITCH)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise SiteDown(f"{role} did not cut its power within 60 s (SIGKILLed)")
+        if rc != ps.EXIT_POWER_CUT:
+            raise SiteDown(f"{role} exited with {rc} instead of cutting its power: see "
+                               f"{self.root / role / 'site.log'}")
+        data = self.root / role / DATA
+        shutil.rmtree(data)
+        os.rename(ps.cut_folder(data), data)
 
     def emu(self, link: str, cmd: str, **args) -> dict:
         return control.call(self.emu_control(link), cmd, timeout=5, **args)
@@ -216,7 +280,7 @@ class ChaosCluster:
 
     def volume(self, role: str, idx: int) -> bytes:
         prefix = "pvol" if role == "primary" else "svol"
-        return (self.root / role / f"{prefix}{idx}.img").read_bytes()
+        return (self.root / role / DATA / f"{prefix}{idx}.img").read_bytes()
 
     def stop(self) -> None:
         for role in list(self.procs):
@@ -292,6 +356,22 @@ class History:
         self._cache[w] = (k, img)
         return bytes(img)
 
+    def settle(self, ks: list[int]) -> int:
+        """After a takeover: each worker's write that was in flight when its
+        writer died either reached the new writer's volume (``ks[w]``, from
+        :meth:`check`) -- it counts as acknowledged now, it is durable there --
+        or it is forgotten.  Returns how many were kept."""
+        kept = 0
+        for w, k in enumerate(ks):
+            if k > self.acked(w):
+                now = time.monotonic()
+                for rec in self.sent[w][self.acked(w):k]:
+                    rec[4] = now
+                    self.acks[w].append(now)
+                    kept += 1
+            del self.sent[w][max(k, self.acked(w)):]
+        return kept
+
     def check(self, svols: list[bytes], *, all_acked: bool) -> tuple[list[str], list[int]]:
         """Violations of the prefix property (and, with ``all_acked``, of "every
         acknowledged write is there"); and k per worker."""
@@ -327,11 +407,73 @@ class History:
         return bad, ks
 
 
+class Refused(Exception):
+    """The site answered a write with an error (not: it is away)."""
+
+
+class ControlTarget:
+    """Host writes through a primary's control socket (``write``)."""
+
+    def __init__(self, addr: str):
+        self.addr = addr
+
+    async def connect(self) -> "ControlTarget._Conn":
+        return self._Conn(await control.ControlClient.open(self.addr))
+
+    class _Conn:
+        def __init__(self, client):
+            self.client = client
+
+        async def write(self, idx: int, offset: int, data: bytes) -> None:
+            try:
+                await self.client.call("write", idx=idx, offset=offset,
+                                       data=base64.b64encode(data).decode())
+            except control.ControlError as exc:
+                raise Refused(str(exc)) from None
+
+        async def close(self) -> None:
+            await self.client.close()
+
+
+class NbdTarget:
+    """Host writes over NBD to a site's exports (``svol<idx>`` at the secondary),
+    one connection per volume."""
+
+    def __init__(self, port: int, prefix: str):
+        self.port, self.prefix = port, prefix
+
+    async def connect(self) -> "NbdTarget._Conn":
+        return self._Conn(self)
+
+    class _Conn:
+        def __init__(self, target):
+            self.t = target
+            self.clients: dict = {}
+
+        async def write(self, idx: int, offset: int, data: bytes) -> None:
+            from ..nbd.client import NbdClient, NbdError, NbdRefused
+            try:
+                if idx not in self.clients:
+                    self.clients[idx] = await NbdClient.open("127.0.0.1", self.t.port,
+                                                             f"{self.t.prefix}{idx}")
+                await self.clients[idx].write(offset, data)
+            except NbdRefused as exc:
+                raise Refused(str(exc)) from None
+            except NbdError as exc:
+                raise ConnectionError(str(exc)) from None
+
+        async def close(self) -> None:
+            for c in self.clients.values():
+                await c.close()
+
+
 class Workload:
-    """Stamped writers through the primary's control socket; one write in flight each."""
+    """Stamped writers, one write in flight each, to ``target`` (the primary's
+    control socket, or the exports of the site that took over)."""
 
     def __init__(self, addr: str, history: History, rng: random.Random):
-        self.addr = addr
+        self.target = ControlTarget(addr)
+        self.tasks: list[asyncio.Task] = []
         self.h = history
         self.rng = rng
         self.active: set[int] = set(range(WORKERS))
@@ -360,8 +502,34 @@ class Workload:
         n = self.rng.randint(1, 8)
         return first + self.rng.randint(0, span - n), n
 
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self.worker(w)) for w in range(WORKERS)]
+
+    async def cancel(self) -> None:
+        """End every worker now, in flight or not (a write in flight stays unacknowledged)."""
+        pending = set(self.tasks)
+        while pending:
+            # Again until they end: Python 3.11's wait_for loses a cancel that
+            # comes as the call it waits for fails (the writer just died).
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        self.tasks = []
+        self.busy = [False] * WORKERS
+
     async def worker(self, w: int) -> None:
-        client = None
+        client = [None]
+        try:
+            await self._work(w, client)
+        finally:
+            if client[0] is not None:
+                try:
+                    await client[0].close()
+                except (OSError, ConnectionError):
+                    pass
+
+    async def _work(self, w: int, conn: list) -> None:
+        client = target = None
         while not self.stop:
             if self.paused or w not in self.active:
                 self.wake.clear()
@@ -372,16 +540,19 @@ class Workload:
             idx = self.h.regions[w][0]
             data = stamped(w, len(self.h.sent[w]) + 1, n)
             rec = self.h.send(w, idx, block * BLOCK, data)
-            args = {"idx": idx, "offset": block * BLOCK, "data": base64.b64encode(data).decode()}
             acked = False
             while not acked:
                 try:
+                    if client is not None and target is not self.target:
+                        await client.close()
+                        client = None
                     if client is None:
-                        client = await control.ControlClient.open(self.addr)
-                    await asyncio.wait_for(client.call("write", **args), 120)
+                        target = self.target
+                        client = conn[0] = await target.connect()
+                    await asyncio.wait_for(client.write(idx, block * BLOCK, data), 120)
                     acked = True
-                except control.ControlError as exc:
-                    # The primary refused the write: no fault in these rounds may do that.
+                except Refused as exc:
+                    # The writer refused the write: no fault in these rounds may do that.
                     # Left unacknowledged (it may or may not be on the PVOL).
                     self.refused.append(f"worker {w} write {len(self.h.sent[w])}: {exc}")
                     await asyncio.sleep(0.5)
@@ -390,13 +561,11 @@ class Workload:
                     self.retries += 1         # the primary is down or restarting: again
                     if client is not None:
                         await client.close()
-                    client = None
+                    client = conn[0] = None
                     await asyncio.sleep(0.1)
             if acked:
                 self.h.ack(w, rec)
             self.busy[w] = False
-        if client is not None:
-            await client.close()
 
     async def quiesce(self, timeout: float = 150.0) -> bool:
         """Pause; wait until no write is in flight (False: some still are after ``timeout``)."""
@@ -448,7 +617,7 @@ class Figures:
 class ChaosRun:
     def __init__(self, root: Path, seed: int, rounds: int, *, logs: Path | None = None,
                  echo=print, max_seconds: float | None = None, durability: str = "fsync",
-                 faults: tuple[str, ...] = FAULT_KINDS):
+                 faults: tuple[str, ...] = FAULT_KINDS, mutations: tuple[str, ...] = ()):
         self.max_seconds = max_seconds
         self.kinds = faults
         self.root = root
@@ -459,7 +628,9 @@ class ChaosRun:
         self.rng = random.Random(seed)
         self.fig = Figures()
         self.history = History()
-        self.cluster = ChaosCluster(root, durability=durability)
+        powered = tuple(k.partition(":")[2] for k in faults if k.startswith("power:"))
+        self.cluster = ChaosCluster(root, durability=durability, powered=powered,
+                                    mutations=mutations, seed=seed)
         self.lines: list[str] = []
         self._snap = 0
 
@@ -545,6 +716,77 @@ class ChaosRun:
         return (f"swap at SEQ# {there['seq']} ({there['rto_seconds']:.2f} s), back at SEQ# "
                 f"{back['seq']} ({back['rto_seconds']:.2f} s)")
 
+    async def takeover_round(self, rnd: int, work: "Workload") -> str:
+        """The primary lost under load (SIGKILL; the relay survives), ``tricopy
+        takeover`` at the secondary, writes there over NBD, the old primary
+        back (fenced), ``tricopy failback`` with the delta, the load back on
+        the primary.  Every acknowledged write must be on the site that took
+        over, and after the failback both volumes equal and hold them all."""
+        from ..rcm.failback import failback
+        from ..rcm.pairs import RcmError, Sites
+        from ..rcm.takeover import takeover
+        c = self.cluster
+        sites = Sites(*(Path(c.control_addr(r)) for r in ("primary", "relay", "secondary")))
+        lag = ""
+        if self.rng.random() < 0.5:
+            # Half the time the secondary is behind when the primary dies (the
+            # relay-secondary link stalled): the takeover must wait for it.
+            secs = self.rng.uniform(0.5, 2.5)
+            c.emu("rs", "fault", kind="stall", seconds=secs)
+            await self.run_for(rnd, secs / 2, snapshots=0)
+            lag = f"rs stalled {secs:.1f} s, "
+        c.kill("primary")
+        await work.cancel()          # writes in flight: never acknowledged, maybe journaled
+        try:
+            took = await asyncio.to_thread(takeover, sites, "g1", timeout=60,
+                                           swap_if_alive=False)
+        except RcmError as exc:
+            self.violation(rnd, "takeover", str(exc))
+            raise SiteDown(f"takeover failed: {exc}") from None
+        vols = [c.volume("secondary", i) for i in range(VOLUMES)]
+        bad, ks = self.history.check(vols, all_acked=True)
+        for b in bad:
+            self.violation(rnd, "takeover: every acknowledged write on the new primary", b)
+        landed = self.history.settle(ks)
+        acked0 = self.history.total_acked()
+        work.target = NbdTarget(c.nbd_port, "svol")
+        work.start()
+        await self.run_for(rnd, self.rng.uniform(0.5, 1.5), snapshots=0)
+        await asyncio.to_thread(c.start, "primary")
+        deadline = time.monotonic() + 30
+        while not (await asyncio.to_thread(c.status, "primary")).get("fenced"):
+            if time.monotonic() > deadline:
+                self.violation(rnd, "takeover", "the old primary did not fence itself in 30 s")
+                break
+            await asyncio.sleep(0.05)
+        if not await work.quiesce():
+            self.violation(rnd, "takeover", "writes at the new primary not acknowledged in 150 s")
+        there = self.history.total_acked() - acked0
+        try:
+            back = await asyncio.to_thread(failback, sites, "g1")
+        except RcmError as exc:
+            self.violation(rnd, "failback", str(exc))
+            raise SiteDown(f"failback failed: {exc}") from None
+        pvols = [c.volume("primary", i) for i in range(VOLUMES)]
+        if pvols != [c.volume("secondary", i) for i in range(VOLUMES)]:
+            self.violation(rnd, "failback: equal volumes", "the old primary's volumes differ "
+                                                           "from the taken-over ones")
+        for b in self.history.check(pvols, all_acked=True)[0]:
+            self.violation(rnd, "failback: every acknowledged write on the primary", b)
+        work.target = ControlTarget(c.control_addr("primary"))
+        work.resume()
+        resumed = self.history.total_acked()
+        deadline = time.monotonic() + 30
+        while self.history.total_acked() < resumed + len(work.active):
+            if time.monotonic() > deadline:
+                self.violation(rnd, "failback", "no write acknowledged by the primary within "
+                                                "30 s of the failback")
+                break
+            await asyncio.sleep(0.02)
+        return (f"{lag}takeover at SEQ# {took['seq']} ({took['rto_seconds']:.2f} s, {landed} in "
+                f"flight kept), {there} writes there, failback {back['moved_bytes'] >> 10} KiB "
+                f"of {back['full_bytes'] >> 10}")
+
     async def fault(self, rnd: int, kind: str) -> str:
         c, rng = self.cluster, self.rng
         what, _, how = kind.partition(":")
@@ -554,6 +796,12 @@ class ChaosRun:
             await self.run_for(rnd, down, snapshots=1 if how != "secondary" else 0)
             await asyncio.to_thread(c.start, how)
             return f"SIGKILL {how}, restarted after {down:.1f} s"
+        if what == "power":
+            await asyncio.to_thread(c.power_cut, how)
+            down = rng.uniform(0.2, 1.0)
+            await self.run_for(rnd, down, snapshots=1 if how != "secondary" else 0)
+            await asyncio.to_thread(c.start, how)
+            return f"power cut {how}, restarted on what survived after {down:.1f} s"
         link = what
         if how in ("stall", "blackhole"):
             secs = rng.uniform(0.3, 3.0) if how == "stall" else rng.uniform(0.5, 3.0)
@@ -603,6 +851,14 @@ class ChaosRun:
                 if (p["pending"] == 0 and r["held"] == 0
                         and s["last_restored"] == r["next_seq"] - 1 and s["consistent"]):
                     break
+                if p["grsts"] == "SUSP":
+                    # No fault here lasts long enough to suspend the group
+                    # (120 s): a suspension is a check that fired (the relay
+                    # lost journals the primary had ACKed, say); it ends no sooner.
+                    self.violation(rnd, "drain", f"the primary suspended the group: "
+                                                 f"{p['reason']}")
+                    work.resume()
+                    return False
             except (OSError, control.ControlError) as exc:
                 p = r = s = {"error": str(exc)}
             if time.monotonic() > deadline:
@@ -632,7 +888,7 @@ class ChaosRun:
         for role in ROLES:
             await asyncio.to_thread(c.start, role)
         work = Workload(c.control_addr("primary"), self.history, random.Random(self.seed + 1))
-        tasks = [asyncio.create_task(work.worker(w)) for w in range(WORKERS)]
+        work.start()
         try:
             plan = zip(self.cycles(self.kinds), self.cycles(DEPTHS), self.cycles(PATTERNS))
             for rnd, (kind, depth, pattern) in enumerate(plan, 1):
@@ -650,8 +906,16 @@ class ChaosRun:
                 work.resume()
                 acked0 = self.history.total_acked()
                 await self.run_for(rnd, self.rng.uniform(0.4, 1.0))
-                what = (await self.swap_round(rnd, work) if kind == "swap:planned"
-                        else await self.fault(rnd, kind))
+                try:
+                    what = (await self.swap_round(rnd, work) if kind == "swap:planned"
+                            else await self.takeover_round(rnd, work)
+                            if kind == "takeover:unplanned" else await self.fault(rnd, kind))
+                except SiteDown as exc:
+                    self.violation(rnd, f"{kind}: the site back", str(exc))
+                    self.fig.rounds = rnd
+                    self.fig.faults[kind] += 1
+                    self.echo(f"a site did not come back in round {rnd}: the run stops here")
+                    break
                 await self.run_for(rnd, self.rng.uniform(0.3, 0.8))
                 drained = await self.drain_check(rnd, work)
                 self.fig.rounds = rnd
@@ -673,9 +937,7 @@ class ChaosRun:
         finally:
             work.stop = True
             work.resume()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await work.cancel()
             self.fig.retries = work.retries
             self.fig.seconds = time.monotonic() - t0
             c.stop()
@@ -700,11 +962,13 @@ class ChaosRun:
 
 def run(root: Path, seed: int, rounds: int, *, logs: Path | None = None, echo=print,
         max_seconds: float | None = None, durability: str = "fsync",
-        faults: tuple[str, ...] = FAULT_KINDS) -> Figures:
-    """One seeded run in ``root`` (a new or empty folder); returns its figures."""
+        faults: tuple[str, ...] = FAULT_KINDS, mutations: tuple[str, ...] = ()) -> Figures:
+    """One seeded run in ``root`` (a new or empty folder); returns its figures.
+    ``mutations``: syncs the power-cut disk skips (``fdatasync``, ``fsync``,
+    ``dirsync``), only to show that the checks catch a missing sync."""
     root.mkdir(parents=True, exist_ok=True)
     chaos = ChaosRun(root, seed, rounds, logs=logs, echo=echo, max_seconds=max_seconds,
-                     durability=durability, faults=faults)
+                     durability=durability, faults=faults, mutations=mutations)
     return asyncio.run(chaos.main())
 
 
@@ -721,6 +985,16 @@ def _kinds(text: str | None) -> tuple[str, ...]:
     return out
 
 
+def _mutations(text: str | None) -> tuple[str, ...]:
+    from ..disk.powercut import MUTATIONS
+    out = tuple(m for m in (text or "").split(",") if m)
+    bad = sorted(set(out) - MUTATIONS)
+    if bad:
+        raise SystemExit(f"tricopy chaos: --mutate {','.join(bad)}: not a sync the disk can "
+                         f"skip; give some of {', '.join(sorted(MUTATIONS))}")
+    return out
+
+
 def _run(args) -> int:
     keep = args.dir is not None
     root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="tricopy-chaos-"))
@@ -731,7 +1005,7 @@ def _run(args) -> int:
             one = run(root / f"seed-{seed}", seed, args.rounds, logs=Path(args.logs),
                       echo=(lambda _t: None) if args.quiet else print,
                       max_seconds=args.max_seconds, durability=args.durability,
-                      faults=_kinds(args.faults))
+                      faults=_kinds(args.faults), mutations=_mutations(args.mutate))
             print(f"\nseed {seed}: load average {load0[0]:.2f} at the start, "
                   f"{os.getloadavg()[0]:.2f} at the end")
             print(one.table())
@@ -771,5 +1045,9 @@ def register(subparsers) -> None:
     p.add_argument("--durability", choices=("fsync", "memory"), default="fsync",
                    help="the relay's policy (memory: no acked write lost to a process crash "
                         "either, docs/replication.md)")
+    p.add_argument("--mutate", metavar="SYNCS",
+                   help="make these syncs of the power-cut disk no-ops (fdatasync, fsync, "
+                        "dirsync; comma-separated): a check of the checks, the power: rounds "
+                        "must then report violations")
     p.add_argument("--quiet", action="store_true", help="only the tables")
     p.set_defaults(func=_run)

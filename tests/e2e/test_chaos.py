@@ -1,11 +1,15 @@
 """The chaos runner's short run (``tricopy chaos``, host/tools/chaos.py), part of ``make test``.
 
-30 seeded rounds: every site SIGKILLed and every fault of the link emulator
-on both links (twice each), queue depths 1, 4 and 16, random, sequential and
-hot-spot writes; zero violations of the checks (consistent snapshots are
-prefixes of the acknowledged history, after each drain every acknowledged
-write is on the SVOL and SVOL == PVOL, no write refused).  About two minutes
-on the 2-core build machine.  ``TRICOPY_CHAOS_ROUNDS`` / ``TRICOPY_CHAOS_SEED``
+30 seeded rounds: every site SIGKILLed, every fault of the link emulator on
+both links, a planned swap, a power cut of the relay and of the secondary,
+an unplanned takeover and its failback (each kind once or twice), queue
+depths 1, 4 and 16, random, sequential and hot-spot writes; zero violations
+of the checks (consistent snapshots are prefixes of the acknowledged
+history, after each drain every acknowledged write is on the SVOL and SVOL
+== PVOL, no write refused, every acknowledged write on the site that took
+over).  About two minutes on the 2-core build machine.  Two short runs
+with a sync of the power-cut disk skipped must report violations (the
+power-cut rounds can see a missing sync).  ``TRICOPY_CHAOS_ROUNDS`` / ``TRICOPY_CHAOS_SEED``
 change the run; a failing seed's logs are kept in ``chaos-logs/`` under the
 test's folder.
 """
@@ -31,6 +35,22 @@ def test_chaos_rounds_find_no_violation(tmp_path):
         assert fig.patterns["hotspot"] and len(fig.depths) == len(chaos.DEPTHS)
     assert fig.verified == fig.acked > 0
     assert fig.snapshots_consistent > 0
+
+
+def test_power_cuts_of_the_relay_catch_a_skipped_fdatasync(tmp_path):
+    """The relay's journal fdatasync a no-op on its power-cut disk: a cut
+    loses journals it ACKed, and the run must say so."""
+    fig = chaos.run(tmp_path / "run", 3, 2, logs=None, echo=lambda _t: None,
+                    faults=("power:relay",), mutations=("fdatasync",))
+    assert fig.violations, "a relay that never syncs lost nothing at two power cuts"
+
+
+def test_power_cuts_of_the_secondary_catch_a_skipped_fsync(tmp_path):
+    """The secondary's SVOL and state fsyncs no-ops: a cut loses what it
+    had restored and recorded, and the run must say so."""
+    fig = chaos.run(tmp_path / "run", 3, 2, logs=None, echo=lambda _t: None,
+                    faults=("power:secondary",), mutations=("fsync",))
+    assert fig.violations, "a secondary that never syncs lost nothing at two power cuts"
 
 
 def test_checker_catches_a_lost_write_and_a_non_prefix():
