@@ -357,6 +357,9 @@ class ControlClient:
     async def call(self, cmd: str, **args) -> dict:
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
+        # A caller cancelled while it waited (a chaos round abandoning a killed
+        # site) leaves no one to read the connection's end: mark it read.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._waiting[rid] = fut
         try:
             self._writer.write(json.dumps({"id": rid, "cmd": cmd, **args}).encode() + b"\n")
