@@ -116,17 +116,19 @@ class DistanceCluster(chaos.ChaosCluster):
     """The chaos runner's trio and emulators, plus the primary's NBD export for fio."""
 
     def __init__(self, root: Path):
+        # Before the base class writes the configs; ``nbd_port`` is the
+        # secondary's export there (the chaos runner's takeover rounds).
+        self.primary_nbd_port = chaos._free_port()
         super().__init__(root)
-        self.nbd_port = chaos._free_port()
 
     def _write_configs(self) -> None:
         super()._write_configs()
         with open(self.root / "primary" / "site.toml", "a") as f:
-            f.write(f'[nbd]\nlisten = "127.0.0.1:{self.nbd_port}"\n')
+            f.write(f'[nbd]\nlisten = "127.0.0.1:{self.primary_nbd_port}"\n')
 
     @property
     def uri(self) -> str:
-        return f"nbd://127.0.0.1:{self.nbd_port}/pvol0"
+        return f"nbd://127.0.0.1:{self.primary_nbd_port}/pvol0"
 
     def place(self, pr_ms: float, rs_ms: float, rates: dict[str, float] | None = None) -> None:
         """Both links' one-way delays, without jitter, and bandwidths in bytes/s per
