@@ -224,8 +224,15 @@ class JournalEngine(wiring.Component):
         naks = Signal(32)
         next_seq = seq.value
         empty = used == 0
-        free = Signal(SG)
-        m.d.comb += free.eq(size - used)
+        # FREE = SIZE - USED as a register, one cycle behind: USED and SIZE
+        # change only in EXEC, RELEASE_STEP, RELEASE_AT and LOAD, none of
+        # them followed at once by ALLOC (HCHECK or TRAILER comes first), by
+        # EXEC or by a STATUS body (the responder starts after ANSWER), so every
+        # reader sees it settled. Its 35-bit subtraction was the head of
+        # the width-32 critical path (USED -> STATUS FREE -> word mux -> SEQ
+        # sum -> BCRC) and of ALLOC's R > FREE.
+        free = Signal(SG, init=SIZE >> G)
+        m.d.sync += free.eq(size - used)
 
         def bytes_(g):
             """A granule count or offset as bytes."""
@@ -245,6 +252,13 @@ class JournalEngine(wiring.Component):
         # (JNLRD, RELEASE walk) to RB bits. TAIL_SEQ is not a register: it
         # is NEXT_SEQ - HELD (no 64-bit register, incrementer or comparator).
         held = Signal(SG)
+        # a descriptor ring's RELEASE, decided over two cycles (RELEASE_D
+        # computes these from the request, RELEASE_AT commits with them)
+        rel_d = Signal(SG)                     # D: the granules released
+        rel_held = Signal(SG)                  # HELD after: NEXT_SEQ - UPTO - 1
+        rel_last = Signal()                    # UPTO is the last journal
+        rel_past_end = Signal()                # P <= JOPTR: the release wraps
+        rel_bad = Signal()                     # P off the grid, >= 2**40 or >= WRAP_AT
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -334,8 +348,14 @@ class JournalEngine(wiring.Component):
         wrap = Signal()
         rewind = Signal()
         # (no copies of JIPTR or of SIZE - JIPTR: both hold until EXEC)
-        tail = Signal(SG)                      # SIZE - JIPTR: the tail's bytes, granules
-        m.d.comb += tail.eq(size - jiptr)
+        # SIZE - JIPTR (the tail's granules) and JOPTR - JIPTR (the gap
+        # before JOPTR when JIPTR is below it) as registers one cycle behind,
+        # as FREE is (above): ALLOC then compares R with registers, not with
+        # the ends of 35-bit subtractions (the width-32 critical path ran
+        # through them, on to the enables of USED)
+        tail = Signal(SG, init=SIZE >> G)
+        gap = Signal(PG)
+        m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
 
@@ -551,7 +571,7 @@ class JournalEngine(wiring.Component):
                             m.d.sync += [alloc_ok.eq(1), wrap.eq(1), place.eq(0)]
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
-                    with m.Elif(r <= joptr - jiptr):
+                    with m.Elif(r <= gap):
                         m.d.sync += alloc_ok.eq(1)
                     with m.Else():
                         m.d.sync += alloc_full.eq(1)
@@ -692,6 +712,9 @@ class JournalEngine(wiring.Component):
                     m.d.sync += kcnt.eq(kcnt + 1)
                     with m.If(kcnt == 64 // W - 1):
                         m.next = "ANSWER"
+
+            with m.State("RELEASE_D"):
+                self._release_d(m, locals())
 
             with m.State("RELEASE_AT"):
                 self._release_at(m, locals())
@@ -1030,10 +1053,11 @@ class JournalEngine(wiring.Component):
         with m.Elif(v["x_lt_tail"]):
             m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
         with (m.Elif(desc) if self.memory else m.Else()):
-            # the JOPTR checks in a cycle of their own (RELEASE_AT): three
-            # 35-bit carry chains after the 65-bit FROM/UPTO one were the
-            # UP5K's critical path
-            m.next = "RELEASE_AT"
+            # the JOPTR checks in two cycles of their own (RELEASE_D,
+            # RELEASE_AT): three 35-bit carry chains after the 65-bit
+            # FROM/UPTO one were the UP5K's critical path, and then the
+            # three alone
+            m.next = "RELEASE_D"
         if self.memory:
             with m.Else():
                 m.d.sync += [v["rd_cnt"].eq(v["x_from_tail"]),
@@ -1041,13 +1065,14 @@ class JournalEngine(wiring.Component):
                              v["walk_off"].eq(v["dbytes"](joptr)), v["dl_step"].eq(0)]
                 m.next = "WALK"
 
-    def _release_at(self, m, v):
-        """RELEASE_AT: a descriptor ring's RELEASE, UPTO in TAIL_SEQ..NEXT_SEQ-1
+    def _release_d(self, m, v):
+        """RELEASE_D: a descriptor ring's RELEASE, UPTO in TAIL_SEQ..NEXT_SEQ-1
         (EXEC checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
-        SIZE when 0: the bytes released (granules), a skipped tail included."""
-        nak, ack, small, ftype = (v[k] for k in ("nak", "ack", "small", "ftype"))
-        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
-                                                            "held"))
+        SIZE when 0: the bytes released (granules), a skipped tail included;
+        registered with the other checks for RELEASE_AT, which compares D
+        with USED (two 35-bit chains in a row, not three)."""
+        small = v["small"]
+        size, joptr, wrap_at = v["size"], v["joptr"], v["wrap_at"]
         SG = len(size)
         p = layouts.ReleaseAt(small[:128]).joptr
         pg = p[G:G + SG]
@@ -1055,27 +1080,40 @@ class JournalEngine(wiring.Component):
         diff = Signal(SG + 1)
         m.d.comb += diff.eq(pg - joptr)
         past_end = diff[SG] | (diff[:SG] == 0)          # P <= JOPTR
-        d = Signal(SG)
-        m.d.comb += d.eq(diff[:SG] + Mux(past_end, size, 0))
         # HELD after: NEXT_SEQ - UPTO - 1 = NEXT_SEQ + ~UPTO (one adder); 0
         # exactly when UPTO is the last journal
         held_after = Signal(64)
         m.d.comb += held_after.eq(v["next_seq"] + ~v["x_seq"])
-        last = held_after == 0
-        # USED - D with its borrow: D > USED borrows, D == USED leaves 0
+        m.d.sync += [
+            v["rel_d"].eq(diff[:SG] + Mux(past_end, size, 0)),
+            v["rel_past_end"].eq(past_end),
+            v["rel_held"].eq(held_after[:SG]),
+            v["rel_last"].eq(held_after == 0),
+            # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
+            v["rel_bad"].eq((p[:G] != 0) | p_big | (pg >= wrap_at)),
+        ]
+        m.next = "RELEASE_AT"
+
+    def _release_at(self, m, v):
+        """RELEASE_AT: the RELEASE_D figures against USED, and the commit."""
+        nak, ack, small, ftype = (v[k] for k in ("nak", "ack", "small", "ftype"))
+        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
+                                                            "held"))
+        SG = len(size)
+        pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]
+        # USED - D with its borrow: D > USED borrows, D == USED leaves 0,
+        # which must hold exactly when UPTO is the last journal
         left = Signal(SG + 1)
-        m.d.comb += left.eq(used - d)
-        bad = ((p[:G] != 0) | p_big
-               | (pg >= wrap_at)             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
-               | left[SG] | ((left == 0) != last))
+        m.d.comb += left.eq(used - v["rel_d"])
+        bad = v["rel_bad"] | left[SG] | ((left == 0) != v["rel_last"])
         with m.If(bad):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
         with m.Else():
             m.d.sync += [used.eq(left[:SG]), joptr.eq(pg),
-                         held.eq(held_after[:SG]),          # TAIL_SEQ = UPTO + 1
+                         held.eq(v["rel_held"]),            # TAIL_SEQ = UPTO + 1
                          self.full.eq(0),
                          ack(FT.RELEASE, _AckFrom.RELEASE)]
-            with m.If(past_end):
+            with m.If(v["rel_past_end"]):
                 m.d.sync += wrap_at.eq(size)
         m.next = "ANSWER"
 

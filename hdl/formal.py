@@ -309,7 +309,7 @@ class EngineSpec(Elaboratable):
         for t in FT:
             known = known | (ftype == t)
         busy_states = (in_("ALLOC") | in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("EXEC")
-                       | in_("RELEASE_AT") | in_("LOAD_TIME"))
+                       | in_("RELEASE_D") | in_("RELEASE_AT") | in_("LOAD_TIME"))
         with m.If(busy_states):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
@@ -324,6 +324,36 @@ class EngineSpec(Elaboratable):
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        # FREE, the tail and the gap are registers one cycle behind SIZE -
+        # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
+        # those entered from a state that moves the pointers, USED or SIZE
+        # (EXEC -> ANSWER or LOAD_TIME, RELEASE_AT -> ANSWER)
+        with m.If(~in_("ANSWER") & ~in_("LOAD_TIME")):
+            m.d.comb += [
+                Assert(tap("free") == (size - used)[:SG], "INV: FREE settled"),
+                Assert(tap("tail") == (size - jiptr)[:SG], "INV: tail settled"),
+                Assert(tap("gap") == (joptr - jiptr)[:len(jiptr)], "INV: gap settled"),
+            ]
+        with m.If(in_("RELEASE_D") | in_("RELEASE_AT")):
+            # EXEC let through only UPTO in TAIL_SEQ .. NEXT_SEQ - 1
+            m.d.comb += Assert((small[:64] < next_seq) & ((next_seq - small[:64])[:64] <= held),
+                               "INV: a RELEASE past EXEC frees journals held")
+        with m.If(in_("RELEASE_AT")):
+            # RELEASE_D's figures are those of the current state (nothing
+            # moves between the two states)
+            pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]
+            p = layouts.ReleaseAt(small[:128]).joptr
+            past_end = pg <= joptr
+            m.d.comb += [
+                Assert(tap("rel_past_end") == past_end, "INV: RELEASE_D past_end"),
+                Assert(tap("rel_d") == Mux(past_end, pg + size - joptr, pg - joptr)[:SG],
+                       "INV: RELEASE_D D"),
+                Assert(tap("rel_held") == (next_seq + ~small[:64])[:SG], "INV: RELEASE_D HELD"),
+                Assert(tap("rel_last") == ((next_seq + ~small[:64])[:64] == 0),
+                       "INV: RELEASE_D last"),
+                Assert(tap("rel_bad") == ((p[:G] != 0) | p[G + SG - 1:].any() | (pg >= wrap_at)),
+                       "INV: RELEASE_D bad"),
+            ]
         with m.If(in_("LOAD_TIME")):
             m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
         with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):

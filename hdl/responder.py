@@ -4,11 +4,12 @@ The engine core hands the responder a frame description (TYPE, FLAGS,
 LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
 and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
-is latched either: the engine holds the description, its ``Ack`` (which
-also carries a HEARTBEAT token) and the status views still until ``busy``
-falls. Three SEQ fields are sums the responder adds a byte at a time as it
-sends them (TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine
-needs no 64-bit adder or register for them. For journal read-out
+is latched either (but the next body beat of a view, read one beat ahead):
+the engine holds the description, its ``Ack`` (which also carries a
+HEARTBEAT token) and the status views still until ``busy`` falls. Three
+SEQ fields are sums the responder adds a byte at a time as it sends them
+(TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine needs no
+64-bit adder or register for them. For journal read-out
 (``Source.RING``) the body is read from ring memory one byte ahead of the
 stream (the read port is enabled only when a byte is taken, so backpressure
 holds the data) and the control data's CCRC is recomputed on the way out
@@ -158,17 +159,25 @@ class Responder(wiring.Component):
         # 64-bit word mux on (source, idx[3:7]) and then one 8-way byte mux:
         # most words are narrow or constant, so this is far smaller than a
         # byte mux over each 80-byte view (Yosys does not find it itself).
+        # The muxes read one beat ahead (the body beat after the one shown,
+        # or body beat 0 during the header) into ``word_byte``, a register:
+        # the views hold still while busy, so the beat is the same then as
+        # now, and the mux is no longer in front of the SEQ sums and the
+        # BCRC (the width-32 critical path ran through all three).
         word = Signal(64)
+        pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
-        with m.Switch(Cat(idx[3:7], source)):
+        with m.Switch(Cat(pidx[3:7], source)):
             for srcs, view in views.items():
                 for w in range((len(view) + 63) // 64):
                     with m.Case(*[w | (src.value << 4) for src in srcs]):
                         m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
         lane_sel = idx[LW:3]                    # the beat within the 64-bit word
-        word_byte = word.word_select(lane_sel, 8 * W)
+        word_byte = Signal(8 * W)
+        with m.If(take):
+            m.d.sync += word_byte.eq(word.word_select(pidx[LW:3], 8 * W))
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
