@@ -65,6 +65,22 @@ def _digest_delta(sites: Sites, grname: str, sizes: dict[int, int],
     return out
 
 
+def _copy(sites: Sites, grname: str, src: str, todo: list[tuple[int, int]], chunk: int,
+          sizes: dict[int, int], progress) -> int:
+    """Copy the chunks ``todo`` from ``src`` (the site that took over) to the fenced
+    old primary's PVOLs; returns the bytes moved."""
+    moved = 0
+    for i, (idx, off) in enumerate(todo):
+        length = min(chunk, sizes[idx] - off)
+        data = sites.call(src, "read", group=grname, idx=idx, offset=off,
+                          length=length)["data"]
+        sites.call("primary", "write_fenced", group=grname, idx=idx, offset=off, data=data)
+        moved += length
+        if progress:
+            progress({"grsts": "COPY", "copy_total": len(todo), "copy_done": i + 1})
+    return moved
+
+
 def failback(sites: Sites, grname: str, *, digest: bool = False, progress=None,
              say=lambda line: None) -> dict:
     """Fail group ``grname`` back to its old primary; returns what was moved."""
@@ -119,15 +135,8 @@ def failback(sites: Sites, grname: str, *, digest: bool = False, progress=None,
         say(f"delta: {len(todo)} chunk(s) of {chunk >> 10} KiB ("
             + ("digests compared" if digest else "written at the secondary since the takeover "
                "+ not acknowledged at the old primary") + ")")
-        for i, (idx, off) in enumerate(todo):
-            length = min(chunk, sizes[idx] - off)
-            data = sites.call("secondary", "read", group=grname, idx=idx, offset=off,
-                              length=length)["data"]
-            sites.call("primary", "write_fenced", group=grname, idx=idx, offset=off, data=data)
-            moved += length
-            chunks_copied += 1
-            if progress:
-                progress({"grsts": "COPY", "copy_total": len(todo), "copy_done": i + 1})
+        moved = _copy(sites, grname, "secondary", todo, chunk, sizes, progress)
+        chunks_copied = len(todo)
         sites.call("primary", "write_fenced", group=grname, flush=True)   # before step 4
     r = sites.call("relay", "rejoin", group=grname, epoch=epoch, restored=restored)
     say(f"relay at epoch {epoch}, journals from SEQ# {r['last_seq'] + 1}")
@@ -165,15 +174,7 @@ def _from_relay(sites: Sites, grname: str, relay: dict, prim: dict, t0: float, p
     want = _digest_delta(sites, grname, sizes, other="relay")
     todo = _ranges(want, COPY_CHUNK)
     say(f"delta: {len(todo)} chunk(s) of {COPY_CHUNK >> 10} KiB (digests compared)")
-    moved = 0
-    for i, (idx, off) in enumerate(todo):
-        length = min(COPY_CHUNK, sizes[idx] - off)
-        data = sites.call("relay", "read", group=grname, idx=idx, offset=off,
-                          length=length)["data"]
-        sites.call("primary", "write_fenced", group=grname, idx=idx, offset=off, data=data)
-        moved += length
-        if progress:
-            progress({"grsts": "COPY", "copy_total": len(todo), "copy_done": i + 1})
+    moved = _copy(sites, grname, "relay", todo, COPY_CHUNK, sizes, progress)
     sites.call("primary", "write_fenced", group=grname, flush=True)   # before the relay moves
     sites.call("secondary", "move_epoch", group=grname, epoch=epoch, restored=q["last_seq"])
     r = sites.call("relay", "demote", group=grname, epoch=epoch)

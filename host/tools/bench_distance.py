@@ -56,7 +56,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from pathlib import Path
 
 from ..rcm import control
 from . import chaos
+from .bench_replicate import LagSampler
 
 __all__ = ["SETUPS", "DistanceCluster", "LossCounter", "lost_writes", "bench_latency",
            "bench_loss", "run", "register_bench"]
@@ -166,31 +166,6 @@ class DistanceCluster(chaos.ChaosCluster):
         return time.monotonic() - t0
 
 
-class _LagSampler:
-    """``DistanceCluster.lag()`` every 0.1 s in a thread while a ``with`` block runs."""
-
-    def __init__(self, cluster: DistanceCluster):
-        self.cluster = cluster
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                self.samples.append(self.cluster.lag())
-            except (OSError, control.ControlError):
-                pass
-
-    def __enter__(self) -> "_LagSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # -- latency against distance -------------------------------------------------------------
 
 def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
@@ -218,7 +193,7 @@ def bench_latency(root: Path, setups, distances, seconds: float, jobs=JOBS,
                     for rw, bs, depth in jobs:
                         c.wait_caught_up()
                         load = os.getloadavg()[0]
-                        with _LagSampler(c) as lag:
+                        with LagSampler(c) as lag:
                             r = fio(c.uri, rw, bs, depth, seconds,
                                     chaos.VOL_BLOCKS * chaos.BLOCK)
                         r.update(setup=name, far_ms=far, pr_ms=pr, rs_ms=rs, round=rnd,

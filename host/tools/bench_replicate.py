@@ -184,17 +184,23 @@ def loadavg() -> float:
 
 
 class LagSampler:
-    """Samples ``Sites.lag()`` every 0.1 s in a thread while a ``with`` block runs."""
+    """Samples ``sites.lag()`` every 0.1 s in a thread while a ``with`` block runs
+    (``sites``: anything with a ``lag()`` in journals; a sample a site could not
+    answer is skipped)."""
 
-    def __init__(self, sites: Sites):
+    def __init__(self, sites):
         self.sites = sites
         self.samples: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        from ..rcm import control
         while not self._stop.wait(0.1):
-            self.samples.append(self.sites.lag())
+            try:
+                self.samples.append(self.sites.lag())
+            except (OSError, control.ControlError):
+                pass
 
     def __enter__(self) -> "LagSampler":
         self._thread.start()
