@@ -257,9 +257,14 @@ class Link:
         if self._hb_task is not None and self._hb_task is not asyncio.current_task():
             self._hb_task.cancel()
         self._writer.close()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+        # the cancellation of the task that closes (when wait_closed ends in
+        # the same turn), and a cancelled link task then ran on forever (a
+        # test's shutdown hung; found in tests/e2e/test_relay_loss.py).
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), _CLOSE_GRACE)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(_CLOSE_GRACE):
+                await self._writer.wait_closed()
+        except TimeoutError:
             self._writer.transport.abort()
         except Exception:
             pass
