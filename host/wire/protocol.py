@@ -710,5 +710,5 @@ MAX_LENGTH: dict[FrameType, int] = {
     FrameType.STATUS: 0,
     FrameType.STATUS_RESP: EngineStatus.SIZE,
     FrameType.LOAD: Load.RING_SIZE,         # 32, or 40 with RING
-    FrameType.JNLDESC: CONTROL_SIZE,
+    FrameType.JNLDESC: DESC_BATCH * CONTROL_SIZE,   # a batch (the gateware: one, BAD_LENGTH past it)
 }

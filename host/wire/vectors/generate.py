@@ -578,14 +578,16 @@ def length_too_big_hunts(s: Scenario):
 
 @scenario(256)
 def length_over_type_hunts(s: Scenario):
-    """LENGTH more than the TYPE can carry (MAX_LENGTH: HELLO 80, RELEASE 16, JNLDESC 64, ...)
+    """LENGTH more than the TYPE can carry (MAX_LENGTH: HELLO 80, RELEASE 16, JNLDESC a
+    batch of DESC_BATCH descriptors, ...)
     with a good HCRC: NAK BAD_FRAME at the header and a hunt at once, so the frame right
     behind is answered without waiting for the announced body."""
     frames = s.send(header(T.HELLO, P.MAX_BODY) + Frame(T.STATUS).serialize(), [S.BAD_FRAME])
     if P.Ack.from_frame(frames[0]).req_type != T.HELLO or frames[1].type != T.STATUS_RESP:
         s._fail("expected NAK BAD_FRAME (REQ_TYPE HELLO), then the STATUS found by the hunt")
     s.send(header(T.RELEASE, 17) + P.Release(1).frame().serialize(), [S.BAD_FRAME, S.NOT_FOUND])
-    s.send(header(T.JNLDESC, 65) + Frame(T.HEARTBEAT, b"after-it").serialize(), [S.BAD_FRAME])
+    s.send(header(T.JNLDESC, P.MAX_LENGTH[T.JNLDESC] + 1) + Frame(T.HEARTBEAT, b"after-it").serialize(),
+           [S.BAD_FRAME])
     s.status(naks=4)
 
 
@@ -716,14 +718,15 @@ def desc_full_ring_release_all(s: Scenario):
 @scenario(256)
 def desc_checks(s: Scenario):
     """JNLDESC checks in order: BAD_BCRC (the CRC of the control data in transit), BAD_LENGTH
-    (a body shorter than 64 bytes; a longer one is BAD_FRAME at the header), BAD_KIND, kind rules, STALE_EPOCH, BAD_DCRC (the DATA_CRC
+    (a body that is no whole number of 64-byte descriptors), BAD_KIND, kind rules, STALE_EPOCH, BAD_DCRC (the DATA_CRC
     of no data must be 0), OVERSIZE; every NAK echoes TAG and changes nothing but NAKS."""
     s.load(DESC_RING, size=256)
     frame = bytearray(P.descriptor_frame(control(tag=5, length=10, data_len=10)).serialize())
     frame[20] ^= 4                                        # control byte 4 flipped in transit
     s.ack(bytes(frame), S.BAD_BCRC, tag=5, req_type=T.JNLDESC)
-    # a body over 64 bytes is refused at the header (MAX_LENGTH): BAD_FRAME, no TAG
-    s.ack(Frame(T.JNLDESC, control(tag=6).pack() + b"x").serialize(), S.BAD_FRAME, tag=0)
+    # a body that is no whole number of descriptors: BAD_LENGTH (TAG of the first); one
+    # over a batch's bytes is refused at the header (length_over_type_hunts)
+    s.ack(Frame(T.JNLDESC, control(tag=6).pack() + b"x").serialize(), S.BAD_LENGTH, tag=6)
     s.ack(Frame(T.JNLDESC, bytes(63)).serialize(), S.BAD_LENGTH, tag=0)
     s.desc(10, S.BAD_KIND, kind=6, tag=7)
     s.desc(10, S.BAD_LENGTH, length=11, tag=8)            # UPDATE: LENGTH == DATA_LEN
@@ -813,8 +816,9 @@ def desc_batch(s: Scenario):
     bad[-1] ^= 0x10
     s.ack(bytes(bad), S.BAD_BCRC, tag=9, req_type=T.JNLDESC)
     s.ack(Frame(T.JNLDESC, _dctl(1, 11).pack() * 2 + b"x").serialize(), S.BAD_LENGTH, tag=11)
+    # one descriptor more than a batch holds: over MAX_LENGTH, refused at the header
     s.ack(Frame(T.JNLDESC, _dctl(1, 12).pack() * (P.DESC_BATCH + 1)).serialize(),
-          S.BAD_LENGTH, tag=12)
+          S.BAD_FRAME, tag=0)
     s.status(jiptr=0, free=256, next_seq=5, held=2)       # nothing of those was taken
     # JIPTR 0, JOPTR 256: two of R = 128 fill the head exactly
     s.batch([_dctl(1, 13), _dctl(64, 14)], seq=6, jofs=128, tag=14)
