@@ -72,7 +72,7 @@ class RegionLog:
         self.regions = {i: np.zeros(-(-s // region), dtype=np.uint64) for i, s in sizes.items()}
         self.last_tag, self.last64 = last_tag, BASE
         self.start64 = BASE        # complete for every journal after this count
-        self.saved_tag = last_tag  # durable up to here (write-log releases stop here)
+        self.saved_tag = last_tag  # durable up to here (a restart checks the log reaches back to it)
         if path is not None and path.exists():
             try:
                 self._load()
