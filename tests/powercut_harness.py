@@ -105,8 +105,7 @@ class Cutter:
             return
         self.events += 1
         if self.events >= self.final:
-            self.final_image = self.run.cut(self.disk, final=True)
-            self.disk.power_off()
+            self.final_image = self.run.cut(self.disk, final=True)    # powers off
         elif check:
             self.run.cut(self.disk, final=False)
 
@@ -149,9 +148,16 @@ class Run:
 
     def _cut(self, disk: PowerCutDisk, final: bool) -> CrashImage:
         n = self.result.cuts
-        before = self.promises()
-        image = disk.cut(random.Random(f"{self.seed}:{n}"))
-        after = self.permissions()
+        # The oracle and the image from one instant: no other thread writes
+        # in between, and after a final image none writes again (the check
+        # below is slow, and a workload running on meanwhile would move the
+        # oracle past the image the next life starts from).
+        with disk.frozen():
+            before = self.promises()
+            image = disk.cut(random.Random(f"{self.seed}:{n}"))
+            after = self.permissions()
+            if final:
+                disk.power_off()
         self.result.cuts += 1
         folder = self._scratch / "check"
         shutil.rmtree(folder, ignore_errors=True)

@@ -243,7 +243,7 @@ class PrimaryRun(Run):
                 {s: len(v) for s, v in self.hist.items()})
 
     def permissions(self):
-        return self.journals
+        return dict(self.journals)      # a PSEQ lost at the cut is given again later
 
     def check(self, folder, before, journals):
         relay_last, flushed, floor, seen = before

@@ -42,6 +42,7 @@ file under ``root`` holds what the model says, so a write that bypasses
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
@@ -465,6 +466,18 @@ class PowerCutDisk:
             gone = set(self._ns) - seen
             if gone:
                 raise UntrackedWrite(f"{sorted(gone)} removed without fileio")
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Hold every call on a tracked file (in any thread) for the block.
+
+        A harness reads what the code under test promised, then cuts: with
+        the flush thread or a worker still writing between the two reads,
+        the image would hold writes newer than the promises it is checked
+        against (a false "never written" or "ACKed more than the relay
+        holds")."""
+        with self._lock:
+            yield
 
     def cut(self, rng: random.Random, *, policy: str | None = None,
             verify: bool = True) -> CrashImage:

@@ -88,9 +88,13 @@ def test_qemu_img_convert_and_compare(served, tmp_path):
     run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), served.uri())
     assert served.disk.read_bytes() == src.read_bytes()
     # compare must also notice a difference through our READ path
+    # (Flip the byte: writing a fixed value left the image unchanged one
+    # run in 256, where the random byte already had it.)
     with open(src, "r+b") as f:
         f.seek(5 * MiB)
-        f.write(b"\x01")
+        old = f.read(1)[0]
+        f.seek(5 * MiB)
+        f.write(bytes([old ^ 0xFF]))
     proc = run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), served.uri(),
                check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
