@@ -411,8 +411,12 @@ class GroupCommitRun(StoreRun):
     GroupCommitter whose fdatasync runs in a worker thread, so cuts fall
     while a sync is in flight.  Thread timing makes it not replayable."""
 
-    def __init__(self, *a, batch: int = 1, **kw):
+    def __init__(self, *a, batch: int = 1, inline: bool = True, **kw):
         super().__init__(*a, **kw)
+        # inline: the committer may sync in the event loop (its default, and
+        # on this disk model every sync is fast, so most are); False keeps
+        # every sync in a worker thread, cuts falling while one is in flight.
+        self.inline = inline
         # batch > 1: each writer appends 1..batch journals with one
         # append_batch (one pwritev per run) and acks them all after one wait,
         # as the relay's ingest does with a JNLWR batch.
@@ -420,11 +424,13 @@ class GroupCommitRun(StoreRun):
         self.name = "group-commit-lazy" if self.lazy else "group-commit"
         if batch > 1:
             self.name += "-batch"
+        if not inline:
+            self.name += "-threads"
 
     def life(self, disk: PowerCutDisk, rng: random.Random) -> None:
         path = Path(disk.root) / "jnl"
         s = self._open(path)
-        gc = GroupCommitter(s)
+        gc = GroupCommitter(s) if self.inline else GroupCommitter(s, inline_below=0)
 
         async def writer() -> None:
             while True:

@@ -20,6 +20,7 @@ import pytest
 from tricopy.host.wire import protocol
 from tricopy.host.config import GroupAttr, GroupConfig, SiteConfig, VolumeConfig
 from tricopy.host.wire.protocol import Control, Hello, Kind, Role
+from tricopy.host.secondary import site
 from tricopy.host.secondary.site import RestoreGroup
 
 BLOCK = 4096
@@ -200,3 +201,51 @@ def test_an_svol_write_error_keeps_the_restore_point_before_it(tmp_path, monkeyp
         assert g.last_restored <= 5 and not g.consistent()
         assert "SEQ# 6..6 again" in g.readable()
     asyncio.run(run())
+
+
+def test_marks_are_paced_when_journals_come_one_at_a_time(tmp_path, monkeypatch):
+    """At low depth each journal used to arrive alone and cost a mark save
+    (state file, two fsyncs, a rename).  A short run now waits for MARK_PERIOD
+    after the last save; a long run (MARK_RUN) saves at once; and everything
+    staged is applied in the end, never past a saved mark."""
+    g = make_group(tmp_path)
+    saves = []
+    real = g.save_mark
+
+    def save_mark(mark):
+        assert mark >= g.applied       # nothing applied past a mark before its save
+        saves.append(mark)
+        real(mark)
+    g.save_mark = save_mark
+    t = 1000.0
+    asyncio.run(g.stage(*journal(1)))
+    assert g.mark_wait(t) == 0                    # no save yet: at once
+    g.save_mark(g.mark_due())
+    g._mark_at = t
+    assert g.restore() == 1
+    asyncio.run(g.stage(*journal(2)))
+    assert g.mark_wait(t + 0.005) == pytest.approx(site.MARK_PERIOD - 0.005)
+    assert g.mark_wait(t + site.MARK_PERIOD) == 0
+    asyncio.run(feed(g, 3, site.MARK_RUN + 1))
+    assert g.mark_wait(t) == 0                    # a long run: no waiting
+    assert g.restore() == 0                       # and nothing applies before its save
+
+    async def trickle():
+        # The restorer as the site runs it, journals arriving one a
+        # millisecond (the arrival rate of a depth-1 host), then the end of
+        # the stream: all of it applied.
+        task = asyncio.create_task(g.restorer(0))
+        for seq in range(site.MARK_RUN + 2, JOURNALS + 1):
+            await g.stage(*journal(seq))
+            await asyncio.sleep(0.001)
+        while g.applied < JOURNALS:
+            g._applied_more.clear()
+            await g._applied_more.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    saves.clear()
+    asyncio.run(trickle())
+    assert image(g) == PREFIXES[JOURNALS]
+    # 120 - 65 journals one at a time: a few marks, not one each
+    assert 1 <= len(saves) <= 12, saves

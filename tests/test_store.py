@@ -5,6 +5,7 @@ import dataclasses
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -12,6 +13,7 @@ from tricopy.host.wire import protocol as p
 from tricopy.host.journal import store as st
 from tricopy.host.journal.store import HEADER_SIZE, JournalStore
 from tricopy.host.tools.store_bench import bench_append, stamped
+from tricopy.host.journal import commit
 from tricopy.host.journal.commit import Durability, GroupCommitter
 
 
@@ -731,6 +733,64 @@ def test_group_commit_errors_go_to_their_caller(path):
     with JournalStore.create(path, 1024) as s:
         asyncio.run(main(s))
         assert s.next_seq == 2
+
+
+def _sync_threads(s, slow: set[int] = frozenset()):
+    """Wrap ``s.sync``: record the thread of each call; calls numbered in
+    ``slow`` (from 0) take 0.3 s more, a disk turning busy."""
+    threads = []
+    real = s.sync
+
+    def sync(*a, **kw):
+        threads.append(threading.get_ident())
+        if len(threads) - 1 in slow:
+            time.sleep(0.3)
+        return real(*a, **kw)
+    s.sync = sync
+    return threads
+
+
+def _sequential(s, gc, n):
+    async def main():
+        for _ in range(n):
+            data = payload(s.next_seq, 100)
+            ctl = stamped(s, data)
+            await gc.append_durable(ctl, data)
+            assert s.durable_seq == ctl.seq      # durable when it returns, either way
+        await gc.aclose()
+    asyncio.run(main())
+
+
+def test_group_commit_syncs_in_the_event_loop_once_the_disk_is_fast(path):
+    with JournalStore.create(path, 1 << 16) as s:
+        threads = _sync_threads(s)
+        gc = GroupCommitter(s, inline_below=1.0)
+        _sequential(s, gc, 20)
+        main = threading.get_ident()
+        # the first INLINE_HISTORY in worker threads (no history yet), then here
+        assert [t == main for t in threads] == [False] * commit.INLINE_HISTORY + [True] * 12
+        assert (gc.fsyncs, gc.inline_syncs) == (20, 12)
+
+
+def test_a_slow_sync_puts_the_syncs_back_in_threads(path):
+    with JournalStore.create(path, 1 << 16) as s:
+        h = commit.INLINE_HISTORY
+        threads = _sync_threads(s, slow={h + 2})
+        gc = GroupCommitter(s, inline_below=0.15)    # far from both, on a loaded machine
+        _sequential(s, gc, 2 * h + 6)
+        main = threading.get_ident()
+        here = [t == main for t in threads]
+        # inline from sync h on; the slow one (h + 2, inline) sends the next
+        # h to threads, until it leaves the window; then inline again
+        assert here == [False] * h + [True] * 3 + [False] * h + [True] * 3
+
+
+def test_inline_syncs_off(path):
+    with JournalStore.create(path, 1 << 16) as s:
+        threads = _sync_threads(s)
+        gc = GroupCommitter(s, inline_below=0)
+        _sequential(s, gc, 12)
+        assert threading.get_ident() not in threads and gc.inline_syncs == 0
 
 
 def test_durability_none_does_not_fsync(path):

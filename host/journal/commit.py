@@ -8,12 +8,16 @@ fdatasync that started *after* the write has finished.  Up to
 that arrive while they run wait for the next one, which then covers all of
 them.  Under load the number of
 fsyncs per second stays at what the disk does, and the journals per fsync
-grow with the number of concurrent callers.
+grow with the number of concurrent callers.  When no sync is in flight and
+the disk has been fast, the sync runs in the event loop instead
+(``INLINE_SYNC_BELOW``): at low depth the thread hand-off cost more than
+the fdatasync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +43,18 @@ class Durability(enum.Enum):
 #: next sync starts at once and the disk overlaps their flushes.
 SYNCS_IN_FLIGHT = 2
 
+#: A sync runs in the event loop itself, with no worker thread, when none is
+#: in flight and each of the last ``INLINE_HISTORY`` syncs took less than
+#: this.  On this project's 2-vCPU VM a 4 KiB write + fdatasync took 90-110
+#: µs inline and 310-320 µs through a worker thread (two thread wake-ups:
+#: the worker's, then the loop's), so at low depth the hand-off cost twice
+#: the disk (docs/benchmarks.md, "Syncs in the event loop").  A sync slower
+#: than this (a busy or failing disk) puts the next ones back in threads
+#: until the window is fast again; the price is that one slow sync stops
+#: the loop (links, control socket) for its duration.  0 turns it off.
+INLINE_SYNC_BELOW = 0.001
+INLINE_HISTORY = 8
+
 
 class GroupCommitter:
     """Shares fdatasyncs among concurrent ``append_durable`` callers.
@@ -57,7 +73,7 @@ class GroupCommitter:
     """
 
     def __init__(self, store: JournalStore, policy: Durability = Durability.FSYNC,
-                 syncs: int = SYNCS_IN_FLIGHT):
+                 syncs: int = SYNCS_IN_FLIGHT, inline_below: float = INLINE_SYNC_BELOW):
         if not isinstance(policy, Durability):
             raise TypeError(f"policy must be a Durability, not {policy!r}")
         if syncs < 1:
@@ -72,6 +88,9 @@ class GroupCommitter:
         self.fsyncs = 0      # fdatasyncs issued
         self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
+        self.inline_below = inline_below
+        self._recent: collections.deque[float] = collections.deque(maxlen=INLINE_HISTORY)
+        self.inline_syncs = 0    # of ``fsyncs``, those run in the event loop
 
     async def append_durable(self, control: Control, data: bytes = b"") -> None:
         """Append one stamped journal and return once it is durable (per policy)."""
@@ -85,6 +104,9 @@ class GroupCommitter:
         if seq >= self.store.next_seq:
             raise ValueError(f"seq {seq} was not appended (next is {self.store.next_seq})")
         while self.store.durable_seq < seq:
+            if not self._flushes and self._inline_ok():
+                self._sync_inline()
+                continue
             task = next((t for target, _, t in self._flushes if target >= seq), None)
             if task is None:
                 busy = {fd for _, fd, _ in self._flushes}
@@ -97,6 +119,30 @@ class GroupCommitter:
             await asyncio.shield(task)
         return self.store.durable_seq
 
+    def _inline_ok(self) -> bool:
+        return (len(self._recent) == self._recent.maxlen
+                and max(self._recent) < self.inline_below)
+
+    def _sync_inline(self) -> None:
+        """One fdatasync here, in the event loop: nothing else runs meanwhile,
+        so every journal appended so far is covered (a StoreBroken is raised
+        to this caller; the store then refuses every other)."""
+        target = self.store.next_seq - 1
+        self.fsyncs += 1
+        self.inline_syncs += 1
+        t0, first = now(), self.store.durable_seq
+        try:
+            self.store.sync(target)
+        finally:
+            self._took(now() - t0, target - first)
+
+    def _took(self, seconds: float, journals: int) -> None:
+        self._recent.append(seconds)
+        PERF["relay.fsync"].add(seconds)
+        PERF["relay.fsync_journals"].add(max(0, journals))
+        if self.on_fsync is not None:
+            self.on_fsync(seconds)
+
     def _start(self, fd: int | None) -> asyncio.Task:
         # Read here, in the event loop: every journal up to it is written.
         target = self.store.next_seq - 1
@@ -108,12 +154,11 @@ class GroupCommitter:
         try:
             self.fsyncs += 1
             t0, first = now(), self.store.durable_seq
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.store.sync, target, fd)
-            PERF["relay.fsync"].add(now() - t0)
-            PERF["relay.fsync_journals"].add(max(0, target - first))
-            if self.on_fsync is not None:
-                self.on_fsync(now() - t0)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.store.sync, target, fd)
+            finally:
+                self._took(now() - t0, target - first)
         finally:
             # Removed before the waiters resume, so the first of them whose
             # journal came too late for this fsync starts the next one.
