@@ -2,6 +2,7 @@
 
 import pytest
 
+from tricopy.host.primary import activity
 from tricopy.host.primary.activity import ActivityLog
 
 
@@ -90,3 +91,43 @@ def test_listed_is_what_the_file_holds_until_the_save_lands(tmp_path):
     assert al.listed == 1 and ActivityLog(tmp_path / "g.al", extent=1 << 20).unclean
     al.done(save, al.write(save))
     assert al.listed == 0 and not ActivityLog(tmp_path / "g.al", extent=1 << 20).unclean
+
+
+def _stream(al, writes, size=64 << 20):
+    """Each write as MasterGroup.journal does it: the cold extents, and those
+    ``ahead`` of a sequential stream, in one save; then the write."""
+    for tag, (idx, offset, length) in enumerate(writes, start=1):
+        keys = al.extents(idx, offset, length)
+        if not al.covers(keys):
+            save = al.prepare(keys + al.ahead(idx, offset, length, size))
+            al.done(save, al.write(save))
+        assert not al.before_write(idx, offset, length, tag)     # listed before it came
+        assert set(keys) <= _on_disk(al.path)
+
+
+def test_a_sequential_stream_lists_extents_ahead(tmp_path):
+    MiB = 1 << 20
+    al = ActivityLog(tmp_path / "g.al", extent=MiB)
+    _stream(al, [(0, i * MiB, MiB) for i in range(32)])
+    # 1 MiB writes from 0: the first save lists extent 0 only (nothing was
+    # written before it), then each save lists AL_AHEAD extents
+    assert al.saves == 1 + -(-31 // activity.AL_AHEAD)
+    al2 = ActivityLog(tmp_path / "h.al", extent=MiB)
+    _stream(al2, [(0, i * 4096, 4096) for i in range(16 * 256)])     # 16 MiB of 4 KiB writes
+    assert al2.saves == 1 + -(-15 // activity.AL_AHEAD)
+
+
+def test_ahead_only_for_a_write_that_enters_an_extent_at_its_start_from_the_one_before(tmp_path):
+    MiB = 1 << 20
+    al = ActivityLog(tmp_path / "g.al", extent=MiB)
+    al.before_write(0, 0, 4096, tag=1)                    # extent 0 hot
+    assert al.ahead(0, MiB + 4096, 4096, 64 * MiB) == []   # middle of extent 1: random
+    assert al.ahead(0, 5 * MiB, 4096, 64 * MiB) == []      # start of 5, but 4 is cold
+    assert al.ahead(0, MiB, 4096, 64 * MiB) == [(0, e) for e in range(2, 1 + activity.AL_AHEAD)]
+    # a write from extent 0 into 1 (unaligned sequential): the same
+    assert al.ahead(0, MiB - 4096, 8192, 64 * MiB) == [(0, e) for e in range(2, 1 + activity.AL_AHEAD)]
+    assert al.ahead(1, MiB, 4096, 64 * MiB) == []          # another volume's extent 0 is cold
+    assert al.ahead(0, 62 * MiB, MiB, 64 * MiB) == []      # 61 is cold: nothing
+    al.before_write(0, 61 * MiB, 4096, tag=2)
+    assert al.ahead(0, 62 * MiB, MiB, 64 * MiB) == [(0, 63)]   # never past the volume's end
+    assert al.ahead(0, 0, 4096, 64 * MiB) == []            # listed already: nothing to add

@@ -33,9 +33,15 @@ from pathlib import Path
 from ..disk.durable import atomic_write
 from ..wire.pseq import tag_after
 
-__all__ = ["AL_EXTENT", "ActivityLog"]
+__all__ = ["AL_AHEAD", "AL_EXTENT", "ActivityLog"]
 
 AL_EXTENT = 1 << 20      # bytes per activity-log extent (a multiple of the copy chunk)
+#: Extents listed in one save when a sequential stream enters a cold one:
+#: the stream's next AL_AHEAD - 1 extents come with it.  A 1 MiB sequential
+#: write entered a new extent every time, and each cost a save (two fsyncs
+#: and a rename, waited for before the write): about a fifth of the
+#: primary's time (docs/benchmarks.md, "Large writes: activity log ahead").
+AL_AHEAD = 8
 
 
 class ActivityLog:
@@ -75,6 +81,29 @@ class ActivityLog:
     def extents(self, idx: int, offset: int, length: int) -> list[tuple[int, int]]:
         first, last = offset // self.extent, (offset + max(length, 1) - 1) // self.extent
         return [(idx, e) for e in range(first, last + 1)]
+
+    def ahead(self, idx: int, offset: int, length: int, size: int) -> list[tuple[int, int]]:
+        """Extents worth listing now beyond this write's own, on a volume of
+        ``size`` bytes: when the write enters its first extent not listed
+        yet at that extent's first byte, coming from the extent before it
+        (hot, or this write's own), it is a sequential stream, and the next
+        AL_AHEAD - 1 extents are listed with it.  A random write enters
+        at an extent's start rarely (one 4 KiB write in 256) and then only
+        lists a few extents more than it needs: more to resync after a
+        crash, never less.  Listed but not written, they leave the file at
+        the next save."""
+        keys = self.extents(idx, offset, length)
+        cold = [k for k in keys if k not in self._saved]
+        if not cold:
+            return []
+        c0 = cold[0][1]
+        if offset > c0 * self.extent:
+            return []                   # entered in its middle: a random write
+        if (idx, c0 - 1) not in self.hot and (idx, c0 - 1) not in keys:
+            return []                   # nothing written just before it
+        end = -(-size // self.extent)   # extents of the volume
+        last = keys[-1][1]
+        return [(idx, e) for e in range(last + 1, min(last + AL_AHEAD, end))]
 
     def before_write(self, idx: int, offset: int, length: int, tag: int) -> bool:
         """Journal ``tag`` is about to touch this range: its extents hot, durably.

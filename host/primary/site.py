@@ -263,7 +263,7 @@ class MasterGroup:
             self.volume_bytes[idx] += length
             return 0
         if self.grsts != "SUSP" and not self.al.covers(keys := self.al.extents(idx, offset, length)):
-            await self._al_warm(keys)
+            await self._al_warm(keys, self.al.ahead(idx, offset, length, self.volume(idx).size))
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -337,16 +337,19 @@ class MasterGroup:
         self._sent_at.append((tag, t1))
         return fut
 
-    async def _al_warm(self, keys: list) -> None:
+    async def _al_warm(self, keys: list, ahead: list = ()) -> None:
         """Get a write's cold extents listed in the activity log before it is
         enqueued, without holding up the event loop: the file write (two
         fsyncs) runs in a thread, and writes into other cold extents that come
-        meanwhile share the next one (a group commit of the AL).  Only an
+        meanwhile share the next one (a group commit of the AL).  ``ahead``:
+        extents a sequential stream is about to enter, listed in the same save
+        (``ActivityLog.ahead``).  Only an
         optimisation: ``_al_before`` (in ``_enqueue``, no await before the PVOL
         write) still checks and saves in line if an extent is not listed."""
         t0 = now()
         for _ in range(3):
             self._al_wanted.update(keys)
+            self._al_wanted.update(ahead)
             if self._al_saving is None:
                 self._al_saving = asyncio.get_running_loop().create_task(self._al_warm_save())
             try:
