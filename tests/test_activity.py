@@ -94,29 +94,37 @@ def test_listed_is_what_the_file_holds_until_the_save_lands(tmp_path):
 
 
 def _stream(al, writes, size=64 << 20):
-    """Each write as MasterGroup.journal does it: the cold extents, and those
-    ``ahead`` of a sequential stream, in one save; then the write."""
+    """Each write as MasterGroup.journal does it: its cold extents, and those
+    ``ahead`` of a sequential stream, in one save it waits for; or, if it is
+    listed already, the extents ahead in a save it does not wait for (done
+    at once here).  Returns how many writes waited."""
+    waited = 0
     for tag, (idx, offset, length) in enumerate(writes, start=1):
         keys = al.extents(idx, offset, length)
-        if not al.covers(keys):
-            save = al.prepare(keys + al.ahead(idx, offset, length, size))
+        ahead = al.ahead(idx, offset, length, size)
+        al.list_ahead(ahead)
+        if not al.covers(keys) or ahead:
+            waited += not al.covers(keys)
+            save = al.prepare(keys + ahead)
             al.done(save, al.write(save))
         assert not al.before_write(idx, offset, length, tag)     # listed before it came
         assert set(keys) <= _on_disk(al.path)
+    return waited
 
 
 def test_a_sequential_stream_lists_extents_ahead(tmp_path):
     MiB = 1 << 20
+    A = activity.AL_AHEAD
     al = ActivityLog(tmp_path / "g.al", extent=MiB)
-    _stream(al, [(0, i * MiB, MiB) for i in range(32)])
-    # 1 MiB writes from 0: the first save lists extent 0 only (nothing was
-    # written before it), then each save lists AL_AHEAD extents
-    assert al.saves == 1 + -(-31 // activity.AL_AHEAD)
+    # 1 MiB writes from 0: the first waits for its save (nothing was written
+    # before extent 0: it lists extent 0 only), the second for one that lists
+    # the window ahead; after that the stream never waits, and a save lists
+    # the window again each time half of it is used
+    assert _stream(al, [(0, i * MiB, MiB) for i in range(32)]) == 2
+    assert 2 < al.saves <= 2 + -(-(32 - 2) // (A // 2))      # not 32: a save per write
     al2 = ActivityLog(tmp_path / "h.al", extent=MiB)
-    _stream(al2, [(0, i * 4096, 4096) for i in range(16 * 256)])     # 16 MiB of 4 KiB writes
-    assert al2.saves == 1 + -(-15 // activity.AL_AHEAD)
-
-
+    assert _stream(al2, [(0, i * 4096, 4096) for i in range(16 * 256)]) == 2   # 16 MiB of 4 KiB
+    assert 2 < al2.saves <= 2 + -(-(16 - 2) // (A // 2))
 def test_ahead_only_for_a_write_that_enters_an_extent_at_its_start_from_the_one_before(tmp_path):
     MiB = 1 << 20
     al = ActivityLog(tmp_path / "g.al", extent=MiB)
@@ -131,3 +139,21 @@ def test_ahead_only_for_a_write_that_enters_an_extent_at_its_start_from_the_one_
     al.before_write(0, 61 * MiB, 4096, tag=2)
     assert al.ahead(0, 62 * MiB, MiB, 64 * MiB) == [(0, 63)]   # never past the volume's end
     assert al.ahead(0, 0, 4096, 64 * MiB) == []            # listed already: nothing to add
+
+
+def test_extents_listed_ahead_stay_listed_until_written_or_writes_pause(tmp_path):
+    MiB = 1 << 20
+    al = ActivityLog(tmp_path / "g.al", extent=MiB)
+    al.before_write(0, 0, 4096, tag=1)
+    ahead = al.ahead(0, MiB, 4096, 64 * MiB)
+    al.list_ahead(ahead)
+    al.save()
+    al.before_write(0, MiB, 4096, tag=2)
+    al.before_write(0, 40 * MiB, 4096, tag=3)      # another extent: a save without ``extra``
+    assert set(ahead) <= _on_disk(al.path)       # the stream's extents are still listed
+    al.cool(upto=3, keep=0)                      # writes paused: all leave
+    al.save()
+    assert _on_disk(al.path) == set()
+    for i in range(activity.AHEAD_MAX + 5):      # bounded however many "streams" start
+        al.list_ahead([(1, i)])
+    assert len(al._ahead) == activity.AHEAD_MAX and (1, 0) not in al._ahead

@@ -430,6 +430,20 @@ def test_send_stream_continues_after_a_relay_that_knows_more():
     assert isinstance(lost, RelayLost) and str(lost).endswith("journals 10..12 lost at the relay")
 
 
+def test_send_stream_continues_after_the_relay_when_its_own_unsent_pseqs_were_lost():
+    """PSEQs 10..12 were given out, never sent, and a power loss took their
+    records (nothing pending); the relay holds up to 9, ACKed up to 8: the
+    next journal is 10, not 13 (a gap the relay would refuse)."""
+    p = SendStream(last_pseq=12, acked_hwm=8)
+    assert isinstance(p.connected(9), Resume)
+    assert p.next_tag() == 10 and p.acked_hwm == 9
+    # with journals still pending, they are what continues the stream
+    q = SendStream(last_pseq=9, acked_hwm=8)
+    q.add(q.next_tag(), "w10")
+    resume = q.connected(9)
+    assert resume.send == [10] and q.next_tag() == 11
+
+
 # -- the relay's answers to the primary: cumulative ACKs, never before the fsync -----
 
 @settings(max_examples=300, deadline=None)

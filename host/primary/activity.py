@@ -42,6 +42,9 @@ AL_EXTENT = 1 << 20      # bytes per activity-log extent (a multiple of the copy
 #: and a rename, waited for before the write): about a fifth of the
 #: primary's time (docs/benchmarks.md, "Large writes: activity log ahead").
 AL_AHEAD = 8
+#: Extents listed ahead and not written yet, at most (the oldest go first):
+#: random writes that look like a stream's now and then must not grow it.
+AHEAD_MAX = 4 * AL_AHEAD
 
 
 class ActivityLog:
@@ -73,6 +76,10 @@ class ActivityLog:
         # shrinks as soon as a save that drops an extent is prepared, the file
         # only once it is written -- a crash in between resyncs the extent.
         self._disk: set[tuple[int, int]] = set(self.unclean)
+        # Listed ahead of a sequential stream and not written yet (``ahead``):
+        # every save keeps them until they are written, writes pause (``cool``
+        # with nothing kept) or newer ones push them out (AHEAD_MAX).
+        self._ahead: dict[tuple[int, int], None] = {}
 
     def covers(self, keys) -> bool:
         """Are all these extents in the file (and in every save under way)?"""
@@ -83,27 +90,46 @@ class ActivityLog:
         return [(idx, e) for e in range(first, last + 1)]
 
     def ahead(self, idx: int, offset: int, length: int, size: int) -> list[tuple[int, int]]:
-        """Extents worth listing now beyond this write's own, on a volume of
-        ``size`` bytes: when the write enters its first extent not listed
-        yet at that extent's first byte, coming from the extent before it
-        (hot, or this write's own), it is a sequential stream, and the next
-        AL_AHEAD - 1 extents are listed with it.  A random write enters
-        at an extent's start rarely (one 4 KiB write in 256) and then only
-        lists a few extents more than it needs: more to resync after a
-        crash, never less.  Listed but not written, they leave the file at
-        the next save."""
+        """Extents a sequential stream is about to enter, to list now, on a
+        volume of ``size`` bytes; [] for any other write.
+
+        A write is part of a stream when it covers the first byte of one of
+        its extents, coming from the extent before it (hot, or its own).
+        Then the next AL_AHEAD - 1 extents after the write should be listed:
+        all of them if the write's own extents are not listed yet (they go
+        in the one save the write waits for), else once fewer than half of
+        them are (a save the write does not wait for: the stream finds its
+        extents listed when it gets there).  A random write enters an
+        extent at its start rarely (one 4 KiB write in 256) and then lists
+        a few extents it does not need: more to resync after a crash, never
+        less.  Listed but never written, they leave the file at the next
+        save."""
+        ext = self.extent
         keys = self.extents(idx, offset, length)
-        cold = [k for k in keys if k not in self._saved]
-        if not cold:
-            return []
-        c0 = cold[0][1]
-        if offset > c0 * self.extent:
-            return []                   # entered in its middle: a random write
-        if (idx, c0 - 1) not in self.hot and (idx, c0 - 1) not in keys:
-            return []                   # nothing written just before it
-        end = -(-size // self.extent)   # extents of the volume
+        entered = [e for _, e in keys if e * ext >= offset]
+        if not entered:
+            return []                      # inside one extent: nothing entered
+        c = entered[0]
+        if (idx, c - 1) not in self.hot and (idx, c - 1) not in keys:
+            return []                      # nothing written just before it
         last = keys[-1][1]
-        return [(idx, e) for e in range(last + 1, min(last + AL_AHEAD, end))]
+        window = [(idx, e) for e in range(last + 1, min(last + AL_AHEAD, -(-size // ext)))]
+        missing = [k for k in window if k not in self._saved]
+        if not missing:
+            return []
+        if all(k in self._saved for k in keys):       # listed already: only when running low
+            listed = next((n for n, k in enumerate(window) if k not in self._saved), len(window))
+            if listed >= AL_AHEAD // 2:
+                return []
+        return missing
+
+    def list_ahead(self, keys) -> None:
+        """Keep ``keys`` (from :meth:`ahead`) in every save until they are written."""
+        for k in keys:
+            self._ahead.pop(k, None)
+            self._ahead[k] = None
+        while len(self._ahead) > AHEAD_MAX:
+            del self._ahead[next(iter(self._ahead))]
 
     def before_write(self, idx: int, offset: int, length: int, tag: int) -> bool:
         """Journal ``tag`` is about to touch this range: its extents hot, durably.
@@ -111,6 +137,7 @@ class ActivityLog:
         new = False
         for key in self.extents(idx, offset, length):
             self.hot[key] = tag
+            self._ahead.pop(key, None)
             new |= key not in self._saved
         if new:
             self._save()
@@ -125,6 +152,8 @@ class ActivityLog:
         n = max(0, min(len(done), len(self.hot) - keep))
         for _, k in done[:n]:
             del self.hot[k]
+        if not keep:
+            self._ahead.clear()       # writes paused: no stream is coming
         return n
 
     @property
@@ -159,7 +188,7 @@ class ActivityLog:
     def prepare(self, extra=()) -> tuple[int, set, bytes]:
         """Snapshot what the file must list: hot + unclean (+ ``extra``, extents
         about to be written)."""
-        keys = set(self.hot) | self.unclean | set(extra)
+        keys = set(self.hot) | self.unclean | set(self._ahead) | set(extra)
         self._gen += 1
         self._saved &= keys      # an extent this save drops is not listed from now on
         data = json.dumps({"extent": self.extent, "hot": sorted([i, e] for i, e in keys)})

@@ -262,8 +262,21 @@ class MasterGroup:
         if self._apply_only(kind, idx, offset, length, data):
             self.volume_bytes[idx] += length
             return 0
-        if self.grsts != "SUSP" and not self.al.covers(keys := self.al.extents(idx, offset, length)):
-            await self._al_warm(keys, self.al.ahead(idx, offset, length, self.volume(idx).size))
+        if self.grsts != "SUSP":
+            keys = self.al.extents(idx, offset, length)
+            ahead = self.al.ahead(idx, offset, length, self.volume(idx).size)
+            self.al.list_ahead(ahead)
+            if not self.al.covers(keys):
+                await self._al_warm(keys, ahead)
+            elif ahead:            # a stream's next extents, listed before it gets there
+                self._al_wanted.update(ahead)
+                if self._al_saving is None:
+                    self._al_saving = asyncio.get_running_loop().create_task(
+                        self._al_warm_save())
+                    # Nobody waits for it: a failure shows when a write needs
+                    # the extent (``_al_before`` saves in line and reports it).
+                    self._al_saving.add_done_callback(
+                        lambda t: t.cancelled() or t.exception())
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -771,10 +784,17 @@ class MasterGroup:
             self._relay_lost(resume)
             return
         if self.last_pseq != mine:
-            log.warning("group %s: the relay holds PSEQ %d..%d that this site's write log does "
-                        "not (lost in a crash): continuing after them%s", self.cfg.grname,
-                        mine + 1, self.last_pseq,
-                        "; the extents the crash left are resynced" if self.unclean else "")
+            if tag_after(self.last_pseq, mine):
+                log.warning("group %s: the relay holds PSEQ %d..%d that this site's write log "
+                            "does not (lost in a crash): continuing after them%s",
+                            self.cfg.grname, mine + 1, self.last_pseq,
+                            "; the extents the crash left are resynced" if self.unclean else "")
+            else:
+                log.warning("group %s: PSEQ %d..%d were given out here but lost in a crash "
+                            "before the relay had them (never ACKed: no host write completed "
+                            "with them): continuing after the relay's %d%s", self.cfg.grname,
+                            self.last_pseq + 1, mine, self.last_pseq,
+                            "; the extents the crash left are resynced" if self.unclean else "")
             # Every record left is ACKed; a reset keeps the log's PSEQs
             # consecutive, which its recovery checks (a hole ends it).
             try:

@@ -127,8 +127,16 @@ class SendStream(Generic[T]):
         resume = Resume()
         if relay_last:
             resume.acked = self._ack_upto(relay_last)
-            if not self.pending and not tag_after(self.last_pseq, relay_last):
-                # The relay knows a later PSEQ than we do (our log was lost): continue after it.
+            if not self.pending and self.last_pseq != relay_last:
+                # Nothing to send again, and the relay's last differs from ours.
+                # Ahead: it holds PSEQs our log lost in a crash.  Behind: PSEQs
+                # were given out here and a power loss took their records
+                # before they were sent (the PSEQ state file, synced, still
+                # names them); never ACKed, so no host write completed with
+                # them, and the activity log resyncs their extents.  Either
+                # way the stream goes on after the relay's last: our next
+                # PSEQ after it would be a gap the relay refuses (found by
+                # tests/test_powercut_primary.py under load).
                 self.last_pseq = self.acked_hwm = relay_last
         self.online = True
         if self.blocked:
