@@ -200,16 +200,18 @@ class Responder(wiring.Component):
         # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ.
         hello_seq = (source == Source.HELLO) & (idx[3:7] == 1)
         tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
-        ack_seq = (source == Source.ACK) & (idx[3:7] == 0)
+        # (``ack_add`` is a JNLRD's: without read-out the Ack's SEQ is sent as is)
+        ack_seq = ((source == Source.ACK) & (idx[3:7] == 0)) if self.has_ring else Const(0)
         sub_seq = hello_seq | tail_seq | ack_seq
         add_byte = Signal(8 * W)
         with m.If(hello_seq):
             m.d.comb += add_byte.eq((1 << 8 * W) - 1)
         with m.Elif(tail_seq):
             m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(lane_sel, 8 * W))
-        with m.Elif(ack_seq):
-            sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-            m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
+        if self.has_ring:
+            with m.Elif(ack_seq):
+                sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
+                m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
         carry = Signal()
         diff = Signal(8 * W + 1)
         m.d.comb += diff.eq(word_byte + add_byte + carry)
