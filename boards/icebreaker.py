@@ -29,7 +29,7 @@ class Platform(ICEBreakerPlatform):
 RING_SIZE = 131072
 
 #: Data memory of the default build: none. The engine with both ring kinds
-#: and offsets for 2**40-byte rings needs 6 707 LCs of the UP5K's 5 280
+#: and offsets for 2**40-byte rings needs 6 502 LCs of the UP5K's 5 280
 #: (nextpnr); without data memory (descriptor rings only: no ring memory,
 #: walk or read-out) it fits (docs/hardware.md, "Resources").
 #: ``tricopy board build --board icebreaker --data-memory`` builds the other.

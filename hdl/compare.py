@@ -37,3 +37,17 @@ def lt_const(x, k: int) -> Value:
 def ge_const(x, k: int) -> Value:
     """``x >= k`` for an unsigned value ``x`` and an integer constant ``k``."""
     return ~lt_const(x, k)
+
+
+def le_wide(a, b) -> Value:
+    """``a <= b`` for unsigned values where ``a`` is narrower than ``b``.
+
+    Yosys zero-extends ``a`` and builds a carry chain the width of ``b``
+    (a logic cell per bit on the iCE40); above ``a``'s width the chain only
+    asks whether ``b`` has a bit set there, which a few LUTs answer.
+    """
+    a, b = Value.cast(a), Value.cast(b)
+    n = len(a)
+    if n >= len(b):
+        return a <= b
+    return b[n:].any() | (a <= b[:n])

@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..host.wire import protocol
 from . import layouts
-from .compare import ge_const, lt_const
+from .compare import ge_const, le_wide, lt_const
 from .crc import CRC_INIT, crc32c_step
 from .lanes import crc32c_lanes, lane_mask, word_address
 from .responder import LENGTH_BITS, Responder, Source
@@ -267,7 +267,8 @@ class JournalEngine(wiring.Component):
         ans_req = Signal(8)
         ans_tag_ctl = Signal()                 # TAG is the journal's control TAG
         ans_type = Signal(8)
-        ans_len = Signal(LENGTH_BITS)
+        # (without data memory every answer is at most 80 bytes: 7 bits)
+        ans_len = Signal(LENGTH_BITS if mem else 7)
         ans_src = Signal(Source)
         ans_base = Signal(RB)
         ans_flags = Signal(16)
@@ -291,6 +292,10 @@ class JournalEngine(wiring.Component):
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
             resp.ftype.eq(ans_type), resp.flags.eq(ans_flags), resp.length.eq(ans_len),
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
+            # STATUS and REQ_TYPE straight from the staging registers: they
+            # are staged only while the responder is idle (EXEC and what
+            # follows it; HCHECK's NAKs wait for it), so no copy in ``ans``
+            resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
 
@@ -328,7 +333,8 @@ class JournalEngine(wiring.Component):
         hcnt = Signal(range(17))
         hcrc = Signal(32, init=CRC_INIT)
         hunting = Signal()
-        kcnt = Signal(range(64))               # small loop counter (HCRC recheck, marker)
+        # small loop counter (HCRC recheck, trailer, SKIP; a data ring's marker)
+        kcnt = Signal(range(64 if mem else 16))
         ftype = Signal(8)
         blen = Signal(LENGTH_BITS)
         bcnt = Signal(LENGTH_BITS)
@@ -337,7 +343,12 @@ class JournalEngine(wiring.Component):
         # CCRC over control bytes 0..59, then the DCRC over bytes 64.. (the
         # two never run at once: one CRC unit each instead of two).
         ccrc = Signal(32, init=CRC_INIT)
+        # the received BCRC (width 32: from the last two beats), or at width
+        # 8 whether a byte of it differed from the computed one: compared a
+        # byte at a time as it arrives (``bcrc`` holds still in TRAILER), not
+        # held in a 32-bit shift register and compared in EXEC
         rx_bcrc = Signal(32)
+        bcrc_bad = Signal()
         ctl = layouts.Control(Cat(Const(0, 256), small))
         hello_bad = Signal()
         nul_seen = Signal()
@@ -418,7 +429,11 @@ class JournalEngine(wiring.Component):
         x_d = Signal(65)
         m.d.comb += x_d.eq(next_seq - x_seq)
         x_gt_next = x_d[64]
-        x_ge_next = x_gt_next | (x_d[:64] == 0)
+        # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
+        # last journal, RELEASE_D): one 63-bit test for both
+        x_d_le1 = Signal()
+        m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
+        x_ge_next = x_gt_next | (x_d_le1 & ~x_d[0])
         x_lt_tail = ~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held))
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
@@ -448,8 +463,8 @@ class JournalEngine(wiring.Component):
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
-        m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n,
-                                   Mux(ans_tag_ctl, ctl.tag, 0)))
+        ctl_tag = Mux(ans_tag_ctl, ctl.tag, 0)
+        m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
@@ -544,41 +559,48 @@ class JournalEngine(wiring.Component):
                 # LENGTH, before the first body byte (a body whose DATA_LEN
                 # disagrees is NAKed anyway); a JNLDESC's from DATA_LEN, once
                 # the body is in. All in granules of 64 bytes.
-                is_desc = ftype == FT.JNLDESC
+                # (without data memory only a JNLDESC comes here: no JNLWR
+                # figures and no multiplexer for them)
+                is_desc = (ftype == FT.JNLDESC) if mem else Const(1, 1)
                 dlen = ctl.data_len
                 r_wr = (blen + 63)[G:]
-                r_desc = (dlen[:LENGTH_BITS] + 63)[G:] + 1
+                # ceil(DATA_LEN / 64) + 1 as one adder: + 64 before the shift
+                r_desc = (dlen[:LENGTH_BITS] + 127)[G:]
                 r = Signal(LENGTH_BITS - G + 1)
                 m.d.comb += r.eq(Mux(is_desc, r_desc, r_wr))
                 fits = Mux(is_desc, lt_const(dlen, protocol.MAX_DATA + 1), ge_const(blen, 64))
                 # an empty ring rewinds only when its tail cannot take R
-                fits_tail = r <= tail
+                # (R is 18 bits, the ring figures 34-35: le_wide)
+                fits_tail = le_wide(r, tail)
                 rew = empty & ~fits_tail
                 m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
                              alloc_ok.eq(0), rewind.eq(rew),
                              alloc_full.eq(0), place.eq(Mux(rew, 0, jiptr)),
                              stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))]
                 # a ring of the other kind is refused at EXEC (WRONG_MODE)
-                with m.If(fits & (r <= size) & (is_desc == desc)):
+                with m.If(fits & le_wide(r, size) & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
-                    with m.Elif(r > free):
+                    with m.Elif(~le_wide(r, free)):
                         m.d.sync += alloc_full.eq(1)
                     with m.Elif(jiptr >= joptr):
                         with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
-                        with m.Elif(r <= joptr):
+                        with m.Elif(le_wide(r, joptr)):
                             m.d.sync += [alloc_ok.eq(1), wrap.eq(1), place.eq(0)]
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
-                    with m.Elif(r <= gap):
+                    with m.Elif(le_wide(r, gap)):
                         m.d.sync += alloc_ok.eq(1)
                     with m.Else():
                         m.d.sync += alloc_full.eq(1)
-                with m.If(is_desc):
+                if mem:
+                    with m.If(is_desc):
+                        m.next = "EXEC"
+                    with m.Else():
+                        m.next = "BODY"
+                else:
                     m.next = "EXEC"
-                with m.Else():
-                    m.next = "BODY"
 
             with m.State("BODY"):
                 self._body(m, locals())
@@ -587,7 +609,10 @@ class JournalEngine(wiring.Component):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
                     if W == 1:
-                        m.d.sync += [rx_bcrc.eq(Cat(rx_bcrc[8:], beat)), kcnt.eq(kcnt + 1)]
+                        # (kcnt is 0 from HCHECK on: BODY does not count with it)
+                        m.d.sync += [bcrc_bad.eq(Mux(kcnt == 0, 0, bcrc_bad)
+                                                 | (beat != (bcrc ^ CRC_INIT).word_select(kcnt[:2], 8))),
+                                     kcnt.eq(kcnt + 1)]
                         trailer_done = kcnt == 3
                     else:
                         # the BCRC's bytes: the body's last beat from lane
@@ -627,7 +652,7 @@ class JournalEngine(wiring.Component):
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
                 # the state it reads (STATUS, HELLO) holds still.
-                bcrc_ok = (blen == 0) | (rx_bcrc == (bcrc ^ CRC_INIT))
+                bcrc_ok = (blen == 0) | (~bcrc_bad if W == 1 else rx_bcrc == (bcrc ^ CRC_INIT))
                 small_jr = layouts.JnlRd(small[:128])
                 small_rel = layouts.Release(small[:64])
                 small_ld = layouts.Load(small)
@@ -730,7 +755,6 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [bcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT),
                                  ans.seq.eq(ack_seq), ans.time.eq(ack_time),
                                  ans.jofs.eq(ack_jofs), ans.tag.eq(ack_tag),
-                                 ans.status.eq(ans_status), ans.req_type.eq(ans_req),
                                  ans_read.eq(ans_from == _AckFrom.READ)]
                     # counted here, not where the NAK is decided: a STATUS_RESP
                     # still being sent must show the NAKS of its own moment
@@ -861,7 +885,7 @@ class JournalEngine(wiring.Component):
         of 4, so a beat never straddles two control fields); the last beat
         holds KLAST body bytes and the start of the BCRC. The width-8 branch
         is the byte-serial logic kept as it was, not the wide one at W = 1:
-        the iCEBreaker build is at 99 % of its LCs, and this way its netlist
+        the iCEBreaker build is near full (93 % of its LCs), and this way its netlist
         is unchanged by width 32."""
         W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
@@ -1080,15 +1104,16 @@ class JournalEngine(wiring.Component):
         diff = Signal(SG + 1)
         m.d.comb += diff.eq(pg - joptr)
         past_end = diff[SG] | (diff[:SG] == 0)          # P <= JOPTR
-        # HELD after: NEXT_SEQ - UPTO - 1 = NEXT_SEQ + ~UPTO (one adder); 0
-        # exactly when UPTO is the last journal
-        held_after = Signal(64)
-        m.d.comb += held_after.eq(v["next_seq"] + ~v["x_seq"])
+        # HELD after: NEXT_SEQ - UPTO - 1, from EXEC's NEXT_SEQ - UPTO (x_d,
+        # 1..HELD here: EXEC checked it) less one: a 35-bit decrement
+        # instead of a second 64-bit adder; 0 exactly when UPTO is the last
+        # journal (x_d = 1, compared in full so that it holds in any state)
+        x_d = v["x_d"]
         m.d.sync += [
             v["rel_d"].eq(diff[:SG] + Mux(past_end, size, 0)),
             v["rel_past_end"].eq(past_end),
-            v["rel_held"].eq(held_after[:SG]),
-            v["rel_last"].eq(held_after == 0),
+            v["rel_held"].eq(x_d[:SG] - 1),
+            v["rel_last"].eq(v["x_d_le1"] & x_d[0]),
             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
             v["rel_bad"].eq((p[:G] != 0) | p_big | (pg >= wrap_at)),
         ]

@@ -168,7 +168,7 @@ class EngineSpec(Elaboratable):
         ans_type, ans_from, ans_status = tap("ans_type"), tap("ans_from"), tap("ans_status")
         ans = layouts.Ack(tap("ans"))
         ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
-        rx_bcrc, bcrc = tap("rx_bcrc"), tap("hcrc")
+        bcrc = tap("hcrc")
         next_seq = seq.value
         SG = len(size)
         # R in granules of any DATA_LEN (32 bits) takes 27 bits; sums of two
@@ -208,7 +208,10 @@ class EngineSpec(Elaboratable):
         kind = ctl.kind
         rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
-        valid = ((rx_bcrc == (bcrc ^ CRC_INIT)) & (blen == 64)
+        # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
+        bcrc_ok = (~tap("bcrc_bad") if self.data_width == 8
+                   else tap("rx_bcrc") == (bcrc ^ CRC_INIT))
+        valid = (bcrc_ok & (blen == 64)
                  & (kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
                  & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
 

@@ -109,12 +109,17 @@ class Responder(wiring.Component):
         W, LW = self.W, self.LW
 
         phase = Signal(_Phase)
-        idx = Signal(LENGTH_BITS)              # byte index in the part being sent
+        # Without ring read-out every answer body comes from registers and is
+        # at most 80 bytes (STATUS, HELLO), so the byte index and LENGTH are
+        # 7 bits there, not the 23 of a read-out (a counter, an adder and a
+        # comparator 16 bits narrower on the UP5K).
+        LB = LENGTH_BITS if self.has_ring else 7
+        idx = Signal(LB)                       # byte index in the part being sent
         # The frame description is read while busy, not latched: the engine
         # holds it still until ``busy`` falls (one copy of it, not two).
         head = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8),
                    self.ftype, self.flags, self.length, Const(0, 32 - LENGTH_BITS))
-        length, source, base = self.length, self.source, self.base
+        length, source, base = self.length[:LB], self.source, self.base
         # One CRC unit: HCRC over the header, then BCRC over the body. The
         # CCRC of a read-out is the CRC of body bytes 0..59, i.e. the BCRC
         # after byte 59: a latch, not a second unit.
@@ -137,7 +142,7 @@ class Responder(wiring.Component):
         # read-out's last beat, the BCRC bytes after them (wide links).
         body = beat if W == 1 else Signal(8 * W)
         idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
-        idx_next = Signal(LENGTH_BITS)
+        idx_next = Signal(LB)
         m.d.comb += idx_next.eq(idx + W)
         if W == 1:
             crc_next = crc32c_step(crc, beat, 1)
@@ -145,7 +150,7 @@ class Responder(wiring.Component):
             body_last = idx_next == length
         else:
             # the body's last beat holds KL (1..W) bytes
-            lend = Signal(LENGTH_BITS)
+            lend = Signal(LB)
             kl = Signal(LW + 1)
             m.d.comb += [lend.eq(length + (W - 1)), kl.eq((length[:LW] - 1)[:LW] + 1)]
             body_last = idx_next[LW:] == lend[LW:]
@@ -169,11 +174,21 @@ class Responder(wiring.Component):
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
+        # STATUS TAIL_SEQ (word 5) and HELLO LAST_SEQ (word 1) carry NEXT_SEQ
+        # (the sums are made below), so both words are read from STATUS
+        # NEXT_SEQ (word 4): one 64-bit input of the mux instead of three.
+        next_seq_word = (Source.STATUS, 4)
+        alias = {(Source.STATUS, 5): next_seq_word, (Source.HELLO, 1): next_seq_word}
+        cases = {}                                 # (source, word) read -> its case values
+        for srcs, view in views.items():
+            for w in range((len(view) + 63) // 64):
+                key = alias.get((srcs[0], w), (srcs[0], w))
+                cases.setdefault(key, []).extend(w | (src.value << 4) for src in srcs)
         with m.Switch(Cat(pidx[3:7], source)):
-            for srcs, view in views.items():
-                for w in range((len(view) + 63) // 64):
-                    with m.Case(*[w | (src.value << 4) for src in srcs]):
-                        m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
+            for (src, w), values in cases.items():
+                view = views[next(k for k in views if src in k)]
+                with m.Case(*values):
+                    m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
         lane_sel = idx[LW:3]                    # the beat within the 64-bit word
         word_byte = Signal(8 * W)
         with m.If(take):
@@ -185,16 +200,18 @@ class Responder(wiring.Component):
         # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ.
         hello_seq = (source == Source.HELLO) & (idx[3:7] == 1)
         tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
-        ack_seq = (source == Source.ACK) & (idx[3:7] == 0)
+        # (``ack_add`` is a JNLRD's: without read-out the Ack's SEQ is sent as is)
+        ack_seq = ((source == Source.ACK) & (idx[3:7] == 0)) if self.has_ring else Const(0)
         sub_seq = hello_seq | tail_seq | ack_seq
         add_byte = Signal(8 * W)
         with m.If(hello_seq):
             m.d.comb += add_byte.eq((1 << 8 * W) - 1)
         with m.Elif(tail_seq):
             m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(lane_sel, 8 * W))
-        with m.Elif(ack_seq):
-            sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-            m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
+        if self.has_ring:
+            with m.Elif(ack_seq):
+                sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
+                m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
         carry = Signal()
         diff = Signal(8 * W + 1)
         m.d.comb += diff.eq(word_byte + add_byte + carry)

@@ -15,6 +15,8 @@ full sum: the low word can only overflow when its upper bits are all ones
 (see ``_carry``), so the carry is a short add plus a wide AND.
 """
 
+from math import gcd
+
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -61,6 +63,12 @@ class Timestamp(wiring.Component):
         self.ns_int = NS_PER_S // clk_hz
         #: fractional nanoseconds per cycle, in units of 1/clk_hz ns
         self.ns_rem = NS_PER_S % clk_hz
+        # The fraction in lowest terms, ns_rem/clk_hz = frac_num/frac_den:
+        # the accumulator only ever holds multiples of gcd(ns_rem, clk_hz),
+        # so dividing through gives the same carries from a far narrower
+        # register (1/3 ns at 12 MHz: 2 bits instead of 24).
+        g = gcd(self.ns_rem, clk_hz)
+        self.frac_num, self.frac_den = self.ns_rem // g, clk_hz // g
         super().__init__()
 
     def elaborate(self, platform):
@@ -69,15 +77,15 @@ class Timestamp(wiring.Component):
         lo = Signal(32)
         hi = Signal(32)
         frozen = Signal()
-        frac = Signal(range(self.clk_hz))
+        frac = Signal(range(self.frac_den))
         m.d.comb += self.now.eq(Cat(lo, hi))
 
         # One extra ns whenever the fraction wraps (Bresenham-style).
-        frac_sum = Signal(range(2 * self.clk_hz))
+        frac_sum = Signal(range(2 * self.frac_den))
         extra = Signal()
         m.d.comb += [
-            frac_sum.eq(frac + self.ns_rem),
-            extra.eq(frac_sum >= self.clk_hz),
+            frac_sum.eq(frac + self.frac_num),
+            extra.eq(frac_sum >= self.frac_den),
         ]
         inc = Signal(range(self.ns_int + 2))
         m.d.comb += inc.eq(self.ns_int + extra)
@@ -102,6 +110,6 @@ class Timestamp(wiring.Component):
             m.d.sync += [
                 lo.eq(lo + inc),
                 hi.eq(hi + carry),
-                frac.eq(Mux(extra, frac_sum - self.clk_hz, frac_sum)),
+                frac.eq(Mux(extra, frac_sum - self.frac_den, frac_sum)),
             ]
         return m

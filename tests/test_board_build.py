@@ -253,11 +253,14 @@ def test_icebreaker_bitstream():
     """Synthesize, place and route the iCEBreaker (iCE40 UP5K) top, its
     engine without data memory (descriptor rings only, the board default:
     docs/hardware.md, "Resources"); nextpnr's report must show a design that
-    fits the UP5K's 5280 LCs and meets the board's 12 MHz clock."""
+    fits the UP5K's 5280 LCs with a margin (at most 5000, about 95 %: the
+    figures move by ~20 LC between equivalent netlists, and a design at
+    the brim fails to place) and meets the board's 12 MHz clock."""
     out = REPO / "build" / "test" / "icebreaker"
     report = board_build.build("icebreaker", build_dir=out)
     print(report.summary())
     assert 0 < report.lc_used <= report.lc_available == 5280
+    assert report.lc_used <= 5000, "the UP5K top lost its margin: docs/hardware.md, Resources"
     assert report.fmax_mhz >= report.clk_mhz == 12.0
     assert report.bitstream.stat().st_size > 100_000
     assert report.utilization["ICESTORM_SPRAM"]["used"] == 0      # no ring memory

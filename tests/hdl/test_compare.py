@@ -1,10 +1,10 @@
-"""lt_const/ge_const agree with Python's comparison on every input."""
+"""lt_const/ge_const/le_wide agree with Python's comparison on every input."""
 
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from tricopy.hdl.compare import ge_const, lt_const
+from tricopy.hdl.compare import ge_const, le_wide, lt_const
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 12, 16, 60, 63, 64, 65, 100, 127, 128, 129])
@@ -27,3 +27,23 @@ def test_const_compare(k):
 def test_const_compare_rejects_signals():
     with pytest.raises(TypeError, match="constant"):
         lt_const(Signal(4), Signal(4))
+
+
+@pytest.mark.parametrize("na,nb", [(3, 7), (4, 4), (5, 3)])
+def test_le_wide(na, nb):
+    """a <= b for every pair of a 3..5-bit a and a 3..7-bit b (the narrow
+    chain plus the OR of b's upper bits, and the plain compare otherwise)."""
+    a, b, le = Signal(na), Signal(nb), Signal()
+    m = Module()
+    m.d.comb += le.eq(le_wide(a, b))
+
+    async def bench(ctx):
+        for va in range(1 << na):
+            for vb in range(1 << nb):
+                ctx.set(a, va)
+                ctx.set(b, vb)
+                assert ctx.get(le) == (va <= vb), (va, vb)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
