@@ -775,11 +775,18 @@ def desc_release_checks(s: Scenario):
 @scenario(512, memory=0)
 def desc_no_memory(s: Scenario):
     """An engine without data memory: its reset ring is a descriptor ring of the reset size;
-    JNLWR and a LOAD of a data ring are WRONG_MODE; a descriptor ring of 2**40 takes the
-    largest journal."""
+    JNLWR and a LOAD of a data ring are WRONG_MODE; a JNLDESC with a bad BCRC takes nothing;
+    a descriptor ring of 2**40 takes the largest journal."""
     s.status(ring_size=512, free=512, wrap_at=512)
     s.ack(jnlwr(_data(5), tag=3), S.WRONG_MODE, tag=3, req_type=T.JNLWR)
     s.desc(100, seq=1, jofs=0)
+    # A width-8 engine checks the BCRC a byte at a time: its last byte wholly
+    # wrong, then one bit of its first.
+    for at, flip in ((-1, 0xFF), (-4, 0x01)):
+        bad = bytearray(P.descriptor_frame(_dctl(10, 4)).serialize())
+        bad[at] ^= flip
+        s.ack(bytes(bad), S.BAD_BCRC, tag=4, req_type=T.JNLDESC)
+    s.status(held=1, jiptr=192, naks=3)
     s.load(LF.CLEAR | LF.RING, size=128, status=S.WRONG_MODE)
     s.status(held=1, ring_size=512)
     s.load(LF.CLEAR | DESC_RING, size=1 << 40)
