@@ -249,7 +249,12 @@ class RestoreGroup:
         starts such a copy on its own after an unclean stop (its activity
         log); ``pair create``/``resync`` set the same through the RCM.
         """
-        if ctl.address == protocol.Mark.COPY_BEGIN and self.jnlg.consistent_seq != NEVER:
+        # ``consistent_seq`` at or past a mark's SEQ# (not NEVER) was set by the
+        # RCM's `pair sync` after this copy was ACKed (it waits for PAIR at the
+        # primary, then takes the relay's last SEQ#): applying can come later
+        # (it waits for an apply mark), and then the copy's marks change nothing.
+        if (ctl.address == protocol.Mark.COPY_BEGIN and self.jnlg.consistent_seq != NEVER
+                and self.jnlg.consistent_seq < ctl.seq):
             log.warning("group %s: a copy begins at SEQ# %d: the SVOLs are no consistent image "
                         "until it ends", self.cfg.grname, ctl.seq)
             self.jnlg.set_state("COPY")
@@ -259,7 +264,10 @@ class RestoreGroup:
             log.info("group %s: the copy ended at SEQ# %d: consistent from there",
                      self.cfg.grname, ctl.seq)
             self.jnlg.set_state("PAIR")
-            self.jnlg.consistent_seq = ctl.seq
+            # Keep the RCM's if it came first (above): the group then says
+            # what `pair sync` returned, whichever came first.
+            if self.jnlg.consistent_seq == NEVER or self.jnlg.consistent_seq < ctl.seq:
+                self.jnlg.consistent_seq = ctl.seq
             self._table.save()
 
     def save_mark(self, mark: int) -> None:
