@@ -266,17 +266,14 @@ class MasterGroup:
             keys = self.al.extents(idx, offset, length)
             ahead = self.al.ahead(idx, offset, length, self.volume(idx).size)
             self.al.list_ahead(ahead)
+            # (``list_ahead``: every save from now on lists them, this one too)
             if not self.al.covers(keys):
-                await self._al_warm(keys, ahead)
+                await self._al_warm(keys)
             elif ahead:            # a stream's next extents, listed before it gets there
-                self._al_wanted.update(ahead)
-                if self._al_saving is None:
-                    self._al_saving = asyncio.get_running_loop().create_task(
-                        self._al_warm_save())
-                    # Nobody waits for it: a failure shows when a write needs
-                    # the extent (``_al_before`` saves in line and reports it).
-                    self._al_saving.add_done_callback(
-                        lambda t: t.cancelled() or t.exception())
+                # Nobody waits for it: a failure shows when a write needs
+                # the extent (``_al_before`` saves in line and reports it).
+                self._al_save_soon().add_done_callback(
+                    lambda t: t.cancelled() or t.exception())
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -350,28 +347,29 @@ class MasterGroup:
         self._sent_at.append((tag, t1))
         return fut
 
-    async def _al_warm(self, keys: list, ahead: list = ()) -> None:
+    async def _al_warm(self, keys: list) -> None:
         """Get a write's cold extents listed in the activity log before it is
         enqueued, without holding up the event loop: the file write (two
         fsyncs) runs in a thread, and writes into other cold extents that come
-        meanwhile share the next one (a group commit of the AL).  ``ahead``:
-        extents a sequential stream is about to enter, listed in the same save
-        (``ActivityLog.ahead``).  Only an
+        meanwhile share the next one (a group commit of the AL).  Only an
         optimisation: ``_al_before`` (in ``_enqueue``, no await before the PVOL
         write) still checks and saves in line if an extent is not listed."""
         t0 = now()
         for _ in range(3):
             self._al_wanted.update(keys)
-            self._al_wanted.update(ahead)
-            if self._al_saving is None:
-                self._al_saving = asyncio.get_running_loop().create_task(self._al_warm_save())
             try:
-                await asyncio.shield(self._al_saving)
+                await asyncio.shield(self._al_save_soon())
             except OSError:
                 break            # _al_before tries again in line and reports the error
             if self.al.covers(keys):
                 break
         PERF["primary.al_warm"].add(now() - t0)    # waited for a cold extent to be listed
+
+    def _al_save_soon(self) -> asyncio.Task:
+        """The activity-log save in a thread now under way, or a new one."""
+        if self._al_saving is None:
+            self._al_saving = asyncio.get_running_loop().create_task(self._al_warm_save())
+        return self._al_saving
 
     async def _al_warm_save(self) -> None:
         try:
