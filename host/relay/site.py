@@ -158,6 +158,9 @@ class RelayGroup:
         # engine after it: a JOPTR at the old JIPTR, in the tail that
         # journal's wrap had just skipped (BAD_REQUEST, group suspended).
         self._placing = asyncio.Lock()
+        # Most descriptors per JNLDESC: DESC_BATCH until the engine refuses a
+        # batch (an engine without batches), then 1.
+        self.desc_batch = protocol.DESC_BATCH
         self._commit = GroupCommitter(self.store)    # one fsync shared by many journals
         # Releases are persisted lazily (release_persister); when the store is
         # about to persist an empty ring, the TAG of the last journal released
@@ -377,7 +380,12 @@ class RelayGroup:
         "Journal batches"); returns, per journal and in order, (seq to wait
         durable for, answer frame).  The journals taken are written to the
         journal volume together (one ``pwritev`` per run of adjacent records)
-        before this returns, so they share the next fdatasync."""
+        before this returns, so they share the next fdatasync.
+
+        In descriptor mode the journals that pass the relay's own checks go to
+        the engine as JNLDESC batches ("JNLDESC batches"): one engine round
+        trip for a run of journals instead of one each (on ``sim`` or a board
+        that round trip is most of the ingest time)."""
         try:
             journals = protocol.split_journals(body)
         except protocol.ProtocolError as exc:
@@ -385,13 +393,16 @@ class RelayGroup:
         answers: list[tuple[int | None, Frame]] = []
         taken: list[tuple[Control, memoryview]] = []
         async with (self._placing if self.descriptor else contextlib.nullcontext()):
-            for ctl, data in journals:
-                answers.append(await self._take(ctl, data, taken))
+            if self.descriptor:
+                await self._take_descriptors(journals, taken, answers)
+            else:
+                for ctl, data in journals:
+                    answers.append(await self._take(ctl, data, taken))
             if taken:
                 try:
-                    # In descriptor mode ``_take`` checked every journal's
-                    # DATA_CRC on these bytes (so a bad one is refused, not
-                    # allocated): the store does not check it a second time.
+                    # In descriptor mode the relay checked every journal's
+                    # DATA_CRC on these bytes before the engine allocated it
+                    # (``_refusal``): the store does not check it a second time.
                     self.store.append_batch(taken, data_checked=self.descriptor)
                 except StoreError as exc:
                     raise self._fault(f"journal volume refused seq {taken[0][0].seq}.."
@@ -401,16 +412,18 @@ class RelayGroup:
             self._local_new.set()
         return answers
 
-    async def _take(self, ctl: Control, data: memoryview,
-                    taken: list) -> tuple[int | None, Frame]:
-        """One journal of a JNLWR: admit, allocate and stamp it (appended to
-        ``taken`` for the store) or refuse it; its answer as for ``_ingest_frame``."""
-        admission = self.gate.admit(ctl.tag)
+    def _refusal(self, ctl: Control, data: memoryview, last: int,
+                 pending: int) -> tuple[int | None, Frame] | None:
+        """The relay's own checks of one journal before the engine sees it:
+        None to take it, else its answer (an ACK again for a resend, or a
+        NAK).  ``last``: the PSEQ taken just before it (journals of this
+        frame included); ``pending``: journals taken and not yet in the store."""
+        admission = PseqGate(last).admit(ctl.tag)
         if admission is Admission.RESEND:
             # A resend of a journal we hold: ACK it again once everything
             # before it is durable (it sits behind them in the answer queue).
             self.dups += 1
-            return (self.store.next_seq - 1 + len(taken),
+            return (self.store.next_seq - 1 + pending,
                     protocol.Ack(tag=ctl.tag, req_type=FrameType.JNLWR).frame())
         if admission is Admission.GAP:
             return None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)
@@ -418,16 +431,26 @@ class RelayGroup:
             return None, nak(Status.SUSPENDED, FrameType.JNLWR, tag=ctl.tag)
         if ctl.group != self.cfg.grnum:
             return None, nak(Status.WRONG_GROUP, FrameType.JNLWR, tag=ctl.tag)
+        if self.descriptor:
+            # The engine never sees the data: check here what it would (a
+            # journal the store would refuse must not be allocated).  The
+            # only DATA_CRC check of a journal's data at the relay's ingest:
+            # the store trusts it (append_batch(data_checked=)).
+            if ctl.data_len != len(data):
+                return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
+            if protocol.crc32c(data) != ctl.data_crc:
+                return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
+        return None
+
+    async def _take(self, ctl: Control, data: memoryview,
+                    taken: list) -> tuple[int | None, Frame]:
+        """One journal of a JNLWR: admit, allocate and stamp it (appended to
+        ``taken`` for the store) or refuse it; its answer as for ``_ingest_frame``."""
+        refused = self._refusal(ctl, data, self.gate.last, len(taken))
+        if refused is not None:
+            return refused
         try:
             if self.descriptor:
-                # The engine never sees the data: check here what it would
-                # (a journal the store would refuse must not be allocated).
-                # The only DATA_CRC check of a journal's data at the relay's
-                # ingest: the store trusts it (append_batch(data_checked=)).
-                if ctl.data_len != len(data):
-                    return None, nak(Status.BAD_LENGTH, FrameType.JNLWR, tag=ctl.tag)
-                if protocol.crc32c(data) != ctl.data_crc:
-                    return None, nak(Status.BAD_DCRC, FrameType.JNLWR, tag=ctl.tag)
                 # the primary sent a JNLWR: it gets the answer to one
                 a = await self.engine.place(ctl)
                 ack = protocol.Ack(a.seq, a.time, a.jofs, a.tag, a.status, FrameType.JNLWR)
@@ -439,12 +462,99 @@ class RelayGroup:
             if ack.status == Status.FULL:
                 self.fulls += 1
             return None, ack.frame()
+        self._taken(ctl, data, ack, taken)
+        return (None if self.cfg.durability is Durability.MEMORY else ack.seq), ack.frame()
+
+    def _taken(self, ctl: Control, data: memoryview, ack: protocol.Ack, taken: list) -> None:
         taken.append((_stamp(ctl, ack), data))
         self.gate.taken(ctl.tag)
         self._arrivals.append((ack.seq, time.monotonic()))
-        if self.cfg.durability is Durability.MEMORY:
-            return None, ack.frame()
-        return ack.seq, ack.frame()
+
+    async def _take_descriptors(self, journals, taken: list, answers: list) -> None:
+        """Descriptor mode: the journals of one frame, in order, each run of
+        those the relay's checks pass placed by one JNLDESC batch; a journal
+        the relay refuses ends a run and gets its answer in its place."""
+        run: list[tuple[Control, memoryview]] = []
+        last = self.gate.last
+        for ctl, data in journals:
+            refused = self._refusal(ctl, data, last, len(taken) + len(run))
+            if refused is None and len(run) < self.desc_batch:
+                run.append((ctl, data))
+                last = ctl.tag
+                continue
+            if run:
+                await self._place_run(run, taken, answers)
+                run = []
+                # the run may have been cut short: judge this journal again
+                # against what was really taken
+                refused = self._refusal(ctl, data, self.gate.last, len(taken))
+            if refused is None:
+                run.append((ctl, data))
+                last = ctl.tag
+            else:
+                answers.append(refused)
+                last = self.gate.last
+        if run:
+            await self._place_run(run, taken, answers)
+
+    async def _place_run(self, run: list, taken: list, answers: list) -> None:
+        """Place ``run`` (journals the relay's checks passed, PSEQs in a row)
+        with one JNLDESC batch.  The journals the engine took are stamped; the
+        one it refused gets its NAK, and each after it the answer it got when
+        journals went one by one: its PSEQ now follows a gap (BAD_REQUEST)."""
+        if run:
+            ctls = [ctl for ctl, _ in run]
+            try:
+                ack = await self.engine.place_batch(ctls)
+            except EngineError as exc:
+                raise self._fault(f"engine failed: {exc}") from None
+            if (len(run) > 1 and ack.status == Status.BAD_LENGTH and ack.seq == 0
+                    and ack.tag == ctls[0].tag):
+                # An engine without batches (the gateware before them; it
+                # takes nothing of the frame): one descriptor per JNLDESC.
+                log.info("%s: the journal engine takes one descriptor per JNLDESC; "
+                         "placing journals one by one", self.cfg.grname)
+                self.desc_batch = 1
+                for ctl, data in run:
+                    answers.append(await self._take(ctl, data, taken))
+                return
+            # taken: all, or those before the refused one (its TAG is answered)
+            n = len(run) if ack.status == Status.OK else [c.tag for c in ctls].index(ack.tag)
+            if n:
+                self._stamp_run(run[:n], ack, taken, answers)
+            if ack.status == Status.OK:
+                return
+            if ack.status == Status.FULL:
+                self.fulls += 1
+            answers.append((None, protocol.Ack(tag=ack.tag, status=ack.status,
+                                               req_type=FrameType.JNLWR).frame()))
+            # The journals after a refused one are not taken: their PSEQs now
+            # leave a gap, which the gate answers as it always does.
+            for ctl, data in run[n + 1:]:
+                answers.append(self._refusal(ctl, data, self.gate.last, len(taken))
+                               or (None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)))
+
+    def _stamp_run(self, run: list, ack: protocol.Ack, taken: list, answers: list) -> None:
+        """The first ``len(run)`` descriptors of a batch were taken: their
+        SEQ#s run up to the answer's, all have its TIME, and each JOFS is
+        where the allocation rules put it (the store's ``placements``, which
+        must end at the answer's JOFS)."""
+        n = len(run)
+        lens = [c.data_len for c, _ in taken] + [c.data_len for c, _ in run]
+        try:
+            jofs = self.store.placements(lens)[len(taken):]
+        except StoreError as exc:
+            raise self._fault(f"engine placed seq {ack.seq - n + 1}..{ack.seq} where the "
+                              f"journal volume has no room: {exc}") from None
+        if jofs[-1] != ack.jofs:
+            raise self._fault(f"engine placed seq {ack.seq} at JOFS {ack.jofs}, the journal "
+                              f"volume at {jofs[-1]}; engine and volume out of step")
+        memory = self.cfg.durability is Durability.MEMORY
+        for i, (ctl, data) in enumerate(run):
+            a = protocol.Ack(ack.seq - (n - 1 - i), ack.time, jofs[i], ctl.tag,
+                             Status.OK, FrameType.JNLWR)
+            self._taken(ctl, data, a, taken)
+            answers.append((None if memory else a.seq, a.frame()))
 
     async def durable(self, seq: int) -> None:
         """Wait until journal ``seq`` is fsynced (group commit)."""
