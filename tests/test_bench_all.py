@@ -40,3 +40,23 @@ def test_unknown_skip_is_one_line():
     from tricopy.host.cli import main
     with pytest.raises(SystemExit, match="--skip names no suite: nope"):
         main(["bench", "--skip", "nope"])
+
+
+def test_peak_rss_is_read_from_proc_and_counts_memory_touched():
+    import subprocess
+    import sys
+    from tricopy.host.tools.bench_replicate import proc_rss_peak
+
+    def peak(mib: int) -> float:
+        # a child that fills ``mib`` MiB, says so, and waits to be read
+        child = subprocess.Popen([sys.executable, "-c", f"b = bytearray({mib} << 20); "
+                                  "print('ready', flush=True); input()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline() == "ready\n"
+            return proc_rss_peak(child.pid)
+        finally:
+            child.communicate("")
+
+    small, big = peak(0), peak(64)
+    assert small > 0 and big >= small + 60

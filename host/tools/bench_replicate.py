@@ -152,6 +152,10 @@ class Sites:
         """
         return {role: proc_cpu(proc.pid) for role, proc in self.procs.items()}
 
+    def rss_peak(self) -> dict[str, float]:
+        """Each site's peak resident memory so far, MiB (VmHWM in /proc/PID/status)."""
+        return {role: proc_rss_peak(proc.pid) for role, proc in self.procs.items()}
+
     def perf(self) -> dict[str, dict]:
         """Each site's per-hop counters (host/perf.py; empty for code without them)."""
         return {role: control.call(("127.0.0.1", self.ports[role]["control"]),
@@ -176,6 +180,15 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
+def proc_rss_peak(pid: int) -> float:
+    """Peak resident set size of process ``pid`` since it started, MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def loadavg() -> float:
@@ -272,6 +285,7 @@ def _replicate(tmp: Path, seconds: float, durability: str, engine: str) -> list[
                 writes = max(1, seq1 - seq0)
                 r["cpu_us_per_write"] = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
                                          for role in sites.ROLES}
+                r["rss_peak_mib"] = sites.rss_peak()
                 r["durability"] = durability
                 r["engine"] = engine
                 r["load"] = round((load + loadavg()) / 2, 2)
@@ -461,6 +475,7 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
                                             tree=tree, durability=durability,
                                             load=round((load + loadavg()) / 2, 2),
                                             cpu_us_per_write=cpu,
+                                            rss_peak_mib=sites.rss_peak(),
                                             hops=_hop_delta(perf0, sites.perf(), writes)))
                         sites.wait_caught_up()
                 finally:
@@ -483,6 +498,8 @@ def _print_hops(results: list[dict]) -> None:
               f"p99 {r['p99_us']:>7,} µs  ratio {r['iops_ratio']:.3f}{qemu}  load {r['load']}")
         cpu = r["cpu_us_per_write"]
         print("    CPU µs/write: " + "  ".join(f"{k} {v}" for k, v in cpu.items()))
+        if r.get("rss_peak_mib"):
+            print("    peak RSS MiB: " + "  ".join(f"{k} {v}" for k, v in r["rss_peak_mib"].items()))
         if r.get("hops"):
             for name, h in r["hops"].items():
                 unit = "" if name.endswith(_COUNTS) else " µs"
@@ -507,6 +524,9 @@ def _print(results: list[dict], nbd: bool) -> None:
             what += f" engine {r['engine']:<5}"
             print(f"{what} {line(r)}  load {r['load']}  lag mean {r['lag_mean']} max "
                   f"{r['lag_max']} journals, caught up in {r['catch_up_s']} s; CPU µs/write {cpu}")
+            if r.get("rss_peak_mib"):
+                rss = " ".join(f"{role[0].upper()} {m}" for role, m in r["rss_peak_mib"].items())
+                print(f"{'':<34} peak RSS MiB {rss}")
 
 
 def _run(args) -> int:
