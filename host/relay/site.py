@@ -449,6 +449,12 @@ class RelayGroup:
         refused = self._refusal(ctl, data, self.gate.last, len(taken))
         if refused is not None:
             return refused
+        return await self._place_one(ctl, data, taken)
+
+    async def _place_one(self, ctl: Control, data: memoryview,
+                         taken: list) -> tuple[int | None, Frame]:
+        """A journal the relay's checks passed, to the engine alone (a JNLWR,
+        or a JNLDESC of one); its answer as for ``_ingest_frame``."""
         try:
             if self.descriptor:
                 # the primary sent a JNLWR: it gets the answer to one
@@ -483,11 +489,11 @@ class RelayGroup:
                 last = ctl.tag
                 continue
             if run:
-                await self._place_run(run, taken, answers)
+                if not await self._place_run(run, taken, answers):
+                    # cut short by a refusal: judge this journal again
+                    # against what was really taken (a PSEQ gap now)
+                    refused = self._refusal(ctl, data, self.gate.last, len(taken))
                 run = []
-                # the run may have been cut short: judge this journal again
-                # against what was really taken
-                refused = self._refusal(ctl, data, self.gate.last, len(taken))
             if refused is None:
                 run.append((ctl, data))
                 last = ctl.tag
@@ -497,42 +503,52 @@ class RelayGroup:
         if run:
             await self._place_run(run, taken, answers)
 
-    async def _place_run(self, run: list, taken: list, answers: list) -> None:
+    async def _place_run(self, run: list, taken: list, answers: list) -> bool:
         """Place ``run`` (journals the relay's checks passed, PSEQs in a row)
-        with one JNLDESC batch.  The journals the engine took are stamped; the
-        one it refused gets its NAK, and each after it the answer it got when
-        journals went one by one: its PSEQ now follows a gap (BAD_REQUEST)."""
-        if run:
-            ctls = [ctl for ctl, _ in run]
-            try:
-                ack = await self.engine.place_batch(ctls)
-            except EngineError as exc:
-                raise self._fault(f"engine failed: {exc}") from None
-            if (len(run) > 1 and ack.status == Status.BAD_LENGTH and ack.seq == 0
-                    and ack.tag == ctls[0].tag):
-                # An engine without batches (the gateware before them; it
-                # takes nothing of the frame): one descriptor per JNLDESC.
-                log.info("%s: the journal engine takes one descriptor per JNLDESC; "
-                         "placing journals one by one", self.cfg.grname)
-                self.desc_batch = 1
-                for ctl, data in run:
-                    answers.append(await self._take(ctl, data, taken))
-                return
-            # taken: all, or those before the refused one (its TAG is answered)
-            n = len(run) if ack.status == Status.OK else [c.tag for c in ctls].index(ack.tag)
-            if n:
-                self._stamp_run(run[:n], ack, taken, answers)
-            if ack.status == Status.OK:
-                return
-            if ack.status == Status.FULL:
-                self.fulls += 1
-            answers.append((None, protocol.Ack(tag=ack.tag, status=ack.status,
-                                               req_type=FrameType.JNLWR).frame()))
-            # The journals after a refused one are not taken: their PSEQs now
-            # leave a gap, which the gate answers as it always does.
-            for ctl, data in run[n + 1:]:
-                answers.append(self._refusal(ctl, data, self.gate.last, len(taken))
-                               or (None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)))
+        with one JNLDESC batch; True if the engine took all of it.  The
+        journals it took are stamped; the one it refused gets its NAK, and
+        each after it the answer it got when journals went one by one: its
+        PSEQ now follows a gap (BAD_REQUEST)."""
+        if len(run) == 1 or self.desc_batch == 1:
+            # one at a time: a JNLDESC of one (cheaper on the model)
+            for i, (ctl, data) in enumerate(run):
+                answer = await self._place_one(ctl, data, taken)
+                answers.append(answer)
+                if answer[1].type != FrameType.ACK:
+                    self._after_refused(run[i + 1:], taken, answers)
+                    return False
+            return True
+        ctls = [ctl for ctl, _ in run]
+        try:
+            ack = await self.engine.place_batch(ctls)
+        except EngineError as exc:
+            raise self._fault(f"engine failed: {exc}") from None
+        if ack.status == Status.BAD_LENGTH and ack.seq == 0 and ack.tag == ctls[0].tag:
+            # An engine without batches (the gateware before them; it takes
+            # nothing of the frame): one descriptor per JNLDESC from now on.
+            log.info("%s: the journal engine takes one descriptor per JNLDESC; "
+                     "placing journals one by one", self.cfg.grname)
+            self.desc_batch = 1
+            return await self._place_run(run, taken, answers)
+        # taken: all, or those before the refused one (its TAG is answered)
+        n = len(run) if ack.status == Status.OK else [c.tag for c in ctls].index(ack.tag)
+        if n:
+            self._stamp_run(run[:n], ack, taken, answers)
+        if ack.status == Status.OK:
+            return True
+        if ack.status == Status.FULL:
+            self.fulls += 1
+        answers.append((None, protocol.Ack(tag=ack.tag, status=ack.status,
+                                           req_type=FrameType.JNLWR).frame()))
+        self._after_refused(run[n + 1:], taken, answers)
+        return False
+
+    def _after_refused(self, rest: list, taken: list, answers: list) -> None:
+        """The journals of a run after one the engine refused are not taken:
+        their PSEQs now follow a gap, which the gate answers as it always does."""
+        for ctl, data in rest:
+            answers.append(self._refusal(ctl, data, self.gate.last, len(taken))
+                           or (None, nak(Status.BAD_REQUEST, FrameType.JNLWR, tag=ctl.tag)))
 
     def _stamp_run(self, run: list, ack: protocol.Ack, taken: list, answers: list) -> None:
         """The first ``len(run)`` descriptors of a batch were taken: their
