@@ -342,6 +342,8 @@ class Workload:
                     if client is not None:
                         await client.close()
                     client = None
+                    if self.stop:
+                        return          # stopped (or cancelled: see run) while the primary is down
                     await asyncio.sleep(0.1)
             self.model[idx][offset:offset + len(data)] = data
             self.acked += 1
@@ -351,7 +353,20 @@ class Workload:
 
     async def run(self, count: int | None = None, duration: float | None = None) -> None:
         tasks = [asyncio.create_task(self._worker(r, count)) for r in self.regions]
-        if duration is not None:
-            await asyncio.sleep(duration)
+        try:
+            if duration is not None:
+                await asyncio.sleep(duration)
+                self.stop = True
+            # shielded: a cancel of run() comes here at once, not only once
+            # every worker has ended
+            await asyncio.shield(asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            # Python 3.11's wait_for can swallow a cancellation that meets a
+            # call just finishing; that worker would then retry a killed
+            # primary for ever (seen under load: test_unclean_stop hung), so
+            # the workers also stop on ``stop``.
             self.stop = True
-        await asyncio.gather(*tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
