@@ -107,3 +107,34 @@ def test_batches_answer_and_store_as_one_by_one(tmp_path):
     assert len(answers_b[4]) == 100 and all(s == "OK" for _, s, *_ in answers_b[4])
     assert [n for _, n in batched] == [1, 1, 1, 1, 2]
     assert [n for _, n in single][0] == 1 + 10     # the refused batch, then one by one
+
+
+def test_the_forwarder_takes_fresh_journals_from_memory_as_the_volume_holds_them(
+        tmp_path, monkeypatch):
+    """Journals just taken are forwarded from memory (``_from_recent``), not
+    read back from the journal volume; what memory gives must be what
+    ``store.read`` gives, SEQ# for SEQ#, and past RECENT_BYTES (or for a
+    SEQ# no longer there) it gives nothing so the forwarder reads the volume."""
+    monkeypatch.setattr(relay, "RECENT_BYTES", 10 * 4096)
+
+    async def scenario():
+        site = parse_config({
+            "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
+            "group": [{"grnum": 1, "grname": "g", "attr": "INTERMEDIARY",
+                       "peer": "127.0.0.1:2", "journal": {"path": "jnl.vol", "size": SIZE}}]},
+            tmp_path)
+        group = relay.RelayGroup(site.groups[0], site,
+                                 ModelEngine(EngineModel(SIZE, memory=0, clock=lambda: 7)),
+                                 descriptor=True)
+        await group.recover_engine()
+        await group._ingest_frame(_frame(*(_journal(t) for t in range(1, 13))))
+        mem = group._from_recent(3, 8)
+        disk = group.store.read(3, 8)
+        assert [c.seq for c, _ in mem] == list(range(3, 11))
+        assert [(c.pack(), bytes(d)) for c, d in mem] == [(c.pack(), d) for c, d in disk]
+        assert group._from_recent(1, 4) == [], "journals 1, 2 were past the bound"
+        assert [c.seq for c, _ in group._from_recent(11, 64)] == [11, 12]
+        assert group._from_recent(5, 4) == [], "dropped once the forwarder went past them"
+        group.store.close()
+
+    asyncio.run(scenario())
