@@ -925,3 +925,16 @@ def test_two_syncs_in_flight_each_covering_only_what_came_before_it(path, monkey
         await gc.aclose()
     asyncio.run(main())
     s.close()
+
+
+def test_read_stops_at_max_bytes_but_gives_at_least_one_journal(path):
+    """The forwarder's read holds at most FORWARD_BYTES of journals in memory."""
+    s = JournalStore.create(path, 1 << 20)
+    for _ in range(8):
+        put(s, 4000)
+    r = st.record_size(4000)
+    assert len(s.read(1, 8)) == 8
+    assert [c.seq for c, _ in s.read(2, 8, max_bytes=3 * r)] == [2, 3, 4]
+    assert [c.seq for c, _ in s.read(2, 8, max_bytes=3 * r - 1)] == [2, 3]
+    assert [c.seq for c, _ in s.read(2, 8, max_bytes=100)] == [2]
+    s.close()

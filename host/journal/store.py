@@ -816,9 +816,12 @@ class JournalStore:
                 self._durable = seq
             return self._durable
 
-    def read(self, from_seq: int, count: int) -> list[tuple[Control, bytes]]:
+    def read(self, from_seq: int, count: int,
+             max_bytes: int | None = None) -> list[tuple[Control, bytes]]:
         """Up to ``count`` journals from ``from_seq`` on, as JNLRD reads them:
-        control data with its CCRC, and DATA_LEN bytes of data.
+        control data with its CCRC, and DATA_LEN bytes of data.  With
+        ``max_bytes``, no more records than fit in that many bytes (but at
+        least one): what one read may hold in memory.
 
         ``from_seq`` outside ``tail_seq..next_seq`` raises :class:`NotFound`;
         a record failing its CRCs raises :class:`CorruptStore`.
@@ -830,6 +833,13 @@ class JournalStore:
             raise NotFound(f"seq {from_seq} is outside {self._tail_seq}..{self._next_seq - 1}")
         n = min(count, self._next_seq - from_seq)
         first = self._head + from_seq - self._tail_seq
+        if max_bytes is not None:
+            total = 0
+            for i, (_, r) in enumerate(self._index[first:first + n]):
+                total += r
+                if total > max_bytes and i:
+                    n = i
+                    break
         out = []
         seq = from_seq
         for run_pos, records in _contiguous_runs(self._index[first:first + n]):

@@ -55,7 +55,8 @@ ENGINE_MODES = ("descriptor", "data")
 
 log = logging.getLogger(__name__)
 
-FORWARD_BATCH = 64         # journals per read/send batch to the secondary
+FORWARD_BATCH = 64         # journals per read/send batch to the secondary ...
+FORWARD_BYTES = 4 << 20    # ... and at most this many bytes of them (one MAX_DATA journal)
 #: Data bytes of the journals taken and not yet forwarded kept in memory, so
 #: that the forwarder sends them without reading them back from the journal
 #: volume (``store.read``: a pread, an unpack, a copy and two CRCs per
@@ -766,7 +767,7 @@ class RelayGroup:
                 continue
             nxt = max(nxt, self.store.tail_seq)
             n = min(FORWARD_BATCH, room, last - nxt + 1)
-            batch = self._from_recent(nxt, n) or self.store.read(nxt, n)
+            batch = self._from_recent(nxt, n) or self.store.read(nxt, n, FORWARD_BYTES)
             PERF["relay.forward_batch"].add(len(batch))
             for ctl, data in batch:
                 link.send_journal(ctl.pack(), data)     # batches of JNLWR (docs/protocol.md)
@@ -791,9 +792,13 @@ class RelayGroup:
         while recent and recent[0][0].seq < nxt:
             self._recent_bytes -= len(recent.popleft()[1])
         out = []
+        size = 0
         for ctl, data in recent:
             # the same stream, SEQ# by SEQ#, or nothing (epoch turn, gap)
             if len(out) == n or ctl.seq != nxt + len(out) or ctl.epoch != self.store.epoch:
+                break
+            size += len(data)
+            if out and size > FORWARD_BYTES:
                 break
             out.append((ctl, data))
         return out
