@@ -27,6 +27,7 @@ from amaranth.lib import enum
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host.wire import protocol
@@ -111,6 +112,15 @@ class JournalEngine(wiring.Component):
         which sets the width of the pointers and sizes. Smaller values are
         for the formal proofs (``hdl/formal.py``): the same logic at a width
         a solver can close.
+    desc_batch : optional int
+        The most descriptors a JNLDESC may carry (docs/protocol.md, "JNLDESC
+        batches"), 1..DESC_BATCH (default DESC_BATCH). 1 is an engine
+        without batches: a longer JNLDESC is refused with BAD_LENGTH,
+        nothing taken. Above 1 the batch's descriptors (bytes 32..63 of
+        each, what the checks read) go to a block RAM of 32 bytes a
+        descriptor as they arrive and are taken one by one from it once
+        the BCRC is good: a bad BCRC finds nothing applied, with no copy of
+        the ring pointers to restore.
 
     Ports
     -----
@@ -125,7 +135,13 @@ class JournalEngine(wiring.Component):
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
                  *, site: str = "sim", timestamp=None, sequencer=None, ring=None,
-                 memory: int | None = None, max_ring_bits: int = MAX_RING_BITS):
+                 memory: int | None = None, max_ring_bits: int = MAX_RING_BITS,
+                 desc_batch: int = protocol.DESC_BATCH):
+        if (not isinstance(desc_batch, int) or isinstance(desc_batch, bool)
+                or not 1 <= desc_batch <= protocol.DESC_BATCH):
+            raise ValueError(f"desc_batch must be an integer from 1 to {protocol.DESC_BATCH}, "
+                             f"not {desc_batch!r}")
+        self.desc_batch = desc_batch
         if (not isinstance(max_ring_bits, int) or isinstance(max_ring_bits, bool)
                 or not 8 <= max_ring_bits <= MAX_RING_BITS):
             raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
@@ -299,13 +315,16 @@ class JournalEngine(wiring.Component):
             resp.status.eq(status), resp.hello.eq(hello),
         ]
 
-        def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER):
+        def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER, from_=None):
             """Stage a NAK; NAKS counts it when it is handed to the responder.
             ``tag``: TAG is the journal's (a bool or a 1-bit value);
-            ``seq_x``: SEQ is the request's FROM_SEQ/UPTO."""
+            ``seq_x``: SEQ is the request's FROM_SEQ/UPTO; ``from_``: the
+            SEQ/TIME/JOFS are another's (a batch's last descriptor taken)."""
+            if from_ is None:
+                from_ = _AckFrom.NAK_X if seq_x else _AckFrom.ZERO
             return [
                 ans_status.eq(code), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
-                ans_from.eq(_AckFrom.NAK_X if seq_x else _AckFrom.ZERO),
+                ans_from.eq(from_),
                 ans_type.eq(FT.NAK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(after_),
             ]
@@ -334,7 +353,9 @@ class JournalEngine(wiring.Component):
         hcrc = Signal(32, init=CRC_INIT)
         hunting = Signal()
         # small loop counter (HCRC recheck, trailer, SKIP; a data ring's marker)
-        kcnt = Signal(range(64 if mem else 16))
+        # (and a batch's descriptor load, BLOAD: 32 // W + 1 steps)
+        B = self.desc_batch
+        kcnt = Signal(range(64 if mem or B > 1 else 16))
         ftype = Signal(8)
         blen = Signal(LENGTH_BITS)
         bcnt = Signal(LENGTH_BITS)
@@ -369,6 +390,33 @@ class JournalEngine(wiring.Component):
         m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
+
+        # -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ----------
+        # Bytes 32..63 of every descriptor (what EXEC's checks read from
+        # ``small``) go to a block RAM as they arrive, 32 bytes each; after
+        # the BCRC, descriptor 0 is taken from ``small`` as a single JNLDESC
+        # is, and each one after it is loaded back into ``small`` (BLOAD)
+        # and goes through ALLOC and EXEC in turn. Nothing is decided before
+        # the BCRC, so a bad one has nothing to undo: no shadow of JIPTR,
+        # USED, WRAP_AT, NEXT_SEQ, HELD, ACKS or LAST_TIME (~300 flip-flops)
+        # but a RAM the UP5K has spare (4 of its 30 EBRs).
+        # BIDX is the descriptor being taken. The SEQ# step of a taken
+        # descriptor is left pending until the next one is taken (EXEC) or
+        # the answer is built (ANSWER, as for a single JNLDESC): the answer
+        # then reads the last taken one's SEQ# as NEXT_SEQ, with no 64-bit
+        # decrementer; its JOFS is ``place``, written when a descriptor is
+        # taken, not allocated.
+        if B > 1:
+            BB = (B - 1).bit_length()          # bits of a descriptor index
+            bidx = Signal(BB)
+            bram_words = (32 << BB) // W
+            m.submodules.batch_ram = batch_ram = Memory(shape=8 * W, depth=bram_words, init=[])
+            bram_w = batch_ram.write_port()
+            # never read and written in the same cycle (BODY writes, BLOAD
+            # reads): no transparency logic
+            bram_r = batch_ram.read_port(transparent_for=())
+        else:
+            bidx = Const(0, 1)
 
         beat = self.rx.payload                 # W bytes, the first in bits 0..7
         bcnt_next = Signal(LENGTH_BITS)
@@ -575,8 +623,15 @@ class JournalEngine(wiring.Component):
                 rew = empty & ~fits_tail
                 m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
                              alloc_ok.eq(0), rewind.eq(rew),
-                             alloc_full.eq(0), place.eq(Mux(rew, 0, jiptr)),
-                             stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))]
+                             alloc_full.eq(0)]
+                # a JNLDESC's JOFS is written when it is taken (EXEC): until
+                # then ``place`` is the JOFS of the batch's last one taken
+                if mem:
+                    with m.If(~is_desc):
+                        m.d.sync += place.eq(Mux(rew, 0, jiptr))
+                # a batch's TIME is taken once, at its first descriptor
+                with m.If(bidx == 0):
+                    m.d.sync += stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))
                 # a ring of the other kind is refused at EXEC (WRONG_MODE)
                 with m.If(fits & le_wide(r, size) & (is_desc == desc)):
                     with m.If(rew):
@@ -587,7 +642,10 @@ class JournalEngine(wiring.Component):
                         with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
                         with m.Elif(le_wide(r, joptr)):
-                            m.d.sync += [alloc_ok.eq(1), wrap.eq(1), place.eq(0)]
+                            m.d.sync += [alloc_ok.eq(1), wrap.eq(1)]
+                            if mem:
+                                with m.If(~is_desc):
+                                    m.d.sync += place.eq(0)
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
                     with m.Elif(le_wide(r, gap)):
@@ -648,6 +706,17 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))), bcnt.eq(bcnt_next)]
                 with m.If(bcnt_next == 32):
                     m.next = "EXEC"
+
+            if B > 1:
+                with m.State("BLOAD"):
+                    # descriptor BIDX's bytes 32..63 from the batch RAM into
+                    # ``small``, a word a cycle (the RAM answers a cycle late)
+                    m.d.comb += [bram_r.addr.eq(Cat(kcnt[:5 - LW], bidx)), bram_r.en.eq(1)]
+                    m.d.sync += kcnt.eq(kcnt + 1)
+                    with m.If(kcnt != 0):
+                        m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+                    with m.If(kcnt == 32 // W):
+                        m.next = "ALLOC"
 
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
@@ -763,9 +832,14 @@ class JournalEngine(wiring.Component):
                     m.d.sync += self.nak.eq(ans_type == FT.NAK)
                     # an accepted JNLWR takes its SEQ# here, as its ACK is
                     # built (ACK SEQ = NEXT_SEQ, no 64-bit decrementer)
-                    with m.If((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)):
+                    # (and so does the last one taken of a batch NAKed at a
+                    # later one: a NAK from WRITE, "JNLDESC batches")
+                    with m.If(((ans_type == FT.ACK) | (ans_type == FT.NAK))
+                              & (ans_from == _AckFrom.WRITE)):
                         m.d.comb += seq.step.eq(1)
                         m.d.sync += held.eq(held + 1)
+                    if B > 1:
+                        m.d.sync += bidx.eq(0)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
                             m.next = "HEADER"
@@ -895,6 +969,13 @@ class JournalEngine(wiring.Component):
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
             "place", "wr", "alloc_ok", "ftype", "beat", "mem"))
         place = Cat(Const(0, G), place)[:self.ring_bits]   # JOFS in bytes (a data ring's)
+        if self.desc_batch > 1:
+            # a batch's descriptors, bytes 32..63 of each, into the batch RAM
+            # (docs/protocol.md "JNLDESC batches"; read back in BLOAD)
+            bram_w, BB = v["bram_w"], v["BB"]
+            m.d.comb += [bram_w.addr.eq(Cat(bcnt[LW:5], bcnt[6:6 + BB])),
+                         bram_w.data.eq(beat),
+                         bram_w.en.eq(take & (ftype == FT.JNLDESC) & bcnt[5])]
         # A LOAD with RING is 40 bytes: bytes 0..31 stay in ``small``,
         # the SIZE word (32..39) goes to ``stamp_time`` (free until EXEC:
         # HCHECK holds a frame while a STATUS, which sends it, is out)
@@ -1016,9 +1097,21 @@ class JournalEngine(wiring.Component):
             with m.If(desc if not is_desc else ~desc):
                 # a data ring takes JNLWR only, a descriptor ring JNLDESC only
                 m.d.sync += nak(ST.WRONG_MODE, req, tag=body64)
+        B = self.desc_batch
+        bidx = v["bidx"]
         if is_desc:
-            with (m.Elif if mode_check else m.If)(blen != 64):
+            if B == 1:
+                length_bad = blen != 64
+            else:
+                # 64·N, 1 <= N <= DESC_BATCH ("JNLDESC batches", check 3)
+                length_bad = (blen[:G] != 0) | (blen[G:] == 0) | ~lt_const(blen, 64 * B + 1)
+            with (m.Elif if mode_check else m.If)(length_bad):
                 m.d.sync += nak(ST.BAD_LENGTH, req, tag=body64)
+            # a descriptor after the first of a batch is refused with the
+            # SEQ#/TIME/JOFS of the one before it (taken, its step pending)
+            nak = (lambda code, req_type, *, tag=False, _nak=nak:
+                   _nak(code, req_type, tag=tag,
+                        from_=Mux(bidx != 0, _AckFrom.WRITE, _AckFrom.ZERO)))
         else:
             with m.Elif(~body64):
                 m.d.sync += nak(ST.BAD_LENGTH, req)
@@ -1034,7 +1127,11 @@ class JournalEngine(wiring.Component):
             m.d.sync += nak(ST.BAD_DCRC, req, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
             m.d.sync += nak(ST.OVERSIZE, req, tag=True)
-        with m.Elif(v["alloc_full"] | (v["next_seq"] == (1 << 64) - 1)):
+        next_seq = v["next_seq"]
+        # NEXT_SEQ == 2**64 - 1; in a batch past its first, the previous
+        # descriptor's step is pending: NEXT_SEQ + 1 == 2**64 - 1
+        seq_spent = next_seq[1:].all() & (next_seq[0] | (bidx != 0))
+        with m.Elif(v["alloc_full"] | seq_spent):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
             m.d.sync += [nak(ST.FULL, req, tag=True), self.full.eq(1)]
         with m.Else():
@@ -1042,7 +1139,13 @@ class JournalEngine(wiring.Component):
             place, rlen, wrap, tail = v["place"], v["rlen"], v["wrap"], v["tail"]
             used, empty, size = v["used"], v["empty"], v["size"]
             base_used = Mux(empty, 0, used)
-            end = place + rlen[G:]
+            if is_desc:
+                # a JNLDESC's JOFS is decided here, not in ALLOC (see BIDX)
+                jofs = Mux(v["rewind"] | wrap, 0, v["jiptr"])
+                m.d.sync += place.eq(jofs)
+                end = jofs + rlen[G:]
+            else:
+                end = place + rlen[G:]
             m.d.sync += [
                 # exact fit at the end: JIPTR wraps to 0
                 v["jiptr"].eq(Mux(end == size, 0, end)),
@@ -1059,6 +1162,15 @@ class JournalEngine(wiring.Component):
                 m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
                 if not is_desc and self.memory:
                     m.next = "MARK"           # a data ring's WRAP marker
+            if is_desc and B > 1:
+                with m.If(bidx != 0):
+                    # the previous descriptor's SEQ# step (see BIDX)
+                    m.d.comb += v["seq"].step.eq(1)
+                    m.d.sync += v["held"].eq(v["held"] + 1)
+                with m.If((bidx + 1) != blen[G:]):
+                    # the next descriptor (the ACK waits for the last)
+                    m.d.sync += bidx.eq(bidx + 1)
+                    m.next = "BLOAD"
 
     def _exec_release(self, m, v):
         """docs/protocol.md "RELEASE": a data ring walks its records from

@@ -35,8 +35,9 @@ from tricopy.host.wire.protocol import Frame, FrameType as T, LoadFlag as LF
 T0 = 1_700_000_000_000_000_000
 VECTORS = Path(__file__).resolve().parents[2] / "host" / "wire" / "vectors" / "engine.json"
 # What the gateware has of the scenarios' "needs" (docs/protocol.md, "Engine
-# test vectors"): LOAD RING (both kinds) and a build without data memory.
-RTL_FEATURES: set[str] = {"ring_load", "no_memory"}
+# test vectors"): LOAD RING (both kinds), a build without data memory and
+# JNLDESC batches (the default build, ``desc_batch`` = DESC_BATCH).
+RTL_FEATURES: set[str] = {"ring_load", "no_memory", "desc_batch"}
 
 
 # -- testbench ----------------------------------------------------------------
