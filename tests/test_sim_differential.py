@@ -23,6 +23,10 @@ def test_a_hundred_thousand_requests_answer_alike():
     assert res.events["exact fit at the end"] > 1000, res.events
     assert res.events["tail skip (wrap)"] > 100, res.events
     assert res.events["ring filled exactly"] > 1000, res.events
+    # JNLDESC batches (docs/protocol.md, "JNLDESC batches"): taken whole,
+    # stopped at a refused descriptor, refused whole
+    for event in ("batch taken whole", "batch stopped", "batch refused whole"):
+        assert res.events[event] > 100, res.events
     for status in ("OK", "FULL", "OVERSIZE", "BAD_FRAME", "BAD_BCRC", "BAD_REQUEST", "NOT_FOUND",
                    "NOT_EMPTY", "STALE_EPOCH", "WRONG_MODE", "BAD_DCRC", "BAD_KIND"):
         assert res.statuses.get(status, 0) > 50, (status, res.statuses)
@@ -42,7 +46,7 @@ class _ExactFitRefused(EngineModel):
 
 def test_a_wrong_model_is_caught_at_its_first_wrong_answer():
     res = run_differential(50_000, seed=20261206, model_factory=lambda: _ExactFitRefused(
-        DESC_RESET_SIZE, memory=0, name="sim", clock=lambda: 0, desc_batch=1))
+        DESC_RESET_SIZE, memory=0, name="sim", clock=lambda: 0))
     assert not res.ok
     # The first differing answer is an exact fit: FULL in the model, OK in the RTL.
     assert "(JNLDESC" in res.mismatch, res.mismatch
