@@ -834,8 +834,10 @@ class JournalEngine(wiring.Component):
                     # built (ACK SEQ = NEXT_SEQ, no 64-bit decrementer)
                     # (and so does the last one taken of a batch NAKed at a
                     # later one: a NAK from WRITE, "JNLDESC batches")
-                    with m.If(((ans_type == FT.ACK) | (ans_type == FT.NAK))
-                              & (ans_from == _AckFrom.WRITE)):
+                    answers_write = ans_type == FT.ACK
+                    if B > 1:
+                        answers_write |= ans_type == FT.NAK
+                    with m.If(answers_write & (ans_from == _AckFrom.WRITE)):
                         m.d.comb += seq.step.eq(1)
                         m.d.sync += held.eq(held + 1)
                     if B > 1:

@@ -142,9 +142,13 @@ class EngineSpec(Elaboratable):
             blocks["ts"] = self._ts_factory(clk_hz)
             return blocks["ts"]
 
+        # desc_batch=1: the properties below are stated for one descriptor a
+        # frame (LENGTH 64); a batch takes each of its descriptors through
+        # the same ALLOC and EXEC, but its pending SEQ# step between them is
+        # not in this spec yet (docs/hardware.md, "Formal proofs")
         eng = JournalEngine(self.data_width, self.ring_size, self.clk_hz, memory=0,
                             sequencer=seq_factory, timestamp=ts_factory,
-                            max_ring_bits=self.max_ring_bits)
+                            max_ring_bits=self.max_ring_bits, desc_batch=1)
         frag = Fragment.get(eng, platform)
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
@@ -233,7 +237,8 @@ class EngineSpec(Elaboratable):
         with m.If(decide):
             m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
                          d_seqmax.eq(next_seq == SEQ_MAX), d_place.eq(spec_place),
-                         d_room.eq(room_at(place, rlen[G:]))]
+                         # the engine's JOFS, written as it takes the journal
+                         d_room.eq(room_at(Mux(rewind | wrap, 0, jiptr), rlen[G:]))]
         accepted = Signal()
         m.d.sync += accepted.eq(accept)
         have_prev, prev_seq, prev_time = Signal(), Signal(64), Signal(64)
@@ -365,7 +370,9 @@ class EngineSpec(Elaboratable):
             m.d.comb += [
                 Assert(alloc_ok == (dlen_ok & r_ok & fits), "INV: alloc_ok"),
                 Assert(alloc_full == (dlen_ok & r_ok & ~fits), "INV: alloc_full"),
-                Assert(~alloc_ok | (place == spec_place), "INV: place"),
+                # (a JNLDESC's JOFS is written as EXEC takes it: ``place``
+                # still holds the previous one's here)
+                Assert(~alloc_ok | (Mux(rewind | wrap, 0, jiptr) == spec_place), "INV: place"),
                 Assert(wrap == (alloc_ok & (used != 0) & ~room_at(jiptr, r)), "INV: wrap"),
                 Assert(stamp_time >= last_time, "INV: stamp >= LAST_TIME"),
             ]
