@@ -12,7 +12,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .spram import SPRAMRing
 
-__all__ = ["Platform", "RING_SIZE", "MEMORY", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "DESC_BATCH", "ring", "program_command"]
 
 
 class Platform(ICEBreakerPlatform):
@@ -34,6 +34,12 @@ RING_SIZE = 131072
 #: walk or read-out) it fits (docs/hardware.md, "Resources").
 #: ``tricopy board build --board icebreaker --data-memory`` builds the other.
 MEMORY = 0
+
+
+#: JNLDESC batches (docs/protocol.md, "JNLDESC batches"): the most
+#: descriptors a JNLDESC may carry; 1 is an engine without batches. See
+#: docs/hardware.md, "JNLDESC batches in the gateware", for its cost here.
+DESC_BATCH = 64
 
 
 def ring(depth):
