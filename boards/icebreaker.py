@@ -37,9 +37,12 @@ MEMORY = 0
 
 
 #: JNLDESC batches (docs/protocol.md, "JNLDESC batches"): the most
-#: descriptors a JNLDESC may carry; 1 is an engine without batches. See
-#: docs/hardware.md, "JNLDESC batches in the gateware", for its cost here.
-DESC_BATCH = 64
+#: descriptors a JNLDESC may carry; 1 is an engine without batches, which
+#: refuses a batch with BAD_LENGTH (the relay then sends one by one). With
+#: batches of 64 the top needs 5 085 LCs of the UP5K's 5 280, past the
+#: 5 000 that tests/test_board_build.py allows (docs/hardware.md, "JNLDESC
+#: batches in the gateware"); ``--desc-batch 64`` builds it.
+DESC_BATCH = 1
 
 
 def ring(depth):

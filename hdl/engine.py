@@ -404,17 +404,30 @@ class JournalEngine(wiring.Component):
         # descriptor is left pending until the next one is taken (EXEC) or
         # the answer is built (ANSWER, as for a single JNLDESC): the answer
         # then reads the last taken one's SEQ# as NEXT_SEQ, with no 64-bit
-        # decrementer; its JOFS is ``place``, written when a descriptor is
-        # taken, not allocated.
+        # decrementer; its JOFS is ``place``, written in ALLOC only for a
+        # descriptor that will be taken.
         if B > 1:
             BB = (B - 1).bit_length()          # bits of a descriptor index
             bidx = Signal(BB)
             bram_words = (32 << BB) // W
-            m.submodules.batch_ram = batch_ram = Memory(shape=8 * W, depth=bram_words, init=[])
-            bram_w = batch_ram.write_port()
-            # never read and written in the same cycle (BODY writes, BLOAD
-            # reads): no transparency logic
-            bram_r = batch_ram.read_port(transparent_for=())
+            AB = (bram_words - 1).bit_length()
+            bram_w = _Port(Signal(AB), Signal(8 * W), Signal())
+            bram_r = _Port(Signal(AB), Signal(8 * W), Signal())
+            # Bit slices of at most 4 Kbit each: an iCE40 EBR is 4 Kbit in
+            # any of 256x16 .. 2048x2, so 2 KiB of bytes are four 2048x2
+            # blocks side by side rather than four 512x8 ones behind a
+            # 4-way read multiplexer (the UP5K has LUTs to spare for none).
+            # Never read and written in the same cycle (BODY writes, BLOAD
+            # reads): no transparency logic.
+            slices = max(1, min(8 * W, (8 * W * bram_words) // 4096))
+            sw = 8 * W // slices
+            for i in range(slices):
+                mem_i = Memory(shape=sw, depth=bram_words, init=[])
+                m.submodules[f"batch_ram{i}"] = mem_i
+                w_i, r_i = mem_i.write_port(), mem_i.read_port(transparent_for=())
+                m.d.comb += [w_i.addr.eq(bram_w.addr), w_i.data.eq(bram_w.data[sw * i:sw * (i + 1)]),
+                             w_i.en.eq(bram_w.en), r_i.addr.eq(bram_r.addr), r_i.en.eq(bram_r.en),
+                             bram_r.data[sw * i:sw * (i + 1)].eq(r_i.data)]
         else:
             bidx = Const(0, 1)
 
@@ -513,6 +526,21 @@ class JournalEngine(wiring.Component):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
         ctl_tag = Mux(ans_tag_ctl, ctl.tag, 0)
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
+
+        # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
+        # "JNLDESC"), and the SEQ# space spent (check 9): read by EXEC to
+        # answer, and with batches by ALLOC (``place``, see there). In a
+        # batch past its first descriptor the previous one's SEQ# step is
+        # pending: NEXT_SEQ + 1 == 2**64 - 1.
+        K = protocol.Kind
+        kind_ok = ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)
+        rules_ok = Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE), ctl.data_len == ctl.length,
+                       Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
+                           ctl.data_len == 0))
+        epoch_ok = ctl.epoch == epoch
+        desc_dcrc_ok = (ctl.data_len != 0) | (ctl.data_crc == 0)
+        desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
+        seq_spent = next_seq[1:].all() & (next_seq[0] | (bidx != 0))
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
@@ -624,11 +652,22 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
                              alloc_ok.eq(0), rewind.eq(rew),
                              alloc_full.eq(0)]
-                # a JNLDESC's JOFS is written when it is taken (EXEC): until
-                # then ``place`` is the JOFS of the batch's last one taken
-                if mem:
-                    with m.If(~is_desc):
+                # With batches a JNLDESC's JOFS is written only when EXEC
+                # will take it (it fits, checks 4-7 pass, the SEQ# space is
+                # not spent: the same figures EXEC decides on), so that
+                # ``place`` keeps the JOFS of the batch's last one taken for
+                # the answer of a batch stopped at a later one. (Written in
+                # EXEC instead, JOFS put a multiplexer in front of EXEC's
+                # JIPTR adder: +76 LC on the UP5K.)
+                place_here = ~is_desc if B > 1 else Const(1, 1)
+                if mem or B == 1:
+                    with m.If(place_here):
                         m.d.sync += place.eq(Mux(rew, 0, jiptr))
+
+                def place_taken(value):
+                    if B > 1:
+                        with m.If(is_desc & desc_checks_ok & ~seq_spent):
+                            m.d.sync += place.eq(value)
                 # a batch's TIME is taken once, at its first descriptor
                 with m.If(bidx == 0):
                     m.d.sync += stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))
@@ -636,20 +675,24 @@ class JournalEngine(wiring.Component):
                 with m.If(fits & le_wide(r, size) & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
+                        place_taken(0)
                     with m.Elif(~le_wide(r, free)):
                         m.d.sync += alloc_full.eq(1)
                     with m.Elif(jiptr >= joptr):
                         with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
+                            place_taken(jiptr)
                         with m.Elif(le_wide(r, joptr)):
                             m.d.sync += [alloc_ok.eq(1), wrap.eq(1)]
-                            if mem:
-                                with m.If(~is_desc):
+                            if mem or B == 1:
+                                with m.If(place_here):
                                     m.d.sync += place.eq(0)
+                            place_taken(0)
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
                     with m.Elif(le_wide(r, gap)):
                         m.d.sync += alloc_ok.eq(1)
+                        place_taken(jiptr)
                     with m.Else():
                         m.d.sync += alloc_full.eq(1)
                 if mem:
@@ -1082,12 +1125,8 @@ class JournalEngine(wiring.Component):
         blen, ctl, epoch, dcrc, nak, desc = (v[k] for k in ("blen", "ctl", "epoch", "dcrc",
                                                              "nak", "desc"))
         is_desc = req == FT.JNLDESC
-        kind = ctl.kind
         dlen = ctl.data_len
-        K = protocol.Kind
-        kind_ok = ge_const(kind, K.UPDATE) & lt_const(kind, K.MARK + 1)
-        rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
-                       Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
+        kind_ok, rules_ok = v["kind_ok"], v["rules_ok"]
         body64 = ge_const(blen, 64)
         if not is_desc and not self.memory:
             # no data memory: every JNLWR (constant conditions left out:
@@ -1121,19 +1160,15 @@ class JournalEngine(wiring.Component):
             m.d.sync += nak(ST.BAD_KIND, req, tag=True)
         with m.Elif(~rules_ok if is_desc else ((dlen != blen - 64) | ~rules_ok)):
             m.d.sync += nak(ST.BAD_LENGTH, req, tag=True)
-        with m.Elif(ctl.epoch != epoch):
+        with m.Elif(~v["epoch_ok"]):
             m.d.sync += nak(ST.STALE_EPOCH, req, tag=True)
         # the CRC32C of no data is 0 (a JNLDESC's data is the host's)
-        with m.Elif(((dlen == 0) & (ctl.data_crc != 0)) if is_desc
+        with m.Elif(~v["desc_dcrc_ok"] if is_desc
                     else (ctl.data_crc != (dcrc ^ CRC_INIT))):
             m.d.sync += nak(ST.BAD_DCRC, req, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
             m.d.sync += nak(ST.OVERSIZE, req, tag=True)
-        next_seq = v["next_seq"]
-        # NEXT_SEQ == 2**64 - 1; in a batch past its first, the previous
-        # descriptor's step is pending: NEXT_SEQ + 1 == 2**64 - 1
-        seq_spent = next_seq[1:].all() & (next_seq[0] | (bidx != 0))
-        with m.Elif(v["alloc_full"] | seq_spent):
+        with m.Elif(v["alloc_full"] | v["seq_spent"]):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
             m.d.sync += [nak(ST.FULL, req, tag=True), self.full.eq(1)]
         with m.Else():
@@ -1141,13 +1176,7 @@ class JournalEngine(wiring.Component):
             place, rlen, wrap, tail = v["place"], v["rlen"], v["wrap"], v["tail"]
             used, empty, size = v["used"], v["empty"], v["size"]
             base_used = Mux(empty, 0, used)
-            if is_desc:
-                # a JNLDESC's JOFS is decided here, not in ALLOC (see BIDX)
-                jofs = Mux(v["rewind"] | wrap, 0, v["jiptr"])
-                m.d.sync += place.eq(jofs)
-                end = jofs + rlen[G:]
-            else:
-                end = place + rlen[G:]
+            end = place + rlen[G:]
             m.d.sync += [
                 # exact fit at the end: JIPTR wraps to 0
                 v["jiptr"].eq(Mux(end == size, 0, end)),
