@@ -237,8 +237,7 @@ class EngineSpec(Elaboratable):
         with m.If(decide):
             m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
                          d_seqmax.eq(next_seq == SEQ_MAX), d_place.eq(spec_place),
-                         # the engine's JOFS, written as it takes the journal
-                         d_room.eq(room_at(Mux(rewind | wrap, 0, jiptr), rlen[G:]))]
+                         d_room.eq(room_at(place, rlen[G:]))]
         accepted = Signal()
         m.d.sync += accepted.eq(accept)
         have_prev, prev_seq, prev_time = Signal(), Signal(64), Signal(64)
@@ -370,9 +369,7 @@ class EngineSpec(Elaboratable):
             m.d.comb += [
                 Assert(alloc_ok == (dlen_ok & r_ok & fits), "INV: alloc_ok"),
                 Assert(alloc_full == (dlen_ok & r_ok & ~fits), "INV: alloc_full"),
-                # (a JNLDESC's JOFS is written as EXEC takes it: ``place``
-                # still holds the previous one's here)
-                Assert(~alloc_ok | (Mux(rewind | wrap, 0, jiptr) == spec_place), "INV: place"),
+                Assert(~alloc_ok | (place == spec_place), "INV: place"),
                 Assert(wrap == (alloc_ok & (used != 0) & ~room_at(jiptr, r)), "INV: wrap"),
                 Assert(stamp_time >= last_time, "INV: stamp >= LAST_TIME"),
             ]
