@@ -20,7 +20,10 @@ leaves nothing behind but bytes in free space. The ring memory is a
 component passed as ``ring`` (``hdl/ring.py``): one write and one read port
 that are never needed in the same cycle (ingress stalls during read-out),
 so it can be single-port RAM: block RAM by default, SPRAM on the iCE40
-UP5K (``boards/spram.py``).
+UP5K (``boards/spram.py``). A JNLDESC batch (``desc_batch``) is buffered
+in a small block RAM of its own as it arrives and its descriptors are taken
+one by one after its BCRC (docs/hardware.md, "JNLDESC batches in the
+gateware").
 """
 
 from amaranth.lib import enum
