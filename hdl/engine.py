@@ -661,7 +661,7 @@ class JournalEngine(wiring.Component):
                 # ``place`` keeps the JOFS of the batch's last one taken for
                 # the answer of a batch stopped at a later one. (Written in
                 # EXEC instead, JOFS put a multiplexer in front of EXEC's
-                # JIPTR adder: +76 LC on the UP5K.)
+                # JIPTR adder: the same LCs on the UP5K, 16.4 MHz, not 17.5.)
                 place_here = ~is_desc if B > 1 else Const(1, 1)
                 if mem or B == 1:
                     with m.If(place_here):
