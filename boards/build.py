@@ -137,7 +137,8 @@ def build_design(board, design, build_dir):
                         platform.default_clk_frequency / 1e6)
 
 
-def build(board, *, width=8, ring_size=None, build_dir=None, program=False, data_memory=None):
+def build(board, *, width=8, ring_size=None, build_dir=None, program=False, data_memory=None,
+          desc_batch=None):
     """Build the journal engine bitstream for ``board`` and return its
     BuildReport; with ``program``, load it into the board afterwards.
 
@@ -146,6 +147,8 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False, data
     ``data_memory``: True for an engine with data memory (data and
     descriptor rings), False for one without (descriptor rings only), None
     for the board's default (``MEMORY``: none on the iCEBreaker).
+    ``desc_batch``: the most descriptors a JNLDESC may carry (1: no
+    batches), None for the board's default (``DESC_BATCH``).
     """
     # amaranth is only needed when building
     from ..hdl.engine import JournalEngine
@@ -159,10 +162,12 @@ def build(board, *, width=8, ring_size=None, build_dir=None, program=False, data
     if data_memory is None:
         data_memory = spec.MEMORY != 0
     memory = None if data_memory else 0
+    if desc_batch is None:
+        desc_batch = spec.DESC_BATCH
     build_dir = build_dir if build_dir is not None else Path("build", "boards", board)
     def make_core(clk_hz):
         return JournalEngine(8, ring_size, clk_hz, site="board", memory=memory,
-                             ring=spec.ring if data_memory else None)
+                             ring=spec.ring if data_memory else None, desc_batch=desc_batch)
 
     report = build_design(board, BoardTop(ring_size=ring_size, make_core=make_core), build_dir)
     if program:
@@ -216,7 +221,7 @@ def _run(args):
     try:
         report = build(args.board, width=args.width, ring_size=args.ring_size,
                        build_dir=args.build_dir, program=args.program,
-                       data_memory=args.data_memory)
+                       data_memory=args.data_memory, desc_batch=args.desc_batch)
     except (BuildError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -239,6 +244,9 @@ def register(subparsers):
                    help="an engine with data memory (data and descriptor rings) or without "
                         "(descriptor rings only); default per board: without on the "
                         "iCEBreaker, with on the ULX3S")
+    p.add_argument("--desc-batch", type=int, default=None,
+                   help="most descriptors a JNLDESC may carry, 1 (no batches) to 64; "
+                        "default per board (docs/boards.md)")
     p.set_defaults(func=_run)
     s = board_sub.add_parser("synth", help="the engine alone on the ECP5 85F: LUTs and fmax")
     s.add_argument("--width", type=int, default=8, choices=[8, 32], help="engine data width")

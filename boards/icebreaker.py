@@ -12,7 +12,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from .spram import SPRAMRing
 
-__all__ = ["Platform", "RING_SIZE", "MEMORY", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "DESC_BATCH", "ring", "program_command"]
 
 
 class Platform(ICEBreakerPlatform):
@@ -34,6 +34,15 @@ RING_SIZE = 131072
 #: walk or read-out) it fits (docs/hardware.md, "Resources").
 #: ``tricopy board build --board icebreaker --data-memory`` builds the other.
 MEMORY = 0
+
+
+#: JNLDESC batches (docs/protocol.md, "JNLDESC batches"): the most
+#: descriptors a JNLDESC may carry; 1 is an engine without batches, which
+#: refuses a batch with BAD_LENGTH (the relay then sends one by one). With
+#: batches of 64 the top needs 5 085 LCs of the UP5K's 5 280, past the
+#: 5 000 that tests/test_board_build.py allows (docs/hardware.md, "JNLDESC
+#: batches in the gateware"); ``--desc-batch 64`` builds it.
+DESC_BATCH = 1
 
 
 def ring(depth):

@@ -8,7 +8,7 @@ import os
 
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-__all__ = ["Platform", "RING_SIZE", "MEMORY", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "DESC_BATCH", "ring", "program_command"]
 
 
 class Platform(ULX3S_85F_Platform):
@@ -28,6 +28,10 @@ RING_SIZE = 65536
 #: Data memory: the ring size (None), so both ring kinds: data rings up to
 #: RING_SIZE, descriptor rings up to 2**40.
 MEMORY = None
+
+#: JNLDESC batches (docs/protocol.md, "JNLDESC batches"): the most
+#: descriptors a JNLDESC may carry (all of DESC_BATCH).
+DESC_BATCH = 64
 
 #: The engine's ring memory: its default (``Memory``, inferred as DP16KD).
 ring = None

@@ -20,13 +20,17 @@ leaves nothing behind but bytes in free space. The ring memory is a
 component passed as ``ring`` (``hdl/ring.py``): one write and one read port
 that are never needed in the same cycle (ingress stalls during read-out),
 so it can be single-port RAM: block RAM by default, SPRAM on the iCE40
-UP5K (``boards/spram.py``).
+UP5K (``boards/spram.py``). A JNLDESC batch (``desc_batch``) is buffered
+in a small block RAM of its own as it arrives and its descriptors are taken
+one by one after its BCRC (docs/hardware.md, "JNLDESC batches in the
+gateware").
 """
 
 from amaranth.lib import enum
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..host.wire import protocol
@@ -111,6 +115,15 @@ class JournalEngine(wiring.Component):
         which sets the width of the pointers and sizes. Smaller values are
         for the formal proofs (``hdl/formal.py``): the same logic at a width
         a solver can close.
+    desc_batch : optional int
+        The most descriptors a JNLDESC may carry (docs/protocol.md, "JNLDESC
+        batches"), 1..DESC_BATCH (default DESC_BATCH). 1 is an engine
+        without batches: a longer JNLDESC is refused with BAD_LENGTH,
+        nothing taken. Above 1 the batch's descriptors (bytes 32..63 of
+        each, what the checks read) go to a block RAM of 32 bytes a
+        descriptor as they arrive and are taken one by one from it once
+        the BCRC is good: a bad BCRC finds nothing applied, with no copy of
+        the ring pointers to restore.
 
     Ports
     -----
@@ -125,7 +138,13 @@ class JournalEngine(wiring.Component):
 
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
                  *, site: str = "sim", timestamp=None, sequencer=None, ring=None,
-                 memory: int | None = None, max_ring_bits: int = MAX_RING_BITS):
+                 memory: int | None = None, max_ring_bits: int = MAX_RING_BITS,
+                 desc_batch: int = protocol.DESC_BATCH):
+        if (not isinstance(desc_batch, int) or isinstance(desc_batch, bool)
+                or not 1 <= desc_batch <= protocol.DESC_BATCH):
+            raise ValueError(f"desc_batch must be an integer from 1 to {protocol.DESC_BATCH}, "
+                             f"not {desc_batch!r}")
+        self.desc_batch = desc_batch
         if (not isinstance(max_ring_bits, int) or isinstance(max_ring_bits, bool)
                 or not 8 <= max_ring_bits <= MAX_RING_BITS):
             raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
@@ -299,13 +318,16 @@ class JournalEngine(wiring.Component):
             resp.status.eq(status), resp.hello.eq(hello),
         ]
 
-        def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER):
+        def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER, from_=None):
             """Stage a NAK; NAKS counts it when it is handed to the responder.
             ``tag``: TAG is the journal's (a bool or a 1-bit value);
-            ``seq_x``: SEQ is the request's FROM_SEQ/UPTO."""
+            ``seq_x``: SEQ is the request's FROM_SEQ/UPTO; ``from_``: the
+            SEQ/TIME/JOFS are another's (a batch's last descriptor taken)."""
+            if from_ is None:
+                from_ = _AckFrom.NAK_X if seq_x else _AckFrom.ZERO
             return [
                 ans_status.eq(code), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
-                ans_from.eq(_AckFrom.NAK_X if seq_x else _AckFrom.ZERO),
+                ans_from.eq(from_),
                 ans_type.eq(FT.NAK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(after_),
             ]
@@ -334,7 +356,9 @@ class JournalEngine(wiring.Component):
         hcrc = Signal(32, init=CRC_INIT)
         hunting = Signal()
         # small loop counter (HCRC recheck, trailer, SKIP; a data ring's marker)
-        kcnt = Signal(range(64 if mem else 16))
+        # (and a batch's descriptor load, BLOAD: 32 // W + 1 steps)
+        B = self.desc_batch
+        kcnt = Signal(range(64 if mem or B > 1 else 16))
         ftype = Signal(8)
         blen = Signal(LENGTH_BITS)
         bcnt = Signal(LENGTH_BITS)
@@ -369,6 +393,46 @@ class JournalEngine(wiring.Component):
         m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
+
+        # -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ----------
+        # Bytes 32..63 of every descriptor (what EXEC's checks read from
+        # ``small``) go to a block RAM as they arrive, 32 bytes each; after
+        # the BCRC, descriptor 0 is taken from ``small`` as a single JNLDESC
+        # is, and each one after it is loaded back into ``small`` (BLOAD)
+        # and goes through ALLOC and EXEC in turn. Nothing is decided before
+        # the BCRC, so a bad one has nothing to undo: no shadow of JIPTR,
+        # USED, WRAP_AT, NEXT_SEQ, HELD, ACKS or LAST_TIME (~300 flip-flops)
+        # but a RAM the UP5K has spare (4 of its 30 EBRs).
+        # BIDX is the descriptor being taken. The SEQ# step of a taken
+        # descriptor is left pending until the next one is taken (EXEC) or
+        # the answer is built (ANSWER, as for a single JNLDESC): the answer
+        # then reads the last taken one's SEQ# as NEXT_SEQ, with no 64-bit
+        # decrementer; its JOFS is ``place``, written in ALLOC only for a
+        # descriptor that will be taken.
+        if B > 1:
+            BB = (B - 1).bit_length()          # bits of a descriptor index
+            bidx = Signal(BB)
+            bram_words = (32 << BB) // W
+            AB = (bram_words - 1).bit_length()
+            bram_w = _Port(Signal(AB), Signal(8 * W), Signal())
+            bram_r = _Port(Signal(AB), Signal(8 * W), Signal())
+            # Bit slices of at most 4 Kbit each: an iCE40 EBR is 4 Kbit in
+            # any of 256x16 .. 2048x2, so 2 KiB of bytes are four 2048x2
+            # blocks side by side rather than four 512x8 ones behind a
+            # 4-way read multiplexer (the UP5K has LUTs to spare for none).
+            # Never read and written in the same cycle (BODY writes, BLOAD
+            # reads): no transparency logic.
+            slices = max(1, min(8 * W, (8 * W * bram_words) // 4096))
+            sw = 8 * W // slices
+            for i in range(slices):
+                mem_i = Memory(shape=sw, depth=bram_words, init=[])
+                m.submodules[f"batch_ram{i}"] = mem_i
+                w_i, r_i = mem_i.write_port(), mem_i.read_port(transparent_for=())
+                m.d.comb += [w_i.addr.eq(bram_w.addr), w_i.data.eq(bram_w.data[sw * i:sw * (i + 1)]),
+                             w_i.en.eq(bram_w.en), r_i.addr.eq(bram_r.addr), r_i.en.eq(bram_r.en),
+                             bram_r.data[sw * i:sw * (i + 1)].eq(r_i.data)]
+        else:
+            bidx = Const(0, 1)
 
         beat = self.rx.payload                 # W bytes, the first in bits 0..7
         bcnt_next = Signal(LENGTH_BITS)
@@ -465,6 +529,21 @@ class JournalEngine(wiring.Component):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
         ctl_tag = Mux(ans_tag_ctl, ctl.tag, 0)
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
+
+        # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
+        # "JNLDESC"), and the SEQ# space spent (check 9): read by EXEC to
+        # answer, and with batches by ALLOC (``place``, see there). In a
+        # batch past its first descriptor the previous one's SEQ# step is
+        # pending: NEXT_SEQ + 1 == 2**64 - 1.
+        K = protocol.Kind
+        kind_ok = ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)
+        rules_ok = Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE), ctl.data_len == ctl.length,
+                       Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
+                           ctl.data_len == 0))
+        epoch_ok = ctl.epoch == epoch
+        desc_dcrc_ok = (ctl.data_len != 0) | (ctl.data_crc == 0)
+        desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
+        seq_spent = next_seq[1:].all() & (next_seq[0] | (bidx != 0))
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
@@ -575,23 +654,48 @@ class JournalEngine(wiring.Component):
                 rew = empty & ~fits_tail
                 m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
                              alloc_ok.eq(0), rewind.eq(rew),
-                             alloc_full.eq(0), place.eq(Mux(rew, 0, jiptr)),
-                             stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))]
+                             alloc_full.eq(0)]
+                # With batches a JNLDESC's JOFS is written only when EXEC
+                # will take it (it fits, checks 4-7 pass, the SEQ# space is
+                # not spent: the same figures EXEC decides on), so that
+                # ``place`` keeps the JOFS of the batch's last one taken for
+                # the answer of a batch stopped at a later one. (Written in
+                # EXEC instead, JOFS put a multiplexer in front of EXEC's
+                # JIPTR adder: the same LCs on the UP5K, 16.4 MHz, not 17.5.)
+                place_here = ~is_desc if B > 1 else Const(1, 1)
+                if mem or B == 1:
+                    with m.If(place_here):
+                        m.d.sync += place.eq(Mux(rew, 0, jiptr))
+
+                def place_taken(value):
+                    if B > 1:
+                        with m.If(is_desc & desc_checks_ok & ~seq_spent):
+                            m.d.sync += place.eq(value)
+                # a batch's TIME is taken once, at its first descriptor
+                with m.If(bidx == 0):
+                    m.d.sync += stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))
                 # a ring of the other kind is refused at EXEC (WRONG_MODE)
                 with m.If(fits & le_wide(r, size) & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
+                        place_taken(0)
                     with m.Elif(~le_wide(r, free)):
                         m.d.sync += alloc_full.eq(1)
                     with m.Elif(jiptr >= joptr):
                         with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
+                            place_taken(jiptr)
                         with m.Elif(le_wide(r, joptr)):
-                            m.d.sync += [alloc_ok.eq(1), wrap.eq(1), place.eq(0)]
+                            m.d.sync += [alloc_ok.eq(1), wrap.eq(1)]
+                            if mem or B == 1:
+                                with m.If(place_here):
+                                    m.d.sync += place.eq(0)
+                            place_taken(0)
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
                     with m.Elif(le_wide(r, gap)):
                         m.d.sync += alloc_ok.eq(1)
+                        place_taken(jiptr)
                     with m.Else():
                         m.d.sync += alloc_full.eq(1)
                 if mem:
@@ -648,6 +752,17 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))), bcnt.eq(bcnt_next)]
                 with m.If(bcnt_next == 32):
                     m.next = "EXEC"
+
+            if B > 1:
+                with m.State("BLOAD"):
+                    # descriptor BIDX's bytes 32..63 from the batch RAM into
+                    # ``small``, a word a cycle (the RAM answers a cycle late)
+                    m.d.comb += [bram_r.addr.eq(Cat(kcnt[:5 - LW], bidx)), bram_r.en.eq(1)]
+                    m.d.sync += kcnt.eq(kcnt + 1)
+                    with m.If(kcnt != 0):
+                        m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+                    with m.If(kcnt == 32 // W):
+                        m.next = "ALLOC"
 
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
@@ -763,9 +878,16 @@ class JournalEngine(wiring.Component):
                     m.d.sync += self.nak.eq(ans_type == FT.NAK)
                     # an accepted JNLWR takes its SEQ# here, as its ACK is
                     # built (ACK SEQ = NEXT_SEQ, no 64-bit decrementer)
-                    with m.If((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)):
+                    # (and so does the last one taken of a batch NAKed at a
+                    # later one: a NAK from WRITE, "JNLDESC batches")
+                    answers_write = ans_type == FT.ACK
+                    if B > 1:
+                        answers_write |= ans_type == FT.NAK
+                    with m.If(answers_write & (ans_from == _AckFrom.WRITE)):
                         m.d.comb += seq.step.eq(1)
                         m.d.sync += held.eq(held + 1)
+                    if B > 1:
+                        m.d.sync += bidx.eq(0)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
                             m.next = "HEADER"
@@ -895,6 +1017,13 @@ class JournalEngine(wiring.Component):
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
             "place", "wr", "alloc_ok", "ftype", "beat", "mem"))
         place = Cat(Const(0, G), place)[:self.ring_bits]   # JOFS in bytes (a data ring's)
+        if self.desc_batch > 1:
+            # a batch's descriptors, bytes 32..63 of each, into the batch RAM
+            # (docs/protocol.md "JNLDESC batches"; read back in BLOAD)
+            bram_w, BB = v["bram_w"], v["BB"]
+            m.d.comb += [bram_w.addr.eq(Cat(bcnt[LW:5], bcnt[6:6 + BB])),
+                         bram_w.data.eq(beat),
+                         bram_w.en.eq(take & (ftype == FT.JNLDESC) & bcnt[5])]
         # A LOAD with RING is 40 bytes: bytes 0..31 stay in ``small``,
         # the SIZE word (32..39) goes to ``stamp_time`` (free until EXEC:
         # HCHECK holds a frame while a STATUS, which sends it, is out)
@@ -999,12 +1128,8 @@ class JournalEngine(wiring.Component):
         blen, ctl, epoch, dcrc, nak, desc = (v[k] for k in ("blen", "ctl", "epoch", "dcrc",
                                                              "nak", "desc"))
         is_desc = req == FT.JNLDESC
-        kind = ctl.kind
         dlen = ctl.data_len
-        K = protocol.Kind
-        kind_ok = ge_const(kind, K.UPDATE) & lt_const(kind, K.MARK + 1)
-        rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
-                       Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
+        kind_ok, rules_ok = v["kind_ok"], v["rules_ok"]
         body64 = ge_const(blen, 64)
         if not is_desc and not self.memory:
             # no data memory: every JNLWR (constant conditions left out:
@@ -1016,9 +1141,21 @@ class JournalEngine(wiring.Component):
             with m.If(desc if not is_desc else ~desc):
                 # a data ring takes JNLWR only, a descriptor ring JNLDESC only
                 m.d.sync += nak(ST.WRONG_MODE, req, tag=body64)
+        B = self.desc_batch
+        bidx = v["bidx"]
         if is_desc:
-            with (m.Elif if mode_check else m.If)(blen != 64):
+            if B == 1:
+                length_bad = blen != 64
+            else:
+                # 64·N, 1 <= N <= DESC_BATCH ("JNLDESC batches", check 3)
+                length_bad = (blen[:G] != 0) | (blen[G:] == 0) | ~lt_const(blen, 64 * B + 1)
+            with (m.Elif if mode_check else m.If)(length_bad):
                 m.d.sync += nak(ST.BAD_LENGTH, req, tag=body64)
+            # a descriptor after the first of a batch is refused with the
+            # SEQ#/TIME/JOFS of the one before it (taken, its step pending)
+            nak = (lambda code, req_type, *, tag=False, _nak=nak:
+                   _nak(code, req_type, tag=tag,
+                        from_=Mux(bidx != 0, _AckFrom.WRITE, _AckFrom.ZERO)))
         else:
             with m.Elif(~body64):
                 m.d.sync += nak(ST.BAD_LENGTH, req)
@@ -1026,15 +1163,15 @@ class JournalEngine(wiring.Component):
             m.d.sync += nak(ST.BAD_KIND, req, tag=True)
         with m.Elif(~rules_ok if is_desc else ((dlen != blen - 64) | ~rules_ok)):
             m.d.sync += nak(ST.BAD_LENGTH, req, tag=True)
-        with m.Elif(ctl.epoch != epoch):
+        with m.Elif(~v["epoch_ok"]):
             m.d.sync += nak(ST.STALE_EPOCH, req, tag=True)
         # the CRC32C of no data is 0 (a JNLDESC's data is the host's)
-        with m.Elif(((dlen == 0) & (ctl.data_crc != 0)) if is_desc
+        with m.Elif(~v["desc_dcrc_ok"] if is_desc
                     else (ctl.data_crc != (dcrc ^ CRC_INIT))):
             m.d.sync += nak(ST.BAD_DCRC, req, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
             m.d.sync += nak(ST.OVERSIZE, req, tag=True)
-        with m.Elif(v["alloc_full"] | (v["next_seq"] == (1 << 64) - 1)):
+        with m.Elif(v["alloc_full"] | v["seq_spent"]):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
             m.d.sync += [nak(ST.FULL, req, tag=True), self.full.eq(1)]
         with m.Else():
@@ -1059,6 +1196,15 @@ class JournalEngine(wiring.Component):
                 m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
                 if not is_desc and self.memory:
                     m.next = "MARK"           # a data ring's WRAP marker
+            if is_desc and B > 1:
+                with m.If(bidx != 0):
+                    # the previous descriptor's SEQ# step (see BIDX)
+                    m.d.comb += v["seq"].step.eq(1)
+                    m.d.sync += v["held"].eq(v["held"] + 1)
+                with m.If((bidx + 1) != blen[G:]):
+                    # the next descriptor (the ACK waits for the last)
+                    m.d.sync += bidx.eq(bidx + 1)
+                    m.next = "BLOAD"
 
     def _exec_release(self, m, v):
         """docs/protocol.md "RELEASE": a data ring walks its records from

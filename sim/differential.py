@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import queue
 import random
 import socket
@@ -71,25 +72,45 @@ class Stimulus:
         self.placed: collections.deque[tuple[int, int]] = collections.deque()
         self.counts: collections.Counter[str] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
+        # the model before the batch just made, and that batch's body
+        self._before_batch: EngineModel | None = None
+        self._last_batch_body = b""
 
     def observe(self, before_next_seq: int, r: int) -> None:
         """After a request was fed: note a journal the model placed (JOFS
         from JIPTR, which is JOFS + R mod SIZE) and drop released ones."""
         m = self.model
-        if m.next_seq == before_next_seq + 1 and r:
-            jofs = (m.jiptr - r) % m.size
-            self.placed.append((before_next_seq, jofs))
-            # the allocation edges this run went through (docs/protocol.md, "Allocation")
-            if m.jiptr == 0:
-                self.events["exact fit at the end"] += 1
-            if m.wrap_at != m.size and jofs == 0:
-                self.events["tail skip (wrap)"] += 1
-            if m.free == 0:
-                self.events["ring filled exactly"] += 1
+        pre, self._before_batch = self._before_batch, None
+        if pre is not None:
+            # a batch: its descriptors replayed one by one on the model as
+            # it was, as far as the real one took them
+            taken = m.next_seq - before_next_seq
+            body = self._last_batch_body
+            self.events["batch taken whole" if taken == len(body) // 64
+                        else "batch stopped" if taken else "batch refused whole"] += 1
+            if taken:
+                for i in range(taken):
+                    ack = pre.jnldesc(P.Control.unpack(body[64 * i:64 * i + 64]))
+                    self._placed(pre, ack.seq, ack.jofs)
+                if (pre.next_seq, pre.jiptr, pre.used) != (m.next_seq, m.jiptr, m.used):
+                    raise AssertionError("the batch's replay disagrees with the model")
+        elif m.next_seq == before_next_seq + 1 and r:
+            self._placed(m, before_next_seq, (m.jiptr - r) % m.size)
         if m.held == 0:
             self.placed.clear()
         while self.placed and self.placed[0][0] < m.tail_seq:
             self.placed.popleft()
+
+    def _placed(self, m: EngineModel, seq: int, jofs: int) -> None:
+        """A journal ``m`` has just placed: held for RELEASE, and the
+        allocation edges this run went through (docs/protocol.md, "Allocation")."""
+        self.placed.append((seq, jofs))
+        if m.jiptr == 0:
+            self.events["exact fit at the end"] += 1
+        if m.wrap_at != m.size and jofs == 0:
+            self.events["tail skip (wrap)"] += 1
+        if m.free == 0:
+            self.events["ring filled exactly"] += 1
 
     def next(self) -> tuple[str, bytes, int]:
         """(description, bytes, R of the journal if it is a JNLDESC else 0)."""
@@ -165,6 +186,60 @@ class Stimulus:
 
     def _jnldesc(self) -> tuple[str, bytes, int]:
         rng = self.rng
+        if rng.random() < 0.1:
+            return self._batch()
+        why, ctl, raw = self._desc_control()
+        if raw is not None:
+            return why, raw, 0
+        r = P.record_size(ctl.data_len) if ctl.data_len <= P.MAX_DATA else 0
+        flags = P.FrameFlag.MORE if rng.random() < 0.2 else 0
+        return (f"JNLDESC {why} data_len={ctl.data_len} kind={ctl.kind} tag={ctl.tag}",
+                P.descriptor_frame(ctl, flags).serialize(), r)
+
+    def _batch(self) -> tuple[str, bytes, int]:
+        """A JNLDESC batch (docs/protocol.md, "JNLDESC batches"): each
+        descriptor chosen against the ring as the ones before it in the batch
+        leave it (a copy of the model steps through them), so exact fits,
+        tail skips, FULL and the other refusals come up inside batches too;
+        some with a bad BCRC or a LENGTH that is not 64·N."""
+        rng = self.rng
+        n = (rng.choice([2, 2, 3, 4, 8, 16]) if rng.random() < 0.9
+             else rng.randrange(2, P.DESC_BATCH + 1))
+        real = self.model
+        self._before_batch = copy.deepcopy(real)     # observe() replays the batch on it
+        self.model = copy.deepcopy(real)
+        ctls, whys = [], []
+        try:
+            while len(ctls) < n:
+                why, ctl, raw = self._desc_control()
+                if raw is None:
+                    ctls.append(ctl)
+                    whys.append(why.split()[0])
+                    self.model.jnldesc(ctl)
+        finally:
+            self.model = real
+        raw = P.descriptor_batch_frame(ctls, P.FrameFlag.MORE if rng.random() < 0.2 else 0
+                                       ).serialize()
+        y = rng.random()
+        what = f"JNLDESC batch of {n} ({','.join(whys)})"
+        if y < 0.04:
+            raw = bytearray(raw)
+            at = rng.randrange(16, len(raw))
+            raw[at] ^= 1 << rng.randrange(8)
+            raw, what = bytes(raw), f"{what} bad BCRC at {at}"
+        elif y < 0.06:
+            body = b"".join(c.pack() for c in ctls)
+            body = body + bytes(1) if rng.random() < 0.5 else body[:-1]
+            raw, what = P.Frame(T.JNLDESC, body).serialize(), f"{what} LENGTH {len(body)}"
+        self._last_batch_body = b"".join(c.pack() for c in ctls)
+        self.counts["JNLDESC"] += n - 1      # next() counts one
+        self.counts["descriptors in batches"] += n
+        return what, raw, 0
+
+    def _desc_control(self) -> tuple[str, P.Control, bytes | None]:
+        """(why, control data, None), or (why, None, a whole frame) for a
+        JNLDESC whose body is not a control data."""
+        rng = self.rng
         why, n = self._data_len()
         n = min(n, 0xFFFFFFFF)
         ctl = self._control(n)
@@ -189,16 +264,8 @@ class Stimulus:
             why = "data_crc for no data"
         elif y < 0.12:
             body = ctl.pack() + bytes(rng.choice([1, 63]))
-            return "JNLDESC body != 64", P.Frame(T.JNLDESC, body).serialize(), 0
-        elif y < 0.13:
-            # a batch (docs/protocol.md, "JNLDESC batches"): the gateware has none yet and
-            # refuses it whole, as the model built with desc_batch=1
-            more = [self._control(rng.randrange(200)) for _ in range(rng.randrange(1, 4))]
-            return ("JNLDESC batch", P.descriptor_batch_frame([ctl, *more]).serialize(), 0)
-        r = P.record_size(ctl.data_len) if ctl.data_len <= P.MAX_DATA else 0
-        flags = P.FrameFlag.MORE if rng.random() < 0.2 else 0
-        return (f"JNLDESC {why} data_len={ctl.data_len} kind={ctl.kind} tag={ctl.tag}",
-                P.descriptor_frame(ctl, flags).serialize(), r)
+            return "JNLDESC body != 64", None, P.Frame(T.JNLDESC, body).serialize()
+        return why, ctl, None
 
     def _release(self) -> tuple[str, bytes]:
         m, rng = self.model, self.rng
@@ -441,14 +508,14 @@ def run_differential(count: int, seed: int, *, chunk: int = 5000, answer_timeout
 
     ``model_factory`` builds the reference (a deliberately wrong one shows
     that the run catches a difference); the default is the model as the
-    gateware is: without data memory, without JNLDESC batches."""
+    gateware is: without data memory, with JNLDESC batches of up to DESC_BATCH."""
     from tricopy.sim.bridge import SimHarness
     from tricopy.sim.build import DESC_RESET_SIZE
 
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, not {count!r}")
     model = (model_factory or (lambda: EngineModel(DESC_RESET_SIZE, memory=0, name="sim",
-                                                   clock=lambda: 0, desc_batch=1)))()
+                                                   clock=lambda: 0)))()
     stream = EngineStream(model)
     stim = Stimulus(random.Random(seed), model)
     statuses: collections.Counter[str] = collections.Counter()

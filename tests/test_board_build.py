@@ -221,6 +221,16 @@ def test_cli_registers_board_build():
         ("ulx3s", 8, None, board_build._run)
     with pytest.raises(SystemExit):
         parser.parse_args(["board", "build", "--board", "de0nano"])
+    args = parser.parse_args(["board", "build", "--board", "icebreaker", "--desc-batch", "64"])
+    assert args.desc_batch == 64
+
+
+def test_board_batch_defaults():
+    """JNLDESC batches on the ULX3S; not on the iCEBreaker, where they do not
+    fit the board test's LC budget (docs/hardware.md, "JNLDESC batches in
+    the gateware")."""
+    assert board_build.BOARDS["ulx3s"].DESC_BATCH == protocol.DESC_BATCH
+    assert board_build.BOARDS["icebreaker"].DESC_BATCH == 1
 
 
 def test_cli_registers_board_synth():

@@ -738,7 +738,7 @@ def test_one_time_for_a_whole_batch():
 
 
 def test_an_engine_without_batches_refuses_one_whole():
-    """desc_batch=1 (the gateware today): a batch of two is BAD_LENGTH with the first TAG,
+    """desc_batch=1 (a gateware built without batches, the iCEBreaker's): a batch of two is BAD_LENGTH with the first TAG,
     and nothing is taken; so is a batch above DESC_BATCH for every engine."""
     for m, n in ((EngineModel(1024, clock=lambda: 0, memory=0, desc_batch=1), 2),
                  (EngineModel(1024, clock=lambda: 0, memory=0), P.DESC_BATCH + 1)):

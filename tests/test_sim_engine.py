@@ -41,7 +41,7 @@ VECTOR_SIZE = 256
 E2E_RING = 256 << 10
 T0 = 1_700_000_000_000_000_000
 #: The scenarios' "needs" the gateware has (as in tests/hdl/test_engine_cocotb.py).
-RTL_FEATURES = {"ring_load", "no_memory"}
+RTL_FEATURES = {"ring_load", "no_memory", "desc_batch"}
 
 
 # -- the vectors, byte for byte --------------------------------------------------

@@ -15,6 +15,7 @@ FST under ``build/hdl/``. The pytest functions at the bottom build the RTL
 with Verilator and run the cocotb tests above them.
 """
 
+import copy
 import itertools
 import json
 import os
@@ -35,8 +36,9 @@ from tricopy.host.wire.protocol import Frame, FrameType as T, LoadFlag as LF
 T0 = 1_700_000_000_000_000_000
 VECTORS = Path(__file__).resolve().parents[2] / "host" / "wire" / "vectors" / "engine.json"
 # What the gateware has of the scenarios' "needs" (docs/protocol.md, "Engine
-# test vectors"): LOAD RING (both kinds) and a build without data memory.
-RTL_FEATURES: set[str] = {"ring_load", "no_memory"}
+# test vectors"): LOAD RING (both kinds), a build without data memory and
+# JNLDESC batches (the default build, ``desc_batch`` = DESC_BATCH).
+RTL_FEATURES: set[str] = {"ring_load", "no_memory", "desc_batch"}
 
 
 # -- testbench ----------------------------------------------------------------
@@ -136,6 +138,11 @@ class TB:
         had_wrap = m.wrap_at != m.size
         tail0 = m.tail_seq
         data += bytes(-len(data) % self.W)
+        # a JNLDESC batch: the model as it was, to learn every descriptor's
+        # JOFS (the answer names the last one's only) for RELEASE's JOPTR
+        length = int.from_bytes(data[8:12], "little") if len(data) >= 16 else 0
+        before = (copy.deepcopy(m) if data[5:6] == bytes([T.JNLDESC]) and length > 64
+                  and length % 64 == 0 else None)
         answer = self.stream.feed(data)
         cov = self.coverage
 
@@ -145,6 +152,10 @@ class TB:
             if f.type in (T.ACK, T.NAK):
                 ack = P.Ack.unpack(f.body)
                 count(P.Status(ack.status).name)
+                if before is not None and ack.req_type == T.JNLDESC:
+                    self._batch_jofs(before, data[16:16 + length], ack)
+                    count("batch_bad" if ack.seq == 0 and ack.status != P.Status.OK
+                          else "batch_taken" if ack.status == P.Status.OK else "batch_stopped")
                 if ack.status != P.Status.OK:
                     continue
                 if ack.req_type in (T.JNLWR, T.JNLDESC):
@@ -163,6 +174,18 @@ class TB:
         self.expected += answer if expected is None else expected
         self.rx_queue.extend(self.beats(data))
         self.journals += _count_jnlwr(data)
+
+    def _batch_jofs(self, before: EngineModel, body: bytes, ack: P.Ack):
+        """Every taken descriptor's JOFS, from the descriptors replayed one by
+        one on the model as it was before the batch (one TIME for all)."""
+        if ack.seq == 0:
+            return                                   # nothing taken
+        for i in range(len(body) // 64):
+            a = before.jnldesc(P.Control.unpack(body[64 * i:64 * i + 64]), stamp=ack.time)
+            if a.status != P.Status.OK:
+                break
+            self.jofs[a.seq] = a.jofs
+        assert a.seq == ack.seq or a.status != P.Status.OK, "batch replay out of step"
 
     async def settle(self):
         """Wait until the RTL has taken every byte and answered all the model did; compare."""
@@ -325,9 +348,10 @@ class DescStimulus(Stimulus):
     requests a descriptor ring refuses (JNLWR, JNLRD, the 8-byte RELEASE).
     On a data ring the requests are those of ``Stimulus``."""
 
-    def __init__(self, rng, model_of, max_data, jofs: dict[int, int]):
+    def __init__(self, rng, model_of, max_data, jofs: dict[int, int], batches: bool = True):
         super().__init__(rng, model_of, max_data)
         self.jofs = jofs
+        self.batches = batches
 
     def load_ring(self) -> bytes:
         rng, m = self.rng, self.model_of()
@@ -353,6 +377,38 @@ class DescStimulus(Stimulus):
                       size=size).frame().serialize()
 
     def desc(self, bad=None) -> bytes:
+        rng = self.rng
+        body = self.desc_body(None if bad in ("length", "bcrc") else bad)
+        if bad == "length":
+            body = body[:rng.choice([0, 20, 63])] if rng.random() < 0.5 else body + b"x"
+        frame = Frame(T.JNLDESC, body, rng.getrandbits(1)).serialize()
+        if bad == "bcrc":
+            frame = frame[:-1] + bytes([frame[-1] ^ 0x40])
+        return frame
+
+    def batch(self) -> bytes:
+        """A JNLDESC batch (docs/protocol.md, "JNLDESC batches"): mostly a few
+        descriptors, now and then up to DESC_BATCH; some with a refused
+        descriptor in the middle (its own check, or OVERSIZE/FULL as the ring
+        fills), a bad BCRC, a LENGTH that is not 64·N, one descriptor too many."""
+        rng = self.rng
+        n = rng.choice([2, 2, 3, 4, 5, 8]) if rng.random() < 0.9 else rng.randrange(2, P.DESC_BATCH + 1)
+        bodies = [self.desc_body(rng.choice([None] * 30 + ["kind", "rules", "epoch", "dcrc"]))
+                  for _ in range(n)]
+        body = b"".join(bodies)
+        x = rng.random()
+        if x < 0.04:
+            body += b"x" if rng.random() < 0.5 else b""
+            body = body[:-1] if len(body) % 64 == 0 else body       # 64·N ± 1
+        elif x < 0.05:
+            body = bodies[0] * (P.DESC_BATCH + 1)                    # over MAX_LENGTH: BAD_FRAME
+        frame = Frame(T.JNLDESC, body, rng.getrandbits(1)).serialize()
+        if 0.05 <= x < 0.10:
+            frame = frame[:-1] + bytes([frame[-1] ^ (1 << rng.randrange(8))])
+        return frame
+
+    def desc_body(self, bad=None) -> bytes:
+        """One control data for a JNLDESC, with ``bad`` one of its own checks failing."""
         rng, m = self.rng, self.model_of()
         self.tag += 1
         kind = rng.choice([1, 1, 1, 2, 3, 4, 5])
@@ -383,13 +439,7 @@ class DescStimulus(Stimulus):
             fields["epoch"] = (m.epoch + 1) & 0xFFFF_FFFF
         elif bad == "dcrc":
             fields.update(data_len=0, length=0, kind=5, data_crc=rng.getrandbits(32) | 1)
-        body = P.Control(**fields).pack()
-        if bad == "length":
-            body = body[:rng.choice([0, 20, 63])] if rng.random() < 0.5 else body + b"x"
-        frame = Frame(T.JNLDESC, body, rng.getrandbits(1)).serialize()
-        if bad == "bcrc":
-            frame = frame[:-1] + bytes([frame[-1] ^ 0x40])
-        return frame
+        return P.Control(**fields).pack()
 
     def release_at(self) -> bytes:
         rng, m = self.rng, self.model_of()
@@ -410,6 +460,8 @@ class DescStimulus(Stimulus):
                 return self.load_ring()
             return super().request()
         x = rng.random()
+        if x < 0.12 and self.batches:
+            return self.batch()
         if x < 0.60:
             return self.desc(bad=rng.choice([None] * 14 + ["kind", "rules", "epoch", "dcrc",
                                                            "length", "bcrc"]))
@@ -554,7 +606,10 @@ async def test_scoreboard_large(dut):
 
 DESC_CASES = ("desc_accepted", "FULL", "wrap", "exact_fit", "OVERSIZE", "BAD_BCRC", "BAD_FRAME",
               "BAD_DCRC", "BAD_KIND", "BAD_LENGTH", "STALE_EPOCH", "NOT_FOUND", "BAD_REQUEST",
-              "WRONG_MODE", "NOT_EMPTY", "release_at", "ring_load")
+              "WRONG_MODE", "NOT_EMPTY", "release_at", "ring_load",
+              # batches all taken, stopped at a refused descriptor past the
+              # first, refused whole (bad BCRC, LENGTH, the first refused)
+              "batch_taken", "batch_stopped", "batch_bad")
 
 
 @cocotb.test()

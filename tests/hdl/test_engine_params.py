@@ -13,6 +13,9 @@ from tricopy.hdl.engine import JournalEngine
     (dict(max_ring_bits=7), "7"),
     (dict(max_ring_bits=41), "41"),
     (dict(ring_size=1024, memory=0, max_ring_bits=9), "1024"),
+    (dict(desc_batch=0), "0"),
+    (dict(desc_batch=65), "65"),
+    (dict(desc_batch=True), "True"),
 ])
 def test_bad_parameters(kwargs, text):
     with pytest.raises(ValueError, match=text):
