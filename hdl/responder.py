@@ -10,9 +10,9 @@ HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
 (TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine needs no
 64-bit adder or register for them. For journal read-out
-(``Source.RING``) the body is read from ring memory one byte ahead of the
-stream (the read port is enabled only when a byte is taken, so backpressure
-holds the data) and the control data's CCRC is recomputed on the way out
+(``Source.RING``) the body is read from ring memory two beats ahead of the
+stream through a register (the read port is enabled only when a beat is
+taken, so backpressure holds the data) and the control data's CCRC is recomputed on the way out
 (docs/protocol.md, "CCRC").
 """
 
@@ -170,6 +170,7 @@ class Responder(wiring.Component):
         # now, and the mux is no longer in front of the SEQ sums and the
         # BCRC (the width-32 critical path ran through all three).
         word = Signal(64)
+        ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
@@ -232,7 +233,7 @@ class Responder(wiring.Component):
                                         crc_out(crc)))
             with m.Case(_Phase.BODY):
                 with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
-                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), self.rd_data))
+                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
                 with m.Elif(sub_seq):
                     m.d.comb += body.eq(diff[:8 * W])
                 with m.Else():
@@ -255,12 +256,24 @@ class Responder(wiring.Component):
             self.tx.payload.eq(beat),
         ]
 
-        # Ring prefetch: when a beat is taken, read the body beat shown next.
-        next_body = Mux(phase == _Phase.BODY, idx_next, 0)
-        m.d.comb += [
-            self.rd_addr.eq(word_address(base + next_body, W)),
-            self.rd_en.eq(take),
-        ]
+        # Ring prefetch, two beats deep: ``ring_beat`` (a register) holds the
+        # body beat shown and the memory's read data the one after it. The
+        # CRC then starts from a flip-flop, not from the block RAM's output
+        # (its clock-to-output was a quarter of the width-32 critical path:
+        # RAM -> body mux -> BCRC of the beat -> CRC register). Both stages
+        # move only when a beat is taken, so backpressure holds them; the
+        # header (at least two beats) fills them: its takes read word 0,
+        # its last take moves word 0 into ``ring_beat`` and reads word 1.
+        # No cycle is added to an answer.
+        if self.has_ring:
+            with m.If(take):
+                m.d.sync += ring_beat.eq(self.rd_data)
+            ahead = Mux(phase == _Phase.BODY, idx + 2 * W,
+                        Mux(idx == 16 - W, W, 0))
+            m.d.comb += [
+                self.rd_addr.eq(word_address(base + ahead, W)),
+                self.rd_en.eq(take),
+            ]
 
         with m.If(take):
             m.d.sync += idx.eq(idx_next)
