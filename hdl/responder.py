@@ -144,16 +144,22 @@ class Responder(wiring.Component):
         idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
         idx_next = Signal(LB)
         m.d.comb += idx_next.eq(idx + W)
+        # ``body_last``: the body beat shown is the last. A register set a
+        # beat ahead (at the header's last take for body beat 0), so the
+        # choice of CRC matrices below does not wait for a 23-bit adder and
+        # comparator on ``idx``.
+        body_last = Signal()
+        idx_next2 = idx + 2 * W
         if W == 1:
             crc_next = crc32c_step(crc, beat, 1)
             head_crc = body_crc = crc_next
-            body_last = idx_next == length
+            first_last, next_last = length == 1, idx_next2 == length
         else:
             # the body's last beat holds KL (1..W) bytes
             lend = Signal(LB)
             kl = Signal(LW + 1)
             m.d.comb += [lend.eq(length + (W - 1)), kl.eq((length[:LW] - 1)[:LW] + 1)]
-            body_last = idx_next[LW:] == lend[LW:]
+            first_last, next_last = lend[LW:] == 1, idx_next2[LW:] == lend[LW:]
             head_crc = crc32c_step(crc, beat, W)
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
@@ -268,7 +274,7 @@ class Responder(wiring.Component):
         if self.has_ring:
             with m.If(take):
                 m.d.sync += ring_beat.eq(self.rd_data)
-            ahead = Mux(phase == _Phase.BODY, idx + 2 * W,
+            ahead = Mux(phase == _Phase.BODY, idx_next2,
                         Mux(idx == 16 - W, W, 0))
             m.d.comb += [
                 self.rd_addr.eq(word_address(base + ahead, W)),
@@ -282,10 +288,10 @@ class Responder(wiring.Component):
                     with m.If(idx_lt12):
                         m.d.sync += crc.eq(head_crc)
                     with m.If(idx == 16 - W):
-                        m.d.sync += [idx.eq(0), crc.eq(CRC_INIT)]
+                        m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
-                    m.d.sync += crc.eq(body_crc)
+                    m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
                     with m.If(idx == 60 - W):
                         m.d.sync += ccrc.eq(body_crc)
                     with m.If(body_last):
