@@ -426,8 +426,14 @@ class JournalEngine(wiring.Component):
         # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
         # all three comparisons; its low bits are also the record counts
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
+        # A register loaded every cycle, so one cycle behind NEXT_SEQ and
+        # ``small`` (the 65-bit chain was the start of the UP5K's critical
+        # path: small -> NEXT_SEQ - x -> > HELD -> EXEC's decision). Both
+        # hold from the body's end to EXEC, ALIGN included: it spends one
+        # cycle without shifting before EXEC. On the iCE40 the flip-flops
+        # pack with the adder's logic cells.
         x_d = Signal(65)
-        m.d.comb += x_d.eq(next_seq - x_seq)
+        m.d.sync += x_d.eq(next_seq - x_seq)
         x_gt_next = x_d[64]
         # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
         # last journal, RELEASE_D): one 63-bit test for both
@@ -644,10 +650,13 @@ class JournalEngine(wiring.Component):
                         m.next = "EXEC"
 
             with m.State("ALIGN"):
-                # shift a body shorter than 32 bytes down to bit 0 of ``small``
-                m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))), bcnt.eq(bcnt_next)]
-                with m.If(bcnt_next == 32):
+                # shift a body shorter than 32 bytes down to bit 0 of ``small``,
+                # then a cycle for ``x_d`` to follow it
+                with m.If(bcnt == 32):
                     m.next = "EXEC"
+                with m.Else():
+                    m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))),
+                                 bcnt.eq(bcnt_next)]
 
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that

@@ -327,6 +327,10 @@ class EngineSpec(Elaboratable):
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
+        # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
+        with m.If(in_("EXEC") | in_("RELEASE_D")):
+            m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
         # FREE, the tail and the gap are registers one cycle behind SIZE -
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
