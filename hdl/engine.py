@@ -385,7 +385,13 @@ class JournalEngine(wiring.Component):
             bend = Signal(LENGTH_BITS)
             klast = Signal(LW + 1)
             m.d.comb += klast.eq((blen[:LW] - 1)[:LW] + 1)
-            end_hit = bcnt_next[LW:] == bend[LW:]
+            # END_HIT: the body beat being taken is the last. A register set
+            # a beat ahead (in HCHECK for beat 0, then as each beat is taken),
+            # so that the choice of CRC matrices and the lane mask of the
+            # BCRC/CCRC do not wait for BCNT + W and a 21-bit comparison (the
+            # width-32 critical path once the read-out was registered).
+            end_hit = Signal()
+            end_next = (bcnt + 2 * W)[LW:LENGTH_BITS] == bend[LW:]   # (BCNT_NEXT + W)
             nvalid = Mux(end_hit, klast, W)    # body bytes in this beat
             tailbeat = Signal(8 * W)           # the body's last beat, for the BCRC
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
@@ -532,7 +538,9 @@ class JournalEngine(wiring.Component):
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
                     if W > 1:
-                        m.d.sync += bend.eq(hdr.length[:LENGTH_BITS] + (W - 1))
+                        m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
+                                     end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
+                                                & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
                     with m.If(~magic_ok | ~hdr_crc_ok):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
@@ -915,7 +923,8 @@ class JournalEngine(wiring.Component):
                                                                "tailbeat"))
             m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
-                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W)),
+                             end_hit.eq(v["end_next"])]
                 with m.If(b_lt64 & ~ld_size_at):
                     m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO

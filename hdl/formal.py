@@ -322,6 +322,10 @@ class EngineSpec(Elaboratable):
             bend, bcnt = tap("bend"), tap("bcnt")
             with m.If(busy_states):
                 m.d.comb += Assert(bend == blen + W - 1, "INV: BEND is LENGTH rounded up")
+            with m.If(in_("BODY")):
+                m.d.comb += Assert(tap("end_hit") == ((bcnt + W)[W.bit_length() - 1:len(bcnt)]
+                                                      == bend[W.bit_length() - 1:]),
+                                   "INV: END_HIT is this beat's")
             with m.If(in_("TRAILER")):
                 m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
                                    "INV: the trailer follows the whole body")
