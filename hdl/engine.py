@@ -259,6 +259,10 @@ class JournalEngine(wiring.Component):
         rel_last = Signal()                    # UPTO is the last journal
         rel_past_end = Signal()                # P <= JOPTR: the release wraps
         rel_bad = Signal()                     # P off the grid, >= 2**40 or >= WRAP_AT
+        # USED - D with its borrow, a register one cycle behind (RELEASE_W):
+        # the chain was the UP5K's critical path in front of the commit
+        rel_left = Signal(SG + 1)
+        m.d.sync += rel_left.eq(used - rel_d)
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -445,8 +449,13 @@ class JournalEngine(wiring.Component):
         # last journal, RELEASE_D): one 63-bit test for both
         x_d_le1 = Signal()
         m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
-        x_ge_next = x_gt_next | (x_d_le1 & ~x_d[0])
-        x_lt_tail = ~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held))
+        # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
+        # (so two behind ``small``), so that EXEC's decision does not wait
+        # for the 35-bit comparison with HELD (ALIGN waits for them)
+        x_ge_next = Signal()
+        x_lt_tail = Signal()
+        m.d.sync += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
+                     x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
         walk_for_release = Signal()
@@ -659,12 +668,12 @@ class JournalEngine(wiring.Component):
 
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``,
-                # then a cycle for ``x_d`` to follow it
-                with m.If(bcnt == 32):
+                # then two cycles for ``x_d`` and its comparisons to follow it
+                with m.If(lt_const(bcnt, 32)):
+                    m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
+                m.d.sync += bcnt.eq(bcnt_next)
+                with m.If(bcnt == 32 + W):
                     m.next = "EXEC"
-                with m.Else():
-                    m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))),
-                                 bcnt.eq(bcnt_next)]
 
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
@@ -757,6 +766,10 @@ class JournalEngine(wiring.Component):
 
             with m.State("RELEASE_D"):
                 self._release_d(m, locals())
+
+            with m.State("RELEASE_W"):
+                # a cycle for ``rel_left`` (USED - D) to follow RELEASE_D
+                m.next = "RELEASE_AT"
 
             with m.State("RELEASE_AT"):
                 self._release_at(m, locals())
@@ -1135,7 +1148,7 @@ class JournalEngine(wiring.Component):
             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
             v["rel_bad"].eq((p[:G] != 0) | p_big | (pg >= wrap_at)),
         ]
-        m.next = "RELEASE_AT"
+        m.next = "RELEASE_W"
 
     def _release_at(self, m, v):
         """RELEASE_AT: the RELEASE_D figures against USED, and the commit."""
@@ -1146,8 +1159,7 @@ class JournalEngine(wiring.Component):
         pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]
         # USED - D with its borrow: D > USED borrows, D == USED leaves 0,
         # which must hold exactly when UPTO is the last journal
-        left = Signal(SG + 1)
-        m.d.comb += left.eq(used - v["rel_d"])
+        left = v["rel_left"]
         bad = v["rel_bad"] | left[SG] | ((left == 0) != v["rel_last"])
         with m.If(bad):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
