@@ -196,37 +196,43 @@ class Responder(wiring.Component):
                 view = views[next(k for k in views if src in k)]
                 with m.Case(*values):
                     m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
-        lane_sel = idx[LW:3]                    # the beat within the 64-bit word
-        word_byte = Signal(8 * W)
-        with m.If(take):
-            m.d.sync += word_byte.eq(word.word_select(pidx[LW:3], 8 * W))
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
         # NEXT_SEQ - HELD (x + ~HELD + 1), the Ack's SEQ (bytes 0..7) = its
-        # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ.
-        hello_seq = (source == Source.HELLO) & (idx[3:7] == 1)
-        tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
+        # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ. The
+        # sum is made with the word mux, a beat ahead, so ``word_byte``
+        # holds the beat as sent: the adder's carry chain is not in front
+        # of the BCRC (it was the width-32 critical path once the ring
+        # read-out was registered). HELD and ``ack_add`` hold still from
+        # the answer's start, so reading them a beat early is the same.
+        n_lane = pidx[LW:3]                     # the next beat within its 64-bit word
+        n_hello = (source == Source.HELLO) & (pidx[3:7] == 1)
+        n_tail = (source == Source.STATUS) & (pidx[3:7] == 5)
         # (``ack_add`` is a JNLRD's: without read-out the Ack's SEQ is sent as is)
-        ack_seq = ((source == Source.ACK) & (idx[3:7] == 0)) if self.has_ring else Const(0)
-        sub_seq = hello_seq | tail_seq | ack_seq
+        n_ack = ((source == Source.ACK) & (pidx[3:7] == 0)) if self.has_ring else Const(0)
+        n_sum = n_hello | n_tail | n_ack
         add_byte = Signal(8 * W)
-        with m.If(hello_seq):
+        with m.If(n_hello):
             m.d.comb += add_byte.eq((1 << 8 * W) - 1)
-        with m.Elif(tail_seq):
-            m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(lane_sel, 8 * W))
+        with m.Elif(n_tail):
+            m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(n_lane, 8 * W))
         if self.has_ring:
-            with m.Elif(ack_seq):
+            with m.Elif(n_ack):
                 sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-                m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
-        carry = Signal()
-        diff = Signal(8 * W + 1)
-        m.d.comb += diff.eq(word_byte + add_byte + carry)
-        with m.If(take & sub_seq):
-            m.d.sync += carry.eq(diff[8 * W])
-        with m.Elif(take):
-            # the carry entering the next word's first byte: 1 for TAIL_SEQ
-            m.d.sync += carry.eq(source == Source.STATUS)
+                m.d.comb += add_byte.eq(sext.word_select(n_lane, 8 * W))
+        cur_sum = Signal()                      # the beat shown is part of a sum
+        carry = Signal()                        # its carry out
+        # the carry into the next beat: the shown beat's, within a sum (the
+        # three are never adjacent); else 1 for TAIL_SEQ (x + ~HELD + 1)
+        cin = Mux(cur_sum & (phase == _Phase.BODY), carry, source == Source.STATUS)
+        word_next = word.word_select(n_lane, 8 * W)
+        total = Signal(8 * W + 1)
+        m.d.comb += total.eq(word_next + add_byte + cin)
+        word_byte = Signal(8 * W)
+        with m.If(take):
+            m.d.sync += [word_byte.eq(Mux(n_sum, total[:8 * W], word_next)),
+                         cur_sum.eq(n_sum), carry.eq(total[8 * W])]
 
         def crc_out(reg):
             """The finished CRC in ``reg``, as sent: whole at width 32, a byte
@@ -240,8 +246,6 @@ class Responder(wiring.Component):
             with m.Case(_Phase.BODY):
                 with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
                     m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
-                with m.Elif(sub_seq):
-                    m.d.comb += body.eq(diff[:8 * W])
                 with m.Else():
                     m.d.comb += body.eq(word_byte)
                 if W > 1:
