@@ -160,7 +160,11 @@ class Responder(wiring.Component):
             kl = Signal(LW + 1)
             m.d.comb += [lend.eq(length + (W - 1)), kl.eq((length[:LW] - 1)[:LW] + 1)]
             first_last, next_last = lend[LW:] == 1, idx_next2[LW:] == lend[LW:]
-            head_crc = crc32c_step(crc, beat, W)
+            # from the header word, not from ``beat``: at W > 1 a read-out's
+            # last body beat carries BCRC bytes, so the CRC of ``beat`` would
+            # put two CRC networks in a row (the phases exclude it, but
+            # synthesis times the path through the shared multiplexer)
+            head_crc = crc32c_step(crc, head.word_select(idx[LW:4], 8 * W), W)
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
