@@ -10,10 +10,10 @@ HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
 (TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine needs no
 64-bit adder or register for them. For journal read-out
-(``Source.RING``) the body is read from ring memory two beats ahead of the
-stream through a register (the read port is enabled only when a beat is
-taken, so backpressure holds the data) and the control data's CCRC is recomputed on the way out
-(docs/protocol.md, "CCRC").
+(``Source.RING``) the body is read from ring memory two beats ahead of
+the stream through a register (the read port is enabled only when a beat
+is taken, so backpressure holds the data) and the control data's CCRC is
+recomputed on the way out (docs/protocol.md, "CCRC").
 """
 
 from amaranth.lib import enum
@@ -177,8 +177,8 @@ class Responder(wiring.Component):
         # The muxes read one beat ahead (the body beat after the one shown,
         # or body beat 0 during the header) into ``word_byte``, a register:
         # the views hold still while busy, so the beat is the same then as
-        # now, and the mux is no longer in front of the SEQ sums and the
-        # BCRC (the width-32 critical path ran through all three).
+        # now, and the mux (with the SEQ sums, below) is no longer in front
+        # of the BCRC (the width-32 critical path ran through all three).
         word = Signal(64)
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
