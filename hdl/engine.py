@@ -278,6 +278,10 @@ class JournalEngine(wiring.Component):
         rel_last = Signal()                    # UPTO is the last journal
         rel_past_end = Signal()                # P <= JOPTR: the release wraps
         rel_bad = Signal()                     # P off the grid, >= 2**40 or >= WRAP_AT
+        # USED - D with its borrow, a register one cycle behind (RELEASE_W):
+        # the chain was the UP5K's critical path in front of the commit
+        rel_left = Signal(SG + 1)
+        m.d.sync += rel_left.eq(used - rel_d)
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -449,7 +453,13 @@ class JournalEngine(wiring.Component):
             bend = Signal(LENGTH_BITS)
             klast = Signal(LW + 1)
             m.d.comb += klast.eq((blen[:LW] - 1)[:LW] + 1)
-            end_hit = bcnt_next[LW:] == bend[LW:]
+            # END_HIT: the body beat being taken is the last. A register set
+            # a beat ahead (in HCHECK for beat 0, then as each beat is taken),
+            # so that the choice of CRC matrices and the lane mask of the
+            # BCRC/CCRC do not wait for BCNT + W and a 21-bit comparison (the
+            # width-32 critical path once the read-out was registered).
+            end_hit = Signal()
+            end_next = (bcnt + 2 * W)[LW:LENGTH_BITS] == bend[LW:]   # (BCNT_NEXT + W)
             nvalid = Mux(end_hit, klast, W)    # body bytes in this beat
             tailbeat = Signal(8 * W)           # the body's last beat, for the BCRC
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
@@ -490,15 +500,26 @@ class JournalEngine(wiring.Component):
         # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
         # all three comparisons; its low bits are also the record counts
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
+        # A register loaded every cycle, so one cycle behind NEXT_SEQ and
+        # ``small`` (the 65-bit chain was the start of the UP5K's critical
+        # path: small -> NEXT_SEQ - x -> > HELD -> EXEC's decision). Both
+        # hold from the body's end to EXEC, ALIGN included: it spends one
+        # cycle without shifting before EXEC. On the iCE40 the flip-flops
+        # pack with the adder's logic cells.
         x_d = Signal(65)
-        m.d.comb += x_d.eq(next_seq - x_seq)
+        m.d.sync += x_d.eq(next_seq - x_seq)
         x_gt_next = x_d[64]
         # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
         # last journal, RELEASE_D): one 63-bit test for both
         x_d_le1 = Signal()
         m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
-        x_ge_next = x_gt_next | (x_d_le1 & ~x_d[0])
-        x_lt_tail = ~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held))
+        # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
+        # (so two behind ``small``), so that EXEC's decision does not wait
+        # for the 35-bit comparison with HELD (ALIGN waits for them)
+        x_ge_next = Signal()
+        x_lt_tail = Signal()
+        m.d.sync += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
+                     x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
         walk_for_release = Signal()
@@ -605,7 +626,9 @@ class JournalEngine(wiring.Component):
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
                     if W > 1:
-                        m.d.sync += bend.eq(hdr.length[:LENGTH_BITS] + (W - 1))
+                        m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
+                                     end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
+                                                & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
                     with m.If(~magic_ok | ~hdr_crc_ok):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
@@ -748,9 +771,12 @@ class JournalEngine(wiring.Component):
                         m.next = "EXEC"
 
             with m.State("ALIGN"):
-                # shift a body shorter than 32 bytes down to bit 0 of ``small``
-                m.d.sync += [small.eq(Cat(small[8 * W:], Const(0, 8 * W))), bcnt.eq(bcnt_next)]
-                with m.If(bcnt_next == 32):
+                # shift a body shorter than 32 bytes down to bit 0 of ``small``,
+                # then two cycles for ``x_d`` and its comparisons to follow it
+                with m.If(lt_const(bcnt, 32)):
+                    m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
+                m.d.sync += bcnt.eq(bcnt_next)
+                with m.If(bcnt == 32 + W):
                     m.next = "EXEC"
 
             if B > 1:
@@ -855,6 +881,10 @@ class JournalEngine(wiring.Component):
 
             with m.State("RELEASE_D"):
                 self._release_d(m, locals())
+
+            with m.State("RELEASE_W"):
+                # a cycle for ``rel_left`` (USED - D) to follow RELEASE_D
+                m.next = "RELEASE_AT"
 
             with m.State("RELEASE_AT"):
                 self._release_at(m, locals())
@@ -1035,7 +1065,8 @@ class JournalEngine(wiring.Component):
                                                                "tailbeat"))
             m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
-                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W))]
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W)),
+                             end_hit.eq(v["end_next"])]
                 with m.If(b_lt64 & ~ld_size_at):
                     m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
@@ -1263,7 +1294,7 @@ class JournalEngine(wiring.Component):
             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
             v["rel_bad"].eq((p[:G] != 0) | p_big | (pg >= wrap_at)),
         ]
-        m.next = "RELEASE_AT"
+        m.next = "RELEASE_W"
 
     def _release_at(self, m, v):
         """RELEASE_AT: the RELEASE_D figures against USED, and the commit."""
@@ -1274,8 +1305,7 @@ class JournalEngine(wiring.Component):
         pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]
         # USED - D with its borrow: D > USED borrows, D == USED leaves 0,
         # which must hold exactly when UPTO is the last journal
-        left = Signal(SG + 1)
-        m.d.comb += left.eq(used - v["rel_d"])
+        left = v["rel_left"]
         bad = v["rel_bad"] | left[SG] | ((left == 0) != v["rel_last"])
         with m.If(bad):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)

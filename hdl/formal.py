@@ -316,7 +316,8 @@ class EngineSpec(Elaboratable):
         for t in FT:
             known = known | (ftype == t)
         busy_states = (in_("ALLOC") | in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("EXEC")
-                       | in_("RELEASE_D") | in_("RELEASE_AT") | in_("LOAD_TIME"))
+                       | in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
+                       | in_("LOAD_TIME"))
         with m.If(busy_states):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
@@ -326,11 +327,28 @@ class EngineSpec(Elaboratable):
             bend, bcnt = tap("bend"), tap("bcnt")
             with m.If(busy_states):
                 m.d.comb += Assert(bend == blen + W - 1, "INV: BEND is LENGTH rounded up")
+            with m.If(in_("BODY")):
+                m.d.comb += Assert(tap("end_hit") == ((bcnt + W)[W.bit_length() - 1:len(bcnt)]
+                                                      == bend[W.bit_length() - 1:]),
+                                   "INV: END_HIT is this beat's")
             with m.If(in_("TRAILER")):
                 m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
+        # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
+        with m.If(in_("EXEC") | in_("RELEASE_D")):
+            m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
+        # ... and its comparisons two behind, for a RELEASE or JNLRD body
+        # (1..16 bytes: through ALIGN, which waits for them)
+        with m.If(in_("EXEC") & (blen != 0) & (blen <= 16)):
+            x_gt = (next_seq - small[:64])[64]
+            m.d.comb += [
+                Assert(tap("x_ge_next") == (small[:64] >= next_seq), "INV: x >= NEXT_SEQ settled"),
+                Assert(tap("x_lt_tail") == (~x_gt & ((next_seq - small[:64])[:64] > held)),
+                       "INV: x < TAIL_SEQ settled"),
+            ]
         # FREE, the tail and the gap are registers one cycle behind SIZE -
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
@@ -341,11 +359,14 @@ class EngineSpec(Elaboratable):
                 Assert(tap("tail") == (size - jiptr)[:SG], "INV: tail settled"),
                 Assert(tap("gap") == (joptr - jiptr)[:len(jiptr)], "INV: gap settled"),
             ]
-        with m.If(in_("RELEASE_D") | in_("RELEASE_AT")):
+        with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")):
             # EXEC let through only UPTO in TAIL_SEQ .. NEXT_SEQ - 1
             m.d.comb += Assert((small[:64] < next_seq) & ((next_seq - small[:64])[:64] <= held),
                                "INV: a RELEASE past EXEC frees journals held")
         with m.If(in_("RELEASE_AT")):
+            m.d.comb += Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
+                               "INV: USED - D settled")
+        with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing
             # moves between the two states)
             pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]

@@ -10,10 +10,10 @@ HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
 (TAIL_SEQ, HELLO LAST_SEQ, a JNLRD's ACK SEQ), so the engine needs no
 64-bit adder or register for them. For journal read-out
-(``Source.RING``) the body is read from ring memory one byte ahead of the
-stream (the read port is enabled only when a byte is taken, so backpressure
-holds the data) and the control data's CCRC is recomputed on the way out
-(docs/protocol.md, "CCRC").
+(``Source.RING``) the body is read from ring memory two beats ahead of
+the stream through a register (the read port is enabled only when a beat
+is taken, so backpressure holds the data) and the control data's CCRC is
+recomputed on the way out (docs/protocol.md, "CCRC").
 """
 
 from amaranth.lib import enum
@@ -144,17 +144,27 @@ class Responder(wiring.Component):
         idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
         idx_next = Signal(LB)
         m.d.comb += idx_next.eq(idx + W)
+        # ``body_last``: the body beat shown is the last. A register set a
+        # beat ahead (at the header's last take for body beat 0), so the
+        # choice of CRC matrices below does not wait for a 23-bit adder and
+        # comparator on ``idx``.
+        body_last = Signal()
+        idx_next2 = idx + 2 * W
         if W == 1:
             crc_next = crc32c_step(crc, beat, 1)
             head_crc = body_crc = crc_next
-            body_last = idx_next == length
+            first_last, next_last = length == 1, idx_next2 == length
         else:
             # the body's last beat holds KL (1..W) bytes
             lend = Signal(LB)
             kl = Signal(LW + 1)
             m.d.comb += [lend.eq(length + (W - 1)), kl.eq((length[:LW] - 1)[:LW] + 1)]
-            body_last = idx_next[LW:] == lend[LW:]
-            head_crc = crc32c_step(crc, beat, W)
+            first_last, next_last = lend[LW:] == 1, idx_next2[LW:] == lend[LW:]
+            # from the header word, not from ``beat``: at W > 1 a read-out's
+            # last body beat carries BCRC bytes, so the CRC of ``beat`` would
+            # put two CRC networks in a row (the phases exclude it, but
+            # synthesis times the path through the shared multiplexer)
+            head_crc = crc32c_step(crc, head.word_select(idx[LW:4], 8 * W), W)
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
@@ -167,9 +177,10 @@ class Responder(wiring.Component):
         # The muxes read one beat ahead (the body beat after the one shown,
         # or body beat 0 during the header) into ``word_byte``, a register:
         # the views hold still while busy, so the beat is the same then as
-        # now, and the mux is no longer in front of the SEQ sums and the
-        # BCRC (the width-32 critical path ran through all three).
+        # now, and the mux (with the SEQ sums, below) is no longer in front
+        # of the BCRC (the width-32 critical path ran through all three).
         word = Signal(64)
+        ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
@@ -189,37 +200,43 @@ class Responder(wiring.Component):
                 view = views[next(k for k in views if src in k)]
                 with m.Case(*values):
                     m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
-        lane_sel = idx[LW:3]                    # the beat within the 64-bit word
-        word_byte = Signal(8 * W)
-        with m.If(take):
-            m.d.sync += word_byte.eq(word.word_select(pidx[LW:3], 8 * W))
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
         # NEXT_SEQ - HELD (x + ~HELD + 1), the Ack's SEQ (bytes 0..7) = its
-        # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ.
-        hello_seq = (source == Source.HELLO) & (idx[3:7] == 1)
-        tail_seq = (source == Source.STATUS) & (idx[3:7] == 5)
+        # SEQ + ``ack_add``. The engine passes NEXT_SEQ / the base SEQ. The
+        # sum is made with the word mux, a beat ahead, so ``word_byte``
+        # holds the beat as sent: the adder's carry chain is not in front
+        # of the BCRC (it was the width-32 critical path once the ring
+        # read-out was registered). HELD and ``ack_add`` hold still from
+        # the answer's start, so reading them a beat early is the same.
+        n_lane = pidx[LW:3]                     # the next beat within its 64-bit word
+        n_hello = (source == Source.HELLO) & (pidx[3:7] == 1)
+        n_tail = (source == Source.STATUS) & (pidx[3:7] == 5)
         # (``ack_add`` is a JNLRD's: without read-out the Ack's SEQ is sent as is)
-        ack_seq = ((source == Source.ACK) & (idx[3:7] == 0)) if self.has_ring else Const(0)
-        sub_seq = hello_seq | tail_seq | ack_seq
+        n_ack = ((source == Source.ACK) & (pidx[3:7] == 0)) if self.has_ring else Const(0)
+        n_sum = n_hello | n_tail | n_ack
         add_byte = Signal(8 * W)
-        with m.If(hello_seq):
+        with m.If(n_hello):
             m.d.comb += add_byte.eq((1 << 8 * W) - 1)
-        with m.Elif(tail_seq):
-            m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(lane_sel, 8 * W))
+        with m.Elif(n_tail):
+            m.d.comb += add_byte.eq(~Cat(self.held, Const(0, 64 - self.held_bits)).word_select(n_lane, 8 * W))
         if self.has_ring:
-            with m.Elif(ack_seq):
+            with m.Elif(n_ack):
                 sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-                m.d.comb += add_byte.eq(sext.word_select(lane_sel, 8 * W))
-        carry = Signal()
-        diff = Signal(8 * W + 1)
-        m.d.comb += diff.eq(word_byte + add_byte + carry)
-        with m.If(take & sub_seq):
-            m.d.sync += carry.eq(diff[8 * W])
-        with m.Elif(take):
-            # the carry entering the next word's first byte: 1 for TAIL_SEQ
-            m.d.sync += carry.eq(source == Source.STATUS)
+                m.d.comb += add_byte.eq(sext.word_select(n_lane, 8 * W))
+        cur_sum = Signal()                      # the beat shown is part of a sum
+        carry = Signal()                        # its carry out
+        # the carry into the next beat: the shown beat's, within a sum (the
+        # three are never adjacent); else 1 for TAIL_SEQ (x + ~HELD + 1)
+        cin = Mux(cur_sum & (phase == _Phase.BODY), carry, source == Source.STATUS)
+        word_next = word.word_select(n_lane, 8 * W)
+        total = Signal(8 * W + 1)
+        m.d.comb += total.eq(word_next + add_byte + cin)
+        word_byte = Signal(8 * W)
+        with m.If(take):
+            m.d.sync += [word_byte.eq(Mux(n_sum, total[:8 * W], word_next)),
+                         cur_sum.eq(n_sum), carry.eq(total[8 * W])]
 
         def crc_out(reg):
             """The finished CRC in ``reg``, as sent: whole at width 32, a byte
@@ -232,9 +249,7 @@ class Responder(wiring.Component):
                                         crc_out(crc)))
             with m.Case(_Phase.BODY):
                 with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
-                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), self.rd_data))
-                with m.Elif(sub_seq):
-                    m.d.comb += body.eq(diff[:8 * W])
+                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
                 with m.Else():
                     m.d.comb += body.eq(word_byte)
                 if W > 1:
@@ -255,12 +270,24 @@ class Responder(wiring.Component):
             self.tx.payload.eq(beat),
         ]
 
-        # Ring prefetch: when a beat is taken, read the body beat shown next.
-        next_body = Mux(phase == _Phase.BODY, idx_next, 0)
-        m.d.comb += [
-            self.rd_addr.eq(word_address(base + next_body, W)),
-            self.rd_en.eq(take),
-        ]
+        # Ring prefetch, two beats deep: ``ring_beat`` (a register) holds the
+        # body beat shown and the memory's read data the one after it. The
+        # CRC then starts from a flip-flop, not from the block RAM's output
+        # (its clock-to-output was a quarter of the width-32 critical path:
+        # RAM -> body mux -> BCRC of the beat -> CRC register). Both stages
+        # move only when a beat is taken, so backpressure holds them; the
+        # header (at least two beats) fills them: its takes read word 0,
+        # its last take moves word 0 into ``ring_beat`` and reads word 1.
+        # No cycle is added to an answer.
+        if self.has_ring:
+            with m.If(take):
+                m.d.sync += ring_beat.eq(self.rd_data)
+            ahead = Mux(phase == _Phase.BODY, idx_next2,
+                        Mux(idx == 16 - W, W, 0))
+            m.d.comb += [
+                self.rd_addr.eq(word_address(base + ahead, W)),
+                self.rd_en.eq(take),
+            ]
 
         with m.If(take):
             m.d.sync += idx.eq(idx_next)
@@ -269,10 +296,10 @@ class Responder(wiring.Component):
                     with m.If(idx_lt12):
                         m.d.sync += crc.eq(head_crc)
                     with m.If(idx == 16 - W):
-                        m.d.sync += [idx.eq(0), crc.eq(CRC_INIT)]
+                        m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
-                    m.d.sync += crc.eq(body_crc)
+                    m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
                     with m.If(idx == 60 - W):
                         m.d.sync += ccrc.eq(body_crc)
                     with m.If(body_last):

@@ -206,6 +206,16 @@ def test_parse_report(tmp_path):
     r = board_build.parse_report(path, "icebreaker", tmp_path / "top.bin", 12.0)
     assert (r.lc_used, r.lc_available, r.fmax_mhz) == (812, 5280, 41.5)
     assert "812/5280 LC" in r.summary() and "41.5 MHz" in r.summary()
+    assert r.constraint_mhz == 12.0 and r.timing_met
+    # the slowest clock counts; missing its target, or timed against less
+    # than the board's clock (a constraint lost on the way), is not met
+    for clocks, want in (({"a": {"achieved": 41.5, "constraint": 12.0},
+                           "b": {"achieved": 11.9, "constraint": 12.0}}, (11.9, False)),
+                         ({"a": {"achieved": 41.5, "constraint": 10.0}}, (41.5, False)),
+                         ({"a": {"achieved": 41.5}}, (41.5, False))):
+        path.write_text(json.dumps({**report, "fmax": clocks}))
+        r = board_build.parse_report(path, "icebreaker", tmp_path / "top.bin", 12.0)
+        assert (r.fmax_mhz, r.timing_met) == want, clocks
     path.write_text(json.dumps({"utilization": {}, "fmax": {}}))
     with pytest.raises(board_build.BuildError, match="no usable nextpnr report"):
         board_build.parse_report(path, "icebreaker", tmp_path / "top.bin", 12.0)
@@ -238,6 +248,8 @@ def test_cli_registers_board_synth():
     board_build.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["board", "synth", "--width", "32"])
     assert (args.width, args.ring_size, args.func) == (32, 65536, board_build._run_synth)
+    assert args.freq == 25.0
+    assert parser.parse_args(["board", "synth", "--width", "32", "--freq", "100"]).freq == 100.0
     with pytest.raises(SystemExit):
         parser.parse_args(["board", "synth", "--width", "16"])
 
@@ -247,6 +259,8 @@ def test_synth_engine_checks_before_any_tool(tmp_path, monkeypatch):
     BuildError naming it, not a traceback."""
     with pytest.raises(ValueError, match="not 16"):
         board_build.synth_engine(width=16, build_dir=tmp_path)
+    with pytest.raises(ValueError, match="not 0"):
+        board_build.synth_engine(width=32, build_dir=tmp_path, freq_mhz=0)
     monkeypatch.setenv("YOSYS", "no-such-yosys")
     with pytest.raises(board_build.BuildError, match="no-such-yosys"):
         board_build.synth_engine(width=8, ring_size=1024, build_dir=tmp_path)
@@ -272,6 +286,7 @@ def test_icebreaker_bitstream():
     assert 0 < report.lc_used <= report.lc_available == 5280
     assert report.lc_used <= 5000, "the UP5K top lost its margin: docs/hardware.md, Resources"
     assert report.fmax_mhz >= report.clk_mhz == 12.0
+    assert report.timing_met, f"nextpnr timed against {report.constraint_mhz} MHz"
     assert report.bitstream.stat().st_size > 100_000
     assert report.utilization["ICESTORM_SPRAM"]["used"] == 0      # no ring memory
     (out / "summary.txt").write_text(report.summary() + "\n")
@@ -285,6 +300,7 @@ def test_ulx3s_bitstream():
     print(report.summary())
     assert 0 < report.lc_used <= report.lc_available
     assert report.fmax_mhz >= report.clk_mhz == 25.0
+    assert report.timing_met, f"nextpnr timed against {report.constraint_mhz} MHz"
     assert report.bitstream.stat().st_size > 100_000
     (out / "summary.txt").write_text(report.summary() + "\n")
 
