@@ -54,7 +54,8 @@ constexpr size_t HEADER_SIZE = 16;   // docs/protocol.md "Frame"
 constexpr size_t LENGTH_AT = 8;      // header LENGTH, u32 little-endian
 constexpr size_t TRAILER_SIZE = 4;   // BCRC
 constexpr size_t RX_BUFFER_MAX = 1 << 20;
-constexpr size_t RX_REFILL = 4096;         // recv() only below this many buffered bytes
+constexpr size_t RX_REFILL = 4096;         // recv() at every pump only below this many buffered bytes
+constexpr uint64_t RECV_EVERY = 16;        // ... else at every 16th (4096 busy cycles)
 constexpr uint64_t BUSY_BATCH = 256;       // cycles between socket polls while rx has bytes
 constexpr uint64_t WAIT_BATCH = 32;        // ... while a request waits for its next bytes
 constexpr uint64_t IDLE_AFTER = 4096;      // cycles without a handshake: a request is dropped
@@ -307,8 +308,12 @@ class Harness {
         if (cfd_ < 0) return true;
         uint8_t buf[65536];
         // More than a batch's worth of bytes already here: no recv() this
-        // time (it would mostly fail with EAGAIN, a syscall per batch).
-        while (rx_.size() < RX_BUFFER_MAX && rx_.size() < RX_REFILL) {
+        // time (it would mostly fail with EAGAIN, a syscall per batch), but
+        // still one every RECV_EVERY pumps, so that a client that left is
+        // noticed (and its buffered bytes dropped) as soon as before, within
+        // a few thousand cycles, not after the whole buffer went into the RTL.
+        bool refill = rx_.size() < RX_REFILL || ++recv_skipped_ % RECV_EVERY == 0;
+        while (refill && rx_.size() < RX_BUFFER_MAX) {
             ssize_t n = recv(cfd_, buf, sizeof buf, 0);
             if (n > 0) {
                 rx_.insert(rx_.end(), buf, buf + n);
@@ -367,6 +372,7 @@ class Harness {
     uint64_t last_take_ = 0;     // cycle of the last rx byte taken
     uint64_t answer_start_ = 0;  // cycle of the first byte of the answer going out
     uint64_t pumps_ = 0;
+    uint64_t recv_skipped_ = 0;  // pumps with a full buffer, for RECV_EVERY
     uint64_t step_cycles_ = 0;   // for the stats line
     uint64_t step_ns_ = 0;
 };
