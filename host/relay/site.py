@@ -430,7 +430,7 @@ class RelayGroup:
         None to take it, else its answer (an ACK again for a resend, or a
         NAK).  ``last``: the PSEQ taken just before it (journals of this
         frame included); ``pending``: journals taken and not yet in the store."""
-        admission = PseqGate(last).admit(ctl.tag)
+        admission = self.gate.admit(ctl.tag, last)
         if admission is Admission.RESEND:
             # A resend of a journal we hold: ACK it again once everything
             # before it is durable (it sits behind them in the answer queue).
@@ -659,9 +659,10 @@ class RelayGroup:
 
         Once per ACK cost a superblock write and fdatasync hundreds of times a
         second; once per period in the event loop still stopped it for an
-        fdatasync ten times a second (``JournalStore.persist_soon``).  Losing a release that was not persisted only means the
-        journals come back after a crash: the relay re-sends them and the
-        secondary skips them (idempotent replay).
+        fdatasync ten times a second (``JournalStore.persist_soon``).  Losing
+        a release that was not persisted only means the journals come back
+        after a crash: the relay re-sends them and the secondary skips them
+        (idempotent replay).
         """
         while not self.fault:
             await asyncio.sleep(period)

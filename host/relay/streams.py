@@ -45,13 +45,17 @@ class PseqGate:
     def __init__(self, last: int = 0):
         self.last = last
 
-    def admit(self, tag: int) -> Admission:
-        if not self.last:
+    def admit(self, tag: int, last: int | None = None) -> Admission:
+        """How to take PSEQ ``tag``; ``last``: judge it after that PSEQ
+        instead of the last taken (the journals of a batch not taken yet)."""
+        if last is None:
+            last = self.last
+        if not last:
             return Admission.NEW
-        dist = tag_distance(tag, self.last)
+        dist = tag_distance(tag, last)
         if dist == 0 or dist >= TAG_MOD // 2:
             return Admission.RESEND
-        return Admission.NEW if tag == next_pseq(self.last) else Admission.GAP
+        return Admission.NEW if tag == next_pseq(last) else Admission.GAP
 
     def taken(self, tag: int) -> None:
         self.last = tag
