@@ -306,6 +306,7 @@ class Workload:
         self.retries = 0
         self.latencies: list[float] = []
         self.stop = False
+        self._abandoned = False     # run() was cancelled: stop retrying
 
     def _op(self, region):
         idx, first, span = region
@@ -342,8 +343,8 @@ class Workload:
                     if client is not None:
                         await client.close()
                     client = None
-                    if self.stop:
-                        return          # stopped (or cancelled: see run) while the primary is down
+                    if self._abandoned:
+                        return          # cancelled (see run) while the primary is down
                     await asyncio.sleep(0.1)
             self.model[idx][offset:offset + len(data)] = data
             self.acked += 1
@@ -364,8 +365,8 @@ class Workload:
             # Python 3.11's wait_for can swallow a cancellation that meets a
             # call just finishing; that worker would then retry a killed
             # primary for ever (seen under load: test_unclean_stop hung), so
-            # the workers also stop on ``stop``.
-            self.stop = True
+            # a worker retrying also gives up (its write is not in the model).
+            self.stop = self._abandoned = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
