@@ -477,7 +477,8 @@ class GroupCommitRun(StoreRun):
                 await asyncio.gather(*(writer() for _ in range(8)),
                                      *([persister()] if self.lazy else []))
             finally:
-                gc._executor.shutdown(wait=True)
+                if gc._syncer is not None:     # its worker threads (the power is off: no aclose)
+                    gc._syncer.close()
 
         try:
             asyncio.run(main())
