@@ -92,9 +92,6 @@ def test_a_store_failure_suspends_only_its_group(tmp_path, monkeypatch):
             real(fd)
 
         monkeypatch.setattr(fileio, "fdatasync", fdatasync)
-        # Failed where fileio.fdatasync runs: the worker-thread syncer (an
-        # AIO sync's error takes the same path: tests/test_aiosync.py).
-        monkeypatch.setenv("TRICOPY_SYNC_THREADS", "1")
         for g in groups:
             data = b"x" * 100
             ctl = Control(length=100, data_len=100, data_crc=protocol.crc32c(data),
