@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server.
-APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit libaio1
+APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit
 
 $(STAMP): pyproject.toml
 	@if [ -n "$(APT_PACKAGES)" ] && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \

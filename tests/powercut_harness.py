@@ -477,8 +477,7 @@ class GroupCommitRun(StoreRun):
                 await asyncio.gather(*(writer() for _ in range(8)),
                                      *([persister()] if self.lazy else []))
             finally:
-                if gc._syncer is not None:     # its worker threads (the power is off: no aclose)
-                    gc._syncer.close()
+                gc._executor.shutdown(wait=True)
 
         try:
             asyncio.run(main())

@@ -44,9 +44,6 @@ def test_a_batch_is_acked_once_after_the_fdatasync_that_covers_it(tmp_path, monk
                    "journal": {"path": "jnl.vol", "size": size}}]}, tmp_path)
     began, go = threading.Event(), threading.Event()
     real = fileio.fdatasync
-    # Held where fileio.fdatasync runs: the worker-thread syncer (the AIO
-    # one bypasses fileio; tests/test_aiosync.py covers it).
-    monkeypatch.setenv("TRICOPY_SYNC_THREADS", "1")
 
     def held(fd):
         began.set()

@@ -735,27 +735,19 @@ def test_group_commit_errors_go_to_their_caller(path):
         assert s.next_seq == 2
 
 
-def _sync_places(s, gc, slow: set[int] = frozenset()):
-    """Record where each of ``gc``'s syncs runs: "loop" (inline) or "out"
-    (an AIO request or a worker thread).  Syncs numbered in ``slow`` (from 0,
-    inline ones) take 0.3 s more, a disk turning busy."""
-    places = []
-    inline, flush, real = gc._sync_inline, gc._run_flush, s.sync
-
-    def sync_inline():
-        places.append("loop")
-        return inline()
-
-    def run_flush(*a):
-        places.append("out")
-        return flush(*a)
+def _sync_threads(s, slow: set[int] = frozenset()):
+    """Wrap ``s.sync``: record the thread of each call; calls numbered in
+    ``slow`` (from 0) take 0.3 s more, a disk turning busy."""
+    threads = []
+    real = s.sync
 
     def sync(*a, **kw):
-        if len(places) - 1 in slow:
+        threads.append(threading.get_ident())
+        if len(threads) - 1 in slow:
             time.sleep(0.3)
         return real(*a, **kw)
-    gc._sync_inline, gc._run_flush, s.sync = sync_inline, run_flush, sync
-    return places
+    s.sync = sync
+    return threads
 
 
 def _sequential(s, gc, n):
@@ -771,31 +763,34 @@ def _sequential(s, gc, n):
 
 def test_group_commit_syncs_in_the_event_loop_once_the_disk_is_fast(path):
     with JournalStore.create(path, 1 << 16) as s:
+        threads = _sync_threads(s)
         gc = GroupCommitter(s, inline_below=1.0)
-        places = _sync_places(s, gc)
         _sequential(s, gc, 20)
-        # the first INLINE_HISTORY out of the loop (no history yet), then here
-        assert places == ["out"] * commit.INLINE_HISTORY + ["loop"] * 12
+        main = threading.get_ident()
+        # the first INLINE_HISTORY in worker threads (no history yet), then here
+        assert [t == main for t in threads] == [False] * commit.INLINE_HISTORY + [True] * 12
         assert (gc.fsyncs, gc.inline_syncs) == (20, 12)
 
 
 def test_a_slow_sync_puts_the_syncs_back_in_threads(path):
     with JournalStore.create(path, 1 << 16) as s:
         h = commit.INLINE_HISTORY
+        threads = _sync_threads(s, slow={h + 2})
         gc = GroupCommitter(s, inline_below=0.15)    # far from both, on a loaded machine
-        places = _sync_places(s, gc, slow={h + 2})
         _sequential(s, gc, 2 * h + 6)
+        main = threading.get_ident()
+        here = [t == main for t in threads]
         # inline from sync h on; the slow one (h + 2, inline) sends the next
-        # h out of the loop, until it leaves the window; then inline again
-        assert places == ["out"] * h + ["loop"] * 3 + ["out"] * h + ["loop"] * 3
+        # h to threads, until it leaves the window; then inline again
+        assert here == [False] * h + [True] * 3 + [False] * h + [True] * 3
 
 
 def test_inline_syncs_off(path):
     with JournalStore.create(path, 1 << 16) as s:
+        threads = _sync_threads(s)
         gc = GroupCommitter(s, inline_below=0)
-        places = _sync_places(s, gc)
         _sequential(s, gc, 12)
-        assert places == ["out"] * 12 and gc.inline_syncs == 0
+        assert threading.get_ident() not in threads and gc.inline_syncs == 0
 
 
 def test_durability_none_does_not_fsync(path):
@@ -913,9 +908,6 @@ def test_two_syncs_in_flight_each_covering_only_what_came_before_it(path, monkey
         assert go[n].wait(10)
         real(fd)
     monkeypatch.setattr(st.fileio, "fdatasync", held)
-    # Held in worker threads, where fileio.fdatasync is called; the AIO
-    # path matches each completion to its own request (tests/test_aiosync.py).
-    monkeypatch.setenv("TRICOPY_SYNC_THREADS", "1")
 
     async def main():
         gc = GroupCommitter(s)

@@ -4,8 +4,7 @@ A thin asyncio adapter over the synchronous :class:`~.store.JournalStore`.
 ``append_durable`` writes the journal at once (in the event loop thread, so
 appends stay in the order they were called) and then waits until a
 fdatasync that started *after* the write has finished.  Up to
-``SYNCS_IN_FLIGHT`` fdatasyncs run at a time, outside the event loop (Linux
-AIO's FDSYNC where it works, else worker threads: ``host/disk/aiosync.py``); appends
+``SYNCS_IN_FLIGHT`` fdatasyncs run at a time, in worker threads; appends
 that arrive while they run wait for the next one, which then covers all of
 them.  Under load the number of
 fsyncs per second stays at what the disk does, and the journals per fsync
@@ -20,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-from ..disk import aiosync
+from concurrent.futures import ThreadPoolExecutor
+
 from ..wire.protocol import Control
 from ..perf import PERF, now
 from .store import JournalStore
@@ -59,7 +59,7 @@ INLINE_HISTORY = 8
 class GroupCommitter:
     """Shares fdatasyncs among concurrent ``append_durable`` callers.
 
-    Up to ``syncs`` fdatasyncs run at once (AIO requests, or worker threads), each on
+    Up to ``syncs`` fdatasyncs run at once, each in its own worker thread on
     its own open file description of the journal (``JournalStore.open_sync_fd``:
     each sees every writeback error).  A sync covers the journals appended
     before it started, and only those: its target is ``next_seq - 1`` read in
@@ -84,10 +84,7 @@ class GroupCommitter:
         # now: before the journals they will cover are written.
         self._fds: list[int | None] = [None] + [store.open_sync_fd() for _ in range(syncs - 1)]
         self._flushes: list[tuple[int, int | None, asyncio.Task]] = []   # (target, fd, task)
-        # Made at the first sync, in the running loop (the AIO syncer polls
-        # its eventfd there): AIO FDSYNC where it works, else worker threads.
-        self._syncs = syncs
-        self._syncer = None
+        self._executor = ThreadPoolExecutor(max_workers=syncs, thread_name_prefix="store-fsync")
         self.fsyncs = 0      # fdatasyncs issued
         self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
@@ -157,15 +154,9 @@ class GroupCommitter:
         try:
             self.fsyncs += 1
             t0, first = now(), self.store.durable_seq
-            if self._syncer is None:
-                self._syncer = aiosync.syncer(self._syncs)
             try:
-                sb = self.store.sync_begin()
-                try:
-                    await self._syncer.fdatasync(self.store.sync_fd if fd is None else fd)
-                except OSError as exc:
-                    raise self.store.sync_failed(exc) from exc
-                self.store.sync_end(target, sb)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.store.sync, target, fd)
             finally:
                 self._took(now() - t0, target - first)
         finally:
@@ -174,18 +165,10 @@ class GroupCommitter:
             self._flushes = [f for f in self._flushes if f[2] is not asyncio.current_task()]
 
     async def aclose(self) -> None:
-        """Wait for the running fsyncs, then free the syncer (the store stays open)."""
+        """Wait for the running fsyncs, then stop the worker threads (the store stays open)."""
         for _, _, task in list(self._flushes):
             try:
                 await asyncio.shield(task)
             except Exception:
                 pass
-        if self._syncer is not None:
-            self._syncer.close()
-            self._syncer = None
-
-    @property
-    def sync_kind(self) -> str:
-        """How the syncs that leave the event loop run: "aio", "thread", or
-        "none yet" before the first (status and the benchmarks report it)."""
-        return self._syncer.kind if self._syncer is not None else "none yet"
+        self._executor.shutdown(wait=True)

@@ -776,38 +776,16 @@ class JournalStore:
         written before.  ``fd``: a descriptor from :meth:`open_sync_fd`, for
         a sync that runs at the same time as another.
         """
+        self._usable()
         if target is None:
             target = self._next_seq - 1
-        sb = self.sync_begin()
+        # A superblock persist_soon() wrote before this point is covered by
+        # the fdatasync below (the owner sets _sb_pending after its pwrite).
+        sb = self._sb_pending
         try:
             fileio.fdatasync(self._fd if fd is None else fd)
         except OSError as exc:
             raise self._fail(exc) from exc
-        return self.sync_end(target, sb)
-
-    def sync_begin(self):
-        """The first half of :meth:`sync`, for a caller that runs the
-        fdatasync itself (the group committer's AIO path): call it before
-        the fdatasync starts and pass its result to :meth:`sync_end`."""
-        self._usable()
-        # A superblock persist_soon() wrote before this point is covered by
-        # the fdatasync that follows (the owner sets _sb_pending after its pwrite).
-        return self._sb_pending
-
-    @property
-    def sync_fd(self) -> int:
-        """The store's own descriptor, for a caller's fdatasync (:meth:`sync_begin`)."""
-        self._usable()
-        return self._fd
-
-    def sync_failed(self, exc: OSError) -> "StoreBroken":
-        """A caller's fdatasync failed: the store refuses further work (as :meth:`sync`)."""
-        return self._fail(exc)
-
-    def sync_end(self, target: int, sb) -> int:
-        """The fdatasync begun after :meth:`sync_begin` succeeded: journals up
-        to ``target`` (read before it started) are durable; returns the
-        highest durable SEQ#."""
         if sb is not None:
             with self._durable_lock:
                 # Not if a synchronous superblock write replaced it meanwhile
