@@ -14,9 +14,10 @@ then the two copies agree there whatever is lost next.  A clean stop empties
 the log.  At a start, whatever the file still lists is what the last stop
 may have left different: the group resyncs those extents (``MasterGroup``).
 
-Costs: one small atomic file write (two fsyncs) when a write touches an
-extent that is not hot yet; nothing for writes into hot extents.  The primary
-does that write in a thread (``prepare`` / ``write`` / ``done``), shared by
+Costs: one small in-place file write and its fdatasync
+(``host/disk/slotfile.py``) when a write touches an extent that is not hot
+yet; nothing for writes into hot extents.  The primary does that write in a
+thread (``prepare`` / ``write`` / ``done``), shared by
 the writes that wait for it, so it does not stall its event loop.  So extents
 stay hot while writes go on, up to ``MasterGroup``'s ``AL_MAX_HOT`` (the
 least recently written leave first), and all leave once writes pause
@@ -30,7 +31,7 @@ import json
 import threading
 from pathlib import Path
 
-from ..disk.durable import atomic_write
+from ..disk.slotfile import SlotFile, SlotFileCorrupt
 from ..wire.pseq import tag_after
 
 __all__ = ["AL_AHEAD", "AL_EXTENT", "ActivityLog"]
@@ -38,7 +39,7 @@ __all__ = ["AL_AHEAD", "AL_EXTENT", "ActivityLog"]
 AL_EXTENT = 1 << 20      # bytes per activity-log extent (a multiple of the copy chunk)
 #: Extents listed in one save when a sequential stream enters a cold one:
 #: the stream's next AL_AHEAD - 1 extents come with it.  A 1 MiB sequential
-#: write entered a new extent every time, and each cost a save (two fsyncs
+#: write entered a new extent every time, and each cost a save (then two fsyncs
 #: and a rename, waited for before the write): about a fifth of the
 #: primary's time (docs/benchmarks.md, "Large writes: activity log ahead").
 AL_AHEAD = 8
@@ -63,9 +64,16 @@ class ActivityLog:
         self._lock = threading.Lock()    # one file write at a time, newest wins
         # What the last stop left listed: the extents that may differ now.
         self.unclean: set[tuple[int, int]] = set()
-        if path.exists():
+        # Saved in place (two slots: one write, one fdatasync): a save comes
+        # each time a write enters a cold extent.
+        self._file = SlotFile(path)
+        try:
+            raw = self._file.load()
+        except SlotFileCorrupt as exc:
+            raise ValueError(f"activity log {exc}") from None
+        if raw is not None:
             try:
-                doc = json.loads(path.read_text())
+                doc = json.loads(raw)
                 if doc["extent"] != extent:
                     raise ValueError(f"extent {doc['extent']}, expected {extent}")
                 self.unclean = {(int(i), int(e)) for i, e in doc["hot"]}
@@ -179,7 +187,7 @@ class ActivityLog:
         save = self.prepare()
         self.done(save, self.write(save))
 
-    # A save in three steps, so that the file write (two fsyncs) can run in a
+    # A save in three steps, so that the file write (and its fdatasync) can run in a
     # thread while the event loop goes on: ``prepare`` and ``done`` in the
     # owner's thread, ``write`` in any.  Saves may overlap: the newest
     # prepared one wins on disk, and ``_saved`` never claims an extent that
@@ -200,7 +208,7 @@ class ActivityLog:
         with self._lock:
             if gen < self._written_gen:
                 return False
-            atomic_write(self.path, data)
+            self._file.save(data)
             self._written_gen = gen
             return True
 

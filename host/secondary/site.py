@@ -28,10 +28,10 @@ from ..wire import protocol
 from ..config import GroupAttr, GroupConfig, SiteConfig, swap_problem
 from ..rcm.control import ControlError, ControlServer, Request
 from ..wire import tls
-from ..disk.durable import atomic_write_json
 from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
+from ..disk.slotfile import SlotFile, SlotFileCorrupt
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
 from ..perf import PERF, now
@@ -89,9 +89,16 @@ class RestoreState:
         self.epoch = 0
         self.time = 0
         self.tag = 0
-        if path.exists():
+        # Saved in place (two slots, one write and one fdatasync): it is saved
+        # at every apply mark and checkpoint, many times a second under load.
+        self._file = SlotFile(path)
+        try:
+            raw = self._file.load()
+        except SlotFileCorrupt as exc:
+            raise ValueError(f"restore state {exc}") from None
+        if raw is not None:
             try:
-                doc = json.loads(path.read_text())
+                doc = json.loads(raw)
                 self.last_seq = int(doc["last_seq"])
                 self.epoch = int(doc.get("epoch", 0))
                 self.time = int(doc.get("time", 0))
@@ -102,13 +109,18 @@ class RestoreState:
 
     def save(self, last_seq: int, mark: int | None = None, time: int | None = None,
              tag: int | None = None) -> None:
-        # The file is either the old state or the new one.
+        # The file is either the old state or the new one (SlotFile).
         mark = max(last_seq, self.mark if mark is None else mark)
         time = self.time if time is None else time
         tag = self.tag if tag is None else tag
-        atomic_write_json(self.path, {"last_seq": last_seq, "epoch": self.epoch, "mark": mark,
-                                      "time": time, "tag": tag})
+        self._file.save(json.dumps({"last_seq": last_seq, "epoch": self.epoch, "mark": mark,
+                                    "time": time, "tag": tag}).encode())
         self.last_seq, self.mark, self.time, self.tag = last_seq, mark, time, tag
+
+    def doc(self) -> dict:
+        """The state as saved (what ``tricopy`` tools and tests read)."""
+        return {"last_seq": self.last_seq, "epoch": self.epoch, "mark": self.mark,
+                "time": self.time, "tag": self.tag}
 
 
 class RestoreGroup:

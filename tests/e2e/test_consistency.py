@@ -14,7 +14,6 @@ after some prefix of the history:
 
 import asyncio
 import base64
-import json
 import random
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from tricopy.host.rcm import control
+from tricopy.host.secondary.site import RestoreState
 # The stamped blocks and the prefix checker are the chaos runner's: one
 # definition for the chaos rounds and these tests.
 from tricopy.host.tools.chaos import History, stamped
@@ -130,7 +130,7 @@ def test_check_prefix_catches_a_reordered_svol():
 
 
 def _restore_state(cluster: Cluster) -> dict:
-    return json.loads((cluster.root / "secondary" / "state" / "g1.restored").read_text())
+    return RestoreState(cluster.root / "secondary" / "state" / "g1.restored").doc()
 
 
 def test_svol_stays_a_prefix_across_secondary_crashes_during_catch_up(tmp_path):

@@ -4,9 +4,10 @@ leaves its journal volume's clean-shutdown mark: it restarts without a
 recovery scan."""
 
 import asyncio
-import json
 import re
 import signal
+
+from tricopy.host.secondary.site import RestoreState
 
 from .cluster import Cluster, Workload
 from .test_replication import check_volumes
@@ -51,7 +52,7 @@ def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
         _stopped_cleanly(cluster, "secondary", signal.SIGINT)
         # A clean stop saves the restore point at what was applied: no replay
         # (and no "not consistent" window) at the next start.
-        state = json.loads((cluster.root / "secondary" / "state" / "g1.restored").read_text())
+        state = RestoreState(cluster.root / "secondary" / "state" / "g1.restored").doc()
         assert state["mark"] == state["last_seq"], state
         _stopped_cleanly(cluster, "primary", signal.SIGTERM)
         _stopped_cleanly(cluster, "relay", signal.SIGTERM)
