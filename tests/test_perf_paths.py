@@ -276,8 +276,32 @@ def test_a_silent_peer_still_times_out():
         srv = await accepted
         t0 = time.monotonic()
         with pytest.raises(LinkTimeout):
-            await srv.recv()                 # the raw client never sends a byte
+            async with asyncio.timeout(5):   # (no watchdog: TimeoutError, not LinkTimeout)
+                await srv.recv()             # the raw client never sends a byte
         assert 0.25 < time.monotonic() - t0 < 2.0 and srv.closed
+        writer.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_a_link_left_unread_is_not_declared_dead():
+    """The silence limit counts while a read waits, not while the owner is
+    busy elsewhere: a frame that arrived during 5 heartbeats of not reading
+    is read, and the link lives on."""
+    async def main():
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_conn(reader, writer):
+            accepted.set_result(Link(reader, writer, initiator=False, heartbeat=0.1, name="srv"))
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        srv = await accepted
+        frame = p.Frame(p.FrameType.JNLWR, b"x" * 100)
+        writer.write(frame.serialize())
+        await asyncio.sleep(0.5)             # the owner busy elsewhere for 5 heartbeats
+        assert await srv.recv() == frame and not srv.closed
+        await srv.close()
         writer.close()
         server.close()
     asyncio.run(main())

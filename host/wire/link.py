@@ -65,6 +65,10 @@ class LinkRefused(LinkError):
         self.peer_epoch = peer_epoch     # STALE_EPOCH: the refusing site's epoch (NAK TAG)
 
 
+class _Silent(Exception):
+    """Set on the reader by the watchdog: the peer said nothing for too long."""
+
+
 class LinkUnauthenticated(LinkClosed):
     """The TLS handshake failed or the peer's certificate names another site."""
 
@@ -92,6 +96,13 @@ class Link:
         self._batch_n = 0
         self._batch_bytes = 0
         self._hb_task = asyncio.create_task(self._beat()) if initiator else None
+        # The silence limit is watched by one task, not a timer per read: a
+        # timeout around every read() made and cancelled a timer each time,
+        # about 5 % of a site's CPU at depth 16 (docs/benchmarks.md, "Link
+        # reads without a timer each").  ``_wait_since``: when the read now
+        # waiting began (None: no read waiting).
+        self._wait_since: float | None = None
+        self._watch_task = asyncio.create_task(self._watch())
         # Read once: a closed TLS transport answers no more questions.
         peer = writer.get_extra_info("peername")
         self.peername = f"{peer[0]}:{peer[1]}" if peer else "?"
@@ -187,18 +198,18 @@ class Link:
         """The next frame other than HEARTBEAT; raises LinkError when the link is gone."""
         while True:
             while not self._frames:
+                self._wait_since = asyncio.get_running_loop().time()
                 try:
-                    # asyncio.timeout, not wait_for: wait_for wraps every read
-                    # in a new task, a cost paid per frame at low queue depth.
-                    async with asyncio.timeout(3 * self._heartbeat):
-                        chunk = await self._reader.read(_READ_CHUNK)
-                except TimeoutError:
+                    chunk = await self._reader.read(_READ_CHUNK)
+                except _Silent:
                     await self.close()
                     raise LinkTimeout(f"{self.name}: nothing from {self.peername} for "
                                       f"{3 * self._heartbeat:.1f} s") from None
                 except (ConnectionError, OSError) as exc:
                     await self.close()
                     raise LinkClosed(f"{self.name}: {exc}") from None
+                finally:
+                    self._wait_since = None
                 if not chunk:
                     await self.close()
                     raise LinkClosed(f"{self.name}: {self.peername} closed the connection")
@@ -249,13 +260,26 @@ class Link:
                 self.send(Frame(FrameType.HEARTBEAT))
                 await self.drain()
 
+    async def _watch(self) -> None:
+        """End a read that has waited ``3 * heartbeat`` with nothing (checked
+        every half heartbeat: a dead link is declared after 3 to 3.5)."""
+        loop = asyncio.get_running_loop()
+        limit = 3 * self._heartbeat
+        while not self.closed:
+            await asyncio.sleep(self._heartbeat / 2)
+            since = self._wait_since
+            if since is not None and loop.time() - since >= limit and not self.closed:
+                self._reader.set_exception(_Silent())   # the waiting read raises it
+                return
+
     async def close(self) -> None:
         if self.closed:
             return
         self.flush()      # a NAK queued just before closing still reaches the peer
         self.closed = True
-        if self._hb_task is not None and self._hb_task is not asyncio.current_task():
-            self._hb_task.cancel()
+        for task in (self._hb_task, self._watch_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         self._writer.close()
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
         # the cancellation of the task that closes (when wait_closed ends in
