@@ -19,6 +19,7 @@ only when both the far secondary and this copy hold it durably
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from ..config import GroupConfig, SiteConfig
@@ -70,10 +71,9 @@ class RelayCopy(RestoreGroup):
                 raise VolumeError(f"the relay's copy of group {self.cfg.grname} is suspended: "
                                   f"{self.reason}")
             self._applied_more.clear()
-            try:
-                await asyncio.wait_for(self._applied_more.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):     # (no task per wait: not wait_for)
+                async with asyncio.timeout(0.5):
+                    await self._applied_more.wait()
 
     async def feed(self, store: JournalStore, last, new: asyncio.Event, stopped) -> None:
         """Stage every journal the relay holds, in SEQ# order, from the restore
@@ -84,10 +84,9 @@ class RelayCopy(RestoreGroup):
         while not stopped():
             if nxt > last():
                 new.clear()
-                try:
-                    await asyncio.wait_for(new.wait(), 0.5)
-                except asyncio.TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await new.wait()
                 continue
             if nxt < store.tail_seq:
                 self.suspend(f"the relay's data volumes lack SEQ# {nxt}..{store.tail_seq - 1}, "

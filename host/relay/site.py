@@ -805,10 +805,12 @@ class RelayGroup:
         return out
 
     async def _wait(self, event: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), 0.5)   # bounded: also notices a closed link
-        except asyncio.TimeoutError:
-            pass
+        # bounded: also notices a closed link.  asyncio.timeout, not
+        # wait_for: wait_for wraps the wait in a task of its own, made for
+        # every forward batch.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await event.wait()
 
     async def _secondary_acks(self, link: Link) -> None:
         try:

@@ -17,6 +17,7 @@ the SVOL, ADDRESS/LENGTH the place), never past a gap.  What this adds:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import logging
@@ -400,10 +401,9 @@ class RestoreGroup:
                 if due is None:
                     await self._wake.wait()
                 elif due > 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), due)
-                    except asyncio.TimeoutError:
-                        pass
+                    with contextlib.suppress(TimeoutError):   # (no task per wait: not wait_for)
+                        async with asyncio.timeout(due):
+                            await self._wake.wait()
                 self._wake.clear()
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
