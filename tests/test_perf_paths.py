@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -28,6 +29,7 @@ import pytest
 from tricopy.host.wire import protocol as p
 from tricopy.host.secondary import site as secondary
 from tricopy.host.config import parse_config
+from tricopy.host.disk import inline
 from tricopy.host.wire.link import Link, LinkClosed, LinkTimeout
 from tricopy.host.journal.store import JournalStore
 from tricopy.host.disk.volume import Volume
@@ -390,3 +392,29 @@ def test_stamp_equals_replace_then_with_ccrc():
                     tag=ctl.tag)
         want = dataclasses.replace(ctl, seq=ack.seq, time=ack.time, jofs=ack.jofs).with_ccrc()
         assert _stamp(ctl, ack) == want and want.ccrc_ok()
+
+
+def test_the_secondary_saves_in_the_loop_while_the_disk_is_fast(tmp_path):
+    """Apply marks and checkpoints (RestoreGroup._save): in a thread until
+    the last INLINE_HISTORY took under INLINE_SYNC_BELOW each, then in the
+    event loop; one slow save sends the next ones back to threads."""
+    g = _restore_group(tmp_path)
+    g._saves = inline.InlineWindow(below=0.2)    # far from both, on a loaded machine
+    h = inline.INLINE_HISTORY
+
+    async def main():
+        here = threading.get_ident()
+        seen = []
+
+        def save(slow=False):
+            seen.append(threading.get_ident() == here)
+            if slow:
+                time.sleep(0.3)           # a disk turning busy
+        for _ in range(h + 2):
+            await g._save(save)
+        await g._save(save, True)
+        for _ in range(h + 1):
+            await g._save(save)
+        return seen
+    seen = asyncio.run(main())
+    assert seen == [False] * h + [True] * 3 + [False] * h + [True]

@@ -17,10 +17,10 @@ the fdatasync.
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 from concurrent.futures import ThreadPoolExecutor
 
+from ..disk.inline import INLINE_HISTORY, INLINE_SYNC_BELOW, InlineWindow
 from ..wire.protocol import Control
 from ..perf import PERF, now
 from .store import JournalStore
@@ -45,15 +45,10 @@ SYNCS_IN_FLIGHT = 2
 
 #: A sync runs in the event loop itself, with no worker thread, when none is
 #: in flight and each of the last ``INLINE_HISTORY`` syncs took less than
-#: this.  On this project's 2-vCPU VM a 4 KiB write + fdatasync took 90-110
-#: µs inline and 310-320 µs through a worker thread (two thread wake-ups:
-#: the worker's, then the loop's), so at low depth the hand-off cost twice
-#: the disk (docs/benchmarks.md, "Syncs in the event loop").  A sync slower
-#: than this (a busy or failing disk) puts the next ones back in threads
-#: until the window is fast again; the price is that one slow sync stops
-#: the loop (links, control socket) for its duration.  0 turns it off.
-INLINE_SYNC_BELOW = 0.001
-INLINE_HISTORY = 8
+#: ``INLINE_SYNC_BELOW`` (host/disk/inline.py says why).  On this project's
+#: 2-vCPU VM a 4 KiB write + fdatasync took 90-110 µs inline and 310-320 µs
+#: through a worker thread, so at low depth the hand-off cost twice the disk
+#: (docs/benchmarks.md, "Syncs in the event loop").  0 turns it off.
 
 
 class GroupCommitter:
@@ -89,7 +84,7 @@ class GroupCommitter:
         self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
         self.inline_below = inline_below
-        self._recent: collections.deque[float] = collections.deque(maxlen=INLINE_HISTORY)
+        self._window = InlineWindow(inline_below, INLINE_HISTORY)
         self.inline_syncs = 0    # of ``fsyncs``, those run in the event loop
 
     async def append_durable(self, control: Control, data: bytes = b"") -> None:
@@ -104,7 +99,7 @@ class GroupCommitter:
         if seq >= self.store.next_seq:
             raise ValueError(f"seq {seq} was not appended (next is {self.store.next_seq})")
         while self.store.durable_seq < seq:
-            if not self._flushes and self._inline_ok():
+            if not self._flushes and self._window.ok():
                 self._sync_inline()
                 continue
             task = next((t for target, _, t in self._flushes if target >= seq), None)
@@ -118,10 +113,6 @@ class GroupCommitter:
             # shield: a cancelled waiter must not cancel the fsync the others wait on.
             await asyncio.shield(task)
         return self.store.durable_seq
-
-    def _inline_ok(self) -> bool:
-        return (len(self._recent) == self._recent.maxlen
-                and max(self._recent) < self.inline_below)
 
     def _sync_inline(self) -> None:
         """One fdatasync here, in the event loop: nothing else runs meanwhile,
@@ -137,7 +128,7 @@ class GroupCommitter:
             self._took(now() - t0, target - first)
 
     def _took(self, seconds: float, journals: int) -> None:
-        self._recent.append(seconds)
+        self._window.took(seconds)
         PERF["relay.fsync"].add(seconds)
         PERF["relay.fsync_journals"].add(max(0, journals))
         if self.on_fsync is not None:

@@ -32,6 +32,7 @@ from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
+from ..disk.inline import InlineWindow
 from ..disk.slotfile import SlotFile, SlotFileCorrupt
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
@@ -174,6 +175,10 @@ class RestoreGroup:
         self.hellos_refused = 0          # unauthenticated HELLOs refused (plaintext links)
         self.last_refused = ""
         self._wake = asyncio.Event()
+        # The apply mark and checkpoint saves (an fdatasync or two each) run
+        # in the event loop while the disk is fast, else in a thread
+        # (host/disk/inline.py): a thread hand-off cost more CPU than the save.
+        self._saves = InlineWindow()
         self._room = asyncio.Event()
         self._room.set()
 
@@ -408,22 +413,34 @@ class RestoreGroup:
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
                 # thread hop per batch cost more than the writes.  The fsyncs of
-                # the apply mark and the checkpoint run in a thread so the link
-                # keeps receiving (and the next mark covers what came meanwhile).
+                # the apply mark and the checkpoint run here while the disk is
+                # fast, else in a thread so the link keeps receiving (and the
+                # next mark covers what came meanwhile): _save.
                 while True:
                     if (wait := self.mark_wait(time.monotonic())) is not None:
                         if wait > 0 and not interval:
                             break            # (nothing applies past the mark meanwhile)
-                        await asyncio.to_thread(self.save_mark, self.mark_due())
+                        await self._save(self.save_mark, self.mark_due())
                     if not self.restore(RESTORE_STEP):
                         break
                     await asyncio.sleep(0)
                 saved = False
                 if interval or self.checkpoint_due(time.monotonic()) == 0:
-                    saved = await asyncio.to_thread(self.checkpoint)
+                    saved = await self._save(self.checkpoint)
             if saved and self.link is not None and not self.link.closed:
                 self.link.send(protocol.Ack(seq=self.last_restored,
                                             req_type=FrameType.JNLWR).frame())
+
+    async def _save(self, fn, *args):
+        """``fn(*args)``, a save that fsyncs: here if the disk has been fast, else
+        in a thread (the link keeps receiving meanwhile)."""
+        t0 = now()
+        try:
+            if self._saves.ok():
+                return fn(*args)
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._saves.took(now() - t0)
 
     def pair_set(self, grsts: str, consistent_seq: int | None = None,
                  relay_seq: int | None = None, relay_tag: int | None = None,
