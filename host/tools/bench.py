@@ -79,10 +79,77 @@ def bench_store(data_len: int, fsync: bool, batch: int = 1, preallocate: bool = 
             "sync_p50_us": res["sync_p50_us"], "sync_p99_us": res["sync_p99_us"]}
 
 
+def _cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_state_save(how: str, count: int = 100) -> dict:
+    """A small state file (the secondary's restore point) saved ``count`` times:
+    ``atomic_write`` (temporary file, fsync, rename, folder fsync) against
+    :class:`~..disk.slotfile.SlotFile` (one write in place, one fdatasync)."""
+    import json as _json
+    from pathlib import Path
+    from ..disk.durable import atomic_write
+    from ..disk.slotfile import SlotFile
+    doc = _json.dumps({"last_seq": 123456, "epoch": 3, "mark": 123520,
+                       "time": 1765000000123456789, "tag": 99}).encode()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TRICOPY_BENCH_DIR")) as tmp:
+        path = Path(tmp) / "g.restored"
+        f = SlotFile(path)
+        save = (lambda: atomic_write(path, doc)) if how == "atomic_write" else (lambda: f.save(doc))
+        save()
+        t0, c0 = time.perf_counter(), _cpu()
+        for _ in range(count):
+            save()
+        t1, c1 = time.perf_counter(), _cpu()
+    return {"what": "state save", "how": how, "saves": count,
+            "wall_us_per_save": round(1e6 * (t1 - t0) / count),
+            "cpu_us_per_save": round(1e6 * (c1 - c0) / count)}
+
+
+def bench_link_round_trip(count: int = 2000) -> dict:
+    """One small frame each way between two :class:`~..wire.link.Link` s over
+    loopback TCP (plain), both ends in this process: CPU per round trip."""
+    import asyncio
+    from ..wire.link import Link
+
+    async def main() -> tuple[float, float]:
+        accepted = asyncio.get_running_loop().create_future()
+
+        async def on_conn(reader, writer):
+            accepted.set_result(Link(reader, writer, initiator=False, heartbeat=5.0, name="srv"))
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        cli = Link(r, w, initiator=True, heartbeat=5.0, name="cli")
+        srv = await accepted
+        frame = protocol.Frame(FrameType.ACK, bytes(32))
+        t0, c0 = time.perf_counter(), _cpu()
+        for _ in range(count):
+            cli.send(frame)
+            await srv.recv()
+            srv.send(frame)
+            await cli.recv()
+        t1, c1 = time.perf_counter(), _cpu()
+        await cli.close()
+        await srv.close()
+        server.close()
+        return t1 - t0, c1 - c0
+    import uvloop
+    wall, cpu = uvloop.run(main())
+    return {"what": "link round trip", "round_trips": count,
+            "wall_us": round(1e6 * wall / count, 1), "cpu_us": round(1e6 * cpu / count, 1)}
+
+
 def run_protocol(args) -> int:
     results = []
     for size in (4096, 65536):
         results.append(bench_codec(size, args.seconds))
+    for _ in range(2):       # alternated: the disk's noise shows in the pairs
+        for how in ("atomic_write", "slotfile"):
+            results.append(bench_state_save(how))
+    results.append(bench_link_round_trip())
     for size in (4096, 65536):
         results.append(bench_store(size, False))
         for batch in (1, 32):
@@ -97,6 +164,12 @@ def run_protocol(args) -> int:
             if r["what"] == "codec":
                 print(f"codec  {r['data_len'] // 1024:>3} KiB  {r['frames_per_s']:>9,} frames/s"
                       f"  {r['MB_per_s']:>9,.1f} MB/s")
+            elif r["what"] == "state save":
+                print(f"state save  {r['how']:<12}  {r['wall_us_per_save']:>7,} µs/save  "
+                      f"{r['cpu_us_per_save']:>5,} µs CPU/save")
+            elif r["what"] == "link round trip":
+                print(f"link round trip (loopback, plain)  {r['wall_us']:>7,.1f} µs  "
+                      f"{r['cpu_us']:>5,.1f} µs CPU (both ends)")
             else:
                 sync = f"fsync/{r['batch']:<3}" if r["fsync"] else "no fsync "
                 ring = "preallocated" if r["preallocate"] else "sparse"
@@ -113,7 +186,8 @@ def register(sub) -> None:
     which = bench.add_subparsers(dest="bench", metavar="WHAT", required=False)
     from .bench_all import register_all          # no WHAT: every suite in turn
     register_all(bench)
-    p = which.add_parser("protocol", help="codec (serialize+parse+CRC) and journal store append rates")
+    p = which.add_parser("protocol", help="codec (serialize+parse+CRC), journal store append "
+                                          "rates, state-file saves, link round trips")
     p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_protocol)
