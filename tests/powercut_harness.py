@@ -447,11 +447,6 @@ class GroupCommitRun(StoreRun):
                 except StoreFull:
                     if s.durable_seq >= s.tail_seq:
                         self._release(s, rng, upto=s.durable_seq)
-                        # Let the persister run: in the lazy runs released
-                        # space is reused only once the superblock says so,
-                        # and a writer looping here without an await held the
-                        # loop forever (a hang seen at a load of 9).
-                        await asyncio.sleep(0)
                     else:
                         # Wait for the held journals' fsync, as the relay does:
                         # a sleep alone could wait forever if no writer asks for
