@@ -266,16 +266,21 @@ def test_drain_hands_over_a_large_backlog_at_once():
     asyncio.run(main())
 
 
+async def _raw_peer():
+    """A Link accepting (heartbeat 0.1 s) and a raw socket writer at the other end."""
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_conn(reader, writer):
+        accepted.set_result(Link(reader, writer, initiator=False, heartbeat=0.1, name="srv"))
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    return await accepted, writer, server
+
+
 def test_a_silent_peer_still_times_out():
     async def main():
-        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        async def on_conn(reader, writer):
-            accepted.set_result(Link(reader, writer, initiator=False, heartbeat=0.1, name="srv"))
-
-        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        srv = await accepted
+        srv, writer, server = await _raw_peer()
         t0 = time.monotonic()
         with pytest.raises(LinkTimeout):
             async with asyncio.timeout(5):   # (no watchdog: TimeoutError, not LinkTimeout)
@@ -291,14 +296,7 @@ def test_a_link_left_unread_is_not_declared_dead():
     busy elsewhere: a frame that arrived during 5 heartbeats of not reading
     is read, and the link lives on."""
     async def main():
-        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        async def on_conn(reader, writer):
-            accepted.set_result(Link(reader, writer, initiator=False, heartbeat=0.1, name="srv"))
-
-        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        srv = await accepted
+        srv, writer, server = await _raw_peer()
         frame = p.Frame(p.FrameType.JNLWR, b"x" * 100)
         writer.write(frame.serialize())
         await asyncio.sleep(0.5)             # the owner busy elsewhere for 5 heartbeats
