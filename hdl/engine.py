@@ -293,6 +293,13 @@ class JournalEngine(wiring.Component):
         # (without data memory every answer is at most 80 bytes: 7 bits)
         ans_len = Signal(LENGTH_BITS if mem else 7)
         ans_src = Signal(Source)
+        # what ANSWER does with the staged answer, decided where it is
+        # staged (not compared from ``ans_type``/``ans_from`` in ANSWER,
+        # in front of NAKS, NEXT_SEQ and HELD): a NAK is counted; a
+        # journal's SEQ# is taken (an ACK from WRITE, or with batches also a
+        # NAK from WRITE: the last descriptor taken)
+        ans_nak = Signal()
+        ans_step = Signal()
         ans_base = Signal(RB)
         ans_flags = Signal(16)
         after = Signal(_After)
@@ -329,9 +336,10 @@ class JournalEngine(wiring.Component):
             SEQ/TIME/JOFS are another's (a batch's last descriptor taken)."""
             if from_ is None:
                 from_ = _AckFrom.NAK_X if seq_x else _AckFrom.ZERO
+            step = (from_ == _AckFrom.WRITE) if self.desc_batch > 1 else Const(0)
             return [
                 ans_status.eq(code), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
-                ans_from.eq(from_),
+                ans_from.eq(from_), ans_nak.eq(1), ans_step.eq(step),
                 ans_type.eq(FT.NAK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(after_),
             ]
@@ -339,7 +347,7 @@ class JournalEngine(wiring.Component):
         def ack(req_type, from_, *, tag=False):
             return [
                 ans_status.eq(ST.OK), ans_req.eq(req_type), ans_tag_ctl.eq(tag),
-                ans_from.eq(from_),
+                ans_from.eq(from_), ans_nak.eq(0), ans_step.eq(from_ == _AckFrom.WRITE),
                 ans_type.eq(FT.ACK), ans_len.eq(protocol.Ack.SIZE), ans_src.eq(Source.ACK),
                 ans_flags.eq(0), after.eq(_After.HEADER),
             ]
@@ -382,7 +390,8 @@ class JournalEngine(wiring.Component):
         nul_seen = Signal()
         # allocation result, fixed before the first body byte (JNLWR) or
         # after the last (JNLDESC: DATA_LEN is in body bytes 36..39)
-        rlen = Signal(LENGTH_BITS)             # R in bytes (a multiple of 64)
+        # R in bytes (a multiple of 64); without data memory ``r_q`` (below)
+        rlen = Signal(LENGTH_BITS) if mem else None
         place = Signal(PG)                     # JOFS, granules
         wrap = Signal()
         rewind = Signal()
@@ -397,6 +406,7 @@ class JournalEngine(wiring.Component):
         m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
+        settle = Signal()                      # ALLOC_W's second cycle
 
         # -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ----------
         # Bytes 32..63 of every descriptor (what EXEC's checks read from
@@ -466,6 +476,27 @@ class JournalEngine(wiring.Component):
         bcrc = hcrc
         dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
         magic_ok = hdr.magic == protocol.MAGIC
+        # HCHECK's checks of the window, registers one cycle behind it
+        # (HCHECK waits a cycle for them: ``h_settled``). LENGTH against what
+        # its TYPE can carry (protocol.MAX_LENGTH, the host's table): a
+        # longer header is refused in HCHECK and the hunt starts at once,
+        # not after up to MAX_BODY bytes of body. An unknown TYPE carries
+        # nothing: it hunts too. (From the window through these checks to
+        # the enables of every register HCHECK loads was the UP5K's
+        # critical path.)
+        h_magic, h_crc, h_form, h_len, h_type, h_settled = (
+            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type",
+                                     "h_settled"))
+        length_now = Const(0)
+        type_now = Const(0)
+        for t in _KNOWN_TYPES:
+            type_now = type_now | (hdr.type == t)
+            length_now = length_now | ((hdr.type == t)
+                                       & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
+        m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
+                     h_form.eq((hdr.version == protocol.VERSION)
+                               & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
+                     h_len.eq(length_now), h_type.eq(type_now)]
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -520,6 +551,22 @@ class JournalEngine(wiring.Component):
         x_lt_tail = Signal()
         m.d.sync += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
                      x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
+        # A descriptor ring's RELEASE (RELEASE_D): P - JOPTR a register one
+        # cycle behind ``small``, P <= JOPTR and P's range checks one more,
+        # so that RELEASE_D has one carry chain (D = P - JOPTR, + SIZE when
+        # it wraps), not three in a row. Both settled by RELEASE_D: ALIGN
+        # waits two cycles after the last shift, then EXEC.
+        rel_p = layouts.ReleaseAt(small[:128]).joptr
+        rel_pg = rel_p[G:G + SG]
+        rel_diff = Signal(SG + 1)
+        rel_past = Signal()                    # P <= JOPTR: the release wraps
+        rel_p_bad = Signal()                   # off the grid, >= 2**40 or >= WRAP_AT
+        m.d.sync += [
+            rel_diff.eq(rel_pg - joptr),
+            rel_past.eq(rel_diff[SG] | (rel_diff[:SG] == 0)),
+            # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
+            rel_p_bad.eq((rel_p[:G] != 0) | rel_p[G + SG - 1:].any() | (rel_pg >= wrap_at)),
+        ]
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
         walk_for_release = Signal()
@@ -557,14 +604,89 @@ class JournalEngine(wiring.Component):
         # batch past its first descriptor the previous one's SEQ# step is
         # pending: NEXT_SEQ + 1 == 2**64 - 1.
         K = protocol.Kind
-        kind_ok = ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)
-        rules_ok = Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE), ctl.data_len == ctl.length,
-                       Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
-                           ctl.data_len == 0))
-        epoch_ok = ctl.epoch == epoch
-        desc_dcrc_ok = (ctl.data_len != 0) | (ctl.data_crc == 0)
+        # Registers one cycle behind their inputs, so that EXEC's decision
+        # starts from flip-flops, not from 32- and 64-bit equality trees (the
+        # UP5K's critical paths ended in that decision): ``small`` holds
+        # still for at least a cycle before EXEC and ALLOC (TRAILER, ALIGN,
+        # ALLOC_W come first), EPOCH, NEXT_SEQ and BIDX change only in EXEC,
+        # LOAD_SET and ANSWER, never in the cycle before a decision.
+        kind_ok, rules_ok, epoch_ok, desc_dcrc_ok, seq_spent = (
+            Signal(name=n) for n in ("kind_ok", "rules_ok", "epoch_ok", "desc_dcrc_ok",
+                                     "seq_spent"))
+        m.d.sync += [
+            kind_ok.eq(ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)),
+            rules_ok.eq(Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE),
+                            ctl.data_len == ctl.length,
+                            Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
+                                ctl.data_len == 0))),
+            epoch_ok.eq(ctl.epoch == epoch),
+            desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
+            seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0))),
+        ]
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
-        seq_spent = next_seq[1:].all() & (next_seq[0] | (bidx != 0))
+
+        # -- ALLOC's figures, a pipeline of registers --------------------------
+        # R (granules) one cycle behind ``small``/``blen``, its comparisons
+        # with the ring registers one more (two behind): ALLOC decides on
+        # flip-flops only. ALLOC is entered two cycles after ``small`` last
+        # moved (ALLOC_W waits where TRAILER does not), and the ring
+        # registers hold from the ANSWER before. (The path was: DATA_LEN ->
+        # + 127 -> R <= X -> the decision -> ``place``, 61 ns on the UP5K.)
+        is_desc_now = (ftype == FT.JNLDESC) if mem else Const(1, 1)
+        RW = LENGTH_BITS - G + 1
+        r_q = Signal(RW)
+        fits_q = Signal()
+        m.d.sync += [
+            # ceil(DATA_LEN / 64) + 1 as one adder: + 64 before the shift;
+            # a JNLWR's from its header LENGTH (control data included)
+            r_q.eq(Mux(is_desc_now, (ctl.data_len[:LENGTH_BITS] + 127)[G:], (blen + 63)[G:])),
+            fits_q.eq(Mux(is_desc_now, lt_const(ctl.data_len, protocol.MAX_DATA + 1),
+                          ge_const(blen, 64))),
+        ]
+        c_tail, c_free, c_joptr, c_gap, c_size = (
+            Signal(name=f"r_le_{n}") for n in ("tail", "free", "joptr", "gap", "size"))
+        ex_tail, ex_size = Signal(name="ex_tail"), Signal(name="ex_size")   # R == tail / SIZE
+        j_ge = Signal(init=1)                      # JIPTR >= JOPTR
+        empty_q = Signal(init=1)                   # USED == 0
+        rt_q = Signal(SG)                          # R + the tail (a tail skip)
+        if not mem:
+            # Only EXEC reads R after ALLOC, and ``small`` holds from ALLOC to
+            # EXEC, so ``r_q`` still holds it: no copy (a flip-flop with no
+            # logic in front costs a logic cell). A data ring's JNLWR needs
+            # the copy: its body moves ``small`` before EXEC.
+            rlen = Cat(Const(0, G), r_q)
+        m.d.sync += [
+            c_tail.eq(le_wide(r_q, tail)), c_free.eq(le_wide(r_q, free)),
+            c_joptr.eq(le_wide(r_q, joptr)), c_gap.eq(le_wide(r_q, gap)),
+            c_size.eq(le_wide(r_q, size)),
+            ex_tail.eq((tail[RW:] == 0) & (tail[:RW] == r_q)),
+            ex_size.eq((size[RW:] == 0) & (size[:RW] == r_q)),
+            j_ge.eq(jiptr >= joptr), empty_q.eq(used == 0),
+            rt_q.eq(tail + r_q),
+        ]
+        # an exact fit at the end (JIPTR wraps to 0) and what USED grows by,
+        # chosen in ALLOC for EXEC (which then adds one register to USED and
+        # PLACE + R to JIPTR: one carry chain each, no comparison after)
+        exact = Signal()
+        used_add = Signal(SG)
+        # TIME = max(CLOCK, LAST_TIME): the 64-bit comparison in two 32-bit
+        # halves, registers one cycle behind (a 64-bit chain on the UP5K is
+        # most of a 25 ns cycle). The CLOCK compared is the previous
+        # cycle's, so ALLOC stamps CLOCK when that was past LAST_TIME (CLOCK
+        # never goes back but on a LOAD TIME, and none comes between) and
+        # LAST_TIME otherwise: TIME is still >= LAST_TIME and a time the
+        # clock showed no later than the stamp.
+        # (CLOCK wrapping past 2**64 in that cycle stamps LAST_TIME: the
+        # wrapped CLOCK is below the one compared.)
+        t_hi_gt, t_hi_eq, t_lo_gt, t_top = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [t_hi_gt.eq(ts.now[32:] > last_time[32:]),
+                     t_hi_eq.eq(ts.now[32:] == last_time[32:]),
+                     t_lo_gt.eq(ts.now[:32] > last_time[:32]),
+                     t_top.eq(ts.now[63])]
+        now_past_last = (t_hi_gt | (t_hi_eq & t_lo_gt)) & ~(t_top & ~ts.now[63])
+
+        small_ld_ = layouts.Load(small)
+        ld_q = self._load_checks(m, locals())
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
@@ -600,19 +722,11 @@ class JournalEngine(wiring.Component):
                     m.next = "HCHECK"
 
             with m.State("HCHECK"):
-                # LENGTH against what its TYPE can carry (protocol.MAX_LENGTH,
-                # the host's table): a longer header is refused here and the
-                # hunt starts at once, not after up to MAX_BODY bytes of body.
-                # An unknown TYPE carries nothing: it hunts too.
-                length_ok = Const(0)
-                type_ok = Const(0)
-                for t in _KNOWN_TYPES:
-                    type_ok = type_ok | (hdr.type == t)
-                    length_ok = length_ok | ((hdr.type == t)
-                                             & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
-                header_ok = (magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
-                             & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
-                             & length_ok & type_ok)
+                # The header's checks are registers one cycle behind the
+                # window (``h_*``, above): HCHECK spends its first cycle
+                # waiting for them (the window and HCRC hold still here).
+                magic_ok, hdr_crc_ok, length_ok, type_ok = h_magic, h_crc, h_len, h_type
+                header_ok = magic_ok & hdr_crc_ok & h_form & length_ok & type_ok
                 # A NAK is staged in ``ans`` and ALLOC overwrites
                 # ``stamp_time`` (STATUS NOW); the responder reads them while
                 # it sends (no second copy of the answer), so wait until the
@@ -620,7 +734,9 @@ class JournalEngine(wiring.Component):
                 # reads. The window holds still. (The HEARTBEAT token is
                 # sent from ``ans``, not from ``small``.)
                 reads_core = ans_src == Source.STATUS
-                with m.If(~resp.busy | (header_ok & ~reads_core)):
+                m.d.sync += h_settled.eq(1)
+                with m.If(h_settled & (~resp.busy | (header_ok & ~reads_core))):
+                    m.d.sync += h_settled.eq(0)
                     m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
                                  hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
                                  ccrc.eq(CRC_INIT),
@@ -637,9 +753,7 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
                             m.next = "ANSWER"
-                    with m.Elif((hdr.version != protocol.VERSION)
-                                | (hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
-                                | ~length_ok | ~type_ok):
+                    with m.Elif(~h_form | ~length_ok | ~type_ok):
                         m.d.sync += nak(ST.BAD_FRAME, hdr.type,
                                         after_=Mux(length_ok, _After.SKIP, _After.HUNT))
                         with m.If(~length_ok):
@@ -652,32 +766,38 @@ class JournalEngine(wiring.Component):
                         with m.If(hdr.length == 0):
                             m.next = "EXEC"
                         with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
-                            m.next = "ALLOC"
+                            m.next = "ALLOC_W"
                         with m.Else():
                             m.next = "BODY"
+
+            with m.State("ALLOC_W"):
+                # two cycles (one after a TRAILER of one beat) for R and its
+                # comparisons to follow ``small`` or ``blen`` (see ``r_q``)
+                m.d.sync += settle.eq(1)
+                with m.If(settle):
+                    m.d.sync += settle.eq(0)
+                    m.next = "ALLOC"
 
             with m.State("ALLOC"):
                 # docs/protocol.md "Allocation": a JNLWR's R from the header
                 # LENGTH, before the first body byte (a body whose DATA_LEN
                 # disagrees is NAKed anyway); a JNLDESC's from DATA_LEN, once
-                # the body is in. All in granules of 64 bytes.
-                # (without data memory only a JNLDESC comes here: no JNLWR
-                # figures and no multiplexer for them)
-                is_desc = (ftype == FT.JNLDESC) if mem else Const(1, 1)
-                dlen = ctl.data_len
-                r_wr = (blen + 63)[G:]
-                # ceil(DATA_LEN / 64) + 1 as one adder: + 64 before the shift
-                r_desc = (dlen[:LENGTH_BITS] + 127)[G:]
-                r = Signal(LENGTH_BITS - G + 1)
-                m.d.comb += r.eq(Mux(is_desc, r_desc, r_wr))
-                fits = Mux(is_desc, lt_const(dlen, protocol.MAX_DATA + 1), ge_const(blen, 64))
+                # the body is in. All in granules of 64 bytes, every figure a
+                # register (``r_q`` and the comparisons after it).
+                is_desc = is_desc_now
                 # an empty ring rewinds only when its tail cannot take R
-                # (R is 18 bits, the ring figures 34-35: le_wide)
-                fits_tail = le_wide(r, tail)
-                rew = empty & ~fits_tail
-                m.d.sync += [rlen.eq(Cat(Const(0, G), r)), wrap.eq(0),
+                fits_tail = c_tail
+                rew = empty_q & ~fits_tail
+                if mem:
+                    m.d.sync += rlen.eq(Cat(Const(0, G), r_q))
+                m.d.sync += [wrap.eq(0),
                              alloc_ok.eq(0), rewind.eq(rew),
-                             alloc_full.eq(0)]
+                             alloc_full.eq(0),
+                             # an accepted journal is placed at 0 exactly
+                             # when the tail cannot take it (a rewind or a
+                             # tail skip; JOPTR - JIPTR <= the tail)
+                             exact.eq(Mux(fits_tail, ex_tail, ex_size)),
+                             used_add.eq(Mux(fits_tail | empty_q, r_q, rt_q))]
                 # With batches a JNLDESC's JOFS is written only when EXEC
                 # will take it (it fits, checks 4-7 pass, the SEQ# space is
                 # not spent: the same figures EXEC decides on), so that
@@ -696,19 +816,19 @@ class JournalEngine(wiring.Component):
                             m.d.sync += place.eq(value)
                 # a batch's TIME is taken once, at its first descriptor
                 with m.If(bidx == 0):
-                    m.d.sync += stamp_time.eq(Mux(ts.now > last_time, ts.now, last_time))
+                    m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
                 # a ring of the other kind is refused at EXEC (WRONG_MODE)
-                with m.If(fits & le_wide(r, size) & (is_desc == desc)):
+                with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
                         place_taken(0)
-                    with m.Elif(~le_wide(r, free)):
+                    with m.Elif(~c_free):
                         m.d.sync += alloc_full.eq(1)
-                    with m.Elif(jiptr >= joptr):
+                    with m.Elif(j_ge):
                         with m.If(fits_tail):
                             m.d.sync += alloc_ok.eq(1)
                             place_taken(jiptr)
-                        with m.Elif(le_wide(r, joptr)):
+                        with m.Elif(c_joptr):
                             m.d.sync += [alloc_ok.eq(1), wrap.eq(1)]
                             if mem or B == 1:
                                 with m.If(place_here):
@@ -716,7 +836,7 @@ class JournalEngine(wiring.Component):
                             place_taken(0)
                         with m.Else():
                             m.d.sync += alloc_full.eq(1)
-                    with m.Elif(le_wide(r, gap)):
+                    with m.Elif(c_gap):
                         m.d.sync += alloc_ok.eq(1)
                         place_taken(jiptr)
                     with m.Else():
@@ -756,7 +876,12 @@ class JournalEngine(wiring.Component):
                         with m.Elif(lt_const(blen if W == 1 else bcnt, 32)):
                             m.next = "ALIGN"
                         with m.Elif(ftype == FT.JNLDESC):
-                            m.next = "ALLOC"
+                            if W == 1:
+                                # (the 4 BCRC bytes were R's two cycles)
+                                m.next = "ALLOC"
+                            else:
+                                m.d.sync += settle.eq(1)
+                                m.next = "ALLOC_W"
                         with m.Else():
                             m.next = "EXEC"
 
@@ -788,7 +913,7 @@ class JournalEngine(wiring.Component):
                     with m.If(kcnt != 0):
                         m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
                     with m.If(kcnt == 32 // W):
-                        m.next = "ALLOC"
+                        m.next = "ALLOC_W"
 
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
@@ -799,7 +924,8 @@ class JournalEngine(wiring.Component):
                 small_ld = layouts.Load(small)
                 m.d.sync += kcnt.eq(0)
                 with m.If(~resp.busy):
-                    m.d.sync += ans_flags.eq(0)
+                    # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
+                    m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0)]
                     m.next = "ANSWER"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
@@ -889,6 +1015,9 @@ class JournalEngine(wiring.Component):
             with m.State("RELEASE_AT"):
                 self._release_at(m, locals())
 
+            with m.State("LOAD_SET"):
+                self._load_set(m, locals())
+
             with m.State("LOAD_TIME"):
                 # the LOAD's ACK TIME: the clock the cycle after the load
                 m.d.sync += stamp_time.eq(ts.now)
@@ -903,17 +1032,14 @@ class JournalEngine(wiring.Component):
                                  ans_read.eq(ans_from == _AckFrom.READ)]
                     # counted here, not where the NAK is decided: a STATUS_RESP
                     # still being sent must show the NAKS of its own moment
-                    with m.If(ans_type == FT.NAK):
+                    with m.If(ans_nak):
                         m.d.sync += naks.eq(naks + 1)
-                    m.d.sync += self.nak.eq(ans_type == FT.NAK)
+                    m.d.sync += self.nak.eq(ans_nak)
                     # an accepted JNLWR takes its SEQ# here, as its ACK is
                     # built (ACK SEQ = NEXT_SEQ, no 64-bit decrementer)
                     # (and so does the last one taken of a batch NAKed at a
                     # later one: a NAK from WRITE, "JNLDESC batches")
-                    answers_write = ans_type == FT.ACK
-                    if B > 1:
-                        answers_write |= ans_type == FT.NAK
-                    with m.If(answers_write & (ans_from == _AckFrom.WRITE)):
+                    with m.If(ans_step):
                         m.d.comb += seq.step.eq(1)
                         m.d.sync += held.eq(held + 1)
                     if B > 1:
@@ -1208,14 +1334,13 @@ class JournalEngine(wiring.Component):
         with m.Else():
             # commit: a JNLWR's record is already in the ring
             place, rlen, wrap, tail = v["place"], v["rlen"], v["wrap"], v["tail"]
-            used, empty, size = v["used"], v["empty"], v["size"]
-            base_used = Mux(empty, 0, used)
-            end = place + rlen[G:]
+            used, size = v["used"], v["size"]
+            base_used = Mux(v["empty_q"], 0, used)
             m.d.sync += [
-                # exact fit at the end: JIPTR wraps to 0
-                v["jiptr"].eq(Mux(end == size, 0, end)),
-                # a tail skip holds SIZE - JIPTR too (JIPTR is still the old one)
-                used.eq(base_used + rlen[G:] + Mux(wrap, tail, 0)),
+                # PLACE + R, or 0 for an exact fit at the end (from ALLOC)
+                v["jiptr"].eq(Mux(v["exact"], 0, place + rlen[G:])),
+                # R, plus SIZE - JIPTR for a tail skip (from ALLOC)
+                used.eq(base_used + v["used_add"]),
                 v["last_time"].eq(v["stamp_time"]),
                 v["acks"].eq(v["acks"] + 1),
                 self.full.eq(0),
@@ -1271,16 +1396,12 @@ class JournalEngine(wiring.Component):
         (EXEC checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
         SIZE when 0: the bytes released (granules), a skipped tail included;
         registered with the other checks for RELEASE_AT, which compares D
-        with USED (two 35-bit chains in a row, not three)."""
+        with USED. P - JOPTR and the tests of P are registers already
+        (``rel_diff``): one 35-bit chain here."""
         small = v["small"]
         size, joptr, wrap_at = v["size"], v["joptr"], v["wrap_at"]
         SG = len(size)
-        p = layouts.ReleaseAt(small[:128]).joptr
-        pg = p[G:G + SG]
-        p_big = p[G + SG - 1:].any()           # P >= 2**40: past any SIZE
-        diff = Signal(SG + 1)
-        m.d.comb += diff.eq(pg - joptr)
-        past_end = diff[SG] | (diff[:SG] == 0)          # P <= JOPTR
+        diff, past_end = v["rel_diff"], v["rel_past"]
         # HELD after: NEXT_SEQ - UPTO - 1, from EXEC's NEXT_SEQ - UPTO (x_d,
         # 1..HELD here: EXEC checked it) less one: a 35-bit decrement
         # instead of a second 64-bit adder; 0 exactly when UPTO is the last
@@ -1291,8 +1412,7 @@ class JournalEngine(wiring.Component):
             v["rel_past_end"].eq(past_end),
             v["rel_held"].eq(x_d[:SG] - 1),
             v["rel_last"].eq(v["x_d_le1"] & x_d[0]),
-            # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
-            v["rel_bad"].eq((p[:G] != 0) | p_big | (pg >= wrap_at)),
+            v["rel_bad"].eq(v["rel_p_bad"]),
         ]
         m.next = "RELEASE_W"
 
@@ -1318,32 +1438,52 @@ class JournalEngine(wiring.Component):
                 m.d.sync += wrap_at.eq(size)
         m.next = "ANSWER"
 
-    def _exec_load(self, m, v):
-        """docs/protocol.md "LOAD"."""
+    def _load_checks(self, m, v):
+        """The checks of a LOAD that read wide fields (docs/protocol.md
+        "LOAD"), as registers one cycle behind ``small`` and the ring
+        registers: EXEC decides on them, and the LOAD's effects wait for
+        LOAD_SET (the path was: a 35-bit comparison of PTR with SIZE ->
+        EXEC's decision -> the timestamp unit's FREEZE and LOAD enables)."""
         L = protocol.LoadFlag
-        ld, blen, nak, ack = v["small_ld"], v["blen"], v["nak"], v["ack"]
+        ld = v["small_ld_"]
         fl = ld.flags
         size = v["size"]
         SG = len(size)
-        seq, ts = v["seq"], v["ts"]
         ring = (fl & L.RING).any()
         # the SIZE word of a LOAD RING (body bytes 32..39, see _body)
         ld_size = v["stamp_time"]
-        size_bad = ((ld_size[:G] != 0) | lt_const(ld_size, 128)
-                    | ge_const(ld_size, (1 << self.max_ring_bits) + 1))
         new_size = Mux(ring, ld_size[G:G + SG], size)
-        empty_after = (fl & L.CLEAR).any() | (v["held"] == 0)
+        q = {n: Signal(name=f"ld_{n}") for n in ("seq0", "size_bad", "ptr_bad", "too_big",
+                                                  "held0")}
+        m.d.sync += [
+            q["seq0"].eq(ld.seq == 0),
+            q["size_bad"].eq((ld_size[:G] != 0) | lt_const(ld_size, 128)
+                             | ge_const(ld_size, (1 << self.max_ring_bits) + 1)),
+            q["ptr_bad"].eq((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
+                            | (ld.ptr[G:G + SG] >= new_size)),
+            q["too_big"].eq(ge_const(ld_size, self.memory + 1)),
+            q["held0"].eq(v["held"] == 0),
+        ]
+        return q
+
+    def _exec_load(self, m, v):
+        """docs/protocol.md "LOAD": the checks (EXEC); LOAD_SET applies it."""
+        L = protocol.LoadFlag
+        ld, blen, nak, ack = v["small_ld"], v["blen"], v["nak"], v["ack"]
+        q = v["ld_q"]
+        fl = ld.flags
+        ring = (fl & L.RING).any()
+        empty_after = (fl & L.CLEAR).any() | q["held0"]
         with m.If((blen != Mux(ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))
                   | (fl & ~_LOAD_FLAGS).any()):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((fl & L.SEQ).any() & (ld.seq == 0)):
+        with m.Elif((fl & L.SEQ).any() & q["seq0"]):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((ring & size_bad) | ((fl & L.DESC).any() & ~ring)):
+        with m.Elif((ring & q["size_bad"]) | ((fl & L.DESC).any() & ~ring)):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif((fl & L.PTR).any() & ((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
-                                          | (ld.ptr[G:G + SG] >= new_size))):
+        with m.Elif((fl & L.PTR).any() & q["ptr_bad"]):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-        with m.Elif(ring & ~(fl & L.DESC).any() & ge_const(ld_size, self.memory + 1)):
+        with m.Elif(ring & ~(fl & L.DESC).any() & q["too_big"]):
             # a data ring larger than the data memory (all of them without one)
             m.d.sync += nak(ST.WRONG_MODE, FT.LOAD)
         with m.Elif((fl & (L.SEQ | L.PTR | L.RING)).any() & ~empty_after):
@@ -1351,25 +1491,38 @@ class JournalEngine(wiring.Component):
         with m.Else():
             # the ACK (SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR) is read
             # from the state after the load, in ANSWER
-            with m.If((fl & (L.CLEAR | L.RING)).any()):
-                # RING: the ring is empty already (checked above)
-                m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
-                             v["wrap_at"].eq(new_size), v["held"].eq(0)]
-            with m.If(ring):
-                m.d.sync += size.eq(new_size)
-                if self.memory:
-                    m.d.sync += v["desc"].eq((fl & L.DESC).any())
-            with m.If((fl & L.SEQ).any()):
-                m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
-                # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked above)
-            with m.If((fl & L.PTR).any()):
-                m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
-                             v["wrap_at"].eq(new_size)]
-            with m.If((fl & L.TIME).any()):
-                m.d.comb += [ts.load.eq(1), ts.load_value.eq(ld.time),
-                             ts.freeze.eq((fl & L.FREEZE).any())]
-            with m.If((fl & L.EPOCH).any()):
-                m.d.sync += v["epoch"].eq(ld.epoch)
-            m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD),
-                         self.full.eq(0)]
-            m.next = "LOAD_TIME"
+            m.d.sync += ack(FT.LOAD, _AckFrom.LOAD)
+            m.next = "LOAD_SET"
+
+    def _load_set(self, m, v):
+        """LOAD_SET: a LOAD that EXEC accepted takes effect (its fields hold
+        in ``small`` and ``stamp_time``), a cycle after the decision."""
+        L = protocol.LoadFlag
+        ld = v["small_ld_"]
+        fl = ld.flags
+        size = v["size"]
+        SG = len(size)
+        seq, ts = v["seq"], v["ts"]
+        ring = (fl & L.RING).any()
+        new_size = Mux(ring, v["stamp_time"][G:G + SG], size)
+        with m.If((fl & (L.CLEAR | L.RING)).any()):
+            # RING: the ring is empty already (checked in EXEC)
+            m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
+                         v["wrap_at"].eq(new_size), v["held"].eq(0)]
+        with m.If(ring):
+            m.d.sync += size.eq(new_size)
+            if self.memory:
+                m.d.sync += v["desc"].eq((fl & L.DESC).any())
+        with m.If((fl & L.SEQ).any()):
+            m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
+            # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in EXEC)
+        with m.If((fl & L.PTR).any()):
+            m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
+                         v["wrap_at"].eq(new_size)]
+        with m.If((fl & L.TIME).any()):
+            m.d.comb += [ts.load.eq(1), ts.load_value.eq(ld.time),
+                         ts.freeze.eq((fl & L.FREEZE).any())]
+        with m.If((fl & L.EPOCH).any()):
+            m.d.sync += v["epoch"].eq(ld.epoch)
+        m.d.sync += self.full.eq(0)
+        m.next = "LOAD_TIME"

@@ -167,8 +167,10 @@ class EngineSpec(Elaboratable):
         size, jiptr, joptr, used, wrap_at, held = (tap(n) for n in (
             "size", "jiptr", "joptr", "used", "wrap_at", "held"))
         last_time, stamp_time, epoch = tap("last_time"), tap("stamp_time"), tap("epoch")
-        place, rlen, alloc_ok, alloc_full, wrap, rewind = (tap(n) for n in (
-            "place", "rlen", "alloc_ok", "alloc_full", "wrap", "rewind"))
+        place, alloc_ok, alloc_full, wrap, rewind = (tap(n) for n in (
+            "place", "alloc_ok", "alloc_full", "wrap", "rewind"))
+        # without data memory R is ALLOC's ``r_q`` until EXEC (no copy)
+        rlen = Cat(Const(0, G), tap("r_q"))
         ans_type, ans_from, ans_status = tap("ans_type"), tap("ans_from"), tap("ans_status")
         ans = layouts.Ack(tap("ans"))
         ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
@@ -312,12 +314,16 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(ans.time >= prev_time, "TIME: never below the previous ACK's")
 
         # -- strengthening invariants (for k-induction, not properties of their own) --
-        known = Const(0)
-        for t in FT:
-            known = known | (ftype == t)
-        busy_states = (in_("ALLOC") | in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("EXEC")
+        def known_hdr(x):
+            k = Const(0)
+            for t in FT:
+                k = k | (x == t)
+            return k
+        known = known_hdr(ftype)
+        busy_states = (in_("ALLOC_W") | in_("ALLOC") | in_("BODY") | in_("TRAILER")
+                       | in_("ALIGN") | in_("EXEC")
                        | in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
-                       | in_("LOAD_TIME"))
+                       | in_("LOAD_SET") | in_("LOAD_TIME"))
         with m.If(busy_states):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
@@ -358,6 +364,64 @@ class EngineSpec(Elaboratable):
                 Assert(tap("free") == (size - used)[:SG], "INV: FREE settled"),
                 Assert(tap("tail") == (size - jiptr)[:SG], "INV: tail settled"),
                 Assert(tap("gap") == (joptr - jiptr)[:len(jiptr)], "INV: gap settled"),
+                Assert(tap("empty_q") == (used == 0), "INV: USED == 0 settled"),
+                Assert(tap("j_ge") == (jiptr >= joptr), "INV: JIPTR >= JOPTR settled"),
+            ]
+        # ALLOC's pipeline (hdl/engine.py, ``r_q``): R one cycle behind
+        # ``small``, its comparisons one more. ``small`` holds from the
+        # body's end (TRAILER) to EXEC, so R has followed it past TRAILER's
+        # first cycle (width 8) or in ALLOC_W (width 32), the comparisons
+        # one cycle later, and both in ALLOC.
+        r_q = tap("r_q")
+        r_now = (ctl.data_len[:len(r_q) + G - 1] + 127)[G:]
+        W = self.data_width // 8
+        kcnt = tap("kcnt")
+        if W == 1:
+            with m.If(in_("BODY")):
+                m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")
+            r_settled = (in_("TRAILER") & (kcnt >= 1)) | in_("ALLOC")
+            c_settled = (in_("TRAILER") & (kcnt >= 2)) | in_("ALLOC")
+        else:
+            r_settled = in_("ALLOC_W") | in_("ALLOC")
+            c_settled = in_("ALLOC")
+        # (without data memory only a JNLDESC is allocated)
+        with m.If(in_("ALLOC_W") | in_("ALLOC")):
+            m.d.comb += Assert(ftype == FT.JNLDESC, "INV: only a JNLDESC is allocated")
+        with m.If(r_settled):
+            m.d.comb += [
+                Assert(r_q == r_now, "INV: R settled"),
+                Assert(tap("fits_q") == dlen_ok, "INV: DATA_LEN <= MAX_DATA settled"),
+            ]
+        with m.If(c_settled):
+            rq = w(r_q)
+            m.d.comb += [
+                Assert(tap("r_le_tail") == (rq <= w(tap("tail"))), "INV: R <= tail settled"),
+                Assert(tap("r_le_free") == (rq <= w(tap("free"))), "INV: R <= FREE settled"),
+                Assert(tap("r_le_joptr") == (rq <= w(joptr)), "INV: R <= JOPTR settled"),
+                Assert(tap("r_le_gap") == (rq <= w(tap("gap"))), "INV: R <= gap settled"),
+                Assert(tap("r_le_size") == (rq <= w(size)), "INV: R <= SIZE settled"),
+                Assert(tap("ex_tail") == (rq == w(tap("tail"))), "INV: R == tail settled"),
+                Assert(tap("ex_size") == (rq == w(size)), "INV: R == SIZE settled"),
+                Assert(tap("rt_q") == (w(tap("tail")) + rq)[:SG], "INV: tail + R settled"),
+            ]
+        # EXEC's checks, registers one cycle behind ``small``, EPOCH and NEXT_SEQ
+        with m.If((in_("ALLOC") | in_("EXEC")) & (ftype == FT.JNLDESC) & (blen == 64)):
+            m.d.comb += [
+                Assert(tap("kind_ok") == ((kind >= K.UPDATE) & (kind <= K.MARK)),
+                       "INV: KIND checked"),
+                Assert(tap("rules_ok") == rules_ok, "INV: the KIND's rules checked"),
+                Assert(tap("epoch_ok") == (ctl.epoch == epoch), "INV: EPOCH checked"),
+                Assert(tap("desc_dcrc_ok") == ((dlen != 0) | (ctl.data_crc == 0)),
+                       "INV: DATA_CRC checked"),
+                Assert(tap("seq_spent") == (next_seq == SEQ_MAX), "INV: SEQ# space checked"),
+            ]
+        # what ALLOC chose for EXEC's commit: JIPTR after, and USED's growth
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64) & alloc_ok):
+            end = w(place) + w(rlen[G:])
+            m.d.comb += [
+                Assert(tap("exact") == (end == w(size)), "INV: an exact fit"),
+                Assert(tap("used_add") == (w(rlen[G:]) + Mux(wrap, w(tap("tail")), 0))[:SG],
+                       "INV: USED's growth"),
             ]
         with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")):
             # EXEC let through only UPTO in TAIL_SEQ .. NEXT_SEQ - 1
@@ -366,6 +430,36 @@ class EngineSpec(Elaboratable):
         with m.If(in_("RELEASE_AT")):
             m.d.comb += Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
                                "INV: USED - D settled")
+        # P - JOPTR and P's checks: registers one and two cycles behind
+        # ``small`` (a RELEASE's 16 bytes come through ALIGN, which waits)
+        p_at = layouts.ReleaseAt(small[:128]).joptr
+        pg_at = p_at[G:G + SG]
+        with m.If((in_("EXEC") & (blen != 0) & (blen <= 16)) | in_("RELEASE_D")):
+            m.d.comb += [
+                Assert(tap("rel_diff") == (pg_at - joptr)[:SG + 1], "INV: P - JOPTR settled"),
+                Assert(tap("rel_p_bad") == ((p_at[:G] != 0) | p_at[G + SG - 1:].any()
+                                            | (pg_at >= wrap_at)), "INV: P's range settled"),
+            ]
+        with m.If(in_("RELEASE_D")):
+            m.d.comb += Assert(tap("rel_past") == (pg_at <= joptr), "INV: P <= JOPTR settled")
+        # HCHECK's checks, registers one cycle behind the window: settled
+        # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
+        with m.If(~in_("HCHECK")):
+            m.d.comb += Assert(~tap("h_settled"), "INV: H_SETTLED only in HCHECK")
+        hdr = layouts.Header(small[128:])
+        with m.If(in_("HCHECK") & tap("h_settled")):
+            len_ok = Const(0)
+            for t in FT:
+                len_ok = len_ok | ((hdr.type == t) & (hdr.length <= protocol.MAX_LENGTH[t]))
+            m.d.comb += [
+                Assert(tap("h_magic") == (hdr.magic == protocol.MAGIC), "INV: MAGIC checked"),
+                Assert(tap("h_crc") == (hdr.hcrc == (bcrc ^ CRC_INIT)), "INV: HCRC checked"),
+                Assert(tap("h_form") == ((hdr.version == protocol.VERSION)
+                                         & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
+                       "INV: VERSION and FLAGS checked"),
+                Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
+                Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
+            ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing
             # moves between the two states)
@@ -382,8 +476,44 @@ class EngineSpec(Elaboratable):
                 Assert(tap("rel_bad") == ((p[:G] != 0) | p[G + SG - 1:].any() | (pg >= wrap_at)),
                        "INV: RELEASE_D bad"),
             ]
-        with m.If(in_("LOAD_TIME")):
+        with m.If(in_("LOAD_SET") | in_("LOAD_TIME")):
             m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
+        # a LOAD's checks, registers one cycle behind ``small``, its SIZE word
+        # (``stamp_time``), SIZE and HELD: settled in EXEC, and still so in
+        # LOAD_SET, which applies a LOAD that passed them
+        LF = protocol.LoadFlag
+        ld = layouts.Load(small)
+        ld_size = stamp_time
+        ld_ring = (ld.flags & LF.RING).any()
+        new_size = Mux(ld_ring, ld_size[G:G + SG], size)
+        with m.If((in_("EXEC") & (ftype == FT.LOAD)) | in_("LOAD_SET")):
+            m.d.comb += [
+                Assert(tap("ld_seq0") == (ld.seq == 0), "INV: LOAD SEQ == 0 checked"),
+                Assert(tap("ld_size_bad") == ((ld_size[:G] != 0) | (ld_size < 128)
+                                              | (ld_size > (1 << self.max_ring_bits))),
+                       "INV: LOAD SIZE checked"),
+                Assert(tap("ld_ptr_bad") == ((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
+                                             | (ld.ptr[G:G + SG] >= new_size)),
+                       "INV: LOAD PTR checked"),
+                Assert(tap("ld_too_big") == (ld_size > 0), "INV: LOAD data ring checked"),
+                Assert(tap("ld_held0") == (held == 0), "INV: HELD == 0 checked"),
+            ]
+        with m.If(in_("LOAD_SET")):
+            m.d.comb += [
+                Assert(~(ld.flags & LF.PTR).any() | ~tap("ld_ptr_bad"), "INV: a LOAD's PTR passed"),
+                Assert(~ld_ring | ~tap("ld_size_bad"), "INV: a LOAD's SIZE passed"),
+                Assert(~(ld.flags & LF.SEQ).any() | ~tap("ld_seq0"), "INV: a LOAD's SEQ passed"),
+                Assert(~(ld.flags & (LF.SEQ | LF.PTR | LF.RING)).any()
+                       | (ld.flags & LF.CLEAR).any() | tap("ld_held0"),
+                       "INV: a LOAD empties only an empty ring"),
+            ]
+        # ANSWER's bits staged with the answer
+        with m.If(in_("ANSWER") | in_("LOAD_SET") | in_("LOAD_TIME")):
+            m.d.comb += [
+                Assert(tap("ans_nak") == (ans_type == FT.NAK), "INV: a NAK staged as one"),
+                Assert(tap("ans_step") == ((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)),
+                       "INV: a journal's step staged"),
+            ]
         with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
             # the ALLOC result is that of the current state (a 64-byte body
             # went through ALLOC; R is only meaningful up to MAX_DATA)

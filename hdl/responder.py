@@ -179,9 +179,20 @@ class Responder(wiring.Component):
         # the views hold still while busy, so the beat is the same then as
         # now, and the mux (with the SEQ sums, below) is no longer in front
         # of the BCRC (the width-32 critical path ran through all three).
+        # The 64-bit word is chosen a beat earlier still, into ``word_q`` (a
+        # register; its flip-flops pack with the multiplexer's last LUTs):
+        # at each take it is loaded with the word of the beat two ahead
+        # (body beat 0 during the header, beat 1 at the header's last take),
+        # so that at the next take it holds the word of the beat one ahead,
+        # which the byte multiplexer and the SEQ sums read. (The word
+        # multiplexer after ``idx + W`` and before the sums' carry was the
+        # UP5K's critical path once the engine's decisions were registers.)
         word = Signal(64)
+        word_q = Signal(64)
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
+        pidx2 = Mux(phase == _Phase.BODY, idx_next2,
+                    Mux((phase == _Phase.HEAD) & (idx == 16 - W), W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
@@ -195,7 +206,7 @@ class Responder(wiring.Component):
             for w in range((len(view) + 63) // 64):
                 key = alias.get((srcs[0], w), (srcs[0], w))
                 cases.setdefault(key, []).extend(w | (src.value << 4) for src in srcs)
-        with m.Switch(Cat(pidx[3:7], source)):
+        with m.Switch(Cat(pidx2[3:7], source)):
             for (src, w), values in cases.items():
                 view = views[next(k for k in views if src in k)]
                 with m.Case(*values):
@@ -230,7 +241,9 @@ class Responder(wiring.Component):
         # the carry into the next beat: the shown beat's, within a sum (the
         # three are never adjacent); else 1 for TAIL_SEQ (x + ~HELD + 1)
         cin = Mux(cur_sum & (phase == _Phase.BODY), carry, source == Source.STATUS)
-        word_next = word.word_select(n_lane, 8 * W)
+        with m.If(take):
+            m.d.sync += word_q.eq(word)
+        word_next = word_q.word_select(n_lane, 8 * W)
         total = Signal(8 * W + 1)
         m.d.comb += total.eq(word_next + add_byte + cin)
         word_byte = Signal(8 * W)
