@@ -122,8 +122,11 @@ class EngineSpec(Elaboratable):
     proofs catch a broken one)."""
 
     def __init__(self, data_width: int = 8, ring_size: int = 192, *, clk_hz: int = 12_000_000,
-                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9):
+                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9,
+                 desc_batch: int = 1, engine=JournalEngine):
         self.max_ring_bits = max_ring_bits
+        self.desc_batch = desc_batch
+        self._engine = engine
         self.data_width = data_width
         self.ring_size = ring_size
         self.clk_hz = clk_hz
@@ -142,13 +145,13 @@ class EngineSpec(Elaboratable):
             blocks["ts"] = self._ts_factory(clk_hz)
             return blocks["ts"]
 
-        # desc_batch=1: the properties below are stated for one descriptor a
-        # frame (LENGTH 64); a batch takes each of its descriptors through
-        # the same ALLOC and EXEC, but its pending SEQ# step between them is
-        # not in this spec yet (docs/hardware.md, "Formal proofs")
-        eng = JournalEngine(self.data_width, self.ring_size, self.clk_hz, memory=0,
-                            sequencer=seq_factory, timestamp=ts_factory,
-                            max_ring_bits=self.max_ring_bits, desc_batch=1)
+        # The properties are stated per descriptor (an EXEC decision), so
+        # they read the same for a single JNLDESC (desc_batch=1) and for
+        # each descriptor of a batch; the batch's own ones follow them.
+        B = self.desc_batch
+        eng = self._engine(self.data_width, self.ring_size, self.clk_hz, memory=0,
+                           sequencer=seq_factory, timestamp=ts_factory,
+                           max_ring_bits=self.max_ring_bits, desc_batch=B)
         frag = Fragment.get(eng, platform)
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
@@ -170,6 +173,7 @@ class EngineSpec(Elaboratable):
         place, rlen, alloc_ok, alloc_full, wrap, rewind = (tap(n) for n in (
             "place", "rlen", "alloc_ok", "alloc_full", "wrap", "rewind"))
         ans_type, ans_from, ans_status = tap("ans_type"), tap("ans_from"), tap("ans_status")
+        ans_req = tap("ans_req")
         ans = layouts.Ack(tap("ans"))
         ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
         bcrc = tap("hcrc")
@@ -215,39 +219,84 @@ class EngineSpec(Elaboratable):
         # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
         bcrc_ok = (~tap("bcrc_bad") if self.data_width == 8
                    else tap("rx_bcrc") == (bcrc ^ CRC_INIT))
-        valid = (bcrc_ok & (blen == 64)
+        # LENGTH = 64·N, 1 <= N <= desc_batch (check 3; "JNLDESC batches")
+        nbat = blen[G:]                                 # N, the descriptors in the frame
+        if B == 1:
+            length_ok = blen == 64
+        else:
+            length_ok = (blen[:G] == 0) & (nbat != 0) & (blen <= 64 * B)
+        valid = (bcrc_ok & length_ok
                  & (kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
                  & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+        # BIDX: the descriptor of the batch being taken (0 without batches)
+        bidx = tap("bidx") if B > 1 else Const(0, 1)
+        in_batch = in_("BLOAD") | in_("ALLOC") | in_("EXEC") if B > 1 else Const(0)
 
         # -- events ---------------------------------------------------------------
-        # a JNLDESC decided this cycle (EXEC, the responder idle: ANSWER next)
+        # a JNLDESC descriptor decided this cycle (EXEC, the responder idle):
+        # taken or refused, ANSWER or (a batch with more) BLOAD next
         decide = in_("EXEC") & ~busy & (ftype == FT.JNLDESC)
-        # a journal accepted: the ACK of a JNLWR/JNLDESC is handed to the
-        # responder and NEXT_SEQ steps (ANSWER); its Ack is in ``ans`` next cycle
-        pending = in_("ANSWER") & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)
-        accept = pending & ~busy
+        # A taken descriptor's SEQ# step is pending until the next one of its
+        # batch is taken (EXEC) or its answer is handed to the responder
+        # (ANSWER; an ACK, or with batches a NAK of a later descriptor,
+        # staged "from WRITE"): HELD and NEXT_SEQ are one short until then.
+        pending_ans = (in_("ANSWER") & (ans_from == _AckFrom.WRITE)
+                       & ((ans_type == FT.ACK) | (ans_type == FT.NAK) if B > 1
+                          else (ans_type == FT.ACK)))
+        pending = pending_ans | (in_batch & (bidx != 0))
+        answer_w = pending_ans & ~busy                  # that answer handed over
         held_eff = held + pending                       # HELD once the pending step is in
+        seq_eff = (next_seq + pending)[:65]             # NEXT_SEQ likewise
 
         # -- shadow state of the spec ---------------------------------------------
         decided = Signal()
-        d_fits, d_rok, d_dlok, d_valid, d_seqmax = (Signal() for _ in range(5))
+        d_fits, d_rok, d_dlok, d_valid, d_seqmax, d_bcrc_bad = (Signal() for _ in range(6))
         d_place = Signal.like(jiptr)
         d_room = Signal()
+        # the state a decision may change, as it was before it
+        watched = [jiptr, joptr, used, wrap_at, held, size, next_seq, last_time, tap("acks")]
+        d_state = [Signal.like(s, name=f"d_{s.name}") for s in watched]
         m.d.sync += decided.eq(decide)
         with m.If(decide):
             m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
-                         d_seqmax.eq(next_seq == SEQ_MAX), d_place.eq(spec_place),
-                         d_room.eq(room_at(place, rlen[G:]))]
-        accepted = Signal()
-        m.d.sync += accepted.eq(accept)
+                         d_seqmax.eq(seq_eff == SEQ_MAX), d_place.eq(spec_place),
+                         d_room.eq(room_at(place, rlen[G:])), d_bcrc_bad.eq(~bcrc_ok),
+                         *(d.eq(s) for d, s in zip(d_state, watched))]
+        # a descriptor taken: the cycle after its decision, when its effects
+        # are in: its SEQ# is NEXT_SEQ (its own step pending), its TIME
+        # LAST_TIME, its JOFS ``place``
+        taken = decided & (ans_type == FT.ACK)
+        refused = decided & (ans_type != FT.ACK)
+        accepted = Signal()                             # the Ack of answer_w is in ``ans``
+        m.d.sync += accepted.eq(answer_w)
         have_prev, prev_seq, prev_time = Signal(), Signal(64), Signal(64)
-        with m.If(accepted):
-            m.d.sync += [have_prev.eq(1), prev_seq.eq(ans.seq), prev_time.eq(ans.time)]
-        seq_linked = Signal()           # no LOAD SEQ since the last ACK
-        with m.If(accepted):
+        prev_jofs = Signal.like(place)
+        with m.If(taken):
+            m.d.sync += [have_prev.eq(1), prev_seq.eq(next_seq), prev_time.eq(last_time),
+                         prev_jofs.eq(place)]
+        seq_linked = Signal()           # no LOAD SEQ since the last descriptor taken
+        with m.If(taken):
             m.d.sync += seq_linked.eq(1)
         with m.If(seq.load):
             m.d.sync += seq_linked.eq(0)
+        # per frame (from its HCHECK): descriptors taken, and whether one was refused
+        frame_taken = Signal(range(B + 1))
+        frame_refused = Signal()
+        with m.If(in_("HCHECK")):
+            m.d.sync += [frame_taken.eq(0), frame_refused.eq(0)]
+        with m.If(taken):
+            m.d.sync += frame_taken.eq(frame_taken + 1)
+        with m.If(refused):
+            m.d.sync += frame_refused.eq(1)
+        # the same, with the descriptor decided in the cycle before counted
+        # (the shadow registers above follow it a cycle late)
+        ft_eff = frame_taken + taken
+        fr_eff = frame_refused | refused
+        hp_eff = have_prev | taken
+        sl_eff = seq_linked | taken
+        ps_eff = Mux(taken, next_seq, prev_seq)
+        pt_eff = Mux(taken, last_time, prev_time)
+        pj_eff = Mux(taken, place, prev_jofs)
 
         # -- the one assumption on the host ------------------------------------------
         # A descriptor ring's RELEASE carries the new JOPTR, which the engine
@@ -302,14 +351,49 @@ class EngineSpec(Elaboratable):
         with m.If(seq_loaded):
             # (LOAD CLEAR|SEQ empties the ring in the same step)
             m.d.comb += Assert(held_eff == 0, "SEQ: no journal is held across a LOAD SEQ")
-        with m.If(accepted & have_prev & seq_linked):
-            m.d.comb += Assert(ans.seq == prev_seq + 1, "SEQ: previous + 1")
+        with m.If(taken & have_prev & seq_linked):
+            m.d.comb += Assert(next_seq == prev_seq + 1, "SEQ: previous + 1")
         with m.If(accepted):
             m.d.comb += Assert(ans.seq == (next_seq - 1)[:64], "SEQ: ACK SEQ is the number taken")
 
         # -- TIME ---------------------------------------------------------------------
-        with m.If(accepted & have_prev):
-            m.d.comb += Assert(ans.time >= prev_time, "TIME: never below the previous ACK's")
+        with m.If(taken & have_prev):
+            m.d.comb += Assert(last_time >= prev_time, "TIME: never below the previous ACK's")
+
+        # -- BATCH (docs/protocol.md, "JNLDESC batches") --------------------------------
+        with m.If(decide):
+            m.d.comb += [
+                # in order, from descriptor 0, none skipped; and a bad BCRC
+                # (decided first, at descriptor 0) finds nothing taken
+                Assert(bidx == frame_taken, "BATCH: descriptors decided in order, none skipped"),
+                Assert(~frame_refused, "BATCH: nothing decided after a refused descriptor"),
+                Assert(bcrc_ok | (frame_taken == 0), "BATCH: a bad BCRC finds nothing taken"),
+            ]
+        with m.If(decided & d_bcrc_bad):
+            m.d.comb += [
+                Assert(Cat(*watched) == Cat(*d_state), "BATCH: a bad BCRC changes no state"),
+                Assert(ans_from != _AckFrom.WRITE, "BATCH: a bad BCRC's answer steps no SEQ#"),
+            ]
+        with m.If(taken & (frame_taken != 0)):
+            m.d.comb += Assert(last_time == prev_time, "BATCH: one TIME for the batch")
+        # the cumulative answer, handed to the responder
+        answer_desc = in_("ANSWER") & ~busy & (ans_req == FT.JNLDESC)
+        with m.If(answer_desc & (ans_type == FT.ACK)):
+            m.d.comb += Assert(ft_eff == nbat, "BATCH: an ACK has every descriptor taken")
+        with m.If(answer_desc & (ans_type == FT.NAK)):
+            m.d.comb += Assert((ft_eff < nbat) | (ft_eff == 0),
+                               "BATCH: a NAK has a descriptor refused")
+            m.d.comb += Assert((ans_from == _AckFrom.WRITE) == (ft_eff != 0),
+                               "BATCH: a NAK is from the last taken when one was")
+        with m.If(answer_w):
+            m.d.comb += Assert(hp_eff & (ft_eff != 0),
+                               "BATCH: an answer from WRITE follows a descriptor taken")
+        with m.If(accepted):
+            m.d.comb += [
+                Assert(ans.seq == prev_seq, "BATCH: the answer's SEQ is the last taken's"),
+                Assert(ans.time == prev_time, "BATCH: the answer's TIME is the last taken's"),
+                Assert(ans.jofs == Cat(Const(0, G), prev_jofs), "BATCH: the answer's JOFS is the last taken's"),
+            ]
 
         # -- strengthening invariants (for k-induction, not properties of their own) --
         known = Const(0)
@@ -318,6 +402,8 @@ class EngineSpec(Elaboratable):
         busy_states = (in_("ALLOC") | in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("EXEC")
                        | in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
                        | in_("LOAD_TIME"))
+        if B > 1:
+            busy_states |= in_("BLOAD")
         with m.If(busy_states):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
@@ -353,7 +439,11 @@ class EngineSpec(Elaboratable):
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
         # (EXEC -> ANSWER or LOAD_TIME, RELEASE_AT -> ANSWER)
-        with m.If(~in_("ANSWER") & ~in_("LOAD_TIME")):
+        # (and with batches EXEC -> BLOAD, whose first cycle has KCNT 0)
+        settling = in_("ANSWER") | in_("LOAD_TIME")
+        if B > 1:
+            settling |= in_("BLOAD") & (tap("kcnt") == 0)
+        with m.If(~settling):
             m.d.comb += [
                 Assert(tap("free") == (size - used)[:SG], "INV: FREE settled"),
                 Assert(tap("tail") == (size - jiptr)[:SG], "INV: tail settled"),
@@ -384,13 +474,18 @@ class EngineSpec(Elaboratable):
             ]
         with m.If(in_("LOAD_TIME")):
             m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
-            # the ALLOC result is that of the current state (a 64-byte body
-            # went through ALLOC; R is only meaningful up to MAX_DATA)
+        # checks 4-7 and the SEQ# space: a descriptor that passes them and
+        # fits is taken, and only then is its JOFS written (with batches)
+        checks_ok = ((kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
+                     & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+        will_take = alloc_ok & checks_ok & (seq_eff != SEQ_MAX)
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok):
+            # the ALLOC result is that of the current state (a body of whole
+            # descriptors went through ALLOC; R is only meaningful up to MAX_DATA)
             m.d.comb += [
                 Assert(alloc_ok == (dlen_ok & r_ok & fits), "INV: alloc_ok"),
                 Assert(alloc_full == (dlen_ok & r_ok & ~fits), "INV: alloc_full"),
-                Assert(~alloc_ok | (place == spec_place), "INV: place"),
+                Assert(~(alloc_ok if B == 1 else will_take) | (place == spec_place), "INV: place"),
                 Assert(wrap == (alloc_ok & (used != 0) & ~room_at(jiptr, r)), "INV: wrap"),
                 Assert(stamp_time >= last_time, "INV: stamp >= LAST_TIME"),
             ]
@@ -405,16 +500,56 @@ class EngineSpec(Elaboratable):
                 Assert(next_seq != SEQ_MAX, "INV: a pending SEQ# is not the last"),
                 Assert(stamp_time == last_time, "INV: the pending stamp is LAST_TIME"),
                 Assert(used != 0, "INV: a pending journal is held"),
+                # the last descriptor taken is the one pending
+                Assert(hp_eff & sl_eff & (ps_eff == next_seq) & (pt_eff == last_time)
+                       & (ft_eff != 0),
+                       "INV: the pending SEQ# is the last taken"),
             ]
         with m.If(have_prev):
             m.d.comb += Assert(last_time >= prev_time, "INV: LAST_TIME >= the last ACK's TIME")
-            with m.If(seq_linked & ~accepted):
-                m.d.comb += Assert(next_seq == prev_seq + 1, "INV: NEXT_SEQ follows the last ACK")
-
+        with m.If(hp_eff & sl_eff):
+            m.d.comb += Assert(seq_eff == ps_eff + 1, "INV: NEXT_SEQ follows the last taken")
+        # per-frame counts: BIDX descriptors taken, none refused, until the
+        # frame's answer; the batch's registers hold while it is taken
+        m.d.comb += Assert(ft_eff <= B, "INV: at most a batch taken")
+        between = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK") | in_("SKIP")
+        with m.If(~between & ~in_("ANSWER")):
+            m.d.comb += Assert((ft_eff == bidx) & ~fr_eff, "INV: frame counts are BIDX")
+        if B > 1:
+            with m.If(between | ~(in_batch | in_("ANSWER"))):
+                m.d.comb += Assert(bidx == 0, "INV: BIDX is 0 outside a batch")
+            with m.If(in_("BLOAD")):
+                m.d.comb += Assert(bidx != 0, "INV: BLOAD loads a descriptor past the first")
+            with m.If(in_batch & (bidx != 0)):
+                m.d.comb += Assert((ftype == FT.JNLDESC) & bcrc_ok & length_ok & (bidx < nbat)
+                                   & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE),
+                                   "INV: a batch past its first descriptor")
+            with m.If((in_("BLOAD") | in_("ALLOC")) & (bidx != 0)):
+                m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (BLOAD, ALLOC)")
+            with m.If(in_("EXEC") & (bidx != 0) & ~will_take):
+                m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (EXEC)")
+        acknak = (ans_type == FT.ACK) | (ans_type == FT.NAK)
+        with m.If(in_("ANSWER") & acknak & ((ans_req == FT.JNLDESC) | (ans_from == _AckFrom.WRITE))):
+            # (without data memory only a JNLDESC is answered from WRITE)
+            m.d.comb += Assert((ftype == FT.JNLDESC) & (ans_req == FT.JNLDESC),
+                               "INV: an answer to a JNLDESC is its frame's")
+            m.d.comb += Assert((ans_from == _AckFrom.WRITE)
+                               | ((ans_from == _AckFrom.ZERO) & (ans_type == FT.NAK)),
+                               "INV: a JNLDESC is answered from WRITE or with a NAK of zeros")
+            with m.If(ans_from == _AckFrom.WRITE):
+                m.d.comb += [
+                    Assert(place == pj_eff, "INV: an answer from WRITE has the last JOFS"),
+                    Assert((ans_type == FT.ACK) == (ft_eff == nbat), "INV: ACK when all taken"),
+                    Assert(~fr_eff == (ans_type == FT.ACK), "INV: NAK when one refused"),
+                    Assert((ans_req == FT.JNLDESC) & length_ok & (ft_eff != 0) & (bidx < nbat)
+                           & (ft_eff == bidx + (ans_type == FT.ACK)), "INV: answer from WRITE"),
+                ]
+            with m.Else():
+                m.d.comb += Assert((ft_eff == 0) & (bidx == 0), "INV: nothing taken")
         # reachability: an exact fit (JIPTR back to 0 with journals held) and a wrap
         m.d.comb += [
-            Cover(accept & (jiptr == 0) & (used != 0)),
-            Cover(accept & (wrap_at < size)),
+            Cover(answer_w & (jiptr == 0) & (used != 0)),
+            Cover(answer_w & (wrap_at < size)),
         ]
         return m
 
@@ -490,7 +625,8 @@ def _assert_text(line: str) -> str:
         text = " ".join(lines[int(lineno) - 1:int(lineno) + 3])
     except (OSError, ValueError):
         return line.strip()
-    found = re.search(r'(?:Assert|Cover)\(.*?"([^"]+)"', text)
+    # (the message is the string after a comma, not a register's name)
+    found = re.search(r'(?:Assert|Cover)\(.*?,\s*"([^"]+)"', text)
     return found.group(1) if found else f"{pathlib.Path(path).name}:{lineno}"
 
 
@@ -575,10 +711,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-ring-bits", type=int, default=9,
                    help="log2 of the largest ring the engine is built for (default 9: "
                         "512 bytes, 8 granules; 40 is the product's)")
+    p.add_argument("--desc-batch", type=int, default=1,
+                   help="the most descriptors a JNLDESC may carry (default 1: no batches; "
+                        "the product's is 64)")
     p.add_argument("--keep", metavar="DIR", help="keep the SymbiYosys folder (traces) here")
     args = p.parse_args(argv)
     if args.spec == "engine":
-        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits)
+        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits,
+                          desc_batch=args.desc_batch)
         depth = args.depth or 4
     else:
         spec = TimestampSpec()
