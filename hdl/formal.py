@@ -351,6 +351,17 @@ class EngineSpec(Elaboratable):
         with m.If(seq_loaded):
             # (LOAD CLEAR|SEQ empties the ring in the same step)
             m.d.comb += Assert(held_eff == 0, "SEQ: no journal is held across a LOAD SEQ")
+        # TAIL_SEQ, the oldest journal held, kept by the spec: a RELEASE
+        # UPTO moves it to UPTO + 1, a LOAD that leaves the ring empty to
+        # NEXT_SEQ; HELD must count the journals from it to NEXT_SEQ (the
+        # engine has no TAIL_SEQ register: RELEASE and JNLRD read HELD)
+        tail_seq = Signal(64, init=next_seq.init)
+        rel_done = rel_q & (ans_type == FT.ACK)         # a RELEASE took effect last cycle
+        loaded_empty = in_("LOAD_TIME") & (held == 0)  # a LOAD took effect last cycle
+        tail_eff = Mux(rel_done, (small[:64] + 1)[:64], Mux(loaded_empty, next_seq, tail_seq))
+        m.d.sync += tail_seq.eq(tail_eff)
+        m.d.comb += Assert(held_eff == (seq_eff - tail_eff)[:65],
+                           "SEQ: HELD is the journals from TAIL_SEQ to NEXT_SEQ")
         with m.If(taken & have_prev & seq_linked):
             m.d.comb += Assert(next_seq == prev_seq + 1, "SEQ: previous + 1")
         with m.If(accepted):
