@@ -58,16 +58,18 @@ import time
 
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cat, Const, Cover, Elaboratable, Fragment, Module, Mux, Signal
-from amaranth.hdl._ast import AnySeq
+from amaranth.hdl._ast import AnyConst, AnySeq
 
 from ..host.wire import protocol
 from . import layouts
+from .compare import le_wide
 from .crc import CRC_INIT
-from .engine import G, JournalEngine, _After, _AckFrom
+from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom
+from .responder import LENGTH_BITS
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
 
-__all__ = ["EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
+__all__ = ["EngineSpec", "TimestampSpec", "CompareSpec", "SbyResult", "run_sby", "FormalToolError"]
 
 FT = protocol.FrameType
 ST = protocol.Status
@@ -598,6 +600,30 @@ class TimestampSpec(Elaboratable):
         return m
 
 
+class CompareSpec(Elaboratable):
+    """``le_wide(R, x)`` (``hdl/compare.py``), the ALLOC comparisons of R
+    (18 bits, granules) with the ring's figures, equals ``R <= x`` at every
+    width of ``x`` an engine is built with: SIZE, FREE, the tail (SG =
+    max_ring_bits - 5 bits) and JOPTR, the gap (PG = max_ring_bits - 6), for
+    max_ring_bits 8..40. It is the one piece of the ring logic whose
+    structure, not only its width, changes with max_ring_bits: R is wider
+    than the ring's figures up to 23 bits (a plain comparison) and narrower
+    from 24 on (the split form), so the engine proofs at small widths never
+    run the split form; this proof covers it at the product's widths.
+    ``le`` replaces ``le_wide`` (to show that the proof catches a broken one)."""
+
+    def __init__(self, *, le=le_wide):
+        self._le = le
+
+    def elaborate(self, platform):
+        m = Module()
+        r_bits = LENGTH_BITS - G + 1
+        for x_bits in range(8 - G, MAX_RING_BITS - G + 2):
+            r, x = AnyConst(r_bits), AnyConst(x_bits)
+            m.d.comb += Assert(self._le(r, x) == (r <= x), "COMPARE: le_wide(R, x) is R <= x")
+        return m
+
+
 # -- running SymbiYosys --------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -713,7 +739,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tricopy.hdl.formal",
                                 description="Prove the journal engine's ring, SEQ# and TIME "
                                             "contract with SymbiYosys (docs/hardware.md).")
-    p.add_argument("--spec", choices=["engine", "timestamp"], default="engine")
+    p.add_argument("--spec", choices=["engine", "timestamp", "compare"], default="engine")
     p.add_argument("--mode", choices=["prove", "bmc", "cover"], default="prove")
     p.add_argument("--depth", type=int, default=None,
                    help="k of the induction, or the BMC/cover depth (default: the suite's)")
@@ -731,6 +757,9 @@ def main(argv=None) -> int:
         spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits,
                           desc_batch=args.desc_batch)
         depth = args.depth or 4
+    elif args.spec == "compare":
+        spec = CompareSpec()
+        depth = args.depth or 1
     else:
         spec = TimestampSpec()
         depth = args.depth or 2
