@@ -13,11 +13,27 @@ timestamp unit:
 - FULL: a journal that passes the checks before allocation is answered FULL
   exactly when it does not fit (or the SEQ# space is spent), ACKed exactly
   when it fits, and placed where the allocation rules say.
-- SEQ: each ACKed journal's SEQ# is the previous one + 1 (unless a LOAD SEQ
-  came between, which leaves the ring empty), and NEXT_SEQ
-  never wraps to 0, so no number is reused.
-- TIME: each ACKed journal's TIME is at least the previous one's, across
+- SEQ: each journal taken has the previous one's SEQ# + 1 (unless a LOAD
+  SEQ came between, which leaves the ring empty), NEXT_SEQ never wraps to
+  0, so no number is reused, and HELD counts the journals from TAIL_SEQ
+  (kept by the spec: RELEASE UPTO moves it to UPTO + 1) to NEXT_SEQ.
+- TIME: each journal taken has a TIME at least the previous one's, across
   LOAD TIME (which may set the clock backwards) included.
+- BATCH (``desc_batch`` > 1, docs/protocol.md "JNLDESC batches"): the
+  descriptors of a JNLDESC are decided in order from the first, none after
+  one refused; a bad BCRC finds nothing taken and changes no ring, SEQ# or
+  TIME state; every descriptor of a batch gets the same TIME; the one answer
+  is an ACK exactly when all were taken, and its SEQ, TIME and JOFS are the
+  last taken descriptor's (a NAK of a later descriptor too).
+
+The properties are stated per descriptor (an EXEC decision and the cycle
+after it), so they read the same with and without batches: a batch takes
+each descriptor through the same ALLOC and EXEC, with the SEQ# and HELD
+step of the one before it pending in between, which the spec counts.
+The batch RAM (bytes 32..63 of each descriptor) is the engine's own memory,
+modelled by the solver as an array: its contents are free in the induction,
+so the properties hold whatever bytes a descriptor reads back (that they
+are the bytes sent is held to the model by the simulation tests).
 
 The ring state is not on the engine's ports, so the spec reads the engine's
 registers by name from its elaborated fragment (``_Taps``): a renamed
@@ -31,7 +47,10 @@ one small ring: k-induction covers every SIZE and every pointer value the
 engine's registers can hold, wrap, exact fit and rewind included. The
 solver's cost grows steeply with the width of those registers, so the
 engine is built with a small ``max_ring_bits`` (9 in the suite: rings up
-to 512 bytes; the product's is 40): the same logic, narrower.
+to 512 bytes; the product's is 40): the same logic, narrower, but for
+one comparison whose form changes with the width, proven on its own at
+every width by ``CompareSpec`` (docs/hardware.md, "Widths"). SEQ#, TIME,
+EPOCH and the frame logic are full width in every build.
 
 One assumption is made on the host (see ``EngineSpec.elaborate``): a
 RELEASE's JOPTR is honest.
@@ -62,7 +81,7 @@ from amaranth.hdl._ast import AnyConst, AnySeq
 
 from ..host.wire import protocol
 from . import layouts
-from .compare import le_wide
+from .compare import le_wide, lt_const
 from .crc import CRC_INIT
 from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom
 from .responder import LENGTH_BITS
@@ -609,7 +628,9 @@ class CompareSpec(Elaboratable):
     structure, not only its width, changes with max_ring_bits: R is wider
     than the ring's figures up to 23 bits (a plain comparison) and narrower
     from 24 on (the split form), so the engine proofs at small widths never
-    run the split form; this proof covers it at the product's widths.
+    run the split form; this proof covers it at the product's widths. With
+    it, LOAD RING's range check of SIZE against 2**max_ring_bits, whose
+    constant follows the width.
     ``le`` replaces ``le_wide`` (to show that the proof catches a broken one)."""
 
     def __init__(self, *, le=le_wide):
@@ -621,6 +642,11 @@ class CompareSpec(Elaboratable):
         for x_bits in range(8 - G, MAX_RING_BITS - G + 2):
             r, x = AnyConst(r_bits), AnyConst(x_bits)
             m.d.comb += Assert(self._le(r, x) == (r <= x), "COMPARE: le_wide(R, x) is R <= x")
+        # LOAD RING's SIZE range (128 .. 2**max_ring_bits) on its 64-bit word:
+        # the constant, and so the terms of ``lt_const``, follows the width
+        size = AnyConst(64)
+        for k in [128] + [(1 << bits) + 1 for bits in range(8, MAX_RING_BITS + 1)]:
+            m.d.comb += Assert(lt_const(size, k) == (size < k), "COMPARE: lt_const(SIZE, k) is SIZE < k")
         return m
 
 
