@@ -274,15 +274,16 @@ class EngineSpec(Elaboratable):
         d_fits, d_rok, d_dlok, d_valid, d_seqmax, d_bcrc_bad = (Signal() for _ in range(6))
         d_place = Signal.like(jiptr)
         d_room = Signal()
-        # the state a decision may change, as it was before it
+        # the state a frame may change, as it was at its header (HCHECK)
         watched = [jiptr, joptr, used, wrap_at, held, size, next_seq, last_time, tap("acks")]
-        d_state = [Signal.like(s, name=f"d_{s.name}") for s in watched]
+        h_state = [Signal.like(s, name=f"h_{s.name}") for s in watched]
+        with m.If(in_("HCHECK")):
+            m.d.sync += [h.eq(s) for h, s in zip(h_state, watched)]
         m.d.sync += decided.eq(decide)
         with m.If(decide):
             m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
                          d_seqmax.eq(seq_eff == SEQ_MAX), d_place.eq(spec_place),
-                         d_room.eq(room_at(place, rlen[G:])), d_bcrc_bad.eq(~bcrc_ok),
-                         *(d.eq(s) for d, s in zip(d_state, watched))]
+                         d_room.eq(room_at(place, rlen[G:])), d_bcrc_bad.eq(~bcrc_ok)]
         # a descriptor taken: the cycle after its decision, when its effects
         # are in: its SEQ# is NEXT_SEQ (its own step pending), its TIME
         # LAST_TIME, its JOFS ``place``
@@ -390,7 +391,7 @@ class EngineSpec(Elaboratable):
 
         # -- TIME ---------------------------------------------------------------------
         with m.If(taken & have_prev):
-            m.d.comb += Assert(last_time >= prev_time, "TIME: never below the previous ACK's")
+            m.d.comb += Assert(last_time >= prev_time, "TIME: never below the previous journal's")
 
         # -- BATCH (docs/protocol.md, "JNLDESC batches") --------------------------------
         with m.If(decide):
@@ -403,7 +404,8 @@ class EngineSpec(Elaboratable):
             ]
         with m.If(decided & d_bcrc_bad):
             m.d.comb += [
-                Assert(Cat(*watched) == Cat(*d_state), "BATCH: a bad BCRC changes no state"),
+                # (from the frame's header on: nothing before EXEC either)
+                Assert(Cat(*watched) == Cat(*h_state), "BATCH: a bad BCRC changes no state"),
                 Assert(ans_from != _AckFrom.WRITE, "BATCH: a bad BCRC's answer steps no SEQ#"),
             ]
         with m.If(taken & (frame_taken != 0)):
@@ -541,6 +543,10 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(last_time >= prev_time, "INV: LAST_TIME >= the last ACK's TIME")
         with m.If(hp_eff & sl_eff):
             m.d.comb += Assert(seq_eff == ps_eff + 1, "INV: NEXT_SEQ follows the last taken")
+        with m.If((in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("ALLOC") | in_("EXEC"))
+                  & (ftype == FT.JNLDESC) & (bidx == 0)):
+            m.d.comb += Assert(Cat(*watched) == Cat(*h_state),
+                               "INV: a JNLDESC changes nothing before its first decision")
         # per-frame counts: BIDX descriptors taken, none refused, until the
         # frame's answer; the batch's registers hold while it is taken
         m.d.comb += Assert(ft_eff <= B, "INV: at most a batch taken")
