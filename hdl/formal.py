@@ -134,6 +134,17 @@ def _fsm_is(state_sig: Signal, name: str):
     raise LookupError(f"the engine's FSM has no state {name!r}: update hdl/formal.py")
 
 
+def _check_build(desc_batch, max_ring_bits):
+    """The engine's build parameters, checked before anything is built (the
+    engine checks them too, but only once elaborated)."""
+    if not isinstance(desc_batch, int) or not 1 <= desc_batch <= protocol.DESC_BATCH:
+        raise ValueError(f"desc_batch must be an integer from 1 to {protocol.DESC_BATCH}, "
+                         f"not {desc_batch!r}")
+    if not isinstance(max_ring_bits, int) or not 8 <= max_ring_bits <= MAX_RING_BITS:
+        raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
+                         f"not {max_ring_bits!r}")
+
+
 class EngineSpec(Elaboratable):
     """The engine (descriptor ring, no data memory) under its ring, SEQ# and
     TIME contract. Every input is free every cycle (``AnySeq``): any frame,
@@ -145,6 +156,7 @@ class EngineSpec(Elaboratable):
     def __init__(self, data_width: int = 8, ring_size: int = 192, *, clk_hz: int = 12_000_000,
                  sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9,
                  desc_batch: int = 1, engine=JournalEngine):
+        _check_build(desc_batch, max_ring_bits)
         self.max_ring_bits = max_ring_bits
         self.desc_batch = desc_batch
         self._engine = engine
@@ -786,6 +798,11 @@ def main(argv=None) -> int:
     p.add_argument("--keep", metavar="DIR", help="keep the SymbiYosys folder (traces) here")
     args = p.parse_args(argv)
     if args.spec == "engine":
+        try:
+            _check_build(args.desc_batch, args.max_ring_bits)
+        except ValueError as e:
+            print(f"error: {e}: choose another value (--help)", file=sys.stderr)
+            return 2
         spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits,
                           desc_batch=args.desc_batch)
         depth = args.depth or 4

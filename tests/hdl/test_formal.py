@@ -17,7 +17,7 @@ from amaranth.hdl import Fragment, Module, Signal
 
 from tricopy.hdl.engine import JournalEngine
 from tricopy.hdl.formal import (CompareSpec, EngineSpec, FormalToolError, TimestampSpec, _Taps,
-                                _tool, run_sby)
+                                _tool, main, run_sby)
 from tricopy.hdl.sequencer import Sequencer
 from tricopy.hdl.timestamp import Timestamp
 
@@ -142,6 +142,13 @@ def test_missing_register_is_named():
     frag = Fragment.get(JournalEngine(8, 192, memory=0), None)
     with pytest.raises(LookupError, match="'no_such_register'"):
         _Taps(frag)("no_such_register")
+
+
+def test_bad_build_parameter_is_one_line(capsys):
+    assert main(["--desc-batch", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: desc_batch must be an integer from 1 to 64")
+    assert "Traceback" not in err and err.count("\n") == 1
 
 
 def test_missing_tool_is_a_typed_error():
