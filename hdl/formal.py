@@ -275,9 +275,10 @@ class EngineSpec(Elaboratable):
         # batch is taken (EXEC) or its answer is handed to the responder
         # (ANSWER; an ACK, or with batches a NAK of a later descriptor,
         # staged "from WRITE"): HELD and NEXT_SEQ are one short until then.
-        pending_ans = (in_("ANSWER") & (ans_from == _AckFrom.WRITE)
+        step_staged = ((ans_from == _AckFrom.WRITE)
                        & ((ans_type == FT.ACK) | (ans_type == FT.NAK) if B > 1
                           else (ans_type == FT.ACK)))
+        pending_ans = in_("ANSWER") & step_staged
         pending = pending_ans | (in_batch & (bidx != 0))
         answer_w = pending_ans & ~busy                  # that answer handed over
         held_eff = held + pending                       # HELD once the pending step is in
@@ -617,7 +618,10 @@ class EngineSpec(Elaboratable):
                        "INV: RELEASE_D bad"),
             ]
         with m.If(in_("LOAD_SET") | in_("LOAD_TIME")):
-            m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
+            # (a LOAD's own frame and answer: before LOAD_SET, EXEC decided
+            # in the same cycle as it staged, so nothing else could be there)
+            m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD)
+                               & (ans_req == FT.LOAD) & (ftype == FT.LOAD), "INV: LOAD staged")
         # a LOAD's checks, registers one cycle behind ``small``, its SIZE word
         # (``stamp_time``), SIZE and HELD: settled in EXEC, and still so in
         # LOAD_SET, which applies a LOAD that passed them
@@ -647,12 +651,13 @@ class EngineSpec(Elaboratable):
                        | (ld.flags & LF.CLEAR).any() | tap("ld_held0"),
                        "INV: a LOAD empties only an empty ring"),
             ]
-        # ANSWER's bits staged with the answer
+        # ANSWER's bits staged with the answer (the step: the pending one
+        # above, so with batches also a NAK from WRITE, whose last
+        # descriptor taken still steps NEXT_SEQ and HELD in ANSWER)
         with m.If(in_("ANSWER") | in_("LOAD_SET") | in_("LOAD_TIME")):
             m.d.comb += [
                 Assert(tap("ans_nak") == (ans_type == FT.NAK), "INV: a NAK staged as one"),
-                Assert(tap("ans_step") == ((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)),
-                       "INV: a journal's step staged"),
+                Assert(tap("ans_step") == step_staged, "INV: a journal's step staged"),
             ]
         # checks 4-7 and the SEQ# space: a descriptor that passes them and
         # fits is taken, and only then is its JOFS written (with batches)
