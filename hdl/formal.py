@@ -517,6 +517,11 @@ class EngineSpec(Elaboratable):
         # cycles (``settle`` marks the second), a width-32 TRAILER into its
         # second one: R has followed ``small`` there.
         settled_w = in_("ALLOC_W") & tap("settle")
+        # SETTLE is set only in ALLOC_W or on entering it from a width-32
+        # TRAILER, so a batch's BLOAD enters ALLOC_W with it clear (else
+        # ALLOC_W would pass in one cycle, R a cycle behind a new ``small``)
+        with m.If(~in_("ALLOC_W")):
+            m.d.comb += Assert(~tap("settle"), "INV: SETTLE only in ALLOC_W")
         if W == 1:
             with m.If(in_("BODY")):
                 m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")
@@ -554,10 +559,19 @@ class EngineSpec(Elaboratable):
                 Assert(tap("epoch_ok") == (ctl.epoch == epoch), "INV: EPOCH checked"),
                 Assert(tap("desc_dcrc_ok") == ((dlen != 0) | (ctl.data_crc == 0)),
                        "INV: DATA_CRC checked"),
-                Assert(tap("seq_spent") == (next_seq == SEQ_MAX), "INV: SEQ# space checked"),
+                # (with a batch's step pending, NEXT_SEQ + 1 is the number it would take)
+                Assert(tap("seq_spent") == (seq_eff == SEQ_MAX), "INV: SEQ# space checked"),
             ]
+        # checks 4-7 and the SEQ# space: a descriptor that passes them and
+        # fits is taken, and only then is its JOFS written (with batches)
+        checks_ok = ((kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
+                     & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+        will_take = alloc_ok & checks_ok & (seq_eff != SEQ_MAX)
         # what ALLOC chose for EXEC's commit: JIPTR after, and USED's growth
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok & alloc_ok):
+        # (with batches only for a descriptor EXEC takes: the exact fit is
+        # of ``place``, which a refused one leaves at the last JOFS taken)
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok
+                  & (alloc_ok if B == 1 else will_take)):
             end = w(place) + w(rlen[G:])
             m.d.comb += [
                 Assert(tap("exact") == (end == w(size)), "INV: an exact fit"),
@@ -659,11 +673,6 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ans_nak") == (ans_type == FT.NAK), "INV: a NAK staged as one"),
                 Assert(tap("ans_step") == step_staged, "INV: a journal's step staged"),
             ]
-        # checks 4-7 and the SEQ# space: a descriptor that passes them and
-        # fits is taken, and only then is its JOFS written (with batches)
-        checks_ok = ((kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
-                     & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
-        will_take = alloc_ok & checks_ok & (seq_eff != SEQ_MAX)
         with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok):
             # the ALLOC result is that of the current state (a body of whole
             # descriptors went through ALLOC; R is only meaningful up to MAX_DATA)
