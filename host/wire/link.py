@@ -36,7 +36,8 @@ __all__ = ["LinkError", "LinkClosed", "LinkTimeout", "LinkRefused", "LinkUnauthe
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 16
-_FLUSH_AT = 256 << 10     # queued bytes that drain() hands to the transport at once
+_FLUSH_AT = 256 << 10
+_ALONE = 16 << 10         # a buffer this large is one TLS record or more by itself     # queued bytes that drain() hands to the transport at once
 # A TLS close waits for the peer's close_notify; a peer that vanished without a
 # FIN or RST (a site lost with its network) never sends one, and asyncio would
 # wait its 30 s SSL shutdown timeout -- inside a takeover's fence.  After this
@@ -171,11 +172,12 @@ class Link:
         if self._writer.is_closing():
             return        # the connection is gone; the sites resend after reconnecting
         if self.secure and len(out) > 1:
-            # One buffer: the TLS layer seals every buffer it is handed as a
-            # record of its own (SSLObject.write per buffer), so a batch's
-            # 64-byte control data would each cost a record and an AEAD call
-            # at both ends; one join per turn costs less than that.
-            self._writer.write(b"".join(out))
+            # The TLS layer seals every buffer it is handed as a record of its
+            # own (SSLObject.write per buffer), so a batch's 64-byte control
+            # data would each cost a record and an AEAD call at both ends:
+            # small buffers are joined.  A large one goes as it is (it fills
+            # whole records anyway): joining it was one more copy of the data.
+            self._writer.writelines(_coalesce(out))
         else:
             self._writer.writelines(out)
 
@@ -292,6 +294,22 @@ class Link:
             self._writer.transport.abort()
         except Exception:
             pass
+
+
+def _coalesce(parts: list) -> list:
+    """``parts`` with each run of buffers under ``_ALONE`` bytes joined into one."""
+    out, run = [], []
+    for part in parts:
+        if len(part) < _ALONE:
+            run.append(part)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(part)
+    if run:
+        out.append(b"".join(run))
+    return out
 
 
 async def connect(addr: tuple[str, int], hello: protocol.Hello, *, heartbeat: float = 1.0,
