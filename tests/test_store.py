@@ -15,6 +15,7 @@ from tricopy.host.journal.store import HEADER_SIZE, JournalStore
 from tricopy.host.tools.store_bench import bench_append, stamped
 from tricopy.host.journal import commit
 from tricopy.host.journal.commit import Durability, GroupCommitter
+from tricopy.host.perf import PERF
 
 
 def payload(seq: int, n: int) -> bytes:
@@ -788,9 +789,18 @@ def test_a_slow_sync_puts_the_syncs_back_in_threads(path):
 def test_inline_syncs_off(path):
     with JournalStore.create(path, 1 << 16) as s:
         threads = _sync_threads(s)
+        before = {k: (PERF[k].n, PERF[k].total) for k in _SPLIT + ("relay.fsync",)}
         gc = GroupCommitter(s, inline_below=0)
         _sequential(s, gc, 12)
         assert threading.get_ident() not in threads and gc.inline_syncs == 0
+        # each threaded sync's time is split into its three waits, which add up
+        n = {k: PERF[k].n - before[k][0] for k in before}
+        assert set(n.values()) == {12}
+        parts = sum(PERF[k].total - before[k][1] for k in _SPLIT)
+        assert 0 < parts <= PERF["relay.fsync"].total - before["relay.fsync"][1]
+
+
+_SPLIT = ("relay.fsync_to_thread", "relay.fsync_syscall", "relay.fsync_to_loop")
 
 
 def test_durability_none_does_not_fsync(path):
