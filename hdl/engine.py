@@ -53,6 +53,9 @@ _CTL = layouts.byte_offsets(layouts.Control)
 #: a multiple of 64): 34-bit offsets, 35-bit sizes.
 MAX_RING_BITS = 40
 G = 6                                          # log2 of the 64-byte granule
+#: Cycles the record walk waits after reading a DATA_LEN, for the registers
+#: that decide the next record's offset to follow it (see ``walk_r``)
+_WALK_SETTLE = 2
 
 
 class _After(enum.Enum, shape=2):
@@ -475,19 +478,42 @@ class JournalEngine(wiring.Component):
             resp.rd_data.eq(rd.data),
         ]
 
-        # walker: read DATA_LEN of the record at walk_off (4 bytes + latency)
+        # walker: read DATA_LEN of the record at walk_off (4 bytes + latency),
+        # then WALK_SETTLE cycles for the registers below to follow it
         walk_off = Signal(RB)
         dl = Signal(32)
-        dl_step = Signal(range(5))
+        dl_step = Signal(range(4 // self.W + _WALK_SETTLE + 1))
+        # The next record's offset is decided from registers, each one cycle
+        # behind the one before, not in one chain (DATA_LEN -> R -> WALK_OFF
+        # + R -> its comparisons with WRAP_AT and SIZE -> the step's
+        # decision was the width-32 critical path): R one cycle behind
+        # DATA_LEN; then WALK_OFF + R and the two comparisons side by side,
+        # each from R and a register. (a + b) mod 2**n == c exactly when b
+        # mod 2**n == (c - a) mod 2**n, so WALK_OFF + R == WRAP_AT is R
+        # against WRAP_AT - WALK_OFF, taken while DATA_LEN is read (WALK_OFF,
+        # SIZE and WRAP_AT hold from the step before until the step).
         walk_r = Signal(LENGTH_BITS)
-        m.d.comb += walk_r.eq(Cat(Const(0, 6), (dl[:LENGTH_BITS] + 63)[6:]) + 64)
-        walk_sum = Signal(RB + 1)
-        m.d.comb += walk_sum.eq(walk_off + walk_r)
+        m.d.sync += walk_r.eq(Cat(Const(0, 6), (dl[:LENGTH_BITS] + 63)[6:]) + 64)
         # next record: the skipped tail ends at WRAP_AT, the ring at SIZE
         # (a data ring's, at most 2**RB: RB + 1 bits of bytes)
         d_size, d_wrap = dbytes_w(size), dbytes_w(wrap_at)
-        walk_at_wrap = walk_sum == d_wrap
-        walk_next = Mux(walk_at_wrap | (walk_sum == d_size), 0, walk_sum[:RB])
+        to_wrap, to_size = Signal(RB + 1), Signal(RB + 1)
+        m.d.sync += [to_wrap.eq(d_wrap - walk_off), to_size.eq(d_size - walk_off)]
+        at_wrap_now = walk_r[:RB + 1] == to_wrap
+        walk_sum = Signal(RB + 1)
+        walk_at_wrap = Signal()
+        walk_at_end = Signal()                 # at WRAP_AT or at SIZE: the next is at 0
+        # a RELEASE_STEP frees R and, past the marker, the skipped tail too
+        # (a data ring's sizes in granules, RB - G + 1 bits)
+        DB = RB - G + 1
+        walk_free = Signal(max(LENGTH_BITS - G, DB) + 1)
+        m.d.sync += [
+            walk_sum.eq(walk_off + walk_r),
+            walk_at_wrap.eq(at_wrap_now),
+            walk_at_end.eq(at_wrap_now | (walk_r[:RB + 1] == to_size)),
+            walk_free.eq(walk_r[G:] + Mux(at_wrap_now, size[:DB] - wrap_at[:DB], 0)),
+        ]
+        walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
         m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
@@ -951,13 +977,13 @@ class JournalEngine(wiring.Component):
             # -- record walk: DATA_LEN of the record at walk_off -------------
             if mem:   # (states of a data ring)
                 with m.State("WALK"):
-                    with m.If(dl_step != 0):
+                    with m.If((dl_step != 0) & (dl_step <= 4 // W)):
                         if W == 1:
                             m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
                         else:
                             m.d.sync += dl.eq(rd.data)     # DATA_LEN is one word
                     m.d.sync += dl_step.eq(dl_step + 1)
-                    with m.If(dl_step == 4 // W):
+                    with m.If(dl_step == 4 // W + _WALK_SETTLE):
                         m.d.sync += dl_step.eq(0)
                         with m.If(walk_for_release):
                             m.next = "RELEASE_STEP"
@@ -968,10 +994,9 @@ class JournalEngine(wiring.Component):
                 with m.State("RELEASE_STEP"):
                     # docs/protocol.md "RELEASE": free TAIL_SEQ..UPTO in order
                     at_wrap = walk_at_wrap
-                    DB = RB - G + 1                # a data ring's sizes in granules
                     m.d.sync += [
                         joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
-                        used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
+                        used.eq(used - walk_free),
                         held.eq(held - 1),
                         self.full.eq(0),
                     ]
