@@ -37,7 +37,7 @@ from ..host.wire import protocol
 from . import layouts
 from .compare import ge_const, le_wide, lt_const
 from .crc import CRC_INIT, crc32c_step
-from .lanes import crc32c_lanes, lane_mask, word_address
+from .lanes import crc32c_unpad_lanes, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 
@@ -463,8 +463,26 @@ class JournalEngine(wiring.Component):
             # width-32 critical path once the read-out was registered).
             end_hit = Signal()
             end_next = (bcnt + 2 * W)[LW:LENGTH_BITS] == bend[LW:]   # (BCNT_NEXT + W)
-            nvalid = Mux(end_hit, klast, W)    # body bytes in this beat
             tailbeat = Signal(8 * W)           # the body's last beat, for the BCRC
+            # the beat with its lanes after the body zero (in the last beat:
+            # lane i is a body byte when KLAST > i)
+            # (Signals, not expressions: the CRC networks read each bit many
+            # times, and an expression would be written out at every read)
+            body_beat = Signal(8 * W)
+            m.d.comb += body_beat.eq(
+                beat & Cat(*((~end_hit | (klast > i)).replicate(8) for i in range(W))))
+            # The region of the body the beat being taken is in, registers
+            # set a beat ahead as END_HIT is (HCHECK for beat 0, then from
+            # BCNT_NEXT as each beat is taken): the stamped-data multiplexer
+            # and the CCRC's start then do not wait for comparisons on the
+            # 23-bit BCNT (they were in front of the CRC of the beat).
+            at_seq, at_time, at_place, at_ccrc, at_data0 = (Signal() for _ in range(5))
+
+            def regions(b):
+                """The region registers for the beat at body byte ``b``."""
+                return [at_seq.eq(lt_const(b, 8)), at_time.eq(ge_const(b, 8) & lt_const(b, 16)),
+                        at_place.eq(ge_const(b, 24) & lt_const(b, 32)),
+                        at_ccrc.eq(ge_const(b, 60) & lt_const(b, 64)), at_data0.eq(b == 64)]
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
@@ -652,6 +670,7 @@ class JournalEngine(wiring.Component):
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
                     if W > 1:
+                        m.d.sync += regions(Const(0, LENGTH_BITS))
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
                                                 & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
@@ -772,6 +791,11 @@ class JournalEngine(wiring.Component):
                         # KLAST on, then this beat (W = 4: always one beat)
                         m.d.sync += rx_bcrc.eq(
                             Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32))
+                        # BODY took the last beat whole with zeros after its
+                        # KLAST body bytes: take those zero bytes back out of
+                        # the BCRC and the DCRC (read in EXEC)
+                        m.d.sync += [bcrc.eq(crc32c_unpad_lanes(bcrc, klast, W)),
+                                     ccrc.eq(crc32c_unpad_lanes(ccrc, klast, W))]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
@@ -1086,12 +1110,14 @@ class JournalEngine(wiring.Component):
         with m.If(take & b_lt64 & ld_size_at):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
-            end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
-                                                               "tailbeat"))
+            end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
             m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
-                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W)),
-                             end_hit.eq(v["end_next"])]
+                # the BCRC over whole beats, the last one's lanes after the
+                # body masked: one CRC network, not one per byte count (the
+                # zero bytes are taken back in TRAILER, crc32c_unpad)
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
+                             end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
                 with m.If(b_lt64 & ~ld_size_at):
                     m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
@@ -1112,23 +1138,33 @@ class JournalEngine(wiring.Component):
             if not mem:
                 return
             # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
-            # after the data's end are written as zeros (the record's padding)
-            stamped = Signal(8 * W)
+            # after the data's end are written as zeros (the record's padding).
+            # ``crc_in`` is the beat as the CCRC/DCRC sees it: the stamped beat
+            # but at bytes 60..63, where the CCRC itself is written and the CRC
+            # does not move, so that the CRC's input multiplexer does not have
+            # the CRC register among its inputs (a loop the enable breaks but
+            # synthesis times). Its choice is made from the region registers
+            # (``at_seq``..., set a beat ahead), not from comparisons on BCNT.
+            at_seq, at_time, at_place, at_ccrc, at_data0 = (
+                v[k] for k in ("at_seq", "at_time", "at_place", "at_ccrc", "at_data0"))
             sel = bcnt[LW:3]
-            with m.If(lt_const(bcnt, 8)):
-                m.d.comb += stamped.eq(next_seq.word_select(sel, 8 * W))
-            with m.Elif(b_lt16):
-                m.d.comb += stamped.eq(stamp_time.word_select(sel, 8 * W))
-            with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
-                m.d.comb += stamped.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
-            with m.Elif(~b_lt60 & b_lt64):
-                m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
-                                       if W < 4 else ccrc ^ CRC_INIT)
+            crc_in = Signal(8 * W)
+            with m.If(at_seq):
+                m.d.comb += crc_in.eq(next_seq.word_select(sel, 8 * W))
+            with m.Elif(at_time):
+                m.d.comb += crc_in.eq(stamp_time.word_select(sel, 8 * W))
+            with m.Elif(at_place):
+                m.d.comb += crc_in.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
             with m.Else():
-                m.d.comb += stamped.eq(beat & Mux(end_hit, lane_mask(klast, W), (1 << 8 * W) - 1))
-            with m.If(take & (b_lt60 | ~b_lt64)):
-                # CCRC, then from byte 64 on the DCRC (stamped == beat there)
-                m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
+                m.d.comb += crc_in.eq(v["body_beat"])
+            stamped = Mux(at_ccrc, (ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
+                          if W < 4 else ccrc ^ CRC_INIT, crc_in)
+            ccrc_from = Signal(32)
+            m.d.comb += ccrc_from.eq(Mux(at_data0, CRC_INIT, ccrc))
+            with m.If(take & ~at_ccrc):
+                # CCRC, then from byte 64 on the DCRC (stamped == beat there);
+                # whole beats, the last masked (TRAILER takes its zeros back)
+                m.d.sync += ccrc.eq(crc32c_step(ccrc_from, crc_in, W))
             m.d.comb += [
                 wr.addr.eq(word_address(place + bcnt, W)),
                 wr.data.eq(stamped),
