@@ -486,7 +486,16 @@ class JournalEngine(wiring.Component):
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
-        magic_ok = hdr.magic == protocol.MAGIC
+        # MAGIC at the start of the window: a register, compared as a beat
+        # shifts in (HEADER, HUNT), so that HUNT's ready does not wait for
+        # a 32-bit comparison on the window (the width-32 critical path
+        # once the record walk was registered ran from the window through
+        # it to ``take`` and the enables of ``small``). HUNT_CRC's rotation
+        # puts the window back as it was, and nothing else moves it before
+        # HCHECK or HUNT read this.
+        magic_ok = Signal()
+        shift_in = Cat(small[8 * W:], beat)    # ``small`` after a beat shifts in
+        magic_next = shift_in[128:160] == protocol.MAGIC
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -614,7 +623,7 @@ class JournalEngine(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [small.eq(Cat(small[8 * W:], beat)), hcnt.eq(hcnt + W)]
+                    m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
                     with m.If(hcnt == 16 - W):
@@ -629,7 +638,7 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
+                    m.d.sync += [small.eq(shift_in), magic_ok.eq(magic_next)]
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
 
