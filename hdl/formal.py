@@ -447,6 +447,29 @@ class EngineSpec(Elaboratable):
         with m.If(~in_("HCHECK")):
             m.d.comb += Assert(~tap("h_settled"), "INV: H_SETTLED only in HCHECK")
         hdr = layouts.Header(small[128:])
+        # MAGIC's register (``magic_ok``) follows the window as bytes shift
+        # in (HEADER, HUNT) and holds while HCHECK looks at it; HUNT_CRC
+        # rotates the window a beat a cycle and puts it back, entered only
+        # with MAGIC in place: the window turned back by the rotations done
+        # starts with MAGIC.
+        magic_ok = tap("magic_ok")
+        # A frame's header is counted from 0 again once HCHECK took it (and
+        # ANSWER goes back to HEADER only then)
+        with m.If(in_("ANSWER") & (tap("after") == _After.HEADER)):
+            m.d.comb += Assert(tap("hcnt") == 0, "INV: back to HEADER with HCNT 0")
+        # (a header HCHECK refused goes on to HUNT through ANSWER, window untouched)
+        with m.If((in_("HEADER") & (tap("hcnt") != 0)) | in_("HUNT") | in_("HCHECK")
+                  | (in_("ANSWER") & (tap("after") == _After.HUNT))):
+            m.d.comb += Assert(magic_ok == (hdr.magic == protocol.MAGIC),
+                               "INV: the MAGIC register follows the window")
+        with m.If(in_("HUNT_CRC")):
+            Wb = 8 * (self.data_width // 8)
+            win = small[128:256]                 # the 16-byte window, as the engine rotates it
+            back = Const(0, 32)
+            for k in range(128 // Wb):
+                back = Mux(tap("kcnt") == k, win.rotate_left(Wb * k)[:32], back)
+            m.d.comb += [Assert(magic_ok, "INV: HUNT_CRC only with MAGIC found"),
+                         Assert(back == protocol.MAGIC, "INV: HUNT_CRC's window turns back to MAGIC")]
         with m.If(in_("HCHECK") & tap("h_settled")):
             len_ok = Const(0)
             for t in FT:
