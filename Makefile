@@ -39,8 +39,11 @@ chaos: setup
 # the suite's (docs/hardware.md, "Formal proofs").
 formal: setup
 	$(BIN)/python -m tricopy.hdl.formal --spec timestamp --depth 4
-	$(BIN)/python -m tricopy.hdl.formal --width 8 --max-ring-bits 12 --depth 3
-	$(BIN)/python -m tricopy.hdl.formal --width 32 --max-ring-bits 12 --depth 3
+	$(BIN)/python -m tricopy.hdl.formal --spec compare
+	$(BIN)/python -m tricopy.hdl.formal --width 8 --max-ring-bits 11 --depth 3
+	$(BIN)/python -m tricopy.hdl.formal --width 32 --max-ring-bits 10 --depth 3
+	$(BIN)/python -m tricopy.hdl.formal --width 8 --desc-batch 64 --max-ring-bits 10 --depth 2
+	$(BIN)/python -m tricopy.hdl.formal --width 32 --desc-batch 64 --max-ring-bits 10 --depth 2
 
 # The fuzz targets with FUZZ_SCALE times the suite's examples, new random
 # inputs each run (docs/reliability.md, "Fuzzing").

@@ -13,11 +13,27 @@ timestamp unit:
 - FULL: a journal that passes the checks before allocation is answered FULL
   exactly when it does not fit (or the SEQ# space is spent), ACKed exactly
   when it fits, and placed where the allocation rules say.
-- SEQ: each ACKed journal's SEQ# is the previous one + 1 (unless a LOAD SEQ
-  came between, which leaves the ring empty), and NEXT_SEQ
-  never wraps to 0, so no number is reused.
-- TIME: each ACKed journal's TIME is at least the previous one's, across
+- SEQ: each journal taken has the previous one's SEQ# + 1 (unless a LOAD
+  SEQ came between, which leaves the ring empty), NEXT_SEQ never wraps to
+  0, so no number is reused, and HELD counts the journals from TAIL_SEQ
+  (kept by the spec: RELEASE UPTO moves it to UPTO + 1) to NEXT_SEQ.
+- TIME: each journal taken has a TIME at least the previous one's, across
   LOAD TIME (which may set the clock backwards) included.
+- BATCH (``desc_batch`` > 1, docs/protocol.md "JNLDESC batches"): the
+  descriptors of a JNLDESC are decided in order from the first, none after
+  one refused; a bad BCRC finds nothing taken and changes no ring, SEQ# or
+  TIME state; every descriptor of a batch gets the same TIME; the one answer
+  is an ACK exactly when all were taken, and its SEQ, TIME and JOFS are the
+  last taken descriptor's (a NAK of a later descriptor too).
+
+The properties are stated per descriptor (an EXEC decision and the cycle
+after it), so they read the same with and without batches: a batch takes
+each descriptor through the same ALLOC and EXEC, with the SEQ# and HELD
+step of the one before it pending in between, which the spec counts.
+The batch RAM (bytes 32..63 of each descriptor) is the engine's own memory,
+modelled by the solver as an array: its contents are free in the induction,
+so the properties hold whatever bytes a descriptor reads back (that they
+are the bytes sent is held to the model by the simulation tests).
 
 The ring state is not on the engine's ports, so the spec reads the engine's
 registers by name from its elaborated fragment (``_Taps``): a renamed
@@ -31,7 +47,10 @@ one small ring: k-induction covers every SIZE and every pointer value the
 engine's registers can hold, wrap, exact fit and rewind included. The
 solver's cost grows steeply with the width of those registers, so the
 engine is built with a small ``max_ring_bits`` (9 in the suite: rings up
-to 512 bytes; the product's is 40): the same logic, narrower.
+to 512 bytes; the product's is 40): the same logic, narrower, but for
+one comparison whose form changes with the width, proven on its own at
+every width by ``CompareSpec`` (docs/hardware.md, "Widths"). SEQ#, TIME,
+EPOCH and the frame logic are full width in every build.
 
 One assumption is made on the host (see ``EngineSpec.elaborate``): a
 RELEASE's JOPTR is honest.
@@ -58,16 +77,18 @@ import time
 
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cat, Const, Cover, Elaboratable, Fragment, Module, Mux, Signal
-from amaranth.hdl._ast import AnySeq
+from amaranth.hdl._ast import AnyConst, AnySeq
 
 from ..host.wire import protocol
 from . import layouts
+from .compare import le_wide, lt_const
 from .crc import CRC_INIT
-from .engine import G, JournalEngine, _After, _AckFrom
+from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom
+from .responder import LENGTH_BITS
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
 
-__all__ = ["EngineSpec", "TimestampSpec", "SbyResult", "run_sby", "FormalToolError"]
+__all__ = ["EngineSpec", "TimestampSpec", "CompareSpec", "SbyResult", "run_sby", "FormalToolError"]
 
 FT = protocol.FrameType
 ST = protocol.Status
@@ -113,6 +134,17 @@ def _fsm_is(state_sig: Signal, name: str):
     raise LookupError(f"the engine's FSM has no state {name!r}: update hdl/formal.py")
 
 
+def _check_build(desc_batch, max_ring_bits):
+    """The engine's build parameters, checked before anything is built (the
+    engine checks them too, but only once elaborated)."""
+    if not isinstance(desc_batch, int) or not 1 <= desc_batch <= protocol.DESC_BATCH:
+        raise ValueError(f"desc_batch must be an integer from 1 to {protocol.DESC_BATCH}, "
+                         f"not {desc_batch!r}")
+    if not isinstance(max_ring_bits, int) or not 8 <= max_ring_bits <= MAX_RING_BITS:
+        raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
+                         f"not {max_ring_bits!r}")
+
+
 class EngineSpec(Elaboratable):
     """The engine (descriptor ring, no data memory) under its ring, SEQ# and
     TIME contract. Every input is free every cycle (``AnySeq``): any frame,
@@ -122,8 +154,12 @@ class EngineSpec(Elaboratable):
     proofs catch a broken one)."""
 
     def __init__(self, data_width: int = 8, ring_size: int = 192, *, clk_hz: int = 12_000_000,
-                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9):
+                 sequencer=Sequencer, timestamp=Timestamp, max_ring_bits: int = 9,
+                 desc_batch: int = 1, engine=JournalEngine):
+        _check_build(desc_batch, max_ring_bits)
         self.max_ring_bits = max_ring_bits
+        self.desc_batch = desc_batch
+        self._engine = engine
         self.data_width = data_width
         self.ring_size = ring_size
         self.clk_hz = clk_hz
@@ -142,13 +178,13 @@ class EngineSpec(Elaboratable):
             blocks["ts"] = self._ts_factory(clk_hz)
             return blocks["ts"]
 
-        # desc_batch=1: the properties below are stated for one descriptor a
-        # frame (LENGTH 64); a batch takes each of its descriptors through
-        # the same ALLOC and EXEC, but its pending SEQ# step between them is
-        # not in this spec yet (docs/hardware.md, "Formal proofs")
-        eng = JournalEngine(self.data_width, self.ring_size, self.clk_hz, memory=0,
-                            sequencer=seq_factory, timestamp=ts_factory,
-                            max_ring_bits=self.max_ring_bits, desc_batch=1)
+        # The properties are stated per descriptor (an EXEC decision), so
+        # they read the same for a single JNLDESC (desc_batch=1) and for
+        # each descriptor of a batch; the batch's own ones follow them.
+        B = self.desc_batch
+        eng = self._engine(self.data_width, self.ring_size, self.clk_hz, memory=0,
+                           sequencer=seq_factory, timestamp=ts_factory,
+                           max_ring_bits=self.max_ring_bits, desc_batch=B)
         frag = Fragment.get(eng, platform)
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
@@ -172,6 +208,7 @@ class EngineSpec(Elaboratable):
         # without data memory R is ALLOC's ``r_q`` until EXEC (no copy)
         rlen = Cat(Const(0, G), tap("r_q"))
         ans_type, ans_from, ans_status = tap("ans_type"), tap("ans_from"), tap("ans_status")
+        ans_req = tap("ans_req")
         ans = layouts.Ack(tap("ans"))
         ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
         bcrc = tap("hcrc")
@@ -217,39 +254,86 @@ class EngineSpec(Elaboratable):
         # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
         bcrc_ok = (~tap("bcrc_bad") if self.data_width == 8
                    else tap("rx_bcrc") == (bcrc ^ CRC_INIT))
-        valid = (bcrc_ok & (blen == 64)
+        # LENGTH = 64·N, 1 <= N <= desc_batch (check 3; "JNLDESC batches")
+        nbat = blen[G:]                                 # N, the descriptors in the frame
+        if B == 1:
+            length_ok = blen == 64
+        else:
+            length_ok = (blen[:G] == 0) & (nbat != 0) & (blen <= 64 * B)
+        valid = (bcrc_ok & length_ok
                  & (kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
                  & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+        # BIDX: the descriptor of the batch being taken (0 without batches)
+        bidx = tap("bidx") if B > 1 else Const(0, 1)
+        in_batch = (in_("BLOAD") | in_("ALLOC_W") | in_("ALLOC") | in_("EXEC")) if B > 1 else Const(0)
 
         # -- events ---------------------------------------------------------------
-        # a JNLDESC decided this cycle (EXEC, the responder idle: ANSWER next)
+        # a JNLDESC descriptor decided this cycle (EXEC, the responder idle):
+        # taken or refused, ANSWER or (a batch with more) BLOAD next
         decide = in_("EXEC") & ~busy & (ftype == FT.JNLDESC)
-        # a journal accepted: the ACK of a JNLWR/JNLDESC is handed to the
-        # responder and NEXT_SEQ steps (ANSWER); its Ack is in ``ans`` next cycle
-        pending = in_("ANSWER") & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)
-        accept = pending & ~busy
+        # A taken descriptor's SEQ# step is pending until the next one of its
+        # batch is taken (EXEC) or its answer is handed to the responder
+        # (ANSWER; an ACK, or with batches a NAK of a later descriptor,
+        # staged "from WRITE"): HELD and NEXT_SEQ are one short until then.
+        step_staged = ((ans_from == _AckFrom.WRITE)
+                       & ((ans_type == FT.ACK) | (ans_type == FT.NAK) if B > 1
+                          else (ans_type == FT.ACK)))
+        pending_ans = in_("ANSWER") & step_staged
+        pending = pending_ans | (in_batch & (bidx != 0))
+        answer_w = pending_ans & ~busy                  # that answer handed over
         held_eff = held + pending                       # HELD once the pending step is in
+        seq_eff = (next_seq + pending)[:65]             # NEXT_SEQ likewise
 
         # -- shadow state of the spec ---------------------------------------------
         decided = Signal()
-        d_fits, d_rok, d_dlok, d_valid, d_seqmax = (Signal() for _ in range(5))
+        d_fits, d_rok, d_dlok, d_valid, d_seqmax, d_bcrc_bad = (Signal() for _ in range(6))
         d_place = Signal.like(jiptr)
         d_room = Signal()
+        # the state a frame may change, as it was at its header (HCHECK)
+        watched = [jiptr, joptr, used, wrap_at, held, size, next_seq, last_time, tap("acks")]
+        h_state = [Signal.like(s, name=f"h_{s.name}") for s in watched]
+        with m.If(in_("HCHECK")):
+            m.d.sync += [h.eq(s) for h, s in zip(h_state, watched)]
         m.d.sync += decided.eq(decide)
         with m.If(decide):
             m.d.sync += [d_fits.eq(fits), d_rok.eq(r_ok), d_dlok.eq(dlen_ok), d_valid.eq(valid),
-                         d_seqmax.eq(next_seq == SEQ_MAX), d_place.eq(spec_place),
-                         d_room.eq(room_at(place, rlen[G:]))]
-        accepted = Signal()
-        m.d.sync += accepted.eq(accept)
+                         d_seqmax.eq(seq_eff == SEQ_MAX), d_place.eq(spec_place),
+                         d_room.eq(room_at(place, rlen[G:])), d_bcrc_bad.eq(~bcrc_ok)]
+        # a descriptor taken: the cycle after its decision, when its effects
+        # are in: its SEQ# is NEXT_SEQ (its own step pending), its TIME
+        # LAST_TIME, its JOFS ``place``
+        taken = decided & (ans_type == FT.ACK)
+        refused = decided & (ans_type != FT.ACK)
+        accepted = Signal()                             # the Ack of answer_w is in ``ans``
+        m.d.sync += accepted.eq(answer_w)
         have_prev, prev_seq, prev_time = Signal(), Signal(64), Signal(64)
-        with m.If(accepted):
-            m.d.sync += [have_prev.eq(1), prev_seq.eq(ans.seq), prev_time.eq(ans.time)]
-        seq_linked = Signal()           # no LOAD SEQ since the last ACK
-        with m.If(accepted):
+        prev_jofs = Signal.like(place)
+        with m.If(taken):
+            m.d.sync += [have_prev.eq(1), prev_seq.eq(next_seq), prev_time.eq(last_time),
+                         prev_jofs.eq(place)]
+        seq_linked = Signal()           # no LOAD SEQ since the last descriptor taken
+        with m.If(taken):
             m.d.sync += seq_linked.eq(1)
         with m.If(seq.load):
             m.d.sync += seq_linked.eq(0)
+        # per frame (from its HCHECK): descriptors taken, and whether one was refused
+        frame_taken = Signal(range(B + 1))
+        frame_refused = Signal()
+        with m.If(in_("HCHECK")):
+            m.d.sync += [frame_taken.eq(0), frame_refused.eq(0)]
+        with m.If(taken):
+            m.d.sync += frame_taken.eq(frame_taken + 1)
+        with m.If(refused):
+            m.d.sync += frame_refused.eq(1)
+        # the same, with the descriptor decided in the cycle before counted
+        # (the shadow registers above follow it a cycle late)
+        ft_eff = frame_taken + taken
+        fr_eff = frame_refused | refused
+        hp_eff = have_prev | taken
+        sl_eff = seq_linked | taken
+        ps_eff = Mux(taken, next_seq, prev_seq)
+        pt_eff = Mux(taken, last_time, prev_time)
+        pj_eff = Mux(taken, place, prev_jofs)
 
         # -- the one assumption on the host ------------------------------------------
         # A descriptor ring's RELEASE carries the new JOPTR, which the engine
@@ -304,14 +388,61 @@ class EngineSpec(Elaboratable):
         with m.If(seq_loaded):
             # (LOAD CLEAR|SEQ empties the ring in the same step)
             m.d.comb += Assert(held_eff == 0, "SEQ: no journal is held across a LOAD SEQ")
-        with m.If(accepted & have_prev & seq_linked):
-            m.d.comb += Assert(ans.seq == prev_seq + 1, "SEQ: previous + 1")
+        # TAIL_SEQ, the oldest journal held, kept by the spec: a RELEASE
+        # UPTO moves it to UPTO + 1, a LOAD that leaves the ring empty to
+        # NEXT_SEQ; HELD must count the journals from it to NEXT_SEQ (the
+        # engine has no TAIL_SEQ register: RELEASE and JNLRD read HELD)
+        tail_seq = Signal(64, init=next_seq.init)
+        rel_done = rel_q & (ans_type == FT.ACK)         # a RELEASE took effect last cycle
+        loaded_empty = in_("LOAD_TIME") & (held == 0)  # a LOAD took effect last cycle
+        tail_eff = Mux(rel_done, (small[:64] + 1)[:64], Mux(loaded_empty, next_seq, tail_seq))
+        m.d.sync += tail_seq.eq(tail_eff)
+        m.d.comb += Assert(held_eff == (seq_eff - tail_eff)[:65],
+                           "SEQ: HELD is the journals from TAIL_SEQ to NEXT_SEQ")
+        with m.If(taken & have_prev & seq_linked):
+            m.d.comb += Assert(next_seq == prev_seq + 1, "SEQ: previous + 1")
         with m.If(accepted):
             m.d.comb += Assert(ans.seq == (next_seq - 1)[:64], "SEQ: ACK SEQ is the number taken")
 
         # -- TIME ---------------------------------------------------------------------
-        with m.If(accepted & have_prev):
-            m.d.comb += Assert(ans.time >= prev_time, "TIME: never below the previous ACK's")
+        with m.If(taken & have_prev):
+            m.d.comb += Assert(last_time >= prev_time, "TIME: never below the previous journal's")
+
+        # -- BATCH (docs/protocol.md, "JNLDESC batches") --------------------------------
+        with m.If(decide):
+            m.d.comb += [
+                # in order, from descriptor 0, none skipped; and a bad BCRC
+                # (decided first, at descriptor 0) finds nothing taken
+                Assert(bidx == frame_taken, "BATCH: descriptors decided in order, none skipped"),
+                Assert(~frame_refused, "BATCH: nothing decided after a refused descriptor"),
+                Assert(bcrc_ok | (frame_taken == 0), "BATCH: a bad BCRC finds nothing taken"),
+            ]
+        with m.If(decided & d_bcrc_bad):
+            m.d.comb += [
+                # (from the frame's header on: nothing before EXEC either)
+                Assert(Cat(*watched) == Cat(*h_state), "BATCH: a bad BCRC changes no state"),
+                Assert(ans_from != _AckFrom.WRITE, "BATCH: a bad BCRC's answer steps no SEQ#"),
+            ]
+        with m.If(taken & (frame_taken != 0)):
+            m.d.comb += Assert(last_time == prev_time, "BATCH: one TIME for the batch")
+        # the cumulative answer, handed to the responder
+        answer_desc = in_("ANSWER") & ~busy & (ans_req == FT.JNLDESC)
+        with m.If(answer_desc & (ans_type == FT.ACK)):
+            m.d.comb += Assert(ft_eff == nbat, "BATCH: an ACK has every descriptor taken")
+        with m.If(answer_desc & (ans_type == FT.NAK)):
+            m.d.comb += Assert((ft_eff < nbat) | (ft_eff == 0),
+                               "BATCH: a NAK has a descriptor refused")
+            m.d.comb += Assert((ans_from == _AckFrom.WRITE) == (ft_eff != 0),
+                               "BATCH: a NAK is from the last taken when one was")
+        with m.If(answer_w):
+            m.d.comb += Assert(hp_eff & (ft_eff != 0),
+                               "BATCH: an answer from WRITE follows a descriptor taken")
+        with m.If(accepted):
+            m.d.comb += [
+                Assert(ans.seq == prev_seq, "BATCH: the answer's SEQ is the last taken's"),
+                Assert(ans.time == prev_time, "BATCH: the answer's TIME is the last taken's"),
+                Assert(ans.jofs == Cat(Const(0, G), prev_jofs), "BATCH: the answer's JOFS is the last taken's"),
+            ]
 
         # -- strengthening invariants (for k-induction, not properties of their own) --
         def known_hdr(x):
@@ -324,6 +455,8 @@ class EngineSpec(Elaboratable):
                        | in_("ALIGN") | in_("EXEC")
                        | in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
                        | in_("LOAD_SET") | in_("LOAD_TIME"))
+        if B > 1:
+            busy_states |= in_("BLOAD")
         with m.If(busy_states):
             m.d.comb += Assert(known, "INV: a frame past HCHECK has a known type")
         m.d.comb += Assert((tap("after") == _After.HEADER) | (tap("after") == _After.HUNT)
@@ -359,7 +492,11 @@ class EngineSpec(Elaboratable):
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
         # (EXEC -> ANSWER or LOAD_TIME, RELEASE_AT -> ANSWER)
-        with m.If(~in_("ANSWER") & ~in_("LOAD_TIME")):
+        # (and with batches EXEC -> BLOAD, whose first cycle has KCNT 0)
+        settling = in_("ANSWER") | in_("LOAD_TIME")
+        if B > 1:
+            settling |= in_("BLOAD") & (tap("kcnt") == 0)
+        with m.If(~settling):
             m.d.comb += [
                 Assert(tap("free") == (size - used)[:SG], "INV: FREE settled"),
                 Assert(tap("tail") == (size - jiptr)[:SG], "INV: tail settled"),
@@ -376,13 +513,22 @@ class EngineSpec(Elaboratable):
         r_now = (ctl.data_len[:len(r_q) + G - 1] + 127)[G:]
         W = self.data_width // 8
         kcnt = tap("kcnt")
+        # A batch's later descriptor comes out of BLOAD into ALLOC_W for two
+        # cycles (``settle`` marks the second), a width-32 TRAILER into its
+        # second one: R has followed ``small`` there.
+        settled_w = in_("ALLOC_W") & tap("settle")
+        # SETTLE is set only in ALLOC_W or on entering it from a width-32
+        # TRAILER, so a batch's BLOAD enters ALLOC_W with it clear (else
+        # ALLOC_W would pass in one cycle, R a cycle behind a new ``small``)
+        with m.If(~in_("ALLOC_W")):
+            m.d.comb += Assert(~tap("settle"), "INV: SETTLE only in ALLOC_W")
         if W == 1:
             with m.If(in_("BODY")):
                 m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")
-            r_settled = (in_("TRAILER") & (kcnt >= 1)) | in_("ALLOC")
+            r_settled = (in_("TRAILER") & (kcnt >= 1)) | settled_w | in_("ALLOC")
             c_settled = (in_("TRAILER") & (kcnt >= 2)) | in_("ALLOC")
         else:
-            r_settled = in_("ALLOC_W") | in_("ALLOC")
+            r_settled = settled_w | in_("ALLOC")
             c_settled = in_("ALLOC")
         # (without data memory only a JNLDESC is allocated)
         with m.If(in_("ALLOC_W") | in_("ALLOC")):
@@ -405,7 +551,7 @@ class EngineSpec(Elaboratable):
                 Assert(tap("rt_q") == (w(tap("tail")) + rq)[:SG], "INV: tail + R settled"),
             ]
         # EXEC's checks, registers one cycle behind ``small``, EPOCH and NEXT_SEQ
-        with m.If((in_("ALLOC") | in_("EXEC")) & (ftype == FT.JNLDESC) & (blen == 64)):
+        with m.If((in_("ALLOC") | in_("EXEC")) & (ftype == FT.JNLDESC) & length_ok):
             m.d.comb += [
                 Assert(tap("kind_ok") == ((kind >= K.UPDATE) & (kind <= K.MARK)),
                        "INV: KIND checked"),
@@ -413,10 +559,19 @@ class EngineSpec(Elaboratable):
                 Assert(tap("epoch_ok") == (ctl.epoch == epoch), "INV: EPOCH checked"),
                 Assert(tap("desc_dcrc_ok") == ((dlen != 0) | (ctl.data_crc == 0)),
                        "INV: DATA_CRC checked"),
-                Assert(tap("seq_spent") == (next_seq == SEQ_MAX), "INV: SEQ# space checked"),
+                # (with a batch's step pending, NEXT_SEQ + 1 is the number it would take)
+                Assert(tap("seq_spent") == (seq_eff == SEQ_MAX), "INV: SEQ# space checked"),
             ]
+        # checks 4-7 and the SEQ# space: a descriptor that passes them and
+        # fits is taken, and only then is its JOFS written (with batches)
+        checks_ok = ((kind >= K.UPDATE) & (kind <= K.MARK) & rules_ok
+                     & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
+        will_take = alloc_ok & checks_ok & (seq_eff != SEQ_MAX)
         # what ALLOC chose for EXEC's commit: JIPTR after, and USED's growth
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64) & alloc_ok):
+        # (with batches only for a descriptor EXEC takes: the exact fit is
+        # of ``place``, which a refused one leaves at the last JOFS taken)
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok
+                  & (alloc_ok if B == 1 else will_take)):
             end = w(place) + w(rlen[G:])
             m.d.comb += [
                 Assert(tap("exact") == (end == w(size)), "INV: an exact fit"),
@@ -500,7 +655,10 @@ class EngineSpec(Elaboratable):
                        "INV: RELEASE_D bad"),
             ]
         with m.If(in_("LOAD_SET") | in_("LOAD_TIME")):
-            m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD), "INV: LOAD staged")
+            # (a LOAD's own frame and answer: before LOAD_SET, EXEC decided
+            # in the same cycle as it staged, so nothing else could be there)
+            m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD)
+                               & (ans_req == FT.LOAD) & (ftype == FT.LOAD), "INV: LOAD staged")
         # a LOAD's checks, registers one cycle behind ``small``, its SIZE word
         # (``stamp_time``), SIZE and HELD: settled in EXEC, and still so in
         # LOAD_SET, which applies a LOAD that passed them
@@ -530,20 +688,21 @@ class EngineSpec(Elaboratable):
                        | (ld.flags & LF.CLEAR).any() | tap("ld_held0"),
                        "INV: a LOAD empties only an empty ring"),
             ]
-        # ANSWER's bits staged with the answer
+        # ANSWER's bits staged with the answer (the step: the pending one
+        # above, so with batches also a NAK from WRITE, whose last
+        # descriptor taken still steps NEXT_SEQ and HELD in ANSWER)
         with m.If(in_("ANSWER") | in_("LOAD_SET") | in_("LOAD_TIME")):
             m.d.comb += [
                 Assert(tap("ans_nak") == (ans_type == FT.NAK), "INV: a NAK staged as one"),
-                Assert(tap("ans_step") == ((ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE)),
-                       "INV: a journal's step staged"),
+                Assert(tap("ans_step") == step_staged, "INV: a journal's step staged"),
             ]
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & (blen == 64)):
-            # the ALLOC result is that of the current state (a 64-byte body
-            # went through ALLOC; R is only meaningful up to MAX_DATA)
+        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok):
+            # the ALLOC result is that of the current state (a body of whole
+            # descriptors went through ALLOC; R is only meaningful up to MAX_DATA)
             m.d.comb += [
                 Assert(alloc_ok == (dlen_ok & r_ok & fits), "INV: alloc_ok"),
                 Assert(alloc_full == (dlen_ok & r_ok & ~fits), "INV: alloc_full"),
-                Assert(~alloc_ok | (place == spec_place), "INV: place"),
+                Assert(~(alloc_ok if B == 1 else will_take) | (place == spec_place), "INV: place"),
                 Assert(wrap == (alloc_ok & (used != 0) & ~room_at(jiptr, r)), "INV: wrap"),
                 Assert(stamp_time >= last_time, "INV: stamp >= LAST_TIME"),
             ]
@@ -558,16 +717,60 @@ class EngineSpec(Elaboratable):
                 Assert(next_seq != SEQ_MAX, "INV: a pending SEQ# is not the last"),
                 Assert(stamp_time == last_time, "INV: the pending stamp is LAST_TIME"),
                 Assert(used != 0, "INV: a pending journal is held"),
+                # the last descriptor taken is the one pending
+                Assert(hp_eff & sl_eff & (ps_eff == next_seq) & (pt_eff == last_time)
+                       & (ft_eff != 0),
+                       "INV: the pending SEQ# is the last taken"),
             ]
         with m.If(have_prev):
             m.d.comb += Assert(last_time >= prev_time, "INV: LAST_TIME >= the last ACK's TIME")
-            with m.If(seq_linked & ~accepted):
-                m.d.comb += Assert(next_seq == prev_seq + 1, "INV: NEXT_SEQ follows the last ACK")
-
+        with m.If(hp_eff & sl_eff):
+            m.d.comb += Assert(seq_eff == ps_eff + 1, "INV: NEXT_SEQ follows the last taken")
+        with m.If((in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("ALLOC_W") | in_("ALLOC")
+                   | in_("EXEC")) & (ftype == FT.JNLDESC) & (bidx == 0)):
+            m.d.comb += Assert(Cat(*watched) == Cat(*h_state),
+                               "INV: a JNLDESC changes nothing before its first decision")
+        # per-frame counts: BIDX descriptors taken, none refused, until the
+        # frame's answer; the batch's registers hold while it is taken
+        m.d.comb += Assert(ft_eff <= B, "INV: at most a batch taken")
+        between = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK") | in_("SKIP")
+        with m.If(~between & ~in_("ANSWER")):
+            m.d.comb += Assert((ft_eff == bidx) & ~fr_eff, "INV: frame counts are BIDX")
+        if B > 1:
+            with m.If(between | ~(in_batch | in_("ANSWER"))):
+                m.d.comb += Assert(bidx == 0, "INV: BIDX is 0 outside a batch")
+            with m.If(in_("BLOAD")):
+                m.d.comb += Assert(bidx != 0, "INV: BLOAD loads a descriptor past the first")
+            with m.If(in_batch & (bidx != 0)):
+                m.d.comb += Assert((ftype == FT.JNLDESC) & bcrc_ok & length_ok & (bidx < nbat)
+                                   & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE),
+                                   "INV: a batch past its first descriptor")
+            with m.If((in_("BLOAD") | in_("ALLOC_W") | in_("ALLOC")) & (bidx != 0)):
+                m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (BLOAD, ALLOC)")
+            with m.If(in_("EXEC") & (bidx != 0) & ~will_take):
+                m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (EXEC)")
+        acknak = (ans_type == FT.ACK) | (ans_type == FT.NAK)
+        with m.If(in_("ANSWER") & acknak & ((ans_req == FT.JNLDESC) | (ans_from == _AckFrom.WRITE))):
+            # (without data memory only a JNLDESC is answered from WRITE)
+            m.d.comb += Assert((ftype == FT.JNLDESC) & (ans_req == FT.JNLDESC),
+                               "INV: an answer to a JNLDESC is its frame's")
+            m.d.comb += Assert((ans_from == _AckFrom.WRITE)
+                               | ((ans_from == _AckFrom.ZERO) & (ans_type == FT.NAK)),
+                               "INV: a JNLDESC is answered from WRITE or with a NAK of zeros")
+            with m.If(ans_from == _AckFrom.WRITE):
+                m.d.comb += [
+                    Assert(place == pj_eff, "INV: an answer from WRITE has the last JOFS"),
+                    Assert((ans_type == FT.ACK) == (ft_eff == nbat), "INV: ACK when all taken"),
+                    Assert(~fr_eff == (ans_type == FT.ACK), "INV: NAK when one refused"),
+                    Assert((ans_req == FT.JNLDESC) & length_ok & (ft_eff != 0) & (bidx < nbat)
+                           & (ft_eff == bidx + (ans_type == FT.ACK)), "INV: answer from WRITE"),
+                ]
+            with m.Else():
+                m.d.comb += Assert((ft_eff == 0) & (bidx == 0), "INV: nothing taken")
         # reachability: an exact fit (JIPTR back to 0 with journals held) and a wrap
         m.d.comb += [
-            Cover(accept & (jiptr == 0) & (used != 0)),
-            Cover(accept & (wrap_at < size)),
+            Cover(answer_w & (jiptr == 0) & (used != 0)),
+            Cover(answer_w & (wrap_at < size)),
         ]
         return m
 
@@ -602,6 +805,37 @@ class TimestampSpec(Elaboratable):
                 ns_int = NS_PER_S // self.clk_hz
                 m.d.comb += Assert((step == ns_int) | (step == ns_int + 1),
                                    "TIME: advances by NS_INT or NS_INT + 1")
+        return m
+
+
+class CompareSpec(Elaboratable):
+    """``le_wide(R, x)`` (``hdl/compare.py``), the ALLOC comparisons of R
+    (18 bits, granules) with the ring's figures, equals ``R <= x`` at every
+    width of ``x`` an engine is built with: SIZE, FREE, the tail (SG =
+    max_ring_bits - 5 bits) and JOPTR, the gap (PG = max_ring_bits - 6), for
+    max_ring_bits 8..40. It is the one piece of the ring logic whose
+    structure, not only its width, changes with max_ring_bits: R is wider
+    than the ring's figures up to 23 bits (a plain comparison) and narrower
+    from 24 on (the split form), so the engine proofs at small widths never
+    run the split form; this proof covers it at the product's widths. With
+    it, LOAD RING's range check of SIZE against 2**max_ring_bits, whose
+    constant follows the width.
+    ``le`` replaces ``le_wide`` (to show that the proof catches a broken one)."""
+
+    def __init__(self, *, le=le_wide):
+        self._le = le
+
+    def elaborate(self, platform):
+        m = Module()
+        r_bits = LENGTH_BITS - G + 1
+        for x_bits in range(8 - G, MAX_RING_BITS - G + 2):
+            r, x = AnyConst(r_bits), AnyConst(x_bits)
+            m.d.comb += Assert(self._le(r, x) == (r <= x), "COMPARE: le_wide(R, x) is R <= x")
+        # LOAD RING's SIZE range (128 .. 2**max_ring_bits) on its 64-bit word:
+        # the constant, and so the terms of ``lt_const``, follows the width
+        size = AnyConst(64)
+        for k in [128] + [(1 << bits) + 1 for bits in range(8, MAX_RING_BITS + 1)]:
+            m.d.comb += Assert(lt_const(size, k) == (size < k), "COMPARE: lt_const(SIZE, k) is SIZE < k")
         return m
 
 
@@ -643,7 +877,8 @@ def _assert_text(line: str) -> str:
         text = " ".join(lines[int(lineno) - 1:int(lineno) + 3])
     except (OSError, ValueError):
         return line.strip()
-    found = re.search(r'(?:Assert|Cover)\(.*?"([^"]+)"', text)
+    # (the message is the string after a comma, not a register's name)
+    found = re.search(r'(?:Assert|Cover)\(.*?,\s*"([^"]+)"', text)
     return found.group(1) if found else f"{pathlib.Path(path).name}:{lineno}"
 
 
@@ -719,7 +954,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tricopy.hdl.formal",
                                 description="Prove the journal engine's ring, SEQ# and TIME "
                                             "contract with SymbiYosys (docs/hardware.md).")
-    p.add_argument("--spec", choices=["engine", "timestamp"], default="engine")
+    p.add_argument("--spec", choices=["engine", "timestamp", "compare"], default="engine")
     p.add_argument("--mode", choices=["prove", "bmc", "cover"], default="prove")
     p.add_argument("--depth", type=int, default=None,
                    help="k of the induction, or the BMC/cover depth (default: the suite's)")
@@ -728,11 +963,23 @@ def main(argv=None) -> int:
     p.add_argument("--max-ring-bits", type=int, default=9,
                    help="log2 of the largest ring the engine is built for (default 9: "
                         "512 bytes, 8 granules; 40 is the product's)")
+    p.add_argument("--desc-batch", type=int, default=1,
+                   help="the most descriptors a JNLDESC may carry (default 1: no batches; "
+                        "the product's is 64)")
     p.add_argument("--keep", metavar="DIR", help="keep the SymbiYosys folder (traces) here")
     args = p.parse_args(argv)
     if args.spec == "engine":
-        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits)
+        try:
+            _check_build(args.desc_batch, args.max_ring_bits)
+        except ValueError as e:
+            print(f"error: {e}: choose another value (--help)", file=sys.stderr)
+            return 2
+        spec = EngineSpec(args.width, max_ring_bits=args.max_ring_bits,
+                          desc_batch=args.desc_batch)
         depth = args.depth or 4
+    elif args.spec == "compare":
+        spec = CompareSpec()
+        depth = args.depth or 1
     else:
         spec = TimestampSpec()
         depth = args.depth or 2

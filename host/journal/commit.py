@@ -43,12 +43,9 @@ class Durability(enum.Enum):
 #: next sync starts at once and the disk overlaps their flushes.
 SYNCS_IN_FLIGHT = 2
 
-#: A sync runs in the event loop itself, with no worker thread, when none is
-#: in flight and each of the last ``INLINE_HISTORY`` syncs took less than
-#: ``INLINE_SYNC_BELOW`` (host/disk/inline.py says why).  On this project's
-#: 2-vCPU VM a 4 KiB write + fdatasync took 90-110 µs inline and 310-320 µs
-#: through a worker thread, so at low depth the hand-off cost twice the disk
-#: (docs/benchmarks.md, "Syncs in the event loop").  0 turns it off.
+# A sync runs in the event loop itself when none is in flight and the disk
+# has been fast (``InlineWindow``, host/disk/inline.py says why; the
+# committer's ``inline_below`` 0 turns it off).
 
 
 class GroupCommitter:

@@ -31,7 +31,7 @@ import json
 import threading
 from pathlib import Path
 
-from ..disk.slotfile import SlotFile, SlotFileCorrupt
+from ..disk.slotfile import SlotFile
 from ..wire.pseq import tag_after
 
 __all__ = ["AL_AHEAD", "AL_EXTENT", "ActivityLog"]
@@ -67,10 +67,7 @@ class ActivityLog:
         # Saved in place (two slots: one write, one fdatasync): a save comes
         # each time a write enters a cold extent.
         self._file = SlotFile(path)
-        try:
-            raw = self._file.load()
-        except SlotFileCorrupt as exc:
-            raise ValueError(f"activity log {exc}") from None
+        raw = self._file.load()      # (SlotFileCorrupt is a ValueError naming the file)
         if raw is not None:
             try:
                 doc = json.loads(raw)

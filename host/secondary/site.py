@@ -17,8 +17,8 @@ the SVOL, ADDRESS/LENGTH the place), never past a gap.  What this adds:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import json
 import logging
 import shutil
@@ -33,7 +33,7 @@ from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.inline import InlineWindow
-from ..disk.slotfile import SlotFile, SlotFileCorrupt
+from ..disk.slotfile import SlotFile
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
 from ..perf import PERF, now
@@ -94,10 +94,7 @@ class RestoreState:
         # Saved in place (two slots, one write and one fdatasync): it is saved
         # at every apply mark and checkpoint, many times a second under load.
         self._file = SlotFile(path)
-        try:
-            raw = self._file.load()
-        except SlotFileCorrupt as exc:
-            raise ValueError(f"restore state {exc}") from None
+        raw = self._file.load()      # (SlotFileCorrupt is a ValueError naming the file)
         if raw is not None:
             try:
                 doc = json.loads(raw)

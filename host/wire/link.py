@@ -8,7 +8,7 @@ A :class:`Link` is one TCP connection carrying frames both ways.  It
 * keeps the link alive with HEARTBEAT: the side that *opened* the connection
   sends one every ``heartbeat`` seconds, the side that accepted it echoes it.
   (Only one side asks: if both answered every HEARTBEAT they would echo each
-  other forever.)  Either side that hears nothing for ``3 * heartbeat``
+  other forever.)  Either side whose read hears nothing for ``3 * heartbeat``
   seconds declares the link dead with :class:`LinkTimeout`;
 * exchanges HELLO as the first frame (:func:`connect`, :meth:`Link.expect_hello`);
 * runs over TLS 1.3 with mutual authentication when the site has ``[tls]``
@@ -98,9 +98,9 @@ class Link:
         self._hb_task = asyncio.create_task(self._beat()) if initiator else None
         # The silence limit is watched by one task, not a timer per read: a
         # timeout around every read() made and cancelled a timer each time,
-        # about 5 % of a site's CPU at depth 16 (docs/benchmarks.md, "Link
-        # reads without a timer each").  ``_wait_since``: when the read now
-        # waiting began (None: no read waiting).
+        # about 5 % of a site's CPU at depth 16 in its profile (docs/
+        # benchmarks.md, "State files in place, one watchdog per link").
+        # ``_wait_since``: when the read now waiting began (None: none waits).
         self._wait_since: float | None = None
         self._watch_task = asyncio.create_task(self._watch())
         # Read once: a closed TLS transport answers no more questions.
