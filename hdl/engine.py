@@ -37,7 +37,7 @@ from ..host.wire import protocol
 from . import layouts
 from .compare import ge_const, le_wide, lt_const
 from .crc import CRC_INIT, crc32c_step
-from .lanes import crc32c_lanes, lane_mask, word_address
+from .lanes import crc32c_unpad_lanes, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 
@@ -53,6 +53,9 @@ _CTL = layouts.byte_offsets(layouts.Control)
 #: a multiple of 64): 34-bit offsets, 35-bit sizes.
 MAX_RING_BITS = 40
 G = 6                                          # log2 of the 64-byte granule
+#: Cycles the record walk waits after reading a DATA_LEN, for the registers
+#: that decide the next record's offset to follow it (see ``walk_r``)
+_WALK_SETTLE = 2
 
 
 class _After(enum.Enum, shape=2):
@@ -470,12 +473,39 @@ class JournalEngine(wiring.Component):
             # width-32 critical path once the read-out was registered).
             end_hit = Signal()
             end_next = (bcnt + 2 * W)[LW:LENGTH_BITS] == bend[LW:]   # (BCNT_NEXT + W)
-            nvalid = Mux(end_hit, klast, W)    # body bytes in this beat
             tailbeat = Signal(8 * W)           # the body's last beat, for the BCRC
+            # the beat with its lanes after the body zero (in the last beat:
+            # lane i is a body byte when KLAST > i)
+            # (Signals, not expressions: the CRC networks read each bit many
+            # times, and an expression would be written out at every read)
+            body_beat = Signal(8 * W)
+            m.d.comb += body_beat.eq(
+                beat & Cat(*((~end_hit | (klast > i)).replicate(8) for i in range(W))))
+            # The region of the body the beat being taken is in, registers
+            # set a beat ahead as END_HIT is (HCHECK for beat 0, then from
+            # BCNT_NEXT as each beat is taken): the stamped-data multiplexer
+            # and the CCRC's start then do not wait for comparisons on the
+            # 23-bit BCNT (they were in front of the CRC of the beat).
+            at_seq, at_time, at_place, at_ccrc, at_data0 = (Signal() for _ in range(5))
+
+            def regions(b):
+                """The region registers for the beat at body byte ``b``."""
+                return [at_seq.eq(lt_const(b, 8)), at_time.eq(ge_const(b, 8) & lt_const(b, 16)),
+                        at_place.eq(ge_const(b, 24) & lt_const(b, 32)),
+                        at_ccrc.eq(ge_const(b, 60) & lt_const(b, 64)), at_data0.eq(b == 64)]
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
-        magic_ok = hdr.magic == protocol.MAGIC
+        # MAGIC at the start of the window: a register, compared as a beat
+        # shifts in (HEADER, HUNT), so that HUNT's ready does not wait for
+        # a 32-bit comparison on the window (the width-32 critical path
+        # once the record walk was registered ran from the window through
+        # it to ``take`` and the enables of ``small``). HUNT_CRC's rotation
+        # puts the window back as it was, and nothing else moves it before
+        # HCHECK or HUNT read this.
+        magic_ok = Signal()
+        shift_in = Cat(small[8 * W:], beat)    # ``small`` after a beat shifts in
+        magic_next = shift_in[128:160] == protocol.MAGIC
         # HCHECK's checks of the window, registers one cycle behind it
         # (HCHECK waits a cycle for them: ``h_settled``). LENGTH against what
         # its TYPE can carry (protocol.MAX_LENGTH, the host's table): a
@@ -506,19 +536,37 @@ class JournalEngine(wiring.Component):
             resp.rd_data.eq(rd.data),
         ]
 
-        # walker: read DATA_LEN of the record at walk_off (4 bytes + latency)
+        # walker: read DATA_LEN of the record at walk_off (4 bytes + latency),
+        # then WALK_SETTLE cycles for the registers below to follow it
         walk_off = Signal(RB)
         dl = Signal(32)
-        dl_step = Signal(range(5))
+        dl_step = Signal(range(4 // self.W + _WALK_SETTLE + 1))
+        # The next record's offset is decided from registers, each one cycle
+        # behind the one before, not in one chain (DATA_LEN -> R -> WALK_OFF
+        # + R -> its comparisons with WRAP_AT and SIZE -> the step's
+        # decision was the width-32 critical path): R one cycle behind
+        # DATA_LEN; then WALK_OFF + R and the two comparisons side by side,
+        # each from R and a register. (a + b) mod 2**n == c exactly when b
+        # mod 2**n == (c - a) mod 2**n, so WALK_OFF + R == WRAP_AT is R
+        # against WRAP_AT - WALK_OFF, taken while DATA_LEN is read (WALK_OFF,
+        # SIZE and WRAP_AT hold from the step before until the step).
         walk_r = Signal(LENGTH_BITS)
-        m.d.comb += walk_r.eq(Cat(Const(0, 6), (dl[:LENGTH_BITS] + 63)[6:]) + 64)
-        walk_sum = Signal(RB + 1)
-        m.d.comb += walk_sum.eq(walk_off + walk_r)
+        m.d.sync += walk_r.eq(Cat(Const(0, 6), (dl[:LENGTH_BITS] + 63)[6:]) + 64)
         # next record: the skipped tail ends at WRAP_AT, the ring at SIZE
         # (a data ring's, at most 2**RB: RB + 1 bits of bytes)
         d_size, d_wrap = dbytes_w(size), dbytes_w(wrap_at)
-        walk_at_wrap = walk_sum == d_wrap
-        walk_next = Mux(walk_at_wrap | (walk_sum == d_size), 0, walk_sum[:RB])
+        to_wrap, to_size = Signal(RB + 1), Signal(RB + 1)
+        m.d.sync += [to_wrap.eq(d_wrap - walk_off), to_size.eq(d_size - walk_off)]
+        at_wrap_now = walk_r[:RB + 1] == to_wrap
+        walk_sum = Signal(RB + 1)
+        walk_at_wrap = Signal()
+        walk_at_end = Signal()                 # at WRAP_AT or at SIZE: the next is at 0
+        m.d.sync += [
+            walk_sum.eq(walk_off + walk_r),
+            walk_at_wrap.eq(at_wrap_now),
+            walk_at_end.eq(at_wrap_now | (walk_r[:RB + 1] == to_size)),
+        ]
+        walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
         m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
@@ -692,7 +740,7 @@ class JournalEngine(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
-                    m.d.sync += [small.eq(Cat(small[8 * W:], beat)), hcnt.eq(hcnt + W)]
+                    m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
                     with m.If(hcnt == 16 - W):
@@ -707,7 +755,7 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
+                    m.d.sync += [small.eq(shift_in), magic_ok.eq(magic_next)]
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
 
@@ -742,6 +790,7 @@ class JournalEngine(wiring.Component):
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
                     if W > 1:
+                        m.d.sync += regions(Const(0, LENGTH_BITS))
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
                                                 & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
@@ -866,6 +915,11 @@ class JournalEngine(wiring.Component):
                         # KLAST on, then this beat (W = 4: always one beat)
                         m.d.sync += rx_bcrc.eq(
                             Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32))
+                        # BODY took the last beat whole with zeros after its
+                        # KLAST body bytes: take those zero bytes back out of
+                        # the BCRC and the DCRC (read in EXEC)
+                        m.d.sync += [bcrc.eq(crc32c_unpad_lanes(bcrc, klast, W)),
+                                     ccrc.eq(crc32c_unpad_lanes(ccrc, klast, W))]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
@@ -1077,13 +1131,13 @@ class JournalEngine(wiring.Component):
             # -- record walk: DATA_LEN of the record at walk_off -------------
             if mem:   # (states of a data ring)
                 with m.State("WALK"):
-                    with m.If(dl_step != 0):
+                    with m.If((dl_step != 0) & (dl_step <= 4 // W)):
                         if W == 1:
                             m.d.sync += dl.word_select((dl_step - 1)[:2], 8).eq(rd.data)
                         else:
                             m.d.sync += dl.eq(rd.data)     # DATA_LEN is one word
                     m.d.sync += dl_step.eq(dl_step + 1)
-                    with m.If(dl_step == 4 // W):
+                    with m.If(dl_step == 4 // W + _WALK_SETTLE):
                         m.d.sync += dl_step.eq(0)
                         with m.If(walk_for_release):
                             m.next = "RELEASE_STEP"
@@ -1095,6 +1149,9 @@ class JournalEngine(wiring.Component):
                     # docs/protocol.md "RELEASE": free TAIL_SEQ..UPTO in order
                     at_wrap = walk_at_wrap
                     DB = RB - G + 1                # a data ring's sizes in granules
+                    # (USED - R - the skipped tail, from registers; R + tail
+                    # as a register of its own mapped to 1 116 LUT4 more in
+                    # Yosys, the walk alone at width 32: docs/hardware.md)
                     m.d.sync += [
                         joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
                         used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
@@ -1187,12 +1244,14 @@ class JournalEngine(wiring.Component):
         with m.If(take & b_lt64 & ld_size_at):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
-            end_hit, nvalid, klast, tailbeat = (v[k] for k in ("end_hit", "nvalid", "klast",
-                                                               "tailbeat"))
+            end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
             m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
-                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_lanes(bcrc, beat, nvalid, W)),
-                             end_hit.eq(v["end_next"])]
+                # the BCRC over whole beats, the last one's lanes after the
+                # body masked: one CRC network, not one per byte count (the
+                # zero bytes are taken back in TRAILER, crc32c_unpad)
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
+                             end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
                 with m.If(b_lt64 & ~ld_size_at):
                     m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
@@ -1213,23 +1272,33 @@ class JournalEngine(wiring.Component):
             if not mem:
                 return
             # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
-            # after the data's end are written as zeros (the record's padding)
-            stamped = Signal(8 * W)
+            # after the data's end are written as zeros (the record's padding).
+            # ``crc_in`` is the beat as the CCRC/DCRC sees it: the stamped beat
+            # but at bytes 60..63, where the CCRC itself is written and the CRC
+            # does not move, so that the CRC's input multiplexer does not have
+            # the CRC register among its inputs (a loop the enable breaks but
+            # synthesis times). Its choice is made from the region registers
+            # (``at_seq``..., set a beat ahead), not from comparisons on BCNT.
+            at_seq, at_time, at_place, at_ccrc, at_data0 = (
+                v[k] for k in ("at_seq", "at_time", "at_place", "at_ccrc", "at_data0"))
             sel = bcnt[LW:3]
-            with m.If(lt_const(bcnt, 8)):
-                m.d.comb += stamped.eq(next_seq.word_select(sel, 8 * W))
-            with m.Elif(b_lt16):
-                m.d.comb += stamped.eq(stamp_time.word_select(sel, 8 * W))
-            with m.Elif(ge_const(bcnt, 24) & lt_const(bcnt, 32)):
-                m.d.comb += stamped.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
-            with m.Elif(~b_lt60 & b_lt64):
-                m.d.comb += stamped.eq((ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
-                                       if W < 4 else ccrc ^ CRC_INIT)
+            crc_in = Signal(8 * W)
+            with m.If(at_seq):
+                m.d.comb += crc_in.eq(next_seq.word_select(sel, 8 * W))
+            with m.Elif(at_time):
+                m.d.comb += crc_in.eq(stamp_time.word_select(sel, 8 * W))
+            with m.Elif(at_place):
+                m.d.comb += crc_in.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
             with m.Else():
-                m.d.comb += stamped.eq(beat & Mux(end_hit, lane_mask(klast, W), (1 << 8 * W) - 1))
-            with m.If(take & (b_lt60 | ~b_lt64)):
-                # CCRC, then from byte 64 on the DCRC (stamped == beat there)
-                m.d.sync += ccrc.eq(crc32c_lanes(Mux(bcnt == 64, CRC_INIT, ccrc), stamped, nvalid, W))
+                m.d.comb += crc_in.eq(v["body_beat"])
+            stamped = Mux(at_ccrc, (ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
+                          if W < 4 else ccrc ^ CRC_INIT, crc_in)
+            ccrc_from = Signal(32)
+            m.d.comb += ccrc_from.eq(Mux(at_data0, CRC_INIT, ccrc))
+            with m.If(take & ~at_ccrc):
+                # CCRC, then from byte 64 on the DCRC (stamped == beat there);
+                # whole beats, the last masked (TRAILER takes its zeros back)
+                m.d.sync += ccrc.eq(crc32c_step(ccrc_from, crc_in, W))
             m.d.comb += [
                 wr.addr.eq(word_address(place + bcnt, W)),
                 wr.data.eq(stamped),

@@ -602,6 +602,37 @@ class EngineSpec(Elaboratable):
         with m.If(~in_("HCHECK")):
             m.d.comb += Assert(~tap("h_settled"), "INV: H_SETTLED only in HCHECK")
         hdr = layouts.Header(small[128:])
+        # MAGIC's register (``magic_ok``) is compared as a beat shifts into
+        # the window (HEADER, HUNT) and is read only in HUNT (a full window)
+        # and, through ``h_magic``, in HCHECK. Other states move the window
+        # (a body shifts through ``small``) without it, so it is stated
+        # where HCNT, the header bytes counted, is not 0: HCNT is 0 from
+        # HCHECK's decision until the next header's first byte, in every
+        # state but HCHECK's NAKs of a window HUNT goes on from (their
+        # ANSWER leaves the window alone). HUNT_CRC rotates the window a
+        # beat a cycle and puts it back: the window turned back by the
+        # rotations done starts with MAGIC.
+        magic_ok, hcnt = tap("magic_ok"), tap("hcnt")
+        W = self.data_width // 8
+        hdr_states = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK")
+        with m.If(~hdr_states & ~(in_("ANSWER") & (tap("after") == _After.HUNT))):
+            m.d.comb += Assert(hcnt == 0, "INV: HCNT 0 between headers")
+        with m.If(in_("HEADER")):
+            m.d.comb += Assert((hcnt < 16) & (hcnt % W == 0), "INV: HEADER counts whole beats")
+        with m.If(in_("HUNT_CRC") | in_("HCHECK")):
+            m.d.comb += Assert(hcnt == 16, "INV: a full window past HUNT or HEADER")
+        with m.If(((hdr_states & ~in_("HUNT_CRC")) | in_("ANSWER")) & (hcnt != 0)):
+            m.d.comb += Assert(magic_ok == (hdr.magic == protocol.MAGIC),
+                               "INV: the MAGIC register follows the window")
+        with m.If(in_("HUNT_CRC")):
+            Wb = 8 * W
+            win = small[128:256]                 # the 16-byte window, as the engine rotates it
+            back = Const(0, 32)
+            for k in range(128 // Wb):
+                back = Mux(tap("kcnt") == k, win.rotate_left(Wb * k)[:32], back)
+            m.d.comb += [Assert(tap("kcnt") < 16 // W, "INV: HUNT_CRC's count"),
+                         Assert(magic_ok, "INV: HUNT_CRC only with MAGIC found"),
+                         Assert(back == protocol.MAGIC, "INV: HUNT_CRC's window turns back to MAGIC")]
         with m.If(in_("HCHECK") & tap("h_settled")):
             len_ok = Const(0)
             for t in FT:

@@ -7,9 +7,9 @@ A frame on a wide link ends inside its last beat: the CRCs take the low
 
 from amaranth.hdl import Const, Mux
 
-from .crc import crc32c_step
+from .crc import crc32c_step, crc32c_unpad
 
-__all__ = ["crc32c_lanes", "lane_mask", "word_address"]
+__all__ = ["crc32c_lanes", "crc32c_unpad_lanes", "lane_mask", "word_address"]
 
 
 def word_address(byte_address, W: int):
@@ -25,6 +25,17 @@ def crc32c_lanes(state, data, n, W: int):
     out = crc32c_step(state, data, W)
     for k in range(W - 1, 0, -1):
         out = Mux(n == k, crc32c_step(state, data, k), out)
+    return out
+
+
+def crc32c_unpad_lanes(state, n, W: int):
+    """The CRC register after the low ``n`` bytes (a value 1..W) of a beat,
+    from ``state``, the register after the whole beat with its lanes from
+    ``n`` on zero (``crc32c_unpad``): a correction made once, after the
+    last beat, where ``crc32c_lanes`` chooses among W networks every beat."""
+    out = state
+    for k in range(W - 1, 0, -1):
+        out = Mux(n == k, crc32c_unpad(state, W - k), out)
     return out
 
 

@@ -57,3 +57,34 @@ def test_layouts_match_codec():
     assert layouts.byte_offsets(layouts.EngineStatus)["wrap_at"] == (72, 8)
     assert layouts.byte_offsets(layouts.Load)["flags"] == (28, 4)
     assert layouts.Load.size == 8 * protocol.Load.SIZE
+
+
+@pytest.mark.parametrize("nzero", [0, 1, 2, 3])
+def test_unpad_takes_back_zero_bytes(nzero):
+    """crc32c_unpad after the CRC of a beat with its upper lanes zero gives
+    the CRC of its low bytes (the width-32 ingress CRCs rely on it)."""
+    from amaranth.hdl import Module, Signal
+    from tricopy.hdl.crc import CRC_INIT, crc32c_step, crc32c_unpad
+
+    m = Module()
+    state, beat, padded, out = (Signal(32) for _ in range(4))
+    m.d.comb += [padded.eq(crc32c_step(state, beat, 4)), out.eq(crc32c_unpad(padded, nzero))]
+    rng = random.Random(nzero)
+    cases = [(rng.randbytes(rng.randrange(0, 9)), rng.randbytes(4 - nzero)) for _ in range(8)]
+    seen = []
+
+    async def bench(ctx):
+        for prefix, data in cases:
+            # the register after the prefix (not final-xored), the beat's
+            # lanes after ``data`` zero
+            ctx.set(state, protocol.crc32c(prefix) ^ CRC_INIT)
+            ctx.set(beat, int.from_bytes(data.ljust(4, b"\0"), "little"))
+            seen.append((ctx.get(out) ^ CRC_INIT, ctx.get(padded) ^ CRC_INIT))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert [got for got, _ in seen] == [protocol.crc32c(p + d) for p, d in cases]
+    if nzero:
+        # without the correction the figure is another (so the test can fail)
+        assert all(padded != got for got, padded in seen)
