@@ -1,11 +1,8 @@
 """Unit tests of the wire codec: every header fault has its typed error."""
 
-import dataclasses
-import os
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
 
 from tricopy.host.wire import protocol as p
 
@@ -97,47 +94,6 @@ def test_control_offsets_match_struct():
         assert off % size == 0, f"{name} is not naturally aligned"
         assert int.from_bytes(raw[off:off + size], "little") == getattr(ctl, name)
     assert p.Control.unpack(raw) == ctl
-
-
-def _same_control(fast: p.Control, built: p.Control) -> None:
-    """``fast`` is the instance the dataclass constructor would have built."""
-    assert type(fast) is p.Control
-    assert list(vars(fast).items()) == list(vars(built).items())
-    assert fast == built and hash(fast) == hash(built) and repr(fast) == repr(built)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.seq = 1
-
-
-_control_raw = st.binary(min_size=p.CONTROL_SIZE, max_size=p.CONTROL_SIZE)
-
-
-@given(_control_raw)
-def test_parsed_control_is_the_dataclass_one(raw):
-    # unpack, with_ccrc and split_journals fill the instance without the
-    # dataclass __init__ (protocol._control): the result must not differ.
-    fields = p.Control.STRUCT.unpack(raw)
-    built = p.Control(*fields)
-    _same_control(p.Control.unpack(raw), built)
-    _same_control(p.Control.unpack(raw).with_ccrc(), dataclasses.replace(
-        built, ccrc=p.crc32c(raw[:60])))
-    body = raw[:36] + bytes(4) + raw[40:]       # DATA_LEN 0: one journal, no data
-    [(ctl, data)] = p.split_journals(body)
-    _same_control(ctl, p.Control(*p.Control.STRUCT.unpack(body)))
-    assert len(data) == 0
-
-
-def test_split_journals_controls_are_the_dataclass_ones():
-    data = os.urandom(100)
-    # The expected controls are built by the dataclass alone (no with_ccrc,
-    # which takes the same fast path as split_journals).
-    ctls = [p.Control(seq=i, time=7 * i, address=4096 * i, jofs=192 * i, length=100,
-                      data_len=100, data_crc=p.crc32c(data), epoch=3, idx=1, kind=int(p.Kind.UPDATE),
-                      flags=1, group=2, jvol_id=5, tag=i) for i in range(1, 4)]
-    ctls = [dataclasses.replace(c, ccrc=p.crc32c(c.pack()[:60])) for c in ctls]
-    got = p.split_journals(b"".join(c.pack() + data for c in ctls))
-    for (ctl, view), want in zip(got, ctls, strict=True):
-        _same_control(ctl, want)
-        assert bytes(view) == data
 
 
 def test_ccrc_covers_bytes_0_to_59():

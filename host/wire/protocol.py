@@ -405,43 +405,17 @@ class Control:
         if len(raw) < CONTROL_SIZE:
             raise BadBody(f"control data needs {CONTROL_SIZE} bytes, got {len(raw)}",
                           Status.BAD_LENGTH)
-        return _control(cls.STRUCT.unpack_from(raw), cls)
+        return cls(*cls.STRUCT.unpack_from(raw))
 
     def with_ccrc(self) -> "Control":
         """This control data with CCRC computed over bytes 0..59."""
         # Unpacking the packed bytes is several times cheaper than
         # dataclasses.replace, and this runs once per journal per hop.
         raw = self.pack()[:60]
-        return _control(self.STRUCT.unpack(raw + _U32.pack(crc32c(raw))))
+        return Control(*self.STRUCT.unpack(raw + _U32.pack(crc32c(raw))))
 
     def ccrc_ok(self) -> bool:
         return self.ccrc == crc32c(self.pack()[:60])
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _control(fields: tuple, cls: type = Control) -> Control:
-    """The Control ``cls(*fields)`` builds (``fields`` in wire order, as
-    ``Control.STRUCT`` unpacks them), at half the cost.
-
-    A frozen dataclass's ``__init__`` stores each field through
-    ``object.__setattr__``: 15 calls, 1.7-2.1 µs, most of what parsing a
-    control data costs, and every hop parses or re-stamps each journal's.
-    This fills the instance's ``__dict__`` in one step instead; there is no
-    ``__post_init__`` or default factory to skip, so the instance is the
-    same (the unit tests compare the two field by field).
-    """
-    (seq, time, address, jofs, length, data_len, data_crc, epoch, idx, kind,
-     flags, group, jvol_id, tag, ccrc) = fields
-    ctl = _new(cls)
-    _set(ctl, "__dict__", {
-        "seq": seq, "time": time, "address": address, "jofs": jofs, "length": length,
-        "data_len": data_len, "data_crc": data_crc, "epoch": epoch, "idx": idx,
-        "kind": kind, "flags": flags, "group": group, "jvol_id": jvol_id, "tag": tag,
-        "ccrc": ccrc})
-    return ctl
 
 
 def journal_body(control: Control, data: bytes = b"") -> bytes:
@@ -488,7 +462,7 @@ def split_journals(body: bytes | memoryview) -> list[tuple[Control, memoryview]]
         if end - pos < CONTROL_SIZE:
             raise BadBody(f"JNLWR body ends {end - pos} bytes into the control data of its "
                           f"journal {len(out) + 1}", Status.BAD_LENGTH)
-        ctl = _control(unpack(view, pos))
+        ctl = Control(*unpack(view, pos))
         stop = pos + CONTROL_SIZE + ctl.data_len
         if stop > end:
             raise BadBody(f"journal {len(out) + 1} of a JNLWR batch has DATA_LEN {ctl.data_len} "
