@@ -60,3 +60,13 @@ def test_peak_rss_is_read_from_proc_and_counts_memory_touched():
 
     small, big = peak(0), peak(64)
     assert small > 0 and big >= small + 60
+
+
+def test_hops_rounds_alternate_the_tree_order():
+    """A before/after must not always run the same tree second (it did
+    better for that alone): odd rounds take the trees in reverse."""
+    from tricopy.host.tools.bench_replicate import round_order
+    trees = ["/before", "/after"]
+    assert round_order(trees, 0) == [(0, "/before"), (1, "/after")]
+    assert round_order(trees, 1) == [(1, "/after"), (0, "/before")]
+    assert round_order([None], 1) == [(0, None)]

@@ -437,12 +437,22 @@ def _hop_delta(before: dict, after: dict, writes: int) -> dict:
     return out
 
 
+def round_order(trees: list, rnd: int) -> list[tuple[int, object]]:
+    """(index, tree) in the order round ``rnd`` runs them: odd rounds reversed.
+    The tree that ran second often did better (the machine settles, caches
+    are warm), which alone looked like a 3-19 % gain in a before/after
+    (docs/benchmarks.md, "compiled with mypyc")."""
+    order = list(enumerate(trees))
+    return order[::-1] if rnd % 2 else order
+
+
 def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = None,
                rounds: int = 1, jobs=HOP_JOBS) -> list[dict]:
     """Durable baselines (nbdkit FUA; ``qemu-nbd --cache=writethrough`` when
     installed) and the three sites, same run: IOPS, p50/p99, CPU µs per write
     per site, per-hop waits and queues; ``trees``: code copies to run the
-    sites from, one after the other (None: this code), e.g. before/after."""
+    sites from, one after the other (None: this code), e.g. before/after,
+    in the reverse order in odd rounds."""
     trees = trees or [None]
     size = 256 * MiB
     results = []
@@ -455,7 +465,7 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
             if shutil.which("qemu-nbd"):
                 _baseline(results, "qemu-nbd-writethrough", _qemu_nbd, img, jobs, seconds,
                           size, rnd)
-            for i, tree in enumerate(trees):
+            for i, tree in round_order(trees, rnd):
                 sites = Sites(Path(tmp) / f"sites{rnd}.{i}", vol_size=size,
                               journal_size=512 * MiB, durability=durability, tree=tree)
                 sites.start()
