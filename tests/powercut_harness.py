@@ -447,6 +447,11 @@ class GroupCommitRun(StoreRun):
                 except StoreFull:
                     if s.durable_seq >= s.tail_seq:
                         self._release(s, rng, upto=s.durable_seq)
+                        # A turn of the loop: this path touches no disk (a lazy
+                        # release), so without it a writer could spin here and
+                        # never reach a cut, nor the cancellation that ends the
+                        # life once another writer met one (a suite run hung).
+                        await asyncio.sleep(0)
                     else:
                         # Wait for the held journals' fsync, as the relay does:
                         # a sleep alone could wait forever if no writer asks for
