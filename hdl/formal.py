@@ -475,6 +475,24 @@ class EngineSpec(Elaboratable):
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in
+        # HCHECK, so they hold their comparisons in every state. Restated
+        # here, not imported: a flag set from the wrong comparison fails
+        # these (or the properties that read the decision).
+        nb = max(1, (B - 1).bit_length())
+        LB = len(blen)
+        for name, want in (("zero", blen == 0), ("ge64", blen >= 64), ("ge65", blen >= 65),
+                           ("lt32", blen < 32), ("hello", blen == protocol.Hello.SIZE),
+                           ("token", (blen == 0) | (blen == 8)),
+                           ("jnlrd", blen == protocol.JnlRd.SIZE),
+                           ("rel", blen == protocol.Release.SIZE),
+                           ("rel_at", blen == protocol.Release.AT_SIZE),
+                           ("load", blen == protocol.Load.SIZE),
+                           ("load_ring", blen == protocol.Load.RING_SIZE),
+                           ("desc", length_ok),
+                           ("nlast", (nbat - 1)[:nb]),
+                           ("m1", (blen - 1)[:LB])):
+            m.d.comb += Assert(tap(f"blen_{name}") == want, f"INV: LENGTH's flag {name}")
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
         with m.If(in_("EXEC") | in_("RELEASE_D")):
