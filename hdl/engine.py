@@ -28,7 +28,7 @@ gateware").
 
 from amaranth.lib import enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -377,6 +377,40 @@ class JournalEngine(wiring.Component):
         ftype = Signal(8)
         blen = Signal(LENGTH_BITS)
         bcnt = Signal(LENGTH_BITS)
+        # What the FSM asks of LENGTH, registers loaded with BLEN in HCHECK
+        # from the header field (``bl`` below): the next states and enables
+        # that EXEC, TRAILER, SKIP and BODY decide read a flip-flop, not a
+        # 23-bit comparison on BLEN (BLEN through those comparisons to the
+        # enables of the ring registers, of ``small`` and of USED was the
+        # critical path of every build). Each is a function of BLEN alone
+        # and holds its value at BLEN's reset value 0.
+        BN = max(1, (B - 1).bit_length())      # a descriptor index's bits
+        blen_fns = {
+            "zero": (lambda l: l == 0, 1),
+            "ge64": (lambda l: ge_const(l, 64), 0),
+            "ge65": (lambda l: ge_const(l, 65), 0),
+            "lt32": (lambda l: lt_const(l, 32), 1),
+            "hello": (lambda l: l == protocol.Hello.SIZE, 0),
+            "token": (lambda l: (l == 0) | (l == 8), 1),        # a HEARTBEAT's
+            "jnlrd": (lambda l: l == protocol.JnlRd.SIZE, 0),
+            "rel": (lambda l: l == protocol.Release.SIZE, 0),
+            "rel_at": (lambda l: l == protocol.Release.AT_SIZE, 0),
+            "load": (lambda l: l == protocol.Load.SIZE, 0),
+            "load_ring": (lambda l: l == protocol.Load.RING_SIZE, 0),
+            # a JNLDESC's LENGTH: 64·N, 1 <= N <= DESC_BATCH (check 3)
+            "desc": ((lambda l: l == 64) if B == 1 else
+                     (lambda l: (l[:G] == 0) & (l[G:] != 0) & lt_const(l, 64 * B + 1)), 0),
+            # N - 1, the index of a batch's last descriptor (read only when
+            # "desc" holds, so N - 1 fits BN bits)
+            "nlast": (lambda l: (l[G:] - 1)[:BN], (1 << BN) - 1),
+            # LENGTH - 1: BODY's last byte at width 8 (BCNT == LENGTH - 1
+            # instead of BCNT + 1 == LENGTH, no adder in front)
+            "m1": (lambda l: (l - 1)[:LENGTH_BITS], (1 << LENGTH_BITS) - 1),
+        }
+        bl = {}
+        for n, (fn, init) in blen_fns.items():
+            shape = len(Value.cast(fn(blen)))
+            bl[n] = Signal(shape, init=init, name=f"blen_{n}")
         # ``hcrc`` is the header's HCRC, then (reset at HCHECK) the body's
         # BCRC; it is reset for the next header in ANSWER. ``ccrc`` is the
         # CCRC over control bytes 0..59, then the DCRC over bytes 64.. (the
@@ -495,7 +529,7 @@ class JournalEngine(wiring.Component):
                         at_ccrc.eq(ge_const(b, 60) & lt_const(b, 64)), at_data0.eq(b == 64)]
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
-        dcrc = Mux(ge_const(blen, 65), ccrc, CRC_INIT)      # CRC32C of no data is 0
+        dcrc = Mux(bl["ge65"], ccrc, CRC_INIT)      # CRC32C of no data is 0
         # MAGIC at the start of the window: a register, compared as a beat
         # shifts in (HEADER, HUNT), so that HUNT's ready does not wait for
         # a 32-bit comparison on the window (the width-32 critical path
@@ -671,6 +705,10 @@ class JournalEngine(wiring.Component):
             desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
             seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0))),
         ]
+        # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
+        # control data from body byte 63 on, BLEN from HCHECK)
+        wlen_ok = Signal()
+        m.d.sync += wlen_ok.eq(ctl.data_len == blen - 64)
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
 
         # -- ALLOC's figures, a pipeline of registers --------------------------
@@ -689,7 +727,7 @@ class JournalEngine(wiring.Component):
             # a JNLWR's from its header LENGTH (control data included)
             r_q.eq(Mux(is_desc_now, (ctl.data_len[:LENGTH_BITS] + 127)[G:], (blen + 63)[G:])),
             fits_q.eq(Mux(is_desc_now, lt_const(ctl.data_len, protocol.MAX_DATA + 1),
-                          ge_const(blen, 64))),
+                          bl["ge64"])),
         ]
         c_tail, c_free, c_joptr, c_gap, c_size = (
             Signal(name=f"r_le_{n}") for n in ("tail", "free", "joptr", "gap", "size"))
@@ -786,6 +824,8 @@ class JournalEngine(wiring.Component):
                 with m.If(h_settled & (~resp.busy | (header_ok & ~reads_core))):
                     m.d.sync += h_settled.eq(0)
                     m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
+                                 *(bl[n].eq(fn(hdr.length[:LENGTH_BITS]))
+                                   for n, (fn, _) in blen_fns.items()),
                                  hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
@@ -927,7 +967,7 @@ class JournalEngine(wiring.Component):
                             m.next = "PAD" if mem else "EXEC"
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
-                        with m.Elif(lt_const(blen if W == 1 else bcnt, 32)):
+                        with m.Elif(bl["lt32"] if W == 1 else lt_const(bcnt, 32)):
                             m.next = "ALIGN"
                         with m.Elif(ftype == FT.JNLDESC):
                             if W == 1:
@@ -972,7 +1012,7 @@ class JournalEngine(wiring.Component):
             with m.State("EXEC"):
                 # The responder still emits the previous answer: wait, so that
                 # the state it reads (STATUS, HELLO) holds still.
-                bcrc_ok = (blen == 0) | (~bcrc_bad if W == 1 else rx_bcrc == (bcrc ^ CRC_INIT))
+                bcrc_ok = bl["zero"] | (~bcrc_bad if W == 1 else rx_bcrc == (bcrc ^ CRC_INIT))
                 small_jr = layouts.JnlRd(small[:128])
                 small_rel = layouts.Release(small[:64])
                 small_ld = layouts.Load(small)
@@ -984,7 +1024,7 @@ class JournalEngine(wiring.Component):
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
                                         tag=((ftype == FT.JNLWR) | (ftype == FT.JNLDESC))
-                                        & ge_const(blen, 64))
+                                        & bl["ge64"])
                     with m.Else():
                         with m.Switch(ftype):
                             with m.Case(FT.JNLWR):
@@ -994,13 +1034,13 @@ class JournalEngine(wiring.Component):
                             with m.Case(FT.ACK, FT.NAK, FT.STATUS_RESP):
                                 m.d.sync += nak(ST.BAD_TYPE, ftype)
                             with m.Case(FT.HELLO):
-                                with m.If((blen == protocol.Hello.SIZE) & ~hello_bad):
+                                with m.If(bl["hello"] & ~hello_bad):
                                     m.d.sync += [ans_type.eq(FT.HELLO), ans_len.eq(80),
                                                  ans_src.eq(Source.HELLO), after.eq(_After.HEADER)]
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.HEARTBEAT):
-                                with m.If((blen == 0) | (blen == 8)):
+                                with m.If(bl["token"]):
                                     # the token goes out as the Ack's SEQ (x_seq)
                                     m.d.sync += [ans_type.eq(FT.HEARTBEAT), ans_len.eq(blen),
                                                  ans_from.eq(_AckFrom.NAK_X),
@@ -1008,7 +1048,7 @@ class JournalEngine(wiring.Component):
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.STATUS):
-                                with m.If(blen == 0):
+                                with m.If(bl["zero"]):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
                                                  ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
                                                  stamp_time.eq(ts.now)]
@@ -1031,7 +1071,7 @@ class JournalEngine(wiring.Component):
                                 else:
                                     with m.If(desc):
                                         m.d.sync += nak(ST.WRONG_MODE, ftype)
-                                    with m.Elif((blen != protocol.JnlRd.SIZE)
+                                    with m.Elif(~bl["jnlrd"]
                                                 | (small_jr.reserved != 0)):
                                         m.d.sync += nak(ST.BAD_REQUEST, ftype)
                                     with m.Elif(x_lt_tail | x_gt_next):
@@ -1109,8 +1149,8 @@ class JournalEngine(wiring.Component):
             with m.State("SKIP"):
                 # drop the body (``bcnt`` up to LENGTH, from 0 after ANSWER)
                 # and then its 4 BCRC bytes (``kcnt``): no counter of its own
-                m.d.comb += self.rx.ready.eq(blen != 0)
-                with m.If(blen == 0):
+                m.d.comb += self.rx.ready.eq(~bl["zero"])
+                with m.If(bl["zero"]):
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
@@ -1322,7 +1362,7 @@ class JournalEngine(wiring.Component):
                     hello_bad.eq(hello_bad | beat[7]
                                  | ((beat != 0) & nul_seen & (bcnt != 48))),
                 ]
-            with m.If(bcnt_next == blen):
+            with m.If(bcnt == v["bl"]["m1"]):
                 m.next = "TRAILER"
         if not mem:
             return
@@ -1356,7 +1396,8 @@ class JournalEngine(wiring.Component):
         is_desc = req == FT.JNLDESC
         dlen = ctl.data_len
         kind_ok, rules_ok = v["kind_ok"], v["rules_ok"]
-        body64 = ge_const(blen, 64)
+        bl = v["bl"]
+        body64 = bl["ge64"]
         if not is_desc and not self.memory:
             # no data memory: every JNLWR (constant conditions left out:
             # Yosys writes an empty case of them as invalid Verilog)
@@ -1370,11 +1411,8 @@ class JournalEngine(wiring.Component):
         B = self.desc_batch
         bidx = v["bidx"]
         if is_desc:
-            if B == 1:
-                length_bad = blen != 64
-            else:
-                # 64·N, 1 <= N <= DESC_BATCH ("JNLDESC batches", check 3)
-                length_bad = (blen[:G] != 0) | (blen[G:] == 0) | ~lt_const(blen, 64 * B + 1)
+            # 64·N, 1 <= N <= DESC_BATCH ("JNLDESC batches", check 3)
+            length_bad = ~bl["desc"]
             with (m.Elif if mode_check else m.If)(length_bad):
                 m.d.sync += nak(ST.BAD_LENGTH, req, tag=body64)
             # a descriptor after the first of a batch is refused with the
@@ -1387,7 +1425,7 @@ class JournalEngine(wiring.Component):
                 m.d.sync += nak(ST.BAD_LENGTH, req)
         with m.Elif(~kind_ok):
             m.d.sync += nak(ST.BAD_KIND, req, tag=True)
-        with m.Elif(~rules_ok if is_desc else ((dlen != blen - 64) | ~rules_ok)):
+        with m.Elif(~rules_ok if is_desc else (~v["wlen_ok"] | ~rules_ok)):
             m.d.sync += nak(ST.BAD_LENGTH, req, tag=True)
         with m.Elif(~v["epoch_ok"]):
             m.d.sync += nak(ST.STALE_EPOCH, req, tag=True)
@@ -1426,7 +1464,7 @@ class JournalEngine(wiring.Component):
                     # the previous descriptor's SEQ# step (see BIDX)
                     m.d.comb += v["seq"].step.eq(1)
                     m.d.sync += v["held"].eq(v["held"] + 1)
-                with m.If((bidx + 1) != blen[G:]):
+                with m.If(bidx != bl["nlast"]):
                     # the next descriptor (the ACK waits for the last)
                     m.d.sync += bidx.eq(bidx + 1)
                     m.next = "BLOAD"
@@ -1441,7 +1479,8 @@ class JournalEngine(wiring.Component):
                                                             "held"))
         SG = len(size)
         rel = layouts.ReleaseAt(small[:128])
-        with m.If(blen != Mux(desc, protocol.Release.AT_SIZE, protocol.Release.SIZE)):
+        bl = v["bl"]
+        with m.If(~Mux(desc, bl["rel_at"], bl["rel"])):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
         with m.Elif(v["x_ge_next"]):
             m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
@@ -1543,7 +1582,8 @@ class JournalEngine(wiring.Component):
         fl = ld.flags
         ring = (fl & L.RING).any()
         empty_after = (fl & L.CLEAR).any() | q["held0"]
-        with m.If((blen != Mux(ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))
+        bl = v["bl"]
+        with m.If(~Mux(ring, bl["load_ring"], bl["load"])
                   | (fl & ~_LOAD_FLAGS).any()):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
         with m.Elif((fl & L.SEQ).any() & q["seq0"]):

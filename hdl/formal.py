@@ -475,6 +475,31 @@ class EngineSpec(Elaboratable):
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
+        # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in
+        # HCHECK, so they hold their comparisons in every state. Restated
+        # here, not imported: a flag set from the wrong comparison fails
+        # these (or the properties that read the decision).
+        # (one Assert a line, each with its own message: a failure names it)
+        nb = max(1, (B - 1).bit_length())
+        fl = lambda n: tap(f"blen_{n}")
+        m.d.comb += [
+            Assert(fl("zero") == (blen == 0), "INV: LENGTH's flag == 0"),
+            Assert(fl("ge64") == (blen >= 64), "INV: LENGTH's flag >= 64"),
+            Assert(fl("ge65") == (blen >= 65), "INV: LENGTH's flag >= 65"),
+            Assert(fl("lt32") == (blen < 32), "INV: LENGTH's flag < 32"),
+            Assert(fl("hello") == (blen == protocol.Hello.SIZE), "INV: LENGTH's flag HELLO"),
+            Assert(fl("token") == ((blen == 0) | (blen == 8)), "INV: LENGTH's flag HEARTBEAT"),
+            Assert(fl("jnlrd") == (blen == protocol.JnlRd.SIZE), "INV: LENGTH's flag JNLRD"),
+            Assert(fl("rel") == (blen == protocol.Release.SIZE), "INV: LENGTH's flag RELEASE"),
+            Assert(fl("rel_at") == (blen == protocol.Release.AT_SIZE),
+                   "INV: LENGTH's flag RELEASE with JOPTR"),
+            Assert(fl("load") == (blen == protocol.Load.SIZE), "INV: LENGTH's flag LOAD"),
+            Assert(fl("load_ring") == (blen == protocol.Load.RING_SIZE),
+                   "INV: LENGTH's flag LOAD RING"),
+            Assert(fl("desc") == length_ok, "INV: LENGTH's flag JNLDESC"),
+            Assert(fl("nlast") == (nbat - 1)[:nb], "INV: LENGTH's flag N - 1"),
+            Assert(fl("m1") == (blen - 1)[:len(blen)], "INV: LENGTH's flag LENGTH - 1"),
+        ]
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
         with m.If(in_("EXEC") | in_("RELEASE_D")):
