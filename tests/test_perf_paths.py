@@ -30,7 +30,7 @@ from tricopy.host.wire import protocol as p
 from tricopy.host.secondary import site as secondary
 from tricopy.host.config import parse_config
 from tricopy.host.disk import inline
-from tricopy.host.wire.link import Link, LinkClosed, LinkTimeout
+from tricopy.host.wire.link import Link, LinkClosed, LinkError, LinkTimeout
 from tricopy.host.journal.store import JournalStore
 from tricopy.host.disk.volume import Volume
 
@@ -286,6 +286,23 @@ def test_a_silent_peer_still_times_out():
             async with asyncio.timeout(5):   # (no watchdog: TimeoutError, not LinkTimeout)
                 await srv.recv()             # the raw client never sends a byte
         assert 0.25 < time.monotonic() - t0 < 2.0 and srv.closed
+        writer.close()
+        server.close()
+    asyncio.run(main())
+
+
+def test_a_drain_after_the_silence_limit_is_a_link_error():
+    """The watchdog's exception stays on the reader, and asyncio's drain
+    raises it too: a sender draining after the limit must get a LinkError
+    like any lost link, never the watchdog's private exception (a relay
+    forwarder's drain let it escape, and the relay stopped)."""
+    async def main():
+        srv, writer, server = await _raw_peer()
+        with pytest.raises(LinkTimeout):
+            async with asyncio.timeout(5):
+                await srv.recv()
+        with pytest.raises(LinkError):     # (as a forwarder's drain, after the read's end)
+            await srv.drain()
         writer.close()
         server.close()
     asyncio.run(main())

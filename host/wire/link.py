@@ -66,8 +66,13 @@ class LinkRefused(LinkError):
         self.peer_epoch = peer_epoch     # STALE_EPOCH: the refusing site's epoch (NAK TAG)
 
 
-class _Silent(Exception):
-    """Set on the reader by the watchdog: the peer said nothing for too long."""
+class _Silent(ConnectionError):
+    """Set on the reader by the watchdog: the peer said nothing for too long.
+
+    A ConnectionError: asyncio's ``StreamWriter.drain`` raises the reader's
+    exception too, and every caller that treats a ConnectionError as a lost
+    link must treat this one so (a relay forwarder's drain let it escape and
+    the relay stopped; found by the chaos test's stalled-link round)."""
 
 
 class LinkUnauthenticated(LinkClosed):
@@ -192,6 +197,9 @@ class Link:
             self.flush()
         try:
             await self._writer.drain()
+        except _Silent as exc:
+            await self.close()
+            raise LinkTimeout(f"{self.name}: {exc}") from None
         except (ConnectionError, OSError) as exc:
             await self.close()
             raise LinkClosed(f"{self.name}: {exc}") from None
@@ -271,7 +279,9 @@ class Link:
             await asyncio.sleep(self._heartbeat / 2)
             since = self._wait_since
             if since is not None and loop.time() - since >= limit and not self.closed:
-                self._reader.set_exception(_Silent())   # the waiting read raises it
+                # the waiting read raises it (and so does every drain after it)
+                self._reader.set_exception(
+                    _Silent(f"nothing from {self.peername} for {limit:.1f} s"))
                 return
 
     async def close(self) -> None:
