@@ -36,8 +36,8 @@ __all__ = ["LinkError", "LinkClosed", "LinkTimeout", "LinkRefused", "LinkUnauthe
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 16
-_FLUSH_AT = 256 << 10
-_ALONE = 16 << 10         # a buffer this large is one TLS record or more by itself     # queued bytes that drain() hands to the transport at once
+_FLUSH_AT = 256 << 10     # queued bytes that drain() hands to the transport at once
+_ALONE = 16 << 10         # a buffer this large is one TLS record or more by itself
 # A TLS close waits for the peer's close_notify; a peer that vanished without a
 # FIN or RST (a site lost with its network) never sends one, and asyncio would
 # wait its 30 s SSL shutdown timeout -- inside a takeover's fence.  After this
