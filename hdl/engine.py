@@ -142,12 +142,22 @@ class JournalEngine(wiring.Component):
     def __init__(self, data_width: int = 8, ring_size: int = 4096, clk_hz: int = 12_000_000,
                  *, site: str = "sim", timestamp=None, sequencer=None, ring=None,
                  memory: int | None = None, max_ring_bits: int = MAX_RING_BITS,
-                 desc_batch: int = protocol.DESC_BATCH):
+                 desc_batch: int = protocol.DESC_BATCH, peek: bool = False):
         if (not isinstance(desc_batch, int) or isinstance(desc_batch, bool)
                 or not 1 <= desc_batch <= protocol.DESC_BATCH):
             raise ValueError(f"desc_batch must be an integer from 1 to {protocol.DESC_BATCH}, "
                              f"not {desc_batch!r}")
         self.desc_batch = desc_batch
+        # A third, combinational read port on the batch RAM at ``peek_addr``
+        # (one word, ``peek_data``), for the formal spec alone: its proof that
+        # a descriptor is read back as it was sent needs to state what the
+        # RAM holds. No build for a board or the harness has it.
+        self.peek = peek and desc_batch > 1
+        if self.peek:
+            words = (32 << (desc_batch - 1).bit_length()) // (data_width // 8)
+            self.peek_addr = Signal((words - 1).bit_length())
+            self.peek_data = Signal(data_width)
+            self.peek_rd = Signal(data_width)    # the read-out port's word (BLOAD)
         if (not isinstance(max_ring_bits, int) or isinstance(max_ring_bits, bool)
                 or not 8 <= max_ring_bits <= MAX_RING_BITS):
             raise ValueError(f"max_ring_bits must be an integer from 8 to {MAX_RING_BITS}, "
@@ -482,6 +492,12 @@ class JournalEngine(wiring.Component):
                 m.d.comb += [w_i.addr.eq(bram_w.addr), w_i.data.eq(bram_w.data[sw * i:sw * (i + 1)]),
                              w_i.en.eq(bram_w.en), r_i.addr.eq(bram_r.addr), r_i.en.eq(bram_r.en),
                              bram_r.data[sw * i:sw * (i + 1)].eq(r_i.data)]
+                if self.peek:
+                    p_i = mem_i.read_port(domain="comb")
+                    m.d.comb += [p_i.addr.eq(self.peek_addr),
+                                 self.peek_data[sw * i:sw * (i + 1)].eq(p_i.data)]
+            if self.peek:
+                m.d.comb += self.peek_rd.eq(bram_r.data)
         else:
             bidx = Const(0, 1)
 

@@ -184,7 +184,7 @@ class EngineSpec(Elaboratable):
         B = self.desc_batch
         eng = self._engine(self.data_width, self.ring_size, self.clk_hz, memory=0,
                            sequencer=seq_factory, timestamp=ts_factory,
-                           max_ring_bits=self.max_ring_bits, desc_batch=B)
+                           max_ring_bits=self.max_ring_bits, desc_batch=B, peek=B > 1)
         frag = Fragment.get(eng, platform)
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
@@ -443,6 +443,54 @@ class EngineSpec(Elaboratable):
                 Assert(ans.time == prev_time, "BATCH: the answer's TIME is the last taken's"),
                 Assert(ans.jofs == Cat(Const(0, G), prev_jofs), "BATCH: the answer's JOFS is the last taken's"),
             ]
+
+        # -- BATCH: the descriptors read back as sent ------------------------------------
+        # The batch RAM is free in the induction, so what a descriptor after
+        # the first reads back is stated against the bytes that came in: one
+        # word of the RAM, at an address the solver picks (``watch``), is
+        # followed from the beat that carried it to EXEC. ``sent`` is that
+        # beat as taken on ``rx`` (body bytes 64·D + 32 + W·Q .. of the frame,
+        # D the watched descriptor, Q the watched word of its bytes 32..63);
+        # ``sent_ok`` from that beat to the frame's end.
+        if B > 1:
+            Wb = self.data_width // 8
+            NW = 32 // Wb                               # words in bytes 32..63
+            bcnt, kcnt = tap("bcnt"), tap("kcnt")
+            watch = Signal.like(eng.peek_addr)
+            m.d.comb += [watch.eq(AnyConst(len(watch))), eng.peek_addr.eq(watch)]
+            w_word = watch[:(NW - 1).bit_length()]      # Q
+            w_desc = watch[(NW - 1).bit_length():]      # D
+            w_pos = w_desc * 64 + 32 + w_word * Wb      # its first byte in the body
+            sent, sent_ok = Signal(self.data_width), Signal()
+            rx_take = eng.rx.valid & eng.rx.ready
+            arrives = (in_("BODY") & rx_take & (ftype == FT.JNLDESC) & (blen <= 64 * B) & (bcnt < blen)
+                       & (bcnt == w_pos))
+            with m.If(in_("HCHECK")):
+                m.d.sync += sent_ok.eq(0)
+            with m.Elif(arrives):
+                m.d.sync += [sent.eq(eng.rx.payload), sent_ok.eq(1)]
+            watched_now = sent_ok & (bidx == w_desc) & (bidx != 0)
+            with m.If(watched_now & (in_("ALLOC_W") | in_("ALLOC") | in_("EXEC"))):
+                m.d.comb += Assert(small.word_select(w_word, self.data_width) == sent,
+                                   "BATCH: a descriptor is read back as it was sent")
+            # (invariants that carry it through the induction)
+            with m.If(sent_ok):
+                m.d.comb += [
+                    Assert(eng.peek_data == sent, "INV: the RAM holds the watched word as sent"),
+                    Assert(blen <= 64 * B, "INV: the watched frame is no longer than a batch"),
+                ]
+            with m.If(sent_ok & in_("BODY")):
+                m.d.comb += Assert((bcnt > w_pos) & (bcnt < blen),
+                                   "INV: the body is past the watched word")
+            with m.If(watched_now & in_("BLOAD")):
+                # KCNT = k: words 0 .. k - 2 are in ``small`` (word x in its
+                # word NW - k + 1 + x), word k - 1 is on the RAM's output
+                with m.If((kcnt >= 2) & (w_word + 2 <= kcnt)):
+                    m.d.comb += Assert(
+                        small.word_select((w_word + NW + 1 - kcnt)[:len(w_word)], self.data_width)
+                        == sent, "INV: BLOAD shifts the watched word in")
+                with m.If((kcnt >= 1) & (w_word + 1 == kcnt)):
+                    m.d.comb += Assert(eng.peek_rd == sent, "INV: BLOAD reads the watched word")
 
         # -- strengthening invariants (for k-induction, not properties of their own) --
         def known_hdr(x):

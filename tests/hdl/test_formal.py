@@ -15,7 +15,7 @@ timestamp unit that runs fast.
 import pytest
 from amaranth.hdl import Fragment, Module, Signal
 
-from tricopy.hdl.engine import JournalEngine
+from tricopy.hdl.engine import JournalEngine, _Port
 from tricopy.hdl.formal import (CompareSpec, EngineSpec, FormalToolError, TimestampSpec, _Taps,
                                 _tool, main, run_sby)
 from tricopy.hdl.sequencer import Sequencer
@@ -103,6 +103,38 @@ def test_batch_proof_catches_a_lost_pending_step(mutant, expected, tmp_path):
                   depth=DEPTH, workdir=tmp_path)
     assert not res.passed
     assert any(f.startswith(expected) for f in res.failed), res.failed
+
+
+class _BatchRamMutant(JournalEngine):
+    """The batch RAM's write port, with ``addr_xor`` on its address and
+    ``data_xor`` on its data: descriptors stored in the wrong word, or with
+    a bit flipped."""
+
+    addr_xor = data_xor = 0
+
+    def _body(self, m, v):
+        real = v["bram_w"]
+        fake = _Port(Signal.like(real.addr), Signal.like(real.data), Signal())
+        super()._body(m, dict(v, bram_w=fake))
+        m.d.comb += [real.addr.eq(fake.addr ^ self.addr_xor),
+                     real.data.eq(fake.data ^ self.data_xor), real.en.eq(fake.en)]
+
+
+class _SwappedWords(_BatchRamMutant):
+    addr_xor = 1
+
+
+class _FlippedBit(_BatchRamMutant):
+    data_xor = 1 << 3
+
+
+@pytest.mark.parametrize("mutant", [_SwappedWords, _FlippedBit])
+def test_batch_proof_catches_a_descriptor_read_back_wrong(mutant, tmp_path):
+    res = run_sby(EngineSpec(8, desc_batch=2, engine=mutant), "bram_mutant", mode="prove",
+                  depth=DEPTH, workdir=tmp_path)
+    assert not res.passed
+    assert any(f.startswith(("BATCH: a descriptor is read back", "INV: the RAM holds",
+                             "INV: BLOAD")) for f in res.failed), res.failed
 
 
 class _FastTimestamp(Timestamp):
