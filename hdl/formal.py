@@ -31,9 +31,13 @@ after it), so they read the same with and without batches: a batch takes
 each descriptor through the same ALLOC and EXEC, with the SEQ# and HELD
 step of the one before it pending in between, which the spec counts.
 The batch RAM (bytes 32..63 of each descriptor) is the engine's own memory,
-modelled by the solver as an array: its contents are free in the induction,
-so the properties hold whatever bytes a descriptor reads back (that they
-are the bytes sent is held to the model by the simulation tests).
+modelled by the solver as an array whose contents are free in the
+induction. That a descriptor is read back as it was sent is a property of
+its own (``BATCH: a descriptor is read back as it was sent``): one word
+of the RAM, at an address the solver picks, is followed from the beat that
+carried it on ``rx`` to the EXEC that decides its descriptor; the engine
+is built with a combinational peek port on the RAM for it (``peek``), so
+the spec can state what the RAM holds.
 
 The ring state is not on the engine's ports, so the spec reads the engine's
 registers by name from its elaborated fragment (``_Taps``): a renamed
@@ -480,7 +484,9 @@ class EngineSpec(Elaboratable):
                     Assert(blen <= 64 * B, "INV: the watched frame is no longer than a batch"),
                 ]
             with m.If(sent_ok & in_("BODY")):
-                m.d.comb += Assert((bcnt > w_pos) & (bcnt < blen),
+                # (BCNT counts whole beats from the body's start: at width 32
+                # a BCNT off the beat grid would write the watched word again)
+                m.d.comb += Assert((bcnt > w_pos) & (bcnt < blen) & (bcnt[:(Wb - 1).bit_length()] == 0),
                                    "INV: the body is past the watched word")
             with m.If(watched_now & in_("BLOAD")):
                 # KCNT = k: words 0 .. k - 2 are in ``small`` (word x in its
