@@ -9,7 +9,8 @@ without JNLDESC batches and with batches of up to 64 descriptors
 the run times. The mutants below show that the proofs fail when
 the guarantee they check is broken: a sequencer that skips or reuses
 numbers, a batch that loses the SEQ# or HELD step of a descriptor taken, a
-timestamp unit that runs fast.
+batch RAM that stores a descriptor's words in the wrong place or with a bit
+flipped, a timestamp unit that runs fast.
 """
 
 import pytest
