@@ -6,7 +6,8 @@
 // docs/sim.md describes the timing model; in short: simulated time
 // (cycles / CLK_HZ) follows wall time, may run ahead of it by at most
 // --max-lead-ms while there is work, and never lags it by more than one
-// idle batch, so the engine CLOCK advances in real time.
+// idle batch, so the engine CLOCK advances in real time. `--replay IN OUT`
+// serves no socket: a file's bytes through the RTL flat out, for measuring.
 //
 // Built by sim/build.py: verilator --cc --exe --build engine.v harness_top.v
 // harness.cpp with -DCLK_HZ=<the clk_hz the Verilog was generated with>.
