@@ -142,7 +142,10 @@ def measure_replay(exe: Path, count: int = 40_000) -> dict:
             raise SpeedError(f"{exe} --replay failed (exit {done.returncode})"
                              f"{': ' + said[-1] if said else ''}")
         cycles, cpu_ns = int(words[2]), int(words[4])
-        answers = P.FrameParser().feed(stream_out.read_bytes())
+        try:
+            answers = P.FrameParser().feed(stream_out.read_bytes())
+        except P.ProtocolError as exc:
+            raise SpeedError(f"the replay's answers are not frames: {exc}")
     _check_acks(answers[1:], count)       # answers[0] is the LOAD's
     if cpu_ns <= 0:
         raise SpeedError(f"the replay used no measurable CPU time for {count} descriptors: "

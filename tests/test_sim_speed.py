@@ -51,6 +51,16 @@ def test_replay_names_a_harness_that_fails(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_replay_names_answers_that_are_not_frames(tmp_path, capsys):
+    fake = tmp_path / "tricopy-sim"
+    fake.write_text("#!/bin/sh\nhead -c 64 /dev/zero > \"$3\"\necho REPLAY cycles 9 cpu_ns 9\n")
+    fake.chmod(0o755)
+    assert speed.main(["--exe", str(fake), "--count", "10", "--replay"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the replay's answers are not frames: ")
+    assert err.count("\n") == 1
+
+
 def test_speed_refuses_a_bad_count(capsys):
     with pytest.raises(SystemExit) as exc:
         speed.main(["--count", "0"])
