@@ -6,15 +6,26 @@ time by running the bitwise reflected algorithm on *symbolic* bits (sets of
 input indices), so there is no table to get wrong and any byte-multiple
 width works. Parameters as in docs/protocol.md: reflected polynomial
 ``0x82F63B78``, init ``0xFFFFFFFF``, final xor ``0xFFFFFFFF``.
+
+The same linear map has a second spelling, by byte columns (the byte-wise
+table CRC with its table written as XORs of eight constants): inside
+:func:`byte_columns` the networks are written that way. Synthesis flattens
+either to the same XOR function, and the boards keep the rows it has been
+timed with; the Verilator harness (``sim/build.py``) builds with columns,
+which it computes in a few word operations per byte instead of 32 masked
+parities (docs/sim.md, "Harness speed"). ``tests/hdl/test_crc.py`` holds
+the two spellings equal.
 """
 
+import contextlib
+import contextvars
 from functools import lru_cache
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C"]
+__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C", "byte_columns"]
 
 #: CRC32C polynomial, bit-reflected form.
 POLY = 0x82F63B78
@@ -40,6 +51,33 @@ def _matrix(nbytes: int) -> tuple[tuple[frozenset, ...], ...]:
     return tuple(state)
 
 
+_COLUMNS = contextvars.ContextVar("tricopy_crc_columns", default=False)
+
+
+@contextlib.contextmanager
+def byte_columns():
+    """Within this block :func:`crc32c_step` writes its networks by byte
+    columns (module docstring): for a simulator, not for synthesis."""
+    token = _COLUMNS.set(True)
+    try:
+        yield
+    finally:
+        _COLUMNS.reset(token)
+
+
+@lru_cache(maxsize=None)
+def _byte_columns() -> tuple[int, ...]:
+    """What data bit ``i`` of a byte adds to the register after the byte's
+    eight steps (the table entries ``T[1 << i]`` of the byte-wise CRC)."""
+    columns = []
+    for i in range(8):
+        reg = 1 << i
+        for _ in range(8):
+            reg = (reg >> 1) ^ (POLY if reg & 1 else 0)
+        columns.append(reg)
+    return tuple(columns)
+
+
 def crc32c_step(state, data, nbytes: int):
     """Expression for the CRC register after ``nbytes`` bytes of ``data``.
 
@@ -48,6 +86,8 @@ def crc32c_step(state, data, nbytes: int):
     """
     if not 1 <= nbytes:
         raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
+    if _COLUMNS.get():
+        return _step_columns(Value.cast(state)[:32], Value.cast(data), nbytes)
     inputs = Cat(state[:32], data[:8 * nbytes])
     bits = []
     for terms in _matrix(nbytes):
@@ -56,6 +96,19 @@ def crc32c_step(state, data, nbytes: int):
             bit = bit ^ inputs[t]
         bits.append(bit)
     return Cat(*bits)
+
+
+def _step_columns(reg, data, nbytes: int):
+    """``crc32c_step`` by bytes: ``(reg >> 8) ^ T[reg[:8] ^ byte]``, with
+    ``T[x]`` the XOR of the columns of the bits set in ``x`` (a word-wide
+    select and XOR per bit, where the rows are a parity per result bit)."""
+    for b in range(nbytes):
+        x = reg[:8] ^ data[8 * b:8 * b + 8]
+        nxt = reg[8:]
+        for i, column in enumerate(_byte_columns()):
+            nxt = nxt ^ Mux(x[i], Const(column, 32), Const(0, 32))
+        reg = nxt[:32]
+    return reg
 
 
 def _unstep_zero(reg: int) -> int:

@@ -6,7 +6,8 @@
 // docs/sim.md describes the timing model; in short: simulated time
 // (cycles / CLK_HZ) follows wall time, may run ahead of it by at most
 // --max-lead-ms while there is work, and never lags it by more than one
-// idle batch, so the engine CLOCK advances in real time.
+// idle batch, so the engine CLOCK advances in real time. `--replay IN OUT`
+// serves no socket: a file's bytes through the RTL flat out, for measuring.
 //
 // Built by sim/build.py: verilator --cc --exe --build engine.v harness_top.v
 // harness.cpp with -DCLK_HZ=<the clk_hz the Verilog was generated with>.
@@ -41,6 +42,7 @@ void Vharness_top___024root___eval(Vharness_top___024root* vlSelf);
 #include <poll.h>
 #include <string>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <vector>
 
@@ -66,13 +68,15 @@ struct Options {
     bool reset_on_connect = false;
     bool watch_stdin = false;
     double max_lead_ms = 10.0;
+    std::string replay_in;    // --replay IN OUT: no socket (Harness::replay)
+    std::string replay_out;
 };
 
 [[noreturn]] void usage(const char* msg) {
     std::fprintf(stderr,
                  "tricopy-sim: %s\n"
                  "usage: tricopy-sim [--port N] [--reset-on-connect] [--watch-stdin] "
-                 "[--max-lead-ms MS]\n",
+                 "[--max-lead-ms MS] | --replay IN OUT\n",
                  msg);
     std::exit(2);
 }
@@ -96,6 +100,9 @@ Options parse(int argc, char** argv) {
             std::string v = value();
             o.max_lead_ms = std::strtod(v.c_str(), &end);
             if (*end || o.max_lead_ms < 0) usage(("bad --max-lead-ms " + v).c_str());
+        } else if (a == "--replay") {
+            o.replay_in = value();
+            o.replay_out = value();
         } else if (a == "--reset-on-connect") {
             o.reset_on_connect = true;
         } else if (a == "--watch-stdin") {
@@ -213,6 +220,47 @@ class Harness {
                              step_ns_ ? step_cycles_ * 1e9 / double(step_ns_) : 0.0);
             }
         }
+    }
+
+    // The byte stream of IN through the RTL from reset, one byte a cycle as
+    // the FIFO takes them, flat out: no socket, no wall time. Every output
+    // byte goes to OUT. Ends when IN is consumed and no byte has come out for
+    // IDLE_AFTER cycles (a request's answer has not started by then). Prints
+    // the cycles and the CPU time of the stepping alone, the model's speed
+    // without the socket work (docs/sim.md, "Harness speed").
+    int replay(const std::string& in_path, const std::string& out_path) {
+        std::FILE* in = std::fopen(in_path.c_str(), "rb");
+        if (!in) die(in_path.c_str());
+        std::vector<uint8_t> input;
+        uint8_t buf[65536];
+        for (size_t n; (n = std::fread(buf, 1, sizeof buf, in)) > 0;) input.insert(input.end(), buf, buf + n);
+        std::fclose(in);
+        std::vector<uint8_t> output;
+        size_t pos = 0;
+        uint64_t quiet = 0;
+        timespec t0, t1;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+        const uint64_t start = cycles_;
+        while (pos < input.size() || quiet < IDLE_AFTER) {
+            bool rx_take = pos < input.size() && top_->in_ready;
+            top_->in_valid = rx_take;
+            if (rx_take) top_->in_data = input[pos];
+            bool tx_take = top_->out_valid;
+            uint8_t out = top_->out_data;
+            edge();
+            pos += rx_take;
+            quiet = tx_take ? 0 : quiet + 1;
+            if (tx_take) output.push_back(out);
+        }
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+        std::FILE* out = std::fopen(out_path.c_str(), "wb");
+        if (!out || std::fwrite(output.data(), 1, output.size(), out) != output.size() ||
+            std::fclose(out) != 0)
+            die(out_path.c_str());
+        uint64_t ns = uint64_t(t1.tv_sec - t0.tv_sec) * 1000000000u + t1.tv_nsec - t0.tv_nsec;
+        std::printf("REPLAY cycles %llu cpu_ns %llu\n", (unsigned long long)(cycles_ - start),
+                    (unsigned long long)ns);
+        return 0;
     }
 
   private:
@@ -383,6 +431,7 @@ int main(int argc, char** argv) {
     Verilated::commandArgs(argc, argv);
     Options o = parse(argc, argv);
     Harness h(o);
+    if (!o.replay_in.empty()) return h.replay(o.replay_in, o.replay_out);
     h.listen_on(o.port);
     return h.run();
 }

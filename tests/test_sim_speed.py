@@ -3,7 +3,8 @@
 Runs on the relay's build (the one without data memory, shared with
 tests/test_sim_engine.py, so no build of its own once that one is cached):
 a short pipelined stream of JNLDESC, every one answered ACK OK, and at least
-the cycles the RTL needs per descriptor. About 2 s with the build cached.
+the cycles the RTL needs per descriptor; the same through ``--replay`` (no
+socket). About 3 s with the build cached.
 """
 
 from __future__ import annotations
@@ -26,6 +27,38 @@ def test_speed_counts_cycles_of_answered_descriptors():
     # client is slow, so only a lower bound holds here
     assert r["cycles_per_descriptor"] >= MIN_CYCLES_PER_DESCRIPTOR
     assert r["cpu_s"] > 0 and r["M_cycles_per_cpu_s"] > 0
+
+
+def test_replay_answers_every_descriptor_from_a_file():
+    """``--replay``: the stream from a file, flat out. Every descriptor is
+    answered ACK OK (the answers come back through the output file), in
+    the engine's own cycles: at least a byte per cycle, and no idle cycles
+    between requests but the quiet ones that end the run (4096)."""
+    exe = harness_path(DESC_RESET_SIZE, memory=0)
+    r = speed.measure_replay(exe, 3000)
+    assert r["descriptors"] == 3000
+    assert MIN_CYCLES_PER_DESCRIPTOR <= r["cycles_per_descriptor"] < 120
+    assert r["cpu_s"] > 0 and r["M_cycles_per_cpu_s"] > 0
+
+
+def test_replay_names_a_harness_that_fails(tmp_path, capsys):
+    fake = tmp_path / "tricopy-sim"
+    fake.write_text("#!/bin/sh\necho 'unknown argument --replay' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    assert speed.main(["--exe", str(fake), "--count", "10", "--replay"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "(exit 2): unknown argument --replay" in err
+    assert err.count("\n") == 1
+
+
+def test_replay_names_answers_that_are_not_frames(tmp_path, capsys):
+    fake = tmp_path / "tricopy-sim"
+    fake.write_text("#!/bin/sh\nhead -c 64 /dev/zero > \"$3\"\necho REPLAY cycles 9 cpu_ns 9\n")
+    fake.chmod(0o755)
+    assert speed.main(["--exe", str(fake), "--count", "10", "--replay"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the replay's answers are not frames: ")
+    assert err.count("\n") == 1
 
 
 def test_speed_refuses_a_bad_count(capsys):
