@@ -457,6 +457,13 @@ class GroupCommitRun(StoreRun):
                         # a sleep alone could wait forever if no writer asks for
                         # one (the mutant that returns before its fsync ends).
                         await gc.wait_durable(s.next_seq - 1)
+                        # Then a turn of the loop: the wait returns without
+                        # one when every journal is durable already (or syncs
+                        # in line), and the ring may be full of space a lazy
+                        # release freed but only the persister may reuse, so
+                        # this writer would spin and the persister never run
+                        # (a suite run hung here, 7 December).
+                        await asyncio.sleep(0)
                     continue
                 for i, at in enumerate(jofs):
                     self.expected[seq + i] = at
