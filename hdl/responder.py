@@ -4,7 +4,8 @@ The engine core hands the responder a frame description (TYPE, FLAGS,
 LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
 and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
-is latched either (but the next body beat of a view, read one beat ahead):
+is latched either (but the next body beat of a view, read one beat ahead,
+and the header beat shown, read from the description a beat ahead):
 the engine holds the description, its ``Ack`` (which also carries a
 HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
@@ -172,8 +173,9 @@ class Responder(wiring.Component):
         body_last = Signal()
         idx_next2 = idx + 2 * W
         if W == 1:
-            # one CRC network for header and body, fed from registers only
-            # (``hbeat``, and ``word_byte`` or the ring's ``ring_beat``)
+            # one CRC network for header and body, fed from registers
+            # (``hbeat``, and ``word_byte`` or the ring's ``ring_beat``; a
+            # read-out's CCRC bytes are chosen by a comparison on ``idx``)
             crc_next = crc32c_step(crc, Mux(phase == _Phase.BODY, body, hbeat), 1)
             head_crc = body_crc = crc_next
             first_last, next_last = length == 1, idx_next2 == length
