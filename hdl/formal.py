@@ -554,6 +554,40 @@ class EngineSpec(Elaboratable):
             Assert(fl("nlast") == (nbat - 1)[:nb], "INV: LENGTH's flag N - 1"),
             Assert(fl("m1") == (blen - 1)[:len(blen)], "INV: LENGTH's flag LENGTH - 1"),
         ]
+        # The responder's phase flags and header beat (hdl/responder.py):
+        # registers loaded a beat ahead, so they hold what the phase logic
+        # once compared on the byte index. Restated here from the index and
+        # the staged description (which the engine holds still while the
+        # responder is busy), not imported from the RTL.
+        rtap = _Taps(resp_frag)
+        rphase, ridx, RW = rtap("phase"), rtap("idx"), self.data_width // 8
+        r_head, r_trailer = rphase == 1, rphase == 3          # _Phase.HEAD, TRAILER
+        if RW > 1:
+            with m.If(rphase != 0):
+                m.d.comb += Assert(ridx[:RW.bit_length() - 1] == 0,
+                                   "INV: the responder's index on a beat boundary")
+        with m.If(r_head):
+            m.d.comb += Assert(ridx <= 16 - RW, "INV: the responder's header index in range")
+        with m.If(r_trailer):
+            m.d.comb += Assert(ridx <= 4 - RW, "INV: the responder's trailer index in range")
+        m.d.comb += [
+            Assert(rtap("hd_crc") == (r_head & (ridx < 12)), "INV: responder's HCRC'd-beat flag"),
+            Assert(rtap("hd_last") == (r_head & (ridx == 16 - RW)),
+                   "INV: responder's last-header-beat flag"),
+        ]
+        if RW == 1:
+            m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
+                               "INV: responder's last-trailer-beat flag")
+        # (the engine stages an answer in EXEC only when the responder is
+        # idle, and only ANSWER starts it: the states between stage more)
+        with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
+                  | in_("LOAD_SET") | in_("LOAD_TIME")):
+            m.d.comb += Assert(~busy, "INV: the responder is idle from EXEC to ANSWER")
+        header = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8), ans_type,
+                     tap("ans_flags"), tap("ans_len"), Const(0, 96 - 64 - len(tap("ans_len"))))
+        with m.If(r_head & (ridx < 12)):
+            m.d.comb += Assert(rtap("hbeat") == header.word_select(ridx[RW.bit_length() - 1:4], 8 * RW),
+                               "INV: responder's header beat")
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
         with m.If(in_("EXEC") | in_("RELEASE_D")):

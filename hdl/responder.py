@@ -4,7 +4,8 @@ The engine core hands the responder a frame description (TYPE, FLAGS,
 LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
 and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
-is latched either (but the next body beat of a view, read one beat ahead):
+is latched either (but the next body beat of a view, read one beat ahead,
+and the header beat shown, read from the description a beat ahead):
 the engine holds the description, its ``Ack`` (which also carries a
 HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
@@ -128,11 +129,32 @@ class Responder(wiring.Component):
 
         m.d.comb += self.busy.eq(phase != _Phase.IDLE)
 
+        # What the phase logic asks of ``idx`` is answered a beat ahead, in
+        # registers loaded at each take from the index being left (an
+        # equality or a bound on ``idx`` against a constant moved down by
+        # W): the CRC's update, the phase change and the word multiplexer's
+        # index read flip-flops, not compare chains on ``idx``. (On the UP5K
+        # ``idx`` -> its comparisons -> the header byte -> the CRC -> ``crc``
+        # was the critical path, about 13 LUT levels.)
+        #   ``hd_crc``:  a header beat under the HCRC is shown (HEAD, idx < 12)
+        #   ``hd_last``: the header's last beat is shown (HEAD, idx = 16 - W)
+        #   ``tr_last``: the trailer's last beat is shown (TRAILER, idx = 3;
+        #                at width 32 the trailer is one beat, so always)
+        #   ``hbeat``:   the header beat at ``idx`` (while ``hd_crc``), so the
+        #                CRC reads a register, not a 16-way byte multiplexer
+        hd_crc = Signal()
+        hd_last = Signal()
+        tr_last = Signal(name="tr_last") if W == 1 else Const(1)
+        hbeat = Signal(8 * W)
+
         with m.If(self.start & (phase == _Phase.IDLE)):
             m.d.sync += [
                 phase.eq(_Phase.HEAD),
                 idx.eq(0),
                 crc.eq(CRC_INIT),
+                # beat 0 is MAGIC's first (a constant): the description
+                # need not be valid yet in this cycle
+                hd_crc.eq(1), hd_last.eq(0), hbeat.eq(head.word_select(0, 8 * W)),
             ]
 
         take = self.tx.valid & self.tx.ready
@@ -140,8 +162,8 @@ class Responder(wiring.Component):
         beat = Signal(8 * W)
         # ``body`` is the body bytes of the beat; ``beat`` adds, in a
         # read-out's last beat, the BCRC bytes after them (wide links).
-        body = beat if W == 1 else Signal(8 * W)
-        idx_lt12, idx_lt60, idx_lt64 = lt_const(idx, 12), lt_const(idx, 60), lt_const(idx, 64)
+        body = Signal(8 * W)
+        idx_lt60, idx_lt64 = lt_const(idx, 60), lt_const(idx, 64)
         idx_next = Signal(LB)
         m.d.comb += idx_next.eq(idx + W)
         # ``body_last``: the body beat shown is the last. A register set a
@@ -151,7 +173,10 @@ class Responder(wiring.Component):
         body_last = Signal()
         idx_next2 = idx + 2 * W
         if W == 1:
-            crc_next = crc32c_step(crc, beat, 1)
+            # one CRC network for header and body, fed from registers
+            # (``hbeat``, and ``word_byte`` or the ring's ``ring_beat``; a
+            # read-out's CCRC bytes are chosen by a comparison on ``idx``)
+            crc_next = crc32c_step(crc, Mux(phase == _Phase.BODY, body, hbeat), 1)
             head_crc = body_crc = crc_next
             first_last, next_last = length == 1, idx_next2 == length
         else:
@@ -164,7 +189,7 @@ class Responder(wiring.Component):
             # last body beat carries BCRC bytes, so the CRC of ``beat`` would
             # put two CRC networks in a row (the phases exclude it, but
             # synthesis times the path through the shared multiplexer)
-            head_crc = crc32c_step(crc, head.word_select(idx[LW:4], 8 * W), W)
+            head_crc = crc32c_step(crc, hbeat, W)
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
@@ -191,8 +216,7 @@ class Responder(wiring.Component):
         word_q = Signal(64)
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
-        pidx2 = Mux(phase == _Phase.BODY, idx_next2,
-                    Mux((phase == _Phase.HEAD) & (idx == 16 - W), W, 0))[:7]
+        pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
@@ -258,14 +282,15 @@ class Responder(wiring.Component):
 
         with m.Switch(phase):
             with m.Case(_Phase.HEAD):
-                m.d.comb += beat.eq(Mux(idx_lt12, head.word_select(idx[LW:4], 8 * W),
-                                        crc_out(crc)))
+                m.d.comb += beat.eq(Mux(hd_crc, hbeat, crc_out(crc)))
             with m.Case(_Phase.BODY):
                 with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
                     m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
                 with m.Else():
                     m.d.comb += body.eq(word_byte)
-                if W > 1:
+                if W == 1:
+                    m.d.comb += beat.eq(body)
+                else:
                     # a last beat of KL < W body bytes carries the first
                     # BCRC bytes above them (and the trailer beat the rest)
                     bcrc_up = ((body_crc ^ CRC_INIT) << Cat(Const(0, 3), kl))[:8 * W]
@@ -295,8 +320,7 @@ class Responder(wiring.Component):
         if self.has_ring:
             with m.If(take):
                 m.d.sync += ring_beat.eq(self.rd_data)
-            ahead = Mux(phase == _Phase.BODY, idx_next2,
-                        Mux(idx == 16 - W, W, 0))
+            ahead = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))
             m.d.comb += [
                 self.rd_addr.eq(word_address(base + ahead, W)),
                 self.rd_en.eq(take),
@@ -304,11 +328,22 @@ class Responder(wiring.Component):
 
         with m.If(take):
             m.d.sync += idx.eq(idx_next)
+            # the flags of the beat after this one (see above): 0 but in
+            # HEAD and TRAILER; the header's next word is read here, a beat
+            # before it is shown and CRC'd
+            in_head = phase == _Phase.HEAD
+            m.d.sync += [
+                hd_crc.eq(in_head & lt_const(idx, 12 - W)),
+                hd_last.eq(in_head & (idx == 16 - 2 * W)),
+                hbeat.eq(head.word_select(idx_next[LW:4], 8 * W)),
+            ]
+            if W == 1:
+                m.d.sync += tr_last.eq((phase == _Phase.TRAILER) & (idx == 2))
             with m.Switch(phase):
                 with m.Case(_Phase.HEAD):
-                    with m.If(idx_lt12):
+                    with m.If(hd_crc):
                         m.d.sync += crc.eq(head_crc)
-                    with m.If(idx == 16 - W):
+                    with m.If(hd_last):
                         m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
@@ -318,6 +353,6 @@ class Responder(wiring.Component):
                     with m.If(body_last):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
                 with m.Case(_Phase.TRAILER):
-                    with m.If(idx == 3 if W == 1 else Const(1)):
+                    with m.If(tr_last):
                         m.d.sync += phase.eq(_Phase.IDLE)
         return m
