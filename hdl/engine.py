@@ -2,7 +2,7 @@
 
 Block diagram (docs/hardware.md has the long form)::
 
-    rx bytes ─▶ header window/HCRC ─▶ body: BCRC, DCRC, control capture ─▶ EXEC
+    rx bytes ─▶ header window/HCRC ─▶ body: BCRC, DCRC, control capture ─▶ VERDICT, EXEC
                     │  hunt on bad                 │ speculative write        │
                     ▼                              ▼                          ▼
                  (NAK)                      ring memory ◀──── read-out walk ─┤
@@ -633,7 +633,7 @@ class JournalEngine(wiring.Component):
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
         # A register loaded every cycle, so one cycle behind NEXT_SEQ and
         # ``small`` (the 65-bit chain was the start of the UP5K's critical
-        # path: small -> NEXT_SEQ - x -> > HELD -> EXEC's decision). Both
+        # path: small -> NEXT_SEQ - x -> > HELD -> the decision). Both
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
@@ -645,7 +645,7 @@ class JournalEngine(wiring.Component):
         x_d_le1 = Signal()
         m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
         # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
-        # (so two behind ``small``), so that EXEC's decision does not wait
+        # (so two behind ``small``), so that the decision (VERDICT) does not wait
         # for the 35-bit comparison with HELD (ALIGN waits for them)
         x_ge_next = Signal()
         x_lt_tail = Signal()
@@ -699,12 +699,12 @@ class JournalEngine(wiring.Component):
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
 
         # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
-        # "JNLDESC"), and the SEQ# space spent (check 9): read by EXEC to
+        # "JNLDESC"), and the SEQ# space spent (check 9): read by VERDICT to
         # answer, and with batches by ALLOC (``place``, see there). In a
         # batch past its first descriptor the previous one's SEQ# step is
         # pending: NEXT_SEQ + 1 == 2**64 - 1.
         K = protocol.Kind
-        # Registers one cycle behind their inputs, so that EXEC's decision
+        # Registers one cycle behind their inputs, so that VERDICT's decision
         # starts from flip-flops, not from 32- and 64-bit equality trees (the
         # UP5K's critical paths ended in that decision): ``small`` holds
         # still for at least a cycle before EXEC and ALLOC (TRAILER, ALIGN,
@@ -907,7 +907,7 @@ class JournalEngine(wiring.Component):
                              used_add.eq(Mux(fits_tail | empty_q, r_q, rt_q))]
                 # With batches a JNLDESC's JOFS is written only when EXEC
                 # will take it (it fits, checks 4-7 pass, the SEQ# space is
-                # not spent: the same figures EXEC decides on), so that
+                # not spent: the same figures VERDICT decides on), so that
                 # ``place`` keeps the JOFS of the batch's last one taken for
                 # the answer of a batch stopped at a later one. (Written in
                 # EXEC instead, JOFS put a multiplexer in front of EXEC's
@@ -924,7 +924,7 @@ class JournalEngine(wiring.Component):
                 # a batch's TIME is taken once, at its first descriptor
                 with m.If(bidx == 0):
                     m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
-                # a ring of the other kind is refused at EXEC (WRONG_MODE)
+                # a ring of the other kind is refused at VERDICT (WRONG_MODE)
                 with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
@@ -977,8 +977,8 @@ class JournalEngine(wiring.Component):
                         # BODY took the last beat whole with zeros after its
                         # KLAST body bytes: take those zero bytes back out of
                         # the BCRC and the DCRC before comparing them (the
-                        # DCRC's is kept: EXEC reads it no more, but one
-                        # network serves the flag and the register)
+                        # DCRC register is still written, though only the flag
+                        # is read now: one network serves both)
                         ccrc_end = Signal(32)
                         m.d.comb += ccrc_end.eq(crc32c_unpad_lanes(ccrc, klast, W))
                         m.d.sync += [
@@ -1446,7 +1446,7 @@ class JournalEngine(wiring.Component):
             wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
         ]
 
-    # -- EXEC branches, split out for reading -------------------------------
+    # -- VERDICT and EXEC branches, split out for reading -------------------------------
     def _verdict_journal(self, m, v, req):
         """docs/protocol.md "JNLWR" and "JNLDESC" — checks, in this order —
         and "Allocation" (decided in ALLOC): the answer and VERDICT's bit;
@@ -1558,7 +1558,7 @@ class JournalEngine(wiring.Component):
 
     def _release_d(self, m, v):
         """RELEASE_D: a descriptor ring's RELEASE, UPTO in TAIL_SEQ..NEXT_SEQ-1
-        (EXEC checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
+        (VERDICT checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
         SIZE when 0: the bytes released (granules), a skipped tail included;
         registered with the other checks for RELEASE_AT, which compares D
         with USED. P - JOPTR and the tests of P are registers already
@@ -1568,7 +1568,7 @@ class JournalEngine(wiring.Component):
         SG = len(size)
         diff, past_end = v["rel_diff"], v["rel_past"]
         # HELD after: NEXT_SEQ - UPTO - 1, from EXEC's NEXT_SEQ - UPTO (x_d,
-        # 1..HELD here: EXEC checked it) less one: a 35-bit decrement
+        # 1..HELD here: VERDICT checked it) less one: a 35-bit decrement
         # instead of a second 64-bit adder; 0 exactly when UPTO is the last
         # journal (x_d = 1, compared in full so that it holds in any state)
         x_d = v["x_d"]
@@ -1606,7 +1606,7 @@ class JournalEngine(wiring.Component):
     def _load_checks(self, m, v):
         """The checks of a LOAD that read wide fields (docs/protocol.md
         "LOAD"), as registers one cycle behind ``small`` and the ring
-        registers: EXEC decides on them, and the LOAD's effects wait for
+        registers: VERDICT decides on them, and the LOAD's effects wait for
         LOAD_SET (the path was: a 35-bit comparison of PTR with SIZE ->
         EXEC's decision -> the timestamp unit's FREEZE and LOAD enables)."""
         L = protocol.LoadFlag
@@ -1660,7 +1660,7 @@ class JournalEngine(wiring.Component):
             m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD), v["verdict"][_V.LOAD].eq(1)]
 
     def _load_set(self, m, v):
-        """LOAD_SET: a LOAD that EXEC accepted takes effect (its fields hold
+        """LOAD_SET: a LOAD that VERDICT accepted takes effect (its fields hold
         in ``small`` and ``stamp_time``), a cycle after the decision."""
         L = protocol.LoadFlag
         ld = v["small_ld_"]
@@ -1671,7 +1671,7 @@ class JournalEngine(wiring.Component):
         ring = (fl & L.RING).any()
         new_size = Mux(ring, v["stamp_time"][G:G + SG], size)
         with m.If((fl & (L.CLEAR | L.RING)).any()):
-            # RING: the ring is empty already (checked in EXEC)
+            # RING: the ring is empty already (checked in VERDICT)
             m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
                          v["wrap_at"].eq(new_size), v["held"].eq(0)]
         with m.If(ring):
@@ -1680,7 +1680,7 @@ class JournalEngine(wiring.Component):
                 m.d.sync += v["desc"].eq((fl & L.DESC).any())
         with m.If((fl & L.SEQ).any()):
             m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
-            # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in EXEC)
+            # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in VERDICT)
         with m.If((fl & L.PTR).any()):
             m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
                          v["wrap_at"].eq(new_size)]
