@@ -272,7 +272,8 @@ class EngineSpec(Elaboratable):
                     if B > 1 else Const(0))
 
         # -- events ---------------------------------------------------------------
-        # a JNLDESC descriptor decided this cycle (EXEC, the responder idle):
+        # a JNLDESC descriptor decided this cycle (EXEC applies what VERDICT
+        # chose the cycle before; the responder is idle in both):
         # taken or refused, ANSWER or (a batch with more) BLOAD next
         decide = in_("EXEC") & ~busy & (ftype == FT.JNLDESC)
         # A taken descriptor's SEQ# step is pending until the next one of its
