@@ -2,7 +2,7 @@
 
 Block diagram (docs/hardware.md has the long form)::
 
-    rx bytes ─▶ header window/HCRC ─▶ body: BCRC, DCRC, control capture ─▶ EXEC
+    rx bytes ─▶ header window/HCRC ─▶ body: BCRC, DCRC, control capture ─▶ VERDICT, EXEC
                     │  hunt on bad                 │ speculative write        │
                     ▼                              ▼                          ▼
                  (NAK)                      ring memory ◀──── read-out walk ─┤
@@ -82,6 +82,19 @@ class _AckFrom(enum.Enum, shape=3):
     WRITE = 3     # JNLWR: SEQ = NEXT_SEQ (stepped after), TIME = the stamp, JOFS = the record
     READ = 4      # JNLRD: SEQ = last sent, JOFS = JOPTR, TAG = records sent
     LOAD = 5      # SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR (after the load)
+
+
+class _V:
+    """Bits of the one-hot VERDICT register: what EXEC does, decided in
+    VERDICT the cycle before (no bit set: only the staged answer)."""
+    TAKE_WR = 0     # a data ring's JNLWR is taken: its record is committed
+    TAKE_DESC = 1   # a JNLDESC (a batch's descriptor) is taken
+    FULL = 2        # a journal NAKed FULL: the FULL output is raised
+    READ = 3        # a JNLRD starts its walk (READ_SEEK)
+    RELEASE_D = 4   # a descriptor ring's RELEASE goes on to RELEASE_D
+    WALK = 5        # a data ring's RELEASE walks its records
+    LOAD = 6        # a LOAD goes on to LOAD_SET
+    BITS = 7
 
 
 class JournalEngine(wiring.Component):
@@ -426,12 +439,15 @@ class JournalEngine(wiring.Component):
         # CCRC over control bytes 0..59, then the DCRC over bytes 64.. (the
         # two never run at once: one CRC unit each instead of two).
         ccrc = Signal(32, init=CRC_INIT)
-        # the received BCRC (width 32: from the last two beats), or at width
-        # 8 whether a byte of it differed from the computed one: compared a
-        # byte at a time as it arrives (``bcrc`` holds still in TRAILER), not
-        # held in a 32-bit shift register and compared in EXEC
-        rx_bcrc = Signal(32)
+        # Whether the received BCRC differs from the computed one, a flag
+        # set in TRAILER for VERDICT to read: at width 8 a byte at a time as
+        # it arrives (``bcrc`` holds still in TRAILER), at width 32 from the
+        # trailer beat in one go. (The received BCRC as a register compared
+        # in the decision's cycle was the head of the width-32 critical path:
+        # rx_bcrc -> 32-bit comparison -> the decision -> the enables.)
+        # A data ring's JNLWR likewise has its DATA_CRC compared in TRAILER.
         bcrc_bad = Signal()
+        dcrc_bad = Signal()
         ctl = layouts.Control(Cat(Const(0, 256), small))
         hello_bad = Signal()
         nul_seen = Signal()
@@ -453,6 +469,8 @@ class JournalEngine(wiring.Component):
         m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
+        # VERDICT's decision for EXEC, one bit an outcome (``_V``)
+        verdict = Signal(_V.BITS)
         settle = Signal()                      # ALLOC_W's second cycle
 
         # -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ----------
@@ -631,7 +649,7 @@ class JournalEngine(wiring.Component):
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
         # A register loaded every cycle, so one cycle behind NEXT_SEQ and
         # ``small`` (the 65-bit chain was the start of the UP5K's critical
-        # path: small -> NEXT_SEQ - x -> > HELD -> EXEC's decision). Both
+        # path: small -> NEXT_SEQ - x -> > HELD -> the decision). Both
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
@@ -643,7 +661,7 @@ class JournalEngine(wiring.Component):
         x_d_le1 = Signal()
         m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
         # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
-        # (so two behind ``small``), so that EXEC's decision does not wait
+        # (so two behind ``small``), so that the decision (VERDICT) does not wait
         # for the 35-bit comparison with HELD (ALIGN waits for them)
         x_ge_next = Signal()
         x_lt_tail = Signal()
@@ -697,12 +715,12 @@ class JournalEngine(wiring.Component):
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
 
         # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
-        # "JNLDESC"), and the SEQ# space spent (check 9): read by EXEC to
+        # "JNLDESC"), and the SEQ# space spent (check 9): read by VERDICT to
         # answer, and with batches by ALLOC (``place``, see there). In a
         # batch past its first descriptor the previous one's SEQ# step is
         # pending: NEXT_SEQ + 1 == 2**64 - 1.
         K = protocol.Kind
-        # Registers one cycle behind their inputs, so that EXEC's decision
+        # Registers one cycle behind their inputs, so that VERDICT's decision
         # starts from flip-flops, not from 32- and 64-bit equality trees (the
         # UP5K's critical paths ended in that decision): ``small`` holds
         # still for at least a cycle before EXEC and ALLOC (TRAILER, ALIGN,
@@ -869,7 +887,7 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += hunting.eq(0)
                         with m.If(hdr.length == 0):
-                            m.next = "EXEC"
+                            m.next = "VERDICT"
                         with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
                             m.next = "ALLOC_W"
                         with m.Else():
@@ -905,7 +923,7 @@ class JournalEngine(wiring.Component):
                              used_add.eq(Mux(fits_tail | empty_q, r_q, rt_q))]
                 # With batches a JNLDESC's JOFS is written only when EXEC
                 # will take it (it fits, checks 4-7 pass, the SEQ# space is
-                # not spent: the same figures EXEC decides on), so that
+                # not spent: the same figures VERDICT decides on), so that
                 # ``place`` keeps the JOFS of the batch's last one taken for
                 # the answer of a batch stopped at a later one. (Written in
                 # EXEC instead, JOFS put a multiplexer in front of EXEC's
@@ -922,7 +940,7 @@ class JournalEngine(wiring.Component):
                 # a batch's TIME is taken once, at its first descriptor
                 with m.If(bidx == 0):
                     m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
-                # a ring of the other kind is refused at EXEC (WRONG_MODE)
+                # a ring of the other kind is refused at VERDICT (WRONG_MODE)
                 with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
@@ -948,11 +966,11 @@ class JournalEngine(wiring.Component):
                         m.d.sync += alloc_full.eq(1)
                 if mem:
                     with m.If(is_desc):
-                        m.next = "EXEC"
+                        m.next = "VERDICT"
                     with m.Else():
                         m.next = "BODY"
                 else:
-                    m.next = "EXEC"
+                    m.next = "VERDICT"
 
             with m.State("BODY"):
                 self._body(m, locals())
@@ -964,23 +982,32 @@ class JournalEngine(wiring.Component):
                         # (kcnt is 0 from HCHECK on: BODY does not count with it)
                         m.d.sync += [bcrc_bad.eq(Mux(kcnt == 0, 0, bcrc_bad)
                                                  | (beat != (bcrc ^ CRC_INIT).word_select(kcnt[:2], 8))),
-                                     kcnt.eq(kcnt + 1)]
+                                     kcnt.eq(kcnt + 1),
+                                     # (``ccrc`` and ``small`` hold still here)
+                                     dcrc_bad.eq(ctl.data_crc != (dcrc ^ CRC_INIT))]
                         trailer_done = kcnt == 3
                     else:
                         # the BCRC's bytes: the body's last beat from lane
                         # KLAST on, then this beat (W = 4: always one beat)
-                        m.d.sync += rx_bcrc.eq(
-                            Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32))
+                        rx_bcrc = Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
                         # BODY took the last beat whole with zeros after its
                         # KLAST body bytes: take those zero bytes back out of
-                        # the BCRC and the DCRC (read in EXEC)
-                        m.d.sync += [bcrc.eq(crc32c_unpad_lanes(bcrc, klast, W)),
-                                     ccrc.eq(crc32c_unpad_lanes(ccrc, klast, W))]
+                        # the BCRC and the DCRC before comparing them (the
+                        # DCRC register is still written, though only the flag
+                        # is read now: one network serves both)
+                        ccrc_end = Signal(32)
+                        m.d.comb += ccrc_end.eq(crc32c_unpad_lanes(ccrc, klast, W))
+                        m.d.sync += [
+                            bcrc_bad.eq(rx_bcrc != (crc32c_unpad_lanes(bcrc, klast, W) ^ CRC_INIT)),
+                            ccrc.eq(ccrc_end),
+                            dcrc_bad.eq(ctl.data_crc
+                                        != (Mux(bl["ge65"], ccrc_end, CRC_INIT) ^ CRC_INIT)),
+                        ]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
                                   & (bcnt != rlen)):
-                            m.next = "PAD" if mem else "EXEC"
+                            m.next = "PAD" if mem else "VERDICT"
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
                         with m.Elif(bl["lt32"] if W == 1 else lt_const(bcnt, 32)):
@@ -993,7 +1020,7 @@ class JournalEngine(wiring.Component):
                                 m.d.sync += settle.eq(1)
                                 m.next = "ALLOC_W"
                         with m.Else():
-                            m.next = "EXEC"
+                            m.next = "VERDICT"
 
             if mem:   # (states of a data ring)
                 with m.State("PAD"):
@@ -1003,7 +1030,7 @@ class JournalEngine(wiring.Component):
                                  wr.en.eq(1)]
                     m.d.sync += bcnt.eq(bcnt_next)
                     with m.If(bcnt_next == rlen):
-                        m.next = "EXEC"
+                        m.next = "VERDICT"
 
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``,
@@ -1012,7 +1039,7 @@ class JournalEngine(wiring.Component):
                     m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
                 m.d.sync += bcnt.eq(bcnt_next)
                 with m.If(bcnt == 32 + W):
-                    m.next = "EXEC"
+                    m.next = "VERDICT"
 
             if B > 1:
                 with m.State("BLOAD"):
@@ -1025,18 +1052,20 @@ class JournalEngine(wiring.Component):
                     with m.If(kcnt == 32 // W):
                         m.next = "ALLOC_W"
 
-            with m.State("EXEC"):
-                # The responder still emits the previous answer: wait, so that
-                # the state it reads (STATUS, HELLO) holds still.
-                bcrc_ok = bl["zero"] | (~bcrc_bad if W == 1 else rx_bcrc == (bcrc ^ CRC_INIT))
+            with m.State("VERDICT"):
+                # The request's decision, from registered checks only: the
+                # answer is staged and the one-hot VERDICT says what EXEC,
+                # the next cycle, does to the engine's state. The responder
+                # still emits the previous answer: wait, so that the state it
+                # reads (STATUS, HELLO) holds still.
+                bcrc_ok = bl["zero"] | ~bcrc_bad
                 small_jr = layouts.JnlRd(small[:128])
-                small_rel = layouts.Release(small[:64])
                 small_ld = layouts.Load(small)
                 m.d.sync += kcnt.eq(0)
                 with m.If(~resp.busy):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
-                    m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0)]
-                    m.next = "ANSWER"
+                    m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
+                    m.next = "EXEC"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
                                         tag=((ftype == FT.JNLWR) | (ftype == FT.JNLDESC))
@@ -1044,9 +1073,9 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         with m.Switch(ftype):
                             with m.Case(FT.JNLWR):
-                                self._exec_journal(m, locals(), FT.JNLWR)
+                                self._verdict_journal(m, locals(), FT.JNLWR)
                             with m.Case(FT.JNLDESC):
-                                self._exec_journal(m, locals(), FT.JNLDESC)
+                                self._verdict_journal(m, locals(), FT.JNLDESC)
                             with m.Case(FT.ACK, FT.NAK, FT.STATUS_RESP):
                                 m.d.sync += nak(ST.BAD_TYPE, ftype)
                             with m.Case(FT.HELLO):
@@ -1071,16 +1100,10 @@ class JournalEngine(wiring.Component):
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.RELEASE):
-                                self._exec_release(m, locals())
+                                self._verdict_release(m, locals())
                             with m.Case(FT.LOAD):
-                                self._exec_load(m, locals())
+                                self._verdict_load(m, locals())
                             with m.Case(FT.JNLRD):
-                                avail = Signal(RB)
-                                m.d.comb += avail.eq(x_d[:RB])
-                                count = small_jr.count
-                                count_lt = (count[:RB] < avail)
-                                if RB < len(count):
-                                    count_lt &= count[RB:] == 0
                                 if not mem:
                                     # no journal data to read (docs/protocol.md "JNLRD")
                                     m.d.sync += nak(ST.WRONG_MODE, ftype)
@@ -1093,12 +1116,48 @@ class JournalEngine(wiring.Component):
                                     with m.Elif(x_lt_tail | x_gt_next):
                                         m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
                                     with m.Else():
-                                        n = Mux(count_lt, count[:RB], avail)
-                                        m.d.sync += [rd_left.eq(n), rd_n.eq(n),
-                                                     rd_cnt.eq(x_from_tail),
-                                                     walk_off.eq(dbytes(joptr)),
-                                                     walk_for_release.eq(0), dl_step.eq(0)]
-                                        m.next = "READ_SEEK"
+                                        m.d.sync += verdict[_V.READ].eq(1)
+
+            with m.State("EXEC"):
+                # VERDICT's decision takes effect: each bit of the one-hot
+                # VERDICT enables its own registers (the answer is staged
+                # already), so no priority chain of checks sits in front of
+                # the enables of the ring registers, USED, NEXT_SEQ and HELD.
+                # Nothing VERDICT read has moved: VERDICT writes only the
+                # answer's staging (and a STATUS's NOW, which no commit reads).
+                m.next = "ANSWER"
+                if mem:
+                    with m.If(verdict[_V.TAKE_WR]):
+                        self._exec_journal(m, locals(), FT.JNLWR)
+                with m.If(verdict[_V.TAKE_DESC]):
+                    self._exec_journal(m, locals(), FT.JNLDESC)
+                with m.If(verdict[_V.FULL]):
+                    m.d.sync += self.full.eq(1)
+                with m.If(verdict[_V.RELEASE_D]):
+                    m.next = "RELEASE_D"
+                with m.If(verdict[_V.LOAD]):
+                    m.next = "LOAD_SET"
+                if mem:
+                    small_jr = layouts.JnlRd(small[:128])
+                    with m.If(verdict[_V.READ]):
+                        # min(COUNT, NEXT_SEQ - FROM) records from FROM_SEQ
+                        avail = Signal(RB)
+                        m.d.comb += avail.eq(x_d[:RB])
+                        count = small_jr.count
+                        count_lt = (count[:RB] < avail)
+                        if RB < len(count):
+                            count_lt &= count[RB:] == 0
+                        n = Mux(count_lt, count[:RB], avail)
+                        m.d.sync += [rd_left.eq(n), rd_n.eq(n),
+                                     rd_cnt.eq(x_from_tail),
+                                     walk_off.eq(dbytes(joptr)),
+                                     walk_for_release.eq(0), dl_step.eq(0)]
+                        m.next = "READ_SEEK"
+                    with m.If(verdict[_V.WALK]):
+                        # a data ring's RELEASE: free the records from JOPTR
+                        m.d.sync += [rd_cnt.eq(x_from_tail), walk_for_release.eq(1),
+                                     walk_off.eq(dbytes(joptr)), dl_step.eq(0)]
+                        m.next = "WALK"
 
             if mem:   # (states of a data ring)
                 with m.State("MARK"):
@@ -1403,14 +1462,13 @@ class JournalEngine(wiring.Component):
             wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
         ]
 
-    # -- EXEC branches, split out for reading -------------------------------
-    def _exec_journal(self, m, v, req):
+    # -- VERDICT and EXEC branches, split out for reading -------------------------------
+    def _verdict_journal(self, m, v, req):
         """docs/protocol.md "JNLWR" and "JNLDESC" — checks, in this order —
-        and "Allocation" (decided in ALLOC; only pointers move here)."""
-        blen, ctl, epoch, dcrc, nak, desc = (v[k] for k in ("blen", "ctl", "epoch", "dcrc",
-                                                             "nak", "desc"))
+        and "Allocation" (decided in ALLOC): the answer and VERDICT's bit;
+        EXEC (``_exec_journal``) moves the pointers the cycle after."""
+        ctl, nak, desc, verdict = (v[k] for k in ("ctl", "nak", "desc", "verdict"))
         is_desc = req == FT.JNLDESC
-        dlen = ctl.data_len
         kind_ok, rules_ok = v["kind_ok"], v["rules_ok"]
         bl = v["bl"]
         body64 = bl["ge64"]
@@ -1424,7 +1482,6 @@ class JournalEngine(wiring.Component):
             with m.If(desc if not is_desc else ~desc):
                 # a data ring takes JNLWR only, a descriptor ring JNLDESC only
                 m.d.sync += nak(ST.WRONG_MODE, req, tag=body64)
-        B = self.desc_batch
         bidx = v["bidx"]
         if is_desc:
             # 64·N, 1 <= N <= DESC_BATCH ("JNLDESC batches", check 3)
@@ -1445,56 +1502,59 @@ class JournalEngine(wiring.Component):
             m.d.sync += nak(ST.BAD_LENGTH, req, tag=True)
         with m.Elif(~v["epoch_ok"]):
             m.d.sync += nak(ST.STALE_EPOCH, req, tag=True)
-        # the CRC32C of no data is 0 (a JNLDESC's data is the host's)
-        with m.Elif(~v["desc_dcrc_ok"] if is_desc
-                    else (ctl.data_crc != (dcrc ^ CRC_INIT))):
+        # the CRC32C of no data is 0 (a JNLDESC's data is the host's; a
+        # JNLWR's DATA_CRC was compared in TRAILER)
+        with m.Elif(~v["desc_dcrc_ok"] if is_desc else v["dcrc_bad"]):
             m.d.sync += nak(ST.BAD_DCRC, req, tag=True)
         with m.Elif(~v["alloc_ok"] & ~v["alloc_full"]):
             m.d.sync += nak(ST.OVERSIZE, req, tag=True)
         with m.Elif(v["alloc_full"] | v["seq_spent"]):
             # the model keeps NEXT_SEQ a u64: the last sequence number is never issued
-            m.d.sync += [nak(ST.FULL, req, tag=True), self.full.eq(1)]
+            m.d.sync += [nak(ST.FULL, req, tag=True), verdict[_V.FULL].eq(1)]
         with m.Else():
-            # commit: a JNLWR's record is already in the ring
-            place, rlen, wrap, tail = v["place"], v["rlen"], v["wrap"], v["tail"]
-            used, size = v["used"], v["size"]
-            base_used = Mux(v["empty_q"], 0, used)
-            m.d.sync += [
-                # PLACE + R, or 0 for an exact fit at the end (from ALLOC)
-                v["jiptr"].eq(Mux(v["exact"], 0, place + rlen[G:])),
-                # R, plus SIZE - JIPTR for a tail skip (from ALLOC)
-                used.eq(base_used + v["used_add"]),
-                v["last_time"].eq(v["stamp_time"]),
-                v["acks"].eq(v["acks"] + 1),
-                self.full.eq(0),
-                v["ack"](req, _AckFrom.WRITE, tag=True),
-            ]
-            with m.If(v["rewind"]):
-                m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(size)]
-            with m.If(wrap):
-                m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
-                if not is_desc and self.memory:
-                    m.next = "MARK"           # a data ring's WRAP marker
-            if is_desc and B > 1:
-                with m.If(bidx != 0):
-                    # the previous descriptor's SEQ# step (see BIDX)
-                    m.d.comb += v["seq"].step.eq(1)
-                    m.d.sync += v["held"].eq(v["held"] + 1)
-                with m.If(bidx != bl["nlast"]):
-                    # the next descriptor (the ACK waits for the last)
-                    m.d.sync += bidx.eq(bidx + 1)
-                    m.next = "BLOAD"
+            m.d.sync += [v["ack"](req, _AckFrom.WRITE, tag=True),
+                         verdict[_V.TAKE_DESC if is_desc else _V.TAKE_WR].eq(1)]
 
-    def _exec_release(self, m, v):
+    def _exec_journal(self, m, v, req):
+        """A journal taken (VERDICT decided it): the commit. A JNLWR's record
+        is already in the ring; only pointers move here."""
+        is_desc = req == FT.JNLDESC
+        B = self.desc_batch
+        bidx, bl = v["bidx"], v["bl"]
+        place, rlen, wrap = v["place"], v["rlen"], v["wrap"]
+        used, size = v["used"], v["size"]
+        base_used = Mux(v["empty_q"], 0, used)
+        m.d.sync += [
+            # PLACE + R, or 0 for an exact fit at the end (from ALLOC)
+            v["jiptr"].eq(Mux(v["exact"], 0, place + rlen[G:])),
+            # R, plus SIZE - JIPTR for a tail skip (from ALLOC)
+            used.eq(base_used + v["used_add"]),
+            v["last_time"].eq(v["stamp_time"]),
+            v["acks"].eq(v["acks"] + 1),
+            self.full.eq(0),
+        ]
+        with m.If(v["rewind"]):
+            m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(size)]
+        with m.If(wrap):
+            m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
+            if not is_desc and self.memory:
+                m.next = "MARK"           # a data ring's WRAP marker
+        if is_desc and B > 1:
+            with m.If(bidx != 0):
+                # the previous descriptor's SEQ# step (see BIDX)
+                m.d.comb += v["seq"].step.eq(1)
+                m.d.sync += v["held"].eq(v["held"] + 1)
+            with m.If(bidx != bl["nlast"]):
+                # the next descriptor (the ACK waits for the last)
+                m.d.sync += bidx.eq(bidx + 1)
+                m.next = "BLOAD"
+
+    def _verdict_release(self, m, v):
         """docs/protocol.md "RELEASE": a data ring walks its records from
         JOPTR (WALK, RELEASE_STEP); a descriptor ring takes JOPTR from the
-        request and checks it against the pointers."""
-        blen, nak, ack, desc, small, ftype = (v[k] for k in ("blen", "nak", "ack", "desc",
-                                                              "small", "ftype"))
-        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
-                                                            "held"))
-        SG = len(size)
-        rel = layouts.ReleaseAt(small[:128])
+        request and checks it against the pointers (RELEASE_D, RELEASE_AT)."""
+        nak, ack, desc, ftype, verdict = (v[k] for k in ("nak", "ack", "desc", "ftype",
+                                                         "verdict"))
         bl = v["bl"]
         with m.If(~Mux(desc, bl["rel_at"], bl["rel"])):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
@@ -1507,17 +1567,14 @@ class JournalEngine(wiring.Component):
             # RELEASE_AT): three 35-bit carry chains after the 65-bit
             # FROM/UPTO one were the UP5K's critical path, and then the
             # three alone
-            m.next = "RELEASE_D"
+            m.d.sync += verdict[_V.RELEASE_D].eq(1)
         if self.memory:
             with m.Else():
-                m.d.sync += [v["rd_cnt"].eq(v["x_from_tail"]),
-                             v["walk_for_release"].eq(1),
-                             v["walk_off"].eq(v["dbytes"](joptr)), v["dl_step"].eq(0)]
-                m.next = "WALK"
+                m.d.sync += verdict[_V.WALK].eq(1)
 
     def _release_d(self, m, v):
         """RELEASE_D: a descriptor ring's RELEASE, UPTO in TAIL_SEQ..NEXT_SEQ-1
-        (EXEC checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
+        (VERDICT checked it): P = the JOPTR given, D = (P - JOPTR) mod SIZE, or
         SIZE when 0: the bytes released (granules), a skipped tail included;
         registered with the other checks for RELEASE_AT, which compares D
         with USED. P - JOPTR and the tests of P are registers already
@@ -1527,7 +1584,7 @@ class JournalEngine(wiring.Component):
         SG = len(size)
         diff, past_end = v["rel_diff"], v["rel_past"]
         # HELD after: NEXT_SEQ - UPTO - 1, from EXEC's NEXT_SEQ - UPTO (x_d,
-        # 1..HELD here: EXEC checked it) less one: a 35-bit decrement
+        # 1..HELD here: VERDICT checked it) less one: a 35-bit decrement
         # instead of a second 64-bit adder; 0 exactly when UPTO is the last
         # journal (x_d = 1, compared in full so that it holds in any state)
         x_d = v["x_d"]
@@ -1565,7 +1622,7 @@ class JournalEngine(wiring.Component):
     def _load_checks(self, m, v):
         """The checks of a LOAD that read wide fields (docs/protocol.md
         "LOAD"), as registers one cycle behind ``small`` and the ring
-        registers: EXEC decides on them, and the LOAD's effects wait for
+        registers: VERDICT decides on them, and the LOAD's effects wait for
         LOAD_SET (the path was: a 35-bit comparison of PTR with SIZE ->
         EXEC's decision -> the timestamp unit's FREEZE and LOAD enables)."""
         L = protocol.LoadFlag
@@ -1590,8 +1647,8 @@ class JournalEngine(wiring.Component):
         ]
         return q
 
-    def _exec_load(self, m, v):
-        """docs/protocol.md "LOAD": the checks (EXEC); LOAD_SET applies it."""
+    def _verdict_load(self, m, v):
+        """docs/protocol.md "LOAD": the checks (VERDICT); LOAD_SET applies it."""
         L = protocol.LoadFlag
         ld, blen, nak, ack = v["small_ld"], v["blen"], v["nak"], v["ack"]
         q = v["ld_q"]
@@ -1616,11 +1673,10 @@ class JournalEngine(wiring.Component):
         with m.Else():
             # the ACK (SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR) is read
             # from the state after the load, in ANSWER
-            m.d.sync += ack(FT.LOAD, _AckFrom.LOAD)
-            m.next = "LOAD_SET"
+            m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD), v["verdict"][_V.LOAD].eq(1)]
 
     def _load_set(self, m, v):
-        """LOAD_SET: a LOAD that EXEC accepted takes effect (its fields hold
+        """LOAD_SET: a LOAD that VERDICT accepted takes effect (its fields hold
         in ``small`` and ``stamp_time``), a cycle after the decision."""
         L = protocol.LoadFlag
         ld = v["small_ld_"]
@@ -1631,7 +1687,7 @@ class JournalEngine(wiring.Component):
         ring = (fl & L.RING).any()
         new_size = Mux(ring, v["stamp_time"][G:G + SG], size)
         with m.If((fl & (L.CLEAR | L.RING)).any()):
-            # RING: the ring is empty already (checked in EXEC)
+            # RING: the ring is empty already (checked in VERDICT)
             m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
                          v["wrap_at"].eq(new_size), v["held"].eq(0)]
         with m.If(ring):
@@ -1640,7 +1696,7 @@ class JournalEngine(wiring.Component):
                 m.d.sync += v["desc"].eq((fl & L.DESC).any())
         with m.If((fl & L.SEQ).any()):
             m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
-            # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in EXEC)
+            # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in VERDICT)
         with m.If((fl & L.PTR).any()):
             m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
                          v["wrap_at"].eq(new_size)]

@@ -87,7 +87,7 @@ from ..host.wire import protocol
 from . import layouts
 from .compare import le_wide, lt_const
 from .crc import CRC_INIT
-from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom
+from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom, _V
 from .responder import LENGTH_BITS
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
@@ -204,6 +204,9 @@ class EngineSpec(Elaboratable):
 
         state = tap("ingress_state")
         in_ = lambda name: _fsm_is(state, name)
+        # VERDICT decides from the registered checks, EXEC applies it a
+        # cycle later: what the decision reads is settled in both
+        in_dec = in_("VERDICT") | in_("EXEC")
         size, jiptr, joptr, used, wrap_at, held = (tap(n) for n in (
             "size", "jiptr", "joptr", "used", "wrap_at", "held"))
         last_time, stamp_time, epoch = tap("last_time"), tap("stamp_time"), tap("epoch")
@@ -256,8 +259,8 @@ class EngineSpec(Elaboratable):
         rules_ok = Mux((kind == K.UPDATE) | (kind == K.BASE), dlen == ctl.length,
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
         # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
-        bcrc_ok = (~tap("bcrc_bad") if self.data_width == 8
-                   else tap("rx_bcrc") == (bcrc ^ CRC_INIT))
+        # (both widths compare it as the trailer arrives: BCRC_BAD)
+        bcrc_ok = ~tap("bcrc_bad")
         # LENGTH = 64·N, 1 <= N <= desc_batch (check 3; "JNLDESC batches")
         nbat = blen[G:]                                 # N, the descriptors in the frame
         if B == 1:
@@ -269,10 +272,12 @@ class EngineSpec(Elaboratable):
                  & (ctl.epoch == epoch) & ((dlen != 0) | (ctl.data_crc == 0)))
         # BIDX: the descriptor of the batch being taken (0 without batches)
         bidx = tap("bidx") if B > 1 else Const(0, 1)
-        in_batch = (in_("BLOAD") | in_("ALLOC_W") | in_("ALLOC") | in_("EXEC")) if B > 1 else Const(0)
+        in_batch = ((in_("BLOAD") | in_("ALLOC_W") | in_("ALLOC") | in_("VERDICT") | in_("EXEC"))
+                    if B > 1 else Const(0))
 
         # -- events ---------------------------------------------------------------
-        # a JNLDESC descriptor decided this cycle (EXEC, the responder idle):
+        # a JNLDESC descriptor decided this cycle (EXEC applies what VERDICT
+        # chose the cycle before; the responder is idle in both):
         # taken or refused, ANSWER or (a batch with more) BLOAD next
         decide = in_("EXEC") & ~busy & (ftype == FT.JNLDESC)
         # A taken descriptor's SEQ# step is pending until the next one of its
@@ -506,7 +511,7 @@ class EngineSpec(Elaboratable):
             return k
         known = known_hdr(ftype)
         busy_states = (in_("ALLOC_W") | in_("ALLOC") | in_("BODY") | in_("TRAILER")
-                       | in_("ALIGN") | in_("EXEC")
+                       | in_("ALIGN") | in_("VERDICT") | in_("EXEC")
                        | in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
                        | in_("LOAD_SET") | in_("LOAD_TIME"))
         if B > 1:
@@ -590,11 +595,11 @@ class EngineSpec(Elaboratable):
                                "INV: responder's header beat")
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
-        with m.If(in_("EXEC") | in_("RELEASE_D")):
+        with m.If(in_dec | in_("RELEASE_D")):
             m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
         # ... and its comparisons two behind, for a RELEASE or JNLRD body
         # (1..16 bytes: through ALIGN, which waits for them)
-        with m.If(in_("EXEC") & (blen != 0) & (blen <= 16)):
+        with m.If(in_dec & (blen != 0) & (blen <= 16)):
             x_gt = (next_seq - small[:64])[64]
             m.d.comb += [
                 Assert(tap("x_ge_next") == (small[:64] >= next_seq), "INV: x >= NEXT_SEQ settled"),
@@ -664,7 +669,7 @@ class EngineSpec(Elaboratable):
                 Assert(tap("rt_q") == (w(tap("tail")) + rq)[:SG], "INV: tail + R settled"),
             ]
         # EXEC's checks, registers one cycle behind ``small``, EPOCH and NEXT_SEQ
-        with m.If((in_("ALLOC") | in_("EXEC")) & (ftype == FT.JNLDESC) & length_ok):
+        with m.If((in_("ALLOC") | in_dec) & (ftype == FT.JNLDESC) & length_ok):
             m.d.comb += [
                 Assert(tap("kind_ok") == ((kind >= K.UPDATE) & (kind <= K.MARK)),
                        "INV: KIND checked"),
@@ -683,7 +688,7 @@ class EngineSpec(Elaboratable):
         # what ALLOC chose for EXEC's commit: JIPTR after, and USED's growth
         # (with batches only for a descriptor EXEC takes: the exact fit is
         # of ``place``, which a refused one leaves at the last JOFS taken)
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok
+        with m.If(in_dec & (ftype == FT.JNLDESC) & length_ok
                   & (alloc_ok if B == 1 else will_take)):
             end = w(place) + w(rlen[G:])
             m.d.comb += [
@@ -691,8 +696,10 @@ class EngineSpec(Elaboratable):
                 Assert(tap("used_add") == (w(rlen[G:]) + Mux(wrap, w(tap("tail")), 0))[:SG],
                        "INV: USED's growth"),
             ]
-        with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")):
-            # EXEC let through only UPTO in TAIL_SEQ .. NEXT_SEQ - 1
+        verdict = tap("verdict")
+        with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
+                  | (in_("EXEC") & verdict[_V.RELEASE_D])):
+            # VERDICT let through only UPTO in TAIL_SEQ .. NEXT_SEQ - 1
             m.d.comb += Assert((small[:64] < next_seq) & ((next_seq - small[:64])[:64] <= held),
                                "INV: a RELEASE past EXEC frees journals held")
         with m.If(in_("RELEASE_AT")):
@@ -702,7 +709,7 @@ class EngineSpec(Elaboratable):
         # ``small`` (a RELEASE's 16 bytes come through ALIGN, which waits)
         p_at = layouts.ReleaseAt(small[:128]).joptr
         pg_at = p_at[G:G + SG]
-        with m.If((in_("EXEC") & (blen != 0) & (blen <= 16)) | in_("RELEASE_D")):
+        with m.If((in_dec & (blen != 0) & (blen <= 16)) | in_("RELEASE_D")):
             m.d.comb += [
                 Assert(tap("rel_diff") == (pg_at - joptr)[:SG + 1], "INV: P - JOPTR settled"),
                 Assert(tap("rel_p_bad") == ((p_at[:G] != 0) | p_at[G + SG - 1:].any()
@@ -775,9 +782,9 @@ class EngineSpec(Elaboratable):
                 Assert(tap("rel_bad") == ((p[:G] != 0) | p[G + SG - 1:].any() | (pg >= wrap_at)),
                        "INV: RELEASE_D bad"),
             ]
-        with m.If(in_("LOAD_SET") | in_("LOAD_TIME")):
-            # (a LOAD's own frame and answer: before LOAD_SET, EXEC decided
-            # in the same cycle as it staged, so nothing else could be there)
+        with m.If(in_("LOAD_SET") | in_("LOAD_TIME") | (in_("EXEC") & verdict[_V.LOAD])):
+            # (a LOAD's own frame and answer: VERDICT decided in the same
+            # cycle as it staged, so nothing else could be there)
             m.d.comb += Assert((ans_type == FT.ACK) & (ans_from == _AckFrom.LOAD)
                                & (ans_req == FT.LOAD) & (ftype == FT.LOAD), "INV: LOAD staged")
         # a LOAD's checks, registers one cycle behind ``small``, its SIZE word
@@ -788,7 +795,7 @@ class EngineSpec(Elaboratable):
         ld_size = stamp_time
         ld_ring = (ld.flags & LF.RING).any()
         new_size = Mux(ld_ring, ld_size[G:G + SG], size)
-        with m.If((in_("EXEC") & (ftype == FT.LOAD)) | in_("LOAD_SET")):
+        with m.If((in_dec & (ftype == FT.LOAD)) | in_("LOAD_SET")):
             m.d.comb += [
                 Assert(tap("ld_seq0") == (ld.seq == 0), "INV: LOAD SEQ == 0 checked"),
                 Assert(tap("ld_size_bad") == ((ld_size[:G] != 0) | (ld_size < 128)
@@ -800,7 +807,7 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ld_too_big") == (ld_size > 0), "INV: LOAD data ring checked"),
                 Assert(tap("ld_held0") == (held == 0), "INV: HELD == 0 checked"),
             ]
-        with m.If(in_("LOAD_SET")):
+        with m.If(in_("LOAD_SET") | (in_("EXEC") & verdict[_V.LOAD])):
             m.d.comb += [
                 Assert(~(ld.flags & LF.PTR).any() | ~tap("ld_ptr_bad"), "INV: a LOAD's PTR passed"),
                 Assert(~ld_ring | ~tap("ld_size_bad"), "INV: a LOAD's SIZE passed"),
@@ -817,7 +824,7 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ans_nak") == (ans_type == FT.NAK), "INV: a NAK staged as one"),
                 Assert(tap("ans_step") == step_staged, "INV: a journal's step staged"),
             ]
-        with m.If(in_("EXEC") & (ftype == FT.JNLDESC) & length_ok):
+        with m.If(in_dec & (ftype == FT.JNLDESC) & length_ok):
             # the ALLOC result is that of the current state (a body of whole
             # descriptors went through ALLOC; R is only meaningful up to MAX_DATA)
             m.d.comb += [
@@ -833,6 +840,33 @@ class EngineSpec(Elaboratable):
                     Assert(rlen[:G] == 0, "INV: R in granules"),
                     Assert(rewind == ((used == 0) & (w(jiptr) + w(r) > w(size))), "INV: rewind"),
                 ]
+        # VERDICT (hdl/engine.py, ``_V``): set in VERDICT, one bit an
+        # outcome, read by EXEC the cycle after. Restated from the answer
+        # VERDICT staged with it and, for a descriptor, from the allocation
+        # rules and checks above (not from the engine's chain): a bit set on
+        # the wrong outcome moves the pointers of a refused journal, or
+        # leaves those of a taken one.
+        vb = lambda b: verdict[b]
+        m.d.comb += [
+            Assert((verdict & (verdict - 1)) == 0, "INV: VERDICT has at most one bit"),
+            # (without data memory: no JNLWR taken, no JNLRD, no record walk)
+            Assert(~vb(_V.TAKE_WR) & ~vb(_V.READ) & ~vb(_V.WALK),
+                   "INV: VERDICT has no data ring's outcome"),
+        ]
+        with m.If(in_("EXEC")):
+            is_d = ftype == FT.JNLDESC
+            m.d.comb += [
+                Assert(vb(_V.TAKE_DESC) == (is_d & (ans_type == FT.ACK)),
+                       "INV: VERDICT takes the descriptor ACKed"),
+                Assert(vb(_V.FULL) == (is_d & (ans_type == FT.NAK) & (ans_status == ST.FULL)),
+                       "INV: VERDICT FULL is a NAK FULL"),
+                Assert(~vb(_V.RELEASE_D) | (ftype == FT.RELEASE), "INV: VERDICT RELEASE_D"),
+                Assert(~vb(_V.LOAD) | (ftype == FT.LOAD), "INV: VERDICT LOAD"),
+            ]
+            with m.If(is_d & length_ok):
+                m.d.comb += Assert(
+                    vb(_V.TAKE_DESC) == (valid & dlen_ok & r_ok & fits & (seq_eff != SEQ_MAX)),
+                    "INV: VERDICT takes exactly a descriptor that fits")
         with m.If(pending):
             m.d.comb += [
                 Assert(next_seq != SEQ_MAX, "INV: a pending SEQ# is not the last"),
@@ -848,7 +882,7 @@ class EngineSpec(Elaboratable):
         with m.If(hp_eff & sl_eff):
             m.d.comb += Assert(seq_eff == ps_eff + 1, "INV: NEXT_SEQ follows the last taken")
         with m.If((in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("ALLOC_W") | in_("ALLOC")
-                   | in_("EXEC")) & (ftype == FT.JNLDESC) & (bidx == 0)):
+                   | in_dec) & (ftype == FT.JNLDESC) & (bidx == 0)):
             m.d.comb += Assert(Cat(*watched) == Cat(*h_state),
                                "INV: a JNLDESC changes nothing before its first decision")
         # per-frame counts: BIDX descriptors taken, none refused, until the
@@ -864,11 +898,12 @@ class EngineSpec(Elaboratable):
                 m.d.comb += Assert(bidx != 0, "INV: BLOAD loads a descriptor past the first")
             with m.If(in_batch & (bidx != 0)):
                 m.d.comb += Assert((ftype == FT.JNLDESC) & bcrc_ok & length_ok & (bidx < nbat)
-                                   & (ans_type == FT.ACK) & (ans_from == _AckFrom.WRITE),
+                                   & ((ans_type == FT.ACK) | in_("EXEC"))
+                                   & (ans_from == _AckFrom.WRITE),
                                    "INV: a batch past its first descriptor")
             with m.If((in_("BLOAD") | in_("ALLOC_W") | in_("ALLOC")) & (bidx != 0)):
                 m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (BLOAD, ALLOC)")
-            with m.If(in_("EXEC") & (bidx != 0) & ~will_take):
+            with m.If(in_dec & (bidx != 0) & ~will_take):
                 m.d.comb += Assert(place == pj_eff, "INV: JOFS of the last taken (EXEC)")
         acknak = (ans_type == FT.ACK) | (ans_type == FT.NAK)
         with m.If(in_("ANSWER") & acknak & ((ans_req == FT.JNLDESC) | (ans_from == _AckFrom.WRITE))):
