@@ -479,7 +479,7 @@ class EngineSpec(Elaboratable):
             with m.Elif(arrives):
                 m.d.sync += [sent.eq(eng.rx.payload), sent_ok.eq(1)]
             watched_now = sent_ok & (bidx == w_desc) & (bidx != 0)
-            with m.If(watched_now & (in_("ALLOC_W") | in_("ALLOC") | in_("EXEC"))):
+            with m.If(watched_now & (in_("ALLOC_W") | in_("ALLOC") | in_("VERDICT") | in_("EXEC"))):
                 m.d.comb += Assert(small.word_select(w_word, self.data_width) == sent,
                                    "BATCH: a descriptor is read back as it was sent")
             # (invariants that carry it through the induction)
