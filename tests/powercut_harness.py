@@ -447,23 +447,20 @@ class GroupCommitRun(StoreRun):
                 except StoreFull:
                     if s.durable_seq >= s.tail_seq:
                         self._release(s, rng, upto=s.durable_seq)
-                        # A turn of the loop: this path touches no disk (a lazy
-                        # release), so without it a writer could spin here and
-                        # never reach a cut, nor the cancellation that ends the
-                        # life once another writer met one (a suite run hung).
-                        await asyncio.sleep(0)
                     else:
                         # Wait for the held journals' fsync, as the relay does:
                         # a sleep alone could wait forever if no writer asks for
                         # one (the mutant that returns before its fsync ends).
                         await gc.wait_durable(s.next_seq - 1)
-                        # Then a turn of the loop: the wait returns without
-                        # one when every journal is durable already (or syncs
-                        # in line), and the ring may be full of space a lazy
-                        # release freed but only the persister may reuse, so
-                        # this writer would spin and the persister never run
-                        # (a suite run hung here, 7 December).
-                        await asyncio.sleep(0)
+                    # Then a turn of the loop, either way: a lazy release
+                    # touches no disk, and the wait returns without one when
+                    # every journal is durable already (or syncs in line),
+                    # while a ring full of lazily released space is freed
+                    # only by the persister. Without it a writer could spin
+                    # here, never reaching a cut, the persister, nor the
+                    # cancellation that ends the life once another writer met
+                    # a cut (suite runs hung in both branches, 6 and 7 December).
+                    await asyncio.sleep(0)
                     continue
                 for i, at in enumerate(jofs):
                     self.expected[seq + i] = at
