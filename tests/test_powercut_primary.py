@@ -262,9 +262,10 @@ class PrimaryRun(Run):
             # starts a resync: MARKs and base journals) join the history too.
             real_append = g._log_append
 
-            def logged(ctl, data):
-                self.journals[ctl.tag] = ctl.pack() + data
-                return real_append(ctl, data)
+            def logged(records):
+                for ctl, data in records:
+                    self.journals[ctl.tag] = ctl.pack() + data
+                return real_append(records)
             g._log_append = logged
             link = None
             # What the cut and the redo left is what a FLUSH now makes durable.
@@ -339,22 +340,33 @@ class PrimaryRun(Run):
             task.result()        # PowerLost from a release, or a bug: raised here
 
     async def _write(self, g: MasterGroup, rng: random.Random) -> None:
+        # One write, or a batch of them (the NBD path's ``journal_many``):
+        # one write-log append for all, then the PVOL applies in order.
         idx = rng.randrange(2)
-        n = rng.randint(1, 2)
-        address = rng.randrange(PVOL_SIZE // BLOCK - n + 1) * BLOCK
-        data = rng.randbytes(n * BLOCK)
-        tag = next_pseq(g.last_pseq)
-        ctl = p.Control(address=address, length=len(data), data_len=len(data),
-                        data_crc=p.crc32c(data), epoch=g.cfg.epoch, idx=idx,
-                        kind=p.Kind.UPDATE, group=g.cfg.grnum, tag=tag).with_ccrc()
-        # Known before the call: a cut inside it may find the record, or the data.
-        self.journals[tag] = ctl.pack() + data
-        for k, s in enumerate(sectors_of(idx, address, len(data))):
-            self.hist[s].append(data[k * SECTOR:(k + 1) * SECTOR])
-        g._enqueue(p.Kind.UPDATE, idx, address, len(data), data, False)
-        for s in sectors_of(idx, address, len(data)):
-            self.cur[s] = len(self.hist[s]) - 1
-        assert g.pending[tag][0].pack() + data == self.journals[tag]
+        items, tag = [], next_pseq(g.last_pseq)
+        for _ in range(1 if rng.random() < 0.5 else rng.randint(2, 4)):
+            n = rng.randint(1, 2)
+            address = rng.randrange(PVOL_SIZE // BLOCK - n + 1) * BLOCK
+            data = rng.randbytes(n * BLOCK)
+            ctl = p.Control(address=address, length=len(data), data_len=len(data),
+                            data_crc=p.crc32c(data), epoch=g.cfg.epoch, idx=idx,
+                            kind=p.Kind.UPDATE, group=g.cfg.grnum, tag=tag).with_ccrc()
+            # Known before the call: a cut inside it may find the record, or the data.
+            self.journals[tag] = ctl.pack() + data
+            for k, s in enumerate(sectors_of(idx, address, len(data))):
+                self.hist[s].append(data[k * SECTOR:(k + 1) * SECTOR])
+            items.append((address, len(data), data, False))
+            tag = next_pseq(tag)
+        futures = g._enqueue_many(p.Kind.UPDATE, idx, items)
+        for fut in futures:
+            if isinstance(fut, BaseException):
+                raise fut       # as ``_enqueue`` raises it (a cut, a refusal)
+        for address, length, data, _ in items:
+            for s in sectors_of(idx, address, length):
+                self.cur[s] = len(self.hist[s]) - 1
+        for (address, length, data, _), fut in zip(items, futures):
+            tag = next(t for t, (c, d, f) in g.pending.items() if f is fut)
+            assert g.pending[tag][0].pack() + data == self.journals[tag]
 
 
 @pytest.fixture

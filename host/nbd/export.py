@@ -71,6 +71,15 @@ class Export(abc.ABC):
     multi_conn: bool = False
     #: Largest READ/WRITE payload accepted (the NBD maximum block size).
     max_payload: int = MAX_PAYLOAD
+    #: WRITEs of at most this many bytes that arrive together may be handed
+    #: over as one batch (:meth:`write_many`); 0: each on its own.
+    batch_max: int = 0
+
+    async def write_many(self, writes: list) -> list:
+        """The WRITEs ``(offset, data, fua)`` one read of a connection brought,
+        in order (only with ``batch_max`` set, none larger than it); returns
+        per write None or the exception it failed with."""
+        raise NotImplementedError(f"{type(self).__name__} does not batch writes")
 
     @abc.abstractmethod
     async def read(self, offset: int, length: int) -> bytes:

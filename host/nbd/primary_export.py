@@ -34,7 +34,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..config import NbdConfig, VolumeConfig
-from ..wire.protocol import Kind
+from ..wire.protocol import MAX_DATA, Kind
 from ..disk.volume import Volume, VolumeError
 from .export import Export, ExportError
 from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM
@@ -63,6 +63,7 @@ class PrimaryExport(Export):
     """One PVOL (volume ``idx`` of a MASTER group) as a read-write NBD export."""
 
     multi_conn = True
+    batch_max = MAX_DATA       # one journal each: larger writes are split (``journal``)
 
     def __init__(self, group: "MasterGroup", idx: int):
         self.group = group
@@ -94,26 +95,45 @@ class PrimaryExport(Export):
             raise ExportError(NBD_EIO, f"flush of group {self.group.cfg.grname} failed: "
                                        f"{exc.strerror}") from None
 
+    async def write_many(self, writes: list) -> list:
+        """Writes ``(offset, data, fua)`` of one NBD read, journaled as one batch
+        (``MasterGroup.journal_many``); per write None or its error."""
+        results = await self.group.journal_many(self.idx, writes)
+        errors = [None if exc is None else self._refusal(exc) for exc in results]
+        if any(fua for _, _, fua in writes):
+            try:
+                await asyncio.to_thread(self.volume.flush)
+            except OSError as exc:
+                errors = [err if err is not None or not fua else exc
+                          for (_, _, fua), err in zip(writes, errors)]
+        return errors
+
     async def _journal(self, kind: Kind, offset: int, length: int, data: bytes,
                        fua: bool) -> None:
-        from ..primary.site import GroupFenced, GroupSuspended   # avoid a cycle at import
         try:
             await self.group.journal(kind, self.idx, offset, length, data, fua=fua)
-        except GroupFenced as exc:
+        except Exception as exc:
+            raise self._refusal(exc) from None
+        if fua:
+            await asyncio.to_thread(self.volume.flush)
+
+    def _refusal(self, exc: Exception) -> Exception:
+        """What the NBD client is told for a write the group refused with ``exc``."""
+        from ..primary.site import GroupFenced, GroupSuspended   # avoid a cycle at import
+        if isinstance(exc, GroupFenced):
             # Another site is the primary now: a write here would fork the data.
             if not self._fenced_logged:
                 log.error("NBD write to %s refused: %s", self.description, exc)
                 self._fenced_logged = True
-            raise ExportError(NBD_EPERM, str(exc)) from None
-        except GroupSuspended as exc:
+            return ExportError(NBD_EPERM, str(exc))
+        if isinstance(exc, GroupSuspended):
             # A journal that was FULL for too long is "out of space" to the host;
             # any other refusal (relay unreachable, wrong epoch...) is an I/O error.
             errno = NBD_ENOSPC if self.group.blocked else NBD_EIO
-            raise ExportError(errno, str(exc)) from None
-        except VolumeError as exc:       # the NBD core checks ranges first; defensive
-            raise ExportError(NBD_EINVAL, str(exc)) from None
-        if fua:
-            await asyncio.to_thread(self.volume.flush)
+            return ExportError(errno, str(exc))
+        if isinstance(exc, VolumeError):     # the NBD core checks ranges first; defensive
+            return ExportError(NBD_EINVAL, str(exc))
+        return exc
 
 
 def _tls_context(cfg: NbdConfig) -> ssl.SSLContext | None:

@@ -3,8 +3,9 @@
 One :class:`NbdServer` listens on TCP and runs one session per connection.
 A session feeds received bytes to :class:`~.protocol.ServerConnection`, starts
 one task per validated request (so a slow request does not hold back the next;
-NBD replies carry the request's handle, so their order does not matter), and
-writes whatever the core queues.  A failing session closes only its own socket.
+NBD replies carry the request's handle, so their order does not matter), or
+one task for the WRITEs of one read when the export takes batches
+(``Export.batch_max``), and writes whatever the core queues.  A failing session closes only its own socket.
 """
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ class _Session:
         self.conn = ServerConnection(server.exports, tls=server.tls_context is not None)
         self.export: Export | None = None
         self.tasks: set[asyncio.Task] = set()
+        self.inflight = 0            # requests admitted and not answered yet
         self.inflight_bytes = 0
+        self._writes: list[Request] = []     # WRITEs of this read, not started yet
         self._flush_pending = False
         self.peer = writer.get_extra_info("peername")
 
@@ -155,9 +158,11 @@ class _Session:
                     break
                 for event in self.conn.receive_data(data):
                     close = await self._on_event(event) or close
+                self._start_writes()
                 self._flush()
                 await self.writer.drain()
         finally:
+            self._start_writes()
             if close is not None and close.graceful and self.tasks:
                 # DISC: the spec wants in-flight requests finished and answered.
                 await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -170,11 +175,16 @@ class _Session:
 
     async def _on_event(self, event) -> Close | None:
         if isinstance(event, Request):
-            PERF["nbd.in_flight"].add(len(self.tasks))     # requests already being served
-            await self._admit(event)
-            task = asyncio.create_task(self._serve(event))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            PERF["nbd.in_flight"].add(self.inflight)     # requests already being served
+            size = event.length if event.cmd in (Cmd.READ, Cmd.WRITE) else 0
+            await self._admit(size)
+            self.inflight += 1
+            self.inflight_bytes += size
+            if event.cmd is Cmd.WRITE and event.length <= self.export.batch_max:
+                # The WRITEs one read brought go as one batch (``_start_writes``).
+                self._writes.append(event)
+            else:
+                self._start(self._serve(event))
         elif isinstance(event, Ready):
             self.export = event.export
             log.info("nbd %s: export %r", self.peer, event.name)
@@ -192,18 +202,30 @@ class _Session:
             return event
         return None
 
-    async def _admit(self, request: Request) -> None:
-        """Wait until this request fits the connection's in-flight bounds."""
-        size = request.length if request.cmd in (Cmd.READ, Cmd.WRITE) else 0
-        while self.tasks and (len(self.tasks) >= MAX_INFLIGHT
-                              or self.inflight_bytes + size > MAX_INFLIGHT_BYTES):
+    def _start(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _start_writes(self) -> None:
+        if self._writes:
+            writes, self._writes = self._writes, []
+            self._start(self._serve_writes(writes))
+
+    async def _admit(self, size: int) -> None:
+        """Wait until one more request of ``size`` bytes fits the connection's bounds."""
+        while self.inflight and (self.inflight >= MAX_INFLIGHT
+                                 or self.inflight_bytes + size > MAX_INFLIGHT_BYTES):
+            self._start_writes()     # the batch so far must run for room to come
             self._flush()
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
 
+    def _done(self, request: Request) -> None:
+        self.inflight -= 1
+        self.inflight_bytes -= request.length if request.cmd in (Cmd.READ, Cmd.WRITE) else 0
+
     async def _serve(self, request: Request) -> None:
         export = self.export
-        size = request.length if request.cmd in (Cmd.READ, Cmd.WRITE) else 0
-        self.inflight_bytes += size
         try:
             data = b""
             if request.cmd is Cmd.READ:
@@ -227,17 +249,43 @@ class _Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Expected backend errors explain themselves to the client (in a
-            # structured READ error); anything else is logged here, not leaked.
-            if isinstance(exc, (ExportError, OSError)):
-                message = str(exc)[:200]
-            else:
-                log.exception("nbd %s: %s failed", self.peer, request.cmd.name)
-                message = "internal server error"
-            self.conn.reply(request, error=nbd_error(exc), message=message)
+            self._reply_error(request, exc)
         finally:
-            self.inflight_bytes -= size
+            self._done(request)
         self._flush_soon()
+
+    async def _serve_writes(self, requests: list[Request]) -> None:
+        """WRITEs that arrived together, as one batch (``Export.write_many``)."""
+        t0 = now()
+        try:
+            try:
+                errors = await self.export.write_many(
+                    [(r.offset, r.data, r.fua) for r in requests])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                errors = [exc] * len(requests)
+            took = now() - t0
+            for request, exc in zip(requests, errors):
+                if exc is None:
+                    self.conn.reply(request)
+                    PERF["nbd.write"].add(took)        # request parsed -> reply queued
+                else:
+                    self._reply_error(request, exc)
+        finally:
+            for request in requests:
+                self._done(request)
+        self._flush_soon()
+
+    def _reply_error(self, request: Request, exc: Exception) -> None:
+        # Expected backend errors explain themselves to the client (in a
+        # structured READ error); anything else is logged here, not leaked.
+        if isinstance(exc, (ExportError, OSError)):
+            message = str(exc)[:200]
+        else:
+            log.error("nbd %s: %s failed", self.peer, request.cmd.name, exc_info=exc)
+            message = "internal server error"
+        self.conn.reply(request, error=nbd_error(exc), message=message)
 
     def _flush_soon(self) -> None:
         # Replies completed in the same event-loop turn (a relay ACK completes

@@ -42,7 +42,7 @@ from ..wire import tls
 from ..rcm.jnlg import COPY_CHUNK, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
-from ..wire.pseq import TAG_MOD, tag_after
+from ..wire.pseq import TAG_MOD, next_pseq, tag_after
 from ..disk.volume import Volume, VolumeError
 from ..perf import PERF, now
 from .activity import ActivityLog
@@ -250,30 +250,9 @@ class MasterGroup:
                       data: bytes = b"", fua: bool = False) -> int:
         """Apply one host request and journal it; returns once the relay ACKed all of it."""
         t0 = time.perf_counter()
-        if not self._ready.is_set():
-            await self._ready.wait()      # after an unclean stop: until the relay's HELLO
-        if self.fenced:     # whatever the pair state: another site is the primary now
-            raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
-        if self.swapping:
-            raise GroupFenced(f"group {self.cfg.grname} is being swapped: the secondary site "
-                              f"becomes its primary (epoch {self.swapping}); write there once "
-                              f"`tricopy takeover` ends")
-        self.volume(idx).check(offset, length)
-        if self._apply_only(kind, idx, offset, length, data):
+        if await self._local_only(kind, idx, offset, length, data):
             self.volume_bytes[idx] += length
             return 0
-        if self.grsts != "SUSP":
-            keys = self.al.extents(idx, offset, length)
-            ahead = self.al.ahead(idx, offset, length, self.volume(idx).size)
-            self.al.list_ahead(ahead)
-            # (``list_ahead``: every save from now on lists them, this one too)
-            if not self.al.covers(keys):
-                await self._al_warm(keys)
-            elif ahead:            # a stream's next extents, listed before it gets there
-                # Nobody waits for it: a failure shows when a write needs
-                # the extent (``_al_before`` saves in line and reports it).
-                self._al_save_soon().add_done_callback(
-                    lambda t: t.cancelled() or t.exception())
         futures = []
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
@@ -290,11 +269,7 @@ class MasterGroup:
             for fut in futures:   # the pieces already journaled go on; nobody awaits them
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
-        if self.link is not None:
-            try:
-                await self.link.drain()
-            except LinkError:
-                pass          # the link task reconnects and resends
+        await self._drain()
         if len(futures) == 1:     # the usual case: no gather future per host write
             seq = (await futures[0]).seq
         else:
@@ -303,49 +278,163 @@ class MasterGroup:
         self.volume_bytes[idx] += length
         return seq
 
+    async def journal_many(self, idx: int, writes: list) -> list:
+        """Apply and journal host writes ``(offset, data, fua)`` of volume ``idx``,
+        each of at most MAX_DATA bytes, in order; returns once the relay ACKed
+        them, per write None or the exception it failed with.
+
+        The same as ``journal`` for each in turn, but the batch (the writes
+        one NBD read brought) shares one write-log ``writev``, one drain and
+        one pass through the event loop: per-journal Python is what a write
+        costs here (docs/benchmarks.md).  A failure fails that write and the
+        ones journaled after it in the same step, never an earlier one.
+        """
+        t0 = time.perf_counter()
+        results: list = [None] * len(writes)
+        todo = []         # (position in writes, offset, length, data, fua) to journal
+        for i, (offset, data, fua) in enumerate(writes):
+            if len(data) > protocol.MAX_DATA:
+                raise ValueError(f"journal_many takes writes of at most {protocol.MAX_DATA} "
+                                 f"bytes, not {len(data)}")
+            try:
+                if not await self._local_only(Kind.UPDATE, idx, offset, len(data), data):
+                    todo.append((i, offset, len(data), data, fua))
+            except Exception as exc:
+                results[i] = exc
+        if todo:
+            try:
+                futures = self._enqueue_many(Kind.UPDATE, idx, [w[1:] for w in todo])
+            except Exception as exc:
+                futures = [exc] * len(todo)
+            await self._drain()
+            for (i, *_), fut in zip(todo, futures):
+                if isinstance(fut, BaseException):
+                    results[i] = fut
+                    continue
+                try:
+                    await fut
+                except Exception as exc:
+                    results[i] = exc
+        seconds = time.perf_counter() - t0
+        for (offset, data, _), exc in zip(writes, results):
+            if exc is None:
+                self._write_seconds.observe(seconds)
+                self.volume_bytes[idx] += len(data)
+        return results
+
+    async def _local_only(self, kind: Kind, idx: int, offset: int, length: int,
+                          data: bytes) -> bool:
+        """A host request's checks before it is journaled: raises if it must
+        be refused; True if it was applied without a journal (a split pair)."""
+        if not self._ready.is_set():
+            await self._ready.wait()      # after an unclean stop: until the relay's HELLO
+        if self.fenced:     # whatever the pair state: another site is the primary now
+            raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
+        if self.swapping:
+            raise GroupFenced(f"group {self.cfg.grname} is being swapped: the secondary site "
+                              f"becomes its primary (epoch {self.swapping}); write there once "
+                              f"`tricopy takeover` ends")
+        self.volume(idx).check(offset, length)
+        if self._apply_only(kind, idx, offset, length, data):
+            return True
+        if self.grsts != "SUSP":
+            keys = self.al.extents(idx, offset, length)
+            ahead = self.al.ahead(idx, offset, length, self.volume(idx).size)
+            self.al.list_ahead(ahead)
+            # (``list_ahead``: every save from now on lists them, this one too)
+            if not self.al.covers(keys):
+                await self._al_warm(keys)
+            elif ahead:            # a stream's next extents, listed before it gets there
+                # Nobody waits for it: a failure shows when a write needs
+                # the extent (``_al_before`` saves in line and reports it).
+                self._al_save_soon().add_done_callback(
+                    lambda t: t.cancelled() or t.exception())
+        return False
+
+    async def _drain(self) -> None:
+        if self.link is not None:
+            try:
+                await self.link.drain()
+            except LinkError:
+                pass          # the link task reconnects and resends
+
     def _enqueue(self, kind: Kind, idx: int, offset: int, length: int, data: bytes,
                  fua: bool, apply: bool = True) -> asyncio.Future:
+        """Journal one request (``_enqueue_many`` of one); raises what refused it."""
+        (fut,) = self._enqueue_many(kind, idx, [(offset, length, data, fua)], apply)
+        if isinstance(fut, BaseException):
+            raise fut
+        return fut
+
+    def _enqueue_many(self, kind: Kind, idx: int, items: list,
+                      apply: bool = True) -> list:
+        """Journal requests ``(offset, length, data, fua)`` in order: CRC, activity
+        log, one write-log append, PVOL, frame.  Returns per request the future
+        of its ACK, or the exception that refused it (nothing of it applied,
+        no PSEQ burned); a refusal also refuses every request after it."""
         # No await in here: PSEQ order == log order == PVOL apply order == send order.
         t0 = now()
         if self.grsts == "SUSP":
             if self.fenced:
                 raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
+        out: list = []
+        refusal: Exception | None = None
+        records = []
         tag = self.stream.next_tag()
-        ctl = Control(address=offset, length=length, data_len=len(data),
-                      data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
-                      idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
-                      tag=tag).with_ccrc()
-        if apply:
-            saves = self.al.saves
-            self._al_before(ctl)
-            if self.al.saves != saves:
-                PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
+        for offset, length, data, fua in items:
+            ctl = Control(address=offset, length=length, data_len=len(data),
+                          data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
+                          idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
+                          tag=tag).with_ccrc()
+            if apply:
+                saves = self.al.saves
+                try:
+                    self._al_before(ctl)
+                except LocalIOError as exc:
+                    refusal = exc
+                    break
+                if self.al.saves != saves:
+                    PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
+            records.append((ctl, data))
+            tag = next_pseq(tag)
         segments = len(self.log.segments)
-        token = self._log_append(ctl, data)
-        self.regions.note(idx, offset, length, tag)
+        try:
+            tokens = self._log_append(records) if records else []
+        except LocalIOError as exc:
+            return [exc] * len(items)
+        for ctl, _ in records:
+            self.regions.note(idx, ctl.address, ctl.length, ctl.tag)
         if len(self.log.segments) != segments:
             # A segment was closed: save the region table now, so that it
             # covers the closed segment by the time the relay ACKs it (the
             # log may release only what the saved table covers).
             self._save_regions()
-        if apply:     # a base journal's data was just read from the PVOL: nothing to apply
-            try:
-                self._apply(ctl, data)
-            except OSError as exc:
-                self._pvol_failed(ctl, token, exc)
-        fut = asyncio.get_running_loop().create_future()
-        # Only now is the PSEQ used: a journal that failed locally burns none.
-        # While the relay answers FULL only the probe goes out (_probe); the
-        # rest follow in order once the probe is ACKed.
+        loop = asyncio.get_running_loop()
         link = self.link
-        if self.stream.add(tag, (ctl, data, fut)) and link is not None and not link.closed:
-            link.send_journal(ctl.pack(), data)     # the turn's journals go as one JNLWR
+        for (ctl, data), token in zip(records, tokens):
+            if apply:     # a base journal's data was just read from the PVOL: nothing to apply
+                try:
+                    self._apply(ctl, data)
+                except OSError as exc:
+                    try:
+                        self._pvol_failed(ctl, token, exc)   # un-logs it and those after it
+                    except LocalIOError as failed:
+                        refusal = failed
+                    break
+            fut = loop.create_future()
+            # Only now is the PSEQ used: a journal that failed locally burns none.
+            # While the relay answers FULL only the probe goes out (_probe); the
+            # rest follow in order once the probe is ACKed.
+            if self.stream.add(ctl.tag, (ctl, data, fut)) and link is not None \
+                    and not link.closed:
+                link.send_journal(ctl.pack(), data)     # the turn's journals go as one JNLWR
+            out.append(fut)
+            self._sent_at.append((ctl.tag, now()))
         t1 = now()
-        PERF["primary.enqueue"].add(t1 - t0)       # CRC, AL, write log, PVOL, frame
+        PERF["primary.enqueue"].add((t1 - t0) / max(1, len(out)))   # CRC, AL, log, PVOL, frame
         PERF["primary.in_flight"].add(len(self.stream.pending))
-        self._sent_at.append((tag, t1))
-        return fut
+        return out + [refusal] * (len(items) - len(out))     # the refused and those after it
 
     async def _al_warm(self, keys: list) -> None:
         """Get a write's cold extents listed in the activity log before it is
@@ -460,10 +549,11 @@ class MasterGroup:
         except OSError as exc:
             log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
-    def _log_append(self, ctl: Control, data: bytes) -> tuple:
-        """Append to the write log; a failure is the primary's own, reported as such."""
+    def _log_append(self, records: list) -> list:
+        """Append ``(ctl, data)`` records to the write log; returns their undo
+        tokens.  A failure is the primary's own, reported as such."""
         try:
-            return self.log.append(ctl, data)
+            return self.log.append_many(records)
         except WriteLogBroken as exc:
             # The record may sit half-written in the log: no more appends, and
             # the journals in flight can no longer be redone from it.
@@ -976,7 +1066,7 @@ class MasterGroup:
         # journals still in flight the write goes in as a local record (TAG 0).
         if not self.log.empty:
             if self.pending:
-                self._log_append(ctl, data)
+                self._log_append([(ctl, data)])
             else:
                 try:
                     self._log_reset()

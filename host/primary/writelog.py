@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
 _DIGITS = 12                # segment number width in the file name
 _READ_BUFFER = 1 << 20
+# Buffers per writev: well under IOV_MAX (1024 on Linux), two per record.
+_IOV_BATCH = 512
 _RELEASED_HELD = 2          # released, unsynced segments kept open for the next flush
 
 
@@ -264,12 +266,20 @@ class WriteLog:
     # -- appends ---------------------------------------------------------------------
 
     def append(self, ctl: Control, data: bytes) -> tuple:
-        """Append one record (one ``writev``, completed if short); returns an undo token.
+        """Append one record; returns an undo token (see :meth:`append_many`)."""
+        return self.append_many([(ctl, data)])[0]
 
-        It reaches the page cache before the PVOL apply, so a killed process
-        never has applied-but-unlogged writes.  On an error the record is cut
-        off again and :class:`WriteLogError` raised; if even that fails the log
-        is *broken* (:class:`WriteLogBroken`) until :meth:`reset`.
+    def append_many(self, records: list) -> list[tuple]:
+        """Append ``(ctl, data)`` records in order with one ``writev`` (completed
+        if short); returns an undo token per record.
+
+        They reach the page cache before the PVOL apply, so a killed process
+        never has applied-but-unlogged writes.  A batch goes whole into the
+        active segment (a segment may pass ``segment_size`` by one batch), so
+        every token can cut off its record and those after it.  On an error
+        the batch is cut off again and :class:`WriteLogError` raised; if even
+        that fails the log is *broken* (:class:`WriteLogBroken`) until
+        :meth:`reset`.
         """
         if not self._recovered:
             raise RuntimeError("WriteLog.recover() must run before the first append")
@@ -283,22 +293,31 @@ class WriteLog:
                 raise WriteLogError(exc.errno, f"write log {self._path(seg.number + 1)}: "
                                                f"cannot start a segment: {exc.strerror}") from None
             seg = self.segments[-1]
-        token = (seg, seg.size, seg.first_tag, seg.last_tag, self.last_tag)
+        first = (seg, seg.size, seg.first_tag, seg.last_tag, self.last_tag)
+        bufs = []
+        for ctl, data in records:
+            bufs.append(ctl.pack())
+            bufs.append(data)
         try:
-            _write_all(self._fd, [ctl.pack(), data])
+            for at in range(0, len(bufs), _IOV_BATCH):
+                _write_all(self._fd, bufs[at:at + _IOV_BATCH])
         except OSError as exc:
-            self._cut(token, exc)
+            self._cut(first, exc)
             raise WriteLogError(exc.errno, f"write log {seg.path}: append failed "
                                            f"({exc.strerror}); the record was cut off") from None
-        seg.size += protocol.CONTROL_SIZE + len(data)
-        if ctl.tag:
-            self.last_tag = ctl.tag
-            seg.first_tag = seg.first_tag or ctl.tag
-        seg.last_tag = self.last_tag
-        return token
+        tokens = []
+        for ctl, data in records:
+            tokens.append((seg, seg.size, seg.first_tag, seg.last_tag, self.last_tag))
+            seg.size += protocol.CONTROL_SIZE + len(data)
+            if ctl.tag:
+                self.last_tag = ctl.tag
+                seg.first_tag = seg.first_tag or ctl.tag
+            seg.last_tag = self.last_tag
+        return tokens
 
     def undo(self, token: tuple) -> None:
-        """Cut off the record :meth:`append` returned ``token`` for (it must be the last)."""
+        """Cut off the record :meth:`append` returned ``token`` for, and every
+        record appended after it (they must all be in the active segment)."""
         self._cut(token, None)
 
     def _cut(self, token: tuple, cause: OSError | None) -> None:
