@@ -286,8 +286,10 @@ class MasterGroup:
         The same as ``journal`` for each in turn, but the batch (the writes
         one NBD read brought) shares one write-log ``writev``, one drain and
         one pass through the event loop: per-journal Python is what a write
-        costs here (docs/benchmarks.md).  A failure fails that write and the
-        ones journaled after it in the same step, never an earlier one.
+        costs here (docs/benchmarks.md).  A local failure (activity log, write
+        log, PVOL) refuses that write and the ones after it in the batch,
+        nothing of them applied; the earlier ones fare as any write in flight
+        (a PVOL error suspends the group, which fails them).
         """
         t0 = time.perf_counter()
         results: list = [None] * len(writes)

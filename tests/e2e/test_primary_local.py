@@ -164,3 +164,45 @@ def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
         assert cluster.status("relay")["last_tag"] == now
     finally:
         cluster.stop_all()
+
+
+def test_a_pvol_error_inside_a_batch_fails_it_and_the_rest_only(tmp_path, monkeypatch):
+    """``journal_many`` (the WRITEs of one NBD read): the PVOL refuses the
+    second of three writes.  It and the third fail with the PVOL's error,
+    the third is never applied, neither burns a PSEQ; the first, in flight
+    when the group suspends, fails as every in-flight write does then, its
+    extent in the copy bitmap with the refused one's."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start("relay")
+
+        async def run():
+            async with master_group(cluster) as g:
+                await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
+                last, vol = g.last_pseq, g.volumes[0]
+                real = fileio.pwrite
+
+                def eio(fd, data, offset):
+                    if fd == vol._fd and offset == 3 * BLOCK:
+                        raise OSError(errno.EIO, "Input/output error")
+                    return real(fd, data, offset)
+
+                monkeypatch.setattr(fileio, "pwrite", eio)
+                results = await g.journal_many(0, [(2 * BLOCK, b"\x02" * BLOCK, False),
+                                                   (3 * BLOCK, b"\x03" * BLOCK, False),
+                                                   (4 * BLOCK, b"\x04" * BLOCK, False)])
+                monkeypatch.setattr(fileio, "pwrite", real)
+                assert [type(r) for r in results] == [GroupSuspended, LocalIOError, LocalIOError]
+                assert results[1].errno == errno.EIO and str(vol.path) in str(results[1])
+                assert results[2] is results[1]
+                assert g.last_pseq == last + 1, "the refused writes burnt PSEQs"
+                assert g.grsts == "SUSP" and g.reason.startswith(
+                    f"PVOL idx 0 ({vol.path}) write at offset {3 * BLOCK}")
+                assert vol.read(2 * BLOCK, BLOCK) == b"\x02" * BLOCK
+                assert vol.read(4 * BLOCK, BLOCK) == bytes(BLOCK), "a write after it applied"
+                chunk = g.bitmap.chunk
+                assert g.bitmap.test(0, 2 * BLOCK // chunk) and g.bitmap.test(0, 3 * BLOCK // chunk)
+
+        asyncio.run(run())
+    finally:
+        cluster.stop_all()

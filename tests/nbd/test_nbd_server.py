@@ -124,6 +124,70 @@ def test_disc_finishes_in_flight_requests(served):
     assert served.disk.read_bytes()[8192:12288] == b"d" * 4096
 
 
+class BatchingExport(FileExport):
+    """A FileExport that takes WRITEs in batches and records each batch; a
+    write to offset ``bad`` fails alone."""
+
+    batch_max = 65536
+
+    def __init__(self, *args, bad: int, **kw):
+        super().__init__(*args, **kw)
+        self.bad = bad
+        self.batches: list[list[int]] = []
+
+    async def write_many(self, writes):
+        self.batches.append([offset for offset, _, _ in writes])
+        errors = []
+        for offset, data, fua in writes:
+            try:
+                if offset == self.bad:
+                    raise ExportError(p.NBD_ENOSPC, "this one is full")
+                await self.write(offset, data, fua)
+                errors.append(None)
+            except ExportError as exc:
+                errors.append(exc)
+        return errors
+
+
+def test_writes_of_one_read_go_as_one_batch(tmp_path):
+    """WRITEs that arrive in one segment reach ``write_many`` together, at
+    most MAX_INFLIGHT at a time; each gets its own reply, a failed one its
+    own error only; a write above ``batch_max`` and a READ go on their own."""
+    from tricopy.host.nbd.server import MAX_INFLIGHT
+    disk = tmp_path / "b.img"
+    disk.write_bytes(bytes(4 << 20))
+    export = BatchingExport(disk, 512, bad=5 * 512)
+    thread = ServerThread({"b": export})
+    port = thread.start()
+    try:
+        with RawClient(port) as c:
+            c.connect("b")
+            # 512-byte writes: all of them fit in one read of the server
+            n = MAX_INFLIGHT + 8
+            c.sock.sendall(b"".join(
+                struct.pack(">IHHQQI", p.NBD_REQUEST_MAGIC, 0, Cmd.WRITE, 100 + i, i * 512,
+                            512) + bytes([i]) * 512 for i in range(n))
+                + struct.pack(">IHHQQI", p.NBD_REQUEST_MAGIC, 0, Cmd.WRITE, 99, 1 << 20,
+                              131072) + b"L" * 131072)
+            replies = {}
+            for _ in range(n + 1):
+                error, handle, _ = c.simple_reply()
+                replies[handle] = error
+            assert replies == {**{100 + i: 0 for i in range(n) if i != 5},
+                               105: p.NBD_ENOSPC, 99: 0}
+            assert c.request(Cmd.READ, 0, 1024, handle=7) == (0, bytes(512) + b"\x01" * 512)
+        written = [o for batch in export.batches for o in batch]
+        assert sorted(written) == [i * 512 for i in range(n)], "each write exactly once"
+        assert max(len(b) for b in export.batches) > 1, "no write went in a batch"
+        assert max(len(b) for b in export.batches) <= MAX_INFLIGHT
+        assert disk.read_bytes()[1 << 20:(1 << 20) + 131072] == b"L" * 131072
+        data = disk.read_bytes()
+        assert data[5 * 512:6 * 512] == bytes(512), "the failed write was applied"
+        assert data[6 * 512:7 * 512] == b"\x06" * 512
+    finally:
+        thread.stop()
+
+
 class FailingExport(Export):
     """A backend whose every write fails with a chosen exception."""
 
