@@ -262,10 +262,10 @@ class PrimaryRun(Run):
             # starts a resync: MARKs and base journals) join the history too.
             real_append = g._log_append
 
-            def logged(records):
+            def logged(records, heads=None):
                 for ctl, data in records:
                     self.journals[ctl.tag] = ctl.pack() + data
-                return real_append(records)
+                return real_append(records, heads)
             g._log_append = logged
             link = None
             # What the cut and the redo left is what a FLUSH now makes durable.

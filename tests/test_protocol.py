@@ -103,6 +103,14 @@ def test_ccrc_covers_bytes_0_to_59():
     assert not p.Control(**{**ctl.__dict__, "seq": 43}).ccrc_ok()
 
 
+def test_sealed_control_is_with_ccrc_and_its_pack():
+    fields = dict(address=4096 * 7, length=8192, data_len=8192, data_crc=0xDEADBEEF, epoch=3,
+                  idx=2, kind=p.Kind.UPDATE, flags=1, group=5, tag=0xFFFF_FFFE)
+    ctl, packed = p.Control.sealed(**fields)
+    assert ctl == p.Control(**fields).with_ccrc()
+    assert packed == ctl.pack() and ctl.ccrc_ok() and ctl.ccrc != 0
+
+
 def test_short_control_is_bad_length():
     with pytest.raises(p.BadBody) as exc:
         p.Control.unpack(b"\0" * 63)

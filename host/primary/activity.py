@@ -88,10 +88,12 @@ class ActivityLog:
 
     def covers(self, keys) -> bool:
         """Are all these extents in the file (and in every save under way)?"""
-        return all(k in self._saved for k in keys)
+        return self._saved.issuperset(keys)
 
     def extents(self, idx: int, offset: int, length: int) -> list[tuple[int, int]]:
         first, last = offset // self.extent, (offset + max(length, 1) - 1) // self.extent
+        if first == last:             # the usual write: no range per journal
+            return [(idx, first)]
         return [(idx, e) for e in range(first, last + 1)]
 
     def ahead(self, idx: int, offset: int, length: int, size: int) -> list[tuple[int, int]]:
@@ -110,6 +112,8 @@ class ActivityLog:
         less.  Listed but never written, they leave the file at the next
         save."""
         ext = self.extent
+        if offset % ext and offset // ext == (offset + max(length, 1) - 1) // ext:
+            return []                      # inside one extent (most random writes)
         keys = self.extents(idx, offset, length)
         entered = [e for _, e in keys if e * ext >= offset]
         if not entered:

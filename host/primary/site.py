@@ -66,6 +66,12 @@ COPY_STALL = 10.0           # seconds a COPY may make no progress, nothing in fl
 
 
 
+# What a journal's future is completed with once the relay holds it: one
+# object for all (an ACK is cumulative, so there is no ACK of its own to
+# pass on, and one Ack built per journal cost a dataclass __init__).
+_ACKED = protocol.Ack(tag=0, req_type=FrameType.JNLWR)
+
+
 class GroupSuspended(ControlError):
     """The group is suspended (GRSTS SUSP): writes are refused; ``reason`` says why.
     A ControlError: a control client's write gets the reason, the log no traceback."""
@@ -299,7 +305,14 @@ class MasterGroup:
                 raise ValueError(f"journal_many takes writes of at most {protocol.MAX_DATA} "
                                  f"bytes, not {len(data)}")
             try:
-                if not await self._local_only(Kind.UPDATE, idx, offset, len(data), data):
+                if self._ready.is_set():       # no coroutine per write where none waits
+                    cold = self._checks(Kind.UPDATE, idx, offset, len(data), data)
+                    if cold and cold is not True:
+                        await self._al_warm(cold)
+                    local = cold is True
+                else:
+                    local = await self._local_only(Kind.UPDATE, idx, offset, len(data), data)
+                if not local:
                     todo.append((i, offset, len(data), data, fua))
             except Exception as exc:
                 results[i] = exc
@@ -330,28 +343,42 @@ class MasterGroup:
         be refused; True if it was applied without a journal (a split pair)."""
         if not self._ready.is_set():
             await self._ready.wait()      # after an unclean stop: until the relay's HELLO
+        cold = self._checks(kind, idx, offset, length, data)
+        if cold is True:
+            return True
+        if cold:
+            await self._al_warm(cold)
+        return False
+
+    def _checks(self, kind: Kind, idx: int, offset: int, length: int,
+                data: bytes) -> bool | list:
+        """``_local_only`` without its waits: True if applied without a journal,
+        else the extents the activity log must list first ([] if none)."""
         if self.fenced:     # whatever the pair state: another site is the primary now
             raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
         if self.swapping:
             raise GroupFenced(f"group {self.cfg.grname} is being swapped: the secondary site "
                               f"becomes its primary (epoch {self.swapping}); write there once "
                               f"`tricopy takeover` ends")
-        self.volume(idx).check(offset, length)
+        vol = self.volume(idx)
+        vol.check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return True
-        if self.grsts != "SUSP":
-            keys = self.al.extents(idx, offset, length)
-            ahead = self.al.ahead(idx, offset, length, self.volume(idx).size)
-            self.al.list_ahead(ahead)
+        if self.grsts == "SUSP":
+            return []
+        al = self.al
+        keys = al.extents(idx, offset, length)
+        ahead = al.ahead(idx, offset, length, vol.size)
+        if ahead:
+            al.list_ahead(ahead)
             # (``list_ahead``: every save from now on lists them, this one too)
-            if not self.al.covers(keys):
-                await self._al_warm(keys)
-            elif ahead:            # a stream's next extents, listed before it gets there
-                # Nobody waits for it: a failure shows when a write needs
-                # the extent (``_al_before`` saves in line and reports it).
-                self._al_save_soon().add_done_callback(
-                    lambda t: t.cancelled() or t.exception())
-        return False
+        if not al.covers(keys):
+            return keys
+        if ahead:              # a stream's next extents, listed before it gets there
+            # Nobody waits for it: a failure shows when a write needs
+            # the extent (``_al_before`` saves in line and reports it).
+            self._al_save_soon().add_done_callback(lambda t: t.cancelled() or t.exception())
+        return []
 
     async def _drain(self) -> None:
         if self.link is not None:
@@ -382,13 +409,13 @@ class MasterGroup:
             raise GroupSuspended(f"group {self.cfg.grname} is suspended: {self.reason}")
         out: list = []
         refusal: Exception | None = None
-        records = []
+        records, heads = [], []
         tag = self.stream.next_tag()
         for offset, length, data, fua in items:
-            ctl = Control(address=offset, length=length, data_len=len(data),
-                          data_crc=protocol.crc32c(data) if data else 0, epoch=self.epoch,
-                          idx=idx, kind=kind, flags=1 if fua else 0, group=self.cfg.grnum,
-                          tag=tag).with_ccrc()
+            ctl, head = Control.sealed(address=offset, length=length, data_len=len(data),
+                                       data_crc=protocol.crc32c(data) if data else 0,
+                                       epoch=self.epoch, idx=idx, kind=kind,
+                                       flags=1 if fua else 0, group=self.cfg.grnum, tag=tag)
             if apply:
                 saves = self.al.saves
                 try:
@@ -399,10 +426,11 @@ class MasterGroup:
                 if self.al.saves != saves:
                     PERF["primary.al_save"].add(now() - t0)     # a cold extent: file + fsync
             records.append((ctl, data))
+            heads.append(head)
             tag = next_pseq(tag)
         segments = len(self.log.segments)
         try:
-            tokens = self._log_append(records) if records else []
+            tokens = self._log_append(records, heads) if records else []
         except LocalIOError as exc:
             return [exc] * len(items)
         for ctl, _ in records:
@@ -414,7 +442,7 @@ class MasterGroup:
             self._save_regions()
         loop = asyncio.get_running_loop()
         link = self.link
-        for (ctl, data), token in zip(records, tokens):
+        for (ctl, data), head, token in zip(records, heads, tokens):
             if apply:     # a base journal's data was just read from the PVOL: nothing to apply
                 try:
                     self._apply(ctl, data)
@@ -430,7 +458,7 @@ class MasterGroup:
             # rest follow in order once the probe is ACKed.
             if self.stream.add(ctl.tag, (ctl, data, fut)) and link is not None \
                     and not link.closed:
-                link.send_journal(ctl.pack(), data)     # the turn's journals go as one JNLWR
+                link.send_journal(head, data)     # the turn's journals go as one JNLWR
             out.append(fut)
             self._sent_at.append((ctl.tag, now()))
         t1 = now()
@@ -551,11 +579,12 @@ class MasterGroup:
         except OSError as exc:
             log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
-    def _log_append(self, records: list) -> list:
-        """Append ``(ctl, data)`` records to the write log; returns their undo
-        tokens.  A failure is the primary's own, reported as such."""
+    def _log_append(self, records: list, heads: list[bytes] | None = None) -> list:
+        """Append ``(ctl, data)`` records to the write log (``heads``: their
+        control data packed); returns their undo tokens.  A failure is the
+        primary's own, reported as such."""
         try:
-            return self.log.append_many(records)
+            return self.log.append_many(records, heads)
         except WriteLogBroken as exc:
             # The record may sit half-written in the log: no more appends, and
             # the journals in flight can no longer be redone from it.
@@ -654,13 +683,13 @@ class MasterGroup:
             return
         for fut in futures:
             if not fut.done():
-                fut.set_result(protocol.Ack(tag=0, req_type=FrameType.JNLWR))
+                fut.set_result(_ACKED)
 
     def _complete(self, acked: list) -> None:
         """These pending journals are durable at the relay: complete their host writes."""
         for tag, (_, _, fut) in acked:
             if not fut.done():
-                fut.set_result(protocol.Ack(tag=tag, req_type=FrameType.JNLWR))
+                fut.set_result(_ACKED)
         if not self.pending:
             self.stream_idle.set()
         if acked:

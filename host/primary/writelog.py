@@ -269,9 +269,10 @@ class WriteLog:
         """Append one record; returns an undo token (see :meth:`append_many`)."""
         return self.append_many([(ctl, data)])[0]
 
-    def append_many(self, records: list) -> list[tuple]:
+    def append_many(self, records: list, heads: list[bytes] | None = None) -> list[tuple]:
         """Append ``(ctl, data)`` records in order with one ``writev`` (completed
-        if short); returns an undo token per record.
+        if short); returns an undo token per record.  ``heads``: each record's
+        control data already packed, if the caller has it.
 
         They reach the page cache before the PVOL apply, so a killed process
         never has applied-but-unlogged writes.  A batch goes whole into the
@@ -295,8 +296,8 @@ class WriteLog:
             seg = self.segments[-1]
         first = (seg, seg.size, seg.first_tag, seg.last_tag, self.last_tag)
         bufs = []
-        for ctl, data in records:
-            bufs.append(ctl.pack())
+        for i, (ctl, data) in enumerate(records):
+            bufs.append(heads[i] if heads is not None else ctl.pack())
             bufs.append(data)
         try:
             for at in range(0, len(bufs), _IOV_BATCH):

@@ -461,6 +461,18 @@ class Control:
                           Status.BAD_LENGTH)
         return cls(*cls.STRUCT.unpack_from(raw))
 
+    @classmethod
+    def sealed(cls, *, address: int, length: int, data_len: int, data_crc: int, epoch: int,
+               idx: int, kind: int, flags: int, group: int, tag: int) -> tuple["Control", bytes]:
+        """A sender's new control data (no SEQ#, TIME or JOFS yet) with its CCRC,
+        and its 64 packed bytes: one packing and one object per journal, where
+        ``Control(...).with_ccrc()`` and a ``pack()`` for each use cost three
+        of each (the primary's write path)."""
+        raw = cls.STRUCT.pack(0, 0, address, 0, length, data_len, data_crc, epoch, idx, kind,
+                              flags, group, 0, tag, 0)[:60]
+        packed = raw + _U32.pack(crc32c(raw))
+        return cls(*cls.STRUCT.unpack(packed)), packed
+
     def with_ccrc(self) -> "Control":
         """This control data with CCRC computed over bytes 0..59."""
         # Unpacking the packed bytes is several times cheaper than
