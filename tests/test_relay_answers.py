@@ -65,8 +65,7 @@ def test_a_batch_is_acked_once_after_the_fdatasync_that_covers_it(tmp_path, monk
         assert [seq for seq, _ in answers] == [1, 2, 3]
         link, queue = Recorder(), asyncio.Queue()
         sender = asyncio.create_task(group._send_answers(link, queue))
-        for seq, frame in answers:
-            queue.put_nowait((seq, frame, 0.0))
+        queue.put_nowait((answers, 0.0))       # one item per frame, as serve_primary does
         assert await asyncio.to_thread(began.wait, 10)
         for _ in range(20):            # the sender runs as far as it can meanwhile
             await asyncio.sleep(0)

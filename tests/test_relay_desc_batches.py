@@ -17,6 +17,7 @@ from tricopy.host.config import parse_config
 from tricopy.host.engine.base import ModelEngine
 from tricopy.host.engine.model import EngineModel
 from tricopy.host.relay import site as relay
+from tricopy.host.relay.streams import answer_ack
 from tricopy.host.wire import protocol
 from tricopy.host.wire.protocol import Control, Status
 
@@ -65,7 +66,7 @@ async def _run(tmp_path, desc_batch: int):
         answers = await group._ingest_frame(body)
         out = []
         for seq, frame in answers:
-            a = protocol.Ack.from_frame(frame)
+            a = answer_ack(frame)
             out.append((a.tag, Status(a.status).name, a.seq, a.jofs, seq))
         steps.append((out, engine.requests - before))
 

@@ -45,7 +45,8 @@ from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
 from ..wire.pseq import next_pseq
 from .local_copy import RelayCopy
-from .streams import Admission, AnswerGate, ForwardStream, ForwardViolation, PseqGate
+from .streams import (Admission, AnswerGate, ForwardStream, ForwardViolation, PseqGate,
+                      answer_ack)
 
 __all__ = ["RelayError", "GroupFault", "RelayGroup", "Relay", "ENGINE_MODES"]
 
@@ -361,7 +362,7 @@ class RelayGroup:
                     t0 = now()
                     frame = await link.recv()
                     if frame.type != FrameType.JNLWR:
-                        answers.put_nowait((None, nak(Status.BAD_TYPE, frame.type), 0.0))
+                        answers.put_nowait(([(None, nak(Status.BAD_TYPE, frame.type))], 0.0))
                         continue
                     t1 = now()
                     batch = await self._ingest_frame(frame.body)
@@ -370,8 +371,7 @@ class RelayGroup:
                     PERF["relay.ingest"].add(t2 - t1)        # check, engine, store.append
                     PERF["relay.ingest_journals"].add(len(batch))   # journals per JNLWR
                     PERF["relay.answer_queue"].add(answers.qsize())
-                    for seq, answer in batch:
-                        answers.put_nowait((seq, answer, t2))
+                    answers.put_nowait((batch, t2))     # one item per frame, not per journal
             except LinkError as exc:
                 log.info("primary link: %s", exc)
             except GroupFault:
@@ -582,7 +582,7 @@ class RelayGroup:
             a = protocol.Ack(ack.seq - (n - 1 - i), ack.time, jofs[i], ctl.tag,
                              Status.OK, FrameType.JNLWR)
             self._taken(ctl, data, a, taken)
-            answers.append((None if memory else a.seq, a.frame()))
+            answers.append((None if memory else a.seq, a))    # its frame only if it goes
 
     async def durable(self, seq: int) -> None:
         """Wait until journal ``seq`` is fsynced (group commit)."""
@@ -594,7 +594,8 @@ class RelayGroup:
             raise self._fault(f"journal volume fsync failed: {exc}") from None
 
     async def _send_answers(self, link: Link, answers: asyncio.Queue) -> None:
-        """Send the answers in order, each ACK once its journal is durable, the
+        """Send the answers in order (queued per frame: its list of (seq, answer)
+        and when it was queued), each ACK once its journal is durable, the
         ACKs that are ready together merged into one cumulative ACK
         (``AnswerGate``).  Ends at the ``None`` that closes the queue."""
         gate = AnswerGate()
@@ -611,7 +612,9 @@ class RelayGroup:
                 if item is None:
                     closing = True
                 else:
-                    gate.add(*item)
+                    batch, t = item
+                    for seq, answer in batch:
+                        gate.add(seq, answer, t)
                 try:
                     item = answers.get_nowait()
                 except asyncio.QueueEmpty:
@@ -946,7 +949,7 @@ class RelayGroup:
                           tag=next_pseq(self.gate.last)).with_ccrc()
             seq, answer = await self._ingest_one(protocol.journal_body(ctl, data))
         if seq is None:
-            nak = protocol.Ack.from_frame(answer)
+            nak = answer_ack(answer)
             if nak.status == Status.FULL:
                 raise OSError(errno.ENOSPC, f"the relay's journal of group {self.cfg.grname} "
                                             f"is full: the secondary is behind")

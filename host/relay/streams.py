@@ -76,15 +76,17 @@ class AnswerGate:
     """
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[int | None, Frame, float]] = deque()
+        self._queue: deque[tuple[int | None, Frame | Ack, float]] = deque()
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def add(self, seq: int | None, frame: Frame, t: float = 0.0) -> None:
-        """Queue ``frame``, to go once journal ``seq`` is durable; ``t``: when
-        it was queued (the caller's clock, for the wait it reports)."""
-        self._queue.append((seq, frame, t))
+    def add(self, seq: int | None, answer: Frame | Ack, t: float = 0.0) -> None:
+        """Queue ``answer``, to go once journal ``seq`` is durable; ``t``: when
+        it was queued (the caller's clock, for the wait it reports).  An
+        answer is a frame, or an OK ``Ack`` whose frame is built only if it
+        is the one of its run that goes (most of them are merged away)."""
+        self._queue.append((seq, answer, t))
 
     def need(self) -> int | None:
         """The SEQ# whose fsync the first queued answer waits for, or None."""
@@ -95,30 +97,42 @@ class AnswerGate:
         the queue times of the answers they carry."""
         frames: list[Frame] = []
         times: list[float] = []
-        best: Frame | None = None      # the latest ACK of the current run
+        best: Frame | Ack | None = None      # the latest ACK of the current run
         best_tag = 0
         q = self._queue
         while q:
-            seq, frame, t = q[0]
+            seq, answer, t = q[0]
             if seq is not None and seq > durable:
                 break                  # not on disk yet: neither it nor anything after it
             q.popleft()
             times.append(t)
-            if frame.type == FrameType.ACK:
-                tag = Ack.unpack(frame.body).tag
-                if best is None or tag_after(tag, best_tag):
-                    best, best_tag = frame, tag
+            if isinstance(answer, Ack):
+                tag = answer.tag
+            elif answer.type == FrameType.ACK:
+                tag = Ack.unpack(answer.body).tag
+            else:
+                if best is not None:
+                    frames.append(_frame(best))
+                    best = None
+                frames.append(answer)
                 continue
-            if best is not None:
-                frames.append(best)
-                best = None
-            frames.append(frame)
+            if best is None or tag_after(tag, best_tag):
+                best, best_tag = answer, tag
         if best is not None:
-            frames.append(best)
+            frames.append(_frame(best))
         return frames, times
 
     def clear(self) -> None:
         self._queue.clear()
+
+
+def _frame(answer: Frame | Ack) -> Frame:
+    return answer.frame() if isinstance(answer, Ack) else answer
+
+
+def answer_ack(answer: Frame | Ack) -> Ack:
+    """The ACK or NAK an answer of the relay's ingest carries (see ``AnswerGate.add``)."""
+    return answer if isinstance(answer, Ack) else Ack.from_frame(answer)
 
 
 class ForwardViolation(Exception):
