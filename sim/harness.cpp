@@ -323,12 +323,11 @@ class Harness {
         pending_ = false;
     }
 
-    // One cycle: the rising edge, then clk low again (Verilator sees an
-    // edge only between two evals; the low one is cheap: harness_top.v).
+    // One cycle: one edge of clk, one eval. The sim build clocks every
+    // register on either edge (`always @(edge clk)`, sim/build.py), so a
+    // cycle is a toggle, not a rising and a falling edge (two evals).
     void edge() {
-        top_->clk = 1;
-        Vharness_top___024root___eval(top_->rootp);
-        top_->clk = 0;
+        top_->clk = !top_->clk;
         Vharness_top___024root___eval(top_->rootp);
         cycles_++;
     }

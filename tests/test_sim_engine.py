@@ -326,6 +326,20 @@ def test_a_failed_build_is_one_line_naming_its_log(monkeypatch, tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp*"))
 
 
+def test_one_edge_a_cycle_refuses_any_other_use_of_clk():
+    """The sim build clocks the engine's registers on both edges of clk (one
+    eval a cycle): only sound when clk is nothing but their posedge clock,
+    so any other use is refused, in one line, rather than simulated wrong."""
+    ok = ("module engine(clk, rst, q);\n  input clk;\n  wire clk;\n"
+          "  always @(posedge clk)\n    q <= rst;\n  sub u (\n    .clk(clk),\n  );\nendmodule\n")
+    assert sim_build._one_edge_a_cycle(ok) == ok.replace("posedge clk", "edge clk")
+    for bad in ("  always @(negedge clk)\n", "  assign q = clk & rst;\n",
+                "  always @(posedge clk or posedge rst)\n"):
+        with pytest.raises(SimBuildError, match="uses clk other than") as err:
+            sim_build._one_edge_a_cycle(ok.replace("endmodule", bad + "endmodule"))
+        assert "\n" not in str(err.value)
+
+
 def _demo(tmp_path, *args, env=None, timeout=300):
     import os
     import subprocess
