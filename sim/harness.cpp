@@ -390,7 +390,14 @@ class Harness {
     // Move bytes between the socket and the buffers, accept a client.
     // Returns false when the harness should exit.
     bool pump() {
-        if (cfd_ < 0) {
+        // accept() only when a connection waits: on a non-blocking listening
+        // socket with none, Linux still allocates a socket, a file and an
+        // inode and frees them again, which at a pump every 256 cycles was
+        // three quarters of an idle harness's CPU time with no client
+        // (~41 % of a core, against ~12 % with one). A zero-timeout poll()
+        // asks without allocating.
+        pollfd lp{lfd_, POLLIN, 0};
+        if (cfd_ < 0 && poll(&lp, 1, 0) > 0) {
             int fd = accept(lfd_, nullptr, nullptr);
             if (fd >= 0) {
                 set_nonblocking(fd);
