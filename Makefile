@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: setup test demo bench chaos formal fuzz differential clean
 
 # Debian packages the tests drive for real: the NBD clients and the
-# baseline NBD server.
-APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit
+# baseline NBD server; strace counts the sim harness's accept() calls
+# (tests/test_sim_engine.py).
+APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit strace
 
 $(STAMP): pyproject.toml
 	@if [ -n "$(APT_PACKAGES)" ] && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \

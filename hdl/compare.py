@@ -4,13 +4,35 @@ Yosys maps ``x < 60`` on a 23-bit ``x`` to a 23-cell carry chain on the
 iCE40 (one logic cell per bit). The engine compares its byte counters with
 small constants in many places, so these helpers spell the comparison out
 as equalities on the upper bits, which synthesize to a few LUTs.
+
+A simulator wants the opposite: Verilator computes ``x < 60`` in one machine
+comparison, the spelt-out form in a dozen masked equalities, every cycle.
+Inside :func:`native_compares` the helpers write the plain comparison (the
+same function; ``tests/hdl/test_compare.py`` holds the two spellings
+equal): the Verilator harness builds that way (``sim/build.py``; docs/sim.md,
+"Harness speed"), the boards and the formal proofs keep the spelt-out form.
 """
 
+import contextlib
+import contextvars
 from functools import reduce
 
 from amaranth.hdl import Const, Value
 
-__all__ = ["lt_const", "ge_const"]
+__all__ = ["lt_const", "ge_const", "le_wide", "native_compares"]
+
+_NATIVE = contextvars.ContextVar("tricopy_native_compares", default=False)
+
+
+@contextlib.contextmanager
+def native_compares():
+    """Within this block :func:`lt_const` and :func:`ge_const` write plain
+    comparisons (module docstring): for a simulator, not for synthesis."""
+    token = _NATIVE.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE.reset(token)
 
 
 def lt_const(x, k: int) -> Value:
@@ -23,6 +45,8 @@ def lt_const(x, k: int) -> Value:
         return Const(0, 1)
     if k >= 1 << n:
         return Const(1, 1)
+    if _NATIVE.get():
+        return x < k
     # x < k iff, at some bit i where k has a 1, x has a 0 and the bits above
     # i are equal to k's
     terms = []

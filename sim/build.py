@@ -69,6 +69,17 @@ _VERILATOR_ARGS = ["--cc", "--exe", "--build", "-Wno-fatal", "--top-module", "ha
 # itself, so the block is dropped. Only an all-zero block matches.
 _ZERO_INIT = re.compile(r"(  reg \[7:0\] (\S+) \[\d+:0\];\n)  initial begin\n"
                         r"(?:    \2\[\d+\] = 8'h00;\n)+  end\n")
+# One clock edge a cycle: the engine's registers are clocked on either edge
+# of `clk` in the sim build (`always @(edge clk)`, harness_top.v too), and
+# the harness toggles `clk` once a cycle with one eval(), where a rising
+# edge took two (Verilator sees an edge only between two evals, so the
+# falling one was an eval with nothing to do but its phases and triggers).
+# Every register of the design is on `posedge clk` and nothing else reads
+# `clk`, so each toggle is exactly one clock cycle; _one_edge_a_cycle checks
+# that before it rewrites, and refuses any other use of `clk`.
+_POSEDGE = "always @(posedge clk)"
+_CLK_USES = re.compile(r"^\s*(always @\(posedge clk\)( begin)?|input clk;|wire clk;|\.clk\(clk\),?"
+                       r"|module .*\bclk\b.*\);)\s*$")
 
 
 class SimBuildError(Exception):
@@ -150,14 +161,29 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     module ``engine``."""
     os.environ["AMARANTH_USE_YOSYS"] = "builtin"
     from amaranth.back import verilog
+    from tricopy.hdl.compare import native_compares
     from tricopy.hdl.crc import byte_columns
     from tricopy.hdl.engine import JournalEngine
     # The CRC networks by byte columns: the same function as the boards'
-    # rows, in word operations Verilator computes ~4x faster (hdl/crc.py).
-    with byte_columns():
+    # rows, in word operations Verilator computes ~4x faster (hdl/crc.py);
+    # comparisons with constants as comparisons, not spelt out for LUTs
+    # (hdl/compare.py).
+    with byte_columns(), native_compares():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
-    return _ZERO_INIT.sub(r"\1", text)
+    return _one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))
+
+
+def _one_edge_a_cycle(text: str) -> str:
+    """The engine's Verilog with its registers clocked on both edges of
+    ``clk`` (above, ``_POSEDGE``), after checking that ``clk`` is used for
+    nothing else."""
+    for line in text.splitlines():
+        if re.search(r"\bclk\b", line) and not _CLK_USES.match(line):
+            raise SimBuildError(f"the engine's Verilog uses clk other than as the posedge clock "
+                                f"of its registers ({line.strip()[:80]!r}): the harness's "
+                                f"one-edge-a-cycle clock (sim/build.py) needs updating")
+    return text.replace(_POSEDGE, "always @(edge clk)")
 
 
 def _cpu_signature() -> str:

@@ -34,7 +34,6 @@ void Vharness_top___024root___eval(Vharness_top___024root* vlSelf);
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <fcntl.h>
 #include <memory>
 #include <netinet/in.h>
@@ -56,12 +55,19 @@ constexpr size_t HEADER_SIZE = 16;   // docs/protocol.md "Frame"
 constexpr size_t LENGTH_AT = 8;      // header LENGTH, u32 little-endian
 constexpr size_t TRAILER_SIZE = 4;   // BCRC
 constexpr size_t RX_BUFFER_MAX = 1 << 20;
+constexpr size_t RX_CHUNK = 65536;         // bytes asked of one recv()
 constexpr size_t RX_REFILL = 4096;         // recv() at every pump only below this many buffered bytes
 constexpr uint64_t RECV_EVERY = 16;        // ... else at every 16th (4096 busy cycles)
 constexpr uint64_t BUSY_BATCH = 256;       // cycles between socket polls while rx has bytes
 constexpr uint64_t WAIT_BATCH = 32;        // ... while a request waits for its next bytes
 constexpr uint64_t IDLE_AFTER = 4096;      // cycles without a handshake: a request is dropped
 constexpr uint64_t CATCH_UP_BATCH = 256;   // idle cycles between socket polls (~45 us: latency)
+// Answers of a pipelining client (more requests already buffered) wait for
+// one send() until this many bytes are ready or the oldest has waited this
+// long; each send() over loopback also runs the client's receive path and
+// wakes it: ~7-12 % of the harness's CPU time at a send every 256-cycle batch.
+constexpr size_t TX_GATHER = 16384;
+constexpr uint64_t TX_HOLD_NS = 200000;
 
 struct Options {
     int port = 0;
@@ -123,6 +129,44 @@ uint64_t now_ns() {
 }
 
 void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// A byte FIFO in one contiguous buffer: recv() writes at its end, send()
+// reads from its start, and the stepping loop reads bytes in place, without
+// std::deque's per-byte bookkeeping. The buffer only grows (zero-filled once):
+// the bytes still queued move to its start when the space consumed before
+// them is at least as large as they are, so each byte moves at most once on
+// average.
+struct ByteQueue {
+    std::vector<uint8_t> buf;
+    size_t head = 0;   // first queued byte
+    size_t tail = 0;   // one past the last
+
+    size_t size() const { return tail - head; }
+    bool empty() const { return head == tail; }
+    const uint8_t* data() const { return buf.data() + head; }
+    void consume(size_t n) {
+        head += n;
+        if (head == tail) head = tail = 0;
+    }
+    void clear() { head = tail = 0; }
+    // Space for at least n bytes after the last; commit() what was written.
+    uint8_t* room(size_t n) {
+        if (buf.size() - tail < n) {
+            if (head >= size()) {
+                std::memmove(buf.data(), buf.data() + head, size());
+                tail -= head;
+                head = 0;
+            }
+            if (buf.size() - tail < n) buf.resize(std::max(2 * buf.size(), tail + n));
+        }
+        return buf.data() + tail;
+    }
+    void commit(size_t n) { tail += n; }
+    void push(uint8_t b) {
+        *room(1) = b;
+        tail++;
+    }
+};
 
 // Tracks frame boundaries in the engine's output, so that a client which
 // connects while an answer is half sent gets whole frames only.
@@ -206,6 +250,7 @@ class Harness {
                 // Ahead of wall time (or level with it): sleep until a socket
                 // wakes us or wall time has moved on by about a millisecond.
                 uint64_t ahead_ms = (cycles_ - wall) * 1000 / CLK_HZ;
+                flush();   // no answer is held while the harness sleeps
                 if (!wait_io(int(std::max<uint64_t>(1, ahead_ms)))) return 0;
             }
             if (!pump()) return 0;
@@ -278,12 +323,11 @@ class Harness {
         pending_ = false;
     }
 
-    // One cycle: the rising edge, then clk low again (Verilator sees an
-    // edge only between two evals; the low one is cheap: harness_top.v).
+    // One cycle: one edge of clk, one eval. The sim build clocks every
+    // register on either edge (`always @(edge clk)`, sim/build.py), so a
+    // cycle is a toggle, not a rising and a falling edge (two evals).
     void edge() {
-        top_->clk = 1;
-        Vharness_top___024root___eval(top_->rootp);
-        top_->clk = 0;
+        top_->clk = !top_->clk;
         Vharness_top___024root___eval(top_->rootp);
         cycles_++;
     }
@@ -296,38 +340,40 @@ class Harness {
     void step(uint64_t n) {
         const uint64_t t0 = now_ns();
         const bool client = cfd_ >= 0;
+        const uint8_t* in = rx_.data();
+        const size_t avail = rx_.size();
+        size_t taken = 0;
         for (uint64_t i = 0; i < n; i++) {
-            bool rx_take = !rx_.empty() && top_->in_ready;
+            bool rx_take = taken < avail && top_->in_ready;
             top_->in_valid = rx_take;
-            if (rx_take) top_->in_data = rx_.front();
+            if (rx_take) top_->in_data = in[taken];
             bool tx_take = top_->out_valid;   // the engine's tx.ready is tied to 1
             uint8_t out = top_->out_data;
             edge();
             if (rx_take) {
-                rx_.pop_front();
+                taken++;
                 last_handshake_ = last_take_ = cycles_;
                 pending_ = true;
             }
             if (tx_take) {
                 if (framer_.pos == 0) answer_start_ = cycles_;
-                if (framer_.byte(out, client)) tx_.push_back(out);
+                if (framer_.byte(out, client)) tx_.push(out);
                 last_handshake_ = cycles_;
-                // An answer is complete: send it now rather than at the batch's
-                // end, unless more requests are already here (a pipelining
-                // client): then its answers leave together at the batch's end,
-                // at most BUSY_BATCH cycles later, one send() for several
-                // (a send per answer was a syscall every ~90 cycles). Its
+                // An answer is complete: send it now rather than later if no
+                // more requests are here (the client waits for it); for a
+                // pipelining client answers gather (pump(), TX_GATHER). Its
                 // request is done; bytes taken while it went out belong to
                 // the next one (a request is whole before its answer).
                 if (framer_.pos == 0) {
                     pending_ = last_take_ >= answer_start_;
-                    if (!tx_.empty() && rx_.empty()) {
+                    if (!tx_.empty() && taken == avail) {
                         n = i + 1;
                         break;
                     }
                 }
             }
         }
+        rx_.consume(taken);
         top_->in_valid = 0;
         step_cycles_ += n;
         step_ns_ += now_ns() - t0;
@@ -338,12 +384,20 @@ class Harness {
         cfd_ = -1;
         rx_.clear();
         tx_.clear();
+        tx_since_ = 0;
     }
 
     // Move bytes between the socket and the buffers, accept a client.
     // Returns false when the harness should exit.
     bool pump() {
-        if (cfd_ < 0) {
+        // accept() only when a connection waits: on a non-blocking listening
+        // socket with none, Linux still allocates a socket, a file and an
+        // inode and frees them again, which at a pump every 256 cycles was
+        // three quarters of an idle harness's CPU time with no client
+        // (~41 % of a core, against ~12 % with one). A zero-timeout poll()
+        // asks without allocating.
+        pollfd lp{lfd_, POLLIN, 0};
+        if (cfd_ < 0 && poll(&lp, 1, 0) > 0) {
             int fd = accept(lfd_, nullptr, nullptr);
             if (fd >= 0) {
                 set_nonblocking(fd);
@@ -354,38 +408,49 @@ class Harness {
             }
         }
         if (cfd_ < 0) return true;
-        uint8_t buf[65536];
         // More than a batch's worth of bytes already here: no recv() this
         // time (it would mostly fail with EAGAIN, a syscall per batch), but
         // still one every RECV_EVERY pumps, so that a client that left is
         // noticed (and its buffered bytes dropped) as soon as before, within
         // a few thousand cycles, not after the whole buffer went into the RTL.
+        // Each recv() takes all the socket holds, up to the buffer's bound,
+        // straight into the queue.
         bool refill = rx_.size() < RX_REFILL || ++recv_skipped_ % RECV_EVERY == 0;
         while (refill && rx_.size() < RX_BUFFER_MAX) {
-            ssize_t n = recv(cfd_, buf, sizeof buf, 0);
-            if (n > 0) {
-                rx_.insert(rx_.end(), buf, buf + n);
-                continue;
-            }
+            size_t want = std::min(RX_CHUNK, RX_BUFFER_MAX - rx_.size());
+            ssize_t n = recv(cfd_, rx_.room(want), want, 0);
+            if (n > 0) rx_.commit(size_t(n));
+            if (n > 0) continue;
             if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                 drop_client();
                 return true;
             }
             break;
         }
-        while (!tx_.empty()) {
-            size_t chunk = std::min(tx_.size(), sizeof buf);
-            std::copy(tx_.begin(), tx_.begin() + chunk, buf);
-            ssize_t n = send(cfd_, buf, chunk, MSG_NOSIGNAL);
+        if (tx_.empty()) return true;
+        // Answers of a pipelining client gather (TX_GATHER); the client
+        // waits for nothing while more of its requests are still to go in.
+        uint64_t t = now_ns();
+        if (tx_since_ == 0) tx_since_ = t;
+        if (!rx_.empty() && tx_.size() < TX_GATHER && t - tx_since_ < TX_HOLD_NS) return true;
+        flush();
+        return true;
+    }
+
+    // Send every answer byte the socket takes now (a client it fails for is
+    // dropped, as in pump()).
+    void flush() {
+        while (cfd_ >= 0 && !tx_.empty()) {
+            ssize_t n = send(cfd_, tx_.data(), tx_.size(), MSG_NOSIGNAL);
             if (n > 0) {
-                tx_.erase(tx_.begin(), tx_.begin() + n);
+                tx_.consume(size_t(n));
                 continue;
             }
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
             drop_client();
-            return true;
+            break;
         }
-        return true;
+        if (tx_.empty()) tx_since_ = 0;
     }
 
     // Sleep until a socket or stdin is ready, or timeout_ms; false: stdin closed.
@@ -411,8 +476,9 @@ class Harness {
     std::unique_ptr<Vharness_top> top_;
     int lfd_ = -1;
     int cfd_ = -1;
-    std::deque<uint8_t> rx_;
-    std::deque<uint8_t> tx_;
+    ByteQueue rx_;
+    ByteQueue tx_;
+    uint64_t tx_since_ = 0;      // when a pump() first held the answers in tx_ (0: none held)
     TxFramer framer_;
     uint64_t cycles_ = 0;
     uint64_t last_handshake_ = 0;

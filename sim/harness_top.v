@@ -2,18 +2,21 @@
 // two-entry FIFO and its tx stream always ready (sim/harness.cpp drives it).
 //
 // Why a wrapper and not the engine's ports directly: the simulator evaluates
-// the logic that depends combinationally on a top-level input at every eval(), and
-// the harness evaluates twice per cycle (clk low, clk high). Fed straight from
-// the harness, rx.payload and rx.valid reach the frame parser and the CRCs,
-// so a good part of the design ran twice per cycle. Behind this FIFO the
-// harness's inputs go to registers only and IN_READY is a register output, so
-// the clk-low eval has nothing to compute. Not even the FIFO's put (valid &
+// the logic that depends combinationally on a top-level input at every eval(),
+// and the harness evaluated twice per cycle (clk low, clk high; one eval per
+// cycle since 2026-12-07, below). Fed straight from the harness, rx.payload
+// and rx.valid reach the frame parser and the CRCs, so a good part of the
+// design ran twice per cycle. Behind this FIFO the harness's inputs go to
+// registers only and IN_READY is a register output, so an eval computes
+// nothing combinational of its own. Not even the FIFO's put (valid &
 // ready) is a wire: a net on an input, however small, gives every eval an
 // input-combinational phase of its own (Verilator's `ico`: ~50 instructions
 // a cycle), so it is spelt inside the clocked block. The engine sees the same byte
 // stream, one cycle later; the FIFO still takes one byte per cycle.
 // tx.ready is tied to 1 (the harness buffers without bound), so the logic
 // that waits for it folds away at compile time.
+// `edge clk`: every toggle of clk is a clock cycle, one eval() each; the
+// engine's registers are rewritten to match (sim/build.py, _one_edge_a_cycle).
 module harness_top(
     input wire clk,
     input wire rst,
@@ -44,7 +47,7 @@ module harness_top(
         .nak()
     );
 
-    always @(posedge clk) begin
+    always @(edge clk) begin
         rst_q <= rst;
         if (rst) begin
             count <= 2'd0;

@@ -7,6 +7,8 @@ Three checks of ``sim/`` (docs/sim.md):
   same answers, call for call;
 - three sites with the relay on ``--engine sim``: a workload drains to
   SVOLs equal to the PVOLs.
+(and the build's own checks, and an idle harness's accept() calls under
+strace: ~8 s.)
 
 Four harness builds (ring 256 for the vectors and the script; without data
 memory, 512 for its vectors, and the one build for every descriptor ring
@@ -324,6 +326,59 @@ def test_a_failed_build_is_one_line_naming_its_log(monkeypatch, tmp_path):
     # nothing that looks like a finished build, no scratch left behind
     assert not list((tmp_path / "cache").glob(f"*/{sim_build.EXE_NAME}"))
     assert not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def test_one_edge_a_cycle_refuses_any_other_use_of_clk():
+    """The sim build clocks the engine's registers on both edges of clk (one
+    eval a cycle): only sound when clk is nothing but their posedge clock,
+    so any other use is refused, in one line, rather than simulated wrong."""
+    ok = ("module engine(clk, rst, q);\n  input clk;\n  wire clk;\n"
+          "  always @(posedge clk)\n    q <= rst;\n  sub u (\n    .clk(clk),\n  );\nendmodule\n")
+    assert sim_build._one_edge_a_cycle(ok) == ok.replace("posedge clk", "edge clk")
+    for bad in ("  always @(negedge clk)\n", "  assign q = clk & rst;\n",
+                "  always @(posedge clk or posedge rst)\n"):
+        with pytest.raises(SimBuildError, match="uses clk other than") as err:
+            sim_build._one_edge_a_cycle(ok.replace("endmodule", bad + "endmodule"))
+        assert "\n" not in str(err.value)
+
+
+def test_an_idle_harness_calls_accept_only_for_a_connection(tmp_path):
+    """With no client the harness keeps simulating (CLOCK follows wall
+    time) and looks for one after every batch. A non-blocking accept()
+    with nothing waiting still allocates and frees a socket in the kernel:
+    called at every batch it cost an idle harness ~41 % of a core against
+    ~12 % with a client. Under strace: two seconds of idle batches (two
+    stats lines, thousands of batches), then one connection, and exactly
+    one accept()."""
+    import os
+    import shutil
+    import subprocess
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: make setup installs it (APT_PACKAGES)"
+    exe = harness_path(DESC_RESET_SIZE, memory=0)
+    summary = tmp_path / "strace.txt"
+    proc = subprocess.Popen([strace, "-c", "-e", "trace=accept,accept4", "-o", str(summary),
+                             str(exe), "--port", "0", "--watch-stdin"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TRICOPY_SIM_STATS": "1"})
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        for _ in range(2):      # a stats line a second: the harness has idled
+            assert "cycles" in proc.stderr.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(P.Frame(P.FrameType.STATUS, b"").serialize())
+            parser, frames = P.FrameParser(), []
+            while not frames:       # the connection was taken: STATUS is answered
+                frames += parser.feed(client.recv(1 << 16))
+            assert frames[0].type == P.FrameType.STATUS_RESP
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    # strace -c: "% time  seconds  usecs/call  calls  [errors]  syscall"
+    calls = sum(int(line.split()[3]) for line in summary.read_text().splitlines()
+                if line.split()[-1:] in (["accept"], ["accept4"]))
+    assert calls == 1, summary.read_text()
 
 
 def _demo(tmp_path, *args, env=None, timeout=300):

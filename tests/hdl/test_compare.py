@@ -1,18 +1,24 @@
-"""lt_const/ge_const/le_wide agree with Python's comparison on every input."""
+"""lt_const/ge_const/le_wide agree with Python's comparison on every input,
+in both spellings of lt_const/ge_const (spelt out for the boards, native for
+the Verilator harness: ``native_compares``)."""
+
+import contextlib
 
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from tricopy.hdl.compare import ge_const, le_wide, lt_const
+from tricopy.hdl.compare import ge_const, le_wide, lt_const, native_compares
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["spelt", "native"])
 @pytest.mark.parametrize("k", [0, 1, 2, 12, 16, 60, 63, 64, 65, 100, 127, 128, 129])
-def test_const_compare(k):
+def test_const_compare(k, native):
     x = Signal(7)
     lt, ge = Signal(), Signal()
     m = Module()
-    m.d.comb += [lt.eq(lt_const(x, k)), ge.eq(ge_const(x, k))]
+    with native_compares() if native else contextlib.nullcontext():
+        m.d.comb += [lt.eq(lt_const(x, k)), ge.eq(ge_const(x, k))]
 
     async def bench(ctx):
         for v in range(128):
@@ -27,6 +33,15 @@ def test_const_compare(k):
 def test_const_compare_rejects_signals():
     with pytest.raises(TypeError, match="constant"):
         lt_const(Signal(4), Signal(4))
+
+
+def test_native_compares_is_the_plain_comparison_and_only_inside():
+    """Inside the block the comparison is Amaranth's own ``<`` (one operator
+    for the simulator); outside it, and after it, the spelt-out form."""
+    x = Signal(7)
+    with native_compares():
+        assert repr(lt_const(x, 60)) == repr(x < 60)
+    assert repr(lt_const(x, 60)) != repr(x < 60)
 
 
 @pytest.mark.parametrize("na,nb", [(3, 7), (4, 4), (5, 3)])
