@@ -60,9 +60,9 @@ One assumption is made on the host (see ``EngineSpec.elaborate``): a
 RELEASE's JOPTR is honest.
 
 ``TimestampSpec`` proves the timestamp unit's split 64-bit adder (the carry
-from the low word is computed early, see ``hdl/timestamp.py``): every cycle
-the clock advances by NS_INT or NS_INT + 1, modulo 2**64, or holds when
-frozen.
+from the low word into the high word is a register set a cycle ahead, see
+``hdl/timestamp.py``): every cycle the clock advances by NS_INT or NS_INT +
+1, modulo 2**64, or holds when frozen; the two words never disagree.
 
 Run them with ``python -m tricopy.hdl.formal`` (``--help``); the suite runs
 them in ``tests/hdl/test_formal.py``.
@@ -78,6 +78,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from math import gcd
 
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cat, Const, Cover, Elaboratable, Fragment, Module, Mux, Signal
@@ -193,6 +194,7 @@ class EngineSpec(Elaboratable):
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
         tap = _Taps(frag)
+        _clock_invariants(m, frag.find_subfragment("ts"), self.clk_hz)
         resp_frag = frag.find_subfragment("resp")
         busy = _Taps(resp_frag)("phase") != 0          # Responder.busy: phase != IDLE
 
@@ -931,6 +933,26 @@ class EngineSpec(Elaboratable):
         return m
 
 
+def _clock_invariants(m, ts_frag, clk_hz):
+    """Strengthening invariants of the timestamp unit's registers, for the
+    induction (not properties of their own): the fraction counts in units of
+    1/den ns below den, and the carry into the high word, a register set a
+    cycle ahead (``hdl/timestamp.py``), is whether this cycle's step takes
+    the low word past 2**32. Restated from the clock's frequency: a cycle is
+    1e9 / clk_hz ns, NS_INT whole and num/den (in lowest terms) more."""
+    ts_tap = _Taps(ts_frag)
+    lo, frac, carry = ts_tap("lo"), ts_tap("frac"), ts_tap("carry")
+    ns_int, rem = divmod(NS_PER_S, clk_hz)
+    g = gcd(rem, clk_hz)
+    num, den = rem // g, clk_hz // g
+    extra = (frac + num) >= den
+    m.d.comb += [
+        Assert(frac < den, "INV: the clock's fraction below one ns"),
+        Assert(carry == ((lo + ns_int + extra) >= (1 << 32)),
+               "INV: the clock's carry is this step's"),
+    ]
+
+
 class TimestampSpec(Elaboratable):
     """The timestamp unit alone: from any state, every cycle NOW advances by
     NS_INT or NS_INT + 1 modulo 2**64, holds when frozen, or takes a load."""
@@ -941,7 +963,9 @@ class TimestampSpec(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.ts = ts = self._factory(self.clk_hz)
+        ts = self._factory(self.clk_hz)
+        m.submodules.ts = ts_frag = Fragment.get(ts, platform)
+        _clock_invariants(m, ts_frag, self.clk_hz)
         m.d.comb += [ts.load.eq(AnySeq(1)), ts.load_value.eq(AnySeq(64)), ts.freeze.eq(AnySeq(1))]
         # the previous cycle, and whether it was a running (unloaded) step
         past_now, past_load, past_value, past_freeze = Signal(64), Signal(), Signal(64), Signal()
