@@ -705,8 +705,9 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert((small[:64] < next_seq) & ((next_seq - small[:64])[:64] <= held),
                                "INV: a RELEASE past EXEC frees journals held")
         with m.If(in_("RELEASE_AT")):
-            m.d.comb += Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
-                               "INV: USED - D settled")
+            m.d.comb += [Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
+                                "INV: USED - D settled"),
+                         Assert(tap("rel_zero") == (tap("rel_d") == used), "INV: D = USED settled")]
         # P - JOPTR and P's checks: registers one and two cycles behind
         # ``small`` (a RELEASE's 16 bytes come through ALIGN, which waits)
         p_at = layouts.ReleaseAt(small[:128]).joptr
@@ -719,6 +720,16 @@ class EngineSpec(Elaboratable):
             ]
         with m.If(in_("RELEASE_D")):
             m.d.comb += Assert(tap("rel_past") == (pg_at <= joptr), "INV: P <= JOPTR settled")
+        # ``rx.ready``, a register set on each transition for the state
+        # entered (hdl/engine.py, ``rdy``): the states that take a beat are
+        # HEADER, BODY and TRAILER, HUNT until its window is full and starts
+        # with MAGIC, SKIP when the frame has a body to drop
+        hcnt_ = tap("hcnt")
+        m.d.comb += Assert(
+            tap("rdy") == (in_("HEADER") | in_("BODY") | in_("TRAILER")
+                           | (in_("HUNT") & ~((hcnt_ == 16) & tap("magic_ok")))
+                           | (in_("SKIP") & (blen != 0))),
+            "INV: ingress ready")
         # HCHECK's checks, registers one cycle behind the window: settled
         # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
         with m.If(~in_("HCHECK")):
