@@ -725,11 +725,10 @@ class EngineSpec(Elaboratable):
         # HEADER, BODY and TRAILER, HUNT until its window is full and starts
         # with MAGIC, SKIP when the frame has a body to drop
         hcnt_ = tap("hcnt")
-        m.d.comb += Assert(
-            tap("rdy") == (in_("HEADER") | in_("BODY") | in_("TRAILER")
-                           | (in_("HUNT") & ~((hcnt_ == 16) & tap("magic_ok")))
-                           | (in_("SKIP") & (blen != 0))),
-            "INV: ingress ready")
+        takes_beat = (in_("HEADER") | in_("BODY") | in_("TRAILER")
+                      | (in_("HUNT") & ~((hcnt_ == 16) & tap("magic_ok")))
+                      | (in_("SKIP") & (blen != 0)))
+        m.d.comb += Assert(tap("rdy") == takes_beat, "INV: ingress ready")
         # HCHECK's checks, registers one cycle behind the window: settled
         # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
         with m.If(~in_("HCHECK")):
