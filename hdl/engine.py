@@ -597,8 +597,12 @@ class JournalEngine(wiring.Component):
         # nothing: it hunts too. (From the window through these checks to
         # the enables of every register HCHECK loads was the UP5K's
         # critical path.)
-        h_magic, h_crc, h_form, h_len, h_type, h_settled = (
-            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type",
+        # ``h_zero``: LENGTH = 0 (the header has no body), likewise: HCHECK's
+        # choice of the next state, and so of ``rdy``, reads no comparison on
+        # the window (window -> LENGTH = 0 -> the enables of ``rdy`` and of
+        # the state was the UP5K's path once ``rx.ready`` was a register)
+        h_magic, h_crc, h_form, h_len, h_type, h_zero, h_settled = (
+            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type", "h_zero",
                                      "h_settled"))
         length_now = Const(0)
         type_now = Const(0)
@@ -609,7 +613,7 @@ class JournalEngine(wiring.Component):
         m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
-                     h_len.eq(length_now), h_type.eq(type_now)]
+                     h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -905,7 +909,7 @@ class JournalEngine(wiring.Component):
                         m.next = "ANSWER"
                     with m.Else():
                         m.d.sync += hunting.eq(0)
-                        with m.If(hdr.length == 0):
+                        with m.If(h_zero):
                             m.next = "VERDICT"
                         with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
                             m.next = "ALLOC_W"

@@ -777,6 +777,7 @@ class EngineSpec(Elaboratable):
                        "INV: VERSION and FLAGS checked"),
                 Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
                 Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
+                Assert(tap("h_zero") == (hdr.length == 0), "INV: LENGTH = 0 checked"),
             ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing
