@@ -601,25 +601,19 @@ class JournalEngine(wiring.Component):
         # choice of the next state, and so of ``rdy``, reads no comparison on
         # the window (window -> LENGTH = 0 -> the enables of ``rdy`` and of
         # the state was the UP5K's path once ``rx.ready`` was a register)
-        # The checks are combined where they are registered: ``h_sync``
-        # (MAGIC and HCRC: the frame is in step) and ``h_ok`` (the whole
-        # header is good), so that HCHECK's decision reads one flip-flop
-        # for each of its branches, not an AND of five (the first LUTs of
-        # the path from HCHECK's decision to the enables of the staged
-        # answer, the UP5K's path after ``h_zero``).
-        h_sync, h_ok, h_len, h_zero, h_settled = (
-            Signal(name=n) for n in ("h_sync", "h_ok", "h_len", "h_zero", "h_settled"))
+        h_magic, h_crc, h_form, h_len, h_type, h_zero, h_settled = (
+            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type", "h_zero",
+                                     "h_settled"))
         length_now = Const(0)
         type_now = Const(0)
         for t in _KNOWN_TYPES:
             type_now = type_now | (hdr.type == t)
             length_now = length_now | ((hdr.type == t)
                                        & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
-        form_now = ((hdr.version == protocol.VERSION)
-                    & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any())
-        m.d.sync += [h_sync.eq(magic_ok & hdr_crc_ok),
-                     h_ok.eq(magic_ok & hdr_crc_ok & form_now & length_now & type_now),
-                     h_len.eq(length_now), h_zero.eq(hdr.length == 0)]
+        m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
+                     h_form.eq((hdr.version == protocol.VERSION)
+                               & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
+                     h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -873,7 +867,8 @@ class JournalEngine(wiring.Component):
                 # The header's checks are registers one cycle behind the
                 # window (``h_*``, above): HCHECK spends its first cycle
                 # waiting for them (the window and HCRC hold still here).
-                length_ok, header_ok = h_len, h_ok
+                magic_ok, hdr_crc_ok, length_ok, type_ok = h_magic, h_crc, h_len, h_type
+                header_ok = magic_ok & hdr_crc_ok & h_form & length_ok & type_ok
                 # A NAK is staged in ``ans`` and ALLOC overwrites
                 # ``stamp_time`` (STATUS NOW); the responder reads them while
                 # it sends (no second copy of the answer), so wait until the
@@ -895,7 +890,7 @@ class JournalEngine(wiring.Component):
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
                                                 & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
-                    with m.If(~h_sync):
+                    with m.If(~magic_ok | ~hdr_crc_ok):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
                         with m.If(hunting):
@@ -904,7 +899,7 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
                             m.next = "ANSWER"
-                    with m.Elif(~header_ok):
+                    with m.Elif(~h_form | ~length_ok | ~type_ok):
                         m.d.sync += nak(ST.BAD_FRAME, hdr.type,
                                         after_=Mux(length_ok, _After.SKIP, _After.HUNT))
                         with m.If(~length_ok):

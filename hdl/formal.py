@@ -736,7 +736,7 @@ class EngineSpec(Elaboratable):
         hdr = layouts.Header(small[128:])
         # MAGIC's register (``magic_ok``) is compared as a beat shifts into
         # the window (HEADER, HUNT) and is read only in HUNT (a full window)
-        # and, through ``h_sync`` and ``h_ok``, in HCHECK. Other states move the window
+        # and, through ``h_magic``, in HCHECK. Other states move the window
         # (a body shifts through ``small``) without it, so it is stated
         # where HCNT, the header bytes counted, is not 0: HCNT is 0 from
         # HCHECK's decision until the next header's first byte, in every
@@ -769,14 +769,14 @@ class EngineSpec(Elaboratable):
             len_ok = Const(0)
             for t in FT:
                 len_ok = len_ok | ((hdr.type == t) & (hdr.length <= protocol.MAX_LENGTH[t]))
-            in_step = (hdr.magic == protocol.MAGIC) & (hdr.hcrc == (bcrc ^ CRC_INIT))
-            form_ok = ((hdr.version == protocol.VERSION)
-                       & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any())
             m.d.comb += [
-                Assert(tap("h_sync") == in_step, "INV: MAGIC and HCRC checked"),
-                Assert(tap("h_ok") == (in_step & form_ok & len_ok & known_hdr(hdr.type)),
-                       "INV: the header checked"),
+                Assert(tap("h_magic") == (hdr.magic == protocol.MAGIC), "INV: MAGIC checked"),
+                Assert(tap("h_crc") == (hdr.hcrc == (bcrc ^ CRC_INIT)), "INV: HCRC checked"),
+                Assert(tap("h_form") == ((hdr.version == protocol.VERSION)
+                                         & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
+                       "INV: VERSION and FLAGS checked"),
                 Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
+                Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
                 Assert(tap("h_zero") == (hdr.length == 0), "INV: LENGTH = 0 checked"),
             ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
