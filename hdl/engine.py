@@ -307,7 +307,11 @@ class JournalEngine(wiring.Component):
         # USED - D with its borrow, a register one cycle behind (RELEASE_W):
         # the chain was the UP5K's critical path in front of the commit
         rel_left = Signal(SG + 1)
-        m.d.sync += rel_left.eq(used - rel_d)
+        # and D == USED (USED - D is 0), a flag beside it: RELEASE_AT then
+        # decides on four flip-flops (the 36-bit zero test of ``rel_left``
+        # in front of its enables was the UP5K's path after the fifth step)
+        rel_zero = Signal()
+        m.d.sync += [rel_left.eq(used - rel_d), rel_zero.eq(used == rel_d)]
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -524,7 +528,18 @@ class JournalEngine(wiring.Component):
         m.d.comb += bcnt_next.eq(bcnt + W)
         # positions in the body, as logic rather than carry chains
         b_lt16, b_lt60, b_lt64 = lt_const(bcnt, 16), lt_const(bcnt, 60), lt_const(bcnt, 64)
-        take = self.rx.valid & self.rx.ready
+        # ``rx.ready`` is a register, set on each transition for the state
+        # entered (and in HUNT for the next window): which states take a
+        # beat is decided a cycle ahead. As a function of the state and of
+        # HUNT's MAGIC test it was the UP5K's ingress path: the FSM's state
+        # -> ready -> the FIFO's read enable -> ``take`` -> the clock enable
+        # of the 256 flip-flops of ``small``. It is 1 exactly in HEADER,
+        # BODY and TRAILER, in HUNT until a full window starts with MAGIC,
+        # and in SKIP when there is a body to drop (the formal spec restates
+        # it: "INV: ingress ready").
+        rdy = Signal(init=1)
+        m.d.comb += self.rx.ready.eq(rdy)
+        take = self.rx.valid & rdy
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -582,8 +597,12 @@ class JournalEngine(wiring.Component):
         # nothing: it hunts too. (From the window through these checks to
         # the enables of every register HCHECK loads was the UP5K's
         # critical path.)
-        h_magic, h_crc, h_form, h_len, h_type, h_settled = (
-            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type",
+        # ``h_zero``: LENGTH = 0 (the header has no body), likewise: HCHECK's
+        # choice of the next state, and so of ``rdy``, reads no comparison on
+        # the window (window -> LENGTH = 0 -> the enables of ``rdy`` and of
+        # the state was the UP5K's path once ``rx.ready`` was a register)
+        h_magic, h_crc, h_form, h_len, h_type, h_zero, h_settled = (
+            Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type", "h_zero",
                                      "h_settled"))
         length_now = Const(0)
         type_now = Const(0)
@@ -594,7 +613,7 @@ class JournalEngine(wiring.Component):
         m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
-                     h_len.eq(length_now), h_type.eq(type_now)]
+                     h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -810,26 +829,29 @@ class JournalEngine(wiring.Component):
 
         with m.FSM(name="ingress"):
             with m.State("HEADER"):
-                m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
                     m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
                     with m.If(hcnt == 16 - W):
+                        m.d.sync += rdy.eq(0)
                         m.next = "HCHECK"
 
             with m.State("HUNT"):
                 # Bytes are dropped until MAGIC starts a full window; its HCRC
                 # is then recomputed from the window (HUNT_CRC).
+                # (``rdy`` is ~full_magic here: HUNT_CRC starts when it is 0)
                 full_magic = (hcnt == 16) & magic_ok
-                m.d.comb += self.rx.ready.eq(~full_magic)
                 with m.If(full_magic):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
                     m.d.sync += [small.eq(shift_in), magic_ok.eq(magic_next)]
+                    hcnt_next = Mux(hcnt < 16, hcnt + W, hcnt)
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
+                    # the window after this beat full and starting with MAGIC
+                    m.d.sync += rdy.eq(~((hcnt_next == 16) & magic_next))
 
             with m.State("HUNT_CRC"):
                 # The window rotates by a byte per cycle, 16 times in all, so
@@ -872,6 +894,7 @@ class JournalEngine(wiring.Component):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
                         with m.If(hunting):
+                            m.d.sync += rdy.eq(1)     # (a window one beat short)
                             m.next = "HUNT"
                         with m.Else():
                             m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
@@ -886,11 +909,12 @@ class JournalEngine(wiring.Component):
                         m.next = "ANSWER"
                     with m.Else():
                         m.d.sync += hunting.eq(0)
-                        with m.If(hdr.length == 0):
+                        with m.If(h_zero):
                             m.next = "VERDICT"
                         with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
                             m.next = "ALLOC_W"
                         with m.Else():
+                            m.d.sync += rdy.eq(1)
                             m.next = "BODY"
 
             with m.State("ALLOC_W"):
@@ -968,6 +992,7 @@ class JournalEngine(wiring.Component):
                     with m.If(is_desc):
                         m.next = "VERDICT"
                     with m.Else():
+                        m.d.sync += rdy.eq(1)
                         m.next = "BODY"
                 else:
                     m.next = "VERDICT"
@@ -976,7 +1001,6 @@ class JournalEngine(wiring.Component):
                 self._body(m, locals())
 
             with m.State("TRAILER"):
-                m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
                     if W == 1:
                         # (kcnt is 0 from HCHECK on: BODY does not count with it)
@@ -1005,6 +1029,7 @@ class JournalEngine(wiring.Component):
                         ]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
+                        m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
                                   & (bcnt != rlen)):
                             m.next = "PAD" if mem else "VERDICT"
@@ -1178,7 +1203,7 @@ class JournalEngine(wiring.Component):
                 self._release_d(m, locals())
 
             with m.State("RELEASE_W"):
-                # a cycle for ``rel_left`` (USED - D) to follow RELEASE_D
+                # a cycle for ``rel_left`` (USED - D) and ``rel_zero`` to follow RELEASE_D
                 m.next = "RELEASE_AT"
 
             with m.State("RELEASE_AT"):
@@ -1215,17 +1240,21 @@ class JournalEngine(wiring.Component):
                         m.d.sync += bidx.eq(0)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
+                            m.d.sync += rdy.eq(1)
                             m.next = "HEADER"
                         with m.Case(_After.HUNT):
+                            m.d.sync += rdy.eq(~((hcnt == 16) & magic_ok))
                             m.next = "HUNT"
                         with m.Case(_After.SKIP):
+                            m.d.sync += rdy.eq(~bl["zero"])
                             m.next = "SKIP"
 
             with m.State("SKIP"):
                 # drop the body (``bcnt`` up to LENGTH, from 0 after ANSWER)
                 # and then its 4 BCRC bytes (``kcnt``): no counter of its own
-                m.d.comb += self.rx.ready.eq(~bl["zero"])
+                # (``rdy`` is ~LENGTH = 0 here)
                 with m.If(bl["zero"]):
+                    m.d.sync += rdy.eq(1)
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
@@ -1360,7 +1389,6 @@ class JournalEngine(wiring.Component):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
-            m.d.comb += self.rx.ready.eq(1)
             with m.If(take):
                 # the BCRC over whole beats, the last one's lanes after the
                 # body masked: one CRC network, not one per byte count (the
@@ -1421,7 +1449,6 @@ class JournalEngine(wiring.Component):
             ]
             return
         # width 8
-        m.d.comb += self.rx.ready.eq(1)
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
             with m.If(b_lt64 & ~ld_size_at):
@@ -1607,7 +1634,7 @@ class JournalEngine(wiring.Component):
         # USED - D with its borrow: D > USED borrows, D == USED leaves 0,
         # which must hold exactly when UPTO is the last journal
         left = v["rel_left"]
-        bad = v["rel_bad"] | left[SG] | ((left == 0) != v["rel_last"])
+        bad = v["rel_bad"] | left[SG] | (v["rel_zero"] != v["rel_last"])
         with m.If(bad):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
         with m.Else():

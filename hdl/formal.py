@@ -60,9 +60,9 @@ One assumption is made on the host (see ``EngineSpec.elaborate``): a
 RELEASE's JOPTR is honest.
 
 ``TimestampSpec`` proves the timestamp unit's split 64-bit adder (the carry
-from the low word is computed early, see ``hdl/timestamp.py``): every cycle
-the clock advances by NS_INT or NS_INT + 1, modulo 2**64, or holds when
-frozen.
+from the low word into the high word is a register set a cycle ahead, see
+``hdl/timestamp.py``): every cycle the clock advances by NS_INT or NS_INT +
+1, modulo 2**64, or holds when frozen; the two words never disagree.
 
 Run them with ``python -m tricopy.hdl.formal`` (``--help``); the suite runs
 them in ``tests/hdl/test_formal.py``.
@@ -78,6 +78,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from math import gcd
 
 from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, Cat, Const, Cover, Elaboratable, Fragment, Module, Mux, Signal
@@ -193,6 +194,7 @@ class EngineSpec(Elaboratable):
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
         tap = _Taps(frag)
+        _clock_invariants(m, frag.find_subfragment("ts"), self.clk_hz)
         resp_frag = frag.find_subfragment("resp")
         busy = _Taps(resp_frag)("phase") != 0          # Responder.busy: phase != IDLE
 
@@ -703,8 +705,9 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert((small[:64] < next_seq) & ((next_seq - small[:64])[:64] <= held),
                                "INV: a RELEASE past EXEC frees journals held")
         with m.If(in_("RELEASE_AT")):
-            m.d.comb += Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
-                               "INV: USED - D settled")
+            m.d.comb += [Assert(tap("rel_left") == (used - tap("rel_d"))[:SG + 1],
+                                "INV: USED - D settled"),
+                         Assert(tap("rel_zero") == (tap("rel_d") == used), "INV: D = USED settled")]
         # P - JOPTR and P's checks: registers one and two cycles behind
         # ``small`` (a RELEASE's 16 bytes come through ALIGN, which waits)
         p_at = layouts.ReleaseAt(small[:128]).joptr
@@ -717,6 +720,15 @@ class EngineSpec(Elaboratable):
             ]
         with m.If(in_("RELEASE_D")):
             m.d.comb += Assert(tap("rel_past") == (pg_at <= joptr), "INV: P <= JOPTR settled")
+        # ``rx.ready``, a register set on each transition for the state
+        # entered (hdl/engine.py, ``rdy``): the states that take a beat are
+        # HEADER, BODY and TRAILER, HUNT until its window is full and starts
+        # with MAGIC, SKIP when the frame has a body to drop
+        hcnt_ = tap("hcnt")
+        takes_beat = (in_("HEADER") | in_("BODY") | in_("TRAILER")
+                      | (in_("HUNT") & ~((hcnt_ == 16) & tap("magic_ok")))
+                      | (in_("SKIP") & (blen != 0)))
+        m.d.comb += Assert(tap("rdy") == takes_beat, "INV: ingress ready")
         # HCHECK's checks, registers one cycle behind the window: settled
         # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
         with m.If(~in_("HCHECK")):
@@ -765,6 +777,7 @@ class EngineSpec(Elaboratable):
                        "INV: VERSION and FLAGS checked"),
                 Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
                 Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
+                Assert(tap("h_zero") == (hdr.length == 0), "INV: LENGTH = 0 checked"),
             ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing
@@ -931,6 +944,26 @@ class EngineSpec(Elaboratable):
         return m
 
 
+def _clock_invariants(m, ts_frag, clk_hz):
+    """Strengthening invariants of the timestamp unit's registers, for the
+    induction (not properties of their own): the fraction counts in units of
+    1/den ns below den, and the carry into the high word, a register set a
+    cycle ahead (``hdl/timestamp.py``), is whether this cycle's step takes
+    the low word past 2**32. Restated from the clock's frequency: a cycle is
+    1e9 / clk_hz ns, NS_INT whole and num/den (in lowest terms) more."""
+    ts_tap = _Taps(ts_frag)
+    lo, frac, carry = ts_tap("lo"), ts_tap("frac"), ts_tap("carry")
+    ns_int, rem = divmod(NS_PER_S, clk_hz)
+    g = gcd(rem, clk_hz)
+    num, den = rem // g, clk_hz // g
+    extra = (frac + num) >= den
+    m.d.comb += [
+        Assert(frac < den, "INV: the clock's fraction below one ns"),
+        Assert(carry == ((lo + ns_int + extra) >= (1 << 32)),
+               "INV: the clock's carry is this step's"),
+    ]
+
+
 class TimestampSpec(Elaboratable):
     """The timestamp unit alone: from any state, every cycle NOW advances by
     NS_INT or NS_INT + 1 modulo 2**64, holds when frozen, or takes a load."""
@@ -941,7 +974,9 @@ class TimestampSpec(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.ts = ts = self._factory(self.clk_hz)
+        ts = self._factory(self.clk_hz)
+        m.submodules.ts = ts_frag = Fragment.get(ts, platform)
+        _clock_invariants(m, ts_frag, self.clk_hz)
         m.d.comb += [ts.load.eq(AnySeq(1)), ts.load_value.eq(AnySeq(64)), ts.freeze.eq(AnySeq(1))]
         # the previous cycle, and whether it was a running (unloaded) step
         past_now, past_load, past_value, past_freeze = Signal(64), Signal(), Signal(64), Signal()

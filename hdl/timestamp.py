@@ -10,9 +10,14 @@ the clock never drifts, whatever ``clk_hz`` is.
 
 The 64-bit counter is two 32-bit words so that no carry chain is longer
 than 32 bits (iCE40 carry chains dominate fmax). The carry from the low
-word into the high word is computed without waiting for the low word's
-full sum: the low word can only overflow when its upper bits are all ones
-(see ``_carry``), so the carry is a short add plus a wide AND.
+word into the high word is a register, ``carry``, computed a cycle ahead:
+it holds whether *this* cycle's step overflows the low word, so the high
+word's adder starts from a flip-flop and both words move in the same edge
+(``now`` is never seen with the low word wrapped and the high word not yet
+carried: no correction on read, no cycle of latency). Working it out a
+cycle ahead needs no 32-bit sum either: the low word can only overflow
+when its upper bits are all ones, so "the next step overflows" is a short
+add of the two steps' increments to the low bits plus a wide AND.
 """
 
 from math import gcd
@@ -89,27 +94,43 @@ class Timestamp(wiring.Component):
         ]
         inc = Signal(range(self.ns_int + 2))
         m.d.comb += inc.eq(self.ns_int + extra)
+        # The extras of this cycle's step and the next one's together: the
+        # times frac + 2 * frac_num passes a multiple of frac_den (0, 1 or 2;
+        # frac_num < frac_den, so at most one a step).
+        two = Signal(range(3))
+        twice = frac + 2 * self.frac_num
+        m.d.comb += two.eq((twice >= self.frac_den) + (twice >= 2 * self.frac_den))
 
-        # Carry out of lo + inc. With inc <= 2**k, lo + inc can reach 2**32
-        # only if lo[k:] is all ones; then it does iff lo[:k] + inc >= 2**k.
-        k = (self.ns_int + 1).bit_length()
-        low_part = Signal(k + 1)
+        # ``carry``: this cycle's lo + inc reaches 2**32. A register, set
+        # with each step for the step after: lo + inc + inc' reaches 2**32
+        # (inc' the next step's increment) and this step does not already
+        # wrap (after a wrap lo is below inc, far from 2**32 again). With
+        # s = inc + inc' <= 2**k, lo + s can reach 2**32 only if lo[k:] is
+        # all ones; then it does iff lo[:k] + s >= 2**k. On a load, the first
+        # step from the loaded value: inc is NS_INT then (the fraction is
+        # cleared, and frac_num < frac_den).
+        k = (2 * self.ns_int + 2).bit_length()
         carry = Signal()
-        m.d.comb += [
-            low_part.eq(lo[:k] + inc),
-            carry.eq(lo[k:].all() & low_part[k]),
-        ]
+        s2 = Signal(range(2 * self.ns_int + 3))
+        m.d.comb += s2.eq(2 * self.ns_int + two)
+        wraps_next = Signal()
+        m.d.comb += wraps_next.eq(lo[k:].all() & (lo[:k] + s2)[k] & ~carry)
+        k0 = (self.ns_int + 1).bit_length()
+        load_lo = self.load_value[:32]
+        load_carry = load_lo[k0:].all() & (load_lo[:k0] + self.ns_int)[k0]
 
         with m.If(self.load):
             m.d.sync += [
                 Cat(lo, hi).eq(self.load_value),
                 frac.eq(0),
                 frozen.eq(self.freeze),
+                carry.eq(load_carry),
             ]
         with m.Elif(~frozen):
             m.d.sync += [
                 lo.eq(lo + inc),
                 hi.eq(hi + carry),
                 frac.eq(Mux(extra, frac_sum - self.frac_den, frac_sum)),
+                carry.eq(wraps_next),
             ]
         return m

@@ -88,6 +88,39 @@ def test_carry_out_of_low_word(clk_hz, high):
     run(dut, bench)
 
 
+@pytest.mark.parametrize("frozen", [0, 1])
+@pytest.mark.parametrize("clk_hz", [12_000_000, 100_000_000, 3])
+def test_carry_right_after_a_load(clk_hz, frozen):
+    """The carry into the high word is a register set a cycle ahead
+    (hdl/timestamp.py): loaded at distances from a 2**32 boundary that the
+    first or the second step crosses (and just not), frozen there first or
+    not, the clock still
+    reads exactly the loaded value plus the elapsed nanoseconds, the first
+    step's carry (set by the load) and the second's (set by the first step)
+    included."""
+    dut = Timestamp(clk_hz)
+    step = NS_PER_S // clk_hz + 1
+    high = 0x0000_00A5
+
+    async def bench(ctx):
+        # each side of where the first step (back <= step) and the second
+        # (back <= 2 * step) cross, and the nanoseconds right below 2**32
+        backs = {1, 2, 3, step - 1, step, step + 1, 2 * step - 2, 2 * step - 1, 2 * step,
+                 2 * step + 1}
+        for back in sorted(backs):
+            start = ((high + 1) << 32) - back
+            if frozen:
+                await load(ctx, dut, start, freeze=1)
+                await ctx.tick().repeat(2)
+                assert ctx.get(dut.now) == start
+            await load(ctx, dut, start)
+            for n in range(4):
+                assert ctx.get(dut.now) == start + n * NS_PER_S // clk_hz, (back, n)
+                await ctx.tick()
+
+    run(dut, bench)
+
+
 def test_low_word_upper_bits_all_ones_without_carry():
     """lo[k:] all ones but lo[:k] + inc < 2**k: no carry may leak upwards."""
     dut = Timestamp(100_000_000)  # 10 ns per cycle, k = 4
