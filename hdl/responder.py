@@ -127,7 +127,14 @@ class Responder(wiring.Component):
         crc = Signal(32, init=CRC_INIT)
         ccrc = Signal(32)
 
-        m.d.comb += self.busy.eq(phase != _Phase.IDLE)
+        # ``busy`` is its own flip-flop, set and cleared with the phase (it
+        # is always ``phase != IDLE``): the engine's waits for an idle
+        # responder (HCHECK, VERDICT, ANSWER) and the ring port's owner read
+        # a register, not a decode of the phase (at width 32 the path from
+        # the phase through the FSM's waits to the enables of the staged
+        # answer was the critical one once the decision had its own cycle).
+        busy = Signal()
+        m.d.comb += self.busy.eq(busy)
 
         # What the phase logic asks of ``idx`` is answered a beat ahead, in
         # registers loaded at each take from the index being left (an
@@ -144,12 +151,14 @@ class Responder(wiring.Component):
         #                CRC reads a register, not a 16-way byte multiplexer
         hd_crc = Signal()
         hd_last = Signal()
+        in_head = phase == _Phase.HEAD
+        hd_last_d = in_head & (idx == 16 - 2 * W)     # ``hd_last`` at the next take
         tr_last = Signal(name="tr_last") if W == 1 else Const(1)
         hbeat = Signal(8 * W)
 
-        with m.If(self.start & (phase == _Phase.IDLE)):
+        with m.If(self.start & ~busy):
             m.d.sync += [
-                phase.eq(_Phase.HEAD),
+                phase.eq(_Phase.HEAD), busy.eq(1),
                 idx.eq(0),
                 crc.eq(CRC_INIT),
                 # beat 0 is MAGIC's first (a constant): the description
@@ -304,7 +313,7 @@ class Responder(wiring.Component):
                     m.d.comb += beat.eq((crc ^ CRC_INIT) >> Cat(Const(0, 3), W - kl))
 
         m.d.comb += [
-            self.tx.valid.eq(phase != _Phase.IDLE),
+            self.tx.valid.eq(busy),
             self.tx.payload.eq(beat),
         ]
 
@@ -317,12 +326,27 @@ class Responder(wiring.Component):
         # header (at least two beats) fills them: its takes read word 0,
         # its last take moves word 0 into ``ring_beat`` and reads word 1.
         # No cycle is added to an answer.
+        #
+        # The word read at a take is ``base`` plus 0 in the header, W at its
+        # last beat and ``idx + 2W`` in the body: ``raddr`` holds that word
+        # address as a register, loaded with ``base``'s at the start (the
+        # engine stages a read-out's ``base`` the cycle before it starts
+        # the answer) and stepped by one word at each take that moves the
+        # read ahead (into the header's last beat, and from there on), so
+        # the ring's read address is a flip-flop, not ``idx + 2W`` and
+        # ``base + ahead`` (two carry chains; the width-32 critical path
+        # once the decision had its own cycle). Past the body's end it
+        # reads on, unused, as the trailer's takes did before.
         if self.has_ring:
+            raddr = Signal(self.ring_bits - LW)
+            with m.If(self.start & ~busy):
+                m.d.sync += raddr.eq(word_address(base, W))
             with m.If(take):
                 m.d.sync += ring_beat.eq(self.rd_data)
-            ahead = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))
+                with m.If((phase == _Phase.BODY) | hd_last | hd_last_d):
+                    m.d.sync += raddr.eq(raddr + 1)
             m.d.comb += [
-                self.rd_addr.eq(word_address(base + ahead, W)),
+                self.rd_addr.eq(raddr),
                 self.rd_en.eq(take),
             ]
 
@@ -331,10 +355,9 @@ class Responder(wiring.Component):
             # the flags of the beat after this one (see above): 0 but in
             # HEAD and TRAILER; the header's next word is read here, a beat
             # before it is shown and CRC'd
-            in_head = phase == _Phase.HEAD
             m.d.sync += [
                 hd_crc.eq(in_head & lt_const(idx, 12 - W)),
-                hd_last.eq(in_head & (idx == 16 - 2 * W)),
+                hd_last.eq(hd_last_d),
                 hbeat.eq(head.word_select(idx_next[LW:4], 8 * W)),
             ]
             if W == 1:
@@ -346,6 +369,7 @@ class Responder(wiring.Component):
                     with m.If(hd_last):
                         m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
+                        m.d.sync += busy.eq(length != 0)
                 with m.Case(_Phase.BODY):
                     m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
                     with m.If(idx == 60 - W):
@@ -354,5 +378,5 @@ class Responder(wiring.Component):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
                 with m.Case(_Phase.TRAILER):
                     with m.If(tr_last):
-                        m.d.sync += phase.eq(_Phase.IDLE)
+                        m.d.sync += [phase.eq(_Phase.IDLE), busy.eq(0)]
         return m
