@@ -5,7 +5,8 @@ LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
 and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
 is latched either (but the next body beat of a view, read one beat ahead,
-and the header beat shown, read from the description a beat ahead):
+the header beat shown, read from the description a beat ahead, and a
+read-out's ring word address, loaded from ``base`` at the start):
 the engine holds the description, its ``Ack`` (which also carries a
 HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
