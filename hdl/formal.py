@@ -576,9 +576,6 @@ class EngineSpec(Elaboratable):
         with m.If(r_trailer):
             m.d.comb += Assert(ridx <= 4 - RW, "INV: the responder's trailer index in range")
         m.d.comb += [
-            # ``busy`` is a flip-flop of its own; the spec's ``busy`` (above)
-            # is the phase's, so the engine's waits are held to this
-            Assert(rtap("busy") == (rphase != 0), "INV: responder's busy flag"),
             Assert(rtap("hd_crc") == (r_head & (ridx < 12)), "INV: responder's HCRC'd-beat flag"),
             Assert(rtap("hd_last") == (r_head & (ridx == 16 - RW)),
                    "INV: responder's last-header-beat flag"),

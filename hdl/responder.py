@@ -128,13 +128,11 @@ class Responder(wiring.Component):
         crc = Signal(32, init=CRC_INIT)
         ccrc = Signal(32)
 
-        # ``busy`` is its own flip-flop, set and cleared with the phase (it
-        # is always ``phase != IDLE``): the engine's waits for an idle
-        # responder (HCHECK, VERDICT, ANSWER) and the ring port's owner read
-        # a register, not a decode of the phase (at width 32 the path from
-        # the phase through the FSM's waits to the enables of the staged
-        # answer was the critical one once the decision had its own cycle).
-        busy = Signal()
+        # ``busy`` stays a decode of the phase: as a flip-flop of its own it
+        # bought nothing at width 32 (within nextpnr's seed noise) and cost
+        # the width-8 engine about 6 MHz (docs/hardware.md, "Timing
+        # closure, sixth step")
+        busy = phase != _Phase.IDLE
         m.d.comb += self.busy.eq(busy)
 
         # What the phase logic asks of ``idx`` is answered a beat ahead, in
@@ -159,7 +157,7 @@ class Responder(wiring.Component):
 
         with m.If(self.start & ~busy):
             m.d.sync += [
-                phase.eq(_Phase.HEAD), busy.eq(1),
+                phase.eq(_Phase.HEAD),
                 idx.eq(0),
                 crc.eq(CRC_INIT),
                 # beat 0 is MAGIC's first (a constant): the description
@@ -370,7 +368,6 @@ class Responder(wiring.Component):
                     with m.If(hd_last):
                         m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
-                        m.d.sync += busy.eq(length != 0)
                 with m.Case(_Phase.BODY):
                     m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
                     with m.If(idx == 60 - W):
@@ -379,5 +376,5 @@ class Responder(wiring.Component):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
                 with m.Case(_Phase.TRAILER):
                     with m.If(tr_last):
-                        m.d.sync += [phase.eq(_Phase.IDLE), busy.eq(0)]
+                        m.d.sync += phase.eq(_Phase.IDLE)
         return m
