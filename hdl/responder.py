@@ -5,7 +5,8 @@ LENGTH and where the body comes from) with a one-cycle ``start``; the
 responder emits header, body and trailer on a byte stream and computes HCRC
 and BCRC on the fly (one CRC unit), so no answer is ever buffered. Nothing
 is latched either (but the next body beat of a view, read one beat ahead,
-and the header beat shown, read from the description a beat ahead):
+the header beat shown, read from the description a beat ahead, and a
+read-out's ring word address, loaded from ``base`` at the start):
 the engine holds the description, its ``Ack`` (which also carries a
 HEARTBEAT token) and the status views still until ``busy`` falls. Three
 SEQ fields are sums the responder adds a byte at a time as it sends them
@@ -127,7 +128,12 @@ class Responder(wiring.Component):
         crc = Signal(32, init=CRC_INIT)
         ccrc = Signal(32)
 
-        m.d.comb += self.busy.eq(phase != _Phase.IDLE)
+        # ``busy`` stays a decode of the phase: as a flip-flop of its own it
+        # bought nothing at width 32 (within nextpnr's seed noise) and cost
+        # the width-8 engine about 6 MHz (docs/hardware.md, "Timing
+        # closure, sixth step")
+        busy = phase != _Phase.IDLE
+        m.d.comb += self.busy.eq(busy)
 
         # What the phase logic asks of ``idx`` is answered a beat ahead, in
         # registers loaded at each take from the index being left (an
@@ -144,10 +150,12 @@ class Responder(wiring.Component):
         #                CRC reads a register, not a 16-way byte multiplexer
         hd_crc = Signal()
         hd_last = Signal()
+        in_head = phase == _Phase.HEAD
+        hd_last_d = in_head & (idx == 16 - 2 * W)     # ``hd_last`` at the next take
         tr_last = Signal(name="tr_last") if W == 1 else Const(1)
         hbeat = Signal(8 * W)
 
-        with m.If(self.start & (phase == _Phase.IDLE)):
+        with m.If(self.start & ~busy):
             m.d.sync += [
                 phase.eq(_Phase.HEAD),
                 idx.eq(0),
@@ -304,7 +312,7 @@ class Responder(wiring.Component):
                     m.d.comb += beat.eq((crc ^ CRC_INIT) >> Cat(Const(0, 3), W - kl))
 
         m.d.comb += [
-            self.tx.valid.eq(phase != _Phase.IDLE),
+            self.tx.valid.eq(busy),
             self.tx.payload.eq(beat),
         ]
 
@@ -317,12 +325,27 @@ class Responder(wiring.Component):
         # header (at least two beats) fills them: its takes read word 0,
         # its last take moves word 0 into ``ring_beat`` and reads word 1.
         # No cycle is added to an answer.
+        #
+        # The word read at a take is ``base`` plus 0 in the header, W at its
+        # last beat and ``idx + 2W`` in the body: ``raddr`` holds that word
+        # address as a register, loaded with ``base``'s at the start (the
+        # engine stages a read-out's ``base`` the cycle before it starts
+        # the answer) and stepped by one word at each take that moves the
+        # read ahead (into the header's last beat, and from there on), so
+        # the ring's read address is a flip-flop, not ``idx + 2W`` and
+        # ``base + ahead`` (two carry chains; the width-32 critical path
+        # once the decision had its own cycle). Past the body's end it
+        # reads on, unused, as the trailer's takes did before.
         if self.has_ring:
+            raddr = Signal(self.ring_bits - LW)
+            with m.If(self.start & ~busy):
+                m.d.sync += raddr.eq(word_address(base, W))
             with m.If(take):
                 m.d.sync += ring_beat.eq(self.rd_data)
-            ahead = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))
+                with m.If((phase == _Phase.BODY) | hd_last | hd_last_d):
+                    m.d.sync += raddr.eq(raddr + 1)
             m.d.comb += [
-                self.rd_addr.eq(word_address(base + ahead, W)),
+                self.rd_addr.eq(raddr),
                 self.rd_en.eq(take),
             ]
 
@@ -331,10 +354,9 @@ class Responder(wiring.Component):
             # the flags of the beat after this one (see above): 0 but in
             # HEAD and TRAILER; the header's next word is read here, a beat
             # before it is shown and CRC'd
-            in_head = phase == _Phase.HEAD
             m.d.sync += [
                 hd_crc.eq(in_head & lt_const(idx, 12 - W)),
-                hd_last.eq(in_head & (idx == 16 - 2 * W)),
+                hd_last.eq(hd_last_d),
                 hbeat.eq(head.word_select(idx_next[LW:4], 8 * W)),
             ]
             if W == 1:
