@@ -13,26 +13,21 @@ equal): the Verilator harness builds that way (``sim/build.py``; docs/sim.md,
 "Harness speed"), the boards and the formal proofs keep the spelt-out form.
 """
 
-import contextlib
-import contextvars
 from functools import reduce
 
 from amaranth.hdl import Const, Value
 
+from .switch import Switch
+
 __all__ = ["lt_const", "ge_const", "le_wide", "native_compares"]
 
-_NATIVE = contextvars.ContextVar("tricopy_native_compares", default=False)
+_NATIVE = Switch("tricopy_native_compares")
 
 
-@contextlib.contextmanager
 def native_compares():
     """Within this block :func:`lt_const` and :func:`ge_const` write plain
     comparisons (module docstring): for a simulator, not for synthesis."""
-    token = _NATIVE.set(True)
-    try:
-        yield
-    finally:
-        _NATIVE.reset(token)
+    return _NATIVE.on()
 
 
 def lt_const(x, k: int) -> Value:
@@ -45,7 +40,7 @@ def lt_const(x, k: int) -> Value:
         return Const(0, 1)
     if k >= 1 << n:
         return Const(1, 1)
-    if _NATIVE.get():
+    if _NATIVE:
         return x < k
     # x < k iff, at some bit i where k has a 1, x has a 0 and the bits above
     # i are equal to k's

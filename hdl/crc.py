@@ -17,13 +17,13 @@ parities (docs/sim.md, "Harness speed"). ``tests/hdl/test_crc.py`` holds
 the two spellings equal.
 """
 
-import contextlib
-import contextvars
 from functools import lru_cache
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from .switch import Switch
 
 __all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C", "byte_columns"]
 
@@ -51,18 +51,13 @@ def _matrix(nbytes: int) -> tuple[tuple[frozenset, ...], ...]:
     return tuple(state)
 
 
-_COLUMNS = contextvars.ContextVar("tricopy_crc_columns", default=False)
+_COLUMNS = Switch("tricopy_crc_columns")
 
 
-@contextlib.contextmanager
 def byte_columns():
     """Within this block :func:`crc32c_step` writes its networks by byte
     columns (module docstring): for a simulator, not for synthesis."""
-    token = _COLUMNS.set(True)
-    try:
-        yield
-    finally:
-        _COLUMNS.reset(token)
+    return _COLUMNS.on()
 
 
 @lru_cache(maxsize=None)
@@ -86,7 +81,7 @@ def crc32c_step(state, data, nbytes: int):
     """
     if not 1 <= nbytes:
         raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
-    if _COLUMNS.get():
+    if _COLUMNS:
         return _step_columns(Value.cast(state)[:32], Value.cast(data), nbytes)
     inputs = Cat(state[:32], data[:8 * nbytes])
     bits = []

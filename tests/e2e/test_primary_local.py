@@ -124,6 +124,20 @@ def test_write_log_enospc_and_short_writes(tmp_path, monkeypatch):
         cluster.stop_all()
 
 
+def _pvol_eio(monkeypatch, vol, at: int | None = None):
+    """From now on the PVOL ``vol`` fails every write (or the one at offset
+    ``at``) with EIO; returns the real ``pwrite`` to put back."""
+    real = fileio.pwrite
+
+    def eio(fd, data, offset):
+        if fd == vol._fd and at in (None, offset):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(fileio, "pwrite", eio)
+    return real
+
+
 def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
     cluster = Cluster(tmp_path)
     try:
@@ -133,14 +147,7 @@ def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
             async with master_group(cluster) as g:
                 await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
                 last, vol = g.last_pseq, g.volumes[0]
-                real = fileio.pwrite
-
-                def eio(fd, data, offset):
-                    if fd == vol._fd:
-                        raise OSError(errno.EIO, "Input/output error")
-                    return real(fd, data, offset)
-
-                monkeypatch.setattr(fileio, "pwrite", eio)
+                real = _pvol_eio(monkeypatch, vol)
                 with pytest.raises(LocalIOError) as e:
                     await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x02" * BLOCK)
                 monkeypatch.setattr(fileio, "pwrite", real)
@@ -180,14 +187,7 @@ def test_a_pvol_error_inside_a_batch_fails_it_and_the_rest_only(tmp_path, monkey
             async with master_group(cluster) as g:
                 await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
                 last, vol = g.last_pseq, g.volumes[0]
-                real = fileio.pwrite
-
-                def eio(fd, data, offset):
-                    if fd == vol._fd and offset == 3 * BLOCK:
-                        raise OSError(errno.EIO, "Input/output error")
-                    return real(fd, data, offset)
-
-                monkeypatch.setattr(fileio, "pwrite", eio)
+                real = _pvol_eio(monkeypatch, vol, at=3 * BLOCK)
                 results = await g.journal_many(0, [(2 * BLOCK, b"\x02" * BLOCK, False),
                                                    (3 * BLOCK, b"\x03" * BLOCK, False),
                                                    (4 * BLOCK, b"\x04" * BLOCK, False)])
