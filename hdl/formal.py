@@ -1061,6 +1061,8 @@ def _assert_text(line: str) -> str:
     (``... failed assertion <cell> at <file>:<line>``), else the line."""
     import re
     where = line.rsplit(" at ", 1)[-1].strip()
+    # a failure in a proof's base case ends "... at <file>:<line> step <n>"
+    where = re.sub(r"\s+step \d+$", "", where)
     path, _, lineno = where.rpartition(":")
     try:
         lines = pathlib.Path(path).read_text().splitlines()

@@ -157,6 +157,18 @@ def test_timestamp_proof_catches_a_wrong_step(tmp_path):
     assert caught & set(res.failed), res.failed
 
 
+def test_a_failed_assertion_is_named_in_either_summary_form(tmp_path):
+    """SymbiYosys ends a base-case failure's line with " step <n>": the
+    property's name must be found either way (the wrong-step test above
+    failed once on the file:line it gave instead)."""
+    from tricopy.hdl.formal import _assert_text
+    src = tmp_path / "spec.py"
+    src.write_text('x = 1\n        Assert(a == (b + 1),\n               "INV: the name")\n')
+    head = "SBY 4:30:43 [t] summary:   failed assertion top._witness_.check_3 at "
+    assert _assert_text(f"{head}{src}:2") == "INV: the name"
+    assert _assert_text(f"{head}{src}:2 step 1") == "INV: the name"
+
+
 def test_alloc_comparison_proven_at_every_width(tmp_path):
     res = run_sby(CompareSpec(), "compare", mode="prove", depth=1, workdir=tmp_path)
     assert res.passed, (res.failed, res.log[-3000:])
