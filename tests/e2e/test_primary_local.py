@@ -138,7 +138,9 @@ def _pvol_eio(monkeypatch, vol, at: int | None = None):
     return real
 
 
-def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
+def _after_one_write(tmp_path, body) -> None:
+    """Await ``body(cluster, g)`` on the primary's group, connected to a real
+    relay, once one write (PSEQ 1) went through; the relay stays up meanwhile."""
     cluster = Cluster(tmp_path)
     try:
         cluster.start("relay")
@@ -146,31 +148,37 @@ def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
         async def run():
             async with master_group(cluster) as g:
                 await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
-                last, vol = g.last_pseq, g.volumes[0]
-                real = _pvol_eio(monkeypatch, vol)
-                with pytest.raises(LocalIOError) as e:
-                    await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x02" * BLOCK)
-                monkeypatch.setattr(fileio, "pwrite", real)
-                assert g.last_pseq == last, "a journal that was never logged burnt a PSEQ"
-                assert g.grsts == "SUSP", "the PVOL extent is unknown: the pair must not go on"
-                assert g.reason.startswith(f"PVOL idx 0 ({vol.path}) write at offset {2 * BLOCK}")
-                assert "relay" not in g.reason.replace(str(tmp_path), "")
-                assert e.value.errno == errno.EIO and str(vol.path) in str(e.value)
-                assert nbd_error(e.value) == NBD_EIO
-                assert g.bitmap.test(0, 2 * BLOCK // g.bitmap.chunk), "extent not in the bitmap"
-                with pytest.raises(GroupSuspended):
-                    await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x03" * BLOCK)
-                # the device is back: resync continues right after the relay's last PSEQ
-                g.pair_resync(relay_last_tag=cluster.status("relay")["last_tag"])
-                await until(lambda: g.grsts == "PAIR", "the resync to finish")
-                await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x04" * BLOCK)
-                return last, g.last_pseq
+                await body(cluster, g)
 
-        last, now = asyncio.run(run())
-        assert now > last + 1
-        assert cluster.status("relay")["last_tag"] == now
+        asyncio.run(run())
     finally:
         cluster.stop_all()
+
+
+def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
+    async def body(cluster, g):
+        last, vol = g.last_pseq, g.volumes[0]
+        real = _pvol_eio(monkeypatch, vol)
+        with pytest.raises(LocalIOError) as e:
+            await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x02" * BLOCK)
+        monkeypatch.setattr(fileio, "pwrite", real)
+        assert g.last_pseq == last, "a journal that was never logged burnt a PSEQ"
+        assert g.grsts == "SUSP", "the PVOL extent is unknown: the pair must not go on"
+        assert g.reason.startswith(f"PVOL idx 0 ({vol.path}) write at offset {2 * BLOCK}")
+        assert "relay" not in g.reason.replace(str(tmp_path), "")
+        assert e.value.errno == errno.EIO and str(vol.path) in str(e.value)
+        assert nbd_error(e.value) == NBD_EIO
+        assert g.bitmap.test(0, 2 * BLOCK // g.bitmap.chunk), "extent not in the bitmap"
+        with pytest.raises(GroupSuspended):
+            await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x03" * BLOCK)
+        # the device is back: resync continues right after the relay's last PSEQ
+        g.pair_resync(relay_last_tag=cluster.status("relay")["last_tag"])
+        await until(lambda: g.grsts == "PAIR", "the resync to finish")
+        await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x04" * BLOCK)
+        assert g.last_pseq > last + 1
+        assert cluster.status("relay")["last_tag"] == g.last_pseq
+
+    _after_one_write(tmp_path, body)
 
 
 def test_a_pvol_error_inside_a_batch_fails_it_and_the_rest_only(tmp_path, monkeypatch):
@@ -179,30 +187,22 @@ def test_a_pvol_error_inside_a_batch_fails_it_and_the_rest_only(tmp_path, monkey
     the third is never applied, neither burns a PSEQ; the first, in flight
     when the group suspends, fails as every in-flight write does then, its
     extent in the copy bitmap with the refused one's."""
-    cluster = Cluster(tmp_path)
-    try:
-        cluster.start("relay")
+    async def body(cluster, g):
+        last, vol = g.last_pseq, g.volumes[0]
+        real = _pvol_eio(monkeypatch, vol, at=3 * BLOCK)
+        results = await g.journal_many(0, [(2 * BLOCK, b"\x02" * BLOCK, False),
+                                           (3 * BLOCK, b"\x03" * BLOCK, False),
+                                           (4 * BLOCK, b"\x04" * BLOCK, False)])
+        monkeypatch.setattr(fileio, "pwrite", real)
+        assert [type(r) for r in results] == [GroupSuspended, LocalIOError, LocalIOError]
+        assert results[1].errno == errno.EIO and str(vol.path) in str(results[1])
+        assert results[2] is results[1]
+        assert g.last_pseq == last + 1, "the refused writes burnt PSEQs"
+        assert g.grsts == "SUSP" and g.reason.startswith(
+            f"PVOL idx 0 ({vol.path}) write at offset {3 * BLOCK}")
+        assert vol.read(2 * BLOCK, BLOCK) == b"\x02" * BLOCK
+        assert vol.read(4 * BLOCK, BLOCK) == bytes(BLOCK), "a write after it applied"
+        chunk = g.bitmap.chunk
+        assert g.bitmap.test(0, 2 * BLOCK // chunk) and g.bitmap.test(0, 3 * BLOCK // chunk)
 
-        async def run():
-            async with master_group(cluster) as g:
-                await g.journal(Kind.UPDATE, 0, 0, BLOCK, b"\x01" * BLOCK)
-                last, vol = g.last_pseq, g.volumes[0]
-                real = _pvol_eio(monkeypatch, vol, at=3 * BLOCK)
-                results = await g.journal_many(0, [(2 * BLOCK, b"\x02" * BLOCK, False),
-                                                   (3 * BLOCK, b"\x03" * BLOCK, False),
-                                                   (4 * BLOCK, b"\x04" * BLOCK, False)])
-                monkeypatch.setattr(fileio, "pwrite", real)
-                assert [type(r) for r in results] == [GroupSuspended, LocalIOError, LocalIOError]
-                assert results[1].errno == errno.EIO and str(vol.path) in str(results[1])
-                assert results[2] is results[1]
-                assert g.last_pseq == last + 1, "the refused writes burnt PSEQs"
-                assert g.grsts == "SUSP" and g.reason.startswith(
-                    f"PVOL idx 0 ({vol.path}) write at offset {3 * BLOCK}")
-                assert vol.read(2 * BLOCK, BLOCK) == b"\x02" * BLOCK
-                assert vol.read(4 * BLOCK, BLOCK) == bytes(BLOCK), "a write after it applied"
-                chunk = g.bitmap.chunk
-                assert g.bitmap.test(0, 2 * BLOCK // chunk) and g.bitmap.test(0, 3 * BLOCK // chunk)
-
-        asyncio.run(run())
-    finally:
-        cluster.stop_all()
+    _after_one_write(tmp_path, body)
