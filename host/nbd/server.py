@@ -5,7 +5,8 @@ A session feeds received bytes to :class:`~.protocol.ServerConnection`, starts
 one task per validated request (so a slow request does not hold back the next;
 NBD replies carry the request's handle, so their order does not matter), or
 one task for the WRITEs of one read when the export takes batches
-(``Export.batch_max``), and writes whatever the core queues.  A failing session closes only its own socket.
+(``Export.batch_max``), and writes whatever the core queues.  A failing
+session closes only its own socket.
 """
 
 from __future__ import annotations

@@ -305,14 +305,7 @@ class MasterGroup:
                 raise ValueError(f"journal_many takes writes of at most {protocol.MAX_DATA} "
                                  f"bytes, not {len(data)}")
             try:
-                if self._ready.is_set():       # no coroutine per write where none waits
-                    cold = self._checks(Kind.UPDATE, idx, offset, len(data), data)
-                    if cold and cold is not True:
-                        await self._al_warm(cold)
-                    local = cold is True
-                else:
-                    local = await self._local_only(Kind.UPDATE, idx, offset, len(data), data)
-                if not local:
+                if not await self._local_only(Kind.UPDATE, idx, offset, len(data), data):
                     todo.append((i, offset, len(data), data, fua))
             except Exception as exc:
                 results[i] = exc
@@ -343,17 +336,6 @@ class MasterGroup:
         be refused; True if it was applied without a journal (a split pair)."""
         if not self._ready.is_set():
             await self._ready.wait()      # after an unclean stop: until the relay's HELLO
-        cold = self._checks(kind, idx, offset, length, data)
-        if cold is True:
-            return True
-        if cold:
-            await self._al_warm(cold)
-        return False
-
-    def _checks(self, kind: Kind, idx: int, offset: int, length: int,
-                data: bytes) -> bool | list:
-        """``_local_only`` without its waits: True if applied without a journal,
-        else the extents the activity log must list first ([] if none)."""
         if self.fenced:     # whatever the pair state: another site is the primary now
             raise GroupFenced(f"group {self.cfg.grname} is fenced: {self.reason}")
         if self.swapping:
@@ -364,21 +346,19 @@ class MasterGroup:
         vol.check(offset, length)
         if self._apply_only(kind, idx, offset, length, data):
             return True
-        if self.grsts == "SUSP":
-            return []
-        al = self.al
-        keys = al.extents(idx, offset, length)
-        ahead = al.ahead(idx, offset, length, vol.size)
-        if ahead:
-            al.list_ahead(ahead)
+        if self.grsts != "SUSP":
+            keys = self.al.extents(idx, offset, length)
+            ahead = self.al.ahead(idx, offset, length, vol.size)
+            self.al.list_ahead(ahead)
             # (``list_ahead``: every save from now on lists them, this one too)
-        if not al.covers(keys):
-            return keys
-        if ahead:              # a stream's next extents, listed before it gets there
-            # Nobody waits for it: a failure shows when a write needs
-            # the extent (``_al_before`` saves in line and reports it).
-            self._al_save_soon().add_done_callback(lambda t: t.cancelled() or t.exception())
-        return []
+            if not self.al.covers(keys):
+                await self._al_warm(keys)
+            elif ahead:            # a stream's next extents, listed before it gets there
+                # Nobody waits for it: a failure shows when a write needs
+                # the extent (``_al_before`` saves in line and reports it).
+                self._al_save_soon().add_done_callback(
+                    lambda t: t.cancelled() or t.exception())
+        return False
 
     async def _drain(self) -> None:
         if self.link is not None:

@@ -381,15 +381,16 @@ class RelayGroup:
                 await sender   # every accepted journal durable before the next connection
                 await link.close()
 
-    async def _ingest_one(self, body: bytes) -> tuple[int | None, Frame]:
-        """A one-journal JNLWR body: (seq to wait durable for, answer frame)."""
+    async def _ingest_one(self, body: bytes) -> tuple[int | None, Frame | protocol.Ack]:
+        """A one-journal JNLWR body: (seq to wait durable for, answer), as below."""
         (answer,) = await self._ingest_frame(body)
         return answer
 
-    async def _ingest_frame(self, body: bytes) -> list[tuple[int | None, Frame]]:
+    async def _ingest_frame(self, body: bytes) -> list[tuple[int | None, Frame | protocol.Ack]]:
         """Take the journals of one JNLWR body (one or a batch, docs/protocol.md,
         "Journal batches"); returns, per journal and in order, (seq to wait
-        durable for, answer frame).  The journals taken are written to the
+        durable for, answer: a frame, or an OK ``Ack`` framed only if it is sent,
+        ``AnswerGate.add``).  The journals taken are written to the
         journal volume together (one ``pwritev`` per run of adjacent records)
         before this returns, so they share the next fdatasync.
 
