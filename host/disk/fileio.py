@@ -28,9 +28,13 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["NAMES", "use", "backend", "fsync_dir",
+__all__ = ["IOV_MAX", "NAMES", "use", "backend", "fsync_dir",
            "open", "close", "pread", "pwrite", "pwritev", "write", "writev", "fsync", "fdatasync",
            "ftruncate", "fstat", "replace", "link", "unlink"]
+
+#: Buffers one ``writev``/``pwritev`` takes (Linux's IOV_MAX); more fail with
+#: EINVAL, so callers with many buffers cut them into calls of at most this.
+IOV_MAX = 1024
 
 
 def _os_fsync_dir(path) -> None:

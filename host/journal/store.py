@@ -1087,10 +1087,10 @@ def _contiguous_runs(index: list[tuple[int, int]]):
 
 
 _ZERO_CHUNK = bytes(1 << 20)
-# Buffers one pwritev takes (Linux IOV_MAX); more fail with EINVAL, which
-# would break the store: a batch of many journals without data (64-byte
-# records, one buffer each) could reach it, so a run is cut before.
-_IOV_MAX = 1024
+# A batch of many journals without data (64-byte records, one buffer each)
+# could pass fileio.IOV_MAX buffers, which would break the store: a run is
+# cut before.
+_IOV_MAX = fileio.IOV_MAX
 
 
 def _write_zeros(fd: int, pos: int, length: int) -> None:

@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 SEGMENT_SIZE = 8 << 20      # roll to a new segment file past this many bytes
 _DIGITS = 12                # segment number width in the file name
 _READ_BUFFER = 1 << 20
-# Buffers per writev: well under IOV_MAX (1024 on Linux), two per record.
-_IOV_BATCH = 512
 _RELEASED_HELD = 2          # released, unsynced segments kept open for the next flush
 
 
@@ -300,8 +298,8 @@ class WriteLog:
             bufs.append(heads[i] if heads is not None else ctl.pack())
             bufs.append(data)
         try:
-            for at in range(0, len(bufs), _IOV_BATCH):
-                _write_all(self._fd, bufs[at:at + _IOV_BATCH])
+            for at in range(0, len(bufs), fileio.IOV_MAX):
+                _write_all(self._fd, bufs[at:at + fileio.IOV_MAX])
         except OSError as exc:
             self._cut(first, exc)
             raise WriteLogError(exc.errno, f"write log {seg.path}: append failed "
