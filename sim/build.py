@@ -150,8 +150,9 @@ def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
                        f"{_CFLAGS} {_cpu_signature()} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
+    # (this file too: it rewrites the Verilog, e.g. one clock edge a cycle)
     for path in sorted(hdl.glob("*.py")) + [HERE.parent / "host" / "wire" / "protocol.py",
-                                            HARNESS_CPP, HARNESS_TOP]:
+                                            HARNESS_CPP, HARNESS_TOP, Path(__file__)]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:20]
 
