@@ -150,6 +150,11 @@ def run_protocol(args) -> int:
         for how in ("atomic_write", "slotfile"):
             results.append(bench_state_save(how))
     results.append(bench_link_round_trip())
+    from .bench_tls import bench_seal_open, bench_tls_hop
+    # a QD16 batch of 4 KiB journals (9 on average) and a 1 MiB write
+    for message, count in ((9 * (4096 + 64), 2000), ((1 << 20) + 64, 150)):
+        results.append(bench_seal_open(message, count))
+        results += bench_tls_hop(message, count)
     for size in (4096, 65536):
         results.append(bench_store(size, False))
         for batch in (1, 32):
@@ -167,6 +172,11 @@ def run_protocol(args) -> int:
             elif r["what"] == "state save":
                 print(f"state save  {r['how']:<12}  {r['wall_us_per_save']:>7,} µs/save  "
                       f"{r['cpu_us_per_save']:>5,} µs CPU/save")
+            elif r["what"] in ("link hop", "seal+open"):
+                how = (f"{r['how']:<20} {r['receiver']} receives" if r["what"] == "link hop"
+                       else f"seal+open only ({r['cipher']})")
+                print(f"link hop  {r['message']:>8,} B  {how:<50} "
+                      f"{r['cpu_us_per_message']:>8,.1f} µs CPU (both ends)")
             elif r["what"] == "link round trip":
                 print(f"link round trip (loopback, plain)  {r['wall_us']:>7,.1f} µs  "
                       f"{r['cpu_us']:>5,.1f} µs CPU (both ends)")
@@ -187,7 +197,8 @@ def register(sub) -> None:
     from .bench_all import register_all          # no WHAT: every suite in turn
     register_all(bench)
     p = which.add_parser("protocol", help="codec (serialize+parse+CRC), journal store append "
-                                          "rates, state-file saves, link round trips")
+                                          "rates, state-file saves, link round trips, "
+                                          "a link hop's CPU plain and TLS")
     p.add_argument("--seconds", type=float, default=1.0, help="time per codec figure")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_protocol)

@@ -28,6 +28,7 @@ import ssl
 
 from . import protocol
 from . import tls as _tls
+from .bufstream import open_stream
 from .protocol import Frame, FrameType
 
 __all__ = ["LinkError", "LinkClosed", "LinkTimeout", "LinkRefused", "LinkUnauthenticated", "Link",
@@ -334,7 +335,7 @@ async def connect(addr: tuple[str, int], hello: protocol.Hello, *, heartbeat: fl
     """
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*addr, ssl=tls, ssl_handshake_timeout=timeout if tls else None),
+            open_stream(*addr, ssl=tls, ssl_handshake_timeout=timeout if tls else None),
             timeout)
     except ssl.SSLError as exc:
         why = f"{name}: refused {addr[0]}:{addr[1]}: {_tls.refusal(exc)}"

@@ -27,6 +27,8 @@ from asyncio import sslproto
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
+from .bufstream import BufferedStream
+
 __all__ = ["server_context", "client_context", "peer_names", "refusal", "start_server",
            "client_args", "check_peer", "Limits", "warn_once", "Revocations", "revoked"]
 
@@ -298,10 +300,11 @@ async def start_server(callback: Callback, addr: tuple[str, int], *, what: str,
     def factory():
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         if ctx is None:
-            return asyncio.StreamReaderProtocol(reader, plain, loop=loop)
+            return BufferedStream(asyncio.StreamReaderProtocol(reader, plain, loop=loop))
         app = asyncio.StreamReaderProtocol(reader, loop=loop)
         waiter = loop.create_future()
-        proto = _TlsAccept(loop, app, ctx, waiter, server_side=True,
+        # the TLS layer decrypts into BufferedStream's buffer (bufstream.py says why)
+        proto = _TlsAccept(loop, BufferedStream(app), ctx, waiter, server_side=True,
                            ssl_handshake_timeout=handshake_timeout)
         proto.waiter = waiter
         task = loop.create_task(secured(proto, reader, app))
