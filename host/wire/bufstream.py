@@ -2,21 +2,19 @@
 
 Why: both TLS layers a site runs on (asyncio's ``SSLProtocol`` on the
 accepting side, uvloop's on the connecting side) hand decrypted bytes to a
-plain ``Protocol`` by calling ``SSLObject.read(256 KiB)`` for every chunk,
-and CPython allocates the whole 256 KiB ``bytes`` before reading into it.
-An allocation that size is above glibc's mmap threshold: each read maps,
-faults in and unmaps fresh pages, about 33 µs of CPU on this project's VMs
-against 12 µs for the decryption itself (docs/benchmarks.md, "TLS reads
-into a buffer").  asyncio's layer also pays it once more per chunk for the
-read that finds nothing left.  A link receives several chunks per frame
-batch at each of the three sites.
+plain ``Protocol`` by calling ``SSLObject.read(256 KiB)`` for every chunk:
+CPython allocates a 256 KiB ``bytes`` for each call, reads into it and
+shrinks it, and asyncio's layer makes one more such call per chunk that
+finds nothing left.  A link receives several chunks per frame batch.
 
 With a *buffered* protocol (``get_buffer``/``buffer_updated``) both layers
 decrypt straight into the buffer we lend them instead.  The stream
 machinery above stays asyncio's own: :class:`BufferedStream` forwards every
 event to a ``StreamReaderProtocol``, so ``StreamReader``/``StreamWriter``
 (flow control, ``drain``, ``wait_closed``) behave exactly as before; the
-bytes are copied once, from our buffer into the reader's.
+bytes are copied once, from our buffer into the reader's.  What it buys is
+small: 4 % fewer instructions per TLS hop (docs/benchmarks.md, "TLS reads
+into a buffer, and what a link hop costs").
 """
 
 from __future__ import annotations
@@ -26,8 +24,8 @@ import ssl
 
 __all__ = ["BufferedStream", "open_stream", "RECV_BUFFER"]
 
-#: Bytes lent to the transport per receive: several TLS records (16 KiB of
-#: plaintext at most each) and still well under the mmap threshold.
+#: Bytes lent to the transport per receive (one buffer per connection):
+#: four TLS records of 16 KiB plaintext, a read of the plain socket.
 RECV_BUFFER = 64 << 10
 
 
