@@ -82,6 +82,11 @@ class _AckFrom(enum.Enum, shape=3):
     WRITE = 3     # JNLWR: SEQ = NEXT_SEQ (stepped after), TIME = the stamp, JOFS = the record
     READ = 4      # JNLRD: SEQ = last sent, JOFS = JOPTR, TAG = records sent
     LOAD = 5      # SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR (after the load)
+    # A STATUS_RESP or HELLO: not sent as an Ack, but the responder sends
+    # their NEXT_SEQ (and HELLO LAST_SEQ, STATUS TAIL_SEQ), STATUS NOW and
+    # STATUS JIPTR from the Ack's SEQ, TIME and JOFS (the LOAD's sources):
+    # one input of its word multiplexer for each, not two (area, UP5K)
+    VIEW = 6
 
 
 class _V:
@@ -340,15 +345,15 @@ class JournalEngine(wiring.Component):
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
         m.d.comb += [
-            status.jiptr.eq(bytes_(jiptr)), status.joptr.eq(bytes_(joptr)),
+            # JIPTR, NEXT_SEQ, TAIL_SEQ and NOW of STATUS (and HELLO
+            # LAST_SEQ) are sent from the staged Ack (``_AckFrom.VIEW``)
+            status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
-            status.free.eq(bytes_(free)), status.next_seq.eq(next_seq),
-            status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
+            status.free.eq(bytes_(free)),
             status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
             resp.held.eq(held),
             hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
-            hello.last_seq.eq(next_seq),   # the responder subtracts 1
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
             resp.ftype.eq(ans_type), resp.flags.eq(ans_flags), resp.length.eq(ans_len),
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
@@ -723,8 +728,9 @@ class JournalEngine(wiring.Component):
                 # NEXT_SEQ steps in ANSWER, after this is read
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(place))]
-            with m.Case(_AckFrom.LOAD):
-                # stamp_time: the clock after the load, sampled in LOAD_TIME
+            with m.Case(_AckFrom.LOAD, _AckFrom.VIEW):
+                # stamp_time: the clock after the load, sampled in LOAD_TIME;
+                # a STATUS's NOW, sampled in VERDICT
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(jiptr))]
         with m.Switch(ans_from):
@@ -1106,6 +1112,7 @@ class JournalEngine(wiring.Component):
                             with m.Case(FT.HELLO):
                                 with m.If(bl["hello"] & ~hello_bad):
                                     m.d.sync += [ans_type.eq(FT.HELLO), ans_len.eq(80),
+                                                 ans_from.eq(_AckFrom.VIEW),
                                                  ans_src.eq(Source.HELLO), after.eq(_After.HEADER)]
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
@@ -1120,6 +1127,7 @@ class JournalEngine(wiring.Component):
                             with m.Case(FT.STATUS):
                                 with m.If(bl["zero"]):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
+                                                 ans_from.eq(_AckFrom.VIEW),
                                                  ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
                                                  stamp_time.eq(ts.now)]
                                 with m.Else():

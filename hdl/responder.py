@@ -92,8 +92,10 @@ class Responder(wiring.Component):
             "base": In(ring_bits),
             "ack": In(layouts.Ack),   # read while busy: the engine holds it
             "status": In(layouts.EngineStatus),
-            # STATUS TAIL_SEQ and HELLO LAST_SEQ carry NEXT_SEQ: the
-            # responder sends NEXT_SEQ - HELD and NEXT_SEQ - 1
+            # for a STATUS or HELLO answer the engine stages NEXT_SEQ, NOW
+            # and JIPTR as the Ack's SEQ, TIME and JOFS, and those words are
+            # sent from ``ack`` (STATUS TAIL_SEQ = NEXT_SEQ - HELD, HELLO
+            # LAST_SEQ = NEXT_SEQ - 1, added as they are sent)
             "hello": In(layouts.Hello),
             "held": In(held_bits),    # HELD, for TAIL_SEQ = NEXT_SEQ - HELD
             "echo": In(64),           # unused: a HEARTBEAT token is sent from ``ack``
@@ -228,11 +230,18 @@ class Responder(wiring.Component):
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
-        # STATUS TAIL_SEQ (word 5) and HELLO LAST_SEQ (word 1) carry NEXT_SEQ
-        # (the sums are made below), so both words are read from STATUS
-        # NEXT_SEQ (word 4): one 64-bit input of the mux instead of three.
-        next_seq_word = (Source.STATUS, 4)
-        alias = {(Source.STATUS, 5): next_seq_word, (Source.HELLO, 1): next_seq_word}
+        # Words of STATUS and HELLO the engine stages in the Ack for their
+        # answers too (its SEQ, TIME, JOFS: NEXT_SEQ, NOW, JIPTR) are read
+        # from the Ack's words: one 64-bit input of the mux for each, not
+        # two or four (a mux costs about a LUT per input bit on the iCE40).
+        # STATUS TAIL_SEQ (word 5) and HELLO LAST_SEQ (word 1) carry
+        # NEXT_SEQ (the sums are made below). The status and hello ports'
+        # fields in these words are not read.
+        alias = {(Source.STATUS, 0): (Source.ACK, 2),       # JIPTR: JOFS
+                 (Source.STATUS, 4): (Source.ACK, 0),       # NEXT_SEQ: SEQ
+                 (Source.STATUS, 5): (Source.ACK, 0),       # TAIL_SEQ: NEXT_SEQ - HELD
+                 (Source.STATUS, 6): (Source.ACK, 1),       # NOW: TIME
+                 (Source.HELLO, 1): (Source.ACK, 0)}        # LAST_SEQ: NEXT_SEQ - 1
         cases = {}                                 # (source, word) read -> its case values
         for srcs, view in views.items():
             for w in range((len(view) + 63) // 64):
