@@ -83,9 +83,10 @@ class _AckFrom(enum.Enum, shape=3):
     READ = 4      # JNLRD: SEQ = last sent, JOFS = JOPTR, TAG = records sent
     LOAD = 5      # SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR (after the load)
     # A STATUS_RESP or HELLO: not sent as an Ack, but the responder sends
-    # their NEXT_SEQ (and HELLO LAST_SEQ, STATUS TAIL_SEQ), STATUS NOW and
-    # STATUS JIPTR from the Ack's SEQ, TIME and JOFS (the LOAD's sources):
-    # one input of its word multiplexer for each, not two (area, UP5K)
+    # their NEXT_SEQ (and HELLO LAST_SEQ, STATUS TAIL_SEQ), STATUS NOW,
+    # STATUS JIPTR and STATUS ACKS from the Ack's SEQ, TIME, JOFS (the
+    # LOAD's sources) and TAG: one input of its word multiplexer for each,
+    # not two (area, UP5K)
     VIEW = 6
 
 
@@ -345,15 +346,16 @@ class JournalEngine(wiring.Component):
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
         m.d.comb += [
-            # JIPTR, NEXT_SEQ, TAIL_SEQ and NOW of STATUS (and HELLO
+            # JIPTR, NEXT_SEQ, TAIL_SEQ, NOW and ACKS of STATUS (and HELLO
             # LAST_SEQ) are sent from the staged Ack (``_AckFrom.VIEW``)
             status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
             status.free.eq(bytes_(free)),
-            status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
+            status.naks.eq(naks), status.epoch.eq(epoch),
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
             resp.held.eq(held),
-            hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
+            # (HELLO EPOCH is sent from STATUS EPOCH, see Responder)
+            hello.role.eq(protocol.Role.ENGINE),
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
             resp.ftype.eq(ans_type), resp.flags.eq(ans_flags), resp.length.eq(ans_len),
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
@@ -736,7 +738,8 @@ class JournalEngine(wiring.Component):
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
-        ctl_tag = Mux(ans_tag_ctl, ctl.tag, 0)
+        # (a STATUS's ACKS: the responder sends STATUS ACKS from the Ack's TAG)
+        ctl_tag = Mux(ans_from == _AckFrom.VIEW, acks, Mux(ans_tag_ctl, ctl.tag, 0))
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
 
         # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
