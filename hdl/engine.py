@@ -361,7 +361,7 @@ class JournalEngine(wiring.Component):
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
             # STATUS and REQ_TYPE straight from the staging registers: they
             # are staged only while the responder is idle (EXEC and what
-            # follows it; HCHECK's NAKs wait for it), so no copy in ``ans``
+            # follows it; HCHECK's NAKs, staged in HNAK, wait for it), so no copy in ``ans``
             resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
@@ -899,6 +899,8 @@ class JournalEngine(wiring.Component):
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
                                                 & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
+                    # A NAK is staged in HNAK, the cycle after: the staged
+                    # answer's enables do not wait for this decision
                     with m.If(~magic_ok | ~hdr_crc_ok):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
@@ -906,16 +908,14 @@ class JournalEngine(wiring.Component):
                             m.d.sync += rdy.eq(1)     # (a window one beat short)
                             m.next = "HUNT"
                         with m.Else():
-                            m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
-                            m.next = "ANSWER"
+                            m.d.sync += hunting.eq(1)
+                            m.next = "HNAK"
                     with m.Elif(~h_form | ~length_ok | ~type_ok):
-                        m.d.sync += nak(ST.BAD_FRAME, hdr.type,
-                                        after_=Mux(length_ok, _After.SKIP, _After.HUNT))
                         with m.If(~length_ok):
                             m.d.sync += [hcnt.eq(16 - W), hunting.eq(1)]
                         with m.Else():
                             m.d.sync += hunting.eq(0)
-                        m.next = "ANSWER"
+                        m.next = "HNAK"
                     with m.Else():
                         m.d.sync += hunting.eq(0)
                         with m.If(h_zero):
@@ -925,6 +925,17 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += rdy.eq(1)
                             m.next = "BODY"
+
+            with m.State("HNAK"):
+                # HCHECK's NAK BAD_FRAME of a header it refused: the window
+                # and the checks it decided on (``h_*``) hold still, and the
+                # responder is idle (HCHECK waited for it). HCHECK left HCNT
+                # at 16 - W when the hunt goes on from this window (MAGIC,
+                # HCRC or LENGTH bad), at 0 when the frame's body is skipped.
+                # TYPE is 0 for a header out of sync (MAGIC or HCRC bad).
+                m.d.sync += nak(ST.BAD_FRAME, Mux(h_magic & h_crc, hdr.type, 0),
+                                after_=Mux(hcnt == 0, _After.SKIP, _After.HUNT))
+                m.next = "ANSWER"
 
             with m.State("ALLOC_W"):
                 # two cycles (one after a TRAILER of one beat) for R and its

@@ -597,6 +597,9 @@ class EngineSpec(Elaboratable):
         with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
                   | in_("LOAD_SET") | in_("LOAD_TIME")):
             m.d.comb += Assert(~busy, "INV: the responder is idle from EXEC to ANSWER")
+        # (HCHECK refuses a header only with the responder idle; HNAK stages the NAK)
+        with m.If(in_("HNAK")):
+            m.d.comb += Assert(~busy, "INV: the responder is idle in HNAK")
         header = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8), ans_type,
                      tap("ans_flags"), tap("ans_len"), Const(0, 96 - 64 - len(tap("ans_len"))))
         with m.If(r_head & (ridx < 12)):
@@ -753,7 +756,7 @@ class EngineSpec(Elaboratable):
         # rotations done starts with MAGIC.
         magic_ok, hcnt = tap("magic_ok"), tap("hcnt")
         W = self.data_width // 8
-        hdr_states = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK")
+        hdr_states = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK") | in_("HNAK")
         with m.If(~hdr_states & ~(in_("ANSWER") & (tap("after") == _After.HUNT))):
             m.d.comb += Assert(hcnt == 0, "INV: HCNT 0 between headers")
         with m.If(in_("HEADER")):
