@@ -361,7 +361,8 @@ class JournalEngine(wiring.Component):
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
             # STATUS and REQ_TYPE straight from the staging registers: they
             # are staged only while the responder is idle (EXEC and what
-            # follows it; HCHECK's NAKs, staged in HNAK, wait for it), so no copy in ``ans``
+            # follows it; HCHECK's NAKs, staged in HNAK, wait for it), so
+            # no copy in ``ans``
             resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
