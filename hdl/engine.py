@@ -532,6 +532,13 @@ class JournalEngine(wiring.Component):
             bidx = Const(0, 1)
 
         beat = self.rx.payload                 # W bytes, the first in bits 0..7
+        # One CRC network on HCRC for HEADER, HUNT_CRC and (width 8, where
+        # the BCRC is HCRC) BODY: its data is the beat taken, or in HUNT_CRC
+        # the window's oldest beat (``crc_hunt``, set there). A second
+        # network for HUNT_CRC cost about 100 LUTs on the UP5K.
+        crc_hunt = Signal()
+        hcrc_next = Signal(32)
+        m.d.comb += hcrc_next.eq(crc32c_step(hcrc, Mux(crc_hunt, win[:8 * W], beat), W))
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
         # positions in the body, as logic rather than carry chains
@@ -842,7 +849,7 @@ class JournalEngine(wiring.Component):
                 with m.If(take):
                     m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
-                        m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
+                        m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
                         m.d.sync += rdy.eq(0)
                         m.next = "HCHECK"
@@ -868,8 +875,9 @@ class JournalEngine(wiring.Component):
                 # it is back in place at the end; the oldest byte is always
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
                 m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
+                m.d.comb += crc_hunt.eq(1)
                 with m.If(lt_const(kcnt, 12 // W)):
-                    m.d.sync += hcrc.eq(crc32c_step(hcrc, win[:8 * W], W))
+                    m.d.sync += hcrc.eq(hcrc_next)
                 with m.If(kcnt == 16 // W - 1):
                     m.next = "HCHECK"
 
@@ -1473,7 +1481,7 @@ class JournalEngine(wiring.Component):
             return
         # width 8
         with m.If(take):
-            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
+            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(v["hcrc_next"])]   # (bcrc is hcrc)
             with m.If(b_lt64 & ~ld_size_at):
                 m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them
