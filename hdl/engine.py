@@ -82,6 +82,12 @@ class _AckFrom(enum.Enum, shape=3):
     WRITE = 3     # JNLWR: SEQ = NEXT_SEQ (stepped after), TIME = the stamp, JOFS = the record
     READ = 4      # JNLRD: SEQ = last sent, JOFS = JOPTR, TAG = records sent
     LOAD = 5      # SEQ = NEXT_SEQ, TIME = CLOCK, JOFS = JIPTR (after the load)
+    # A STATUS_RESP or HELLO: not sent as an Ack, but the responder sends
+    # their NEXT_SEQ (and HELLO LAST_SEQ, STATUS TAIL_SEQ), STATUS NOW,
+    # STATUS JIPTR and STATUS ACKS from the Ack's SEQ, TIME, JOFS (the
+    # LOAD's sources) and TAG: one input of its word multiplexer for each,
+    # not two (area, UP5K)
+    VIEW = 6
 
 
 class _V:
@@ -340,21 +346,23 @@ class JournalEngine(wiring.Component):
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
         m.d.comb += [
-            status.jiptr.eq(bytes_(jiptr)), status.joptr.eq(bytes_(joptr)),
+            # JIPTR, NEXT_SEQ, TAIL_SEQ, NOW and ACKS of STATUS (and HELLO
+            # LAST_SEQ) are sent from the staged Ack (``_AckFrom.VIEW``)
+            status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
-            status.free.eq(bytes_(free)), status.next_seq.eq(next_seq),
-            status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
-            status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
+            status.free.eq(bytes_(free)),
+            status.naks.eq(naks), status.epoch.eq(epoch),
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
             resp.held.eq(held),
-            hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
-            hello.last_seq.eq(next_seq),   # the responder subtracts 1
+            # (HELLO EPOCH is sent from STATUS EPOCH, see Responder)
+            hello.role.eq(protocol.Role.ENGINE),
             hello.site.eq(int.from_bytes(self.site.encode().ljust(32, b"\0"), "little")),
             resp.ftype.eq(ans_type), resp.flags.eq(ans_flags), resp.length.eq(ans_len),
             resp.source.eq(ans_src), resp.base.eq(ans_base), resp.ack.eq(ans),
             # STATUS and REQ_TYPE straight from the staging registers: they
             # are staged only while the responder is idle (EXEC and what
-            # follows it; HCHECK's NAKs wait for it), so no copy in ``ans``
+            # follows it; HCHECK's NAKs, staged in HNAK, wait for it), so
+            # no copy in ``ans``
             resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
@@ -524,6 +532,13 @@ class JournalEngine(wiring.Component):
             bidx = Const(0, 1)
 
         beat = self.rx.payload                 # W bytes, the first in bits 0..7
+        # One CRC network on HCRC for HEADER, HUNT_CRC and (width 8, where
+        # the BCRC is HCRC) BODY: its data is the beat taken, or in HUNT_CRC
+        # the window's oldest beat (``crc_hunt``, set there). A second
+        # network for HUNT_CRC cost about 100 LUTs on the UP5K.
+        crc_hunt = Signal()
+        hcrc_next = Signal(32)
+        m.d.comb += hcrc_next.eq(crc32c_step(hcrc, Mux(crc_hunt, win[:8 * W], beat), W))
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
         # positions in the body, as logic rather than carry chains
@@ -723,14 +738,16 @@ class JournalEngine(wiring.Component):
                 # NEXT_SEQ steps in ANSWER, after this is read
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(place))]
-            with m.Case(_AckFrom.LOAD):
-                # stamp_time: the clock after the load, sampled in LOAD_TIME
+            with m.Case(_AckFrom.LOAD, _AckFrom.VIEW):
+                # stamp_time: the clock after the load, sampled in LOAD_TIME;
+                # a STATUS's NOW, sampled in VERDICT
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(jiptr))]
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
-        ctl_tag = Mux(ans_tag_ctl, ctl.tag, 0)
+        # (a STATUS's ACKS: the responder sends STATUS ACKS from the Ack's TAG)
+        ctl_tag = Mux(ans_from == _AckFrom.VIEW, acks, Mux(ans_tag_ctl, ctl.tag, 0))
         m.d.comb += ack_tag.eq(Mux(ans_from == _AckFrom.READ, rd_n, ctl_tag) if mem else ctl_tag)
 
         # checks 4-7 of a JNLWR/JNLDESC on its control data (docs/protocol.md
@@ -832,7 +849,7 @@ class JournalEngine(wiring.Component):
                 with m.If(take):
                     m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
-                        m.d.sync += hcrc.eq(crc32c_step(hcrc, beat, W))
+                        m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
                         m.d.sync += rdy.eq(0)
                         m.next = "HCHECK"
@@ -858,8 +875,9 @@ class JournalEngine(wiring.Component):
                 # it is back in place at the end; the oldest byte is always
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
                 m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
+                m.d.comb += crc_hunt.eq(1)
                 with m.If(lt_const(kcnt, 12 // W)):
-                    m.d.sync += hcrc.eq(crc32c_step(hcrc, win[:8 * W], W))
+                    m.d.sync += hcrc.eq(hcrc_next)
                 with m.If(kcnt == 16 // W - 1):
                     m.next = "HCHECK"
 
@@ -890,6 +908,8 @@ class JournalEngine(wiring.Component):
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
                                                 & lt_const(hdr.length[:LENGTH_BITS], W + 1))]
+                    # A NAK is staged in HNAK, the cycle after: the staged
+                    # answer's enables do not wait for this decision
                     with m.If(~magic_ok | ~hdr_crc_ok):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
@@ -897,16 +917,14 @@ class JournalEngine(wiring.Component):
                             m.d.sync += rdy.eq(1)     # (a window one beat short)
                             m.next = "HUNT"
                         with m.Else():
-                            m.d.sync += [hunting.eq(1), *nak(ST.BAD_FRAME, 0, after_=_After.HUNT)]
-                            m.next = "ANSWER"
+                            m.d.sync += hunting.eq(1)
+                            m.next = "HNAK"
                     with m.Elif(~h_form | ~length_ok | ~type_ok):
-                        m.d.sync += nak(ST.BAD_FRAME, hdr.type,
-                                        after_=Mux(length_ok, _After.SKIP, _After.HUNT))
                         with m.If(~length_ok):
                             m.d.sync += [hcnt.eq(16 - W), hunting.eq(1)]
                         with m.Else():
                             m.d.sync += hunting.eq(0)
-                        m.next = "ANSWER"
+                        m.next = "HNAK"
                     with m.Else():
                         m.d.sync += hunting.eq(0)
                         with m.If(h_zero):
@@ -916,6 +934,17 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += rdy.eq(1)
                             m.next = "BODY"
+
+            with m.State("HNAK"):
+                # HCHECK's NAK BAD_FRAME of a header it refused: the window
+                # and the checks it decided on (``h_*``) hold still, and the
+                # responder is idle (HCHECK waited for it). HCHECK left HCNT
+                # at 16 - W when the hunt goes on from this window (MAGIC,
+                # HCRC or LENGTH bad), at 0 when the frame's body is skipped.
+                # TYPE is 0 for a header out of sync (MAGIC or HCRC bad).
+                m.d.sync += nak(ST.BAD_FRAME, Mux(h_magic & h_crc, hdr.type, 0),
+                                after_=Mux(hcnt == 0, _After.SKIP, _After.HUNT))
+                m.next = "ANSWER"
 
             with m.State("ALLOC_W"):
                 # two cycles (one after a TRAILER of one beat) for R and its
@@ -1106,6 +1135,7 @@ class JournalEngine(wiring.Component):
                             with m.Case(FT.HELLO):
                                 with m.If(bl["hello"] & ~hello_bad):
                                     m.d.sync += [ans_type.eq(FT.HELLO), ans_len.eq(80),
+                                                 ans_from.eq(_AckFrom.VIEW),
                                                  ans_src.eq(Source.HELLO), after.eq(_After.HEADER)]
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
@@ -1120,6 +1150,7 @@ class JournalEngine(wiring.Component):
                             with m.Case(FT.STATUS):
                                 with m.If(bl["zero"]):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
+                                                 ans_from.eq(_AckFrom.VIEW),
                                                  ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
                                                  stamp_time.eq(ts.now)]
                                 with m.Else():
@@ -1450,7 +1481,7 @@ class JournalEngine(wiring.Component):
             return
         # width 8
         with m.If(take):
-            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, beat, 1))]
+            m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(v["hcrc_next"])]   # (bcrc is hcrc)
             with m.If(b_lt64 & ~ld_size_at):
                 m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them

@@ -62,7 +62,9 @@ RELEASE's JOPTR is honest.
 ``TimestampSpec`` proves the timestamp unit's split 64-bit adder (the carry
 from the low word into the high word is a register set a cycle ahead, see
 ``hdl/timestamp.py``): every cycle the clock advances by NS_INT or NS_INT +
-1, modulo 2**64, or holds when frozen; the two words never disagree.
+1, modulo 2**64, or holds when frozen; the two words never disagree. The
+SEQ# counter is split the same way (``hdl/sequencer.py``); the engine's
+proof holds its carry register to "the low word is all ones".
 
 Run them with ``python -m tricopy.hdl.formal`` (``--help``); the suite runs
 them in ``tests/hdl/test_formal.py``.
@@ -193,8 +195,14 @@ class EngineSpec(Elaboratable):
         frag = Fragment.get(eng, platform)
         m.submodules.engine = frag
         seq, ts = blocks["seq"], blocks["ts"]
+        next_seq = seq.value
         tap = _Taps(frag)
         _clock_invariants(m, frag.find_subfragment("ts"), self.clk_hz)
+        # the SEQ# counter's carry into its high word, a register set a step
+        # ahead (hdl/sequencer.py): this step's, i.e. the low word is all
+        # ones (restated from NEXT_SEQ, for the induction)
+        m.d.comb += Assert(_Taps(frag.find_subfragment("seq"))("carry") == next_seq[:32].all(),
+                           "INV: NEXT_SEQ's carry is this step's")
         resp_frag = frag.find_subfragment("resp")
         busy = _Taps(resp_frag)("phase") != 0          # Responder.busy: phase != IDLE
 
@@ -221,7 +229,6 @@ class EngineSpec(Elaboratable):
         ans = layouts.Ack(tap("ans"))
         ftype, blen, small = tap("ftype"), tap("blen"), tap("small")
         bcrc = tap("hcrc")
-        next_seq = seq.value
         SG = len(size)
         # R in granules of any DATA_LEN (32 bits) takes 27 bits; sums of two
         # sizes or of a size and R take 2 more
@@ -590,6 +597,9 @@ class EngineSpec(Elaboratable):
         with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
                   | in_("LOAD_SET") | in_("LOAD_TIME")):
             m.d.comb += Assert(~busy, "INV: the responder is idle from EXEC to ANSWER")
+        # (HCHECK refuses a header only with the responder idle; HNAK stages the NAK)
+        with m.If(in_("HNAK")):
+            m.d.comb += Assert(~busy, "INV: the responder is idle in HNAK")
         header = Cat(Const(protocol.MAGIC, 32), Const(protocol.VERSION, 8), ans_type,
                      tap("ans_flags"), tap("ans_len"), Const(0, 96 - 64 - len(tap("ans_len"))))
         with m.If(r_head & (ridx < 12)):
@@ -746,7 +756,7 @@ class EngineSpec(Elaboratable):
         # rotations done starts with MAGIC.
         magic_ok, hcnt = tap("magic_ok"), tap("hcnt")
         W = self.data_width // 8
-        hdr_states = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK")
+        hdr_states = in_("HEADER") | in_("HUNT") | in_("HUNT_CRC") | in_("HCHECK") | in_("HNAK")
         with m.If(~hdr_states & ~(in_("ANSWER") & (tap("after") == _After.HUNT))):
             m.d.comb += Assert(hcnt == 0, "INV: HCNT 0 between headers")
         with m.If(in_("HEADER")):

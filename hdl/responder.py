@@ -92,8 +92,10 @@ class Responder(wiring.Component):
             "base": In(ring_bits),
             "ack": In(layouts.Ack),   # read while busy: the engine holds it
             "status": In(layouts.EngineStatus),
-            # STATUS TAIL_SEQ and HELLO LAST_SEQ carry NEXT_SEQ: the
-            # responder sends NEXT_SEQ - HELD and NEXT_SEQ - 1
+            # for a STATUS or HELLO answer the engine stages NEXT_SEQ, NOW,
+            # JIPTR and ACKS as the Ack's SEQ, TIME, JOFS and TAG, and those
+            # words are sent from ``ack``; HELLO EPOCH from ``status`` (STATUS TAIL_SEQ = NEXT_SEQ - HELD, HELLO
+            # LAST_SEQ = NEXT_SEQ - 1, added as they are sent)
             "hello": In(layouts.Hello),
             "held": In(held_bits),    # HELD, for TAIL_SEQ = NEXT_SEQ - HELD
             "echo": In(64),           # unused: a HEARTBEAT token is sent from ``ack``
@@ -204,7 +206,8 @@ class Responder(wiring.Component):
         if not self.has_ring:                  # an engine without data memory: no read-out
             ccrc_pos = Const(0)
         # Answers from registers (ACK, STATUS, HELLO, ECHO) are read as one
-        # 64-bit word mux on (source, idx[3:7]) and then one 8-way byte mux:
+        # 32-bit word mux on (source, idx[2:7]) and then (width 8) one 4-way
+        # byte mux:
         # most words are narrow or constant, so this is far smaller than a
         # byte mux over each 80-byte view (Yosys does not find it itself).
         # The muxes read one beat ahead (the body beat after the one shown,
@@ -212,7 +215,7 @@ class Responder(wiring.Component):
         # the views hold still while busy, so the beat is the same then as
         # now, and the mux (with the SEQ sums, below) is no longer in front
         # of the BCRC (the width-32 critical path ran through all three).
-        # The 64-bit word is chosen a beat earlier still, into ``word_q`` (a
+        # The word is chosen a beat earlier still, into ``word_q`` (a
         # register; its flip-flops pack with the multiplexer's last LUTs):
         # at each take it is loaded with the word of the beat two ahead
         # (body beat 0 during the header, beat 1 at the header's last take),
@@ -220,29 +223,45 @@ class Responder(wiring.Component):
         # which the byte multiplexer and the SEQ sums read. (The word
         # multiplexer after ``idx + W`` and before the sums' carry was the
         # UP5K's critical path once the engine's decisions were registers.)
-        word = Signal(64)
-        word_q = Signal(64)
+        # The mux's words are 32 bits (halves of the views' 64-bit fields),
+        # so that halves can be shared (HELLO EPOCH is STATUS EPOCH) and
+        # ``word_q`` is 32 flip-flops, not 64; at width 32 a word is a beat.
+        word = Signal(32)
+        word_q = Signal(32)
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
         pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
-        # STATUS TAIL_SEQ (word 5) and HELLO LAST_SEQ (word 1) carry NEXT_SEQ
-        # (the sums are made below), so both words are read from STATUS
-        # NEXT_SEQ (word 4): one 64-bit input of the mux instead of three.
-        next_seq_word = (Source.STATUS, 4)
-        alias = {(Source.STATUS, 5): next_seq_word, (Source.HELLO, 1): next_seq_word}
+        # Words of STATUS and HELLO the engine stages in the Ack for their
+        # answers too (its SEQ, TIME, JOFS, TAG: NEXT_SEQ, NOW, JIPTR, ACKS)
+        # are read from the Ack's words: one input of the mux for each, not
+        # two or four (a mux costs about a LUT per input bit on the iCE40).
+        # STATUS TAIL_SEQ (bytes 40..47) and HELLO LAST_SEQ (bytes 8..15)
+        # carry NEXT_SEQ (the sums are made below). The status and hello ports'
+        # fields in these words are not read; nor is HELLO's EPOCH, read
+        # from STATUS's (the engine's one EPOCH register drives both).
+        # In 64-bit fields, (view, field) -> (view, field) it is read from:
+        alias64 = {(Source.STATUS, 0): (Source.ACK, 2),     # JIPTR: JOFS
+                   (Source.STATUS, 4): (Source.ACK, 0),     # NEXT_SEQ: SEQ
+                   (Source.STATUS, 5): (Source.ACK, 0),     # TAIL_SEQ: NEXT_SEQ - HELD
+                   (Source.STATUS, 6): (Source.ACK, 1),     # NOW: TIME
+                   (Source.HELLO, 1): (Source.ACK, 0)}      # LAST_SEQ: NEXT_SEQ - 1
+        alias = {(s, 2 * w + k): (s2, 2 * w2 + k)
+                 for (s, w), (s2, w2) in alias64.items() for k in (0, 1)}
+        alias[(Source.HELLO, 1)] = (Source.STATUS, 16)      # EPOCH (bytes 4..7; 64..67)
+        alias[(Source.STATUS, 14)] = (Source.ACK, 6)        # ACKS: TAG (staged, as above)
         cases = {}                                 # (source, word) read -> its case values
         for srcs, view in views.items():
-            for w in range((len(view) + 63) // 64):
+            for w in range((len(view) + 31) // 32):
                 key = alias.get((srcs[0], w), (srcs[0], w))
-                cases.setdefault(key, []).extend(w | (src.value << 4) for src in srcs)
-        with m.Switch(Cat(pidx2[3:7], source)):
+                cases.setdefault(key, []).extend(w | (src.value << 5) for src in srcs)
+        with m.Switch(Cat(pidx2[2:7], source)):
             for (src, w), values in cases.items():
                 view = views[next(k for k in views if src in k)]
                 with m.Case(*values):
-                    m.d.comb += word.eq(view[64 * w:64 * (w + 1)])
+                    m.d.comb += word.eq(view[32 * w:32 * (w + 1)])
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
@@ -275,7 +294,7 @@ class Responder(wiring.Component):
         cin = Mux(cur_sum & (phase == _Phase.BODY), carry, source == Source.STATUS)
         with m.If(take):
             m.d.sync += word_q.eq(word)
-        word_next = word_q.word_select(n_lane, 8 * W)
+        word_next = word_q.word_select(pidx[:2], 8) if W == 1 else word_q
         total = Signal(8 * W + 1)
         m.d.comb += total.eq(word_next + add_byte + cin)
         word_byte = Signal(8 * W)

@@ -4,9 +4,16 @@ The engine stamps each accepted journal with ``value`` and then pulses
 ``step``; the host may set the counter with a LOAD (``load``/``load_value``,
 docs/protocol.md "LOAD"). Sequence numbers start at 1 (protocol.md "State":
 ``NEXT_SEQ`` starts at 1).
+
+The 64-bit +1 is two 32-bit halves, as the timestamp unit's clock is: a
+64-bit carry chain was the UP5K's critical path (docs/hardware.md, "UP5K
+timing, seventh step"). The carry from the low word into the high word is
+a register, ``carry``, set a step ahead: it holds whether the low word is
+all ones now, i.e. whether *this* step wraps it. Both halves move on the
+same edge, so ``value`` is never seen half stepped.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -38,8 +45,15 @@ class Sequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        lo, hi = self.value[:32], self.value[32:]
+        # ``carry``: lo is all ones, so this step carries into hi (reset: lo
+        # is 1). After a step lo + 1 is all ones exactly when lo is all ones
+        # but bit 0, which is a wide AND of lo, not a second carry chain.
+        carry = Signal()
         with m.If(self.load):
-            m.d.sync += self.value.eq(self.load_value)
+            m.d.sync += [self.value.eq(self.load_value),
+                         carry.eq(self.load_value[:32].all())]
         with m.Elif(self.step):
-            m.d.sync += self.value.eq(self.value + 1)
+            m.d.sync += [lo.eq(lo + 1), hi.eq(hi + carry),
+                         carry.eq(lo[1:].all() & ~lo[0])]
         return m
