@@ -610,7 +610,11 @@ class JournalEngine(wiring.Component):
             type_now = type_now | (hdr.type == t)
             length_now = length_now | ((hdr.type == t)
                                        & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
-        m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
+        # The registered checks whose readers come at least a cycle after
+        # the last beat of a header or body (HCHECK, VERDICT, EXEC, ALLOC,
+        # LOAD_SET): loaded only outside HEADER and BODY (below, after the FSM)
+        checks = []
+        checks += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
                      h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
@@ -748,7 +752,7 @@ class JournalEngine(wiring.Component):
         kind_ok, rules_ok, epoch_ok, desc_dcrc_ok, seq_spent = (
             Signal(name=n) for n in ("kind_ok", "rules_ok", "epoch_ok", "desc_dcrc_ok",
                                      "seq_spent"))
-        m.d.sync += [
+        checks += [
             kind_ok.eq(ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)),
             rules_ok.eq(Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE),
                             ctl.data_len == ctl.length,
@@ -761,7 +765,7 @@ class JournalEngine(wiring.Component):
         # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
         # control data from body byte 63 on, BLEN from HCHECK)
         wlen_ok = Signal()
-        m.d.sync += wlen_ok.eq(ctl.data_len == blen - 64)
+        checks.append(wlen_ok.eq(ctl.data_len == blen - 64))
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
 
         # -- ALLOC's figures, a pipeline of registers --------------------------
@@ -775,7 +779,7 @@ class JournalEngine(wiring.Component):
         RW = LENGTH_BITS - G + 1
         r_q = Signal(RW)
         fits_q = Signal()
-        m.d.sync += [
+        checks += [
             # ceil(DATA_LEN / 64) + 1 as one adder: + 64 before the shift;
             # a JNLWR's from its header LENGTH (control data included)
             r_q.eq(Mux(is_desc_now, (ctl.data_len[:LENGTH_BITS] + 127)[G:], (blen + 63)[G:])),
@@ -794,7 +798,7 @@ class JournalEngine(wiring.Component):
             # logic in front costs a logic cell). A data ring's JNLWR needs
             # the copy: its body moves ``small`` before EXEC.
             rlen = Cat(Const(0, G), r_q)
-        m.d.sync += [
+        checks += [
             c_tail.eq(le_wide(r_q, tail)), c_free.eq(le_wide(r_q, free)),
             c_joptr.eq(le_wide(r_q, joptr)), c_gap.eq(le_wide(r_q, gap)),
             c_size.eq(le_wide(r_q, size)),
@@ -827,7 +831,7 @@ class JournalEngine(wiring.Component):
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
 
-        with m.FSM(name="ingress"):
+        with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
                     m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
@@ -1348,6 +1352,18 @@ class JournalEngine(wiring.Component):
                     with m.If(~resp.busy):
                         m.next = "READ_SEEK"
 
+        # The registered checks (``checks``: HCHECK's ``h_*``, EXEC's, ALLOC's
+        # R and its comparisons, LOAD's ``ld_*``) load only outside HEADER
+        # and BODY, where a frame's bytes stream in and the checks' inputs
+        # move every beat: every reader is at least a cycle past the last
+        # of those beats (HCHECK waits a cycle, TRAILER or ALLOC_W comes
+        # before ALLOC and VERDICT), so it reads what it read when they
+        # loaded every cycle. The sim's Verilator model then skips their
+        # logic in 80 of a descriptor's ~89 cycles (docs/sim.md, "Harness
+        # speed", 2026-12-07 (3)).
+        with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
+            m.d.sync += checks
+
         m.d.comb += [
             resp.echo.eq(ans.seq),
             # rd_n holds while the Ack is sent (it changes only in EXEC,
@@ -1663,7 +1679,7 @@ class JournalEngine(wiring.Component):
         new_size = Mux(ring, ld_size[G:G + SG], size)
         q = {n: Signal(name=f"ld_{n}") for n in ("seq0", "size_bad", "ptr_bad", "too_big",
                                                   "held0")}
-        m.d.sync += [
+        v["checks"] += [
             q["seq0"].eq(ld.seq == 0),
             q["size_bad"].eq((ld_size[:G] != 0) | lt_const(ld_size, 128)
                              | ge_const(ld_size, (1 << self.max_ring_bits) + 1)),
