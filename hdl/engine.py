@@ -40,8 +40,23 @@ from .crc import CRC_INIT, crc32c_step
 from .lanes import crc32c_unpad_lanes, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
+from .switch import Switch
 
-__all__ = ["JournalEngine"]
+__all__ = ["JournalEngine", "status_on_demand"]
+
+_STATUS_ON_DEMAND = Switch("tricopy_status_on_demand")
+
+
+def status_on_demand():
+    """Within this block the engine assembles its 640-bit STATUS view only
+    while a STATUS answer is staged (``ans_src``), else it is 0 but for
+    NEXT_SEQ (a HELLO's LAST_SEQ is read from it). The responder reads the
+    rest only while it sends a STATUS answer (its word multiplexer selects
+    on the source, which is ``ans_src``), so nothing it sends changes;
+    Verilator then skips the assembly on other cycles (the sim build,
+    ``sim/build.py``). The boards and the proofs keep the plain wires: the
+    gate would put an AND in front of every bit of the word multiplexer."""
+    return _STATUS_ON_DEMAND.on()
 
 FT = protocol.FrameType
 ST = protocol.Status
@@ -339,13 +354,22 @@ class JournalEngine(wiring.Component):
         stamp_time = Signal(64)
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
-        m.d.comb += [
+        status_view = [
             status.jiptr.eq(bytes_(jiptr)), status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
-            status.free.eq(bytes_(free)), status.next_seq.eq(next_seq),
+            status.free.eq(bytes_(free)),
             status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
             status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
+        ]
+        if _STATUS_ON_DEMAND:
+            with m.If(ans_src == Source.STATUS):
+                m.d.comb += status_view
+        else:
+            m.d.comb += status_view
+        m.d.comb += [
+            # (NEXT_SEQ always: the responder reads HELLO's LAST_SEQ from it)
+            status.next_seq.eq(next_seq),
             resp.held.eq(held),
             hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
             hello.last_seq.eq(next_seq),   # the responder subtracts 1
