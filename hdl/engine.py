@@ -292,7 +292,12 @@ class JournalEngine(wiring.Component):
         # the width-32 critical path (USED -> STATUS FREE -> word mux -> SEQ
         # sum -> BCRC) and of ALLOC's R > FREE.
         free = Signal(SG, init=SIZE >> G)
-        m.d.sync += free.eq(size - used)
+        # The registered checks and figures "one cycle behind" their inputs
+        # (FREE here, the header's, ALLOC's, EXEC's, a LOAD's and a
+        # RELEASE's below) load only outside HEADER and BODY (after the
+        # FSM, where ``checks`` is added): every reader comes at least a
+        # cycle after the last beat of a header or body.
+        checks = [free.eq(size - used)]
 
         def bytes_(g):
             """A granule count or offset as bytes."""
@@ -326,7 +331,7 @@ class JournalEngine(wiring.Component):
         # decides on four flip-flops (the 36-bit zero test of ``rel_left``
         # in front of its enables was the UP5K's path after the fifth step)
         rel_zero = Signal()
-        m.d.sync += [rel_left.eq(used - rel_d), rel_zero.eq(used == rel_d)]
+        checks += [rel_left.eq(used - rel_d), rel_zero.eq(used == rel_d)]
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -494,7 +499,7 @@ class JournalEngine(wiring.Component):
         # through them, on to the enables of USED)
         tail = Signal(SG, init=SIZE >> G)
         gap = Signal(PG)
-        m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
+        checks += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
         # VERDICT's decision for EXEC, one bit an outcome (``_V``)
@@ -634,10 +639,6 @@ class JournalEngine(wiring.Component):
             type_now = type_now | (hdr.type == t)
             length_now = length_now | ((hdr.type == t)
                                        & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
-        # The registered checks whose readers come at least a cycle after
-        # the last beat of a header or body (HCHECK, VERDICT, EXEC, ALLOC,
-        # LOAD_SET): loaded only outside HEADER and BODY (below, after the FSM)
-        checks = []
         checks += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
@@ -694,14 +695,15 @@ class JournalEngine(wiring.Component):
         # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
         # all three comparisons; its low bits are also the record counts
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
-        # A register loaded every cycle, so one cycle behind NEXT_SEQ and
-        # ``small`` (the 65-bit chain was the start of the UP5K's critical
-        # path: small -> NEXT_SEQ - x -> > HELD -> the decision). Both
+        # A register loaded every cycle but in HEADER and BODY (``checks``),
+        # so one cycle behind NEXT_SEQ and ``small`` (the 65-bit chain was
+        # the start of the UP5K's critical path: small -> NEXT_SEQ - x ->
+        # > HELD -> the decision). Both
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
         x_d = Signal(65)
-        m.d.sync += x_d.eq(next_seq - x_seq)
+        checks.append(x_d.eq(next_seq - x_seq))
         x_gt_next = x_d[64]
         # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
         # last journal, RELEASE_D): one 63-bit test for both
@@ -712,7 +714,7 @@ class JournalEngine(wiring.Component):
         # for the 35-bit comparison with HELD (ALIGN waits for them)
         x_ge_next = Signal()
         x_lt_tail = Signal()
-        m.d.sync += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
+        checks += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
                      x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
         # A descriptor ring's RELEASE (RELEASE_D): P - JOPTR a register one
         # cycle behind ``small``, P <= JOPTR and P's range checks one more,
@@ -724,7 +726,7 @@ class JournalEngine(wiring.Component):
         rel_diff = Signal(SG + 1)
         rel_past = Signal()                    # P <= JOPTR: the release wraps
         rel_p_bad = Signal()                   # off the grid, >= 2**40 or >= WRAP_AT
-        m.d.sync += [
+        checks += [
             rel_diff.eq(rel_pg - joptr),
             rel_past.eq(rel_diff[SG] | (rel_diff[:SG] == 0)),
             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
@@ -846,7 +848,7 @@ class JournalEngine(wiring.Component):
         # (CLOCK wrapping past 2**64 in that cycle stamps LAST_TIME: the
         # wrapped CLOCK is below the one compared.)
         t_hi_gt, t_hi_eq, t_lo_gt, t_top = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [t_hi_gt.eq(ts.now[32:] > last_time[32:]),
+        checks += [t_hi_gt.eq(ts.now[32:] > last_time[32:]),
                      t_hi_eq.eq(ts.now[32:] == last_time[32:]),
                      t_lo_gt.eq(ts.now[:32] > last_time[:32]),
                      t_top.eq(ts.now[63])]
@@ -1376,15 +1378,20 @@ class JournalEngine(wiring.Component):
                     with m.If(~resp.busy):
                         m.next = "READ_SEEK"
 
-        # The registered checks (``checks``: HCHECK's ``h_*``, EXEC's, ALLOC's
-        # R and its comparisons, LOAD's ``ld_*``) load only outside HEADER
-        # and BODY, where a frame's bytes stream in and the checks' inputs
-        # move every beat: every reader is at least a cycle past the last
-        # of those beats (HCHECK waits a cycle, TRAILER or ALLOC_W comes
-        # before ALLOC and VERDICT), so it reads what it read when they
-        # loaded every cycle. The sim's Verilator model then skips their
-        # logic in 80 of a descriptor's ~89 cycles (docs/sim.md, "Harness
-        # speed", 2026-12-07 (3)).
+        # The registered checks and figures (``checks``: HCHECK's ``h_*``,
+        # ALLOC's R and its comparisons, EXEC's, a LOAD's ``ld_*``, a
+        # RELEASE's, NEXT_SEQ - x, FREE, the tail, the gap, CLOCK against
+        # LAST_TIME) load only outside HEADER and BODY, where a frame's
+        # bytes stream in and ``small`` moves every beat. Every reader is
+        # at least a cycle past the last of those beats (HCHECK waits a
+        # cycle, TRAILER, ALIGN or ALLOC_W comes before ALLOC and VERDICT,
+        # RELEASE_D/W before RELEASE_AT), so it reads what it read when
+        # they loaded every cycle; and what FREE, the tail and the gap
+        # follow (SIZE, USED, JIPTR, JOPTR) holds in HEADER and BODY, so
+        # they hold settled there (the STATUS view reads FREE while the
+        # next header comes in). The sim's Verilator model then skips
+        # their logic in 80 of a descriptor's ~89 cycles (docs/sim.md,
+        # "Harness speed", 2026-12-07 (3)).
         with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
             m.d.sync += checks
 
