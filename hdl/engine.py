@@ -42,9 +42,22 @@ from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 from .switch import Switch
 
-__all__ = ["JournalEngine", "status_on_demand"]
+__all__ = ["JournalEngine", "status_on_demand", "lazy_checks"]
 
 _STATUS_ON_DEMAND = Switch("tricopy_status_on_demand")
+_LAZY_CHECKS = Switch("tricopy_lazy_checks")
+
+
+def lazy_checks():
+    """Within this block the engine's registered checks (``checks`` in
+    ``elaborate``) load only outside HEADER and BODY, where their readers
+    never are: Verilator then skips their logic in most cycles (the sim
+    build, ``sim/build.py``). The boards keep them loading every cycle:
+    on the iCEBreaker the enable cost 34 LCs (4 971 of 5 280) and a
+    329-fanout clock enable on a global buffer, for no gain there
+    (docs/sim.md, "2026-12-07 (3)"). ``tests/hdl/test_formal.py`` proves
+    the engine's contract with it on as well."""
+    return _LAZY_CHECKS.on()
 
 
 def status_on_demand():
@@ -294,10 +307,12 @@ class JournalEngine(wiring.Component):
         free = Signal(SG, init=SIZE >> G)
         # The registered checks and figures "one cycle behind" their inputs
         # (FREE here, the header's, ALLOC's, EXEC's, a LOAD's and a
-        # RELEASE's below) load only outside HEADER and BODY (after the
-        # FSM, where ``checks`` is added): every reader comes at least a
-        # cycle after the last beat of a header or body.
-        checks = [free.eq(size - used)]
+        # RELEASE's below) go to ``checks``: ``m.d.sync`` (loaded every
+        # cycle), or in the sim build a list loaded only outside HEADER and
+        # BODY (``lazy_checks``, after the FSM): every reader comes at
+        # least a cycle after the last beat of a header or body.
+        checks = [] if _LAZY_CHECKS else m.d.sync
+        checks += [free.eq(size - used)]
 
         def bytes_(g):
             """A granule count or offset as bytes."""
@@ -359,22 +374,23 @@ class JournalEngine(wiring.Component):
         stamp_time = Signal(64)
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
+        # (NEXT_SEQ always: the responder reads HELLO's LAST_SEQ from it)
+        status_next_seq = [status.next_seq.eq(next_seq)]
         status_view = [
             status.jiptr.eq(bytes_(jiptr)), status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
-            status.free.eq(bytes_(free)),
+            status.free.eq(bytes_(free)), *([] if _STATUS_ON_DEMAND else status_next_seq),
             status.tail_seq.eq(next_seq), status.now.eq(stamp_time),  # TAIL: see Responder
             status.acks.eq(acks), status.naks.eq(naks), status.epoch.eq(epoch),
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
         ]
         if _STATUS_ON_DEMAND:
+            m.d.comb += status_next_seq
             with m.If(ans_src == Source.STATUS):
                 m.d.comb += status_view
-        else:
-            m.d.comb += status_view
+            status_view = []
         m.d.comb += [
-            # (NEXT_SEQ always: the responder reads HELLO's LAST_SEQ from it)
-            status.next_seq.eq(next_seq),
+            *status_view,
             resp.held.eq(held),
             hello.role.eq(protocol.Role.ENGINE), hello.epoch.eq(epoch),
             hello.last_seq.eq(next_seq),   # the responder subtracts 1
@@ -695,15 +711,16 @@ class JournalEngine(wiring.Component):
         # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
         # all three comparisons; its low bits are also the record counts
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
-        # A register loaded every cycle but in HEADER and BODY (``checks``),
-        # so one cycle behind NEXT_SEQ and ``small`` (the 65-bit chain was
+        # A register loaded every cycle (the sim build: but in HEADER and
+        # BODY, ``checks``), so one cycle behind NEXT_SEQ and ``small`` (the
+        # 65-bit chain was
         # the start of the UP5K's critical path: small -> NEXT_SEQ - x ->
         # > HELD -> the decision). Both
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
         x_d = Signal(65)
-        checks.append(x_d.eq(next_seq - x_seq))
+        checks += [x_d.eq(next_seq - x_seq)]
         x_gt_next = x_d[64]
         # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
         # last journal, RELEASE_D): one 63-bit test for both
@@ -791,7 +808,7 @@ class JournalEngine(wiring.Component):
         # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
         # control data from body byte 63 on, BLEN from HCHECK)
         wlen_ok = Signal()
-        checks.append(wlen_ok.eq(ctl.data_len == blen - 64))
+        checks += [wlen_ok.eq(ctl.data_len == blen - 64)]
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
 
         # -- ALLOC's figures, a pipeline of registers --------------------------
@@ -1381,7 +1398,8 @@ class JournalEngine(wiring.Component):
         # The registered checks and figures (``checks``: HCHECK's ``h_*``,
         # ALLOC's R and its comparisons, EXEC's, a LOAD's ``ld_*``, a
         # RELEASE's, NEXT_SEQ - x, FREE, the tail, the gap, CLOCK against
-        # LAST_TIME) load only outside HEADER and BODY, where a frame's
+        # LAST_TIME) load every cycle, but in the sim build
+        # (``lazy_checks``) only outside HEADER and BODY, where a frame's
         # bytes stream in and ``small`` moves every beat. Every reader is
         # at least a cycle past the last of those beats (HCHECK waits a
         # cycle, TRAILER, ALIGN or ALLOC_W comes before ALLOC and VERDICT,
@@ -1392,8 +1410,9 @@ class JournalEngine(wiring.Component):
         # next header comes in). The sim's Verilator model then skips
         # their logic in 80 of a descriptor's ~89 cycles (docs/sim.md,
         # "Harness speed", 2026-12-07 (3)).
-        with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
-            m.d.sync += checks
+        if _LAZY_CHECKS:
+            with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
+                m.d.sync += checks
 
         m.d.comb += [
             resp.echo.eq(ans.seq),
