@@ -50,9 +50,9 @@ _LAZY_CHECKS = Switch("tricopy_lazy_checks")
 
 def lazy_checks():
     """Within this block the engine's registered checks (``checks`` in
-    ``elaborate``) load only outside HEADER and BODY, where their readers
-    never are: Verilator then skips their logic in most cycles (the sim
-    build, ``sim/build.py``). The boards keep them loading every cycle:
+    ``elaborate``) load only outside HEADER and BODY (none is read there or
+    in the cycle after): Verilator then skips their logic in most cycles
+    (the sim build, ``sim/build.py``). The boards keep them loading every cycle:
     on the iCEBreaker the enable cost 34 LCs (4 971 of 5 280) and a
     329-fanout clock enable on a global buffer, for no gain there
     (docs/sim.md, "2026-12-07 (3)"). ``tests/hdl/test_formal.py`` proves
