@@ -19,13 +19,14 @@ the two spellings equal.
 
 from functools import lru_cache
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .switch import Switch
 
-__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C", "byte_columns"]
+__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C", "byte_columns",
+           "byte_table"]
 
 #: CRC32C polynomial, bit-reflected form.
 POLY = 0x82F63B78
@@ -94,16 +95,32 @@ def crc32c_step(state, data, nbytes: int):
 
 
 def _step_columns(reg, data, nbytes: int):
-    """``crc32c_step`` by bytes: ``(reg >> 8) ^ T[reg[:8] ^ byte]``, with
-    ``T[x]`` the XOR of the columns of the bits set in ``x`` (a word-wide
-    select and XOR per bit, where the rows are a parity per result bit)."""
+    """``crc32c_step`` by bytes: ``(reg >> 8) ^ T[reg[:8] ^ byte]``, the
+    byte-wise table CRC. ``T`` is one 8192-bit constant (:func:`byte_table`)
+    and ``T[x]`` its 32-bit word ``x``: Amaranth writes that as a shift of
+    the constant, which ``sim/build.py`` rewrites to a part-select so that
+    Verilator reads it as one table lookup (a shift of 8192 bits each cycle
+    otherwise)."""
+    table = Const(byte_table(), 256 * 32)
     for b in range(nbytes):
         x = reg[:8] ^ data[8 * b:8 * b + 8]
-        nxt = reg[8:]
-        for i, column in enumerate(_byte_columns()):
-            nxt = nxt ^ Mux(x[i], Const(column, 32), Const(0, 32))
-        reg = nxt[:32]
+        reg = (reg[8:] ^ table.word_select(x, 32))[:32]
     return reg
+
+
+@lru_cache(maxsize=None)
+def byte_table() -> int:
+    """The byte-wise CRC's table as one integer, entry ``x`` in bits
+    ``32 * x`` up: ``T[x]`` is the XOR of the columns (``_byte_columns``)
+    of the bits set in ``x``, the register's change after the byte ``x``."""
+    table = 0
+    for x in range(256):
+        entry = 0
+        for i, column in enumerate(_byte_columns()):
+            if (x >> i) & 1:
+                entry ^= column
+        table |= entry << (32 * x)
+    return table
 
 
 def _unstep_zero(reg: int) -> int:

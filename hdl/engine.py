@@ -40,8 +40,37 @@ from .crc import CRC_INIT, crc32c_step
 from .lanes import crc32c_unpad_lanes, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
+from .switch import Switch
 
-__all__ = ["JournalEngine"]
+__all__ = ["JournalEngine", "status_on_demand", "lazy_checks"]
+
+_STATUS_ON_DEMAND = Switch("tricopy_status_on_demand")
+_LAZY_CHECKS = Switch("tricopy_lazy_checks")
+
+
+def lazy_checks():
+    """Within this block the engine's registered checks (``checks`` in
+    ``elaborate``) load only outside HEADER and BODY (none is read there or
+    in the cycle after): Verilator then skips their logic in most cycles
+    (the sim build, ``sim/build.py``). The boards keep them loading every cycle:
+    on the iCEBreaker the enable cost 34 LCs (4 971 of 5 280) and a
+    329-fanout clock enable on a global buffer (29.4 MHz against 31.2 at
+    one seed), for no gain there
+    (docs/sim.md, "2026-12-07 (3)"). ``tests/hdl/test_formal.py`` proves
+    the engine's contract with it on as well."""
+    return _LAZY_CHECKS.on()
+
+
+def status_on_demand():
+    """Within this block the engine assembles its 640-bit STATUS view only
+    while a STATUS answer is staged (``ans_src``), else it is 0 but for
+    NEXT_SEQ (a HELLO's LAST_SEQ is read from it). The responder reads the
+    rest only while it sends a STATUS answer (its word multiplexer selects
+    on the source, which is ``ans_src``), so nothing it sends changes;
+    Verilator then skips the assembly on other cycles (the sim build,
+    ``sim/build.py``). The boards and the proofs keep the plain wires: the
+    gate would put an AND in front of every bit of the word multiplexer."""
+    return _STATUS_ON_DEMAND.on()
 
 FT = protocol.FrameType
 ST = protocol.Status
@@ -283,7 +312,14 @@ class JournalEngine(wiring.Component):
         # the width-32 critical path (USED -> STATUS FREE -> word mux -> SEQ
         # sum -> BCRC) and of ALLOC's R > FREE.
         free = Signal(SG, init=SIZE >> G)
-        m.d.sync += free.eq(size - used)
+        # The registered checks and figures "one cycle behind" their inputs
+        # (FREE here, the header's, ALLOC's, EXEC's, a LOAD's and a
+        # RELEASE's below) go to ``checks``: ``m.d.sync`` (loaded every
+        # cycle), or in the sim build a list loaded only outside HEADER and
+        # BODY (``lazy_checks``, after the FSM): every reader comes at
+        # least a cycle after the last beat of a header or body.
+        checks = [] if _LAZY_CHECKS else m.d.sync
+        checks += [free.eq(size - used)]
 
         def bytes_(g):
             """A granule count or offset as bytes."""
@@ -317,7 +353,7 @@ class JournalEngine(wiring.Component):
         # decides on four flip-flops (the 36-bit zero test of ``rel_left``
         # in front of its enables was the UP5K's path after the fifth step)
         rel_zero = Signal()
-        m.d.sync += [rel_left.eq(used - rel_d), rel_zero.eq(used == rel_d)]
+        checks += [rel_left.eq(used - rel_d), rel_zero.eq(used == rel_d)]
 
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
@@ -345,14 +381,24 @@ class JournalEngine(wiring.Component):
         stamp_time = Signal(64)
         status = Signal(layouts.EngineStatus)
         hello = Signal(layouts.Hello)
-        m.d.comb += [
-            # JIPTR, NEXT_SEQ, TAIL_SEQ, NOW and ACKS of STATUS (and HELLO
-            # LAST_SEQ) are sent from the staged Ack (``_AckFrom.VIEW``)
+        # JIPTR, NEXT_SEQ, TAIL_SEQ, NOW and ACKS of STATUS (and HELLO
+        # LAST_SEQ) are sent from the staged Ack (``_AckFrom.VIEW``)
+        status_epoch = status.epoch.eq(epoch)
+        status_view = [
             status.joptr.eq(bytes_(joptr)),
             status.ring_size.eq(bytes_(size)),
             status.free.eq(bytes_(free)),
-            status.naks.eq(naks), status.epoch.eq(epoch),
+            status.naks.eq(naks), status_epoch,
             status.held.eq(held[:32]), status.wrap_at.eq(bytes_(wrap_at)),
+        ]
+        if _STATUS_ON_DEMAND:
+            # (EPOCH always: the responder sends HELLO's EPOCH from it)
+            m.d.comb += status_epoch
+            with m.If(ans_src == Source.STATUS):
+                m.d.comb += [a for a in status_view if a is not status_epoch]
+            status_view = []
+        m.d.comb += [
+            *status_view,
             resp.held.eq(held),
             # (HELLO EPOCH is sent from STATUS EPOCH, see Responder)
             hello.role.eq(protocol.Role.ENGINE),
@@ -478,7 +524,7 @@ class JournalEngine(wiring.Component):
         # through them, on to the enables of USED)
         tail = Signal(SG, init=SIZE >> G)
         gap = Signal(PG)
-        m.d.sync += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
+        checks += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
         # VERDICT's decision for EXEC, one bit an outcome (``_V``)
@@ -625,7 +671,7 @@ class JournalEngine(wiring.Component):
             type_now = type_now | (hdr.type == t)
             length_now = length_now | ((hdr.type == t)
                                        & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
-        m.d.sync += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
+        checks += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
                      h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
@@ -681,14 +727,16 @@ class JournalEngine(wiring.Component):
         # x < TAIL_SEQ = NEXT_SEQ - HELD iff d > HELD. One subtractor for
         # all three comparisons; its low bits are also the record counts
         # (x - TAIL_SEQ = HELD - d, NEXT_SEQ - x = d).
-        # A register loaded every cycle, so one cycle behind NEXT_SEQ and
-        # ``small`` (the 65-bit chain was the start of the UP5K's critical
-        # path: small -> NEXT_SEQ - x -> > HELD -> the decision). Both
+        # A register loaded every cycle (the sim build: but in HEADER and
+        # BODY, ``checks``), so one cycle behind NEXT_SEQ and ``small`` (the
+        # 65-bit chain was
+        # the start of the UP5K's critical path: small -> NEXT_SEQ - x ->
+        # > HELD -> the decision). Both
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
         x_d = Signal(65)
-        m.d.sync += x_d.eq(next_seq - x_seq)
+        checks += [x_d.eq(next_seq - x_seq)]
         x_gt_next = x_d[64]
         # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
         # last journal, RELEASE_D): one 63-bit test for both
@@ -699,7 +747,7 @@ class JournalEngine(wiring.Component):
         # for the 35-bit comparison with HELD (ALIGN waits for them)
         x_ge_next = Signal()
         x_lt_tail = Signal()
-        m.d.sync += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
+        checks += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
                      x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
         # A descriptor ring's RELEASE (RELEASE_D): P - JOPTR a register one
         # cycle behind ``small``, P <= JOPTR and P's range checks one more,
@@ -711,7 +759,7 @@ class JournalEngine(wiring.Component):
         rel_diff = Signal(SG + 1)
         rel_past = Signal()                    # P <= JOPTR: the release wraps
         rel_p_bad = Signal()                   # off the grid, >= 2**40 or >= WRAP_AT
-        m.d.sync += [
+        checks += [
             rel_diff.eq(rel_pg - joptr),
             rel_past.eq(rel_diff[SG] | (rel_diff[:SG] == 0)),
             # in the skipped tail, or >= SIZE (WRAP_AT <= SIZE)
@@ -765,7 +813,7 @@ class JournalEngine(wiring.Component):
         kind_ok, rules_ok, epoch_ok, desc_dcrc_ok, seq_spent = (
             Signal(name=n) for n in ("kind_ok", "rules_ok", "epoch_ok", "desc_dcrc_ok",
                                      "seq_spent"))
-        m.d.sync += [
+        checks += [
             kind_ok.eq(ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)),
             rules_ok.eq(Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE),
                             ctl.data_len == ctl.length,
@@ -778,7 +826,7 @@ class JournalEngine(wiring.Component):
         # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
         # control data from body byte 63 on, BLEN from HCHECK)
         wlen_ok = Signal()
-        m.d.sync += wlen_ok.eq(ctl.data_len == blen - 64)
+        checks += [wlen_ok.eq(ctl.data_len == blen - 64)]
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
 
         # -- ALLOC's figures, a pipeline of registers --------------------------
@@ -792,7 +840,7 @@ class JournalEngine(wiring.Component):
         RW = LENGTH_BITS - G + 1
         r_q = Signal(RW)
         fits_q = Signal()
-        m.d.sync += [
+        checks += [
             # ceil(DATA_LEN / 64) + 1 as one adder: + 64 before the shift;
             # a JNLWR's from its header LENGTH (control data included)
             r_q.eq(Mux(is_desc_now, (ctl.data_len[:LENGTH_BITS] + 127)[G:], (blen + 63)[G:])),
@@ -811,7 +859,7 @@ class JournalEngine(wiring.Component):
             # logic in front costs a logic cell). A data ring's JNLWR needs
             # the copy: its body moves ``small`` before EXEC.
             rlen = Cat(Const(0, G), r_q)
-        m.d.sync += [
+        checks += [
             c_tail.eq(le_wide(r_q, tail)), c_free.eq(le_wide(r_q, free)),
             c_joptr.eq(le_wide(r_q, joptr)), c_gap.eq(le_wide(r_q, gap)),
             c_size.eq(le_wide(r_q, size)),
@@ -835,7 +883,7 @@ class JournalEngine(wiring.Component):
         # (CLOCK wrapping past 2**64 in that cycle stamps LAST_TIME: the
         # wrapped CLOCK is below the one compared.)
         t_hi_gt, t_hi_eq, t_lo_gt, t_top = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [t_hi_gt.eq(ts.now[32:] > last_time[32:]),
+        checks += [t_hi_gt.eq(ts.now[32:] > last_time[32:]),
                      t_hi_eq.eq(ts.now[32:] == last_time[32:]),
                      t_lo_gt.eq(ts.now[:32] > last_time[:32]),
                      t_top.eq(ts.now[63])]
@@ -844,7 +892,7 @@ class JournalEngine(wiring.Component):
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
 
-        with m.FSM(name="ingress"):
+        with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
                     m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
@@ -1379,6 +1427,25 @@ class JournalEngine(wiring.Component):
                     with m.If(~resp.busy):
                         m.next = "READ_SEEK"
 
+        # The registered checks and figures (``checks``: HCHECK's ``h_*``,
+        # ALLOC's R and its comparisons, EXEC's, a LOAD's ``ld_*``, a
+        # RELEASE's, NEXT_SEQ - x, FREE, the tail, the gap, CLOCK against
+        # LAST_TIME) load every cycle, but in the sim build
+        # (``lazy_checks``) only outside HEADER and BODY, where a frame's
+        # bytes stream in and ``small`` moves every beat. Every reader is
+        # at least a cycle past the last of those beats (HCHECK waits a
+        # cycle, TRAILER, ALIGN or ALLOC_W comes before ALLOC and VERDICT,
+        # RELEASE_D/W before RELEASE_AT), so it reads what it read when
+        # they loaded every cycle; and what FREE, the tail and the gap
+        # follow (SIZE, USED, JIPTR, JOPTR) holds in HEADER and BODY, so
+        # they hold settled there (the STATUS view reads FREE while the
+        # next header comes in). The sim's Verilator model then skips
+        # their logic in 80 of a descriptor's ~89 cycles (docs/sim.md,
+        # "Harness speed", 2026-12-07 (3)).
+        if _LAZY_CHECKS:
+            with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
+                m.d.sync += checks
+
         m.d.comb += [
             resp.echo.eq(ans.seq),
             # rd_n holds while the Ack is sent (it changes only in EXEC,
@@ -1694,7 +1761,7 @@ class JournalEngine(wiring.Component):
         new_size = Mux(ring, ld_size[G:G + SG], size)
         q = {n: Signal(name=f"ld_{n}") for n in ("seq0", "size_bad", "ptr_bad", "too_big",
                                                   "held0")}
-        m.d.sync += [
+        v["checks"] += [
             q["seq0"].eq(ld.seq == 0),
             q["size_bad"].eq((ld_size[:G] != 0) | lt_const(ld_size, 128)
                              | ge_const(ld_size, (1 << self.max_ring_bits) + 1)),

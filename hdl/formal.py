@@ -621,7 +621,12 @@ class EngineSpec(Elaboratable):
         # FREE, the tail and the gap are registers one cycle behind SIZE -
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
-        # (EXEC -> ANSWER or LOAD_TIME, RELEASE_AT -> ANSWER)
+        # (EXEC -> ANSWER or LOAD_TIME, RELEASE_AT -> ANSWER). Under
+        # ``lazy_checks`` (the sim build) they load only outside HEADER and
+        # BODY, as the other registered checks (hdl/engine.py, ``checks``),
+        # and hold settled there: nothing they follow moves in those states.
+        # (Every check below is stated where it is read, at least a cycle
+        # past HEADER and BODY, so it reads as when they load every cycle.)
         # (and with batches EXEC -> BLOAD, whose first cycle has KCNT 0)
         settling = in_("ANSWER") | in_("LOAD_TIME")
         if B > 1:

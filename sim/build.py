@@ -164,15 +164,16 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     from amaranth.back import verilog
     from tricopy.hdl.compare import native_compares
     from tricopy.hdl.crc import byte_columns
-    from tricopy.hdl.engine import JournalEngine
+    from tricopy.hdl.engine import JournalEngine, lazy_checks, status_on_demand
     # The CRC networks by byte columns: the same function as the boards'
     # rows, in word operations Verilator computes ~4x faster (hdl/crc.py);
     # comparisons with constants as comparisons, not spelt out for LUTs
-    # (hdl/compare.py).
-    with byte_columns(), native_compares():
+    # (hdl/compare.py); the STATUS view only while a STATUS goes out, the
+    # registered checks only outside HEADER and BODY (hdl/engine.py).
+    with byte_columns(), native_compares(), status_on_demand(), lazy_checks():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
-    return _one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))
+    return _crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text)))
 
 
 def _one_edge_a_cycle(text: str) -> str:
@@ -185,6 +186,46 @@ def _one_edge_a_cycle(text: str) -> str:
                                 f"of its registers ({line.strip()[:80]!r}): the harness's "
                                 f"one-edge-a-cycle clock (sim/build.py) needs updating")
     return text.replace(_POSEDGE, "always @(edge clk)")
+
+
+def _crc_tables(text: str) -> str:
+    """The engine's Verilog with each CRC table lookup (hdl/crc.py,
+    ``_step_columns``: word ``x`` of the 8192-bit table, which Amaranth
+    writes as ``TABLE >> x*32`` into a 32-bit wire) as a part-select of a
+    localparam, ``TABLE[x*32 +: 32]``: the same 32 bits (x*32 is at most
+    255*32, so the select stays inside the table), which Verilator reads as
+    one load from a constant array, where the shift was a shift of all
+    8192 bits every cycle (``-fno-table`` keeps it from making a table of
+    it). A table left unrewritten fails the build, as a changed spelling
+    would silently make the model slow."""
+    from tricopy.hdl.crc import byte_table
+    table = f"8192'h{byte_table():02048x}"
+    count = 0
+
+    def in_module(module):
+        # (wire names are a module's own: each module is rewritten alone)
+        widths = {name: int(msb) for msb, name in
+                  re.findall(r"^  wire \[(\d+):0\] (\\\S+ ?);$", module.group(0), re.M)}
+
+        def part_select(match):
+            nonlocal count
+            lhs, shift = match.group(1), match.group(2)
+            if widths.get(lhs) != 31:
+                return match.group(0)
+            count += 1
+            name = f"crc_table_{count}"
+            return (f"  localparam [8191:0] {name} = {table};\n"
+                    f"  assign {lhs}= {name}[{shift}+: 32];")
+
+        return re.sub(rf"^  assign (\\\S+ ?) = {table} >> (\\\S+ ?);$", part_select,
+                      module.group(0), flags=re.M)
+
+    text = re.sub(r"^module .*?^endmodule$", in_module, text, flags=re.M | re.S)
+    if table in text.replace(f"= {table};", ""):
+        raise SimBuildError("the engine's Verilog has a CRC table lookup in another form than "
+                            "TABLE >> x into a 32-bit wire: sim/build.py's _crc_tables needs "
+                            "updating")
+    return text
 
 
 def _cpu_signature() -> str:

@@ -342,6 +342,27 @@ def test_one_edge_a_cycle_refuses_any_other_use_of_clk():
         assert "\n" not in str(err.value)
 
 
+def test_crc_tables_become_part_selects():
+    """The sim build reads each CRC table lookup as a part-select of a
+    localparam (sim/build.py, ``_crc_tables``), per module (wire names are a
+    module's own), and refuses a table it cannot rewrite rather than
+    leaving a shift of 8192 bits in the model."""
+    from tricopy.hdl.crc import byte_table
+    table = f"8192'h{byte_table():02048x}"
+    module = ("module {name}(q);\n  wire [31:0] \\$5 ;\n  wire [13:0] \\$6 ;\n"
+              "  assign \\$5  = {table} >> \\$6 ;\nendmodule\n")
+    text = module.format(name="a", table=table) + module.format(name="b", table=table)
+    out = sim_build._crc_tables(text)
+    assert out.count("  assign \\$5 = crc_table_") == 2 and ">>" not in out
+    assert "localparam [8191:0] crc_table_1 = " + table + ";" in out
+    assert "crc_table_2[\\$6 +: 32]" in out
+    # into a wider wire the shift is not a 32-bit word: refused
+    wide = text.replace("wire [31:0]", "wire [63:0]")
+    with pytest.raises(SimBuildError, match="CRC table lookup") as err:
+        sim_build._crc_tables(wide)
+    assert "\n" not in str(err.value)
+
+
 def test_an_idle_harness_calls_accept_only_for_a_connection(tmp_path):
     """With no client the harness keeps simulating (CLOCK follows wall
     time) and looks for one after every batch. A non-blocking accept()

@@ -7,7 +7,7 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from tricopy.hdl.crc import CRC32C, POLY, byte_columns, crc32c_step
+from tricopy.hdl.crc import CRC32C, POLY, byte_columns, byte_table, crc32c_step
 from tricopy.hdl import layouts
 from tricopy.host.wire import protocol
 
@@ -55,6 +55,15 @@ def _reference_step(reg: int, data: bytes) -> int:
         for _ in range(8):
             reg = (reg >> 1) ^ (POLY if reg & 1 else 0)
     return reg
+
+
+def test_byte_table_is_the_bytewise_crc_table():
+    """Word ``x`` of the columns' table (hdl/crc.py, ``byte_table``) is the
+    register after the byte ``x`` from 0, bit by bit: the table of the
+    byte-wise CRC."""
+    table = byte_table()
+    for x in range(256):
+        assert (table >> (32 * x)) & 0xFFFF_FFFF == _reference_step(0, bytes([x])), x
 
 
 @pytest.mark.parametrize("nbytes", [1, 2, 4])

@@ -16,7 +16,7 @@ flipped, a timestamp unit that runs fast.
 import pytest
 from amaranth.hdl import Fragment, Module, Signal
 
-from tricopy.hdl.engine import JournalEngine, _Port
+from tricopy.hdl.engine import JournalEngine, _Port, lazy_checks
 from tricopy.hdl.formal import (CompareSpec, EngineSpec, FormalToolError, TimestampSpec, _Taps,
                                 _tool, main, run_sby)
 from tricopy.hdl.sequencer import Sequencer
@@ -35,6 +35,16 @@ DEPTH = 2
 def test_engine_contract_proven(width, batch, tmp_path):
     res = run_sby(EngineSpec(width, desc_batch=batch), f"engine{width}_{batch}", mode="prove",
                   depth=DEPTH, workdir=tmp_path)
+    assert res.passed, (res.failed, res.log[-3000:])
+
+
+def test_engine_contract_proven_with_lazy_checks(tmp_path):
+    """The sim build's engine (hdl/engine.py, ``lazy_checks``: the
+    registered checks load only outside HEADER and BODY) under the same
+    contract, at the sim's width and batches."""
+    with lazy_checks():
+        res = run_sby(EngineSpec(8, desc_batch=64), "engine8_64_lazy", mode="prove",
+                      depth=DEPTH, workdir=tmp_path)
     assert res.passed, (res.failed, res.log[-3000:])
 
 
