@@ -89,7 +89,7 @@ from . import layouts
 from .compare import le_wide, lt_const
 from .crc import CRC_INIT
 from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom, _V
-from .responder import LENGTH_BITS
+from .responder import LENGTH_BITS, Source
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
 
@@ -794,6 +794,17 @@ class EngineSpec(Elaboratable):
                 Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
                 Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
                 Assert(tap("h_zero") == (hdr.length == 0), "INV: LENGTH = 0 checked"),
+                # HCHECK's decision: every check passes and the staged
+                # answer is not a STATUS (then it need not wait for the
+                # responder); and the TYPE is JNLWR
+                Assert(tap("h_pass") == ((hdr.magic == protocol.MAGIC)
+                                         & (hdr.hcrc == (bcrc ^ CRC_INIT))
+                                         & (hdr.version == protocol.VERSION)
+                                         & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
+                                         & len_ok & known_hdr(hdr.type)
+                                         & (tap("ans_src") != Source.STATUS)),
+                       "INV: the header passes and no STATUS is staged"),
+                Assert(tap("h_wr") == (hdr.type == FT.JNLWR), "INV: JNLWR checked"),
             ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing
