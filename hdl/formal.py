@@ -585,22 +585,24 @@ class EngineSpec(Elaboratable):
         if RW == 1:
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
-        # the word multiplexer's index and the sums' lane, a beat ahead:
-        # the body index of the beat after the one shown and of the one
-        # after that (0 in the header, but W for the second at its last
-        # beat); not read in the trailer
-        r_body = rphase == 2                                  # _Phase.BODY
-        with m.If(r_head):
-            m.d.comb += [
-                Assert(rtap("pidx") == 0, "INV: responder's next body index in the header"),
-                Assert(rtap("pidx2") == Mux(ridx == 16 - RW, RW, 0),
-                       "INV: responder's second body index in the header"),
-            ]
-        with m.If(r_body):
-            m.d.comb += [
-                Assert(rtap("pidx") == (ridx + RW)[:7], "INV: responder's next body index"),
-                Assert(rtap("pidx2") == (ridx + 2 * RW)[:7], "INV: responder's second body index"),
-            ]
+        # the word multiplexer's index and the sums' lane, registers a beat
+        # ahead above width 8: the body index of the beat after the one
+        # shown and of the one after that (0 in the header, but W for the
+        # second at its last beat); not read in the trailer
+        if RW > 1:
+            r_body = rphase == 2                              # _Phase.BODY
+            with m.If(r_head):
+                m.d.comb += [
+                    Assert(rtap("pidx") == 0, "INV: responder's next body index in the header"),
+                    Assert(rtap("pidx2") == Mux(ridx == 16 - RW, RW, 0),
+                           "INV: responder's second body index in the header"),
+                ]
+            with m.If(r_body):
+                m.d.comb += [
+                    Assert(rtap("pidx") == (ridx + RW)[:7], "INV: responder's next body index"),
+                    Assert(rtap("pidx2") == (ridx + 2 * RW)[:7],
+                           "INV: responder's second body index"),
+                ]
         # (the engine stages an answer in EXEC only when the responder is
         # idle, and only ANSWER starts it: the states between stage more)
         with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")

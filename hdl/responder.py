@@ -240,25 +240,33 @@ class Responder(wiring.Component):
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
         # ``pidx``: the body index of the beat after the one shown (0 in the
         # header); ``pidx2``: of the beat after that (0 in the header but W
-        # at its last beat). Both are registers a beat ahead, not ``idx + W``
-        # and ``idx + 2W`` (two adders on the 23-bit index in front of the
-        # word multiplexer and the sums' lane, and through them of
-        # ``word_q`` and ``word_byte``): at each take ``pidx`` moves up to
-        # ``pidx2`` and ``pidx2`` steps by W (in the body and from the
-        # header's last beat) or is W at the take into the header's last
-        # beat. Only their low 7 bits are read (the views are at most 80
-        # bytes, the word index is bits 3..6). Their values in the trailer
-        # are not read: the header's takes load ``word_q`` and
-        # ``word_byte`` again before the body.
-        pidx = Signal(7)
-        pidx2 = Signal(7)
-        with m.If(self.start & ~busy):
-            m.d.sync += [pidx.eq(0), pidx2.eq(0)]
-        with m.If(take):
-            m.d.sync += [
-                pidx.eq(pidx2),
-                pidx2.eq(Mux((phase == _Phase.BODY) | hd_last, pidx2 + W, Mux(hd_last_d, W, 0))),
-            ]
+        # at its last beat). Only their low 7 bits are read (the views are
+        # at most 80 bytes, the word index is bits 3..6).
+        if W > 1:
+            # Registers a beat ahead, not ``idx + W`` and ``idx + 2W`` (two
+            # adders on the 23-bit index in front of the word multiplexer
+            # and the sums' lane, and through them of ``word_q`` and
+            # ``word_byte``): at each take ``pidx`` moves up to ``pidx2``
+            # and ``pidx2`` steps by W (in the body and from the header's
+            # last beat) or is W at the take into the header's last beat.
+            # Their values in the trailer are not read: the header's takes
+            # load ``word_q`` and ``word_byte`` again before the body.
+            pidx = Signal(7)
+            pidx2 = Signal(7)
+            with m.If(self.start & ~busy):
+                m.d.sync += [pidx.eq(0), pidx2.eq(0)]
+            with m.If(take):
+                m.d.sync += [
+                    pidx.eq(pidx2),
+                    pidx2.eq(Mux((phase == _Phase.BODY) | hd_last, pidx2 + W,
+                                 Mux(hd_last_d, W, 0))),
+                ]
+        else:
+            # At width 8 they stay sums on ``idx``: as registers they cost
+            # the UP5K top about 30 LUTs it does not have ("UP5K timing,
+            # fifth step"), and the width-8 paths are not these.
+            pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
+            pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
