@@ -586,7 +586,8 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
         # the word multiplexer's index and the sums' lane, registers a beat
-        # ahead above width 8: the body index of the beat after the one
+        # ahead above width 8 (and at width 8 with data memory, which this
+        # spec's engine has not): the body index of the beat after the one
         # shown and of the one after that (0 in the header, but W for the
         # second at its last beat); not read in the trailer
         if RW > 1:

@@ -242,7 +242,7 @@ class Responder(wiring.Component):
         # header); ``pidx2``: of the beat after that (0 in the header but W
         # at its last beat). Only their low 7 bits are read (the views are
         # at most 80 bytes, the word index is bits 3..6).
-        if W > 1:
+        if W > 1 or self.has_ring:
             # Registers a beat ahead, not ``idx + W`` and ``idx + 2W`` (two
             # adders on the 23-bit index in front of the word multiplexer
             # and the sums' lane, and through them of ``word_q`` and
@@ -262,9 +262,12 @@ class Responder(wiring.Component):
                                  Mux(hd_last_d, W, 0))),
                 ]
         else:
-            # At width 8 they stay sums on ``idx``: as registers they cost
-            # the UP5K top about 30 LUTs it does not have ("UP5K timing,
-            # fifth step"), and the width-8 paths are not these.
+            # At width 8 without read-out (the UP5K top) they stay sums on
+            # ``idx``: as registers they cost that top about 30 LUTs it does
+            # not have ("UP5K timing, fifth step"). The width-8 engine with
+            # data memory has them: as sums they were its critical path
+            # (``idx`` -> ``idx + W`` -> the SEQ sum -> ``word_byte``,
+            # docs/hardware.md "Timing closure, seventh step").
             pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
             pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
