@@ -665,6 +665,15 @@ class JournalEngine(wiring.Component):
         h_magic, h_crc, h_form, h_len, h_type, h_zero, h_settled = (
             Signal(name=n) for n in ("h_magic", "h_crc", "h_form", "h_len", "h_type", "h_zero",
                                      "h_settled"))
+        # ``h_pass``: the header passes every check and the answer staged is
+        # not a STATUS (HCHECK need not wait for the responder); ``h_wr``:
+        # its TYPE is JNLWR. Registers beside the checks, so that HCHECK
+        # decides on four flip-flops (``h_settled``, the responder's phase,
+        # ``h_pass``): the AND of five checks and ``ans_src``'s compare in
+        # front of the enables of every register HCHECK loads was the
+        # width-32 critical path once the responder's index was registered.
+        # (``ans_src`` holds still in HCHECK until it decides.)
+        h_pass, h_wr = Signal(name="h_pass"), Signal(name="h_wr")
         length_now = Const(0)
         type_now = Const(0)
         for t in _KNOWN_TYPES:
@@ -675,6 +684,10 @@ class JournalEngine(wiring.Component):
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
                      h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
+        m.d.sync += [h_pass.eq(magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
+                               & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
+                               & length_now & type_now & (ans_src != Source.STATUS)),
+                     h_wr.eq(hdr.type == FT.JNLWR)]
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -934,16 +947,16 @@ class JournalEngine(wiring.Component):
                 # window (``h_*``, above): HCHECK spends its first cycle
                 # waiting for them (the window and HCRC hold still here).
                 magic_ok, hdr_crc_ok, length_ok, type_ok = h_magic, h_crc, h_len, h_type
-                header_ok = magic_ok & hdr_crc_ok & h_form & length_ok & type_ok
                 # A NAK is staged in ``ans`` and ALLOC overwrites
                 # ``stamp_time`` (STATUS NOW); the responder reads them while
                 # it sends (no second copy of the answer), so wait until the
                 # previous answer is out if this frame would change what it
                 # reads. The window holds still. (The HEARTBEAT token is
                 # sent from ``ans``, not from ``small``.)
-                reads_core = ans_src == Source.STATUS
+                # (``h_pass``: the header passes and the answer staged is
+                # not a STATUS, a register beside the checks)
                 m.d.sync += h_settled.eq(1)
-                with m.If(h_settled & (~resp.busy | (header_ok & ~reads_core))):
+                with m.If(h_settled & (~resp.busy | h_pass)):
                     m.d.sync += h_settled.eq(0)
                     m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
                                  *(bl[n].eq(fn(hdr.length[:LENGTH_BITS]))
@@ -977,7 +990,7 @@ class JournalEngine(wiring.Component):
                         m.d.sync += hunting.eq(0)
                         with m.If(h_zero):
                             m.next = "VERDICT"
-                        with m.Elif(Const(int(mem)) & (hdr.type == FT.JNLWR)):
+                        with m.Elif(Const(int(mem)) & h_wr):
                             m.next = "ALLOC_W"
                         with m.Else():
                             m.d.sync += rdy.eq(1)

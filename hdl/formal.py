@@ -91,7 +91,7 @@ from . import layouts
 from .compare import le_wide, lt_const
 from .crc import CRC_INIT
 from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom, _V
-from .responder import LENGTH_BITS
+from .responder import LENGTH_BITS, Source
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
 
@@ -592,6 +592,25 @@ class EngineSpec(Elaboratable):
         if RW == 1:
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
+        # the word multiplexer's index and the sums' lane, registers a beat
+        # ahead above width 8 (and at width 8 with data memory, which this
+        # spec's engine has not): the body index of the beat after the one
+        # shown and of the one after that (0 in the header, but W for the
+        # second at its last beat); not read in the trailer
+        if RW > 1:
+            r_body = rphase == 2                              # _Phase.BODY
+            with m.If(r_head):
+                m.d.comb += [
+                    Assert(rtap("pidx") == 0, "INV: responder's next body index in the header"),
+                    Assert(rtap("pidx2") == Mux(ridx == 16 - RW, RW, 0),
+                           "INV: responder's second body index in the header"),
+                ]
+            with m.If(r_body):
+                m.d.comb += [
+                    Assert(rtap("pidx") == (ridx + RW)[:7], "INV: responder's next body index"),
+                    Assert(rtap("pidx2") == (ridx + 2 * RW)[:7],
+                           "INV: responder's second body index"),
+                ]
         # (the engine stages an answer in EXEC only when the responder is
         # idle, and only ANSWER starts it: the states between stage more)
         with m.If(in_("RELEASE_D") | in_("RELEASE_W") | in_("RELEASE_AT")
@@ -793,6 +812,17 @@ class EngineSpec(Elaboratable):
                 Assert(tap("h_len") == len_ok, "INV: LENGTH checked"),
                 Assert(tap("h_type") == known_hdr(hdr.type), "INV: TYPE checked"),
                 Assert(tap("h_zero") == (hdr.length == 0), "INV: LENGTH = 0 checked"),
+                # HCHECK's decision: every check passes and the staged
+                # answer is not a STATUS (then it need not wait for the
+                # responder); and the TYPE is JNLWR
+                Assert(tap("h_pass") == ((hdr.magic == protocol.MAGIC)
+                                         & (hdr.hcrc == (bcrc ^ CRC_INIT))
+                                         & (hdr.version == protocol.VERSION)
+                                         & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
+                                         & len_ok & known_hdr(hdr.type)
+                                         & (tap("ans_src") != Source.STATUS)),
+                       "INV: the header passes and no STATUS is staged"),
+                Assert(tap("h_wr") == (hdr.type == FT.JNLWR), "INV: JNLWR checked"),
             ]
         with m.If(in_("RELEASE_W") | in_("RELEASE_AT")):
             # RELEASE_D's figures are those of the current state (nothing

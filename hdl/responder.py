@@ -173,7 +173,6 @@ class Responder(wiring.Component):
         # ``body`` is the body bytes of the beat; ``beat`` adds, in a
         # read-out's last beat, the BCRC bytes after them (wide links).
         body = Signal(8 * W)
-        idx_lt60, idx_lt64 = lt_const(idx, 60), lt_const(idx, 64)
         idx_next = Signal(LB)
         m.d.comb += idx_next.eq(idx + W)
         # ``body_last``: the body beat shown is the last. A register set a
@@ -185,7 +184,7 @@ class Responder(wiring.Component):
         if W == 1:
             # one CRC network for header and body, fed from registers
             # (``hbeat``, and ``word_byte`` or the ring's ``ring_beat``; a
-            # read-out's CCRC bytes are chosen by a comparison on ``idx``)
+            # read-out's CCRC bytes are chosen by ``ccrc_pos``, a register)
             crc_next = crc32c_step(crc, Mux(phase == _Phase.BODY, body, hbeat), 1)
             head_crc = body_crc = crc_next
             first_last, next_last = length == 1, idx_next2 == length
@@ -202,9 +201,25 @@ class Responder(wiring.Component):
             head_crc = crc32c_step(crc, hbeat, W)
             body_crc = Signal(32)
             m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
-        ccrc_pos = (source == Source.RING) & ~idx_lt60 & idx_lt64
-        if not self.has_ring:                  # an engine without data memory: no read-out
+        # ``ccrc_pos``: the body beat shown holds CCRC bytes (a read-out's
+        # body bytes 60..63); ``ccrc_at``: the BCRC after the beat shown is
+        # the CCRC (idx = 60 - W). Registers loaded at each take from the
+        # index being left, as ``hd_crc``: the comparisons on the 23-bit
+        # index were the head of the width-32 critical path (idx -> the
+        # CCRC choice of the body bytes -> the BCRC -> ``crc``).
+        if self.has_ring:
+            ccrc_pos = Signal()
+            ccrc_at = Signal()
+            in_body = phase == _Phase.BODY
+            with m.If(take):
+                m.d.sync += [
+                    ccrc_pos.eq(in_body & (source == Source.RING)
+                                & ~lt_const(idx, 60 - W) & lt_const(idx, 64 - W)),
+                    ccrc_at.eq(in_body & (idx == 60 - 2 * W)),
+                ]
+        else:                                  # an engine without data memory: no read-out
             ccrc_pos = Const(0)
+            ccrc_at = Const(0)
         # Answers from registers (ACK, STATUS, HELLO, ECHO) are read as one
         # 32-bit word mux on (source, idx[2:7]) and then (width 8) one 4-way
         # byte mux:
@@ -229,8 +244,38 @@ class Responder(wiring.Component):
         word = Signal(32)
         word_q = Signal(32)
         ring_beat = Signal(8 * W)               # the read-out's body beat shown (below)
-        pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
-        pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
+        # ``pidx``: the body index of the beat after the one shown (0 in the
+        # header); ``pidx2``: of the beat after that (0 in the header but W
+        # at its last beat). Only their low 7 bits are read (the views are
+        # at most 80 bytes, the word index is bits 3..6).
+        if W > 1 or self.has_ring:
+            # Registers a beat ahead, not ``idx + W`` and ``idx + 2W`` (two
+            # adders on the 23-bit index in front of the word multiplexer
+            # and the sums' lane, and through them of ``word_q`` and
+            # ``word_byte``): at each take ``pidx`` moves up to ``pidx2``
+            # and ``pidx2`` steps by W (in the body and from the header's
+            # last beat) or is W at the take into the header's last beat.
+            # Their values in the trailer are not read: the header's takes
+            # load ``word_q`` and ``word_byte`` again before the body.
+            pidx = Signal(7)
+            pidx2 = Signal(7)
+            with m.If(self.start & ~busy):
+                m.d.sync += [pidx.eq(0), pidx2.eq(0)]
+            with m.If(take):
+                m.d.sync += [
+                    pidx.eq(pidx2),
+                    pidx2.eq(Mux((phase == _Phase.BODY) | hd_last, pidx2 + W,
+                                 Mux(hd_last_d, W, 0))),
+                ]
+        else:
+            # At width 8 without read-out (the UP5K top) they stay sums on
+            # ``idx``: as registers they cost that top about 30 LUTs it does
+            # not have ("UP5K timing, fifth step"). The width-8 engine with
+            # data memory has them: as sums they were its critical path
+            # (``idx`` -> ``idx + W`` -> the SEQ sum -> ``word_byte``,
+            # docs/hardware.md "Timing closure, seventh step").
+            pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
+            pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}
@@ -389,7 +434,7 @@ class Responder(wiring.Component):
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
                     m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
-                    with m.If(idx == 60 - W):
+                    with m.If(ccrc_at):
                         m.d.sync += ccrc.eq(body_crc)
                     with m.If(body_last):
                         m.d.sync += [idx.eq(0), phase.eq(_Phase.TRAILER)]
