@@ -578,13 +578,22 @@ class JournalEngine(wiring.Component):
             bidx = Const(0, 1)
 
         beat = self.rx.payload                 # W bytes, the first in bits 0..7
-        # One CRC network on HCRC for HEADER, HUNT_CRC and (width 8, where
-        # the BCRC is HCRC) BODY: its data is the beat taken, or in HUNT_CRC
-        # the window's oldest beat (``crc_hunt``, set there). A second
-        # network for HUNT_CRC cost about 100 LUTs on the UP5K.
+        # Width 8: one CRC network on HCRC for HEADER, HUNT_CRC and BODY
+        # (where the BCRC is HCRC): its data is the beat taken, or in
+        # HUNT_CRC the window's oldest beat (``crc_hunt``, set there). A
+        # second network for HUNT_CRC cost about 100 LUTs on the UP5K.
+        # Width 32 keeps the two: the state's select in front of a 4-byte
+        # network was the engine's critical path (74.7 against 82.8 MHz,
+        # docs/hardware.md "The seventh steps merged").
         crc_hunt = Signal()
         hcrc_next = Signal(32)
-        m.d.comb += hcrc_next.eq(crc32c_step(hcrc, Mux(crc_hunt, win[:8 * W], beat), W))
+        hunt_crc_next = Signal(32)
+        if W == 1:
+            m.d.comb += [hcrc_next.eq(crc32c_step(hcrc, Mux(crc_hunt, win[:8 * W], beat), W)),
+                         hunt_crc_next.eq(hcrc_next)]
+        else:
+            m.d.comb += [hcrc_next.eq(crc32c_step(hcrc, beat, W)),
+                         hunt_crc_next.eq(crc32c_step(hcrc, win[:8 * W], W))]
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
         # positions in the body, as logic rather than carry chains
@@ -938,7 +947,7 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
                 m.d.comb += crc_hunt.eq(1)
                 with m.If(lt_const(kcnt, 12 // W)):
-                    m.d.sync += hcrc.eq(hcrc_next)
+                    m.d.sync += hcrc.eq(hunt_crc_next)
                 with m.If(kcnt == 16 // W - 1):
                     m.next = "HCHECK"
 
