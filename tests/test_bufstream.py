@@ -8,23 +8,18 @@ would still work, only slower, so these tests count the buffered calls.
 import asyncio
 import hashlib
 import os
-from types import SimpleNamespace
 
 import pytest
 import uvloop
 
-from tricopy.host.tools.certs import make_certs
+from tricopy.host.tools.bench_tls import site_contexts
 from tricopy.host.wire import bufstream, tls
 from tricopy.host.wire.bufstream import BufferedStream
 
 
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("certs")
-    make_certs(folder, ["a", "b"])
-    site = lambda me: SimpleNamespace(ca=folder / "ca.pem", cert=folder / f"{me}.pem",
-                                      key=folder / f"{me}.key")
-    return tls.server_context(site("a")), tls.client_context(site("b"))
+    return site_contexts(tmp_path_factory.mktemp("certs"))
 
 
 def _echo_round(server_ctx, client_ctx, sizes):

@@ -17,31 +17,27 @@ import asyncio
 import os
 import ssl
 import tempfile
-import time
 from asyncio import sslproto
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..wire import tls
 from ..wire.bufstream import BufferedStream, open_stream
+from .bench import _cpu
 
-__all__ = ["bench_tls_hop", "bench_seal_open", "HOW"]
+__all__ = ["bench_tls_hop", "bench_seal_open", "site_contexts", "HOW"]
 
 #: the variants of one hop, in the order they are run and printed
 HOW = ("plain tcp", "tls, plain protocol", "tls, buffered")
 
 
-def _contexts(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def site_contexts(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """The sites' own server and client contexts, for two sites of a new CA."""
     from .certs import make_certs
     make_certs(folder, ["a", "b"])
     site = lambda me: SimpleNamespace(ca=folder / "ca.pem", cert=folder / f"{me}.pem",
                                       key=folder / f"{me}.key")
     return tls.server_context(site("a")), tls.client_context(site("b"))
-
-
-def _cpu() -> float:
-    return time.process_time()
 
 
 async def _hop(how: str, ctxs, message: int, count: int, to_server: bool) -> float:
@@ -104,7 +100,7 @@ def bench_tls_hop(message: int, count: int, rounds: int = 2) -> list[dict]:
     import uvloop
     best: dict[tuple[str, bool], float] = {}
     with tempfile.TemporaryDirectory(prefix="tricopy-bench-tls-") as tmp:
-        ctxs = _contexts(Path(tmp))
+        ctxs = site_contexts(Path(tmp))
         for rnd in range(rounds):
             order = HOW if rnd % 2 == 0 else tuple(reversed(HOW))
             for to_server in (True, False):
@@ -122,7 +118,7 @@ def bench_seal_open(message: int, count: int) -> dict:
     """The TLS 1.3 crypto alone: one ``SSLObject`` seals ``message`` bytes,
     its peer opens them, on memory BIOs (no socket, no event loop)."""
     with tempfile.TemporaryDirectory(prefix="tricopy-bench-tls-") as tmp:
-        server_ctx, client_ctx = _contexts(Path(tmp))
+        server_ctx, client_ctx = site_contexts(Path(tmp))
     bios = [ssl.MemoryBIO() for _ in range(4)]
     srv = server_ctx.wrap_bio(bios[0], bios[1], server_side=True)
     cli = client_ctx.wrap_bio(bios[2], bios[3])
