@@ -486,7 +486,7 @@ class GroupCommitRun(StoreRun):
                 await asyncio.gather(*(writer() for _ in range(8)),
                                      *([persister()] if self.lazy else []))
             finally:
-                gc._executor.shutdown(wait=True)
+                await gc.aclose()
 
         try:
             asyncio.run(main())

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from concurrent.futures import ThreadPoolExecutor
-
 from ..disk.inline import INLINE_HISTORY, INLINE_SYNC_BELOW, InlineWindow
+from ..disk.worker import BlockingWorker
 from ..wire.protocol import Control
 from ..perf import PERF, now
 from .store import JournalStore
@@ -76,7 +75,8 @@ class GroupCommitter:
         # now: before the journals they will cover are written.
         self._fds: list[int | None] = [None] + [store.open_sync_fd() for _ in range(syncs - 1)]
         self._flushes: list[tuple[int, int | None, asyncio.Task]] = []   # (target, fd, task)
-        self._executor = ThreadPoolExecutor(max_workers=syncs, thread_name_prefix="store-fsync")
+        # A thread per descriptor: each has at most one fdatasync in flight.
+        self._workers = {fd: BlockingWorker(f"store-fsync-{i}") for i, fd in enumerate(self._fds)}
         self.fsyncs = 0      # fdatasyncs issued
         self.on_fsync = None     # called with each fdatasync's seconds (metrics), if set
         self.appends = 0     # journals appended through this committer
@@ -143,8 +143,7 @@ class GroupCommitter:
             self.fsyncs += 1
             t0, first = now(), self.store.durable_seq
             try:
-                began, ended = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._timed_sync, target, fd)
+                began, ended = await self._workers[fd].run(self._timed_sync, target, fd)
                 # Where a threaded sync's time goes (``relay.fsync`` is all
                 # of it): waiting for the worker thread to run, the syscall,
                 # and waiting for the event loop to resume the waiters.
@@ -172,4 +171,5 @@ class GroupCommitter:
                 await asyncio.shield(task)
             except Exception:
                 pass
-        self._executor.shutdown(wait=True)
+        for worker in self._workers.values():
+            worker.close()

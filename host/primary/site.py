@@ -44,6 +44,7 @@ from ..wire.link import Link, LinkError, LinkRefused, connect
 from ..wire.protocol import Control, Frame, FrameType, Kind, Role, Status
 from ..wire.pseq import TAG_MOD, next_pseq, tag_after
 from ..disk.volume import Volume, VolumeError
+from ..disk.worker import BlockingWorker
 from ..perf import PERF, now
 from .activity import ActivityLog
 from .stream import RelayLost, SendStream
@@ -147,6 +148,10 @@ class MasterGroup:
         self.regions.rebase(self.last_pseq)
         # The activity log: extents a crash may leave different (activity.py).
         self.al = ActivityLog(site.state_dir / f"{cfg.grname}.al")
+        # Host writes wait for the activity log's saves (a cold extent is
+        # listed durably first): through a thread of its own, one save at a
+        # time, not the default executor (host/disk/worker.py says why).
+        self._al_writer = BlockingWorker(f"al-{cfg.grname}")
         self._al_wanted: set = set()                 # cold extents for the next AL save
         self._al_saving: asyncio.Task | None = None  # the AL save in a thread (_al_warm)
         self._ready = asyncio.Event()    # PSEQs may be given out (see _after_unclean_stop)
@@ -474,7 +479,7 @@ class MasterGroup:
         try:
             save = self.al.prepare(self._al_wanted)
             self._al_wanted = set()
-            wrote = await asyncio.to_thread(self.al.write, save)
+            wrote = await self._al_writer.run(self.al.write, save)
             self.al.done(save, wrote)
         finally:
             self._al_saving = None
@@ -555,7 +560,7 @@ class MasterGroup:
     async def _al_save(self) -> None:
         try:
             save = self.al.prepare()      # in a thread: the loop goes on (_al_warm)
-            self.al.done(save, await asyncio.to_thread(self.al.write, save))
+            self.al.done(save, await self._al_writer.run(self.al.write, save))
         except OSError as exc:
             log.error("group %s: saving the activity log: %s", self.cfg.grname, exc)
 
@@ -1504,6 +1509,7 @@ class Primary:
                 await g.link.close()
             try:
                 await g.flush()
+                g._al_writer.close()   # a save still in its thread ends before this one
                 if not g.pending:      # everything ACKed and on the PVOLs: nothing may differ
                     g.al.hot.clear()
                     g.al.save()

@@ -33,6 +33,7 @@ from ..rcm.jnlg import COPY_CHUNK, GRSTS, NEVER, CopyBitmap, JnlgTable
 from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.inline import InlineWindow
+from ..disk.worker import BlockingWorker
 from ..disk.slotfile import SlotFile
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
@@ -176,6 +177,7 @@ class RestoreGroup:
         # in the event loop while the disk is fast, else in a thread
         # (host/disk/inline.py): a thread hand-off cost more CPU than the save.
         self._saves = InlineWindow()
+        self._saver = BlockingWorker(f"saves-{cfg.grname}")
         self._room = asyncio.Event()
         self._room.set()
 
@@ -435,7 +437,7 @@ class RestoreGroup:
         try:
             if self._saves.ok():
                 return fn(*args)
-            return await asyncio.to_thread(fn, *args)
+            return await self._saver.run(fn, *args)
         finally:
             self._saves.took(now() - t0)
 
@@ -934,6 +936,7 @@ class Secondary:
                     log.warning("group %s: restore point at stop: %s", g.cfg.grname, exc)
             for vol in g.volumes.values():
                 vol.close()
+            g._saver.close()
 
     async def run(self) -> None:
         server = await tls.start_link_server(self._accept, self.cfg)   # mutual TLS, limits
