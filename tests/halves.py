@@ -1,0 +1,78 @@
+"""`make test`: the suite as two pytest runs side by side, one per core.
+
+The gateware half (Yosys, nextpnr, SymbiYosys and Verilator builds, each a
+single-threaded compiler) and the host half (real site processes, NBD
+clients, power-cut harnesses) each keep one of a 2-core machine busy, so
+run one after the other they left a core idle most of the time: about 26
+and 16 minutes on a quiet machine, 40 and more under load.  Side by side
+they finish with the longer half.  The two share no build folder (the host
+half builds no gateware) and no port (every test takes free ports).
+
+Each line is printed as it comes, prefixed with its half; the exit status
+is the first non-zero of the two.  ``TEST_JOBS=1`` runs the halves one
+after the other instead.  Arguments are passed to both runs of pytest.
+
+    python tests/halves.py [pytest args...]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The gateware half; the host half is everything else under tests/.
+GATEWARE = ["tests/hdl", "tests/test_board_build.py", "tests/test_sim_engine.py",
+            "tests/test_sim_differential.py", "tests/test_sim_speed.py"]
+
+HALVES = {
+    "gateware": GATEWARE,
+    "host": ["tests"] + [f"--ignore={p}" for p in GATEWARE],
+}
+
+
+def _pump(name: str, proc: subprocess.Popen, lock: threading.Lock) -> None:
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(f"[{name}] {line}")
+            sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    serial = os.environ.get("TEST_JOBS", "2") == "1"
+    lock = threading.Lock()
+    status: dict[str, int] = {}
+    started = time.monotonic()
+
+    def run(name: str) -> None:
+        cmd = [sys.executable, "-m", "pytest", *HALVES[name], *argv]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        _pump(name, proc, lock)
+        status[name] = proc.wait()
+        with lock:
+            print(f"[{name}] exit {status[name]} after "
+                  f"{(time.monotonic() - started) / 60:.1f} min", flush=True)
+
+    if serial:
+        for name in HALVES:
+            run(name)
+    else:
+        threads = [threading.Thread(target=run, args=(name,)) for name in HALVES]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    failed = [name for name in HALVES if status.get(name, 1) != 0]
+    print(f"suite: {'FAILED: ' + ', '.join(failed) if failed else 'both halves passed'} "
+          f"in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    return next((status[n] for n in failed), 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
