@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import shutil
@@ -405,9 +404,15 @@ class RestoreGroup:
                 if due is None:
                     await self._wake.wait()
                 elif due > 0:
-                    with contextlib.suppress(TimeoutError):   # (no task per wait: not wait_for)
-                        async with asyncio.timeout(due):
-                            await self._wake.wait()
+                    # A timer that sets the event, not asyncio.timeout: this
+                    # wait ends on most received batches, and a Timeout
+                    # object (and a cancellation when it fires) per wait was
+                    # ~5 % of the secondary's CPU at depth 16.
+                    timer = asyncio.get_running_loop().call_later(due, self._wake.set)
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        timer.cancel()
                 self._wake.clear()
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
