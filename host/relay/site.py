@@ -66,11 +66,12 @@ FORWARD_BYTES = 4 << 20    # ... and at most this many bytes of them (one MAX_DA
 RECENT_BYTES = 8 << 20
 #: Seconds a forward batch short of FORWARD_BATCH waits after the previous
 #: one before it goes.  Forwarding is asynchronous (the host's write was
-#: acknowledged when the journal was durable here), so a couple of
-#: milliseconds more of lag costs the far copy nothing that matters, while
+#: acknowledged when the journal was durable here), so ten
+#: milliseconds more of lag costs the far copy nothing that matters (its
+#: restore point moves every 50 ms anyway), while
 #: at low queue depths each journal sent alone cost a message, a wake-up and
 #: an ACK at both ends (docs/benchmarks.md, "Forward batches at low depth").
-FORWARD_COALESCE = 0.002
+FORWARD_COALESCE = 0.010
 RECONNECT_DELAY = 0.2
 FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
