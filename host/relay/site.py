@@ -64,14 +64,6 @@ FORWARD_BYTES = 4 << 20    # ... and at most this many bytes of them (one MAX_DA
 #: journal, 9-13 % of the relay's busy time at 4 KiB QD16).  Past it, and
 #: for every resend after a reconnect, the forwarder reads the volume.
 RECENT_BYTES = 8 << 20
-#: Seconds a forward batch short of FORWARD_BATCH waits after the previous
-#: one before it goes.  Forwarding is asynchronous (the host's write was
-#: acknowledged when the journal was durable here), so ten
-#: milliseconds more of lag costs the far copy nothing that matters (its
-#: restore point moves every 50 ms anyway), while
-#: at low queue depths each journal sent alone cost a message, a wake-up and
-#: an ACK at both ends (docs/benchmarks.md, "Forward batches at low depth").
-FORWARD_COALESCE = 0.010
 RECONNECT_DELAY = 0.2
 FAULT_RETRY_DELAY = 1.0    # seconds between tries of a link that was refused for a reason
 RELEASE_PERSIST_PERIOD = 0.1   # seconds between superblock writes for the secondary's releases
@@ -768,8 +760,6 @@ class RelayGroup:
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _send_loop(self, link: Link, nxt: int) -> None:
-        loop = asyncio.get_running_loop()
-        sent_at = -FORWARD_COALESCE       # when the previous batch went
         while not link.closed:
             if not (room := self.forward.room(nxt)):
                 self._acked.clear()
@@ -782,16 +772,10 @@ class RelayGroup:
                 continue
             nxt = max(nxt, self.store.tail_seq)
             n = min(FORWARD_BATCH, room, last - nxt + 1)
-            if n < FORWARD_BATCH and (hold := sent_at + FORWARD_COALESCE - loop.time()) > 0:
-                # A short batch soon after the last one: let the journals of
-                # the next few milliseconds join it (FORWARD_COALESCE).
-                await asyncio.sleep(hold)
-                continue
             batch = self._from_recent(nxt, n) or self.store.read(nxt, n, FORWARD_BYTES)
             PERF["relay.forward_batch"].add(len(batch))
             for ctl, data in batch:
                 link.send_journal(ctl.pack(), data)     # batches of JNLWR (docs/protocol.md)
-            sent_at = loop.time()
             await link.drain()
             nxt += len(batch)
             self.forward.sent(nxt - 1)
