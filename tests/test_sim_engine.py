@@ -414,7 +414,10 @@ def test_next_values_are_computed_in_the_clocked_blocks():
         "reads itself": _REGISTERS.replace("\\$5  = d;", "\\$5  = \\$5  + d;"),
         "a second target": _REGISTERS.replace("\\$5  = d;", "\\$5  = d;\n          q = d;"),
         "another width": _REGISTERS.replace("reg [7:0] \\$5 ;", "reg [8:0] \\$5 ;"),
-        "no always @*": _REGISTERS.replace("\\$6  = \\small ;", "q = \\small ;"),
+        "a statement of another kind": _REGISTERS.replace("\\$6  = \\small ;",
+                                                          "$display(d);"),
+        "no always @*": _REGISTERS.replace("\\$6  = \\small ;", "q = \\small ;").replace(
+            "\\$6 [7:0] = d;", "q[7:0] = d;"),
         "another clocked form": _REGISTERS.replace("count <= \\$5 ;", "count <= d;"),
     }
     for why, text in unknown.items():
