@@ -235,9 +235,11 @@ def _crc_tables(text: str) -> str:
 # two. The forms it knows: the clocked copy, the block's first line (a no-op
 # Yosys adds so event simulators run the block at time 0), and in the block
 # only assignments to \$N under if/case control lines.
-_COPY = re.compile(r"^  always @\(edge clk\)\n    (\\\S+ |[A-Za-z_][\w$]*) <= (\\\$\d+ );\n", re.M)
-_COMB = re.compile(r"^  always @\* begin\n    if \(\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ \)"
-                   r" begin end\n(.*?)^  end\n", re.M | re.S)
+_COPY = re.compile(r"^  always @\(edge clk\)\n    (\\\S+ |[A-Za-z_][\w$]*) <= (\\\$\d+ );\n",
+                   re.M)
+_COMB = re.compile(r"^  always @\* begin\n"
+                   r"    if \(\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ \) begin end\n"
+                   r"(.*?)^  end\n", re.M | re.S)
 _CONTROL = re.compile(r"^\s+(begin|end|endcase|/\* empty \*/;|end else begin|\(\* [\w =']+ \*\)"
                       r"|(end else )?if \(.*\) begin|casez? \(.*\)|default:"
                       r"|\d+'[hbd][\w?]+(, \d+'[hbd][\w?]+)*:)$")
@@ -269,9 +271,9 @@ def _next_in_clocked(text: str) -> str:
             reg, nxt = copy.group(1), copy.group(2)
             found = blocks.get(nxt, [])
             if len(found) != 1:
-                raise SimBuildError(f"the engine's Verilog computes the next value of {reg.strip()} "
-                                    f"in {len(found)} always @* blocks, not one: sim/build.py's "
-                                    f"_next_in_clocked needs updating")
+                raise SimBuildError(f"the engine's Verilog computes the next value of "
+                                    f"{reg.strip()} in {len(found)} always @* blocks, not one: "
+                                    f"sim/build.py's _next_in_clocked needs updating")
             comb = found[0]
             lines = comb.group(1).splitlines()
             if lines and re.fullmatch(rf"    {re.escape(nxt)} = {re.escape(reg)} ?;", lines[0]):
@@ -283,8 +285,8 @@ def _next_in_clocked(text: str) -> str:
                     raise SimBuildError(f"the engine's Verilog computes the next value of "
                                         f"{reg.strip()} in a form sim/build.py's _next_in_clocked "
                                         f"does not know ({line.strip()[:80]!r})")
-            clocked = "".join(assign.sub(lambda m: f"{m.group(1)}{reg}{m.group(2)} <= ", line) + "\n"
-                              for line in lines)
+            clocked = "".join(assign.sub(lambda m: f"{m.group(1)}{reg}{m.group(2)} <= ", line)
+                              + "\n" for line in lines)
             decl = re.compile(rf"^  reg (\[\d+:0\] )?{re.escape(nxt)};\n", re.M)
             # (the same width, or `<=` would truncate or extend where `=` into
             # \$N and the copy did otherwise)
