@@ -173,7 +173,7 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     with byte_columns(), native_compares(), status_on_demand(), lazy_checks():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
-    return _crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text)))
+    return _next_in_clocked(_crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))))
 
 
 def _one_edge_a_cycle(text: str) -> str:
@@ -225,6 +225,94 @@ def _crc_tables(text: str) -> str:
         raise SimBuildError("the engine's Verilog has a CRC table lookup in another form than "
                             "TABLE >> x into a 32-bit wire: sim/build.py's _crc_tables needs "
                             "updating")
+    return text
+
+
+# Amaranth's Verilog for a register REG: a variable \$N holding its next
+# value, computed by an `always @*` block that starts from REG's own value
+# (when REG has an enable) and overwrites it where the design says, and a
+# clocked block that copies it, `REG <= \$N ;`. _next_in_clocked merges the
+# two. The forms it knows: the clocked copy, the block's first line (a no-op
+# Yosys adds so event simulators run the block at time 0), and in the block
+# only assignments to \$N under if/case control lines.
+_COPY = re.compile(r"^  always @\(edge clk\)\n    (\\\S+ |[A-Za-z_][\w$]*) <= (\\\$\d+ );\n",
+                   re.M)
+_COMB = re.compile(r"^  always @\* begin\n"
+                   r"    if \(\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ \) begin end\n"
+                   r"(.*?)^  end\n", re.M | re.S)
+_CONTROL = re.compile(r"^\s+(begin|end|endcase|/\* empty \*/;|end else begin|\(\* [\w =']+ \*\)"
+                      r"|(end else )?if \(.*\) begin|casez? \(.*\)|default:"
+                      r"|\d+'[hbd][\w?]+(, \d+'[hbd][\w?]+)*:)$")
+
+
+def _next_in_clocked(text: str) -> str:
+    """The engine's Verilog with each register's next value computed in its
+    clocked block (``REG <= ...`` where the `always @*` block had ``\\$N = ...``)
+    and the variable ``\\$N`` and the copy between them gone. Verilator kept
+    both: every cycle the combinational block copied each register into its
+    ``\\$N`` (the default) and the clock edge copied ``\\$N`` back, two copies a
+    register whether it changed or not; a register with an enable is now
+    written only when it holds. The same values at every edge: the block's
+    conditions and right-hand sides read the settled combinational values
+    of the cycle, as the copy did, and within one block the last assignment
+    wins under ``<=`` as under ``=``, ``\\$N`` being read nowhere else. Every
+    copy must be merged; a form this does not know fails the build."""
+    merged = 0
+
+    def in_module(module):
+        nonlocal merged
+        body = module.group(0)
+        blocks = {}
+        for comb in _COMB.finditer(body):
+            targets = set(re.findall(r"^\s+(\\\$\d+ )(?:\[[^\]]*\])? ?= ", comb.group(1), re.M))
+            if len(targets) == 1:
+                blocks.setdefault(targets.pop(), []).append(comb)
+        for copy in _COPY.finditer(body):
+            reg, nxt = copy.group(1), copy.group(2)
+            found = blocks.get(nxt, [])
+            if len(found) != 1:
+                raise SimBuildError(f"the engine's Verilog computes the next value of "
+                                    f"{reg.strip()} in {len(found)} always @* blocks, not one: "
+                                    f"sim/build.py's _next_in_clocked needs updating")
+            comb = found[0]
+            lines = comb.group(1).splitlines()
+            if lines and re.fullmatch(rf"    {re.escape(nxt)} = {re.escape(reg)} ?;", lines[0]):
+                lines = lines[1:]       # "keep the value": what a register does anyway
+            assign = re.compile(rf"^(\s+){re.escape(nxt)}((?:\[[^\]]*\])?) ?= ")
+            for line in lines:
+                if not (assign.match(line) and nxt not in line[assign.match(line).end():]
+                        or _CONTROL.match(line) and nxt not in line):
+                    raise SimBuildError(f"the engine's Verilog computes the next value of "
+                                        f"{reg.strip()} in a form sim/build.py's _next_in_clocked "
+                                        f"does not know ({line.strip()[:80]!r})")
+            clocked = "".join(assign.sub(lambda m: f"{m.group(1)}{reg}{m.group(2)} <= ", line)
+                              + "\n" for line in lines)
+            decl = re.compile(rf"^  reg (\[\d+:0\] )?{re.escape(nxt)};\n", re.M)
+            # (the same width, or `<=` would truncate or extend where `=` into
+            # \$N and the copy did otherwise)
+            width = re.search(rf"^  reg (\[\d+:0\] )?{re.escape(reg)}(?: ?=.*)?;$", body, re.M)
+            if not (width and decl.search(body) and decl.search(body).group(1) == width.group(1)):
+                raise SimBuildError(f"the engine's Verilog declares {reg.strip()} and its next "
+                                    f"value {nxt.strip()} otherwise than as two regs of one width: "
+                                    f"sim/build.py's _next_in_clocked needs updating")
+            rest = decl.sub("", body.replace(comb.group(0), "").replace(copy.group(0), ""), count=1)
+            if nxt in rest:
+                raise SimBuildError(f"the engine's Verilog reads {nxt.strip()} (the next value of "
+                                    f"{reg.strip()}) outside its register: sim/build.py's "
+                                    f"_next_in_clocked needs updating")
+            body = decl.sub("", body.replace(copy.group(0), "").replace(
+                comb.group(0), f"  always @(edge clk) begin\n{clocked}  end\n"), count=1)
+            merged += 1
+        left = re.search(r"^  always @\(edge clk\)\n(.*)", body, re.M)
+        if left:
+            raise SimBuildError(f"the engine's Verilog has a clocked statement sim/build.py's "
+                                f"_next_in_clocked does not know ({left.group(1).strip()[:80]!r})")
+        return body
+
+    text = re.sub(r"^module .*?^endmodule$", in_module, text, flags=re.M | re.S)
+    if not merged:
+        raise SimBuildError("the engine's Verilog has no register in the form sim/build.py's "
+                            "_next_in_clocked knows (REG <= \\$N in a clocked block)")
     return text
 
 

@@ -363,6 +363,69 @@ def test_crc_tables_become_part_selects():
     assert "\n" not in str(err.value)
 
 
+_REGISTERS = """module engine(clk, rst, en, d, q);
+  reg [7:0] \\$5 ;
+  reg [7:0] count = 8'h00;
+  reg [255:0] \\small  = 256'h0;
+  reg [255:0] \\$6 ;
+  always @(edge clk)
+    count <= \\$5 ;
+  always @(edge clk)
+    \\small  <= \\$6 ;
+  always @* begin
+    if (\\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \\$5  = count;
+    casez (en)
+      1'h1:
+          \\$5  = d;
+    endcase
+    if (rst) begin
+      \\$5  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \\$6  = \\small ;
+    if (en) begin
+      \\$6 [7:0] = d;
+    end
+  end
+endmodule
+"""
+
+
+def test_next_values_are_computed_in_the_clocked_blocks():
+    """The sim build computes each register's next value in its clocked block
+    (sim/build.py, ``_next_in_clocked``) instead of in a variable copied
+    from the register and back every cycle; on the engine's own Verilog
+    every register is merged, and a form the rewrite does not know fails
+    the build in one line rather than being simulated otherwise."""
+    out = sim_build._next_in_clocked(_REGISTERS)
+    assert "\\$5" not in out and "\\$6" not in out and "always @*" not in out
+    assert ("  always @(edge clk) begin\n    casez (en)\n      1'h1:\n          count <= d;\n"
+            "    endcase\n    if (rst) begin\n      count <= 8'h00;\n    end\n  end\n") in out
+    assert "  always @(edge clk) begin\n    if (en) begin\n      \\small [7:0] <= d;\n" in out
+    engine = sim_build.generate_verilog(DESC_RESET_SIZE, sim_build.DEFAULT_CLK_HZ, 0)
+    # (every register's copy merged: none left, and a block per register)
+    assert "  always @(edge clk)\n" not in engine
+    assert engine.count("  always @(edge clk) begin\n") > 100
+    unknown = {
+        "is read elsewhere": _REGISTERS.replace("endmodule", "  assign q = \\$5 ;\nendmodule"),
+        "reads itself": _REGISTERS.replace("\\$5  = d;", "\\$5  = \\$5  + d;"),
+        "a second target": _REGISTERS.replace("\\$5  = d;", "\\$5  = d;\n          q = d;"),
+        "another width": _REGISTERS.replace("reg [7:0] \\$5 ;", "reg [8:0] \\$5 ;"),
+        "a statement of another kind": _REGISTERS.replace("\\$6  = \\small ;",
+                                                          "$display(d);"),
+        "no always @*": _REGISTERS.replace("\\$6  = \\small ;", "q = \\small ;").replace(
+            "\\$6 [7:0] = d;", "q[7:0] = d;"),
+        "another clocked form": _REGISTERS.replace("count <= \\$5 ;", "count <= d;"),
+    }
+    for why, text in unknown.items():
+        with pytest.raises(SimBuildError, match="_next_in_clocked") as err:
+            sim_build._next_in_clocked(text)
+        assert "\n" not in str(err.value), why
+
+
 def test_an_idle_harness_calls_accept_only_for_a_connection(tmp_path):
     """With no client the harness keeps simulating (CLOCK follows wall
     time) and looks for one after every batch. A non-blocking accept()
