@@ -804,15 +804,17 @@ class JournalEngine(wiring.Component):
                 # READ: the last record sent, FROM_SEQ (still in ``small``)
                 # + n - 1, added by the responder as it sends the SEQ
                 m.d.comb += ack_seq.eq(x_seq)
-            with m.Case(_AckFrom.WRITE):
-                # NEXT_SEQ steps in ANSWER, after this is read
+            with m.Case(_AckFrom.WRITE, _AckFrom.LOAD, _AckFrom.VIEW):
+                # NEXT_SEQ steps in ANSWER, after this is read.
+                # stamp_time: the journal's TIME; the clock after a load,
+                # sampled in LOAD_TIME; a STATUS's NOW, sampled in VERDICT.
+                # ``place``: the journal's JOFS; JIPTR for a LOAD or a view,
+                # copied into it in LOAD_TIME or EXEC (``place`` is free
+                # then: only a journal's ALLOC-to-ANSWER reads it), so that
+                # JOFS chooses between two registers, not three (a LUT a bit
+                # fewer, area on the UP5K)
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(place))]
-            with m.Case(_AckFrom.LOAD, _AckFrom.VIEW):
-                # stamp_time: the clock after the load, sampled in LOAD_TIME;
-                # a STATUS's NOW, sampled in VERDICT
-                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
-                             ack_jofs.eq(bytes_(jiptr))]
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
@@ -843,7 +845,11 @@ class JournalEngine(wiring.Component):
                                 ctl.data_len == 0))),
             epoch_ok.eq(ctl.epoch == epoch),
             desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
-            seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0))),
+            # without batches NEXT_SEQ all ones: the counter's ``carry`` (its
+            # low word all ones, a register) and the high word, a 33-input
+            # AND instead of 64 (area, UP5K)
+            seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0)) if B > 1
+                         else seq.carry & next_seq[32:].all()),
         ]
         # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
         # control data from body byte 63 on, BLEN from HCHECK)
@@ -1252,6 +1258,10 @@ class JournalEngine(wiring.Component):
                 # Nothing VERDICT read has moved: VERDICT writes only the
                 # answer's staging (and a STATUS's NOW, which no commit reads).
                 m.next = "ANSWER"
+                # a STATUS's or HELLO's JIPTR, sent from the Ack's JOFS
+                # (``ack_jofs``; nothing here moves JIPTR for them)
+                with m.If(ans_from == _AckFrom.VIEW):
+                    m.d.sync += place.eq(jiptr)
                 if mem:
                     with m.If(verdict[_V.TAKE_WR]):
                         self._exec_journal(m, locals(), FT.JNLWR)
@@ -1314,8 +1324,9 @@ class JournalEngine(wiring.Component):
                 self._load_set(m, locals())
 
             with m.State("LOAD_TIME"):
-                # the LOAD's ACK TIME: the clock the cycle after the load
-                m.d.sync += stamp_time.eq(ts.now)
+                # the LOAD's ACK TIME: the clock the cycle after the load;
+                # its JOFS: JIPTR after the load (``ack_jofs``)
+                m.d.sync += [stamp_time.eq(ts.now), place.eq(jiptr)]
                 m.next = "ANSWER"
 
             with m.State("ANSWER"):
