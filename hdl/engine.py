@@ -610,6 +610,23 @@ class JournalEngine(wiring.Component):
         rdy = Signal(init=1)
         m.d.comb += self.rx.ready.eq(rdy)
         take = self.rx.valid & rdy
+        # Whether a beat taken shifts into ``small`` (``to_small``) or, a
+        # LOAD RING's SIZE word (body bytes 32..39), into ``stamp_time``
+        # (``to_stamp``), and whether ALIGN shifts ``small`` down this cycle
+        # (``aligning``): registers set a beat ahead, as ``rdy`` is, so that
+        # the enable of the 256 flip-flops of ``small`` is one LUT (``take``,
+        # ``to_small``, ``aligning``). As a function of the state, BCNT and
+        # TYPE = LOAD it was the UP5K's critical path (``ftype`` -> the TYPE
+        # decode -> the state's choice -> a global buffer -> the enable of
+        # ``small``, 33.6 ns, 10 LUT levels). ``to_small`` is 1 in HEADER
+        # and HUNT, in BODY while the body byte taken is below 64 and not a
+        # LOAD's SIZE word, 0 in TRAILER and SKIP (the other states take no
+        # beat); ``to_stamp`` is 1 only in BODY at a LOAD's bytes 32..63;
+        # ``aligning`` exactly in ALIGN while BCNT < 32 (the formal spec
+        # restates all three: "INV: the ingress shift enables").
+        to_small = Signal(init=1)
+        to_stamp = Signal()
+        aligning = Signal()
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -920,10 +937,18 @@ class JournalEngine(wiring.Component):
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
 
+        # the ingress shifts of ``small`` (see ``to_small``); HUNT_CRC's
+        # rotation and BLOAD, in the FSM, never come with either
+        with m.If(take & to_small):
+            m.d.sync += small.eq(shift_in)
+        with m.If(aligning):
+            m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
+
         with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
-                    m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
+                    # (``small`` shifts on ``to_small``, below the FSM)
+                    m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
@@ -939,7 +964,7 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += [small.eq(shift_in), magic_ok.eq(magic_next)]
+                    m.d.sync += magic_ok.eq(magic_next)
                     hcnt_next = Mux(hcnt < 16, hcnt + W, hcnt)
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
@@ -990,7 +1015,8 @@ class JournalEngine(wiring.Component):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
                         with m.If(hunting):
-                            m.d.sync += rdy.eq(1)     # (a window one beat short)
+                            # (a window one beat short)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1)]
                             m.next = "HUNT"
                         with m.Else():
                             m.d.sync += hunting.eq(1)
@@ -1008,7 +1034,7 @@ class JournalEngine(wiring.Component):
                         with m.Elif(Const(int(mem)) & h_wr):
                             m.next = "ALLOC_W"
                         with m.Else():
-                            m.d.sync += rdy.eq(1)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
                             m.next = "BODY"
 
             with m.State("HNAK"):
@@ -1097,7 +1123,7 @@ class JournalEngine(wiring.Component):
                     with m.If(is_desc):
                         m.next = "VERDICT"
                     with m.Else():
-                        m.d.sync += rdy.eq(1)
+                        m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
                         m.next = "BODY"
                 else:
                     m.next = "VERDICT"
@@ -1141,6 +1167,7 @@ class JournalEngine(wiring.Component):
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
                         with m.Elif(bl["lt32"] if W == 1 else lt_const(bcnt, 32)):
+                            m.d.sync += aligning.eq(lt_const(bcnt, 32))
                             m.next = "ALIGN"
                         with m.Elif(ftype == FT.JNLDESC):
                             if W == 1:
@@ -1165,9 +1192,8 @@ class JournalEngine(wiring.Component):
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``,
                 # then two cycles for ``x_d`` and its comparisons to follow it
-                with m.If(lt_const(bcnt, 32)):
-                    m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
-                m.d.sync += bcnt.eq(bcnt_next)
+                # (``small`` shifts on ``aligning``, below the FSM: BCNT < 32)
+                m.d.sync += [bcnt.eq(bcnt_next), aligning.eq(lt_const(bcnt_next, 32))]
                 with m.If(bcnt == 32 + W):
                     m.next = "VERDICT"
 
@@ -1352,13 +1378,13 @@ class JournalEngine(wiring.Component):
                         m.d.sync += bidx.eq(0)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
-                            m.d.sync += rdy.eq(1)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1)]
                             m.next = "HEADER"
                         with m.Case(_After.HUNT):
-                            m.d.sync += rdy.eq(~((hcnt == 16) & magic_ok))
+                            m.d.sync += [rdy.eq(~((hcnt == 16) & magic_ok)), to_small.eq(1)]
                             m.next = "HUNT"
                         with m.Case(_After.SKIP):
-                            m.d.sync += rdy.eq(~bl["zero"])
+                            m.d.sync += [rdy.eq(~bl["zero"]), to_small.eq(0)]
                             m.next = "SKIP"
 
             with m.State("SKIP"):
@@ -1366,7 +1392,7 @@ class JournalEngine(wiring.Component):
                 # and then its 4 BCRC bytes (``kcnt``): no counter of its own
                 # (``rdy`` is ~LENGTH = 0 here)
                 with m.If(bl["zero"]):
-                    m.d.sync += rdy.eq(1)
+                    m.d.sync += [rdy.eq(1), to_small.eq(1)]
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
@@ -1375,6 +1401,7 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += kcnt.eq(kcnt + 1)
                             with m.If(kcnt == 3):
+                                m.d.sync += to_small.eq(1)
                                 m.next = "HEADER"
                     else:
                         # whole beats up to the body's last, then the one
@@ -1382,6 +1409,7 @@ class JournalEngine(wiring.Component):
                         with m.If(bcnt[LW:] != bend[LW:]):
                             m.d.sync += bcnt.eq(bcnt_next)
                         with m.Else():
+                            m.d.sync += to_small.eq(1)
                             m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
@@ -1500,10 +1528,10 @@ class JournalEngine(wiring.Component):
         W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
          b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
-         beat, mem) = (v[k] for k in (
+         beat, mem, to_small, to_stamp) = (v[k] for k in (
             "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
-            "place", "wr", "alloc_ok", "ftype", "beat", "mem"))
+            "place", "wr", "alloc_ok", "ftype", "beat", "mem", "to_small", "to_stamp"))
         place = Cat(Const(0, G), place)[:self.ring_bits]   # JOFS in bytes (a data ring's)
         if self.desc_batch > 1:
             # a batch's descriptors, bytes 32..63 of each, into the batch RAM
@@ -1515,8 +1543,18 @@ class JournalEngine(wiring.Component):
         # A LOAD with RING is 40 bytes: bytes 0..31 stay in ``small``,
         # the SIZE word (32..39) goes to ``stamp_time`` (free until EXEC:
         # HCHECK holds a frame while a STATUS, which sends it, is out)
-        ld_size_at = (ftype == FT.LOAD) & ~lt_const(bcnt, 32)
-        with m.If(take & b_lt64 & ld_size_at):
+        # Body bytes 0..63 go into ``small`` (``to_small``), but a LOAD's
+        # 32..63 into ``stamp_time`` (``to_stamp``): both registers are
+        # loaded here at each take for the byte after it (BCNT + W), and
+        # cleared at the body's last take below (TRAILER shifts neither)
+        # (from BCNT + W, the BCNT they go with: a compare on ``bcnt_next``,
+        # whose adder BCNT's update has anyway)
+        is_load = ftype == FT.LOAD
+        n_lt32, n_lt64 = lt_const(bcnt_next, 32), lt_const(bcnt_next, 64)
+        with m.If(take):
+            m.d.sync += [to_small.eq(n_lt64 & ~(is_load & ~n_lt32)),
+                         to_stamp.eq(is_load & ~n_lt32 & n_lt64)]
+        with m.If(take & to_stamp):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
@@ -1526,8 +1564,6 @@ class JournalEngine(wiring.Component):
                 # zero bytes are taken back in TRAILER, crc32c_unpad)
                 m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
-                with m.If(b_lt64 & ~ld_size_at):
-                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
                 # is 80 bytes: every beat is full; any other length is refused)
                 bad, nul = hello_bad, nul_seen
@@ -1541,7 +1577,7 @@ class JournalEngine(wiring.Component):
                     nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
                 m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
                 with m.If(end_hit):
-                    m.d.sync += tailbeat.eq(beat)
+                    m.d.sync += [tailbeat.eq(beat), to_small.eq(0), to_stamp.eq(0)]
                     m.next = "TRAILER"
             if not mem:
                 return
@@ -1582,8 +1618,6 @@ class JournalEngine(wiring.Component):
         # width 8
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(v["hcrc_next"])]   # (bcrc is hcrc)
-            with m.If(b_lt64 & ~ld_size_at):
-                m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them
             with m.If(bcnt == 0):
                 m.d.sync += hello_bad.eq((beat == 0) | ge_const(beat, max(protocol.Role) + 1))
@@ -1596,6 +1630,7 @@ class JournalEngine(wiring.Component):
                                  | ((beat != 0) & nul_seen & (bcnt != 48))),
                 ]
             with m.If(bcnt == v["bl"]["m1"]):
+                m.d.sync += [to_small.eq(0), to_stamp.eq(0)]
                 m.next = "TRAILER"
         if not mem:
             return
