@@ -700,12 +700,22 @@ class JournalEngine(wiring.Component):
         # width-32 critical path once the responder's index was registered.
         # (``ans_src`` holds still in HCHECK until it decides.)
         h_pass, h_wr = Signal(name="h_pass"), Signal(name="h_wr")
+        # ``len_le[c]``: the window's LENGTH <= c, for each MAX_LENGTH of a
+        # known TYPE. Registers that follow the window: loaded whenever
+        # ``small`` moves (``small_en``, below the FSM) with the bound of the
+        # LENGTH it moves to, which every move of ``small`` takes from the
+        # window's bytes one beat up (LENGTH is never in the top beat), so
+        # that ``h_len`` and ``h_pass`` read a flip-flop a TYPE, not a
+        # 32-bit comparison (the window -> LENGTH's bounds -> the TYPE's
+        # choice -> ``h_len`` was the UP5K's critical path once ``small``'s
+        # enable was a register, 33.7 ns). Reset: LENGTH 0, under every bound.
+        max_lens = sorted({protocol.MAX_LENGTH[t] for t in _KNOWN_TYPES})
+        len_le = {c: Signal(init=1, name=f"len_le{c}") for c in max_lens}
         length_now = Const(0)
         type_now = Const(0)
         for t in _KNOWN_TYPES:
             type_now = type_now | (hdr.type == t)
-            length_now = length_now | ((hdr.type == t)
-                                       & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
+            length_now = length_now | ((hdr.type == t) & len_le[protocol.MAX_LENGTH[t]])
         checks += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
@@ -1506,6 +1516,16 @@ class JournalEngine(wiring.Component):
         if _LAZY_CHECKS:
             with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
                 m.d.sync += checks
+
+        # ``small`` moves (every write above: a beat shifted in, ALIGN's
+        # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
+        # window's LENGTH after the move: the bytes a beat up
+        small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
+        if B > 1:
+            small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
+        len_up = layouts.Header(Cat(win[8 * W:], Const(0, 8 * W))).length
+        with m.If(small_en):
+            m.d.sync += [len_le[c].eq(lt_const(len_up, c + 1)) for c in max_lens]
 
         m.d.comb += [
             resp.echo.eq(ans.seq),

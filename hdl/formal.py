@@ -780,6 +780,10 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(~tap("to_small"), "INV: the ingress shift enables")
         m.d.comb += Assert(tap("aligning") == (in_("ALIGN") & (bcnt_ < 32)),
                            "INV: the ingress shift enables")
+        # LENGTH's bounds, registers that follow the window (``len_le``)
+        for c in sorted({protocol.MAX_LENGTH[t] for t in FT}):
+            m.d.comb += Assert(tap(f"len_le{c}") == (layouts.Header(small[128:]).length <= c),
+                               "INV: the window's LENGTH bounds")
         # HCHECK's checks, registers one cycle behind the window: settled
         # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
         with m.If(~in_("HCHECK")):
