@@ -426,6 +426,42 @@ def test_next_values_are_computed_in_the_clocked_blocks():
         assert "\n" not in str(err.value), why
 
 
+def test_the_harness_steps_only_an_evaluation_of_the_known_shape(tmp_path):
+    """The harness calls the model's clocked logic directly, skipping
+    Verilator's trigger loops (harness.cpp, ``edge()``). The build reads
+    the generated C++ first (sim/build.py, ``_check_eval``): today's
+    Verilator on the engine passes, and an evaluation of any other shape
+    (another trigger, another phase, a second function in the nba phase)
+    fails the build in one line rather than being skipped."""
+    import subprocess
+    (tmp_path / "engine.v").write_text(
+        sim_build.generate_verilog(DESC_RESET_SIZE, sim_build.DEFAULT_CLK_HZ, 0))
+    subprocess.run(["verilator", *[a for a in sim_build._VERILATOR_ARGS
+                                   if a not in ("--exe", "--build")],
+                    "-Mdir", "obj", "engine.v", str(sim_build.HARNESS_TOP)],
+                   cwd=tmp_path, env=sim_build._tool_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = sim_build._ROOT
+    cpp = "".join(p.read_text() for p in sorted((tmp_path / "obj").glob(f"{root}__*.cpp")))
+    sim_build._check_eval(cpp)
+    nba = "vlSelfRef.__VnbaTriggered[0U])) {\n"
+    unknown = {
+        "a second trigger": ("vlSelfRef.__Vtrigprevexpr___TOP__clk__0 = vlSelfRef.clk;\n",
+                             "vlSelfRef.__Vtrigprevexpr___TOP__clk__0 = vlSelfRef.clk;\n"
+                             "    vlSelfRef.__VactTriggered[0U] |= 2ULL;\n"),
+        "another function in the nba phase": (nba, nba + f"        {root}___nba_comb(vlSelf);\n"),
+        "an input-combinational phase": (f"{root}___eval_phase__nba(vlSelf);\n",
+                                         f"{root}___eval_phase__nba(vlSelf);\n"
+                                         f"        {root}___eval_phase__ico(vlSelf);\n"),
+        "no nba phase": (f"{root}___eval_nba(", f"{root}___eval_nba_renamed("),
+    }
+    for why, (old, new) in unknown.items():
+        assert cpp.count(old) >= 1, why
+        with pytest.raises(SimBuildError, match="_EVAL_SHAPE") as err:
+            sim_build._check_eval(cpp.replace(old, new))
+        assert "\n" not in str(err.value), why
+
+
 def test_an_idle_harness_calls_accept_only_for_a_connection(tmp_path):
     """With no client the harness keeps simulating (CLOCK follows wall
     time) and looks for one after every batch. A non-blocking accept()
