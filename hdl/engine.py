@@ -42,11 +42,10 @@ from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 from .switch import Switch
 
-__all__ = ["JournalEngine", "status_on_demand", "lazy_checks", "ack_in_place"]
+__all__ = ["JournalEngine", "status_on_demand", "lazy_checks"]
 
 _STATUS_ON_DEMAND = Switch("tricopy_status_on_demand")
 _LAZY_CHECKS = Switch("tricopy_lazy_checks")
-_ACK_IN_PLACE = Switch("tricopy_ack_in_place")
 
 
 def lazy_checks():
@@ -72,18 +71,6 @@ def status_on_demand():
     ``sim/build.py``). The boards and the proofs keep the plain wires: the
     gate would put an AND in front of every bit of the word multiplexer."""
     return _STATUS_ON_DEMAND.on()
-
-
-def ack_in_place():
-    """Within this block the staged answer's STATUS and REQ_TYPE are the
-    bits of ``ans`` themselves, not registers beside it, so the Ack the
-    responder reads is ``ans`` as it stands: the same bits, staged by the
-    same statements. Verilator then passes the register to the responder,
-    where the two fields patched into a copy cost an assembly of the
-    256-bit view every cycle (the sim build, ``sim/build.py``; docs/sim.md,
-    "2026-12-07 (5)"). The boards keep the separate registers their
-    figures were made with."""
-    return _ACK_IN_PLACE.on()
 
 FT = protocol.FrameType
 ST = protocol.Status
@@ -371,11 +358,8 @@ class JournalEngine(wiring.Component):
         # -- answer staging ---------------------------------------------------
         ans = Signal(layouts.Ack)              # built in ANSWER from the fields below
         ans_from = Signal(_AckFrom)
-        if _ACK_IN_PLACE:
-            ans_status, ans_req = ans.status, ans.req_type
-        else:
-            ans_status = Signal(8)
-            ans_req = Signal(8)
+        ans_status = Signal(8)
+        ans_req = Signal(8)
         ans_tag_ctl = Signal()                 # TAG is the journal's control TAG
         ans_type = Signal(8)
         # (without data memory every answer is at most 80 bytes: 7 bits)
@@ -425,10 +409,9 @@ class JournalEngine(wiring.Component):
             # are staged only while the responder is idle (EXEC and what
             # follows it; HCHECK's NAKs, staged in HNAK, wait for it), so
             # no copy in ``ans``
+            resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req),
             resp.status.eq(status), resp.hello.eq(hello),
         ]
-        if not _ACK_IN_PLACE:
-            m.d.comb += [resp.ack.status.eq(ans_status), resp.ack.req_type.eq(ans_req)]
 
         def nak(code, req_type, *, tag=False, seq_x=False, after_=_After.HEADER, from_=None):
             """Stage a NAK; NAKS counts it when it is handed to the responder.

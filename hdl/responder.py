@@ -40,11 +40,13 @@ def words_at_take():
     """Within this block the responder's word multiplexer is written into
     ``word_q`` at a take, as a case on the source and then one on the word
     index that lists every index: the same word at every take. Verilator
-    then evaluates it only in the cycles a beat is taken, and tests a case
-    whose every value is listed as a tree of bit tests, where the flat case
-    on (source, index) was a chain of comparisons evaluated every cycle
-    (the sim build, ``sim/build.py``; docs/sim.md, "2026-12-07 (5)"). The
-    boards keep the flat case: it is what their LUT counts were made with."""
+    then evaluates it only in the cycles a beat is taken, where the flat
+    case on (source, index) was a chain of comparisons evaluated every
+    cycle, and reads the Ack's words in place, where it assembled the
+    256-bit Ack view (``ans`` with STATUS and REQ_TYPE patched in) every
+    cycle for it (the sim build, ``sim/build.py``; docs/sim.md,
+    "2026-12-07 (5)"). The boards keep the flat case: it is what their LUT
+    counts were made with."""
     return _WORDS_AT_TAKE.on()
 
 #: Bits of a frame LENGTH the engine handles: MAX_BODY = 64 + 4 MiB < 2**23.
