@@ -596,6 +596,13 @@ class JournalEngine(wiring.Component):
                          hunt_crc_next.eq(crc32c_step(hcrc, win[:8 * W], W))]
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
+
+        def next_lt(k):
+            """BCNT + W < k (k > W; BCNT + W wraps at 2**LENGTH_BITS) without
+            the adder: BCNT < k - W, or BCNT so high that the sum wraps (the
+            carry chain in front of the comparison was the UP5K's critical
+            path once ``to_small`` was a register, 32.4 ns)"""
+            return lt_const(bcnt, k - W) | ge_const(bcnt, (1 << LENGTH_BITS) - W)
         # positions in the body, as logic rather than carry chains
         b_lt16, b_lt60, b_lt64 = lt_const(bcnt, 16), lt_const(bcnt, 60), lt_const(bcnt, 64)
         # ``rx.ready`` is a register, set on each transition for the state
@@ -610,6 +617,23 @@ class JournalEngine(wiring.Component):
         rdy = Signal(init=1)
         m.d.comb += self.rx.ready.eq(rdy)
         take = self.rx.valid & rdy
+        # Whether a beat taken shifts into ``small`` (``to_small``) or, a
+        # LOAD RING's SIZE word (body bytes 32..39), into ``stamp_time``
+        # (``to_stamp``), and whether ALIGN shifts ``small`` down this cycle
+        # (``aligning``): registers set a beat ahead, as ``rdy`` is, so that
+        # the enable of the 256 flip-flops of ``small`` is one LUT (``take``,
+        # ``to_small``, ``aligning``). As a function of the state, BCNT and
+        # TYPE = LOAD it was the UP5K's critical path (``ftype`` -> the TYPE
+        # decode -> the state's choice -> a global buffer -> the enable of
+        # ``small``, 33.6 ns, 10 LUT levels). ``to_small`` is 1 in HEADER
+        # and HUNT, in BODY while the body byte taken is below 64 and not a
+        # LOAD's SIZE word, 0 in TRAILER and SKIP (the other states take no
+        # beat); ``to_stamp`` is 1 only in BODY at a LOAD's bytes 32..63;
+        # ``aligning`` exactly in ALIGN while BCNT < 32 (the formal spec
+        # restates all three: "INV: the ingress shift enables").
+        to_small = Signal(init=1)
+        to_stamp = Signal()
+        aligning = Signal()
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -683,12 +707,22 @@ class JournalEngine(wiring.Component):
         # width-32 critical path once the responder's index was registered.
         # (``ans_src`` holds still in HCHECK until it decides.)
         h_pass, h_wr = Signal(name="h_pass"), Signal(name="h_wr")
+        # ``len_le[c]``: the window's LENGTH <= c, for each MAX_LENGTH of a
+        # known TYPE. Registers that follow the window: loaded whenever
+        # ``small`` moves (``small_en``, below the FSM) with the bound of the
+        # LENGTH it moves to, which every move of ``small`` takes from the
+        # window's bytes one beat up (LENGTH is never in the top beat), so
+        # that ``h_len`` and ``h_pass`` read a flip-flop a TYPE, not a
+        # 32-bit comparison (the window -> LENGTH's bounds -> the TYPE's
+        # choice -> ``h_len`` was the UP5K's critical path once ``small``'s
+        # enable was a register, 33.7 ns). Reset: LENGTH 0, under every bound.
+        max_lens = sorted({protocol.MAX_LENGTH[t] for t in _KNOWN_TYPES})
+        len_le = {c: Signal(init=1, name=f"len_le{c}") for c in max_lens}
         length_now = Const(0)
         type_now = Const(0)
         for t in _KNOWN_TYPES:
             type_now = type_now | (hdr.type == t)
-            length_now = length_now | ((hdr.type == t)
-                                       & lt_const(hdr.length, protocol.MAX_LENGTH[t] + 1))
+            length_now = length_now | ((hdr.type == t) & len_le[protocol.MAX_LENGTH[t]])
         checks += [h_magic.eq(magic_ok), h_crc.eq(hdr_crc_ok),
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
@@ -804,15 +838,17 @@ class JournalEngine(wiring.Component):
                 # READ: the last record sent, FROM_SEQ (still in ``small``)
                 # + n - 1, added by the responder as it sends the SEQ
                 m.d.comb += ack_seq.eq(x_seq)
-            with m.Case(_AckFrom.WRITE):
-                # NEXT_SEQ steps in ANSWER, after this is read
+            with m.Case(_AckFrom.WRITE, _AckFrom.LOAD, _AckFrom.VIEW):
+                # NEXT_SEQ steps in ANSWER, after this is read.
+                # stamp_time: the journal's TIME; the clock after a load,
+                # sampled in LOAD_TIME; a STATUS's NOW, sampled in VERDICT.
+                # ``place``: the journal's JOFS; JIPTR for a LOAD or a view,
+                # copied into it in LOAD_TIME or EXEC (``place`` is free
+                # then: only a journal's ALLOC-to-ANSWER reads it), so that
+                # JOFS chooses between two registers, not three (a LUT a bit
+                # fewer, area on the UP5K)
                 m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
                              ack_jofs.eq(bytes_(place))]
-            with m.Case(_AckFrom.LOAD, _AckFrom.VIEW):
-                # stamp_time: the clock after the load, sampled in LOAD_TIME;
-                # a STATUS's NOW, sampled in VERDICT
-                m.d.comb += [ack_seq.eq(next_seq), ack_time.eq(stamp_time),
-                             ack_jofs.eq(bytes_(jiptr))]
         with m.Switch(ans_from):
             with m.Case(_AckFrom.RELEASE, _AckFrom.READ):
                 m.d.comb += ack_jofs.eq(bytes_(joptr))
@@ -843,7 +879,11 @@ class JournalEngine(wiring.Component):
                                 ctl.data_len == 0))),
             epoch_ok.eq(ctl.epoch == epoch),
             desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
-            seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0))),
+            # without batches NEXT_SEQ all ones: the counter's ``carry`` (its
+            # low word all ones, a register) and the high word, a 33-input
+            # AND instead of 64 (area, UP5K)
+            seq_spent.eq(next_seq[1:].all() & (next_seq[0] | (bidx != 0)) if B > 1
+                         else seq.carry & next_seq[32:].all()),
         ]
         # a JNLWR's DATA_LEN against its LENGTH (check 5; ``small`` holds its
         # control data from body byte 63 on, BLEN from HCHECK)
@@ -914,10 +954,18 @@ class JournalEngine(wiring.Component):
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
 
+        # the ingress shifts of ``small`` (see ``to_small``); HUNT_CRC's
+        # rotation and BLOAD, in the FSM, never come with either
+        with m.If(take & to_small):
+            m.d.sync += small.eq(shift_in)
+        with m.If(aligning):
+            m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
+
         with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
-                    m.d.sync += [small.eq(shift_in), hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
+                    # (``small`` shifts on ``to_small``, below the FSM)
+                    m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
@@ -933,7 +981,7 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
-                    m.d.sync += [small.eq(shift_in), magic_ok.eq(magic_next)]
+                    m.d.sync += magic_ok.eq(magic_next)
                     hcnt_next = Mux(hcnt < 16, hcnt + W, hcnt)
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
@@ -984,7 +1032,8 @@ class JournalEngine(wiring.Component):
                         # drop the oldest byte (beat) and look for the next MAGIC
                         m.d.sync += hcnt.eq(16 - W)
                         with m.If(hunting):
-                            m.d.sync += rdy.eq(1)     # (a window one beat short)
+                            # (a window one beat short)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1)]
                             m.next = "HUNT"
                         with m.Else():
                             m.d.sync += hunting.eq(1)
@@ -1002,7 +1051,7 @@ class JournalEngine(wiring.Component):
                         with m.Elif(Const(int(mem)) & h_wr):
                             m.next = "ALLOC_W"
                         with m.Else():
-                            m.d.sync += rdy.eq(1)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
                             m.next = "BODY"
 
             with m.State("HNAK"):
@@ -1091,7 +1140,7 @@ class JournalEngine(wiring.Component):
                     with m.If(is_desc):
                         m.next = "VERDICT"
                     with m.Else():
-                        m.d.sync += rdy.eq(1)
+                        m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
                         m.next = "BODY"
                 else:
                     m.next = "VERDICT"
@@ -1135,6 +1184,7 @@ class JournalEngine(wiring.Component):
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
                         with m.Elif(bl["lt32"] if W == 1 else lt_const(bcnt, 32)):
+                            m.d.sync += aligning.eq(lt_const(bcnt, 32))
                             m.next = "ALIGN"
                         with m.Elif(ftype == FT.JNLDESC):
                             if W == 1:
@@ -1159,9 +1209,8 @@ class JournalEngine(wiring.Component):
             with m.State("ALIGN"):
                 # shift a body shorter than 32 bytes down to bit 0 of ``small``,
                 # then two cycles for ``x_d`` and its comparisons to follow it
-                with m.If(lt_const(bcnt, 32)):
-                    m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
-                m.d.sync += bcnt.eq(bcnt_next)
+                # (``small`` shifts on ``aligning``, below the FSM: BCNT < 32)
+                m.d.sync += [bcnt.eq(bcnt_next), aligning.eq(next_lt(32))]
                 with m.If(bcnt == 32 + W):
                     m.next = "VERDICT"
 
@@ -1252,6 +1301,10 @@ class JournalEngine(wiring.Component):
                 # Nothing VERDICT read has moved: VERDICT writes only the
                 # answer's staging (and a STATUS's NOW, which no commit reads).
                 m.next = "ANSWER"
+                # a STATUS's or HELLO's JIPTR, sent from the Ack's JOFS
+                # (``ack_jofs``; nothing here moves JIPTR for them)
+                with m.If(ans_from == _AckFrom.VIEW):
+                    m.d.sync += place.eq(jiptr)
                 if mem:
                     with m.If(verdict[_V.TAKE_WR]):
                         self._exec_journal(m, locals(), FT.JNLWR)
@@ -1314,8 +1367,9 @@ class JournalEngine(wiring.Component):
                 self._load_set(m, locals())
 
             with m.State("LOAD_TIME"):
-                # the LOAD's ACK TIME: the clock the cycle after the load
-                m.d.sync += stamp_time.eq(ts.now)
+                # the LOAD's ACK TIME: the clock the cycle after the load;
+                # its JOFS: JIPTR after the load (``ack_jofs``)
+                m.d.sync += [stamp_time.eq(ts.now), place.eq(jiptr)]
                 m.next = "ANSWER"
 
             with m.State("ANSWER"):
@@ -1341,13 +1395,13 @@ class JournalEngine(wiring.Component):
                         m.d.sync += bidx.eq(0)
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
-                            m.d.sync += rdy.eq(1)
+                            m.d.sync += [rdy.eq(1), to_small.eq(1)]
                             m.next = "HEADER"
                         with m.Case(_After.HUNT):
-                            m.d.sync += rdy.eq(~((hcnt == 16) & magic_ok))
+                            m.d.sync += [rdy.eq(~((hcnt == 16) & magic_ok)), to_small.eq(1)]
                             m.next = "HUNT"
                         with m.Case(_After.SKIP):
-                            m.d.sync += rdy.eq(~bl["zero"])
+                            m.d.sync += [rdy.eq(~bl["zero"]), to_small.eq(0)]
                             m.next = "SKIP"
 
             with m.State("SKIP"):
@@ -1355,7 +1409,7 @@ class JournalEngine(wiring.Component):
                 # and then its 4 BCRC bytes (``kcnt``): no counter of its own
                 # (``rdy`` is ~LENGTH = 0 here)
                 with m.If(bl["zero"]):
-                    m.d.sync += rdy.eq(1)
+                    m.d.sync += [rdy.eq(1), to_small.eq(1)]
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
@@ -1364,6 +1418,7 @@ class JournalEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += kcnt.eq(kcnt + 1)
                             with m.If(kcnt == 3):
+                                m.d.sync += to_small.eq(1)
                                 m.next = "HEADER"
                     else:
                         # whole beats up to the body's last, then the one
@@ -1371,6 +1426,7 @@ class JournalEngine(wiring.Component):
                         with m.If(bcnt[LW:] != bend[LW:]):
                             m.d.sync += bcnt.eq(bcnt_next)
                         with m.Else():
+                            m.d.sync += to_small.eq(1)
                             m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
@@ -1468,6 +1524,16 @@ class JournalEngine(wiring.Component):
             with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
                 m.d.sync += checks
 
+        # ``small`` moves (every write above: a beat shifted in, ALIGN's
+        # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
+        # window's LENGTH after the move: the bytes a beat up
+        small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
+        if B > 1:
+            small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
+        len_up = layouts.Header(Cat(win[8 * W:], Const(0, 8 * W))).length
+        with m.If(small_en):
+            m.d.sync += [len_le[c].eq(lt_const(len_up, c + 1)) for c in max_lens]
+
         m.d.comb += [
             resp.echo.eq(ans.seq),
             # rd_n holds while the Ack is sent (it changes only in EXEC,
@@ -1489,10 +1555,10 @@ class JournalEngine(wiring.Component):
         W, LW = self.W, self.LW
         (take, bcnt, bcnt_next, blen, bcrc, small, hello_bad, nul_seen, ccrc,
          b_lt16, b_lt60, b_lt64, next_seq, stamp_time, place, wr, alloc_ok, ftype,
-         beat, mem) = (v[k] for k in (
+         beat, mem, to_small, to_stamp) = (v[k] for k in (
             "take", "bcnt", "bcnt_next", "blen", "bcrc", "small", "hello_bad",
             "nul_seen", "ccrc", "b_lt16", "b_lt60", "b_lt64", "next_seq", "stamp_time",
-            "place", "wr", "alloc_ok", "ftype", "beat", "mem"))
+            "place", "wr", "alloc_ok", "ftype", "beat", "mem", "to_small", "to_stamp"))
         place = Cat(Const(0, G), place)[:self.ring_bits]   # JOFS in bytes (a data ring's)
         if self.desc_batch > 1:
             # a batch's descriptors, bytes 32..63 of each, into the batch RAM
@@ -1504,8 +1570,17 @@ class JournalEngine(wiring.Component):
         # A LOAD with RING is 40 bytes: bytes 0..31 stay in ``small``,
         # the SIZE word (32..39) goes to ``stamp_time`` (free until EXEC:
         # HCHECK holds a frame while a STATUS, which sends it, is out)
-        ld_size_at = (ftype == FT.LOAD) & ~lt_const(bcnt, 32)
-        with m.If(take & b_lt64 & ld_size_at):
+        # Body bytes 0..63 go into ``small`` (``to_small``), but a LOAD's
+        # 32..63 into ``stamp_time`` (``to_stamp``): both registers are
+        # loaded here at each take for the byte after it (BCNT + W), and
+        # cleared at the body's last take below (TRAILER shifts neither)
+        # (from BCNT + W, the BCNT they go with, ``next_lt``)
+        is_load = ftype == FT.LOAD
+        n_lt32, n_lt64 = v["next_lt"](32), v["next_lt"](64)
+        with m.If(take):
+            m.d.sync += [to_small.eq(n_lt64 & ~(is_load & ~n_lt32)),
+                         to_stamp.eq(is_load & ~n_lt32 & n_lt64)]
+        with m.If(take & to_stamp):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
@@ -1515,8 +1590,6 @@ class JournalEngine(wiring.Component):
                 # zero bytes are taken back in TRAILER, crc32c_unpad)
                 m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
-                with m.If(b_lt64 & ~ld_size_at):
-                    m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
                 # is 80 bytes: every beat is full; any other length is refused)
                 bad, nul = hello_bad, nul_seen
@@ -1530,7 +1603,7 @@ class JournalEngine(wiring.Component):
                     nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
                 m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
                 with m.If(end_hit):
-                    m.d.sync += tailbeat.eq(beat)
+                    m.d.sync += [tailbeat.eq(beat), to_small.eq(0), to_stamp.eq(0)]
                     m.next = "TRAILER"
             if not mem:
                 return
@@ -1571,8 +1644,6 @@ class JournalEngine(wiring.Component):
         # width 8
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(v["hcrc_next"])]   # (bcrc is hcrc)
-            with m.If(b_lt64 & ~ld_size_at):
-                m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them
             with m.If(bcnt == 0):
                 m.d.sync += hello_bad.eq((beat == 0) | ge_const(beat, max(protocol.Role) + 1))
@@ -1585,6 +1656,7 @@ class JournalEngine(wiring.Component):
                                  | ((beat != 0) & nul_seen & (bcnt != 48))),
                 ]
             with m.If(bcnt == v["bl"]["m1"]):
+                m.d.sync += [to_small.eq(0), to_stamp.eq(0)]
                 m.next = "TRAILER"
         if not mem:
             return

@@ -763,6 +763,27 @@ class EngineSpec(Elaboratable):
                       | (in_("HUNT") & ~((hcnt_ == 16) & tap("magic_ok")))
                       | (in_("SKIP") & (blen != 0)))
         m.d.comb += Assert(tap("rdy") == takes_beat, "INV: ingress ready")
+        # the shifts of ``small`` and ``stamp_time`` as a beat is taken, and
+        # ALIGN's, registers set a beat ahead (hdl/engine.py ``to_small``):
+        # in the states that take a beat, and ``aligning`` in every state
+        bcnt_ = tap("bcnt")
+        load_word = (ftype == FT.LOAD) & (bcnt_ >= 32)
+        with m.If(in_("HEADER") | in_("HUNT")):
+            m.d.comb += Assert(tap("to_small"), "INV: the ingress shift enables")
+        with m.If(in_("BODY")):
+            m.d.comb += Assert((tap("to_small") == ((bcnt_ < 64) & ~load_word))
+                               & (tap("to_stamp") == ((bcnt_ < 64) & load_word)),
+                               "INV: the ingress shift enables")
+        with m.Else():
+            m.d.comb += Assert(~tap("to_stamp"), "INV: the ingress shift enables")
+        with m.If(in_("TRAILER") | in_("SKIP")):
+            m.d.comb += Assert(~tap("to_small"), "INV: the ingress shift enables")
+        m.d.comb += Assert(tap("aligning") == (in_("ALIGN") & (bcnt_ < 32)),
+                           "INV: the ingress shift enables")
+        # LENGTH's bounds, registers that follow the window (``len_le``)
+        for c in sorted({protocol.MAX_LENGTH[t] for t in FT}):
+            m.d.comb += Assert(tap(f"len_le{c}") == (layouts.Header(small[128:]).length <= c),
+                               "INV: the window's LENGTH bounds")
         # HCHECK's checks, registers one cycle behind the window: settled
         # past HCHECK's first cycle (``h_settled``, set only in HCHECK)
         with m.If(~in_("HCHECK")):

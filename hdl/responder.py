@@ -285,14 +285,25 @@ class Responder(wiring.Component):
                                  Mux(hd_last_d, W, 0))),
                 ]
         else:
-            # At width 8 without read-out (the UP5K top) they stay sums on
-            # ``idx``: as registers they cost that top about 30 LUTs it does
-            # not have ("UP5K timing, fifth step"). The width-8 engine with
-            # data memory has them: as sums they were its critical path
-            # (``idx`` -> ``idx + W`` -> the SEQ sum -> ``word_byte``,
-            # docs/hardware.md "Timing closure, seventh step").
+            # At width 8 without read-out (the UP5K top) ``pidx`` stays a sum
+            # on ``idx``: as registers both cost that top about 30 LUTs
+            # ("UP5K timing, fifth step"). The width-8 engine with data
+            # memory has them: as sums they were its critical path (``idx``
+            # -> ``idx + W`` -> the SEQ sum -> ``word_byte``, docs/hardware.md
+            # "Timing closure, seventh step"). Of ``pidx2`` the multiplexer
+            # reads only the word index, bits 2..6: that is a register here,
+            # ``widx`` (5 flip-flops), loaded at each take with the word of
+            # ``idx + 3`` in the body (the next ``idx + 2W``), else 0 (the
+            # header's ``pidx2`` is 0 or W: word 0). ``idx + 2W`` and its
+            # decode in front of the multiplexer and ``word_q`` was the
+            # UP5K's critical path (docs/hardware.md "UP5K timing, eighth step").
             pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
-            pidx2 = Mux(phase == _Phase.BODY, idx_next2, Mux(hd_last, W, 0))[:7]
+            widx = Signal(5)
+            with m.If(self.start & ~busy):
+                m.d.sync += widx.eq(0)
+            with m.If(take):
+                m.d.sync += widx.eq(Mux(phase == _Phase.BODY, (idx + 3)[2:7], 0))
+            pidx2 = Cat(Const(0, 2), widx)
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
                  (Source.STATUS,): self.status.as_value(), (Source.HELLO,): self.hello.as_value()}

@@ -36,12 +36,17 @@ class Sequencer(wiring.Component):
         Increments ``value`` by one (wrapping at 2**64).
     value : Out
         The sequence number the next accepted journal receives.
+    carry : Out
+        The low word of ``value`` is all ones (so a step carries into the
+        high word): a register, which the engine also reads for its "SEQ#
+        space spent" check (``value`` all ones) instead of a 64-bit AND.
     """
 
     load: In(1)
     load_value: In(64)
     step: In(1)
     value: Out(64, init=SEQ_RESET)
+    carry: Out(1)
 
     def elaborate(self, platform):
         m = Module()
@@ -49,7 +54,7 @@ class Sequencer(wiring.Component):
         # ``carry``: lo is all ones, so this step carries into hi (reset: lo
         # is 1). After a step lo + 1 is all ones exactly when lo is all ones
         # but bit 0, which is a wide AND of lo, not a second carry chain.
-        carry = Signal()
+        carry = self.carry
         with m.If(self.load):
             m.d.sync += [self.value.eq(self.load_value),
                          carry.eq(self.load_value[:32].all())]

@@ -258,13 +258,16 @@ class MasterGroup:
         return vol
 
     async def journal(self, kind: Kind, idx: int, offset: int, length: int,
-                      data: bytes = b"", fua: bool = False) -> int:
-        """Apply one host request and journal it; returns once the relay ACKed all of it."""
+                      data: bytes = b"", fua: bool = False) -> int | None:
+        """Apply one host request and journal it; returns once the relay ACKed
+        all of it: the PSEQ of its (last) journal, or None when it was applied
+        without one (a split pair)."""
         t0 = time.perf_counter()
         if await self._local_only(kind, idx, offset, length, data):
             self.volume_bytes[idx] += length
-            return 0
+            return None
         futures = []
+        pseq = None
         # Journals larger than MAX_DATA are split; the pieces are consecutive PSEQs.
         step = protocol.MAX_DATA
         pos = 0
@@ -272,7 +275,9 @@ class MasterGroup:
             while True:
                 n = min(step, length - pos)
                 piece = data[pos:pos + n] if kind in protocol.DATA_KINDS else b""
+                tag = self.stream.next_tag()     # the PSEQ _enqueue gives it (no await between)
                 futures.append(self._enqueue(kind, idx, offset + pos, n, piece, fua))
+                pseq = tag
                 pos += n
                 if pos >= length:
                     break
@@ -282,12 +287,12 @@ class MasterGroup:
             raise
         await self._drain()
         if len(futures) == 1:     # the usual case: no gather future per host write
-            seq = (await futures[0]).seq
+            await futures[0]
         else:
-            seq = (await asyncio.gather(*futures))[-1].seq
+            await asyncio.gather(*futures)
         self._write_seconds.observe(time.perf_counter() - t0)
         self.volume_bytes[idx] += length
-        return seq
+        return pseq
 
     async def journal_many(self, idx: int, writes: list) -> list:
         """Apply and journal host writes ``(offset, data, fua)`` of volume ``idx``,
@@ -1489,13 +1494,13 @@ class Primary:
                 return g
         raise VolumeError(f"no PVOL with idx {idx}")
 
-    async def write(self, idx: int, offset: int, data: bytes) -> int:
+    async def write(self, idx: int, offset: int, data: bytes) -> int | None:
         return await self._group_of(idx).journal(Kind.UPDATE, idx, offset, len(data), data)
 
-    async def write_zeroes(self, idx: int, offset: int, length: int) -> int:
+    async def write_zeroes(self, idx: int, offset: int, length: int) -> int | None:
         return await self._group_of(idx).journal(Kind.ZERO, idx, offset, length)
 
-    async def trim(self, idx: int, offset: int, length: int) -> int:
+    async def trim(self, idx: int, offset: int, length: int) -> int | None:
         return await self._group_of(idx).journal(Kind.TRIM, idx, offset, length)
 
     async def flush(self) -> None:
@@ -1521,13 +1526,13 @@ class Primary:
 
     async def _write(self, req: Request) -> dict:
         data = req.data()              # (not base64 was answered as type "Error": fuzzing)
-        return {"seq": await self.write(req.integer("idx"), req.integer("offset"), data)}
+        return {"pseq": await self.write(req.integer("idx"), req.integer("offset"), data)}
 
     async def _zeroes(self, req: Request) -> dict:
-        return {"seq": await self.write_zeroes(req.integer("idx"), req.integer("offset"), req.integer("length"))}
+        return {"pseq": await self.write_zeroes(req.integer("idx"), req.integer("offset"), req.integer("length"))}
 
     async def _trim(self, req: Request) -> dict:
-        return {"seq": await self.trim(req.integer("idx"), req.integer("offset"), req.integer("length"))}
+        return {"pseq": await self.trim(req.integer("idx"), req.integer("offset"), req.integer("length"))}
 
     async def _flush(self, req: Request) -> dict:
         await self.flush()

@@ -45,3 +45,26 @@ def test_random_workload_drains_to_identical_svols(cluster):
     assert (state["relay"]["grsts"], state["relay"]["reason"]) == ("PAIR", "")
     check_volumes(cluster, work)
     assert any(work.model[i] != bytearray(len(work.model[i])) for i in range(cluster.volumes))
+
+
+def test_control_writes_answer_their_pseq(tmp_path):
+    """A write through the primary's control socket answers the PSEQ it was
+    journaled with (it answered 0 for every write before): consecutive for
+    consecutive writes, and the PSEQ the secondary's restore point names once
+    it holds that write (what `verify` and a user waiting for a write use)."""
+    import base64
+    c = Cluster(tmp_path, engine_mode=None)
+    try:
+        c.start_all()
+        addr = c.control_addr("primary")
+        answers = [control.call(addr, "write", idx=0, offset=i * 4096,
+                                data=base64.b64encode(bytes([i + 1]) * 4096).decode())
+                   for i in range(3)]
+        answers.append(control.call(addr, "write_zeroes", idx=1, offset=0, length=8192))
+        pseqs = [a["pseq"] for a in answers]
+        assert all(isinstance(p, int) and p > 0 for p in pseqs), answers
+        assert pseqs == list(range(pseqs[0], pseqs[0] + 4)), pseqs
+        c.wait_drained()
+        assert c.status("secondary")["restored_tag"] == pseqs[-1]
+    finally:
+        c.stop_all()

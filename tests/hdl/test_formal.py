@@ -53,15 +53,15 @@ def test_timestamp_unit_proven(tmp_path):
     assert res.passed, (res.failed, res.log[-3000:])
 
 
-# The mutants keep the real counter's ``carry`` register, right for the
-# value they hold (the spec restates it: "INV: NEXT_SEQ's carry"), so that
+# The mutants keep the real counter's ``carry`` register (a port the
+# engine reads), right for the value they hold (the spec restates it: "INV: NEXT_SEQ's carry"), so that
 # what catches them is the broken step, not a missing register.
 class _SkippingSequencer(Sequencer):
     """Steps by 2: a SEQ# is skipped."""
 
     def elaborate(self, platform):
         m = Module()
-        carry = Signal()
+        carry = self.carry
         with m.If(self.load):
             m.d.sync += [self.value.eq(self.load_value), carry.eq(self.load_value[:32].all())]
         with m.Elif(self.step):
@@ -74,7 +74,7 @@ class _StuckSequencer(Sequencer):
 
     def elaborate(self, platform):
         m = Module()
-        carry = Signal()
+        carry = self.carry
         with m.If(self.load):
             m.d.sync += [self.value.eq(self.load_value), carry.eq(self.load_value[:32].all())]
         return m
