@@ -321,7 +321,7 @@ def _next_in_clocked(text: str) -> str:
 
 # The harness steps the model by calling its clocked logic directly
 # (harness.cpp, ``edge()``), without ``_eval``'s phases and trigger loops
-# (~45 instructions a cycle). That is the same evaluation only while
+# (~43 instructions a cycle). That is the same evaluation only while
 # Verilator's code has one shape: one trigger, the change of ``clk``; an
 # active phase that computes it and nothing else; an nba phase that calls
 # one function when it is set; no input-combinational phase. _check_eval

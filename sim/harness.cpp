@@ -23,7 +23,7 @@
 // model without dynamic objects does not need (a garbage list for class
 // objects and the message queue of other threads, a mutex each: ~15 % of
 // the harness's time at two evals a cycle), and the model's own _eval in
-// trigger loops and phases (~45 instructions a cycle) that, for this
+// trigger loops and phases (~43 instructions a cycle) that, for this
 // model, only find that clk changed and call that function once.
 // sim/build.py (_EVAL_SHAPE) reads the generated C++ and fails the build
 // unless the evaluation is exactly that, so calling the function skips
