@@ -29,8 +29,25 @@ from . import layouts
 from .compare import lt_const
 from .crc import CRC_INIT, crc32c_step
 from .lanes import crc32c_lanes, lane_mask, word_address
+from .switch import Switch
 
-__all__ = ["Source", "Responder", "LENGTH_BITS"]
+__all__ = ["Source", "Responder", "LENGTH_BITS", "words_at_take"]
+
+_WORDS_AT_TAKE = Switch("tricopy_words_at_take")
+
+
+def words_at_take():
+    """Within this block the responder's word multiplexer is written into
+    ``word_q`` at a take, as a case on the source and then one on the word
+    index that lists every index: the same word at every take. Verilator
+    then evaluates it only in the cycles a beat is taken, where the flat
+    case on (source, index) was a chain of comparisons evaluated every
+    cycle, and reads the Ack's words in place, where it assembled the
+    256-bit Ack view (``ans`` with STATUS and REQ_TYPE patched in) every
+    cycle for it (the sim build, ``sim/build.py``; docs/sim.md,
+    "2026-12-07 (5)"). The boards keep the flat case: it is what their LUT
+    counts were made with."""
+    return _WORDS_AT_TAKE.on()
 
 #: Bits of a frame LENGTH the engine handles: MAX_BODY = 64 + 4 MiB < 2**23.
 LENGTH_BITS = protocol.MAX_BODY.bit_length()
@@ -313,11 +330,31 @@ class Responder(wiring.Component):
             for w in range((len(view) + 31) // 32):
                 key = alias.get((srcs[0], w), (srcs[0], w))
                 cases.setdefault(key, []).extend(w | (src.value << 5) for src in srcs)
-        with m.Switch(Cat(pidx2[2:7], source)):
-            for (src, w), values in cases.items():
-                view = views[next(k for k in views if src in k)]
-                with m.Case(*values):
-                    m.d.comb += word.eq(view[32 * w:32 * (w + 1)])
+        def view_word(src, w):
+            view = views[next(k for k in views if src in k)]
+            return view[32 * w:32 * (w + 1)]
+
+        if _WORDS_AT_TAKE:
+            # (source, index) -> the word it reads, 0 where the flat case
+            # below has no arm
+            read = {(value >> 5, value & 31): key for key, values in cases.items()
+                    for value in values}
+            with m.If(take):
+                with m.Switch(source):
+                    for src in Source:
+                        with m.Case(src):
+                            with m.Switch(pidx2[2:7]):
+                                for w in range(32):
+                                    with m.Case(w):
+                                        key = read.get((src.value, w))
+                                        m.d.sync += word_q.eq(view_word(*key) if key else 0)
+                    with m.Default():
+                        m.d.sync += word_q.eq(0)
+        else:
+            with m.Switch(Cat(pidx2[2:7], source)):
+                for (src, w), values in cases.items():
+                    with m.Case(*values):
+                        m.d.comb += word.eq(view_word(src, w))
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
@@ -348,8 +385,9 @@ class Responder(wiring.Component):
         # the carry into the next beat: the shown beat's, within a sum (the
         # three are never adjacent); else 1 for TAIL_SEQ (x + ~HELD + 1)
         cin = Mux(cur_sum & (phase == _Phase.BODY), carry, source == Source.STATUS)
-        with m.If(take):
-            m.d.sync += word_q.eq(word)
+        if not _WORDS_AT_TAKE:
+            with m.If(take):
+                m.d.sync += word_q.eq(word)
         word_next = word_q.word_select(pidx[:2], 8) if W == 1 else word_q
         total = Signal(8 * W + 1)
         m.d.comb += total.eq(word_next + add_byte + cin)

@@ -165,12 +165,15 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     from tricopy.hdl.compare import native_compares
     from tricopy.hdl.crc import byte_columns
     from tricopy.hdl.engine import JournalEngine, lazy_checks, status_on_demand
+    from tricopy.hdl.responder import words_at_take
     # The CRC networks by byte columns: the same function as the boards'
     # rows, in word operations Verilator computes ~4x faster (hdl/crc.py);
     # comparisons with constants as comparisons, not spelt out for LUTs
     # (hdl/compare.py); the STATUS view only while a STATUS goes out, the
-    # registered checks only outside HEADER and BODY (hdl/engine.py).
-    with byte_columns(), native_compares(), status_on_demand(), lazy_checks():
+    # registered checks only outside HEADER and BODY (hdl/engine.py); the
+    # responder's word chosen only at a take, by index (hdl/responder.py).
+    with byte_columns(), native_compares(), status_on_demand(), lazy_checks(), \
+            words_at_take():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
     return _next_in_clocked(_crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))))
@@ -316,6 +319,65 @@ def _next_in_clocked(text: str) -> str:
     return text
 
 
+# The harness steps the model by calling its clocked logic directly
+# (harness.cpp, ``edge()``), without ``_eval``'s phases and trigger loops
+# (~43 instructions a cycle). That is the same evaluation only while
+# Verilator's code has one shape: one trigger, the change of ``clk``; an
+# active phase that computes it and nothing else; an nba phase that calls
+# one function when it is set; no input-combinational phase. _check_eval
+# reads the generated C++ and refuses any other shape, so a Verilator that
+# splits or schedules the model otherwise fails the build instead of
+# running a model that skips part of its evaluation.
+_ROOT = "Vharness_top___024root"
+_NBA_FUNC = f"{_ROOT}___nba_sequent__TOP__0"
+_EVAL_SHAPE = {
+    f"{_ROOT}___eval_triggers_vec__act":
+        "vlSelfRef.__VactTriggered[0U]=(QData)((IData)(((IData)(vlSelfRef.clk)"
+        "^(IData)(vlSelfRef.__Vtrigprevexpr___TOP__clk__0))));"
+        "vlSelfRef.__Vtrigprevexpr___TOP__clk__0=vlSelfRef.clk;",
+    f"{_ROOT}___eval_phase__act":
+        f"{_ROOT}___eval_triggers_vec__act(vlSelf);"
+        f"{_ROOT}___trigger_orInto__act_vec_vec(vlSelfRef.__VnbaTriggered,"
+        "vlSelfRef.__VactTriggered);return(0U);",
+    f"{_ROOT}___eval_nba":
+        f"if((1ULL&vlSelfRef.__VnbaTriggered[0U])){{{_NBA_FUNC}(vlSelf);}}",
+}
+
+
+def _check_eval(sources: str) -> None:
+    """Refuse generated C++ (the model's ``*___024root__*.cpp``, joined)
+    whose evaluation is not the shape harness.cpp's ``edge()`` relies on
+    (above, ``_EVAL_SHAPE``)."""
+    for name, body in _EVAL_SHAPE.items():
+        found = re.search(rf"^\S+ {name}\({_ROOT}\* vlSelf\) {{\n(.*?)^}}$", sources,
+                          re.M | re.S)
+        # (the body after "// Body", without debug-only lines and spaces)
+        text = found and re.sub(r"#ifdef VL_DEBUG.*?#endif|\s+", "",
+                                found.group(1).split("// Body", 1)[-1], flags=re.S)
+        if text != body:
+            raise SimBuildError(f"Verilator's generated {name.split('___', 2)[-1]} is not the "
+                                f"shape the harness steps the model by (sim/build.py, "
+                                f"_EVAL_SHAPE): sim/build.py and harness.cpp's edge() need "
+                                f"updating")
+    # (what the loops of _eval and the nba phase call: nothing else)
+    for name, calls in ((f"{_ROOT}___eval", {"eval_phase__act", "eval_phase__nba"}),
+                        (f"{_ROOT}___eval_phase__nba", {"trigger_anySet__act", "eval_nba",
+                                                        "trigger_clear__act"})):
+        found = re.search(rf"^\S+ {name}\({_ROOT}\* vlSelf\) {{\n(.*?)^}}$", sources,
+                          re.M | re.S)
+        called = found and set(re.findall(rf"{_ROOT}___(\w+)\(", re.sub(
+            r"#ifdef VL_DEBUG.*?#endif", "", found.group(1), flags=re.S)))
+        if called != calls:
+            raise SimBuildError(f"Verilator's generated {name.split('___', 2)[-1]} calls "
+                                f"{sorted(called or [])}, not the phases the harness steps the "
+                                f"model by (sim/build.py, _EVAL_SHAPE): sim/build.py and "
+                                f"harness.cpp's edge() need updating")
+    if re.search(r"__ico\b|___eval_ico|_eval_act\(", sources):
+        raise SimBuildError("Verilator's generated model has an input-combinational or active "
+                            "phase the harness would skip (sim/build.py, _EVAL_SHAPE): "
+                            "sim/build.py and harness.cpp's edge() need updating")
+
+
 def _cpu_signature() -> str:
     """The CPU model and feature flags, for the cache key of a -march=native build."""
     try:
@@ -413,6 +475,12 @@ def _compile(verilog_text: str, clk_hz: int, out: Path, log, timeout: float) -> 
             why = f"the Verilator build did not finish in {timeout:g} s (killed)"
     if why is None and not (tmp / EXE_NAME).exists():
         why = f"verilator made no {EXE_NAME}"
+    if why is None:
+        try:
+            _check_eval("".join(p.read_text() for p in
+                                sorted((tmp / "obj").glob(f"{_ROOT}__*.cpp"))))
+        except SimBuildError as exc:
+            why = str(exc)
     if why:
         shutil.move(tmp / "build.log", failed_log)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import random
 import socket
@@ -423,6 +424,74 @@ def test_next_values_are_computed_in_the_clocked_blocks():
     for why, text in unknown.items():
         with pytest.raises(SimBuildError, match="_next_in_clocked") as err:
             sim_build._next_in_clocked(text)
+        assert "\n" not in str(err.value), why
+
+
+@functools.lru_cache(maxsize=1)
+def _sim_engine_verilog() -> str:
+    """The descriptor engine's Verilog as the sim build makes it (~10 s)."""
+    return sim_build.generate_verilog(DESC_RESET_SIZE, sim_build.DEFAULT_CLK_HZ, 0)
+
+
+def test_the_responders_word_is_chosen_at_a_take_in_the_sim_build_only():
+    """The sim build writes the responder's word multiplexer into ``word_q``
+    at a take, by source and then index (hdl/responder.py,
+    ``words_at_take``), so Verilator evaluates it only when a beat is taken;
+    outside the switch (the boards, the proofs) it is the flat case on
+    (source, index) into ``word``, as before."""
+    import re
+    from amaranth.back import verilog
+    from tricopy.hdl.responder import Responder, words_at_take
+
+    def clocked_word_q(text):
+        return re.search(r"^  always @\(edge clk\) begin\n    if \(\S+ ?\) begin\n"
+                         r"      \(\* full_case = 32'd1 \*\)\n      casez \(source\)\n"
+                         r"(.*?)^  end\n", text, re.M | re.S)
+
+    engine = _sim_engine_verilog()
+    block = clocked_word_q(engine)
+    assert block and "word_q <= word" not in engine
+    assert all(f"word_q <= ack[{32 * w + 31}:{32 * w}];" in block.group(1) for w in range(8))
+    plain = verilog.convert(Responder(7, ring=False), name="resp", emit_src=False)
+    with words_at_take():
+        switched = verilog.convert(Responder(7, ring=False), name="resp", emit_src=False)
+    assert "casez ({ source," in plain and re.search(r"= word;$", plain, re.M)
+    assert "casez ({ source," not in switched and "casez (source)" in switched
+    assert not re.search(r"= word;$", switched, re.M)
+
+
+def test_the_harness_steps_only_an_evaluation_of_the_known_shape(tmp_path):
+    """The harness calls the model's clocked logic directly, skipping
+    Verilator's trigger loops (harness.cpp, ``edge()``). The build reads
+    the generated C++ first (sim/build.py, ``_check_eval``): today's
+    Verilator on the engine passes, and an evaluation of any other shape
+    (another trigger, another phase, a second function in the nba phase)
+    fails the build in one line rather than being skipped."""
+    import subprocess
+    (tmp_path / "engine.v").write_text(_sim_engine_verilog())
+    subprocess.run(["verilator", *[a for a in sim_build._VERILATOR_ARGS
+                                   if a not in ("--exe", "--build")],
+                    "-Mdir", "obj", "engine.v", str(sim_build.HARNESS_TOP)],
+                   cwd=tmp_path, env=sim_build._tool_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = sim_build._ROOT
+    cpp = "".join(p.read_text() for p in sorted((tmp_path / "obj").glob(f"{root}__*.cpp")))
+    sim_build._check_eval(cpp)
+    nba = "vlSelfRef.__VnbaTriggered[0U])) {\n"
+    unknown = {
+        "a second trigger": ("vlSelfRef.__Vtrigprevexpr___TOP__clk__0 = vlSelfRef.clk;\n",
+                             "vlSelfRef.__Vtrigprevexpr___TOP__clk__0 = vlSelfRef.clk;\n"
+                             "    vlSelfRef.__VactTriggered[0U] |= 2ULL;\n"),
+        "another function in the nba phase": (nba, nba + f"        {root}___nba_comb(vlSelf);\n"),
+        "an input-combinational phase": (f"{root}___eval_phase__nba(vlSelf);\n",
+                                         f"{root}___eval_phase__nba(vlSelf);\n"
+                                         f"        {root}___eval_phase__ico(vlSelf);\n"),
+        "no nba phase": (f"{root}___eval_nba(", f"{root}___eval_nba_renamed("),
+    }
+    for why, (old, new) in unknown.items():
+        assert cpp.count(old) >= 1, why
+        with pytest.raises(SimBuildError, match="_EVAL_SHAPE") as err:
+            sim_build._check_eval(cpp.replace(old, new))
         assert "\n" not in str(err.value), why
 
 
