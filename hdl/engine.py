@@ -63,19 +63,23 @@ def lazy_checks():
 
 
 def window_in_states():
-    """Within this block the window ``small`` shifts in the FSM's states,
-    under each state's own condition (a beat taken in HEADER and HUNT, a
-    body byte below 64 that is not a LOAD's SIZE word, ALIGN while BCNT <
-    32), as before ``to_small`` and ``aligning`` were its enables (the
-    sim build, ``sim/build.py``). The two forms load ``small`` in the same
-    cycles with the same value: ``to_small`` and ``aligning`` are stated
-    to equal those conditions in every state that takes a beat (the formal
-    spec's "INV: the ingress shift enables", with "INV: ingress ready":
-    no other state takes one). Verilator writes the window in the FSM's
-    blocks it evaluates anyway rather than in blocks of its own (~30
-    instructions a cycle, docs/sim.md "2026-12-07 (6)"). The boards keep
-    the registered enables: as a function of the state it was the UP5K's
-    critical path (docs/hardware.md "UP5K timing, eighth step")."""
+    """Within this block the window ``small`` and a LOAD's SIZE word in
+    ``stamp_time`` shift in the FSM's states, each on its state's own
+    condition (a beat taken in HEADER and HUNT; in BODY a body byte below
+    64, to ``stamp_time`` if it is a LOAD's SIZE word; ALIGN while BCNT <
+    32), and HCHECK's ``h_len`` and ``h_pass`` compare LENGTH with each
+    bound where the checks load, as before the UP5K's registers set a beat
+    ahead (``to_small``, ``to_stamp``, ``aligning``, ``len_le``). The sim
+    build (``sim/build.py``) then reads none of those, and Verilator drops
+    them and their loads in a dozen FSM arms (1,134 to 1,067 instructions
+    a cycle, docs/sim.md "2026-12-07 (6)"). The two forms load the same
+    values in the same cycles: the formal spec states the registers equal
+    to these conditions in every state that takes a beat ("INV: the
+    ingress shift enables", "INV: ingress ready"), and with this switch
+    that the window moves as they say ("INV: the sim build's window shifts
+    as the enables"). The boards keep the registers: as functions of the
+    state and the window these were the UP5K's critical paths
+    (docs/hardware.md "UP5K timing, eighth step")."""
     return _WINDOW_IN_STATES.on()
 
 
@@ -999,7 +1003,8 @@ class JournalEngine(wiring.Component):
         with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
-                    # (``small`` shifts on ``to_small``, below the FSM)
+                    # (``small`` shifts on ``to_small``, below the FSM, or
+                    # here in the sim build)
                     m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     if in_states:
                         m.d.sync += small.eq(shift_in)
