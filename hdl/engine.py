@@ -42,10 +42,11 @@ from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 from .switch import Switch
 
-__all__ = ["JournalEngine", "status_on_demand", "lazy_checks"]
+__all__ = ["JournalEngine", "status_on_demand", "lazy_checks", "window_in_states"]
 
 _STATUS_ON_DEMAND = Switch("tricopy_status_on_demand")
 _LAZY_CHECKS = Switch("tricopy_lazy_checks")
+_WINDOW_IN_STATES = Switch("tricopy_window_in_states")
 
 
 def lazy_checks():
@@ -59,6 +60,27 @@ def lazy_checks():
     (docs/sim.md, "2026-12-07 (3)"). ``tests/hdl/test_formal.py`` proves
     the engine's contract with it on as well."""
     return _LAZY_CHECKS.on()
+
+
+def window_in_states():
+    """Within this block the window ``small`` and a LOAD's SIZE word in
+    ``stamp_time`` shift in the FSM's states, each on its state's own
+    condition (a beat taken in HEADER and HUNT; in BODY a body byte below
+    64, to ``stamp_time`` if it is a LOAD's SIZE word; ALIGN while BCNT <
+    32), and HCHECK's ``h_len`` and ``h_pass`` compare LENGTH with each
+    bound where the checks load, as before the UP5K's registers set a beat
+    ahead (``to_small``, ``to_stamp``, ``aligning``, ``len_le``). The sim
+    build (``sim/build.py``) then reads none of those, and Verilator drops
+    them and their loads in a dozen FSM arms (1,134 to 1,067 instructions
+    a cycle, docs/sim.md "2026-12-07 (6)"). The two forms load the same
+    values in the same cycles: the formal spec states the registers equal
+    to these conditions in every state that takes a beat ("INV: the
+    ingress shift enables", "INV: ingress ready"), and with this switch
+    that the window moves as they say ("INV: the sim build's window shifts
+    as the enables"). The boards keep the registers: as functions of the
+    state and the window these were the UP5K's critical paths
+    (docs/hardware.md "UP5K timing, eighth step")."""
+    return _WINDOW_IN_STATES.on()
 
 
 def status_on_demand():
@@ -634,6 +656,7 @@ class JournalEngine(wiring.Component):
         to_small = Signal(init=1)
         to_stamp = Signal()
         aligning = Signal()
+        in_states = bool(_WINDOW_IN_STATES)     # (the sim build: ``window_in_states``)
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -716,8 +739,15 @@ class JournalEngine(wiring.Component):
         # 32-bit comparison (the window -> LENGTH's bounds -> the TYPE's
         # choice -> ``h_len`` was the UP5K's critical path once ``small``'s
         # enable was a register, 33.7 ns). Reset: LENGTH 0, under every bound.
+        # In the sim build (``window_in_states``) LENGTH is compared with
+        # each bound where HCHECK's checks load instead: ``len_le`` loads at
+        # every move of the window, in most cycles of a frame, and the
+        # checks (``lazy_checks``) only outside HEADER and BODY.
         max_lens = sorted({protocol.MAX_LENGTH[t] for t in _KNOWN_TYPES})
-        len_le = {c: Signal(init=1, name=f"len_le{c}") for c in max_lens}
+        if in_states:
+            len_le = {c: lt_const(hdr.length, c + 1) for c in max_lens}
+        else:
+            len_le = {c: Signal(init=1, name=f"len_le{c}") for c in max_lens}
         length_now = Const(0)
         type_now = Const(0)
         for t in _KNOWN_TYPES:
@@ -727,10 +757,17 @@ class JournalEngine(wiring.Component):
                      h_form.eq((hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()),
                      h_len.eq(length_now), h_type.eq(type_now), h_zero.eq(hdr.length == 0)]
-        m.d.sync += [h_pass.eq(magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
+        # (``h_pass`` is read only in HCHECK once ``h_settled``, as the
+        # checks are, so the sim build loads it with them: a cycle after the
+        # window and ``ans_src`` came to rest, as when it loads every cycle)
+        h_pass_now = h_pass.eq(magic_ok & hdr_crc_ok & (hdr.version == protocol.VERSION)
                                & ~(hdr.flags & ~int(protocol.FrameFlag.MORE)).any()
-                               & length_now & type_now & (ans_src != Source.STATUS)),
-                     h_wr.eq(hdr.type == FT.JNLWR)]
+                               & length_now & type_now & (ans_src != Source.STATUS))
+        if in_states:
+            checks += [h_pass_now]
+        else:
+            m.d.sync += h_pass_now
+        m.d.sync += h_wr.eq(hdr.type == FT.JNLWR)
 
         # ring read port: the responder while it emits, else the walker
         walk_addr = Signal(RB - LW)            # a ring word address
@@ -956,16 +993,21 @@ class JournalEngine(wiring.Component):
 
         # the ingress shifts of ``small`` (see ``to_small``); HUNT_CRC's
         # rotation and BLOAD, in the FSM, never come with either
-        with m.If(take & to_small):
-            m.d.sync += small.eq(shift_in)
-        with m.If(aligning):
-            m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
+        # (or, in the sim build, in the states: ``window_in_states``)
+        if not in_states:
+            with m.If(take & to_small):
+                m.d.sync += small.eq(shift_in)
+            with m.If(aligning):
+                m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
 
         with m.FSM(name="ingress") as fsm:
             with m.State("HEADER"):
                 with m.If(take):
-                    # (``small`` shifts on ``to_small``, below the FSM)
+                    # (``small`` shifts on ``to_small``, below the FSM, or
+                    # here in the sim build)
                     m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
+                    if in_states:
+                        m.d.sync += small.eq(shift_in)
                     with m.If(lt_const(hcnt, 12)):
                         m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
@@ -982,6 +1024,8 @@ class JournalEngine(wiring.Component):
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
                     m.d.sync += magic_ok.eq(magic_next)
+                    if in_states:
+                        m.d.sync += small.eq(shift_in)
                     hcnt_next = Mux(hcnt < 16, hcnt + W, hcnt)
                     with m.If(hcnt < 16):
                         m.d.sync += hcnt.eq(hcnt + W)
@@ -1211,6 +1255,9 @@ class JournalEngine(wiring.Component):
                 # then two cycles for ``x_d`` and its comparisons to follow it
                 # (``small`` shifts on ``aligning``, below the FSM: BCNT < 32)
                 m.d.sync += [bcnt.eq(bcnt_next), aligning.eq(next_lt(32))]
+                if in_states:
+                    with m.If(lt_const(bcnt, 32)):
+                        m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
                 with m.If(bcnt == 32 + W):
                     m.next = "VERDICT"
 
@@ -1531,8 +1578,9 @@ class JournalEngine(wiring.Component):
         if B > 1:
             small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
         len_up = layouts.Header(Cat(win[8 * W:], Const(0, 8 * W))).length
-        with m.If(small_en):
-            m.d.sync += [len_le[c].eq(lt_const(len_up, c + 1)) for c in max_lens]
+        if not in_states:
+            with m.If(small_en):
+                m.d.sync += [len_le[c].eq(lt_const(len_up, c + 1)) for c in max_lens]
 
         m.d.comb += [
             resp.echo.eq(ans.seq),
@@ -1580,7 +1628,13 @@ class JournalEngine(wiring.Component):
         with m.If(take):
             m.d.sync += [to_small.eq(n_lt64 & ~(is_load & ~n_lt32)),
                          to_stamp.eq(is_load & ~n_lt32 & n_lt64)]
-        with m.If(take & to_stamp):
+        # (the sim build shifts ``small`` and ``stamp_time`` by the body
+        # byte's position, on the conditions ``to_small`` and ``to_stamp``
+        # are stated to equal: ``window_in_states``)
+        in_states = bool(_WINDOW_IN_STATES)
+        size_word = is_load & ~lt_const(bcnt, 32)
+        to_small_now = b_lt64 & ~size_word
+        with m.If(take & (b_lt64 & size_word if in_states else to_stamp)):
             m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
@@ -1590,6 +1644,9 @@ class JournalEngine(wiring.Component):
                 # zero bytes are taken back in TRAILER, crc32c_unpad)
                 m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
+                if in_states:
+                    with m.If(to_small_now):
+                        m.d.sync += small.eq(Cat(small[8 * W:], beat))
                 # HELLO body checks, a lane at a time in order (a valid HELLO
                 # is 80 bytes: every beat is full; any other length is refused)
                 bad, nul = hello_bad, nul_seen
@@ -1644,6 +1701,9 @@ class JournalEngine(wiring.Component):
         # width 8
         with m.If(take):
             m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(v["hcrc_next"])]   # (bcrc is hcrc)
+            if in_states:
+                with m.If(to_small_now):
+                    m.d.sync += small.eq(Cat(small[8:], beat))
             # HELLO body checks as protocol.Hello.unpack makes them
             with m.If(bcnt == 0):
                 m.d.sync += hello_bad.eq((beat == 0) | ge_const(beat, max(protocol.Role) + 1))

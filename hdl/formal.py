@@ -90,7 +90,7 @@ from ..host.wire import protocol
 from . import layouts
 from .compare import le_wide, lt_const
 from .crc import CRC_INIT
-from .engine import G, MAX_RING_BITS, JournalEngine, _After, _AckFrom, _V
+from .engine import _WINDOW_IN_STATES, G, MAX_RING_BITS, JournalEngine, _After, _AckFrom, _V
 from .responder import LENGTH_BITS, Source
 from .sequencer import Sequencer
 from .timestamp import NS_PER_S, Timestamp
@@ -780,8 +780,34 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(~tap("to_small"), "INV: the ingress shift enables")
         m.d.comb += Assert(tap("aligning") == (in_("ALIGN") & (bcnt_ < 32)),
                            "INV: the ingress shift enables")
-        # LENGTH's bounds, registers that follow the window (``len_le``)
-        for c in sorted({protocol.MAX_LENGTH[t] for t in FT}):
+        if _WINDOW_IN_STATES:
+            # The sim build shifts ``small`` and ``stamp_time`` in the FSM's
+            # states on conditions of its own (hdl/engine.py
+            # ``window_in_states``), not on the registers stated above: they
+            # move exactly when those registers say, to what they say (but
+            # for HUNT_CRC's rotation and BLOAD, which write ``small`` too)
+            Wb = 8 * (self.data_width // 8)
+            take_ = eng.rx.valid & eng.rx.ready
+            shifts, aligns, stamps = take_ & tap("to_small"), tap("aligning"), take_ & tap("to_stamp")
+            other = in_("HUNT_CRC") | (in_("BLOAD") if B > 1 else Const(0))
+            was = Signal(len(small)), Signal(len(stamp_time))
+            want_small, want_stamp = Signal(len(small)), Signal(len(stamp_time))
+            moved, stamped, free = Signal(), Signal(), Signal()
+            m.d.sync += [moved.eq(shifts | aligns), stamped.eq(stamps), free.eq(other),
+                         was[0].eq(small), was[1].eq(stamp_time),
+                         want_small.eq(Mux(shifts, Cat(small[Wb:], eng.rx.payload),
+                                           Cat(small[Wb:], Const(0, Wb)))),
+                         want_stamp.eq(Cat(stamp_time[Wb:], eng.rx.payload))]
+            m.d.comb += [
+                Assert(Mux(moved, small == want_small, free | (small == was[0])),
+                       "INV: the sim build's window shifts as the enables"),
+                Assert(~stamped | (stamp_time == want_stamp),
+                       "INV: the sim build's window shifts as the enables"),
+            ]
+        # LENGTH's bounds, registers that follow the window (``len_le``;
+        # the sim build, ``window_in_states``, compares LENGTH in HCHECK's
+        # checks instead, stated below as "INV: LENGTH checked")
+        for c in sorted({protocol.MAX_LENGTH[t] for t in FT}) if not _WINDOW_IN_STATES else ():
             m.d.comb += Assert(tap(f"len_le{c}") == (layouts.Header(small[128:]).length <= c),
                                "INV: the window's LENGTH bounds")
         # HCHECK's checks, registers one cycle behind the window: settled

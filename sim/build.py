@@ -164,16 +164,17 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
     from amaranth.back import verilog
     from tricopy.hdl.compare import native_compares
     from tricopy.hdl.crc import byte_columns
-    from tricopy.hdl.engine import JournalEngine, lazy_checks, status_on_demand
+    from tricopy.hdl.engine import JournalEngine, lazy_checks, status_on_demand, window_in_states
     from tricopy.hdl.responder import words_at_take
     # The CRC networks by byte columns: the same function as the boards'
     # rows, in word operations Verilator computes ~4x faster (hdl/crc.py);
     # comparisons with constants as comparisons, not spelt out for LUTs
     # (hdl/compare.py); the STATUS view only while a STATUS goes out, the
     # registered checks only outside HEADER and BODY (hdl/engine.py); the
-    # responder's word chosen only at a take, by index (hdl/responder.py).
+    # responder's word chosen only at a take, by index (hdl/responder.py);
+    # the window shifted in the FSM's states (hdl/engine.py).
     with byte_columns(), native_compares(), status_on_demand(), lazy_checks(), \
-            words_at_take():
+            words_at_take(), window_in_states():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
     return _next_in_clocked(_crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))))

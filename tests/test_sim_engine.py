@@ -460,6 +460,32 @@ def test_the_responders_word_is_chosen_at_a_take_in_the_sim_build_only():
     assert not re.search(r"= word;$", switched, re.M)
 
 
+def test_the_window_shifts_in_the_states_in_the_sim_build_only():
+    """The sim build shifts ``small`` and ``stamp_time`` in the FSM's states
+    and compares LENGTH with HCHECK's checks (hdl/engine.py,
+    ``window_in_states``): the registers set a beat ahead for the UP5K
+    (``to_small``, ``to_stamp``, ``aligning``, ``len_le``) are read by
+    nothing there, so Verilator drops them. The boards' engine (outside the
+    switch) shifts on them and keeps the LENGTH bounds' registers."""
+    import os
+    import re
+    from amaranth.back import verilog
+    from tricopy.hdl.engine import JournalEngine
+
+    def read(text, name):
+        # a use of ``name`` other than its declaration or a write to it
+        return re.search(rf"^(?!\s*reg\b).*\b{name}\b(?!\s*<=)", text, re.M)
+
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    sim = _sim_engine_verilog()
+    board = verilog.convert(JournalEngine(8, DESC_RESET_SIZE, sim_build.DEFAULT_CLK_HZ, memory=0),
+                            name="engine", emit_src=False)
+    for name in ("to_small", "to_stamp", "aligning"):
+        assert not read(sim, name), name
+        assert read(board, name), name
+    assert "len_le" not in sim and re.search(r"^\s*reg len_le40\b", board, re.M)
+
+
 def test_the_harness_steps_only_an_evaluation_of_the_known_shape(tmp_path):
     """The harness calls the model's clocked logic directly, skipping
     Verilator's trigger loops (harness.cpp, ``edge()``). The build reads

@@ -16,7 +16,7 @@ flipped, a timestamp unit that runs fast.
 import pytest
 from amaranth.hdl import Fragment, Module, Signal
 
-from tricopy.hdl.engine import JournalEngine, _Port, lazy_checks
+from tricopy.hdl.engine import JournalEngine, _Port, lazy_checks, window_in_states
 from tricopy.hdl.formal import (CompareSpec, EngineSpec, FormalToolError, TimestampSpec, _Taps,
                                 _tool, main, run_sby)
 from tricopy.hdl.sequencer import Sequencer
@@ -40,9 +40,10 @@ def test_engine_contract_proven(width, batch, tmp_path):
 
 def test_engine_contract_proven_with_lazy_checks(tmp_path):
     """The sim build's engine (hdl/engine.py, ``lazy_checks``: the
-    registered checks load only outside HEADER and BODY) under the same
-    contract, at the sim's width and batches."""
-    with lazy_checks():
+    registered checks load only outside HEADER and BODY; ``window_in_states``:
+    the window shifts in the FSM's states, LENGTH is compared with the
+    checks) under the same contract, at the sim's width and batches."""
+    with lazy_checks(), window_in_states():
         res = run_sby(EngineSpec(8, desc_batch=64), "engine8_64_lazy", mode="prove",
                       depth=DEPTH, workdir=tmp_path)
     assert res.passed, (res.failed, res.log[-3000:])
