@@ -1,12 +1,15 @@
 """`make test`: the suite as two pytest runs side by side, one per core.
 
-The gateware half (Yosys, nextpnr, SymbiYosys and Verilator builds, each a
-single-threaded compiler) and the host half (real site processes, NBD
-clients, power-cut harnesses) each keep one of a 2-core machine busy, so
-run one after the other they left a core idle most of the time: about 26
-and 16 minutes on a quiet machine, 40 and more under load.  Side by side
-they finish with the longer half.  The two share no build folder (the host
-half builds no gateware) and no port (every test takes free ports).
+Run as one pytest, the suite kept one core of a 2-core machine busy and
+left the other mostly idle (a Verilator build, a cocotb testbench, Yosys,
+nextpnr and SymbiYosys are each one thread).  The halves are chosen by
+measured time (tests/halves.py's ``--durations`` runs, docs/benchmarks.md
+"The suite side by side"): the cocotb testbenches (~29 minutes, most of
+it Python run per simulated cycle) against everything else (the host's
+unit, crash and end-to-end tests, the formal proofs, the board builds and
+the Verilator sim tests: ~25-30 minutes).  The two share no build folder
+(each cocotb test builds into its own) and no port (every test takes
+free ports).
 
 Each line is printed as it comes, prefixed with its half; the exit status
 is the first non-zero of the two.  ``TEST_JOBS=1`` runs the halves one
@@ -26,13 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The gateware half; the host half is everything else under tests/.
-GATEWARE = ["tests/hdl", "tests/test_board_build.py", "tests/test_sim_engine.py",
-            "tests/test_sim_differential.py", "tests/test_sim_speed.py"]
+#: The cocotb half; the other is everything else under tests/.
+COCOTB = ["tests/hdl/test_engine_cocotb.py"]
 
 HALVES = {
-    "gateware": GATEWARE,
-    "host": ["tests"] + [f"--ignore={p}" for p in GATEWARE],
+    "cocotb": COCOTB,
+    "rest": ["tests"] + [f"--ignore={p}" for p in COCOTB],
 }
 
 
