@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The suite's cocotb testbenches and everything else side by side, one
-# per core (tests/halves.py; TEST_JOBS=1 runs them one after the other).
+# The suite's cocotb testbenches, then everything else (tests/halves.py;
+# TEST_JOBS=2 runs the two side by side, one per core).
 test: setup
 	$(BIN)/python tests/halves.py
 
