@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+
 from ..disk.inline import INLINE_HISTORY, INLINE_SYNC_BELOW, InlineWindow
 from ..disk.worker import BlockingWorker
 from ..wire.protocol import Control

@@ -43,6 +43,7 @@ from ..disk.volume import VolumeError
 from ..journal.store import CorruptStore, JournalStore, StoreError
 from ..journal.commit import GroupCommitter
 from ..perf import PERF, now
+from ..waits import wait_at_most
 from ..wire.pseq import next_pseq
 from .local_copy import RelayCopy
 from .streams import (Admission, AnswerGate, ForwardStream, ForwardViolation, PseqGate,
@@ -809,15 +810,7 @@ class RelayGroup:
         return out
 
     async def _wait(self, event: asyncio.Event) -> None:
-        # bounded: also notices a closed link.  A timer that sets the event,
-        # not wait_for (a task per wait) nor asyncio.timeout (a Timeout
-        # object and, when it fires, a cancellation per wait): this runs
-        # for every forward batch.
-        timer = asyncio.get_running_loop().call_later(0.5, event.set)
-        try:
-            await event.wait()
-        finally:
-            timer.cancel()
+        await wait_at_most(event, 0.5)      # bounded: also notices a closed link
 
     async def _secondary_acks(self, link: Link) -> None:
         try:

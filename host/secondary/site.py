@@ -33,6 +33,7 @@ from ..wire.link import Link, LinkError, nak
 from ..wire.protocol import FrameType, Kind, Role, Status
 from ..disk.inline import InlineWindow
 from ..disk.worker import BlockingWorker
+from ..waits import wait_at_most
 from ..disk.slotfile import SlotFile
 from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
@@ -404,15 +405,7 @@ class RestoreGroup:
                 if due is None:
                     await self._wake.wait()
                 elif due > 0:
-                    # A timer that sets the event, not asyncio.timeout: this
-                    # wait ends on most received batches, and a Timeout
-                    # object (and a cancellation when it fires) per wait was
-                    # ~5 % of the secondary's CPU at depth 16.
-                    timer = asyncio.get_running_loop().call_later(due, self._wake.set)
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        timer.cancel()
+                    await wait_at_most(self._wake, due)   # (ends on most received batches)
                 self._wake.clear()
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
