@@ -91,6 +91,7 @@ def open_master(base: Path) -> MasterGroup:
 def close_master(g: MasterGroup) -> None:
     if g._acked_timer is not None:
         g._acked_timer.cancel()
+    g._al_writer.close()          # an activity-log save still in its thread ends first
     for v in g.volumes.values():
         v.close()
     g.log.close()
@@ -251,7 +252,21 @@ class PrimaryRun(Run):
         return check_primary(folder, relay_last, flushed, floor, seen, journals, self.hist)
 
     def life(self, disk: PowerCutDisk, rng: random.Random) -> None:
+        self.disk = disk
         asyncio.run(self._life(Path(disk.root), rng))
+
+    def _tell(self, update) -> None:
+        """Change the oracle, unless the power is already off.
+
+        The activity log is saved in a thread of its own, so the final cut
+        may come from that thread while this one is about to append: an
+        oracle changed after the final image (a PSEQ given content that the
+        image's log holds otherwise) would be checked against the next
+        life's images.  The cut holds ``_cutting``; so does this."""
+        with self._cutting:
+            if self.disk.dead:
+                raise PowerLost("the power is off")
+            update()
 
     async def _life(self, root: Path, rng: random.Random) -> None:
         g = None
@@ -263,8 +278,10 @@ class PrimaryRun(Run):
             real_append = g._log_append
 
             def logged(records, heads=None):
-                for ctl, data in records:
-                    self.journals[ctl.tag] = ctl.pack() + data
+                def tell():
+                    for ctl, data in records:
+                        self.journals[ctl.tag] = ctl.pack() + data
+                self._tell(tell)
                 return real_append(records, heads)
             g._log_append = logged
             link = None
@@ -352,9 +369,11 @@ class PrimaryRun(Run):
                             data_crc=p.crc32c(data), epoch=g.cfg.epoch, idx=idx,
                             kind=p.Kind.UPDATE, group=g.cfg.grnum, tag=tag).with_ccrc()
             # Known before the call: a cut inside it may find the record, or the data.
-            self.journals[tag] = ctl.pack() + data
-            for k, s in enumerate(sectors_of(idx, address, len(data))):
-                self.hist[s].append(data[k * SECTOR:(k + 1) * SECTOR])
+            def tell(tag=tag, ctl=ctl, idx=idx, address=address, data=data):
+                self.journals[tag] = ctl.pack() + data
+                for k, s in enumerate(sectors_of(idx, address, len(data))):
+                    self.hist[s].append(data[k * SECTOR:(k + 1) * SECTOR])
+            self._tell(tell)
             items.append((address, len(data), data, False))
             tag = next_pseq(tag)
         futures = g._enqueue_many(p.Kind.UPDATE, idx, items)
