@@ -55,8 +55,9 @@ BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
 #: No -march: the build runs on any x86-64, so a cache (or an executable)
-#: copied to another machine works. -march=native, kept until 2026-12-07 (7),
-#: no longer gained anything measurable here (docs/sim.md, "2026-12-07 (7)").
+#: copied to another machine works. -march=native (until 2026-12-07 (7)) was
+#: ~3 % faster in replay here, not worth a build tied to one CPU
+#: (docs/sim.md, "2026-12-07 (7)").
 _CFLAGS = "-O3"
 # -fno-table: Verilator turns case statements into lookups in constant
 # tables (an index packed from the case's inputs, then a load per output);
