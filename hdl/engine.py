@@ -1568,7 +1568,11 @@ class JournalEngine(wiring.Component):
         # their logic in 80 of a descriptor's ~89 cycles (docs/sim.md,
         # "Harness speed", 2026-12-07 (3)).
         if _LAZY_CHECKS:
-            with m.If(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY")):
+            # (a named wire: sim/build.py computes the checks' inputs inside
+            # the blocks it enables, ``_checks_inline``)
+            checks_en = Signal()
+            m.d.comb += checks_en.eq(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY"))
+            with m.If(checks_en):
                 m.d.sync += checks
 
         # ``small`` moves (every write above: a beat shifted in, ALIGN's

