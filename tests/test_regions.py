@@ -1,5 +1,7 @@
 """The region table (host/primary/regions.py): which regions a PSEQ range wrote."""
 
+import threading
+
 import pytest
 
 from tricopy.host.primary.regions import RegionLog
@@ -91,3 +93,36 @@ def test_a_damaged_table_starts_again_knowing_nothing(tmp_path, damage, caplog):
     assert "unreadable" in caplog.text and "full copy" in caplog.text
     u.note(0, 0, 4096, 5)
     assert u.after(4) == [(0, 0, MiB)]
+
+
+def test_saves_one_at_a_time_and_the_newest_wins(tmp_path):
+    # A save in a thread (the site's _save_regions) and one in line (before a
+    # write-log reset) at once shared the temporary file: a rename found no
+    # file (ENOENT, "write log reset at the primary failed" in an e2e test).
+    t = table(tmp_path)
+    t.note(0, 0, 4096, 1)
+    old = t.snapshot()
+    t.note(0, MiB, 4096, 2)
+    new = t.snapshot()
+    assert t.write(new) and t.saved_tag == 2
+    assert not t.write(old), "an older snapshot written over a newer one"
+    assert t.saved_tag == 2 and table(tmp_path, last_tag=2).after(1) == [(0, MiB, MiB)]
+    snaps = []
+    for tag in range(3, 203):
+        t.note(1, 0, 4096, tag)
+        snaps.append(t.snapshot())
+    errors = []
+
+    def writer(mine):
+        for snap in mine:
+            try:
+                t.write(snap)
+            except OSError as exc:
+                errors.append(exc)
+    threads = [threading.Thread(target=writer, args=(snaps[i::4],)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert t.saved_tag == 202 and (tmp_path / "g.regions").read_bytes() == snaps[-1][1]

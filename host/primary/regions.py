@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import zlib
 from pathlib import Path
 
@@ -73,6 +74,12 @@ class RegionLog:
         self.last_tag, self.last64 = last_tag, BASE
         self.start64 = BASE        # complete for every journal after this count
         self.saved_tag = last_tag  # durable up to here (a restart checks the log reaches back to it)
+        # One file write at a time, the newest snapshot wins: a save in a
+        # thread (_save_regions) and one in line (before a write-log reset)
+        # shared the temporary file, so one rename could carry the other's
+        # half-written bytes, or find no file at all (ENOENT, seen in a test).
+        self._lock = threading.Lock()
+        self._gen = self._written_gen = 0
         if path is not None and path.exists():
             try:
                 self._load()
@@ -137,24 +144,31 @@ class RegionLog:
 
     # -- persistence --------------------------------------------------------------------
 
-    def snapshot(self) -> tuple[bytes, int]:
-        """The bytes of the file as of now and the PSEQ they cover (taken on the event
-        loop, written by :meth:`write` in a thread)."""
+    def snapshot(self) -> tuple[int, bytes, int]:
+        """What the file must hold as of now: ``(generation, bytes, the PSEQ they
+        cover)``, taken on the event loop, written by :meth:`write` in any thread."""
+        self._gen += 1
         body = b"".join(self.regions[i].astype("<u8").tobytes() for i in sorted(self.regions))
         head = {"region": self.region, "sizes": {str(i): s for i, s in self.sizes.items()},
                 "last_tag": self.last_tag, "last64": self.last64, "start64": self.start64,
                 "crc": zlib.crc32(body)}
-        return MAGIC + json.dumps(head).encode() + b"\n" + body, self.last_tag
+        return self._gen, MAGIC + json.dumps(head).encode() + b"\n" + body, self.last_tag
 
-    def write(self, data: bytes) -> None:
-        if self.path is not None:
-            atomic_write(self.path, data)
+    def write(self, snap: tuple[int, bytes, int]) -> bool:
+        """Write a snapshot durably; False, writing nothing, if a newer one is
+        on disk already (``saved_tag`` never goes back)."""
+        gen, data, tag = snap
+        with self._lock:
+            if gen < self._written_gen:
+                return False
+            if self.path is not None:
+                atomic_write(self.path, data)
+            self._written_gen, self.saved_tag = gen, tag
+            return True
 
     def save(self) -> None:
         """Save now (synchronously): before the write log drops records."""
-        data, tag = self.snapshot()
-        self.write(data)
-        self.saved_tag = tag
+        self.write(self.snapshot())
 
     def _load(self) -> None:
         raw = self.path.read_bytes()

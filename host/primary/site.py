@@ -724,12 +724,11 @@ class MasterGroup:
         releases what it covers."""
         if self._regions_saving is not None:
             return
-        data, tag = self.regions.snapshot()
+        snap = self.regions.snapshot()
 
         async def save():
             try:
-                await asyncio.to_thread(self.regions.write, data)
-                self.regions.saved_tag = tag
+                await asyncio.to_thread(self.regions.write, snap)    # sets saved_tag
             except OSError as exc:      # the write log keeps its segments meanwhile
                 log.error("group %s: saving the region table failed: %s", self.cfg.grname, exc)
             finally:
