@@ -7,7 +7,13 @@ the way, other cuts are taken without stopping the workload ("what if the
 power had failed here?") and each image is checked in a scratch folder.
 Every cut has its own ``random.Random(f"{seed}:{n}")``, and the workloads
 draw from ``random.Random(seed)`` only, so a seed replays the same run
-(single-threaded workloads; the group-commit one has real threads).
+(single-threaded workloads; the group-commit one and the primary's have
+real threads: where their cuts fall depends on the threads' timing).
+
+A final cut turns the power off: no cut comes after it, and the workload
+must not change its oracle after it either, although code of that life
+may still run (its teardown runs the event loop, and a task goes on until
+its next call on the disk fails).
 
 Checkers return a list of violations instead of asserting, so that a test
 can also require them to find something (mutants, known-bad histories).
@@ -90,7 +96,6 @@ class Cutter:
         self.disk, self.run, self.p, self.final = disk, run, p, final
         self.every_sync = every_sync
         self.events = 0
-        self.final_image: CrashImage | None = None
         disk.on_op = self.on_op
         disk.on_sync = self.on_sync
 
@@ -101,11 +106,11 @@ class Cutter:
         self._event(self.every_sync or self.run.rng_hook.random() < self.p)
 
     def _event(self, check: bool) -> None:
-        if self.final_image is not None:
-            return
+        if self.disk.dead:
+            return          # the call that reached the hook fails (PowerLost)
         self.events += 1
         if self.events >= self.final:
-            self.final_image = self.run.cut(self.disk, final=True)    # powers off
+            self.run.cut(self.disk, final=True)    # powers off
         elif check:
             self.run.cut(self.disk, final=False)
 
@@ -131,6 +136,7 @@ class Run:
         self.result = Result()
         self._scratch = Path(tempfile.mkdtemp(prefix="powercut-", dir=scratch_root()))
         self._cutting = threading.Lock()
+        self.final_image: CrashImage | None = None    # this life's, the next one's disk
 
     def provision(self, root: Path) -> None:
         """Files that exist, synced, before the first life (none by default)."""
@@ -139,6 +145,11 @@ class Run:
         # One cut at a time: with group commit both threads reach the hooks,
         # and the cuts share the scratch folder and the counters.
         with self._cutting:
+            if disk.dead:
+                # Another thread's final cut came first (both reached a hook
+                # at once): one image per power-off, and this hook's call
+                # fails as every call on the disk now does.
+                raise PowerLost(f"the power of {disk.root} is off")
             try:
                 return self._cut(disk, final)
             except OSError as exc:
@@ -158,6 +169,7 @@ class Run:
             after = self.permissions()
             if final:
                 disk.power_off()
+                self.final_image = image
         self.result.cuts += 1
         folder = self._scratch / "check"
         shutil.rmtree(folder, ignore_errors=True)
@@ -186,15 +198,16 @@ class Run:
                     image.materialize(root)
                 disk = PowerCutDisk(root, mutations=self.mutations)
                 final = self.rng_hook.randint(1, self.life_events)
-                cutter = Cutter(disk, self, p=self.p, final=final, every_sync=self.every_sync)
+                Cutter(disk, self, p=self.p, final=final, every_sync=self.every_sync)
+                self.final_image = None
                 with fileio.use(disk):
                     try:
                         self.life(disk, self.rng)
                     except PowerLost:
                         pass
-                if cutter.final_image is None:        # the workload ended first
-                    cutter.final_image = self.cut(disk, final=True)
-                image = cutter.final_image
+                if self.final_image is None:        # the workload ended first
+                    self.cut(disk, final=True)
+                image = self.final_image
                 shutil.rmtree(root, ignore_errors=True)
                 life += 1
                 self.result.lives += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import time
 
 import pytest
@@ -197,6 +198,22 @@ def test_every_sync_point_of_a_run_gets_a_cut(tmp_path):
     assert_clean(r)
     # atomic_write: two syncs (file, folder), a cut before and after each.
     assert r.cuts >= 60
+
+
+def test_no_cut_once_the_power_is_off(tmp_path):
+    # Two threads may reach the hooks at once (the workload, and a worker
+    # thread's sync): the second to come, after a final cut, takes no image
+    # of its own, and the next life starts from the final one.
+    run = StateFileRun(1, tmp_path, cuts=1)
+    disk = PowerCutDisk(tmp_path)
+    try:
+        final = run.cut(disk, final=True)
+        for again in (True, False):
+            with pytest.raises(PowerLost):
+                run.cut(disk, final=again)
+    finally:
+        shutil.rmtree(run._scratch, ignore_errors=True)     # go() would
+    assert run.result.cuts == 1 and run.final_image is final
 
 
 # -- state files ----------------------------------------------------------------------

@@ -258,11 +258,17 @@ class PrimaryRun(Run):
     def _tell(self, update) -> None:
         """Change the oracle, unless the power is already off.
 
-        The activity log is saved in a thread of its own, so the final cut
-        may come from that thread while this one is about to append: an
-        oracle changed after the final image (a PSEQ given content that the
-        image's log holds otherwise) would be checked against the next
-        life's images.  The cut holds ``_cutting``; so does this."""
+        The group's code still runs after the final cut: the life's
+        teardown runs the event loop, and a task goes on until its next
+        call on the disk fails.  A cut inside a PVOL apply leaves the
+        journal in the log but its PSEQ not yet counted (``stream.add``
+        comes after the apply), so the base copy's next journal (its
+        MARK_COPY_END) takes the same PSEQ: told here, the oracle would
+        hold it for the record the next life's log has (CI, 7 December:
+        "log record 5 (PSEQ 257) is not the journal appended with that
+        PSEQ" at every cut until the record was released).  ``_cutting``
+        is held so that a cut from a worker thread comes wholly before or
+        after the change."""
         with self._cutting:
             if self.disk.dead:
                 raise PowerLost("the power is off")
