@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import copy
 import queue
 import random
@@ -265,18 +264,18 @@ class Stimulus:
             ctl = self._control(0 if kind not in P.DATA_KINDS else n, kind)
             why = f"kind {kind.name}"
         elif y < 0.075:
-            ctl = dataclasses.replace(ctl, kind=rng.choice([0, 6, 0x7F, 0xFF]))
+            ctl = P.Control(**{**ctl.__dict__, "kind": rng.choice([0, 6, 0x7F, 0xFF])})
             why = "bad kind"
         elif y < 0.09:
-            ctl = dataclasses.replace(ctl, length=ctl.length ^ (1 << rng.randrange(32)))
+            ctl = P.Control(**{**ctl.__dict__, "length": ctl.length ^ (1 << rng.randrange(32))})
             why = "length != data_len"
         elif y < 0.105:
-            ctl = dataclasses.replace(ctl, epoch=(ctl.epoch + rng.randrange(1, 3))
-                                      & 0xFFFFFFFF)
+            ctl = P.Control(**{**ctl.__dict__, "epoch": (ctl.epoch + rng.randrange(1, 3))
+                               & 0xFFFFFFFF})
             why = "stale epoch"
         elif y < 0.115:
             ctl = self._control(0, rng.choice([P.Kind.UPDATE, P.Kind.ZERO]))
-            ctl = dataclasses.replace(ctl, data_crc=rng.getrandbits(32) | 1)
+            ctl = P.Control(**{**ctl.__dict__, "data_crc": rng.getrandbits(32) | 1})
             why = "data_crc for no data"
         elif y < 0.12:
             body = ctl.pack() + bytes(rng.choice([1, 63]))
@@ -352,7 +351,7 @@ class Stimulus:
             n = rng.randrange(0, 130)
             data = rng.randbytes(n)
             ctl = self._control(n)
-            ctl = dataclasses.replace(ctl, data_crc=P.crc32c(data))
+            ctl = P.Control(**{**ctl.__dict__, "data_crc": P.crc32c(data)})
             return "JNLWR (descriptor ring)", P.Frame(T.JNLWR, ctl.pack() + data).serialize()
         if y < 0.75:
             return "JNLRD", P.JnlRd(self.model.tail_seq, 1).frame().serialize()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from typing import Mapping, Protocol
 
 __all__ = [
     "NbdProtocolError", "ServerConnection", "StartTls", "Ready", "Request", "Close",
@@ -238,7 +238,7 @@ class ServerConnection:
         self._export: ExportLike | None = None
         self._buf = bytearray()
         self._skip = 0                  # bytes still to discard unread
-        self._after_skip: Callable[[list], None] | None = None   # run once the skip is done
+        self._after_skip = None         # callable run once the skip is done
         # Output is a list of chunks so a READ payload is copied once, at join.
         self._out: list[bytes] = [struct.pack(">QQH", NBDMAGIC, IHAVEOPT,
                                               NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)]
@@ -274,8 +274,7 @@ class ServerConnection:
                     if self._skip:
                         break
                     after, self._after_skip = self._after_skip, None
-                    if after is not None:
-                        after(events)
+                    after(events)
                     continue
                 if not self._step(events):
                     break
@@ -404,7 +403,7 @@ class ServerConnection:
             raise NbdProtocolError("NBD_OPT_EXPORT_NAME before STARTTLS")
         name = self._decode(data)
         export = self._exports.get(name) if name is not None else None
-        if name is None or export is None:
+        if export is None:
             raise NbdProtocolError(f"NBD_OPT_EXPORT_NAME for unknown export {name!r}")
         self._out.append(struct.pack(">QH", export.size, transmission_flags(export)))
         if not self._no_zeroes:
@@ -504,8 +503,6 @@ class ServerConnection:
         if magic != NBD_REQUEST_MAGIC:
             raise NbdProtocolError(f"bad request magic {magic:#010x}")
         export = self._export
-        if export is None:      # transmission is entered with an export: never here
-            raise NbdProtocolError("a request before an export was chosen")
         limit = block_sizes(export)[2]
         if rtype == Cmd.WRITE:
             if length > limit:
@@ -524,7 +521,7 @@ class ServerConnection:
         except ValueError:
             self._reply_error(handle, None, NBD_EINVAL, f"unknown command {rtype}")
             return True
-        error = self._check(export, cmd, flags, offset, length, limit)
+        error = self._check(cmd, flags, offset, length, limit)
         if error:
             self._reply_error(handle, cmd, *error)
         elif cmd is Cmd.DISC:
@@ -534,9 +531,10 @@ class ServerConnection:
             events.append(Request(handle, cmd, flags, offset, length, data))
         return True
 
-    def _check(self, export: ExportLike, cmd: Cmd, flags: int, offset: int, length: int,
+    def _check(self, cmd: Cmd, flags: int, offset: int, length: int,
                limit: int) -> tuple[int, str] | None:
         """The (NBD error, message) a request earns, or None if it may proceed."""
+        export = self._export
         allowed = NBD_CMD_FLAG_FUA  # FUA is valid on every command once advertised
         if cmd is Cmd.WRITE_ZEROES:
             allowed |= NBD_CMD_FLAG_NO_HOLE

@@ -21,7 +21,7 @@ The numbers (docs/replication.md, "The SVOL is a prefix at every instant"):
 from __future__ import annotations
 
 from ..wire import protocol
-from ..wire.protocol import Buffer, Control, Hello, Kind, Status
+from ..wire.protocol import Control, Hello, Kind, Status
 
 __all__ = ["MARK_AHEAD", "RestoreStream"]
 
@@ -40,7 +40,7 @@ class RestoreStream:
         self.mark = max(mark, restored)
         self.applied = restored
         self.replay_to = self.mark if self.mark > restored else 0
-        self.staged: dict[int, tuple[Control, Buffer]] = {}
+        self.staged: dict[int, tuple[Control, bytes]] = {}
         self.staged_bytes = 0
         self.received = 0
 
@@ -64,17 +64,17 @@ class RestoreStream:
                     f"recreated); run `tricopy pair resync` to copy what differs")
         return None
 
-    def verify(self, body: Buffer) -> tuple[Control, Buffer]:
+    def verify(self, body: bytes) -> tuple[Control, bytes]:
         """Check a one-journal JNLWR body; raise protocol.BadBody saying what is wrong."""
         return self.verify_journal(*protocol.split_journal(body))
 
-    def verify_batch(self, body: Buffer) -> list[tuple[Control, Buffer]]:
+    def verify_batch(self, body: bytes) -> list[tuple[Control, memoryview]]:
         """Check every journal of a JNLWR body, one or a batch (docs/protocol.md,
         "Journal batches"); the first bad one raises protocol.BadBody, and
         then nothing of the frame may be staged."""
         return [self.verify_journal(ctl, data) for ctl, data in protocol.split_journals(body)]
 
-    def verify_journal(self, ctl: Control, data: Buffer) -> tuple[Control, Buffer]:
+    def verify_journal(self, ctl: Control, data) -> tuple[Control, bytes]:
         """Check one journal; raise protocol.BadBody saying what is wrong."""
         if not ctl.ccrc_ok():
             raise protocol.BadBody(f"journal seq {ctl.seq}: control CRC mismatch", Status.BAD_FRAME)
@@ -101,7 +101,7 @@ class RestoreStream:
                                    f"group is at {self.epoch}", Status.STALE_EPOCH)
         return ctl, data
 
-    def receive(self, ctl: Control, data: Buffer) -> bool:
+    def receive(self, ctl: Control, data: bytes) -> bool:
         """Stage a verified journal; False if it is a replay of one already held."""
         self.received += 1
         if ctl.seq <= self.applied or ctl.seq in self.staged:
@@ -141,7 +141,7 @@ class RestoreStream:
             return None
         return self.run_end()
 
-    def take(self, limit: int | None = None) -> list[tuple[Control, Buffer]]:
+    def take(self, limit: int | None = None) -> list[tuple[Control, bytes]]:
         """The next journals to apply, in order, never past a gap or the mark.
 
         They count as applied at once: the caller applies every one of them

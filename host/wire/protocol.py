@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Final, Mapping, NewType
 
 import crc32c as _crc32c
 
@@ -40,13 +39,7 @@ __all__ = [
 ]
 
 
-#: What the parse side takes: frames and bodies arrive as bytes, bytearray
-#: slices or views into a batch.  Spelled out because a compiled build
-#: (host/tools/mypyc_build.py) checks argument types at run time.
-Buffer = bytes | bytearray | memoryview
-
-
-def crc32c(data: Buffer, crc: int = 0) -> int:
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C (Castagnoli), continuing from ``crc``.
 
     The ``crc32c`` package uses the SSE4.2/ARMv8 instructions and takes any
@@ -80,12 +73,6 @@ BATCH_BYTES = 1 << 20
 #: Most descriptors in one JNLDESC (docs/protocol.md, "JNLDESC batches"):
 #: 4 KiB of control data, one round trip and one cumulative answer.
 DESC_BATCH = 64
-
-#: The type of the body classes' SIZE constants.  A plain ``ClassVar[int]``
-#: would do, but mypyc (host/tools/mypyc_build.py) hands a dataclass a class
-#: variable of a builtin type as a field; any other type keeps it a
-#: class variable.
-ByteCount = NewType("ByteCount", int)
 
 _HEADER = struct.Struct("<IBBHI")      # without HCRC
 _U32 = struct.Struct("<I")
@@ -188,14 +175,7 @@ def ring_size_ok(size: int) -> bool:
 
 class ProtocolError(Exception):
     """Malformed bytes on a link.  ``status`` is the NAK code a receiver answers."""
-    # Each subclass names its own code here and __init__ copies it to the
-    # instance: a compiled build (host/tools/mypyc_build.py) keeps no per-subclass
-    # default of an instance attribute, so the code is not one.
-    STATUS: ClassVar[Status] = Status.BAD_FRAME
-
-    def __init__(self, message: str = "", status: Status | None = None):
-        super().__init__(message)
-        self.status: Status = self.STATUS if status is None else status
+    status = Status.BAD_FRAME
 
 
 class BadMagic(ProtocolError):
@@ -219,16 +199,20 @@ class FrameTooBig(ProtocolError):
 
 
 class BadBodyCRC(ProtocolError):
-    STATUS = Status.BAD_BCRC
+    status = Status.BAD_BCRC
 
 
 class BadFrameType(ProtocolError):
-    STATUS = Status.BAD_TYPE
+    status = Status.BAD_TYPE
 
 
 class BadBody(ProtocolError):
     """A body whose size or fields do not fit its frame type."""
-    STATUS = Status.BAD_REQUEST
+    status = Status.BAD_REQUEST
+
+    def __init__(self, message: str, status: Status = Status.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
 
 
 # -- frames ------------------------------------------------------------------
@@ -274,7 +258,7 @@ def serialize_parts(type: int, parts: list, flags: int = 0) -> list:
     return out
 
 
-def _check_header(head: Buffer) -> tuple[FrameType, int, int]:
+def _check_header(head: bytes) -> tuple[FrameType, int, int]:
     magic, version, ftype, flags, length = _HEADER.unpack_from(head)
     if magic != MAGIC:
         raise BadMagic(f"bad magic {magic:#010x}, expected {MAGIC:#010x}")
@@ -295,7 +279,7 @@ def _check_header(head: Buffer) -> tuple[FrameType, int, int]:
     return ftype, flags, length
 
 
-def parse_frame(data: Buffer) -> Frame:
+def parse_frame(data: bytes) -> Frame:
     """Parse exactly one complete frame; trailing bytes are an error."""
     parser = FrameParser()
     frames = parser.feed(data)
@@ -324,8 +308,7 @@ class FrameParser:
     """
 
     #: bodies at least this long are gathered chunk by chunk, not buffered
-    #: (Final: a compiled class would make a plain one a per-instance default)
-    GATHER_AT: Final = 64 << 10
+    GATHER_AT = 64 << 10
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -342,7 +325,7 @@ class FrameParser:
         gathering = HEADER_SIZE + self._have if self._parts is not None else 0
         return len(self._buf) + gathering
 
-    def feed(self, data: Buffer) -> list[Frame]:
+    def feed(self, data: bytes) -> list[Frame]:
         if self._error is not None:
             raise self._error
         frames: list[Frame] = []
@@ -379,13 +362,11 @@ class FrameParser:
             raise
         return frames
 
-    def _gather(self, data: Buffer, frames: list[Frame]) -> bytes:
+    def _gather(self, data: bytes, frames: list[Frame]) -> bytes:
         """Take ``data`` into the large body being gathered; once it and its
         trailer are whole, append the frame.  Returns the bytes after them."""
         if not isinstance(data, bytes):
             data = bytes(data)         # kept: the caller may reuse its buffer
-        # (for the type checker: feed() set both before gathering)
-        assert self._head is not None and self._parts is not None
         ftype, flags, length = self._head
         parts = self._parts
         want = length - self._have
@@ -432,7 +413,7 @@ def _unpad_name(raw: bytes, what: str) -> str:
         raise BadBody(f"{what} is not ASCII") from None
 
 
-def _expect_size(body: Buffer, size: int, what: str) -> None:
+def _expect_size(body: bytes, size: int, what: str) -> None:
     if len(body) != size:
         raise BadBody(f"{what} body must be {size} bytes, got {len(body)}")
 
@@ -460,8 +441,8 @@ class Control:
     tag: int = 0          # sender's request number, echoed in the ACK
     ccrc: int = 0         # CRC32C of bytes 0..59 (see docs: set by the engine's read-out)
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQQIIIIHBBHHII")
-    OFFSETS: ClassVar[Mapping[str, int]] = {
+    STRUCT = struct.Struct("<QQQQIIIIHBBHHII")
+    OFFSETS = {
         "seq": 0, "time": 8, "address": 16, "jofs": 24, "length": 32,
         "data_len": 36, "data_crc": 40, "epoch": 44, "idx": 48, "kind": 50,
         "flags": 51, "group": 52, "jvol_id": 54, "tag": 56, "ccrc": 60,
@@ -474,7 +455,7 @@ class Control:
             self.flags, self.group, self.jvol_id, self.tag, self.ccrc)
 
     @classmethod
-    def unpack(cls, raw: Buffer) -> "Control":
+    def unpack(cls, raw: bytes) -> "Control":
         if len(raw) < CONTROL_SIZE:
             raise BadBody(f"control data needs {CONTROL_SIZE} bytes, got {len(raw)}",
                           Status.BAD_LENGTH)
@@ -503,7 +484,7 @@ class Control:
         return self.ccrc == crc32c(self.pack()[:60])
 
 
-def journal_body(control: Control, data: Buffer = b"") -> bytes:
+def journal_body(control: Control, data: bytes = b"") -> bytes:
     """Body of a JNLWR frame."""
     return control.pack() + data
 
@@ -521,13 +502,13 @@ def descriptor_batch_frame(controls: list[Control], flags: int = 0) -> Frame:
     return Frame(FrameType.JNLDESC, b"".join(c.pack() for c in controls), flags)
 
 
-def split_journal(body: Buffer) -> tuple[Control, Buffer]:
+def split_journal(body: bytes) -> tuple[Control, bytes]:
     """Control data and journal data of a JNLWR body; checks only the sizes."""
     ctl = Control.unpack(body)
     return ctl, body[CONTROL_SIZE:]
 
 
-def split_journals(body: Buffer) -> list[tuple[Control, memoryview]]:
+def split_journals(body: bytes | memoryview) -> list[tuple[Control, memoryview]]:
     """The journals of a site-link JNLWR body, in order (docs/protocol.md,
     "Journal batches"): control data, then DATA_LEN bytes of data, back to
     back, one or more times.  The data are views into ``body`` (no copy).
@@ -540,7 +521,7 @@ def split_journals(body: Buffer) -> list[tuple[Control, memoryview]]:
     end = len(view)
     if end < CONTROL_SIZE:
         raise BadBody(f"JNLWR body of {end} bytes holds no control data", Status.BAD_LENGTH)
-    out: list[tuple[Control, memoryview]] = []
+    out = []
     pos = 0
     unpack = Control.STRUCT.unpack_from
     while pos < end:
@@ -572,15 +553,15 @@ class Ack:
     status: int = Status.OK
     req_type: int = 0
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQIBBH")
-    SIZE: ClassVar[ByteCount] = ByteCount(32)
+    STRUCT = struct.Struct("<QQQIBBH")
+    SIZE = 32
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(self.seq, self.time, self.jofs, self.tag,
                                 self.status, self.req_type, 0)
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "Ack":
+    def unpack(cls, body: bytes) -> "Ack":
         _expect_size(body, cls.SIZE, "ACK/NAK")
         seq, time, jofs, tag, status, req_type, rsv = cls.STRUCT.unpack(body)
         if rsv:
@@ -600,7 +581,7 @@ class Ack:
             raise BadFrameType(f"expected ACK or NAK, got {frame.type.name}")
         ack = cls.unpack(frame.body)
         if (frame.type == FrameType.ACK) != (ack.status == Status.OK):
-            raise BadBody(f"{frame.type.name} frame carries status {Status(ack.status).name}")
+            raise BadBody(f"{frame.type.name} frame carries status {ack.status.name}")
         return ack
 
 
@@ -614,15 +595,15 @@ class Hello:
     grname: str = ""
     site: str = ""
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<BBHIQ32s32s")
-    SIZE: ClassVar[ByteCount] = ByteCount(80)
+    STRUCT = struct.Struct("<BBHIQ32s32s")
+    SIZE = 80
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(self.role, 0, self.group, self.epoch, self.last_seq,
                                 _pad_name(self.grname, 32), _pad_name(self.site, 32))
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "Hello":
+    def unpack(cls, body: bytes) -> "Hello":
         _expect_size(body, cls.SIZE, "HELLO")
         role, rsv, group, epoch, last_seq, grname, site = cls.STRUCT.unpack(body)
         try:
@@ -644,14 +625,14 @@ class JnlRd:
     from_seq: int
     count: int
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QII")
-    SIZE: ClassVar[ByteCount] = ByteCount(16)
+    STRUCT = struct.Struct("<QII")
+    SIZE = 16
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(self.from_seq, self.count, 0)
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "JnlRd":
+    def unpack(cls, body: bytes) -> "JnlRd":
         _expect_size(body, cls.SIZE, "JNLRD")
         from_seq, count, rsv = cls.STRUCT.unpack(body)
         if rsv:
@@ -675,10 +656,10 @@ class Release:
     upto: int
     joptr: int | None = None
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<Q")
-    AT_STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQ")
-    SIZE: ClassVar[ByteCount] = ByteCount(8)
-    AT_SIZE: ClassVar[ByteCount] = ByteCount(16)
+    STRUCT = struct.Struct("<Q")
+    AT_STRUCT = struct.Struct("<QQ")
+    SIZE = 8
+    AT_SIZE = 16
 
     def pack(self) -> bytes:
         if self.joptr is None:
@@ -686,7 +667,7 @@ class Release:
         return self.AT_STRUCT.pack(self.upto, self.joptr)
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "Release":
+    def unpack(cls, body: bytes) -> "Release":
         if len(body) == cls.AT_SIZE:
             return cls(*cls.AT_STRUCT.unpack(body))
         _expect_size(body, cls.SIZE, "RELEASE")
@@ -712,11 +693,11 @@ class Load:
     ptr: int = 0
     size: int = 0         # ring bytes, with RING only
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQII")
-    RING_STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQIIQ")
-    SIZE: ClassVar[ByteCount] = ByteCount(32)
-    RING_SIZE: ClassVar[ByteCount] = ByteCount(40)
-    FLAGS: ClassVar[enum.IntFlag] = (LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR | LoadFlag.FREEZE
+    STRUCT = struct.Struct("<QQQII")
+    RING_STRUCT = struct.Struct("<QQQIIQ")
+    SIZE = 32
+    RING_SIZE = 40
+    FLAGS = (LoadFlag.SEQ | LoadFlag.TIME | LoadFlag.EPOCH | LoadFlag.CLEAR | LoadFlag.FREEZE
              | LoadFlag.PTR | LoadFlag.RING | LoadFlag.DESC)
 
     def pack(self) -> bytes:
@@ -728,7 +709,7 @@ class Load:
         return self.STRUCT.pack(self.seq, self.time, self.ptr, self.epoch, self.flags)
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "Load":
+    def unpack(cls, body: bytes) -> "Load":
         if len(body) not in (cls.SIZE, cls.RING_SIZE):
             raise BadBody(f"LOAD body must be {cls.SIZE} or {cls.RING_SIZE} bytes, got {len(body)}")
         seq, time, ptr, epoch, flags = cls.STRUCT.unpack_from(body)
@@ -761,8 +742,8 @@ class EngineStatus:
     held: int            # journals in the ring
     wrap_at: int         # offset of the end-of-ring marker, or ring_size if none
 
-    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQQQQQQIIIIQ")
-    SIZE: ClassVar[ByteCount] = ByteCount(80)
+    STRUCT = struct.Struct("<QQQQQQQIIIIQ")
+    SIZE = 80
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(self.jiptr, self.joptr, self.ring_size, self.free,
@@ -770,7 +751,7 @@ class EngineStatus:
                                 self.naks, self.epoch, self.held, self.wrap_at)
 
     @classmethod
-    def unpack(cls, body: Buffer) -> "EngineStatus":
+    def unpack(cls, body: bytes) -> "EngineStatus":
         _expect_size(body, cls.SIZE, "STATUS_RESP")
         return cls(*cls.STRUCT.unpack(body))
 
