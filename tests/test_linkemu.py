@@ -138,6 +138,7 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
     return got
 
 
+@pytest.mark.alone       # 1 ms within 10 %: 1.136 measured beside a cocotb testbench
 def test_delay_accuracy_within_ten_percent():
     listener = socket.create_server(("127.0.0.1", 0))
     emu = Emu(listener.getsockname()[1])
@@ -159,6 +160,7 @@ def test_delay_accuracy_within_ten_percent():
         assert 0.9 <= ratio <= 1.1, f"{ms} ms: ratio {ratio:.3f} not within 10 %: {rows}"
 
 
+@pytest.mark.alone       # a transfer's time within bounds
 def test_jitter_never_reorders_and_rate_limits(rig):
     echo, emu = rig
     emu("set", delay_ms=5, jitter_ms=4)
