@@ -436,7 +436,10 @@ class MasterGroup:
             if apply:     # a base journal's data was just read from the PVOL: nothing to apply
                 try:
                     self._apply(ctl, data)
-                except OSError as exc:
+                except Exception as exc:
+                    # Not only OSError: whatever stopped the apply, the record is
+                    # logged and its PSEQ not yet counted, so leaving it there
+                    # would give that PSEQ to the next write as well.
                     try:
                         self._pvol_failed(ctl, token, exc)   # un-logs it and those after it
                     except LocalIOError as failed:
@@ -591,7 +594,7 @@ class MasterGroup:
                                f"group {self.cfg.grname}: write log at the primary: "
                                f"{exc.strerror}; nothing was applied") from None
 
-    def _pvol_failed(self, ctl: Control, token: tuple, exc: OSError) -> None:
+    def _pvol_failed(self, ctl: Control, token: tuple, exc: Exception) -> None:
         """The PVOL refused a logged write: un-log it, mark the extent, suspend; raises."""
         vol = self.volumes[ctl.idx]
         try:
@@ -600,11 +603,12 @@ class MasterGroup:
             pass      # broken log: _suspend below resets it
         # The extent now holds unknown bytes at the PVOL: the resync copies it.
         self.bitmap.mark(ctl.idx, ctl.address, ctl.length)
-        what = f"PVOL idx {ctl.idx} ({vol.path}) write at offset {ctl.address} failed: " \
-               f"{exc.strerror or exc}"
+        why = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        what = f"PVOL idx {ctl.idx} ({vol.path}) write at offset {ctl.address} failed: {why}"
         self.blocked = False     # not a FULL: the host sees EIO, not ENOSPC
         self._suspend(f"{what}; fix the device, then run `tricopy pair resync`")
-        raise LocalIOError(exc.errno or errno.EIO, f"group {self.cfg.grname}: {what}") from None
+        raise LocalIOError(getattr(exc, "errno", None) or errno.EIO,
+                           f"group {self.cfg.grname}: {what}") from None
 
     async def flush(self) -> None:
         """Host FLUSH: PVOLs and the write log durable (acked writes already are at the relay)."""

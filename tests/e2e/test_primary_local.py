@@ -181,6 +181,28 @@ def test_pvol_eio_suspends_naming_the_pvol(tmp_path, monkeypatch):
     _after_one_write(tmp_path, body)
 
 
+def test_a_pvol_apply_that_raises_anything_is_unlogged_and_burns_no_pseq(tmp_path, monkeypatch):
+    """Not only an OSError: whatever stops the PVOL apply after the write-log
+    append (here a bug's ValueError), the record is cut off the log and the
+    group suspends, so its PSEQ is never given to a second journal."""
+    async def body(cluster, g):
+        last, vol = g.last_pseq, g.volumes[0]
+        real = vol.write
+
+        def bug(address, data):
+            raise ValueError("a bug in the apply")
+        monkeypatch.setattr(vol, "write", bug)
+        with pytest.raises(LocalIOError) as e:
+            await g.journal(Kind.UPDATE, 0, 2 * BLOCK, BLOCK, b"\x02" * BLOCK)
+        monkeypatch.setattr(vol, "write", real)
+        assert "ValueError: a bug in the apply" in str(e.value)
+        assert g.last_pseq == last and g.log.last_tag == last, \
+            "the failed record stayed in the write log: its PSEQ would be given again"
+        assert g.grsts == "SUSP" and g.bitmap.test(0, 2 * BLOCK // g.bitmap.chunk)
+
+    _after_one_write(tmp_path, body)
+
+
 def test_a_pvol_error_inside_a_batch_fails_it_and_the_rest_only(tmp_path, monkeypatch):
     """``journal_many`` (the WRITEs of one NBD read): the PVOL refuses the
     second of three writes.  It and the third fail with the PVOL's error,
