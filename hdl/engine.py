@@ -670,6 +670,20 @@ class JournalEngine(wiring.Component):
         to_stamp = Signal()
         aligning = Signal()
         in_states = bool(_WINDOW_IN_STATES)     # (the sim build: ``window_in_states``)
+        # Width 32: when ``stamp_time`` loads, likewise from registers set a
+        # cycle ahead, not from a decode of the state and VERDICT's decision
+        # (the state -> the decode -> its enable, 64 flip-flops spread over
+        # the die, was the width-32 path once the ring's port was registered,
+        # 11.6 ns): ``stamp_alloc``, ALLOC of a batch's first descriptor
+        # (TIME = max(CLOCK, LAST_TIME)); ``stamp_status``, VERDICT of a
+        # STATUS to be answered (NOW, once the responder is idle);
+        # ``stamp_load``, LOAD_TIME (the clock after a load); and BODY's
+        # SIZE word on ``to_stamp``, 0 outside BODY. The formal spec
+        # restates them ("INV: the stamp's enables").
+        wide_stamp = W > 1 and not in_states
+        if wide_stamp:
+            stamp_alloc, stamp_status, stamp_load = (
+                Signal(name=n) for n in ("stamp_alloc", "stamp_status", "stamp_load"))
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -1021,6 +1035,12 @@ class JournalEngine(wiring.Component):
                 wr.data.eq(Mux(wr_fill, Mux(wr_mark, mark_data, 0), stamped)),
             ]
 
+        if wide_stamp:
+            with m.If((take & to_stamp) | stamp_alloc | (stamp_status & ~resp.busy) | stamp_load):
+                m.d.sync += stamp_time.eq(
+                    Mux(to_stamp, Cat(stamp_time[8 * W:], beat),
+                        Mux(stamp_alloc & ~now_past_last, last_time, ts.now)))
+
         # the ingress shifts of ``small`` (see ``to_small``); HUNT_CRC's
         # rotation and BLOAD, in the FSM, never come with either
         # (or, in the sim build, in the states: ``window_in_states``)
@@ -1121,6 +1141,9 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += hunting.eq(0)
                         with m.If(h_zero):
+                            if wide_stamp:
+                                # (a STATUS is answered exactly at LENGTH 0)
+                                m.d.sync += stamp_status.eq(hdr.type == FT.STATUS)
                             m.next = "VERDICT"
                         with m.Elif(Const(int(mem)) & h_wr):
                             m.next = "ALLOC_W"
@@ -1145,6 +1168,9 @@ class JournalEngine(wiring.Component):
                 m.d.sync += settle.eq(1)
                 with m.If(settle):
                     m.d.sync += settle.eq(0)
+                    if wide_stamp:
+                        # (at W > 1 only ALLOC_W leads to ALLOC; BIDX holds)
+                        m.d.sync += stamp_alloc.eq(bidx == 0)
                     m.next = "ALLOC"
 
             with m.State("ALLOC"):
@@ -1184,8 +1210,11 @@ class JournalEngine(wiring.Component):
                         with m.If(is_desc & desc_checks_ok & ~seq_spent):
                             m.d.sync += place.eq(value)
                 # a batch's TIME is taken once, at its first descriptor
-                with m.If(bidx == 0):
-                    m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
+                if wide_stamp:
+                    m.d.sync += stamp_alloc.eq(0)        # (ALLOC lasts a cycle)
+                else:
+                    with m.If(bidx == 0):
+                        m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
                 # a ring of the other kind is refused at VERDICT (WRONG_MODE)
                 with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
@@ -1322,6 +1351,8 @@ class JournalEngine(wiring.Component):
                 with m.If(~resp.busy):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
                     m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
+                    if wide_stamp:
+                        m.d.sync += stamp_status.eq(0)
                     m.next = "EXEC"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
@@ -1354,8 +1385,9 @@ class JournalEngine(wiring.Component):
                                 with m.If(bl["zero"]):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
                                                  ans_from.eq(_AckFrom.VIEW),
-                                                 ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
-                                                 stamp_time.eq(ts.now)]
+                                                 ans_src.eq(Source.STATUS), after.eq(_After.HEADER)]
+                                    if not wide_stamp:
+                                        m.d.sync += stamp_time.eq(ts.now)
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.RELEASE):
@@ -1449,7 +1481,11 @@ class JournalEngine(wiring.Component):
             with m.State("LOAD_TIME"):
                 # the LOAD's ACK TIME: the clock the cycle after the load;
                 # its JOFS: JIPTR after the load (``ack_jofs``)
-                m.d.sync += [stamp_time.eq(ts.now), place.eq(jiptr)]
+                m.d.sync += place.eq(jiptr)
+                if wide_stamp:
+                    m.d.sync += stamp_load.eq(0)
+                else:
+                    m.d.sync += stamp_time.eq(ts.now)
                 m.next = "ANSWER"
 
             with m.State("ANSWER"):
@@ -1704,8 +1740,9 @@ class JournalEngine(wiring.Component):
         in_states = bool(_WINDOW_IN_STATES)
         size_word = is_load & ~lt_const(bcnt, 32)
         to_small_now = b_lt64 & ~size_word
-        with m.If(take & (b_lt64 & size_word if in_states else to_stamp)):
-            m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
+        if not v["wide_stamp"]:
+            with m.If(take & (b_lt64 & size_word if in_states else to_stamp)):
+                m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
             with m.If(take):
@@ -2031,4 +2068,6 @@ class JournalEngine(wiring.Component):
         with m.If((fl & L.EPOCH).any()):
             m.d.sync += v["epoch"].eq(ld.epoch)
         m.d.sync += self.full.eq(0)
+        if v["wide_stamp"]:
+            m.d.sync += v["stamp_load"].eq(1)
         m.next = "LOAD_TIME"
