@@ -308,6 +308,19 @@ class JournalEngine(wiring.Component):
             wr = _Port(Signal(RB - LW), Signal(8 * W), Signal())
             rd = _Port(Signal(RB - LW), Const(0, 8 * W), Signal())
         wiring.connect(m, tx=wiring.flipped(self.tx), resp=resp.tx)
+        # Width 32 with data memory: the ring's write port follows three
+        # registers set on the transitions into and out of the states that
+        # write (as ``rdy`` is), not a decode of the ingress state: the state
+        # -> BODY/PAD/MARK -> the write enable -> the read enable (a write
+        # wins, hdl/ring.py) -> the clock enables of the 36 block RAMs was the
+        # width-32 critical path (11.7 ns, 9.6 of it routing). ``wr_body``:
+        # BODY of a JNLWR (a beat taken is written if ALLOC placed it);
+        # ``wr_fill``: PAD or MARK (a word written every cycle); ``wr_mark``:
+        # MARK. Width 8 keeps the writes in the states (the UP5K top has no
+        # data memory; the ULX3S top's netlist stays as it is).
+        wide_wr = W > 1 and mem
+        if wide_wr:
+            wr_body, wr_fill, wr_mark = Signal(), Signal(), Signal()
 
         # -- engine state (docs/protocol.md "State") ------------------------
         # SIZE and every offset in granules of 64 bytes (all are multiples
@@ -657,6 +670,20 @@ class JournalEngine(wiring.Component):
         to_stamp = Signal()
         aligning = Signal()
         in_states = bool(_WINDOW_IN_STATES)     # (the sim build: ``window_in_states``)
+        # Width 32: when ``stamp_time`` loads, likewise from registers set a
+        # cycle ahead, not from a decode of the state and VERDICT's decision
+        # (the state -> the decode -> its enable, 64 flip-flops spread over
+        # the die, was the width-32 path once the ring's port was registered,
+        # 11.6 ns): ``stamp_alloc``, ALLOC of a batch's first descriptor
+        # (TIME = max(CLOCK, LAST_TIME)); ``stamp_status``, VERDICT of a
+        # STATUS to be answered (NOW, once the responder is idle);
+        # ``stamp_load``, LOAD_TIME (the clock after a load); and BODY's
+        # SIZE word on ``to_stamp``, 0 outside BODY. The formal spec
+        # restates them ("INV: the stamp's enables").
+        wide_stamp = W > 1 and not in_states
+        if wide_stamp:
+            stamp_alloc, stamp_status, stamp_load = (
+                Signal(name=n) for n in ("stamp_alloc", "stamp_status", "stamp_load"))
         if W > 1:
             # A wide link carries frames from beat boundaries (docs/protocol.md,
             # "Wide links"): the body's last beat holds KLAST body bytes, the
@@ -991,6 +1018,29 @@ class JournalEngine(wiring.Component):
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
 
+        if mem:
+            # the WRAP marker (MARK): a control data with KIND 0xFF, all else
+            # 0, a word a cycle at the old JIPTR (WRAP_AT since EXEC)
+            kind_at = _CTL["kind"][0]
+            mark_addr = word_address(dbytes(wrap_at), W) + kcnt
+            mark_data = Mux(kcnt == kind_at // W, int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)
+        if wide_wr:
+            # the body's ring beat, stamped, and the CCRC's input (outside the
+            # FSM: read in BODY only, they need no decode of the state)
+            crc_in, stamped, ccrc_from = self._stamped_w(m, locals())
+            m.d.comb += [
+                wr.en.eq((take & wr_body & alloc_ok) | wr_fill),
+                # (PAD pads from where the body stopped: the body's address)
+                wr.addr.eq(Mux(wr_mark, mark_addr, word_address(dbytes(place) + bcnt, W))),
+                wr.data.eq(Mux(wr_fill, Mux(wr_mark, mark_data, 0), stamped)),
+            ]
+
+        if wide_stamp:
+            with m.If((take & to_stamp) | stamp_alloc | (stamp_status & ~resp.busy) | stamp_load):
+                m.d.sync += stamp_time.eq(
+                    Mux(to_stamp, Cat(stamp_time[8 * W:], beat),
+                        Mux(stamp_alloc & ~now_past_last, last_time, ts.now)))
+
         # the ingress shifts of ``small`` (see ``to_small``); HUNT_CRC's
         # rotation and BLOAD, in the FSM, never come with either
         # (or, in the sim build, in the states: ``window_in_states``)
@@ -1091,6 +1141,9 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += hunting.eq(0)
                         with m.If(h_zero):
+                            if wide_stamp:
+                                # (a STATUS is answered exactly at LENGTH 0)
+                                m.d.sync += stamp_status.eq(hdr.type == FT.STATUS)
                             m.next = "VERDICT"
                         with m.Elif(Const(int(mem)) & h_wr):
                             m.next = "ALLOC_W"
@@ -1115,6 +1168,9 @@ class JournalEngine(wiring.Component):
                 m.d.sync += settle.eq(1)
                 with m.If(settle):
                     m.d.sync += settle.eq(0)
+                    if wide_stamp:
+                        # (at W > 1 only ALLOC_W leads to ALLOC; BIDX holds)
+                        m.d.sync += stamp_alloc.eq(bidx == 0)
                     m.next = "ALLOC"
 
             with m.State("ALLOC"):
@@ -1154,8 +1210,11 @@ class JournalEngine(wiring.Component):
                         with m.If(is_desc & desc_checks_ok & ~seq_spent):
                             m.d.sync += place.eq(value)
                 # a batch's TIME is taken once, at its first descriptor
-                with m.If(bidx == 0):
-                    m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
+                if wide_stamp:
+                    m.d.sync += stamp_alloc.eq(0)        # (ALLOC lasts a cycle)
+                else:
+                    with m.If(bidx == 0):
+                        m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
                 # a ring of the other kind is refused at VERDICT (WRONG_MODE)
                 with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
@@ -1185,6 +1244,8 @@ class JournalEngine(wiring.Component):
                         m.next = "VERDICT"
                     with m.Else():
                         m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
+                        if wide_wr:
+                            m.d.sync += wr_body.eq(1)      # (a JNLWR: ALLOC's only BODY)
                         m.next = "BODY"
                 else:
                     m.next = "VERDICT"
@@ -1224,6 +1285,8 @@ class JournalEngine(wiring.Component):
                         m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
                                   & (bcnt != rlen)):
+                            if wide_wr:
+                                m.d.sync += wr_fill.eq(1)
                             m.next = "PAD" if mem else "VERDICT"
                         # (BCNT is LENGTH rounded up to a beat: at W > 1 a
                         # body of 29..31 bytes is already in place)
@@ -1244,10 +1307,13 @@ class JournalEngine(wiring.Component):
                 with m.State("PAD"):
                     # zero padding up to R (docs/protocol.md "Records"): the ring
                     # image between JOPTR and JIPTR equals the model's
-                    m.d.comb += [wr.addr.eq(word_address(dbytes(place) + bcnt, W)), wr.data.eq(0),
-                                 wr.en.eq(1)]
+                    if not wide_wr:
+                        m.d.comb += [wr.addr.eq(word_address(dbytes(place) + bcnt, W)),
+                                     wr.data.eq(0), wr.en.eq(1)]
                     m.d.sync += bcnt.eq(bcnt_next)
                     with m.If(bcnt_next == rlen):
+                        if wide_wr:
+                            m.d.sync += wr_fill.eq(0)
                         m.next = "VERDICT"
 
             with m.State("ALIGN"):
@@ -1285,6 +1351,8 @@ class JournalEngine(wiring.Component):
                 with m.If(~resp.busy):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
                     m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
+                    if wide_stamp:
+                        m.d.sync += stamp_status.eq(0)
                     m.next = "EXEC"
                     with m.If(~bcrc_ok):
                         m.d.sync += nak(ST.BAD_BCRC, ftype,
@@ -1317,8 +1385,9 @@ class JournalEngine(wiring.Component):
                                 with m.If(bl["zero"]):
                                     m.d.sync += [ans_type.eq(FT.STATUS_RESP), ans_len.eq(80),
                                                  ans_from.eq(_AckFrom.VIEW),
-                                                 ans_src.eq(Source.STATUS), after.eq(_After.HEADER),
-                                                 stamp_time.eq(ts.now)]
+                                                 ans_src.eq(Source.STATUS), after.eq(_After.HEADER)]
+                                    if not wide_stamp:
+                                        m.d.sync += stamp_time.eq(ts.now)
                                 with m.Else():
                                     m.d.sync += nak(ST.BAD_REQUEST, ftype)
                             with m.Case(FT.RELEASE):
@@ -1388,16 +1457,12 @@ class JournalEngine(wiring.Component):
             if mem:   # (states of a data ring)
                 with m.State("MARK"):
                     # the WRAP marker: a control data with KIND 0xFF, all else 0
-                    kind_at = _CTL["kind"][0]
-                    m.d.comb += [
-                        # at the old JIPTR, WRAP_AT since EXEC
-                        wr.addr.eq(word_address(dbytes(wrap_at), W) + kcnt),
-                        wr.data.eq(Mux(kcnt == kind_at // W,
-                                       int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)),
-                        wr.en.eq(1),
-                    ]
+                    if not wide_wr:
+                        m.d.comb += [wr.addr.eq(mark_addr), wr.data.eq(mark_data), wr.en.eq(1)]
                     m.d.sync += kcnt.eq(kcnt + 1)
                     with m.If(kcnt == 64 // W - 1):
+                        if wide_wr:
+                            m.d.sync += [wr_fill.eq(0), wr_mark.eq(0)]
                         m.next = "ANSWER"
 
             with m.State("RELEASE_D"):
@@ -1416,7 +1481,11 @@ class JournalEngine(wiring.Component):
             with m.State("LOAD_TIME"):
                 # the LOAD's ACK TIME: the clock the cycle after the load;
                 # its JOFS: JIPTR after the load (``ack_jofs``)
-                m.d.sync += [stamp_time.eq(ts.now), place.eq(jiptr)]
+                m.d.sync += place.eq(jiptr)
+                if wide_stamp:
+                    m.d.sync += stamp_load.eq(0)
+                else:
+                    m.d.sync += stamp_time.eq(ts.now)
                 m.next = "ANSWER"
 
             with m.State("ANSWER"):
@@ -1595,6 +1664,43 @@ class JournalEngine(wiring.Component):
         return m
 
     # -- BODY, split out for reading ------------------------------------------
+    def _stamped_w(self, m, v):
+        """Width 32 with data memory: the body beat as the ring takes it
+        (``stamped``) and as the CCRC/DCRC sees it (``crc_in``), and the
+        CRC that CCRC steps from (``ccrc_from``). Built outside the FSM:
+        only BODY reads them, so no decode of the state need sit in front
+        of the ring's write data.
+
+        Speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
+        after the data's end are written as zeros (the record's padding).
+        ``crc_in`` is the stamped beat but at bytes 60..63, where the CCRC
+        itself is written and the CRC does not move, so that the CRC's
+        input multiplexer does not have the CRC register among its inputs
+        (a loop the enable breaks but synthesis times). Its choice is made
+        from the region registers (``at_seq``..., set a beat ahead), not
+        from comparisons on BCNT."""
+        W, LW = self.W, self.LW
+        bcnt, next_seq, stamp_time, ccrc = (v[k] for k in ("bcnt", "next_seq", "stamp_time",
+                                                            "ccrc"))
+        place = v["dbytes"](v["place"])            # JOFS in bytes (a data ring's)
+        at_seq, at_time, at_place, at_ccrc, at_data0 = (
+            v[k] for k in ("at_seq", "at_time", "at_place", "at_ccrc", "at_data0"))
+        sel = bcnt[LW:3]
+        crc_in = Signal(8 * W)
+        with m.If(at_seq):
+            m.d.comb += crc_in.eq(next_seq.word_select(sel, 8 * W))
+        with m.Elif(at_time):
+            m.d.comb += crc_in.eq(stamp_time.word_select(sel, 8 * W))
+        with m.Elif(at_place):
+            m.d.comb += crc_in.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
+        with m.Else():
+            m.d.comb += crc_in.eq(v["body_beat"])
+        stamped = Mux(at_ccrc, (ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
+                      if W < 4 else ccrc ^ CRC_INIT, crc_in)
+        ccrc_from = Signal(32)
+        m.d.comb += ccrc_from.eq(Mux(at_data0, CRC_INIT, ccrc))
+        return crc_in, stamped, ccrc_from
+
     def _body(self, m, v):
         """BODY: a beat per cycle (docs/hardware.md, "How a JNLWR goes through").
 
@@ -1638,8 +1744,9 @@ class JournalEngine(wiring.Component):
         in_states = bool(_WINDOW_IN_STATES)
         size_word = is_load & ~lt_const(bcnt, 32)
         to_small_now = b_lt64 & ~size_word
-        with m.If(take & (b_lt64 & size_word if in_states else to_stamp)):
-            m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
+        if not v["wide_stamp"]:
+            with m.If(take & (b_lt64 & size_word if in_states else to_stamp)):
+                m.d.sync += stamp_time.eq(Cat(stamp_time[8 * W:], beat))
         if W > 1:
             end_hit, klast, tailbeat = (v[k] for k in ("end_hit", "klast", "tailbeat"))
             with m.If(take):
@@ -1665,42 +1772,16 @@ class JournalEngine(wiring.Component):
                 m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
                 with m.If(end_hit):
                     m.d.sync += [tailbeat.eq(beat), to_small.eq(0), to_stamp.eq(0)]
+                    if mem:
+                        m.d.sync += v["wr_body"].eq(0)
                     m.next = "TRAILER"
             if not mem:
                 return
-            # speculative ring write, stamped (SEQ#, TIME, JOFS, CCRC); the lanes
-            # after the data's end are written as zeros (the record's padding).
-            # ``crc_in`` is the beat as the CCRC/DCRC sees it: the stamped beat
-            # but at bytes 60..63, where the CCRC itself is written and the CRC
-            # does not move, so that the CRC's input multiplexer does not have
-            # the CRC register among its inputs (a loop the enable breaks but
-            # synthesis times). Its choice is made from the region registers
-            # (``at_seq``..., set a beat ahead), not from comparisons on BCNT.
-            at_seq, at_time, at_place, at_ccrc, at_data0 = (
-                v[k] for k in ("at_seq", "at_time", "at_place", "at_ccrc", "at_data0"))
-            sel = bcnt[LW:3]
-            crc_in = Signal(8 * W)
-            with m.If(at_seq):
-                m.d.comb += crc_in.eq(next_seq.word_select(sel, 8 * W))
-            with m.Elif(at_time):
-                m.d.comb += crc_in.eq(stamp_time.word_select(sel, 8 * W))
-            with m.Elif(at_place):
-                m.d.comb += crc_in.eq(Cat(place, Const(0, 64 - len(place))).word_select(sel, 8 * W))
-            with m.Else():
-                m.d.comb += crc_in.eq(v["body_beat"])
-            stamped = Mux(at_ccrc, (ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
-                          if W < 4 else ccrc ^ CRC_INIT, crc_in)
-            ccrc_from = Signal(32)
-            m.d.comb += ccrc_from.eq(Mux(at_data0, CRC_INIT, ccrc))
-            with m.If(take & ~at_ccrc):
+            # the ring's write port is assigned outside the FSM (``wr_body``)
+            with m.If(take & ~v["at_ccrc"]):
                 # CCRC, then from byte 64 on the DCRC (stamped == beat there);
                 # whole beats, the last masked (TRAILER takes its zeros back)
-                m.d.sync += ccrc.eq(crc32c_step(ccrc_from, crc_in, W))
-            m.d.comb += [
-                wr.addr.eq(word_address(place + bcnt, W)),
-                wr.data.eq(stamped),
-                wr.en.eq(take & alloc_ok & (ftype == FT.JNLWR)),
-            ]
+                m.d.sync += ccrc.eq(crc32c_step(v["ccrc_from"], v["crc_in"], W))
             return
         # width 8
         with m.If(take):
@@ -1821,6 +1902,8 @@ class JournalEngine(wiring.Component):
         with m.If(wrap):
             m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
             if not is_desc and self.memory:
+                if v["wide_wr"]:
+                    m.d.sync += [v["wr_fill"].eq(1), v["wr_mark"].eq(1)]
                 m.next = "MARK"           # a data ring's WRAP marker
         if is_desc and B > 1:
             with m.If(bidx != 0):
@@ -1989,4 +2072,6 @@ class JournalEngine(wiring.Component):
         with m.If((fl & L.EPOCH).any()):
             m.d.sync += v["epoch"].eq(ld.epoch)
         m.d.sync += self.full.eq(0)
+        if v["wide_stamp"]:
+            m.d.sync += v["stamp_load"].eq(1)
         m.next = "LOAD_TIME"

@@ -780,6 +780,24 @@ class EngineSpec(Elaboratable):
             m.d.comb += Assert(~tap("to_small"), "INV: the ingress shift enables")
         m.d.comb += Assert(tap("aligning") == (in_("ALIGN") & (bcnt_ < 32)),
                            "INV: the ingress shift enables")
+        # when ``stamp_time`` loads at width 32, registers set a cycle ahead
+        # (hdl/engine.py ``stamp_alloc``): ALLOC of a batch's first
+        # descriptor, VERDICT of a STATUS (answered at LENGTH 0 only),
+        # LOAD_TIME (BODY's SIZE word is ``to_stamp``'s, above)
+        if self.data_width > 8 and not _WINDOW_IN_STATES:
+            # (a lemma for the induction: VERDICT is entered at LENGTH 0 only
+            # from HCHECK, as every state between them takes a body)
+            with_body = (in_("BODY") | in_("TRAILER") | in_("ALIGN") | in_("ALLOC_W")
+                         | in_("ALLOC") | (in_("BLOAD") if B > 1 else Const(0)))
+            with m.If(with_body):
+                m.d.comb += Assert(blen != 0, "INV: a frame past its body has a LENGTH")
+            m.d.comb += [
+                Assert(tap("stamp_alloc") == (in_("ALLOC") & (bidx == 0)),
+                       "INV: the stamp's enables"),
+                Assert(tap("stamp_status") == (in_("VERDICT") & (ftype == FT.STATUS) & (blen == 0)),
+                       "INV: the stamp's enables"),
+                Assert(tap("stamp_load") == in_("LOAD_TIME"), "INV: the stamp's enables"),
+            ]
         if _WINDOW_IN_STATES:
             # The sim build shifts ``small`` and ``stamp_time`` in the FSM's
             # states on conditions of its own (hdl/engine.py
