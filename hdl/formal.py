@@ -954,6 +954,12 @@ class EngineSpec(Elaboratable):
         vb = lambda b: verdict[b]
         m.d.comb += [
             Assert((verdict & (verdict - 1)) == 0, "INV: VERDICT has at most one bit"),
+            # the commits outside the FSM (hdl/engine.py ``_commit``) read
+            # these for the state: VERDICT's bits for EXEC (cleared there),
+            # ``rel_go`` for RELEASE_AT, ``ld_go`` for LOAD_SET
+            Assert(in_("EXEC") | (verdict == 0), "INV: the commits' state flags"),
+            Assert(tap("rel_go") == in_("RELEASE_AT"), "INV: the commits' state flags"),
+            Assert(tap("ld_go") == in_("LOAD_SET"), "INV: the commits' state flags"),
             # (without data memory: no JNLWR taken, no JNLRD, no record walk)
             Assert(~vb(_V.TAKE_WR) & ~vb(_V.READ) & ~vb(_V.WALK),
                    "INV: VERDICT has no data ring's outcome"),
