@@ -837,20 +837,37 @@ class JournalEngine(wiring.Component):
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
-        x_d = Signal(65)
-        checks += [x_d.eq(next_seq - x_seq)]
-        x_gt_next = x_d[64]
-        # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
-        # last journal, RELEASE_D): one 63-bit test for both
+        # Two carry chains side by side, not one of 65 bits (small -> the
+        # chain -> its top bit was the UP5K's critical path once WRAP_AT's
+        # enable was off it, 30.4 ns): ``x_lo``, d's low XK bits and their
+        # borrow, and ``x_hi``, NEXT_SEQ's high bits less x's with a borrow
+        # of its own (e: none in from the low bits). d's high part is then
+        # e - the low borrow, of which the readers need three facts: d < 0
+        # (e < 0, or e = 0 and the low part borrows), d below 2**XK (e is
+        # the low borrow: 0 or 1) and d's low bits (``x_d``, exact when d
+        # is below 2**XK: every reader's case).
+        XK = max(SG, RB)                       # d's low bits the readers take
+        x_lo = Signal(XK + 1)
+        x_hi = Signal(64 - XK + 1)
+        checks += [x_lo.eq(next_seq[:XK] - x_seq[:XK]), x_hi.eq(next_seq[XK:] - x_seq[XK:])]
+        x_d = x_lo[:XK]
+        x_hi_le1 = ~x_hi[64 - XK] & (x_hi[1:64 - XK] == 0)      # e is 0 or 1
+        x_gt_now = x_hi[64 - XK] | (x_lo[XK] & x_hi_le1 & ~x_hi[0])
+        x_small = x_hi_le1 & (x_hi[0] == x_lo[XK])              # 0 <= d < 2**XK
+        # d's bits 1..63 all zero: d is 0 (x = NEXT_SEQ) or 1 (x is the
+        # last journal, RELEASE_D): one test for both
         x_d_le1 = Signal()
-        m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
-        # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
-        # (so two behind ``small``), so that the decision (VERDICT) does not wait
-        # for the 35-bit comparison with HELD (ALIGN waits for them)
+        m.d.comb += x_d_le1.eq(x_small & (x_d[1:] == 0))
+        # x > NEXT_SEQ, x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle
+        # behind x_lo and x_hi (so two behind ``small``), so that the
+        # decision (VERDICT) does not wait for the 35-bit comparison with
+        # HELD (ALIGN waits for them)
+        x_gt_next = Signal()
         x_ge_next = Signal()
         x_lt_tail = Signal()
-        checks += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
-                     x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
+        checks += [x_gt_next.eq(x_gt_now),
+                   x_ge_next.eq(x_gt_now | (x_d_le1 & ~x_d[0])),
+                   x_lt_tail.eq(~x_gt_now & (~x_small | x_d[SG:].any() | (x_d[:SG] > held)))]
         # A descriptor ring's RELEASE (RELEASE_D): P - JOPTR a register one
         # cycle behind ``small``, P <= JOPTR and P's range checks one more,
         # so that RELEASE_D has one carry chain (D = P - JOPTR, + SIZE when

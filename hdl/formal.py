@@ -626,13 +626,20 @@ class EngineSpec(Elaboratable):
                                "INV: responder's header beat")
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
+        # (in two chains, split at XK bits: the low part's with its borrow,
+        # the high part's with none in)
+        XK = len(tap("x_lo")) - 1
         with m.If(in_dec | in_("RELEASE_D")):
-            m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
+            m.d.comb += [
+                Assert(tap("x_lo") == (next_seq[:XK] - small[:XK])[:XK + 1], "INV: x_d settled"),
+                Assert(tap("x_hi") == (next_seq[XK:] - small[XK:64])[:65 - XK], "INV: x_d settled"),
+            ]
         # ... and its comparisons two behind, for a RELEASE or JNLRD body
         # (1..16 bytes: through ALIGN, which waits for them)
         with m.If(in_dec & (blen != 0) & (blen <= 16)):
             x_gt = (next_seq - small[:64])[64]
             m.d.comb += [
+                Assert(tap("x_gt_next") == (small[:64] > next_seq), "INV: x > NEXT_SEQ settled"),
                 Assert(tap("x_ge_next") == (small[:64] >= next_seq), "INV: x >= NEXT_SEQ settled"),
                 Assert(tap("x_lt_tail") == (~x_gt & ((next_seq - small[:64])[:64] > held)),
                        "INV: x < TAIL_SEQ settled"),
