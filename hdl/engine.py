@@ -143,7 +143,8 @@ class _AckFrom(enum.Enum, shape=3):
 
 class _V:
     """Bits of the one-hot VERDICT register: what EXEC does, decided in
-    VERDICT the cycle before (no bit set: only the staged answer)."""
+    VERDICT the cycle before (no bit set: only the staged answer), and
+    cleared in EXEC (every bit is 0 in every other state)."""
     TAKE_WR = 0     # a data ring's JNLWR is taken: its record is committed
     TAKE_DESC = 1   # a JNLDESC (a batch's descriptor) is taken
     FULL = 2        # a journal NAKed FULL: the FULL output is raised
@@ -562,8 +563,16 @@ class JournalEngine(wiring.Component):
         checks += [tail.eq(size - jiptr), gap.eq(joptr - jiptr)]
         alloc_ok = Signal()
         alloc_full = Signal()
-        # VERDICT's decision for EXEC, one bit an outcome (``_V``)
+        # VERDICT's decision for EXEC, one bit an outcome (``_V``), set in
+        # VERDICT and cleared in EXEC: a bit set is "in EXEC, and this
+        # outcome", so that WRAP_AT's writes (``_wrap_at``) need not decode
+        # the state
         verdict = Signal(_V.BITS)
+        # likewise "in RELEASE_AT" (set in RELEASE_W, cleared in RELEASE_AT)
+        # and "in LOAD_SET" (VERDICT's LOAD bit a cycle later)
+        rel_go = Signal()
+        ld_go = Signal()
+        m.d.sync += ld_go.eq(verdict[_V.LOAD])
         settle = Signal()                      # ALLOC_W's second cycle
 
         # -- JNLDESC batches (docs/protocol.md, "JNLDESC batches") ----------
@@ -855,20 +864,47 @@ class JournalEngine(wiring.Component):
         # hold from the body's end to EXEC, ALIGN included: it spends one
         # cycle without shifting before EXEC. On the iCE40 the flip-flops
         # pack with the adder's logic cells.
-        x_d = Signal(65)
-        checks += [x_d.eq(next_seq - x_seq)]
-        x_gt_next = x_d[64]
-        # x_d's bits 1..63 all zero: x_d is 0 (x = NEXT_SEQ) or 1 (x is the
-        # last journal, RELEASE_D): one 63-bit test for both
+        # Two carry chains side by side at width 8, not one of 65 bits (small
+        # -> the chain -> its top bit was the UP5K's critical path once
+        # WRAP_AT's enable was off it, 30.4 ns): ``x_lo``, d's low XK bits
+        # and their borrow, and ``x_hi``, NEXT_SEQ's high bits less x's with
+        # a borrow of its own (e: none in from the low bits). d's high part
+        # is then e - the low borrow, of which the readers need three facts:
+        # d < 0 (e < 0, or e = 0 and the low part borrows), d below 2**XK (e
+        # is the low borrow: 0 or 1) and d's low bits (``x_d``, exact when d
+        # is below 2**XK: every reader's case).
+        XK = max(SG, RB)                       # d's low bits the readers take
+        if W == 1:
+            x_lo = Signal(XK + 1)
+            x_hi = Signal(64 - XK + 1)
+            checks += [x_lo.eq(next_seq[:XK] - x_seq[:XK]),
+                       x_hi.eq(next_seq[XK:] - x_seq[XK:])]
+            x_d = x_lo[:XK]
+            x_hi_le1 = ~x_hi[64 - XK] & (x_hi[1:64 - XK] == 0)      # e is 0 or 1
+            x_gt_now = x_hi[64 - XK] | (x_lo[XK] & x_hi_le1 & ~x_hi[0])
+            x_small = x_hi_le1 & (x_hi[0] == x_lo[XK])              # 0 <= d < 2**XK
+        else:
+            # At width 32 one chain: the ECP5's carry chain is fast and off
+            # the critical path, and the split cost ~390 LUTs there.
+            x_whole = Signal(65, name="x_d")
+            checks += [x_whole.eq(next_seq - x_seq)]
+            x_d = x_whole[:XK]
+            x_gt_now = x_whole[64]
+            x_small = x_whole[XK:64] == 0
+        # d's bits 1..63 all zero: d is 0 (x = NEXT_SEQ) or 1 (x is the
+        # last journal, RELEASE_D): one test for both
         x_d_le1 = Signal()
-        m.d.comb += x_d_le1.eq(x_d[1:64] == 0)
-        # x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle behind x_d
-        # (so two behind ``small``), so that the decision (VERDICT) does not wait
-        # for the 35-bit comparison with HELD (ALIGN waits for them)
+        m.d.comb += x_d_le1.eq(x_small & (x_d[1:] == 0))
+        # x > NEXT_SEQ, x >= NEXT_SEQ and x < TAIL_SEQ: registers one cycle
+        # behind x_lo and x_hi (so two behind ``small``), so that the
+        # decision (VERDICT) does not wait for the 35-bit comparison with
+        # HELD (ALIGN waits for them)
+        x_gt_next = Signal()
         x_ge_next = Signal()
         x_lt_tail = Signal()
-        checks += [x_ge_next.eq(x_gt_next | (x_d_le1 & ~x_d[0])),
-                     x_lt_tail.eq(~x_gt_next & (x_d[SG:64].any() | (x_d[:SG] > held)))]
+        checks += [x_gt_next.eq(x_gt_now),
+                   x_ge_next.eq(x_gt_now | (x_d_le1 & ~x_d[0])),
+                   x_lt_tail.eq(~x_gt_now & (~x_small | x_d[SG:].any() | (x_d[:SG] > held)))]
         # A descriptor ring's RELEASE (RELEASE_D): P - JOPTR a register one
         # cycle behind ``small``, P <= JOPTR and P's range checks one more,
         # so that RELEASE_D has one carry chain (D = P - JOPTR, + SIZE when
@@ -1017,6 +1053,13 @@ class JournalEngine(wiring.Component):
 
         small_ld_ = layouts.Load(small)
         ld_q = self._load_checks(m, locals())
+        # a LOAD's SIZE after it (LOAD_SET): the SIZE word of a LOAD RING
+        ld_new_size = Mux((small_ld_.flags & protocol.LoadFlag.RING).any(),
+                          stamp_time[G:G + SG], size)
+        # RELEASE_AT refuses: P out of range, or D against USED (D > USED
+        # borrows; D == USED, leaving 0, must hold exactly when UPTO is the
+        # last journal)
+        rel_refused = rel_bad | rel_left[SG] | (rel_zero != rel_last)
 
         if mem:
             # the WRAP marker (MARK): a control data with KIND 0xFF, all else
@@ -1413,10 +1456,13 @@ class JournalEngine(wiring.Component):
                 # VERDICT's decision takes effect: each bit of the one-hot
                 # VERDICT enables its own registers (the answer is staged
                 # already), so no priority chain of checks sits in front of
-                # the enables of the ring registers, USED, NEXT_SEQ and HELD.
+                # the enables of the ring registers, USED, NEXT_SEQ and HELD
+                # (WRAP_AT's in ``_wrap_at``, below the FSM: VERDICT is
+                # cleared here, so that a bit set is this state).
                 # Nothing VERDICT read has moved: VERDICT writes only the
                 # answer's staging (and a STATUS's NOW, which no commit reads).
                 m.next = "ANSWER"
+                m.d.sync += verdict.eq(0)
                 # a STATUS's or HELLO's JIPTR, sent from the Ack's JOFS
                 # (``ack_jofs``; nothing here moves JIPTR for them)
                 with m.If(ans_from == _AckFrom.VIEW):
@@ -1470,6 +1516,7 @@ class JournalEngine(wiring.Component):
 
             with m.State("RELEASE_W"):
                 # a cycle for ``rel_left`` (USED - D) and ``rel_zero`` to follow RELEASE_D
+                m.d.sync += rel_go.eq(1)
                 m.next = "RELEASE_AT"
 
             with m.State("RELEASE_AT"):
@@ -1575,8 +1622,7 @@ class JournalEngine(wiring.Component):
                         held.eq(held - 1),
                         self.full.eq(0),
                     ]
-                    with m.If(at_wrap):
-                        m.d.sync += wrap_at.eq(size)
+                    # (WRAP_AT: ``_wrap_at``)
                     with m.If(rd_cnt == 0):
                         m.d.sync += ack(FT.RELEASE, _AckFrom.RELEASE)
                         m.next = "ANSWER"
@@ -1643,6 +1689,7 @@ class JournalEngine(wiring.Component):
             m.d.comb += checks_en.eq(~fsm.ongoing("HEADER") & ~fsm.ongoing("BODY"))
             with m.If(checks_en):
                 m.d.sync += checks
+        self._wrap_at(m, locals())
 
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
@@ -1897,11 +1944,11 @@ class JournalEngine(wiring.Component):
             v["acks"].eq(v["acks"] + 1),
             self.full.eq(0),
         ]
+        # (WRAP_AT: ``_wrap_at``)
         with m.If(v["rewind"]):
-            m.d.sync += [v["joptr"].eq(0), v["wrap_at"].eq(size)]
-        with m.If(wrap):
-            m.d.sync += v["wrap_at"].eq(v["jiptr"])    # the marker's place
-            if not is_desc and self.memory:
+            m.d.sync += v["joptr"].eq(0)
+        if not is_desc and self.memory:
+            with m.If(wrap):
                 if v["wide_wr"]:
                     m.d.sync += [v["wr_fill"].eq(1), v["wr_mark"].eq(1)]
                 m.next = "MARK"           # a data ring's WRAP marker
@@ -1914,6 +1961,35 @@ class JournalEngine(wiring.Component):
                 # the next descriptor (the ACK waits for the last)
                 m.d.sync += bidx.eq(bidx + 1)
                 m.next = "BLOAD"
+
+    def _wrap_at(self, m, v):
+        """WRAP_AT's writes, all in one place outside the FSM, enabled by
+        registers that say the state: VERDICT's bits in EXEC (cleared
+        there), ``rel_go`` in RELEASE_AT, ``ld_go`` in LOAD_SET (a data
+        ring's RELEASE_STEP decodes its state). Written in those states, its
+        enable decoded the 5-bit state and each state's choices in a chain
+        Yosys shared with other enables (the ingress state -> EXEC's and
+        RELEASE_AT's choices -> WRAP_AT's clock enable, nine LUTs, was the
+        UP5K's critical path after its eighth step: 32.0 ns). The states
+        and the values are as before. (JIPTR, JOPTR, USED and FULL moved out
+        the same way mapped to 87 SB_LUT4 more on the UP5K: they stay.)"""
+        verdict, size, jiptr, wrap_at = (v[k] for k in ("verdict", "size", "jiptr", "wrap_at"))
+        L = protocol.LoadFlag
+        take = verdict[_V.TAKE_DESC] | (verdict[_V.TAKE_WR] if self.memory else 0)
+        with m.If(take):
+            # a journal taken (``_exec_journal``)
+            with m.If(v["rewind"]):
+                m.d.sync += wrap_at.eq(size)
+            with m.If(v["wrap"]):
+                m.d.sync += wrap_at.eq(jiptr)    # the marker's place
+        with m.If(v["rel_go"] & ~v["rel_refused"] & v["rel_past_end"]):
+            m.d.sync += wrap_at.eq(size)          # a RELEASE past the end (``_release_at``)
+        with m.If(v["ld_go"] & (v["small_ld_"].flags & (L.CLEAR | L.RING | L.PTR)).any()):
+            m.d.sync += wrap_at.eq(v["ld_new_size"])    # a LOAD (``_load_set``)
+        if self.memory:
+            # a data ring's RELEASE_STEP past the skipped tail
+            with m.If(v["fsm"].ongoing("RELEASE_STEP") & v["walk_at_wrap"]):
+                m.d.sync += wrap_at.eq(size)
 
     def _verdict_release(self, m, v):
         """docs/protocol.md "RELEASE": a data ring walks its records from
@@ -1966,23 +2042,20 @@ class JournalEngine(wiring.Component):
     def _release_at(self, m, v):
         """RELEASE_AT: the RELEASE_D figures against USED, and the commit."""
         nak, ack, small, ftype = (v[k] for k in ("nak", "ack", "small", "ftype"))
-        size, used, joptr, wrap_at, held = (v[k] for k in ("size", "used", "joptr", "wrap_at",
-                                                            "held"))
+        size, used, joptr, held = (v[k] for k in ("size", "used", "joptr", "held"))
         SG = len(size)
         pg = layouts.ReleaseAt(small[:128]).joptr[G:G + SG]
         # USED - D with its borrow: D > USED borrows, D == USED leaves 0,
         # which must hold exactly when UPTO is the last journal
-        left = v["rel_left"]
-        bad = v["rel_bad"] | left[SG] | (v["rel_zero"] != v["rel_last"])
-        with m.If(bad):
+        # (``rel_refused``; WRAP_AT: ``_wrap_at``)
+        with m.If(v["rel_refused"]):
             m.d.sync += nak(ST.BAD_REQUEST, ftype)
         with m.Else():
-            m.d.sync += [used.eq(left[:SG]), joptr.eq(pg),
+            m.d.sync += [used.eq(v["rel_left"][:SG]), joptr.eq(pg),
                          held.eq(v["rel_held"]),            # TAIL_SEQ = UPTO + 1
                          self.full.eq(0),
                          ack(FT.RELEASE, _AckFrom.RELEASE)]
-            with m.If(v["rel_past_end"]):
-                m.d.sync += wrap_at.eq(size)
+        m.d.sync += v["rel_go"].eq(0)
         m.next = "ANSWER"
 
     def _load_checks(self, m, v):
@@ -2043,7 +2116,8 @@ class JournalEngine(wiring.Component):
 
     def _load_set(self, m, v):
         """LOAD_SET: a LOAD that VERDICT accepted takes effect (its fields hold
-        in ``small`` and ``stamp_time``), a cycle after the decision."""
+        in ``small`` and ``stamp_time``), a cycle after the decision (WRAP_AT:
+        ``_wrap_at``)."""
         L = protocol.LoadFlag
         ld = v["small_ld_"]
         fl = ld.flags
@@ -2051,21 +2125,18 @@ class JournalEngine(wiring.Component):
         SG = len(size)
         seq, ts = v["seq"], v["ts"]
         ring = (fl & L.RING).any()
-        new_size = Mux(ring, v["stamp_time"][G:G + SG], size)
         with m.If((fl & (L.CLEAR | L.RING)).any()):
             # RING: the ring is empty already (checked in VERDICT)
-            m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0),
-                         v["wrap_at"].eq(new_size), v["held"].eq(0)]
+            m.d.sync += [v["jiptr"].eq(0), v["joptr"].eq(0), v["used"].eq(0), v["held"].eq(0)]
         with m.If(ring):
-            m.d.sync += size.eq(new_size)
+            m.d.sync += size.eq(v["ld_new_size"])
             if self.memory:
                 m.d.sync += v["desc"].eq((fl & L.DESC).any())
         with m.If((fl & L.SEQ).any()):
             m.d.comb += [seq.load.eq(1), seq.load_value.eq(ld.seq)]
             # TAIL_SEQ = NEXT_SEQ: HELD is 0 here (checked in VERDICT)
         with m.If((fl & L.PTR).any()):
-            m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:]),
-                         v["wrap_at"].eq(new_size)]
+            m.d.sync += [v["jiptr"].eq(ld.ptr[G:]), v["joptr"].eq(ld.ptr[G:])]
         with m.If((fl & L.TIME).any()):
             m.d.comb += [ts.load.eq(1), ts.load_value.eq(ld.time),
                          ts.freeze.eq((fl & L.FREEZE).any())]

@@ -626,13 +626,26 @@ class EngineSpec(Elaboratable):
                                "INV: responder's header beat")
         # NEXT_SEQ - FROM/UPTO is a register one cycle behind: settled in
         # EXEC (nothing moves ``small`` or NEXT_SEQ in the cycle before)
+        # (in two chains, split at XK bits: the low part's with its borrow,
+        # the high part's with none in)
+        # (at width 8; one 65-bit chain, ``x_d``, at width 32)
         with m.If(in_dec | in_("RELEASE_D")):
-            m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
+            if self.data_width == 8:
+                XK = len(tap("x_lo")) - 1
+                m.d.comb += [
+                    Assert(tap("x_lo") == (next_seq[:XK] - small[:XK])[:XK + 1],
+                           "INV: x_d settled"),
+                    Assert(tap("x_hi") == (next_seq[XK:] - small[XK:64])[:65 - XK],
+                           "INV: x_d settled"),
+                ]
+            else:
+                m.d.comb += Assert(tap("x_d") == (next_seq - small[:64])[:65], "INV: x_d settled")
         # ... and its comparisons two behind, for a RELEASE or JNLRD body
         # (1..16 bytes: through ALIGN, which waits for them)
         with m.If(in_dec & (blen != 0) & (blen <= 16)):
             x_gt = (next_seq - small[:64])[64]
             m.d.comb += [
+                Assert(tap("x_gt_next") == (small[:64] > next_seq), "INV: x > NEXT_SEQ settled"),
                 Assert(tap("x_ge_next") == (small[:64] >= next_seq), "INV: x >= NEXT_SEQ settled"),
                 Assert(tap("x_lt_tail") == (~x_gt & ((next_seq - small[:64])[:64] > held)),
                        "INV: x < TAIL_SEQ settled"),
@@ -972,6 +985,12 @@ class EngineSpec(Elaboratable):
         vb = lambda b: verdict[b]
         m.d.comb += [
             Assert((verdict & (verdict - 1)) == 0, "INV: VERDICT has at most one bit"),
+            # the commits outside the FSM (hdl/engine.py ``_commit``) read
+            # these for the state: VERDICT's bits for EXEC (cleared there),
+            # ``rel_go`` for RELEASE_AT, ``ld_go`` for LOAD_SET
+            Assert(in_("EXEC") | (verdict == 0), "INV: the commits' state flags"),
+            Assert(tap("rel_go") == in_("RELEASE_AT"), "INV: the commits' state flags"),
+            Assert(tap("ld_go") == in_("LOAD_SET"), "INV: the commits' state flags"),
             # (without data memory: no JNLWR taken, no JNLRD, no record walk)
             Assert(~vb(_V.TAKE_WR) & ~vb(_V.READ) & ~vb(_V.WALK),
                    "INV: VERDICT has no data ring's outcome"),
