@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The suite's cocotb testbenches, then everything else (tests/halves.py;
-# TEST_JOBS=2 runs the two side by side, one per core).
+# The suite's cocotb testbenches and everything else side by side, then the
+# tests that time themselves alone (tests/halves.py; TEST_JOBS=1: one after
+# the other).
 test: setup
 	$(BIN)/python tests/halves.py
 

@@ -17,7 +17,7 @@ last, with nothing beside them.
 
 Each line is printed as it comes, prefixed with its part; the exit status
 is the first non-zero.  ``TEST_JOBS=1`` runs the halves one after the
-other (about 50 minutes instead of about 30).  Arguments are passed to
+other (about 45 minutes instead of about 25 on a quiet machine).  Arguments are passed to
 every run of pytest.
 
     python tests/halves.py [pytest args...]
