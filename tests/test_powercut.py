@@ -2,7 +2,7 @@
 
 SIGKILL keeps the page cache, so tests/test_store_crash.py cannot tell an
 fdatasync from a no-op.  Here the journal store, the state files and the
-secondary's SVOLs run on a PowerCutDisk (host/powercut.py): every write not
+secondary's SVOLs run on a PowerCutDisk (host/disk/powercut.py): every write not
 yet synced may be dropped, torn at 512-byte sectors or reordered at a cut,
 and folder changes not yet synced may be lost.  Each test checks an
 invariant over every cut image, and the mutant tests show the checks fail
