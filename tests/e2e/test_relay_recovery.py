@@ -19,7 +19,7 @@ from tricopy.host.relay import site as relay
 from tricopy.host.journal import store
 from tricopy.host.disk import fileio
 from tricopy.host.config import parse_config
-from tricopy.host.engine.base import open_engine
+from tricopy.host.engine.base import EngineTimeout, open_engine
 from tricopy.host.wire.protocol import Control, FrameType
 
 
@@ -114,6 +114,51 @@ def test_a_store_failure_suspends_only_its_group(tmp_path, monkeypatch):
             _, frame = await g._ingest_one(protocol.journal_body(ctl, data))
             assert protocol.Ack.from_frame(frame).status == expect
         assert good.status()["grsts"] != "SUSP" and good.store.held == 2
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_timeout_suspends_only_its_group(tmp_path):
+    """A board (or the sim) that stops answering raises EngineTimeout in the
+    group that asked: that group suspends with the engine's reason (its
+    journal is never ACKed: the engine may or may not have stamped it), and
+    the other group, with its own engine, goes on.  Without the relay's
+    ``except EngineError`` the timeout would escape the link handler."""
+    size = 16 << 10
+    site = parse_config({
+        "site": "r", "listen": "127.0.0.1:1", "state_dir": "state",
+        "group": [{"grnum": n, "grname": f"g{n}", "attr": "INTERMEDIARY", "peer": "127.0.0.1:2",
+                   "journal": {"path": f"jnl{n}.vol", "size": size}} for n in (1, 2)]}, tmp_path)
+
+    def body(grnum: int, tag: int) -> bytes:
+        data = b"z" * 100
+        return protocol.journal_body(Control(length=100, data_len=100, group=grnum, tag=tag,
+                                             data_crc=protocol.crc32c(data)), data)
+
+    async def scenario():
+        groups = [relay.RelayGroup(g, site, open_engine("model", size=size)) for g in site.groups]
+        for g in groups:
+            await g.recover_engine()
+        bad, good = groups
+
+        async def silent(*args, **kwargs):      # what PortEngine raises after its timeout
+            raise EngineTimeout("engine at 'socket://127.0.0.1:9' silent for 5.0 s")
+
+        bad.engine.submit = silent
+        with pytest.raises(relay.GroupFault):
+            await bad._ingest_one(body(1, 1))
+        st = bad.status()
+        assert st["grsts"] == "SUSP", st
+        assert "engine failed" in st["reason"] and "silent for 5.0 s" in st["reason"], st
+        assert "restart the relay" in st["reason"], st
+        assert bad.store.held == 0          # nothing stored, nothing ACKed
+        # The suspended group NAKs what comes next; the other group takes it.
+        _, frame = await bad._ingest_one(body(1, 1))
+        assert protocol.Ack.from_frame(frame).status == protocol.Status.SUSPENDED
+        seq, frame = await good._ingest_one(body(2, 1))
+        assert frame.type == FrameType.ACK
+        await good.durable(seq)
+        assert good.status()["grsts"] != "SUSP" and good.store.held == 1
 
     asyncio.run(scenario())
 
