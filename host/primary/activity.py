@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 from ..disk.slotfile import SlotFile
-from ..wire.pseq import tag_after
+from ..wire.pseq import tag_after, tag_distance
 
 __all__ = ["AL_AHEAD", "AL_EXTENT", "ActivityLog"]
 
@@ -157,7 +157,7 @@ class ActivityLog:
         extents written only by those may leave the log (in memory), the
         least recently written first, until ``keep`` are left; how many left."""
         done = sorted(((tag, k) for k, tag in self.hot.items() if not tag_after(tag, upto)),
-                      key=lambda tk: (upto - tk[0]) % (1 << 32), reverse=True)   # oldest first
+                      key=lambda tk: tag_distance(upto, tk[0]), reverse=True)   # oldest first
         n = max(0, min(len(done), len(self.hot) - keep))
         for _, k in done[:n]:
             del self.hot[k]
