@@ -400,9 +400,11 @@ def _early_stop(signum, frame) -> None:
 def _run(args: argparse.Namespace) -> int:
     role = args.command
     level = getattr(logging, args.log_level.upper())
-    logging.basicConfig(level=level,
+    # force: `tricopy relay` (host/cli.py) has configured logging already, with
+    # a format that names no role; the site's lines look the same however it
+    # was started (docs/operations.md shows them).
+    logging.basicConfig(level=level, force=True,
                         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)   # also when `tricopy` configured logging first
     errors: tuple[type[BaseException], ...] = (StartupError, ValueError, OSError)
     if role == "relay":
         from .relay.site import RelayError

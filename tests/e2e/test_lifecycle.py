@@ -6,10 +6,14 @@ recovery scan."""
 import asyncio
 import re
 import signal
+import subprocess
+import sys
+import time
 
 from tricopy.host.secondary.site import RestoreState
 
 from .cluster import Cluster, Workload
+from .test_config import _site_toml
 from .test_replication import check_volumes
 
 
@@ -64,3 +68,32 @@ def test_sigterm_and_sigint_stop_every_site_cleanly(tmp_path):
         check_volumes(cluster, work)
     finally:
         cluster.stop_all()
+
+
+def test_tricopy_relay_logs_what_the_docs_show(tmp_path):
+    """`tricopy relay --config F` (the command the docs give) logs in the
+    site's format, every line tagged with its role, the start line first and
+    the stop line last: host/cli.py configures logging before the site does,
+    and its format used to win (no role, another field order)."""
+    config = _site_toml(tmp_path, "relay")
+    log_path = tmp_path / "relay.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "tricopy.host.cli", "relay", "--config",
+                                 str(config)], cwd=tmp_path, stderr=log_file, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while "listening on" not in log_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    lines = log_path.read_text().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    assert re.match(r"\S+ \S+ relay INFO tricopy\.host\.sites_cli: relay relay starting: "
+                    r"data 127\.0\.0\.1:\d+, control ", lines[0]), lines
+    assert lines[-1].endswith(" relay INFO tricopy.host.sites_cli: relay relay stopped (SIGTERM)"), \
+        lines
+    assert all(re.match(r"\S+ \S+ relay (INFO|WARNING) ", line) for line in lines), lines
