@@ -165,8 +165,16 @@ class ForwardStream:
                     f"relay has issued only up to {newest}: the relay's journal went backwards "
                     f"(lost or recreated); run `tricopy pair resync`")
         if peer.last_seq + 1 < tail:
+            # Only a secondary whose restored state went back (an older copy
+            # put in place) gets here: the relay released only what it ACKed.
+            # The primary is in PAIR, so `pair resync` alone is refused; a
+            # relay journal recreated empty makes it the ordered resync that
+            # copies what was written after the secondary's restore point.
             return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
-                    f"journal starts at {tail}: journals are missing; run `tricopy pair resync`")
+                    f"journal starts at {tail}: journals {peer.last_seq + 1}..{tail - 1} are "
+                    f"missing there (its restore point went back); recreate this relay's "
+                    f"journal volume, then run `tricopy pair resync` (docs/operations.md, "
+                    f"Known gaps)")
         return None
 
     def start(self, restored: int, tail: int) -> int:

@@ -141,3 +141,49 @@ def test_recreated_relay_waits_for_an_ordered_resync(tmp_path):
         check_volumes(cluster, work)
     finally:
         cluster.stop_all()
+
+
+def test_a_secondary_put_back_behind_the_relay_is_refused_until_the_relay_is_recreated(tmp_path):
+    """The secondary's state and SVOLs replaced by an older copy: the relay has
+    released journals it lacks.  The relay refuses it (SUSP, naming the missing
+    SEQ# range) and never sends across the hole; the secondary keeps calling
+    its old image consistent, which it is (a prefix).  The documented repair
+    (docs/operations.md, "Known gaps"): recreate the relay's journal, then the
+    ordered resync brings PVOL == SVOL."""
+    cluster = Cluster(tmp_path / "c")
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=63)
+        asyncio.run(work.run(count=10))
+        old = cluster.wait_drained()["secondary"]["last_restored"]
+        assert cluster.terminate("secondary") == 0
+        shutil.copytree(cluster.root / "secondary", tmp_path / "secondary-old")
+        cluster.start("secondary")
+        asyncio.run(work.run(count=10))
+        newest = cluster.wait_drained()["secondary"]["last_restored"]
+        assert cluster.terminate("secondary") == 0
+        shutil.rmtree(cluster.root / "secondary")
+        shutil.copytree(tmp_path / "secondary-old", cluster.root / "secondary")
+        cluster.start("secondary")
+        r = wait_for(lambda: "missing there" in (x := cluster.status("relay"))["reason"] and x,
+                     "the relay to refuse the secondary", timeout=20)
+        assert r["grsts"] == "SUSP"
+        assert f"journals {old + 1}..{newest} are missing there" in r["reason"], r["reason"]
+        s = cluster.status("secondary")
+        assert s["last_restored"] == old and s["consistent"]      # its old image, a prefix
+
+        cluster.terminate("relay")
+        shutil.rmtree(cluster.root / "relay" / "state")
+        (cluster.root / "relay" / "jnl1.vol").unlink()
+        cluster.start("relay")
+        p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
+                     "the primary to suspend", timeout=20)
+        assert "lost at the relay" in p["reason"]
+        sites = cluster.sites()
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=120)
+        asyncio.run(work.run(count=3))
+        cluster.wait_drained()
+        check_volumes(cluster, work)
+    finally:
+        cluster.stop_all()
