@@ -304,6 +304,13 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
 
 def pair_resync(sites: Sites, grname: str) -> None:
     """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
+    # The primary decides (only a SUSP group is resynced), but it is told last:
+    # ask it first, or a refused resync would leave the relay and the secondary
+    # in COPY, the SVOLs reported not consistent, on a healthy pair.
+    prim = sites.group_status("primary", grname)
+    if prim["grsts"] != "SUSP":
+        raise RcmError(f"group {grname} is {prim['grsts']} at the primary: only a SUSP group "
+                       f"can be resynced; nothing changed")
     relay = sites.group_status("relay", grname)
     # The secondary's restore point as a PSEQ, read before pair_set moves it
     # back: after a relay that lost everything, the primary copies only the

@@ -182,6 +182,9 @@ def test_create_needs_smpl(tmp_path):
             rcm.pair_create(cluster.sites(), "g1")
         with pytest.raises(rcm.RcmError, match="only a SUSP group can be resynced"):
             rcm.pair_resync(cluster.sites(), "g1")
+        # refused before anything moved: the secondary still calls its SVOLs consistent
+        assert states(cluster) == ("PAIR",) * 3
+        assert cluster.status("secondary")["consistent"]
     finally:
         cluster.stop_all()
 
