@@ -747,8 +747,15 @@ class RelayGroup:
             except LinkError as exc:
                 log.info("secondary link: %s", exc)
             except CorruptStore as exc:
-                self._forward_fault(f"a held journal is damaged: {exc}; the journals from it on "
-                                    f"cannot reach the secondary: run `tricopy pair resync`")
+                # The primary is still in PAIR (it knows nothing of this), so it
+                # would refuse a resync: a restart's recovery scan ends the journal
+                # at the damaged record, the primary then finds its ACKed journals
+                # missing and suspends, and the resync repairs the SVOLs.
+                self._forward_fault(
+                    f"a held journal is damaged: {exc}; journals {self.forwarded + 1}.."
+                    f"{self.store.next_seq - 1} cannot reach the secondary: restart the relay "
+                    f"(the records after the damaged one go to quarantine), then run "
+                    f"`tricopy pair resync` once the primary suspends")
                 await asyncio.sleep(FAULT_RETRY_DELAY)
             except StoreError as exc:
                 self._fault(f"journal volume read failed: {exc}")

@@ -187,3 +187,55 @@ def test_a_secondary_put_back_behind_the_relay_is_refused_until_the_relay_is_rec
         check_volumes(cluster, work)
     finally:
         cluster.stop_all()
+
+
+def test_a_record_that_rots_while_the_relay_runs_stops_forwarding_until_a_restart(tmp_path):
+    """A held record damaged while the relay runs (after its recovery scan) is
+    found when the forwarder reads it from the journal volume (past the
+    journals kept in memory, RECENT_BYTES): forwarding stops, the relay shows
+    SUSP naming the damaged SEQ# and the range that cannot be sent, and the
+    secondary keeps its older, honest prefix.  The primary is still in PAIR,
+    so the advice is a relay restart: the scan quarantines from the damaged
+    record on, the primary suspends, and the resync brings PVOL == SVOL."""
+    cluster = Cluster(tmp_path / "c", journal_size=32 << 20)
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=64)
+        asyncio.run(work.run(count=5))
+        before = cluster.wait_drained()["secondary"]["last_restored"]
+        cluster.kill("secondary")
+        asyncio.run(work.run(count=120))      # ~480 journals, more than RECENT_BYTES
+        copy = tmp_path / "jnl-copy.vol"
+        shutil.copy2(cluster.root / "relay" / "jnl1.vol", copy)
+        with JournalStore.open(copy) as s:     # the tail on disk (a lazy release may lag)
+            held = s._index[s._head:]
+            # the 11th held journal or the first after it with data (a ZERO or TRIM
+            # record is too short: _damage would hit the next one)
+            i = next(i for i in range(10, len(held)) if held[i][1] >= 4096)
+            damaged, newest = s.tail_seq + i, s.next_seq - 1
+            _damage(cluster, held[i][0])
+        cluster.start("secondary")
+        r = wait_for(lambda: "damaged" in (x := cluster.status("relay"))["reason"] and x,
+                     "the relay to stop forwarding", timeout=30)
+        assert r["grsts"] == "SUSP"
+        assert f"seq {damaged} " in r["reason"], r["reason"]
+        assert f"journals {before + 1}..{newest} cannot reach" in r["reason"], r["reason"]
+        assert "restart the relay" in r["reason"], r["reason"]
+        s = cluster.status("secondary")
+        assert s["consistent"] and s["last_restored"] < damaged    # an older prefix
+        assert cluster.status("primary")["grsts"] == "PAIR"
+
+        assert cluster.terminate("relay") == 0
+        cluster.start("relay")
+        assert f"SEQ# {damaged + 1}..{newest}" in cluster.status("relay")["recovery_warning"]
+        p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
+                     "the primary to suspend", timeout=20)
+        assert f"journals {damaged}..{newest} lost at the relay" in p["reason"], p["reason"]
+        sites = cluster.sites()
+        rcm.pair_resync(sites, "g1")
+        rcm.pair_sync(sites, "g1", timeout=120)
+        asyncio.run(work.run(count=3))
+        cluster.wait_drained()
+        check_volumes(cluster, work)
+    finally:
+        cluster.stop_all()
