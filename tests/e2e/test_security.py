@@ -284,6 +284,44 @@ def test_control_limits_close_only_the_offending_connection(tmp_path):
         c.stop_all()
 
 
+def test_data_port_limits_close_only_the_idle_handshakes(tmp_path):
+    """The TLS data ports' own limits (docs/security.md, "Limits"): connections
+    that never finish a TLS handshake hold at most ``limits.handshakes`` slots;
+    one more is closed at once, the idle ones are closed after
+    ``limits.handshake_timeout``, each with one log line, and the primary's
+    link, already up, keeps replicating meanwhile (issue 12)."""
+    c = Cluster(tmp_path, site_extra={
+        "relay": "[limits]\nhandshakes = 2\nhandshake_timeout = 2.0\n"})
+    try:
+        c.start_all()
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=81)
+        asyncio.run(work.run(count=4))
+        c.wait_drained()
+        addr = c.data_addr("relay")
+        idle = [socket.create_connection(addr, timeout=5) for _ in range(2)]   # no ClientHello
+        time.sleep(0.3)
+        with socket.create_connection(addr, timeout=5) as third:
+            try:
+                assert third.recv(100) == b""            # closed at once, not held
+            except ConnectionResetError:
+                pass
+        _lines(c, "relay", "(limits.handshakes = 2)")
+        # the link that was up before keeps replicating while both slots are taken
+        asyncio.run(work.run(count=4))
+        c.wait_drained()
+        for s in idle:                                   # then the idle ones go
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        _lines(c, "relay", "no TLS handshake within 2 s", 2)
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
+    finally:
+        c.stop_all()
+
+
 def test_plaintext_hello_from_a_stranger_changes_nothing(tmp_path):
     """tls = false: a HELLO posing as the relay with a stale epoch, or with a
     journal that went backwards, is refused (NAK, one log line each) and the
