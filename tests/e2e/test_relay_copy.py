@@ -4,7 +4,8 @@ The relay restores the journals it holds to its own volumes in SEQ# order
 while it forwards them to the far secondary.  Snapshots of the relay's copy
 taken between restore steps (control command ``snapshot``) that the relay
 calls consistent must be prefixes of the acknowledged write history, also
-across a SIGKILL of the relay; after the drain, relay copy == PVOL == SVOL.
+across a SIGKILL of the relay; after the drain, relay copy == PVOL == SVOL,
+and again after fio's random writes through the primary's NBD export.
 """
 
 from __future__ import annotations
@@ -91,6 +92,24 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
             "Operation not permitted" in no.stdout + no.stderr, no
         shown = cluster.cli("status").stdout
         assert f"relay copy consistent (restored {r['next_seq'] - 1}" in shown, shown
+
+        # A random NBD workload too (issue 11, acceptance 1): fio's random writes
+        # of 4 to 64 KiB to a PVOL export, drained: relay copy == PVOL == SVOL.
+        before = cluster.volume_bytes("primary", 1)
+        subprocess.run(["fio", "--name=r", "--ioengine=nbd", f"--uri={cluster.nbd_uri('primary', 1)}",
+                        "--rw=randwrite", "--bsrange=4k-64k", "--iodepth=8", "--io_size=4m",
+                        f"--size={cluster.vol_size}", "--randseed=23",
+                        f"--filename={tmp_path}/unused"], check=True, capture_output=True,
+                       timeout=120)
+        cluster.wait_drained()
+        deadline = time.monotonic() + 30
+        while (r := cluster.status("relay"))["local"]["last_restored"] < r["next_seq"] - 1:
+            assert time.monotonic() < deadline, r["local"]
+            time.sleep(0.05)
+        pvol = cluster.volume_bytes("primary", 1)
+        assert pvol != before, "fio wrote nothing"
+        assert cluster.volume_bytes("relay", 1) == pvol == cluster.volume_bytes("secondary", 1)
+        assert r["local"]["consistent"]
     finally:
         cluster.stop_all()
 
