@@ -304,6 +304,20 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
 
 def pair_resync(sites: Sites, grname: str) -> None:
     """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
+    # The primary has the last word (only a SUSP group resyncs), but it is told
+    # last: ask it first, or a refusal would leave the relay and the secondary
+    # in COPY, the SVOLs no longer called consistent, for nothing.
+    p = sites.group_status("primary", grname)
+    if p["fenced"]:
+        raise RcmError(f"group {grname} is fenced at the primary: it was taken over at epoch "
+                       f"{p['fence_epoch']} and can only rejoin as the restore side "
+                       f"(`tricopy failback`); nothing was changed")
+    if p["grsts"] != "SUSP":
+        raise RcmError(f"group {grname} is {p['grsts']} at the primary: only a SUSP group can "
+                       f"be resynced; nothing was changed"
+                       + ("" if p["grsts"] != "PAIR" else
+                          " (`tricopy pair split` first, to copy chunks `tricopy verify "
+                          "--mark` found)"))
     relay = sites.group_status("relay", grname)
     # The secondary's restore point as a PSEQ, read before pair_set moves it
     # back: after a relay that lost everything, the primary copies only the

@@ -182,6 +182,9 @@ def test_create_needs_smpl(tmp_path):
             rcm.pair_create(cluster.sites(), "g1")
         with pytest.raises(rcm.RcmError, match="only a SUSP group can be resynced"):
             rcm.pair_resync(cluster.sites(), "g1")
+        # refused before any site was told: the SVOLs still a consistent image
+        assert states(cluster) == ("PAIR", "PAIR", "PAIR")
+        assert cluster.status("secondary")["consistent"]
     finally:
         cluster.stop_all()
 
