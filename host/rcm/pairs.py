@@ -193,8 +193,10 @@ def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     relay = sites.group_status("relay", grname)
     # Downstream first: by the time the first base journal flows, the relay and
     # secondary already know they are in COPY (the SVOLs are not consistent).
+    # full: the base copy rewrites every chunk, so the secondary may take up the
+    # relay's stream at its newest SEQ# whatever its restore point was.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
-               relay_seq=relay["next_seq"] - 1)
+               relay_seq=relay["next_seq"] - 1, full=True)
     sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
     sites.call("primary", "pair_create", group=grname)
 

@@ -166,7 +166,9 @@ class ForwardStream:
                     f"(lost or recreated); run `tricopy pair resync`")
         if peer.last_seq + 1 < tail:
             return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
-                    f"journal starts at {tail}: journals are missing; run `tricopy pair resync`")
+                    f"journal starts at {tail}: journals are missing (its state is older than "
+                    f"this relay's journal: put back from a copy?); a delta cannot bridge "
+                    f"that: run `tricopy pair delete`, then `tricopy pair create` (a full copy)")
         return None
 
     def start(self, restored: int, tail: int) -> int:

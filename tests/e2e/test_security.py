@@ -375,7 +375,7 @@ def _ask(path, request: dict) -> dict:
 _GROUP_ONLY = {"pair_create", "pair_split", "pair_delete", "swap_cancel"}
 _ARGS = ("group", "idx", "offset", "length", "data", "epoch", "restored", "relay_last_tag",
          "count", "first", "chunks", "grsts", "consistent_seq", "relay_seq", "pseq", "timeout",
-         "force", "name", "reverse", "flush")
+         "force", "name", "reverse", "flush", "full")
 
 
 def test_every_control_command_answers_a_bad_argument_with_a_typed_error(cluster):
