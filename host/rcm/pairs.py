@@ -219,7 +219,8 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
             raise RcmError(f"group {grname} is {p['grsts']} at the primary, not copying"
                            + (f": {p['reason']}" if p["reason"] else ""))
         if time.monotonic() > deadline:
-            raise RcmError(f"group {grname} still in COPY after {timeout:g} s")
+            raise RcmError(f"group {grname} still in COPY after {timeout:g} s: the copy goes "
+                           f"on; `tricopy status` shows how far, `tricopy pair sync` waits again")
         time.sleep(POLL)
     # Every base journal is ACKed, so each has a SEQ# at or below the relay's last.
     point = sites.group_status("relay", grname)["next_seq"] - 1
@@ -227,7 +228,8 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
     sites.call("secondary", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     while not sites.group_status("secondary", grname)["consistent"]:
         if time.monotonic() > deadline:
-            raise RcmError(f"secondary has not restored up to SEQ# {point} after {timeout:g} s")
+            raise RcmError(f"secondary has not restored up to SEQ# {point} after {timeout:g} s: "
+                           f"`tricopy status` says why, `tricopy pair sync` waits again")
         time.sleep(POLL)
     return point
 
