@@ -7,7 +7,8 @@ group, stale epoch) log one line too.  The attack of the outside test is
 replayed: a plain socket posing as the relay sends a JNLWR to the
 secondary's data port; nothing reaches the SVOL and replication goes on.
 Control: an unauthenticated client changes nothing; a line over the limit
-closes only its own connection.
+closes only its own connection, and so do too many requests or request bytes
+unanswered at once (limits.control_inflight, limits.control_buffered).
 """
 
 import asyncio
@@ -282,6 +283,56 @@ def test_control_limits_close_only_the_offending_connection(tmp_path):
         _lines(c, "secondary", "(limits.connections = 4)")
     finally:
         c.stop_all()
+
+
+def _control_limit_scenario(tmp_path, over: list[bytes], needle: str) -> None:
+    """A secondary with ``control_inflight = 4`` and ``control_buffered = 20000``:
+    a client that keeps to them is served; one that sends ``over`` in one
+    write before reading any answer is closed without an answer and with one
+    log line holding ``needle``; the first client is still served."""
+    c = Cluster(tmp_path, site_extra={
+        "secondary": "[limits]\ncontrol_line = 65536\ncontrol_inflight = 4\n"
+                     "control_buffered = 20000\n"})
+    try:
+        c.start("secondary")
+        path = c.control_addr("secondary")
+
+        async def scenario():
+            good = await control.ControlClient.open(path)
+            # four unanswered requests at once, and one of 12 kB, are served
+            answers = await asyncio.gather(*(good.call("status") for _ in range(4)))
+            assert all(a["role"] == "secondary" for a in answers)
+            assert (await good.call("status", pad="x" * 12_000))["role"] == "secondary"
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(b"".join(over))
+            await w.drain()
+            assert await asyncio.wait_for(r.read(), 5) == b""        # closed, no answer
+            w.close()
+            assert (await good.call("status"))["role"] == "secondary"    # untouched
+            await good.close()
+
+        asyncio.run(scenario())
+        _lines(c, "secondary", needle)
+        assert "socket.send() raised exception" not in c.log("secondary")
+    finally:
+        c.stop_all()
+
+
+def test_control_inflight_closes_only_the_offending_connection(tmp_path):
+    """``limits.control_inflight``: twenty requests pipelined before reading
+    any answer, over a bound of 4."""
+    _control_limit_scenario(
+        tmp_path, [json.dumps({"id": i, "cmd": "status"}).encode() + b"\n" for i in range(20)],
+        "4 requests in flight (limits.control_inflight = 4)")
+
+
+def test_control_buffered_closes_only_the_offending_connection(tmp_path):
+    """``limits.control_buffered``: four 12 kB requests at once hold 24 kB at
+    the second, over a bound of 20000 bytes (each alone is served)."""
+    _control_limit_scenario(
+        tmp_path, [json.dumps({"id": i, "cmd": "status", "pad": "x" * 12_000}).encode() + b"\n"
+                   for i in range(4)],
+        "request bytes held (limits.control_buffered = 20000)")
 
 
 def test_data_port_limits_close_only_the_idle_handshakes(tmp_path):
