@@ -306,12 +306,28 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
     return target
 
 
-def pair_resync(sites: Sites, grname: str) -> None:
-    """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
+def pair_resync(sites: Sites, grname: str, say=lambda line: None) -> bool:
+    """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR.
+
+    A relay's copy (data volumes at the relay) that lacks journals already
+    released (``needs_resync`` in its status) is brought back too: the group
+    is split first if it is PAIR, every chunk is copied, and the relay's copy
+    takes that copy from the relay's newest SEQ# on.  Returns True then."""
     # The primary has the last word (only a SUSP group resyncs), but it is told
     # last: ask it first, or a refusal would leave the relay and the secondary
     # in COPY, the SVOLs no longer called consistent, for nothing.
     p = sites.group_status("primary", grname)
+    try:
+        local = sites.group_status("relay", grname).get("local") or {}
+    except Unreachable:
+        local = {}          # (refused below, or where the relay's next SEQ# is asked)
+    full = bool(local.get("needs_resync"))
+    if full and not p["fenced"] and p["grsts"] == "PAIR":
+        say(f"the relay's copy lacks journals already released ({local['reason']}): "
+            f"split first, then every chunk is copied (the SVOLs too are no consistent "
+            f"image until the copy ends)")
+        pair_split(sites, grname, say=say)
+        p = sites.group_status("primary", grname)
     if p["fenced"]:
         raise RcmError(f"group {grname} is fenced at the primary: it was taken over at epoch "
                        f"{p['fence_epoch']} and can only rejoin as the restore side "
@@ -331,9 +347,14 @@ def pair_resync(sites: Sites, grname: str) -> None:
     # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1, relay_tag=relay["last_tag"])
-    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    moved = sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+                       local_resync=full).get("local_resync")
+    if moved:
+        say(f"the relay's copy restarts after SEQ# {moved['relay_seq']} (it was restored up "
+            f"to {moved['last_restored']}): the copy of every chunk makes it whole")
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"],
-               restored_tag=restored_tag)
+               restored_tag=restored_tag, full=full)
+    return full
 
 
 def copied(p: dict) -> str:
@@ -421,8 +442,9 @@ def _run_pair(args) -> int:
             sites = move_relay(_configured(args), args.group, args.via, say=say)
             print(f"group {args.group}: COPY through the {args.via} relay (delta resync started)")
         elif op == "resync":
-            pair_resync(sites, args.group)
-            print(f"group {args.group}: COPY (delta resync started)")
+            full = pair_resync(sites, args.group, say=say)
+            what = "a copy of every chunk, for the relay's copy" if full else "delta resync"
+            print(f"group {args.group}: COPY ({what} started)")
         elif op == "delete":
             pair_delete(sites, args.group, say=say)
             print(f"group {args.group}: SMPL")

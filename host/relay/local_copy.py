@@ -14,6 +14,15 @@ The journals come from the relay's own journal volume, not from a link:
 link handler does with what arrives.  A journal leaves the journal volume
 only when both the far secondary and this copy hold it durably
 (``RelayGroup._release``), so a relay restart replays what the copy lacks.
+
+A copy whose restore point was put back or lost finds journals it needs
+already released: it can never catch up by itself.  It is suspended, says
+it is no consistent image (``needs_resync``), and no longer holds up the
+releases (else the relay's journal would fill and stop the host):
+``tricopy pair resync`` then copies the whole PVOL through the relay
+(:meth:`RelayCopy.resync` moves its restore point to the relay's newest
+SEQ#, the copy's journals follow), and it is consistent again at the
+copy's end, as after ``pair create``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ class RelayCopy(RestoreGroup):
         # After `tricopy takeover --to relay` the relay journals host writes
         # to these volumes itself (RelayGroup.local_write, set by the relay).
         self.writer = None
+        # Why it cannot catch up (journals it needs were released), until
+        # `pair resync` copies the PVOL to it; "" when it can.
+        self.needs_resync = ""
 
     # The journals keep coming from the relay's journal volume after a takeover
     # to the relay (its own writes are journals too): restoring never stops, and
@@ -65,6 +77,35 @@ class RelayCopy(RestoreGroup):
         self.volumes[idx].check(offset, length)
         await self.writer(kind, idx, offset, length, data)
 
+    def consistent(self) -> bool:
+        # Journals it needs are gone: its volumes may hold writes past its
+        # restore point, or miss some before it; no image it can name.
+        return not self.needs_resync and super().consistent()
+
+    async def resync(self, relay_seq: int) -> dict:
+        """``pair resync`` for a copy that lacks released journals: the copy of
+        the whole PVOL follows the relay's SEQ# ``relay_seq`` (the RCM set the
+        group COPY first), so the restore point moves there (durably) and the
+        journals after it are applied again; consistent once that copy ends.
+        Returns where it was."""
+        async with self._restore_lock:
+            was = {"last_restored": self.last_restored, "reason": self.needs_resync}
+            s = self.stream       # (as RestoreStream.rebase, also if already there)
+            s.staged.clear()
+            s.staged_bytes = 0
+            s.restored = s.mark = s.applied = relay_seq
+            s.replay_to = 0
+            self._room.set()
+            for vol in self.volumes.values():
+                vol.flush()
+            self.applied_tag = 0          # PSEQ unknown until the copy ends
+            self.state.save(relay_seq, relay_seq, tag=0)
+            self.grsts, self.reason, self.needs_resync = "PAIR", "", ""
+        log.warning("group %s: the relay's copy is resynced: its restore point moves from %d "
+                    "to the relay's SEQ# %d; a copy of the PVOL follows, consistent when it "
+                    "ends", self.cfg.grname, was["last_restored"], relay_seq)
+        return was
+
     async def wait_applied(self, seq: int) -> None:
         while self.applied < seq:
             if self.grsts == "SUSP":
@@ -79,7 +120,8 @@ class RelayCopy(RestoreGroup):
         """Stage every journal the relay holds, in SEQ# order, from the restore
         point on (a crash replay included).  ``last()`` is the newest SEQ# that
         may be applied (durable at the relay); ``new`` is set when it grows.
-        Returns (with the group suspended) if a journal it needs was released."""
+        A journal it needs that was released suspends it (``needs_resync``)
+        until :meth:`resync`; then it goes on after the new restore point."""
         nxt = self.last_restored + 1
         while not stopped():
             if nxt > last():
@@ -89,10 +131,17 @@ class RelayCopy(RestoreGroup):
                         await new.wait()
                 continue
             if nxt < store.tail_seq:
-                self.suspend(f"the relay's data volumes lack SEQ# {nxt}..{store.tail_seq - 1}, "
-                             f"released from the journal volume before they were applied: "
-                             f"run `tricopy pair resync`")
-                return
+                why = (f"the relay's data volumes lack SEQ# {nxt}..{store.tail_seq - 1}, "
+                       f"released from the journal volume before they were applied (their "
+                       f"restore point was put back or lost): no consistent image, and the "
+                       f"relay releases journals without them; run `tricopy pair resync` "
+                       f"(a copy of the whole PVOL to them)")
+                self.needs_resync = why
+                self.suspend(why)
+                while self.needs_resync and not stopped():
+                    await asyncio.sleep(0.2)
+                nxt = self.last_restored + 1
+                continue
             for ctl, data in store.read(nxt, min(FEED_BATCH, last() - nxt + 1)):
                 await self.stage(ctl, data)      # waits while too much is staged
                 nxt = ctl.seq + 1
@@ -101,7 +150,8 @@ class RelayCopy(RestoreGroup):
         """What the relay's status shows of its data volumes."""
         st = self.status()
         keep = ("consistent", "consistent_seq", "catching_up_to", "last_restored", "applied",
-                "staged", "reason")
+                "staged", "reason", "restored_tag")
         return {**{k: st[k] for k in keep}, "grsts": st["grsts"],
+                "needs_resync": bool(self.needs_resync),
                 "volumes": [{"idx": i, "path": str(v.path), "size": v.size}
                             for i, v in sorted(self.volumes.items())]}

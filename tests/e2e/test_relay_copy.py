@@ -178,3 +178,66 @@ def test_takeover_to_the_relay_site_writes_there_and_reaches_the_secondary(tmp_p
         assert cluster.cli("status").returncode == 0
     finally:
         cluster.stop_all()
+
+
+def _wait_copy_caught_up(cluster: Cluster, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (r := cluster.status("relay"))["local"]["last_restored"] < r["next_seq"] - 1:
+        assert time.monotonic() < deadline, r["local"]
+        time.sleep(0.05)
+    return r
+
+
+def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path):
+    """The relay's copy loses its restore point (the file is gone) while the
+    journals it would replay were released: it can never catch up by itself.
+    It says so (no consistent image; the command to run), it no longer holds
+    up the relay's releases (the far secondary goes on, the journal does not
+    fill), and `tricopy pair resync` brings it back with a copy of every
+    chunk: relay copy == PVOL == SVOL, consistent again."""
+    cluster = Cluster(tmp_path, relay_volumes=True, volumes=1)
+    try:
+        cluster.start_all()
+        addr = cluster.control_addr("primary")
+        asyncio.run(Workload(addr, 1, seed=41).run(count=40))
+        cluster.wait_drained()
+        _wait_copy_caught_up(cluster)
+        assert cluster.terminate("relay") == 0
+        (tmp_path / "relay" / "state" / "g1.restored").unlink()
+        cluster.start("relay")
+
+        deadline = time.monotonic() + 20
+        while (r := cluster.status("relay"))["local"]["grsts"] != "SUSP":
+            assert time.monotonic() < deadline, r["local"]
+            time.sleep(0.1)
+        lc = r["local"]
+        assert not lc["consistent"], f"a copy that cannot catch up called consistent: {lc}"
+        assert lc["needs_resync"], lc
+        assert "`tricopy pair resync`" in lc["reason"], lc
+        shown = cluster.cli("status").stdout
+        assert "relay copy SUSP: " in shown and "`tricopy pair resync`" in shown, shown
+
+        # Meanwhile the far secondary's journals are released without it.
+        asyncio.run(Workload(addr, 1, seed=42).run(count=40))
+        drained = cluster.wait_drained(timeout=30)
+        assert drained["relay"]["tail_seq"] == drained["relay"]["next_seq"]
+        lc = cluster.status("relay")["local"]
+        assert lc["needs_resync"] and not lc["consistent"], lc
+
+        out = cluster.cli("pair", "resync", "--group", "g1")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "the relay's copy" in out.stdout + out.stderr, out.stdout + out.stderr
+        p = cluster.status("primary")
+        assert p["grsts"] == "PAIR" and p["copy_total"] == p["copy_full_chunks"], p
+
+        asyncio.run(Workload(addr, 1, seed=43).run(count=20))
+        cluster.wait_drained()
+        r = _wait_copy_caught_up(cluster)
+        assert not r["local"]["needs_resync"] and r["local"]["grsts"] == "PAIR", r["local"]
+        assert r["local"]["consistent"], r["local"]
+        pvol = cluster.volume_bytes("primary", 0)
+        assert cluster.volume_bytes("relay", 0) == pvol, "relay copy != PVOL"
+        assert cluster.volume_bytes("secondary", 0) == pvol, "SVOL != PVOL"
+        assert "relay copy consistent" in cluster.cli("status").stdout
+    finally:
+        cluster.stop_all()
