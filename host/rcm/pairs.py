@@ -197,7 +197,9 @@ def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     # relay's stream at its newest SEQ# whatever its restore point was.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1, full=True)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    # local_resync: a relay copy that lacks released journals takes this copy too.
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+               local_resync=True)
     sites.call("primary", "pair_create", group=grname)
 
 

@@ -851,6 +851,10 @@ class RelayGroup:
         if epoch < self.jnlg.fence_epoch or epoch <= self.epoch:
             raise ControlError(f"takeover to epoch {epoch}: group {self.cfg.grname} is at epoch "
                                f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
+        if self.local.needs_resync:
+            raise ControlError(f"group {self.cfg.grname}: the relay's copy is no consistent "
+                               f"image ({self.local.needs_resync}); take over at the secondary "
+                               f"(`tricopy takeover --to secondary`)")
         async with self._ingest:
             s = self.store
             if restored < s.next_seq - 1 or self.local.last_restored < s.next_seq - 1:
@@ -1149,7 +1153,10 @@ class RelayGroup:
                                    f"site that took over restored only up to {restored}: the "
                                    f"writes in between are only here; run `tricopy failback "
                                    f"--digest` after `tricopy pair delete` at the relay")
-            if self.local is not None and self.local.last_restored < s.next_seq - 1:
+            # (a copy that lacks released journals waits for `pair resync`, not
+            # for them: it holds up no failback)
+            if self.local is not None and not self.local.needs_resync \
+                    and self.local.last_restored < s.next_seq - 1:
                 raise ControlError(f"the relay's data volumes restored up to SEQ# "
                                    f"{self.local.last_restored} of {s.next_seq - 1}: run the "
                                    f"command again once they caught up")

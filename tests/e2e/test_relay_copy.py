@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from tricopy.host.rcm import control
 
 from .cluster import Cluster, Workload
@@ -188,13 +189,15 @@ def _wait_copy_caught_up(cluster: Cluster, timeout: float = 30.0) -> dict:
     return r
 
 
-def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path):
+@pytest.mark.parametrize("how", ["resync", "delete-create"])
+def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
     """The relay's copy loses its restore point (the file is gone) while the
     journals it would replay were released: it can never catch up by itself.
     It says so (no consistent image; the command to run), it no longer holds
     up the relay's releases (the far secondary goes on, the journal does not
     fill), and `tricopy pair resync` brings it back with a copy of every
-    chunk: relay copy == PVOL == SVOL, consistent again."""
+    chunk (so does `pair delete` + `pair create`): relay copy == PVOL ==
+    SVOL, consistent again."""
     cluster = Cluster(tmp_path, relay_volumes=True, volumes=1)
     try:
         cluster.start_all()
@@ -224,9 +227,14 @@ def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path):
         lc = cluster.status("relay")["local"]
         assert lc["needs_resync"] and not lc["consistent"], lc
 
-        out = cluster.cli("pair", "resync", "--group", "g1")
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "the relay's copy" in out.stdout + out.stderr, out.stdout + out.stderr
+        if how == "resync":
+            out = cluster.cli("pair", "resync", "--group", "g1")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "the relay's copy" in out.stdout + out.stderr, out.stdout + out.stderr
+        else:
+            for op in ("delete", "create"):
+                out = cluster.cli("pair", op, "--group", "g1")
+                assert out.returncode == 0, out.stdout + out.stderr
         p = cluster.status("primary")
         assert p["grsts"] == "PAIR" and p["copy_total"] == p["copy_full_chunks"], p
 
