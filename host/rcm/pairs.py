@@ -330,6 +330,9 @@ def pair_resync(sites: Sites, grname: str, say=lambda line: None) -> bool:
             f"image until the copy ends)")
         pair_split(sites, grname, say=say)
         p = sites.group_status("primary", grname)
+    # A resync that moved the relay's copy but never reached the primary (the
+    # RCM was lost in between): the copy of every chunk is still owed.
+    full = full or (local.get("resync_after") is not None and p["grsts"] == "SUSP")
     if p["fenced"]:
         raise RcmError(f"group {grname} is fenced at the primary: it was taken over at epoch "
                        f"{p['fence_epoch']} and can only rejoin as the restore side "

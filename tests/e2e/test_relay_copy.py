@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from tricopy.host.rcm import control
+from tricopy.host.rcm.jnlg import NEVER
 
 from .cluster import Cluster, Workload
 from .test_consistency import WORKERS, StampedWriters, check_prefix
@@ -189,7 +190,7 @@ def _wait_copy_caught_up(cluster: Cluster, timeout: float = 30.0) -> dict:
     return r
 
 
-@pytest.mark.parametrize("how", ["resync", "delete-create"])
+@pytest.mark.parametrize("how", ["resync", "delete-create", "rcm-lost"])
 def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
     """The relay's copy loses its restore point (the file is gone) while the
     journals it would replay were released: it can never catch up by itself.
@@ -197,7 +198,10 @@ def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
     up the relay's releases (the far secondary goes on, the journal does not
     fill), and `tricopy pair resync` brings it back with a copy of every
     chunk (so does `pair delete` + `pair create`): relay copy == PVOL ==
-    SVOL, consistent again."""
+    SVOL, consistent again.  "rcm-lost": the RCM is lost after the relay's
+    step of the resync (the copy's restore point moved) and the relay is
+    SIGKILLed: the copy still says it is no image and what it waits for,
+    and `pair resync` run again copies every chunk."""
     cluster = Cluster(tmp_path, relay_volumes=True, volumes=1)
     try:
         cluster.start_all()
@@ -227,7 +231,28 @@ def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
         lc = cluster.status("relay")["local"]
         assert lc["needs_resync"] and not lc["consistent"], lc
 
-        if how == "resync":
+        if how == "rcm-lost":
+            out = cluster.cli("pair", "split", "--group", "g1")
+            assert out.returncode == 0, out.stdout + out.stderr
+            moved = control.call(cluster.control_addr("relay"), "pair_set", group="g1",
+                                 grsts="COPY", consistent_seq=NEVER, local_resync=True)
+            assert moved["local_resync"]["last_restored"] == 0, moved
+            cluster.kill("relay")
+            cluster.start("relay")
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    lc = cluster.status("relay")["local"]
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert not lc["needs_resync"] and lc["resync_after"] is not None, lc
+            assert lc["owed_chunks"] == 16, lc          # 1 MiB in 64 KiB chunks
+            assert not lc["consistent"], lc
+            shown = cluster.cli("status").stdout
+            assert "relay copy NOT consistent: " in shown and "wait for a copy of 16 chunks" in shown, shown
+        if how in ("resync", "rcm-lost"):
             out = cluster.cli("pair", "resync", "--group", "g1")
             assert out.returncode == 0, out.stdout + out.stderr
             assert "the relay's copy" in out.stdout + out.stderr, out.stdout + out.stderr
@@ -242,6 +267,12 @@ def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
         cluster.wait_drained()
         r = _wait_copy_caught_up(cluster)
         assert not r["local"]["needs_resync"] and r["local"]["grsts"] == "PAIR", r["local"]
+        assert r["local"]["resync_after"] is None, r["local"]
+        owed = tmp_path / "relay" / "state" / "g1.resync"
+        deadline = time.monotonic() + 10
+        while owed.exists():              # forgotten at the checkpoint after the last chunk
+            assert time.monotonic() < deadline, "the relay's copy still owes chunks"
+            time.sleep(0.05)
         assert r["local"]["consistent"], r["local"]
         pvol = cluster.volume_bytes("primary", 0)
         assert cluster.volume_bytes("relay", 0) == pvol, "relay copy != PVOL"
