@@ -80,6 +80,8 @@ class RelayCopy(RestoreGroup):
                 self.resync_after = int(json.loads(self._resync_path.read_text())["after"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{self._resync_path} is corrupt: {exc}") from None
+            if not self.owed.path.exists():
+                self.owed.set_all()        # (saved first; gone by hand: all owed)
             self._owed_left = self.owed.count()
 
     # The journals keep coming from the relay's journal volume after a takeover
