@@ -1379,12 +1379,13 @@ class MasterGroup:
         self._set_state("SUSP", "split by the operator")
 
     def pair_resync(self, relay_last_tag: int | None = None,
-                    restored_tag: int | None = None) -> None:
+                    restored_tag: int | None = None, full: bool = False) -> None:
         """SUSP -> COPY of the chunks in the copy bitmap only (delta resync), then PAIR.
 
         ``restored_tag``: the secondary's restore point as a PSEQ, for a relay
         that came back empty (``lost_to_secondary``): the regions written after
-        it are what the secondary lacks.
+        it are what the secondary lacks.  ``full``: every chunk (the relay's
+        copy lacks journals already released, host/relay/local_copy.py).
         """
         self._refuse_if_fenced()
         if self.grsts != "SUSP":
@@ -1392,6 +1393,11 @@ class MasterGroup:
                                f"can be resynced")
         if self.jnlg.lost_to_secondary:
             self._mark_lost_to_secondary(restored_tag)
+        if full:
+            self.bitmap.set_all()
+            self.bitmap.save()
+            log.warning("group %s: resync of every chunk (the relay's copy lacks journals "
+                        "already released)", self.cfg.grname)
         if not self.split and not self.pending and relay_last_tag is not None:
             # An error suspension dropped journals the relay never took: the
             # next PSEQ must follow the relay's last one or it sees a gap.
@@ -1615,7 +1621,8 @@ class Primary:
         g = self._named(req.text("group"))
         op = req["cmd"]
         if op == "pair_resync":
-            g.pair_resync(req.integer("relay_last_tag", None), req.integer("restored_tag", None))
+            g.pair_resync(req.integer("relay_last_tag", None), req.integer("restored_tag", None),
+                          req.flag("full"))
         else:
             getattr(g, op)()
         return {"grsts": g.grsts}

@@ -15,10 +15,11 @@ TCP needs mutual TLS with a client certificate named in ``control_clients``.
 Plain TCP (``control_plaintext = true``, 127.0.0.1 only) is unauthenticated
 and serves only the read-only commands (:data:`READ_ONLY`).
 
-Limits (``[limits]``): a request line longer than ``control_line`` closes
-that connection with a log line; at most ``control_inflight`` requests and
-``control_buffered`` request bytes are served at once per connection (the
-reading waits meanwhile); ``connections`` per listener.
+Limits (``[limits]``): a request line longer than ``control_line``, a
+request beyond ``control_inflight`` unanswered ones, or one that would hold
+more than ``control_buffered`` request bytes being served closes that
+connection with a log line naming the limit (the requests already taken are
+still served); ``connections`` per listener.  Other connections go on.
 """
 
 from __future__ import annotations
@@ -257,10 +258,20 @@ class ControlServer:
                                 "%d bytes (limits.control_line)", peer, self.max_line)
                     writer.transport.abort()
                     break
-                # Bounded work per connection: wait for answers before reading on.
-                while tasks and (len(tasks) >= self.max_inflight
-                                 or held[0] + len(line) > self.max_buffered):
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                # Bounded work per connection: a client that sends more
+                # than its bounds before reading the answers is closed (its
+                # requests already taken are still served), the others go on.
+                why = None
+                if len(tasks) >= self.max_inflight:
+                    why = (f"{len(tasks)} requests in flight "
+                           f"(limits.control_inflight = {self.max_inflight})")
+                elif tasks and held[0] + len(line) > self.max_buffered:
+                    why = (f"{held[0] + len(line)} request bytes held "
+                           f"(limits.control_buffered = {self.max_buffered})")
+                if why is not None:
+                    log.warning("control: closed the connection of %s: %s", peer, why)
+                    writer.transport.abort()
+                    break
                 held[0] += len(line)
                 task = asyncio.create_task(self._one(line, writer, lock, writable, peer))
                 tasks.add(task)
@@ -310,9 +321,11 @@ class ControlServer:
         # (a site that restarts into another role after a swap).
         after = answer.pop("_after", None)
         async with lock:
-            with contextlib.suppress(ConnectionError, OSError):
-                writer.write(json.dumps(answer).encode() + b"\n")
-                await writer.drain()
+            # a connection closed (over a limit, or gone) has nobody to answer
+            if not writer.transport.is_closing():
+                with contextlib.suppress(ConnectionError, OSError):
+                    writer.write(json.dumps(answer).encode() + b"\n")
+                    await writer.drain()
         if after is not None:
             after()
 

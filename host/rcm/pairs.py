@@ -193,9 +193,13 @@ def pair_create(sites: Sites, grname: str, say=lambda line: None) -> None:
     relay = sites.group_status("relay", grname)
     # Downstream first: by the time the first base journal flows, the relay and
     # secondary already know they are in COPY (the SVOLs are not consistent).
+    # full: the base copy rewrites every chunk, so the secondary may take up the
+    # relay's stream at its newest SEQ# whatever its restore point was.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
-               relay_seq=relay["next_seq"] - 1)
-    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+               relay_seq=relay["next_seq"] - 1, full=True)
+    # local_resync: a relay copy that lacks released journals takes this copy too.
+    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+               local_resync=True)
     sites.call("primary", "pair_create", group=grname)
 
 
@@ -217,7 +221,8 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
             raise RcmError(f"group {grname} is {p['grsts']} at the primary, not copying"
                            + (f": {p['reason']}" if p["reason"] else ""))
         if time.monotonic() > deadline:
-            raise RcmError(f"group {grname} still in COPY after {timeout:g} s")
+            raise RcmError(f"group {grname} still in COPY after {timeout:g} s: the copy goes "
+                           f"on; `tricopy status` shows how far, `tricopy pair sync` waits again")
         time.sleep(POLL)
     # Every base journal is ACKed, so each has a SEQ# at or below the relay's last.
     point = sites.group_status("relay", grname)["next_seq"] - 1
@@ -225,7 +230,8 @@ def pair_sync(sites: Sites, grname: str, *, timeout: float = 600.0,
     sites.call("secondary", "pair_set", group=grname, grsts="PAIR", consistent_seq=point)
     while not sites.group_status("secondary", grname)["consistent"]:
         if time.monotonic() > deadline:
-            raise RcmError(f"secondary has not restored up to SEQ# {point} after {timeout:g} s")
+            raise RcmError(f"secondary has not restored up to SEQ# {point} after {timeout:g} s: "
+                           f"`tricopy status` says why, `tricopy pair sync` waits again")
         time.sleep(POLL)
     return point
 
@@ -302,15 +308,41 @@ def move_relay(configured: Sites, grname: str, to: str, say=lambda line: None) -
     return target
 
 
-def pair_resync(sites: Sites, grname: str) -> None:
-    """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR."""
-    # The primary decides (only a SUSP group is resynced), but it is told last:
-    # ask it first, or a refused resync would leave the relay and the secondary
-    # in COPY, the SVOLs reported not consistent, on a healthy pair.
-    prim = sites.group_status("primary", grname)
-    if prim["grsts"] != "SUSP":
-        raise RcmError(f"group {grname} is {prim['grsts']} at the primary: only a SUSP group "
-                       f"can be resynced; nothing changed")
+def pair_resync(sites: Sites, grname: str, say=lambda line: None) -> bool:
+    """SUSP -> COPY of the chunks in the copy bitmap (delta resync); sync to reach PAIR.
+
+    A relay's copy (data volumes at the relay) that lacks journals already
+    released (``needs_resync`` in its status) is brought back too: the group
+    is split first if it is PAIR, every chunk is copied, and the relay's copy
+    takes that copy from the relay's newest SEQ# on.  Returns True then."""
+    # The primary has the last word (only a SUSP group resyncs), but it is told
+    # last: ask it first, or a refusal would leave the relay and the secondary
+    # in COPY, the SVOLs no longer called consistent, for nothing.
+    p = sites.group_status("primary", grname)
+    try:
+        local = sites.group_status("relay", grname).get("local") or {}
+    except Unreachable:
+        local = {}          # (refused below, or where the relay's next SEQ# is asked)
+    full = bool(local.get("needs_resync"))
+    if full and not p["fenced"] and p["grsts"] == "PAIR":
+        say(f"the relay's copy lacks journals already released ({local['reason']}): "
+            f"split first, then every chunk is copied (the SVOLs too are no consistent "
+            f"image until the copy ends)")
+        pair_split(sites, grname, say=say)
+        p = sites.group_status("primary", grname)
+    # A resync that moved the relay's copy but never reached the primary (the
+    # RCM was lost in between): the copy of every chunk is still owed.
+    full = full or (local.get("resync_after") is not None and p["grsts"] == "SUSP")
+    if p["fenced"]:
+        raise RcmError(f"group {grname} is fenced at the primary: it was taken over at epoch "
+                       f"{p['fence_epoch']} and can only rejoin as the restore side "
+                       f"(`tricopy failback`); nothing was changed")
+    if p["grsts"] != "SUSP":
+        raise RcmError(f"group {grname} is {p['grsts']} at the primary: only a SUSP group can "
+                       f"be resynced; nothing was changed"
+                       + ("" if p["grsts"] != "PAIR" else
+                          " (`tricopy pair split` first, to copy chunks `tricopy verify "
+                          "--mark` found)"))
     relay = sites.group_status("relay", grname)
     # The secondary's restore point as a PSEQ, read before pair_set moves it
     # back: after a relay that lost everything, the primary copies only the
@@ -320,9 +352,14 @@ def pair_resync(sites: Sites, grname: str) -> None:
     # (the secondary holds SEQ#s the relay lost); the copy rewrites what differs.
     sites.call("secondary", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
                relay_seq=relay["next_seq"] - 1, relay_tag=relay["last_tag"])
-    sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER)
+    moved = sites.call("relay", "pair_set", group=grname, grsts="COPY", consistent_seq=NEVER,
+                       local_resync=full).get("local_resync")
+    if moved:
+        say(f"the relay's copy restarts after SEQ# {moved['relay_seq']} (it was restored up "
+            f"to {moved['last_restored']}): the copy of every chunk makes it whole")
     sites.call("primary", "pair_resync", group=grname, relay_last_tag=relay["last_tag"],
-               restored_tag=restored_tag)
+               restored_tag=restored_tag, full=full)
+    return full
 
 
 def copied(p: dict) -> str:
@@ -410,8 +447,9 @@ def _run_pair(args) -> int:
             sites = move_relay(_configured(args), args.group, args.via, say=say)
             print(f"group {args.group}: COPY through the {args.via} relay (delta resync started)")
         elif op == "resync":
-            pair_resync(sites, args.group)
-            print(f"group {args.group}: COPY (delta resync started)")
+            full = pair_resync(sites, args.group, say=say)
+            what = "a copy of every chunk, for the relay's copy" if full else "delta resync"
+            print(f"group {args.group}: COPY ({what} started)")
         elif op == "delete":
             pair_delete(sites, args.group, say=say)
             print(f"group {args.group}: SMPL")

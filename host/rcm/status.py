@@ -222,7 +222,8 @@ def format_status(rows: list[dict]) -> str:
         if r and r.get("local"):            # data volumes at the relay (Fig. 12)
             lc = r["local"]
             state = "consistent" if lc["consistent"] and lc["grsts"] != "SUSP" else \
-                ("SUSP: " + lc["reason"] if lc["grsts"] == "SUSP" else "NOT consistent")
+                ("SUSP: " + lc["reason"] if lc["grsts"] == "SUSP" else
+                 "NOT consistent" + (": " + lc["reason"] if lc["reason"] else ""))
             out.append(f"  relay copy {state} (restored {lc['last_restored']}, "
                        f"{len(lc['volumes'])} volume(s))")
         if p:

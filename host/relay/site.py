@@ -858,6 +858,10 @@ class RelayGroup:
         if epoch < self.jnlg.fence_epoch or epoch <= self.epoch:
             raise ControlError(f"takeover to epoch {epoch}: group {self.cfg.grname} is at epoch "
                                f"{self.epoch}, fenced at {self.jnlg.fence_epoch}")
+        if self.local.needs_resync:
+            raise ControlError(f"group {self.cfg.grname}: the relay's copy is no consistent "
+                               f"image ({self.local.needs_resync}); take over at the secondary "
+                               f"(`tricopy takeover --to secondary`)")
         async with self._ingest:
             s = self.store
             if restored < s.next_seq - 1 or self.local.last_restored < s.next_seq - 1:
@@ -985,8 +989,10 @@ class RelayGroup:
 
     async def _release(self, upto: int) -> None:
         """The secondary holds everything up to ``upto`` for good: move JOPTR
-        (not past what the relay's own data volumes hold durably, if any)."""
-        if self.local is not None:
+        (not past what the relay's own data volumes hold durably, if any --
+        unless they lack journals already released: they wait for `pair
+        resync`, not for journals, and holding these would fill the journal)."""
+        if self.local is not None and not self.local.needs_resync:
             upto = min(upto, self.local.last_restored)
         self._acked.set()
         while self._arrivals and self._arrivals[0][0] <= upto:
@@ -1058,6 +1064,19 @@ class RelayGroup:
         if consistent_seq is not None:
             self.jnlg.consistent_seq = consistent_seq
         self._table.save()
+
+    async def resync_local(self) -> dict | None:
+        """``pair resync`` (after ``pair_set`` COPY): a relay copy that lacks
+        released journals takes the copy of the PVOL that follows, from the
+        relay's newest SEQ# on (RelayCopy.resync); None if it needs none."""
+        if self.local is None or not self.local.needs_resync:
+            return None
+        # (Not under _ingest, which the primary's connection holds: a journal
+        # taken meanwhile comes before the copy, which rewrites every chunk.)
+        relay_seq = self.store.next_seq - 1
+        was = await self.local.resync(relay_seq)
+        self._local_new.set()
+        return {**was, "relay_seq": relay_seq}
 
     def lag(self) -> float:
         """Seconds the oldest journal not yet restored has waited here (0 when none)."""
@@ -1141,7 +1160,10 @@ class RelayGroup:
                                    f"site that took over restored only up to {restored}: the "
                                    f"writes in between are only here; run `tricopy failback "
                                    f"--digest` after `tricopy pair delete` at the relay")
-            if self.local is not None and self.local.last_restored < s.next_seq - 1:
+            # (a copy that lacks released journals waits for `pair resync`, not
+            # for them: it holds up no failback)
+            if self.local is not None and not self.local.needs_resync \
+                    and self.local.last_restored < s.next_seq - 1:
                 raise ControlError(f"the relay's data volumes restored up to SEQ# "
                                    f"{self.local.last_restored} of {s.next_seq - 1}: run the "
                                    f"command again once they caught up")
@@ -1273,7 +1295,8 @@ class Relay:
     async def _pair_set(self, req: Request) -> dict:
         g = self._named(req)
         g.pair_set(req.text("grsts"), req.integer("consistent_seq", None))
-        return {"grsts": g.jnlg.grsts}
+        local = await g.resync_local() if req.flag("local_resync") else None
+        return {"grsts": g.jnlg.grsts, "local_resync": local}
 
     async def _fence(self, req: Request) -> dict:
         g = self._named(req)

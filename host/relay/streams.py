@@ -167,14 +167,16 @@ class ForwardStream:
         if peer.last_seq + 1 < tail:
             # Only a secondary whose restored state went back (an older copy
             # put in place) gets here: the relay released only what it ACKed.
-            # The primary is in PAIR, so `pair resync` alone is refused; a
-            # relay journal recreated empty makes it the ordered resync that
-            # copies what was written after the secondary's restore point.
+            # The primary is in PAIR, so `pair resync` alone is refused: a
+            # new pair (a full copy) takes the secondary back, or a relay
+            # journal recreated empty makes it the ordered resync that copies
+            # what was written after the secondary's restore point.
             return (f"secondary {peer.site!r} restored up to SEQ# {peer.last_seq} but the "
                     f"journal starts at {tail}: journals {peer.last_seq + 1}..{tail - 1} are "
-                    f"missing there (its restore point went back); recreate this relay's "
-                    f"journal volume, then run `tricopy pair resync` (docs/operations.md, "
-                    f"Known gaps)")
+                    f"missing there (its restore point went back: put back from a copy?); "
+                    f"either run `tricopy pair delete`, then `tricopy pair create` (a full "
+                    f"copy), or recreate this relay's journal volume, then run `tricopy pair "
+                    f"resync` (only the regions written since; docs/operations.md, Known gaps)")
         return None
 
     def start(self, restored: int, tail: int) -> int:

@@ -441,7 +441,7 @@ class RestoreGroup:
 
     def pair_set(self, grsts: str, consistent_seq: int | None = None,
                  relay_seq: int | None = None, relay_tag: int | None = None,
-                 epoch: int | None = None) -> bool:
+                 epoch: int | None = None, full: bool = False) -> bool:
         """The RCM moved the pair (docs/operations.md); persisted in the JNLG table.
 
         ``relay_seq`` comes with COPY (pair create and resync): the last SEQ#
@@ -455,6 +455,10 @@ class RestoreGroup:
         regions.py: the next relay loss copies what was written after it).
         ``epoch`` (a move to the standby relay or back): the stream goes on at
         it; returns True if the group moved (the caller drops the old link).
+        ``full`` (pair create: a base copy of every chunk follows): the restore
+        point moves to ``relay_seq`` forward too, so that a secondary left
+        behind the relay's journal tail (put back to an older copy) is taken
+        again; the base copy rewrites everything it skips.
         """
         if grsts not in GRSTS:
             raise ControlError(f"grsts must be one of {', '.join(GRSTS)}, not {grsts!r}")
@@ -468,7 +472,7 @@ class RestoreGroup:
             log.warning("group %s: the journal stream goes on at epoch %d (another relay)",
                         self.cfg.grname, epoch)
         if grsts == "COPY" and relay_seq is not None:
-            self._rebase(relay_seq, new_stream=moved)
+            self._rebase(relay_seq, new_stream=moved or full)
         if grsts == "COPY" and relay_tag is not None and self.state.tag != relay_tag \
                 and (not relay_tag or tag_after(self.state.tag, relay_tag)):
             self.applied_tag = relay_tag
@@ -846,9 +850,9 @@ class Secondary:
         g = self._named(req.text("group"))
         grsts, seq = req.text("grsts"), req.integer("consistent_seq", None)
         relay_seq, tag = req.integer("relay_seq", None), req.integer("relay_tag", None)
-        epoch = req.integer("epoch", None)
+        epoch, full = req.integer("epoch", None), req.flag("full")
         async with g._restore_lock:     # a rebase must not cut through a restore step
-            moved = g.pair_set(grsts, seq, relay_seq, tag, epoch)
+            moved = g.pair_set(grsts, seq, relay_seq, tag, epoch, full)
         if moved and g.link is not None:
             await g.link.close()        # the old relay's stream ends here
         return {"grsts": g.jnlg.grsts}

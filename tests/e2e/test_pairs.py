@@ -2,6 +2,7 @@
 writes during COPY, split, delta resync, delete; and refused pairings."""
 
 import asyncio
+import shutil
 import time
 import random
 
@@ -11,6 +12,7 @@ from tricopy.host.rcm import pairs as rcm
 from tricopy.host.rcm.jnlg import PairingError
 
 from .cluster import BLOCK, Cluster, Workload
+from .test_links import wait_for
 
 VOL = 4 << 20      # 64 copy chunks per volume: the scan takes long enough to write into
 
@@ -182,8 +184,8 @@ def test_create_needs_smpl(tmp_path):
             rcm.pair_create(cluster.sites(), "g1")
         with pytest.raises(rcm.RcmError, match="only a SUSP group can be resynced"):
             rcm.pair_resync(cluster.sites(), "g1")
-        # refused before anything moved: the secondary still calls its SVOLs consistent
-        assert states(cluster) == ("PAIR",) * 3
+        # refused before any site was told: the SVOLs still a consistent image
+        assert states(cluster) == ("PAIR", "PAIR", "PAIR")
         assert cluster.status("secondary")["consistent"]
     finally:
         cluster.stop_all()
@@ -241,6 +243,48 @@ def test_split_and_delete_work_with_the_relay_down_and_create_finishes_the_delet
         assert "missed" in out.stderr, out.stderr
         asyncio.run(Workload(cluster.control_addr("primary"), 1, seed=9).run(count=10))
         assert cluster.wait_drained()["primary"]["grsts"] == "PAIR"
+        assert_mirrored(cluster)
+    finally:
+        cluster.stop_all()
+
+
+def test_a_secondary_put_back_below_the_relays_journal_needs_create(tmp_path):
+    """The secondary's folder put back to an older copy, whose restore point the
+    relay's journal no longer reaches (it released those journals long ago):
+    the relay refuses it with what to do -- a delta cannot bridge the journals
+    released, so `pair resync` is refused with nothing changed (the primary is
+    PAIR), and `pair delete` + `pair create` (a full copy) take it back."""
+    cluster = Cluster(tmp_path / "c", vol_size=VOL)
+    old = tmp_path / "secondary-copy"
+    try:
+        cluster.start_all()
+        work = Workload(cluster.control_addr("primary"), cluster.volumes, workers=4, seed=5)
+        asyncio.run(work.run(count=10))
+        cluster.wait_drained()
+        cluster.terminate("secondary")
+        shutil.copytree(cluster.root / "secondary", old)
+        cluster.start("secondary")
+        asyncio.run(work.run(count=20))
+        tail = cluster.wait_drained()["relay"]["tail_seq"]
+        cluster.terminate("secondary")
+        shutil.rmtree(cluster.root / "secondary")
+        shutil.copytree(old, cluster.root / "secondary")
+        cluster.start("secondary")
+        r = wait_for(lambda: (x := cluster.status("relay"))["grsts"] == "SUSP" and x,
+                     "the relay to refuse the secondary")
+        assert f"the journal starts at {tail}: journals " in r["reason"], r["reason"]
+        assert "are missing there" in r["reason"], r["reason"]
+        assert "`tricopy pair delete`, then `tricopy pair create`" in r["reason"], r["reason"]
+
+        out = cluster.cli("pair", "resync", "--group", "g1")
+        assert out.returncode == 1 and "nothing was changed" in out.stderr, out.stderr
+        assert states(cluster) == ("PAIR", "SUSP", "PAIR")
+        assert cluster.status("secondary")["consistent"]        # its older image, untouched
+        for op in ("delete", "create"):
+            out = cluster.cli("pair", op, "--group", "g1", timeout=120)
+            assert out.returncode == 0, out.stdout + out.stderr
+        asyncio.run(work.run(count=5))
+        assert states(cluster) == ("PAIR", "PAIR", "PAIR")
         assert_mirrored(cluster)
     finally:
         cluster.stop_all()

@@ -4,7 +4,8 @@ The relay restores the journals it holds to its own volumes in SEQ# order
 while it forwards them to the far secondary.  Snapshots of the relay's copy
 taken between restore steps (control command ``snapshot``) that the relay
 calls consistent must be prefixes of the acknowledged write history, also
-across a SIGKILL of the relay; after the drain, relay copy == PVOL == SVOL.
+across a SIGKILL of the relay; after the drain, relay copy == PVOL == SVOL,
+and again after fio's random writes through the primary's NBD export.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from tricopy.host.rcm import control
+from tricopy.host.rcm.jnlg import NEVER
 
 from .cluster import Cluster, Workload
 from .test_consistency import WORKERS, StampedWriters, check_prefix
@@ -91,6 +94,24 @@ def test_relay_copy_is_a_prefix_and_ends_equal(tmp_path):
             "Operation not permitted" in no.stdout + no.stderr, no
         shown = cluster.cli("status").stdout
         assert f"relay copy consistent (restored {r['next_seq'] - 1}" in shown, shown
+
+        # A random NBD workload too (issue 11, acceptance 1): fio's random writes
+        # of 4 to 64 KiB to a PVOL export, drained: relay copy == PVOL == SVOL.
+        before = cluster.volume_bytes("primary", 1)
+        subprocess.run(["fio", "--name=r", "--ioengine=nbd", f"--uri={cluster.nbd_uri('primary', 1)}",
+                        "--rw=randwrite", "--bsrange=4k-64k", "--iodepth=8", "--io_size=4m",
+                        f"--size={cluster.vol_size}", "--randseed=23",
+                        f"--filename={tmp_path}/unused"], check=True, capture_output=True,
+                       timeout=120)
+        cluster.wait_drained()
+        deadline = time.monotonic() + 30
+        while (r := cluster.status("relay"))["local"]["last_restored"] < r["next_seq"] - 1:
+            assert time.monotonic() < deadline, r["local"]
+            time.sleep(0.05)
+        pvol = cluster.volume_bytes("primary", 1)
+        assert pvol != before, "fio wrote nothing"
+        assert cluster.volume_bytes("relay", 1) == pvol == cluster.volume_bytes("secondary", 1)
+        assert r["local"]["consistent"]
     finally:
         cluster.stop_all()
 
@@ -157,5 +178,105 @@ def test_takeover_to_the_relay_site_writes_there_and_reaches_the_secondary(tmp_p
             time.sleep(0.05)
         assert cluster.volume_bytes("secondary", 0) == cluster.volume_bytes("primary", 0)
         assert cluster.cli("status").returncode == 0
+    finally:
+        cluster.stop_all()
+
+
+def _wait_copy_caught_up(cluster: Cluster, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (r := cluster.status("relay"))["local"]["last_restored"] < r["next_seq"] - 1:
+        assert time.monotonic() < deadline, r["local"]
+        time.sleep(0.05)
+    return r
+
+
+@pytest.mark.parametrize("how", ["resync", "delete-create", "rcm-lost"])
+def test_a_relay_copy_without_its_released_journals_is_resynced(tmp_path, how):
+    """The relay's copy loses its restore point (the file is gone) while the
+    journals it would replay were released: it can never catch up by itself.
+    It says so (no consistent image; the command to run), it no longer holds
+    up the relay's releases (the far secondary goes on, the journal does not
+    fill), and `tricopy pair resync` brings it back with a copy of every
+    chunk (so does `pair delete` + `pair create`): relay copy == PVOL ==
+    SVOL, consistent again.  "rcm-lost": the RCM is lost after the relay's
+    step of the resync (the copy's restore point moved) and the relay is
+    SIGKILLed: the copy still says it is no image and what it waits for,
+    and `pair resync` run again copies every chunk."""
+    cluster = Cluster(tmp_path, relay_volumes=True, volumes=1)
+    try:
+        cluster.start_all()
+        addr = cluster.control_addr("primary")
+        asyncio.run(Workload(addr, 1, seed=41).run(count=40))
+        cluster.wait_drained()
+        _wait_copy_caught_up(cluster)
+        assert cluster.terminate("relay") == 0
+        (tmp_path / "relay" / "state" / "g1.restored").unlink()
+        cluster.start("relay")
+
+        deadline = time.monotonic() + 20
+        while (r := cluster.status("relay"))["local"]["grsts"] != "SUSP":
+            assert time.monotonic() < deadline, r["local"]
+            time.sleep(0.1)
+        lc = r["local"]
+        assert not lc["consistent"], f"a copy that cannot catch up called consistent: {lc}"
+        assert lc["needs_resync"], lc
+        assert "`tricopy pair resync`" in lc["reason"], lc
+        shown = cluster.cli("status").stdout
+        assert "relay copy SUSP: " in shown and "`tricopy pair resync`" in shown, shown
+
+        # Meanwhile the far secondary's journals are released without it.
+        asyncio.run(Workload(addr, 1, seed=42).run(count=40))
+        drained = cluster.wait_drained(timeout=30)
+        assert drained["relay"]["tail_seq"] == drained["relay"]["next_seq"]
+        lc = cluster.status("relay")["local"]
+        assert lc["needs_resync"] and not lc["consistent"], lc
+
+        if how == "rcm-lost":
+            out = cluster.cli("pair", "split", "--group", "g1")
+            assert out.returncode == 0, out.stdout + out.stderr
+            moved = control.call(cluster.control_addr("relay"), "pair_set", group="g1",
+                                 grsts="COPY", consistent_seq=NEVER, local_resync=True)
+            assert moved["local_resync"]["last_restored"] == 0, moved
+            cluster.kill("relay")
+            cluster.start("relay")
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    lc = cluster.status("relay")["local"]
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert not lc["needs_resync"] and lc["resync_after"] is not None, lc
+            assert lc["owed_chunks"] == 16, lc          # 1 MiB in 64 KiB chunks
+            assert not lc["consistent"], lc
+            shown = cluster.cli("status").stdout
+            assert "relay copy NOT consistent: " in shown and "wait for a copy of 16 chunks" in shown, shown
+        if how in ("resync", "rcm-lost"):
+            out = cluster.cli("pair", "resync", "--group", "g1")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "the relay's copy" in out.stdout + out.stderr, out.stdout + out.stderr
+        else:
+            for op in ("delete", "create"):
+                out = cluster.cli("pair", op, "--group", "g1")
+                assert out.returncode == 0, out.stdout + out.stderr
+        p = cluster.status("primary")
+        assert p["grsts"] == "PAIR" and p["copy_total"] == p["copy_full_chunks"], p
+
+        asyncio.run(Workload(addr, 1, seed=43).run(count=20))
+        cluster.wait_drained()
+        r = _wait_copy_caught_up(cluster)
+        assert not r["local"]["needs_resync"] and r["local"]["grsts"] == "PAIR", r["local"]
+        assert r["local"]["resync_after"] is None, r["local"]
+        owed = tmp_path / "relay" / "state" / "g1.resync"
+        deadline = time.monotonic() + 10
+        while owed.exists():              # forgotten at the checkpoint after the last chunk
+            assert time.monotonic() < deadline, "the relay's copy still owes chunks"
+            time.sleep(0.05)
+        assert r["local"]["consistent"], r["local"]
+        pvol = cluster.volume_bytes("primary", 0)
+        assert cluster.volume_bytes("relay", 0) == pvol, "relay copy != PVOL"
+        assert cluster.volume_bytes("secondary", 0) == pvol, "SVOL != PVOL"
+        assert "relay copy consistent" in cluster.cli("status").stdout
     finally:
         cluster.stop_all()

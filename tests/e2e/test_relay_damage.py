@@ -143,13 +143,14 @@ def test_recreated_relay_waits_for_an_ordered_resync(tmp_path):
         cluster.stop_all()
 
 
-def test_a_secondary_put_back_behind_the_relay_is_refused_until_the_relay_is_recreated(tmp_path):
+def test_a_secondary_put_back_behind_the_relay_is_refused_and_a_recreated_relay_resyncs_it(tmp_path):
     """The secondary's state and SVOLs replaced by an older copy: the relay has
     released journals it lacks.  The relay refuses it (SUSP, naming the missing
     SEQ# range) and never sends across the hole; the secondary keeps calling
-    its old image consistent, which it is (a prefix).  The documented repair
-    (docs/operations.md, "Known gaps"): recreate the relay's journal, then the
-    ordered resync brings PVOL == SVOL."""
+    its old image consistent, which it is (a prefix).  The repair that copies
+    only what changed (docs/operations.md, "Known gaps"): recreate the relay's
+    journal, then the ordered resync brings PVOL == SVOL.  (The other, a full
+    copy by `pair delete` + `pair create`, is tests/e2e/test_pairs.py's.)"""
     cluster = Cluster(tmp_path / "c")
     try:
         cluster.start_all()

@@ -7,7 +7,8 @@ group, stale epoch) log one line too.  The attack of the outside test is
 replayed: a plain socket posing as the relay sends a JNLWR to the
 secondary's data port; nothing reaches the SVOL and replication goes on.
 Control: an unauthenticated client changes nothing; a line over the limit
-closes only its own connection.
+closes only its own connection, and so do too many requests or request bytes
+unanswered at once (limits.control_inflight, limits.control_buffered).
 """
 
 import asyncio
@@ -284,6 +285,94 @@ def test_control_limits_close_only_the_offending_connection(tmp_path):
         c.stop_all()
 
 
+def _control_limit_scenario(tmp_path, over: list[bytes], needle: str) -> None:
+    """A secondary with ``control_inflight = 4`` and ``control_buffered = 20000``:
+    a client that keeps to them is served; one that sends ``over`` in one
+    write before reading any answer is closed without an answer and with one
+    log line holding ``needle``; the first client is still served."""
+    c = Cluster(tmp_path, site_extra={
+        "secondary": "[limits]\ncontrol_line = 65536\ncontrol_inflight = 4\n"
+                     "control_buffered = 20000\n"})
+    try:
+        c.start("secondary")
+        path = c.control_addr("secondary")
+
+        async def scenario():
+            good = await control.ControlClient.open(path)
+            # four unanswered requests at once, and one of 12 kB, are served
+            answers = await asyncio.gather(*(good.call("status") for _ in range(4)))
+            assert all(a["role"] == "secondary" for a in answers)
+            assert (await good.call("status", pad="x" * 12_000))["role"] == "secondary"
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(b"".join(over))
+            await w.drain()
+            assert await asyncio.wait_for(r.read(), 5) == b""        # closed, no answer
+            w.close()
+            assert (await good.call("status"))["role"] == "secondary"    # untouched
+            await good.close()
+
+        asyncio.run(scenario())
+        _lines(c, "secondary", needle)
+        assert "socket.send() raised exception" not in c.log("secondary")
+    finally:
+        c.stop_all()
+
+
+def test_control_inflight_closes_only_the_offending_connection(tmp_path):
+    """``limits.control_inflight``: twenty requests pipelined before reading
+    any answer, over a bound of 4."""
+    _control_limit_scenario(
+        tmp_path, [json.dumps({"id": i, "cmd": "status"}).encode() + b"\n" for i in range(20)],
+        "4 requests in flight (limits.control_inflight = 4)")
+
+
+def test_control_buffered_closes_only_the_offending_connection(tmp_path):
+    """``limits.control_buffered``: four 12 kB requests at once hold 24 kB at
+    the second, over a bound of 20000 bytes (each alone is served)."""
+    _control_limit_scenario(
+        tmp_path, [json.dumps({"id": i, "cmd": "status", "pad": "x" * 12_000}).encode() + b"\n"
+                   for i in range(4)],
+        "request bytes held (limits.control_buffered = 20000)")
+
+
+def test_data_port_limits_close_only_the_idle_handshakes(tmp_path):
+    """The TLS data ports' own limits (docs/security.md, "Limits"): connections
+    that never finish a TLS handshake hold at most ``limits.handshakes`` slots;
+    one more is closed at once, the idle ones are closed after
+    ``limits.handshake_timeout``, each with one log line, and the primary's
+    link, already up, keeps replicating meanwhile (issue 12)."""
+    c = Cluster(tmp_path, site_extra={
+        "relay": "[limits]\nhandshakes = 2\nhandshake_timeout = 2.0\n"})
+    try:
+        c.start_all()
+        work = Workload(c.control_addr("primary"), c.volumes, workers=2, seed=81)
+        asyncio.run(work.run(count=4))
+        c.wait_drained()
+        addr = c.data_addr("relay")
+        idle = [socket.create_connection(addr, timeout=5) for _ in range(2)]   # no ClientHello
+        time.sleep(0.3)
+        with socket.create_connection(addr, timeout=5) as third:
+            try:
+                assert third.recv(100) == b""            # closed at once, not held
+            except ConnectionResetError:
+                pass
+        _lines(c, "relay", "(limits.handshakes = 2)")
+        # the link that was up before keeps replicating while both slots are taken
+        asyncio.run(work.run(count=4))
+        c.wait_drained()
+        for s in idle:                                   # then the idle ones go
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        _lines(c, "relay", "no TLS handshake within 2 s", 2)
+        for i in range(c.volumes):
+            assert c.volume_bytes("secondary", i) == bytes(work.model[i])
+    finally:
+        c.stop_all()
+
+
 def test_plaintext_hello_from_a_stranger_changes_nothing(tmp_path):
     """tls = false: a HELLO posing as the relay with a stale epoch, or with a
     journal that went backwards, is refused (NAK, one log line each) and the
@@ -337,7 +426,7 @@ def _ask(path, request: dict) -> dict:
 _GROUP_ONLY = {"pair_create", "pair_split", "pair_delete", "swap_cancel"}
 _ARGS = ("group", "idx", "offset", "length", "data", "epoch", "restored", "relay_last_tag",
          "count", "first", "chunks", "grsts", "consistent_seq", "relay_seq", "pseq", "timeout",
-         "force", "name", "reverse", "flush")
+         "force", "name", "reverse", "flush", "full")
 
 
 def test_every_control_command_answers_a_bad_argument_with_a_typed_error(cluster):
