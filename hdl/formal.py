@@ -592,6 +592,17 @@ class EngineSpec(Elaboratable):
         if RW == 1:
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
+        # the word multiplexer's source at width 8 without read-out: a copy of
+        # the staged source one cycle behind (``src_q``), the source itself
+        # in the body and trailer (the engine holds it still while busy)
+        if RW == 1:
+            src_prev = Signal.like(tap("ans_src"), name="spec_src_prev")
+            m.d.sync += src_prev.eq(tap("ans_src"))
+            m.d.comb += Assert(rtap("src_q") == src_prev,
+                               "INV: responder's word source a cycle behind")
+            with m.If((rphase == 2) | r_trailer):
+                m.d.comb += Assert(rtap("src_q") == tap("ans_src"),
+                                   "INV: responder's word source settled")
         # the word multiplexer's index and the sums' lane, registers a beat
         # ahead above width 8 (and at width 8 with data memory, which this
         # spec's engine has not): the body index of the beat after the one
