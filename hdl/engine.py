@@ -971,14 +971,37 @@ class JournalEngine(wiring.Component):
         kind_ok, rules_ok, epoch_ok, desc_dcrc_ok, seq_spent = (
             Signal(name=n) for n in ("kind_ok", "rules_ok", "epoch_ok", "desc_dcrc_ok",
                                      "seq_spent"))
+        checks += [kind_ok.eq(ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1))]
+        if W == 1:
+            # At width 8 the KIND's rules and the DATA_CRC check in two
+            # stages: each test of the control data a register of its own
+            # (one cycle behind ``small``), their choice by KIND one more
+            # (two behind, as ALLOC's comparisons: settled by ALLOC). As one
+            # stage ABC shared the equality and zero tests of DATA_LEN and
+            # LENGTH between ``rules_ok``, ``desc_dcrc_ok`` and ``fits_q``,
+            # nine LUTs deep: the UP5K's critical path (29.5 ns).
+            dl_zero, len_zero, dl_eq_len, dcrc_zero, k_len, k_mark = (
+                Signal(name=n) for n in ("dl_zero", "len_zero", "dl_eq_len", "dcrc_zero",
+                                         "k_len", "k_mark"))
+            checks += [
+                dl_zero.eq(ctl.data_len == 0), len_zero.eq(ctl.length == 0),
+                dl_eq_len.eq(ctl.data_len == ctl.length), dcrc_zero.eq(ctl.data_crc == 0),
+                k_len.eq((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE)),
+                k_mark.eq(ctl.kind == K.MARK),
+                rules_ok.eq(Mux(k_len, dl_eq_len, dl_zero & (len_zero | ~k_mark))),
+                epoch_ok.eq(ctl.epoch == epoch),
+                desc_dcrc_ok.eq(~dl_zero | dcrc_zero),
+            ]
+        else:
+            checks += [
+                rules_ok.eq(Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE),
+                                ctl.data_len == ctl.length,
+                                Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
+                                    ctl.data_len == 0))),
+                epoch_ok.eq(ctl.epoch == epoch),
+                desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
+            ]
         checks += [
-            kind_ok.eq(ge_const(ctl.kind, K.UPDATE) & lt_const(ctl.kind, K.MARK + 1)),
-            rules_ok.eq(Mux((ctl.kind == K.UPDATE) | (ctl.kind == K.BASE),
-                            ctl.data_len == ctl.length,
-                            Mux(ctl.kind == K.MARK, (ctl.data_len == 0) & (ctl.length == 0),
-                                ctl.data_len == 0))),
-            epoch_ok.eq(ctl.epoch == epoch),
-            desc_dcrc_ok.eq((ctl.data_len != 0) | (ctl.data_crc == 0)),
             # without batches NEXT_SEQ all ones: the counter's ``carry`` (its
             # low word all ones, a register) and the high word, a 33-input
             # AND instead of 64 (area, UP5K)

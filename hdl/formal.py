@@ -592,6 +592,17 @@ class EngineSpec(Elaboratable):
         if RW == 1:
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
+        # the word multiplexer's source at width 8 without read-out: a copy of
+        # the staged source one cycle behind (``src_q``), the source itself
+        # in the body and trailer (the engine holds it still while busy)
+        if RW == 1:
+            src_prev = Signal.like(tap("ans_src"), name="spec_src_prev")
+            m.d.sync += src_prev.eq(tap("ans_src"))
+            m.d.comb += Assert(rtap("src_q") == src_prev,
+                               "INV: responder's word source a cycle behind")
+            with m.If((rphase == 2) | r_trailer):
+                m.d.comb += Assert(rtap("src_q") == tap("ans_src"),
+                                   "INV: responder's word source settled")
         # the word multiplexer's index and the sums' lane, registers a beat
         # ahead above width 8 (and at width 8 with data memory, which this
         # spec's engine has not): the body index of the beat after the one
@@ -717,6 +728,22 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ex_size") == (rq == w(size)), "INV: R == SIZE settled"),
                 Assert(tap("rt_q") == (w(tap("tail")) + rq)[:SG], "INV: tail + R settled"),
             ]
+        # At width 8 the KIND's rules and the DATA_CRC check are two stages:
+        # the tests of the control data registers one cycle behind
+        # ``small`` (settled where R is), their choice by KIND one more
+        # (stated below, where it is read: ALLOC, VERDICT, EXEC)
+        if W == 1:
+            with m.If(r_settled | ((in_("ALLOC") | in_dec) & (ftype == FT.JNLDESC) & length_ok)):
+                m.d.comb += [
+                    Assert(tap("dl_zero") == (dlen == 0), "INV: DATA_LEN = 0 settled"),
+                    Assert(tap("len_zero") == (ctl.length == 0), "INV: LENGTH = 0 settled"),
+                    Assert(tap("dl_eq_len") == (dlen == ctl.length),
+                           "INV: DATA_LEN = LENGTH settled"),
+                    Assert(tap("dcrc_zero") == (ctl.data_crc == 0), "INV: DATA_CRC = 0 settled"),
+                    Assert(tap("k_len") == ((kind == K.UPDATE) | (kind == K.BASE)),
+                           "INV: KIND's decode settled"),
+                    Assert(tap("k_mark") == (kind == K.MARK), "INV: KIND's decode settled"),
+                ]
         # EXEC's checks, registers one cycle behind ``small``, EPOCH and NEXT_SEQ
         with m.If((in_("ALLOC") | in_dec) & (ftype == FT.JNLDESC) & length_ok):
             m.d.comb += [

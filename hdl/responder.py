@@ -351,7 +351,22 @@ class Responder(wiring.Component):
                     with m.Default():
                         m.d.sync += word_q.eq(0)
         else:
-            with m.Switch(Cat(pidx2[2:7], source)):
+            src_w = source
+            if W == 1 and not self.has_ring:
+                # At width 8 without read-out (the UP5K top) the source as
+                # the multiplexer reads it is a copy a cycle behind, inside
+                # the responder: the engine's ``ans_src`` -> the case on
+                # (source, index) -> ``word_q`` was the UP5K's critical path
+                # ("UP5K timing, tenth step"), its first LUT shared with the
+                # engine's HCHECK. The engine holds the source still while
+                # busy; a header take in the cycle after ``start`` may load
+                # ``word_q`` from the source before, but every header take
+                # loads it again, and the body's first word is loaded at the
+                # header's last take.
+                src_q = Signal(Source, name="src_q")
+                m.d.sync += src_q.eq(source)
+                src_w = src_q
+            with m.Switch(Cat(pidx2[2:7], src_w)):
                 for (src, w), values in cases.items():
                     with m.Case(*values):
                         m.d.comb += word.eq(view_word(src, w))
