@@ -2107,33 +2107,6 @@ class JournalEngine(wiring.Component):
             q["too_big"].eq(ge_const(ld_size, self.memory + 1)),
             q["held0"].eq(v["held"] == 0),
         ]
-        if self.data_width == 8:
-            # At width 8 the LOAD's outcome one stage further, three
-            # exclusive flags two cycles behind ``small`` (``stamp_time``,
-            # HELD): accepted, WRONG_MODE, NOT_EMPTY (none: BAD_REQUEST).
-            # VERDICT then chooses the answer from flip-flops (the checks
-            # above -> the priority of _verdict_load -> ``ans_nak`` and
-            # ``ans_type`` were the UP5K's critical path at every seed,
-            # 29.1-29.9 ns). A LOAD of a good LENGTH (32 or 40 bytes) comes
-            # to VERDICT from TRAILER, whose four cycles hold ``small``,
-            # ``stamp_time`` and HELD still; one of another LENGTH (0 among
-            # them, straight from HCHECK) is refused in VERDICT on LENGTH's
-            # flags alone.
-            bl = v["bl"]
-            empty_after = (fl & L.CLEAR).any() | q["held0"]
-            bad = (~Mux(ring, bl["load_ring"], bl["load"]) | (fl & ~_LOAD_FLAGS).any()
-                   | ((fl & L.SEQ).any() & q["seq0"])
-                   | (ring & q["size_bad"]) | ((fl & L.DESC).any() & ~ring)
-                   | ((fl & L.PTR).any() & q["ptr_bad"]))
-            wrong = ring & ~(fl & L.DESC).any() & q["too_big"]
-            full = (fl & (L.SEQ | L.PTR | L.RING)).any() & ~empty_after
-            for n in ("acc", "wm", "ne"):
-                q[n] = Signal(name=f"ld_{n}")
-            v["checks"] += [
-                q["acc"].eq(~bad & ~wrong & ~full),
-                q["wm"].eq(~bad & wrong),
-                q["ne"].eq(~bad & ~wrong & full),
-            ]
         return q
 
     def _verdict_load(self, m, v):
@@ -2145,18 +2118,6 @@ class JournalEngine(wiring.Component):
         ring = (fl & L.RING).any()
         empty_after = (fl & L.CLEAR).any() | q["held0"]
         bl = v["bl"]
-        if self.data_width == 8:
-            # (the outcome decided a cycle ahead, ``_load_checks``)
-            len_ok = bl["load"] | bl["load_ring"]
-            with m.If(len_ok & q["acc"]):
-                m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD), v["verdict"][_V.LOAD].eq(1)]
-            with m.Elif(len_ok & q["wm"]):
-                m.d.sync += nak(ST.WRONG_MODE, FT.LOAD)
-            with m.Elif(len_ok & q["ne"]):
-                m.d.sync += nak(ST.NOT_EMPTY, FT.LOAD)
-            with m.Else():
-                m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-            return
         with m.If(~Mux(ring, bl["load_ring"], bl["load"])
                   | (fl & ~_LOAD_FLAGS).any()):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)

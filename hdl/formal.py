@@ -970,32 +970,6 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ld_too_big") == (ld_size > 0), "INV: LOAD data ring checked"),
                 Assert(tap("ld_held0") == (held == 0), "INV: HELD == 0 checked"),
             ]
-        if W == 1:
-            # at width 8 the LOAD's outcome a stage further (hdl/engine.py
-            # ``_load_checks``): in VERDICT, for a LOAD of a good LENGTH,
-            # the three flags are the outcome of its checks
-            fl_ = ld.flags
-            ld_bad = ((blen != Mux(ld_ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))
-                      | (fl_ & ~int(protocol.Load.FLAGS)).any()
-                      | ((fl_ & LF.SEQ).any() & (ld.seq == 0))
-                      | (ld_ring & ((ld_size[:G] != 0) | (ld_size < 128)
-                                    | (ld_size > (1 << self.max_ring_bits))))
-                      | ((fl_ & LF.DESC).any() & ~ld_ring)
-                      | ((fl_ & LF.PTR).any() & ((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
-                                                 | (ld.ptr[G:G + SG] >= new_size))))
-            ld_wrong = ld_ring & ~(fl_ & LF.DESC).any() & (ld_size > 0)
-            ld_full = ((fl_ & (LF.SEQ | LF.PTR | LF.RING)).any()
-                       & ~(fl_ & LF.CLEAR).any() & (held != 0))
-            with m.If(in_("VERDICT") & (ftype == FT.LOAD)
-                      & ((blen == protocol.Load.SIZE) | (blen == protocol.Load.RING_SIZE))):
-                m.d.comb += [
-                    Assert(tap("ld_acc") == (~ld_bad & ~ld_wrong & ~ld_full),
-                           "INV: a LOAD's outcome decided: accepted"),
-                    Assert(tap("ld_wm") == (~ld_bad & ld_wrong),
-                           "INV: a LOAD's outcome decided: WRONG_MODE"),
-                    Assert(tap("ld_ne") == (~ld_bad & ~ld_wrong & ld_full),
-                           "INV: a LOAD's outcome decided: NOT_EMPTY"),
-                ]
         with m.If(in_("LOAD_SET") | (in_("EXEC") & verdict[_V.LOAD])):
             m.d.comb += [
                 Assert(~(ld.flags & LF.PTR).any() | ~tap("ld_ptr_bad"), "INV: a LOAD's PTR passed"),
