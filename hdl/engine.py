@@ -844,7 +844,17 @@ class JournalEngine(wiring.Component):
             walk_at_end.eq(at_wrap_now | (walk_r[:RB + 1] == to_size)),
         ]
         walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
-        m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
+        if W > 1:
+            # (width 32) a record starts on a 64-byte granule (``walk_off``'s
+            # six low bits are 0: JOPTR, 0 or WALK_OFF + R), so WALK_OFF + 36
+            # is wiring, and + DL_STEP (< 4) stays in the granule's words:
+            # no adder chain from WALK_OFF to the ring's read address (the
+            # width-32 critical path once VERDICT's staging and KCNT were off it)
+            lo = _CTL["data_len"][0] >> LW
+            assert lo + 4 // W + _WALK_SETTLE < 1 << (G - LW)
+            m.d.comb += walk_addr.eq(Cat((Const(lo, G - LW) + dl_step)[:G - LW], walk_off[G:]))
+        else:
+            m.d.comb += walk_addr.eq(word_address(walk_off + _CTL["data_len"][0], W) + dl_step)
         rd_left = Signal(RB)                   # records still to send (<= SIZE/64)
         rd_n = Signal(RB)
         rd_cnt = Signal(RB)                    # records to skip (JNLRD) or free (RELEASE)
@@ -1012,6 +1022,15 @@ class JournalEngine(wiring.Component):
         # control data from body byte 63 on, BLEN from HCHECK)
         wlen_ok = Signal()
         checks += [wlen_ok.eq(ctl.data_len == blen - 64)]
+        # At width 32 the checks VERDICT read from ``small`` as 32-input ORs
+        # in the decision's cycle are registers one cycle behind it (a
+        # JNLRD's RESERVED word here, a LOAD's unknown FLAGS in
+        # ``_load_checks``): ``small`` holds still in the cycle before
+        # VERDICT (TRAILER or ALIGN comes first), as for the checks above.
+        wide_verdict = W > 1
+        jr_bad = Signal(name="jr_bad")
+        if wide_verdict:
+            checks += [jr_bad.eq(layouts.JnlRd(small[:128]).reserved != 0)]
         desc_checks_ok = kind_ok & rules_ok & epoch_ok & desc_dcrc_ok
 
         # -- ALLOC's figures, a pipeline of registers --------------------------
@@ -1417,6 +1436,16 @@ class JournalEngine(wiring.Component):
                 with m.If(~resp.busy):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
                     m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
+                    if wide_verdict:
+                        # every staging register loads in this cycle, whatever
+                        # the decision (an ACK's figures, overwritten below;
+                        # the outcomes that stage nothing here, a JNLRD's read,
+                        # a RELEASE's walk or RELEASE_D, stage their answer in
+                        # later states): their clock enable is the state and
+                        # BUSY, not the whole chain of checks (``small`` ->
+                        # the checks -> the enable of ``ans_len`` was the
+                        # width-32 critical path after the ninth step)
+                        m.d.sync += ack(ftype, _AckFrom.ZERO)
                     if wide_stamp:
                         m.d.sync += stamp_status.eq(0)
                     m.next = "EXEC"
@@ -1468,7 +1497,8 @@ class JournalEngine(wiring.Component):
                                     with m.If(desc):
                                         m.d.sync += nak(ST.WRONG_MODE, ftype)
                                     with m.Elif(~bl["jnlrd"]
-                                                | (small_jr.reserved != 0)):
+                                                | (jr_bad if wide_verdict
+                                                   else (small_jr.reserved != 0))):
                                         m.d.sync += nak(ST.BAD_REQUEST, ftype)
                                     with m.Elif(x_lt_tail | x_gt_next):
                                         m.d.sync += nak(ST.NOT_FOUND, ftype, seq_x=True)
@@ -1713,6 +1743,22 @@ class JournalEngine(wiring.Component):
             with m.If(checks_en):
                 m.d.sync += checks
         self._wrap_at(m, locals())
+        if W > 1:
+            # KCNT at width 32: it counts in HUNT_CRC, BLOAD and MARK only,
+            # from 0, and is 0 in every other state, so it needs no clear of
+            # its own in HUNT, HCHECK, VERDICT and ANSWER: it is loaded every
+            # cycle, KCNT + 1 in those three states up to their last count
+            # and 0 elsewhere (the last count's 0 included). It was loaded in
+            # seven states, its clock enable the ingress state -> HCHECK's
+            # and HUNT's decisions -> the enable (named at width 32 once
+            # VERDICT's checks were off the critical path). This overrides
+            # the FSM's assignments above, which width 8 keeps.
+            k_run = fsm.ongoing("HUNT_CRC") & (kcnt != 16 // W - 1)
+            if B > 1:
+                k_run |= fsm.ongoing("BLOAD") & (kcnt != 32 // W)
+            if mem:
+                k_run |= fsm.ongoing("MARK") & (kcnt != 64 // W - 1)
+            m.d.sync += kcnt.eq(Mux(k_run, kcnt + 1, 0))
 
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
@@ -2107,6 +2153,10 @@ class JournalEngine(wiring.Component):
             q["too_big"].eq(ge_const(ld_size, self.memory + 1)),
             q["held0"].eq(v["held"] == 0),
         ]
+        if v["wide_verdict"]:
+            # FLAGS outside the known ones (a 32-input OR, VERDICT's first check)
+            q["flags_bad"] = Signal(name="ld_flags_bad")
+            v["checks"] += [q["flags_bad"].eq((fl & ~_LOAD_FLAGS).any())]
         return q
 
     def _verdict_load(self, m, v):
@@ -2119,7 +2169,7 @@ class JournalEngine(wiring.Component):
         empty_after = (fl & L.CLEAR).any() | q["held0"]
         bl = v["bl"]
         with m.If(~Mux(ring, bl["load_ring"], bl["load"])
-                  | (fl & ~_LOAD_FLAGS).any()):
+                  | (q["flags_bad"] if "flags_bad" in q else (fl & ~_LOAD_FLAGS).any())):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
         with m.Elif((fl & L.SEQ).any() & q["seq0"]):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)

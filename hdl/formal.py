@@ -661,6 +661,11 @@ class EngineSpec(Elaboratable):
                 Assert(tap("x_lt_tail") == (~x_gt & ((next_seq - small[:64])[:64] > held)),
                        "INV: x < TAIL_SEQ settled"),
             ]
+            if self.data_width == 32:
+                # (width 32) a JNLRD's RESERVED word, a register one cycle
+                # behind ``small``: settled from the cycle after ALIGN's shift
+                m.d.comb += Assert(tap("jr_bad") == (layouts.JnlRd(small[:128]).reserved != 0),
+                                   "INV: JNLRD RESERVED checked")
         # FREE, the tail and the gap are registers one cycle behind SIZE -
         # USED, SIZE - JIPTR and JOPTR - JIPTR: settled in every state but
         # those entered from a state that moves the pointers, USED or SIZE
@@ -700,6 +705,12 @@ class EngineSpec(Elaboratable):
         # ALLOC_W would pass in one cycle, R a cycle behind a new ``small``)
         with m.If(~in_("ALLOC_W")):
             m.d.comb += Assert(~tap("settle"), "INV: SETTLE only in ALLOC_W")
+        if W > 1:
+            # (width 32) KCNT counts in HUNT_CRC and BLOAD only and is 0
+            # everywhere else (hdl/engine.py: loaded every cycle)
+            k_states = in_("HUNT_CRC") | (in_("BLOAD") if B > 1 else Const(0))
+            with m.If(~k_states):
+                m.d.comb += Assert(kcnt == 0, "INV: KCNT 0 outside its counts")
         if W == 1:
             with m.If(in_("BODY")):
                 m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")
@@ -970,6 +981,11 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ld_too_big") == (ld_size > 0), "INV: LOAD data ring checked"),
                 Assert(tap("ld_held0") == (held == 0), "INV: HELD == 0 checked"),
             ]
+            if self.data_width == 32:
+                # (width 32) FLAGS outside the known ones, a register
+                m.d.comb += Assert(tap("ld_flags_bad")
+                                   == (ld.flags & ~int(protocol.Load.FLAGS)).any(),
+                                   "INV: LOAD FLAGS checked")
         with m.If(in_("LOAD_SET") | (in_("EXEC") & verdict[_V.LOAD])):
             m.d.comb += [
                 Assert(~(ld.flags & LF.PTR).any() | ~tap("ld_ptr_bad"), "INV: a LOAD's PTR passed"),
