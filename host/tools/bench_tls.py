@@ -9,14 +9,22 @@ connecting side, feeding the stream either through a plain protocol (a
 256 KiB ``bytes`` allocated per read) or through :class:`BufferedStream`
 (decrypted into a lent buffer; host/wire/bufstream.py).  Both ends run in
 this process: the CPU figures are the hop's whole cost, sender and receiver.
+
+The "blocking threads" variants are the other design a site could have: no
+event loop, each end a thread on a blocking socket (``ssl.SSLSocket`` on
+TLS, which reads and writes the socket itself, with no memory BIOs between
+it and the kernel), the interpreter lock released while it waits and
+while OpenSSL seals and opens.  They answer how much of a hop is asyncio's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import tempfile
+import threading
 from asyncio import sslproto
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +36,8 @@ from .bench import _cpu
 __all__ = ["bench_tls_hop", "bench_seal_open", "site_contexts", "HOW"]
 
 #: the variants of one hop, in the order they are run and printed
-HOW = ("plain tcp", "tls, plain protocol", "tls, buffered")
+HOW = ("plain tcp", "tls, plain protocol", "tls, buffered",
+       "plain tcp, blocking threads", "tls, blocking threads")
 
 
 def site_contexts(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -93,6 +102,46 @@ async def _hop(how: str, ctxs, message: int, count: int, to_server: bool) -> flo
     return cpu
 
 
+def _hop_blocking(secure: bool, ctxs, message: int, count: int, to_server: bool) -> float:
+    """CPU seconds for ``count`` messages over one connection, each end a
+    thread on a blocking socket: the sender ``sendall``s each message, the
+    receiver ``recv_into``s one 64 KiB buffer until every byte is in."""
+    server_ctx, client_ctx = ctxs
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[socket.socket] = []
+        # the server's handshake must run while the client's does: its own thread
+        acceptor = threading.Thread(target=lambda: accepted.append(
+            server_ctx.wrap_socket(listener.accept()[0], server_side=True) if secure
+            else listener.accept()[0]))
+        acceptor.start()
+        conn = socket.create_connection(listener.getsockname())
+        if secure:
+            conn = client_ctx.wrap_socket(conn, server_hostname="a")
+        acceptor.join()
+    served = accepted[0]
+    receiver, sender = (served, conn) if to_server else (conn, served)
+    blob, buf = os.urandom(message), memoryview(bytearray(1 << 16))
+
+    def produce():
+        for _ in range(count):
+            sender.sendall(blob)
+
+    c0 = _cpu()
+    sending = threading.Thread(target=produce)
+    sending.start()
+    got = 0
+    while got < count * message:
+        n = receiver.recv_into(buf)
+        if not n:
+            raise RuntimeError("the benchmark's connection closed early")
+        got += n
+    sending.join()
+    cpu = _cpu() - c0
+    for end in (served, conn):
+        end.close()
+    return cpu
+
+
 def bench_tls_hop(message: int, count: int, rounds: int = 2) -> list[dict]:
     """CPU µs per message of ``message`` bytes for each way in :data:`HOW`,
     both directions (accepting side receives / connecting side receives),
@@ -105,7 +154,11 @@ def bench_tls_hop(message: int, count: int, rounds: int = 2) -> list[dict]:
             order = HOW if rnd % 2 == 0 else tuple(reversed(HOW))
             for to_server in (True, False):
                 for how in order:
-                    cpu = uvloop.run(_hop(how, ctxs, message, count, to_server))
+                    if how.endswith("blocking threads"):
+                        cpu = _hop_blocking(how.startswith("tls"), ctxs, message, count,
+                                            to_server)
+                    else:
+                        cpu = uvloop.run(_hop(how, ctxs, message, count, to_server))
                     key = (how, to_server)
                     best[key] = min(best.get(key, cpu), cpu)
     return [{"what": "link hop", "how": how, "message": message, "receiver":
