@@ -173,9 +173,9 @@ def run_protocol(args) -> int:
                 print(f"state save  {r['how']:<12}  {r['wall_us_per_save']:>7,} µs/save  "
                       f"{r['cpu_us_per_save']:>5,} µs CPU/save")
             elif r["what"] in ("link hop", "seal+open"):
-                how = (f"{r['how']:<20} {r['receiver']} receives" if r["what"] == "link hop"
+                how = (f"{r['how']:<27} {r['receiver']} receives" if r["what"] == "link hop"
                        else f"seal+open only ({r['cipher']})")
-                print(f"link hop  {r['message']:>8,} B  {how:<50} "
+                print(f"link hop  {r['message']:>8,} B  {how:<57} "
                       f"{r['cpu_us_per_message']:>8,.1f} µs CPU (both ends)")
             elif r["what"] == "link round trip":
                 print(f"link round trip (loopback, plain)  {r['wall_us']:>7,.1f} µs  "
