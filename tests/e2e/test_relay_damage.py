@@ -48,6 +48,18 @@ def _damage(cluster: Cluster, jofs: int) -> None:
         f.write(bytes(b ^ 0xFF for b in raw))
 
 
+def resync_and_check(cluster: Cluster, work: Workload) -> None:
+    """The repair every test here ends with: the ordered resync to PAIR, a
+    few more writes, and PVOL == SVOL holding every acknowledged write."""
+    sites = cluster.sites()
+    rcm.pair_resync(sites, "g1")
+    rcm.pair_sync(sites, "g1", timeout=120)
+    assert cluster.status("secondary")["grsts"] == "PAIR"
+    asyncio.run(work.run(count=3))
+    cluster.wait_drained()
+    check_volumes(cluster, work)
+
+
 def test_damage_after_a_clean_stop_still_gets_the_full_recovery(tmp_path):
     cluster = Cluster(tmp_path / "c")
     try:
@@ -100,12 +112,7 @@ def test_damaged_record_mid_ring_is_quarantined_reported_and_repaired(tmp_path):
         # The SVOL holds the first 20 journals: an honest, older prefix.
         assert s["consistent"] and s["last_restored"] < r["next_seq"]
 
-        sites = cluster.sites()
-        rcm.pair_resync(sites, "g1")
-        rcm.pair_sync(sites, "g1", timeout=120)
-        asyncio.run(work.run(count=3))
-        cluster.wait_drained()
-        check_volumes(cluster, work)
+        resync_and_check(cluster, work)
     finally:
         cluster.stop_all()
 
@@ -132,13 +139,7 @@ def test_recreated_relay_waits_for_an_ordered_resync(tmp_path):
         assert s["grsts"] == "PAIR" and s["consistent"] and s["last_restored"] == restored
         assert not s["connected"] and cluster.status("relay")["secondary_connects"] == 0
 
-        sites = cluster.sites()
-        rcm.pair_resync(sites, "g1")
-        rcm.pair_sync(sites, "g1", timeout=120)
-        assert cluster.status("secondary")["grsts"] == "PAIR"
-        asyncio.run(work.run(count=3))
-        cluster.wait_drained()
-        check_volumes(cluster, work)
+        resync_and_check(cluster, work)
     finally:
         cluster.stop_all()
 
@@ -180,12 +181,7 @@ def test_a_secondary_put_back_behind_the_relay_is_refused_and_a_recreated_relay_
         p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
                      "the primary to suspend", timeout=20)
         assert "lost at the relay" in p["reason"]
-        sites = cluster.sites()
-        rcm.pair_resync(sites, "g1")
-        rcm.pair_sync(sites, "g1", timeout=120)
-        asyncio.run(work.run(count=3))
-        cluster.wait_drained()
-        check_volumes(cluster, work)
+        resync_and_check(cluster, work)
     finally:
         cluster.stop_all()
 
@@ -232,11 +228,6 @@ def test_a_record_that_rots_while_the_relay_runs_stops_forwarding_until_a_restar
         p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
                      "the primary to suspend", timeout=20)
         assert f"journals {damaged}..{newest} lost at the relay" in p["reason"], p["reason"]
-        sites = cluster.sites()
-        rcm.pair_resync(sites, "g1")
-        rcm.pair_sync(sites, "g1", timeout=120)
-        asyncio.run(work.run(count=3))
-        cluster.wait_drained()
-        check_volumes(cluster, work)
+        resync_and_check(cluster, work)
     finally:
         cluster.stop_all()
