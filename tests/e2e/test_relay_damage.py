@@ -48,6 +48,17 @@ def _damage(cluster: Cluster, jofs: int) -> None:
         f.write(bytes(b ^ 0xFF for b in raw))
 
 
+def recreate_relay(cluster: Cluster) -> None:
+    """Start the stopped relay with its journal volume and state gone (a relay
+    rebuilt empty): the primary finds its acked journals lost and suspends."""
+    shutil.rmtree(cluster.root / "relay" / "state")
+    (cluster.root / "relay" / "jnl1.vol").unlink()
+    cluster.start("relay")
+    p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
+                 "the primary to suspend", timeout=20)
+    assert "lost at the relay" in p["reason"], p["reason"]
+
+
 def resync_and_check(cluster: Cluster, work: Workload) -> None:
     """The repair every test here ends with: the ordered resync to PAIR, a
     few more writes, and PVOL == SVOL holding every acknowledged write."""
@@ -127,12 +138,7 @@ def test_recreated_relay_waits_for_an_ordered_resync(tmp_path):
         restored = drained["secondary"]["last_restored"]
         assert restored >= 40
         cluster.kill("relay")
-        shutil.rmtree(cluster.root / "relay" / "state")
-        (cluster.root / "relay" / "jnl1.vol").unlink()
-        cluster.start("relay")
-        p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
-                     "the primary to suspend", timeout=20)
-        assert "lost at the relay" in p["reason"]
+        recreate_relay(cluster)
         # The new relay has no journal to offer: the secondary's image stays as
         # it was, consistent, and nobody connected to it.
         s = cluster.status("secondary")
@@ -175,12 +181,7 @@ def test_a_secondary_put_back_behind_the_relay_is_refused_and_a_recreated_relay_
         assert s["last_restored"] == old and s["consistent"]      # its old image, a prefix
 
         cluster.terminate("relay")
-        shutil.rmtree(cluster.root / "relay" / "state")
-        (cluster.root / "relay" / "jnl1.vol").unlink()
-        cluster.start("relay")
-        p = wait_for(lambda: (x := cluster.status("primary"))["grsts"] == "SUSP" and x,
-                     "the primary to suspend", timeout=20)
-        assert "lost at the relay" in p["reason"]
+        recreate_relay(cluster)
         resync_and_check(cluster, work)
     finally:
         cluster.stop_all()
