@@ -70,7 +70,7 @@ KEYS = {
               "standby_site"),
     "journal": ("path", "size", "preallocate"),
     "volume": ("idx", "group", "path", "size", "block_size", "create"),
-    "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca"),
+    "nbd": ("listen", "tls_cert", "tls_key", "tls_client_ca", "tls_client_crl"),
     "tls": ("ca", "cert", "key", "crl"),
     "limits": ("connections", "handshakes", "handshake_timeout", "control_line",
                "control_inflight", "control_buffered"),
@@ -224,12 +224,14 @@ class NbdConfig:
     The primary exports its PVOLs read-write, the secondary its SVOLs
     read-only; the export name is the volume's file name without its suffix.
     With ``tls_cert``/``tls_key`` TLS is mandatory for every client; with
-    ``tls_client_ca`` too, every client must present a certificate of that CA.
+    ``tls_client_ca`` too, every client must present a certificate of that CA;
+    with ``tls_client_crl`` (that CA's revocation list) one it revoked is refused.
     """
     listen: tuple[str, int]
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_client_crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,13 @@ def _parse_nbd(t: dict, base: Path) -> NbdConfig:
         if cert is None:
             raise ConfigError(f"{w}tls_client_ca: needs tls_cert and tls_key (TLS on)")
         client_ca = _path(base, _get(t, "tls_client_ca", str, w))
-    return NbdConfig(listen, cert, key, client_ca)
+    client_crl = t.get("tls_client_crl")
+    if client_crl is not None:
+        # the list is only checked against (and signed by) the clients' CA
+        if client_ca is None:
+            raise ConfigError(f"{w}tls_client_crl: needs tls_client_ca (the CA that signed it)")
+        client_crl = _path(base, _get(t, "tls_client_crl", str, w))
+    return NbdConfig(listen, cert, key, client_ca, client_crl)
 
 
 def _parse_tls(doc: dict, base: Path, explicit: bool) -> TlsConfig | None:

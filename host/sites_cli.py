@@ -82,6 +82,7 @@ def prepare(cfg: SiteConfig, role: str) -> None:
     volumes = [v for g in groups for v in cfg.volumes_of(g.grnum)]
     _check_state_dir(cfg)
     _check_ports(cfg, role)
+    _check_nbd_crl(cfg)
     _check_files(groups, volumes)
     _check_pair_claims(cfg, groups)
     for v in volumes:
@@ -134,12 +135,27 @@ def _check_ports(cfg: SiteConfig, role: str) -> None:
                                        _bind_hint(exc.errno, key)) from None
 
 
+def _check_nbd_crl(cfg: SiteConfig) -> None:
+    """Read ``nbd.tls_client_crl`` now: a bad list stops the start before
+    anything listens (the NBD server reads it again when it starts)."""
+    if cfg.nbd is None:
+        return
+    from .nbd.primary_export import client_crl
+    try:
+        client_crl(cfg.nbd)
+    except ConfigError as exc:       # "<what is wrong>; <what to do>", naming the file
+        what, _, todo = str(exc).rpartition("; ")
+        raise StartupError(what, todo) from None
+
+
 def _tls_files(cfg: SiteConfig):
     files = []
     if cfg.tls is not None:
         files += [("tls.ca", cfg.tls.ca), ("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)]
     if cfg.nbd is not None and cfg.nbd.tls_client_ca is not None:
         files.append(("nbd.tls_client_ca", cfg.nbd.tls_client_ca))
+    if cfg.nbd is not None and cfg.nbd.tls_client_crl is not None:
+        files.append(("nbd.tls_client_crl", cfg.nbd.tls_client_crl))
     return files
 
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import ssl
 
+from ..wire.tls import Revocations
 from .export import FileExport
 from .server import NbdServer
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tls-cert", help="PEM certificate chain; enables mandatory TLS")
     ap.add_argument("--tls-key", help="PEM private key for --tls-cert")
     ap.add_argument("--tls-client-ca", help="PEM CA: clients must present a certificate of it")
+    ap.add_argument("--tls-client-crl",
+                    help="PEM CRL of --tls-client-ca (tricopy certs revoke): refuse those clients")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tls = None
@@ -38,6 +41,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.tls_client_ca:
             tls.load_verify_locations(cafile=args.tls_client_ca)
             tls.verify_mode = ssl.CERT_REQUIRED
+    if args.tls_client_crl:
+        if not (args.tls_cert and args.tls_client_ca):
+            ap.error("--tls-client-crl needs --tls-cert, --tls-key and --tls-client-ca")
+        try:        # checked by the server after each STARTTLS (tls.revoked)
+            tls.tricopy_crl = Revocations(args.tls_client_crl, args.tls_client_ca,
+                                          key="--tls-client-crl")
+        except (OSError, ValueError) as exc:
+            ap.error(str(exc))
     exports = {name: FileExport(path, args.block_size, ro) for name, (path, ro) in args.exports}
     server = NbdServer(exports, args.host, args.port, tls_context=tls)
 

@@ -33,9 +33,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from ..config import NbdConfig, VolumeConfig
+from ..config import ConfigError, NbdConfig, VolumeConfig
 from ..wire.protocol import MAX_DATA, Kind
 from ..disk.volume import Volume, VolumeError
+from ..wire.tls import Revocations
 from .export import Export, ExportError
 from .protocol import NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM
 from .server import NbdServer
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrimaryExport", "SecondaryExport", "export_name", "primary_exports", "secondary_exports",
+__all__ = ["client_crl", "PrimaryExport", "SecondaryExport", "export_name", "primary_exports", "secondary_exports",
            "serve_site_volumes"]
 
 # Reads below this size are served inline: a pread from the page cache costs
@@ -136,6 +137,24 @@ class PrimaryExport(Export):
         return exc
 
 
+def client_crl(cfg: NbdConfig) -> Revocations | None:
+    """The NBD clients' revocation list (``nbd.tls_client_crl``), or None.
+
+    Read once at start, strictly: a file that is no CRL, or not one signed
+    by ``tls_client_ca``, stops the start (:class:`ConfigError`) rather than
+    serving with a list that revokes nothing."""
+    if cfg.tls_client_crl is None:
+        return None
+    key = "nbd.tls_client_crl"
+    try:
+        return Revocations(cfg.tls_client_crl, cfg.tls_client_ca, key=key)
+    except OSError as exc:
+        raise ConfigError(f"{key} {cfg.tls_client_crl}: cannot read: {exc.strerror}; write it "
+                          f"with `tricopy certs revoke`") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _tls_context(cfg: NbdConfig) -> ssl.SSLContext | None:
     if cfg.tls_cert is None:
         return None
@@ -144,6 +163,8 @@ def _tls_context(cfg: NbdConfig) -> ssl.SSLContext | None:
     if cfg.tls_client_ca is not None:     # clients must present a certificate of this CA
         ctx.load_verify_locations(cafile=cfg.tls_client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
+    # the NBD server checks a client's serial against it after STARTTLS (tls.revoked)
+    ctx.tricopy_crl = client_crl(cfg)
     return ctx
 
 

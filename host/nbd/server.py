@@ -198,6 +198,11 @@ class _Session:
                 why = _tls.refusal(exc, TLS_HANDSHAKE_TIMEOUT)
                 log.warning("nbd %s: refused: %s", self.peer, why)   # the one line
                 return Close(f"TLS refused: {why}", graceful=False)
+            # A certificate of the right CA that the CA revoked since (the
+            # context's CRL, nbd.tls_client_crl): refused before any option.
+            if (why := _tls.revoked(self.writer)) is not None:
+                log.warning("nbd %s: refused: %s", self.peer, why)   # the one line
+                return Close(f"TLS refused: {why}", graceful=False)
             self.conn.tls_started()
         elif isinstance(event, Close):
             return event

@@ -40,6 +40,7 @@ Callback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None
 class Revocations:
     """The certificates the cluster CA revoked: a CRL file (``tls.crl``,
     written by ``tricopy certs revoke``), read once when a site starts.
+    The NBD server uses it too, for its clients' CA (``nbd.tls_client_crl``).
 
     The CRL must be signed by the CA in ``ca`` (else :class:`ValueError`: a
     site does not start on a list anybody could have written).  The check
@@ -48,16 +49,17 @@ class Revocations:
     certificate to itself, where the refusal should name the site.
     """
 
-    def __init__(self, path: Path, ca: Path):
+    def __init__(self, path: Path, ca: Path, key: str = "tls.crl"):
+        # ``key``: the config key that named the file, so the refusal to start names it
         from cryptography import x509
         try:
             crl = x509.load_pem_x509_crl(Path(path).read_bytes())
             authority = x509.load_pem_x509_certificate(Path(ca).read_bytes())
         except ValueError as exc:
-            raise ValueError(f"tls.crl {path}: not a PEM CRL ({exc}); write it with "
+            raise ValueError(f"{key} {path}: not a PEM CRL ({exc}); write it with "
                              f"`tricopy certs revoke`") from None
         if crl.issuer != authority.subject or not crl.is_signature_valid(authority.public_key()):
-            raise ValueError(f"tls.crl {path} is not signed by the CA in {ca}; write it with "
+            raise ValueError(f"{key} {path} is not signed by the CA in {ca}; write it with "
                              f"`tricopy certs revoke` in the CA's folder")
         self.path = Path(path)
         self.serials = {e.serial_number: e.revocation_date_utc for e in crl}

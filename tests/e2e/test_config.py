@@ -90,6 +90,8 @@ def _copy(doc):
     (SEC, lambda d: d["volume"][0].update(craete=True), "volume[0]: ", "craete", "create"),
     (SEC, lambda d: d.update(nbd={"listen": "127.0.0.1:10809", "tls_crt": "c"}), "nbd: ",
      "tls_crt", "tls_cert"),
+    (SEC, lambda d: d.update(nbd={"listen": "127.0.0.1:10809", "tls_client_clr": "c"}), "nbd: ",
+     "tls_client_clr", "tls_client_crl"),
 ])
 def test_unknown_key_is_refused_with_a_guess(tmp_path, base, change, where, key, guess):
     doc = _copy(base)
@@ -383,3 +385,30 @@ def test_a_standby_relay_needs_its_site_name_with_tls(tmp_path):
     doc["group"][0]["standby_site"] = "r2"
     g = parse_config(doc, tmp_path).groups[0]
     assert g.standby == ("127.0.0.1", 7009) and g.standby_site == "r2"
+
+
+# -- [nbd] tls_client_crl: the NBD clients' revocation list --------------------
+
+def test_nbd_client_crl_needs_the_client_ca(tmp_path):
+    doc = _copy(SEC)
+    doc["nbd"] = {"listen": "127.0.0.1:10809", "tls_cert": "s.pem", "tls_key": "s.key",
+                  "tls_client_crl": "crl.pem"}
+    with pytest.raises(ConfigError, match=r"^nbd\.tls_client_crl: needs tls_client_ca"):
+        parse_config(doc, tmp_path)
+    doc["nbd"]["tls_client_ca"] = "ca.pem"
+    nbd = parse_config(doc, tmp_path).nbd
+    assert nbd.tls_client_crl == tmp_path / "crl.pem" and nbd.tls_client_ca == tmp_path / "ca.pem"
+
+
+def test_a_client_crl_of_another_ca_stops_the_start(tmp_path):
+    """Read at start like tls.crl: a list the clients' CA did not sign is one line."""
+    from tricopy.host.tools.certs import make_certs
+    pki = make_certs(tmp_path / "pki", ["secondary"])
+    other = make_certs(tmp_path / "other", [])
+    nbd = (f'nbd = {{ listen = "127.0.0.1:{free_port()}", tls_cert = "{pki}/secondary.pem", '
+           f'tls_key = "{pki}/secondary.key", tls_client_ca = "{pki}/ca.pem", '
+           f'tls_client_crl = "{other}/crl.pem" }}\n')
+    config = _site_toml(tmp_path, top=nbd)
+    _refused(_start("secondary", config), config,
+             f"nbd.tls_client_crl {other}/crl.pem is not signed by the CA in {pki}/ca.pem",
+             "tricopy certs revoke")

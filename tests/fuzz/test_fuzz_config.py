@@ -47,7 +47,8 @@ def check_valid(cfg: SiteConfig) -> None:
         _addr(cfg.control)
     paths = [cfg.state_dir, cfg.control if isinstance(cfg.control, Path) else None]
     paths += [getattr(cfg.tls, k, None) for k in ("ca", "cert", "key")]
-    paths += [getattr(cfg.nbd, k, None) for k in ("tls_cert", "tls_key", "tls_client_ca")]
+    paths += [getattr(cfg.nbd, k, None) for k in ("tls_cert", "tls_key", "tls_client_ca",
+                                            "tls_client_crl")]
     paths += [v.path for v in cfg.volumes] + [g.journal.path for g in cfg.groups if g.journal]
     assert not any("\0" in str(p) for p in paths if p is not None), paths
     lim = cfg.limits

@@ -404,3 +404,142 @@ def test_tls_can_require_a_client_certificate(tmp_path, caplog):
     finally:
         thread.stop()
     assert disk.read_bytes()[:4096] == b"y" * 4096
+
+
+def test_tls_refuses_a_revoked_client_certificate(tmp_path, caplog):
+    """nbd.tls_client_crl: a client whose certificate the CA revoked is refused
+    right after STARTTLS with one line naming it (who, serial, since when, what
+    to do); a client already connected and a new good one are served."""
+    from tricopy.host.config import NbdConfig
+    from tricopy.host.nbd.primary_export import _tls_context
+    from tricopy.host.tools.certs import make_certs, write_crl
+    pki = make_certs(tmp_path / "pki", ["primary", "host1", "host2"])
+    [serial] = write_crl(pki, ["host2"])             # `tricopy certs revoke host2`
+    cfg = NbdConfig(("127.0.0.1", 0), pki / "primary.pem", pki / "primary.key", pki / "ca.pem",
+                    pki / "crl.pem")
+    disk = tmp_path / "c.img"
+    disk.write_bytes(bytes(1 << 20))
+    thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_tls_context(cfg))
+    port = thread.start()
+
+    def client(cert: str):
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+        c = RawClient(port)
+        c.greeting()
+        c.option(p.NBD_OPT_STARTTLS)
+        assert c.option_reply()[1] == p.NBD_REP_ACK
+        c.sock = ctx.wrap_socket(c.sock)
+        return c
+
+    def refusals():
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="tricopy.host.nbd.server"), \
+                client("host1") as before:
+            assert before.go("disk")[-1][1] == p.NBD_REP_ACK
+            with client("host2") as c:
+                with pytest.raises((OSError, EOFError, AssertionError, struct.error)):
+                    c.go("disk")
+                    c.request(Cmd.WRITE, 4096, 4096, b"r" * 4096)
+            deadline = time.monotonic() + 5
+            while not refusals():
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.05)
+            [line] = refusals()
+            assert line.startswith("nbd ('127.0.0.1', ") and line.split(": ", 1)[1].startswith(
+                f"refused: certificate of host2 revoked: serial {serial:#x} is on crl.pem since "), line
+            assert line.endswith(" UTC; issue it a new certificate (tricopy certs)"), line
+            # the connection made before is still served, and a new good client too
+            assert before.request(Cmd.WRITE, 0, 4096, b"y" * 4096)[0] == 0
+            with client("host1") as c:
+                assert c.go("disk")[-1][1] == p.NBD_REP_ACK
+                assert c.request(Cmd.READ, 0, 4096) == (0, b"y" * 4096)
+            assert len(refusals()) == 1
+    finally:
+        thread.stop()
+    assert disk.read_bytes()[4096:8192] == bytes(4096)     # nothing of the revoked client
+
+
+@pytest.mark.parametrize("what", ["not a CRL", "another CA's CRL", "missing"])
+def test_a_bad_client_crl_is_a_one_line_config_error(tmp_path, what):
+    """nbd.tls_client_crl is read at start as strictly as tls.crl: a file that
+    is no CRL of tls_client_ca stops the start with a line naming it."""
+    from tricopy.host.config import ConfigError, NbdConfig
+    from tricopy.host.nbd.primary_export import _tls_context
+    from tricopy.host.tools.certs import make_certs
+    pki = make_certs(tmp_path / "pki", ["primary"])
+    crl = pki / "crl.pem"
+    if what == "not a CRL":
+        crl = pki / "primary.pem"                    # a certificate, not a list
+    elif what == "another CA's CRL":
+        crl = make_certs(tmp_path / "other", []) / "crl.pem"
+    else:
+        crl = pki / "nothing.pem"
+    cfg = NbdConfig(("127.0.0.1", 0), pki / "primary.pem", pki / "primary.key", pki / "ca.pem",
+                    crl)
+    with pytest.raises(ConfigError) as err:
+        _tls_context(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"nbd.tls_client_crl {crl}"), msg
+    assert "tricopy certs revoke" in msg, msg
+    want = {"not a CRL": ": not a PEM CRL", "another CA's CRL": " is not signed by the CA in",
+            "missing": ": cannot read: No such file"}[what]
+    assert want in msg, msg
+
+
+def test_module_entry_point_takes_a_client_crl(tmp_path):
+    """python -m tricopy.host.nbd --tls-client-crl: a revoked client is refused
+    with the one line; a list of another CA stops the server at once."""
+    from tricopy.host.tools.certs import make_certs, write_crl
+    pki = make_certs(tmp_path / "pki", ["server", "host1", "host2"])
+    write_crl(pki, ["host2"])
+    other = make_certs(tmp_path / "other", [])
+    img = tmp_path / "m.img"
+    img.write_bytes(bytes(1 << 20))
+    with socket.socket() as probe_sock:
+        probe_sock.bind(("127.0.0.1", 0))
+        port = probe_sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "tricopy.host.nbd", "--port", str(port),
+           "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+           "--tls-client-ca", str(pki / "ca.pem")]
+    bad = subprocess.run(cmd + ["--tls-client-crl", str(other / "crl.pem"), f"m={img}"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        f"error: --tls-client-crl {other / 'crl.pem'} is not signed by the CA in "
+        f"{pki / 'ca.pem'}; write it with `tricopy certs revoke` in the CA's folder"), bad.stderr
+
+    def client(cert: str):
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+        c = RawClient(port)
+        c.greeting()
+        c.option(p.NBD_OPT_STARTTLS)
+        assert c.option_reply()[1] == p.NBD_REP_ACK
+        c.sock = ctx.wrap_socket(c.sock)
+        return c
+
+    proc = subprocess.Popen(cmd + ["--tls-client-crl", str(pki / "crl.pem"), f"m={img}"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                c = client("host1")
+                break
+            except OSError:
+                time.sleep(0.1)
+        with c:
+            assert c.go("m")[-1][1] == p.NBD_REP_ACK
+        with client("host2") as c:
+            with pytest.raises((OSError, EOFError, AssertionError, struct.error)):
+                c.go("m")
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1]
+    refused = [line for line in err.splitlines() if ": refused: " in line]   # the warning
+    assert len(refused) == 1, err
+    assert "refused: certificate of host2 revoked: serial 0x" in refused[0], err
+    assert refused[0].endswith("UTC; issue it a new certificate (tricopy certs)"), err
