@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["client_crl", "PrimaryExport", "SecondaryExport", "export_name", "primary_exports", "secondary_exports",
-           "serve_site_volumes"]
+__all__ = ["PrimaryExport", "SecondaryExport", "export_name", "primary_exports",
+           "secondary_exports", "serve_site_volumes", "client_crl"]
 
 # Reads below this size are served inline: a pread from the page cache costs
 # less than the hop to a worker thread.
