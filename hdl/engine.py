@@ -638,17 +638,6 @@ class JournalEngine(wiring.Component):
         else:
             m.d.comb += [hcrc_next.eq(crc32c_step(hcrc, beat, W)),
                          hunt_crc_next.eq(crc32c_step(hcrc, win[:8 * W], W))]
-        # Width 32: where HCRC loads, five flip-flops set and cleared on the
-        # FSM's transitions as ``rdy`` is (the state is HEADER, HUNT_CRC,
-        # HCHECK, BODY, TRAILER): HCRC is loaded outside the FSM (below
-        # it), its enable from these and registers, its data chosen by them;
-        # in every other state it is CRC_INIT (nothing reads it there).
-        # The state -> HCHECK's decision -> HCRC's enable was named at half
-        # the tenth step's trial runs.
-        if W > 1:
-            hc_hdr = Signal(init=1, name="hc_hdr")
-            hc_hunt, hc_chk, hc_body, hc_trl = (
-                Signal(name=n) for n in ("hc_hunt", "hc_chk", "hc_body", "hc_trl"))
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
 
@@ -1154,13 +1143,10 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     if in_states:
                         m.d.sync += small.eq(shift_in)
-                    if W == 1:
-                        with m.If(lt_const(hcnt, 12)):
-                            m.d.sync += hcrc.eq(hcrc_next)
+                    with m.If(lt_const(hcnt, 12)):
+                        m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
                         m.d.sync += rdy.eq(0)
-                        if W > 1:
-                            m.d.sync += [hc_hdr.eq(0), hc_chk.eq(1)]
                         m.next = "HCHECK"
 
             with m.State("HUNT"):
@@ -1169,10 +1155,7 @@ class JournalEngine(wiring.Component):
                 # (``rdy`` is ~full_magic here: HUNT_CRC starts when it is 0)
                 full_magic = (hcnt == 16) & magic_ok
                 with m.If(full_magic):
-                    if W == 1:
-                        m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
-                    else:
-                        m.d.sync += hc_hunt.eq(1)
+                    m.d.sync += [kcnt.eq(0), hcrc.eq(CRC_INIT)]
                     m.next = "HUNT_CRC"
                 with m.Elif(take):
                     m.d.sync += magic_ok.eq(magic_next)
@@ -1190,12 +1173,9 @@ class JournalEngine(wiring.Component):
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
                 m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
                 m.d.comb += crc_hunt.eq(1)
-                if W == 1:
-                    with m.If(lt_const(kcnt, 12 // W)):
-                        m.d.sync += hcrc.eq(hunt_crc_next)
+                with m.If(lt_const(kcnt, 12 // W)):
+                    m.d.sync += hcrc.eq(hunt_crc_next)
                 with m.If(kcnt == 16 // W - 1):
-                    if W > 1:
-                        m.d.sync += [hc_hunt.eq(0), hc_chk.eq(1)]
                     m.next = "HCHECK"
 
             with m.State("HCHECK"):
@@ -1217,13 +1197,10 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [ftype.eq(hdr.type), blen.eq(hdr.length[:LENGTH_BITS]),
                                  *(bl[n].eq(fn(hdr.length[:LENGTH_BITS]))
                                    for n, (fn, _) in blen_fns.items()),
-                                 hcnt.eq(0), kcnt.eq(0), bcnt.eq(0),
+                                 hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
-                    if W == 1:
-                        m.d.sync += hcrc.eq(CRC_INIT)
                     if W > 1:
-                        m.d.sync += hc_chk.eq(0)
                         m.d.sync += regions(Const(0, LENGTH_BITS))
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
                                      end_hit.eq((hdr.length[:LENGTH_BITS] != 0)   # 1..W bytes
@@ -1257,8 +1234,6 @@ class JournalEngine(wiring.Component):
                             m.next = "ALLOC_W"
                         with m.Else():
                             m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
-                            if W > 1:
-                                m.d.sync += hc_body.eq(1)
                             m.next = "BODY"
 
             with m.State("HNAK"):
@@ -1355,8 +1330,7 @@ class JournalEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += [rdy.eq(1), to_small.eq(1), to_stamp.eq(0)]
                         if wide_wr:
-                            m.d.sync += [wr_body.eq(1),    # (a JNLWR: ALLOC's only BODY)
-                                         hc_body.eq(1)]
+                            m.d.sync += wr_body.eq(1)      # (a JNLWR: ALLOC's only BODY)
                         m.next = "BODY"
                 else:
                     m.next = "VERDICT"
@@ -1392,7 +1366,6 @@ class JournalEngine(wiring.Component):
                                         != (Mux(bl["ge65"], ccrc_end, CRC_INIT) ^ CRC_INIT)),
                         ]
                         trailer_done = Const(1)
-                        m.d.sync += hc_trl.eq(0)
                     with m.If(trailer_done):
                         m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
                         with m.If(Const(int(mem)) & (ftype == FT.JNLWR) & alloc_ok
@@ -1618,9 +1591,7 @@ class JournalEngine(wiring.Component):
             with m.State("ANSWER"):
                 with m.If(~resp.busy):
                     m.d.comb += resp.start.eq(1)
-                    if W == 1:
-                        m.d.sync += hcrc.eq(CRC_INIT)
-                    m.d.sync += [bcnt.eq(0), kcnt.eq(0),
+                    m.d.sync += [bcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT),
                                  ans.seq.eq(ack_seq), ans.time.eq(ack_time),
                                  ans.jofs.eq(ack_jofs), ans.tag.eq(ack_tag),
                                  ans_read.eq(ans_from == _AckFrom.READ)]
@@ -1641,8 +1612,6 @@ class JournalEngine(wiring.Component):
                     with m.Switch(after):
                         with m.Case(_After.HEADER):
                             m.d.sync += [rdy.eq(1), to_small.eq(1)]
-                            if W > 1:
-                                m.d.sync += hc_hdr.eq(1)
                             m.next = "HEADER"
                         with m.Case(_After.HUNT):
                             m.d.sync += [rdy.eq(~((hcnt == 16) & magic_ok)), to_small.eq(1)]
@@ -1657,8 +1626,6 @@ class JournalEngine(wiring.Component):
                 # (``rdy`` is ~LENGTH = 0 here)
                 with m.If(bl["zero"]):
                     m.d.sync += [rdy.eq(1), to_small.eq(1)]
-                    if W > 1:
-                        m.d.sync += hc_hdr.eq(1)
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
@@ -1675,7 +1642,7 @@ class JournalEngine(wiring.Component):
                         with m.If(bcnt[LW:] != bend[LW:]):
                             m.d.sync += bcnt.eq(bcnt_next)
                         with m.Else():
-                            m.d.sync += [to_small.eq(1), hc_hdr.eq(1)]
+                            m.d.sync += to_small.eq(1)
                             m.next = "HEADER"
 
             # -- record walk: DATA_LEN of the record at walk_off -------------
@@ -1792,18 +1759,6 @@ class JournalEngine(wiring.Component):
             if mem:
                 k_run |= fsm.ongoing("MARK") & (kcnt != 64 // W - 1)
             m.d.sync += kcnt.eq(Mux(k_run, kcnt + 1, 0))
-            # HCRC (see ``hc_hdr``): the header's bytes in HEADER, the
-            # window's first 12 in HUNT_CRC, the body's whole beats in BODY
-            # (the last masked, TRAILER takes its zeros back), CRC_INIT at
-            # HCHECK's decision and in every state that does not read it
-            hc_dead = ~(hc_hdr | hc_hunt | hc_chk | hc_body | hc_trl)
-            with m.If((hc_hdr & take & lt_const(hcnt, 12)) | (hc_hunt & lt_const(kcnt, 12 // W))
-                      | (hc_body & take) | (hc_chk & h_settled & (~resp.busy | h_pass))
-                      | hc_dead):
-                m.d.sync += hcrc.eq(
-                    Mux(hc_hunt, hunt_crc_next,
-                        Mux(hc_body, crc32c_step(hcrc, body_beat, W),
-                            Mux(hc_hdr, hcrc_next, CRC_INIT))))
 
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
@@ -1914,8 +1869,7 @@ class JournalEngine(wiring.Component):
                 # the BCRC over whole beats, the last one's lanes after the
                 # body masked: one CRC network, not one per byte count (the
                 # zero bytes are taken back in TRAILER, crc32c_unpad)
-                # (the BCRC is loaded outside the FSM: ``hc_body``)
-                m.d.sync += [bcnt.eq(bcnt_next),
+                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
                 if in_states:
                     with m.If(to_small_now):
@@ -1933,8 +1887,7 @@ class JournalEngine(wiring.Component):
                     nul = Mux(at16, Mux(i == 48, b == 0, nul | (b == 0)), nul)
                 m.d.sync += [hello_bad.eq(bad), nul_seen.eq(nul)]
                 with m.If(end_hit):
-                    m.d.sync += [tailbeat.eq(beat), to_small.eq(0), to_stamp.eq(0),
-                                 v["hc_body"].eq(0), v["hc_trl"].eq(1)]
+                    m.d.sync += [tailbeat.eq(beat), to_small.eq(0), to_stamp.eq(0)]
                     if mem:
                         m.d.sync += v["wr_body"].eq(0)
                     m.next = "TRAILER"

@@ -711,16 +711,6 @@ class EngineSpec(Elaboratable):
             k_states = in_("HUNT_CRC") | (in_("BLOAD") if B > 1 else Const(0))
             with m.If(~k_states):
                 m.d.comb += Assert(kcnt == 0, "INV: KCNT 0 outside its counts")
-            # (width 32) where HCRC loads: five flip-flops that say the
-            # state is HEADER, HUNT_CRC, HCHECK, BODY or TRAILER (hdl/engine.py
-            # ``hc_hdr``); in every other state HCRC is CRC_INIT
-            m.d.comb += [
-                Assert(tap("hc_hdr") == in_("HEADER"), "INV: HC_HDR is HEADER"),
-                Assert(tap("hc_hunt") == in_("HUNT_CRC"), "INV: HC_HUNT is HUNT_CRC"),
-                Assert(tap("hc_chk") == in_("HCHECK"), "INV: HC_CHK is HCHECK"),
-                Assert(tap("hc_body") == in_("BODY"), "INV: HC_BODY is BODY"),
-                Assert(tap("hc_trl") == in_("TRAILER"), "INV: HC_TRL is TRAILER"),
-            ]
         if W == 1:
             with m.If(in_("BODY")):
                 m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")
