@@ -361,6 +361,21 @@ def test_module_entry_point_serves_files(tmp_path):
         proc.wait(10)
 
 
+def starttls_client(port: int, pki, cert: str | None) -> RawClient:
+    """A raw client past STARTTLS, trusting the CA in ``pki`` and showing the
+    certificate ``cert`` of that folder (none when None)."""
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.check_hostname = False
+    if cert:
+        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+    c = RawClient(port)
+    c.greeting()
+    c.option(p.NBD_OPT_STARTTLS)
+    assert c.option_reply()[1] == p.NBD_REP_ACK
+    c.sock = ctx.wrap_socket(c.sock)
+    return c
+
+
 def test_tls_can_require_a_client_certificate(tmp_path, caplog):
     """nbd.tls_client_ca: a client without a certificate of that CA is refused
     after STARTTLS with one log line; one with a certificate is served."""
@@ -375,16 +390,7 @@ def test_tls_can_require_a_client_certificate(tmp_path, caplog):
     port = thread.start()
 
     def client(cert: str | None):
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        ctx.check_hostname = False
-        if cert:
-            ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
-        c = RawClient(port)
-        c.greeting()
-        c.option(p.NBD_OPT_STARTTLS)
-        assert c.option_reply()[1] == p.NBD_REP_ACK
-        c.sock = ctx.wrap_socket(c.sock)
-        return c
+        return starttls_client(port, pki, cert)
 
     try:
         with caplog.at_level(logging.WARNING, logger="tricopy.host.nbd.server"):
@@ -422,16 +428,8 @@ def test_tls_refuses_a_revoked_client_certificate(tmp_path, caplog):
     thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_tls_context(cfg))
     port = thread.start()
 
-    def client(cert: str):
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        ctx.check_hostname = False
-        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
-        c = RawClient(port)
-        c.greeting()
-        c.option(p.NBD_OPT_STARTTLS)
-        assert c.option_reply()[1] == p.NBD_REP_ACK
-        c.sock = ctx.wrap_socket(c.sock)
-        return c
+    def client(cert: str | None):
+        return starttls_client(port, pki, cert)
 
     def refusals():
         return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
@@ -512,16 +510,8 @@ def test_module_entry_point_takes_a_client_crl(tmp_path):
         f"error: --tls-client-crl {other / 'crl.pem'} is not signed by the CA in "
         f"{pki / 'ca.pem'}; write it with `tricopy certs revoke` in the CA's folder"), bad.stderr
 
-    def client(cert: str):
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        ctx.check_hostname = False
-        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
-        c = RawClient(port)
-        c.greeting()
-        c.option(p.NBD_OPT_STARTTLS)
-        assert c.option_reply()[1] == p.NBD_REP_ACK
-        c.sock = ctx.wrap_socket(c.sock)
-        return c
+    def client(cert: str | None):
+        return starttls_client(port, pki, cert)
 
     proc = subprocess.Popen(cmd + ["--tls-client-crl", str(pki / "crl.pem"), f"m={img}"],
                             stderr=subprocess.PIPE, text=True)
