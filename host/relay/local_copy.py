@@ -189,6 +189,14 @@ class RelayCopy(RestoreGroup):
                 async with asyncio.timeout(0.5):
                     await self._applied_more.wait()
 
+    @staticmethod
+    async def _next(new: asyncio.Event) -> None:
+        """Wait for ``new`` (at most 0.5 s, so that a stop is seen)."""
+        new.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await new.wait()
+
     async def feed(self, store: JournalStore, last, new: asyncio.Event, stopped) -> None:
         """Stage every journal the relay holds, in SEQ# order, from the restore
         point on (a crash replay included).  ``last()`` is the newest SEQ# that
@@ -198,10 +206,7 @@ class RelayCopy(RestoreGroup):
         nxt = self.last_restored + 1
         while not stopped():
             if nxt > last():
-                new.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await new.wait()
+                await self._next(new)
                 continue
             if nxt < store.tail_seq:
                 why = (f"the relay's data volumes lack SEQ# {nxt}..{store.tail_seq - 1}, "
@@ -212,7 +217,7 @@ class RelayCopy(RestoreGroup):
                 self.needs_resync = why
                 self.suspend(why)
                 while self.needs_resync and not stopped():
-                    await asyncio.sleep(0.2)
+                    await self._next(new)        # the relay sets it after resync()
                 nxt = self.last_restored + 1
                 continue
             for ctl, data in store.read(nxt, min(FEED_BATCH, last() - nxt + 1)):
