@@ -18,6 +18,7 @@ its reply.  docs/benchmarks.md reports the figures.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -499,6 +500,54 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
     return results
 
 
+#: per site, the counter that says how many journals one of its batches held
+#: (one wake-up, one frame, one ACK): the primary's journals per relay ACK,
+#: the relay's journals per group-commit fdatasync, the secondary's journals
+#: per frame the relay forwarded
+BATCH_OF = {"primary": "primary.acked_per_ack", "relay": "relay.fsync_journals",
+            "secondary": "relay.forward_batch"}
+
+
+def fit_batch_costs(results: list[dict]) -> dict[str, dict]:
+    """Split each site's CPU per write into a cost per batch and a cost per
+    journal: the least-squares fit of ``cpu = per_batch / B + per_journal``
+    over the tricopy rows (one per depth), B the site's journals per batch
+    (``BATCH_OF``).  Why: deeper queues make larger batches, so CPU per
+    write falls with depth; the fit says which of the two a change must cut
+    (docs/benchmarks.md, "Per batch and per journal").  Needs two batch
+    sizes at least; a site without them is left out."""
+    out = {}
+    rows = [r for r in results if r["what"].startswith("tricopy") and r.get("hops")]
+    for site, counter in BATCH_OF.items():
+        pts = [(1.0 / r["hops"][counter]["mean"], r["cpu_us_per_write"][site])
+               for r in rows if r["hops"].get(counter, {}).get("mean", 0) > 0]
+        if len({round(x, 3) for x, _ in pts}) < 2:
+            continue
+        n = len(pts)
+        mx = sum(x for x, _ in pts) / n
+        my = sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        a = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        b = my - a * mx
+        worst = max(abs(a * x + b - y) / y for x, y in pts if y)
+        out[site] = {"per_batch_us": round(a), "per_journal_us": round(b), "points": n,
+                     "worst_misfit": round(worst, 2)}
+    return out
+
+
+def _print_fit(fit: dict[str, dict]) -> None:
+    if not fit:
+        return
+    print("CPU per write = per batch / journals per batch + per journal (least squares "
+          "over the depths):")
+    for site, f in fit.items():
+        print(f"    {site:<10} per batch {f['per_batch_us']:>6,} µs  per journal "
+              f"{f['per_journal_us']:>5,} µs  ({f['points']} depths, worst misfit "
+              f"{f['worst_misfit']:.0%})")
+    print(f"    {'sum':<10} per batch {sum(f['per_batch_us'] for f in fit.values()):>6,} µs  "
+          f"per journal {sum(f['per_journal_us'] for f in fit.values()):>5,} µs")
+
+
 def _print_hops(results: list[dict]) -> None:
     for r in results:
         qemu = (f" (qemu-nbd {r['iops_ratio_qemu']:.3f})"
@@ -542,13 +591,22 @@ def _print(results: list[dict], nbd: bool) -> None:
 def _run(args) -> int:
     from .bench import machine
     if args.bench == "hops":
-        results = bench_hops(args.seconds, args.durability, args.tree, args.rounds)
+        jobs = HOP_JOBS
+        if args.depths:
+            jobs = tuple(("randwrite", 4096, d) for d in args.depths)
+        results = bench_hops(args.seconds, args.durability, args.tree, args.rounds, jobs)
     elif args.bench == "replicate":
         results = bench_replicate(args.seconds, args.durability, args.engine or ["model"])
     else:
         fn = {"nbd": bench_nbd, "far-site": bench_far_site}[args.bench]
         results = fn(args.seconds, args.durability)
     report = {"machine": machine(), "results": results}
+    if args.bench == "hops" and args.depths:
+        # one fit per tree and round: mixing trees would blur a before/after
+        report["batch_costs"] = {
+            f"{tree or 'this tree'} round {rnd}": fit_batch_costs(
+                [r for r in results if r.get("round") == rnd and r.get("tree") == tree])
+            for tree in (args.tree or [None]) for rnd in range(args.rounds)}
     if getattr(args, "plot", None):
         from .bench_plot import plot_hops
         plot_hops(results, args.plot, title=f"{report['machine']}, load "
@@ -559,9 +617,22 @@ def _run(args) -> int:
         print(f"machine: {report['machine']}")
         if args.bench == "hops":
             _print_hops(results)
+            for what, fit in report.get("batch_costs", {}).items():
+                print(f"{what}:")
+                _print_fit(fit)
         else:
             _print(results, args.bench == "nbd")
     return 0
+
+
+def _depths(text: str) -> list[int]:
+    try:
+        depths = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give queue depths as 1,4,16") from None
+    if len(depths) < 2 or min(depths) < 1 or max(depths) > 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two depths or more, each 1..256")
+    return depths
 
 
 def register_bench(which) -> None:
@@ -579,6 +650,10 @@ def register_bench(which) -> None:
                                 "tricopy/); repeat for several, e.g. before and after")
             p.add_argument("--rounds", type=int, default=1,
                            help="repeat baseline + trees this many times (noise)")
+            p.add_argument("--depths", type=_depths, default=None, metavar="D,D,...",
+                           help="4 KiB randwrite at these queue depths instead of QD1 and "
+                                "QD16, and each site's CPU split into a cost per batch and "
+                                "per journal (e.g. 1,4,16,64)")
             p.add_argument("--plot", metavar="PNG", default=None,
                            help="also draw IOPS and CPU µs/write per site (medians over the "
                                 "rounds) into this PNG (matplotlib: the bench extra)")
