@@ -649,20 +649,6 @@ class JournalEngine(wiring.Component):
             return lt_const(bcnt, k - W) | ge_const(bcnt, (1 << LENGTH_BITS) - W)
         # positions in the body, as logic rather than carry chains
         b_lt16, b_lt60, b_lt64 = lt_const(bcnt, 16), lt_const(bcnt, 60), lt_const(bcnt, 64)
-        # At width 8 without data memory (the UP5K top) BODY's, SKIP's and
-        # ALIGN's ends are flip-flops, not 23-bit comparisons on BCNT: those
-        # comparisons sat in front of the ingress state register's enable,
-        # an OR of every state's condition to move (BCNT -> the comparison ->
-        # the enable was the UP5K's critical path, 30.3 ns, "UP5K timing,
-        # twelfth step"). ``b_last``: BCNT = LENGTH - 1 (BODY's last byte);
-        # ``b_end``: BCNT = LENGTH (SKIP's body dropped), both set where BCNT
-        # is cleared (HCHECK, ANSWER) and stepped with it in BODY and SKIP,
-        # where they hold; ``al_end``: BCNT = 32 + W in ALIGN (its last
-        # cycle), 0 on entry (BCNT < 32 there). The formal spec restates
-        # them ("INV: the body's ends").
-        end_flags = W == 1 and not mem
-        if end_flags:
-            b_last, b_end, al_end = (Signal(name=n) for n in ("b_last", "b_end", "al_end"))
         # ``rx.ready`` is a register, set on each transition for the state
         # entered (and in HUNT for the next window): which states take a
         # beat is decided a cycle ahead. As a function of the state and of
@@ -1214,9 +1200,6 @@ class JournalEngine(wiring.Component):
                                  hcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT), bcnt.eq(0),
                                  ccrc.eq(CRC_INIT),
                                  hello_bad.eq(0), nul_seen.eq(0)]
-                    if end_flags:
-                        m.d.sync += [b_last.eq(hdr.length[:LENGTH_BITS] == 1),
-                                     b_end.eq(hdr.length[:LENGTH_BITS] == 0)]
                     if W > 1:
                         m.d.sync += regions(Const(0, LENGTH_BITS))
                         m.d.sync += [bend.eq(hdr.length[:LENGTH_BITS] + (W - 1)),
@@ -1394,8 +1377,6 @@ class JournalEngine(wiring.Component):
                         # body of 29..31 bytes is already in place)
                         with m.Elif(bl["lt32"] if W == 1 else lt_const(bcnt, 32)):
                             m.d.sync += aligning.eq(lt_const(bcnt, 32))
-                            if end_flags:
-                                m.d.sync += al_end.eq(0)
                             m.next = "ALIGN"
                         with m.Elif(ftype == FT.JNLDESC):
                             if W == 1:
@@ -1428,9 +1409,7 @@ class JournalEngine(wiring.Component):
                 if in_states:
                     with m.If(lt_const(bcnt, 32)):
                         m.d.sync += small.eq(Cat(small[8 * W:], Const(0, 8 * W)))
-                if end_flags:
-                    m.d.sync += al_end.eq(bcnt == 32 + W - 1)
-                with m.If(al_end if end_flags else bcnt == 32 + W):
+                with m.If(bcnt == 32 + W):
                     m.next = "VERDICT"
 
             if B > 1:
@@ -1612,8 +1591,6 @@ class JournalEngine(wiring.Component):
             with m.State("ANSWER"):
                 with m.If(~resp.busy):
                     m.d.comb += resp.start.eq(1)
-                    if end_flags:
-                        m.d.sync += [b_last.eq(bl["m1"] == 0), b_end.eq(bl["zero"])]
                     m.d.sync += [bcnt.eq(0), kcnt.eq(0), hcrc.eq(CRC_INIT),
                                  ans.seq.eq(ack_seq), ans.time.eq(ack_time),
                                  ans.jofs.eq(ack_jofs), ans.tag.eq(ack_tag),
@@ -1652,10 +1629,8 @@ class JournalEngine(wiring.Component):
                     m.next = "HEADER"
                 with m.Elif(take):
                     if W == 1:
-                        with m.If(~b_end if end_flags else bcnt != blen):
+                        with m.If(bcnt != blen):
                             m.d.sync += bcnt.eq(bcnt_next)
-                            if end_flags:
-                                m.d.sync += [b_end.eq(b_last), b_last.eq(bcnt_next == bl["m1"])]
                         with m.Else():
                             m.d.sync += kcnt.eq(kcnt + 1)
                             with m.If(kcnt == 3):
@@ -1941,10 +1916,7 @@ class JournalEngine(wiring.Component):
                     hello_bad.eq(hello_bad | beat[7]
                                  | ((beat != 0) & nul_seen & (bcnt != 48))),
                 ]
-            if v["end_flags"]:
-                m.d.sync += [v["b_end"].eq(v["b_last"]),
-                             v["b_last"].eq(bcnt_next == v["bl"]["m1"])]
-            with m.If(v["b_last"] if v["end_flags"] else bcnt == v["bl"]["m1"]):
+            with m.If(bcnt == v["bl"]["m1"]):
                 m.d.sync += [to_small.eq(0), to_stamp.eq(0)]
                 m.next = "TRAILER"
         if not mem:
@@ -2185,33 +2157,6 @@ class JournalEngine(wiring.Component):
             # FLAGS outside the known ones (a 32-input OR, VERDICT's first check)
             q["flags_bad"] = Signal(name="ld_flags_bad")
             v["checks"] += [q["flags_bad"].eq((fl & ~_LOAD_FLAGS).any())]
-        if self.data_width == 8:
-            # At width 8 the LOAD's outcome one stage further, three
-            # exclusive flags two cycles behind ``small`` (``stamp_time``,
-            # HELD): accepted, WRONG_MODE, NOT_EMPTY (none: BAD_REQUEST).
-            # VERDICT then chooses the answer from flip-flops (the checks
-            # above -> the priority of _verdict_load -> ``ans_nak`` and
-            # ``ans_type`` were the UP5K's critical path at every seed,
-            # 29.1-29.9 ns). A LOAD of a good LENGTH (32 or 40 bytes) comes
-            # to VERDICT from TRAILER, whose four cycles hold ``small``,
-            # ``stamp_time`` and HELD still; one of another LENGTH (0 among
-            # them, straight from HCHECK) is refused in VERDICT on LENGTH's
-            # flags alone.
-            bl = v["bl"]
-            empty_after = (fl & L.CLEAR).any() | q["held0"]
-            bad = (~Mux(ring, bl["load_ring"], bl["load"]) | (fl & ~_LOAD_FLAGS).any()
-                   | ((fl & L.SEQ).any() & q["seq0"])
-                   | (ring & q["size_bad"]) | ((fl & L.DESC).any() & ~ring)
-                   | ((fl & L.PTR).any() & q["ptr_bad"]))
-            wrong = ring & ~(fl & L.DESC).any() & q["too_big"]
-            full = (fl & (L.SEQ | L.PTR | L.RING)).any() & ~empty_after
-            for n in ("acc", "wm", "ne"):
-                q[n] = Signal(name=f"ld_{n}")
-            v["checks"] += [
-                q["acc"].eq(~bad & ~wrong & ~full),
-                q["wm"].eq(~bad & wrong),
-                q["ne"].eq(~bad & ~wrong & full),
-            ]
         return q
 
     def _verdict_load(self, m, v):
@@ -2223,18 +2168,6 @@ class JournalEngine(wiring.Component):
         ring = (fl & L.RING).any()
         empty_after = (fl & L.CLEAR).any() | q["held0"]
         bl = v["bl"]
-        if self.data_width == 8:
-            # (the outcome decided a cycle ahead, ``_load_checks``)
-            len_ok = bl["load"] | bl["load_ring"]
-            with m.If(len_ok & q["acc"]):
-                m.d.sync += [ack(FT.LOAD, _AckFrom.LOAD), v["verdict"][_V.LOAD].eq(1)]
-            with m.Elif(len_ok & q["wm"]):
-                m.d.sync += nak(ST.WRONG_MODE, FT.LOAD)
-            with m.Elif(len_ok & q["ne"]):
-                m.d.sync += nak(ST.NOT_EMPTY, FT.LOAD)
-            with m.Else():
-                m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)
-            return
         with m.If(~Mux(ring, bl["load_ring"], bl["load"])
                   | (q["flags_bad"] if "flags_bad" in q else (fl & ~_LOAD_FLAGS).any())):
             m.d.sync += nak(ST.BAD_REQUEST, FT.LOAD)

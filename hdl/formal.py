@@ -543,21 +543,6 @@ class EngineSpec(Elaboratable):
                                    "INV: the trailer follows the whole body")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
-        if self.data_width == 8:
-            # the body's ends at width 8 without data memory (hdl/engine.py,
-            # ``end_flags``): flip-flops for BCNT = LENGTH - 1 and BCNT =
-            # LENGTH where BODY and SKIP read them, for BCNT = 33 in ALIGN
-            bcnt8 = tap("bcnt")
-            with m.If(in_("BODY") | in_("SKIP")):
-                m.d.comb += [
-                    Assert(tap("b_last") == ((bcnt8 + 1)[:len(bcnt8)] == blen), "INV: the body's ends: BCNT = LENGTH - 1"),
-                    Assert(tap("b_end") == (bcnt8 == blen), "INV: the body's ends: BCNT = LENGTH"),
-                ]
-            with m.If(in_("ALIGN")):
-                m.d.comb += Assert(tap("al_end") == (bcnt8 == 33), "INV: the body's ends: ALIGN's last cycle")
-            # (BCNT is LENGTH in TRAILER, so ALIGN starts under 32: ``al_end`` 0)
-            with m.If(in_("TRAILER")):
-                m.d.comb += Assert(bcnt8 == blen, "INV: the trailer follows the whole body")
         # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in
         # HCHECK, so they hold their comparisons in every state. Restated
         # here, not imported: a flag set from the wrong comparison fails
@@ -607,33 +592,17 @@ class EngineSpec(Elaboratable):
         if RW == 1:
             m.d.comb += Assert(rtap("tr_last") == (r_trailer & (ridx == 3)),
                                "INV: responder's last-trailer-beat flag")
-        # the word multiplexer's selects at width 8 without read-out, one-hot
-        # registers: the class of the staged source one cycle behind
-        # (``src_oh``: ACK or ECHO, STATUS, HELLO), of the source itself in
-        # the body and trailer (the engine holds it still while busy); the
-        # word index of the body beat two ahead (``wlo``: its bits 0..1,
-        # ``whi``: its bits 2..4, words 0..19), word 0 in the header
+        # the word multiplexer's source at width 8 without read-out: a copy of
+        # the staged source one cycle behind (``src_q``), the source itself
+        # in the body and trailer (the engine holds it still while busy)
         if RW == 1:
-            def src_class(src):
-                return Cat((src == Source.ACK) | (src == Source.ECHO), src == Source.STATUS,
-                           src == Source.HELLO)
-            # (the class a cycle behind, kept here: 0 after a reset, as
-            # ``src_oh``)
-            cls_prev = Signal(3, name="spec_src_class_prev")
-            m.d.sync += cls_prev.eq(src_class(tap("ans_src")))
-            m.d.comb += Assert(rtap("src_oh") == cls_prev,
+            src_prev = Signal.like(tap("ans_src"), name="spec_src_prev")
+            m.d.sync += src_prev.eq(tap("ans_src"))
+            m.d.comb += Assert(rtap("src_q") == src_prev,
                                "INV: responder's word source a cycle behind")
             with m.If((rphase == 2) | r_trailer):
-                m.d.comb += Assert(rtap("src_oh") == src_class(tap("ans_src")),
+                m.d.comb += Assert(rtap("src_q") == tap("ans_src"),
                                    "INV: responder's word source settled")
-            wsel = Mux(rphase == 2, (ridx + 2)[2:7], 0)
-            with m.If(r_head | (rphase == 2)):
-                m.d.comb += [
-                    Assert(rtap("wlo") == (Const(1, 4) << wsel[:2])[:4],
-                           "INV: responder's word index, low bits one-hot"),
-                    Assert(rtap("whi") == Cat(*(wsel[2:5] == k for k in range(5))),
-                           "INV: responder's word index, high bits one-hot"),
-                ]
         # the word multiplexer's index and the sums' lane, registers a beat
         # ahead above width 8 (and at width 8 with data memory, which this
         # spec's engine has not): the body index of the beat after the one
@@ -1017,32 +986,6 @@ class EngineSpec(Elaboratable):
                 m.d.comb += Assert(tap("ld_flags_bad")
                                    == (ld.flags & ~int(protocol.Load.FLAGS)).any(),
                                    "INV: LOAD FLAGS checked")
-        if W == 1:
-            # at width 8 the LOAD's outcome a stage further (hdl/engine.py
-            # ``_load_checks``): in VERDICT, for a LOAD of a good LENGTH,
-            # the three flags are the outcome of its checks
-            fl_ = ld.flags
-            ld_bad = ((blen != Mux(ld_ring, protocol.Load.RING_SIZE, protocol.Load.SIZE))
-                      | (fl_ & ~int(protocol.Load.FLAGS)).any()
-                      | ((fl_ & LF.SEQ).any() & (ld.seq == 0))
-                      | (ld_ring & ((ld_size[:G] != 0) | (ld_size < 128)
-                                    | (ld_size > (1 << self.max_ring_bits))))
-                      | ((fl_ & LF.DESC).any() & ~ld_ring)
-                      | ((fl_ & LF.PTR).any() & ((ld.ptr[:G] != 0) | ld.ptr[G + SG - 1:].any()
-                                                 | (ld.ptr[G:G + SG] >= new_size))))
-            ld_wrong = ld_ring & ~(fl_ & LF.DESC).any() & (ld_size > 0)
-            ld_full = ((fl_ & (LF.SEQ | LF.PTR | LF.RING)).any()
-                       & ~(fl_ & LF.CLEAR).any() & (held != 0))
-            with m.If(in_("VERDICT") & (ftype == FT.LOAD)
-                      & ((blen == protocol.Load.SIZE) | (blen == protocol.Load.RING_SIZE))):
-                m.d.comb += [
-                    Assert(tap("ld_acc") == (~ld_bad & ~ld_wrong & ~ld_full),
-                           "INV: a LOAD's outcome decided: accepted"),
-                    Assert(tap("ld_wm") == (~ld_bad & ld_wrong),
-                           "INV: a LOAD's outcome decided: WRONG_MODE"),
-                    Assert(tap("ld_ne") == (~ld_bad & ~ld_wrong & ld_full),
-                           "INV: a LOAD's outcome decided: NOT_EMPTY"),
-                ]
         with m.If(in_("LOAD_SET") | (in_("EXEC") & verdict[_V.LOAD])):
             m.d.comb += [
                 Assert(~(ld.flags & LF.PTR).any() | ~tap("ld_ptr_bad"), "INV: a LOAD's PTR passed"),

@@ -62,14 +62,6 @@ class Source(enum.Enum, shape=3):
     RING = 4      # ring memory from ``base``, CCRC replaced at body bytes 60..63
 
 
-def _or_all(values):
-    """The OR of ``values``, as a balanced tree."""
-    while len(values) > 1:
-        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
-
-
 class _Phase(enum.Enum, shape=2):
     IDLE = 0
     HEAD = 1
@@ -307,11 +299,10 @@ class Responder(wiring.Component):
             # UP5K's critical path (docs/hardware.md "UP5K timing, eighth step").
             pidx = Mux(phase == _Phase.BODY, idx_next, 0)[:7]
             widx = Signal(5)
-            widx_next = Mux(phase == _Phase.BODY, (idx + 3)[2:7], 0)
             with m.If(self.start & ~busy):
                 m.d.sync += widx.eq(0)
             with m.If(take):
-                m.d.sync += widx.eq(widx_next)
+                m.d.sync += widx.eq(Mux(phase == _Phase.BODY, (idx + 3)[2:7], 0))
             pidx2 = Cat(Const(0, 2), widx)
         # (ECHO: the engine stages the HEARTBEAT token as the Ack's SEQ)
         views = {(Source.ACK, Source.ECHO): self.ack.as_value(),
@@ -360,49 +351,25 @@ class Responder(wiring.Component):
                     with m.Default():
                         m.d.sync += word_q.eq(0)
         else:
+            src_w = source
             if W == 1 and not self.has_ring:
-                # At width 8 without read-out (the UP5K top) the multiplexer
-                # is an AND-OR on one-hot selects, all registers: the case on
-                # (source, index) decoded eight bits in front of every arm
-                # and was nine LUTs deep, from ``widx`` and the source to
-                # ``word_q`` (the UP5K's critical path, "UP5K timing, tenth
-                # step" and "eleventh step"). Here an arm is the AND of three
-                # flip-flops (the source's class, the index's low two bits
-                # and its high three, each one-hot) and of the word's bit:
-                # one LUT, then the OR of the arms.
-                # The source's class is a copy a cycle behind, inside the
-                # responder (the engine's ``ans_src`` -> the multiplexer was
-                # the path before, "UP5K timing, tenth step"): the engine
-                # holds the source still while busy; a header take in the
-                # cycle after ``start`` may load ``word_q`` from the source
-                # before, but every header take loads it again, and the
-                # body's first word is loaded at the header's last take.
-                src_oh = Signal(3, name="src_oh")      # ACK or ECHO, STATUS, HELLO
-                m.d.sync += src_oh.eq(Cat((source == Source.ACK) | (source == Source.ECHO),
-                                          source == Source.STATUS, source == Source.HELLO))
-                # ``widx`` one-hot, loaded with it: ``wlo`` its bits 0..1,
-                # ``whi`` its bits 2..4 for words 0..19 (none from word 20
-                # on, past every view, where the case had no arm: 0)
-                wlo = Signal(4, name="wlo", init=1)
-                whi = Signal(5, name="whi", init=1)
-                with m.If(self.start & ~busy):
-                    m.d.sync += [wlo.eq(1), whi.eq(1)]
-                with m.If(take):
-                    m.d.sync += [wlo.eq(Const(1, 4) << widx_next[:2]),
-                                 whi.eq(Cat(*(widx_next[2:5] == k for k in range(5))))]
-                cls = {Source.ACK: 0, Source.ECHO: 0, Source.STATUS: 1, Source.HELLO: 2}
-                arms = {}                              # (class, word index) -> word read
-                for key, values in cases.items():
-                    for value in values:
-                        arms[(cls[Source(value >> 5)], value & 31)] = key
-                m.d.comb += word.eq(
-                    _or_all([Mux(src_oh[c] & wlo[w & 3] & whi[w >> 2], view_word(*key), 0)
-                             for (c, w), key in arms.items()]))
-            else:
-                with m.Switch(Cat(pidx2[2:7], source)):
-                    for (src, w), values in cases.items():
-                        with m.Case(*values):
-                            m.d.comb += word.eq(view_word(src, w))
+                # At width 8 without read-out (the UP5K top) the source as
+                # the multiplexer reads it is a copy a cycle behind, inside
+                # the responder: the engine's ``ans_src`` -> the case on
+                # (source, index) -> ``word_q`` was the UP5K's critical path
+                # ("UP5K timing, tenth step"), its first LUT shared with the
+                # engine's HCHECK. The engine holds the source still while
+                # busy; a header take in the cycle after ``start`` may load
+                # ``word_q`` from the source before, but every header take
+                # loads it again, and the body's first word is loaded at the
+                # header's last take.
+                src_q = Signal(Source, name="src_q")
+                m.d.sync += src_q.eq(source)
+                src_w = src_q
+            with m.Switch(Cat(pidx2[2:7], src_w)):
+                for (src, w), values in cases.items():
+                    with m.Case(*values):
+                        m.d.comb += word.eq(view_word(src, w))
         # Three SEQ words are sums, added here a beat at a time with a carry
         # flip-flop (no 64-bit adders or registers for them): HELLO LAST_SEQ
         # (bytes 8..15) = NEXT_SEQ - 1, STATUS TAIL_SEQ (bytes 40..47) =
