@@ -549,13 +549,6 @@ class JournalEngine(wiring.Component):
         # after the last (JNLDESC: DATA_LEN is in body bytes 36..39)
         # R in bytes (a multiple of 64); without data memory ``r_q`` (below)
         rlen = Signal(LENGTH_BITS) if mem else None
-        if wide_wr:
-            # (width 32) R - W, loaded every cycle (R is set in ALLOC, PAD
-            # comes after BODY and TRAILER): PAD ends at BCNT == R - W, not
-            # at BCNT + W == R (BCNT's adder -> the comparison -> the state's
-            # enable was a width-32 path, 11.4 ns)
-            rlen_w = Signal(LENGTH_BITS)
-            m.d.sync += rlen_w.eq(rlen - W)
         place = Signal(PG)                     # JOFS, granules
         wrap = Signal()
         rewind = Signal()
@@ -852,18 +845,6 @@ class JournalEngine(wiring.Component):
         ]
         walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
         if W > 1:
-            # (width 32) USED's step in RELEASE_STEP, USED - R - the skipped
-            # tail, from two registers beside ``walk_at_wrap`` (USED, SIZE and
-            # WRAP_AT hold through the walk, R from the cycle before the
-            # step): USED - R, and SIZE - WRAP_AT at WRAP_AT (else 0). One
-            # carry chain is left in front of USED; SIZE -> SIZE - WRAP_AT
-            # -> USED - R - it, two chains, was the width-32 path (11.1 ns).
-            DB = RB - G + 1                    # a data ring's sizes in granules
-            walk_used = Signal(SG)
-            walk_tail = Signal(DB)
-            m.d.sync += [walk_used.eq(used - walk_r[G:]),
-                         walk_tail.eq(Mux(at_wrap_now, size[:DB] - wrap_at[:DB], 0))]
-        if W > 1:
             # (width 32) a record starts on a 64-byte granule (``walk_off``'s
             # six low bits are 0: JOPTR, 0 or WALK_OFF + R), so WALK_OFF + 36
             # is wiring, and + DL_STEP (< 4) stays in the granule's words:
@@ -1091,26 +1072,6 @@ class JournalEngine(wiring.Component):
             j_ge.eq(jiptr >= joptr), empty_q.eq(used == 0),
             rt_q.eq(tail + r_q),
         ]
-        # Width 32: what ALLOC reads of the request besides the comparisons,
-        # as registers beside them (two behind ``small``, one behind
-        # ``fits_q`` and EXEC's checks, all settled in ALLOC): ``al_desc``,
-        # the request is a JNLDESC; ``al_go``, its R fits MAX and its kind
-        # is the ring's; ``al_take``, a JNLDESC that passes checks 4-7 with
-        # SEQ# space left (with batches: its JOFS is written). The TYPE's
-        # decode from ``ftype`` in front of ALLOC's choice was the width-32
-        # path into ``place`` (11.4 ns); the formal spec restates the three
-        # ("INV: ALLOC's flags").
-        wide_alloc = W > 1
-        if wide_alloc:
-            al_go, al_take = Signal(name="al_go"), Signal(name="al_take")
-            # (without data memory every request allocated is a JNLDESC)
-            al_desc = Signal(name="al_desc") if mem else is_desc_now
-            if mem:
-                checks += [al_desc.eq(is_desc_now)]
-            checks += [
-                al_go.eq(fits_q & (is_desc_now == desc)),
-                al_take.eq(is_desc_now & desc_checks_ok & ~seq_spent),
-            ]
         # an exact fit at the end (JIPTR wraps to 0) and what USED grows by,
         # chosen in ALLOC for EXEC (which then adds one register to USED and
         # PLACE + R to JIPTR: one carry chain each, no comparison after)
@@ -1303,7 +1264,7 @@ class JournalEngine(wiring.Component):
                 # disagrees is NAKed anyway); a JNLDESC's from DATA_LEN, once
                 # the body is in. All in granules of 64 bytes, every figure a
                 # register (``r_q`` and the comparisons after it).
-                is_desc = al_desc if wide_alloc else is_desc_now
+                is_desc = is_desc_now
                 # an empty ring rewinds only when its tail cannot take R
                 fits_tail = c_tail
                 rew = empty_q & ~fits_tail
@@ -1331,8 +1292,7 @@ class JournalEngine(wiring.Component):
 
                 def place_taken(value):
                     if B > 1:
-                        with m.If(al_take if wide_alloc
-                                  else is_desc & desc_checks_ok & ~seq_spent):
+                        with m.If(is_desc & desc_checks_ok & ~seq_spent):
                             m.d.sync += place.eq(value)
                 # a batch's TIME is taken once, at its first descriptor
                 if wide_stamp:
@@ -1341,7 +1301,7 @@ class JournalEngine(wiring.Component):
                     with m.If(bidx == 0):
                         m.d.sync += stamp_time.eq(Mux(now_past_last, ts.now, last_time))
                 # a ring of the other kind is refused at VERDICT (WRONG_MODE)
-                with m.If(al_go & c_size if wide_alloc else fits_q & c_size & (is_desc == desc)):
+                with m.If(fits_q & c_size & (is_desc == desc)):
                     with m.If(rew):
                         m.d.sync += alloc_ok.eq(1)          # empty: all of SIZE from 0
                         place_taken(0)
@@ -1436,7 +1396,7 @@ class JournalEngine(wiring.Component):
                         m.d.comb += [wr.addr.eq(word_address(dbytes(place) + bcnt, W)),
                                      wr.data.eq(0), wr.en.eq(1)]
                     m.d.sync += bcnt.eq(bcnt_next)
-                    with m.If(bcnt == rlen_w if wide_wr else bcnt_next == rlen):
+                    with m.If(bcnt_next == rlen):
                         if wide_wr:
                             m.d.sync += wr_fill.eq(0)
                         m.next = "VERDICT"
@@ -1711,8 +1671,7 @@ class JournalEngine(wiring.Component):
                     # Yosys, the walk alone at width 32: docs/hardware.md)
                     m.d.sync += [
                         joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
-                        used.eq(walk_used - walk_tail if W > 1 else
-                                used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
+                        used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
                         held.eq(held - 1),
                         self.full.eq(0),
                     ]

@@ -739,18 +739,6 @@ class EngineSpec(Elaboratable):
                 Assert(tap("ex_size") == (rq == w(size)), "INV: R == SIZE settled"),
                 Assert(tap("rt_q") == (w(tap("tail")) + rq)[:SG], "INV: tail + R settled"),
             ]
-            if W > 1:
-                # (width 32) ALLOC's flags beside the comparisons, one cycle
-                # behind what they cache, which holds through ALLOC_W
-                # (hdl/engine.py, ``al_go``; without data memory every
-                # request allocated is a JNLDESC, so ``al_desc`` is 1 and
-                # the ring's kind always a descriptor ring's)
-                m.d.comb += [
-                    Assert(tap("al_go") == tap("fits_q"), "INV: ALLOC's flags"),
-                    Assert(tap("al_take") == (tap("kind_ok") & tap("rules_ok") & tap("epoch_ok")
-                                              & tap("desc_dcrc_ok") & ~tap("seq_spent")),
-                           "INV: ALLOC's flags"),
-                ]
         # At width 8 the KIND's rules and the DATA_CRC check are two stages:
         # the tests of the control data registers one cycle behind
         # ``small`` (settled where R is), their choice by KIND one more

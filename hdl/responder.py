@@ -416,34 +416,15 @@ class Responder(wiring.Component):
             (idx[:2]) at width 8."""
             return (reg ^ CRC_INIT) if W == 4 else (reg ^ CRC_INIT).word_select(idx[:2], 8)
 
-        if W > 1:
-            # (width 32) the body beat whatever the phase: only the BODY
-            # phase reads it (its CRC, ``beat``), so no decode of the phase
-            # sits in front of the CRC network (the phase -> the body's
-            # multiplexer -> the BCRC -> ``crc`` was a width-32 path, 11.6
-            # ns); nor of the source: ``b_ring``, the source is the ring, is
-            # a register one cycle behind it (the engine holds the source
-            # still from the answer's start, and the body comes after the
-            # header's four beats; the source -> its decode -> the body's
-            # multiplexer -> ``crc`` was the next width-32 path, 11.4 ns)
-            if self.has_ring:
-                b_ring = Signal(name="b_ring")
-                m.d.sync += b_ring.eq(source == Source.RING)
-            else:
-                b_ring = Const(0)
-            with m.If(b_ring):
-                m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
-            with m.Else():
-                m.d.comb += body.eq(word_byte)
         with m.Switch(phase):
             with m.Case(_Phase.HEAD):
                 m.d.comb += beat.eq(Mux(hd_crc, hbeat, crc_out(crc)))
             with m.Case(_Phase.BODY):
+                with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
+                    m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
+                with m.Else():
+                    m.d.comb += body.eq(word_byte)
                 if W == 1:
-                    with m.If(Const(int(self.has_ring)) & (source == Source.RING)):
-                        m.d.comb += body.eq(Mux(ccrc_pos, crc_out(ccrc), ring_beat))
-                    with m.Else():
-                        m.d.comb += body.eq(word_byte)
                     m.d.comb += beat.eq(body)
                 else:
                     # a last beat of KL < W body bytes carries the first
