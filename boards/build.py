@@ -45,8 +45,8 @@ REPORT_NAME = "report.json"
 #: nextpnr's analytic (heap) placer weighted harder towards timing than by
 #: default (criticality exponent 2, timing weight 10).  Same netlists, same
 #: area: the UP5K top placed at 35.2 MHz at each of five seeds against
-#: 33.5-35.2 (mean 34.4), the width-32 engine alone at a mean of 91.5 MHz
-#: over three seeds against 89.6 (docs/hardware.md, "Placer settings").
+#: 33.5-35.2 (mean 34.4), the width-32 engine alone at a mean of 90.1 MHz
+#: over five seeds against 89.1 (docs/hardware.md, "Placer settings").
 PLACER_OPTS = ("--placer-heap-critexp", "6", "--placer-heap-timingweight", "50")
 
 
