@@ -376,18 +376,28 @@ def starttls_client(port: int, pki, cert: str | None) -> RawClient:
     return c
 
 
-def test_tls_can_require_a_client_certificate(tmp_path, caplog):
-    """nbd.tls_client_ca: a client without a certificate of that CA is refused
-    after STARTTLS with one log line; one with a certificate is served."""
+def tls_disk_server(tmp_path, names, revoke=()):
+    """A 1 MiB file export behind STARTTLS that asks for client certificates
+    of a fresh CA (``names``: the certificates made, the first the server's);
+    ``revoke``: names put on the CA's CRL, which the server reads.  Returns
+    (pki folder, disk file, started ServerThread, port, CRL serials)."""
     from tricopy.host.config import NbdConfig
     from tricopy.host.nbd.primary_export import _tls_context
-    from tricopy.host.tools.certs import make_certs
-    pki = make_certs(tmp_path / "pki", ["primary", "host1"])
-    cfg = NbdConfig(("127.0.0.1", 0), pki / "primary.pem", pki / "primary.key", pki / "ca.pem")
+    from tricopy.host.tools.certs import make_certs, write_crl
+    pki = make_certs(tmp_path / "pki", list(names))
+    serials = write_crl(pki, list(revoke)) if revoke else []
+    cfg = NbdConfig(("127.0.0.1", 0), pki / f"{names[0]}.pem", pki / f"{names[0]}.key",
+                    pki / "ca.pem", pki / "crl.pem" if revoke else None)
     disk = tmp_path / "c.img"
     disk.write_bytes(bytes(1 << 20))
     thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_tls_context(cfg))
-    port = thread.start()
+    return pki, disk, thread, thread.start(), serials
+
+
+def test_tls_can_require_a_client_certificate(tmp_path, caplog):
+    """nbd.tls_client_ca: a client without a certificate of that CA is refused
+    after STARTTLS with one log line; one with a certificate is served."""
+    pki, disk, thread, port, _ = tls_disk_server(tmp_path, ["primary", "host1"])
 
     def client(cert: str | None):
         return starttls_client(port, pki, cert)
@@ -416,17 +426,9 @@ def test_tls_refuses_a_revoked_client_certificate(tmp_path, caplog):
     """nbd.tls_client_crl: a client whose certificate the CA revoked is refused
     right after STARTTLS with one line naming it (who, serial, since when, what
     to do); a client already connected and a new good one are served."""
-    from tricopy.host.config import NbdConfig
-    from tricopy.host.nbd.primary_export import _tls_context
-    from tricopy.host.tools.certs import make_certs, write_crl
-    pki = make_certs(tmp_path / "pki", ["primary", "host1", "host2"])
-    [serial] = write_crl(pki, ["host2"])             # `tricopy certs revoke host2`
-    cfg = NbdConfig(("127.0.0.1", 0), pki / "primary.pem", pki / "primary.key", pki / "ca.pem",
-                    pki / "crl.pem")
-    disk = tmp_path / "c.img"
-    disk.write_bytes(bytes(1 << 20))
-    thread = ServerThread({"disk": FileExport(disk, 4096)}, tls_context=_tls_context(cfg))
-    port = thread.start()
+    # host2 revoked, as `tricopy certs revoke host2` does
+    pki, disk, thread, port, [serial] = tls_disk_server(
+        tmp_path, ["primary", "host1", "host2"], revoke=["host2"])
 
     def client(cert: str | None):
         return starttls_client(port, pki, cert)
