@@ -206,5 +206,7 @@ def register(sub) -> None:
     register_bench(which)
     from .bench_distance import register_bench as register_distance_bench   # distance
     register_distance_bench(which)
+    from .bench_floor import register_bench as register_floor_bench     # floor: skeleton vs sites
+    register_floor_bench(which)
     from tricopy.sim.bench import register_bench as register_engine_bench   # engine: model vs sim
     register_engine_bench(which)
