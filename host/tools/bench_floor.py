@@ -24,8 +24,9 @@ No SEQ#, no stamps, no engine, no state files, no restore point, no
 ordering or recovery logic: none of the safety the sites give. So the
 skeleton is a lower bound for any design that keeps these processes,
 hops and syscalls in Python, and the gap between it and the sites is what
-the sites' own Python costs. The skeleton runs twice, its links on TLS (as
-the sites run by default) and in plain TCP (what the encryption costs).
+the sites' own Python costs. Skeleton and sites each run twice, their links
+on TLS (as the sites run by default) and in plain TCP (what the encryption
+costs).
 CPU per write is user + system time from ``/proc`` over the fio job,
 divided by the writes, for each process.
 """
@@ -325,17 +326,17 @@ def bench_floor(seconds: float = 5.0, depths=(1, 16), rounds: int = 1) -> list[d
         root = Path(tmp)
         make_certs(root / "certs", list(ROLES))
         for rnd in range(rounds):
-            for what in ("skeleton", "skeleton plain", "sites"):
+            for what in ("skeleton", "skeleton plain", "sites", "sites plain"):
                 work = root / f"{what.replace(' ', '-')}-{rnd}"
                 work.mkdir()
-                if what != "sites":
+                if what.startswith("skeleton"):
                     (work / "certs").symlink_to(root / "certs")
                     ports = {r: _free_port() for r in (*ROLES, "nbd")}
                     procs, stop = spawn(work, ports, size, tls=what == "skeleton"), None
                     uri = f"nbd://127.0.0.1:{ports['nbd']}/x"
                 else:
                     sites = Sites(work, vol_size=size, journal_size=2 * size,
-                                  durability="fsync")
+                                  durability="fsync", tls=what == "sites")
                     sites.start()
                     procs, stop, uri = sites.procs, sites, sites.uri()
                 try:
