@@ -26,7 +26,7 @@ __all__ = ["SUITES", "register_all", "table", "flatten", "put_block", "markers"]
 #: (suite, extra arguments, rough minutes at the default --seconds on the 2-core machine)
 SUITES = (("protocol", (), 0.6), ("replicate", (), 0.9), ("nbd", (), 1.3),
           ("far-site", (), 1.2), ("hops", (), 1.7), ("engine", (), 1.2),
-          ("floor", (), 1.3), ("distance", (), 10.5))
+          ("floor", (), 1.5), ("distance", (), 10.5))
 ALL_END = "<!-- bench all: generated blocks end here -->"
 
 
