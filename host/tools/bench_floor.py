@@ -271,17 +271,38 @@ class Skeleton:
             await server.serve_forever()
 
 
-def spawn(workdir: Path, ports: dict, size: int, tls: bool = True) -> dict[str, subprocess.Popen]:
+def build_native(out: Path) -> Path:
+    """Compile the C skeleton (``floor_native.c``) into ``out``; a
+    RuntimeError with the compiler's last line if it cannot be built (no C
+    compiler, no ``libssl-dev``)."""
+    src = Path(__file__).with_name("floor_native.c")
+    exe = out / "floor_native"
+    proc = subprocess.run(["cc", "-O2", "-msse4.2", "-o", str(exe), str(src), "-lssl", "-lcrypto"],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(f"the C skeleton did not build (needs cc and libssl-dev): {lines[-1]}")
+    return exe
+
+
+def spawn(workdir: Path, ports: dict, size: int, tls: bool = True,
+          native: Path | None = None) -> dict[str, subprocess.Popen]:
     """Start the three skeleton processes, the far end first; return them
     once each has written its ready file.  ``workdir/certs`` holds the
-    certificates (``tricopy certs``) unless ``tls`` is off."""
+    certificates (``tricopy certs``) unless ``tls`` is off; ``native``: the
+    C skeleton's executable (``build_native``) instead of Python."""
     import json
     procs = {}
+    mode = "tls" if tls else "plain"
     for role in ROLES:
+        if native is not None:
+            cmd = [str(native), role, str(workdir), *(str(ports[r]) for r in (*ROLES[:2], "nbd")),
+                   str(size), mode]
+        else:
+            cmd = [sys.executable, "-m", "tricopy.host.tools.bench_floor", role, str(workdir),
+                   json.dumps(ports), str(size), mode]
         with open(workdir / f"{role}.log", "wb") as log:
-            procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "tricopy.host.tools.bench_floor", role, str(workdir),
-                 json.dumps(ports), str(size), "tls" if tls else "plain"], stderr=log)
+            procs[role] = subprocess.Popen(cmd, stderr=log)
         deadline = time.monotonic() + 20
         while not (workdir / f"{role}.ready").exists():
             if procs[role].poll() is not None or time.monotonic() > deadline:
@@ -325,14 +346,23 @@ def bench_floor(seconds: float = 5.0, depths=(1, 16), rounds: int = 1) -> list[d
     with _workdir() as tmp:
         root = Path(tmp)
         make_certs(root / "certs", list(ROLES))
+        whats = ["skeleton", "skeleton plain", "sites", "sites plain"]
+        native = None
+        try:
+            native = build_native(root)
+            whats[2:2] = ["skeleton C", "skeleton C plain"]
+        except RuntimeError as exc:
+            print(f"bench floor: {exc}; its rows are left out", file=sys.stderr)
         for rnd in range(rounds):
-            for what in ("skeleton", "skeleton plain", "sites", "sites plain"):
+            for what in whats:
                 work = root / f"{what.replace(' ', '-')}-{rnd}"
                 work.mkdir()
                 if what.startswith("skeleton"):
                     (work / "certs").symlink_to(root / "certs")
                     ports = {r: _free_port() for r in (*ROLES, "nbd")}
-                    procs, stop = spawn(work, ports, size, tls=what == "skeleton"), None
+                    procs = spawn(work, ports, size, tls=not what.endswith("plain"),
+                                  native=native if " C" in what else None)
+                    stop = None
                     uri = f"nbd://127.0.0.1:{ports['nbd']}/x"
                 else:
                     sites = Sites(work, vol_size=size, journal_size=2 * size,
@@ -355,12 +385,12 @@ def bench_floor(seconds: float = 5.0, depths=(1, 16), rounds: int = 1) -> list[d
 
 
 def _print(results: list[dict]) -> None:
-    print(f"{'round':>5} {'what':14} {'QD':>3} {'IOPS':>7} {'p50 µs':>7} "
+    print(f"{'round':>5} {'what':16} {'QD':>3} {'IOPS':>7} {'p50 µs':>7} "
           f"{'CPU µs/write S / R / P = sum':>30} {'of it system':>12} {'load':>5}")
     for r in results:
         c = r["cpu_us"]
         cpu = f"{c['secondary']} / {c['relay']} / {c['primary']} = {sum(c.values())}"
-        print(f"{r['round']:>5} {r['what']:14} {r['iodepth']:>3} {r['iops']:>7} "
+        print(f"{r['round']:>5} {r['what']:16} {r['iodepth']:>3} {r['iops']:>7} "
               f"{r['p50_us']:>7} {cpu:>30} {r['sys_us']:>12} {r['load']:>5}")
 
 
