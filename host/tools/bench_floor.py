@@ -24,7 +24,9 @@ No SEQ#, no stamps, no engine, no state files, no restore point, no
 ordering or recovery logic: none of the safety the sites give. So the
 skeleton is a lower bound for any design that keeps these processes,
 hops and syscalls in Python, and the gap between it and the sites is what
-the sites' own Python costs. Skeleton and sites each run twice, their links
+the sites' own Python costs. The same skeleton in C (``floor_native.c``,
+one ``poll()`` loop per process, OpenSSL) says what native code would
+reach. Skeletons and sites each run twice, their links
 on TLS (as the sites run by default) and in plain TCP (what the encryption
 costs).
 CPU per write is user + system time from ``/proc`` over the fio job,
