@@ -35,7 +35,6 @@ divided by the writes, for each process.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import ssl
