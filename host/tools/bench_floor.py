@@ -410,8 +410,8 @@ def _run(args) -> int:
 def register_bench(which) -> None:
     """Add ``floor`` to the ``tricopy bench`` subcommands."""
     from .bench_replicate import _depths
-    text = ("the write path's floor in Python: three skeleton processes doing only its "
-            "I/O (NBD, TLS hops, pwrite, fdatasync) beside the three sites")
+    text = ("the write path's floor: three skeleton processes doing only its I/O (NBD, "
+            "TLS hops, pwrite, fdatasync), in Python and in C, beside the three sites")
     p = which.add_parser("floor", help=text, description=text)
     p.add_argument("--seconds", type=float, default=5.0, help="fio runtime per figure")
     p.add_argument("--rounds", type=int, default=1, help="repeat skeleton + sites (noise)")
