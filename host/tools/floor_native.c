@@ -8,7 +8,9 @@
  *
  *   floor_native ROLE DIR SECONDARY_PORT RELAY_PORT NBD_PORT SIZE tls|plain
  *
- * Built by bench_floor.py with the system's C compiler (libssl-dev). */
+ * Built by bench_floor.py with the system's C compiler (libssl-dev).  A
+ * bench, not a server: requests larger than its 8 MiB buffers, or more
+ * than 64 NBD clients at once, are not handled. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <endian.h>
