@@ -49,6 +49,13 @@ REPORT_NAME = "report.json"
 #: over five seeds against 89.1 (docs/hardware.md, "Placer settings").
 PLACER_OPTS = ("--placer-heap-critexp", "6", "--placer-heap-timingweight", "50")
 
+#: board -> options for Yosys's ``synth_<family>`` (Amaranth's ``synth_opts``).
+#: ``synth_ice40`` maps with ABC9 against the HX's delays unless told the
+#: device: ``-device u`` maps against the UltraPlus's (slower) ones. The UP5K
+#: top then placed at a mean of 36.0 MHz over five seeds against 35.2, for
+#: 11 LCs more (docs/hardware.md, "Synthesis and routing options").
+SYNTH_OPTS = {"icebreaker": ("-device", "u")}
+
 
 class BuildError(Exception):
     """A board build failed or produced no usable report."""
@@ -149,6 +156,7 @@ def build_design(board, design, build_dir):
     platform = spec.Platform()
     try:
         platform.build(design, name="top", build_dir=str(build_dir),
+                       synth_opts=" ".join(SYNTH_OPTS.get(board, ())),
                        nextpnr_opts=" ".join(("--report", REPORT_NAME) + PLACER_OPTS))
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"{board} toolchain failed: {_log_errors(build_dir)} "
