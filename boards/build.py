@@ -49,6 +49,24 @@ REPORT_NAME = "report.json"
 #: over five seeds against 89.1 (docs/hardware.md, "Placer settings").
 PLACER_OPTS = ("--placer-heap-critexp", "6", "--placer-heap-timingweight", "50")
 
+#: board -> options for Yosys's ``synth_<family>`` (Amaranth's ``synth_opts``)
+#: and the Yosys commands run before it (``script_after_read``).
+#: ``synth_ice40`` maps LUTs with ABC9 against the HX's delays and 250 ps a
+#: wire unless told otherwise; the UP5K's nets take 1.5-4 ns each. Mapped
+#: against the UltraPlus's delays (``-device u``) and 1 500 ps a wire, the
+#: UP5K top places at a mean of 39.1 MHz over five seeds against 35.2 (36.0
+#: with ``-device u`` alone), in 4 752 LC against 4 703: the area goal's
+#: 90 % exactly (docs/hardware.md, "Synthesis and routing options").
+SYNTH_OPTS = {"icebreaker": ("-device", "u")}
+SYNTH_SCRIPT = {"icebreaker": "scratchpad -set synth_ice40.abc9.W 1500"}
+
+#: The engine alone on the ECP5 (``synth_engine``) places with the heap
+#: placer's anchor weight step (alpha) at 0.2 instead of 0.1: a mean of
+#: 91.3 MHz over five seeds against 90.1 at width 32 (85.4-94.2, as noisy
+#: as before; docs/hardware.md, "Synthesis and routing options"). Not
+#: measured on the board tops, which keep PLACER_OPTS.
+ENGINE_PLACER_OPTS = PLACER_OPTS + ("--placer-heap-alpha", "0.2")
+
 
 class BuildError(Exception):
     """A board build failed or produced no usable report."""
@@ -149,6 +167,8 @@ def build_design(board, design, build_dir):
     platform = spec.Platform()
     try:
         platform.build(design, name="top", build_dir=str(build_dir),
+                       synth_opts=" ".join(SYNTH_OPTS.get(board, ())),
+                       script_after_read=SYNTH_SCRIPT.get(board, ""),
                        nextpnr_opts=" ".join(("--report", REPORT_NAME) + PLACER_OPTS))
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"{board} toolchain failed: {_log_errors(build_dir)} "
@@ -221,7 +241,7 @@ def synth_engine(*, width=8, ring_size=65536, build_dir=None, freq_mhz=25.0):
         subprocess.run([_tool("NEXTPNR_ECP5"), "--85k", "--package", "CABGA381",
                         "--json", "engine.json", "--out-of-context", "--freq", f"{freq_mhz:g}",
                         "--timing-allow-fail", "--report", REPORT_NAME, "--log", "pnr.log",
-                        *PLACER_OPTS],
+                        *ENGINE_PLACER_OPTS],
                        cwd=build_dir, check=True, capture_output=True)
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"engine synthesis failed (logs in {build_dir})") from exc
