@@ -541,6 +541,12 @@ class EngineSpec(Elaboratable):
             with m.If(in_("TRAILER")):
                 m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
                                    "INV: the trailer follows the whole body")
+            # HCRC over two cycles (hdl/engine.py, ``hd_full``): its data
+            # term is pending only in the cycle after a beat went in, so
+            # never in HCHECK, where HCRC holds still under ``h_crc``
+            with m.If(tap("hv")):
+                m.d.comb += Assert(in_("HEADER") | in_("HUNT_CRC") | in_("BODY") | in_("TRAILER"),
+                                   "INV: HCRC's data term pending only after a take")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
         # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in

@@ -100,6 +100,39 @@ def test_byte_columns_equal_rows(nbytes):
         assert (got_rows, got_columns) == (want, want), hex(value)
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+@pytest.mark.parametrize("nbytes", [1, 4])
+def test_step_is_state_term_xor_data_term(nbytes, columns):
+    """``crc32c_state_term(s) ^ crc32c_data_term(d)`` is ``crc32c_step(s,
+    d)`` (the width-32 ingress computes the data's share a cycle ahead,
+    hdl/engine.py), in both spellings, on single bits and random inputs."""
+    from tricopy.hdl.crc import crc32c_data_term, crc32c_state_term
+
+    state, data = Signal(32), Signal(8 * nbytes)
+    with byte_columns() if columns else contextlib.nullcontext():
+        split_value = crc32c_state_term(state, nbytes) ^ crc32c_data_term(data, nbytes)
+    m = Module()
+    split = Signal(32)
+    m.d.comb += split.eq(split_value)
+    rng = random.Random(nbytes)
+    inputs = [0] + [1 << k for k in range(32 + 8 * nbytes)]
+    inputs += [rng.getrandbits(32 + 8 * nbytes) for _ in range(20)]
+    seen = []
+
+    async def bench(ctx):
+        for value in inputs:
+            ctx.set(state, value & 0xFFFF_FFFF)
+            ctx.set(data, value >> 32)
+            seen.append((value, ctx.get(split)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for value, got in seen:
+        want = _reference_step(value & 0xFFFF_FFFF, (value >> 32).to_bytes(nbytes, "little"))
+        assert got == want, hex(value)
+
+
 def test_bad_width_names_value():
     with pytest.raises(ValueError, match="12"):
         CRC32C(12)
