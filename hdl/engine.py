@@ -742,8 +742,8 @@ class JournalEngine(wiring.Component):
             # after ``hv``. HCRC is so a cycle late: HCHECK waits a cycle
             # for its checks anyway (the header's CRC is over 12 of its 16
             # bytes), and the BCRC is compared after TRAILER (``trl1``).
-            hd_full, hd_last = Signal(32), Signal(32)
-            hv, h_last = Signal(), Signal()
+            hd_full, hd_last = Signal(32, name="hd_full"), Signal(32, name="hd_last")
+            hv, h_last = Signal(name="hv"), Signal(name="h_last")
             m.d.sync += [hd_full.eq(crc32c_data_term(Mux(rdy, beat, win[:8 * W]), W)),
                          hd_last.eq(crc32c_data_term(beat & lane_mask(klast, W), W))]
             # TRAILER's checks two cycles after its take (``trl1``, ``trl2``):
@@ -751,8 +751,8 @@ class JournalEngine(wiring.Component):
             # loaded every cycle: read at ``trl2``, when HCRC and CCRC are
             # final), then compared with the received BCRC (``rxq``,
             # latched at the take) and DATA_CRC. VERDICT waits for them.
-            trl1, trl2 = Signal(), Signal()
-            rxq, bu, cu = Signal(32), Signal(32), Signal(32)
+            trl1, trl2 = Signal(name="trl1"), Signal(name="trl2")
+            rxq, bu, cu = (Signal(32, name=n) for n in ("rxq", "bu", "cu"))
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(bl["ge65"], ccrc, CRC_INIT)      # CRC32C of no data is 0
@@ -1139,8 +1139,8 @@ class JournalEngine(wiring.Component):
             # ``cr`` from CRC_INIT (the DCRC's start at body byte 64).
             # ``ccrc_look`` is CCRC with the pending term in: the CCRC
             # stamped at bytes 60..63 may follow the beat at 56 at once.
-            cd, ccrc_nxt, ccrc_look = Signal(32), Signal(32), Signal(32)
-            cv, cr = Signal(), Signal()
+            cd, ccrc_nxt, ccrc_look = (Signal(32, name=n) for n in ("cd", "ccrc_nxt", "ccrc_look"))
+            cv, cr = Signal(name="cv"), Signal(name="cr")
             m.d.comb += [ccrc_nxt.eq(cd ^ Mux(cr, crc32c_state_term(Const(CRC_INIT, 32), W),
                                               crc32c_state_term(ccrc, W))),
                          ccrc_look.eq(Mux(cv, ccrc_nxt, ccrc))]
