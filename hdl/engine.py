@@ -37,7 +37,7 @@ from ..host.wire import protocol
 from . import layouts
 from .compare import ge_const, le_wide, lt_const
 from .crc import CRC_INIT, crc32c_data_term, crc32c_state_term, crc32c_step
-from .lanes import crc32c_unpad_lanes, lane_mask, word_address
+from .lanes import crc32c_pad_lanes, lane_mask, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 from .switch import Switch
@@ -746,13 +746,16 @@ class JournalEngine(wiring.Component):
             hv, h_last = Signal(name="hv"), Signal(name="h_last")
             m.d.sync += [hd_full.eq(crc32c_data_term(Mux(rdy, beat, win[:8 * W]), W)),
                          hd_last.eq(crc32c_data_term(beat & lane_mask(klast, W), W))]
-            # TRAILER's checks two cycles after its take (``trl1``, ``trl2``):
-            # the BCRC and the DCRC unpadded into registers (``bu``, ``cu``,
-            # loaded every cycle: read at ``trl2``, when HCRC and CCRC are
-            # final), then compared with the received BCRC (``rxq``,
-            # latched at the take) and DATA_CRC. VERDICT waits for them.
-            trl1, trl2 = Signal(name="trl1"), Signal(name="trl2")
-            rxq, bu, cu = (Signal(32, name=n) for n in ("rxq", "bu", "cu"))
+            # TRAILER's checks the cycle after its take (``trl1``), when
+            # HCRC and CCRC are final: BODY took the last beat whole with
+            # zeros after its KLAST body bytes, and rather than take those
+            # zero bytes back out of the registers, the received BCRC and
+            # DATA_CRC are padded with them (``eb``, ``ed``: the registers'
+            # figures if they match, loaded every cycle, ``eb`` from the
+            # trailer beat, read at ``trl1``), so the checks are two
+            # registers compared. VERDICT waits a cycle for them.
+            trl1 = Signal(name="trl1")
+            eb, ed = Signal(32, name="eb"), Signal(32, name="ed")
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(bl["ge65"], ccrc, CRC_INIT)      # CRC32C of no data is 0
@@ -1388,12 +1391,8 @@ class JournalEngine(wiring.Component):
                     else:
                         # the BCRC's bytes: the body's last beat from lane
                         # KLAST on, then this beat (W = 4: always one beat)
-                        rx_bcrc = Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
-                        # BODY took the last beat whole with zeros after its
-                        # KLAST body bytes: those zero bytes are taken back
-                        # out of the BCRC and the DCRC before they are
-                        # compared, two cycles on (``trl1``, below the FSM)
-                        m.d.sync += rxq.eq(rx_bcrc)
+                        # (the BCRC and the DCRC are compared the cycle
+                        # after, ``trl1`` below the FSM)
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
@@ -1463,7 +1462,7 @@ class JournalEngine(wiring.Component):
                 small_ld = layouts.Load(small)
                 m.d.sync += kcnt.eq(0)
                 # (width 32: and TRAILER's checks are in, ``trl1``)
-                with m.If(~resp.busy if W == 1 else ~resp.busy & ~trl1 & ~trl2):
+                with m.If(~resp.busy if W == 1 else ~resp.busy & ~trl1):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
                     m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
                     if wide_verdict:
@@ -1799,16 +1798,19 @@ class JournalEngine(wiring.Component):
                                | fsm.ongoing("BODY")))
                       | (fsm.ongoing("HUNT_CRC") & lt_const(kcnt, 12 // W))),
                 h_last.eq(fsm.ongoing("BODY") & end_hit),
-                trl1.eq(fsm.ongoing("TRAILER") & take), trl2.eq(trl1),
-                bu.eq(crc32c_unpad_lanes(hcrc, klast, W)),
-                cu.eq(crc32c_unpad_lanes(ccrc, klast, W)),
+                trl1.eq(fsm.ongoing("TRAILER") & take),
+                # the BCRC's bytes: the body's last beat from lane KLAST on,
+                # then the trailer beat (W = 4: always one beat)
+                eb.eq(crc32c_pad_lanes(Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
+                                       ^ CRC_INIT, klast, W)),
+                ed.eq(crc32c_pad_lanes(ctl.data_crc ^ CRC_INIT, klast, W)),
             ]
             with m.If(hv):
                 m.d.sync += hcrc.eq(crc32c_state_term(hcrc, W) ^ Mux(h_last, hd_last, hd_full))
-            with m.If(trl2):
-                m.d.sync += [bcrc_bad.eq(rxq != (bu ^ CRC_INIT)),
-                             dcrc_bad.eq(ctl.data_crc
-                                         != (Mux(bl["ge65"], cu, CRC_INIT) ^ CRC_INIT))]
+            with m.If(trl1):
+                # (the CRC32C of no data is 0: a DCRC over bytes 64.. only)
+                m.d.sync += [bcrc_bad.eq(bcrc != eb),
+                             dcrc_bad.eq(Mux(bl["ge65"], ccrc != ed, ctl.data_crc != 0))]
             if wide_wr:
                 m.d.sync += cv.eq(fsm.ongoing("BODY") & take & ~at_ccrc)
                 with m.If(cv):

@@ -547,13 +547,13 @@ class EngineSpec(Elaboratable):
             with m.If(tap("hv")):
                 m.d.comb += Assert(in_("HEADER") | in_("HUNT_CRC") | in_("BODY") | in_("TRAILER"),
                                    "INV: HCRC's data term pending only after a take")
-            # TRAILER's checks (BCRC_BAD, DCRC_BAD) are written two cycles
-            # after its take (``trl1``, ``trl2``), in the states that can
-            # follow it, before VERDICT (which waits for them) and with the
+            # TRAILER's checks (BCRC_BAD, DCRC_BAD) are written the cycle
+            # after its take (``trl1``), in a state that can follow it,
+            # before VERDICT decides (it waits for them) and with the
             # frame's first descriptor (BIDX 0): never inside a batch
             # (the proofs' engine has no data memory, so no PAD)
-            after_trl = in_("ALIGN") | in_("ALLOC_W") | in_("ALLOC") | in_("VERDICT")
-            with m.If(tap("trl1") | tap("trl2")):
+            after_trl = in_("ALIGN") | in_("ALLOC_W") | in_("VERDICT")
+            with m.If(tap("trl1")):
                 m.d.comb += Assert(after_trl & (bidx == 0), "INV: TRAILER's checks pending after it")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")

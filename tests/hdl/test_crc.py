@@ -133,6 +133,35 @@ def test_step_is_state_term_xor_data_term(nbytes, columns):
         assert got == want, hex(value)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_pad_lanes_inverts_unpad_lanes(n):
+    """``crc32c_pad_lanes`` undoes ``crc32c_unpad_lanes`` (hdl/lanes.py): the
+    width-32 ingress compares its padded CRC registers with the received
+    CRC padded, not the registers unpadded."""
+    from tricopy.hdl.lanes import crc32c_pad_lanes, crc32c_unpad_lanes
+
+    state, padded, back = Signal(32), Signal(32), Signal(32)
+    m = Module()
+    m.d.comb += [padded.eq(crc32c_pad_lanes(state, n, 4)),
+                 back.eq(crc32c_unpad_lanes(padded, n, 4))]
+    rng = random.Random(n)
+    values = [0, 1 << 31] + [rng.getrandbits(32) for _ in range(16)]
+    seen = []
+
+    async def bench(ctx):
+        for value in values:
+            ctx.set(state, value)
+            seen.append((value, ctx.get(padded), ctx.get(back)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for value, got_padded, got_back in seen:
+        assert got_back == value
+        # W - n zero bytes after the low n: the bitwise step on zeros
+        assert got_padded == _reference_step(value, bytes(4 - n)), (n, hex(value))
+
+
 def test_bad_width_names_value():
     with pytest.raises(ValueError, match="12"):
         CRC32C(12)
