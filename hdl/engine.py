@@ -741,21 +741,22 @@ class JournalEngine(wiring.Component):
             # beat's) are set below the FSM. Loaded every cycle: read only
             # after ``hv``. HCRC is so a cycle late: HCHECK waits a cycle
             # for its checks anyway (the header's CRC is over 12 of its 16
-            # bytes), and the BCRC is compared after TRAILER (``trl1``).
+            # bytes), and the BCRC is compared after TRAILER (``eb``).
             hd_full, hd_last = Signal(32, name="hd_full"), Signal(32, name="hd_last")
             hv, h_last = Signal(name="hv"), Signal(name="h_last")
             m.d.sync += [hd_full.eq(crc32c_data_term(Mux(rdy, beat, win[:8 * W]), W)),
                          hd_last.eq(crc32c_data_term(beat & lane_mask(klast, W), W))]
-            # TRAILER's checks the cycle after its take (``trl1``), when
-            # HCRC and CCRC are final: BODY took the last beat whole with
-            # zeros after its KLAST body bytes, and rather than take those
-            # zero bytes back out of the registers, the received BCRC and
-            # DATA_CRC are padded with them (``eb``, ``ed``: the registers'
-            # figures if they match, loaded every cycle, ``eb`` from the
-            # trailer beat, read at ``trl1``), so the checks are two
-            # registers compared. VERDICT waits a cycle for them.
-            trl1 = Signal(name="trl1")
+            # TRAILER's checks: BODY took the last beat whole with zeros
+            # after its KLAST body bytes, and rather than take those zero
+            # bytes back out of HCRC and CCRC, the received BCRC and
+            # DATA_CRC are padded with them (``eb``, ``ed``: what the
+            # registers hold if they match; latched at TRAILER's take,
+            # with ``dz``, DATA_CRC != 0). From the cycle after, when HCRC
+            # and CCRC are final, BCRC_BAD and DCRC_BAD are two registers
+            # compared (no longer flip-flops of their own: VERDICT, which
+            # reads them, may come right after TRAILER).
             eb, ed = Signal(32, name="eb"), Signal(32, name="ed")
+            dz = Signal(name="dz")
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(bl["ge65"], ccrc, CRC_INIT)      # CRC32C of no data is 0
@@ -1391,8 +1392,13 @@ class JournalEngine(wiring.Component):
                     else:
                         # the BCRC's bytes: the body's last beat from lane
                         # KLAST on, then this beat (W = 4: always one beat)
-                        # (the BCRC and the DCRC are compared the cycle
-                        # after, ``trl1`` below the FSM)
+                        # the BCRC's bytes: the body's last beat from lane
+                        # KLAST on, then this beat (W = 4: always one beat),
+                        # padded as HCRC is (``eb``, above)
+                        rx_bcrc = Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
+                        m.d.sync += [eb.eq(crc32c_pad_lanes(rx_bcrc ^ CRC_INIT, klast, W)),
+                                     ed.eq(crc32c_pad_lanes(ctl.data_crc ^ CRC_INIT, klast, W)),
+                                     dz.eq(ctl.data_crc != 0)]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
@@ -1461,8 +1467,7 @@ class JournalEngine(wiring.Component):
                 small_jr = layouts.JnlRd(small[:128])
                 small_ld = layouts.Load(small)
                 m.d.sync += kcnt.eq(0)
-                # (width 32: and TRAILER's checks are in, ``trl1``)
-                with m.If(~resp.busy if W == 1 else ~resp.busy & ~trl1):
+                with m.If(~resp.busy):
                     # (HELLO, HEARTBEAT and STATUS answers stage no NAK or step)
                     m.d.sync += [ans_flags.eq(0), ans_nak.eq(0), ans_step.eq(0), verdict.eq(0)]
                     if wide_verdict:
@@ -1798,19 +1803,12 @@ class JournalEngine(wiring.Component):
                                | fsm.ongoing("BODY")))
                       | (fsm.ongoing("HUNT_CRC") & lt_const(kcnt, 12 // W))),
                 h_last.eq(fsm.ongoing("BODY") & end_hit),
-                trl1.eq(fsm.ongoing("TRAILER") & take),
-                # the BCRC's bytes: the body's last beat from lane KLAST on,
-                # then the trailer beat (W = 4: always one beat)
-                eb.eq(crc32c_pad_lanes(Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
-                                       ^ CRC_INIT, klast, W)),
-                ed.eq(crc32c_pad_lanes(ctl.data_crc ^ CRC_INIT, klast, W)),
             ]
             with m.If(hv):
                 m.d.sync += hcrc.eq(crc32c_state_term(hcrc, W) ^ Mux(h_last, hd_last, hd_full))
-            with m.If(trl1):
-                # (the CRC32C of no data is 0: a DCRC over bytes 64.. only)
-                m.d.sync += [bcrc_bad.eq(bcrc != eb),
-                             dcrc_bad.eq(Mux(bl["ge65"], ccrc != ed, ctl.data_crc != 0))]
+            # (read from VERDICT on, after TRAILER; the CRC32C of no data
+            # is 0: a DCRC over bytes 64.. only)
+            m.d.comb += [bcrc_bad.eq(bcrc != eb), dcrc_bad.eq(Mux(bl["ge65"], ccrc != ed, dz))]
             if wide_wr:
                 m.d.sync += cv.eq(fsm.ongoing("BODY") & take & ~at_ccrc)
                 with m.If(cv):

@@ -269,7 +269,9 @@ class EngineSpec(Elaboratable):
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
         # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
         # (both widths compare it as the trailer arrives: BCRC_BAD)
-        bcrc_ok = ~tap("bcrc_bad")
+        # (width 32: BCRC_BAD is HCRC against the received BCRC padded,
+        # ``eb``, compared from the cycle after TRAILER: no flip-flop)
+        bcrc_ok = ~tap("bcrc_bad") if self.data_width == 8 else tap("hcrc") == tap("eb")
         # LENGTH = 64·N, 1 <= N <= desc_batch (check 3; "JNLDESC batches")
         nbat = blen[G:]                                 # N, the descriptors in the frame
         if B == 1:
@@ -547,14 +549,6 @@ class EngineSpec(Elaboratable):
             with m.If(tap("hv")):
                 m.d.comb += Assert(in_("HEADER") | in_("HUNT_CRC") | in_("BODY") | in_("TRAILER"),
                                    "INV: HCRC's data term pending only after a take")
-            # TRAILER's checks (BCRC_BAD, DCRC_BAD) are written the cycle
-            # after its take (``trl1``), in a state that can follow it,
-            # before VERDICT decides (it waits for them) and with the
-            # frame's first descriptor (BIDX 0): never inside a batch
-            # (the proofs' engine has no data memory, so no PAD)
-            after_trl = in_("ALIGN") | in_("ALLOC_W") | in_("VERDICT")
-            with m.If(tap("trl1")):
-                m.d.comb += Assert(after_trl & (bidx == 0), "INV: TRAILER's checks pending after it")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
         # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in
