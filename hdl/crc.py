@@ -25,8 +25,8 @@ from amaranth.lib.wiring import In, Out
 
 from .switch import Switch
 
-__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_unpad", "CRC32C", "byte_columns",
-           "byte_table"]
+__all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_state_term", "crc32c_data_term",
+           "crc32c_unpad", "CRC32C", "byte_columns", "byte_table"]
 
 #: CRC32C polynomial, bit-reflected form.
 POLY = 0x82F63B78
@@ -92,6 +92,48 @@ def crc32c_step(state, data, nbytes: int):
             bit = bit ^ inputs[t]
         bits.append(bit)
     return Cat(*bits)
+
+
+def _terms(nbytes: int, data: bool):
+    """``_matrix`` cut in two: each next-state bit's state terms (inputs
+    0..31) or its data terms (32..), the latter renumbered from 0."""
+    if data:
+        return tuple(tuple(sorted(t - 32 for t in terms if t >= 32)) for terms in _matrix(nbytes))
+    return tuple(tuple(sorted(t for t in terms if t < 32)) for terms in _matrix(nbytes))
+
+
+def _xor_rows(inputs, rows):
+    bits = []
+    for terms in rows:
+        bit = Const(0, 1)
+        for t in terms:
+            bit = bit ^ inputs[t]
+        bits.append(bit)
+    return Cat(*bits)
+
+
+def crc32c_state_term(state, nbytes: int):
+    """The state's share of ``crc32c_step``: the register after ``nbytes``
+    zero bytes. The CRC being linear, ``crc32c_step(s, d, n)`` is
+    ``crc32c_state_term(s, n) ^ crc32c_data_term(d, n)``: the data's share
+    can be computed a cycle ahead into a register, leaving the loop on the
+    CRC register one matrix and one XOR (docs/hardware.md, "Timing closure,
+    thirteenth step")."""
+    if not 1 <= nbytes:
+        raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
+    if _COLUMNS:
+        return _step_columns(Value.cast(state)[:32], Const(0, 8 * nbytes), nbytes)
+    return _xor_rows(Value.cast(state)[:32], _terms(nbytes, False))
+
+
+def crc32c_data_term(data, nbytes: int):
+    """The data's share of ``crc32c_step`` (from a register of 0): see
+    :func:`crc32c_state_term`."""
+    if not 1 <= nbytes:
+        raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
+    if _COLUMNS:
+        return _step_columns(Const(0, 32), Value.cast(data), nbytes)
+    return _xor_rows(Value.cast(data)[:8 * nbytes], _terms(nbytes, True))
 
 
 def _step_columns(reg, data, nbytes: int):

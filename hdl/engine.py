@@ -36,8 +36,8 @@ from amaranth.lib.wiring import In, Out
 from ..host.wire import protocol
 from . import layouts
 from .compare import ge_const, le_wide, lt_const
-from .crc import CRC_INIT, crc32c_step
-from .lanes import crc32c_unpad_lanes, word_address
+from .crc import CRC_INIT, crc32c_data_term, crc32c_state_term, crc32c_step
+from .lanes import crc32c_pad_lanes, lane_mask, word_address
 from .responder import LENGTH_BITS, Responder, Source
 from .ring import RingMemory, ring_signature
 from .switch import Switch
@@ -635,9 +635,7 @@ class JournalEngine(wiring.Component):
         if W == 1:
             m.d.comb += [hcrc_next.eq(crc32c_step(hcrc, Mux(crc_hunt, win[:8 * W], beat), W)),
                          hunt_crc_next.eq(hcrc_next)]
-        else:
-            m.d.comb += [hcrc_next.eq(crc32c_step(hcrc, beat, W)),
-                         hunt_crc_next.eq(crc32c_step(hcrc, win[:8 * W], W))]
+        # (width 32: over two cycles, ``hd_full`` below)
         bcnt_next = Signal(LENGTH_BITS)
         m.d.comb += bcnt_next.eq(bcnt + W)
 
@@ -729,6 +727,36 @@ class JournalEngine(wiring.Component):
                 return [at_seq.eq(lt_const(b, 8)), at_time.eq(ge_const(b, 8) & lt_const(b, 16)),
                         at_place.eq(ge_const(b, 24) & lt_const(b, 32)),
                         at_ccrc.eq(ge_const(b, 60) & lt_const(b, 64)), at_data0.eq(b == 64)]
+
+            # The CRC networks over two cycles (docs/hardware.md, "Timing
+            # closure, thirteenth step"). The CRC is linear: the step is
+            # M·crc ^ M·data, so the data's share is computed into a
+            # register the cycle a beat is taken, and the cycle after, the
+            # register's loop is only M·crc ^ that register, its enable a
+            # flip-flop. HCRC: ``hd_full`` the beat (HEADER, BODY), or the
+            # window's bottom in HUNT_CRC (where ``rdy`` is 0, the only
+            # one of the three), ``hd_last`` the beat with its lanes after
+            # the body zero (KLAST, a register from HCHECK on); ``hv``
+            # (HCRC takes a data term) and ``h_last`` (it is the body's last
+            # beat's) are set below the FSM. Loaded every cycle: read only
+            # after ``hv``. HCRC is so a cycle late: HCHECK waits a cycle
+            # for its checks anyway (the header's CRC is over 12 of its 16
+            # bytes), and the BCRC is compared after TRAILER (``eb``).
+            hd_full, hd_last = Signal(32, name="hd_full"), Signal(32, name="hd_last")
+            hv, h_last = Signal(name="hv"), Signal(name="h_last")
+            m.d.sync += [hd_full.eq(crc32c_data_term(Mux(rdy, beat, win[:8 * W]), W)),
+                         hd_last.eq(crc32c_data_term(beat & lane_mask(klast, W), W))]
+            # TRAILER's checks: BODY took the last beat whole with zeros
+            # after its KLAST body bytes, and rather than take those zero
+            # bytes back out of HCRC and CCRC, the received BCRC and
+            # DATA_CRC are padded with them (``eb``, ``ed``: what the
+            # registers hold if they match; latched at TRAILER's take,
+            # with ``dz``, DATA_CRC != 0). From the cycle after, when HCRC
+            # and CCRC are final, BCRC_BAD and DCRC_BAD are two registers
+            # compared (no longer flip-flops of their own: VERDICT, which
+            # reads them, may come right after TRAILER).
+            eb, ed = Signal(32, name="eb"), Signal(32, name="ed")
+            dz = Signal(name="dz")
         hdr_crc_ok = hdr.hcrc == (hcrc ^ CRC_INIT)
         bcrc = hcrc
         dcrc = Mux(bl["ge65"], ccrc, CRC_INIT)      # CRC32C of no data is 0
@@ -1110,9 +1138,20 @@ class JournalEngine(wiring.Component):
             mark_addr = word_address(dbytes(wrap_at), W) + kcnt
             mark_data = Mux(kcnt == kind_at // W, int(protocol.Kind.WRAP) << 8 * (kind_at % W), 0)
         if wide_wr:
+            # CCRC over two cycles as HCRC is: ``cd`` the data's share of
+            # the beat taken, ``cv`` CCRC takes it (set below the FSM),
+            # ``cr`` from CRC_INIT (the DCRC's start at body byte 64).
+            # ``ccrc_look`` is CCRC with the pending term in: the CCRC
+            # stamped at bytes 60..63 may follow the beat at 56 at once.
+            cd, ccrc_nxt, ccrc_look = (Signal(32, name=n) for n in ("cd", "ccrc_nxt", "ccrc_look"))
+            cv, cr = Signal(name="cv"), Signal(name="cr")
+            m.d.comb += [ccrc_nxt.eq(cd ^ Mux(cr, crc32c_state_term(Const(CRC_INIT, 32), W),
+                                              crc32c_state_term(ccrc, W))),
+                         ccrc_look.eq(Mux(cv, ccrc_nxt, ccrc))]
             # the body's ring beat, stamped, and the CCRC's input (outside the
             # FSM: read in BODY only, they need no decode of the state)
-            crc_in, stamped, ccrc_from = self._stamped_w(m, locals())
+            crc_in, stamped = self._stamped_w(m, locals())
+            m.d.sync += [cd.eq(crc32c_data_term(crc_in, W)), cr.eq(at_data0)]
             m.d.comb += [
                 wr.en.eq((take & wr_body & alloc_ok) | wr_fill),
                 # (PAD pads from where the body stopped: the body's address)
@@ -1143,8 +1182,9 @@ class JournalEngine(wiring.Component):
                     m.d.sync += [hcnt.eq(hcnt + W), magic_ok.eq(magic_next)]
                     if in_states:
                         m.d.sync += small.eq(shift_in)
-                    with m.If(lt_const(hcnt, 12)):
-                        m.d.sync += hcrc.eq(hcrc_next)
+                    if W == 1:      # (width 32: ``hv``, below the FSM)
+                        with m.If(lt_const(hcnt, 12)):
+                            m.d.sync += hcrc.eq(hcrc_next)
                     with m.If(hcnt == 16 - W):
                         m.d.sync += rdy.eq(0)
                         m.next = "HCHECK"
@@ -1173,8 +1213,9 @@ class JournalEngine(wiring.Component):
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
                 m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
                 m.d.comb += crc_hunt.eq(1)
-                with m.If(lt_const(kcnt, 12 // W)):
-                    m.d.sync += hcrc.eq(hunt_crc_next)
+                if W == 1:          # (width 32: ``hv``, below the FSM)
+                    with m.If(lt_const(kcnt, 12 // W)):
+                        m.d.sync += hcrc.eq(hunt_crc_next)
                 with m.If(kcnt == 16 // W - 1):
                     m.next = "HCHECK"
 
@@ -1351,20 +1392,13 @@ class JournalEngine(wiring.Component):
                     else:
                         # the BCRC's bytes: the body's last beat from lane
                         # KLAST on, then this beat (W = 4: always one beat)
+                        # the BCRC's bytes: the body's last beat from lane
+                        # KLAST on, then this beat (W = 4: always one beat),
+                        # padded as HCRC is (``eb``, above)
                         rx_bcrc = Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
-                        # BODY took the last beat whole with zeros after its
-                        # KLAST body bytes: take those zero bytes back out of
-                        # the BCRC and the DCRC before comparing them (the
-                        # DCRC register is still written, though only the flag
-                        # is read now: one network serves both)
-                        ccrc_end = Signal(32)
-                        m.d.comb += ccrc_end.eq(crc32c_unpad_lanes(ccrc, klast, W))
-                        m.d.sync += [
-                            bcrc_bad.eq(rx_bcrc != (crc32c_unpad_lanes(bcrc, klast, W) ^ CRC_INIT)),
-                            ccrc.eq(ccrc_end),
-                            dcrc_bad.eq(ctl.data_crc
-                                        != (Mux(bl["ge65"], ccrc_end, CRC_INIT) ^ CRC_INIT)),
-                        ]
+                        m.d.sync += [eb.eq(crc32c_pad_lanes(rx_bcrc ^ CRC_INIT, klast, W)),
+                                     ed.eq(crc32c_pad_lanes(ctl.data_crc ^ CRC_INIT, klast, W)),
+                                     dz.eq(ctl.data_crc != 0)]
                         trailer_done = Const(1)
                     with m.If(trailer_done):
                         m.d.sync += rdy.eq(0)   # (no state after TRAILER takes a beat)
@@ -1760,6 +1794,26 @@ class JournalEngine(wiring.Component):
                 k_run |= fsm.ongoing("MARK") & (kcnt != 64 // W - 1)
             m.d.sync += kcnt.eq(Mux(k_run, kcnt + 1, 0))
 
+            # The CRCs' second cycle (``hd_full`` above): the flags of the
+            # cycle's take, then the registers' loop from them. Nothing in
+            # the FSM writes HCRC or CCRC in the cycle after such a take
+            # (HEADER, HUNT_CRC, BODY or TRAILER follow).
+            m.d.sync += [
+                hv.eq((take & ((fsm.ongoing("HEADER") & lt_const(hcnt, 12))
+                               | fsm.ongoing("BODY")))
+                      | (fsm.ongoing("HUNT_CRC") & lt_const(kcnt, 12 // W))),
+                h_last.eq(fsm.ongoing("BODY") & end_hit),
+            ]
+            with m.If(hv):
+                m.d.sync += hcrc.eq(crc32c_state_term(hcrc, W) ^ Mux(h_last, hd_last, hd_full))
+            # (read from VERDICT on, after TRAILER; the CRC32C of no data
+            # is 0: a DCRC over bytes 64.. only)
+            m.d.comb += [bcrc_bad.eq(bcrc != eb), dcrc_bad.eq(Mux(bl["ge65"], ccrc != ed, dz))]
+            if wide_wr:
+                m.d.sync += cv.eq(fsm.ongoing("BODY") & take & ~at_ccrc)
+                with m.If(cv):
+                    m.d.sync += ccrc.eq(ccrc_nxt)
+
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
         # window's LENGTH after the move: the bytes a beat up
@@ -1782,8 +1836,8 @@ class JournalEngine(wiring.Component):
     # -- BODY, split out for reading ------------------------------------------
     def _stamped_w(self, m, v):
         """Width 32 with data memory: the body beat as the ring takes it
-        (``stamped``) and as the CCRC/DCRC sees it (``crc_in``), and the
-        CRC that CCRC steps from (``ccrc_from``). Built outside the FSM:
+        (``stamped``) and as the CCRC/DCRC sees it (``crc_in``; the CCRC
+        stamped is ``ccrc_look``, the pending step in). Built outside the FSM:
         only BODY reads them, so no decode of the state need sit in front
         of the ring's write data.
 
@@ -1812,10 +1866,8 @@ class JournalEngine(wiring.Component):
         with m.Else():
             m.d.comb += crc_in.eq(v["body_beat"])
         stamped = Mux(at_ccrc, (ccrc ^ CRC_INIT).word_select(bcnt[LW:2], 8 * W)
-                      if W < 4 else ccrc ^ CRC_INIT, crc_in)
-        ccrc_from = Signal(32)
-        m.d.comb += ccrc_from.eq(Mux(at_data0, CRC_INIT, ccrc))
-        return crc_in, stamped, ccrc_from
+                      if W < 4 else v["ccrc_look"] ^ CRC_INIT, crc_in)
+        return crc_in, stamped
 
     def _body(self, m, v):
         """BODY: a beat per cycle (docs/hardware.md, "How a JNLWR goes through").
@@ -1869,7 +1921,8 @@ class JournalEngine(wiring.Component):
                 # the BCRC over whole beats, the last one's lanes after the
                 # body masked: one CRC network, not one per byte count (the
                 # zero bytes are taken back in TRAILER, crc32c_unpad)
-                m.d.sync += [bcnt.eq(bcnt_next), bcrc.eq(crc32c_step(bcrc, v["body_beat"], W)),
+                # (the BCRC's step is ``hv``'s, below the FSM)
+                m.d.sync += [bcnt.eq(bcnt_next),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
                 if in_states:
                     with m.If(to_small_now):
@@ -1893,11 +1946,10 @@ class JournalEngine(wiring.Component):
                     m.next = "TRAILER"
             if not mem:
                 return
-            # the ring's write port is assigned outside the FSM (``wr_body``)
-            with m.If(take & ~v["at_ccrc"]):
-                # CCRC, then from byte 64 on the DCRC (stamped == beat there);
-                # whole beats, the last masked (TRAILER takes its zeros back)
-                m.d.sync += ccrc.eq(crc32c_step(v["ccrc_from"], v["crc_in"], W))
+            # the ring's write port is assigned outside the FSM (``wr_body``);
+            # the CCRC, then from byte 64 on the DCRC (stamped == beat
+            # there), whole beats, the last masked (TRAILER's checks take its
+            # zeros back), steps below the FSM (``cv``)
             return
         # width 8
         with m.If(take):

@@ -269,7 +269,9 @@ class EngineSpec(Elaboratable):
                        Mux(kind == K.MARK, (dlen == 0) & (ctl.length == 0), dlen == 0))
         # (width 8 compares the BCRC a byte at a time as it arrives: BCRC_BAD)
         # (both widths compare it as the trailer arrives: BCRC_BAD)
-        bcrc_ok = ~tap("bcrc_bad")
+        # (width 32: BCRC_BAD is HCRC against the received BCRC padded,
+        # ``eb``, compared from the cycle after TRAILER: no flip-flop)
+        bcrc_ok = ~tap("bcrc_bad") if self.data_width == 8 else tap("hcrc") == tap("eb")
         # LENGTH = 64·N, 1 <= N <= desc_batch (check 3; "JNLDESC batches")
         nbat = blen[G:]                                 # N, the descriptors in the frame
         if B == 1:
@@ -541,6 +543,12 @@ class EngineSpec(Elaboratable):
             with m.If(in_("TRAILER")):
                 m.d.comb += Assert(bcnt[W.bit_length() - 1:] == bend[W.bit_length() - 1:],
                                    "INV: the trailer follows the whole body")
+            # HCRC over two cycles (hdl/engine.py, ``hd_full``): its data
+            # term is pending only in the cycle after a beat went in, so
+            # never in HCHECK, where HCRC holds still under ``h_crc``
+            with m.If(tap("hv")):
+                m.d.comb += Assert(in_("HEADER") | in_("HUNT_CRC") | in_("BODY") | in_("TRAILER"),
+                                   "INV: HCRC's data term pending only after a take")
         with m.If(in_("ALIGN")):
             m.d.comb += Assert(blen < 32, "INV: only a body under 32 bytes is aligned")
         # LENGTH's flags (hdl/engine.py, ``blen_fns``): loaded with BLEN in

@@ -100,6 +100,68 @@ def test_byte_columns_equal_rows(nbytes):
         assert (got_rows, got_columns) == (want, want), hex(value)
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+@pytest.mark.parametrize("nbytes", [1, 4])
+def test_step_is_state_term_xor_data_term(nbytes, columns):
+    """``crc32c_state_term(s) ^ crc32c_data_term(d)`` is ``crc32c_step(s,
+    d)`` (the width-32 ingress computes the data's share a cycle ahead,
+    hdl/engine.py), in both spellings, on single bits and random inputs."""
+    from tricopy.hdl.crc import crc32c_data_term, crc32c_state_term
+
+    state, data = Signal(32), Signal(8 * nbytes)
+    with byte_columns() if columns else contextlib.nullcontext():
+        split_value = crc32c_state_term(state, nbytes) ^ crc32c_data_term(data, nbytes)
+    m = Module()
+    split = Signal(32)
+    m.d.comb += split.eq(split_value)
+    rng = random.Random(nbytes)
+    inputs = [0] + [1 << k for k in range(32 + 8 * nbytes)]
+    inputs += [rng.getrandbits(32 + 8 * nbytes) for _ in range(20)]
+    seen = []
+
+    async def bench(ctx):
+        for value in inputs:
+            ctx.set(state, value & 0xFFFF_FFFF)
+            ctx.set(data, value >> 32)
+            seen.append((value, ctx.get(split)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for value, got in seen:
+        want = _reference_step(value & 0xFFFF_FFFF, (value >> 32).to_bytes(nbytes, "little"))
+        assert got == want, hex(value)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_pad_lanes_inverts_unpad_lanes(n):
+    """``crc32c_pad_lanes`` undoes ``crc32c_unpad_lanes`` (hdl/lanes.py): the
+    width-32 ingress compares its padded CRC registers with the received
+    CRC padded, not the registers unpadded."""
+    from tricopy.hdl.lanes import crc32c_pad_lanes, crc32c_unpad_lanes
+
+    state, padded, back = Signal(32), Signal(32), Signal(32)
+    m = Module()
+    m.d.comb += [padded.eq(crc32c_pad_lanes(state, n, 4)),
+                 back.eq(crc32c_unpad_lanes(padded, n, 4))]
+    rng = random.Random(n)
+    values = [0, 1 << 31] + [rng.getrandbits(32) for _ in range(16)]
+    seen = []
+
+    async def bench(ctx):
+        for value in values:
+            ctx.set(state, value)
+            seen.append((value, ctx.get(padded), ctx.get(back)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for value, got_padded, got_back in seen:
+        assert got_back == value
+        # W - n zero bytes after the low n: the bitwise step on zeros
+        assert got_padded == _reference_step(value, bytes(4 - n)), (n, hex(value))
+
+
 def test_bad_width_names_value():
     with pytest.raises(ValueError, match="12"):
         CRC32C(12)
