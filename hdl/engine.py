@@ -1391,8 +1391,6 @@ class JournalEngine(wiring.Component):
                         trailer_done = kcnt == 3
                     else:
                         # the BCRC's bytes: the body's last beat from lane
-                        # KLAST on, then this beat (W = 4: always one beat)
-                        # the BCRC's bytes: the body's last beat from lane
                         # KLAST on, then this beat (W = 4: always one beat),
                         # padded as HCRC is (``eb``, above)
                         rx_bcrc = Cat(tailbeat, beat).bit_select(Cat(Const(0, 3), klast), 32)
