@@ -60,12 +60,6 @@ PLACER_OPTS = ("--placer-heap-critexp", "6", "--placer-heap-timingweight", "50")
 SYNTH_OPTS = {"icebreaker": ("-device", "u")}
 SYNTH_SCRIPT = {"icebreaker": "scratchpad -set synth_ice40.abc9.W 1500"}
 
-#: The engine alone on the ECP5 (``synth_engine``) places with the heap
-#: placer's anchor weight step (alpha) at 0.2 instead of 0.1: a mean of
-#: 91.3 MHz over five seeds against 90.1 at width 32 (85.4-94.2, as noisy
-#: as before; docs/hardware.md, "Synthesis and routing options"). Not
-#: measured on the board tops, which keep PLACER_OPTS.
-ENGINE_PLACER_OPTS = PLACER_OPTS + ("--placer-heap-alpha", "0.2")
 
 
 class BuildError(Exception):
@@ -241,7 +235,7 @@ def synth_engine(*, width=8, ring_size=65536, build_dir=None, freq_mhz=25.0):
         subprocess.run([_tool("NEXTPNR_ECP5"), "--85k", "--package", "CABGA381",
                         "--json", "engine.json", "--out-of-context", "--freq", f"{freq_mhz:g}",
                         "--timing-allow-fail", "--report", REPORT_NAME, "--log", "pnr.log",
-                        *ENGINE_PLACER_OPTS],
+                        *PLACER_OPTS],
                        cwd=build_dir, check=True, capture_output=True)
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"engine synthesis failed (logs in {build_dir})") from exc
