@@ -78,9 +78,18 @@ def test_byte_columns_equal_rows(nbytes):
         columns_value = crc32c_step(state, data, nbytes)
     # the block did change the spelling (else this compares rows with rows)
     assert repr(columns_value) != repr(rows_value)
+    for value, (got_rows, got_columns) in _run_step(state, data, nbytes,
+                                                    [rows_value, columns_value]):
+        want = _reference_step(value & 0xFFFF_FFFF, (value >> 32).to_bytes(nbytes, "little"))
+        assert (got_rows, got_columns) == (want, want), hex(value)
+
+
+def _run_step(state, data, nbytes: int, values) -> list:
+    """Each expression of ``values`` over state/data inputs of single bits
+    and random words: (input, [the expressions' values]) per input."""
     m = Module()
-    rows, columns = Signal(32), Signal(32)
-    m.d.comb += [rows.eq(rows_value), columns.eq(columns_value)]
+    outs = [Signal(32) for _ in values]
+    m.d.comb += [o.eq(v) for o, v in zip(outs, values)]
     rng = random.Random(nbytes)
     inputs = [0] + [1 << k for k in range(32 + 8 * nbytes)]
     inputs += [rng.getrandbits(32 + 8 * nbytes) for _ in range(20)]
@@ -90,14 +99,12 @@ def test_byte_columns_equal_rows(nbytes):
         for value in inputs:
             ctx.set(state, value & 0xFFFF_FFFF)
             ctx.set(data, value >> 32)
-            seen.append((value, ctx.get(rows), ctx.get(columns)))
+            seen.append((value, [ctx.get(o) for o in outs]))
 
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
-    for value, got_rows, got_columns in seen:
-        want = _reference_step(value & 0xFFFF_FFFF, (value >> 32).to_bytes(nbytes, "little"))
-        assert (got_rows, got_columns) == (want, want), hex(value)
+    return seen
 
 
 @pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
@@ -111,24 +118,7 @@ def test_step_is_state_term_xor_data_term(nbytes, columns):
     state, data = Signal(32), Signal(8 * nbytes)
     with byte_columns() if columns else contextlib.nullcontext():
         split_value = crc32c_state_term(state, nbytes) ^ crc32c_data_term(data, nbytes)
-    m = Module()
-    split = Signal(32)
-    m.d.comb += split.eq(split_value)
-    rng = random.Random(nbytes)
-    inputs = [0] + [1 << k for k in range(32 + 8 * nbytes)]
-    inputs += [rng.getrandbits(32 + 8 * nbytes) for _ in range(20)]
-    seen = []
-
-    async def bench(ctx):
-        for value in inputs:
-            ctx.set(state, value & 0xFFFF_FFFF)
-            ctx.set(data, value >> 32)
-            seen.append((value, ctx.get(split)))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
-    for value, got in seen:
+    for value, (got,) in _run_step(state, data, nbytes, [split_value]):
         want = _reference_step(value & 0xFFFF_FFFF, (value >> 32).to_bytes(nbytes, "little"))
         assert got == want, hex(value)
 
