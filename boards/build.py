@@ -61,7 +61,6 @@ SYNTH_OPTS = {"icebreaker": ("-device", "u")}
 SYNTH_SCRIPT = {"icebreaker": "scratchpad -set synth_ice40.abc9.W 1500"}
 
 
-
 class BuildError(Exception):
     """A board build failed or produced no usable report."""
 

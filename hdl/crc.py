@@ -84,14 +84,8 @@ def crc32c_step(state, data, nbytes: int):
         raise ValueError(f"nbytes must be at least 1, not {nbytes!r}")
     if _COLUMNS:
         return _step_columns(Value.cast(state)[:32], Value.cast(data), nbytes)
-    inputs = Cat(state[:32], data[:8 * nbytes])
-    bits = []
-    for terms in _matrix(nbytes):
-        bit = Const(0, 1)
-        for t in sorted(terms):
-            bit = bit ^ inputs[t]
-        bits.append(bit)
-    return Cat(*bits)
+    return _xor_rows(Cat(state[:32], data[:8 * nbytes]),
+                     [sorted(terms) for terms in _matrix(nbytes)])
 
 
 def _terms(nbytes: int, data: bool):
