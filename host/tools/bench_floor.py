@@ -37,29 +37,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+from ..nbd import protocol as nbd
+from ..wire import tls
 from ..wire.protocol import crc32c
 
 __all__ = ["Skeleton", "spawn", "bench_floor", "register_bench"]
 
 ROLES = ("secondary", "relay", "primary")
 
-# NBD, the fixed-newstyle handshake and simple replies (docs/nbd.md has the
-# full server; this one answers only what fio's libnbd asks).
-_NBDMAGIC = 0x4E42444D41474943
-_IHAVEOPT = 0x49484156454F5054
-_REPLY_MAGIC = 0x3E889045565A9
-_OPT_GO, _OPT_INFO, _OPT_ABORT = 7, 6, 2
-_REP_ACK, _REP_INFO, _REP_ERR_UNSUP = 1, 3, (1 << 31) + 1
+# NBD, the fixed-newstyle handshake and simple replies, with the codec's
+# constants (host/nbd/protocol.py is the full server; this one answers only
+# what fio's libnbd asks, without its per-request events).
 _REQ = struct.Struct(">IHHQQI")          # magic, flags, type, handle, offset, length
 _SIMPLE = struct.Struct(">IIQ")          # magic, error, handle
-_CMD_WRITE, _CMD_DISC, _CMD_FLUSH = 1, 2, 3
 # One skeleton message: its body's length and write count, then per write
 # (offset, length, DATA_CRC) and the data.
 _MSG = struct.Struct("<II")
@@ -153,12 +150,13 @@ class _PrimaryNbd(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.relay = None
-        transport.write(struct.pack(">QQH", _NBDMAGIC, _IHAVEOPT, 3))
+        transport.write(struct.pack(">QQH", nbd.NBDMAGIC, nbd.IHAVEOPT,
+                                    nbd.NBD_FLAG_FIXED_NEWSTYLE | nbd.NBD_FLAG_NO_ZEROES))
 
     def on_ack(self, upto):
         n, self.acked = upto - self.acked, upto
         done, self.pending = self.pending[:n], self.pending[n:]
-        self.transport.writelines([_SIMPLE.pack(0x67446698, 0, h) for h in done])
+        self.transport.writelines([_SIMPLE.pack(nbd.NBD_SIMPLE_REPLY_MAGIC, 0, h) for h in done])
 
     def _option(self) -> bool:
         if not self.opts:
@@ -173,16 +171,17 @@ class _PrimaryNbd(asyncio.Protocol):
             return False
         del self.buf[:16 + length]
         reply = lambda kind, data=b"": self.transport.write(
-            struct.pack(">QIII", _REPLY_MAGIC, opt, kind, len(data)) + data)
-        if opt in (_OPT_GO, _OPT_INFO):
-            reply(_REP_INFO, struct.pack(">HQH", 0, self.size, 1 | 4))   # HAS_FLAGS, FLUSH
-            reply(_REP_ACK)
-            self.handshaking = opt != _OPT_GO
-        elif opt == _OPT_ABORT:
-            reply(_REP_ACK)
+            struct.pack(">QIII", nbd.NBD_REP_MAGIC, opt, kind, len(data)) + data)
+        if opt in (nbd.NBD_OPT_GO, nbd.NBD_OPT_INFO):
+            reply(nbd.NBD_REP_INFO, struct.pack(">HQH", nbd.NBD_INFO_EXPORT, self.size,
+                                                nbd.NBD_FLAG_HAS_FLAGS | nbd.NBD_FLAG_SEND_FLUSH))
+            reply(nbd.NBD_REP_ACK)
+            self.handshaking = opt != nbd.NBD_OPT_GO
+        elif opt == nbd.NBD_OPT_ABORT:
+            reply(nbd.NBD_REP_ACK)
             self.transport.close()
         else:
-            reply(_REP_ERR_UNSUP)
+            reply(nbd.NBD_REP_ERR_UNSUP)
         return True
 
     def data_received(self, data):
@@ -194,7 +193,7 @@ class _PrimaryNbd(asyncio.Protocol):
         entries, chunks, pos, buf = [], [], 0, self.buf
         while len(buf) - pos >= _REQ.size:
             _m, _f, cmd, handle, offset, length = _REQ.unpack_from(buf, pos)
-            if cmd == _CMD_WRITE:
+            if cmd == nbd.Cmd.WRITE:
                 if len(buf) - pos - _REQ.size < length:
                     break
                 body = bytes(buf[pos + _REQ.size:pos + _REQ.size + length])
@@ -205,11 +204,11 @@ class _PrimaryNbd(asyncio.Protocol):
                 pos += _REQ.size + length
             else:
                 pos += _REQ.size
-                if cmd == _CMD_DISC:
+                if cmd == nbd.Cmd.DISC:
                     self.transport.close()
                     break
                 # FLUSH and the rest: answered at once (a floor, not a server)
-                self.transport.write(_SIMPLE.pack(0x67446698, 0, handle))
+                self.transport.write(_SIMPLE.pack(nbd.NBD_SIMPLE_REPLY_MAGIC, 0, handle))
         del buf[:pos]
         if entries:
             body = entries + chunks
@@ -223,18 +222,13 @@ class Skeleton:
     def __init__(self, role, workdir: Path, ports: dict, size: int, tls: bool = True):
         self.role, self.dir, self.ports, self.size, self.tls = role, workdir, ports, size, tls
 
-    def _ctx(self, purpose):
+    def _ctx(self, make):
+        """The sites' own TLS context (host/wire/tls.py) for this role's certificate."""
         if not self.tls:
             return None
-        ctx = ssl.SSLContext(purpose)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         certs = self.dir / "certs"
-        ctx.load_cert_chain(certs / f"{self.role}.pem", certs / f"{self.role}.key")
-        ctx.load_verify_locations(cafile=certs / "ca.pem")
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        if purpose == ssl.PROTOCOL_TLS_CLIENT:
-            ctx.check_hostname = False
-        return ctx
+        return make(SimpleNamespace(ca=certs / "ca.pem", cert=certs / f"{self.role}.pem",
+                                    key=certs / f"{self.role}.key"))
 
     def _file(self, name):
         fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT, 0o600)
@@ -244,8 +238,7 @@ class Skeleton:
     async def run(self):
         loop = asyncio.get_running_loop()
         host = "127.0.0.1"
-        server_ctx, client_ctx = (self._ctx(ssl.PROTOCOL_TLS_SERVER),
-                                  self._ctx(ssl.PROTOCOL_TLS_CLIENT))
+        server_ctx, client_ctx = self._ctx(tls.server_context), self._ctx(tls.client_context)
         if self.role == "secondary":
             fd = self._file("svol.img")
             server = await loop.create_server(lambda: _SecondaryIn(fd), host,
@@ -315,22 +308,14 @@ def spawn(workdir: Path, ports: dict, size: int, tls: bool = True,
     return procs
 
 
-def _user_sys(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid`` so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def _job(procs: dict, uri: str, depth: int, seconds: float, size: int) -> dict:
-    from .bench_replicate import fio, loadavg
-    before = {r: _user_sys(p.pid) for r, p in procs.items()}
+    from .bench_replicate import fio, loadavg, proc_user_sys
+    before = {r: proc_user_sys(p.pid) for r, p in procs.items()}
     t0 = time.monotonic()
     res = fio(uri, "randwrite", 4096, depth, seconds, size)
     wall = time.monotonic() - t0
     writes = max(1, res["iops"] * wall)       # ramp included: as `bench replicate` counts
-    after = {r: _user_sys(p.pid) for r, p in procs.items()}
+    after = {r: proc_user_sys(p.pid) for r, p in procs.items()}
     res["cpu_us"] = {r: round(1e6 * (sum(after[r]) - sum(before[r])) / writes) for r in procs}
     # the kernel's share (system time): what no rewrite of our code removes
     res["sys_us"] = round(1e6 * sum(after[r][1] - before[r][1] for r in procs) / writes)

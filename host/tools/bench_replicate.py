@@ -176,11 +176,17 @@ class Sites:
         return time.monotonic() - t0
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+def proc_user_sys(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick      # utime, stime
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    return sum(proc_user_sys(pid))
 
 
 def proc_rss_peak(pid: int) -> float:
