@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 from .switch import Switch
 
 __all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_state_term", "crc32c_data_term",
-           "crc32c_unpad", "CRC32C", "byte_columns", "byte_table"]
+           "CRC32C", "byte_columns", "byte_table"]
 
 #: CRC32C polynomial, bit-reflected form.
 POLY = 0x82F63B78
@@ -157,50 +157,6 @@ def byte_table() -> int:
                 entry ^= column
         table |= entry << (32 * x)
     return table
-
-
-def _unstep_zero(reg: int) -> int:
-    """The register before one zero byte that left ``reg``: the byte step
-    with no data is ``s -> (s >> 1) ^ (POLY if s & 1)`` eight times, and
-    POLY's bit 31 is set, so bit 31 of each result is the bit shifted out."""
-    for _ in range(8):
-        low = reg >> 31
-        reg = (((reg ^ (POLY if low else 0)) << 1) | low) & 0xFFFF_FFFF
-    return reg
-
-
-@lru_cache(maxsize=None)
-def _unpad_matrix(nzero: int) -> tuple[tuple[int, ...], ...]:
-    """For each of the 32 result bits, the register bits it XORs."""
-    columns = []
-    for i in range(32):
-        reg = 1 << i
-        for _ in range(nzero):
-            reg = _unstep_zero(reg)
-        columns.append(reg)
-    return tuple(tuple(i for i in range(32) if (columns[i] >> j) & 1) for j in range(32))
-
-
-def crc32c_unpad(state, nzero: int):
-    """Expression for the CRC register before ``nzero`` zero bytes that
-    left it at ``state``.
-
-    A CRC of the low n bytes of a beat is the CRC of the whole beat with
-    its upper lanes zero, then these zero bytes taken back (the zero-byte
-    step is an invertible linear map, the polynomial having a constant
-    term). A CRC register can so take every beat whole, masked, and be
-    corrected once after the last: one CRC network per beat instead of one
-    per possible byte count with a multiplexer behind them.
-    """
-    if not 0 <= nzero:
-        raise ValueError(f"nzero must be at least 0, not {nzero!r}")
-    bits = []
-    for terms in _unpad_matrix(nzero):
-        bit = Const(0, 1)
-        for t in terms:
-            bit = bit ^ state[t]
-        bits.append(bit)
-    return Cat(*bits)
 
 
 class CRC32C(wiring.Component):

@@ -1918,8 +1918,8 @@ class JournalEngine(wiring.Component):
             with m.If(take):
                 # the BCRC over whole beats, the last one's lanes after the
                 # body masked: one CRC network, not one per byte count (the
-                # zero bytes are taken back in TRAILER, crc32c_unpad)
-                # (the BCRC's step is ``hv``'s, below the FSM)
+                # received BCRC is padded to match in TRAILER, ``eb``); the
+                # step itself is ``hv``'s, below the FSM
                 m.d.sync += [bcnt.eq(bcnt_next),
                              end_hit.eq(v["end_next"]), *v["regions"](bcnt_next)]
                 if in_states:

@@ -7,10 +7,9 @@ A frame on a wide link ends inside its last beat: the CRCs take the low
 
 from amaranth.hdl import Const, Mux
 
-from .crc import crc32c_state_term, crc32c_step, crc32c_unpad
+from .crc import crc32c_state_term, crc32c_step
 
-__all__ = ["crc32c_lanes", "crc32c_pad_lanes", "crc32c_unpad_lanes", "lane_mask",
-           "word_address"]
+__all__ = ["crc32c_lanes", "crc32c_pad_lanes", "lane_mask", "word_address"]
 
 
 def word_address(byte_address, W: int):
@@ -29,23 +28,11 @@ def crc32c_lanes(state, data, n, W: int):
     return out
 
 
-def crc32c_unpad_lanes(state, n, W: int):
-    """The CRC register after the low ``n`` bytes (a value 1..W) of a beat,
-    from ``state``, the register after the whole beat with its lanes from
-    ``n`` on zero (``crc32c_unpad``): a correction made once, after the
-    last beat, where ``crc32c_lanes`` chooses among W networks every beat."""
-    out = state
-    for k in range(W - 1, 0, -1):
-        out = Mux(n == k, crc32c_unpad(state, W - k), out)
-    return out
-
-
 def crc32c_pad_lanes(state, n, W: int):
-    """The inverse of :func:`crc32c_unpad_lanes`: from the register after the
-    low ``n`` bytes of a beat, the register after the whole beat with its
-    lanes from ``n`` on zero (``W - n`` zero bytes more). A received CRC
-    can so be compared with a padded register, the correction on the
-    received side."""
+    """From the register after the low ``n`` bytes of a beat, the register
+    after the whole beat with its lanes from ``n`` on zero (``W - n`` zero
+    bytes more). A received CRC can so be compared with a register that
+    took the last beat whole, masked: the correction on the received side."""
     out = state
     for k in range(W - 1, 0, -1):
         out = Mux(n == k, crc32c_state_term(state, W - k), out)
