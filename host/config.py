@@ -63,7 +63,7 @@ class ConfigError(ValueError):
 # key, so the only thing missing was "nothing else is allowed" — five tuples.
 KEYS = {
     "site": ("site", "listen", "control", "state_dir", "heartbeat", "group", "volume", "nbd",
-             "tls", "control_clients", "control_plaintext", "limits", "metrics"),
+             "tls", "control_clients", "control_plaintext", "limits", "metrics", "native"),
     "group": ("grnum", "grname", "attr", "peer", "epoch", "durability", "journal",
               "restore_interval", "full_suspend_after", "link_suspend_after", "initial_state",
               "peer_site", "upstream_site", "reverse_peer", "relay_loss", "standby",
@@ -250,6 +250,7 @@ class SiteConfig:
     control_plaintext: bool = False           # TCP control without TLS: 127.0.0.1, read-only
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: tuple[str, int] | None = None    # Prometheus endpoint (docs/operations.md)
+    native: bool = False     # RESTORE groups: the steady state in C (host/native/restore.py)
 
     def group(self, grnum: int) -> GroupConfig:
         for g in self.groups:
@@ -529,6 +530,7 @@ def parse_config(doc: dict, base: Path = Path("."), *, explicit_tls: bool = Fals
     plaintext = _get(doc, "control_plaintext", bool, "", False)
     limits = _parse_limits(_get(doc, "limits", dict, "", {}))
     state_dir = _path(base, _get(doc, "state_dir", str, "", "."))
+    native = _get(doc, "native", bool, "", False)
     heartbeat = _get(doc, "heartbeat", (int, float), "", 1.0)
     if heartbeat <= 0:
         raise ConfigError(f"heartbeat: must be > 0 seconds, got {heartbeat}")
@@ -575,7 +577,7 @@ def parse_config(doc: dict, base: Path = Path("."), *, explicit_tls: bool = Fals
                 raise ConfigError(f"{key}: {addr[0]}:{addr[1]} is also {other}; "
                                   f"every socket needs its own port")
     return SiteConfig(site, listen, control, state_dir, groups, volumes, float(heartbeat), nbd,
-                      tls, tuple(clients), plaintext, limits, metrics)
+                      tls, tuple(clients), plaintext, limits, metrics, native)
 
 
 def _one_file_one_volume(groups, volumes) -> None:

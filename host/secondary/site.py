@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from ..disk.volume import Volume, VolumeError
 from ..wire.pseq import tag_after
 from ..perf import PERF, now
 from .stream import RestoreStream
+from ..native import NativeUnavailable
 
 __all__ = ["RestoreState", "RestoreGroup", "Secondary"]
 
@@ -180,6 +182,11 @@ class RestoreGroup:
         self._saver = BlockingWorker(f"saves-{cfg.grname}")
         self._room = asyncio.Event()
         self._room.set()
+        # The native loop on the current relay link, when the site runs it
+        # (host/native/restore.py): it stages journals outside ``stream``.
+        self.native = None
+        self.stage_limit = STAGE_LIMIT
+        self._native_off = ""           # why the loop cannot run (said once)
 
     @property
     def last_restored(self) -> int:
@@ -219,6 +226,63 @@ class RestoreGroup:
             await self._room.wait()
         if self.stream.receive(ctl, data):
             self._wake.set()
+
+    def staged_more(self) -> None:
+        """The native loop staged journals: the restorer looks."""
+        self._wake.set()
+
+    def attach_native(self, link: Link):
+        """Put the native loop under ``link`` if this site runs it (``native``)
+        and it can run here; None: the Python path serves the link."""
+        if not self.site.native or self._native_off:
+            return None
+        from ..native.restore import NativeRestore
+        if self.native is not None:
+            self.native.close()         # the old link's: its journals go first
+        try:
+            self.native = NativeRestore(self, link)
+        except (NativeUnavailable, RuntimeError, TypeError, AttributeError, OSError) as exc:
+            self._native_off = str(exc)
+            log.warning("group %s: the native restore loop is off (%s); the Python path "
+                        "serves the relay link", self.cfg.grname, exc)
+            return None
+        return self.native
+
+    def detach_native(self, native) -> None:
+        native.close()
+        if self.native is native:
+            self.native = None
+
+    def _restore_native(self, limit: int | None) -> int:
+        """Apply journals the native loop staged (those come first); how many."""
+        first = self.stream.applied
+        upto = self.stream.take_external(limit)
+        if not upto:
+            return 0
+        t0 = now()
+        applied, t, tag, touched, err = self.native.apply(upto)
+        for idx in touched:
+            self._touched.add(self.volumes[idx])
+        if applied:
+            self._last_time = t
+            if tag:
+                self.applied_tag = tag
+        if err is not None:
+            seq, code = err
+            # As a failed run of the Python path: neither it nor any after it
+            # counts as applied, and its extent may hold part of the write.
+            self.stream.not_applied(seq)
+            self.grsts = "SUSP"
+            self.reason = (f"writing journal seq {seq} to its SVOL failed: {os.strerror(code)}; "
+                           f"fix the SVOL's device, then run `tricopy pair resync`")
+            log.error("group %s suspended: %s", self.cfg.grname, self.reason)
+            native, self.native = self.native, None
+            native.close()
+        self._room.set()
+        self._applied_more.set()
+        PERF["secondary.apply_step"].add(now() - t0)
+        PERF["secondary.apply_step_journals"].add(upto - first)
+        return upto - first
 
     def _volume(self, ctl: protocol.Control) -> Volume:
         vol = self.volumes.get(ctl.idx)
@@ -311,6 +375,8 @@ class RestoreGroup:
         """
         if self.grsts == "SUSP" or self.taken_over:
             return 0
+        if self.native is not None and (n := self._restore_native(limit)):
+            return n
         batch = self.stream.take(limit)
         t0 = now()
         # A run of data journals each starting where the one before ends on
@@ -490,6 +556,8 @@ class RestoreGroup:
         high = self.stream.high
         if not self.stream.rebase(relay_seq, new_stream):
             return
+        if self.native is not None:
+            self.native.reset()     # what it staged is of the old stream
         log.warning("group %s: resync ordered: the restore point moves from %d to the "
                     "relay's SEQ# %d; the SVOLs are not consistent until the copy ends",
                     self.cfg.grname, high, relay_seq)
@@ -811,7 +879,8 @@ class RestoreGroup:
                 "apply_mark": self.state.mark,
                 "restored_tag": self.state.tag,    # the restore point's PSEQ (durable)
                 "last_restored": self.last_restored, "applied": self.applied,
-                "staged": len(self.staged),
+                "staged": len(self.staged) + (self.native.rx.staged if self.native else 0),
+                "native": self.native is not None,
                 "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
                 "hellos_refused": self.hellos_refused, "last_refused": self.last_refused or None,
                 "connected": self.link is not None and not self.link.closed}
@@ -958,6 +1027,30 @@ class Secondary:
         async with server:
             await asyncio.gather(server.serve_forever(), *tasks)
 
+    async def _frame(self, link: Link, group: RestoreGroup, frame: protocol.Frame) -> None:
+        """One frame from the relay after the HELLOs, the Python way (the native
+        loop hands up every frame it does not stage itself)."""
+        if frame.type == FrameType.HEARTBEAT:
+            link.send(frame)            # (Link.recv echoes them on the Python path)
+            return
+        if frame.type != FrameType.JNLWR:
+            link.send(nak(Status.BAD_TYPE, frame.type))
+            return
+        try:
+            journals = group.stream.verify_batch(frame.body)
+        except protocol.ProtocolError as exc:
+            # Nothing from a bad frame is staged; the relay resends after reconnect.
+            log.warning("%s: refusing journal: %s", link.name, exc)
+            link.send(nak(exc.status, FrameType.JNLWR))
+            await link.drain()
+            await link.close()
+            return
+        for ctl, data in journals:
+            await group.stage(ctl, data)
+        if ctl.seq <= group.last_restored and not frame.flags & protocol.FrameFlag.MORE:
+            # a replay: tell the relay again where we are so it releases
+            link.send(protocol.Ack(seq=group.last_restored, req_type=FrameType.JNLWR).frame())
+
     async def _accept(self, reader, writer) -> None:
         link = Link(reader, writer, initiator=False, heartbeat=self.cfg.heartbeat,
                     name=f"{self.cfg.site}<-relay")
@@ -1003,25 +1096,15 @@ class Secondary:
             link.send(protocol.Hello(Role.SECONDARY, group.cfg.grnum, group.epoch,
                                      group.last_restored, group.cfg.grname,
                                      self.cfg.site).frame())
-            while True:
-                frame = await link.recv()
-                if frame.type != FrameType.JNLWR:
-                    link.send(nak(Status.BAD_TYPE, frame.type))
-                    continue
+            native = group.attach_native(link)
+            if native is not None:
                 try:
-                    journals = group.stream.verify_batch(frame.body)
-                except protocol.ProtocolError as exc:
-                    # Nothing from a bad frame is staged; the relay resends after reconnect.
-                    log.warning("%s: refusing journal: %s", link.name, exc)
-                    link.send(nak(exc.status, FrameType.JNLWR))
-                    await link.drain()
-                    await link.close()
-                    return
-                for ctl, data in journals:
-                    await group.stage(ctl, data)
-                if ctl.seq <= group.last_restored and not frame.flags & protocol.FrameFlag.MORE:
-                    # a replay: tell the relay again where we are so it releases
-                    link.send(protocol.Ack(seq=group.last_restored, req_type=FrameType.JNLWR).frame())
+                    await native.run(lambda frame: self._frame(link, group, frame))
+                finally:
+                    group.detach_native(native)
+                return
+            while not link.closed:
+                await self._frame(link, group, await link.recv())
         except LinkError as exc:
             log.info("relay link closed: %s", exc)
         finally:

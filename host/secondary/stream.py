@@ -15,7 +15,10 @@ The numbers (docs/replication.md, "The SVOL is a prefix at every instant"):
 * ``mark`` (M): nothing past M was ever applied; saved before applying past it;
 * ``applied``: applied to the SVOLs so far (R <= applied <= M);
 * ``replay_to``: after a restart with M > R, the SVOLs may hold R+1..M in
-  part (torn); they are no prefix of anything until ``applied`` reaches it.
+  part (torn); they are no prefix of anything until ``applied`` reaches it;
+* ``ext_end``: journals ``applied``+1..``ext_end`` are staged outside this
+  object, by the native loop (host/native/restore.py), always the ones
+  that come next; the journals staged here follow them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class RestoreStream:
         self.staged: dict[int, tuple[Control, bytes]] = {}
         self.staged_bytes = 0
         self.received = 0
+        self.ext_end = self.applied
 
     # -- what comes in ------------------------------------------------------------
 
@@ -104,7 +108,7 @@ class RestoreStream:
     def receive(self, ctl: Control, data: bytes) -> bool:
         """Stage a verified journal; False if it is a replay of one already held."""
         self.received += 1
-        if ctl.seq <= self.applied or ctl.seq in self.staged:
+        if ctl.seq <= max(self.applied, self.ext_end) or ctl.seq in self.staged:
             return False
         self.staged[ctl.seq] = (ctl, data)
         self.staged_bytes += len(data) + protocol.CONTROL_SIZE
@@ -122,31 +126,54 @@ class RestoreStream:
         """A crash left journals up to ``replay_to`` maybe half applied."""
         return self.applied < self.replay_to
 
+    def _next_staged(self) -> bool:
+        return self.ext_end > self.applied or self.applied + 1 in self.staged
+
     def gap(self) -> int | None:
         """The first missing SEQ# when journals beyond it are staged, else None."""
-        if self.staged and self.applied + 1 not in self.staged:
+        if self.staged and not self._next_staged():
             return self.applied + 1
         return None
 
     def run_end(self) -> int:
         """The last SEQ# of the staged run that follows ``applied`` (capped at MARK_AHEAD)."""
         seq, stop = self.applied, self.applied + MARK_AHEAD
+        if self.ext_end > seq:
+            seq = min(self.ext_end, stop)
         while seq < stop and seq + 1 in self.staged:
             seq += 1
         return seq
 
     def mark_due(self) -> int | None:
         """The apply mark to save before applying on, or None if the mark allows progress."""
-        if self.applied < self.mark or self.applied + 1 not in self.staged:
+        if self.applied < self.mark or not self._next_staged():
             return None
         return self.run_end()
 
+    def take_external(self, limit: int | None = None) -> int:
+        """How far the journals staged outside (``ext_end``) may be applied now,
+        never past the mark: 0 if none; else they count as applied at once,
+        as with :meth:`take`."""
+        end = self.mark if limit is None else min(self.mark, self.applied + limit)
+        upto = min(end, self.ext_end)
+        if upto <= self.applied:
+            return 0
+        self.applied = upto
+        return upto
+
+    def ext_dropped(self) -> None:
+        """The journals staged outside are gone (the relay sends them again)."""
+        self.ext_end = self.applied
+
     def take(self, limit: int | None = None) -> list[tuple[Control, bytes]]:
-        """The next journals to apply, in order, never past a gap or the mark.
+        """The next journals to apply, in order, never past a gap or the mark
+        (nor before the journals staged outside, :meth:`take_external`).
 
         They count as applied at once: the caller applies every one of them
         or suspends the group (:meth:`RestoreGroup.restore`).
         """
+        if self.ext_end > self.applied:
+            return []
         end = self.mark if limit is None else min(self.mark, self.applied + limit)
         out = []
         seq = self.applied
@@ -164,6 +191,7 @@ class RestoreStream:
         is no prefix until ``seq`` is applied again: as after a crash, the
         SVOLs are fenced (``catching_up``).  The caller suspends the group."""
         self.applied = min(self.applied, seq - 1)
+        self.ext_end = min(self.ext_end, self.applied)
         self.replay_to = max(self.replay_to, seq)
 
     # -- what was made durable ------------------------------------------------------
@@ -184,6 +212,6 @@ class RestoreStream:
             return False
         self.staged.clear()
         self.staged_bytes = 0
-        self.restored = self.mark = self.applied = relay_seq
+        self.restored = self.mark = self.applied = self.ext_end = relay_seq
         self.replay_to = 0
         return True

@@ -49,7 +49,8 @@ class Sites:
     ROLES = ("secondary", "relay", "primary")
 
     def __init__(self, root: Path, *, vol_size: int, journal_size: int, durability: str,
-                 tls: bool = True, tree: str | None = None, engine: str = "model"):
+                 tls: bool = True, tree: str | None = None, engine: str = "model",
+                 native: bool = False):
         self.root = root
         self.engine = engine          # the relay's --engine
         # ``tree``: run the sites from another copy of the code (a folder that
@@ -88,6 +89,8 @@ class Sites:
                     f'state_dir = "state"\n')   # status only: read-only without TLS
             head += (f'tls = {{ ca = "../certs/ca.pem", cert = "../certs/{role}.pem", '
                      f'key = "../certs/{role}.key" }}\n' if tls else "tls = false\n")
+            if native and role == "secondary":
+                head += "native = true\n"      # its steady state in C (host/native/)
             tail = f'[nbd]\nlisten = "127.0.0.1:{p["nbd"]}"\n' if role != "relay" else ""
             (root / role).mkdir(parents=True, exist_ok=True)
             (root / role / "site.toml").write_text(head + body + tail)

@@ -325,6 +325,20 @@ class FrameParser:
         gathering = HEADER_SIZE + self._have if self._parts is not None else 0
         return len(self._buf) + gathering
 
+    def take_buffered(self) -> bytes:
+        """Every byte taken and not yet handed up, as it came, and the parser
+        empty: the rest of the stream goes on elsewhere (host/native/restore.py)."""
+        if self._error is not None:
+            raise self._error
+        out = bytes(self._buf)
+        if self._parts is not None:
+            ftype, flags, length = self._head
+            head = _HEADER.pack(MAGIC, VERSION, int(ftype), flags, length)
+            out = head + _U32.pack(crc32c(head)) + b"".join(self._parts) + out
+        self._buf.clear()
+        self._head, self._parts, self._have, self._crc = None, None, 0, 0
+        return out
+
     def feed(self, data: bytes) -> list[Frame]:
         if self._error is not None:
             raise self._error
