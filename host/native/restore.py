@@ -83,11 +83,34 @@ def available() -> str | None:
 class NativeRestore:
     """The C loop on one relay link of one RESTORE group."""
 
-    def __init__(self, group, link) -> None:
-        self.group = group
-        self.link = link
+    def __init__(self, group, fd: int, sslobj=None, *, name: str = "native",
+                 peername: str = "?") -> None:
+        """The loop on socket ``fd`` (owned from now on: closed by :meth:`close`),
+        reading through ``sslobj`` (an ``_ssl._SSLSocket``) if not None."""
         m = _restore()
         self._m = m
+        self.group = group
+        self.fd = fd
+        self.name, self.peername = name, peername
+        stream = group.stream
+        vols = [(i, v._fd, v.size, v.block_size) for i, v in sorted(group.volumes.items())]
+        self.rx = m.Receiver(fd, sslobj, ssl.OPENSSL_VERSION_NUMBER, stream.group,
+                             stream.epoch, stream.applied + 1, vols, group.stage_limit)
+        self.rx.fast = not stream.staged
+        self.link = None
+        self._raw = None
+        self._held: list[Frame] = []
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._reading = False
+        self._full = False
+        self.closed = False
+        self.frames_to_python = 0
+
+    @classmethod
+    def from_link(cls, group, link) -> "NativeRestore":
+        """Take over ``link``'s socket after the HELLOs (raises why it cannot,
+        before anything of the link changed)."""
+        m = _restore()
         writer = link._writer
         sock = writer.get_extra_info("socket")
         if sock is None:
@@ -97,29 +120,25 @@ class NativeRestore:
             # the socket's own transport, under asyncio's TLS layer
             raw = writer.transport._ssl_protocol._transport
             inner = sslobj._sslobj
-            m.ssl_ok(inner, ssl.OPENSSL_VERSION_NUMBER)      # raises why not, before anything moves
+            m.ssl_ok(inner, ssl.OPENSSL_VERSION_NUMBER)      # raises why not
         else:
             raw, inner = writer.transport, None
-        self._raw = raw
-        stream = group.stream
-        vols = [(i, v._fd, v.size, v.block_size) for i, v in sorted(group.volumes.items())]
-        # The link's own reader stops here for good: what it holds is handed on.
+        fd = os.dup(sock.fileno())
+        try:
+            self = cls(group, fd, inner, name=link.name, peername=link.peername)
+        except BaseException:
+            os.close(fd)
+            raise
+        # The link's own reader stops here for good; what it holds is handed on.
         raw.pause_reading()
-        self.fd = os.dup(sock.fileno())
-        self.rx = m.Receiver(self.fd, inner, ssl.OPENSSL_VERSION_NUMBER, stream.group,
-                             stream.epoch, stream.applied + 1, vols, group.stage_limit)
+        self.link, self._raw = link, raw
         self._held = list(link._frames)          # parsed, not yet taken: Python's first
         link._frames.clear()
         rest = link._parser.take_buffered() + bytes(link._reader._buffer)
         link._reader._buffer.clear()
         if rest:
             self.rx.feed(rest)
-        self.rx.fast = not stream.staged
-        self._events: asyncio.Queue = asyncio.Queue()
-        self._reading = False
-        self._full = False
-        self.closed = False
-        self.frames_to_python = 0
+        return self
 
     # -- the event loop's side ---------------------------------------------------------
 
@@ -141,7 +160,7 @@ class NativeRestore:
         try:
             why = rx.pump()
         except OSError as exc:
-            self._stop(LinkClosed(f"{self.link.name}: {exc}"))
+            self._stop(LinkClosed(f"{self.name}: {exc}"))
             return
         if rx.received != before:
             stream.received += rx.received - before
@@ -157,9 +176,9 @@ class NativeRestore:
         elif why == m.BAD:
             self._events.put_nowait(self._bad())
         elif why == m.EOF:
-            self._stop(LinkClosed(f"{self.link.name}: {self.link.peername} closed the connection"))
+            self._stop(LinkClosed(f"{self.name}: {self.peername} closed the connection"))
         else:
-            self._stop(LinkClosed(f"{self.link.name}: {rx.error}"))
+            self._stop(LinkClosed(f"{self.name}: {rx.error}"))
 
     def _frame_parts(self):
         ftype, flags, body = self.rx.take_frame()
@@ -172,10 +191,10 @@ class NativeRestore:
         try:
             protocol.FrameParser().feed(rest)
         except protocol.ProtocolError as exc:
-            log.warning("%s: bad frame from %s: %s", self.link.name, self.link.peername, exc)
-            return LinkClosed(f"{self.link.name}: bad frame: {exc}")
-        # (cannot happen: the loop calls BAD only what the parser refuses)
-        return LinkClosed(f"{self.link.name}: a frame the native loop refused")
+            log.warning("%s: bad frame from %s: %s", self.name, self.peername, exc)
+            return LinkClosed(f"{self.name}: bad frame: {exc}")
+        # (not expected: the loop calls BAD only what the parser refuses)
+        return LinkClosed(f"{self.name}: a frame the native loop refused")
 
     def _stop(self, exc: LinkError) -> None:
         self._stop_reading()
@@ -257,7 +276,8 @@ class NativeRestore:
         self.rx.drop()
         self.group.stream.ext_dropped()
         os.close(self.fd)
-        try:
-            self._raw.resume_reading()
-        except Exception:       # the transport is closing already
-            pass
+        if self._raw is not None:
+            try:
+                self._raw.resume_reading()
+            except Exception:       # the transport is closing already
+                pass

@@ -240,7 +240,7 @@ class RestoreGroup:
         if self.native is not None:
             self.native.close()         # the old link's: its journals go first
         try:
-            self.native = NativeRestore(self, link)
+            self.native = NativeRestore.from_link(self, link)
         except (NativeUnavailable, RuntimeError, TypeError, AttributeError, OSError) as exc:
             self._native_off = str(exc)
             log.warning("group %s: the native restore loop is off (%s); the Python path "

@@ -457,13 +457,14 @@ def round_order(trees: list, rnd: int) -> list[tuple[int, object]]:
 
 
 def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = None,
-               rounds: int = 1, jobs=HOP_JOBS) -> list[dict]:
+               rounds: int = 1, jobs=HOP_JOBS, native: bool = False) -> list[dict]:
     """Durable baselines (nbdkit FUA; ``qemu-nbd --cache=writethrough`` when
     installed) and the three sites, same run: IOPS, p50/p99, CPU µs per write
     per site, per-hop waits and queues; ``trees``: code copies to run the
     sites from, one after the other (None: this code), e.g. before/after,
-    in the reverse order in odd rounds."""
-    trees = trees or [None]
+    in the reverse order in odd rounds; ``native``: each tree also with the
+    secondary's native loop (host/native/restore.py)."""
+    variants = [(t, n) for t in (trees or [None]) for n in ((False, True) if native else (False,))]
     size = 256 * MiB
     results = []
     with _workdir() as tmp:
@@ -475,9 +476,10 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
             if shutil.which("qemu-nbd"):
                 _baseline(results, "qemu-nbd-writethrough", _qemu_nbd, img, jobs, seconds,
                           size, rnd)
-            for i, tree in round_order(trees, rnd):
+            for i, (tree, nat) in round_order(variants, rnd):
                 sites = Sites(Path(tmp) / f"sites{rnd}.{i}", vol_size=size,
-                              journal_size=512 * MiB, durability=durability, tree=tree)
+                              journal_size=512 * MiB, durability=durability, tree=tree,
+                              native=nat)
                 sites.start()
                 try:
                     for job in jobs:
@@ -491,8 +493,9 @@ def bench_hops(seconds: float, durability: str = "fsync", trees: list | None = N
                         cpu = {role: round((cpu1[role] - cpu0[role]) * 1e6 / writes)
                                for role in sites.ROLES}
                         cpu["sum"] = sum(cpu.values())
-                        results.append(dict(r, what=f"tricopy[{tree or 'this tree'}]", round=rnd,
-                                            tree=tree, durability=durability,
+                        name = (tree or "this tree") + (", native secondary" if nat else "")
+                        results.append(dict(r, what=f"tricopy[{name}]", round=rnd,
+                                            tree=tree, native=nat, durability=durability,
                                             load=round((load + loadavg()) / 2, 2),
                                             cpu_us_per_write=cpu,
                                             rss_peak_mib=sites.rss_peak(),
@@ -603,7 +606,8 @@ def _run(args) -> int:
         jobs = HOP_JOBS
         if args.depths:
             jobs = tuple(("randwrite", 4096, d) for d in args.depths)
-        results = bench_hops(args.seconds, args.durability, args.tree, args.rounds, jobs)
+        results = bench_hops(args.seconds, args.durability, args.tree, args.rounds, jobs,
+                             args.native)
     elif args.bench == "replicate":
         results = bench_replicate(args.seconds, args.durability, args.engine or ["model"])
     else:
@@ -613,9 +617,11 @@ def _run(args) -> int:
     if args.bench == "hops" and args.depths:
         # one fit per tree and round: mixing trees would blur a before/after
         report["batch_costs"] = {
-            f"{tree or 'this tree'} round {rnd}": fit_batch_costs(
-                [r for r in results if r.get("round") == rnd and r.get("tree") == tree])
-            for tree in (args.tree or [None]) for rnd in range(args.rounds)}
+            f"{tree or 'this tree'}{', native secondary' if nat else ''} round {rnd}":
+                fit_batch_costs([r for r in results if r.get("round") == rnd
+                                 and r.get("tree") == tree and r.get("native") == nat])
+            for tree in (args.tree or [None]) for nat in ((False, True) if args.native else (False,))
+            for rnd in range(args.rounds)}
     if getattr(args, "plot", None):
         from .bench_plot import plot_hops
         plot_hops(results, args.plot, title=f"{report['machine']}, load "
@@ -659,6 +665,9 @@ def register_bench(which) -> None:
                                 "tricopy/); repeat for several, e.g. before and after")
             p.add_argument("--rounds", type=int, default=1,
                            help="repeat baseline + trees this many times (noise)")
+            p.add_argument("--native", action="store_true",
+                           help="run each tree twice: the secondary in Python and with its "
+                                "native loop (site key native, host/native/)")
             p.add_argument("--depths", type=_depths, default=None, metavar="D,D,...",
                            help="4 KiB randwrite at these queue depths instead of QD1 and "
                                 "QD16, and each site's CPU split into a cost per batch and "

@@ -1,0 +1,261 @@
+"""The secondary's native loop (host/native/restore.c) against the Python path.
+
+The loop may only ever do what the Python path would: stage a JNLWR's
+journals exactly when ``RestoreStream.verify_batch`` takes all of them and
+they continue the stream as data journals inside their SVOLs, hand every
+other frame up whole, refuse bytes exactly where ``FrameParser`` does, and
+write to the SVOLs only what the restorer allows (never past the apply mark).
+"""
+
+import asyncio
+import random
+import socket
+import ssl
+
+import pytest
+
+from tricopy.host.config import GroupAttr, GroupConfig, SiteConfig, VolumeConfig
+from tricopy.host.native import restore as native
+from tricopy.host.native.restore import NativeRestore
+from tricopy.host.secondary.site import RestoreGroup
+from tricopy.host.wire import protocol as p
+from tricopy.host.wire.protocol import Control, Frame, FrameType, Kind
+
+BLOCK = 4096
+SIZE = 64 * BLOCK
+
+m = native._restore()
+
+
+def test_crc32c_is_the_packages():
+    r = random.Random(1)
+    for n in list(range(0, 40)) + [4095, 4096, 65536 + 3]:
+        data = r.randbytes(n)
+        start = r.getrandbits(32)
+        assert m.crc32c(data) == p.crc32c(data)
+        assert m.crc32c(data, start) == p.crc32c(data, start)
+
+
+def make_group(tmp_path) -> RestoreGroup:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    vols = []
+    for i in (0, 1):
+        path = tmp_path / f"svol{i}.img"
+        path.write_bytes(bytes(SIZE))
+        vols.append(VolumeConfig(idx=i, group=1, path=path, size=SIZE, block_size=BLOCK))
+    cfg = GroupConfig(grnum=1, grname="g1", attr=GroupAttr.RESTORE)
+    site = SiteConfig(site="secondary", listen=None, control=None,
+                      state_dir=tmp_path / "state", groups=(cfg,), volumes=tuple(vols))
+    g = RestoreGroup(cfg, site)
+    g.pair_set("PAIR", 0)
+    return g
+
+
+def journal(seq: int, r: random.Random, **change) -> tuple[Control, bytes]:
+    n = r.randint(1, 3)
+    data = r.randbytes(n * BLOCK)
+    fields = dict(seq=seq, time=seq * 1000, address=r.randrange(SIZE // BLOCK - n + 1) * BLOCK,
+                  length=len(data), data_len=len(data), data_crc=p.crc32c(data),
+                  idx=r.randrange(2), kind=Kind.UPDATE, group=1, epoch=0, tag=seq)
+    fields.update(change.pop("fields", {}))
+    ctl = Control(**fields).with_ccrc()
+    return ctl, change.get("data", data)
+
+
+def frame_bytes(journals, flags=0) -> bytes:
+    body = b"".join(c.pack() + d for c, d in journals)
+    return p.serialize_frame(FrameType.JNLWR, body, flags)
+
+
+class Pair:
+    """A group's native loop on one end of a socket pair; the test writes the other."""
+
+    def __init__(self, g: RestoreGroup):
+        self.a, b = socket.socketpair()
+        b.setblocking(False)
+        self.n = NativeRestore(g, b.detach())
+
+    def send(self, raw: bytes) -> int:
+        self.a.sendall(raw)
+        return self.n.rx.pump()
+
+
+def python_takes(g: RestoreGroup, body: bytes, expect: int) -> bool:
+    """What the Python path decides for a JNLWR body: the loop may stage it iff
+    verify_batch takes every journal and they are the next data journals, in
+    their SVOLs."""
+    try:
+        journals = g.stream.verify_batch(body)
+    except p.ProtocolError:
+        return False
+    for k, (ctl, data) in enumerate(journals):
+        vol = g.volumes.get(ctl.idx)
+        if ctl.seq != expect + k or ctl.kind not in p.DATA_KINDS or vol is None:
+            return False
+        try:
+            vol.check(ctl.address, len(data))
+        except ValueError:
+            return False
+    return bool(journals)
+
+
+def mutants(r: random.Random, seq: int):
+    """Frames the loop must stage or refuse as the Python path would: each a
+    batch of journals from ``seq`` with at most one thing wrong."""
+    js = [journal(seq + k, r) for k in range(r.randint(1, 4))]
+    i = r.randrange(len(js))
+    ctl, data = js[i]
+    what = r.choice(["none", "none", "ccrc", "dcrc", "group", "epoch", "kind", "seq",
+                     "replay", "len", "idx", "range", "align", "mark", "zero"])
+    f = dict(vars(ctl))
+    if what == "ccrc":
+        js[i] = (Control(**{**f, "ccrc": ctl.ccrc ^ 1}), data)
+    elif what == "dcrc":
+        js[i] = (ctl, bytes([data[0] ^ 1]) + data[1:])
+    elif what in ("group", "epoch", "idx"):
+        js[i] = (Control(**{**f, what: f[what] + (1 if what != "idx" else 5)}).with_ccrc(), data)
+    elif what == "kind":
+        js[i] = (Control(**{**f, "kind": 9}).with_ccrc(), data)
+    elif what == "seq":
+        js[i] = (Control(**{**f, "seq": ctl.seq + 1}).with_ccrc(), data)
+    elif what == "replay":
+        js = [(Control(**{**vars(c), "seq": c.seq - 1}).with_ccrc(), d) for c, d in js]
+    elif what == "len":
+        js[i] = (Control(**{**f, "length": ctl.length + BLOCK}).with_ccrc(), data)
+    elif what == "range":
+        js[i] = (Control(**{**f, "address": SIZE - BLOCK}).with_ccrc(), data) if len(data) > BLOCK \
+            else (Control(**{**f, "address": SIZE}).with_ccrc(), data)
+    elif what == "align":
+        js[i] = (Control(**{**f, "address": ctl.address + 512}).with_ccrc(), data)
+    elif what in ("mark", "zero"):
+        kind = Kind.MARK if what == "mark" else Kind.ZERO
+        js[i] = (Control(**{**f, "kind": kind, "data_len": 0, "data_crc": 0,
+                            "length": 0 if what == "mark" else ctl.length}).with_ccrc(), b"")
+    return what, js
+
+
+def test_the_loop_stages_exactly_what_the_python_path_takes(tmp_path):
+    """Random batches, most with one fault: staged or handed up as Python decides."""
+    g = make_group(tmp_path)
+    pair = Pair(g)
+    r = random.Random(7)
+    expect = 1
+    staged = handed = 0
+    for _ in range(400):
+        what, js = mutants(r, expect)
+        raw = frame_bytes(js)
+        body = raw[p.HEADER_SIZE:-p.TRAILER_SIZE]
+        want = python_takes(g, body, expect)
+        got = pair.send(raw)
+        if want:
+            assert got == m.NEED, what
+            expect += len(js)
+            assert pair.n.rx.staged_end == expect - 1
+            staged += 1
+        else:
+            assert got == m.FRAME, what
+            ftype, flags, taken = pair.n.rx.take_frame()
+            assert (ftype, taken) == (FrameType.JNLWR, body)
+            handed += 1
+    assert staged > 40 and handed > 200       # both ways were taken, often
+
+
+def test_other_frames_go_up_whole_and_bad_bytes_get_the_parsers_error(tmp_path):
+    g = make_group(tmp_path)
+    pair = Pair(g)
+    hb = Frame(FrameType.HEARTBEAT, b"12345678").serialize()
+    assert pair.send(hb) == m.FRAME
+    assert pair.n.rx.take_frame() == (FrameType.HEARTBEAT, 0, b"12345678")
+    r = random.Random(3)
+    good = frame_bytes([journal(1, r)])
+    for flip in (0, 5, 7, 10, 13, len(good) - 1, 40):   # magic, type, flags, length, HCRC, BCRC, body
+        g2 = make_group(tmp_path / f"f{flip}")
+        pair2 = Pair(g2)
+        bad = bytearray(good)
+        bad[flip] ^= 0x40
+        got = pair2.send(bytes(bad))
+        rest = pair2.n.rx.take_rest()
+        try:
+            frames = p.FrameParser().feed(rest)
+        except p.ProtocolError:
+            assert got == m.BAD, flip
+            continue
+        # (a flip the parser takes: an unknown journal, not bytes gone wrong)
+        assert got in (m.FRAME, m.NEED) and frames, flip
+
+
+def test_applies_in_order_and_never_past_the_mark(tmp_path):
+    """The restorer's own steps over journals the loop staged: the SVOLs hold
+    exactly the prefix up to ``applied``, which never passes the saved mark."""
+    g = make_group(tmp_path)
+    pair = Pair(g)
+    g.native = pair.n
+    r = random.Random(11)
+    images = [bytearray(SIZE), bytearray(SIZE)]
+    history = [None]
+    seq = 1
+    for _ in range(30):
+        js = [journal(seq + k, r) for k in range(r.randint(1, 5))]
+        seq += len(js)
+        history += js
+        assert pair.send(frame_bytes(js)) == m.NEED
+        g.stream.ext_end = pair.n.rx.staged_end
+        g.stream.received += len(js)
+        for _ in range(r.randint(0, 2)):
+            if r.random() < 0.5 and (mark := g.mark_due()) is not None:
+                g.save_mark(mark)
+            before = g.applied
+            n = g.restore(r.randint(1, 9))
+            assert g.applied == before + n <= g.stream.mark
+            for ctl, data in history[before + 1:g.applied + 1]:
+                images[ctl.idx][ctl.address:ctl.address + len(data)] = data
+            for i in (0, 1):
+                assert g.volumes[i].read(0, SIZE) == images[i], (g.applied, i)
+            if r.random() < 0.3:
+                g.checkpoint()
+    assert g.applied > 30                      # most of it went through
+
+
+def test_the_tls_session_is_taken_over_only_when_it_is_this_pythons(tmp_path):
+    """The SSL pointer is read from ``_ssl._SSLSocket`` and checked: OpenSSL
+    must say it belongs to that object, and the OpenSSL must be Python's."""
+    from tricopy.host.tools.certs import make_certs
+    make_certs(tmp_path, ["a", "b"])
+
+    def ctx(purpose, me):
+        c = ssl.SSLContext(purpose)
+        c.minimum_version = ssl.TLSVersion.TLSv1_3
+        c.load_cert_chain(tmp_path / f"{me}.pem", tmp_path / f"{me}.key")
+        c.load_verify_locations(tmp_path / "ca.pem")
+        c.verify_mode = ssl.CERT_REQUIRED
+        if purpose == ssl.PROTOCOL_TLS_CLIENT:
+            c.check_hostname = False
+        return c
+
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    s = ctx(ssl.PROTOCOL_TLS_SERVER, "a").wrap_bio(bios[0], bios[1], server_side=True)
+    c = ctx(ssl.PROTOCOL_TLS_CLIENT, "b").wrap_bio(bios[2], bios[3])
+    for _ in range(10):
+        for o in (c, s):
+            try:
+                o.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        bios[0].write(bios[3].read())
+        bios[2].write(bios[1].read())
+    assert m.ssl_ok(s._sslobj, ssl.OPENSSL_VERSION_NUMBER)
+    with pytest.raises(RuntimeError, match="OpenSSL"):
+        m.ssl_ok(s._sslobj, ssl.OPENSSL_VERSION_NUMBER + 1)
+    with pytest.raises(TypeError):
+        m.ssl_ok(object(), ssl.OPENSSL_VERSION_NUMBER)
+    # Bytes the client seals come out of the loop as staged journals.
+    g = make_group(tmp_path / "g")
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    n = NativeRestore(g, b.detach(), s._sslobj)
+    r = random.Random(5)
+    js = [journal(k, r) for k in (1, 2, 3)]
+    c.write(frame_bytes(js))
+    a.sendall(bios[3].read())
+    assert n.rx.pump() == m.NEED and n.rx.staged_end == 3
+    n.close()
