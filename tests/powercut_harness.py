@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import shutil
 import tempfile
 import threading
@@ -71,6 +72,8 @@ class Result:
     fenced: int = 0             # secondary: instants it rightly said not consistent
     clean_opens: int = 0        # store: opens that trusted a clean-shutdown mark (workload)
     clean_checks: int = 0       # store: cut images opened that way, compared with a scan
+    native_staged: int = 0      # secondary: journals the native loop staged ...
+    received: int = 0           # ... of those received
     seconds: float = 0.0
 
     def add(self, other: "Result") -> None:
@@ -83,6 +86,8 @@ class Result:
         self.fenced += other.fenced
         self.clean_opens += other.clean_opens
         self.clean_checks += other.clean_checks
+        self.native_staged += other.native_staged
+        self.received += other.received
         self.seconds += other.seconds
 
 
@@ -721,14 +726,49 @@ def check_secondary(folder: Path, saved: int, mark: int, prefix: PrefixImages,
     return out, instant, (looks, fenced)
 
 
+class NativeFeeder:
+    """Journals reach the group through its native loop (host/native/restore.py)
+    over a socket pair, one JNLWR per batch, as a relay link brings them: the
+    loop stages and applies what it takes, every other frame takes the Python
+    way (``Secondary._frame``): the SVOL writes of both go through ``fileio``."""
+
+    def __init__(self, g: RestoreGroup):
+        from tricopy.host.native.restore import NativeRestore
+        self.g = g
+        self.a, b = socket.socketpair()
+        b.setblocking(False)
+        g.native = NativeRestore(g, b.detach())
+
+    async def send(self, journals) -> None:
+        self.a.sendall(p.serialize_frame(p.FrameType.JNLWR,
+                                         b"".join(c.pack() + d for c, d in journals)))
+        n = self.g.native
+        n._readable()
+        while not n._events.empty():
+            frame = n._events.get_nowait()
+            if isinstance(frame, BaseException):
+                raise frame
+            for ctl, data in self.g.stream.verify_batch(frame.body):
+                await self.g.stage(ctl, data)
+            n.after_python()
+            n._readable()
+
+    def close(self) -> None:
+        if self.g.native is not None:
+            self.g.native.close()
+            self.g.native = None
+        self.a.close()
+
+
 class SecondaryRun(Run):
     """The secondary restoring journals and saving its restore point."""
 
     name = "secondary"
 
-    def __init__(self, *a, provisioned: bool = True, **kw):
+    def __init__(self, *a, provisioned: bool = True, native: bool = False, **kw):
         super().__init__(*a, **kw)
         self.provisioned = provisioned
+        self.native = native          # journals through the native loop (NativeFeeder)
         self.saved = 0        # highest restore point whose checkpoint() returned
         self.mark = 0         # highest SEQ# ever applied to the SVOLs (pre-crash mark)
         self.prefix = PrefixImages()
@@ -770,16 +810,27 @@ class SecondaryRun(Run):
             g = open_group(Path(disk.root))
         self.saved = max(self.saved, g.last_restored)
 
+        feeder = NativeFeeder(g) if self.native else None
+
         async def run() -> None:
             seq = g.applied
             while True:
                 x = rng.random()
                 if x < 0.5:
+                    batch = []
                     for _ in range(rng.randint(1, 8)):
                         seq += 1
-                        await g.stage(*sec_journal(seq))
+                        batch.append(sec_journal(seq))
+                    if feeder is not None:
+                        await feeder.send(batch)
+                    else:
+                        for ctl, data in batch:
+                            await g.stage(ctl, data)
                 elif x < 0.85:
-                    limit = rng.randint(1, 10)
+                    # (with the native loop, longer steps, as the site's restorer
+                    # drains what is staged: the loop stages again once Python's
+                    # staging is empty)
+                    limit = rng.randint(1, 40 if feeder is not None else 10)
                     if (m := g.mark_due()) is not None:
                         g.save_mark(m)
                     # Before applying: a cut inside restore() may leave part of it on disk.
@@ -790,4 +841,8 @@ class SecondaryRun(Run):
         try:
             asyncio.run(run())
         finally:
+            if feeder is not None:
+                self.result.native_staged += g.native.rx.received if g.native else 0
+                self.result.received += g.stream.received
+                feeder.close()
             close_group(g)

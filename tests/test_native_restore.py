@@ -51,15 +51,20 @@ def make_group(tmp_path) -> RestoreGroup:
     return g
 
 
-def journal(seq: int, r: random.Random, **change) -> tuple[Control, bytes]:
+ZEROS = frozenset({Kind.ZERO, Kind.TRIM})
+
+
+def journal(seq: int, r: random.Random, zeros: float = 0.0) -> tuple[Control, bytes]:
+    """A data journal; with probability ``zeros`` a ZERO or TRIM (no data)."""
     n = r.randint(1, 3)
     data = r.randbytes(n * BLOCK)
-    fields = dict(seq=seq, time=seq * 1000, address=r.randrange(SIZE // BLOCK - n + 1) * BLOCK,
-                  length=len(data), data_len=len(data), data_crc=p.crc32c(data),
-                  idx=r.randrange(2), kind=Kind.UPDATE, group=1, epoch=0, tag=seq)
-    fields.update(change.pop("fields", {}))
-    ctl = Control(**fields).with_ccrc()
-    return ctl, change.get("data", data)
+    kind = Kind.UPDATE
+    if r.random() < zeros:
+        kind, data = r.choice([Kind.ZERO, Kind.TRIM]), b""
+    ctl = Control(seq=seq, time=seq * 1000, address=r.randrange(SIZE // BLOCK - n + 1) * BLOCK,
+                  length=n * BLOCK, data_len=len(data), data_crc=p.crc32c(data) if data else 0,
+                  idx=r.randrange(2), kind=kind, group=1, epoch=0, tag=seq)
+    return ctl.with_ccrc(), data
 
 
 def frame_bytes(journals, flags=0) -> bytes:
@@ -90,10 +95,10 @@ def python_takes(g: RestoreGroup, body: bytes, expect: int) -> bool:
         return False
     for k, (ctl, data) in enumerate(journals):
         vol = g.volumes.get(ctl.idx)
-        if ctl.seq != expect + k or ctl.kind not in p.DATA_KINDS or vol is None:
+        if ctl.seq != expect + k or ctl.kind not in p.DATA_KINDS | ZEROS or vol is None:
             return False
         try:
-            vol.check(ctl.address, len(data))
+            vol.check(ctl.address, ctl.length)
         except ValueError:
             return False
     return bool(journals)
@@ -102,7 +107,7 @@ def python_takes(g: RestoreGroup, body: bytes, expect: int) -> bool:
 def mutants(r: random.Random, seq: int):
     """Frames the loop must stage or refuse as the Python path would: each a
     batch of journals from ``seq`` with at most one thing wrong."""
-    js = [journal(seq + k, r) for k in range(r.randint(1, 4))]
+    js = [journal(seq + k, r, zeros=0.15) for k in range(r.randint(1, 4))]
     i = r.randrange(len(js))
     ctl, data = js[i]
     what = r.choice(["none", "none", "ccrc", "dcrc", "group", "epoch", "kind", "seq",
@@ -110,8 +115,10 @@ def mutants(r: random.Random, seq: int):
     f = dict(vars(ctl))
     if what == "ccrc":
         js[i] = (Control(**{**f, "ccrc": ctl.ccrc ^ 1}), data)
-    elif what == "dcrc":
+    elif what == "dcrc" and data:
         js[i] = (ctl, bytes([data[0] ^ 1]) + data[1:])
+    elif what == "dcrc":          # a ZERO or TRIM with data, or with a DATA_CRC
+        js[i] = (Control(**{**f, "data_crc": 1}).with_ccrc(), data)
     elif what in ("group", "epoch", "idx"):
         js[i] = (Control(**{**f, what: f[what] + (1 if what != "idx" else 5)}).with_ccrc(), data)
     elif what == "kind":
@@ -123,7 +130,7 @@ def mutants(r: random.Random, seq: int):
     elif what == "len":
         js[i] = (Control(**{**f, "length": ctl.length + BLOCK}).with_ccrc(), data)
     elif what == "range":
-        js[i] = (Control(**{**f, "address": SIZE - BLOCK}).with_ccrc(), data) if len(data) > BLOCK \
+        js[i] = (Control(**{**f, "address": SIZE - BLOCK}).with_ccrc(), data) if ctl.length > BLOCK \
             else (Control(**{**f, "address": SIZE}).with_ccrc(), data)
     elif what == "align":
         js[i] = (Control(**{**f, "address": ctl.address + 512}).with_ccrc(), data)
@@ -195,7 +202,7 @@ def test_applies_in_order_and_never_past_the_mark(tmp_path):
     history = [None]
     seq = 1
     for _ in range(30):
-        js = [journal(seq + k, r) for k in range(r.randint(1, 5))]
+        js = [journal(seq + k, r, zeros=0.2) for k in range(r.randint(1, 5))]
         seq += len(js)
         history += js
         assert pair.send(frame_bytes(js)) == m.NEED
@@ -208,7 +215,7 @@ def test_applies_in_order_and_never_past_the_mark(tmp_path):
             n = g.restore(r.randint(1, 9))
             assert g.applied == before + n <= g.stream.mark
             for ctl, data in history[before + 1:g.applied + 1]:
-                images[ctl.idx][ctl.address:ctl.address + len(data)] = data
+                images[ctl.idx][ctl.address:ctl.address + ctl.length] = data or bytes(ctl.length)
             for i in (0, 1):
                 assert g.volumes[i].read(0, SIZE) == images[i], (g.applied, i)
             if r.random() < 0.3:

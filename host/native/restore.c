@@ -10,8 +10,8 @@
  *
  * Anything it does not handle stops it *before* the frame concerned, which
  * is handed to the Python path whole: another frame type, a journal that
- * fails a check or does not continue the stream (a replay, a gap), a MARK,
- * ZERO or TRIM journal, a range outside its SVOL.  Bytes that are no good
+ * fails a check or does not continue the stream (a replay, a gap), a MARK
+ * journal (it changes the pair state), a range outside its SVOL.  Bytes that are no good
  * frame go to Python's FrameParser, which names the error.  So every refusal
  * and every log line is still the Python code's.
  *
@@ -42,6 +42,7 @@ static struct {
     uint32_t flags_ok;
     int64_t max_len[256];            /* -1: no such frame type */
     char kind_data[256];             /* a kind the loop restores (data follows) */
+    char kind_zero[256];             /* ... or writes zeros for (ZERO, TRIM: no data) */
     field seq, time, address, length, data_len, data_crc, epoch, idx, kind, group, tag, ccrc;
 } L;
 
@@ -93,9 +94,9 @@ static void crc_init(void) {
 
 typedef struct {
     uint64_t seq, time, address;
-    uint32_t tag, len;
+    uint32_t tag, len;              /* len: of the data, or of the zeros (data NULL) */
     int vol;                        /* index into Receiver.vols */
-    const uint8_t *data;
+    const uint8_t *data;            /* NULL: a ZERO or TRIM journal */
 } journal;
 
 typedef struct block {              /* one JNLWR's journals, its body copied in */
@@ -173,8 +174,15 @@ static int stageable(Receiver *r, const uint8_t *body, size_t n, int *count) {
         uint64_t dlen = rd(c, L.data_len);
         if (dlen > n - p - L.control) return 0;
         if (rd(c, L.ccrc) != crc32c(c, L.ccrc_span, 0)) return 0;
-        if (!L.kind_data[rd(c, L.kind) & 0xff]) return 0;      /* MARK, ZERO, TRIM: Python */
-        if (dlen != rd(c, L.length)) return 0;
+        int kind = (int)rd(c, L.kind);
+        uint64_t span = rd(c, L.length);       /* the SVOL bytes it covers */
+        if (L.kind_data[kind]) {
+            if (dlen != span) return 0;
+        } else if (L.kind_zero[kind]) {
+            if (dlen != 0) return 0;
+        } else {
+            return 0;                   /* MARK (pair states), unknown kinds: Python */
+        }
         if (rd(c, L.data_crc) != (dlen ? crc32c(c + L.control, dlen, 0) : 0)) return 0;
         if ((long)rd(c, L.group) != r->group || (long)rd(c, L.epoch) != r->epoch) return 0;
         if (rd(c, L.seq) != want) return 0;
@@ -183,8 +191,8 @@ static int stageable(Receiver *r, const uint8_t *body, size_t n, int *count) {
         int v = -1;
         for (int i = 0; i < r->nvols; i++)
             if (r->vols[i].idx == idx) v = i;
-        if (v < 0 || addr > r->vols[v].size || dlen > r->vols[v].size - addr
-            || addr % r->vols[v].bs || dlen % r->vols[v].bs)
+        if (v < 0 || addr > r->vols[v].size || span > r->vols[v].size - addr
+            || addr % r->vols[v].bs || span % r->vols[v].bs || span > UINT32_MAX)
             return 0;
         want++;
         k++;
@@ -211,12 +219,13 @@ static int stage(Receiver *r, const uint8_t *body, size_t n, int count) {
         j->time = rd(c, L.time);
         j->address = rd(c, L.address);
         j->tag = (uint32_t)rd(c, L.tag);
-        j->len = (uint32_t)rd(c, L.data_len);
-        j->data = c + L.control;
+        uint32_t dlen = (uint32_t)rd(c, L.data_len);
+        j->len = L.kind_data[rd(c, L.kind)] ? dlen : (uint32_t)rd(c, L.length);
+        j->data = L.kind_data[rd(c, L.kind)] ? c + L.control : NULL;
         j->vol = 0;
         for (int i = 0; i < r->nvols; i++)
             if (r->vols[i].idx == (long)rd(c, L.idx)) j->vol = i;
-        p += L.control + j->len;
+        p += L.control + dlen;
     }
     if (r->tail) r->tail->next = b; else r->head = b;
     r->tail = b;
@@ -475,6 +484,30 @@ static int write_run(Receiver *r, PyObject *writer, svol *v, struct iovec *iov, 
     return 0;
 }
 
+/* A ZERO or TRIM journal: zeros over its range (a trimmed range reads back
+ * as zeros, as Volume.trim does), in pwritev calls of one zero buffer. */
+static const uint8_t zeros[64 << 10];
+
+static int write_zeros(Receiver *r, PyObject *writer, svol *v, uint64_t off, uint64_t len) {
+    struct iovec iov[64];
+    while (len) {
+        int n = 0;
+        uint64_t chunk = 0;
+        while (n < 64 && chunk < len) {
+            size_t k = len - chunk < sizeof zeros ? len - chunk : sizeof zeros;
+            iov[n].iov_base = (void *)zeros;
+            iov[n].iov_len = k;
+            chunk += k;
+            n++;
+        }
+        int err = write_run(r, writer, v, iov, n, off);
+        if (err) return err;
+        off += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
 #define RUN_BYTES (256 << 10)       /* as host/secondary/site.py's _RUN_BYTES, _RUN_MAX */
 #define RUN_MAX 512
 
@@ -498,6 +531,20 @@ static PyObject *Receiver_apply(Receiver *r, PyObject *args) {
         for (; b->done < b->n; b->done++) {
             journal *j = &b->j[b->done];
             if (j->seq > upto) goto flush;
+            if (!j->data) {             /* ZERO or TRIM: the run before it, then zeros */
+                if (n) {
+                    if ((err = write_run(r, writer, &r->vols[vol], iov, n, run_off))) goto done;
+                    COMMIT();
+                    n = 0;
+                }
+                vol = j->vol;
+                run_first = j->seq;
+                run_tag = j->tag;
+                last = j;
+                if ((err = write_zeros(r, writer, &r->vols[vol], j->address, j->len))) goto done;
+                COMMIT();
+                continue;
+            }
             if (n && (j->vol != vol || j->address != run_end || run_end - run_off >= RUN_BYTES
                       || n == RUN_MAX)) {
                 if ((err = write_run(r, writer, &r->vols[vol], iov, n, run_off))) goto done;
@@ -641,7 +688,7 @@ static PyObject *configure(PyObject *m, PyObject *d) {
     if (PyErr_Occurred()) return NULL;
     L.magic = (uint32_t)magic;
     L.flags_ok = (uint32_t)flags_ok;
-    for (int i = 0; i < 256; i++) { L.max_len[i] = -1; L.kind_data[i] = 0; }
+    for (int i = 0; i < 256; i++) { L.max_len[i] = -1; L.kind_data[i] = L.kind_zero[i] = 0; }
     if (!(maxl = PyDict_GetItemString(d, "max_length")) || !PyDict_Check(maxl))
         return PyErr_Format(PyExc_KeyError, "max_length");
     PyObject *k, *v;
@@ -651,15 +698,19 @@ static PyObject *configure(PyObject *m, PyObject *d) {
         if (PyErr_Occurred() || t < 0 || t > 255) return PyErr_Format(PyExc_ValueError, "frame type");
         L.max_len[t] = n;
     }
-    if (!(kinds = PyDict_GetItemString(d, "data_kinds"))) return PyErr_Format(PyExc_KeyError, "data_kinds");
-    PyObject *it = PyObject_GetIter(kinds);
-    if (!it) return NULL;
-    while ((v = PyIter_Next(it))) {
-        long kd = PyLong_AsLong(v);
-        Py_DECREF(v);
-        if (kd >= 0 && kd < 256) L.kind_data[kd] = 1;
+    for (int z = 0; z < 2; z++) {
+        const char *key = z ? "zero_kinds" : "data_kinds";
+        char *table = z ? L.kind_zero : L.kind_data;
+        if (!(kinds = PyDict_GetItemString(d, key))) return PyErr_Format(PyExc_KeyError, key);
+        PyObject *it = PyObject_GetIter(kinds);
+        if (!it) return NULL;
+        while ((v = PyIter_Next(it))) {
+            long kd = PyLong_AsLong(v);
+            Py_DECREF(v);
+            if (kd >= 0 && kd < 256) table[kd] = 1;
+        }
+        Py_DECREF(it);
     }
-    Py_DECREF(it);
     if (PyErr_Occurred()) return NULL;
     if (field_of(d, "seq", &L.seq) || field_of(d, "time", &L.time) || field_of(d, "address", &L.address)
         || field_of(d, "length", &L.length) || field_of(d, "data_len", &L.data_len)

@@ -11,7 +11,7 @@ steady-state loop per site"):
 * **Python**, for everything else: every frame the C loop does not stage
   comes to :meth:`NativeRestore.run` whole and takes the path it takes
   without the loop (``Secondary._frame``): HEARTBEAT echoes, a replay or a
-  gap, a MARK/ZERO/TRIM journal, a bad journal's NAK, another frame type.
+  gap, a MARK journal, a bad journal's NAK, another frame type.
   Bytes that are no frame at all go to :class:`protocol.FrameParser`, which
   names the error.  The restorer keeps the apply mark, the checkpoint and
   the ACK; it learns how far the loop staged from ``RestoreStream.ext_end``.
@@ -55,6 +55,8 @@ def layout() -> dict:
         "flags_ok": int(protocol.FrameFlag.MORE),
         "max_length": {int(t): n for t, n in protocol.MAX_LENGTH.items()},
         "data_kinds": [int(k) for k in protocol.DATA_KINDS],
+        # no data, zeros over LENGTH (Volume.write_zeroes; a TRIM reads back as zeros)
+        "zero_kinds": [int(protocol.Kind.ZERO), int(protocol.Kind.TRIM)],
         **field,
     }
 

@@ -418,6 +418,8 @@ class RestoreGroup:
             self.grsts, self.reason = "SUSP", str(exc)
             log.error("group %s suspended: %s", self.cfg.grname, exc)
         self._room.set()
+        if self.native is not None and not self.stream.staged:
+            self.native.after_python()      # the loop may stage the next ones again
         if batch:
             self._applied_more.set()
             PERF["secondary.apply_step"].add(now() - t0)
@@ -880,7 +882,10 @@ class RestoreGroup:
                 "restored_tag": self.state.tag,    # the restore point's PSEQ (durable)
                 "last_restored": self.last_restored, "applied": self.applied,
                 "staged": len(self.staged) + (self.native.rx.staged if self.native else 0),
+                # the native loop (site key native): on this link, and the
+                # journals it staged itself since the link came up
                 "native": self.native is not None,
+                "native_staged": self.native.rx.received if self.native else None,
                 "gap": self.gap(), "received": self.stream.received, "accepts": self.accepts,
                 "hellos_refused": self.hellos_refused, "last_refused": self.last_refused or None,
                 "connected": self.link is not None and not self.link.closed}

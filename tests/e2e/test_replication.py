@@ -19,12 +19,16 @@ def check_volumes(cluster, work):
         assert svol == pvol, f"SVOL {idx} differs from PVOL {idx}"
 
 
-@pytest.fixture(params=[None, "data"], ids=["descriptor-default", "data"])
+@pytest.fixture(params=[None, "data", "native"], ids=["descriptor-default", "data",
+                                                     "native-secondary"])
 def cluster(request, tmp_path):
     """The relay's model engine with a descriptor ring (the default: the relay
     writes the data at the JOFS the engine allocated) and with a data ring
-    (--engine-mode data: the engine keeps every journal too)."""
-    c = Cluster(tmp_path, engine_mode=request.param)
+    (--engine-mode data: the engine keeps every journal too); and the default
+    with the secondary's native loop (host/native/restore.py)."""
+    native = request.param == "native"
+    c = Cluster(tmp_path, engine_mode=None if native else request.param,
+                site_extra={"secondary": "native = true\n"} if native else None)
     yield c
     c.stop_all()
 
@@ -45,6 +49,9 @@ def test_random_workload_drains_to_identical_svols(cluster):
     assert (state["relay"]["grsts"], state["relay"]["reason"]) == ("PAIR", "")
     check_volumes(cluster, work)
     assert any(work.model[i] != bytearray(len(work.model[i])) for i in range(cluster.volumes))
+    if "native = true" in cluster.site_extra.get("secondary", ""):
+        s = cluster.status("secondary")
+        assert s["native"] and s["native_staged"] > work.acked / 2, s
 
 
 def test_control_writes_answer_their_pseq(tmp_path):

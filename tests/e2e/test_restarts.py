@@ -41,6 +41,22 @@ def test_relay_kill_restart(tmp_path):
         cluster.stop_all()
 
 
+def test_relay_kill_restart_native_secondary(tmp_path):
+    """The same with the secondary's native loop: the restarted relay resends
+    from the restore point, the replays go the Python way, the loop takes
+    the stream again after them."""
+    cluster = Cluster(tmp_path, journal_size=2 << 20, restore_interval=4.0,
+                      site_extra={"secondary": "native = true\n"})
+    try:
+        work = kill_under_load(cluster, "relay", seed=22)
+        s = cluster.status("secondary")
+        assert s["native"] and s["native_staged"] > 0, s
+        assert s["grsts"] == "PAIR" and s["consistent"], s
+        assert cluster.status("primary")["acked"] >= work.acked
+    finally:
+        cluster.stop_all()
+
+
 def test_secondary_kill_restart(tmp_path):
     cluster = Cluster(tmp_path)
     try:
