@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed-stamp
 # Debian packages the tests drive for real: the NBD clients and the
 # baseline NBD server; strace counts the sim harness's accept() calls
 # (tests/test_sim_engine.py); a C compiler and OpenSSL's headers build
-# the C skeleton of `tricopy bench floor` (tests/test_bench_floor.py).
-APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit strace gcc libssl-dev
+# the C skeleton of `tricopy bench floor` (tests/test_bench_floor.py) and,
+# with Python's headers, the secondary's native loop (host/native/).
+APT_PACKAGES := qemu-utils libnbd-bin fio nbdkit strace gcc libssl-dev python3-dev
 
 $(STAMP): pyproject.toml
 	@if [ -n "$(APT_PACKAGES)" ] && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
