@@ -104,6 +104,7 @@ class NativeRestore:
         self._held: list[Frame] = []
         self._events: asyncio.Queue = asyncio.Queue()
         self._reading = False
+        self._since = time.monotonic()
         self._full = False
         self.closed = False
         self.frames_to_python = 0
@@ -148,6 +149,7 @@ class NativeRestore:
         if not self._reading and not self.closed:
             asyncio.get_running_loop().add_reader(self.fd, self._readable)
             self._reading = True
+            self._since = time.monotonic()      # silence counts from here (the watchdog)
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -254,8 +256,11 @@ class NativeRestore:
             except asyncio.TimeoutError:
                 if self.link.closed:
                     raise LinkClosed(f"{self.link.name}: closed")
-                silent = time.monotonic() - self.rx.last_rx
-                if silent >= 3 * heartbeat:
+                # Only while the loop wants bytes: not while it holds back
+                # (staging full, as the Python path stops reading) -- as
+                # Link._watch counts only a read that waits.
+                silent = time.monotonic() - max(self.rx.last_rx, self._since)
+                if self._reading and silent >= 3 * heartbeat:
                     raise LinkTimeout(f"{self.link.name}: nothing from {self.link.peername} for "
                                       f"{3 * heartbeat:.1f} s")
                 continue
