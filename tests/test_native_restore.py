@@ -266,3 +266,35 @@ def test_the_tls_session_is_taken_over_only_when_it_is_this_pythons(tmp_path):
     a.sendall(bios[3].read())
     assert n.rx.pump() == m.NEED and n.rx.staged_end == 3
     n.close()
+
+
+def test_a_full_stage_stops_reading_until_the_restorer_applies(tmp_path):
+    """Bounded memory as on the Python path: past the group's stage limit the
+    loop stops taking frames (TCP pushes back on the relay) and goes on once
+    journals were applied."""
+    g = make_group(tmp_path)
+    g.stage_limit = 3 * BLOCK + 2 * p.CONTROL_SIZE
+    pair = Pair(g)
+    g.native = pair.n
+    r = random.Random(2)
+    js = [journal(k, r) for k in range(1, 7)]
+    frames = [[j] for j in js]
+    raw = b"".join(frame_bytes(f) for f in frames)
+    assert pair.send(raw) == m.FULL
+    held = pair.n.rx.staged
+    assert 0 < held < 6 and pair.n.rx.staged_bytes <= g.stage_limit
+    g.stream.ext_end = pair.n.rx.staged_end
+    g.save_mark(g.mark_due())
+    assert g.restore() == held and pair.n.rx.staged == 0
+    while pair.n.rx.staged_end < 6:
+        got = pair.n.rx.pump()
+        assert got in (m.NEED, m.FULL)
+        g.stream.ext_end = pair.n.rx.staged_end
+        if (mark := g.mark_due()) is not None:
+            g.save_mark(mark)
+        g.restore()
+    g.stream.ext_end = pair.n.rx.staged_end
+    if (mark := g.mark_due()) is not None:
+        g.save_mark(mark)
+    g.restore()
+    assert g.applied == 6
