@@ -95,10 +95,11 @@ class Cluster:
         # to (docs/operations.md, "A standby relay"); started like the others.
         self.roles = ROLES + (("standby",) if standby else ())
         self.site_extra = dict(site_extra or {})   # role -> top-level TOML lines added to its config
-        if os.environ.get("TRICOPY_TEST_NATIVE"):
+        extra = self.site_extra.get("secondary", "")
+        if os.environ.get("TRICOPY_TEST_NATIVE") and "native = " not in extra:
             # every test with the secondary's native loop (host/native/restore.py):
             # TRICOPY_TEST_NATIVE=1 pytest tests/e2e
-            self.site_extra["secondary"] = self.site_extra.get("secondary", "") + "native = true\n"
+            self.site_extra["secondary"] = extra + "native = true\n"
         self.tls = tls                         # False: tls = false in every config
         self.engine = engine                   # the relay's --engine (model, sim)
         self.engine_mode = engine_mode         # the relay's --engine-mode (None: its default)
