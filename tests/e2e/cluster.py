@@ -99,7 +99,7 @@ class Cluster:
         if os.environ.get("TRICOPY_TEST_NATIVE") and "native = " not in extra:
             # every test with the secondary's native loop (host/native/restore.py):
             # TRICOPY_TEST_NATIVE=1 pytest tests/e2e
-            self.site_extra["secondary"] = extra + "native = true\n"
+            self.site_extra["secondary"] = "native = true\n" + extra   # (before any table)
         self.tls = tls                         # False: tls = false in every config
         self.engine = engine                   # the relay's --engine (model, sim)
         self.engine_mode = engine_mode         # the relay's --engine-mode (None: its default)
