@@ -226,30 +226,8 @@ def test_applies_in_order_and_never_past_the_mark(tmp_path):
 def test_the_tls_session_is_taken_over_only_when_it_is_this_pythons(tmp_path):
     """The SSL pointer is read from ``_ssl._SSLSocket`` and checked: OpenSSL
     must say it belongs to that object, and the OpenSSL must be Python's."""
-    from tricopy.host.tools.certs import make_certs
-    make_certs(tmp_path, ["a", "b"])
-
-    def ctx(purpose, me):
-        c = ssl.SSLContext(purpose)
-        c.minimum_version = ssl.TLSVersion.TLSv1_3
-        c.load_cert_chain(tmp_path / f"{me}.pem", tmp_path / f"{me}.key")
-        c.load_verify_locations(tmp_path / "ca.pem")
-        c.verify_mode = ssl.CERT_REQUIRED
-        if purpose == ssl.PROTOCOL_TLS_CLIENT:
-            c.check_hostname = False
-        return c
-
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    s = ctx(ssl.PROTOCOL_TLS_SERVER, "a").wrap_bio(bios[0], bios[1], server_side=True)
-    c = ctx(ssl.PROTOCOL_TLS_CLIENT, "b").wrap_bio(bios[2], bios[3])
-    for _ in range(10):
-        for o in (c, s):
-            try:
-                o.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        bios[0].write(bios[3].read())
-        bios[2].write(bios[1].read())
+    from tricopy.host.tools.bench_tls import memory_pair, site_contexts
+    s, c, bios = memory_pair(*site_contexts(tmp_path))     # the sites' own contexts
     assert m.ssl_ok(s._sslobj, ssl.OPENSSL_VERSION_NUMBER)
     with pytest.raises(RuntimeError, match="OpenSSL"):
         m.ssl_ok(s._sslobj, ssl.OPENSSL_VERSION_NUMBER + 1)

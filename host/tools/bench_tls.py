@@ -49,6 +49,23 @@ def site_contexts(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return tls.server_context(site("a")), tls.client_context(site("b"))
 
 
+def memory_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext):
+    """A TLS connection on memory BIOs, its handshake done by hand: (server
+    end, client end, [server in, server out, client in, client out])."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    srv = server_ctx.wrap_bio(bios[0], bios[1], server_side=True)
+    cli = client_ctx.wrap_bio(bios[2], bios[3])
+    for _ in range(10):
+        for end in (cli, srv):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        bios[0].write(bios[3].read())
+        bios[2].write(bios[1].read())
+    return srv, cli, bios
+
+
 async def _hop(how: str, ctxs, message: int, count: int, to_server: bool) -> float:
     """CPU seconds for ``count`` messages of ``message`` bytes over one connection."""
     loop = asyncio.get_running_loop()
@@ -171,18 +188,7 @@ def bench_seal_open(message: int, count: int) -> dict:
     """The TLS 1.3 crypto alone: one ``SSLObject`` seals ``message`` bytes,
     its peer opens them, on memory BIOs (no socket, no event loop)."""
     with tempfile.TemporaryDirectory(prefix="tricopy-bench-tls-") as tmp:
-        server_ctx, client_ctx = site_contexts(Path(tmp))
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    srv = server_ctx.wrap_bio(bios[0], bios[1], server_side=True)
-    cli = client_ctx.wrap_bio(bios[2], bios[3])
-    for _ in range(10):                      # the handshake, by hand
-        for end in (cli, srv):
-            try:
-                end.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        bios[0].write(bios[3].read())
-        bios[2].write(bios[1].read())
+        srv, cli, bios = memory_pair(*site_contexts(Path(tmp)))
     blob, out = os.urandom(message), bytearray(message)
     c0 = _cpu()
     for _ in range(count):
