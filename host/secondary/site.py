@@ -182,6 +182,8 @@ class RestoreGroup:
         self._saver = BlockingWorker(f"saves-{cfg.grname}")
         self._room = asyncio.Event()
         self._room.set()
+        self._asleep = False            # the restorer waits for a due time or a wake
+        self._sleep_until: float | None = None
         # The native loop on the current relay link, when the site runs it
         # (host/native/restore.py): it stages journals outside ``stream``.
         self.native = None
@@ -228,8 +230,14 @@ class RestoreGroup:
             self._wake.set()
 
     def staged_more(self) -> None:
-        """The native loop staged journals: the restorer looks."""
-        self._wake.set()
+        """The native loop staged journals: the restorer looks, unless it sleeps
+        until a due time anyway and nothing of them can go before it (the
+        mark, paced by MARK_PERIOD, is what they wait for).  A turn of the
+        restorer per frame cost more than the loop saved at depth 1."""
+        st = self.stream
+        if (not self._asleep or self._sleep_until is None or st.applied < st.mark
+                or st.ext_end - st.applied >= MARK_RUN):
+            self._wake.set()
 
     def attach_native(self, link: Link):
         """Put the native loop under ``link`` if this site runs it (``native``)
@@ -470,10 +478,13 @@ class RestoreGroup:
                 t = time.monotonic()
                 dues = [d for d in (self.checkpoint_due(t), self.mark_wait(t)) if d is not None]
                 due = min(dues) if dues else None
+                self._asleep = due is None or due > 0
+                self._sleep_until = None if due is None else t + due
                 if due is None:
                     await self._wake.wait()
                 elif due > 0:
                     await wait_at_most(self._wake, due)   # (ends on most received batches)
+                self._asleep = False
                 self._wake.clear()
             async with self._restore_lock:
                 # Applying is pwrite to the page cache: done here in steps, as a
