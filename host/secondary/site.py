@@ -223,7 +223,9 @@ class RestoreGroup:
 
     async def stage(self, ctl: protocol.Control, data: bytes) -> None:
         # Bounded memory: past STAGE_LIMIT the link stops reading (TCP backpressure).
-        while self.stream.staged_bytes > STAGE_LIMIT and ctl.seq > self.stream.applied:
+        # (the native loop's staged journals count too: they come first)
+        while (self.stream.staged_bytes + (self.native.rx.staged_bytes if self.native else 0)
+               > STAGE_LIMIT and ctl.seq > self.stream.applied):
             self._room.clear()
             await self._room.wait()
         if self.stream.receive(ctl, data):
