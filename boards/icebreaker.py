@@ -10,9 +10,11 @@ import os
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
+from .mac16 import DSPSequencer, DSPTimestamp
 from .spram import SPRAMRing
 
-__all__ = ["Platform", "RING_SIZE", "MEMORY", "DESC_BATCH", "ring", "program_command"]
+__all__ = ["Platform", "RING_SIZE", "MEMORY", "DESC_BATCH", "ring", "timestamp", "sequencer",
+           "program_command"]
 
 
 class Platform(ICEBreakerPlatform):
@@ -49,6 +51,13 @@ def ring(depth):
     """The engine's ring memory on this board, with data memory: SPRAM
     (``JournalEngine(ring=)``)."""
     return SPRAMRing(depth)
+
+#: The engine's timestamp unit and sequence counter (``JournalEngine(timestamp=,
+#: sequencer=)``): their 64-bit counters in four of the UP5K's eight DSPs,
+#: which the top leaves unused otherwise (boards/mac16.py; docs/hardware.md,
+#: "UP5K timing, thirteenth step").
+timestamp = DSPTimestamp
+sequencer = DSPSequencer
 
 #: nextpnr's name for a logic cell in its utilisation report
 LC_NAME = "ICESTORM_LC"
