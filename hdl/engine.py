@@ -961,6 +961,20 @@ class JournalEngine(wiring.Component):
         ]
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
+        if mem and W > 1:
+            # (width 32) a JNLRD's record count, min(COUNT, NEXT_SEQ -
+            # FROM), as a register loaded every cycle: ``small`` and ``x_d``
+            # hold from VERDICT through EXEC, so in EXEC it is the count of
+            # EXEC's inputs, and EXEC loads RD_LEFT and RD_N from flip-flops,
+            # not through the comparison's carry chain and its multiplexer
+            # (the ingress state -> the count -> ``rd_left`` was a width-32
+            # critical path after the thirteenth step)
+            rd_n_q = Signal(RB, name="rd_n_q")
+            count = layouts.JnlRd(small[:128]).count
+            count_lt = count[:RB] < x_d[:RB]
+            if RB < len(count):
+                count_lt &= count[RB:] == 0
+            m.d.sync += rd_n_q.eq(Mux(count_lt, count[:RB], x_d[:RB]))
         walk_for_release = Signal()
 
         m.d.sync += self.nak.eq(0)    # a pulse; set in ANSWER below
@@ -1567,13 +1581,16 @@ class JournalEngine(wiring.Component):
                     small_jr = layouts.JnlRd(small[:128])
                     with m.If(verdict[_V.READ]):
                         # min(COUNT, NEXT_SEQ - FROM) records from FROM_SEQ
-                        avail = Signal(RB)
-                        m.d.comb += avail.eq(x_d[:RB])
-                        count = small_jr.count
-                        count_lt = (count[:RB] < avail)
-                        if RB < len(count):
-                            count_lt &= count[RB:] == 0
-                        n = Mux(count_lt, count[:RB], avail)
+                        if W > 1:
+                            n = rd_n_q
+                        else:
+                            avail = Signal(RB)
+                            m.d.comb += avail.eq(x_d[:RB])
+                            count = small_jr.count
+                            count_lt = (count[:RB] < avail)
+                            if RB < len(count):
+                                count_lt &= count[RB:] == 0
+                            n = Mux(count_lt, count[:RB], avail)
                         m.d.sync += [rd_left.eq(n), rd_n.eq(n),
                                      rd_cnt.eq(x_from_tail),
                                      walk_off.eq(dbytes(joptr)),
