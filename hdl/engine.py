@@ -872,6 +872,22 @@ class JournalEngine(wiring.Component):
             walk_at_end.eq(at_wrap_now | (walk_r[:RB + 1] == to_size)),
         ]
         walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
+        if mem and W > 1:
+            # (width 32) USED after a RELEASE's step, both ways, as registers
+            # loaded every cycle beside ``walk_at_wrap``: USED - R
+            # (``walk_used``) and USED - R - (SIZE - WRAP_AT), the skipped
+            # tail taken off too (``walk_used_w``). USED, SIZE and WRAP_AT
+            # hold through the walk but in RELEASE_STEP itself, and R is
+            # the cycle before's (``walk_at_wrap`` reads it a cycle behind),
+            # so RELEASE_STEP chooses between two flip-flops, not through
+            # two carry chains from SIZE and WRAP_AT (SIZE -> USED was a
+            # width-32 critical path, docs/hardware.md "Timing closure,
+            # fourteenth step")
+            DBw = RB - G + 1
+            walk_used = Signal(SG, name="walk_used")
+            walk_used_w = Signal(SG, name="walk_used_w")
+            m.d.sync += [walk_used.eq(used - walk_r[G:]),
+                         walk_used_w.eq(used - walk_r[G:] - (size[:DBw] - wrap_at[:DBw]))]
         if W > 1:
             # (width 32) a record starts on a 64-byte granule (``walk_off``'s
             # six low bits are 0: JOPTR, 0 or WALK_OFF + R), so WALK_OFF + 36
@@ -1225,7 +1241,9 @@ class JournalEngine(wiring.Component):
                 # The window rotates by a byte per cycle, 16 times in all, so
                 # it is back in place at the end; the oldest byte is always
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
-                m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
+                m.d.sync += kcnt.eq(kcnt + 1)
+                if W == 1:          # (width 32: on ``sm_rot``, below the FSM)
+                    m.d.sync += small[128:].eq(Cat(win[8 * W:], win[:8 * W]))
                 m.d.comb += crc_hunt.eq(1)
                 if W == 1:          # (width 32: ``hv``, below the FSM)
                     with m.If(lt_const(kcnt, 12 // W)):
@@ -1464,8 +1482,9 @@ class JournalEngine(wiring.Component):
                     # ``small``, a word a cycle (the RAM answers a cycle late)
                     m.d.comb += [bram_r.addr.eq(Cat(kcnt[:5 - LW], bidx)), bram_r.en.eq(1)]
                     m.d.sync += kcnt.eq(kcnt + 1)
-                    with m.If(kcnt != 0):
-                        m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+                    if W == 1:      # (width 32: on ``sm_bload``, below the FSM)
+                        with m.If(kcnt != 0):
+                            m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
                     with m.If(kcnt == 32 // W):
                         m.next = "ALLOC_W"
 
@@ -1720,7 +1739,9 @@ class JournalEngine(wiring.Component):
                     # Yosys, the walk alone at width 32: docs/hardware.md)
                     m.d.sync += [
                         joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
-                        used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
+                        used.eq(Mux(at_wrap, walk_used_w, walk_used)
+                                if W > 1 else
+                                used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
                         held.eq(held - 1),
                         self.full.eq(0),
                     ]
@@ -1829,12 +1850,38 @@ class JournalEngine(wiring.Component):
                 with m.If(cv):
                     m.d.sync += ccrc.eq(ccrc_nxt)
 
+        if W > 1:
+            # (width 32) HUNT_CRC's rotation of the window and BLOAD's words
+            # into ``small`` on two flip-flops set a cycle ahead, as
+            # ``aligning`` is, not in the FSM: ``sm_rot`` is 1 exactly in
+            # HUNT_CRC, ``sm_bload`` exactly in BLOAD past KCNT 0 (KCNT is 0
+            # on entering either). The decode of the ingress state in front
+            # of the 256 flip-flops' multiplexer (the state -> ``small`` was
+            # a width-32 critical path after the fourteenth step's first
+            # changes, docs/hardware.md "Timing closure, fourteenth step")
+            # is gone.
+            sm_rot = Signal(name="sm_rot")
+            m.d.sync += sm_rot.eq((fsm.ongoing("HUNT") & (hcnt == 16) & magic_ok)
+                                  | (fsm.ongoing("HUNT_CRC") & (kcnt != 16 // W - 1)))
+            with m.If(sm_rot):
+                m.d.sync += small[128:].eq(Cat(win[8 * W:], win[:8 * W]))
+            if B > 1:
+                sm_bload = Signal(name="sm_bload")
+                m.d.sync += sm_bload.eq(fsm.ongoing("BLOAD") & (kcnt != 32 // W))
+                with m.If(sm_bload):
+                    m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
         # window's LENGTH after the move: the bytes a beat up
-        small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
-        if B > 1:
-            small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
+        if W > 1:
+            small_en = (take & to_small) | aligning | sm_rot
+            if B > 1:
+                small_en |= sm_bload
+        else:
+            small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
+            if B > 1:
+                small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
         len_up = layouts.Header(Cat(win[8 * W:], Const(0, 8 * W))).length
         if not in_states:
             with m.If(small_en):
