@@ -768,6 +768,7 @@ class JournalEngine(wiring.Component):
         # puts the window back as it was, and nothing else moves it before
         # HCHECK or HUNT read this.
         magic_ok = Signal()
+        win_magic = magic_ok                    # (HCHECK rebinds ``magic_ok``)
         shift_in = Cat(small[8 * W:], beat)    # ``small`` after a beat shifts in
         magic_next = shift_in[128:160] == protocol.MAGIC
         # HCHECK's checks of the window, registers one cycle behind it
@@ -1861,7 +1862,7 @@ class JournalEngine(wiring.Component):
             # changes, docs/hardware.md "Timing closure, fourteenth step")
             # is gone.
             sm_rot = Signal(name="sm_rot")
-            m.d.sync += sm_rot.eq((fsm.ongoing("HUNT") & (hcnt == 16) & magic_ok)
+            m.d.sync += sm_rot.eq((fsm.ongoing("HUNT") & (hcnt == 16) & win_magic)
                                   | (fsm.ongoing("HUNT_CRC") & (kcnt != 16 // W - 1)))
             with m.If(sm_rot):
                 m.d.sync += small[128:].eq(Cat(win[8 * W:], win[:8 * W]))
