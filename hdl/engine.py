@@ -987,6 +987,14 @@ class JournalEngine(wiring.Component):
             # (the ingress state -> the count -> ``rd_left`` was a width-32
             # critical path after the thirteenth step)
             rd_n_q = Signal(RB, name="rd_n_q")
+            # and RD_LEFT's two tests (READ_SEEK: none left; READ_STEP: MORE
+            # after this one) as flip-flops written with RD_LEFT, in EXEC
+            # from ``rd_n_q`` and in READ_STEP from RD_LEFT before its step:
+            # not a 16-bit test of RD_LEFT in front of the FSM's choice and
+            # the staging (RD_LEFT -> the staged TYPE was a width-32
+            # critical path after the window's flags)
+            rd_left_z = Signal(name="rd_left_z")
+            rd_left_ge2 = Signal(name="rd_left_ge2")
             count = layouts.JnlRd(small[:128]).count
             count_lt = count[:RB] < x_d[:RB]
             if RB < len(count):
@@ -1611,6 +1619,8 @@ class JournalEngine(wiring.Component):
                             if RB < len(count):
                                 count_lt &= count[RB:] == 0
                             n = Mux(count_lt, count[:RB], avail)
+                        if W > 1:
+                            m.d.sync += [rd_left_z.eq(rd_n_q == 0), rd_left_ge2.eq(ge_const(rd_n_q, 2))]
                         m.d.sync += [rd_left.eq(n), rd_n.eq(n),
                                      rd_cnt.eq(x_from_tail),
                                      walk_off.eq(dbytes(joptr)),
@@ -1757,7 +1767,7 @@ class JournalEngine(wiring.Component):
             if mem:   # (states of a data ring)
                 with m.State("READ_SEEK"):
                     with m.If(rd_cnt == 0):
-                        with m.If(rd_left == 0):
+                        with m.If(rd_left_z if W > 1 else rd_left == 0):
                             m.d.sync += ack(FT.JNLRD, _AckFrom.READ)
                             m.next = "ANSWER"
                         with m.Else():
@@ -1771,10 +1781,14 @@ class JournalEngine(wiring.Component):
                     m.d.sync += walk_off.eq(walk_next)
                     with m.If(rd_cnt == 0):
                         m.d.sync += [ans_type.eq(FT.JNLWR),
-                                     ans_flags.eq(Mux(ge_const(rd_left, 2), int(protocol.FrameFlag.MORE), 0)),
+                                     ans_flags.eq(Mux(rd_left_ge2 if W > 1 else ge_const(rd_left, 2),
+                                                      int(protocol.FrameFlag.MORE), 0)),
                                      ans_len.eq(dl[:LENGTH_BITS] + 64), ans_src.eq(Source.RING),
                                      ans_base.eq(walk_off),
                                      rd_left.eq(rd_left - 1)]
+                        if W > 1:
+                            m.d.sync += [rd_left_z.eq(rd_left == 1),
+                                         rd_left_ge2.eq(ge_const(rd_left, 3))]
                         m.next = "READ_START"
                     with m.Else():
                         m.d.sync += rd_cnt.eq(rd_cnt - 1)
