@@ -724,6 +724,9 @@ class EngineSpec(Elaboratable):
             # ``small`` on them, so they are those states exactly
             m.d.comb += Assert(tap("sm_rot") == in_("HUNT_CRC"), "INV: SM_ROT is HUNT_CRC")
             if B > 1:
+                # (BLOAD counts KCNT 0 .. 32 / W and leaves at the top)
+                with m.If(in_("BLOAD")):
+                    m.d.comb += Assert(kcnt <= 32 // W, "INV: BLOAD's count")
                 m.d.comb += Assert(tap("sm_bload") == (in_("BLOAD") & (kcnt != 0)),
                                    "INV: SM_BLOAD is BLOAD past KCNT 0")
         if W == 1:
