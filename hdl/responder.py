@@ -27,8 +27,7 @@ from amaranth.lib.wiring import In, Out
 from ..host.wire import protocol
 from . import layouts
 from .compare import lt_const
-from .crc import (CRC_INIT, crc32c_const_state, crc32c_data_term, crc32c_state_term,
-                  crc32c_step)
+from .crc import CRC_INIT, crc32c_const_state, crc32c_step
 from .lanes import crc32c_lanes, lane_mask, word_address
 from .switch import Switch
 
@@ -175,30 +174,15 @@ class Responder(wiring.Component):
         tr_last = Signal(name="tr_last") if W == 1 else Const(1)
         hbeat = Signal(8 * W)
 
-        # (width 32 with read-out: the body's CRC over two cycles, the sums
-        # as a register, the read-out's prefetch three beats deep; below)
-        wide_body = W > 1 and self.has_ring
-        if wide_body:
-            # ``crc`` is CRC_INIT whenever the responder is idle: put back
-            # when an answer ends (the trailer's take, or the header's last
-            # take of an answer without a body, which loads it for the body
-            # anyway) and at reset, not at ``start``, whose decode of the
-            # engine's state was in front of the CRC's multiplexer (the
-            # ingress state -> ``start`` -> ``crc``, docs/hardware.md
-            # "Timing closure, fourteenth step")
-            with m.If(self.start & ~busy):
-                m.d.sync += [phase.eq(_Phase.HEAD), idx.eq(0), hd_crc.eq(1), hd_last.eq(0),
-                             hbeat.eq(head.word_select(0, 8 * W))]
-        else:
-            with m.If(self.start & ~busy):
-                m.d.sync += [
-                    phase.eq(_Phase.HEAD),
-                    idx.eq(0),
-                    crc.eq(CRC_INIT),
-                    # beat 0 is MAGIC's first (a constant): the description
-                    # need not be valid yet in this cycle
-                    hd_crc.eq(1), hd_last.eq(0), hbeat.eq(head.word_select(0, 8 * W)),
-                ]
+        with m.If(self.start & ~busy):
+            m.d.sync += [
+                phase.eq(_Phase.HEAD),
+                idx.eq(0),
+                crc.eq(CRC_INIT),
+                # beat 0 is MAGIC's first (a constant): the description
+                # need not be valid yet in this cycle
+                hd_crc.eq(1), hd_last.eq(0), hbeat.eq(head.word_select(0, 8 * W)),
+            ]
 
         take = self.tx.valid & self.tx.ready
         # The beat at the current position; at width 8, a byte.
@@ -234,7 +218,11 @@ class Responder(wiring.Component):
             head_crc = crc32c_step(crc, hbeat, W)
             body_crc = Signal(32)
             if self.has_ring:
-                pass        # (width 32 with read-out: over two cycles, below)
+                # (width 32 with read-out) the CRC reads the body beat as
+                # ``b_ring`` chooses, a register (below), not the body
+                # multiplexer decoded from the phase and the source
+                body_c = Signal(8 * W, name="body_c")
+                m.d.comb += body_crc.eq(crc32c_lanes(crc, body_c, Mux(body_last, kl, W), W))
             else:
                 m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         # ``ccrc_pos``: the body beat shown holds CCRC bytes (a read-out's
@@ -426,74 +414,27 @@ class Responder(wiring.Component):
         total = Signal(8 * W + 1)
         m.d.comb += total.eq(word_next + add_byte + cin)
         word_byte = Signal(8 * W)
-        if wide_body:
-            # (width 32 with read-out) The three sums whole, a 64-bit
-            # register loaded every cycle from the Ack's SEQ (NEXT_SEQ for
-            # STATUS and HELLO) and the addend of the source (-HELD, -1,
-            # ``ack_add``): all hold still from the answer's start, and the
-            # body's first word is read at the header's third take. Its
-            # words are chosen by ``n_sum_q`` and ``n_lane_q``, the sum's
-            # flags of the beat in ``word_q``, loaded at each take from
-            # ``pidx2`` as ``pidx`` is. So the beat the next take shows is
-            # a multiplexer of registers, without the beat's carry chain,
-            # and its CRC data term (``bd_w``, below) can be taken at that
-            # take (the source -> the sum's carry chain -> the data term was
-            # the path once the CRC had two cycles).
-            seq64 = self.ack.as_value()[:64]
-            held64 = Cat(self.held, Const(0, 64 - self.held_bits))
-            sext = Cat(self.ack_add, self.ack_add[-1].replicate(64 - len(self.ack_add)))
-            sum64 = Signal(64, name="sum64")
-            m.d.sync += sum64.eq(seq64 + Mux(source == Source.STATUS, ~held64,
-                                             Mux(source == Source.HELLO, (1 << 64) - 1, sext))
-                                 + (source == Source.STATUS))
-            n_sum_q, n_lane_q = Signal(name="n_sum_q"), Signal(name="n_lane_q")
-            n2_sum = (((source == Source.HELLO) & (pidx2[3:7] == 1))
-                      | ((source == Source.STATUS) & (pidx2[3:7] == 5))
-                      | ((source == Source.ACK) & (pidx2[3:7] == 0)))
-            with m.If(take):
-                m.d.sync += [n_sum_q.eq(n2_sum), n_lane_q.eq(pidx2[2])]
-            word_in = Mux(n_sum_q, sum64.word_select(n_lane_q, 32), word_q)
-        else:
-            word_in = Mux(n_sum, total[:8 * W], word_next)
         with m.If(take):
-            m.d.sync += [word_byte.eq(word_in),
+            m.d.sync += [word_byte.eq(Mux(n_sum, total[:8 * W], word_next)),
                          cur_sum.eq(n_sum), carry.eq(total[8 * W])]
-        # (width 32 with read-out) The body's CRC over two cycles, as the
-        # ingress's HCRC ("Timing closure, thirteenth step"): the step is
-        # M·crc ^ M·data, so the data's share of the beat shown is a
-        # register loaded at the take that shows it (``bd_w`` for a whole
-        # beat, ``bd_l`` for the KL bytes of the last: KL holds through the
-        # answer), from the beat that take shows: the ring's ``ring_nx``
-        # (a register: the read-out's prefetch is three beats deep, below)
-        # or the word beat ``word_byte`` loads. The loop on ``crc`` is the
-        # state's share (a choice of four for the last beat's KL) and one
-        # XOR, no multiplexer of the body in front of a network (the
-        # source -> the body multiplexer -> ``crc``, then ``ring_beat`` ->
-        # the network -> ``crc``, were width-32 critical paths after the
-        # thirteenth step, docs/hardware.md "Timing closure, fourteenth
-        # step"). ``b_ring`` is the source RING, a flip-flop loaded every
-        # cycle (the engine holds the source still while busy; the data
-        # terms are read from the header's last take on). The CCRC beat of
-        # a read-out (``ccrc_pos``) is not read: it is the register itself,
-        # final-xored, and over four bytes the state's and the data's
-        # matrices of the step are the same, so the CRC after it is the
-        # constant ``M·CRC_INIT`` (``ccrc_res``), whatever came before.
+        # (width 32 with read-out) The body's CRC reads the beat shown from
+        # two registers, the ring's ``ring_beat`` and ``word_byte``, chosen
+        # by ``b_ring`` (the source is RING), a flip-flop loaded every
+        # cycle: the engine holds the source still while busy, and the
+        # body comes after the header's four beats. The choice folds into
+        # the network's first LUTs; the decode of the phase and the source
+        # in front of the network (the source -> the body multiplexer ->
+        # ``crc`` was the width-32 critical path after the thirteenth step,
+        # docs/hardware.md "Timing closure, fourteenth step") is gone. The
+        # CCRC beat of a read-out (``ccrc_pos``) is not read: it is the
+        # register itself, final-xored, and over four bytes the state's and
+        # the data's matrices of the step are the same, so the CRC after it
+        # is the constant ``M·CRC_INIT`` (``ccrc_res``), whatever came before.
+        wide_body = W > 1 and self.has_ring
         if wide_body:
             b_ring = Signal(name="b_ring")
             m.d.sync += b_ring.eq(source == Source.RING)
-            ring_nx = Signal(8 * W, name="ring_nx")
-            bd_w = Signal(32, name="bd_w")
-            bd_l = Signal(32, name="bd_l")
-            nxt = Mux(b_ring, ring_nx, word_in)
-            bd_lanes = crc32c_data_term(nxt, W)
-            for k in range(W - 1, 0, -1):
-                bd_lanes = Mux(kl == k, crc32c_data_term(nxt, k), bd_lanes)
-            with m.If(take):
-                m.d.sync += [bd_w.eq(crc32c_data_term(nxt, W)), bd_l.eq(bd_lanes)]
-            st_l = crc32c_state_term(crc, W)
-            for k in range(W - 1, 0, -1):
-                st_l = Mux(kl == k, crc32c_state_term(crc, k), st_l)
-            m.d.comb += body_crc.eq(Mux(body_last, st_l ^ bd_l, crc32c_state_term(crc, W) ^ bd_w))
+            m.d.comb += body_c.eq(Mux(b_ring, ring_beat, word_byte))
             ccrc_res = Const(crc32c_const_state(CRC_INIT, W), 32)
 
         def crc_out(reg):
@@ -554,20 +495,9 @@ class Responder(wiring.Component):
             with m.If(self.start & ~busy):
                 m.d.sync += raddr.eq(word_address(base, W))
             with m.If(take):
-                if wide_body:
-                    # (width 32) three beats deep: ``ring_beat`` the beat
-                    # shown, ``ring_nx`` the next (whose data term is taken
-                    # into ``bd_w``/``bd_l`` at the take that shows it), the
-                    # memory's read data the one after; the read starts a
-                    # take earlier, into the header's third beat
-                    m.d.sync += [ring_beat.eq(ring_nx), ring_nx.eq(self.rd_data)]
-                    with m.If((phase == _Phase.BODY) | hd_last | hd_last_d
-                              | (in_head & (idx == 16 - 3 * W))):
-                        m.d.sync += raddr.eq(raddr + 1)
-                else:
-                    m.d.sync += ring_beat.eq(self.rd_data)
-                    with m.If((phase == _Phase.BODY) | hd_last | hd_last_d):
-                        m.d.sync += raddr.eq(raddr + 1)
+                m.d.sync += ring_beat.eq(self.rd_data)
+                with m.If((phase == _Phase.BODY) | hd_last | hd_last_d):
+                    m.d.sync += raddr.eq(raddr + 1)
             m.d.comb += [
                 self.rd_addr.eq(raddr),
                 self.rd_en.eq(take),
@@ -603,6 +533,4 @@ class Responder(wiring.Component):
                 with m.Case(_Phase.TRAILER):
                     with m.If(tr_last):
                         m.d.sync += phase.eq(_Phase.IDLE)
-                        if wide_body:
-                            m.d.sync += crc.eq(CRC_INIT)
         return m
