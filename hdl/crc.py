@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from .switch import Switch
 
 __all__ = ["POLY", "CRC_INIT", "crc32c_step", "crc32c_state_term", "crc32c_data_term",
+           "crc32c_const_state",
            "CRC32C", "byte_columns", "byte_table"]
 
 #: CRC32C polynomial, bit-reflected form.
@@ -118,6 +119,14 @@ def crc32c_state_term(state, nbytes: int):
     if _COLUMNS:
         return _step_columns(Value.cast(state)[:32], Const(0, 8 * nbytes), nbytes)
     return _xor_rows(Value.cast(state)[:32], _terms(nbytes, False))
+
+
+def crc32c_const_state(state: int, nbytes: int) -> int:
+    """:func:`crc32c_state_term` of a constant register, as an integer."""
+    out = 0
+    for i, terms in enumerate(_terms(nbytes, False)):
+        out |= (sum((state >> t) & 1 for t in terms) & 1) << i
+    return out
 
 
 def crc32c_data_term(data, nbytes: int):

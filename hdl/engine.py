@@ -768,6 +768,7 @@ class JournalEngine(wiring.Component):
         # puts the window back as it was, and nothing else moves it before
         # HCHECK or HUNT read this.
         magic_ok = Signal()
+        win_magic = magic_ok                    # (HCHECK rebinds ``magic_ok``)
         shift_in = Cat(small[8 * W:], beat)    # ``small`` after a beat shifts in
         magic_next = shift_in[128:160] == protocol.MAGIC
         # HCHECK's checks of the window, registers one cycle behind it
@@ -872,6 +873,22 @@ class JournalEngine(wiring.Component):
             walk_at_end.eq(at_wrap_now | (walk_r[:RB + 1] == to_size)),
         ]
         walk_next = Mux(walk_at_end, 0, walk_sum[:RB])
+        if mem and W > 1:
+            # (width 32) USED after a RELEASE's step, both ways, as registers
+            # loaded every cycle beside ``walk_at_wrap``: USED - R
+            # (``walk_used``) and USED - R - (SIZE - WRAP_AT), the skipped
+            # tail taken off too (``walk_used_w``). USED, SIZE and WRAP_AT
+            # hold through the walk but in RELEASE_STEP itself, and R is
+            # the cycle before's (``walk_at_wrap`` reads it a cycle behind),
+            # so RELEASE_STEP chooses between two flip-flops, not through
+            # two carry chains from SIZE and WRAP_AT (SIZE -> USED was a
+            # width-32 critical path, docs/hardware.md "Timing closure,
+            # fourteenth step")
+            DBw = RB - G + 1
+            walk_used = Signal(SG, name="walk_used")
+            walk_used_w = Signal(SG, name="walk_used_w")
+            m.d.sync += [walk_used.eq(used - walk_r[G:]),
+                         walk_used_w.eq(used - walk_r[G:] - (size[:DBw] - wrap_at[:DBw]))]
         if W > 1:
             # (width 32) a record starts on a 64-byte granule (``walk_off``'s
             # six low bits are 0: JOPTR, 0 or WALK_OFF + R), so WALK_OFF + 36
@@ -961,6 +978,28 @@ class JournalEngine(wiring.Component):
         ]
         x_from_tail = Signal(RB)               # (used on a data ring only)
         m.d.comb += x_from_tail.eq(held[:RB] - x_d[:RB])
+        if mem and W > 1:
+            # (width 32) a JNLRD's record count, min(COUNT, NEXT_SEQ -
+            # FROM), as a register loaded every cycle: ``small`` and ``x_d``
+            # hold from VERDICT through EXEC, so in EXEC it is the count of
+            # EXEC's inputs, and EXEC loads RD_LEFT and RD_N from flip-flops,
+            # not through the comparison's carry chain and its multiplexer
+            # (the ingress state -> the count -> ``rd_left`` was a width-32
+            # critical path after the thirteenth step)
+            rd_n_q = Signal(RB, name="rd_n_q")
+            # and RD_LEFT's two tests (READ_SEEK: none left; READ_STEP: MORE
+            # after this one) as flip-flops written with RD_LEFT, in EXEC
+            # from ``rd_n_q`` and in READ_STEP from RD_LEFT before its step:
+            # not a 16-bit test of RD_LEFT in front of the FSM's choice and
+            # the staging (RD_LEFT -> the staged TYPE was a width-32
+            # critical path after the window's flags)
+            rd_left_z = Signal(name="rd_left_z")
+            rd_left_ge2 = Signal(name="rd_left_ge2")
+            count = layouts.JnlRd(small[:128]).count
+            count_lt = count[:RB] < x_d[:RB]
+            if RB < len(count):
+                count_lt &= count[RB:] == 0
+            m.d.sync += rd_n_q.eq(Mux(count_lt, count[:RB], x_d[:RB]))
         walk_for_release = Signal()
 
         m.d.sync += self.nak.eq(0)    # a pulse; set in ANSWER below
@@ -1211,7 +1250,9 @@ class JournalEngine(wiring.Component):
                 # The window rotates by a byte per cycle, 16 times in all, so
                 # it is back in place at the end; the oldest byte is always
                 # at the bottom (no 16-way byte mux), the first 12 go into HCRC.
-                m.d.sync += [small[128:].eq(Cat(win[8 * W:], win[:8 * W])), kcnt.eq(kcnt + 1)]
+                m.d.sync += kcnt.eq(kcnt + 1)
+                if W == 1:          # (width 32: on ``sm_rot``, below the FSM)
+                    m.d.sync += small[128:].eq(Cat(win[8 * W:], win[:8 * W]))
                 m.d.comb += crc_hunt.eq(1)
                 if W == 1:          # (width 32: ``hv``, below the FSM)
                     with m.If(lt_const(kcnt, 12 // W)):
@@ -1450,8 +1491,9 @@ class JournalEngine(wiring.Component):
                     # ``small``, a word a cycle (the RAM answers a cycle late)
                     m.d.comb += [bram_r.addr.eq(Cat(kcnt[:5 - LW], bidx)), bram_r.en.eq(1)]
                     m.d.sync += kcnt.eq(kcnt + 1)
-                    with m.If(kcnt != 0):
-                        m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+                    if W == 1:      # (width 32: on ``sm_bload``, below the FSM)
+                        with m.If(kcnt != 0):
+                            m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
                     with m.If(kcnt == 32 // W):
                         m.next = "ALLOC_W"
 
@@ -1567,13 +1609,18 @@ class JournalEngine(wiring.Component):
                     small_jr = layouts.JnlRd(small[:128])
                     with m.If(verdict[_V.READ]):
                         # min(COUNT, NEXT_SEQ - FROM) records from FROM_SEQ
-                        avail = Signal(RB)
-                        m.d.comb += avail.eq(x_d[:RB])
-                        count = small_jr.count
-                        count_lt = (count[:RB] < avail)
-                        if RB < len(count):
-                            count_lt &= count[RB:] == 0
-                        n = Mux(count_lt, count[:RB], avail)
+                        if W > 1:
+                            n = rd_n_q
+                        else:
+                            avail = Signal(RB)
+                            m.d.comb += avail.eq(x_d[:RB])
+                            count = small_jr.count
+                            count_lt = (count[:RB] < avail)
+                            if RB < len(count):
+                                count_lt &= count[RB:] == 0
+                            n = Mux(count_lt, count[:RB], avail)
+                        if W > 1:
+                            m.d.sync += [rd_left_z.eq(rd_n_q == 0), rd_left_ge2.eq(ge_const(rd_n_q, 2))]
                         m.d.sync += [rd_left.eq(n), rd_n.eq(n),
                                      rd_cnt.eq(x_from_tail),
                                      walk_off.eq(dbytes(joptr)),
@@ -1703,7 +1750,9 @@ class JournalEngine(wiring.Component):
                     # Yosys, the walk alone at width 32: docs/hardware.md)
                     m.d.sync += [
                         joptr.eq(walk_next[G:]), walk_off.eq(walk_next),
-                        used.eq(used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
+                        used.eq(Mux(at_wrap, walk_used_w, walk_used)
+                                if W > 1 else
+                                used - walk_r[G:] - Mux(at_wrap, size[:DB] - wrap_at[:DB], 0)),
                         held.eq(held - 1),
                         self.full.eq(0),
                     ]
@@ -1718,7 +1767,7 @@ class JournalEngine(wiring.Component):
             if mem:   # (states of a data ring)
                 with m.State("READ_SEEK"):
                     with m.If(rd_cnt == 0):
-                        with m.If(rd_left == 0):
+                        with m.If(rd_left_z if W > 1 else rd_left == 0):
                             m.d.sync += ack(FT.JNLRD, _AckFrom.READ)
                             m.next = "ANSWER"
                         with m.Else():
@@ -1732,10 +1781,14 @@ class JournalEngine(wiring.Component):
                     m.d.sync += walk_off.eq(walk_next)
                     with m.If(rd_cnt == 0):
                         m.d.sync += [ans_type.eq(FT.JNLWR),
-                                     ans_flags.eq(Mux(ge_const(rd_left, 2), int(protocol.FrameFlag.MORE), 0)),
+                                     ans_flags.eq(Mux(rd_left_ge2 if W > 1 else ge_const(rd_left, 2),
+                                                      int(protocol.FrameFlag.MORE), 0)),
                                      ans_len.eq(dl[:LENGTH_BITS] + 64), ans_src.eq(Source.RING),
                                      ans_base.eq(walk_off),
                                      rd_left.eq(rd_left - 1)]
+                        if W > 1:
+                            m.d.sync += [rd_left_z.eq(rd_left == 1),
+                                         rd_left_ge2.eq(ge_const(rd_left, 3))]
                         m.next = "READ_START"
                     with m.Else():
                         m.d.sync += rd_cnt.eq(rd_cnt - 1)
@@ -1812,12 +1865,38 @@ class JournalEngine(wiring.Component):
                 with m.If(cv):
                     m.d.sync += ccrc.eq(ccrc_nxt)
 
+        if W > 1:
+            # (width 32) HUNT_CRC's rotation of the window and BLOAD's words
+            # into ``small`` on two flip-flops set a cycle ahead, as
+            # ``aligning`` is, not in the FSM: ``sm_rot`` is 1 exactly in
+            # HUNT_CRC, ``sm_bload`` exactly in BLOAD past KCNT 0 (KCNT is 0
+            # on entering either). The decode of the ingress state in front
+            # of the 256 flip-flops' multiplexer (the state -> ``small`` was
+            # a width-32 critical path after the fourteenth step's first
+            # changes, docs/hardware.md "Timing closure, fourteenth step")
+            # is gone.
+            sm_rot = Signal(name="sm_rot")
+            m.d.sync += sm_rot.eq((fsm.ongoing("HUNT") & (hcnt == 16) & win_magic)
+                                  | (fsm.ongoing("HUNT_CRC") & (kcnt != 16 // W - 1)))
+            with m.If(sm_rot):
+                m.d.sync += small[128:].eq(Cat(win[8 * W:], win[:8 * W]))
+            if B > 1:
+                sm_bload = Signal(name="sm_bload")
+                m.d.sync += sm_bload.eq(fsm.ongoing("BLOAD") & (kcnt != 32 // W))
+                with m.If(sm_bload):
+                    m.d.sync += small.eq(Cat(small[8 * W:], bram_r.data))
+
         # ``small`` moves (every write above: a beat shifted in, ALIGN's
         # shift, HUNT_CRC's rotation of the window, BLOAD's words), and the
         # window's LENGTH after the move: the bytes a beat up
-        small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
-        if B > 1:
-            small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
+        if W > 1:
+            small_en = (take & to_small) | aligning | sm_rot
+            if B > 1:
+                small_en |= sm_bload
+        else:
+            small_en = (take & to_small) | aligning | fsm.ongoing("HUNT_CRC")
+            if B > 1:
+                small_en |= fsm.ongoing("BLOAD") & (kcnt != 0)
         len_up = layouts.Header(Cat(win[8 * W:], Const(0, 8 * W))).length
         if not in_states:
             with m.If(small_en):

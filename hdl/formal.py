@@ -719,6 +719,16 @@ class EngineSpec(Elaboratable):
             k_states = in_("HUNT_CRC") | (in_("BLOAD") if B > 1 else Const(0))
             with m.If(~k_states):
                 m.d.comb += Assert(kcnt == 0, "INV: KCNT 0 outside its counts")
+            # (width 32) the window's flags (hdl/engine.py, ``sm_rot``,
+            # ``sm_bload``): HUNT_CRC's rotation and BLOAD's words move
+            # ``small`` on them, so they are those states exactly
+            m.d.comb += Assert(tap("sm_rot") == in_("HUNT_CRC"), "INV: SM_ROT is HUNT_CRC")
+            if B > 1:
+                # (BLOAD counts KCNT 0 .. 32 / W and leaves at the top)
+                with m.If(in_("BLOAD")):
+                    m.d.comb += Assert(kcnt <= 32 // W, "INV: BLOAD's count")
+                m.d.comb += Assert(tap("sm_bload") == (in_("BLOAD") & (kcnt != 0)),
+                                   "INV: SM_BLOAD is BLOAD past KCNT 0")
         if W == 1:
             with m.If(in_("BODY")):
                 m.d.comb += Assert(kcnt == 0, "INV: BODY leaves KCNT at 0")

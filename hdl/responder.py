@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from ..host.wire import protocol
 from . import layouts
 from .compare import lt_const
-from .crc import CRC_INIT, crc32c_step
+from .crc import CRC_INIT, crc32c_const_state, crc32c_step
 from .lanes import crc32c_lanes, lane_mask, word_address
 from .switch import Switch
 
@@ -217,7 +217,14 @@ class Responder(wiring.Component):
             # synthesis times the path through the shared multiplexer)
             head_crc = crc32c_step(crc, hbeat, W)
             body_crc = Signal(32)
-            m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
+            if self.has_ring:
+                # (width 32 with read-out) the CRC reads the body beat as
+                # ``b_ring`` chooses, a register (below), not the body
+                # multiplexer decoded from the phase and the source
+                body_c = Signal(8 * W, name="body_c")
+                m.d.comb += body_crc.eq(crc32c_lanes(crc, body_c, Mux(body_last, kl, W), W))
+            else:
+                m.d.comb += body_crc.eq(crc32c_lanes(crc, body, Mux(body_last, kl, W), W))
         # ``ccrc_pos``: the body beat shown holds CCRC bytes (a read-out's
         # body bytes 60..63); ``ccrc_at``: the BCRC after the beat shown is
         # the CCRC (idx = 60 - W). Registers loaded at each take from the
@@ -410,6 +417,25 @@ class Responder(wiring.Component):
         with m.If(take):
             m.d.sync += [word_byte.eq(Mux(n_sum, total[:8 * W], word_next)),
                          cur_sum.eq(n_sum), carry.eq(total[8 * W])]
+        # (width 32 with read-out) The body's CRC reads the beat shown from
+        # two registers, the ring's ``ring_beat`` and ``word_byte``, chosen
+        # by ``b_ring`` (the source is RING), a flip-flop loaded every
+        # cycle: the engine holds the source still while busy, and the
+        # body comes after the header's four beats. The choice folds into
+        # the network's first LUTs; the decode of the phase and the source
+        # in front of the network (the source -> the body multiplexer ->
+        # ``crc`` was the width-32 critical path after the thirteenth step,
+        # docs/hardware.md "Timing closure, fourteenth step") is gone. The
+        # CCRC beat of a read-out (``ccrc_pos``) is not read: it is the
+        # register itself, final-xored, and over four bytes the state's and
+        # the data's matrices of the step are the same, so the CRC after it
+        # is the constant ``M·CRC_INIT`` (``ccrc_res``), whatever came before.
+        wide_body = W > 1 and self.has_ring
+        if wide_body:
+            b_ring = Signal(name="b_ring")
+            m.d.sync += b_ring.eq(source == Source.RING)
+            m.d.comb += body_c.eq(Mux(b_ring, ring_beat, word_byte))
+            ccrc_res = Const(crc32c_const_state(CRC_INIT, W), 32)
 
         def crc_out(reg):
             """The finished CRC in ``reg``, as sent: whole at width 32, a byte
@@ -497,7 +523,9 @@ class Responder(wiring.Component):
                         m.d.sync += [idx.eq(0), crc.eq(CRC_INIT), body_last.eq(first_last)]
                         m.d.sync += phase.eq(Mux(length == 0, _Phase.IDLE, _Phase.BODY))
                 with m.Case(_Phase.BODY):
-                    m.d.sync += [crc.eq(body_crc), body_last.eq(next_last)]
+                    m.d.sync += [crc.eq(Mux(ccrc_pos, ccrc_res, body_crc) if wide_body
+                                        else body_crc),
+                                 body_last.eq(next_last)]
                     with m.If(ccrc_at):
                         m.d.sync += ccrc.eq(body_crc)
                     with m.If(body_last):

@@ -151,6 +151,21 @@ def test_pad_lanes_adds_the_zero_lanes(n):
         assert got_padded == _reference_step(value, bytes(4 - n)), (n, hex(value))
 
 
+def test_const_state_after_the_crc_itself():
+    """The width-32 responder steps its CRC over a read-out's CCRC beat
+    (the register itself, final-xored) to ``crc32c_const_state(CRC_INIT,
+    4)``: over four bytes of the register the CRC is that constant
+    whatever the register held."""
+    from tricopy.hdl.crc import CRC_INIT, crc32c_const_state
+
+    rng = random.Random(4)
+    for value in [0, CRC_INIT, 1 << 31] + [rng.getrandbits(32) for _ in range(16)]:
+        sent = (value ^ CRC_INIT).to_bytes(4, "little")
+        assert _reference_step(value, sent) == crc32c_const_state(CRC_INIT, 4), hex(value)
+    assert crc32c_const_state(CRC_INIT, 4) == 0xB798B438
+    assert crc32c_const_state(0, 3) == 0
+
+
 def test_bad_width_names_value():
     with pytest.raises(ValueError, match="12"):
         CRC32C(12)
