@@ -148,31 +148,9 @@ class DSPTimestamp(Timestamp):
         m.submodules.lo = lo_acc = MAC16Accumulator(cin=0, model=self.model)
         m.submodules.hi = hi_acc = MAC16Accumulator(cin=1, model=self.model)
         lo = lo_acc.o
-        frozen = Signal()
-        frac = Signal(range(self.frac_den))
         m.d.comb += self.now.eq(Cat(lo, hi_acc.o))
-
-        frac_sum = Signal(range(2 * self.frac_den))
-        extra = Signal()
-        m.d.comb += [
-            frac_sum.eq(frac + self.frac_num),
-            extra.eq(frac_sum >= self.frac_den),
-        ]
-        inc = Signal(range(self.ns_int + 2))
-        m.d.comb += inc.eq(self.ns_int + extra)
-        two = Signal(range(3))
-        twice = frac + 2 * self.frac_num
-        m.d.comb += two.eq((twice >= self.frac_den) + (twice >= 2 * self.frac_den))
-        # ``carry`` as in Timestamp: this cycle's lo + inc reaches 2**32
-        k = (2 * self.ns_int + 2).bit_length()
-        carry = Signal()
-        s2 = Signal(range(2 * self.ns_int + 3))
-        m.d.comb += s2.eq(2 * self.ns_int + two)
-        wraps_next = Signal()
-        m.d.comb += wraps_next.eq(lo[k:].all() & (lo[:k] + s2)[k] & ~carry)
-        k0 = (self.ns_int + 1).bit_length()
-        load_lo = self.load_value[:32]
-        load_carry = load_lo[k0:].all() & (load_lo[:k0] + self.ns_int)[k0]
+        # the fraction, the increment and the carry as the fabric unit has them
+        frozen, frac, frac_sum, extra, inc, carry, wraps_next, load_carry = self.stepping(m, lo)
 
         m.d.comb += [
             lo_acc.load.eq(self.load), hi_acc.load.eq(self.load),

@@ -76,14 +76,14 @@ class Timestamp(wiring.Component):
         self.frac_num, self.frac_den = self.ns_rem // g, clk_hz // g
         super().__init__()
 
-    def elaborate(self, platform):
-        m = Module()
-
-        lo = Signal(32)
-        hi = Signal(32)
+    def stepping(self, m: Module, lo):
+        """The step the fabric unit here and the DSP one (boards/mac16.py,
+        ``DSPTimestamp``) both take from ``lo``, the clock's low word: the
+        fraction, this step's increment and the carry into the high word
+        looked up a step ahead.  Returns (frozen, frac, frac_sum, extra,
+        inc, carry, wraps_next, load_carry); the caller's registers take them."""
         frozen = Signal()
         frac = Signal(range(self.frac_den))
-        m.d.comb += self.now.eq(Cat(lo, hi))
 
         # One extra ns whenever the fraction wraps (Bresenham-style).
         frac_sum = Signal(range(2 * self.frac_den))
@@ -118,6 +118,16 @@ class Timestamp(wiring.Component):
         k0 = (self.ns_int + 1).bit_length()
         load_lo = self.load_value[:32]
         load_carry = load_lo[k0:].all() & (load_lo[:k0] + self.ns_int)[k0]
+
+        return frozen, frac, frac_sum, extra, inc, carry, wraps_next, load_carry
+
+    def elaborate(self, platform):
+        m = Module()
+
+        lo = Signal(32)
+        hi = Signal(32)
+        m.d.comb += self.now.eq(Cat(lo, hi))
+        frozen, frac, frac_sum, extra, inc, carry, wraps_next, load_carry = self.stepping(m, lo)
 
         with m.If(self.load):
             m.d.sync += [
