@@ -521,11 +521,11 @@ static PyObject *Receiver_apply(Receiver *r, PyObject *args) {
     struct iovec iov[RUN_MAX];
     int n = 0, vol = -1, err = 0;
     uint64_t run_off = 0, run_end = 0, run_first = 0, run_tag = 0;
-    uint64_t applied = 0, time = 0, tag = 0;
+    uint64_t applied = 0, when = 0, tag = 0;
     uint64_t touched = 0;           /* bit per entry of vols (the first 64) */
     journal *last = NULL;
     /* a run counts as applied (SEQ#, TIME, TAG, SVOL touched) once written */
-#define COMMIT() do { applied = last->seq; time = last->time; if (run_tag) tag = run_tag; \
+#define COMMIT() do { applied = last->seq; when = last->time; if (run_tag) tag = run_tag; \
                       touched |= 1ull << (vol & 63); } while (0)
     for (block *b = r->head; b; b = b->next) {
         for (; b->done < b->n; b->done++) {
@@ -585,7 +585,7 @@ done:
             Py_DECREF(x);
         }
     PyObject *e = err ? Py_BuildValue("(Ki)", (unsigned long long)run_first, err) : Py_NewRef(Py_None);
-    return Py_BuildValue("(KKKNN)", (unsigned long long)applied, (unsigned long long)time,
+    return Py_BuildValue("(KKKNN)", (unsigned long long)applied, (unsigned long long)when,
                          (unsigned long long)tag, idx, e);
 }
 

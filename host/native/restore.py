@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import ssl
+import struct
 import time
 
 from . import NativeUnavailable, load
@@ -35,7 +36,7 @@ from ..wire import protocol
 from ..wire.link import LinkClosed, LinkError, LinkTimeout
 from ..wire.protocol import Control, Frame, FrameType
 
-__all__ = ["NativeRestore", "available", "layout"]
+__all__ = ["NativeRestore", "layout"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ log = logging.getLogger(__name__)
 def layout() -> dict:
     """The wire layout the C loop reads, from host/wire/protocol.py."""
     field = {}
-    sizes = dict(zip(Control.OFFSETS, (8, 8, 8, 8, 4, 4, 4, 4, 2, 1, 1, 2, 2, 4, 4)))
-    assert Control.STRUCT.size == protocol.CONTROL_SIZE and sum(sizes.values()) == Control.STRUCT.size
+    # each field's width from the one struct format (OFFSETS lists them in its order)
+    codes = Control.STRUCT.format.lstrip("<")
+    sizes = dict(zip(Control.OFFSETS, (struct.calcsize("<" + c) for c in codes)))
+    assert sum(sizes.values()) == Control.STRUCT.size == protocol.CONTROL_SIZE
     for name in ("seq", "time", "address", "length", "data_len", "data_crc", "epoch", "idx",
                  "kind", "group", "tag", "ccrc"):
         field[name] = (Control.OFFSETS[name], sizes[name])
@@ -73,15 +76,6 @@ def _restore():
     return _module
 
 
-def available() -> str | None:
-    """Why the loop cannot run here (one line), or None."""
-    try:
-        _restore()
-    except NativeUnavailable as exc:
-        return str(exc)
-    return None
-
-
 class NativeRestore:
     """The C loop on one relay link of one RESTORE group."""
 
@@ -107,7 +101,6 @@ class NativeRestore:
         self._since = time.monotonic()
         self._full = False
         self.closed = False
-        self.frames_to_python = 0
 
     @classmethod
     def from_link(cls, group, link) -> "NativeRestore":
@@ -186,7 +179,6 @@ class NativeRestore:
 
     def _frame_parts(self):
         ftype, flags, body = self.rx.take_frame()
-        self.frames_to_python += 1
         return protocol.FrameType(ftype), body, flags
 
     def _bad(self) -> LinkError:
