@@ -276,3 +276,30 @@ def test_a_full_stage_stops_reading_until_the_restorer_applies(tmp_path):
         g.save_mark(mark)
     g.restore()
     assert g.applied == 6
+
+
+def test_an_svol_write_error_suspends_before_the_journal_that_failed(tmp_path):
+    """A write the SVOL refuses: as on the Python path, that journal and those
+    after it are not applied, the restore point stays before them, the group
+    suspends and says why."""
+    import os
+    g = make_group(tmp_path)
+    pair = Pair(g)
+    g.native = pair.n
+    r = random.Random(4)
+    js = [journal(k, r) for k in range(1, 9)]
+    for ctl, _ in js:
+        js[ctl.seq - 1] = (Control(**{**vars(ctl), "idx": 0 if ctl.seq <= 4 else 1}).with_ccrc(),
+                           js[ctl.seq - 1][1])
+    assert pair.send(frame_bytes(js)) == m.NEED
+    g.stream.ext_end = pair.n.rx.staged_end
+    g.save_mark(g.mark_due())
+    # SVOL 1 (journals 5..8) now refuses writes: its descriptor is read-only
+    ro = os.open(g.volumes[1].path, os.O_RDONLY)
+    os.dup2(ro, g.volumes[1]._fd)
+    os.close(ro)
+    g.restore()
+    assert g.grsts == "SUSP" and "journal seq 5" in g.reason, g.reason
+    assert g.applied == 4
+    g.checkpoint()
+    assert g.last_restored == 4 and g.restore() == 0

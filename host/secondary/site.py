@@ -286,8 +286,9 @@ class RestoreGroup:
             self.reason = (f"writing journal seq {seq} to its SVOL failed: {os.strerror(code)}; "
                            f"fix the SVOL's device, then run `tricopy pair resync`")
             log.error("group %s suspended: %s", self.cfg.grname, self.reason)
-            native, self.native = self.native, None
-            native.close()
+            # The loop stays on the link, as the Python path's staging does:
+            # it stages until full and then stops reading; a resync's rebase
+            # drops what it holds (reset).
         self._room.set()
         self._applied_more.set()
         PERF["secondary.apply_step"].add(now() - t0)
